@@ -1,0 +1,53 @@
+# gpufleet: see README.md. Every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+TRITON_CPU_IMAGE ?= gpufleet/tritonserver-cpu:2.51
+PYTEST_ARGS ?=
+
+.PHONY: install demo test check lint format bench triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP) ## virtual environment with every extra and the test tools
+
+rig-deps: ## Debian packages for the real-component rig (docker.io, mmdebstrap)
+	bash scripts/install-rig-deps.sh
+
+triton-cpu-image: rig-deps ## build gpufleet/tritonserver-cpu:2.51 offline (skips when present)
+	bash scripts/build-triton-cpu-image.sh
+
+demo: install ## embedded control plane + runner with real Triton when possible; runs add_sub jobs
+	bash scripts/demo.sh
+
+test: install rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
+	bash scripts/run-tests.sh $(PYTEST_ARGS)
+
+check: install ## ruff + mypy
+	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples
+	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix control_plane runner sdk tests bench iac scripts examples
+	$(VENV)/bin/ruff format control_plane runner sdk tests bench iac scripts examples
+
+bench: install ## benchmarks: printed tables, not tests
+	$(PY) bench/bench_queue.py
+
+deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
+	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))
+
+deploy-runner: ## on a GPU host: CONTROL_PLANE_URL=… JOIN_TOKEN=… build and start the runner container
+	bash scripts/deploy-runner.sh
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,83 @@
+"""Domain errors of the control plane.
+
+They carry a neutral ``code`` (api-v1 error codes), never an HTTP status; the API layer maps
+code -> status in one exception handler.
+
+    GpufleetError
+    ├── InvalidRequest        invalid_request    (field named in ``details``)
+    ├── Unauthorized          unauthorized
+    ├── Forbidden             forbidden
+    ├── NotFound              not_found          (ModelNotFound: model_not_found)
+    ├── Conflict              conflict           (StaleLease: stale lease token)
+    ├── PayloadTooLarge       payload_too_large
+    ├── RateLimited           rate_limited       (``retry_after`` seconds)
+    ├── Unavailable           unavailable        (storage unreachable)
+    └── Timeout               timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GpufleetError(Exception):
+    code = "internal"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(GpufleetError):
+    code = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None, details: Any = None) -> None:
+        if details is None and field is not None:
+            details = [{"field": field, "message": message}]
+        super().__init__(message, details)
+        self.field = field
+
+
+class Unauthorized(GpufleetError):
+    code = "unauthorized"
+
+
+class Forbidden(GpufleetError):
+    code = "forbidden"
+
+
+class NotFound(GpufleetError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(GpufleetError):
+    code = "conflict"
+
+
+class StaleLease(Conflict):
+    """The lease token is not the job's current one (expired and re-leased, or cancelled)."""
+
+
+class PayloadTooLarge(GpufleetError):
+    code = "payload_too_large"
+
+
+class RateLimited(GpufleetError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
+class Unavailable(GpufleetError):
+    code = "unavailable"
+
+
+class Timeout(GpufleetError):
+    code = "timeout"

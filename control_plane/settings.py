@@ -1,0 +1,108 @@
+"""Control-plane settings: environment (``GPUFLEET_``) > YAML file > defaults.
+
+Built once in ``main`` (or by the embedded launcher / tests) and passed down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Settings of one control-plane process."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUFLEET_", extra="forbid")
+
+    # storage
+    aws_region: str = Field(default="us-east-1", description="Region of the tables and bucket.")
+    dynamodb_endpoint_url: str | None = Field(
+        default=None, description="DynamoDB-compatible endpoint; None = AWS."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; None = AWS."
+    )
+    table_prefix: str = Field(default="gpufleet", description="Prefix of every table name.")
+    bucket: str = Field(default="gpufleet", description="Bucket for models, payloads, results.")
+    queue_shards: int = Field(
+        default=4, ge=1, le=256, description="Shards per model in the queue table (no hot key)."
+    )
+    lease_shards: int = Field(
+        default=4, ge=1, le=256, description="Shards of the lease-expiry index."
+    )
+
+    # auth
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing key. Unset: a key is generated once and kept in the tables, "
+        "so every replica shares it.",
+    )
+    jwt_issuer: str = Field(default="gpufleet", description="`iss` of access tokens.")
+    jwt_audience: str = Field(default="gpufleet", description="`aud` of access tokens.")
+    access_token_ttl_s: int = Field(default=900, ge=60, description="Access-token lifetime.")
+    refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300, description="Refresh lifetime.")
+    runner_signature_window_s: int = Field(
+        default=300, description="Allowed clock skew of runner-signed calls."
+    )
+
+    # jobs and queue
+    lease_duration_s: float = Field(default=60.0, ge=1, description="Lease length before renewal.")
+    max_inline_bytes: int = Field(
+        default=256 * 1024, description="Larger tensors go through the bucket."
+    )
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, description="Largest request body (413).")
+    max_wait_s: float = Field(default=30.0, description="Upper bound of `wait_s` on GET job.")
+    max_lease_wait_s: float = Field(default=20.0, description="Upper bound of lease long polls.")
+    poll_interval_s: float = Field(default=0.2, gt=0, description="Long-poll re-check interval.")
+    max_queue_depth: int = Field(
+        default=100_000, description="Queued jobs per model before submits get 429."
+    )
+    sweep_interval_s: float = Field(
+        default=2.0, gt=0, description="Period of the expiry sweep (lease expiry, queue TTL)."
+    )
+    runner_offline_after_s: float = Field(
+        default=30.0, description="A runner without heartbeat for this long is OFFLINE."
+    )
+    infer_wait_s: float = Field(default=60.0, description="How long /v2/…/infer waits (504).")
+    presign_ttl_s: int = Field(default=3600, description="Lifetime of presigned URLs.")
+
+    # webhooks
+    webhooks_allow_loopback: bool = Field(
+        default=False, description="Allow loopback webhook targets (tests, single host)."
+    )
+
+    # embedded
+    embedded: bool = Field(default=False, description="Run on an in-process moto server.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("GPUFLEET_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_file)))
+        return tuple(sources)
+
+    def table(self, name: str) -> str:
+        return f"{self.table_prefix}-{name}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once (env > YAML named by ``GPUFLEET_CONFIG_FILE`` > defaults)."""
+    return Settings(**overrides)

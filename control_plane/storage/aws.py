@@ -1,0 +1,63 @@
+"""boto3 clients built from settings, and translation of botocore errors at the boundary."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from control_plane.errors import Unavailable
+from control_plane.settings import Settings
+
+_UNAVAILABLE_CODES = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "ResourceNotFoundException",
+}
+
+
+def make_clients(settings: Settings) -> tuple[Any, Any]:
+    """(dynamodb client, s3 client) for the endpoints in the settings."""
+    cfg = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=64,
+        s3={"addressing_style": "path"},
+    )
+    session = boto3.session.Session(region_name=settings.aws_region)
+    dynamodb = session.client("dynamodb", endpoint_url=settings.dynamodb_endpoint_url, config=cfg)
+    s3 = session.client("s3", endpoint_url=settings.s3_endpoint_url, config=cfg)
+    return dynamodb, s3
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_condition_failure(exc: ClientError) -> bool:
+    return error_code(exc) == "ConditionalCheckFailedException"
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn storage outages into ``Unavailable``; other ClientErrors propagate for the adapter.
+
+    Adapters catch the ClientErrors they understand (conditional-check failures, cancelled
+    transactions) inside this block and raise domain errors; anything else that escapes
+    becomes ``Unavailable`` so no botocore error reaches a handler.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        raise Unavailable(f"storage error during {what}: {error_code(exc)}") from exc
+    except BotoCoreError as exc:
+        raise Unavailable(f"storage unreachable during {what}: {exc}") from exc

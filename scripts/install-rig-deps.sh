@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what the real-component test rig needs (idempotent):
+#   - Debian docker.io  (dockerd, containerd, runc, docker CLI)
+#   - Debian mmdebstrap (builds the CPU Triton image's root file system offline)
+# Uses the machine's own apt sources. Exits 0 when everything is already present.
+set -euo pipefail
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+
+if [ "${#need[@]}" -eq 0 ]; then
+    echo "install-rig-deps: dockerd and mmdebstrap already present"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        echo "install-rig-deps: need root (or sudo) to install: ${need[*]}" >&2
+        exit 1
+    fi
+fi
+
+echo "install-rig-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+
+for bin in dockerd mmdebstrap; do
+    command -v "$bin" >/dev/null 2>&1 || { echo "install-rig-deps: $bin still missing" >&2; exit 1; }
+done
+echo "install-rig-deps: done"

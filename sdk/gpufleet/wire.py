@@ -1,0 +1,465 @@
+"""Wire schemas of the gpufleet HTTP API v1, shared by the control plane, the runner and the SDK.
+
+Every request model is strict: unknown fields are rejected (``extra="forbid"``). Every
+response model carries ``api_version``. The control plane, the runner and the SDK all import
+this module; it imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "v1"
+
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+DATATYPES: tuple[str, ...] = Datatype.__args__  # type: ignore[attr-defined]
+
+JobStatus = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
+Role = Literal["admin", "user", "viewer"]
+ModelVersionState = Literal["UPLOADING", "READY", "FAILED", "DELETED"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+
+
+class Strict(BaseModel):
+    """Base of every wire model: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Response(Strict):
+    """Base of every response body."""
+
+    api_version: Literal["v1"] = API_VERSION
+
+
+class ErrorInfo(Strict):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(Response):
+    error: ErrorInfo
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+class Tensor(Strict):
+    """A tensor in the KServe v2 / Triton JSON form.
+
+    ``data`` holds the values (flat or nested, row-major). ``data_ref`` instead names a
+    payload uploaded to the bucket (see ``POST /v1/payloads``) holding the raw
+    little-endian bytes of the tensor (BYTES: 4-byte length-prefixed elements, as in
+    Triton's binary tensor extension).
+    """
+
+    name: str = Field(min_length=1, max_length=256)
+    datatype: Datatype
+    shape: list[int] = Field(max_length=16)
+    data: list[Any] | None = None
+    data_ref: str | None = Field(default=None, max_length=256)
+    parameters: dict[str, Any] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(d < 0 for d in v):
+            raise ValueError("shape dimensions must be >= 0")
+        return v
+
+
+class OutputRequest(Strict):
+    name: str = Field(min_length=1, max_length=256)
+    parameters: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class WebhookSpec(Strict):
+    url: str = Field(min_length=8, max_length=2048)
+    events: list[Literal["running", "completed"]] = Field(default_factory=lambda: ["completed"])
+
+
+class JobRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    model: str = Field(pattern=NAME_PATTERN)
+    model_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    inputs: list[Tensor] = Field(min_length=1, max_length=64)
+    outputs: list[OutputRequest] | None = Field(default=None, max_length=64)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=0, le=100)
+    timeout_s: int = Field(default=600, ge=1, le=86_400)
+    ttl_s: int = Field(default=86_400, ge=1, le=7 * 86_400)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    region: str | None = Field(default=None, max_length=64)
+    webhook: WebhookSpec | None = None
+    tags: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
+class BatchJobRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    jobs: list[JobRequest] = Field(min_length=1, max_length=100)
+
+
+class JobAccepted(Response):
+    id: str
+    status: JobStatus
+    created_at: str
+
+
+class BatchAccepted(Response):
+    ids: list[str]
+
+
+class JobView(Response):
+    id: str
+    status: JobStatus
+    model: str
+    model_version: str | None = None
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    queue_ms: int | None = None
+    run_ms: int | None = None
+    runner_id: str | None = None
+    region: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    outputs: list[Tensor] | None = None
+    outputs_url: str | None = None
+    error: ErrorInfo | None = None
+    waiting_reason: str | None = None
+
+
+class JobList(Response):
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class PayloadUploadRequest(Strict):
+    """Ask for a presigned upload of a large input tensor."""
+
+    api_version: Literal["v1"] = API_VERSION
+    size: int = Field(ge=1, le=5 * 1024**3)
+
+
+class PayloadUpload(Response):
+    ref: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class TokenRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    api_key: str = Field(min_length=8, max_length=256)
+
+
+class RefreshRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    refresh_token: str = Field(min_length=8, max_length=4096)
+
+
+class TokenPair(Response):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+
+
+class ApiKeyCreate(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    tenant: str = Field(pattern=NAME_PATTERN)
+    role: Role
+    name: str = Field(default="", max_length=128)
+
+
+class ApiKeyCreated(Response):
+    id: str
+    api_key: str
+    tenant: str
+    role: Role
+
+
+class JoinTokenCreate(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    region: str = Field(default="default", max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    expires_in_s: int = Field(default=3600, ge=60, le=30 * 86_400)
+
+
+class JoinTokenCreated(Response):
+    join_token: str
+    expires_at: str
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class GpuInfo(Strict):
+    index: int = Field(ge=0)
+    uuid: str
+    name: str
+    memory_total_mb: int = Field(ge=0)
+    memory_used_mb: int = Field(ge=0)
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class ModelRef(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
+
+
+class DesiredModel(ModelRef):
+    gpus: list[int] | None = None
+
+
+class ModelState(Strict):
+    name: str
+    version: str
+    state: str  # LOADING | READY | UNAVAILABLE | UNLOADING
+    reason: str | None = None
+    memory_mb: int | None = None
+
+
+class RunnerConfig(Strict):
+    """Runtime settings of a runner, stored at the control plane (runners are dumb terminals)."""
+
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    acceptance_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    drain: bool = False
+    heartbeat_interval_s: float = Field(default=5.0, ge=0.5, le=300)
+    lease_wait_s: float = Field(default=10.0, ge=0.0, le=20.0)
+
+
+class RunnerConfigPatch(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    max_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    acceptance_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    drain: bool | None = None
+    heartbeat_interval_s: float | None = Field(default=None, ge=0.5, le=300)
+    lease_wait_s: float | None = Field(default=None, ge=0.0, le=20.0)
+
+
+class RegisterRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    join_token: str = Field(min_length=8, max_length=512)
+    name: str = Field(min_length=1, max_length=128)
+    region: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+
+
+class RegisterResponse(Response):
+    runner_id: str
+    secret: str
+
+
+class HeartbeatRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+    models: list[ModelState] = Field(default_factory=list, max_length=1024)
+    triton: dict[str, Any] = Field(default_factory=dict)
+    running_jobs: list[str] = Field(default_factory=list, max_length=4096)
+
+
+class HeartbeatResponse(Response):
+    config: RunnerConfig
+    desired_models: list[DesiredModel] | None = None
+    cancel_jobs: list[str] = Field(default_factory=list)
+
+
+class LeaseRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    models: list[ModelRef] = Field(max_length=1024)
+    max_jobs: int = Field(default=1, ge=1, le=100)
+    wait_s: float = Field(default=0.0, ge=0.0, le=20.0)
+
+
+class LeasedJob(Strict):
+    id: str
+    lease_token: str
+    lease_expires_at: str
+    model: str
+    model_version: str
+    inputs: list[Tensor]
+    outputs: list[OutputRequest] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: int
+    attempt: int
+    deadline_at: str | None = None
+
+
+class LeaseResponse(Response):
+    jobs: list[LeasedJob]
+
+
+class ExtendRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    lease_token: str
+
+
+class ExtendResponse(Response):
+    lease_expires_at: str
+
+
+class CompleteRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    lease_token: str
+    status: Literal["SUCCEEDED", "FAILED"]
+    outputs: list[Tensor] | None = None
+    outputs_ref: str | None = None
+    error: ErrorInfo | None = None
+    timings: dict[str, float] | None = None
+
+
+class CompleteResponse(Response):
+    id: str
+    status: JobStatus
+
+
+class RunnerView(Response):
+    id: str
+    name: str
+    region: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    status: str  # ONLINE | OFFLINE | DRAINING | REVOKED
+    registered_at: str
+    last_heartbeat_at: str | None = None
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    models: list[ModelState] = Field(default_factory=list)
+    triton: dict[str, Any] = Field(default_factory=dict)
+    running_jobs: list[str] = Field(default_factory=list)
+    config: RunnerConfig = Field(default_factory=RunnerConfig)
+
+
+class RunnerList(Response):
+    runners: list[RunnerView]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class FileSpec(Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CreateVersionRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    files: list[FileSpec] = Field(min_length=1, max_length=10_000)
+
+
+class MultipartPart(Strict):
+    number: int
+    url: str
+
+
+class MultipartUpload(Strict):
+    upload_id: str
+    part_size: int
+    parts: list[MultipartPart]
+
+
+class UploadTarget(Strict):
+    path: str
+    method: Literal["PUT"] | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    multipart: MultipartUpload | None = None
+
+
+class CreateVersionResponse(Response):
+    name: str
+    version: str
+    state: ModelVersionState
+    uploads: list[UploadTarget]
+
+
+class CommitRequest(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    parts: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class TensorSpec(Strict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelVersionView(Response):
+    name: str
+    version: str
+    state: ModelVersionState
+    created_at: str
+    platform: str | None = None
+    max_batch_size: int = 0
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    files: list[FileSpec] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    loaded_on: list[str] = Field(default_factory=list)
+
+
+class ModelView(Response):
+    name: str
+    tenant: str
+    versions: list[ModelVersionView]
+
+
+class ModelList(Response):
+    models: list[ModelView]
+
+
+class DeploymentSpec(Strict):
+    api_version: Literal["v1"] = API_VERSION
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=1, ge=0, le=1000)
+    regions: list[str] = Field(default_factory=list, max_length=32)
+    gpu_memory_mb: int | None = Field(default=None, ge=0)
+
+
+class DeploymentView(Response):
+    name: str
+    desired: DeploymentSpec
+    observed: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class HealthView(Response):
+    status: Literal["ok", "degraded"]
+    version: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookSecret(Response):
+    secret: str
