@@ -38,6 +38,15 @@ if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 mkdir -p "$CACHE"
+# One build at a time per cache (parallel test workers share .cache/rig).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE/.build.lock"
+    flock 9
+    if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+        log "$IMAGE already present"
+        exit 0
+    fi
+fi
 
 # --- 1. Triton from the nvidia-pytriton wheel --------------------------------------------
 wheel=$(ls "$CACHE"/nvidia_pytriton-"$PYTRITON_VERSION"-*.whl 2>/dev/null | head -n1 || true)
@@ -99,9 +108,8 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 
 # --- 3. image with Triton --------------------------------------------------------------------
-ctx="$CACHE/context"
+ctx=$(mktemp -d "$CACHE/context.XXXXXX")
 log "preparing build context"
-rm -rf "$ctx"
 mkdir -p "$ctx/opt/tritonserver"
 cp -a "$tsrc/bin" "$tsrc/backends" "$tsrc/caches" "$ctx/opt/tritonserver/"
 cp -a "$unpacked/nvidia_pytriton.libs" "$ctx/opt/tritonserver/lib"
@@ -121,11 +129,11 @@ DOCKERFILE
 candidate="$IMAGE-candidate"
 log "docker build -> $candidate"
 # The classic builder: needs no buildx plugin and no registry.
-if ! DOCKER_BUILDKIT=0 docker build -t "$candidate" "$ctx" >"$CACHE/docker-build.log" 2>&1; then
-    cat "$CACHE/docker-build.log" >&2
+if ! DOCKER_BUILDKIT=0 docker build -t "$candidate" "$ctx" >"$ctx.log" 2>&1; then
+    cat "$ctx.log" >&2
     die "docker build failed"
 fi
-rm -rf "$ctx"
+rm -rf "$ctx" "$ctx.log"
 
 # --- 4. check: serve add_sub, infer, scrape metrics -----------------------------------------
 if [ "${RIG_SKIP_VERIFY:-0}" != 1 ]; then
