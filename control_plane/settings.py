@@ -80,6 +80,27 @@ class Settings(BaseSettings):
     webhooks_allow_loopback: bool = Field(
         default=False, description="Allow loopback webhook targets (tests, single host)."
     )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Delivery attempts per event before giving up."
+    )
+    webhook_initial_backoff_s: float = Field(
+        default=1.0, gt=0, description="Backoff cap after the first failure (doubles per attempt)."
+    )
+    webhook_max_backoff_s: float = Field(
+        default=600.0, gt=0, description="Largest backoff between attempts (full jitter below it)."
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Total time allowed for one delivery attempt."
+    )
+    webhook_secret_grace_s: float = Field(
+        default=86_400.0, ge=0, description="How long a rotated-out signing secret still signs."
+    )
+    webhook_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each replica's delivery worker looks for due work."
+    )
+    webhook_shards: int = Field(
+        default=4, ge=1, le=64, description="Shards of the due-delivery index (no hot key)."
+    )
 
     # embedded
     embedded: bool = Field(default=False, description="Run on an in-process moto server.")

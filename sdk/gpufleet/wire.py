@@ -463,3 +463,40 @@ class HealthView(Response):
 
 class WebhookSecret(Response):
     secret: str
+
+
+class WebhookEvent(Strict):
+    """The body of a webhook delivery (signed with Standard Webhooks headers)."""
+
+    type: Literal["job.running", "job.completed"]
+    timestamp: str
+    data: JobView
+
+
+class WebhookAttemptView(Strict):
+    """One delivery attempt: when, the receiver's status code or the error, how long."""
+
+    attempt: int
+    at: str
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookDeliveryView(Strict):
+    """One event of a job to its webhook URL, with every attempt so far."""
+
+    id: str
+    type: Literal["job.running", "job.completed"]
+    url: str
+    status: Literal["pending", "sending", "delivered", "failed", "disabled"]
+    created_at: str
+    next_attempt_at: str | None = None
+    attempts: list[WebhookAttemptView] = Field(default_factory=list)
+
+
+class WebhookDeliveryList(Response):
+    """``GET /v1/jobs/{id}/webhooks``: the job's delivery log."""
+
+    job_id: str
+    deliveries: list[WebhookDeliveryView]

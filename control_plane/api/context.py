@@ -1,0 +1,91 @@
+"""What the routes need: the services, as ports, and the settings.
+
+``JobsPort`` and ``ModelsPort`` are the interfaces of ``services/jobs.py`` and
+``services/models.py``; the composition root (``control_plane.app``) fills them in.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpufleet.wire import (
+    CommitRequest,
+    CompleteRequest,
+    CompleteResponse,
+    CreateVersionRequest,
+    CreateVersionResponse,
+    ExtendResponse,
+    JobList,
+    JobRequest,
+    JobView,
+    LeaseRequest,
+    LeaseResponse,
+    ModelList,
+    ModelVersionView,
+    ModelView,
+)
+from starlette.requests import Request
+
+from control_plane.services.auth import AuthService
+from control_plane.services.principal import Principal
+from control_plane.services.runners import RunnerService
+from control_plane.settings import Settings
+
+
+class JobsPort(Protocol):
+    """The job and queue service (owned by services/jobs.py)."""
+
+    def submit(
+        self, p: Principal, req: JobRequest, idempotency_key: str | None = None
+    ) -> tuple[JobView, bool]: ...
+    def submit_batch(self, p: Principal, reqs: list[JobRequest]) -> list[str]: ...
+    def get(self, p: Principal, job_id: str) -> JobView: ...
+    async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView: ...
+    def list(
+        self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
+    ) -> JobList: ...
+    def cancel(self, p: Principal, job_id: str) -> JobView: ...
+    async def lease(
+        self, runner_id: str, region: str | None, req: LeaseRequest
+    ) -> LeaseResponse: ...
+    def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse: ...
+    def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse: ...
+    def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]: ...
+    def sweep(self) -> dict[str, int]: ...
+    def queue_depths(self) -> dict[str, int]: ...
+    def ping(self) -> None: ...
+
+
+class ModelsPort(Protocol):
+    """The model repository service (owned by services/models.py)."""
+
+    def create_version(
+        self, p: Principal, name: str, req: CreateVersionRequest
+    ) -> CreateVersionResponse: ...
+    def commit(
+        self, p: Principal, name: str, version: str, req: CommitRequest
+    ) -> ModelVersionView: ...
+    def list(self, p: Principal) -> ModelList: ...
+    def get(self, p: Principal, name: str) -> ModelView: ...
+    def delete_version(self, p: Principal, name: str, version: str) -> None: ...
+
+
+@dataclass
+class Services:
+    """Every service of one control-plane process, built once by the composition root."""
+
+    settings: Settings
+    auth: AuthService
+    runners: RunnerService
+    jobs: JobsPort
+    models: ModelsPort
+    checks: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+
+def services(request: Request) -> Services:
+    """The services of the app serving ``request``."""
+    svc: Services = request.app.state.services
+    return svc

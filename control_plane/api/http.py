@@ -1,0 +1,69 @@
+"""Parsing and serialising helpers shared by the route modules."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from gpufleet.wire import API_VERSION
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from control_plane.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Validate a JSON body against a wire model (422 on malformed JSON, wrong api_version,
+    wrong types or unknown fields; pydantic errors become field details in the handler)."""
+    if not body.strip():
+        data: object = {}
+    else:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"malformed JSON: {exc}", field="body") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object", field="body")
+    version = data.get("api_version", API_VERSION)
+    if version != API_VERSION:
+        raise InvalidRequest(f"unsupported api_version {version!r}; use 'v1'", "api_version")
+    return model.model_validate(data)
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    """Read (within the body limit) and validate the request body."""
+    return parse_body(await request.body(), model)
+
+
+def send(model: BaseModel, status: int = 200) -> Response:
+    """Serialise a response model."""
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def query_float(request: Request, name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a number", field=name) from exc
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo:g} and {hi:g}", field=name)
+    return value
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer", field=name) from exc
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}", field=name)
+    return value

@@ -1,0 +1,54 @@
+"""Request body limit: pure ASGI middleware, never buffers more than the limit.
+
+A ``Content-Length`` above the limit is answered 413 at once; otherwise the bytes are counted
+as they stream and the read that crosses the limit raises ``PayloadTooLarge`` inside the
+handler, which the error handler turns into 413.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.api.errors import error_response
+from control_plane.errors import PayloadTooLarge
+
+
+class BodyLimitMiddleware:
+    """Reject request bodies larger than ``max_bytes`` with 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes or declared < 0:
+                    code = "payload_too_large" if declared > 0 else "invalid_request"
+                    resp = error_response(
+                        code,
+                        f"request body over {self.max_bytes} bytes"
+                        if declared > 0
+                        else "bad Content-Length",
+                    )
+                    await resp(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,116 @@
+"""Auth routes: token exchange and refresh, JWKS, admin API keys and join tokens."""
+
+from __future__ import annotations
+
+from gpufleet.wire import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    JoinTokenCreate,
+    JoinTokenCreated,
+    RefreshRequest,
+    Response,
+    TokenPair,
+    TokenRequest,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response as HttpResponse
+
+from control_plane.api.context import services
+from control_plane.api.http import read_model, send
+from control_plane.api.security import principal
+from control_plane.api.spec import DocumentedRoute, route
+
+
+class Jwks(Response):
+    """JSON Web Key Set. Empty: this deployment signs with HS256 (a shared secret)."""
+
+    keys: list[dict[str, str]]
+
+
+class Revoked(Response):
+    id: str
+    revoked: bool = True
+
+
+async def token(request: Request) -> HttpResponse:
+    req = await read_model(request, TokenRequest)
+    return send(await run_in_threadpool(services(request).auth.exchange_api_key, req.api_key))
+
+
+async def refresh(request: Request) -> HttpResponse:
+    req = await read_model(request, RefreshRequest)
+    return send(await run_in_threadpool(services(request).auth.refresh, req.refresh_token))
+
+
+async def jwks(request: Request) -> HttpResponse:
+    return send(Jwks(keys=[]))
+
+
+async def create_api_key(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, ApiKeyCreate)
+    return send(await run_in_threadpool(services(request).auth.create_api_key, p, req), 201)
+
+
+async def revoke_api_key(request: Request) -> HttpResponse:
+    p = principal(request)
+    key_id = request.path_params["key_id"]
+    await run_in_threadpool(services(request).auth.revoke_api_key, p, key_id)
+    return send(Revoked(id=key_id))
+
+
+async def create_join_token(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, JoinTokenCreate)
+    return send(await run_in_threadpool(services(request).auth.create_join_token, p, req), 201)
+
+
+ROUTES: list[DocumentedRoute] = [
+    route(
+        "POST",
+        "/v1/auth/token",
+        token,
+        "Exchange an API key for a token pair",
+        TokenPair,
+        request=TokenRequest,
+        security="none",
+    ),
+    route(
+        "POST",
+        "/v1/auth/refresh",
+        refresh,
+        "Rotate a refresh token",
+        TokenPair,
+        request=RefreshRequest,
+        security="none",
+    ),
+    route(
+        "GET", "/v1/auth/jwks", jwks, "Public signing keys (empty for HS256)", Jwks, security="none"
+    ),
+    route(
+        "POST",
+        "/v1/admin/api-keys",
+        create_api_key,
+        "Create an API key (admin)",
+        ApiKeyCreated,
+        status=201,
+        request=ApiKeyCreate,
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/api-keys/{key_id}",
+        revoke_api_key,
+        "Revoke an API key (admin)",
+        Revoked,
+    ),
+    route(
+        "POST",
+        "/v1/admin/join-tokens",
+        create_join_token,
+        "Create a runner join token (admin)",
+        JoinTokenCreated,
+        status=201,
+        request=JoinTokenCreate,
+    ),
+]

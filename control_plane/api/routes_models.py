@@ -1,0 +1,90 @@
+"""Model repository routes: create a version (presigned uploads), commit, list, get, delete."""
+
+from __future__ import annotations
+
+from gpufleet.wire import (
+    CommitRequest,
+    CreateVersionRequest,
+    CreateVersionResponse,
+    ModelList,
+    ModelVersionView,
+    ModelView,
+    Response,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response as HttpResponse
+
+from control_plane.api.context import services
+from control_plane.api.http import read_model, send
+from control_plane.api.security import principal
+from control_plane.api.spec import DocumentedRoute, route
+
+
+class VersionDeleted(Response):
+    name: str
+    version: str
+    deleted: bool = True
+
+
+async def create_version(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, CreateVersionRequest)
+    name = request.path_params["name"]
+    out = await run_in_threadpool(services(request).models.create_version, p, name, req)
+    return send(out, 201)
+
+
+async def commit(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, CommitRequest)
+    name, version = request.path_params["name"], request.path_params["version"]
+    return send(await run_in_threadpool(services(request).models.commit, p, name, version, req))
+
+
+async def list_models(request: Request) -> HttpResponse:
+    p = principal(request)
+    return send(await run_in_threadpool(services(request).models.list, p))
+
+
+async def get_model(request: Request) -> HttpResponse:
+    p = principal(request)
+    name = request.path_params["name"]
+    return send(await run_in_threadpool(services(request).models.get, p, name))
+
+
+async def delete_version(request: Request) -> HttpResponse:
+    p = principal(request)
+    name, version = request.path_params["name"], request.path_params["version"]
+    await run_in_threadpool(services(request).models.delete_version, p, name, version)
+    return send(VersionDeleted(name=name, version=version))
+
+
+ROUTES: list[DocumentedRoute] = [
+    route(
+        "POST",
+        "/v1/models/{name}/versions",
+        create_version,
+        "Start a model version upload (presigned URLs)",
+        CreateVersionResponse,
+        status=201,
+        request=CreateVersionRequest,
+    ),
+    route(
+        "POST",
+        "/v1/models/{name}/versions/{version}/commit",
+        commit,
+        "Verify the uploaded files and make the version READY",
+        ModelVersionView,
+        request=CommitRequest,
+    ),
+    route("GET", "/v1/models", list_models, "List models", ModelList),
+    route("GET", "/v1/models/{name}", get_model, "A model with its versions", ModelView),
+    route(
+        "DELETE",
+        "/v1/models/{name}/versions/{version}",
+        delete_version,
+        "Delete a model version",
+        VersionDeleted,
+    ),
+]

@@ -1,0 +1,172 @@
+"""Runner routes: registration, the HMAC-signed job protocol, and fleet administration.
+
+Signed routes (heartbeat, lease, extend, complete) verify the signature over the exact
+request path and body before parsing; the runner header must equal ``{runner_id}``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gpufleet.wire import (
+    CompleteRequest,
+    CompleteResponse,
+    ExtendRequest,
+    ExtendResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    LeaseRequest,
+    LeaseResponse,
+    RegisterRequest,
+    RegisterResponse,
+    Response,
+    RunnerConfigPatch,
+    RunnerList,
+    RunnerView,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response as HttpResponse
+
+from control_plane.api.context import services
+from control_plane.api.http import parse_body, read_model, send
+from control_plane.api.security import principal, signed_runner
+from control_plane.api.spec import DocumentedRoute, Security, route
+
+
+class RunnerRevoked(Response):
+    id: str
+    revoked: bool = True
+
+
+async def register(request: Request) -> HttpResponse:
+    req = await read_model(request, RegisterRequest)
+    return send(await run_in_threadpool(services(request).runners.register, req), 201)
+
+
+async def heartbeat(request: Request) -> HttpResponse:
+    svc = services(request)
+    runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
+    req = parse_body(body, HeartbeatRequest)
+    return send(await run_in_threadpool(svc.runners.heartbeat, runner, req))
+
+
+async def lease(request: Request) -> HttpResponse:
+    start = time.perf_counter()
+    svc = services(request)
+    runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
+    req = parse_body(body, LeaseRequest)
+    if svc.runners.config_of(runner).drain:
+        out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
+    else:
+        req = req.model_copy(update={"wait_s": min(req.wait_s, svc.settings.max_lease_wait_s)})
+        out = await svc.jobs.lease(runner.id, runner.region, req)
+    request.app.state.metrics.lease_latency.labels("jobs" if out.jobs else "empty").observe(
+        time.perf_counter() - start
+    )
+    return send(out)
+
+
+async def extend(request: Request) -> HttpResponse:
+    svc = services(request)
+    runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
+    req = parse_body(body, ExtendRequest)
+    job_id = request.path_params["job_id"]
+    return send(await run_in_threadpool(svc.jobs.extend, runner.id, job_id, req.lease_token))
+
+
+async def complete(request: Request) -> HttpResponse:
+    svc = services(request)
+    runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
+    req = parse_body(body, CompleteRequest)
+    job_id = request.path_params["job_id"]
+    out = await run_in_threadpool(svc.jobs.complete, runner.id, job_id, req)
+    model = getattr(out, "model", None) or "unknown"  # CompleteResponse.model when provided
+    request.app.state.metrics.jobs_completed.labels(model, out.status).inc()
+    return send(out)
+
+
+async def list_runners(request: Request) -> HttpResponse:
+    p = principal(request)
+    return send(await run_in_threadpool(services(request).runners.list_runners, p))
+
+
+async def patch_config(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, RunnerConfigPatch)
+    runner_id = request.path_params["runner_id"]
+    return send(await run_in_threadpool(services(request).runners.patch_config, p, runner_id, req))
+
+
+async def revoke(request: Request) -> HttpResponse:
+    p = principal(request)
+    runner_id = request.path_params["runner_id"]
+    await run_in_threadpool(services(request).runners.revoke, p, runner_id)
+    return send(RunnerRevoked(id=runner_id))
+
+
+_SIGNED: Security = "runner"
+ROUTES: list[DocumentedRoute] = [
+    route(
+        "POST",
+        "/v1/runners/register",
+        register,
+        "Register a runner with a join token",
+        RegisterResponse,
+        status=201,
+        request=RegisterRequest,
+        security="none",
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/heartbeat",
+        heartbeat,
+        "Report GPUs, models, Triton metrics; get config and jobs to cancel",
+        HeartbeatResponse,
+        request=HeartbeatRequest,
+        security=_SIGNED,
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/lease",
+        lease,
+        "Long-poll for jobs of the given models (wait_s <= 20)",
+        LeaseResponse,
+        request=LeaseRequest,
+        security=_SIGNED,
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/jobs/{job_id}/extend",
+        extend,
+        "Extend a job's lease",
+        ExtendResponse,
+        request=ExtendRequest,
+        security=_SIGNED,
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/jobs/{job_id}/complete",
+        complete,
+        "Commit a job's result (409 on a stale lease token)",
+        CompleteResponse,
+        request=CompleteRequest,
+        security=_SIGNED,
+    ),
+    route("GET", "/v1/runners", list_runners, "List runners with status (admin, user)", RunnerList),
+    route(
+        "PATCH",
+        "/v1/runners/{runner_id}/config",
+        patch_config,
+        "Merge runtime settings into a runner's config (admin)",
+        RunnerView,
+        request=RunnerConfigPatch,
+    ),
+    route(
+        "DELETE",
+        "/v1/runners/{runner_id}",
+        revoke,
+        "Revoke a runner (admin; extension to api-v1)",
+        RunnerRevoked,
+    ),
+]

@@ -1,0 +1,76 @@
+"""Health, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+from gpufleet.wire import HealthView
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.responses import Response as HttpResponse
+
+from control_plane.api.context import services
+from control_plane.api.http import send
+from control_plane.api.spec import DocumentedRoute, route
+from control_plane.errors import GpufleetError
+from control_plane.metrics import CONTENT_TYPE
+
+
+def package_version() -> str:
+    try:
+        return version("gpufleet")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+async def _check(fn: object) -> str:
+    try:
+        await run_in_threadpool(fn)  # type: ignore[arg-type]
+    except GpufleetError as exc:
+        return f"error: {exc.message}"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def health(request: Request) -> HttpResponse:
+    checks = services(request).checks
+    names = sorted(checks)
+    results = await asyncio.gather(*(_check(checks[n]) for n in names))
+    report = dict(zip(names, results, strict=True))
+    ok = all(r == "ok" for r in results)
+    view = HealthView(status="ok" if ok else "degraded", version=package_version(), checks=report)
+    return send(view, 200 if ok else 503)
+
+
+async def metrics(request: Request) -> HttpResponse:
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return HttpResponse(body, media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> HttpResponse:
+    return JSONResponse(request.app.state.openapi)
+
+
+ROUTES: list[DocumentedRoute] = [
+    route(
+        "GET",
+        "/v1/health",
+        health,
+        "Liveness and storage reachability (503 degraded)",
+        HealthView,
+        security="none",
+    ),
+    route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics",
+        None,
+        security="none",
+        content_type="text/plain",
+    ),
+    route("GET", "/openapi.json", openapi, "This document", None, security="none"),
+]

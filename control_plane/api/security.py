@@ -1,0 +1,105 @@
+"""Request authentication seams.
+
+- Bearer access tokens: Starlette's ``AuthenticationBackend`` + ``AuthenticationMiddleware``.
+  The backend never fails a request itself; a bad token leaves an anonymous user carrying
+  the reason, and ``principal(request)`` raises ``Unauthorized`` on routes that need one, so
+  public routes (health, auth, runner routes) ignore stray headers.
+- Runner HMAC signatures: ``signed_runner(request, runner_id)`` reads the (size-limited)
+  body once and asks ``RunnerService.authenticate``.
+"""
+
+from __future__ import annotations
+
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    BaseUser,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection, Request
+
+from control_plane.errors import Unauthorized
+from control_plane.services.auth import AuthService
+from control_plane.services.principal import Principal
+from control_plane.services.runners import RunnerService
+from control_plane.storage.protocols_auth import RunnerRecord
+
+
+class TokenUser(BaseUser):
+    """An authenticated caller (a verified access token)."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.sub
+
+    @property
+    def identity(self) -> str:
+        return self.principal.sub
+
+
+class Anonymous(BaseUser):
+    """No or an invalid bearer token; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @property
+    def is_authenticated(self) -> bool:
+        return False
+
+    @property
+    def display_name(self) -> str:
+        return ""
+
+
+class BearerBackend(AuthenticationBackend):
+    """Verifies ``Authorization: Bearer <access token>``."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self._auth = auth
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        header = conn.headers.get("authorization")
+        if not header:
+            return AuthCredentials(), Anonymous("missing bearer token")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return AuthCredentials(), Anonymous("expected 'Authorization: Bearer <token>'")
+        try:
+            p = await run_in_threadpool(self._auth.authenticate, token.strip())
+        except Unauthorized as exc:
+            return AuthCredentials(), Anonymous(exc.message)
+        return AuthCredentials(sorted(p.scopes)), TokenUser(p)
+
+
+def principal(request: Request) -> Principal:
+    """The verified caller, or ``Unauthorized``."""
+    user = request.scope.get("user")
+    if isinstance(user, TokenUser):
+        return user.principal
+    reason = user.reason if isinstance(user, Anonymous) else "missing bearer token"
+    raise Unauthorized(reason)
+
+
+async def signed_runner(
+    request: Request, runners: RunnerService, runner_id: str
+) -> tuple[RunnerRecord, bytes]:
+    """The runner that signed this request, and the request body it signed."""
+    body = await request.body()
+    rec = await run_in_threadpool(
+        runners.authenticate,
+        runner_id,
+        request.method,
+        request.url.path,
+        request.url.query,
+        request.headers,
+        body,
+    )
+    return rec, body

@@ -1,0 +1,129 @@
+"""Composition root: ``build_services(settings)`` wires stores and services once;
+``create_app(settings, services)`` builds the Starlette app around them.
+
+Middleware, outermost first: request timing (metrics), body limit (413), bearer
+authentication; then Starlette's exception middleware with the one error handler.
+The lifespan runs the expiry sweeper (``jobs.sweep()`` every ``sweep_interval_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.routing import BaseRoute
+
+from control_plane.api import routes_auth, routes_jobs, routes_models, routes_runners, routes_system
+from control_plane.api.context import JobsPort, Services
+from control_plane.api.errors import EXCEPTION_HANDLERS
+from control_plane.api.limits import BodyLimitMiddleware
+from control_plane.api.openapi import build_openapi
+from control_plane.api.routes_system import package_version
+from control_plane.api.security import BearerBackend
+from control_plane.metrics import Metrics, RequestTimer
+from control_plane.services.auth import AuthService
+from control_plane.services.runners import RunnerService
+from control_plane.settings import Settings
+from control_plane.storage.aws import make_clients
+from control_plane.storage.dynamo_auth import DynamoAuthStore
+from control_plane.storage.dynamo_runners import DynamoNonceStore, DynamoRunnerStore
+
+__all__ = ["Services", "build_services", "create_app", "routes"]
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings) -> Services:
+    """Every service on the tables and bucket named in ``settings``."""
+    from control_plane.services.jobs import build_job_service
+
+    dynamodb, s3 = make_clients(settings)
+    jobs, models = build_job_service(settings, dynamodb, s3)
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    auth = AuthService(
+        DynamoAuthStore(dynamodb, settings.table("auth")),
+        jwt_secret=secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        access_ttl_s=settings.access_token_ttl_s,
+        refresh_ttl_s=settings.refresh_token_ttl_s,
+    )
+    nonces = DynamoNonceStore(dynamodb, settings.table("nonces"))
+    runners = RunnerService(
+        DynamoRunnerStore(dynamodb, settings.table("runners")),
+        nonces,
+        auth.redeem_join_token,
+        jobs.cancelled_among,
+        window_s=settings.runner_signature_window_s,
+        offline_after_s=settings.runner_offline_after_s,
+    )
+    checks = {"jobs": jobs.ping, "auth": auth.ping, "runners": runners.ping, "nonces": nonces.ping}
+    return Services(settings, auth, runners, jobs, models, checks)
+
+
+def routes() -> list[BaseRoute]:
+    """The route table of the API."""
+    return [
+        *routes_system.ROUTES,
+        *routes_auth.ROUTES,
+        *routes_jobs.ROUTES,
+        *routes_models.ROUTES,
+        *routes_runners.ROUTES,
+    ]
+
+
+async def sweep_forever(jobs: JobsPort, interval_s: float) -> None:
+    """Call ``jobs.sweep()`` every interval; errors are logged and backed off (with jitter)."""
+    delay = interval_s
+    while True:
+        await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+        try:
+            swept = await run_in_threadpool(jobs.sweep)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = min(delay * 2, max(interval_s, 60.0))
+            log.warning("sweep failed; next try in ~%.1fs", delay, exc_info=True)
+            continue
+        delay = interval_s
+        if any(swept.values()):
+            log.info("swept %s", swept)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """The Starlette app of one control-plane process."""
+    svc = services if services is not None else build_services(settings)
+    metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep_forever(svc.jobs, settings.sweep_interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    table = routes()
+    app = Starlette(
+        routes=table,
+        middleware=[
+            Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.state.metrics = metrics
+    app.state.openapi = build_openapi(table, package_version())
+    return app

@@ -1,0 +1,181 @@
+"""Prometheus metrics of one app, on its own ``CollectorRegistry``.
+
+Measured in process: request latency by route template, method and status; lease latency;
+jobs submitted and completed. Read at scrape time (so every replica reports the same
+fleet-wide values): queue depth per model, GPU utilisation and memory per runner and GPU,
+and Triton per-model success/failure counts from the runners' last heartbeats.
+
+Triton counts are read from a heartbeat's ``triton`` object in the form
+``{"models": {"<model>": {"success": <int>, "failure": <int>, ...}}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.storage.protocols_auth import RunnerRecord
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+
+
+class _FleetCollector(Collector):
+    """Values read from the tables when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        queue_depths: Callable[[], dict[str, int]],
+        runners: Callable[[], list[RunnerRecord]],
+    ) -> None:
+        self._queue_depths = queue_depths
+        self._runners = runners
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no collection at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "gpufleet_queue_depth", "Jobs waiting in the queue per model.", labels=["model"]
+        )
+        try:
+            for model, n in sorted(self._queue_depths().items()):
+                depth.add_metric([model], n)
+        except Exception:
+            log.warning("queue depth unavailable for metrics", exc_info=True)
+        yield depth
+        util = GaugeMetricFamily(
+            "gpufleet_runner_gpu_utilization_percent",
+            "GPU utilisation from the last heartbeat.",
+            labels=["runner", "gpu"],
+        )
+        mem = GaugeMetricFamily(
+            "gpufleet_runner_gpu_memory_used_bytes",
+            "GPU memory used, from the last heartbeat.",
+            labels=["runner", "gpu"],
+        )
+        total = GaugeMetricFamily(
+            "gpufleet_runner_gpu_memory_total_bytes",
+            "GPU memory total, from the last heartbeat.",
+            labels=["runner", "gpu"],
+        )
+        ok = CounterMetricFamily(
+            "gpufleet_triton_inference_success",
+            "Triton successful inferences per runner and model (runner-reported).",
+            labels=["runner", "model"],
+        )
+        failed = CounterMetricFamily(
+            "gpufleet_triton_inference_failure",
+            "Triton failed inferences per runner and model (runner-reported).",
+            labels=["runner", "model"],
+        )
+        try:
+            records = self._runners()
+        except Exception:
+            log.warning("runner records unavailable for metrics", exc_info=True)
+            records = []
+        for rec in records:
+            if rec.revoked:
+                continue
+            for gpu in rec.gpus:
+                labels = [rec.id, str(gpu.get("index", ""))]
+                if gpu.get("utilization_pct") is not None:
+                    util.add_metric(labels, float(gpu["utilization_pct"]))
+                mem.add_metric(labels, float(gpu.get("memory_used_mb", 0)) * 2**20)
+                total.add_metric(labels, float(gpu.get("memory_total_mb", 0)) * 2**20)
+            models: Any = rec.triton.get("models") if isinstance(rec.triton, dict) else None
+            if isinstance(models, dict):
+                for name, counts in sorted(models.items()):
+                    if not isinstance(counts, dict):
+                        continue
+                    ok.add_metric([rec.id, str(name)], float(counts.get("success", 0) or 0))
+                    failed.add_metric([rec.id, str(name)], float(counts.get("failure", 0) or 0))
+        yield from (util, mem, total, ok, failed)
+
+
+class Metrics:
+    """The metrics of one app."""
+
+    def __init__(
+        self,
+        queue_depths: Callable[[], dict[str, int]],
+        runners: Callable[[], list[RunnerRecord]],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.request_latency = Histogram(
+            "gpufleet_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.lease_latency = Histogram(
+            "gpufleet_lease_duration_seconds",
+            "Latency of runner lease calls (long polls included), by whether jobs came back.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_submitted = Counter(
+            "gpufleet_jobs_submitted",
+            "Jobs accepted by this replica, per model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.jobs_completed = Counter(
+            "gpufleet_jobs_completed",
+            "Job completions committed through this replica, per model and status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_FleetCollector(queue_depths, runners))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (reads fleet values now)."""
+        return generate_latest(self.registry)
+
+
+class RequestTimer:
+    """ASGI middleware observing request latency by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[Any]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def _template(self, scope: Scope) -> str:
+        for r in self.routes():
+            match, _ = r.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(r, "path", "unmatched"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request_latency.labels(
+                self._template(scope), scope["method"], str(status)
+            ).observe(time.perf_counter() - start)

@@ -1,0 +1,189 @@
+"""Authentication of people and programs: API keys, access/refresh tokens, join tokens.
+
+- API key ``gf_<key id>_<secret>``: only ``sha256(secret)`` is stored; compared in constant time.
+- ``exchange_api_key`` -> access token (JWT, see ``tokens.py``) + refresh token
+  ``rt_<id>.<secret>`` of a new family.
+- ``refresh`` rotates: the presented token is flipped used=false->true by a conditional
+  write; a second presentation of a used token revokes its whole family (401). A revoked
+  API key stops working at the next refresh (access tokens live at most their TTL).
+- Join tokens ``gfj_<secret>`` let runners register (multi-use until they expire).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+
+from gpufleet.wire import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    JoinTokenCreate,
+    JoinTokenCreated,
+    TokenPair,
+)
+
+from control_plane import clock
+from control_plane.errors import NotFound, Unauthorized
+from control_plane.services.principal import ROLE_SCOPES, Principal
+from control_plane.services.tokens import TokenSigner
+from control_plane.storage.protocols_auth import (
+    ApiKeyRecord,
+    AuthStore,
+    JoinTokenRecord,
+    RefreshRecord,
+)
+
+API_KEY_PREFIX = "gf_"
+REFRESH_PREFIX = "rt_"
+JOIN_PREFIX = "gfj_"
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _same_hash(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(sha256_hex(secret).encode(), stored_hash.encode())
+
+
+class AuthService:
+    """API keys, token exchange and rotation, bearer verification, join tokens."""
+
+    def __init__(
+        self,
+        store: AuthStore,
+        *,
+        jwt_secret: str | None,
+        issuer: str,
+        audience: str,
+        access_ttl_s: int,
+        refresh_ttl_s: int,
+        now: Callable[[], float] = clock.now,
+    ) -> None:
+        self._store = store
+        self._secret = jwt_secret
+        self._refresh_ttl_s = refresh_ttl_s
+        self._now = now
+        self.signer = TokenSigner(self._signing_key, issuer, audience, access_ttl_s, now)
+
+    def _signing_key(self) -> str:
+        """The configured key, else the one shared through the auth table (created once)."""
+        if self._secret is None:
+            self._secret = self._store.ensure_signing_key(secrets.token_urlsafe(48))
+        return self._secret
+
+    # ------------------------------------------------------------------ tokens
+    def exchange_api_key(self, api_key: str) -> TokenPair:
+        """An API key for a fresh token pair (new refresh family)."""
+        rec = self._check_api_key(api_key)
+        return self._pair(rec, family=secrets.token_hex(12))
+
+    def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate a refresh token; reuse of a used one revokes its family."""
+        if not refresh_token.startswith(REFRESH_PREFIX) or "." not in refresh_token:
+            raise Unauthorized("invalid refresh token")
+        token_id, _, secret = refresh_token[len(REFRESH_PREFIX) :].partition(".")
+        rec = self._store.find_refresh_token(token_id)
+        if rec is None or not _same_hash(secret, rec.secret_hash):
+            raise Unauthorized("invalid refresh token")
+        if rec.expires_at < self._now():
+            raise Unauthorized("refresh token expired")
+        if self._store.family_revoked(rec.family):
+            raise Unauthorized("refresh token revoked")
+        if not self._store.mark_refresh_used(token_id):
+            self._store.revoke_family(rec.family, rec.expires_at)
+            raise Unauthorized("refresh token reused; its family is revoked")
+        key = self._store.find_api_key(rec.key_id)
+        if key is None or key.revoked:
+            self._store.revoke_family(rec.family, rec.expires_at)
+            raise Unauthorized("api key revoked")
+        return self._pair(key, family=rec.family)
+
+    def authenticate(self, bearer: str) -> Principal:
+        """The principal of a bearer access token."""
+        return self.signer.verify(bearer)
+
+    def _pair(self, key: ApiKeyRecord, family: str) -> TokenPair:
+        token_id, secret = secrets.token_hex(12), secrets.token_urlsafe(32)
+        self._store.save_refresh_token(
+            RefreshRecord(
+                id=token_id,
+                secret_hash=sha256_hex(secret),
+                family=family,
+                key_id=key.id,
+                tenant=key.tenant,
+                role=key.role,
+                expires_at=self._now() + self._refresh_ttl_s,
+            )
+        )
+        return TokenPair(
+            access_token=self.signer.issue(key.id, key.tenant, key.role),
+            refresh_token=f"{REFRESH_PREFIX}{token_id}.{secret}",
+            expires_in=self.signer.ttl_s,
+        )
+
+    def _check_api_key(self, api_key: str) -> ApiKeyRecord:
+        body = api_key[len(API_KEY_PREFIX) :] if api_key.startswith(API_KEY_PREFIX) else ""
+        key_id, _, secret = body.rpartition("_")
+        rec = self._store.find_api_key(key_id) if key_id and secret else None
+        # Hash something even for unknown ids so timing does not tell ids apart.
+        ok = _same_hash(secret, rec.secret_hash if rec else "0" * 64)
+        if rec is None or not ok or rec.revoked:
+            raise Unauthorized("invalid api key")
+        return rec
+
+    # ------------------------------------------------------------------ admin
+    def create_api_key(self, p: Principal, req: ApiKeyCreate) -> ApiKeyCreated:
+        """A new API key (admin); the secret is in the answer only."""
+        p.require("admin")
+        return self.issue_api_key(req.tenant, req.role, req.name)
+
+    def issue_api_key(self, tenant: str, role: str, name: str) -> ApiKeyCreated:
+        """Create a key without a caller (bootstrap of the first admin key)."""
+        if role not in ROLE_SCOPES:
+            raise ValueError(f"unknown role {role!r}")
+        key_id, secret = clock.new_id("key"), secrets.token_hex(24)
+        self._store.save_api_key(
+            ApiKeyRecord(
+                id=key_id,
+                tenant=tenant,
+                role=role,
+                name=name,
+                secret_hash=sha256_hex(secret),
+                created_at=self._now(),
+            )
+        )
+        return ApiKeyCreated(
+            id=key_id,
+            api_key=f"{API_KEY_PREFIX}{key_id}_{secret}",
+            tenant=tenant,
+            role=role,  # type: ignore[arg-type]
+        )
+
+    def revoke_api_key(self, p: Principal, key_id: str) -> None:
+        """Revoke a key (admin). Its refresh tokens stop working at their next use."""
+        p.require("admin")
+        if not self._store.revoke_api_key(key_id):
+            raise NotFound(f"no api key {key_id!r}")
+
+    def create_join_token(self, p: Principal, req: JoinTokenCreate) -> JoinTokenCreated:
+        """A runner join token (admin), stored hashed with its region and labels."""
+        p.require("admin")
+        token = JOIN_PREFIX + secrets.token_urlsafe(32)
+        expires_at = self._now() + req.expires_in_s
+        self._store.save_join_token(
+            JoinTokenRecord(sha256_hex(token), req.region, dict(req.labels), expires_at)
+        )
+        return JoinTokenCreated(join_token=token, expires_at=clock.iso(expires_at) or "")
+
+    def redeem_join_token(self, token: str) -> JoinTokenRecord:
+        """The join token's record if it is valid and unexpired; ``Unauthorized`` otherwise."""
+        rec = self._store.find_join_token(sha256_hex(token))
+        if rec is None or rec.expires_at < self._now():
+            raise Unauthorized("invalid or expired join token")
+        return rec
+
+    def ping(self) -> None:
+        self._store.ping()

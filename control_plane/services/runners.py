@@ -1,0 +1,201 @@
+"""Runners: registration with a join token, HMAC verification of signed calls, heartbeats,
+listing with a derived status, runtime config and revocation.
+
+The runner's secret is stored retrievably (HMAC needs it): the runners table must be
+protected by encryption at rest and narrow IAM. Signed calls are checked in this order:
+headers present and well formed, runner header equals the runner id in the path, timestamp
+within the window, runner known and not revoked, signature (constant time), then the nonce
+is remembered once (replays are 401).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpufleet import signing
+from gpufleet.wire import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegisterRequest,
+    RegisterResponse,
+    RunnerConfig,
+    RunnerConfigPatch,
+    RunnerList,
+    RunnerView,
+)
+
+from control_plane import clock
+from control_plane.errors import NotFound, Unauthorized
+from control_plane.services.principal import Principal
+from control_plane.storage.protocols_auth import (
+    JoinTokenRecord,
+    NonceStore,
+    RunnerRecord,
+    RunnerStore,
+)
+
+MAX_NONCE_LENGTH = 128
+
+
+class RunnerService:
+    """Everything about runners except the job protocol (which is ``JobService``)."""
+
+    def __init__(
+        self,
+        store: RunnerStore,
+        nonces: NonceStore,
+        redeem_join_token: Callable[[str], JoinTokenRecord],
+        cancelled_among: Callable[[list[str]], list[str]],
+        *,
+        window_s: float,
+        offline_after_s: float,
+        now: Callable[[], float] = clock.now,
+    ) -> None:
+        self._store = store
+        self._nonces = nonces
+        self._redeem = redeem_join_token
+        self._cancelled_among = cancelled_among
+        self._window_s = window_s
+        self._offline_after_s = offline_after_s
+        self._now = now
+
+    # ------------------------------------------------------------------ registration
+    def register(self, req: RegisterRequest) -> RegisterResponse:
+        """A join token for a runner id and secret (shown once)."""
+        token = self._redeem(req.join_token)
+        region = token.region if token.region != "default" else (req.region or "default")
+        rec = RunnerRecord(
+            id=clock.new_id("run"),
+            name=req.name,
+            region=region,
+            labels={**req.labels, **token.labels},
+            secret=secrets.token_urlsafe(32),
+            registered_at=self._now(),
+            gpus=[g.model_dump() for g in req.gpus],
+            config=RunnerConfig().model_dump(),
+        )
+        self._store.create_runner(rec)
+        return RegisterResponse(runner_id=rec.id, secret=rec.secret)
+
+    # ------------------------------------------------------------------ signed calls
+    def authenticate(
+        self,
+        path_runner_id: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> RunnerRecord:
+        """The runner that signed this request; ``Unauthorized`` for anything else."""
+        runner_id = headers.get(signing.HEADER_RUNNER.lower(), "")
+        ts = headers.get(signing.HEADER_TIMESTAMP.lower(), "")
+        nonce = headers.get(signing.HEADER_NONCE.lower(), "")
+        signature = headers.get(signing.HEADER_SIGNATURE.lower(), "")
+        if not (runner_id and ts and nonce and signature):
+            raise Unauthorized("missing runner signature headers")
+        if runner_id != path_runner_id:
+            raise Unauthorized("runner header does not match the path")
+        if not signature.startswith(signing.SIGNATURE_PREFIX):
+            raise Unauthorized("unknown signature version")
+        if not signing.MIN_NONCE_LENGTH <= len(nonce) <= MAX_NONCE_LENGTH:
+            raise Unauthorized("bad nonce length")
+        try:
+            ts_value = int(ts)
+        except ValueError as exc:
+            raise Unauthorized("bad timestamp") from exc
+        now = self._now()
+        if abs(now - ts_value) > self._window_s:
+            raise Unauthorized("timestamp outside the allowed window")
+        rec = self._store.find_runner(runner_id)
+        secret = rec.secret if rec is not None else "x" * 43
+        expected = signing.compute_signature(secret, method, path, query, ts, nonce, body)
+        if not signing.signature_matches(expected, signature) or rec is None:
+            raise Unauthorized("bad signature")
+        if rec.revoked:
+            raise Unauthorized("runner revoked")
+        expires_at = max(now, ts_value) + self._window_s + 1
+        if not self._nonces.remember_nonce(f"{runner_id}#{nonce}", now, expires_at):
+            raise Unauthorized("nonce already used")
+        return rec
+
+    def heartbeat(self, runner: RunnerRecord, req: HeartbeatRequest) -> HeartbeatResponse:
+        """Store the heartbeat; answer config, desired models and jobs to cancel."""
+        rec = self._store.record_heartbeat(
+            runner.id,
+            self._now(),
+            [g.model_dump() for g in req.gpus],
+            [m.model_dump() for m in req.models],
+            req.triton,
+            list(req.running_jobs),
+        )
+        if rec is None:
+            raise Unauthorized("runner revoked")
+        cancel = self._cancelled_among(list(req.running_jobs)) if req.running_jobs else []
+        # desired_models stays None until placement exists: the runner keeps its local models.
+        return HeartbeatResponse(
+            config=self.config_of(rec), desired_models=None, cancel_jobs=cancel
+        )
+
+    # ------------------------------------------------------------------ admin / read
+    def list_runners(self, p: Principal) -> RunnerList:
+        """Every runner with its status (needs ``runners:read``)."""
+        p.require("runners:read")
+        return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
+
+    def records(self) -> list[RunnerRecord]:
+        """Raw records (for metrics collection at scrape time)."""
+        return self._store.list_runners()
+
+    def patch_config(self, p: Principal, runner_id: str, patch: RunnerConfigPatch) -> RunnerView:
+        """Merge the set fields into the runner's stored config (admin)."""
+        p.require("admin")
+        fields: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"api_version"})
+        fields = {k: v for k, v in fields.items() if v is not None}
+        rec = self._store.merge_config(runner_id, fields)
+        if rec is None:
+            raise NotFound(f"no active runner {runner_id!r}")
+        return self.view(rec)
+
+    def revoke(self, p: Principal, runner_id: str) -> None:
+        """Revoke a runner (admin): its signed calls get 401 from now on."""
+        p.require("admin")
+        if not self._store.revoke_runner(runner_id):
+            raise NotFound(f"no runner {runner_id!r}")
+
+    @staticmethod
+    def config_of(rec: RunnerRecord) -> RunnerConfig:
+        return RunnerConfig.model_validate(rec.config)
+
+    def status_of(self, rec: RunnerRecord) -> str:
+        if rec.revoked:
+            return "REVOKED"
+        last = rec.last_heartbeat_at
+        if last is None or self._now() - last > self._offline_after_s:
+            return "OFFLINE"
+        if rec.config.get("drain"):
+            return "DRAINING"
+        return "ONLINE"
+
+    def view(self, rec: RunnerRecord) -> RunnerView:
+        return RunnerView.model_validate(
+            {
+                "id": rec.id,
+                "name": rec.name,
+                "region": rec.region,
+                "labels": rec.labels,
+                "status": self.status_of(rec),
+                "registered_at": clock.iso(rec.registered_at),
+                "last_heartbeat_at": clock.iso(rec.last_heartbeat_at),
+                "gpus": rec.gpus,
+                "models": rec.models,
+                "triton": rec.triton,
+                "running_jobs": rec.running_jobs,
+                "config": rec.config,
+            }
+        )
+
+    def ping(self) -> None:
+        self._store.ping()

@@ -1,0 +1,96 @@
+"""Access tokens: HS256 JWTs (typ ``at+jwt``) issued and verified per RFC 8725.
+
+Verification pins the algorithm (never taken from the token), checks the ``typ`` header, the
+signature, ``exp``/``nbf``/``iat`` with a small leeway, ``iss`` and ``aud``, and requires every
+claim the platform relies on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from control_plane import clock
+from control_plane.errors import Unauthorized
+from control_plane.services.principal import ROLE_SCOPES, Principal
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT typ, not a secret
+LEEWAY_S = 10
+_REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+
+
+class TokenSigner:
+    """Issues and verifies access tokens with a symmetric key from ``key_provider``."""
+
+    def __init__(
+        self,
+        key_provider: Callable[[], str],
+        issuer: str,
+        audience: str,
+        ttl_s: int,
+        now: Callable[[], float] = clock.now,
+    ) -> None:
+        self._key = key_provider
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl_s = ttl_s
+        self._now = now
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
+
+    def issue(self, sub: str, tenant: str, role: str) -> str:
+        """A signed access token for an API key's identity."""
+        iat = int(self._now())
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": sub,
+            "tenant": tenant,
+            "role": role,
+            "scopes": sorted(ROLE_SCOPES[role]),
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + self._ttl_s,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(claims, self._key(), algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; ``Unauthorized`` otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("malformed access token") from exc
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized("unsupported token algorithm")
+        if header.get("typ") != TOKEN_TYPE:
+            raise Unauthorized("not an access token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(),
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=LEEWAY_S,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("access token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("invalid access token") from exc
+        role = claims.get("role")
+        tenant = claims.get("tenant")
+        if role not in ROLE_SCOPES or not isinstance(tenant, str) or not tenant:
+            raise Unauthorized("invalid access token claims")
+        presented = claims.get("scopes")
+        scopes = frozenset(presented) if isinstance(presented, list) else frozenset()
+        return Principal(
+            sub=str(claims["sub"]), tenant=tenant, role=role, scopes=scopes & ROLE_SCOPES[role]
+        )

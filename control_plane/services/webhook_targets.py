@@ -1,0 +1,164 @@
+"""Webhook target validation (SSRF guard).
+
+A target must be ``http``/``https`` with a host and no credentials in the URL. Its host is
+resolved (every A/AAAA record) and refused when any address is loopback, private
+(10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10…), link-local (169.254/16, fe80::/10),
+multicast, unspecified, reserved or otherwise not globally routable.
+``allow_loopback`` (the setting ``webhooks_allow_loopback``) lets loopback through and nothing
+else. IPv4-mapped IPv6 addresses are judged by the IPv4 address they carry.
+
+The check runs at submit time (``check_target``) and again right before every delivery
+(``resolve_target``); the delivery then connects to the checked address itself (pinned), so a
+DNS answer that changes between check and connect (rebinding) cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from control_plane.errors import InvalidRequest
+
+__all__ = [
+    "FIELD",
+    "Resolver",
+    "ResolvedTarget",
+    "TargetRefused",
+    "address_refusal",
+    "check_target",
+    "resolve_target",
+    "system_resolver",
+]
+
+FIELD = "webhook.url"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+"""``resolver(host, port)`` -> every address the host resolves to (A and AAAA)."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class TargetRefused(InvalidRequest):
+    """A webhook URL that may not be delivered to; ``field`` is ``webhook.url``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field=FIELD)
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A checked target: the original URL's parts and the address to connect to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    ip: str
+    path: str
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` header of the original URL (port only when not the default)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == _DEFAULT_PORTS[self.scheme]:
+            return host
+        return f"{host}:{self.port}"
+
+    @property
+    def pinned_url(self) -> str:
+        """The URL with its host replaced by the checked address."""
+        ip = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.scheme}://{ip}:{self.port}{self.path}"
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address of ``host`` from the system resolver (A and AAAA records)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def address_refusal(ip: IPAddress, allow_loopback: bool) -> str | None:
+    """Why ``ip`` may not be a target, or None when it may."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return address_refusal(ip.ipv4_mapped, allow_loopback)
+    if ip.is_loopback:
+        return None if allow_loopback else "loopback"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved:
+        return "reserved"
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+def _split(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path+query) of a syntactically acceptable URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"webhook url is malformed: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise TargetRefused("webhook url must be http or https")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise TargetRefused("webhook url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("webhook url must not carry credentials")
+    if any(c.isspace() for c in url):
+        raise TargetRefused("webhook url must not contain whitespace")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme], path
+
+
+def _addresses(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = resolver(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise TargetRefused(f"webhook host {host!r} cannot be resolved") from exc
+    if not found:
+        raise TargetRefused(f"webhook host {host!r} has no addresses")
+    try:
+        return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
+    except ValueError as exc:
+        raise TargetRefused(f"webhook host {host!r} resolved to a malformed address") from exc
+
+
+def resolve_target(
+    url: str, *, allow_loopback: bool, resolver: Resolver = system_resolver
+) -> ResolvedTarget:
+    """Check ``url`` and every address its host resolves to; return the pinned target.
+
+    Raises ``TargetRefused`` (an ``InvalidRequest`` naming ``webhook.url``) when the URL is
+    not http(s), cannot be resolved, or any of its addresses is refused. No connection is
+    made here.
+    """
+    scheme, host, port, path = _split(url)
+    addresses = _addresses(host, port, resolver)
+    for ip in addresses:
+        reason = address_refusal(ip, allow_loopback)
+        if reason is not None:
+            raise TargetRefused(f"webhook url resolves to a {reason} address ({ip}); refused")
+    return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, ip=str(addresses[0]), path=path)
+
+
+def check_target(url: str, *, allow_loopback: bool, resolver: Resolver = system_resolver) -> None:
+    """Submit-time check of a job's ``webhook.url`` (see ``resolve_target``)."""
+    resolve_target(url, allow_loopback=allow_loopback, resolver=resolver)

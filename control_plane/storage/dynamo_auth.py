@@ -1,0 +1,207 @@
+"""DynamoDB adapter of the ``auth`` table (PK ``pk``).
+
+Items:
+- ``key#<id>``     API key: tenant, role, name, secret_hash (sha256 hex), revoked, created_at.
+- ``rt#<id>``      refresh token: secret_hash, family, key_id, tenant, role, used, expires_at (TTL).
+- ``fam#<id>``     a revoked refresh-token family (present = revoked), expires_at (TTL).
+- ``join#<hash>``  join token: region, labels (JSON), expires_at (TTL).
+- ``meta#jwt``     the generated HS256 signing key shared by every replica.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from control_plane.errors import Conflict
+from control_plane.storage.aws import is_condition_failure, translate_errors
+from control_plane.storage.protocols_auth import ApiKeyRecord, JoinTokenRecord, RefreshRecord
+
+_NOT_EXISTS = "attribute_not_exists(pk)"
+
+
+def _s(v: str) -> dict[str, str]:
+    return {"S": v}
+
+
+def _n(v: float) -> dict[str, str]:
+    return {"N": repr(float(v)) if not float(v).is_integer() else str(int(v))}
+
+
+def _b(v: bool) -> dict[str, bool]:
+    return {"BOOL": v}
+
+
+class DynamoAuthStore:
+    """``AuthStore`` on DynamoDB; every state change is a conditional write."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self._table = table
+
+    # ------------------------------------------------------------------ helpers
+    def _get(self, pk: str, what: str) -> dict[str, Any] | None:
+        with translate_errors(what):
+            item = self._db.get_item(
+                TableName=self._table, Key={"pk": _s(pk)}, ConsistentRead=True
+            ).get("Item")
+        return item if item else None
+
+    def _put_new(self, item: dict[str, Any], what: str) -> None:
+        with translate_errors(what):
+            try:
+                self._db.put_item(TableName=self._table, Item=item, ConditionExpression=_NOT_EXISTS)
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    raise Conflict(f"{what}: already exists") from exc
+                raise
+
+    def _flag(self, pk: str, attr: str, what: str, *, require_false: bool) -> bool:
+        """Set ``attr`` to true on an existing item; False when the condition fails."""
+        cond = "attribute_exists(pk)"
+        values: dict[str, Any] = {":t": _b(True)}
+        if require_false:
+            cond += " AND #a = :f"
+            values[":f"] = _b(False)
+        with translate_errors(what):
+            try:
+                self._db.update_item(
+                    TableName=self._table,
+                    Key={"pk": _s(pk)},
+                    UpdateExpression="SET #a = :t",
+                    ConditionExpression=cond,
+                    ExpressionAttributeNames={"#a": attr},
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return False
+                raise
+        return True
+
+    # ------------------------------------------------------------------ API keys
+    def save_api_key(self, rec: ApiKeyRecord) -> None:
+        """Store a new key (fails with Conflict if the id exists)."""
+        self._put_new(
+            {
+                "pk": _s(f"key#{rec.id}"),
+                "tenant": _s(rec.tenant),
+                "role": _s(rec.role),
+                "name": _s(rec.name),
+                "secret_hash": _s(rec.secret_hash),
+                "created_at": _n(rec.created_at),
+                "revoked": _b(rec.revoked),
+            },
+            "save api key",
+        )
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        item = self._get(f"key#{key_id}", "find api key")
+        if item is None:
+            return None
+        return ApiKeyRecord(
+            id=key_id,
+            tenant=item["tenant"]["S"],
+            role=item["role"]["S"],
+            name=item["name"]["S"],
+            secret_hash=item["secret_hash"]["S"],
+            created_at=float(item["created_at"]["N"]),
+            revoked=item["revoked"]["BOOL"],
+        )
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Mark a key revoked; False when no such key."""
+        return self._flag(f"key#{key_id}", "revoked", "revoke api key", require_false=False)
+
+    # ------------------------------------------------------------------ refresh tokens
+    def save_refresh_token(self, rec: RefreshRecord) -> None:
+        self._put_new(
+            {
+                "pk": _s(f"rt#{rec.id}"),
+                "secret_hash": _s(rec.secret_hash),
+                "family": _s(rec.family),
+                "key_id": _s(rec.key_id),
+                "tenant": _s(rec.tenant),
+                "role": _s(rec.role),
+                "used": _b(rec.used),
+                "expires_at": _n(rec.expires_at),
+            },
+            "save refresh token",
+        )
+
+    def find_refresh_token(self, token_id: str) -> RefreshRecord | None:
+        item = self._get(f"rt#{token_id}", "find refresh token")
+        if item is None:
+            return None
+        return RefreshRecord(
+            id=token_id,
+            secret_hash=item["secret_hash"]["S"],
+            family=item["family"]["S"],
+            key_id=item["key_id"]["S"],
+            tenant=item["tenant"]["S"],
+            role=item["role"]["S"],
+            used=item["used"]["BOOL"],
+            expires_at=float(item["expires_at"]["N"]),
+        )
+
+    def mark_refresh_used(self, token_id: str) -> bool:
+        """used: false -> true. False when it was used already (a reuse)."""
+        # Two presenters of one token race here: exactly one flips the flag.
+        return self._flag(f"rt#{token_id}", "used", "rotate refresh token", require_false=True)
+
+    def revoke_family(self, family: str, expires_at: float) -> None:
+        with translate_errors("revoke token family"):
+            self._db.put_item(
+                TableName=self._table,
+                Item={"pk": _s(f"fam#{family}"), "expires_at": _n(expires_at)},
+            )
+
+    def family_revoked(self, family: str) -> bool:
+        return self._get(f"fam#{family}", "check token family") is not None
+
+    # ------------------------------------------------------------------ join tokens
+    def save_join_token(self, rec: JoinTokenRecord) -> None:
+        self._put_new(
+            {
+                "pk": _s(f"join#{rec.token_hash}"),
+                "region": _s(rec.region),
+                "labels": _s(json.dumps(rec.labels)),
+                "expires_at": _n(rec.expires_at),
+            },
+            "save join token",
+        )
+
+    def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
+        item = self._get(f"join#{token_hash}", "find join token")
+        if item is None:
+            return None
+        return JoinTokenRecord(
+            token_hash=token_hash,
+            region=item["region"]["S"],
+            labels=json.loads(item["labels"]["S"]),
+            expires_at=float(item["expires_at"]["N"]),
+        )
+
+    # ------------------------------------------------------------------ signing key
+    def ensure_signing_key(self, candidate: str) -> str:
+        """Store ``candidate`` unless a key exists, then return the stored one (first wins)."""
+        with translate_errors("store signing key"):
+            try:
+                self._db.put_item(
+                    TableName=self._table,
+                    Item={"pk": _s("meta#jwt"), "key": _s(candidate)},
+                    ConditionExpression=_NOT_EXISTS,
+                )
+            except ClientError as exc:
+                if not is_condition_failure(exc):
+                    raise
+        item = self._get("meta#jwt", "read signing key")
+        if item is None:  # pragma: no cover - written just above
+            raise Conflict("signing key vanished")
+        return str(item["key"]["S"])
+
+    def ping(self) -> None:
+        with translate_errors("ping auth table"):
+            self._db.describe_table(TableName=self._table)

@@ -1,0 +1,1 @@
+"""Triton backends: docker (container), process (local binary), mock (no Triton)."""

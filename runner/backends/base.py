@@ -1,0 +1,96 @@
+"""What the daemon needs from a Triton backend.
+
+A ``TritonBackend`` owns the server's lifecycle (start or adopt, liveness, restart, stop);
+its ``engine`` talks to the server (load/unload/ready/infer/metrics). The docker and
+process backends share :class:`runner.triton_client.TritonClient` as engine; the mock
+backend answers from the model configs.
+
+Errors::
+
+    BackendError       the server cannot be started (image missing, binary absent, ...)
+    InferError         one inference failed; ``transient`` when the server was unreachable
+                       (the job may be retried once Triton is back) rather than refusing it
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gpufleet.wire import OutputRequest, Tensor
+
+
+class BackendError(Exception):
+    """The Triton server cannot be started or reached."""
+
+
+class InferError(Exception):
+    """An inference failed with Triton's message."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class InferenceEngine(Protocol):
+    """Talks to one Triton server."""
+
+    async def server_ready(self) -> bool:
+        """Triton answers ready (False when unreachable)."""
+        ...
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) a model through the repository API; raises InferError."""
+        ...
+
+    async def unload_model(self, name: str) -> None: ...
+
+    async def model_ready(self, name: str, version: str) -> bool: ...
+
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        inputs: list[Tensor],
+        outputs: list[OutputRequest] | None,
+        parameters: dict[str, Any],
+        timeout_s: float,
+    ) -> list[Tensor]:
+        """Run one inference; raises InferError (or TensorError for bad inputs)."""
+        ...
+
+    async def metrics(self) -> dict[str, Any]:
+        """Triton's own metrics, parsed (``{}`` when unavailable)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class TritonBackend(Protocol):
+    """Lifecycle of the Triton server behind ``engine``."""
+
+    kind: str
+
+    @property
+    def engine(self) -> InferenceEngine:
+        """The client of this backend's server."""
+        ...
+
+    async def start(self) -> None:
+        """Make Triton run and be ready (adopting a running one when possible)."""
+        ...
+
+    async def alive(self) -> bool:
+        """The server process/container is running."""
+        ...
+
+    async def restart(self) -> None:
+        """Replace a dead or sick server (logs kept) and wait until ready."""
+        ...
+
+    async def stop(self) -> None:
+        """Clean stop: the server is stopped and removed; logs kept."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for the status server and heartbeat."""
+        ...

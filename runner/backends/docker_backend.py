@@ -1,0 +1,213 @@
+"""Triton in a Docker container, through the docker SDK (blocking calls run in threads).
+
+The container is found again by its labels (``gpufleet.runner=<name>``,
+``gpufleet.role=triton``): a restarted runner adopts a running container whose spec hash
+matches and recreates it otherwise, so there is never a second one. Its logs are appended
+to ``state_dir/triton.log`` whenever it is replaced or stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from runner.backends.base import BackendError
+from runner.backends.common import append_log, wait_ready
+from runner.backends.container_spec import (
+    LABEL_ROLE,
+    LABEL_RUNNER,
+    LABEL_SPEC,
+    ROLE_TRITON,
+    ContainerSpec,
+    build_container_spec,
+)
+from runner.settings import RunnerSettings
+from runner.triton_client import TritonClient
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 2000
+
+
+class DockerBackend:
+    """``TritonBackend`` managing one Triton container."""
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        engine: TritonClient,
+        repository_key: str,
+        gpus: Sequence[str] = (),
+        docker_client: Any = None,
+    ) -> None:
+        self._settings = settings
+        self.engine = engine
+        self._repository_key = repository_key
+        self._gpus = list(gpus)
+        self._docker = docker_client
+        self._container: Any = None
+        self._spec: ContainerSpec | None = None
+        self.adopted = False
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ docker (threads)
+    def _client(self) -> Any:
+        if self._docker is None:
+            import docker
+
+            if self._settings.docker_host:
+                self._docker = docker.DockerClient(base_url=self._settings.docker_host, timeout=60)
+            else:
+                self._docker = docker.from_env(timeout=60)
+        return self._docker
+
+    def _ensure_image(self) -> list[str] | None:
+        """Pull the image when missing; its ENTRYPOINT."""
+        import docker
+
+        client = self._client()
+        image_name = self._settings.triton_image
+        try:
+            image = client.images.get(image_name)
+        except docker.errors.ImageNotFound:
+            log.info("pulling Triton image %s (this can take minutes)", image_name)
+            try:
+                image = client.images.pull(image_name)
+            except docker.errors.APIError as exc:
+                raise BackendError(
+                    f"Triton image {image_name} is not present and cannot be pulled ({exc}); "
+                    "pull or build it on this host (CPU hosts: `make triton-cpu-image` and "
+                    "GPUFLEET_RUNNER_TRITON_IMAGE=gpufleet/tritonserver-cpu:2.51)"
+                ) from exc
+        entrypoint = (image.attrs.get("Config") or {}).get("Entrypoint")
+        return list(entrypoint) if entrypoint else None
+
+    def _find_own(self) -> list[Any]:
+        return list(
+            self._client().containers.list(
+                all=True,
+                filters={
+                    "label": [
+                        f"{LABEL_RUNNER}={self._settings.name}",
+                        f"{LABEL_ROLE}={ROLE_TRITON}",
+                    ]
+                },
+            )
+        )
+
+    def _save_logs(self, container: Any, why: str) -> None:
+        try:
+            text = container.logs(tail=LOG_TAIL_LINES).decode(errors="replace")
+        except Exception as exc:
+            text = f"<logs unavailable: {exc}>"
+        append_log(self._settings.triton_log_file, f"container {container.name}: {why}", text)
+
+    def _remove(self, container: Any, why: str) -> None:
+        self._save_logs(container, why)
+        try:
+            container.remove(force=True)
+        except Exception:
+            log.warning("removing container %s failed", container.name, exc_info=True)
+
+    def _start_sync(self) -> None:
+        entrypoint = self._ensure_image()
+        spec = build_container_spec(
+            self._settings,
+            repository_key=self._repository_key,
+            gpus=self._gpus,
+            image_entrypoint=entrypoint,
+        )
+        self._spec = spec
+        self.adopted = False
+        for container in self._find_own():
+            same = container.labels.get(LABEL_SPEC) == spec.spec_hash
+            if same and container.status == "running" and self._container is None:
+                log.info("adopting running Triton container %s", container.name)
+                self._container = container
+                self.adopted = True
+                continue
+            reason = "spec changed" if not same else f"status {container.status}"
+            log.info("removing Triton container %s (%s)", container.name, reason)
+            self._remove(container, f"replaced: {reason}")
+        if self._container is None:
+            log.info("starting Triton container %s from %s", spec.name, spec.image)
+            try:
+                self._container = self._client().containers.run(**spec.run_kwargs())
+            except Exception as exc:
+                raise BackendError(f"cannot start the Triton container: {exc}") from exc
+
+    def _alive_sync(self) -> bool:
+        container = self._container
+        if container is None:
+            return False
+        try:
+            container.reload()
+        except Exception:
+            return False
+        return bool(container.status in ("created", "running"))
+
+    def _logs_sync(self) -> str:
+        if self._container is None:
+            return ""
+        try:
+            return str(self._container.logs(tail=60).decode(errors="replace"))
+        except Exception as exc:
+            return f"<logs unavailable: {exc}>"
+
+    def _stop_sync(self, why: str) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            container.stop(timeout=self._settings.triton_exit_timeout_s + 5)
+        except Exception:
+            log.debug("stopping %s failed", container.name, exc_info=True)
+        self._remove(container, why)
+
+    # ------------------------------------------------------------------ TritonBackend
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_sync)
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
+        async def alive() -> bool:
+            return await asyncio.to_thread(self._alive_sync)
+
+        async def logs() -> str:
+            return await asyncio.to_thread(self._logs_sync)
+
+        await wait_ready(self.engine, alive, self._settings.triton_ready_timeout_s, logs)
+
+    async def alive(self) -> bool:
+        return await asyncio.to_thread(self._alive_sync)
+
+    async def restart(self) -> None:
+        self.restarts += 1
+        await asyncio.to_thread(self._stop_sync, f"restart #{self.restarts}")
+        await self.engine.reset()
+        await self.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._stop_sync, "runner stopped")
+        await self.engine.aclose()
+        if self._docker is not None:
+            await asyncio.to_thread(self._docker.close)
+
+    @property
+    def container_id(self) -> str | None:
+        return str(self._container.id) if self._container is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.kind,
+            "image": self._settings.triton_image,
+            "container": self._spec.name if self._spec else None,
+            "container_id": self.container_id[:12] if self.container_id else None,
+            "adopted": self.adopted,
+            "restarts": self.restarts,
+            "gpus": self._gpus,
+            "protocol": self.engine.protocol,
+        }

@@ -1,0 +1,312 @@
+"""``gpufleet-runner``: configure | start | status | set KEY VALUE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import yaml
+from gpufleet.wire import RunnerConfigPatch, RunnerView, TokenPair, TokenRequest
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from runner.credentials import load_credentials
+from runner.settings import CONFIG_FILE_ENV, RunnerSettings, default_config_file, load_settings
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="gpufleet runner: Triton on this host."
+)
+console = Console()
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help=f"YAML settings file (env {CONFIG_FILE_ENV}).", show_default=False
+    ),
+]
+SETTABLE = {"max_concurrency", "acceptance_rate", "drain", "heartbeat_interval_s", "lease_wait_s"}
+
+
+def _settings(config: Path | None, **overrides: Any) -> RunnerSettings:
+    try:
+        return load_settings(config, **overrides)
+    except ValidationError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _config_path(config: Path | None) -> Path:
+    if config is not None:
+        return config.expanduser()
+    env = os.environ.get(CONFIG_FILE_ENV)
+    return Path(env).expanduser() if env else default_config_file()
+
+
+# --------------------------------------------------------------------------- configure
+
+
+@app.command()
+def configure(
+    config: ConfigOpt = None,
+    control_plane_url: Annotated[str | None, typer.Option(help="Control plane base URL.")] = None,
+    join_token: Annotated[str | None, typer.Option(help="Join token.")] = None,
+    name: Annotated[str | None, typer.Option(help="Runner name.")] = None,
+    region: Annotated[str | None, typer.Option(help="Region.")] = None,
+    backend: Annotated[str | None, typer.Option(help="docker | process | mock.")] = None,
+    triton_image: Annotated[str | None, typer.Option(help="Triton image (docker).")] = None,
+    model_repository: Annotated[str | None, typer.Option(help="Local model repository.")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="Credentials and logs directory.")] = None,
+    status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="No prompts: flags and defaults.")
+    ] = False,
+) -> None:
+    """Interactive wizard writing the runner's YAML settings (every prompt is also a flag)."""
+    path = _config_path(config)
+    existing: dict[str, Any] = {}
+    if path.exists():
+        existing = yaml.safe_load(path.read_text()) or {}
+    defaults = RunnerSettings.model_construct()  # no env/file reads: plain defaults
+    given = {
+        "control_plane_url": control_plane_url,
+        "join_token": join_token,
+        "name": name,
+        "region": region,
+        "backend": backend,
+        "triton_image": triton_image,
+        "model_repository": model_repository,
+        "state_dir": state_dir,
+        "status_port": status_port,
+    }
+    values: dict[str, Any] = dict(existing)
+    for key, flag in given.items():
+        current = existing.get(key)
+        if current is None:
+            default = getattr(defaults, key, None)
+            current = None if key == "join_token" else default
+        if flag is not None:
+            values[key] = flag
+        elif yes:
+            if current is not None:
+                values[key] = current
+        else:
+            answer = typer.prompt(
+                key.replace("_", " "),
+                default="" if current is None else str(current),
+                hide_input=key == "join_token",
+                show_default=key != "join_token",
+            )
+            if answer != "":
+                values[key] = answer
+    for key in ("state_dir", "model_repository"):
+        if key in values:
+            values[key] = str(values[key])
+    values = {k: v for k, v in values.items() if v is not None}
+    try:  # validate what is written (env ignored: check the file's own values)
+        RunnerSettings.model_validate(values)
+    except ValidationError as exc:
+        console.print(f"[red]invalid value:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the join token
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(values, fh, sort_keys=True)
+    console.print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- start
+
+
+@app.command()
+def start(
+    config: ConfigOpt = None,
+    control_plane_url: Annotated[str | None, typer.Option(help="Control plane base URL.")] = None,
+    join_token: Annotated[str | None, typer.Option(help="Join token.")] = None,
+    backend: Annotated[str | None, typer.Option(help="docker | process | mock.")] = None,
+    name: Annotated[str | None, typer.Option(help="Runner name.")] = None,
+    triton_image: Annotated[str | None, typer.Option(help="Triton image.")] = None,
+    model_repository: Annotated[str | None, typer.Option(help="Local model repository.")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="State directory.")] = None,
+    status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
+    settings = _settings(
+        config,
+        control_plane_url=control_plane_url,
+        join_token=join_token,
+        backend=backend,
+        name=name,
+        triton_image=triton_image,
+        model_repository=model_repository,
+        state_dir=state_dir,
+        status_port=status_port,
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from runner.backends.base import BackendError
+    from runner.daemon import build_daemon
+
+    async def main() -> int:
+        daemon = build_daemon(settings)
+        return await daemon.run()
+
+    try:
+        code = asyncio.run(main())
+    except BackendError as exc:
+        logging.getLogger("runner").error("Triton could not be started: %s", exc)
+        code = 1
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    port: Annotated[int | None, typer.Option(help="Status port (default: settings).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False,
+) -> None:
+    """Health, GPUs, Triton state, loaded models and jobs in flight of the local daemon."""
+    status_port = port if port is not None else _settings(config).status_port
+    url = f"http://127.0.0.1:{status_port}/status"
+    try:
+        resp = httpx.get(url, timeout=5)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        console.print(f"[red]no runner answering at {url}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    data = resp.json()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _render_status(data)
+
+
+def _render_status(data: dict[str, Any]) -> None:
+    colour = {"ok": "green", "degraded": "yellow"}.get(data.get("health", ""), "red")
+    console.print(
+        f"[bold]{data.get('name')}[/bold] ({data.get('runner_id') or 'unregistered'}) "
+        f"health [{colour}]{data.get('health')}[/{colour}] → {data.get('control_plane_url')}"
+    )
+    triton = data.get("triton", {})
+    console.print("Triton: " + ", ".join(f"{k}={v}" for k, v in triton.items()))
+    gpus = Table("GPU", "name", "util %", "memory MB", "temp °C", "power W", title="GPUs")
+    for g in data.get("gpus", []):
+        gpus.add_row(
+            str(g["index"]),
+            g["name"],
+            str(g.get("utilization_pct")),
+            f"{g['memory_used_mb']}/{g['memory_total_mb']}",
+            str(g.get("temperature_c")),
+            str(g.get("power_w")),
+        )
+    if data.get("gpus"):
+        console.print(gpus)
+    else:
+        console.print(f"GPUs: none ({data.get('gpus_note') or 'CPU-only host'})")
+    models = Table("model", "version", "state", "reason", title="Models")
+    for m in data.get("models", []):
+        models.add_row(m["name"], m["version"], m["state"], m.get("reason") or "")
+    console.print(models)
+    jobs = data.get("jobs_in_flight", [])
+    console.print(f"Jobs in flight: {len(jobs)}  counters: {data.get('counters')}")
+    for j in jobs:
+        console.print(f"  {j['id']} {j['model']} {j['running_s']}s")
+
+
+# --------------------------------------------------------------------------- set
+
+
+@app.command("set")
+def set_config(
+    key: Annotated[
+        str,
+        typer.Argument(
+            help="max_concurrency | acceptance_rate | drain | heartbeat_interval_s | lease_wait_s"
+        ),
+    ],
+    value: Annotated[str, typer.Argument(help="New value.")],
+    config: ConfigOpt = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="GPUFLEET_API_KEY", help="Admin API key.", show_default=False),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Control plane URL (default: settings).")] = None,
+    runner_id: Annotated[
+        str | None, typer.Option(help="Runner id (default: this host's credentials).")
+    ] = None,
+) -> None:
+    """Store a runtime setting at the control plane; the runner applies it on its next heartbeat."""
+    field = key.removeprefix("load_control.")
+    if field not in SETTABLE:
+        console.print(f"[red]unknown key {key!r}[/red]; one of: {', '.join(sorted(SETTABLE))}")
+        raise typer.Exit(2)
+    try:
+        patch = RunnerConfigPatch.model_validate({field: value})
+    except ValidationError as exc:
+        console.print(f"[red]invalid value for {field}:[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    if not api_key:
+        console.print("[red]an admin API key is needed:[/red] --api-key or GPUFLEET_API_KEY")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    base = (url or settings.control_plane_url).rstrip("/")
+    if runner_id is None:
+        creds = load_credentials(settings.credentials_file)
+        if creds is None:
+            console.print(
+                f"[red]no runner id:[/red] pass --runner-id (no {settings.credentials_file})"
+            )
+            raise typer.Exit(2)
+        runner_id = creds.runner_id
+    with httpx.Client(base_url=base, timeout=15) as http:
+        resp = http.post("/v1/auth/token", content=TokenRequest(api_key=api_key).model_dump_json())
+        _check(resp)
+        token = TokenPair.model_validate_json(resp.content).access_token
+        resp = http.patch(
+            f"/v1/runners/{runner_id}/config",
+            content=patch.model_dump_json(exclude_unset=True),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        _check(resp)
+    view = RunnerView.model_validate_json(resp.content)
+    console.print(
+        f"{view.id}: {field} = {getattr(view.config, field)} (applied on the next heartbeat)"
+    )
+
+
+def _check(resp: httpx.Response) -> None:
+    if resp.status_code < 300:
+        return
+    try:
+        err = resp.json()["error"]
+        text = f"{err['code']}: {err['message']}"
+    except (ValueError, KeyError, TypeError):
+        text = resp.text[:300]
+    console.print(
+        f"[red]{resp.request.method} {resp.request.url.path} → {resp.status_code}[/red] {text}"
+    )
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of ``gpufleet-runner``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The runner daemon: one shutdown event, separate tracked loops (lease, heartbeat, Triton
+watch), the local status server, and a drain on SIGTERM/SIGINT.
+
+Shutdown order: stop leasing → in-flight jobs get ``lease_grace_s`` to finish (the rest
+are left to lease expiry, so the control plane requeues them) → one last heartbeat →
+heartbeat and watch loops stop → Triton stopped and removed (unless
+``keep_triton_on_exit``) → exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from runner.backends.base import TritonBackend
+from runner.cp_client import ControlPlaneClient
+from runner.credentials import load_or_create_secret
+from runner.gpu import GpuReader, Nvml
+from runner.heartbeat import Heartbeat
+from runner.identity import Identity
+from runner.jobloop import JobLoop
+from runner.model_manager import ModelManager
+from runner.settings import RunnerSettings
+from runner.state import RunnerState
+from runner.status_server import StatusServer
+from runner.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def build_backend(
+    settings: RunnerSettings, gpus: GpuReader, docker_client: Any = None
+) -> TritonBackend:
+    """The backend named in ``settings`` (docker, process or mock)."""
+    if settings.backend == "mock":
+        from runner.backends.mock_backend import MockBackend
+
+        return MockBackend(settings.model_repository)
+    from runner.triton_client import TritonClient
+
+    key = load_or_create_secret(settings.state_dir / "triton-repository-key")
+    engine = TritonClient(
+        protocol=settings.protocol,
+        http_port=settings.triton_http_port,
+        grpc_port=settings.triton_grpc_port,
+        metrics_port=settings.triton_metrics_port,
+        repository_key=key,
+        load_timeout_s=settings.triton_ready_timeout_s,
+    )
+    if settings.backend == "process":
+        from runner.backends.process_backend import ProcessBackend
+
+        return ProcessBackend(settings, engine, key)
+    from runner.backends.docker_backend import DockerBackend
+
+    detected = [g.uuid for g in gpus.read()] if settings.gpus is None else []
+    device_ids = list(settings.gpus) if settings.gpus is not None else detected
+    return DockerBackend(settings, engine, key, device_ids, docker_client)
+
+
+class Daemon:
+    """Everything one runner process runs."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        backend: TritonBackend,
+        *,
+        gpus: GpuReader,
+        client: ControlPlaneClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.gpus = gpus
+        self.state = RunnerState()
+        self.client = client or ControlPlaneClient(
+            settings.control_plane_url, timeout_s=settings.request_timeout_s
+        )
+        self.identity = Identity(settings, self.client, gpus.read)
+        self.models = ModelManager(backend.engine, settings.model_repository)
+        self.jobs = JobLoop(self.state, self.client, self.identity, backend.engine, self.models)
+        self.heartbeat = Heartbeat(
+            self.state,
+            self.client,
+            self.identity,
+            gpus,
+            backend.engine,
+            self.models,
+            self.jobs,
+            {"backend": backend.kind},
+        )
+        self.supervisor = Supervisor(settings, backend, self.models, self.state)
+        self.status = StatusServer(self.snapshot, settings.status_port)
+        self.shutdown = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def request_stop(self) -> None:
+        """Begin the drain (signal handlers call this)."""
+        if not self.shutdown.is_set():
+            log.info("stop requested: no new leases; draining in-flight jobs")
+        self.state.stopping = True
+        self.shutdown.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``gpufleet-runner status`` shows."""
+        st = self.state
+        now = time.monotonic()
+        return {
+            "health": "stopping"
+            if st.stopping
+            else ("ok" if st.triton_ready.is_set() else "degraded"),
+            "name": self.settings.name,
+            "runner_id": self.identity.runner_id,
+            "control_plane_url": self.settings.control_plane_url,
+            "uptime_s": round(time.time() - st.started_at, 1),
+            "config": st.config.model_dump(),
+            "triton": {"ready": st.triton_ready.is_set(), **self.backend.describe()},
+            "gpus": [g.model_dump() for g in st.gpus],
+            "gpus_note": self.gpus.unavailable_reason,
+            "models": [m.model_dump() for m in self.models.states()],
+            "jobs_in_flight": [
+                {"id": j, "model": e.job.model, "running_s": round(now - e.started, 2)}
+                for j, e in st.inflight.items()
+            ],
+            "counters": vars(st.counters),
+            "last_heartbeat_at": st.last_heartbeat_at,
+            "last_error": st.last_error,
+        }
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+    def _spawn(self, name: str, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until a stop is requested; returns the exit code."""
+        if install_signals:
+            self._install_signals()
+        if self.settings.status_enabled:
+            await self.status.start()
+        loops_stop = asyncio.Event()
+        try:
+            self.state.gpus = await asyncio.to_thread(self.gpus.read)
+            start = asyncio.ensure_future(self.supervisor.start())
+            stopped = asyncio.ensure_future(self.shutdown.wait())
+            await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not start.done():
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await start
+                return 0
+            start.result()  # BackendError → exit 1 (after the finally)
+            self._spawn("heartbeat", self.heartbeat.run(loops_stop))
+            self._spawn("triton-watch", self.supervisor.run(loops_stop))
+            lease = self._spawn("lease", self.jobs.run(self.shutdown))
+            await self.shutdown.wait()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(lease, 5)
+            await self.jobs.drain(self.settings.lease_grace_s)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.heartbeat.beat_once(), 5)
+            return 0
+        finally:
+            loops_stop.set()
+            await self._stop_tasks()
+            await self._stop_backend()
+            await self.status.stop()
+            await self.client.aclose()
+            self.gpus.close()
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _stop_backend(self) -> None:
+        if self.settings.keep_triton_on_exit:
+            log.info("leaving Triton running for the next runner to adopt")
+            await self.backend.engine.aclose()
+            return
+        try:
+            await self.backend.stop()
+        except Exception:
+            log.warning("stopping Triton failed", exc_info=True)
+
+
+def build_daemon(
+    settings: RunnerSettings, *, nvml: Nvml | None = None, docker_client: Any = None
+) -> Daemon:
+    """Composition root of one runner process."""
+    gpus = GpuReader(nvml)
+    backend = build_backend(settings, gpus, docker_client)
+    return Daemon(settings, backend, gpus=gpus)

@@ -1,0 +1,96 @@
+"""The heartbeat loop: GPUs, models, Triton's metrics and running jobs up; config and
+cancellations down (the runner is a dumb terminal: its runtime settings come from here)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from gpufleet.wire import HeartbeatRequest, HeartbeatResponse
+
+from runner.backends.base import InferenceEngine
+from runner.cp_client import ControlPlaneClient, Unauthorized
+from runner.gpu import GpuReader
+from runner.identity import Identity
+from runner.jobloop import JobLoop
+from runner.model_manager import ModelManager
+from runner.state import RunnerState, wait_event
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Sends a heartbeat every ``config.heartbeat_interval_s`` and applies the answer."""
+
+    def __init__(
+        self,
+        state: RunnerState,
+        client: ControlPlaneClient,
+        identity: Identity,
+        gpus: GpuReader,
+        engine: InferenceEngine,
+        models: ModelManager,
+        jobs: JobLoop,
+        backend_info: dict[str, object] | None = None,
+    ) -> None:
+        self._state = state
+        self._client = client
+        self._identity = identity
+        self._gpus = gpus
+        self._engine = engine
+        self._models = models
+        self._jobs = jobs
+        self._backend_info = backend_info or {}
+
+    async def build(self) -> HeartbeatRequest:
+        """Readings taken now (NVML in a thread; Triton's metrics scraped)."""
+        self._state.gpus = await asyncio.to_thread(self._gpus.read)
+        triton = await self._engine.metrics()
+        self._state.triton_metrics = triton
+        return HeartbeatRequest(
+            gpus=self._state.gpus,
+            models=self._models.states(),
+            triton={**triton, "ready": self._state.triton_ready.is_set(), **self._backend_info},
+            running_jobs=self._jobs.running_ids(),
+        )
+
+    def apply(self, resp: HeartbeatResponse) -> None:
+        """Take the config and stop waiting on cancelled jobs."""
+        if resp.config != self._state.config:
+            log.info("runtime config from the control plane: %s", resp.config.model_dump())
+            self._state.config = resp.config
+            self._state.slot_freed.set()  # max_concurrency may have grown
+        if resp.cancel_jobs:
+            self._jobs.cancel(resp.cancel_jobs)
+
+    async def beat_once(self) -> HeartbeatResponse:
+        resp = await self._client.heartbeat(await self.build())
+        self._state.last_heartbeat_at = time.time()
+        self.apply(resp)
+        return resp
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat until ``stop`` is set."""
+        backoff = 1.0
+        while not stop.is_set():
+            creds = None
+            try:
+                creds = await self._identity.ensure(stop)
+                if creds is None:
+                    return
+                await self.beat_once()
+                backoff = 1.0
+                wait = self._state.config.heartbeat_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Unauthorized:
+                await self._identity.invalidate(creds)
+                continue
+            except Exception as exc:
+                self._state.last_error = f"heartbeat: {exc}"
+                log.warning("heartbeat failed; retry in ~%.1fs", backoff, exc_info=True)
+                wait = backoff * (0.5 + random.random())
+                backoff = min(backoff * 2, 30.0)
+            await wait_event(stop, wait)

@@ -1,0 +1,294 @@
+"""The job loop: lease → Triton → complete, concurrently, with lease extension.
+
+One long poll at a time asks for up to ``free slots`` jobs of the models READY in Triton;
+each job runs in its own tracked task, so Triton's dynamic batcher sees them together.
+A job ends in exactly one of: completed SUCCEEDED/FAILED; dropped on 409 (someone else
+owns it); cancelled (the heartbeat said so: not completed); abandoned (shutdown grace
+spent: its lease expires and the control plane requeues it). No job is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from gpufleet.wire import CompleteRequest, ErrorInfo, LeasedJob, LeaseRequest, Tensor
+
+from runner.backends.base import InferenceEngine, InferError
+from runner.cp_client import (
+    Conflict,
+    ControlPlaneClient,
+    ControlPlaneError,
+    NotFound,
+    Unauthorized,
+)
+from runner.identity import Identity
+from runner.model_manager import ModelManager
+from runner.state import InflightJob, RunnerState, wait_event
+from runner.tensors import TensorError
+
+log = logging.getLogger(__name__)
+MAX_LEASE_JOBS = 100
+COMPLETE_RETRIES = 5
+MIN_EMPTY_POLL_S = 0.25
+
+
+def _expires_in(iso: str) -> float:
+    """Seconds until an RFC 3339 time (by this host's clock)."""
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return 30.0
+    return when.timestamp() - time.time()
+
+
+class JobLoop:
+    """Leases and runs jobs; see the module docstring."""
+
+    def __init__(
+        self,
+        state: RunnerState,
+        client: ControlPlaneClient,
+        identity: Identity,
+        engine: InferenceEngine,
+        models: ModelManager,
+        *,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._state = state
+        self._client = client
+        self._identity = identity
+        self._engine = engine
+        self._models = models
+        self._rng = rng
+
+    # ------------------------------------------------------------------ leasing
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease until ``stop`` is set (the in-flight jobs keep running)."""
+        backoff = 0.5
+        while not stop.is_set():
+            creds = None
+            try:
+                creds = await self._identity.ensure(stop)
+                if creds is None:
+                    return
+                if not await self._cycle(stop):
+                    continue
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Unauthorized:
+                await self._identity.invalidate(creds)
+            except Exception as exc:
+                self._state.last_error = f"lease: {exc}"
+                log.warning("lease cycle failed; retry in ~%.1fs", backoff, exc_info=True)
+                await wait_event(stop, backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _cycle(self, stop: asyncio.Event) -> bool:
+        """One lease attempt; False when there was nothing to ask for (after a short wait)."""
+        cfg = self._state.config
+        if cfg.drain:
+            await wait_event(stop, 1.0)
+            return False
+        free = cfg.max_concurrency - len(self._state.inflight)
+        if free <= 0:
+            self._state.slot_freed.clear()
+            await wait_event(self._state.slot_freed, 1.0)
+            return False
+        if not self._state.triton_ready.is_set():
+            await wait_event(self._state.triton_ready, 1.0)
+            return False
+        refs = self._models.ready_refs()
+        if not refs:
+            await wait_event(stop, 1.0)
+            return False
+        if cfg.acceptance_rate < 1.0 and self._rng() >= cfg.acceptance_rate:
+            await wait_event(stop, min(1.0, max(cfg.lease_wait_s, 0.1)))
+            return False
+        req = LeaseRequest(models=refs, max_jobs=min(free, MAX_LEASE_JOBS), wait_s=cfg.lease_wait_s)
+        asked = time.monotonic()
+        lease = asyncio.ensure_future(self._client.lease(req))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({lease, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not lease.done():
+            # Shutdown during a long poll: anything claimed right now is requeued on expiry.
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await lease
+            return False
+        jobs = lease.result().jobs
+        for job in jobs:
+            self.start_job(job)
+        if not jobs and time.monotonic() - asked < MIN_EMPTY_POLL_S:
+            # An empty answer that came back at once (wait_s 0): do not spin.
+            await wait_event(stop, MIN_EMPTY_POLL_S)
+        return True
+
+    # ------------------------------------------------------------------ running
+    def start_job(self, job: LeasedJob) -> None:
+        """Run ``job`` in a tracked task."""
+        self._state.counters.leased += 1
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+        self._state.inflight[job.id] = InflightJob(
+            job=job, task=task, lease_token=job.lease_token, lease_expires_at=job.lease_expires_at
+        )
+        task.add_done_callback(functools.partial(self._done, job.id))
+
+    def _done(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._state.inflight.pop(job_id, None)
+        self._state.slot_freed.set()
+
+    async def _run_job(self, job: LeasedJob) -> None:
+        entry = self._state.inflight.get(job.id)
+        extender = asyncio.create_task(self._extend_loop(job))
+        started = time.perf_counter()
+        try:
+            req = await self._execute(job, started)
+        except asyncio.CancelledError:
+            if entry is not None and entry.cancelled:
+                self._state.counters.cancelled += 1
+                log.info("job %s cancelled at the control plane: stopped waiting", job.id)
+                return
+            self._state.counters.abandoned += 1
+            log.warning("job %s abandoned (shutdown): its lease will expire and requeue", job.id)
+            raise
+        finally:
+            extender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await extender
+        await self._complete(job, req)
+
+    async def _execute(self, job: LeasedJob, started: float) -> CompleteRequest:
+        token = self._lease_token(job)
+        try:
+            outputs = await asyncio.wait_for(self._infer(job), timeout=job.timeout_s)
+        except asyncio.TimeoutError:
+            return self._failed(job, "timeout", f"job exceeded its timeout of {job.timeout_s}s")
+        except TensorError as exc:
+            return self._failed(job, "invalid_input", str(exc))
+        except InferError as exc:
+            return self._failed(job, "triton_error", str(exc))
+        total_ms = (time.perf_counter() - started) * 1000
+        return CompleteRequest(
+            lease_token=token,
+            status="SUCCEEDED",
+            outputs=outputs,
+            timings={"total_ms": round(total_ms, 3)},
+        )
+
+    def _lease_token(self, job: LeasedJob) -> str:
+        entry = self._state.inflight.get(job.id)
+        return entry.lease_token if entry is not None else job.lease_token
+
+    def _failed(self, job: LeasedJob, code: str, message: str) -> CompleteRequest:
+        log.warning("job %s failed (%s): %s", job.id, code, message)
+        return CompleteRequest(
+            lease_token=self._lease_token(job),
+            status="FAILED",
+            error=ErrorInfo(code=code, message=message[:4000]),
+        )
+
+    async def _infer(self, job: LeasedJob) -> list[Tensor]:
+        """Infer; while Triton is down (transient errors), wait for it and retry."""
+        delay = 0.2
+        while True:
+            try:
+                return await self._engine.infer(
+                    job.model,
+                    job.model_version,
+                    job.inputs,
+                    job.outputs,
+                    job.parameters,
+                    float(job.timeout_s),
+                )
+            except InferError as exc:
+                if not exc.transient:
+                    raise
+                log.info("job %s: Triton unavailable (%s); retrying when it is back", job.id, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                await self._state.triton_ready.wait()
+
+    async def _extend_loop(self, job: LeasedJob) -> None:
+        """Extend the lease at about half its remaining time, until cancelled."""
+        while True:
+            entry = self._state.inflight.get(job.id)
+            if entry is None:
+                return
+            await asyncio.sleep(max(0.5, _expires_in(entry.lease_expires_at) / 2))
+            try:
+                out = await self._client.extend(job.id, entry.lease_token)
+            except asyncio.CancelledError:
+                raise
+            except (Conflict, NotFound) as exc:
+                log.warning("job %s: lease lost (%s): stopped waiting on it", job.id, exc)
+                entry.cancelled = True
+                entry.task.cancel()
+                return
+            except Exception:
+                log.warning("job %s: extending the lease failed", job.id, exc_info=True)
+                await asyncio.sleep(1.0 + random.random())
+                continue
+            entry.lease_expires_at = out.lease_expires_at
+
+    async def _complete(self, job: LeasedJob, req: CompleteRequest) -> None:
+        delay = 0.5
+        for attempt in range(1, COMPLETE_RETRIES + 1):
+            try:
+                await self._client.complete(job.id, req)
+            except asyncio.CancelledError:
+                raise
+            except Conflict as exc:
+                self._state.counters.conflicts += 1
+                log.warning("job %s: complete refused (%s): result dropped", job.id, exc)
+                return
+            except (Unauthorized, NotFound) as exc:
+                self._state.counters.conflicts += 1
+                log.warning("job %s: complete refused (%s): left to lease expiry", job.id, exc)
+                return
+            except ControlPlaneError as exc:
+                log.warning("job %s: complete attempt %d failed: %s", job.id, attempt, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay *= 2
+                continue
+            if req.status == "SUCCEEDED":
+                self._state.counters.succeeded += 1
+            else:
+                self._state.counters.failed += 1
+            return
+        self._state.counters.abandoned += 1
+        log.error("job %s: could not complete; left to lease expiry", job.id)
+
+    # ------------------------------------------------------------------ control
+    def cancel(self, job_ids: list[str]) -> None:
+        """Stop waiting on jobs the control plane cancelled (no complete is sent)."""
+        for job_id in job_ids:
+            entry = self._state.inflight.get(job_id)
+            if entry is not None and not entry.cancelled:
+                entry.cancelled = True
+                entry.task.cancel()
+
+    def running_ids(self) -> list[str]:
+        return list(self._state.inflight)
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight jobs finish for ``grace_s``; abandon the rest (lease expiry)."""
+        tasks = [e.task for e in self._state.inflight.values()]
+        if not tasks:
+            return
+        log.info("draining %d in-flight job(s) for up to %.0fs", len(tasks), grace_s)
+        _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)

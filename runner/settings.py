@@ -1,0 +1,193 @@
+"""Runner settings: environment (``GPUFLEET_RUNNER_``) > YAML file > defaults.
+
+The YAML file is the one named by ``--config`` (passed as ``config_file``), else by
+``GPUFLEET_RUNNER_CONFIG_FILE``, else ``~/.config/gpufleet/runner.yaml`` when it exists.
+Built once by the CLI and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GPUFLEET_RUNNER_"
+CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+def default_config_file() -> Path:
+    """``~/.config/gpufleet/runner.yaml`` (respecting ``XDG_CONFIG_HOME``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gpufleet" / "runner.yaml"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpufleet-runner"
+
+
+class RunnerSettings(BaseSettings):
+    """Settings of one runner process (one GPU host)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    # identity and control plane
+    control_plane_url: str = Field(
+        default="http://127.0.0.1:8080", description="Base URL of the control plane."
+    )
+    join_token: SecretStr | None = Field(
+        default=None, description="Join token for registration (from POST /v1/admin/join-tokens)."
+    )
+    name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=128,
+        description="Runner name; also names its Triton container (adoption key).",
+    )
+    region: str | None = Field(default=None, description="Region reported at registration.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels sent at registration.")
+    request_timeout_s: float = Field(
+        default=15.0, gt=0, description="Timeout of control-plane calls (long polls add wait_s)."
+    )
+
+    # Triton
+    backend: Literal["docker", "process", "mock"] = Field(
+        default="docker",
+        description="docker: Triton container; process: local tritonserver; mock: no Triton.",
+    )
+    triton_image: str = Field(default=DEFAULT_TRITON_IMAGE, description="Triton image (docker).")
+    triton_entrypoint: list[str] | None = Field(
+        default=None,
+        description="Container entrypoint override; unset: the image's own (when it is "
+        "tritonserver the command is the flags only, else `tritonserver` + flags).",
+    )
+    triton_http_port: int = Field(default=8000, ge=1, le=65535, description="Triton HTTP port.")
+    triton_grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC port.")
+    triton_metrics_port: int = Field(
+        default=8002, ge=1, le=65535, description="Triton Prometheus metrics port."
+    )
+    protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="Protocol used to forward jobs to Triton."
+    )
+    model_repository: Path = Field(
+        default=Path("model_repository"),
+        description="Local Triton model repository (mounted read-only at /models).",
+    )
+    gpus: list[str] | None = Field(
+        default=None,
+        description="GPU indexes or UUIDs given to Triton; unset: every GPU NVML finds.",
+    )
+    shm_size: str = Field(default="1g", description="Shared memory of the Triton container.")
+    ulimits: dict[str, int] = Field(
+        default_factory=lambda: {"memlock": -1, "stack": 67108864},
+        description="Container ulimits (soft = hard; -1 unlimited), as NVIDIA recommends. "
+        "Hosts whose hard memlock limit cannot be raised (unprivileged engines) drop memlock.",
+    )
+    tritonserver_path: str = Field(
+        default="tritonserver", description="tritonserver binary (process backend)."
+    )
+    backend_directory: str | None = Field(
+        default=None, description="Triton --backend-directory (process backend; optional)."
+    )
+    triton_extra_args: list[str] = Field(
+        default_factory=list, description="Extra tritonserver arguments."
+    )
+    triton_ready_timeout_s: float = Field(
+        default=180.0, gt=0, description="How long to wait for Triton to become ready."
+    )
+    triton_exit_timeout_s: int = Field(
+        default=10, ge=0, description="Triton --exit-timeout-secs (in-flight work on stop)."
+    )
+    infer_timeout_s: float = Field(
+        default=600.0, gt=0, description="Upper bound of one inference (jobs have timeout_s)."
+    )
+    docker_host: str | None = Field(
+        default=None, description="Docker engine address; unset: DOCKER_HOST or the default."
+    )
+
+    # supervision
+    restart_backoff_initial_s: float = Field(
+        default=1.0, gt=0, description="First delay before restarting a dead Triton."
+    )
+    restart_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Largest delay between Triton restarts."
+    )
+    watch_interval_s: float = Field(
+        default=1.0, gt=0, description="How often Triton's liveness is checked."
+    )
+    lease_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM: time in-flight jobs get to finish."
+    )
+    keep_triton_on_exit: bool = Field(
+        default=False,
+        description="On a clean stop leave Triton running (a restarted runner adopts it).",
+    )
+    register_retry_s: float = Field(
+        default=60.0, gt=0, description="Retry period when the join token is refused."
+    )
+
+    # local
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Credentials, Triton logs and the model-repository API key live here.",
+    )
+    status_port: int = Field(
+        default=8765, ge=0, le=65535, description="Local status port on 127.0.0.1 (0: any free)."
+    )
+    status_enabled: bool = Field(default=True, description="Serve the local status port.")
+    log_level: str = Field(default="INFO", description="Logging level.")
+
+    # file source, set by the CLI's --config (never from the environment)
+    config_file: Path | None = Field(default=None, exclude=True, description="YAML file read.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _yaml_file(init_settings())
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.state_dir / "credentials.json"
+
+    @property
+    def triton_log_file(self) -> Path:
+        return self.state_dir / "triton.log"
+
+
+def _yaml_file(init: dict[str, Any]) -> Path | None:
+    explicit = init.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    default = default_config_file()
+    return default if default.exists() else None
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> RunnerSettings:
+    """Build the settings once. ``overrides`` (CLI flags) win over env and file.
+
+    ``None`` overrides are dropped, so unset CLI flags fall through to env/YAML/defaults.
+    """
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        values["config_file"] = Path(config_file)
+    return RunnerSettings(**values)

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# `make demo`: an embedded control plane (moto in process) and one runner with a real Triton
+# server when it can: the docker backend on a reachable (or privately started) Docker engine
+# with the CPU Triton image, else the process backend (a local `tritonserver`), else the
+# mock backend with a loud notice. Pushes model_repository/add_sub, runs jobs through the
+# SDK, prints inputs, outputs and timings, then shuts everything down by pid.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+WORK=$(mktemp -d /tmp/gpufleet-demo.XXXXXX)
+CP_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+PIDS=()
+STOP_DOCKERD=""
+
+cleanup() {
+  set +e
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  if [ -n "$STOP_DOCKERD" ]; then bash scripts/dockerd.sh stop "$STOP_DOCKERD" >/dev/null; fi
+  echo "demo: stopped everything (logs in $WORK)"
+}
+trap cleanup EXIT
+
+# ---- choose the backend
+BACKEND=mock
+if [ -n "${GPUFLEET_DEMO_BACKEND:-}" ]; then
+  BACKEND=$GPUFLEET_DEMO_BACKEND
+elif [ -n "${DOCKER_HOST:-}" ] && docker -H "$DOCKER_HOST" info >/dev/null 2>&1; then
+  BACKEND=docker
+elif [ -S /var/run/docker.sock ] && docker info >/dev/null 2>&1; then
+  BACKEND=docker; export DOCKER_HOST=unix:///var/run/docker.sock
+elif [ "$(id -u)" = 0 ] && { command -v dockerd >/dev/null || bash scripts/install-rig-deps.sh >"$WORK/rig-deps.log" 2>&1; }; then
+  RIG_DIR="${GPUFLEET_DOCKERD_DIR:-/tmp/gpufleet-dockerd-$(id -u)-demo}"
+  mkdir -p "$RIG_DIR"
+  if DOCKER_HOST=$(bash scripts/dockerd.sh start "$RIG_DIR" 2>"$WORK/dockerd.err"); then
+    export DOCKER_HOST; BACKEND=docker; STOP_DOCKERD=$RIG_DIR
+  fi
+elif command -v tritonserver >/dev/null; then
+  BACKEND=process
+fi
+if [ "$BACKEND" = docker ]; then
+  echo "demo: building/reusing the CPU Triton image (first time: ~1 minute)"
+  bash scripts/build-triton-cpu-image.sh >"$WORK/image.log" 2>&1 || { echo "demo: image build failed, see $WORK/image.log"; exit 1; }
+fi
+if [ "$BACKEND" = mock ]; then
+  echo "################################################################################"
+  echo "# demo: NO Triton available (no Docker engine, no tritonserver binary).        #"
+  echo "# Using the MOCK backend: outputs are zeros shaped from the model config.      #"
+  echo "################################################################################"
+fi
+echo "demo: backend = $BACKEND"
+
+# ---- control plane (embedded moto)
+$PY -m control_plane serve --embedded --host 127.0.0.1 --port "$CP_PORT" \
+  --admin-key-file "$WORK/admin.key" >"$WORK/control-plane.log" 2>&1 &
+PIDS+=($!)
+URL="http://127.0.0.1:$CP_PORT"
+for _ in $(seq 1 100); do
+  curl -fs "$URL/v1/health" >/dev/null 2>&1 && [ -s "$WORK/admin.key" ] && break; sleep 0.2
+done
+curl -fs "$URL/v1/health" >/dev/null || { echo "demo: control plane did not start"; cat "$WORK/control-plane.log"; exit 1; }
+echo "demo: control plane on $URL"
+
+# ---- runner
+JOIN_TOKEN=$($PY scripts/demo.py join-token --url "$URL" --api-key-file "$WORK/admin.key")
+HTTP_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+GRPC_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+METRICS_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+STATUS_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+GPUFLEET_RUNNER_STATE_DIR="$WORK/runner" \
+GPUFLEET_RUNNER_NAME=demo-runner \
+GPUFLEET_RUNNER_TRITON_IMAGE=gpufleet/tritonserver-cpu:2.51 \
+GPUFLEET_RUNNER_MODEL_REPOSITORY="$PWD/model_repository" \
+GPUFLEET_RUNNER_TRITON_HTTP_PORT=$HTTP_PORT GPUFLEET_RUNNER_TRITON_GRPC_PORT=$GRPC_PORT \
+GPUFLEET_RUNNER_TRITON_METRICS_PORT=$METRICS_PORT GPUFLEET_RUNNER_STATUS_PORT=$STATUS_PORT \
+GPUFLEET_RUNNER_SHM_SIZE=256m \
+  .venv/bin/gpufleet-runner start --control-plane-url "$URL" --join-token "$JOIN_TOKEN" \
+  --backend "$BACKEND" >"$WORK/runner.log" 2>&1 &
+PIDS+=($!)
+echo "demo: runner started (log: $WORK/runner.log)"
+
+# ---- the job: push add_sub, run jobs through the SDK, print results
+$PY scripts/demo.py run --url "$URL" --api-key-file "$WORK/admin.key" --model-dir model_repository/add_sub

@@ -1,0 +1,253 @@
+"""API operations other than the model repository, written once as effect generators
+(see :mod:`gpufleet._transport`) and driven by both clients."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+import numpy as np
+
+from gpufleet._transport import Core, Op, seg
+from gpufleet.errors import JobFailedError, WaitTimeoutError
+from gpufleet.tensors import datatype_of, to_arrays, to_raw_bytes, to_tensor
+from gpufleet.wire import (
+    TERMINAL_STATUSES,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    BatchAccepted,
+    BatchJobRequest,
+    JobAccepted,
+    JobList,
+    JobRequest,
+    JobView,
+    JoinTokenCreate,
+    JoinTokenCreated,
+    OutputRequest,
+    PayloadUpload,
+    PayloadUploadRequest,
+    RunnerList,
+    Tensor,
+    WebhookSecret,
+    WebhookSpec,
+)
+
+#: Inputs whose JSON would exceed this go through a presigned upload (api-v1 "Jobs").
+INLINE_LIMIT_BYTES = 256 * 1024
+#: The server's upper bound on ``wait_s``.
+MAX_WAIT_S = 30.0
+
+Inputs = Mapping[str, Any] | Iterable[Tensor]
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return dict(model.model_dump(mode="json", exclude_none=True))
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def upload_payload(core: Core, data: bytes) -> Op[str]:
+    """Upload raw bytes through ``POST /v1/payloads``; returns the ``data_ref``."""
+    body = _dump(PayloadUploadRequest(size=len(data)))
+    resp = yield from core.request("POST", "/v1/payloads", json=body, idempotent=False)
+    target = PayloadUpload.model_validate(resp.json())
+    put = httpx.Request(target.method, target.url, content=data, headers=target.headers)
+    yield from core.send_external(put)
+    return target.ref
+
+
+def encode_inputs(core: Core, inputs: Inputs, inline_limit: int) -> Op[list[Tensor]]:
+    """Wire tensors for ``inputs``; arrays too large to inline are uploaded (``data_ref``)."""
+    if not isinstance(inputs, Mapping):
+        tensors = list(inputs)
+        if not all(isinstance(t, Tensor) for t in tensors):
+            raise TypeError("inputs must be a mapping of name -> array or a list of Tensor")
+        return tensors
+    out: list[Tensor] = []
+    for name, value in inputs.items():
+        if isinstance(value, Tensor):
+            out.append(value)
+            continue
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        datatype = datatype_of(array)
+        tensor = to_tensor(name, array, datatype) if array.nbytes <= inline_limit else None
+        if tensor is None or len(tensor.model_dump_json()) > inline_limit:
+            ref = yield from upload_payload(core, to_raw_bytes(array, datatype))
+            tensor = Tensor(
+                name=name,
+                datatype=datatype,  # type: ignore[arg-type]
+                shape=[int(d) for d in array.shape],
+                data_ref=ref,
+            )
+        out.append(tensor)
+    return out
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def job_request(
+    core: Core,
+    model: str,
+    inputs: Inputs,
+    *,
+    model_version: str | None = None,
+    outputs: Iterable[str] | None = None,
+    priority: int = 0,
+    timeout_s: int | None = None,
+    ttl_s: int | None = None,
+    max_attempts: int | None = None,
+    region: str | None = None,
+    webhook: str | Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    inline_limit: int = INLINE_LIMIT_BYTES,
+) -> Op[JobRequest]:
+    """Validate and encode one job body (uploading large inputs)."""
+    tensors = yield from encode_inputs(core, inputs, inline_limit)
+    fields: dict[str, Any] = {
+        "model": model,
+        "model_version": model_version,
+        "inputs": tensors,
+        "priority": priority,
+        "region": region,
+        "tags": dict(tags or {}),
+        "parameters": dict(parameters or {}),
+    }
+    if outputs is not None:
+        fields["outputs"] = [OutputRequest(name=n) for n in outputs]
+    if timeout_s is not None:
+        fields["timeout_s"] = timeout_s
+    if ttl_s is not None:
+        fields["ttl_s"] = ttl_s
+    if max_attempts is not None:
+        fields["max_attempts"] = max_attempts
+    if webhook is not None:
+        spec = {"url": webhook} if isinstance(webhook, str) else dict(webhook)
+        fields["webhook"] = WebhookSpec.model_validate(spec)
+    return JobRequest(**fields)
+
+
+def submit(core: Core, req: JobRequest, idempotency_key: str | None) -> Op[JobView]:
+    """``POST /v1/jobs`` with an Idempotency-Key (generated when not given), so retries
+    after a lost answer return the same job instead of making another."""
+    key = idempotency_key or str(uuid.uuid4())
+    resp = yield from core.request(
+        "POST", "/v1/jobs", json=_dump(req), headers={"Idempotency-Key": key}, idempotent=True
+    )
+    accepted = JobAccepted.model_validate(resp.json())
+    return JobView(
+        id=accepted.id,
+        status=accepted.status,
+        model=req.model,
+        model_version=req.model_version,
+        priority=req.priority,
+        max_attempts=req.max_attempts,
+        created_at=accepted.created_at,
+        region=req.region,
+        tags=req.tags,
+    )
+
+
+def submit_batch(core: Core, reqs: list[JobRequest]) -> Op[list[str]]:
+    """``POST /v1/jobs/batch``. Not idempotent server-side: retried only when the server
+    certainly did not take it (429, connection refused)."""
+    body = _dump(BatchJobRequest(jobs=reqs))
+    resp = yield from core.request("POST", "/v1/jobs/batch", json=body, idempotent=False)
+    return BatchAccepted.model_validate(resp.json()).ids
+
+
+def get(core: Core, job_id: str, wait_s: float = 0.0) -> Op[JobView]:
+    params = {"wait_s": f"{wait_s:g}"} if wait_s > 0 else None
+    resp = yield from core.request(
+        "GET", f"/v1/jobs/{seg(job_id)}", params=params, timeout=core.timeout + wait_s
+    )
+    return JobView.model_validate(resp.json())
+
+
+def wait(core: Core, job_id: str, timeout: float | None, poll: float) -> Op[JobView]:
+    """Long-poll ``GET /v1/jobs/{id}?wait_s=…`` until the job is terminal."""
+    deadline = None if timeout is None else core.clock() + timeout
+    poll = max(0.0, min(poll, MAX_WAIT_S))
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - core.clock())
+        wait_s = poll if remaining is None else min(poll, remaining)
+        job = yield from get(core, job_id, wait_s)
+        if job.status in TERMINAL_STATUSES:
+            return job
+        if deadline is not None and core.clock() >= deadline:
+            raise WaitTimeoutError(job, timeout or 0.0)
+
+
+def cancel(core: Core, job_id: str) -> Op[JobView]:
+    resp = yield from core.request("POST", f"/v1/jobs/{seg(job_id)}/cancel", idempotent=False)
+    return JobView.model_validate(resp.json())
+
+
+def list_page(
+    core: Core,
+    status: str | None,
+    model: str | None,
+    limit: int,
+    cursor: str | None,
+) -> Op[JobList]:
+    params = {"status": status, "model": model, "limit": str(limit), "cursor": cursor}
+    resp = yield from core.request("GET", "/v1/jobs", params=params)
+    return JobList.model_validate(resp.json())
+
+
+def outputs_of(core: Core, job: JobView) -> Op[dict[str, np.ndarray[Any, Any]]]:
+    """The outputs of a finished job as arrays (fetched from ``outputs_url`` when stored in
+    the bucket); :class:`JobFailedError` unless it SUCCEEDED."""
+    if job.status != "SUCCEEDED":
+        raise JobFailedError(job)
+    if job.outputs is not None:
+        return to_arrays(job.outputs)
+    if job.outputs_url is None:
+        return {}
+    resp = yield from core.send_external(httpx.Request("GET", job.outputs_url))
+    data = resp.json()
+    items = data.get("outputs", []) if isinstance(data, dict) else data
+    return to_arrays(Tensor.model_validate(t) for t in items)
+
+
+# --------------------------------------------------------------------------- others
+
+
+def list_runners(core: Core) -> Op[RunnerList]:
+    resp = yield from core.request("GET", "/v1/runners")
+    return RunnerList.model_validate(resp.json())
+
+
+def create_api_key(core: Core, tenant: str, role: str, name: str) -> Op[ApiKeyCreated]:
+    body = _dump(ApiKeyCreate(tenant=tenant, role=role, name=name))  # type: ignore[arg-type]
+    resp = yield from core.request("POST", "/v1/admin/api-keys", json=body, idempotent=False)
+    return ApiKeyCreated.model_validate(resp.json())
+
+
+def revoke_api_key(core: Core, key_id: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/admin/api-keys/{seg(key_id)}")
+    return dict(resp.json())
+
+
+def create_join_token(
+    core: Core, region: str, labels: Mapping[str, str] | None, expires_in_s: int
+) -> Op[JoinTokenCreated]:
+    req = JoinTokenCreate(region=region, labels=dict(labels or {}), expires_in_s=expires_in_s)
+    resp = yield from core.request(
+        "POST", "/v1/admin/join-tokens", json=_dump(req), idempotent=False
+    )
+    return JoinTokenCreated.model_validate(resp.json())
+
+
+def webhook_secret(core: Core) -> Op[str]:
+    resp = yield from core.request("GET", "/v1/webhooks/secret")
+    return WebhookSecret.model_validate(resp.json()).secret
+
+
+def rotate_webhook_secret(core: Core) -> Op[str]:
+    resp = yield from core.request("POST", "/v1/webhooks/secret/rotate", idempotent=False)
+    return WebhookSecret.model_validate(resp.json()).secret

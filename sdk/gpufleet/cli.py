@@ -1,0 +1,409 @@
+"""The ``gpufleet`` command line (typer + rich).
+
+``gpufleet [--url URL] [--api-key KEY | --token T] [--output table|json] COMMAND``; the
+credentials come from the flags, then ``GPUFLEET_URL`` / ``GPUFLEET_API_KEY`` /
+``GPUFLEET_TOKEN``, then what ``gpufleet login`` stored. Exit codes: see ``_cli_io``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from gpufleet import errors
+from gpufleet._cli_io import EXIT_FAILED, EXIT_USAGE, Output, exit_code_for, parse_inputs
+from gpufleet._cli_io import parse_pairs as pairs
+from gpufleet.client import Client
+from gpufleet.config import Credentials, load_credentials, save_credentials
+from gpufleet.wire import JobView
+
+__all__ = ["app", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    help="gpufleet: serverless inference on a GPU fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+jobs_app = typer.Typer(help="Submit, inspect and cancel jobs.", no_args_is_help=True)
+models_app = typer.Typer(help="The model repository.", no_args_is_help=True)
+runners_app = typer.Typer(help="Runners (GPU hosts).", no_args_is_help=True)
+admin_app = typer.Typer(help="Administration (admin role).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.add_typer(runners_app, name="runners")
+app.add_typer(admin_app, name="admin")
+admin_app.add_typer(keys_app, name="keys")
+
+JOB_COLUMNS = ["id", "status", "model", "model_version", "created_at", "run_ms"]
+
+
+@dataclass
+class State:
+    """Global options, resolved lazily into a client."""
+
+    url: str | None
+    api_key: str | None
+    token: str | None
+    output: Output
+    _client: Client | None = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        if self._client is None:
+            url, key, token = self.url, self.api_key, self.token
+            if key is None and token is None:
+                stored = load_credentials()
+                if stored is not None:
+                    url = url or stored.url
+                    key, token = stored.api_key, stored.token
+            if not url:
+                raise typer.BadParameter("no URL: pass --url, set GPUFLEET_URL or run login")
+            if key is None and token is None:
+                raise typer.BadParameter("no credentials: pass --api-key/--token or run login")
+            self._client = Client(url, api_key=key, token=token)
+        return self._client
+
+
+def handled(fn: F) -> F:
+    """Turn SDK errors into a message and a stable exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = kwargs.get("ctx", args[0] if args else None)
+        state = getattr(ctx, "obj", None)
+        if not isinstance(state, State):
+            raise TypeError("commands take ctx: typer.Context as their first parameter")
+        try:
+            return fn(*args, **kwargs)
+        except errors.GpufleetError as exc:
+            state.output.error(exc)
+            raise typer.Exit(exit_code_for(exc)) from None
+        except (ValueError, OSError) as exc:  # a bad model directory, an unreadable file
+            state.output.error(exc)
+            raise typer.Exit(EXIT_USAGE) from None
+        finally:
+            if state._client is not None:
+                state._client.close()
+                state._client = None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(envvar="GPUFLEET_URL", help="Control plane URL.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="GPUFLEET_API_KEY", help="API key (gf_…).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="GPUFLEET_TOKEN", help="Access token.")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="table or json.", case_sensitive=False)
+    ] = "table",
+) -> None:
+    if output not in ("table", "json"):
+        raise typer.BadParameter("must be table or json", param_hint="--output")
+    if api_key and token:
+        raise typer.BadParameter("give --api-key or --token, not both")
+    ctx.obj = State(url, api_key, token, Output(output))
+
+
+# --------------------------------------------------------------------------- login
+
+
+@app.command()
+@handled
+def login(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Control plane URL.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (prompted when absent).")] = None,
+) -> None:
+    """Check an API key and store it (with the URL) in the config directory, mode 0600."""
+    state: State = ctx.obj
+    url = url or state.url or typer.prompt("Control plane URL")
+    key = api_key or state.api_key or typer.prompt("API key", hide_input=True)
+    with Client(url, api_key=key) as client:
+        client.authenticate()
+    path = save_credentials(Credentials(url=url, api_key=key))
+    if state.output.json:
+        state.output.emit_json({"url": url, "path": str(path)})
+    else:
+        state.output.err.print(f"logged in to {url}; credentials saved to {path}")
+
+
+# --------------------------------------------------------------------------- jobs
+
+InputOpt = Annotated[
+    list[str],
+    typer.Option("--input", "-i", help="NAME=@file.npy, NAME=JSON or NAME:FP32=JSON (repeat)."),
+]
+
+
+def _model_datatypes(client: Client, model: str, version: str | None) -> dict[str, str]:
+    """Declared input datatypes of a model (to cast JSON inputs); empty when unknown."""
+    try:
+        view = client.models.get(model)
+    except errors.GpufleetError:
+        return {}
+    ready = [v for v in view.versions if v.state == "READY"]
+    chosen = [v for v in ready if v.version == version] if version else ready[-1:]
+    return {t.name: t.datatype for t in chosen[0].inputs} if chosen else {}
+
+
+def _wait_with_spinner(state: State, job_id: str, timeout: float | None) -> JobView:
+    if state.output.json:
+        return state.client().wait(job_id, timeout=timeout)
+    with state.output.err.status(f"waiting for {job_id}…"):
+        return state.client().wait(job_id, timeout=timeout)
+
+
+def _finish(state: State, job: JobView) -> None:
+    state.output.record(job, title=job.id)
+    if job.status != "SUCCEEDED" and job.status in ("FAILED", "CANCELLED", "TIMED_OUT"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@jobs_app.command("submit")
+@handled
+def jobs_submit(
+    ctx: typer.Context,
+    model: str,
+    inputs: InputOpt,
+    model_version: Annotated[str | None, typer.Option("--version")] = None,
+    priority: Annotated[int, typer.Option(min=0, max=100)] = 0,
+    timeout_s: Annotated[int | None, typer.Option(help="Run time limit.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="k=v (repeat).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job finishes.")] = False,
+) -> None:
+    """Queue a job; with --wait, wait for it (exit 1 when it fails)."""
+    state: State = ctx.obj
+    client = state.client()
+    arrays = parse_inputs(inputs, _model_datatypes(client, model, model_version))
+    job = client.submit(
+        model,
+        arrays,
+        model_version=model_version,
+        priority=priority,
+        timeout_s=timeout_s,
+        tags=pairs(tag or [], "--tag"),
+        idempotency_key=idempotency_key,
+    )
+    if not wait:
+        state.output.record(job, title=job.id)
+        return
+    _finish(state, _wait_with_spinner(state, job.id, None))
+
+
+@jobs_app.command("get")
+@handled
+def jobs_get(ctx: typer.Context, job_id: str) -> None:
+    """Show a job."""
+    state: State = ctx.obj
+    state.output.record(state.client().get(job_id), title=job_id)
+
+
+@jobs_app.command("wait")
+@handled
+def jobs_wait(
+    ctx: typer.Context,
+    job_id: str,
+    timeout: Annotated[float | None, typer.Option(help="Seconds.")] = None,
+) -> None:
+    """Wait for a job to finish (exit 1 when it did not succeed, 7 on --timeout)."""
+    state: State = ctx.obj
+    _finish(state, _wait_with_spinner(state, job_id, timeout))
+
+
+@jobs_app.command("cancel")
+@handled
+def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a job (exit 5 when it has already finished)."""
+    state: State = ctx.obj
+    state.output.record(state.client().cancel(job_id), title=job_id)
+
+
+@jobs_app.command("list")
+@handled
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """List jobs, newest first."""
+    state: State = ctx.obj
+    found = list(state.client().list(status=status, model=model, limit=limit))
+    state.output.rows(found, JOB_COLUMNS, key="jobs")
+
+
+@app.command("infer")
+@handled
+def infer(
+    ctx: typer.Context,
+    model: str,
+    inputs: InputOpt,
+    model_version: Annotated[str | None, typer.Option("--version")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+) -> None:
+    """Run a job and print its outputs (exit 1 when it fails)."""
+    state: State = ctx.obj
+    client = state.client()
+    arrays = parse_inputs(inputs, _model_datatypes(client, model, model_version))
+    job = client.submit(model, arrays, model_version=model_version)
+    done = _wait_with_spinner(state, job.id, timeout)
+    state.output.arrays(client.outputs(done))
+
+
+# --------------------------------------------------------------------------- models
+
+
+@models_app.command("push")
+@handled
+def models_push(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
+    version: Annotated[str | None, typer.Option(help="Version directory to push.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: dir name).")] = None,
+) -> None:
+    """Upload a Triton model directory and commit it."""
+    state: State = ctx.obj
+    client = state.client()
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn())
+    with Progress(
+        *columns, TransferSpeedColumn(), console=state.output.err, disable=state.output.json
+    ) as bar:
+        task = bar.add_task(f"push {name or directory.resolve().name}", total=None)
+
+        def progress(sent: int, total: int) -> None:
+            bar.update(task, completed=sent, total=total)
+
+        view = client.models.push(directory, version=version, name=name, progress=progress)
+    state.output.record(view, title=f"{view.name} v{view.version}")
+
+
+@models_app.command("list")
+@handled
+def models_list(ctx: typer.Context) -> None:
+    """List models and their versions."""
+    state: State = ctx.obj
+    found = state.client().models.list()
+    rows = [
+        {"name": m.name, "versions": ", ".join(f"{v.version}:{v.state}" for v in m.versions)}
+        for m in found
+    ]
+    if state.output.json:
+        state.output.emit_json({"models": found})
+    else:
+        state.output.rows(rows, ["name", "versions"])
+
+
+@models_app.command("get")
+@handled
+def models_get(ctx: typer.Context, name: str) -> None:
+    """Show a model with its versions."""
+    state: State = ctx.obj
+    view = state.client().models.get(name)
+    if state.output.json:
+        state.output.emit_json(view)
+        return
+    columns = ["version", "state", "platform", "created_at", "inputs", "outputs", "loaded_on"]
+    state.output.rows(view.versions, columns)
+
+
+@models_app.command("delete")
+@handled
+def models_delete(ctx: typer.Context, name: str, version: str) -> None:
+    """Delete one version of a model."""
+    state: State = ctx.obj
+    state.output.record(state.client().models.delete(name, version))
+
+
+@models_app.command("deploy")
+@handled
+def models_deploy(
+    ctx: typer.Context,
+    name: str,
+    min_replicas: Annotated[int, typer.Option("--min", min=0)] = 1,
+    max_replicas: Annotated[int, typer.Option("--max", min=0)] = 1,
+    region: Annotated[list[str] | None, typer.Option(help="Region (repeat).")] = None,
+    gpu_memory_mb: Annotated[int | None, typer.Option(min=0)] = None,
+) -> None:
+    """Set where and how many replicas of a model run."""
+    state: State = ctx.obj
+    view = state.client().models.deploy(
+        name,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        regions=region or [],
+        gpu_memory_mb=gpu_memory_mb,
+    )
+    state.output.record(view, title=name)
+
+
+# --------------------------------------------------------------------------- runners, admin
+
+
+@runners_app.command("list")
+@handled
+def runners_list(ctx: typer.Context) -> None:
+    """List runners with their status."""
+    state: State = ctx.obj
+    columns = ["id", "name", "region", "status", "last_heartbeat_at", "running_jobs"]
+    state.output.rows(state.client().runners.list(), columns, key="runners")
+
+
+@keys_app.command("create")
+@handled
+def keys_create(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option()],
+    role: Annotated[str, typer.Option(help="admin, user or viewer.")],
+    name: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Create an API key (the secret is printed only this once)."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.create_api_key(tenant, role, name))
+
+
+@keys_app.command("revoke")
+@handled
+def keys_revoke(ctx: typer.Context, key_id: str) -> None:
+    """Revoke an API key."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.revoke_api_key(key_id))
+
+
+@admin_app.command("join-token")
+@handled
+def join_token(
+    ctx: typer.Context,
+    region: Annotated[str, typer.Option()] = "default",
+    label: Annotated[list[str] | None, typer.Option(help="k=v (repeat).")] = None,
+    expires_in: Annotated[int, typer.Option(help="Seconds.", min=60)] = 3600,
+) -> None:
+    """Create a join token for registering a runner."""
+    state: State = ctx.obj
+    labels = pairs(label or [], "--label")
+    state.output.record(state.client().admin.create_join_token(region, labels, expires_in))
+
+
+def main() -> None:
+    """Entry point of the ``gpufleet`` console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,311 @@
+"""The blocking client.
+
+>>> from gpufleet import Client
+>>> with Client("http://127.0.0.1:8080", api_key="gf_...") as fleet:  # doctest: +SKIP
+...     out = fleet.infer("add_sub", {"INPUT0": a, "INPUT1": b})
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+from gpufleet import _ops, models
+from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet.models import ProgressCallback
+from gpufleet.wire import (
+    ApiKeyCreated,
+    DeploymentView,
+    JobRequest,
+    JobView,
+    JoinTokenCreated,
+    ModelVersionView,
+    ModelView,
+    RunnerView,
+)
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking client of the gpufleet API.
+
+    Args:
+        url: base URL of the control plane (``http://127.0.0.1:8080``).
+        api_key: an API key (``gf_…``), exchanged for tokens and refreshed before expiry.
+        token: an access token to use as is (when no API key is given).
+        timeout: seconds per HTTP request (long polls add their wait on top).
+        max_retries: retries on 429, 503 and connection errors (exponential backoff with
+            full jitter; ``Retry-After`` honoured).
+        transport: an ``httpx.BaseTransport`` for the API calls (tests); presigned bucket
+            URLs always go through a plain transport.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._core = Core(
+            url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
+        )
+        self._http = httpx.Client(transport=transport, timeout=timeout)
+        self._bucket = httpx.Client(timeout=timeout) if transport is not None else self._http
+        self._auth_lock = threading.Lock()
+        self.models = Models(self)
+        self.runners = Runners(self)
+        self.admin = Admin(self)
+        self.webhooks = Webhooks(self)
+
+    # ------------------------------------------------------------------ driver
+
+    def _run(self, op: Op[T]) -> T:
+        """Drive an effect generator to completion with blocking I/O."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = op.throw(error) if error is not None else op.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(effect, Send):
+                    http = self._bucket if effect.external else self._http
+                    value = http.send(effect.request)
+                elif isinstance(effect, Sleep):
+                    time.sleep(effect.seconds)
+                elif isinstance(effect, Authenticate):
+                    with self._auth_lock:
+                        value = self._run(self._core.authenticate(effect.stale))
+            except httpx.TransportError as exc:
+                error = exc
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+        if self._bucket is not self._http:
+            self._bucket.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def authenticate(self) -> None:
+        """Obtain an access token now (exchanging the API key); raises
+        :class:`~gpufleet.errors.AuthError` when the credentials are refused."""
+        self._run(self._core.authenticate())
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit(
+        self,
+        model: str,
+        inputs: _ops.Inputs,
+        *,
+        model_version: str | None = None,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_s: int | None = None,
+        ttl_s: int | None = None,
+        max_attempts: int | None = None,
+        region: str | None = None,
+        webhook: str | Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobView:
+        """Queue a job. ``inputs`` is ``{"NAME": array_or_list}`` or a list of wire
+        ``Tensor``; large arrays are uploaded to the bucket. The request always carries an
+        Idempotency-Key (a fresh UUID unless given), so retries never make a second job.
+        Returns the job as queued (``status == "QUEUED"``)."""
+        req = self._run(
+            _ops.job_request(
+                self._core, model, inputs, model_version=model_version, outputs=outputs,
+                priority=priority, timeout_s=timeout_s, ttl_s=ttl_s,
+                max_attempts=max_attempts, region=region, webhook=webhook, tags=tags,
+                parameters=parameters,
+            )
+        )  # fmt: skip
+        return self._run(_ops.submit(self._core, req, idempotency_key))
+
+    def submit_batch(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Queue up to 100 jobs in one call; each item holds :meth:`submit`'s arguments
+        (``{"model": …, "inputs": …, "priority": …}``). Returns the job ids in order."""
+        reqs: list[JobRequest] = []
+        for item in jobs:
+            args = dict(item)
+            model, inputs = args.pop("model"), args.pop("inputs")
+            reqs.append(self._run(_ops.job_request(self._core, model, inputs, **args)))
+        return self._run(_ops.submit_batch(self._core, reqs))
+
+    def get(self, job_id: str) -> JobView:
+        """The job's current state."""
+        return self._run(_ops.get(self._core, job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 20.0) -> JobView:
+        """Block until the job is terminal (long polls of ``poll`` ≤ 30 s each).
+
+        Raises :class:`~gpufleet.errors.WaitTimeoutError` after ``timeout`` seconds."""
+        return self._run(_ops.wait(self._core, job_id, timeout, poll))
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a job (``ConflictError`` when it has already finished)."""
+        return self._run(_ops.cancel(self._core, job_id))
+
+    def list(
+        self,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[JobView]:
+        """Iterate over the caller's jobs, newest first, following ``next_cursor``;
+        at most ``limit`` jobs when given."""
+        cursor: str | None = None
+        seen = 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - seen))
+            page = self._run(_ops.list_page(self._core, status, model, size, cursor))
+            for job in page.jobs:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield job
+            cursor = page.next_cursor
+            if cursor is None or (limit is not None and seen >= limit):
+                return
+
+    def outputs(self, job: JobView) -> dict[str, np.ndarray[Any, Any]]:
+        """A finished job's outputs as arrays (``JobFailedError`` unless SUCCEEDED)."""
+        return self._run(_ops.outputs_of(self._core, job))
+
+    def infer(
+        self,
+        model: str,
+        inputs: _ops.Inputs,
+        version: str | None = None,
+        timeout: float | None = 600.0,
+        **submit_args: Any,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Submit, wait and decode: ``{"OUTPUT0": array, …}``.
+
+        Raises :class:`~gpufleet.errors.JobFailedError` (with the job's error) when the
+        job ends FAILED, TIMED_OUT or CANCELLED."""
+        job = self.submit(model, inputs, model_version=version, **submit_args)
+        return self.outputs(self.wait(job.id, timeout=timeout))
+
+
+class Models:
+    """``client.models``: the model repository."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def push(
+        self,
+        path: str | Path,
+        *,
+        version: str | None = None,
+        name: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ModelVersionView:
+        """Upload a Triton model directory (``config.pbtxt`` + the highest numeric
+        version directory, or ``version``) and commit it. ``name`` defaults to the
+        directory's name; ``progress(sent, total)`` is called as bytes go out."""
+        return self._c._run(models.push(self._c._core, path, version, name, progress))
+
+    def list(self) -> list[ModelView]:
+        """Every model of the caller's tenant."""
+        return self._c._run(models.list_models(self._c._core))
+
+    def get(self, name: str) -> ModelView:
+        """A model with its versions."""
+        return self._c._run(models.get_model(self._c._core, name))
+
+    def delete(self, name: str, version: str) -> dict[str, Any]:
+        """Delete one version."""
+        return self._c._run(models.delete_version(self._c._core, name, version))
+
+    def deploy(
+        self,
+        name: str,
+        *,
+        min_replicas: int = 1,
+        max_replicas: int = 1,
+        regions: Sequence[str] | None = None,
+        gpu_memory_mb: int | None = None,
+    ) -> DeploymentView:
+        """Set the desired placement of a model."""
+        return self._c._run(
+            models.deploy(self._c._core, name, min_replicas, max_replicas, regions, gpu_memory_mb)
+        )
+
+    def deployment(self, name: str) -> DeploymentView:
+        """Desired and observed placement of a model."""
+        return self._c._run(models.get_deployment(self._c._core, name))
+
+
+class Runners:
+    """``client.runners``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[RunnerView]:
+        """Every registered runner with its status."""
+        return self._c._run(_ops.list_runners(self._c._core)).runners
+
+
+class Admin:
+    """``client.admin``: API keys and runner join tokens (admin role)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create_api_key(self, tenant: str, role: str, name: str = "") -> ApiKeyCreated:
+        """A new API key; ``.api_key`` is shown only this once."""
+        return self._c._run(_ops.create_api_key(self._c._core, tenant, role, name))
+
+    def revoke_api_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke an API key by id (``key_…``)."""
+        return self._c._run(_ops.revoke_api_key(self._c._core, key_id))
+
+    def create_join_token(
+        self,
+        region: str = "default",
+        labels: Mapping[str, str] | None = None,
+        expires_in_s: int = 3600,
+    ) -> JoinTokenCreated:
+        """A token a runner uses once to register."""
+        return self._c._run(_ops.create_join_token(self._c._core, region, labels, expires_in_s))
+
+
+class Webhooks:
+    """``client.webhooks``: the tenant's signing secret."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def secret(self) -> str:
+        """The tenant's webhook signing secret (``whsec_…``)."""
+        return self._c._run(_ops.webhook_secret(self._c._core))
+
+    def rotate_secret(self) -> str:
+        """A new signing secret (the old one stays valid for a while)."""
+        return self._c._run(_ops.rotate_webhook_secret(self._c._core))

@@ -1,0 +1,69 @@
+"""The CLI's credential store: one JSON file in the user's config directory, mode 0600.
+
+Location: ``$GPUFLEET_CONFIG_DIR`` when set; on Windows ``%APPDATA%\\gpufleet``; elsewhere
+``$XDG_CONFIG_HOME/gpufleet`` or ``~/.config/gpufleet``. File: ``credentials.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Credentials", "config_dir", "credentials_path", "load_credentials", "save_credentials"]
+
+FILE_NAME = "credentials.json"
+
+
+@dataclass
+class Credentials:
+    """What ``gpufleet login`` stores."""
+
+    url: str
+    api_key: str | None = None
+    token: str | None = None
+
+
+def config_dir() -> Path:
+    """The platform's per-user config directory for gpufleet."""
+    override = os.environ.get("GPUFLEET_CONFIG_DIR")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        appdata = os.environ.get("APPDATA")
+        base = Path(appdata) if appdata else Path.home() / "AppData" / "Roaming"
+        return base / "gpufleet"
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".config"
+    return base / "gpufleet"
+
+
+def credentials_path() -> Path:
+    return config_dir() / FILE_NAME
+
+
+def save_credentials(creds: Credentials, path: Path | None = None) -> Path:
+    """Write the credentials readable by the owner only (0600; on Windows the file lives in
+    the user's own profile directory, which only they can read)."""
+    target = path or credentials_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps({k: v for k, v in asdict(creds).items() if v is not None}, indent=2)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(data + "\n")
+    os.chmod(target, 0o600)  # also when the file already existed with wider permissions
+    return target
+
+
+def load_credentials(path: Path | None = None) -> Credentials | None:
+    """The stored credentials, or ``None`` when there are none (or the file is unreadable)."""
+    target = path or credentials_path()
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    return Credentials(url=data["url"], api_key=data.get("api_key"), token=data.get("token"))

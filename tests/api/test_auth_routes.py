@@ -1,0 +1,236 @@
+"""Auth over HTTP: token exchange, refresh rotation, reuse detection, roles, tenants, admin."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+
+from control_plane.app import Services
+from control_plane.services.tokens import TokenSigner
+from tests.api.conftest import TokenFor, assert_error
+
+ADD_SUB_JOB = {
+    "model": "add_sub",
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],
+}
+
+
+async def test_token_exchange_and_claims(
+    client: httpx.AsyncClient, api_key: Any, settings: Any
+) -> None:
+    key = api_key("user", "acme")
+    r = await client.post("/v1/auth/token", json={"api_key": key})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["api_version"] == "v1" and body["token_type"] == "Bearer"
+    assert body["expires_in"] == settings.access_token_ttl_s
+    assert body["refresh_token"].startswith("rt_")
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["typ"] == "at+jwt" and header["alg"] == "HS256"
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert {"iss", "aud", "sub", "tenant", "role", "scopes", "iat", "nbf", "exp", "jti"} <= set(
+        claims
+    )
+    assert claims["tenant"] == "acme" and claims["role"] == "user"
+    assert 800 <= claims["exp"] - claims["iat"] <= 1000
+
+
+async def test_bad_api_keys_rejected(client: httpx.AsyncClient, api_key: Any) -> None:
+    good = api_key()
+    for bad in [good[:-1] + ("0" if good[-1] != "0" else "1"), "gf_key_nope_secret", "not-a-key!"]:
+        assert_error(
+            await client.post("/v1/auth/token", json={"api_key": bad}), 401, "unauthorized"
+        )
+
+
+async def test_refresh_rotates_and_reuse_revokes_family(
+    client: httpx.AsyncClient, api_key: Any
+) -> None:
+    first = (await client.post("/v1/auth/token", json={"api_key": api_key()})).json()
+    r = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status_code == 200, r.text
+    second = r.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    ok = await client.get(
+        "/v1/runners", headers={"Authorization": f"Bearer {second['access_token']}"}
+    )
+    assert ok.status_code == 200
+    # Reusing the first (already rotated) token revokes the whole family...
+    r = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert_error(r, 401, "unauthorized")
+    # ...so the second, never used, no longer works either.
+    r = await client.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    assert_error(r, 401, "unauthorized")
+    # A new login starts a new family.
+    fresh = (await client.post("/v1/auth/token", json={"api_key": api_key()})).json()
+    r = await client.post("/v1/auth/refresh", json={"refresh_token": fresh["refresh_token"]})
+    assert r.status_code == 200
+
+
+async def test_forged_refresh_token_rejected(client: httpx.AsyncClient, api_key: Any) -> None:
+    pair = (await client.post("/v1/auth/token", json={"api_key": api_key()})).json()
+    token_id = pair["refresh_token"].split(".")[0]
+    for bad in [token_id + ".forgedsecret", "rt_unknown.secret", "garbage-token"]:
+        assert_error(
+            await client.post("/v1/auth/refresh", json={"refresh_token": bad}), 401, "unauthorized"
+        )
+    r = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 200  # failed guesses did not burn the real token
+
+
+async def test_missing_expired_forged_tokens_rejected(
+    client: httpx.AsyncClient, services: Services, settings: Any
+) -> None:
+    assert_error(await client.get("/v1/jobs"), 401, "unauthorized")
+    assert_error(
+        await client.get("/v1/jobs", headers={"Authorization": "Basic abc"}), 401, "unauthorized"
+    )
+    key = settings.jwt_secret.get_secret_value()
+    old = TokenSigner(
+        lambda: key, settings.jwt_issuer, settings.jwt_audience, 900, lambda: time.time() - 3600
+    ).issue("key_x", "acme", "admin")
+    err = assert_error(
+        await client.get("/v1/jobs", headers={"Authorization": f"Bearer {old}"}),
+        401,
+        "unauthorized",
+    )
+    assert "expired" in err["message"]
+    forged = TokenSigner(lambda: "f" * 64, settings.jwt_issuer, settings.jwt_audience, 900).issue(
+        "key_x", "acme", "admin"
+    )
+    assert_error(
+        await client.get("/v1/jobs", headers={"Authorization": f"Bearer {forged}"}),
+        401,
+        "unauthorized",
+    )
+    t = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": "k",
+        "tenant": "acme",
+        "role": "admin",
+        "scopes": ["admin"],
+        "iat": t,
+        "nbf": t,
+        "exp": t + 60,
+        "jti": "x",
+    }
+    hs512 = jwt.encode(claims, key * 2, algorithm="HS512", headers={"typ": "at+jwt"})
+    assert_error(
+        await client.get("/v1/jobs", headers={"Authorization": f"Bearer {hs512}"}),
+        401,
+        "unauthorized",
+    )
+
+
+async def test_viewer_cannot_write(client: httpx.AsyncClient, auth_headers: TokenFor) -> None:
+    viewer = await auth_headers("viewer")
+    assert_error(await client.post("/v1/jobs", json=ADD_SUB_JOB, headers=viewer), 403, "forbidden")
+    r = await client.post(
+        "/v1/models/m1/versions",
+        headers=viewer,
+        json={"files": [{"path": "config.pbtxt", "size": 1, "sha256": "0" * 64}]},
+    )
+    assert_error(r, 403, "forbidden")
+    assert (await client.get("/v1/jobs", headers=viewer)).status_code == 200
+    assert (await client.get("/v1/runners", headers=viewer)).status_code == 200
+
+
+async def test_non_admin_cannot_use_admin_routes(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    user = await auth_headers("user")
+    r = await client.post(
+        "/v1/admin/api-keys", headers=user, json={"tenant": "acme", "role": "admin"}
+    )
+    assert_error(r, 403, "forbidden")
+    assert_error(
+        await client.post("/v1/admin/join-tokens", headers=user, json={}), 403, "forbidden"
+    )
+    assert_error(await client.delete("/v1/admin/api-keys/key_x", headers=user), 403, "forbidden")
+    assert_error(
+        await client.patch("/v1/runners/run_x/config", headers=user, json={"drain": True}),
+        403,
+        "forbidden",
+    )
+
+
+async def test_admin_creates_and_revokes_keys(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    r = await client.post(
+        "/v1/admin/api-keys", headers=admin, json={"tenant": "beta", "role": "viewer", "name": "ci"}
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["id"].startswith("key_") and created["api_key"].startswith(
+        "gf_" + created["id"] + "_"
+    )
+    pair = (await client.post("/v1/auth/token", json={"api_key": created["api_key"]})).json()
+    claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
+    assert (claims["tenant"], claims["role"]) == ("beta", "viewer")
+
+    r = await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
+    assert r.status_code == 200 and r.json() == {
+        "api_version": "v1",
+        "id": created["id"],
+        "revoked": True,
+    }
+    # The key no longer logs in; its refresh token stops working at the next refresh.
+    assert_error(
+        await client.post("/v1/auth/token", json={"api_key": created["api_key"]}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        await client.delete("/v1/admin/api-keys/key_missing", headers=admin), 404, "not_found"
+    )
+
+
+async def test_admin_join_token(client: httpx.AsyncClient, auth_headers: TokenFor) -> None:
+    admin = await auth_headers("admin", "default")
+    r = await client.post(
+        "/v1/admin/join-tokens",
+        headers=admin,
+        json={"region": "eu-west-1", "labels": {"gpu": "a100"}, "expires_in_s": 600},
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["join_token"].startswith("gfj_") and body["expires_at"].endswith("Z")
+    r = await client.post(
+        "/v1/runners/register", json={"join_token": body["join_token"], "name": "h1"}
+    )
+    assert r.status_code == 201, r.text
+    runners = (await client.get("/v1/runners", headers=admin)).json()["runners"]
+    assert [(x["region"], x["labels"]) for x in runners] == [("eu-west-1", {"gpu": "a100"})]
+
+
+async def test_jwks_is_empty_for_hs256(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/auth/jwks")
+    assert r.json() == {"api_version": "v1", "keys": []}
+
+
+async def test_generated_signing_key_is_shared(settings: Any, aws: Any) -> None:
+    """Without jwt_secret, replicas share one generated key through the auth table."""
+    from control_plane.app import build_services, create_app
+
+    s = settings.model_copy(update={"jwt_secret": None})
+    a, b = create_app(s, build_services(s)), create_app(s, build_services(s))
+    key = a.state.services.auth.issue_api_key("acme", "user", "k").api_key
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://a") as ca,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=b), base_url="http://b") as cb,
+    ):
+        tok = (await ca.post("/v1/auth/token", json={"api_key": key})).json()["access_token"]
+        r = await cb.get("/v1/runners", headers={"Authorization": f"Bearer {tok}"})
+        assert r.status_code == 200, r.text

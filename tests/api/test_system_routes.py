@@ -1,0 +1,70 @@
+"""Health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.routing import Route
+
+from control_plane.app import build_services, create_app
+from tests.conftest import free_port
+
+
+async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Any) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    routes = [r for r in app.routes if isinstance(r, Route)]
+    assert len(routes) >= 25
+    for r in routes:
+        for method in r.methods - {"HEAD"}:
+            op = doc["paths"][r.path][method.lower()]
+            assert op["summary"] and op["responses"]
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["runnerSignature"]["name"] == "X-Gpufleet-Signature"
+    hb = doc["paths"]["/v1/runners/{runner_id}/heartbeat"]["post"]
+    assert set(hb["security"][0]) == {
+        "runnerId",
+        "runnerTimestamp",
+        "runnerNonce",
+        "runnerSignature",
+    }
+    job = doc["paths"]["/v1/jobs"]["post"]
+    assert job["requestBody"]["content"]["application/json"]["schema"]["$ref"].startswith(
+        "#/components/schemas/JobRequest"
+    )
+    assert "202" in job["responses"]
+    for schema_ref in ("JobRequest", "LeaseResponse", "ErrorBody"):
+        assert any(k.startswith(schema_ref) for k in doc["components"]["schemas"])
+
+
+async def test_health_ok(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["version"] and body["api_version"] == "v1"
+    assert set(body["checks"].values()) == {"ok"}
+
+
+async def test_health_degraded_when_storage_unreachable(settings: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    s = settings.model_copy(update={"dynamodb_endpoint_url": dead, "s3_endpoint_url": dead})
+    app = create_app(s, build_services(s))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as c:
+        r = await c.get("/v1/health")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "degraded" and body["api_version"] == "v1"
+    assert any(v.startswith("error") for v in body["checks"].values())
+
+
+async def test_metrics_exposition(client: httpx.AsyncClient, auth_headers: Any) -> None:
+    h = await auth_headers("user")
+    await client.get("/v1/jobs", headers=h)
+    await client.get("/v1/jobs/job_does_not_exist", headers=h)
+    text = (await client.get("/metrics")).text
+    count = "gpufleet_http_request_duration_seconds_count"
+    assert f'{count}{{method="GET",route="/v1/jobs",status="200"}} 1.0' in text
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text
+    assert "gpufleet_queue_depth" in text

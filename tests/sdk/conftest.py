@@ -1,0 +1,3 @@
+"""SDK fixtures: the real control plane in process and on a loopback socket."""
+
+from tests.helpers.fleet import *  # noqa: F403

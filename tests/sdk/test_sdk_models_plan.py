@@ -1,0 +1,60 @@
+"""plan_push: Triton layout walk, version choice, sizes and hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from gpufleet.models import plan_push
+
+
+def _model(tmp_path: Path) -> Path:
+    root = tmp_path / "add_sub"
+    (root / "1").mkdir(parents=True)
+    (root / "2" / "sub").mkdir(parents=True)
+    (root / "config.pbtxt").write_text('name: "add_sub"\nbackend: "python"\n')
+    (root / "1" / "model.py").write_text("# v1\n")
+    (root / "2" / "model.py").write_text("# v2\n")
+    (root / "2" / "sub" / "w.bin").write_bytes(b"\x00" * 10)
+    (root / "notes").mkdir()  # not a version directory
+    (root / "notes" / "x.txt").write_text("ignored")
+    return root
+
+
+def test_highest_version_by_number_with_posix_paths_and_hashes(tmp_path: Path) -> None:
+    root = _model(tmp_path)
+    (root / "10").mkdir()
+    (root / "10" / "model.py").write_text("# v10\n")
+    plan = plan_push(root)
+    assert (plan.name, plan.version) == ("add_sub", "10")
+    assert [f.path for f in plan.files] == ["config.pbtxt", "10/model.py"]
+    first = plan.files[0]
+    assert first.size == len((root / "config.pbtxt").read_bytes())
+    assert first.sha256 == hashlib.sha256((root / "config.pbtxt").read_bytes()).hexdigest()
+
+
+def test_chosen_version_and_name(tmp_path: Path) -> None:
+    plan = plan_push(_model(tmp_path), version="2", name="other")
+    assert plan.name == "other" and plan.version == "2"
+    assert [f.path for f in plan.files] == ["config.pbtxt", "2/model.py", "2/sub/w.bin"]
+    assert plan.total_bytes == sum(f.size for f in plan.files)
+
+
+@pytest.mark.parametrize("broken", ["no_config", "no_version", "missing_version", "file"])
+def test_bad_directories(tmp_path: Path, broken: str) -> None:
+    root = _model(tmp_path)
+    kwargs = {}
+    if broken == "no_config":
+        (root / "config.pbtxt").unlink()
+    elif broken == "no_version":
+        for d in ("1", "2"):
+            for p in sorted((root / d).rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+            (root / d).rmdir()
+    elif broken == "missing_version":
+        kwargs["version"] = "7"
+    else:
+        root = root / "config.pbtxt"
+    with pytest.raises(ValueError):
+        plan_push(root, **kwargs)
