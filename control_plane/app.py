@@ -101,6 +101,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The Starlette app of one control-plane process."""
     svc = services if services is not None else build_services(settings)
     metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
+    hooks = getattr(svc.jobs, "on_transition", None)
+    if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
+        hooks.append(metrics.observe_transition)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -125,5 +128,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     )
     app.state.services = svc
     app.state.metrics = metrics
+    app.state.count_completions = not isinstance(hooks, list)
     app.state.openapi = build_openapi(table, package_version())
     return app

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from gpufleet.wire import TERMINAL_STATUSES
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -134,11 +135,16 @@ class Metrics:
         )
         self.jobs_completed = Counter(
             "gpufleet_jobs_completed",
-            "Job completions committed through this replica, per model and status.",
+            "Jobs that reached a terminal status through this replica, per model and status.",
             ["model", "status"],
             registry=self.registry,
         )
         self.registry.register(_FleetCollector(queue_depths, runners))
+
+    def observe_transition(self, job: Any, previous: str | None) -> None:
+        """A job-transition hook: counts jobs that reached a terminal status."""
+        if job.status in TERMINAL_STATUSES:
+            self.jobs_completed.labels(job.model, job.status).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition (reads fleet values now)."""

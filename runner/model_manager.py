@@ -36,10 +36,21 @@ class ModelManager:
         for name, s in self._states.items():
             self._states[name] = s.model_copy(update={"state": "UNAVAILABLE", "reason": reason})
 
-    async def load_all(self) -> None:
-        """(Re)load every local model; failures are recorded per model, not raised."""
+    async def load_all(self) -> bool:
+        """(Re)load every local model; failures are recorded per model, not raised.
+
+        True when every model is READY."""
         for model in scan_repository(self._repository):
             await self._load(model)
+        return all(s.state == "READY" for s in self._states.values())
+
+    async def load_missing(self) -> bool:
+        """Retry the models that are not READY; True when every model is READY."""
+        for model in scan_repository(self._repository):
+            state = self._states.get(model.name)
+            if state is None or state.state != "READY":
+                await self._load(model)
+        return all(s.state == "READY" for s in self._states.values())
 
     async def _load(self, model: LocalModel) -> None:
         self._states[model.name] = ModelState(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 from runner.backends.base import TritonBackend
 from runner.model_manager import ModelManager
@@ -14,6 +15,7 @@ from runner.state import RunnerState, wait_event
 
 log = logging.getLogger(__name__)
 NOT_READY_LIMIT = 10  # consecutive failed readiness checks of a running server → restart
+LOAD_RETRY_S = 5.0  # models that failed to load are tried again this often
 
 
 class Supervisor:
@@ -39,12 +41,18 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> None:
         not_ready = 0
+        last_load = time.monotonic()
         while not await wait_event(stop, self._settings.watch_interval_s):
             try:
                 if not await self._backend.alive():
                     reason = "Triton exited"
                 elif await self._backend.engine.server_ready():
                     not_ready = 0
+                    if all(m.state == "READY" for m in self._models.states()):
+                        continue
+                    if time.monotonic() - last_load >= LOAD_RETRY_S:
+                        last_load = time.monotonic()
+                        await self._models.load_missing()
                     continue
                 else:
                     not_ready += 1
@@ -58,6 +66,14 @@ class Supervisor:
             except Exception:
                 log.warning("Triton watch failed", exc_info=True)
 
+    async def _load_with_retries(self, stop: asyncio.Event, tries: int = 5) -> bool:
+        for attempt in range(tries):
+            if await self._models.load_all():
+                return True
+            if attempt + 1 < tries:
+                await wait_event(stop, 0.5 * 2**attempt)
+        return False
+
     async def _recover(self, stop: asyncio.Event, reason: str) -> None:
         log.error("%s: restarting it", reason)
         self._state.triton_ready.clear()
@@ -66,7 +82,8 @@ class Supervisor:
         while not stop.is_set():
             try:
                 await self._backend.restart()
-                await self._models.load_all()
+                if not await self._load_with_retries(stop):
+                    raise RuntimeError("models did not load after the restart")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

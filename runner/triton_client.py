@@ -48,6 +48,15 @@ def _is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT_MARKERS)
 
 
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (vs. a cancelled gRPC call)."""
+    task = asyncio.current_task()
+    if task is None:
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else True
+
+
 def _message(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
     text = msg() if callable(msg) else str(exc)
@@ -120,8 +129,11 @@ class TritonClient:
             return await asyncio.wait_for(getattr(self._triton(), fn)(*args, **kwargs), timeout_s)
         except asyncio.TimeoutError as exc:
             raise InferError(f"{fn} timed out after {timeout_s:.0f}s", transient=True) from exc
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            # Not us: the channel was closed under the call (Triton restarted; reset()).
+            raise InferError("call cancelled by a Triton restart", transient=True) from exc
         except Exception as exc:
             raise InferError(_message(exc), transient=_is_transient(exc)) from exc
 

@@ -24,9 +24,10 @@ from control_plane.errors import InvalidRequest
 
 __all__ = [
     "FIELD",
-    "Resolver",
     "ResolvedTarget",
+    "Resolver",
     "TargetRefused",
+    "Unresolvable",
     "address_refusal",
     "check_target",
     "resolve_target",
@@ -46,6 +47,10 @@ class TargetRefused(InvalidRequest):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field=FIELD)
+
+
+class Unresolvable(TargetRefused):
+    """The host has no usable addresses right now (refused at submit, retried at delivery)."""
 
 
 @dataclass(frozen=True)
@@ -132,9 +137,9 @@ def _addresses(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
     try:
         found = resolver(host, port)
     except (OSError, UnicodeError) as exc:
-        raise TargetRefused(f"webhook host {host!r} cannot be resolved") from exc
+        raise Unresolvable(f"webhook host {host!r} cannot be resolved") from exc
     if not found:
-        raise TargetRefused(f"webhook host {host!r} has no addresses")
+        raise Unresolvable(f"webhook host {host!r} has no addresses")
     try:
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
     except ValueError as exc:
@@ -156,7 +161,9 @@ def resolve_target(
         reason = address_refusal(ip, allow_loopback)
         if reason is not None:
             raise TargetRefused(f"webhook url resolves to a {reason} address ({ip}); refused")
-    return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, ip=str(addresses[0]), path=path)
+    return ResolvedTarget(
+        url=url, scheme=scheme, host=host, port=port, ip=str(addresses[0]), path=path
+    )
 
 
 def check_target(url: str, *, allow_loopback: bool, resolver: Resolver = system_resolver) -> None:

@@ -29,14 +29,17 @@ from gpufleet.wire import (
 from control_plane.clock import iso, new_id
 from control_plane.errors import Conflict, Unavailable
 from control_plane.services.principal import Principal
+from control_plane.services.webhook_delivery import DeliveryPolicy, WebhookWorker
 from control_plane.services.webhook_records import (
     Delivery,
     SecretRecord,
     SecretStore,
     WebhookStore,
 )
+from control_plane.services.webhook_sender import HttpxSender, Sender
 from control_plane.services.webhook_signing import new_secret
 from control_plane.services.webhook_targets import Resolver, check_target, system_resolver
+from control_plane.storage.protocols import JobRecord
 
 __all__ = ["EVENT_COMPLETED", "EVENT_RUNNING", "MAX_BODY_BYTES", "WebhookService", "events_for"]
 
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 EVENT_RUNNING = "job.running"
 EVENT_COMPLETED = "job.completed"
 MAX_BODY_BYTES = 350_000  # a DynamoDB item holds 400 KB; larger outputs are left out
-_SECRET_SCOPE = "jobs:write"
+_SECRET_SCOPE = "jobs:write"  # noqa: S105 - a scope name
 _ROTATE_TRIES = 5
 
 
@@ -64,7 +67,9 @@ def event_body(event: str, view: JobView, at: float) -> str:
     body = json.dumps({"type": event, "timestamp": iso(at), "data": data}, separators=(",", ":"))
     if len(body.encode()) > MAX_BODY_BYTES:
         data["outputs"] = None
-        body = json.dumps({"type": event, "timestamp": iso(at), "data": data}, separators=(",", ":"))
+        body = json.dumps(
+            {"type": event, "timestamp": iso(at), "data": data}, separators=(",", ":")
+        )
     return body
 
 
@@ -89,9 +94,11 @@ class WebhookService:
         allow_loopback: bool,
         grace_s: float,
         shards: int,
+        record_of: Callable[[str], JobRecord | None] | None = None,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._record_of = record_of
         self._store = store
         self._secrets = secrets
         self._job_access = job_access
@@ -106,7 +113,9 @@ class WebhookService:
         found = self._secrets.get(tenant)
         if found is not None:
             return found
-        fresh = SecretRecord(tenant=tenant, current=new_secret(), version=1, created_at=self._clock())
+        fresh = SecretRecord(
+            tenant=tenant, current=new_secret(), version=1, created_at=self._clock()
+        )
         if self._secrets.create(fresh):
             return fresh
         found = self._secrets.get(tenant)  # another replica created it first: use theirs
@@ -188,6 +197,29 @@ class WebhookService:
         log.info("webhook %s enqueued for %s", event, view.id)
         return event
 
+    def job_transition(self, view: JobView, previous: str | None) -> None:
+        """The jobs service's ``on_transition`` hook: enqueue the event ``view.status`` raises.
+
+        ``view`` is the job after the transition (as ``GET`` returns it), ``previous`` the
+        status it left (None for a new job). Only for a status that can raise an event
+        (RUNNING, terminal) is the job's record read (``record_of``) for its tenant and
+        webhook. Never raises: a failure is logged and must not undo the transition.
+        """
+        if view.status == previous or events_for(view.status, ["running", "completed"]) is None:
+            return
+        try:
+            if self._record_of is None:
+                raise RuntimeError("WebhookService was built without record_of")
+            rec = self._record_of(view.id)
+            raw = rec.request.get("webhook") if rec is not None else None
+            if rec is None or not raw:
+                return
+            webhook = WebhookSpec.model_validate(raw)
+            at = rec.finished_at if view.status in TERMINAL_STATUSES else rec.started_at
+            self.on_transition(view, rec.tenant, webhook, at)
+        except Exception:
+            log.exception("could not enqueue the webhook of %s (%s)", view.id, view.status)
+
     # ------------------------------------------------------------------ log
     def delivery_log(self, p: Principal, job_id: str) -> WebhookDeliveryList:
         """Every delivery of a job with its attempts (404 where ``GET`` job would be)."""
@@ -217,6 +249,20 @@ class WebhookService:
                 )
             )
         return WebhookDeliveryList(job_id=job_id, deliveries=views)
+
+    def worker(self, policy: DeliveryPolicy, sender: Sender | None = None) -> WebhookWorker:
+        """A delivery worker on this service's store and secrets (one per replica).
+
+        Run ``await worker.run_forever()`` as a background task (it closes its sender when
+        cancelled), or ``await worker.run_once()`` from a scheduler.
+        """
+        return WebhookWorker(
+            self._store,
+            self.signing_secrets,
+            sender if sender is not None else HttpxSender(),
+            policy,
+            resolver=self._resolver,
+        )
 
     def ping(self) -> None:
         """Raise ``Unavailable`` when the webhooks table cannot be reached."""

@@ -22,6 +22,7 @@ Timeline of one attempt (every step one transaction, conditions in brackets)::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -35,10 +36,10 @@ from control_plane.services.webhook_records import (
 )
 from control_plane.storage.aws import error_code, is_condition_failure, translate_errors
 
-__all__ = ["DynamoWebhookSecretStore", "DynamoWebhookStore", "LOG_TTL_S", "SECRET_PREFIX"]
+__all__ = ["LOG_TTL_S", "SECRET_PREFIX", "DynamoWebhookSecretStore", "DynamoWebhookStore"]
 
 LOG_TTL_S = 30 * 86_400
-SECRET_PREFIX = "whsec#"
+SECRET_PREFIX = "whsec#"  # noqa: S105 - a key prefix, not a secret
 _INDEX = "pending#"
 
 
@@ -168,7 +169,10 @@ class DynamoWebhookStore:
             resp = self._db.query(
                 TableName=self._table,
                 KeyConditionExpression="job_id = :p AND sk < :hi",
-                ExpressionAttributeValues={":p": _s(f"{_INDEX}{shard}"), ":hi": _s(_ms(now + 0.001))},
+                ExpressionAttributeValues={
+                    ":p": _s(f"{_INDEX}{shard}"),
+                    ":hi": _s(_ms(now + 0.001)),
+                },
                 Limit=limit,
                 ConsistentRead=True,
             )
@@ -224,15 +228,13 @@ class DynamoWebhookStore:
         )
         if not ok:
             return None
-        claimed = Delivery(
-            **{
-                **seen.__dict__,
-                "state": "sending",
-                "attempts": seen.attempts + 1,
-                "claim": token,
-                "index_sk": lease_sk,
-                "next_attempt_at": lease_until,
-            }
+        claimed = dataclasses.replace(
+            seen,
+            state="sending",
+            attempts=seen.attempts + 1,
+            claim=token,
+            index_sk=lease_sk,
+            next_attempt_at=lease_until,
         )
         return Claim(delivery=claimed, token=token, lease_sk=lease_sk)
 
@@ -281,7 +283,12 @@ class DynamoWebhookStore:
                     "ExpressionAttributeValues": values,
                 }
             },
-            {"Delete": {"TableName": self._table, "Key": self._index_key(d.index_shard, claim.lease_sk)}},
+            {
+                "Delete": {
+                    "TableName": self._table,
+                    "Key": self._index_key(d.index_shard, claim.lease_sk),
+                }
+            },
             {"Put": {"TableName": self._table, "Item": log}},
             *items,
         ]
@@ -337,7 +344,9 @@ class DynamoWebhookSecretStore:
     def get(self, tenant: str) -> SecretRecord | None:
         with translate_errors("read webhook secret"):
             item = self._db.get_item(
-                TableName=self._table, Key={"pk": _s(f"{SECRET_PREFIX}{tenant}")}, ConsistentRead=True
+                TableName=self._table,
+                Key={"pk": _s(f"{SECRET_PREFIX}{tenant}")},
+                ConsistentRead=True,
             ).get("Item")
         if not item:
             return None

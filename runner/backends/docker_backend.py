@@ -189,6 +189,8 @@ class DockerBackend:
         await asyncio.to_thread(self._stop_sync, f"restart #{self.restarts}")
         await self.engine.reset()
         await self.start()
+        # A channel opened while Triton was down sits in reconnect backoff: start afresh.
+        await self.engine.reset()
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._stop_sync, "runner stopped")

@@ -103,6 +103,8 @@ class ProcessBackend:
         await asyncio.to_thread(self._terminate)
         await self.engine.reset()
         await self.start()
+        # A channel opened while Triton was down sits in reconnect backoff: start afresh.
+        await self.engine.reset()
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._terminate)

@@ -165,7 +165,9 @@ class Output:
         if self.json:
             self.emit_json({key: list(items)})
             return
-        table = Table(*columns)
+        table = Table()
+        for column in columns:
+            table.add_column(column, overflow="fold", no_wrap=column == "id")
         for item in items:
             data = _jsonable(item)
             table.add_row(*[_cell(data.get(c)) for c in columns])

@@ -115,6 +115,13 @@ class _Progress:
         return report
 
 
+def _streamed_put(url: str, headers: dict[str, str], stream: FileSlice) -> httpx.Request:
+    """A PUT whose body streams from a file (httpx adds no Host header to such requests)."""
+    req = httpx.Request("PUT", url, headers=headers, stream=stream)
+    req.headers.setdefault("Host", req.url.netloc.decode("ascii"))
+    return req
+
+
 def _upload(
     core: Core, target: UploadTarget, local: LocalFile, progress: _Progress
 ) -> Op[list[str] | None]:
@@ -124,8 +131,7 @@ def _upload(
             raise ValueError(f"upload target for {target.path} has neither url nor multipart")
         headers = {**target.headers, "Content-Length": str(local.size)}
         stream = FileSlice(local.local, 0, local.size, progress.tracker((local.path, 0)))
-        req = httpx.Request(target.method or "PUT", target.url, headers=headers, stream=stream)
-        yield from core.send_external(req)
+        yield from core.send_external(_streamed_put(target.url, headers, stream))
         return None
     etags: list[str] = []
     part_size = target.multipart.part_size

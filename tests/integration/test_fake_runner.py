@@ -99,3 +99,4 @@ async def test_fake_runner_round_trip(live_server: str, settings: Any) -> None:
         )
         assert 'gpufleet_lease_duration_seconds_count{outcome="jobs"} 1.0' in metrics
         assert 'gpufleet_jobs_submitted_total{model="add_sub"} 1.0' in metrics
+        assert 'gpufleet_jobs_completed_total{model="add_sub",status="SUCCEEDED"} 1.0' in metrics

@@ -107,7 +107,7 @@ def test_503_is_retried_with_full_jitter_then_succeeds(clock: Clock) -> None:
     server.script(
         "/v1/jobs/j", (503, err("unavailable")), (503, err("unavailable")), (200, {"ok": 1})
     )
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     resp = drive(core, server, core.request("GET", "/v1/jobs/j"), sleeps)
     assert resp.json() == {"ok": 1}
     assert len(sleeps) == 2
@@ -119,7 +119,7 @@ def test_503_is_retried_with_full_jitter_then_succeeds(clock: Clock) -> None:
 def test_retry_after_is_honoured(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (429, err("rate_limited"), {"Retry-After": "3"}), (200, {}))
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     drive(core, server, core.request("POST", "/v1/x", idempotent=False), sleeps)
     assert sleeps == [3.0]
 
@@ -127,7 +127,7 @@ def test_retry_after_is_honoured(clock: Clock) -> None:
 def test_retries_are_bounded(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", *[(503, err("unavailable"))] * 4)
-    core, sleeps = make_core(clock, max_retries=3), []
+    core, sleeps = make_core(clock, max_retries=3), list[float]()
     with pytest.raises(errors.UnavailableError) as info:
         drive(core, server, core.request("GET", "/v1/x"), sleeps)
     assert info.value.status_code == 503 and len(sleeps) == 3
@@ -136,7 +136,7 @@ def test_retries_are_bounded(clock: Clock) -> None:
 def test_non_idempotent_post_is_not_retried_on_503_or_read_errors(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (503, err("unavailable")))
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     with pytest.raises(errors.UnavailableError):
         drive(core, server, core.request("POST", "/v1/x"), sleeps)
     server.script("/v1/x", httpx.ReadError("reset"))
@@ -151,7 +151,7 @@ def test_non_idempotent_post_is_not_retried_on_503_or_read_errors(clock: Clock) 
 def test_connection_errors_are_retried_then_surface(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", *[httpx.ConnectError("refused")] * 4)
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     with pytest.raises(errors.ConnectionError) as info:
         drive(core, server, core.request("GET", "/v1/x"), sleeps)
     assert isinstance(info.value.__cause__, httpx.ConnectError)
@@ -161,7 +161,7 @@ def test_connection_errors_are_retried_then_surface(clock: Clock) -> None:
 def test_errors_are_not_retried(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (404, err("not_found")))
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     with pytest.raises(errors.NotFoundError):
         drive(core, server, core.request("GET", "/v1/x"), sleeps)
     assert sleeps == []
@@ -170,7 +170,7 @@ def test_errors_are_not_retried(clock: Clock) -> None:
 def test_token_reused_then_refreshed_shortly_before_expiry(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", *[(200, {})] * 3)
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     drive(core, server, core.request("GET", "/v1/x"), sleeps)
     clock.now += 800  # 100 s left of 900: still fresh (margin is 60 s)
     drive(core, server, core.request("GET", "/v1/x"), sleeps)
@@ -185,7 +185,7 @@ def test_token_reused_then_refreshed_shortly_before_expiry(clock: Clock) -> None
 def test_a_401_renews_once_and_retries(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (401, err("unauthorized")), (200, {"ok": True}))
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     assert drive(core, server, core.request("GET", "/v1/x"), sleeps).json() == {"ok": True}
     assert server.paths() == ["/v1/auth/token", "/v1/x", "/v1/auth/refresh", "/v1/x"]
     server.script("/v1/x", (401, err("unauthorized")), (401, err("unauthorized")))
@@ -196,7 +196,7 @@ def test_a_401_renews_once_and_retries(clock: Clock) -> None:
 def test_refused_refresh_falls_back_to_the_api_key(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (200, {}), (200, {}))
-    core, sleeps = make_core(clock), []
+    core, sleeps = make_core(clock), list[float]()
     drive(core, server, core.request("GET", "/v1/x"), sleeps)
     clock.now += 10_000
     server.script("/v1/auth/refresh", (401, err("unauthorized")))
@@ -207,7 +207,7 @@ def test_refused_refresh_falls_back_to_the_api_key(clock: Clock) -> None:
 def test_a_bare_token_is_used_as_is_and_a_401_is_final(clock: Clock) -> None:
     server = FakeServer()
     server.script("/v1/x", (200, {}), (401, err("unauthorized")))
-    core, sleeps = make_core(clock, api_key=None, token="tok"), []
+    core, sleeps = make_core(clock, api_key=None, token="tok"), list[float]()
     drive(core, server, core.request("GET", "/v1/x"), sleeps)
     with pytest.raises(errors.AuthError):
         drive(core, server, core.request("GET", "/v1/x"), sleeps)
@@ -269,3 +269,34 @@ async def test_async_client_submit_uses_the_given_key() -> None:
     assert {
         r.headers.get("Idempotency-Key") for r in server.requests if r.url.path == "/v1/jobs"
     } == {"k-1"}
+
+
+def test_large_inputs_are_uploaded_and_referenced(clock: Clock) -> None:
+    from gpufleet import _ops
+    from gpufleet.tensors import from_raw_bytes
+
+    server = FakeServer()
+    upload = {"api_version": "v1", "ref": "payloads/p1", "url": "http://bucket.test/p1?sig=x"}
+    server.script("/v1/payloads", (201, upload))
+    server.script("/p1", (200, {}))
+    core, sleeps = make_core(clock), list[float]()
+    big = np.arange(2048, dtype=np.float32).reshape(2, 1024)
+    req = drive(
+        core,
+        server,
+        _ops.job_request(core, "m", {"BIG": big, "SMALL": [1, 2]}, inline_limit=1024),
+        sleeps,
+    )
+    big_t, small_t = req.inputs
+    assert (big_t.data_ref, big_t.data, big_t.shape, big_t.datatype) == (
+        "payloads/p1",
+        None,
+        [2, 1024],
+        "FP32",
+    )
+    assert small_t.data == [1, 2]
+    asked = json.loads(server.requests[1].content)
+    assert asked["size"] == big.nbytes
+    put = server.requests[2]
+    assert put.method == "PUT" and "Authorization" not in put.headers
+    np.testing.assert_array_equal(from_raw_bytes(put.content, "FP32", [2, 1024]), big)

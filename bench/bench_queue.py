@@ -1,0 +1,231 @@
+"""Queue benchmark: submit / lease / complete latency and throughput against a moto server,
+with few and with many jobs stored.
+
+Cases (stored jobs are loaded with direct ``batch_write_item`` to keep the setup fast):
+  small   100 finished +     10 queued
+  medium  10k finished +    1k queued
+  large   100k finished + 10k queued           (--quick: 100/10, 2k/200, 10k/1k)
+
+Each case then times N sequential submits, N leases (max_jobs=1) and N completes through
+``JobService`` over HTTP to the moto server, and the table shows ops/s, p50 and p99. The last
+line is the lease p50 ratio large/small (the design's target: at most 2x).
+
+    .venv/bin/python bench/bench_queue.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "sdk")]
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from gpufleet.wire import CompleteRequest, LeaseRequest, ModelRef  # noqa: E402
+
+from control_plane.services import queue_keys as keys  # noqa: E402
+from control_plane.services.jobs import JobService, build_job_service  # noqa: E402
+from control_plane.settings import Settings  # noqa: E402
+from control_plane.storage.aws import make_clients  # noqa: E402
+from control_plane.storage.definitions import create_all  # noqa: E402
+from control_plane.storage.dynamo_jobs import to_item  # noqa: E402
+from control_plane.storage.protocols import JobRecord  # noqa: E402
+from tests.contract.fleet import job, principal, push_model  # noqa: E402
+
+USER = principal("bench")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def batch_put(db: Any, table: str, items: list[dict[str, Any]]) -> None:
+    for i in range(0, len(items), 25):
+        request: dict[str, Any] = {table: [{"PutRequest": {"Item": x}} for x in items[i : i + 25]]}
+        while request:
+            request = db.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+
+def preload(settings: Settings, db: Any, finished: int, queued: int) -> None:
+    """Stored jobs: ``finished`` SUCCEEDED ones and ``queued`` claimable ones (+ indexes)."""
+    t0 = time.time() - 3600
+    request = {"inputs": job().model_dump(mode="json")["inputs"], "tags": {}}
+
+    def record(i: int, status: str) -> JobRecord:
+        return JobRecord(
+            id=f"job_pre{i:07d}{uuid.uuid4().hex[:8]}",
+            tenant=USER.tenant,
+            model="add_sub",
+            model_version="1",
+            pinned=False,
+            status=status,
+            priority=random.randrange(3),
+            created_at=t0 + i / 1000,
+            timeout_s=600,
+            ttl_s=86_400,
+            max_attempts=3,
+            region=None,
+            request=request,
+            attempts=1 if status != "QUEUED" else 0,
+        )
+
+    items = []
+    for i in range(finished):
+        rec = record(i, "SUCCEEDED")
+        items.append(to_item(rec))
+        if len(items) >= 2500:
+            batch_put(db, settings.table("jobs"), items)
+            items = []
+    batch_put(db, settings.table("jobs"), items)
+    jobs, entries, markers = [], [], []
+    depth: dict[int, int] = {}
+    for i in range(queued):
+        rec = record(finished + i, "QUEUED")
+        shard = random.randrange(settings.queue_shards)
+        token = uuid.uuid4().hex[:12]
+        sk = keys.queue_sk(rec.priority, rec.created_at, rec.id)
+        rec.queue_key, rec.queue_token = (keys.queue_shard("add_sub", shard), sk), token
+        jobs.append(to_item(rec))
+        entries.append(
+            {
+                "shard": {"S": keys.queue_shard("add_sub", shard)},
+                "sk": {"S": sk},
+                "job_id": {"S": rec.id},
+                "version": {"S": ""},
+                "region": {"S": ""},
+                "ttl_deadline": {"N": str(int(rec.ttl_deadline))},
+                "token": {"S": token},
+                "timeout_s": {"N": "600"},
+            }
+        )
+        m_shard, m_sk = keys.ttl_marker(rec.id, rec.ttl_deadline, settings.lease_shards)
+        markers.append(
+            {
+                "shard": {"S": m_shard},
+                "sk": {"S": m_sk},
+                "job_id": {"S": rec.id},
+                "token": {"S": ""},
+            }
+        )
+        depth[shard] = depth.get(shard, 0) + 1
+    batch_put(db, settings.table("leases"), markers)
+    batch_put(db, settings.table("queue"), entries)
+    batch_put(db, settings.table("jobs"), jobs)
+    batch_put(
+        db,
+        settings.table("models"),
+        [
+            {"name": {"S": "add_sub"}, "sk": {"S": f"depth#{n}"}, "depth": {"N": str(c)}}
+            for n, c in depth.items()
+        ],
+    )
+
+
+def timed(fn: Callable[[], Any], n: int) -> tuple[list[float], list[Any]]:
+    lat, out = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        out.append(fn())
+        lat.append(time.perf_counter() - t)
+    return lat, out
+
+
+def stats(lat: list[float]) -> tuple[float, float, float]:
+    lat = sorted(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return len(lat) / sum(lat), statistics.median(lat) * 1000, p99 * 1000
+
+
+def run_case(endpoint: str, finished: int, queued: int, n: int) -> dict[str, tuple[float, ...]]:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        dynamodb_endpoint_url=endpoint,
+        s3_endpoint_url=endpoint,
+        table_prefix=f"bq{tag}",
+        bucket=f"bq{tag}",
+        max_queue_depth=10**9,
+    )
+    db, s3 = make_clients(settings)
+    create_all(db, s3, settings.table_prefix, settings.bucket, settings.aws_region)
+    jobs, models = build_job_service(settings, db, s3)
+    push_model(models, USER)
+    t = time.perf_counter()
+    preload(settings, db, finished, queued)
+    load_s = time.perf_counter() - t
+    loop = asyncio.new_event_loop()
+    req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1)
+    out: dict[str, tuple[float, ...]] = {}
+    sub_lat, _ = timed(lambda: jobs.submit(USER, job()), n)
+    lease_lat, leased = timed(
+        lambda: loop.run_until_complete(jobs.lease("run_bench", None, req)).jobs[0], n
+    )
+    it = iter(leased)
+    done_lat, _ = timed(lambda: complete(jobs, next(it)), n)
+    loop.close()
+    out["submit"], out["lease"], out["complete"] = stats(sub_lat), stats(lease_lat), stats(done_lat)
+    out["_load_s"] = (load_s,)
+    return out
+
+
+def complete(jobs: JobService, leased: Any) -> Any:
+    return jobs.complete(
+        "run_bench", leased.id, CompleteRequest(lease_token=leased.lease_token, status="SUCCEEDED")
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (100/2k/10k stored)")
+    ap.add_argument("-n", type=int, default=0, help="operations per measurement")
+    args = ap.parse_args()
+    if args.quick:
+        cases = [("small", 100, 10), ("medium", 2_000, 200), ("large", 10_000, 1_000)]
+    else:
+        cases = [("small", 100, 10), ("medium", 10_000, 1_000), ("large", 100_000, 10_000)]
+    n = args.n or (100 if args.quick else 200)
+
+    import logging
+
+    logging.disable(logging.INFO)
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    results = {}
+    try:
+        for name, finished, queued in cases:
+            print(f"# {name}: loading {finished} finished + {queued} queued ...", flush=True)
+            results[name] = run_case(endpoint, finished, queued, n)
+            print(f"#   loaded in {results[name]['_load_s'][0]:.1f} s", flush=True)
+    finally:
+        server.stop()
+    print(f"\n{n} ops each, sequential, JobService -> moto over HTTP (127.0.0.1)")
+    print(f"{'case':<8} {'stored':>16} {'op':<9} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, finished, queued in cases:
+        for op in ("submit", "lease", "complete"):
+            rate, p50, p99 = results[name][op]
+            stored = f"{finished}+{queued}q"
+            print(f"{name:<8} {stored:>16} {op:<9} {rate:8.1f} {p50:8.2f} {p99:8.2f}")
+    ratio = results[cases[-1][0]]["lease"][1] / results[cases[0][0]]["lease"][1]
+    print(f"\nlease p50 ratio {cases[-1][0]}/{cases[0][0]}: {ratio:.2f}x (target <= 2x)")
+
+
+if __name__ == "__main__":
+    main()

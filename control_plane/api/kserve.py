@@ -1,0 +1,354 @@
+"""KServe v2 / Triton HTTP endpoint, so ``tritonclient.http`` can point at the control plane.
+
+    GET  /v2/health/live | /v2/health/ready          server liveness / storage reachability
+    GET  /v2                                         server metadata
+    GET  /v2/models/{model}[/versions/{v}]           model metadata of the READY version
+    GET  /v2/models/{model}[/versions/{v}]/ready     200 if a READY version exists, else 404
+    GET  /v2/models/{model}[/versions/{v}]/config    the version's config.pbtxt as JSON
+    POST /v2/models/{model}[/versions/{v}]/infer     runs as a job through the queue, waits
+
+Every route needs a bearer token (api-v1: every /v2 route; probes that cannot send one use
+``/v1/health``). Errors on these routes use :class:`V2Error`: a top-level ``error`` message
+string (what ``tritonclient`` raises ``InferenceServerException`` with) plus api-v1's
+``code`` and ``details``; statuses follow api-v1 (404 ``model_not_found``, 504 ``timeout``…).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import re
+import time
+from typing import Any
+
+import httpx
+from gpufleet.wire import (
+    NAME_PATTERN,
+    TERMINAL_STATUSES,
+    VERSION_PATTERN,
+    JobView,
+    ModelVersionView,
+    Tensor,
+)
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from control_plane.api.context import Services, services
+from control_plane.api.errors import STATUS_BY_CODE, validation_details
+from control_plane.api.http import send
+from control_plane.api.kserve_binary import (
+    BINARY_CONTENT_TYPE,
+    HEADER_LENGTH,
+    attach_binary_inputs,
+    encode_response,
+    split_body,
+)
+from control_plane.api.kserve_wire import (
+    V2Error,
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelConfig,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+    binary_selector,
+    to_infer_response,
+    to_job_request,
+    to_model_metadata,
+)
+from control_plane.api.routes_jobs import IDEMPOTENCY_HEADER
+from control_plane.api.routes_system import package_version
+from control_plane.api.security import principal
+from control_plane.api.spec import DocumentedRoute, Endpoint, route
+from control_plane.errors import (
+    GpufleetError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
+from control_plane.services.principal import Principal
+
+__all__ = ["ROUTES", "JobOutcome"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(NAME_PATTERN)
+_VERSION = re.compile(VERSION_PATTERN)
+# FAILED jobs whose error code means "the request was wrong" answer 400, others 500.
+_CLIENT_FAULTS = frozenset({"invalid_input", "invalid_request", "invalid_argument"})
+
+
+class JobOutcome(GpufleetError):
+    """An infer job that did not succeed (or not in time), with the status to answer."""
+
+    def __init__(self, code: str, message: str, status: int, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.code = code
+        self.status = status
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def v2_error(exc: GpufleetError) -> Response:
+    """The /v2 error body for a domain error."""
+    status = exc.status if isinstance(exc, JobOutcome) else STATUS_BY_CODE.get(exc.code, 500)
+    headers = (
+        {"Retry-After": str(max(1, exc.retry_after))} if isinstance(exc, RateLimited) else None
+    )
+    body = V2Error(error=exc.message, code=exc.code, details=exc.details)
+    return Response(
+        body.model_dump_json(), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def kserve_errors(endpoint: Endpoint) -> Endpoint:
+    """Answer every failure of ``endpoint`` with a :class:`V2Error` body."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except GpufleetError as exc:
+            if STATUS_BY_CODE.get(exc.code, 500) >= 500:
+                log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
+            return v2_error(exc)
+        except ValidationError as exc:
+            details = validation_details(exc)
+            first = f"{details[0]['field']}: {details[0]['message']}" if details else ""
+            message = f"invalid request ({first})" if first else "invalid request"
+            return v2_error(InvalidRequest(message, details=details))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return v2_error(GpufleetError("internal error"))
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- server
+
+
+async def server_live(request: Request) -> Response:
+    principal(request)
+    return send(V2Live())
+
+
+async def server_ready(request: Request) -> Response:
+    principal(request)
+    checks = services(request).checks
+    results = await asyncio.gather(
+        *(run_in_threadpool(fn) for fn in checks.values()), return_exceptions=True
+    )
+    failed = [n for n, r in zip(checks, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        raise Unavailable(f"storage unreachable: {', '.join(sorted(failed))}")
+    return send(V2Ready())
+
+
+async def server_metadata(request: Request) -> Response:
+    principal(request)
+    return send(V2ServerMetadata(version=package_version()))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _model_path(request: Request) -> tuple[str, str | None]:
+    name = request.path_params["model"]
+    version = request.path_params.get("version")
+    if not _NAME.match(name):
+        raise ModelNotFound(f"model {name!r} not found")
+    if version is not None and not _VERSION.match(version):
+        raise ModelNotFound(f"model {name!r} has no READY version {version}")
+    return name, version
+
+
+async def _ready_version(request: Request, p: Principal) -> tuple[ModelVersionView, list[str]]:
+    """The pinned (else newest) READY version's view, and every READY version number."""
+    name, version = _model_path(request)
+    try:
+        view = await run_in_threadpool(services(request).models.get, p, name)
+    except ModelNotFound:
+        raise
+    except NotFound as exc:
+        raise ModelNotFound(exc.message) from exc
+    ready = {v.version: v for v in view.versions if v.state == "READY"}
+    numbers = sorted(ready, key=int)
+    if version is not None:
+        if version not in ready:
+            raise ModelNotFound(f"model {name!r} has no READY version {version}")
+        return ready[version], numbers
+    if not numbers:
+        raise ModelNotFound(f"model {name!r} has no READY version")
+    return ready[numbers[-1]], numbers
+
+
+async def model_metadata(request: Request) -> Response:
+    version, numbers = await _ready_version(request, principal(request))
+    return send(to_model_metadata(version, numbers))
+
+
+async def model_ready(request: Request) -> Response:
+    version, _ = await _ready_version(request, principal(request))
+    return send(V2ModelReady(name=version.name, version=version.version))
+
+
+async def model_config(request: Request) -> Response:
+    version, _ = await _ready_version(request, principal(request))
+    return JSONResponse({**version.config, "api_version": "v1"})
+
+
+# --------------------------------------------------------------------------- infer
+
+
+async def _wait(svc: Services, p: Principal, job_id: str, wait_s: float) -> JobView:
+    """Wait up to ``wait_s`` for the job, in long polls of at most ``max_wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        view = await svc.jobs.wait(p, job_id, max(0.0, min(left, svc.settings.max_wait_s)))
+        if view.status in TERMINAL_STATUSES or deadline - time.monotonic() <= 0:
+            return view
+
+
+def _outcome(view: JobView, wait_s: float) -> JobOutcome:
+    """Why a job gives no outputs: FAILED 400/500, TIMED_OUT/not done 504, CANCELLED 409."""
+    details = {"job_id": view.id, "status": view.status}
+    err = view.error
+    if view.status == "FAILED":
+        code = err.code if err else "failed"
+        message = err.message if err else f"job {view.id} failed"
+        return JobOutcome(code, message, 400 if code in _CLIENT_FAULTS else 500, details)
+    if view.status == "TIMED_OUT":
+        message = err.message if err else f"job {view.id} timed out"
+        return JobOutcome("timeout", message, 504, details)
+    if view.status == "CANCELLED":
+        return JobOutcome("cancelled", f"job {view.id} was cancelled", 409, details)
+    return JobOutcome(
+        "timeout",
+        f"job {view.id} did not finish within {wait_s:g}s (it is {view.status}); "
+        f"GET /v1/jobs/{view.id} returns its result later",
+        504,
+        details,
+    )
+
+
+async def _outputs(view: JobView) -> list[Tensor]:
+    """The job's outputs, inline or fetched from the bucket (``outputs_url``)."""
+    if view.outputs is not None:
+        return view.outputs
+    if view.outputs_url is None:
+        return []
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            resp = await http.get(view.outputs_url)
+            resp.raise_for_status()
+            doc = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise Unavailable(f"could not read the outputs of job {view.id}: {exc}") from exc
+    items = doc.get("outputs", []) if isinstance(doc, dict) else doc
+    return [Tensor.model_validate(t) for t in items]
+
+
+async def infer(request: Request) -> Response:
+    p = principal(request)
+    svc = services(request)
+    model, version = _model_path(request)
+    doc, blob = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    attach_binary_inputs(doc, blob)
+    req = V2InferRequest.model_validate(doc)
+    wait_s = svc.settings.infer_wait_s
+    job = to_job_request(model, version, req, ttl_s=max(1, math.ceil(wait_s)))
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
+    view, created = await run_in_threadpool(svc.jobs.submit, p, job, key)
+    if created:
+        request.app.state.metrics.jobs_submitted.labels(model).inc()
+    view = await _wait(svc, p, view.id, wait_s)
+    if view.status != "SUCCEEDED":
+        raise _outcome(view, wait_s)
+    result = to_infer_response(view, req.id, await _outputs(view))
+    body, header_length = encode_response(
+        result.model_dump(mode="json", exclude_none=True), binary_selector(req)
+    )
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(header_length)}
+    )
+
+
+# --------------------------------------------------------------------------- table
+
+_MODEL = "/v2/models/{model}"
+_VERSIONED = "/v2/models/{model}/versions/{version}"
+_INFER_HEADERS = {
+    HEADER_LENGTH: "Binary tensor extension: length of the JSON header; raw tensor bytes "
+    "follow (inputs with parameters.binary_data_size, in order).",
+    IDEMPOTENCY_HEADER: "Same key + same body within 24 h reuses the same job.",
+}
+
+
+def _model_routes(
+    suffix: str, method: str, endpoint: Endpoint, summary: str, **kw: Any
+) -> list[DocumentedRoute]:
+    wrapped = kserve_errors(endpoint)
+    return [
+        route(method, _MODEL + suffix, wrapped, summary + " (newest READY version)", **kw),
+        route(method, _VERSIONED + suffix, wrapped, summary + " (a pinned version)", **kw),
+    ]
+
+
+ROUTES: list[DocumentedRoute] = [
+    route(
+        "GET",
+        "/v2/health/live",
+        kserve_errors(server_live),
+        "KServe v2 server live (bearer auth; unauthenticated probes: /v1/health)",
+        V2Live,
+    ),
+    route(
+        "GET",
+        "/v2/health/ready",
+        kserve_errors(server_ready),
+        "KServe v2 server ready: tables and bucket reachable (503 otherwise)",
+        V2Ready,
+    ),
+    route(
+        "GET", "/v2", kserve_errors(server_metadata), "KServe v2 server metadata", V2ServerMetadata
+    ),
+    *_model_routes("", "GET", model_metadata, "KServe v2 model metadata", response=V2ModelMetadata),
+    *_model_routes(
+        "/ready",
+        "GET",
+        model_ready,
+        "KServe v2 model ready: 200 if a READY version exists, else 404",
+        response=V2ModelReady,
+    ),
+    *_model_routes(
+        "/config",
+        "GET",
+        model_config,
+        "Triton model configuration (config.pbtxt as JSON)",
+        response=V2ModelConfig,
+    ),
+    *_model_routes(
+        "/infer",
+        "POST",
+        infer,
+        "KServe v2 inference: runs as a job through the queue and waits (504 after "
+        "infer_wait_s); JSON or Triton's binary tensor extension (application/octet-stream)",
+        response=V2InferResponse,
+        request=V2InferRequest,
+        headers=_INFER_HEADERS,
+    ),
+]

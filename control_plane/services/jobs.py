@@ -1,0 +1,468 @@
+"""The job service: submit (idempotent), read, wait, list, cancel; the runner's lease protocol
+(lease, extend, complete); expiry sweep; queue depths.
+
+States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | TIMED_OUT (terminal never
+changes). The lease token is a fencing token: extend and complete are conditional on it, so a
+runner whose lease expired and was re-leased gets ``StaleLease`` (409) and the result is
+committed exactly once. Long polls (``wait``, ``lease``) re-read the tables, so they work the
+same across replicas.
+
+Backpressure: the queue depth of a model is the sum of per-shard counters in the ``models``
+table (``ADD``-ed by whoever wins a transition), read with one small Query per submit.
+
+Hook: ``on_transition`` is a list of callables ``(JobView, previous_status | None)`` called
+after each transition this replica commits (Prometheus counters; webhooks later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gpufleet.wire import (
+    TERMINAL_STATUSES,
+    CompleteRequest,
+    CompleteResponse,
+    ExtendResponse,
+    JobList,
+    JobRequest,
+    JobView,
+    LeasedJob,
+    LeaseRequest,
+    LeaseResponse,
+)
+
+from control_plane.clock import iso, new_id, now
+from control_plane.errors import Conflict, InvalidRequest, NotFound, RateLimited, StaleLease
+from control_plane.services import queue_keys as keys
+from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
+from control_plane.services.models import ModelService
+from control_plane.services.principal import Principal
+from control_plane.services.queue_heads import QueueHeads
+from control_plane.services.queue_ops import QueueOps, new_token
+from control_plane.services.sweeper import Sweeper
+from control_plane.services.tensors import validate_tensors
+from control_plane.settings import Settings
+from control_plane.storage.definitions import PAYLOADS_PREFIX, RESULTS_PREFIX
+from control_plane.storage.protocols import (
+    BlobStore,
+    IdempotencyRecord,
+    JobRecord,
+    JobStore,
+    Marker,
+    ModelVersionRecord,
+    QueueEntry,
+)
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+MAX_ITEM_JSON = 350_000  # DynamoDB items hold 400 KB: keep request + inline outputs below
+MAX_LIST = 100
+CLAIM_ROUNDS = 5
+Transition = Callable[[JobView, "str | None"], None]
+
+
+class JobService:
+    """Jobs and the queue on the tables; no state of its own between calls."""
+
+    def __init__(
+        self, settings: Settings, store: JobStore, models: ModelService, blobs: BlobStore
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._models = models
+        self._blobs = blobs
+        self.on_transition: list[Transition] = []
+        self._ops = QueueOps(settings, store, self._transitioned)
+        self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
+        self._heads = QueueHeads(store.queue, self._pool)
+
+    # ------------------------------------------------------------------ views and hooks
+    def view(self, job: JobRecord) -> JobView:
+        """The wire view of a job (outputs inline, or a presigned ``outputs_url``)."""
+        return job_view(job, self._blobs, self._settings.presign_ttl_s)
+
+    def _transitioned(self, job: JobRecord, previous: str | None) -> None:
+        if not self.on_transition:
+            return
+        view = self.view(job)
+        for callback in self.on_transition:
+            try:
+                callback(view, previous)
+            except Exception:
+                log.warning("on_transition callback failed", exc_info=True)
+
+    # ------------------------------------------------------------------ submit
+    def _validate(
+        self, p: Principal, req: JobRequest, cache: dict[tuple[str, str | None], Any]
+    ) -> ModelVersionRecord:
+        key = (req.model, req.model_version)
+        if key not in cache:
+            cache[key] = self._models.ready_record(p, req.model, req.model_version)
+        rec: ModelVersionRecord = cache[key]
+        validate_tensors(
+            req.inputs,
+            req.outputs,
+            rec.inputs,
+            rec.outputs,
+            rec.max_batch_size,
+            max_inline_bytes=self._settings.max_inline_bytes,
+            payload_exists=lambda ref: self._blobs.head(PAYLOADS_PREFIX + ref) is not None,
+        )
+        return rec
+
+    def _check_depth(self, model: str, adding: int = 1) -> None:
+        depth = self._store.queue.depth(model)
+        if depth + adding > self._settings.max_queue_depth:
+            raise RateLimited(
+                f"the queue of {model!r} is full ({depth} jobs waiting)", retry_after=5
+            )
+
+    def submit(
+        self, p: Principal, req: JobRequest, idempotency_key: str | None = None
+    ) -> tuple[JobView, bool]:
+        """Validate and queue one job; with a key, a replay returns the first job (False)."""
+        p.require("jobs:write")
+        self._validate(p, req, {})
+        self._check_depth(req.model)
+        created = now()
+        job = new_job(p, req, new_id("job"), created)
+        job.queue_token = new_token()
+        shard = random.randrange(self._settings.queue_shards)
+        if idempotency_key is None:
+            self._ops.enqueue_new(job, shard)
+            return self.view(job), True
+        claim = IdempotencyRecord(
+            key=f"{p.tenant}#{idempotency_key}",
+            body_hash=body_hash(req),
+            job_id=job.id,
+            created_at=created,
+            shard=shard,
+            queue_token=job.queue_token,
+            expires_at=created + IDEMPOTENCY_TTL_S,
+        )
+        held = self._store.idempotency.claim_key(claim, created)
+        if held is None:
+            self._ops.enqueue_new(job, shard)
+            return self.view(job), True
+        if held.body_hash != claim.body_hash:
+            raise Conflict("this Idempotency-Key was used with a different request body")
+        existing = self._store.jobs.get_job(held.job_id)
+        if existing is None:  # the first submit has not written its job yet (or crashed)
+            job = new_job(p, req, held.job_id, held.created_at)
+            job.queue_token = held.queue_token
+            self._ops.enqueue_new(job, held.shard)
+            existing = self._store.jobs.get_job(held.job_id) or job
+        return self.view(existing), False
+
+    def submit_batch(self, p: Principal, reqs: builtins.list[JobRequest]) -> builtins.list[str]:
+        """Validate every job first, then queue them all (cancelled again if a write fails)."""
+        p.require("jobs:write")
+        cache: dict[tuple[str, str | None], Any] = {}
+        for i, req in enumerate(reqs):
+            try:
+                self._validate(p, req, cache)
+            except InvalidRequest as exc:
+                field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
+                raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
+        per_model: dict[str, int] = defaultdict(int)
+        for req in reqs:
+            per_model[req.model] += 1
+        for model, count in per_model.items():
+            self._check_depth(model, count)
+        created = now()
+        batch: builtins.list[tuple[JobRecord, int]] = []
+        for req in reqs:
+            job = new_job(p, req, new_id("job"), created)
+            job.queue_token = new_token()
+            batch.append((job, random.randrange(self._settings.queue_shards)))
+        try:
+            self._ops.enqueue_batch(batch)
+        except Exception:
+            self._undo_batch([job for job, _ in batch])
+            raise
+        return [job.id for job, _ in batch]
+
+    def _undo_batch(self, jobs: builtins.list[JobRecord]) -> None:
+        for job in jobs:
+            try:
+                current = self._store.jobs.get_job(job.id)
+                if current is not None:
+                    self._cancel_queued(current, "the batch could not be stored whole")
+            except Exception:
+                log.warning("could not undo job %s of a failed batch", job.id, exc_info=True)
+
+    # ------------------------------------------------------------------ read
+    def _load(self, p: Principal, job_id: str) -> JobRecord:
+        job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
+        if job is None or not p.can_see_tenant(job.tenant):
+            raise NotFound(f"job {job_id!r} not found")
+        if job.status == "QUEUED" and now() >= job.ttl_deadline:
+            job = self._ops.time_out_queued(job, now()) or self._store.jobs.get_job(job_id) or job
+        return job
+
+    def get(self, p: Principal, job_id: str) -> JobView:
+        p.require("jobs:read")
+        return self.view(self._load(p, job_id))
+
+    async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
+        """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
+        p.require("jobs:read")
+        deadline = time.monotonic() + max(0.0, min(wait_s, self._settings.max_wait_s))
+        while True:
+            job = await asyncio.to_thread(self._load, p, job_id)
+            left = deadline - time.monotonic()
+            if job.status in TERMINAL_STATUSES or left <= 0:
+                return self.view(job)
+            await asyncio.sleep(min(self._settings.poll_interval_s, left))
+
+    def list(
+        self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
+    ) -> JobList:
+        """The caller's tenant's jobs, newest first (admins: every tenant's)."""
+        p.require("jobs:read")
+        limit = max(1, min(limit, MAX_LIST))
+        start = cursor
+        tenant = None if p.is_admin else p.tenant
+        found: builtins.list[JobRecord] = []
+        for _ in range(10):  # filtered pages may come back short: fill up to ``limit``
+            page, start = self._store.jobs.list_jobs(
+                tenant, status, model, limit - len(found), start
+            )
+            found.extend(page)
+            if len(found) >= limit or start is None:
+                break
+        return JobList(jobs=[self.view(j) for j in found], next_cursor=start)
+
+    # ------------------------------------------------------------------ cancel
+    def _cancel_queued(self, job: JobRecord, message: str) -> JobRecord | None:
+        assert job.queue_token is not None and job.queue_key is not None
+        done = self._store.jobs.finish_queued(
+            job.id,
+            job.queue_token,
+            "CANCELLED",
+            now=now(),
+            error={"code": "cancelled", "message": message},
+        )
+        if done is not None:
+            shard, sk = job.queue_key
+            self._store.queue.remove_entry(shard, sk, job.queue_token)
+            self._store.queue.add_depth(job.model, int(shard.rsplit("#", 1)[1]), -1)
+            self._transitioned(done, "QUEUED")
+        return done
+
+    def cancel(self, p: Principal, job_id: str) -> JobView:
+        """QUEUED or RUNNING -> CANCELLED; Conflict when already terminal."""
+        p.require("jobs:write")
+        for _ in range(5):
+            job = self._load(p, job_id)
+            if job.status in TERMINAL_STATUSES:
+                raise Conflict(f"job {job_id} is already {job.status}")
+            done: JobRecord | None
+            if job.status == "QUEUED":
+                done = self._cancel_queued(job, "cancelled by the user")
+            else:
+                assert job.lease_token is not None
+                done = self._store.jobs.finish_running(
+                    job.id,
+                    job.lease_token,
+                    "CANCELLED",
+                    now=now(),
+                    error={"code": "cancelled", "message": "cancelled by the user"},
+                )
+                if done is not None:
+                    if job.lease_key:
+                        self._store.queue.delete_marker(*job.lease_key)
+                    self._transitioned(done, "RUNNING")
+            if done is not None:
+                return self.view(done)
+        raise Conflict(f"job {job_id} kept changing; try again")
+
+    def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]:
+        """The ids among ``job_ids`` whose job is now CANCELLED (heartbeat ``cancel_jobs``)."""
+        statuses = self._store.jobs.job_statuses([i for i in job_ids if i.startswith("job_")])
+        return [i for i in dict.fromkeys(job_ids) if statuses.get(i) == "CANCELLED"]
+
+    # ------------------------------------------------------------------ runner protocol
+    async def lease(self, runner_id: str, region: str | None, req: LeaseRequest) -> LeaseResponse:
+        """Claim up to ``max_jobs`` jobs of the offered models; long-polls up to ``wait_s``."""
+        wait_s = max(0.0, min(req.wait_s, self._settings.max_lease_wait_s))
+        deadline = time.monotonic() + wait_s
+        while True:
+            jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
+            left = deadline - time.monotonic()
+            if jobs or left <= 0:
+                return LeaseResponse(jobs=jobs)
+            await asyncio.sleep(min(self._settings.poll_interval_s, left))
+
+    def _candidates(
+        self, offers: dict[str, set[str]], region: str | None, want: int
+    ) -> builtins.list[QueueEntry]:
+        shards = [
+            keys.queue_shard(model, n)
+            for model in offers
+            for n in range(self._settings.queue_shards)
+        ]
+
+        def fits(e: QueueEntry) -> bool:
+            return (not e.version or e.version in offers[e.model]) and (
+                not e.region or e.region == region
+            )
+
+        return self._heads.take(shards, fits, want)
+
+    def _lease_once(
+        self, runner_id: str, region: str | None, req: LeaseRequest
+    ) -> builtins.list[LeasedJob]:
+        offers: dict[str, set[str]] = defaultdict(set)
+        for m in req.models:
+            offers[m.name].add(m.version)
+        if not offers:
+            return []
+        leased: builtins.list[LeasedJob] = []
+        for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
+            want = req.max_jobs - len(leased)
+            pending = self._candidates(offers, region, want)
+            for entry in pending:
+                t = now()
+                if entry.ttl_deadline <= t:
+                    self._ops.expire_entry(entry, t)
+                    continue
+                version = entry.version or max(offers[entry.model], key=int)
+                job = self._ops.claim(entry, runner_id, version, t)
+                if job is not None:
+                    leased.append(leased_job(job))
+            if len(leased) >= req.max_jobs or not pending:
+                break
+        return leased
+
+    def _held(self, runner_id: str, job_id: str, lease_token: str) -> JobRecord:
+        job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if job.status != "RUNNING" or job.lease_token != lease_token or job.runner_id != runner_id:
+            raise StaleLease(f"the lease of job {job_id} is no longer held (job {job.status})")
+        return job
+
+    def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse:
+        """Renew a lease; never past the attempt's deadline (started_at + timeout_s)."""
+        job = self._held(runner_id, job_id, lease_token)
+        t = now()
+        deadline = job.deadline or t
+        if t >= deadline:
+            raise StaleLease(f"job {job_id} ran past its timeout_s={job.timeout_s}")
+        expires = min(t + self._settings.lease_duration_s, deadline)
+        shard, sk = keys.lease_marker(job_id, expires, self._settings.lease_shards)
+        self._store.queue.put_marker(Marker(shard, sk, job_id, lease_token))
+        if (
+            self._store.jobs.extend_lease(job_id, lease_token, runner_id, expires, (shard, sk))
+            is None
+        ):
+            if job.lease_key != (shard, sk):
+                self._store.queue.delete_marker(shard, sk)
+            raise StaleLease(f"the lease of job {job_id} is no longer held")
+        if job.lease_key and job.lease_key != (shard, sk):
+            self._store.queue.delete_marker(*job.lease_key)
+        return ExtendResponse(lease_expires_at=iso(expires) or "")
+
+    def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse:
+        """Commit a result exactly once; a retry of the same commit answers the same."""
+        try:
+            job = self._held(runner_id, job_id, req.lease_token)
+        except StaleLease:
+            done = self._store.jobs.get_job(job_id)
+            if done and done.lease_token == req.lease_token and done.status == req.status:
+                return CompleteResponse(id=job_id, status=req.status)
+            raise
+        t = now()
+        outputs_json, outputs_ref = self._store_outputs(job, req)
+        error = req.error.model_dump() if req.error else None
+        if req.status == "FAILED" and error is None:
+            error = {"code": "failed", "message": "the runner reported a failure"}
+        started = job.started_at or t
+        done = self._store.jobs.finish_running(
+            job_id,
+            req.lease_token,
+            req.status,
+            now=t,
+            outputs_json=outputs_json,
+            outputs_ref=outputs_ref,
+            error=error,
+            run_ms=int((t - started) * 1000),
+        )
+        if done is None:
+            raise StaleLease(f"the lease of job {job_id} is no longer held")
+        if job.lease_key:
+            self._store.queue.delete_marker(*job.lease_key)
+        self._transitioned(done, "RUNNING")
+        return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
+
+    def _store_outputs(self, job: JobRecord, req: CompleteRequest) -> tuple[str | None, str | None]:
+        if req.outputs_ref is not None:
+            if not req.outputs_ref.startswith(f"{RESULTS_PREFIX}{job.id}/"):
+                raise InvalidRequest(
+                    f"outputs_ref must be under {RESULTS_PREFIX}{job.id}/", field="outputs_ref"
+                )
+            return None, req.outputs_ref
+        if req.outputs is None:
+            return None, None
+        doc = [t.model_dump(exclude_none=True) for t in req.outputs]
+        text = json.dumps(doc, separators=(",", ":"))
+        request_size = len(json.dumps(job.request, separators=(",", ":")))
+        if (
+            len(text) <= self._settings.max_inline_bytes
+            and len(text) + request_size < MAX_ITEM_JSON
+        ):
+            return text, None
+        tag = hashlib.sha256(req.lease_token.encode()).hexdigest()[:16]
+        ref = f"{RESULTS_PREFIX}{job.id}/{tag}/outputs.json"
+        self._blobs.put_json(ref, doc)
+        return None, ref
+
+    # ------------------------------------------------------------------ housekeeping
+    def sweep(self) -> dict[str, int]:
+        """Requeue or fail expired leases, time out jobs queued past their TTL."""
+        return self._sweeper.sweep()
+
+    def queue_depths(self) -> dict[str, int]:
+        """model -> queued jobs (for /metrics)."""
+        return self._store.queue.all_depths()
+
+    def ping(self) -> None:
+        """Raises Unavailable when the tables or the bucket cannot be reached."""
+        self._store.jobs.ping()
+        self._store.queue.ping()
+        self._blobs.ping()
+
+
+def build_job_service(
+    settings: Settings, dynamodb: Any, s3: Any
+) -> tuple[JobService, ModelService]:
+    """The job and model services on the tables and bucket named in ``settings``."""
+    from control_plane.storage.blobs import S3BlobStore
+    from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
+    from control_plane.storage.dynamo_jobs import DynamoJobStore
+    from control_plane.storage.dynamo_models import DynamoModelStore
+    from control_plane.storage.dynamo_queue import DynamoQueueStore
+
+    blobs = S3BlobStore(s3, settings.bucket)
+    models = ModelService(settings, DynamoModelStore(dynamodb, settings.table("models")), blobs)
+    store = JobStore(
+        jobs=DynamoJobStore(dynamodb, settings.table("jobs")),
+        queue=DynamoQueueStore(
+            dynamodb, settings.table("queue"), settings.table("leases"), settings.table("models")
+        ),
+        idempotency=DynamoIdempotencyStore(dynamodb, settings.table("idempotency")),
+    )
+    return JobService(settings, store, models, blobs), models

@@ -1,0 +1,298 @@
+"""The model repository: versions uploaded by presigned URLs, verified, then READY.
+
+Lifecycle of a version: ``create_version`` validates the layout, records the version as
+UPLOADING and hands out presigned PUTs (multipart above 64 MiB); the client uploads to the
+bucket; ``commit`` checks every object's size and sha256 from its bytes, parses
+``config.pbtxt`` as Triton's ModelConfig and flips UPLOADING -> READY with one conditional
+write. A mismatch leaves the version UPLOADING: nothing half-uploaded becomes READY.
+
+Model names are global; the tenant that first creates a name owns it. Other tenants get 404
+on reads and 409 on creating a version of it; admins see and manage every model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from gpufleet.wire import (
+    NAME_PATTERN,
+    CommitRequest,
+    CreateVersionRequest,
+    CreateVersionResponse,
+    FileSpec,
+    ModelList,
+    ModelVersionView,
+    ModelView,
+    MultipartPart,
+    MultipartUpload,
+    TensorSpec,
+    UploadTarget,
+)
+
+from control_plane.clock import iso, now
+from control_plane.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from control_plane.services import modelconfig
+from control_plane.services.principal import Principal
+from control_plane.settings import Settings
+from control_plane.storage.definitions import MODELS_PREFIX
+from control_plane.storage.protocols import BlobStore, ModelStore, ModelVersionRecord
+
+PART_SIZE = 64 * 1024 * 1024
+MAX_PARTS = 10_000
+_NAME = re.compile(NAME_PATTERN)
+
+
+def object_key(name: str, version: str, path: str) -> str:
+    """Where one uploaded file lives: ``models/<name>/<version>/<path>``."""
+    return f"{MODELS_PREFIX}{name}/{version}/{path}"
+
+
+def _tensor_views(specs: list[dict[str, object]], max_batch_size: int) -> list[TensorSpec]:
+    batch = [-1] if max_batch_size > 0 else []
+    return [
+        TensorSpec(
+            name=str(t["name"]),
+            datatype=str(t["datatype"]),
+            shape=batch + [int(d) for d in t["dims"]],  # type: ignore[attr-defined]
+        )
+        for t in specs
+    ]
+
+
+def version_view(rec: ModelVersionRecord) -> ModelVersionView:
+    """The wire view of a version (shapes with -1 as the batch dimension, as Triton shows)."""
+    return ModelVersionView(
+        name=rec.name,
+        version=rec.version,
+        state=rec.state,  # type: ignore[arg-type]
+        created_at=iso(rec.created_at) or "",
+        platform=rec.platform or rec.backend or None,
+        max_batch_size=rec.max_batch_size,
+        inputs=_tensor_views(rec.inputs, rec.max_batch_size),
+        outputs=_tensor_views(rec.outputs, rec.max_batch_size),
+        files=[FileSpec(**f) for f in rec.files],
+        config=rec.config,
+    )
+
+
+class ModelService:
+    """Versions of Triton models in the bucket, owned by tenants."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        blobs: BlobStore,
+        *,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._blobs = blobs
+        self._part_size = part_size
+
+    # ------------------------------------------------------------------ access
+    def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
+        owner = self._store.owner(name) if _NAME.match(name) else None
+        if owner is None or (p is not None and not p.can_see_tenant(owner)):
+            raise missing(f"model {name!r} not found")
+        return owner
+
+    # ------------------------------------------------------------------ upload
+    def create_version(
+        self, p: Principal, name: str, req: CreateVersionRequest
+    ) -> CreateVersionResponse:
+        """Validate the layout, record the version UPLOADING, hand out presigned uploads."""
+        p.require("models:write")
+        if not _NAME.match(name):
+            raise InvalidRequest(f"model name {name!r} is not valid", field="name")
+        ts = now()
+        owner = self._store.owner(name) or self._store.claim_name(name, p.tenant, ts)
+        if owner != p.tenant and not p.is_admin:
+            raise Conflict(f"the model name {name!r} belongs to another tenant")
+        for i, f in enumerate(req.files):
+            modelconfig.validate_path(f.path, i)
+        for attempt in range(5):
+            version = req.version or self._next_version(name)
+            files = req.files if req.version else modelconfig.renumber(req.files, version)
+            modelconfig.validate_layout([f.path for f in files], version)
+            uploads, targets = self._upload_targets(name, version, files)
+            for target, sent in zip(targets, req.files, strict=True):
+                target.path = sent.path  # the client's own path names its file
+            rec = ModelVersionRecord(
+                name=name,
+                version=version,
+                tenant=owner,
+                state="UPLOADING",
+                created_at=ts,
+                files=[f.model_dump() for f in files],
+                uploads=uploads,
+            )
+            if self._store.put_version(rec):
+                return CreateVersionResponse(
+                    name=name, version=version, state="UPLOADING", uploads=targets
+                )
+            if req.version or attempt == 4:
+                raise Conflict(f"model {name!r} version {version} exists already")
+        raise Conflict("could not pick a version number")  # pragma: no cover
+
+    def _next_version(self, name: str) -> str:
+        versions = self._store.list_versions(name)
+        return str(max((int(v.version) for v in versions), default=0) + 1)
+
+    def _upload_targets(
+        self, name: str, version: str, files: list[FileSpec]
+    ) -> tuple[dict[str, str], list[UploadTarget]]:
+        ttl = self._settings.presign_ttl_s
+        uploads: dict[str, str] = {}
+        targets: list[UploadTarget] = []
+        for f in files:
+            key = object_key(name, version, f.path)
+            if f.size <= self._part_size:
+                url = self._blobs.presign_put(key, ttl)
+                targets.append(UploadTarget(path=f.path, method="PUT", url=url))
+                continue
+            count = math.ceil(f.size / self._part_size)
+            if count > MAX_PARTS:
+                raise InvalidRequest(f"file {f.path!r} is too large", field="files")
+            upload_id = self._blobs.create_multipart(key)
+            uploads[f.path] = upload_id
+            parts = [
+                MultipartPart(number=i, url=self._blobs.presign_upload_part(key, upload_id, i, ttl))
+                for i in range(1, count + 1)
+            ]
+            targets.append(
+                UploadTarget(
+                    path=f.path,
+                    multipart=MultipartUpload(
+                        upload_id=upload_id, part_size=self._part_size, parts=parts
+                    ),
+                )
+            )
+        return uploads, targets
+
+    def commit(self, p: Principal, name: str, version: str, req: CommitRequest) -> ModelVersionView:
+        """Verify every object (size, sha256 of the bytes), parse the config, mark READY."""
+        p.require("models:write")
+        self._visible_owner(p, name, NotFound)
+        rec = self._get(name, version)
+        if rec.state == "READY":
+            return version_view(rec)
+        if rec.state != "UPLOADING":
+            raise Conflict(f"model {name!r} version {version} is {rec.state}")
+        self._complete_multiparts(rec, req)
+        problems = self._verify_files(rec)
+        if problems:
+            raise InvalidRequest(
+                f"{len(problems)} file(s) do not match what was declared: "
+                + ", ".join(x["field"].removeprefix("files.") for x in problems),
+                field="files",
+                details=problems,
+            )
+        text = self._blobs.get_bytes(object_key(name, version, modelconfig.CONFIG_FILE))
+        try:
+            parsed = modelconfig.parse_config(text.decode("utf-8"), name)
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("config.pbtxt is not UTF-8", field="config.pbtxt") from exc
+        modelconfig.check_default_model_file(parsed, [f["path"] for f in rec.files], version)
+        rec.platform, rec.backend = parsed.platform or None, parsed.backend or None
+        rec.max_batch_size = parsed.max_batch_size
+        rec.inputs, rec.outputs, rec.config = parsed.inputs, parsed.outputs, parsed.config
+        if not self._store.mark_ready(rec):
+            current = self._get(name, version)
+            if current.state != "READY":
+                raise Conflict(f"model {name!r} version {version} is {current.state}")
+            return version_view(current)
+        rec.state = "READY"
+        return version_view(rec)
+
+    def _complete_multiparts(self, rec: ModelVersionRecord, req: CommitRequest) -> None:
+        for path, upload_id in rec.uploads.items():
+            key = object_key(rec.name, rec.version, path)
+            etags = req.parts.get(path)
+            if not etags:
+                if self._blobs.head(key) is not None:
+                    continue  # completed by an earlier commit
+                raise InvalidRequest(
+                    f"{path!r} was uploaded in parts: list their ETags in parts",
+                    field=f"parts.{path}",
+                )
+            try:
+                self._blobs.complete_multipart(key, upload_id, etags)
+            except NotFound as exc:
+                if self._blobs.head(key) is None:
+                    raise InvalidRequest(
+                        f"{path!r}: the multipart upload cannot be completed ({exc.message})",
+                        field=f"parts.{path}",
+                    ) from exc
+
+    def _verify_files(self, rec: ModelVersionRecord) -> list[dict[str, str]]:
+        problems: list[dict[str, str]] = []
+        for f in rec.files:
+            key = object_key(rec.name, rec.version, f["path"])
+            size = self._blobs.head(key)
+            where = f"files.{f['path']}"
+            if size is None:
+                problems.append({"field": where, "message": "not uploaded"})
+            elif size != f["size"]:
+                problems.append({"field": where, "message": f"size {size} != {f['size']}"})
+            elif self._blobs.sha256_of(key) != f["sha256"]:
+                problems.append({"field": where, "message": "sha256 does not match"})
+        return problems
+
+    # ------------------------------------------------------------------ reads
+    def _get(self, name: str, version: str) -> ModelVersionRecord:
+        rec = self._store.get_version(name, version) if version.isdigit() else None
+        if rec is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        return rec
+
+    def list(self, p: Principal) -> ModelList:
+        """Every model the caller can see, with its versions."""
+        p.require("models:read")
+        views = [
+            ModelView(
+                name=name,
+                tenant=tenant,
+                versions=[version_view(v) for v in self._store.list_versions(name)],
+            )
+            for name, tenant in self._store.list_names()
+            if p.can_see_tenant(tenant)
+        ]
+        return ModelList(models=views)
+
+    def get(self, p: Principal, name: str) -> ModelView:
+        p.require("models:read")
+        owner = self._visible_owner(p, name, NotFound)
+        versions = [version_view(v) for v in self._store.list_versions(name)]
+        return ModelView(name=name, tenant=owner, versions=versions)
+
+    def delete_version(self, p: Principal, name: str, version: str) -> None:
+        """Remove a version and its objects (jobs pinned to it then get model_not_found)."""
+        p.require("models:write")
+        self._visible_owner(p, name, NotFound)
+        self._get(name, version)
+        self._store.delete_version(name, version)
+        self._blobs.delete_prefix(object_key(name, version, ""))
+
+    def ready_record(
+        self, p: Principal | None, name: str, version: str | None
+    ) -> ModelVersionRecord:
+        """The pinned version if READY, else the newest READY one; ModelNotFound otherwise."""
+        self._visible_owner(p, name, ModelNotFound)
+        if version is not None:
+            rec = self._store.get_version(name, version) if version.isdigit() else None
+            if rec is not None and rec.state == "READY":
+                return rec
+            raise ModelNotFound(f"model {name!r} has no READY version {version}")
+        for rec in self._store.list_versions(name):
+            if rec.state == "READY":
+                return rec
+        raise ModelNotFound(f"model {name!r} has no READY version")
+
+    def ready_version(
+        self, p: Principal | None, name: str, version: str | None
+    ) -> ModelVersionView:
+        """``ready_record`` as a wire view (``p`` None: no tenant check, for runners)."""
+        return version_view(self.ready_record(p, name, version))

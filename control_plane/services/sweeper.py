@@ -1,0 +1,107 @@
+"""Expiry: leases that ran out (requeue or fail) and jobs queued past their TTL (TIMED_OUT).
+
+``Sweeper.sweep()`` reads only due markers (``leases`` table, ``sk < now``), so its cost follows
+what has expired, not what is stored. Every replica may sweep at the same time: each step is a
+conditional write on the job item, so two sweepers never requeue or fail a job twice.
+
+Order of writes when requeueing (each a single conditional write; see dynamo_queue for why):
+1. put the new queue entry (its own token)        -- crash here: the entry is stale, a lease
+                                                     drops it after checking the job item
+2. job RUNNING -> QUEUED (lease token, expired)   -- the commit point
+3. delete the lease marker, count the depth
+"""
+
+from __future__ import annotations
+
+from control_plane.clock import now
+from control_plane.services import queue_keys as keys
+from control_plane.services.queue_ops import Notify, QueueOps
+from control_plane.settings import Settings
+from control_plane.storage.protocols import JobStore, Marker
+
+MARKERS_PER_PAGE = 100
+MAX_PAGES = 10
+
+
+class Sweeper:
+    """One pass over the due lease-expiry and queue-TTL markers of every shard."""
+
+    def __init__(self, settings: Settings, store: JobStore, ops: QueueOps, notify: Notify):
+        self._settings = settings
+        self._store = store
+        self._ops = ops
+        self._notify = notify
+
+    def sweep(self) -> dict[str, int]:
+        """``{"requeued": n, "exhausted": n, "timed_out": n}`` of this pass."""
+        counts = {"requeued": 0, "exhausted": 0, "timed_out": 0}
+        for n in range(self._settings.lease_shards):
+            for marker in self._due(f"lease#{n}"):
+                self._lease_expired(marker, counts)
+            for marker in self._due(f"ttl#{n}"):
+                self._ttl_expired(marker, counts)
+        return counts
+
+    def _due(self, shard: str) -> list[Marker]:
+        out: list[Marker] = []
+        before = keys.due_before(now())
+        after: str | None = None
+        for _ in range(MAX_PAGES):
+            page = self._store.queue.due_markers(shard, before, MARKERS_PER_PAGE, after)
+            out.extend(page)
+            if len(page) < MARKERS_PER_PAGE:
+                break
+            after = page[-1].sk
+        return out
+
+    def _lease_expired(self, marker: Marker, counts: dict[str, int]) -> None:
+        t = now()
+        job = self._store.jobs.get_job(marker.job_id)
+        current = (
+            job is not None
+            and job.status == "RUNNING"
+            and job.lease_token == marker.token
+            and job.lease_key == (marker.shard, marker.sk)
+        )
+        if job is None or not current:
+            self._store.queue.delete_marker(marker.shard, marker.sk)  # stale marker
+            return
+        if job.lease_expires_at is not None and job.lease_expires_at > t:
+            return  # extended after we read the marker
+        timed_out = job.deadline is not None and t >= job.deadline
+        if job.attempts < job.max_attempts and t < job.ttl_deadline:
+            if self._ops.requeue(job, marker, t):
+                counts["requeued"] += 1
+            return
+        if job.attempts < job.max_attempts:
+            status, code = "TIMED_OUT", "ttl_expired"
+            message = f"the lease expired and the job is older than its ttl_s={job.ttl_s}"
+        elif timed_out:
+            status, code = "FAILED", "timeout"
+            message = f"attempt {job.attempts} ran past timeout_s={job.timeout_s}"
+        else:
+            status, code = "FAILED", "attempts_exhausted"
+            message = f"the lease expired on each of {job.attempts} attempts"
+        assert job.lease_token is not None
+        done = self._store.jobs.finish_running(
+            job.id,
+            job.lease_token,
+            status,
+            now=t,
+            error={"code": code, "message": message},
+            expired_before=t,
+        )
+        if done is None:
+            return
+        self._store.queue.delete_marker(marker.shard, marker.sk)
+        counts["timed_out" if status == "TIMED_OUT" else "exhausted"] += 1
+        self._notify(done, "RUNNING")
+
+    def _ttl_expired(self, marker: Marker, counts: dict[str, int]) -> None:
+        job = self._store.jobs.get_job(marker.job_id)
+        if job is not None and job.status == "QUEUED" and job.ttl_deadline <= now():
+            if self._ops.time_out_queued(job, now()) is not None:
+                counts["timed_out"] += 1
+            elif (again := self._store.jobs.get_job(marker.job_id)) and again.status == "QUEUED":
+                return  # moved meanwhile (requeued): keep the marker for the next pass
+        self._store.queue.delete_marker(marker.shard, marker.sk)

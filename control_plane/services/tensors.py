@@ -1,0 +1,130 @@
+"""Check a job's tensors against the model's stored config before the job is queued.
+
+Every error is an ``InvalidRequest`` whose field points at the tensor (``inputs[1].shape``)
+and whose message names it, so a client sees which tensor is wrong and why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gpufleet.wire import OutputRequest, Tensor
+
+from control_plane.errors import InvalidRequest, PayloadTooLarge
+from control_plane.storage.definitions import PAYLOADS_PREFIX
+
+
+def _flatten(data: Any) -> Iterator[Any]:
+    if isinstance(data, list):
+        for x in data:
+            yield from _flatten(x)
+    else:
+        yield data
+
+
+def element_count(data: list[Any]) -> int:
+    """Number of scalars in a flat or nested (row-major) data list."""
+    return sum(1 for _ in _flatten(data))
+
+
+def inline_bytes(tensors: list[Tensor]) -> int:
+    """Size of the tensors' JSON, as the limit on inline payloads counts it."""
+    return sum(
+        len(json.dumps(t.model_dump(exclude_none=True), separators=(",", ":"))) for t in tensors
+    )
+
+
+def _shape_matches(shape: list[int], dims: list[int], max_batch_size: int) -> str | None:
+    """None when ``shape`` fits the config, else why not."""
+    expected = list(dims)
+    if max_batch_size > 0:
+        if len(shape) != len(dims) + 1:
+            return f"rank {len(shape)} != {len(dims) + 1} (batch dimension + {dims})"
+        if not 1 <= shape[0] <= max_batch_size:
+            return f"batch size {shape[0]} is not in 1..{max_batch_size}"
+        shape = shape[1:]
+    elif len(shape) != len(expected):
+        return f"rank {len(shape)} != {len(expected)} (dims {dims})"
+    for got, want in zip(shape, expected, strict=True):
+        if want != -1 and got != want:
+            return f"shape {shape} does not match dims {dims}"
+    return None
+
+
+def validate_tensors(
+    inputs: list[Tensor],
+    outputs: list[OutputRequest] | None,
+    config_inputs: list[dict[str, Any]],
+    config_outputs: list[dict[str, Any]],
+    max_batch_size: int,
+    *,
+    max_inline_bytes: int,
+    payload_exists: Callable[[str], bool],
+) -> None:
+    """Raise InvalidRequest (or PayloadTooLarge) for the first tensor that does not fit."""
+    by_name = {c["name"]: c for c in config_inputs}
+    seen: set[str] = set()
+    for i, t in enumerate(inputs):
+        where = f"inputs[{i}]"
+        spec = by_name.get(t.name)
+        if spec is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise InvalidRequest(
+                f"input {t.name!r} is not an input of the model (inputs: {known})",
+                field=f"{where}.name",
+            )
+        if t.name in seen:
+            raise InvalidRequest(f"input {t.name!r} is given twice", field=f"{where}.name")
+        seen.add(t.name)
+        if t.datatype != spec["datatype"]:
+            raise InvalidRequest(
+                f"input {t.name!r}: datatype {t.datatype} != {spec['datatype']}",
+                field=f"{where}.datatype",
+            )
+        why = _shape_matches(list(t.shape), list(spec["dims"]), max_batch_size)
+        if why:
+            raise InvalidRequest(f"input {t.name!r}: {why}", field=f"{where}.shape")
+        if (t.data is None) == (t.data_ref is None):
+            raise InvalidRequest(
+                f"input {t.name!r}: give exactly one of data and data_ref", field=f"{where}.data"
+            )
+        if t.data is not None:
+            count, want = element_count(t.data), math.prod(t.shape)
+            if count != want:
+                raise InvalidRequest(
+                    f"input {t.name!r}: {count} data elements, shape {t.shape} needs {want}",
+                    field=f"{where}.data",
+                )
+        elif t.data_ref is not None and not payload_exists(t.data_ref):
+            raise InvalidRequest(
+                f"input {t.name!r}: data_ref {t.data_ref!r} names no uploaded payload "
+                f"({PAYLOADS_PREFIX}{t.data_ref})",
+                field=f"{where}.data_ref",
+            )
+    missing = [c["name"] for c in config_inputs if c["name"] not in seen and not c.get("optional")]
+    if missing:
+        raise InvalidRequest(
+            f"required input {missing[0]!r} is missing",
+            field="inputs",
+            details=[
+                {"field": "inputs", "message": f"required input {m!r} is missing"} for m in missing
+            ],
+        )
+    out_names = {c["name"] for c in config_outputs}
+    for i, o in enumerate(outputs or []):
+        if o.name not in out_names:
+            known = ", ".join(sorted(out_names)) or "none"
+            raise InvalidRequest(
+                f"output {o.name!r} is not an output of the model (outputs: {known})",
+                field=f"outputs[{i}].name",
+            )
+    size = inline_bytes(inputs)
+    if size > max_inline_bytes:
+        raise PayloadTooLarge(
+            f"inline tensors are {size} bytes of JSON, over the {max_inline_bytes}-byte limit: "
+            "upload large tensors as payloads and refer to them with data_ref",
+            details=[{"field": "inputs", "message": "use data_ref for large tensors"}],
+        )

@@ -1,0 +1,63 @@
+"""DynamoDB adapter of the ``idempotency`` table (PK ``key`` = ``<tenant>#<Idempotency-Key>``).
+
+Timeline of one key: the first submit puts the record (condition: no record, or an expired
+one); a concurrent or later submit fails that condition and reads the record back, so exactly
+one job id is ever bound to a live key. ``expires_at`` is also the table's TTL attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from control_plane.storage.aws import translate_errors
+from control_plane.storage.dynamo_items import conditional_failed, get_i, get_n, get_s, n, s
+from control_plane.storage.protocols import IdempotencyRecord
+
+
+class DynamoIdempotencyStore:
+    """``IdempotencyStore`` on DynamoDB."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self._table = table
+
+    def claim_key(self, rec: IdempotencyRecord, now: float) -> IdempotencyRecord | None:
+        """Bind ``rec.key`` to ``rec``; None when bound now, else the live record holding it."""
+        item = {
+            "key": s(rec.key),
+            "body_hash": s(rec.body_hash),
+            "job_id": s(rec.job_id),
+            "created_at": n(rec.created_at),
+            "shard": n(rec.shard),
+            "queue_token": s(rec.queue_token),
+            "expires_at": n(rec.expires_at),
+        }
+        with translate_errors("claim idempotency key"):
+            try:
+                self._db.put_item(
+                    TableName=self._table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#k) OR expires_at < :now",
+                    ExpressionAttributeNames={"#k": "key"},
+                    ExpressionAttributeValues={":now": n(now)},
+                )
+                return None
+            except ClientError as exc:
+                if not conditional_failed(exc):
+                    raise
+            got = self._db.get_item(
+                TableName=self._table, Key={"key": s(rec.key)}, ConsistentRead=True
+            ).get("Item")
+        if not got:  # expired and removed between the two calls: try once more
+            return self.claim_key(rec, now)
+        return IdempotencyRecord(
+            key=rec.key,
+            body_hash=str(get_s(got, "body_hash")),
+            job_id=str(get_s(got, "job_id")),
+            created_at=float(get_n(got, "created_at") or 0.0),
+            shard=get_i(got, "shard"),
+            queue_token=str(get_s(got, "queue_token")),
+            expires_at=float(get_n(got, "expires_at") or 0.0),
+        )

@@ -1,0 +1,436 @@
+"""DynamoDB adapter of the ``jobs`` table (PK ``id``, GSI ``by_tenant``).
+
+Every transition is one conditional ``UpdateItem`` on the job item, conditioned on the status
+it leaves and on the token that proves the caller's right to leave it:
+
+    QUEUED  --claim_job     (queue_token)-->  RUNNING   new lease_token (fencing token)
+    QUEUED  --finish_queued (queue_token)-->  CANCELLED | TIMED_OUT
+    RUNNING --extend_lease  (lease_token)-->  RUNNING   later expiry
+    RUNNING --requeue_running (lease_token)-> QUEUED    new queue_token
+    RUNNING --finish_running  (lease_token)-> SUCCEEDED | FAILED | CANCELLED
+
+A failed condition means another actor won the race: the adapter answers ``None``/``False``
+and the service decides (skip the candidate, StaleLease, Conflict).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from control_plane.errors import InvalidRequest
+from control_plane.storage.aws import translate_errors
+from control_plane.storage.dynamo_items import (
+    b,
+    conditional_failed,
+    get_b,
+    get_i,
+    get_j,
+    get_n,
+    get_s,
+    j,
+    n,
+    s,
+)
+from control_plane.storage.protocols import JobRecord
+
+TENANT_INDEX = "by_tenant"
+
+
+def _key(shard_sk: tuple[str, str] | None) -> str | None:
+    return None if shard_sk is None else f"{shard_sk[0]}|{shard_sk[1]}"
+
+
+def _unkey(v: str | None) -> tuple[str, str] | None:
+    if not v:
+        return None
+    shard, _, sk = v.partition("|")
+    return shard, sk
+
+
+def to_item(job: JobRecord) -> dict[str, Any]:
+    """The full item of a new job."""
+    item: dict[str, Any] = {
+        "id": s(job.id),
+        "tenant": s(job.tenant),
+        "created_key": s(f"{int(job.created_at * 1000):013d}#{job.id}"),
+        "model": s(job.model),
+        "pinned": b(job.pinned),
+        "status": s(job.status),
+        "priority": n(job.priority),
+        "created_at": n(job.created_at),
+        "timeout_s": n(job.timeout_s),
+        "ttl_s": n(job.ttl_s),
+        "max_attempts": n(job.max_attempts),
+        "attempts": n(job.attempts),
+        "request": j(job.request),
+    }
+    optional: dict[str, Any] = {
+        "model_version": job.model_version,
+        "region": job.region,
+        "queue_key": _key(job.queue_key),
+        "queue_token": job.queue_token,
+    }
+    for name, value in optional.items():
+        if value is not None:
+            item[name] = s(value)
+    return item
+
+
+def from_item(item: dict[str, Any]) -> JobRecord:
+    """A JobRecord from a stored item."""
+    return JobRecord(
+        id=str(get_s(item, "id")),
+        tenant=str(get_s(item, "tenant")),
+        model=str(get_s(item, "model")),
+        model_version=get_s(item, "model_version"),
+        pinned=get_b(item, "pinned"),
+        status=str(get_s(item, "status")),
+        priority=get_i(item, "priority"),
+        created_at=float(get_n(item, "created_at") or 0.0),
+        timeout_s=get_i(item, "timeout_s"),
+        ttl_s=get_i(item, "ttl_s"),
+        max_attempts=get_i(item, "max_attempts", 1),
+        region=get_s(item, "region"),
+        request=get_j(item, "request") or {},
+        attempts=get_i(item, "attempts"),
+        started_at=get_n(item, "started_at"),
+        finished_at=get_n(item, "finished_at"),
+        runner_id=get_s(item, "runner_id"),
+        lease_token=get_s(item, "lease_token"),
+        lease_expires_at=get_n(item, "lease_expires_at"),
+        lease_key=_unkey(get_s(item, "lease_key")),
+        queue_key=_unkey(get_s(item, "queue_key")),
+        queue_token=get_s(item, "queue_token"),
+        outputs=get_j(item, "outputs"),
+        outputs_ref=get_s(item, "outputs_ref"),
+        error=get_j(item, "error"),
+        run_ms=get_i(item, "run_ms") if "run_ms" in item else None,
+    )
+
+
+def encode_cursor(key: dict[str, Any] | None) -> str | None:
+    """An opaque cursor from a LastEvaluatedKey."""
+    if not key:
+        return None
+    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    """The LastEvaluatedKey inside a cursor; InvalidRequest when it is not one of ours."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key = json.loads(raw)
+        if not isinstance(key, dict) or "id" not in key:
+            raise ValueError("not a job cursor")
+        for v in key.values():
+            if not isinstance(v, dict) or not isinstance(v.get("S"), str):
+                raise ValueError("not a job cursor")
+    except ValueError as exc:
+        raise InvalidRequest("cursor is not valid", field="cursor") from exc
+    return key
+
+
+class DynamoJobStore:
+    """``JobStore`` on the ``jobs`` table."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self._table = table
+
+    def create_job(self, job: JobRecord) -> bool:
+        """Store a new job; False when the id exists already (an idempotent replay)."""
+        with translate_errors("create job"):
+            try:
+                self._db.put_item(
+                    TableName=self._table,
+                    Item=to_item(job),
+                    ConditionExpression="attribute_not_exists(id)",
+                )
+            except ClientError as exc:
+                if conditional_failed(exc):
+                    return False
+                raise
+        return True
+
+    def create_jobs(self, jobs: list[JobRecord]) -> None:
+        """Store new jobs with fresh random ids in batches of 25 (a batch submit)."""
+        with translate_errors("create jobs"):
+            for i in range(0, len(jobs), 25):
+                request: dict[str, Any] = {
+                    self._table: [{"PutRequest": {"Item": to_item(x)}} for x in jobs[i : i + 25]]
+                }
+                while request:
+                    resp = self._db.batch_write_item(RequestItems=request)
+                    request = resp.get("UnprocessedItems") or {}
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with translate_errors("get job"):
+            item = self._db.get_item(
+                TableName=self._table, Key={"id": s(job_id)}, ConsistentRead=True
+            ).get("Item")
+        return from_item(item) if item else None
+
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """id -> status of the jobs that exist (consistent reads, 100 ids per request)."""
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(job_ids))
+        with translate_errors("get job statuses"):
+            for i in range(0, len(unique), 100):
+                keys: list[dict[str, Any]] = [{"id": s(x)} for x in unique[i : i + 100]]
+                request: dict[str, Any] = {
+                    self._table: {
+                        "Keys": keys,
+                        "ConsistentRead": True,
+                        "ProjectionExpression": "id, #s",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                    }
+                }
+                while request:
+                    resp = self._db.batch_get_item(RequestItems=request)
+                    for it in resp.get("Responses", {}).get(self._table, []):
+                        out[str(get_s(it, "id"))] = str(get_s(it, "status"))
+                    request = resp.get("UnprocessedKeys") or {}
+        return out
+
+    def list_jobs(
+        self,
+        tenant: str | None,
+        status: str | None,
+        model: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs newest first (every tenant's when ``tenant`` is None: a Scan,
+        newest first within a page). ``cursor``: opaque, from the previous page."""
+        start = decode_cursor(cursor)
+        filters, values, names = [], {}, {}
+        if status:
+            filters.append("#st = :st")
+            values[":st"] = s(status)
+            names["#st"] = "status"
+        if model:
+            filters.append("#m = :m")
+            values[":m"] = s(model)
+            names["#m"] = "model"
+        kwargs: dict[str, Any] = {"TableName": self._table, "Limit": limit}
+        if tenant is not None:
+            kwargs.update(
+                IndexName=TENANT_INDEX,
+                KeyConditionExpression="tenant = :t",
+                ScanIndexForward=False,
+            )
+            values[":t"] = s(tenant)
+        if filters:
+            kwargs["FilterExpression"] = " AND ".join(filters)
+            kwargs["ExpressionAttributeNames"] = names
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        if start and tenant is None:
+            kwargs["ExclusiveStartKey"] = {"id": start["id"]}
+        elif start:
+            if start.get("tenant") != s(tenant or "") or "created_key" not in start:
+                raise InvalidRequest("cursor is not valid", field="cursor")
+            kwargs["ExclusiveStartKey"] = start
+        op = self._db.query if tenant is not None else self._db.scan
+        with translate_errors("list jobs"):
+            page = op(**kwargs)
+        items = [from_item(it) for it in page.get("Items", [])]
+        if tenant is None:
+            items.sort(key=lambda r: r.created_at, reverse=True)
+        last = page.get("LastEvaluatedKey")
+        return items, encode_cursor(last)
+
+    # ------------------------------------------------------------------ transitions
+    def _transition(
+        self,
+        job_id: str,
+        what: str,
+        cond: dict[str, str],
+        sets: dict[str, Any],
+        removes: tuple[str, ...] = (),
+        adds: dict[str, int] | None = None,
+        expired_before: float | None = None,
+    ) -> JobRecord | None:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        conds = ["attribute_exists(id)"]
+        if expired_before is not None:
+            conds.append("lease_expires_at <= :exp")
+            values[":exp"] = n(expired_before)
+        for i, (attr, expected) in enumerate(cond.items()):
+            names[f"#c{i}"] = attr
+            values[f":c{i}"] = s(expected)
+            conds.append(f"#c{i} = :c{i}")
+        parts: list[str] = []
+        set_parts = []
+        for i, (attr, value) in enumerate(sets.items()):
+            names[f"#s{i}"] = attr
+            values[f":s{i}"] = value
+            set_parts.append(f"#s{i} = :s{i}")
+        if set_parts:
+            parts.append("SET " + ", ".join(set_parts))
+        if adds:
+            add_parts = []
+            for i, (attr, delta) in enumerate(adds.items()):
+                names[f"#a{i}"] = attr
+                values[f":a{i}"] = n(delta)
+                add_parts.append(f"#a{i} :a{i}")
+            parts.append("ADD " + ", ".join(add_parts))
+        if removes:
+            rm = []
+            for i, attr in enumerate(removes):
+                names[f"#r{i}"] = attr
+                rm.append(f"#r{i}")
+            parts.append("REMOVE " + ", ".join(rm))
+        with translate_errors(what):
+            try:
+                resp = self._db.update_item(
+                    TableName=self._table,
+                    Key={"id": s(job_id)},
+                    UpdateExpression=" ".join(parts),
+                    ConditionExpression=" AND ".join(conds),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                )
+            except ClientError as exc:
+                if conditional_failed(exc):
+                    return None
+                raise
+        return from_item(resp["Attributes"])
+
+    def claim_job(
+        self,
+        job_id: str,
+        queue_token: str,
+        *,
+        lease_token: str,
+        runner_id: str,
+        version: str,
+        now: float,
+        lease_expires_at: float,
+        lease_key: tuple[str, str],
+    ) -> JobRecord | None:
+        """QUEUED -> RUNNING if the job is still queued under ``queue_token``."""
+        return self._transition(
+            job_id,
+            "claim job",
+            {"status": "QUEUED", "queue_token": queue_token},
+            {
+                "status": s("RUNNING"),
+                "lease_token": s(lease_token),
+                "runner_id": s(runner_id),
+                "model_version": s(version),
+                "started_at": n(now),
+                "lease_expires_at": n(lease_expires_at),
+                "lease_key": s(str(_key(lease_key))),
+            },
+            removes=("queue_token", "queue_key"),
+            adds={"attempts": 1},
+        )
+
+    def extend_lease(
+        self,
+        job_id: str,
+        lease_token: str,
+        runner_id: str,
+        lease_expires_at: float,
+        lease_key: tuple[str, str],
+    ) -> JobRecord | None:
+        """Move the expiry of a running lease held by ``runner_id`` with ``lease_token``."""
+        return self._transition(
+            job_id,
+            "extend lease",
+            {"status": "RUNNING", "lease_token": lease_token, "runner_id": runner_id},
+            {"lease_expires_at": n(lease_expires_at), "lease_key": s(str(_key(lease_key)))},
+        )
+
+    def finish_running(
+        self,
+        job_id: str,
+        lease_token: str,
+        status: str,
+        *,
+        now: float,
+        outputs_json: str | None = None,
+        outputs_ref: str | None = None,
+        error: dict[str, Any] | None = None,
+        run_ms: int | None = None,
+        expired_before: float | None = None,
+    ) -> JobRecord | None:
+        """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
+        the lease expired by then, for the sweep)."""
+        sets: dict[str, Any] = {"status": s(status), "finished_at": n(now)}
+        if outputs_json is not None:
+            sets["outputs"] = s(outputs_json)
+        if outputs_ref is not None:
+            sets["outputs_ref"] = s(outputs_ref)
+        if error is not None:
+            sets["error"] = j(error)
+        if run_ms is not None:
+            sets["run_ms"] = n(run_ms)
+        return self._transition(
+            job_id,
+            "finish job",
+            {"status": "RUNNING", "lease_token": lease_token},
+            sets,
+            removes=("lease_key",),
+            expired_before=expired_before,
+        )
+
+    def requeue_running(
+        self,
+        job_id: str,
+        lease_token: str,
+        queue_key: tuple[str, str],
+        queue_token: str,
+        *,
+        expired_before: float,
+    ) -> bool:
+        """RUNNING -> QUEUED once the lease has expired (the queue entry is written first)."""
+        rec = self._transition(
+            job_id,
+            "requeue job",
+            {"status": "RUNNING", "lease_token": lease_token},
+            {
+                "status": s("QUEUED"),
+                "queue_key": s(str(_key(queue_key))),
+                "queue_token": s(queue_token),
+            },
+            removes=("lease_token", "lease_key", "lease_expires_at", "runner_id"),
+            expired_before=expired_before,
+        )
+        return rec is not None
+
+    def finish_queued(
+        self,
+        job_id: str,
+        queue_token: str,
+        status: str,
+        *,
+        now: float,
+        error: dict[str, Any] | None = None,
+    ) -> JobRecord | None:
+        """QUEUED -> CANCELLED | TIMED_OUT if still queued under ``queue_token``."""
+        sets: dict[str, Any] = {"status": s(status), "finished_at": n(now)}
+        if error is not None:
+            sets["error"] = j(error)
+        return self._transition(
+            job_id,
+            "finish queued job",
+            {"status": "QUEUED", "queue_token": queue_token},
+            sets,
+            removes=("queue_token", "queue_key"),
+        )
+
+    def ping(self) -> None:
+        """Raises Unavailable when the table cannot be reached."""
+        with translate_errors("ping jobs"):
+            self._db.get_item(TableName=self._table, Key={"id": s("ping")})

@@ -1,0 +1,97 @@
+"""Tensor checks against a stored config: each error names the tensor and its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gpufleet.wire import OutputRequest, Tensor
+
+from control_plane.errors import InvalidRequest, PayloadTooLarge
+from control_plane.services.tensors import element_count, validate_tensors
+
+INPUTS = [
+    {"name": "INPUT0", "datatype": "FP32", "dims": [4]},
+    {"name": "INPUT1", "datatype": "FP32", "dims": [-1]},
+    {"name": "MASK", "datatype": "BYTES", "dims": [1], "optional": True},
+]
+OUTPUTS = [{"name": "OUTPUT0", "datatype": "FP32", "dims": [4]}]
+
+
+def t(name: str = "INPUT0", dtype: str = "FP32", shape: Any = (1, 4), data: Any = None) -> Tensor:
+    shape = list(shape)
+    if data is None:
+        n = 1
+        for d in shape:
+            n *= d
+        data = [1.0] * n
+    return Tensor(name=name, datatype=dtype, shape=shape, data=data)  # type: ignore[arg-type]
+
+
+def check(inputs: list[Tensor], outputs: Any = None, mbs: int = 8, **kw: Any) -> None:
+    validate_tensors(
+        inputs,
+        outputs,
+        INPUTS,
+        OUTPUTS,
+        mbs,
+        max_inline_bytes=kw.get("limit", 10_000),
+        payload_exists=lambda ref: ref == "ok",
+    )
+
+
+def err(inputs: list[Tensor], **kw: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as exc:
+        check(inputs, **kw)
+    return exc.value
+
+
+def test_valid_request_passes() -> None:
+    check([t(), t("INPUT1", shape=(2, 7))], [OutputRequest(name="OUTPUT0")])
+    check([t(shape=(4,)), t("INPUT1", shape=(3,))], mbs=0)
+    check([t(), t("INPUT1", shape=(1, 2)), t("MASK", "BYTES", (1, 1), ["x"])])
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "words"),
+    [
+        ([t("NOPE"), t("INPUT1")], "inputs[0].name", ["'NOPE'", "INPUT0"]),
+        ([t(dtype="FP64"), t("INPUT1")], "inputs[0].datatype", ["'INPUT0'", "FP64", "FP32"]),
+        ([t(shape=(1, 5)), t("INPUT1")], "inputs[0].shape", ["'INPUT0'", "[4]"]),
+        ([t(shape=(4,)), t("INPUT1")], "inputs[0].shape", ["'INPUT0'", "rank"]),
+        ([t(shape=(9, 4)), t("INPUT1")], "inputs[0].shape", ["'INPUT0'", "batch size 9"]),
+        ([t(), t("INPUT1", data=[1, 2])], "inputs[1].data", ["'INPUT1'", "2 data elements"]),
+        ([t(), t("INPUT0")], "inputs[1].name", ["'INPUT0'", "twice"]),
+        ([t()], "inputs", ["'INPUT1'", "missing"]),
+    ],
+)
+def test_errors_name_the_tensor(inputs: list[Tensor], field: str, words: list[str]) -> None:
+    e = err(inputs)
+    assert e.field == field and e.code == "invalid_request"
+    for w in words:
+        assert w in e.message
+
+
+def test_nested_data_is_flattened_and_counted() -> None:
+    assert element_count([[1, 2], [3, [4, 5]]]) == 5
+    check([t(shape=(2, 4), data=[[1, 2, 3, 4], [5, 6, 7, 8]]), t("INPUT1")])
+    e = err([t(shape=(2, 4), data=[[1, 2, 3, 4]]), t("INPUT1")])
+    assert e.field == "inputs[0].data"
+
+
+def test_unknown_output_and_data_ref() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        check([t(), t("INPUT1")], [OutputRequest(name="OUT9")])
+    assert exc.value.field == "outputs[0].name" and "'OUT9'" in exc.value.message
+    ref = Tensor(name="INPUT1", datatype="FP32", shape=[1, 4], data_ref="ok")
+    check([t(), ref])
+    missing = Tensor(name="INPUT1", datatype="FP32", shape=[1, 4], data_ref="gone")
+    assert err([t(), missing]).field == "inputs[1].data_ref"
+    neither = Tensor(name="INPUT1", datatype="FP32", shape=[1, 4])
+    assert err([t(), neither]).field == "inputs[1].data"
+
+
+def test_inline_limit_points_to_data_ref() -> None:
+    with pytest.raises(PayloadTooLarge) as exc:
+        check([t(shape=(8, 4)), t("INPUT1", shape=(8, 400))], limit=2000)
+    assert "data_ref" in exc.value.message and exc.value.code == "payload_too_large"
