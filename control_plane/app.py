@@ -20,7 +20,15 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute
 
-from control_plane.api import routes_auth, routes_jobs, routes_models, routes_runners, routes_system
+from control_plane.api import (
+    kserve,
+    routes_auth,
+    routes_jobs,
+    routes_models,
+    routes_runners,
+    routes_system,
+    webhook_routes,
+)
 from control_plane.api.context import JobsPort, Services
 from control_plane.api.errors import EXCEPTION_HANDLERS
 from control_plane.api.limits import BodyLimitMiddleware
@@ -30,10 +38,14 @@ from control_plane.api.security import BearerBackend
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.runners import RunnerService
+from control_plane.services.webhook_delivery import DeliveryPolicy
+from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
 from control_plane.storage.aws import make_clients
 from control_plane.storage.dynamo_auth import DynamoAuthStore
+from control_plane.storage.dynamo_jobs import DynamoJobStore
 from control_plane.storage.dynamo_runners import DynamoNonceStore, DynamoRunnerStore
+from control_plane.storage.dynamo_webhooks import DynamoWebhookSecretStore, DynamoWebhookStore
 
 __all__ = ["Services", "build_services", "create_app", "routes"]
 
@@ -64,8 +76,25 @@ def build_services(settings: Settings) -> Services:
         window_s=settings.runner_signature_window_s,
         offline_after_s=settings.runner_offline_after_s,
     )
-    checks = {"jobs": jobs.ping, "auth": auth.ping, "runners": runners.ping, "nonces": nonces.ping}
-    return Services(settings, auth, runners, jobs, models, checks)
+    webhooks = WebhookService(
+        DynamoWebhookStore(dynamodb, settings.table("webhooks")),
+        DynamoWebhookSecretStore(dynamodb, settings.table("auth")),
+        jobs.get,
+        record_of=DynamoJobStore(dynamodb, settings.table("jobs")).get_job,
+        allow_loopback=settings.webhooks_allow_loopback,
+        grace_s=settings.webhook_secret_grace_s,
+        shards=settings.webhook_shards,
+    )
+    jobs.request_checks.append(webhooks.validate_request)
+    jobs.on_transition.append(webhooks.job_transition)
+    checks = {
+        "jobs": jobs.ping,
+        "auth": auth.ping,
+        "runners": runners.ping,
+        "nonces": nonces.ping,
+        "webhooks": webhooks.ping,
+    }
+    return Services(settings, auth, runners, jobs, models, checks, webhooks)
 
 
 def routes() -> list[BaseRoute]:
@@ -76,6 +105,8 @@ def routes() -> list[BaseRoute]:
         *routes_jobs.ROUTES,
         *routes_models.ROUTES,
         *routes_runners.ROUTES,
+        *webhook_routes.ROUTES,
+        *kserve.ROUTES,
     ]
 
 
@@ -107,13 +138,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(sweep_forever(svc.jobs, settings.sweep_interval_s))
+        tasks = [asyncio.create_task(sweep_forever(svc.jobs, settings.sweep_interval_s))]
+        if svc.webhooks is not None:
+            worker = svc.webhooks.worker(DeliveryPolicy.from_settings(settings))
+            tasks.append(asyncio.create_task(worker.run_forever()))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     table = routes()
     app = Starlette(

@@ -45,8 +45,23 @@ class LambdaApp:
         """One pass of the jobs service's expiry sweep; the counts it reports."""
         services = self.app.state.services
         counts: dict[str, int] = services.jobs.sweep()
-        log.info("sweep: %s", counts)
-        return {"swept": counts}
+        delivered = 0
+        if services.webhooks is not None:  # no background task in Lambda: deliver here
+            import asyncio
+
+            from control_plane.services.webhook_delivery import DeliveryPolicy
+
+            worker = services.webhooks.worker(DeliveryPolicy.from_settings(services.settings))
+            delivered = asyncio.run(_deliver_once(worker))
+        log.info("sweep: %s, webhooks delivered: %d", counts, delivered)
+        return {"swept": counts, "webhooks_delivered": delivered}
+
+
+async def _deliver_once(worker: Any) -> int:
+    try:
+        return int(await worker.run_once())
+    finally:
+        await worker.aclose()
 
 
 def is_sweep_event(event: Any) -> bool:

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from control_plane.services.auth import AuthService
 from control_plane.services.principal import Principal
 from control_plane.services.runners import RunnerService
+from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
 
 
@@ -83,6 +84,7 @@ class Services:
     jobs: JobsPort
     models: ModelsPort
     checks: dict[str, Callable[[], None]] = field(default_factory=dict)
+    webhooks: WebhookService | None = None
 
 
 def services(request: Request) -> Services:

@@ -83,6 +83,8 @@ class JobService:
         self._models = models
         self._blobs = blobs
         self.on_transition: list[Transition] = []
+        # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
+        self.request_checks: list[Callable[[JobRequest], None]] = []
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -111,6 +113,8 @@ class JobService:
         if key not in cache:
             cache[key] = self._models.ready_record(p, req.model, req.model_version)
         rec: ModelVersionRecord = cache[key]
+        for check in self.request_checks:
+            check(req)
         validate_tensors(
             req.inputs,
             req.outputs,

@@ -222,6 +222,10 @@ class WebhookWorker:
         await asyncio.gather(*(one(c) for c in claims))
         return len(claims)
 
+    async def aclose(self) -> None:
+        """Close the sender (``run_forever`` does this itself when it is cancelled)."""
+        await self._sender.aclose()
+
     async def run_forever(self) -> None:
         """Poll until cancelled; storage errors are logged and backed off with jitter."""
         delay = self._policy.poll_interval_s
@@ -240,4 +244,4 @@ class WebhookWorker:
                         continue
                 await asyncio.sleep(delay * (0.8 + 0.4 * self._rng()))
         finally:
-            await self._sender.aclose()
+            await self.aclose()
