@@ -25,6 +25,7 @@ from control_plane.api import (
     routes_auth,
     routes_jobs,
     routes_models,
+    routes_payloads,
     routes_runners,
     routes_system,
     webhook_routes,
@@ -106,6 +107,7 @@ def routes() -> list[BaseRoute]:
         *routes_models.ROUTES,
         *routes_runners.ROUTES,
         *webhook_routes.ROUTES,
+        *routes_payloads.ROUTES,
         *kserve.ROUTES,
     ]
 

@@ -46,13 +46,14 @@ from control_plane.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from control_plane.services import queue_keys as keys
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
+from control_plane.services.payloads import PayloadService
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import QueueOps, new_token
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.settings import Settings
-from control_plane.storage.definitions import PAYLOADS_PREFIX, RESULTS_PREFIX
+from control_plane.storage.definitions import RESULTS_PREFIX
 from control_plane.storage.protocols import (
     BlobStore,
     IdempotencyRecord,
@@ -82,6 +83,7 @@ class JobService:
         self._store = store
         self._models = models
         self._blobs = blobs
+        self.payloads = PayloadService(settings, blobs)  # POST /v1/payloads, lease URLs
         self.on_transition: list[Transition] = []
         # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
         self.request_checks: list[Callable[[JobRequest], None]] = []
@@ -122,7 +124,7 @@ class JobService:
             rec.outputs,
             rec.max_batch_size,
             max_inline_bytes=self._settings.max_inline_bytes,
-            payload_exists=lambda ref: self._blobs.head(PAYLOADS_PREFIX + ref) is not None,
+            check_payload=lambda i, t: self.payloads.check_input(p.tenant, i, t),
         )
         return rec
 
@@ -346,7 +348,7 @@ class JobService:
                 version = entry.version or max(offers[entry.model], key=int)
                 job = self._ops.claim(entry, runner_id, version, t)
                 if job is not None:
-                    leased.append(leased_job(job))
+                    leased.append(self.payloads.for_lease(job, leased_job(job)))
             if len(leased) >= req.max_jobs or not pending:
                 break
         return leased
@@ -414,11 +416,7 @@ class JobService:
 
     def _store_outputs(self, job: JobRecord, req: CompleteRequest) -> tuple[str | None, str | None]:
         if req.outputs_ref is not None:
-            if not req.outputs_ref.startswith(f"{RESULTS_PREFIX}{job.id}/"):
-                raise InvalidRequest(
-                    f"outputs_ref must be under {RESULTS_PREFIX}{job.id}/", field="outputs_ref"
-                )
-            return None, req.outputs_ref
+            return None, self.payloads.check_result(job.id, req.lease_token, req.outputs_ref)
         if req.outputs is None:
             return None, None
         doc = [t.model_dump(exclude_none=True) for t in req.outputs]

@@ -14,7 +14,6 @@ from typing import Any
 from gpufleet.wire import OutputRequest, Tensor
 
 from control_plane.errors import InvalidRequest, PayloadTooLarge
-from control_plane.storage.definitions import PAYLOADS_PREFIX
 
 
 def _flatten(data: Any) -> Iterator[Any]:
@@ -62,7 +61,7 @@ def validate_tensors(
     max_batch_size: int,
     *,
     max_inline_bytes: int,
-    payload_exists: Callable[[str], bool],
+    check_payload: Callable[[int, Tensor], None],
 ) -> None:
     """Raise InvalidRequest (or PayloadTooLarge) for the first tensor that does not fit."""
     by_name = {c["name"]: c for c in config_inputs}
@@ -98,12 +97,8 @@ def validate_tensors(
                     f"input {t.name!r}: {count} data elements, shape {t.shape} needs {want}",
                     field=f"{where}.data",
                 )
-        elif t.data_ref is not None and not payload_exists(t.data_ref):
-            raise InvalidRequest(
-                f"input {t.name!r}: data_ref {t.data_ref!r} names no uploaded payload "
-                f"({PAYLOADS_PREFIX}{t.data_ref})",
-                field=f"{where}.data_ref",
-            )
+        else:  # data_ref: uploaded, of this tenant, and the size datatype x shape needs
+            check_payload(i, t)
     missing = [c["name"] for c in config_inputs if c["name"] not in seen and not c.get("optional")]
     if missing:
         raise InvalidRequest(

@@ -102,22 +102,42 @@ def has_ttl(name: str) -> bool:
     return bool(TABLES[name].get("_ttl"))
 
 
+def _table_exists(dynamodb: Any, table: str) -> bool:
+    # describe_table, not list_tables: list_tables pages at 100 names per call.
+    try:
+        dynamodb.describe_table(TableName=table)
+    except dynamodb.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def _bucket_exists(s3: Any, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+    return True
+
+
 def create_all(dynamodb: Any, s3: Any, table_prefix: str, bucket: str, region: str) -> None:
     """Create every table (with TTL where defined) and the bucket; existing ones are kept."""
-    existing = set(dynamodb.list_tables().get("TableNames", []))
     for name in TABLES:
         kwargs = create_table_kwargs(name, table_prefix)
-        if kwargs["TableName"] in existing:
+        if _table_exists(dynamodb, kwargs["TableName"]):
             continue
-        dynamodb.create_table(**kwargs)
+        try:
+            dynamodb.create_table(**kwargs)
+        except dynamodb.exceptions.ResourceInUseException:  # created concurrently
+            continue
         dynamodb.get_waiter("table_exists").wait(TableName=kwargs["TableName"])
         if has_ttl(name):
             dynamodb.update_time_to_live(
                 TableName=kwargs["TableName"],
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
             )
-    buckets = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if bucket not in buckets:
+    if not _bucket_exists(s3, bucket):
         if region == "us-east-1":
             s3.create_bucket(Bucket=bucket)
         else:

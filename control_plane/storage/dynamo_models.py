@@ -4,7 +4,12 @@ Items of one model name:
 - ``meta``              the owning tenant (names are global; the first creator owns it)
 - ``v#<version:09d>``   one version: state, files, multipart upload ids, parsed config
 - ``depth#<n>``         queue-depth counters (written by ``dynamo_queue``)
-- ``deployment``        the desired placement (another issue)
+- ``deployment``        the deployment spec (``PUT /v1/models/{name}/deployment``)
+
+and one item outside every model (``#`` cannot start a model name):
+- ``#placement`` / ``plan``  the fleet's placement decision (JSON) with a ``revision``:
+  each replica that decides writes ``revision + 1`` on condition that the revision is still
+  the one it read, so concurrent deciders converge on one stored answer.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from control_plane.storage.dynamo_items import (
     paginate,
     s,
 )
-from control_plane.storage.protocols import ModelVersionRecord
+from control_plane.storage.protocols import ModelVersionRecord, PlanRecord
 
 META = "meta"
 VERSION_PREFIX = "v#"
+DEPLOYMENT = "deployment"
+PLAN_NAME, PLAN_SK = "#placement", "plan"
 
 
 def version_sk(version: str) -> str:
@@ -210,3 +217,82 @@ class DynamoModelStore:
             )
             out = [(str(get_s(it, "name")), str(get_s(it, "tenant"))) for it in items]
         return sorted(out)
+
+    # ------------------------------------------------------------------ deployments
+    def put_deployment(self, name: str, spec: dict[str, Any], now: float) -> None:
+        """Store (replace) the deployment spec of ``name``."""
+        with translate_errors("put deployment"):
+            self._db.put_item(
+                TableName=self._table,
+                Item={
+                    "name": s(name),
+                    "sk": s(DEPLOYMENT),
+                    "spec": j(spec),
+                    "updated_at": n(now),
+                },
+            )
+
+    def get_deployment(self, name: str) -> dict[str, Any] | None:
+        with translate_errors("get deployment"):
+            item = self._db.get_item(
+                TableName=self._table,
+                Key={"name": s(name), "sk": s(DEPLOYMENT)},
+                ConsistentRead=True,
+            ).get("Item")
+        return get_j(item, "spec") if item else None
+
+    def list_deployments(self) -> dict[str, dict[str, Any]]:
+        """name -> spec of every deployment (a Scan of the small models table)."""
+        with translate_errors("list deployments"):
+            items = paginate(
+                self._db,
+                "scan",
+                TableName=self._table,
+                FilterExpression="sk = :d",
+                ExpressionAttributeValues={":d": s(DEPLOYMENT)},
+                ConsistentRead=True,
+            )
+            return {str(get_s(it, "name")): get_j(it, "spec") or {} for it in items}
+
+    def get_plan(self) -> PlanRecord | None:
+        with translate_errors("get placement"):
+            item = self._db.get_item(
+                TableName=self._table,
+                Key={"name": s(PLAN_NAME), "sk": s(PLAN_SK)},
+                ConsistentRead=True,
+            ).get("Item")
+        if not item:
+            return None
+        return PlanRecord(
+            revision=get_i(item, "revision"),
+            planned_at=float(get_n(item, "planned_at") or 0.0),
+            doc=get_j(item, "doc") or {},
+        )
+
+    def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool:
+        """Write the decision as ``expected_revision + 1``; False when another writer won."""
+        condition = (
+            "attribute_not_exists(sk)" if expected_revision == 0 else "revision = :expected"
+        )
+        values = {":expected": n(expected_revision)} if expected_revision else None
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": {
+                "name": s(PLAN_NAME),
+                "sk": s(PLAN_SK),
+                "revision": n(expected_revision + 1),
+                "planned_at": n(planned_at),
+                "doc": j(doc),
+            },
+            "ConditionExpression": condition,
+        }
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        with translate_errors("save placement"):
+            try:
+                self._db.put_item(**kwargs)
+            except ClientError as exc:
+                if conditional_failed(exc):
+                    return False
+                raise
+        return True

@@ -230,6 +230,25 @@ class ModelStore(Protocol):
 
 
 @dataclass(frozen=True)
+class PlanRecord:
+    """The stored placement decision: a JSON document, fenced by ``revision``."""
+
+    revision: int
+    planned_at: float
+    doc: dict[str, Any]
+
+
+class DeploymentStore(Protocol):
+    """Deployment specs per model and the one placement decision of the fleet."""
+
+    def put_deployment(self, name: str, spec: dict[str, Any], now: float) -> None: ...
+    def get_deployment(self, name: str) -> dict[str, Any] | None: ...
+    def list_deployments(self) -> dict[str, dict[str, Any]]: ...
+    def get_plan(self) -> PlanRecord | None: ...
+    def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool: ...
+
+
+@dataclass(frozen=True)
 class JobStore:
     """The three stores behind the job service (job items, queue indexes, idempotency)."""
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from gpufleet._transport import Core, Op, seg
 from gpufleet.errors import JobFailedError, WaitTimeoutError
-from gpufleet.tensors import datatype_of, to_arrays, to_raw_bytes, to_tensor
+from gpufleet.tensors import datatype_of, decode_outputs, to_arrays, to_raw_bytes, to_tensor
 from gpufleet.wire import (
     TERMINAL_STATUSES,
     ApiKeyCreate,
@@ -209,9 +209,7 @@ def outputs_of(core: Core, job: JobView) -> Op[dict[str, np.ndarray[Any, Any]]]:
     if job.outputs_url is None:
         return {}
     resp = yield from core.send_external(httpx.Request("GET", job.outputs_url))
-    data = resp.json()
-    items = data.get("outputs", []) if isinstance(data, dict) else data
-    return to_arrays(Tensor.model_validate(t) for t in items)
+    return decode_outputs(resp.content)
 
 
 # --------------------------------------------------------------------------- others

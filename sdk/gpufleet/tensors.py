@@ -14,6 +14,7 @@ binary tensor extension.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -24,7 +25,9 @@ from gpufleet.wire import Tensor
 
 __all__ = [
     "datatype_of",
+    "decode_outputs",
     "dtype_of",
+    "encode_outputs",
     "from_raw_bytes",
     "to_arrays",
     "to_ndarray",
@@ -184,3 +187,50 @@ def to_tensors(inputs: Mapping[str, Any] | Iterable[Tensor]) -> list[Tensor]:
 def to_arrays(tensors: Iterable[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
     """``{"NAME": array}`` from inline wire tensors."""
     return {t.name: to_ndarray(t) for t in tensors}
+
+
+def encode_outputs(arrays: Iterable[tuple[str, str, Any]]) -> bytes:
+    """The stored form of large outputs (``outputs_url``) from ``(name, datatype, array)``.
+
+    Triton's binary tensor extension with a newline marking the header's end: one line of JSON
+    ``{"outputs":[{"name","datatype","shape","parameters":{"binary_data_size":N}}, ...]}``,
+    ``\\n``, then each tensor's raw bytes (:func:`to_raw_bytes`) in that order.
+    """
+    header: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, datatype, value in arrays:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        raw = to_raw_bytes(array, datatype)
+        header.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": [int(d) for d in array.shape],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        blobs.append(raw)
+    head = json.dumps({"outputs": header}, separators=(",", ":")).encode()
+    return b"".join([head, b"\n", *blobs])
+
+
+def decode_outputs(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
+    """``{"NAME": array}`` from what ``outputs_url`` serves: the binary form written by
+    :func:`encode_outputs`, or plain JSON (a list of tensors or ``{"outputs": [...]}``)."""
+    end = body.find(b"\n")
+    head, tail = (body, b"") if end < 0 else (body[:end], memoryview(body)[end + 1 :])
+    doc = json.loads(head)
+    items = doc.get("outputs", []) if isinstance(doc, dict) else doc
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    offset = 0
+    for item in items:
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out[item["name"]] = to_ndarray(Tensor.model_validate(item))
+            continue
+        if offset + int(size) > len(tail):
+            raise ValueError(f"stored outputs are truncated at tensor {item['name']!r}")
+        raw = bytes(tail[offset : offset + int(size)])
+        offset += int(size)
+        out[item["name"]] = from_raw_bytes(raw, item["datatype"], list(item["shape"]))
+    return out

@@ -238,8 +238,42 @@ class ModelRef(Strict):
     version: str = Field(pattern=VERSION_PATTERN)
 
 
+class DesiredFile(Strict):
+    """One file of a desired model version and where to fetch it.
+
+    ``path`` is relative to the model's directory in Triton's layout (``config.pbtxt``,
+    ``<version>/model.py``, ...). ``url`` is a presigned GET of the object in the bucket,
+    valid for the control plane's ``presign_ttl_s``; a runner that finds it expired asks
+    again with its next heartbeat. ``size`` and ``sha256`` are what the upload was verified
+    against: a runner must check both before using the file.
+    """
+
+    path: str = Field(min_length=1, max_length=1024)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    url: str | None = None
+
+
 class DesiredModel(ModelRef):
+    """A model version the runner should serve (an entry of ``desired_models``).
+
+    - ``gpus``: the GPU indexes chosen for it (pin it with ``instance_group { gpus: [...] }``);
+      None = wherever Triton puts it.
+    - ``files``: every file of the version with a presigned GET each (see ``DesiredFile``).
+    - ``memory_mb``: the GPU memory the placement counted for it (measured on this GPU type
+      when known, else the deployment's declared ``gpu_memory_mb``); informational.
+    - ``managed``: False for a model the runner reported that no deployment governs (kept as
+      the runner has it: nothing to download, nothing to unload; ``files`` is empty).
+
+    ``desired_models`` itself is None when no deployment exists at all: the runner then
+    serves every model of its local repository (the behaviour before placement existed).
+    A list means: serve exactly these (unload managed models not listed).
+    """
+
     gpus: list[int] | None = None
+    files: list[DesiredFile] = Field(default_factory=list)
+    memory_mb: int | None = None
+    managed: bool = True
 
 
 class ModelState(Strict):
@@ -304,7 +338,26 @@ class LeaseRequest(Strict):
     wait_s: float = Field(default=0.0, ge=0.0, le=20.0)
 
 
+class ResultUpload(Strict):
+    """Where a runner puts outputs too large to inline (then completes with ``outputs_ref``).
+
+    The object is Triton's binary tensor extension with a newline for the header length: one
+    line of JSON ``{"outputs":[{"name","datatype","shape","parameters":{"binary_data_size"}}]}``,
+    ``\n``, then each tensor's raw bytes in that order. Outputs whose JSON fits in
+    ``max_inline_bytes`` are sent inline instead.
+    """
+
+    ref: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_inline_bytes: int
+
+
 class LeasedJob(Strict):
+    """A leased job. ``input_urls`` maps each ``data_ref`` input's name to a presigned GET of
+    its raw bytes; ``outputs_upload`` is where large outputs go (see :class:`ResultUpload`)."""
+
     id: str
     lease_token: str
     lease_expires_at: str
@@ -316,6 +369,8 @@ class LeasedJob(Strict):
     timeout_s: int
     attempt: int
     deadline_at: str | None = None
+    input_urls: dict[str, str] = Field(default_factory=dict)
+    outputs_upload: ResultUpload | None = None
 
 
 class LeaseResponse(Response):

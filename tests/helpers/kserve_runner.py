@@ -88,9 +88,11 @@ class AsyncRunner:
                 done["status"] = "FAILED"
                 done["error"] = {"code": exc.code, "message": str(exc)}
             path = f"{base}/jobs/{job.id}/complete"
+            # Recorded before the call: the control plane may answer the waiting client
+            # before this coroutine resumes after the complete call returns.
+            self.completed.append(job.id)
             r = await signed_post(self.client, self.runner_id, self.secret, path, done)
             assert r.status_code == 200, r.text
-            self.completed.append(job.id)
         return len(jobs)
 
     async def _loop(self) -> None:

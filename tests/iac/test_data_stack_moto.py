@@ -69,7 +69,11 @@ def test_stack_created_with_outputs(stack: tuple[str, Deployment], moto_endpoint
 def test_tables_match_definitions(stack: tuple[str, Deployment], moto_endpoint: str) -> None:
     name, _ = stack
     _, dynamodb, _ = _clients(moto_endpoint)
-    listed = set(dynamodb.list_tables()["TableNames"])
+    listed = {
+        n
+        for page in dynamodb.get_paginator("list_tables").paginate()
+        for n in page["TableNames"]
+    }
     for table in definitions.TABLES:
         want = definitions.create_table_kwargs(table, f"{name}p")
         assert want["TableName"] in listed

@@ -135,7 +135,7 @@ def test_token_and_job_submit(lambda_env: Settings) -> None:
 
 def test_scheduled_sweep_event(lambda_env: Settings) -> None:
     r = lambda_handler.handler({"gpufleet": "sweep"}, FakeContext())
-    assert set(r) == {"swept"}
+    assert set(r) == {"swept", "webhooks_delivered"}
     assert all(isinstance(v, int) for v in r["swept"].values())
 
 

@@ -36,8 +36,13 @@ def check(inputs: list[Tensor], outputs: Any = None, mbs: int = 8, **kw: Any) ->
         OUTPUTS,
         mbs,
         max_inline_bytes=kw.get("limit", 10_000),
-        payload_exists=lambda ref: ref == "ok",
+        check_payload=_check_payload,
     )
+
+
+def _check_payload(index: int, tensor: Tensor) -> None:
+    if tensor.data_ref != "ok":
+        raise InvalidRequest("no such payload", field=f"inputs[{index}].data_ref")
 
 
 def err(inputs: list[Tensor], **kw: Any) -> InvalidRequest:
