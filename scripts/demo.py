@@ -11,6 +11,7 @@ prints inputs, outputs and timings. Exit status 0 only when every answer is corr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,13 @@ from gpufleet import Client
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=max(Console().width, 130))
+
+
+def _row(x: np.ndarray) -> str:
+    """The first row of a [N, 4] array, compactly."""
+    first = "[" + " ".join(f"{v:.2f}" for v in x[0]) + "]"
+    return first if len(x) == 1 else f"{first} +{len(x) - 1}"
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -34,17 +41,30 @@ def join_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_runner(fleet: Client, model: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_runner(fleet: Client, model: str, args: argparse.Namespace) -> str:
+    deadline = time.monotonic() + args.runner_timeout
     last = "no runner registered yet"
     while time.monotonic() < deadline:
+        if not _alive(args.runner_pid):
+            tail = Path(args.runner_log).read_text()[-2000:] if args.runner_log else ""
+            raise SystemExit(f"demo: the runner exited before serving {model!r}:\n{tail}")
         for r in fleet.runners.list():
             states = {m.name: m.state for m in r.models}
             if r.status == "ONLINE" and states.get(model) == "READY":
                 return r.name
             last = f"runner {r.name}: {r.status}, models {states or '{}'}"
         time.sleep(1.0)
-    raise SystemExit(f"demo: no runner served {model!r} within {timeout_s:.0f}s ({last})")
+    raise SystemExit(f"demo: no runner served {model!r} within {args.runner_timeout:.0f}s ({last})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             )
         console.print(f"waiting for a runner to serve {name} (Triton start + model load) ...")
         t1 = time.perf_counter()
-        runner = _wait_for_runner(fleet, name, args.runner_timeout)
+        runner = _wait_for_runner(fleet, name, args)
         console.print(f"runner {runner} serves {name} ({time.perf_counter() - t1:.1f} s)")
 
         rng = np.random.default_rng(7)
@@ -82,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t2
 
         table = Table(title=f"{len(ids)} {name} jobs through the fleet")
-        for col in ("job", "status", "INPUT0[0]", "INPUT1[0]", "OUTPUT0[0]", "OUTPUT1[0]"):
+        for col in ("job", "status", "INPUT0", "INPUT1", "OUTPUT0 = +", "OUTPUT1 = -"):
             table.add_column(col)
         table.add_column("queue ms", justify="right")
         table.add_column("run ms", justify="right")
@@ -96,12 +116,12 @@ def run(args: argparse.Namespace) -> int:
             ok = np.allclose(out["OUTPUT0"], a + b) and np.allclose(out["OUTPUT1"], a - b)
             wrong += 0 if ok else 1
             table.add_row(
-                view.id[-10:],
+                view.id[-8:],
                 view.status if ok else "WRONG",
-                str(a[0].tolist()),
-                str(b[0].tolist()),
-                str(out["OUTPUT0"][0].tolist()),
-                str(out["OUTPUT1"][0].tolist()),
+                _row(a),
+                _row(b),
+                _row(out["OUTPUT0"]),
+                _row(out["OUTPUT1"]),
                 str(view.queue_ms),
                 str(view.run_ms),
             )
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--jobs", type=int, default=20)
             p.add_argument("--runner-timeout", type=float, default=300.0)
             p.add_argument("--job-timeout", type=float, default=120.0)
+            p.add_argument("--runner-pid", type=int, help="fail early when this process exits")
+            p.add_argument("--runner-log", help="shown when the runner exits early")
     args = parser.parse_args(argv)
     return join_token(args) if args.command == "join-token" else run(args)
 

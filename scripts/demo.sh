@@ -78,11 +78,13 @@ GPUFLEET_RUNNER_TRITON_IMAGE=gpufleet/tritonserver-cpu:2.51 \
 GPUFLEET_RUNNER_MODEL_REPOSITORY="$PWD/model_repository" \
 GPUFLEET_RUNNER_TRITON_HTTP_PORT=$HTTP_PORT GPUFLEET_RUNNER_TRITON_GRPC_PORT=$GRPC_PORT \
 GPUFLEET_RUNNER_TRITON_METRICS_PORT=$METRICS_PORT GPUFLEET_RUNNER_STATUS_PORT=$STATUS_PORT \
-GPUFLEET_RUNNER_SHM_SIZE=256m \
+GPUFLEET_RUNNER_SHM_SIZE=256m GPUFLEET_RUNNER_ULIMITS='{"stack": 67108864}' \
   .venv/bin/gpufleet-runner start --control-plane-url "$URL" --join-token "$JOIN_TOKEN" \
   --backend "$BACKEND" >"$WORK/runner.log" 2>&1 &
 PIDS+=($!)
 echo "demo: runner started (log: $WORK/runner.log)"
 
 # ---- the job: push add_sub, run jobs through the SDK, print results
-$PY scripts/demo.py run --url "$URL" --api-key-file "$WORK/admin.key" --model-dir model_repository/add_sub
+# (memlock=-1, NVIDIA's other recommended ulimit, is refused by a private rootless-style engine)
+$PY scripts/demo.py run --url "$URL" --api-key-file "$WORK/admin.key" \
+  --model-dir model_repository/add_sub --runner-pid "${PIDS[1]}" --runner-log "$WORK/runner.log"

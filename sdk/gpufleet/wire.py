@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-API_VERSION = "v1"
+API_VERSION: Literal["v1"] = "v1"
 
 Datatype = Literal[
     "BOOL",
@@ -96,9 +96,14 @@ class OutputRequest(Strict):
 # --------------------------------------------------------------------------- jobs
 
 
+WebhookEventName = Literal["running", "completed"]
+
+
 class WebhookSpec(Strict):
     url: str = Field(min_length=8, max_length=2048)
-    events: list[Literal["running", "completed"]] = Field(default_factory=lambda: ["completed"])
+    events: list[WebhookEventName] = Field(
+        default_factory=lambda: list[WebhookEventName](["completed"])
+    )
 
 
 class JobRequest(Strict):
@@ -189,7 +194,7 @@ class RefreshRequest(Strict):
 class TokenPair(Response):
     access_token: str
     refresh_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105  (the OAuth token type)
     expires_in: int
 
 
@@ -505,9 +510,22 @@ class DeploymentSpec(Strict):
 
 
 class DeploymentView(Response):
+    """``GET /v1/models/{name}/deployment``: the spec, the decided placement, what runs.
+
+    ``observed`` has one entry per placed (runner, version) with ``desired: true`` and the
+    state its runner last reported (``PENDING`` until it reports the version), and one
+    ``desired: false`` entry per runner still holding a version that is no longer placed
+    there (unloading). Entry fields: ``runner_id``, ``region``, ``version``, ``gpu``,
+    ``memory_mb``, ``desired``, ``state``. ``replicas`` is the replica count the autoscaler
+    wants now; ``reason`` says why fewer are placed (no runner in the regions, not enough
+    GPU memory, no READY version).
+    """
+
     name: str
     desired: DeploymentSpec
     observed: list[dict[str, Any]] = Field(default_factory=list)
+    replicas: int = 0
+    reason: str | None = None
 
 
 class HealthView(Response):
