@@ -24,6 +24,48 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serialized_moto_server(port: int, ip_address: str = "127.0.0.1") -> Any:
+    """A ThreadedMotoServer that handles one request at a time.
+
+    moto's backends are not thread-safe: a conditional write checks and writes without a lock,
+    and a cancelled TransactWriteItems restores a copy of the tables taken before it started,
+    silently undoing writes that other requests made meanwhile. Real DynamoDB is linearizable
+    per item; one lock around each request gives moto the same property (it is GIL-bound, so
+    little is lost in speed). The embedded mode and the tests both run moto this way.
+    """
+    import threading
+
+    from moto.moto_server import threaded_moto_server
+    from moto.server import ThreadedMotoServer
+
+    lock = threading.Lock()
+
+    class _Serialized:
+        def __init__(self, app: Any) -> None:
+            self._app = app
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            with lock:
+                return list(self._app(environ, start_response))
+
+    class _Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = threaded_moto_server.DomainDispatcherApplication(
+                threaded_moto_server.create_backend_app
+            )
+            self._server = threaded_moto_server.make_server(
+                self._ip_address,
+                self._port,
+                _Serialized(app),
+                True,
+                request_handler=threaded_moto_server.MotoRequestHandler,
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return _Server(ip_address=ip_address, port=port, verbose=False)
+
+
 @dataclass
 class EmbeddedStorage:
     """A running moto server and the settings that point at it."""
@@ -41,11 +83,9 @@ def start_embedded(**overrides: Any) -> EmbeddedStorage:
 
     Sets dummy AWS credentials in this process's environment so no real ones are used.
     """
-    from moto.server import ThreadedMotoServer
-
     os.environ.update(_DUMMY_CREDENTIALS)
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = serialized_moto_server(port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from control_plane.embedded import serialized_moto_server
+
 # boto3 needs credentials even for moto; never real ones in tests.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -20,48 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def serialized_moto_server(port: int) -> Any:
-    """A ThreadedMotoServer that handles one request at a time.
-
-    moto's backends are not thread-safe: a conditional write checks and writes without a lock,
-    and a cancelled TransactWriteItems restores a copy of the tables taken before it started,
-    silently undoing writes that other requests made meanwhile. Real DynamoDB is linearizable
-    per item; one lock around each request gives moto the same property (it is GIL-bound, so
-    nothing is lost in speed).
-    """
-    import threading
-
-    from moto.moto_server import threaded_moto_server
-    from moto.server import ThreadedMotoServer
-
-    lock = threading.Lock()
-
-    class _Serialized:
-        def __init__(self, app: Any) -> None:
-            self._app = app
-
-        def __call__(self, environ: Any, start_response: Any) -> Any:
-            with lock:
-                return list(self._app(environ, start_response))
-
-    class _Server(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            app = threaded_moto_server.DomainDispatcherApplication(
-                threaded_moto_server.create_backend_app
-            )
-            self._server = threaded_moto_server.make_server(
-                self._ip_address,
-                self._port,
-                _Serialized(app),
-                True,
-                request_handler=threaded_moto_server.MotoRequestHandler,
-            )
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    return _Server(ip_address="127.0.0.1", port=port, verbose=False)
 
 
 @pytest.fixture(scope="session")
