@@ -8,6 +8,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from control_plane.errors import StaleLease
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed
 
@@ -16,6 +18,8 @@ JOBS = 300
 CLAIMERS = 24
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~1 min alone; several under a loaded 2-core CI machine
 def test_300_jobs_24_claimers_each_leased_once(settings: Any, aws: Any) -> None:
     jobs, models = services(settings, aws)
     push_model(models, USER)
