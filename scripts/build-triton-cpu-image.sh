@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the CPU Triton image used by the test rig (`make triton-cpu-image`), offline:
 #   1. the nvidia-pytriton 0.7.0 wheel (a real Triton 2.51 `tritonserver`, its libraries and
-#      the Python backend) is downloaded with pip and unpacked (never installed);
+#      the Python backend) is downloaded with pip and unpacked (never installed), and laid
+#      out in NVIDIA's tree by scripts/triton-tree.sh (shared with the process backend tests);
 #   2. a Debian bookworm root file system (python3, python3-numpy, libpython3.11, libgomp1)
 #      is made with mmdebstrap from this machine's apt sources and `docker import`ed;
 #   3. a small Dockerfile adds the Triton tree in NVIDIA's layout:
@@ -48,27 +49,10 @@ if command -v flock >/dev/null 2>&1; then
     fi
 fi
 
-# --- 1. Triton from the nvidia-pytriton wheel --------------------------------------------
-wheel=$(ls "$CACHE"/nvidia_pytriton-"$PYTRITON_VERSION"-*.whl 2>/dev/null | head -n1 || true)
-if [ -z "$wheel" ]; then
-    log "downloading nvidia-pytriton==$PYTRITON_VERSION"
-    # --platform: the wheel goes into the image, whatever this host's glibc is.
-    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
-        --platform manylinux_2_35_x86_64 --python-version 3.11 \
-        "nvidia-pytriton==$PYTRITON_VERSION" -d "$CACHE" \
-        || die "pip download nvidia-pytriton==$PYTRITON_VERSION failed"
-    wheel=$(ls "$CACHE"/nvidia_pytriton-"$PYTRITON_VERSION"-*.whl | head -n1)
-fi
-unpacked="$CACHE/pytriton-$PYTRITON_VERSION"
-if [ ! -f "$unpacked/.complete" ]; then
-    log "unpacking $(basename "$wheel")"
-    rm -rf "$unpacked"
-    "$PYTHON" -m zipfile -e "$wheel" "$unpacked"
-    touch "$unpacked/.complete"
-fi
-tsrc="$unpacked/pytriton/tritonserver"
-[ -f "$tsrc/bin/tritonserver" ] || die "no tritonserver binary in $wheel"
-[ -f "$tsrc/python_backend_stubs/$STUB_PY/triton_python_backend_stub" ] || die "no Python $STUB_PY stub in $wheel"
+# --- 1. Triton from the nvidia-pytriton wheel: laid out in step 3 by scripts/triton-tree.sh -
+# (download and unpack cached in $CACHE; the host-side process backend tests use the same
+# script). A fresh tree goes into the build context: a tree a host Triton has run is changed
+# by it (__pycache__, the stub's mode), so the cached host tree is not copied.
 
 # --- 2. base root file system --------------------------------------------------------------
 rootfs="$CACHE/$SUITE-rootfs.tar"
@@ -110,11 +94,10 @@ fi
 # --- 3. image with Triton --------------------------------------------------------------------
 ctx=$(mktemp -d "$CACHE/context.XXXXXX")
 log "preparing build context"
-mkdir -p "$ctx/opt/tritonserver"
-cp -a "$tsrc/bin" "$tsrc/backends" "$tsrc/caches" "$ctx/opt/tritonserver/"
-cp -a "$unpacked/nvidia_pytriton.libs" "$ctx/opt/tritonserver/lib"
-cp -a "$tsrc/python_backend_stubs/$STUB_PY/triton_python_backend_stub" "$ctx/opt/tritonserver/backends/python/"
-chmod 0755 "$ctx/opt/tritonserver/bin/tritonserver" "$ctx/opt/tritonserver/backends/python/triton_python_backend_stub"
+RIG_CACHE_DIR="$CACHE" PYTHON="$PYTHON" STUB_PY="$STUB_PY" \
+    bash "$REPO/scripts/triton-tree.sh" "$ctx/opt/tritonserver" >/dev/null \
+    || { rm -rf "$ctx"; die "scripts/triton-tree.sh failed"; }
+rm -f "$ctx/opt/tritonserver/.complete"
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE_IMAGE
 COPY opt/tritonserver /opt/tritonserver

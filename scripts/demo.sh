@@ -26,22 +26,33 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---- choose the backend
+# ---- choose the backend: docker (an engine reachable or startable), else process (a
+# `tritonserver` on PATH, e.g. scripts/triton-tree.sh's tree/bin), else mock
 BACKEND=mock
 if [ -n "${GPUFLEET_DEMO_BACKEND:-}" ]; then
   BACKEND=$GPUFLEET_DEMO_BACKEND
-elif [ -n "${DOCKER_HOST:-}" ] && docker -H "$DOCKER_HOST" info >/dev/null 2>&1; then
-  BACKEND=docker
-elif [ -S /var/run/docker.sock ] && docker info >/dev/null 2>&1; then
-  BACKEND=docker; export DOCKER_HOST=unix:///var/run/docker.sock
-elif [ "$(id -u)" = 0 ] && { command -v dockerd >/dev/null || bash scripts/install-rig-deps.sh >"$WORK/rig-deps.log" 2>&1; }; then
-  RIG_DIR="${GPUFLEET_DOCKERD_DIR:-/tmp/gpufleet-dockerd-$(id -u)-demo}"
-  mkdir -p "$RIG_DIR"
-  if DOCKER_HOST=$(bash scripts/dockerd.sh start "$RIG_DIR" 2>"$WORK/dockerd.err"); then
-    export DOCKER_HOST; BACKEND=docker; STOP_DOCKERD=$RIG_DIR
+else
+  if [ -n "${DOCKER_HOST:-}" ] && docker -H "$DOCKER_HOST" info >/dev/null 2>&1; then
+    BACKEND=docker
+  elif [ -S /var/run/docker.sock ] && docker info >/dev/null 2>&1; then
+    BACKEND=docker; export DOCKER_HOST=unix:///var/run/docker.sock
+  elif [ "$(id -u)" = 0 ] && { command -v dockerd >/dev/null || bash scripts/install-rig-deps.sh >"$WORK/rig-deps.log" 2>&1; }; then
+    RIG_DIR="${GPUFLEET_DOCKERD_DIR:-/tmp/gpufleet-dockerd-$(id -u)-demo}"
+    mkdir -p "$RIG_DIR"
+    if DOCKER_HOST=$(bash scripts/dockerd.sh start "$RIG_DIR" 2>"$WORK/dockerd.err"); then
+      export DOCKER_HOST; BACKEND=docker; STOP_DOCKERD=$RIG_DIR
+    else
+      unset DOCKER_HOST
+      echo "demo: could not start a private Docker engine (see $WORK/dockerd.err)"
+    fi
   fi
-elif command -v tritonserver >/dev/null; then
-  BACKEND=process
+  # not an elif: also when starting an engine was tried and failed
+  if [ "$BACKEND" = mock ] && command -v tritonserver >/dev/null; then
+    BACKEND=process
+  fi
+fi
+if [ "$BACKEND" = process ]; then
+  echo "demo: tritonserver = $(command -v tritonserver || echo '<not on PATH>')"
 fi
 if [ "$BACKEND" = docker ]; then
   echo "demo: building/reusing the CPU Triton image (first time: ~1 minute)"

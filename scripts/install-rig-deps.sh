@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Install what the real-component test rig needs (idempotent):
-#   - Debian docker.io  (dockerd, containerd, runc, docker CLI)
-#   - Debian mmdebstrap (builds the CPU Triton image's root file system offline)
+#   - Debian docker.io     (dockerd, containerd, runc, docker CLI)
+#   - Debian mmdebstrap    (builds the CPU Triton image's root file system offline)
+#   - Debian python3-numpy (the host-side Triton of the runner's process backend: the Python
+#                           backend's stub embeds the system Python, which needs numpy)
 # Uses the machine's own apt sources. Exits 0 when everything is already present.
 set -euo pipefail
+
+deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+deb_installed python3-numpy || need+=(python3-numpy)
 
 if [ "${#need[@]}" -eq 0 ]; then
-    echo "install-rig-deps: dockerd and mmdebstrap already present"
+    echo "install-rig-deps: dockerd, mmdebstrap and python3-numpy already present"
     exit 0
 fi
 
@@ -32,4 +37,5 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-reco
 for bin in dockerd mmdebstrap; do
     command -v "$bin" >/dev/null 2>&1 || { echo "install-rig-deps: $bin still missing" >&2; exit 1; }
 done
+deb_installed python3-numpy || { echo "install-rig-deps: python3-numpy still missing" >&2; exit 1; }
 echo "install-rig-deps: done"

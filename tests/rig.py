@@ -6,6 +6,8 @@ reused (``DOCKER_HOST``, else the default socket), otherwise a private ``dockerd
 started with ``scripts/dockerd.sh`` and stopped by its pid; the image
 ``gpufleet/tritonserver-cpu:2.51`` is built by ``scripts/build-triton-cpu-image.sh`` when
 missing. Containers use the host network and Triton binds 127.0.0.1 only.
+``ensure_tritonserver_tree`` lays out the same Triton on the host (no Docker) for the
+runner's process backend (scripts/triton-tree.sh).
 
 Image layout (same as NVIDIA's tritonserver images):
   /opt/tritonserver/bin/tritonserver, /opt/tritonserver/lib (LD_LIBRARY_PATH),
@@ -21,6 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -215,6 +218,46 @@ def ensure_triton_image(docker_host: str, image: str = TRITON_CPU_IMAGE) -> str:
     if not image_present(docker_host, image):
         raise RigError(f"build-triton-cpu-image.sh succeeded but {image} is not on {docker_host}")
     return image
+
+
+# The host-side Triton tree of the runner's process backend (scripts/triton-tree.sh).
+TRITON_TREE_STUB_PYTHON = "3.11"  # the Python backend's stub embeds this system Python
+SYSTEM_PYTHON = Path(f"/usr/bin/python{TRITON_TREE_STUB_PYTHON}")
+
+
+def ensure_tritonserver_tree(dest: Path | str | None = None) -> Path:
+    """A real Triton 2.51 on the host, in NVIDIA's layout: ``<tree>/bin/tritonserver``,
+    ``<tree>/lib``, ``<tree>/backends/python`` (with the Python 3.11 stub).
+
+    Made by scripts/triton-tree.sh from the nvidia-pytriton wheel (the same steps and cache,
+    .cache/rig/, as the CPU image) and reused when complete. The runner's process backend
+    derives ``--backend-directory`` (``<tree>/backends``) and ``LD_LIBRARY_PATH``
+    (``<tree>/lib``) from the binary's location. The stub embeds the system Python 3.11,
+    which needs numpy (Debian python3-numpy, installed by ``make rig-deps``): RigError when
+    it is missing.
+    """
+    if not SYSTEM_PYTHON.exists():
+        raise RigError(
+            f"{SYSTEM_PYTHON} not found: the Triton Python backend stub embeds the system "
+            f"Python {TRITON_TREE_STUB_PYTHON} (Debian python{TRITON_TREE_STUB_PYTHON}, "
+            f"libpython{TRITON_TREE_STUB_PYTHON})"
+        )
+    check = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import numpy"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise RigError(
+            f"numpy is missing from {SYSTEM_PYTHON} (the Python backend needs it): run "
+            "`make rig-deps` (Debian python3-numpy)"
+        )
+    env = dict(os.environ, STUB_PY=TRITON_TREE_STUB_PYTHON)
+    env.setdefault("PYTHON", sys.executable)  # has pip for the one-time wheel download
+    args = [str(SCRIPTS / "triton-tree.sh")] + ([str(dest)] if dest is not None else [])
+    out = _run_script(args, env, 900)
+    tree = Path(out.strip().splitlines()[-1])
+    if not (tree / "bin" / "tritonserver").is_file():
+        raise RigError(f"triton-tree.sh printed {tree}, which has no bin/tritonserver")
+    return tree
 
 
 @dataclass
