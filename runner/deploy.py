@@ -18,11 +18,14 @@ tests/unit/test_runner_deploy.py). What it renders, and why:
   only through its group;
 - ``--gpus``: NVML inside the runner container sees the GPUs, reads them for heartbeats and
   gives their UUIDs to the Triton container;
-- the model cache mounted at the *same* path on the host and in the container, and
-  ``GPUFLEET_RUNNER_MODEL_REPOSITORY`` set to it: the runner writes models there and asks the
-  host's engine to bind-mount that path into Triton, which the engine resolves on the host;
-- the state directory (credentials, Triton repository key, Triton log) on a host path, so a
-  recreated container keeps the runner's identity;
+- one data directory mounted at the *same* path on the host and in the container, holding
+  the model repository (``<data>/models``, ``GPUFLEET_RUNNER_MODEL_REPOSITORY``) and the
+  state directory (``<data>/runner``: credentials, Triton repository key, Triton log, the
+  content-addressed download cache). The runner writes models there and asks the host's
+  engine to bind-mount ``<data>/models`` into Triton; the engine resolves bind mounts on the
+  host, hence the same path. One mount, so the cache and the repository share a file
+  system *and* a mount point: model files are hard links, not copies. A recreated container
+  keeps the runner's identity;
 - ``--restart unless-stopped`` and a stop timeout longer than the runner's drain;
 - the join token passed by name only (``-e GPUFLEET_RUNNER_JOIN_TOKEN``): docker takes its
   value from its own environment, so it appears on no command line.
@@ -43,11 +46,11 @@ from pathlib import PurePosixPath
 ENV_PREFIX = "GPUFLEET_RUNNER_"
 JOIN_TOKEN_ENV = ENV_PREFIX + "JOIN_TOKEN"
 CONTAINER_DOCKER_SOCKET = "/var/run/docker.sock"
-CONTAINER_STATE_DIR = "/var/lib/gpufleet-runner"
 DEFAULT_IMAGE = "gpufleet/runner:0.1.0"
 DEFAULT_CONTAINER_NAME = "gpufleet-runner"
-DEFAULT_MODEL_CACHE = "/var/lib/gpufleet/models"
-DEFAULT_STATE_DIR = "/var/lib/gpufleet/runner"
+DEFAULT_DATA_DIR = "/var/lib/gpufleet"
+MODELS_SUBDIR = "models"  # <data>/models: Triton's model repository
+STATE_SUBDIR = "runner"  # <data>/runner: the runner's state directory
 DEFAULT_STATUS_PORT = 8765
 # The runner drains for lease_grace_s (default 30 s) on SIGTERM, then stops Triton
 # (--exit-timeout-secs, default 10 s): docker's own default of 10 s would cut both short.
@@ -79,8 +82,7 @@ class RunnerDeployment:
 
     image: str
     control_plane_url: str
-    model_cache: str = DEFAULT_MODEL_CACHE
-    state_dir: str = DEFAULT_STATE_DIR
+    data_dir: str = DEFAULT_DATA_DIR
     container_name: str = DEFAULT_CONTAINER_NAME
     # "all", "none" (CPU host: no device request) or a comma list of indexes/UUIDs.
     gpus: str = "all"
@@ -106,6 +108,16 @@ def _absolute(path: str, what: str) -> str:
     return text
 
 
+def model_repository(data_dir: str) -> str:
+    """The runner's model repository inside the data directory (same path on both sides)."""
+    return str(PurePosixPath(data_dir) / MODELS_SUBDIR)
+
+
+def state_dir(data_dir: str) -> str:
+    """The runner's state directory inside the data directory."""
+    return str(PurePosixPath(data_dir) / STATE_SUBDIR)
+
+
 def gpus_flag(gpus: str) -> list[str]:
     """``--gpus`` arguments: ``all``, none at all for ``none``, or ``"device=0,1"``."""
     value = gpus.strip()
@@ -124,8 +136,9 @@ def gpus_flag(gpus: str) -> list[str]:
 
 def docker_run_args(dep: RunnerDeployment) -> list[str]:
     """The arguments after ``docker`` that start the runner container (``run -d ... IMAGE``)."""
-    cache = _absolute(dep.model_cache, "model cache")
-    state = _absolute(dep.state_dir, "state directory")
+    data = _absolute(dep.data_dir, "data directory")
+    if data == "/":
+        raise DeployError("the data directory cannot be /")
     socket = _absolute(dep.docker_socket, "Docker socket")
     if not dep.control_plane_url.startswith(("http://", "https://")):
         raise DeployError(f"control plane URL must be http(s):// (got {dep.control_plane_url!r})")
@@ -151,9 +164,7 @@ def docker_run_args(dep: RunnerDeployment) -> list[str]:
         "--volume",
         f"{socket}:{CONTAINER_DOCKER_SOCKET}",
         "--volume",
-        f"{cache}:{cache}",
-        "--volume",
-        f"{state}:{CONTAINER_STATE_DIR}",
+        f"{data}:{data}",
     ]
     if dep.socket_gid is None:
         args += ["--user", "0:0"]
@@ -164,8 +175,8 @@ def docker_run_args(dep: RunnerDeployment) -> list[str]:
         (ENV_PREFIX + "CONTROL_PLANE_URL", dep.control_plane_url),
         (ENV_PREFIX + "BACKEND", "docker"),
         (ENV_PREFIX + "DOCKER_HOST", f"unix://{CONTAINER_DOCKER_SOCKET}"),
-        (ENV_PREFIX + "MODEL_REPOSITORY", cache),
-        (ENV_PREFIX + "STATE_DIR", CONTAINER_STATE_DIR),
+        (ENV_PREFIX + "MODEL_REPOSITORY", model_repository(data)),
+        (ENV_PREFIX + "STATE_DIR", state_dir(data)),
         (ENV_PREFIX + "STATUS_PORT", str(dep.status_port)),
     ]
     if dep.runner_name:
@@ -183,9 +194,7 @@ def docker_run_args(dep: RunnerDeployment) -> list[str]:
 
 def passthrough_env(environ: Mapping[str, str]) -> dict[str, str]:
     """``GPUFLEET_RUNNER_*`` variables of ``environ`` that the deployment does not set."""
-    return {
-        k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) and k not in _RENDERED_ENV
-    }
+    return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) and k not in _RENDERED_ENV}
 
 
 # --------------------------------------------------------------------------- healthcheck
@@ -197,7 +206,7 @@ def healthcheck(port: int, timeout_s: float = 5.0) -> tuple[bool, str]:
     and ``stopping`` are unhealthy."""
     url = f"http://127.0.0.1:{port}/status"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             data = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return False, f"no runner answering at {url}: {exc}"
@@ -227,8 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = sub.add_parser("args", help="print the docker run arguments, NUL-separated")
     a.add_argument("--image", default=DEFAULT_IMAGE)
     a.add_argument("--control-plane-url", required=True)
-    a.add_argument("--model-cache", default=DEFAULT_MODEL_CACHE)
-    a.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    a.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="models/ and runner/ in it")
     a.add_argument("--container-name", default=DEFAULT_CONTAINER_NAME)
     a.add_argument("--gpus", default="all", help="all | none | 0,1 | GPU-uuid,...")
     a.add_argument("--docker-socket", default=CONTAINER_DOCKER_SOCKET)
@@ -260,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dep = RunnerDeployment(
             image=ns.image,
             control_plane_url=ns.control_plane_url,
-            model_cache=ns.model_cache,
-            state_dir=ns.state_dir,
+            data_dir=ns.data_dir,
             container_name=ns.container_name,
             gpus=ns.gpus,
             docker_socket=ns.docker_socket,
