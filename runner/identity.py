@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from gpufleet.wire import GpuInfo, RegisterRequest
@@ -21,6 +22,9 @@ from runner.settings import RunnerSettings
 from runner.state import wait_event
 
 log = logging.getLogger(__name__)
+
+FRESH_CREDENTIALS_S = 60.0  # a rejection this soon after registering is not a revocation
+MAX_REJOIN_DELAY_S = 300.0
 
 
 class Identity:
@@ -36,6 +40,8 @@ class Identity:
         self._client = client
         self._gpus = gpus
         self._lock = asyncio.Lock()
+        self._registered_at: float | None = None
+        self._rejoin_delay = 0.0  # grows while fresh credentials keep being rejected
 
     @property
     def runner_id(self) -> str | None:
@@ -61,6 +67,16 @@ class Identity:
     async def _register(self, shutdown: asyncio.Event) -> Credentials | None:
         token = self._settings.join_token
         delay = 1.0
+        if self._rejoin_delay > 0:
+            # Credentials issued moments ago were rejected again: re-registering at once
+            # would loop (a host clock outside the signature window does this).
+            log.error(
+                "fresh credentials were rejected: is this host's clock within %d s of the "
+                "control plane's? re-registering in ~%.0fs",
+                300,
+                self._rejoin_delay,
+            )
+            await wait_event(shutdown, self._rejoin_delay * (0.8 + 0.4 * random.random()))
         while not shutdown.is_set():
             if token is None:
                 log.error(
@@ -94,6 +110,7 @@ class Identity:
                     creds = Credentials(out.runner_id, out.secret, self._client.base_url)
                     save_credentials(self._settings.credentials_file, creds)
                     self._client.credentials = creds
+                    self._registered_at = time.monotonic()
                     log.info("registered as runner %s (%s)", out.runner_id, self._settings.name)
                     return creds
             await wait_event(shutdown, wait * (0.8 + 0.4 * random.random()))
@@ -109,5 +126,13 @@ class Identity:
                     "credentials of runner %s were rejected (revoked?): re-registering",
                     self._client.credentials.runner_id,
                 )
+            fresh = (
+                self._registered_at is not None
+                and time.monotonic() - self._registered_at < FRESH_CREDENTIALS_S
+            )
+            if fresh:
+                self._rejoin_delay = min(max(2 * self._rejoin_delay, 1.0), MAX_REJOIN_DELAY_S)
+            else:
+                self._rejoin_delay = 0.0
             self._client.credentials = None
             delete_credentials(self._settings.credentials_file)

@@ -189,3 +189,30 @@ async def test_refused_join_token_retries_slowly_until_stopped(tmp_path: Path, t
     stop.set()
     assert await task is None
     await rig.client.aclose()
+
+
+async def test_fresh_credentials_rejected_again_back_off_instead_of_looping(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    rig = Rig(tmp_path, cp)
+    rig.settings = rig.settings.model_copy(update={"join_token": SecretStr("join-token-ok")})
+    rig.identity = Identity(rig.settings, rig.client)
+    stop = asyncio.Event()
+    first = await rig.identity.ensure(stop)
+    assert first is not None and cp.registered == ["run_1"]
+    # Rejected right after registering (e.g. this host's clock is off): not a revocation.
+    await rig.identity.invalidate(first)
+    task = asyncio.create_task(rig.identity.ensure(stop))
+    await asyncio.sleep(0.3)
+    assert not task.done() and cp.registered == ["run_1"]  # backing off (~1 s), not looping
+    async with asyncio.timeout(5):
+        second = await task
+    assert second is not None and cp.registered == ["run_1", "run_2"]
+    await rig.identity.invalidate(second)
+    task = asyncio.create_task(rig.identity.ensure(stop))
+    await asyncio.sleep(1.3)  # the delay doubled (~2 s)
+    assert not task.done() and cp.registered == ["run_1", "run_2"]
+    stop.set()
+    assert await task is None
+    await rig.client.aclose()
