@@ -42,6 +42,8 @@ format: install
 
 bench: install ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
+	$(PY) bench/bench_model_sync.py
+	$(PY) bench/bench_runner.py
 
 deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings) -> Services:
     """Every service on the tables and bucket named in ``settings``."""
+    from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
 
     dynamodb, s3 = make_clients(settings)
@@ -87,6 +88,7 @@ def build_services(settings: Settings) -> Services:
         shards=settings.webhook_shards,
     )
     jobs.request_checks.append(webhooks.validate_request)
+    deployments = build_deployment_service(settings, dynamodb, s3, models, runners, jobs)
     jobs.on_transition.append(webhooks.job_transition)
     checks = {
         "jobs": jobs.ping,
@@ -95,7 +97,7 @@ def build_services(settings: Settings) -> Services:
         "nonces": nonces.ping,
         "webhooks": webhooks.ping,
     }
-    return Services(settings, auth, runners, jobs, models, checks, webhooks)
+    return Services(settings, auth, runners, jobs, models, checks, webhooks, deployments)
 
 
 def routes() -> list[BaseRoute]:

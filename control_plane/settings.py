@@ -76,6 +76,28 @@ class Settings(BaseSettings):
     infer_wait_s: float = Field(default=60.0, description="How long /v2/…/infer waits (504).")
     presign_ttl_s: int = Field(default=3600, description="Lifetime of presigned URLs.")
 
+    # model uploads (services/models.py)
+    model_max_files: int = Field(
+        default=1000, ge=1, le=10_000, description="Most files in one model version upload."
+    )
+    model_max_bytes: int = Field(
+        default=100 * 1024**3, ge=1, description="Largest total size of one model version."
+    )
+
+    # placement (services/deployments.py)
+    placement_interval_s: float = Field(
+        default=2.0, gt=0, description="A stored placement older than this is decided again."
+    )
+    scale_up_wait_s: float = Field(
+        default=5.0, ge=0, description="Queue wait of a model that adds a replica (while growing)."
+    )
+    scale_down_idle_s: float = Field(
+        default=60.0, ge=0, description="Seconds without queued jobs before a replica goes."
+    )
+    scale_cooldown_s: float = Field(
+        default=10.0, ge=0, description="Least time between two replica changes of a model."
+    )
+
     # webhooks
     webhooks_allow_loopback: bool = Field(
         default=False, description="Allow loopback webhook targets (tests, single host)."
@@ -96,7 +118,9 @@ class Settings(BaseSettings):
         default=86_400.0, ge=0, description="How long a rotated-out signing secret still signs."
     )
     webhook_poll_interval_s: float = Field(
-        default=1.0, gt=0, description="How often each replica's delivery worker looks for due work."
+        default=1.0,
+        gt=0,
+        description="How often each replica's delivery worker looks for due work.",
     )
     webhook_shards: int = Field(
         default=4, ge=1, le=64, description="Shards of the due-delivery index (no hot key)."

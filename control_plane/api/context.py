@@ -17,6 +17,8 @@ from gpufleet.wire import (
     CompleteResponse,
     CreateVersionRequest,
     CreateVersionResponse,
+    DeploymentSpec,
+    DeploymentView,
     ExtendResponse,
     JobList,
     JobRequest,
@@ -74,6 +76,13 @@ class ModelsPort(Protocol):
     def delete_version(self, p: Principal, name: str, version: str) -> None: ...
 
 
+class DeploymentsPort(Protocol):
+    """Deployment specs and placement (owned by services/deployments.py)."""
+
+    def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView: ...
+    def get(self, p: Principal, name: str) -> DeploymentView: ...
+
+
 @dataclass
 class Services:
     """Every service of one control-plane process, built once by the composition root."""
@@ -85,6 +94,7 @@ class Services:
     models: ModelsPort
     checks: dict[str, Callable[[], None]] = field(default_factory=dict)
     webhooks: WebhookService | None = None
+    deployments: DeploymentsPort | None = None
 
 
 def services(request: Request) -> Services:

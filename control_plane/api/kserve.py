@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import httpx
+from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import (
     NAME_PATTERN,
     TERMINAL_STATUSES,
@@ -251,11 +252,10 @@ async def _outputs(view: JobView) -> list[Tensor]:
         async with httpx.AsyncClient(timeout=30.0) as http:
             resp = await http.get(view.outputs_url)
             resp.raise_for_status()
-            doc = resp.json()
+            arrays = decode_outputs(resp.content)  # binary (runner) or JSON (fallback)
     except (httpx.HTTPError, ValueError) as exc:
         raise Unavailable(f"could not read the outputs of job {view.id}: {exc}") from exc
-    items = doc.get("outputs", []) if isinstance(doc, dict) else doc
-    return [Tensor.model_validate(t) for t in items]
+    return [to_tensor(name, array) for name, array in arrays.items()]
 
 
 async def infer(request: Request) -> Response:

@@ -6,6 +6,8 @@ from gpufleet.wire import (
     CommitRequest,
     CreateVersionRequest,
     CreateVersionResponse,
+    DeploymentSpec,
+    DeploymentView,
     ModelList,
     ModelVersionView,
     ModelView,
@@ -15,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
 
-from control_plane.api.context import services
+from control_plane.api.context import DeploymentsPort, services
 from control_plane.api.http import read_model, send
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, route
+from control_plane.errors import Unavailable
 
 
 class VersionDeleted(Response):
@@ -60,6 +63,26 @@ async def delete_version(request: Request) -> HttpResponse:
     return send(VersionDeleted(name=name, version=version))
 
 
+def _deployments(request: Request) -> DeploymentsPort:
+    svc = services(request).deployments
+    if svc is None:
+        raise Unavailable("placement is not configured on this control plane")
+    return svc
+
+
+async def put_deployment(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, DeploymentSpec)
+    name = request.path_params["name"]
+    return send(await run_in_threadpool(_deployments(request).put, p, name, req))
+
+
+async def get_deployment(request: Request) -> HttpResponse:
+    p = principal(request)
+    name = request.path_params["name"]
+    return send(await run_in_threadpool(_deployments(request).get, p, name))
+
+
 ROUTES: list[DocumentedRoute] = [
     route(
         "POST",
@@ -86,5 +109,20 @@ ROUTES: list[DocumentedRoute] = [
         delete_version,
         "Delete a model version",
         VersionDeleted,
+    ),
+    route(
+        "PUT",
+        "/v1/models/{name}/deployment",
+        put_deployment,
+        "Set a model's deployment (replicas, regions, GPU memory); answers the placement",
+        DeploymentView,
+        request=DeploymentSpec,
+    ),
+    route(
+        "GET",
+        "/v1/models/{name}/deployment",
+        get_deployment,
+        "A model's deployment: desired spec, decided placement, observed states",
+        DeploymentView,
     ),
 ]

@@ -6,7 +6,10 @@ request path and body before parsing; the runner header must equal ``{runner_id}
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable
 
 from gpufleet.wire import (
     CompleteRequest,
@@ -51,6 +54,28 @@ async def heartbeat(request: Request) -> HttpResponse:
     return send(await run_in_threadpool(svc.runners.heartbeat, runner, req))
 
 
+DISCONNECT_CHECK_S = 0.1
+
+
+async def _while_connected(request: Request, poll: Awaitable[LeaseResponse]) -> LeaseResponse:
+    """Run a lease long poll, abandoning it once the runner has hung up: a poll left running
+    for a killed runner would claim jobs for nobody, each costing an attempt and a lease
+    expiry. (Behind API Gateway/Mangum no disconnect is reported: the poll just runs.)"""
+    task = asyncio.ensure_future(poll)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_CHECK_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return LeaseResponse(jobs=[])  # nobody reads it
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def lease(request: Request) -> HttpResponse:
     start = time.perf_counter()
     svc = services(request)
@@ -60,7 +85,7 @@ async def lease(request: Request) -> HttpResponse:
         out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
     else:
         req = req.model_copy(update={"wait_s": min(req.wait_s, svc.settings.max_lease_wait_s)})
-        out = await svc.jobs.lease(runner.id, runner.region, req)
+        out = await _while_connected(request, svc.jobs.lease(runner.id, runner.region, req))
     request.app.state.metrics.lease_latency.labels("jobs" if out.jobs else "empty").observe(
         time.perf_counter() - start
     )

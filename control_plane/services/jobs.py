@@ -39,6 +39,7 @@ from gpufleet.wire import (
     LeasedJob,
     LeaseRequest,
     LeaseResponse,
+    ModelRef,
 )
 
 from control_plane.clock import iso, new_id, now
@@ -47,6 +48,7 @@ from control_plane.services import queue_keys as keys
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
 from control_plane.services.payloads import PayloadService
+from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import QueueOps, new_token
@@ -87,6 +89,12 @@ class JobService:
         self.on_transition: list[Transition] = []
         # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
         self.request_checks: list[Callable[[JobRequest], None]] = []
+        # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
+        # runner's offered models it may be leased jobs of (READY there, for deployed models).
+        self.waiting_reason: Callable[[JobRecord], str | None] | None = None
+        self.lease_offers: (
+            Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
+        ) = None
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -220,7 +228,17 @@ class JobService:
 
     def get(self, p: Principal, job_id: str) -> JobView:
         p.require("jobs:read")
-        return self.view(self._load(p, job_id))
+        return self._with_reason(self._load(p, job_id))
+
+    def _with_reason(self, job: JobRecord) -> JobView:
+        """The view, with ``waiting_reason`` for a QUEUED job when placement can tell."""
+        view = self.view(job)
+        if job.status == "QUEUED" and self.waiting_reason is not None:
+            try:
+                view.waiting_reason = self.waiting_reason(job)
+            except Exception:
+                log.warning("waiting_reason failed for %s", job.id, exc_info=True)
+        return view
 
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
@@ -230,7 +248,7 @@ class JobService:
             job = await asyncio.to_thread(self._load, p, job_id)
             left = deadline - time.monotonic()
             if job.status in TERMINAL_STATUSES or left <= 0:
-                return self.view(job)
+                return await asyncio.to_thread(self._with_reason, job)
             await asyncio.sleep(min(self._settings.poll_interval_s, left))
 
     def list(
@@ -305,6 +323,9 @@ class JobService:
         """Claim up to ``max_jobs`` jobs of the offered models; long-polls up to ``wait_s``."""
         wait_s = max(0.0, min(req.wait_s, self._settings.max_lease_wait_s))
         deadline = time.monotonic() + wait_s
+        if self.lease_offers is not None:
+            offers = await asyncio.to_thread(self.lease_offers, runner_id, req.models)
+            req = req.model_copy(update={"models": offers})
         while True:
             jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
             left = deadline - time.monotonic()
@@ -440,6 +461,27 @@ class JobService:
     def queue_depths(self) -> dict[str, int]:
         """model -> queued jobs (for /metrics)."""
         return self._store.queue.all_depths()
+
+    def queue_snapshot(self, models: builtins.list[str]) -> dict[str, QueueSnapshot]:
+        """Depth, oldest entry and pinned versions of each model's queue (for placement).
+
+        The oldest entry and the pinned versions are read from the first 100 entries of
+        each shard (priority order): an estimate that is exact for queues that short.
+        """
+        depths = self._store.queue.all_depths()
+        out: dict[str, QueueSnapshot] = {}
+        for model in models:
+            entries = [
+                e
+                for shard in range(self._settings.queue_shards)
+                for e in self._store.queue.head(keys.queue_shard(model, shard), 100)
+            ]
+            out[model] = QueueSnapshot(
+                depth=max(depths.get(model, 0), len(entries)),
+                oldest_at=min((int(e.sk.split("#")[1]) / 1000 for e in entries), default=None),
+                pinned_versions=frozenset(e.version for e in entries if e.version),
+            )
+        return out
 
     def ping(self) -> None:
         """Raises Unavailable when the tables or the bucket cannot be reached."""

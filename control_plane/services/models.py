@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from gpufleet.wire import (
     NAME_PATTERN,
@@ -91,6 +92,8 @@ class ModelService:
         self._store = store
         self._blobs = blobs
         self._part_size = part_size
+        # model name -> {version: runner ids reporting it READY} (services/deployments.py)
+        self.loaded_on: Callable[[str], dict[str, list[str]]] | None = None
 
     # ------------------------------------------------------------------ access
     def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
@@ -98,6 +101,10 @@ class ModelService:
         if owner is None or (p is not None and not p.can_see_tenant(owner)):
             raise missing(f"model {name!r} not found")
         return owner
+
+    def visible_owner(self, p: Principal | None, name: str) -> str:
+        """The tenant owning a model the caller may see; ``NotFound`` otherwise."""
+        return self._visible_owner(p, name, NotFound)
 
     # ------------------------------------------------------------------ upload
     def create_version(
@@ -113,6 +120,7 @@ class ModelService:
             raise Conflict(f"the model name {name!r} belongs to another tenant")
         for i, f in enumerate(req.files):
             modelconfig.validate_path(f.path, i)
+        self._check_limits(req.files)
         for attempt in range(5):
             version = req.version or self._next_version(name)
             files = req.files if req.version else modelconfig.renumber(req.files, version)
@@ -136,6 +144,21 @@ class ModelService:
             if req.version or attempt == 4:
                 raise Conflict(f"model {name!r} version {version} exists already")
         raise Conflict("could not pick a version number")  # pragma: no cover
+
+    def _check_limits(self, files: list[FileSpec]) -> None:
+        """At most ``model_max_files`` files of ``model_max_bytes`` in all (422 on ``files``)."""
+        limit = self._settings.model_max_files
+        if len(files) > limit:
+            raise InvalidRequest(
+                f"{len(files)} files: a model version holds at most {limit}", field="files"
+            )
+        total = sum(f.size for f in files)
+        if total > self._settings.model_max_bytes:
+            raise InvalidRequest(
+                f"{total} bytes in all: a model version holds at most "
+                f"{self._settings.model_max_bytes}",
+                field="files",
+            )
 
     def _next_version(self, name: str) -> str:
         versions = self._store.list_versions(name)
@@ -263,9 +286,14 @@ class ModelService:
         return ModelList(models=views)
 
     def get(self, p: Principal, name: str) -> ModelView:
+        """A model with its versions and, per version, the runners that report it READY."""
         p.require("models:read")
         owner = self._visible_owner(p, name, NotFound)
         versions = [version_view(v) for v in self._store.list_versions(name)]
+        if self.loaded_on is not None:
+            where = self.loaded_on(name)
+            for view in versions:
+                view.loaded_on = where.get(view.version, [])
         return ModelView(name=name, tenant=owner, versions=versions)
 
     def delete_version(self, p: Principal, name: str, version: str) -> None:

@@ -59,7 +59,11 @@ def size_problem(tensor: Tensor, size: int) -> str | None:
     if tensor.datatype == "BYTES":  # 4-byte length prefix per element
         return None if size >= 4 * count else f"{size} bytes cannot hold {count} BYTES elements"
     want = count * ITEM_SIZES[tensor.datatype]
-    return None if size == want else f"payload is {size} bytes, {tensor.datatype}{tensor.shape} needs {want}"
+    return (
+        None
+        if size == want
+        else f"payload is {size} bytes, {tensor.datatype}{tensor.shape} needs {want}"
+    )
 
 
 class PayloadService:

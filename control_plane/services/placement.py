@@ -82,11 +82,26 @@ class RunnerInput:
     gpus: tuple[GpuInput, ...] = ()
     models: Mapping[tuple[str, str], ModelOnRunner] = field(default_factory=dict)
 
-    def holds(self, name: str, version: str | None = None, states: frozenset[str] = HOLDING) -> bool:
+    def holds(
+        self, name: str, version: str | None = None, states: frozenset[str] = HOLDING
+    ) -> bool:
         return any(
             n == name and (version is None or v == version) and m.state in states
             for (n, v), m in self.models.items()
         )
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What the queue holds for a model: depth, the oldest entry, versions jobs pin."""
+
+    depth: int = 0
+    oldest_at: float | None = None
+    pinned_versions: frozenset[str] = frozenset()
+
+    def stat(self, now: float) -> QueueStat:
+        wait = 0.0 if self.oldest_at is None else max(0.0, now - self.oldest_at)
+        return QueueStat(depth=self.depth, wait_s=wait)
 
 
 @dataclass(frozen=True)
@@ -124,9 +139,7 @@ class ModelPlan:
 MemoryTable = Mapping[tuple[str, str, str], int]  # (model, version, gpu name) -> MB
 
 
-def memory_needed(
-    dep: DeploymentInput, version: str, gpu_name: str, measured: MemoryTable
-) -> int:
+def memory_needed(dep: DeploymentInput, version: str, gpu_name: str, measured: MemoryTable) -> int:
     """The memory ``version`` of ``dep`` is expected to take on a GPU named ``gpu_name``."""
     exact = measured.get((dep.name, version, gpu_name))
     if exact is not None:
@@ -164,7 +177,9 @@ def learn_memory(
     return out
 
 
-def scale(dep: DeploymentInput, prev: ModelPlan | None, q: QueueStat, now: float, p: Policy) -> ModelPlan:
+def scale(
+    dep: DeploymentInput, prev: ModelPlan | None, q: QueueStat, now: float, p: Policy
+) -> ModelPlan:
     """The replica count for this round (assignments are filled in by ``decide``)."""
     replicas = prev.replicas if prev is not None else dep.min_replicas
     busy_at = now if q.depth > 0 else (prev.busy_at if prev else now)
@@ -261,9 +276,7 @@ def _place(
 ) -> ModelPlan:
     target = dep.ready_versions[0]
     need = MemoryFn(dep, target, measured)
-    eligible = [
-        r for r in runners if r.healthy and (not dep.regions or r.region in dep.regions)
-    ]
+    eligible = [r for r in runners if r.healthy and (not dep.regions or r.region in dep.regions)]
     eligible_ids = {r.id for r in eligible}
 
     def rank(r: RunnerInput) -> tuple[int, int, str]:
@@ -287,9 +300,7 @@ def _place(
         candidates = [r for r in eligible if r.id not in chosen]
         if not candidates:
             where = f" in regions {list(dep.regions)}" if dep.regions else ""
-            reason = (
-                f"no healthy runner{where} to place replica {len(chosen) + 1} of {dep.name!r}"
-            )
+            reason = f"no healthy runner{where} to place replica {len(chosen) + 1} of {dep.name!r}"
             break
         scored = []
         most_free = -1
@@ -339,6 +350,7 @@ def _move_to_target(
     """A kept runner's assignments for this round: the target, and old versions in rollout."""
     current = next((a for a in old if a.version == target), None)
     if current is not None:
+        current = replace(current, memory_mb=need(_gpu_name(r, current.gpu)))  # newer measure
         if not r.holds(dep.name, target, frozenset({LOADED})):
             ledger.take(r.id, current.gpu, current.memory_mb)
         out = [current]
@@ -348,6 +360,9 @@ def _move_to_target(
         return out
     gpu, _ = ledger.best_gpu(r, need)
     previous_gpu = old[0].gpu if old else None
+    if not r.gpus:  # a CPU runner: no GPU memory to share out, both versions side by side
+        keep = [a for a in old if r.holds(dep.name, a.version)]
+        return [Assignment(r.id, target, None, need("")), *keep]
     if gpu is None:  # does not fit beside the old version: replace it in place
         freed = sum(a.memory_mb for a in old if r.holds(dep.name, a.version, frozenset({LOADED})))
         g = next((g for g in r.gpus if g.index == previous_gpu), None)

@@ -16,6 +16,7 @@ from typing import Any
 
 from gpufleet import signing
 from gpufleet.wire import (
+    DesiredModel,
     HeartbeatRequest,
     HeartbeatResponse,
     RegisterRequest,
@@ -60,6 +61,8 @@ class RunnerService:
         self._window_s = window_s
         self._offline_after_s = offline_after_s
         self._now = now
+        # Placement (services/deployments.py): the heartbeat answer's desired_models.
+        self.desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest) -> RegisterResponse:
@@ -134,9 +137,10 @@ class RunnerService:
         if rec is None:
             raise Unauthorized("runner revoked")
         cancel = self._cancelled_among(list(req.running_jobs)) if req.running_jobs else []
-        # desired_models stays None until placement exists: the runner keeps its local models.
+        # None (no deployment anywhere, or no placement wired): the runner keeps its models.
+        desired = self.desired_models(rec) if self.desired_models is not None else None
         return HeartbeatResponse(
-            config=self.config_of(rec), desired_models=None, cancel_jobs=cancel
+            config=self.config_of(rec), desired_models=desired, cancel_jobs=cancel
         )
 
     # ------------------------------------------------------------------ admin / read

@@ -271,9 +271,7 @@ class DynamoModelStore:
 
     def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool:
         """Write the decision as ``expected_revision + 1``; False when another writer won."""
-        condition = (
-            "attribute_not_exists(sk)" if expected_revision == 0 else "revision = :expected"
-        )
+        condition = "attribute_not_exists(sk)" if expected_revision == 0 else "revision = :expected"
         values = {":expected": n(expected_revision)} if expected_revision else None
         kwargs: dict[str, Any] = {
             "TableName": self._table,

@@ -139,7 +139,7 @@ def _upload(
         offset = (part.number - 1) * part_size
         length = max(0, min(part_size, local.size - offset))
         stream = FileSlice(local.local, offset, length, progress.tracker((local.path, part.number)))
-        req = httpx.Request("PUT", part.url, headers={"Content-Length": str(length)}, stream=stream)
+        req = _streamed_put(part.url, {"Content-Length": str(length)}, stream)
         resp = yield from core.send_external(req)
         etags.append(resp.headers.get("ETag", ""))
     return etags

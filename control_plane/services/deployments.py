@@ -1,0 +1,458 @@
+"""Deployments and the stored placement decision.
+
+``PUT /v1/models/{name}/deployment`` stores a spec per model. The placement of every
+deployment is decided by ``placement.decide`` and stored as one document in the models table
+(``DeploymentStore.save_plan``), fenced by a revision: a replica whose stored decision is older
+than ``interval_s`` decides again and writes on condition that nobody wrote meanwhile; the
+loser reads the winner's answer. So every replica answers heartbeats from the same decision.
+
+Decisions are taken lazily, when a heartbeat (or a PUT) finds the stored one stale: no
+background loop, and a fleet without heartbeats has nothing to place.
+
+What the runners get (``desired_models`` in the heartbeat answer):
+- None when no deployment exists at all (runners serve their local repository), and for a
+  draining runner (it keeps what it has while it finishes).
+- Otherwise the versions placed on this runner, each with its files and a presigned GET per
+  file, plus ``managed=False`` entries for models it reports that no deployment governs.
+
+Leases: for a deployed model, a runner is leased jobs of a version only when its last
+heartbeat reported that version READY; models without a deployment keep the older rule (the
+runner offers what it has READY).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from gpufleet.wire import (
+    DeploymentSpec,
+    DeploymentView,
+    DesiredFile,
+    DesiredModel,
+    ModelRef,
+)
+
+from control_plane import clock
+from control_plane.errors import InvalidRequest, NotFound
+from control_plane.services import placement as pl
+from control_plane.services.models import ModelService, object_key
+from control_plane.services.principal import Principal
+from control_plane.settings import Settings
+from control_plane.storage.protocols import (
+    BlobStore,
+    DeploymentStore,
+    JobRecord,
+    ModelStore,
+    PlanRecord,
+)
+from control_plane.storage.protocols_auth import RunnerRecord
+
+if TYPE_CHECKING:
+    from control_plane.services.jobs import JobService
+    from control_plane.services.runners import RunnerService
+
+log = logging.getLogger(__name__)
+
+GOVERNED_CACHE_S = 1.0
+QueueSnapshots = Callable[[list[str]], dict[str, pl.QueueSnapshot]]
+
+
+def _plan_to_doc(plan: pl.ModelPlan) -> dict[str, Any]:
+    doc = asdict(plan)
+    doc["assignments"] = [asdict(a) for a in plan.assignments]
+    return doc
+
+
+def _plan_from_doc(doc: dict[str, Any]) -> pl.ModelPlan:
+    return pl.ModelPlan(
+        name=doc["name"],
+        replicas=int(doc["replicas"]),
+        assignments=tuple(pl.Assignment(**a) for a in doc.get("assignments", [])),
+        reason=doc.get("reason"),
+        busy_at=float(doc.get("busy_at", 0.0)),
+        changed_at=float(doc.get("changed_at", 0.0)),
+        last_wait_s=float(doc.get("last_wait_s", 0.0)),
+    )
+
+
+def plans_of(rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:
+    if rec is None:
+        return {}
+    return {name: _plan_from_doc(d) for name, d in rec.doc.get("plans", {}).items()}
+
+
+def memory_of(rec: PlanRecord | None) -> dict[tuple[str, str, str], int]:
+    if rec is None:
+        return {}
+    return {(m["model"], m["version"], m["gpu"]): int(m["mb"]) for m in rec.doc.get("memory", [])}
+
+
+class DeploymentService:
+    """Deployment specs, the stored placement, and what it means for runners and jobs."""
+
+    def __init__(
+        self,
+        store: DeploymentStore,
+        versions: ModelStore,
+        models: ModelService,
+        blobs: BlobStore,
+        runners: Callable[[], list[RunnerRecord]],
+        find_runner: Callable[[str], RunnerRecord | None],
+        queue: QueueSnapshots,
+        *,
+        presign_ttl_s: int,
+        offline_after_s: float,
+        interval_s: float = 2.0,
+        policy: pl.Policy = pl.Policy(),
+        now: Callable[[], float] = clock.now,
+    ) -> None:
+        self._store = store
+        self._versions = versions
+        self._models = models
+        self._blobs = blobs
+        self._runners = runners
+        self._find_runner = find_runner
+        self._queue = queue
+        self._ttl = presign_ttl_s
+        self._offline_after_s = offline_after_s
+        self._interval_s = interval_s
+        self._policy = policy
+        self._now = now
+        self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+
+    # ------------------------------------------------------------------ API
+    def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
+        """Store the spec of a visible model (``models:write``) and decide again."""
+        p.require("models:write")
+        self._models.visible_owner(p, name)
+        if spec.min_replicas > spec.max_replicas:
+            raise InvalidRequest(
+                f"min_replicas ({spec.min_replicas}) is above max_replicas ({spec.max_replicas})",
+                field="max_replicas",
+            )
+        for i, region in enumerate(spec.regions):
+            if not region.strip():
+                raise InvalidRequest("a region must not be empty", field=f"regions[{i}]")
+        if len(set(spec.regions)) != len(spec.regions):
+            raise InvalidRequest("regions are listed twice", field="regions")
+        doc = spec.model_dump(exclude={"api_version"})
+        self._store.put_deployment(name, doc, self._now())
+        self.reconcile(force=True)
+        self._governed = (float("-inf"), frozenset())
+        return self.get(p, name)
+
+    def get(self, p: Principal, name: str) -> DeploymentView:
+        """The spec, the decided placement and what the runners report (``models:read``)."""
+        p.require("models:read")
+        self._models.visible_owner(p, name)
+        spec = self._store.get_deployment(name)
+        if spec is None:
+            raise NotFound(f"model {name!r} has no deployment")
+        plans = plans_of(self._store.get_plan())
+        plan = plans.get(name)
+        records = {r.id: r for r in self._runners()}
+        observed: list[dict[str, Any]] = []
+        placed: set[tuple[str, str]] = set()
+        for a in plan.assignments if plan else ():
+            r = records.get(a.runner_id)
+            state = _state_on(r, name, a.version) if r else None
+            placed.add((a.runner_id, a.version))
+            observed.append(
+                {
+                    "runner_id": a.runner_id,
+                    "region": r.region if r else None,
+                    "version": a.version,
+                    "gpu": a.gpu,
+                    "memory_mb": a.memory_mb,
+                    "desired": True,
+                    "state": state or "PENDING",
+                }
+            )
+        for r in records.values():
+            for m in r.models:
+                if m.get("name") == name and (r.id, str(m.get("version"))) not in placed:
+                    observed.append(
+                        {
+                            "runner_id": r.id,
+                            "region": r.region,
+                            "version": str(m.get("version")),
+                            "gpu": None,
+                            "memory_mb": m.get("memory_mb"),
+                            "desired": False,
+                            "state": m.get("state"),
+                        }
+                    )
+        return DeploymentView(
+            name=name,
+            desired=DeploymentSpec.model_validate(spec),
+            observed=observed,
+            replicas=plan.replicas if plan else 0,
+            reason=plan.reason if plan else None,
+        )
+
+    # ------------------------------------------------------------------ deciding
+    def current(self) -> tuple[PlanRecord | None, dict[str, pl.ModelPlan]]:
+        rec = self._store.get_plan()
+        return rec, plans_of(rec)
+
+    def reconcile(self, force: bool = False) -> dict[str, pl.ModelPlan]:
+        """The stored decision, decided again first when stale (or ``force``)."""
+        rec = self._store.get_plan()
+        t = self._now()
+        if rec is not None and not force and t - rec.planned_at < self._interval_s:
+            return plans_of(rec)
+        specs = self._store.list_deployments()
+        if rec is None and not specs:
+            return {}
+        records = self._runners()
+        runners = [self._runner_input(r, t) for r in records]
+        previous = plans_of(rec)
+        measured = pl.learn_memory(runners, previous, memory_of(rec))
+        names = sorted(specs)
+        snapshots = self._queue(names) if names else {}
+        deployments = [
+            self._deployment_input(name, spec, snapshots.get(name))
+            for name, spec in sorted(specs.items())
+        ]
+        queue = {name: snap.stat(t) for name, snap in snapshots.items()}
+        plans = pl.decide(deployments, runners, previous, queue, measured, t, self._policy)
+        doc = {
+            "plans": {name: _plan_to_doc(plan) for name, plan in plans.items()},
+            "memory": [
+                {"model": m, "version": v, "gpu": g, "mb": mb}
+                for (m, v, g), mb in sorted(measured.items())
+            ],
+        }
+        if self._store.save_plan(doc, t, rec.revision if rec else 0):
+            return plans
+        return plans_of(self._store.get_plan())  # another replica decided meanwhile
+
+    def _deployment_input(
+        self, name: str, spec: dict[str, Any], snap: pl.QueueSnapshot | None
+    ) -> pl.DeploymentInput:
+        ready = tuple(v.version for v in self._versions.list_versions(name) if v.state == "READY")
+        return pl.DeploymentInput(
+            name=name,
+            min_replicas=int(spec.get("min_replicas", 1)),
+            max_replicas=int(spec.get("max_replicas", 1)),
+            regions=tuple(spec.get("regions", [])),
+            gpu_memory_mb=spec.get("gpu_memory_mb"),
+            ready_versions=ready,
+            pinned_versions=snap.pinned_versions if snap else frozenset(),
+        )
+
+    def healthy(self, r: RunnerRecord, t: float) -> bool:
+        last = r.last_heartbeat_at
+        return (
+            not r.revoked
+            and last is not None
+            and t - last <= self._offline_after_s
+            and not r.config.get("drain")
+        )
+
+    def _runner_input(self, r: RunnerRecord, t: float) -> pl.RunnerInput:
+        return pl.RunnerInput(
+            id=r.id,
+            region=r.region,
+            healthy=self.healthy(r, t),
+            gpus=tuple(
+                pl.GpuInput(
+                    index=int(g["index"]),
+                    name=str(g.get("name", "")),
+                    total_mb=int(g.get("memory_total_mb", 0)),
+                    used_mb=int(g.get("memory_used_mb", 0)),
+                )
+                for g in r.gpus
+            ),
+            models={
+                (str(m["name"]), str(m["version"])): pl.ModelOnRunner(
+                    state=_state_word(m.get("state")), memory_mb=m.get("memory_mb")
+                )
+                for m in r.models
+                if "name" in m and "version" in m
+            },
+        )
+
+    # ------------------------------------------------------------------ runners
+    def desired_models(self, runner: RunnerRecord) -> list[DesiredModel] | None:
+        """The heartbeat answer's ``desired_models`` for ``runner`` (see the module doc)."""
+        plans = self.reconcile()
+        if not plans or runner.config.get("drain"):
+            return None
+        out: list[DesiredModel] = []
+        for name, a in pl.desired_for(plans, runner.id):
+            files = self._files_of(name, a.version)
+            if files is None:
+                continue  # deleted meanwhile
+            out.append(
+                DesiredModel(
+                    name=name,
+                    version=a.version,
+                    gpus=None if a.gpu is None else [a.gpu],
+                    memory_mb=a.memory_mb or None,
+                    files=[
+                        DesiredFile(
+                            path=f["path"],
+                            size=f["size"],
+                            sha256=f["sha256"],
+                            url=self._blobs.presign_get(
+                                object_key(name, a.version, f["path"]), self._ttl
+                            ),
+                        )
+                        for f in files
+                    ],
+                )
+            )
+        for m in runner.models:
+            name, version = str(m.get("name", "")), str(m.get("version", ""))
+            if name in plans:
+                continue
+            try:
+                out.append(DesiredModel(name=name, version=version, managed=False))
+            except ValueError:
+                continue  # a local model whose name or version the API cannot express
+        return out
+
+    def _files_of(self, name: str, version: str) -> list[dict[str, Any]] | None:
+        key = (name, version)
+        if key not in self._files:
+            rec = self._versions.get_version(name, version)
+            if rec is None or rec.state != "READY":
+                return None
+            self._files[key] = rec.files  # a READY version's files never change
+        return self._files[key]
+
+    def lease_offers(self, runner_id: str, offers: list[ModelRef]) -> list[ModelRef]:
+        """The offers a runner may be leased jobs of: for deployed models, READY ones only."""
+        governed = self._governed_models()
+        if not any(o.name in governed for o in offers):
+            return offers
+        runner = self._find_runner(runner_id)
+        ready = {
+            (str(m.get("name")), str(m.get("version")))
+            for m in (runner.models if runner else [])
+            if _state_word(m.get("state")) == "READY"
+        }
+        return [o for o in offers if o.name not in governed or (o.name, o.version) in ready]
+
+    def _governed_models(self) -> frozenset[str]:
+        """Names with a deployment, re-read at most once a second (each lease asks)."""
+        at, names = self._governed
+        t = self._now()
+        if t - at >= GOVERNED_CACHE_S or t < at:
+            names = frozenset(plans_of(self._store.get_plan()))
+            self._governed = (t, names)
+        return names
+
+    def loaded_on(self, name: str) -> dict[str, list[str]]:
+        """version -> ids of online runners (draining ones too) that last reported it READY."""
+        t = self._now()
+        out: dict[str, list[str]] = {}
+        for r in self._runners():
+            last = r.last_heartbeat_at
+            if r.revoked or last is None or t - last > self._offline_after_s:
+                continue
+            for m in r.models:
+                if m.get("name") == name and _state_word(m.get("state")) == "READY":
+                    out.setdefault(str(m.get("version")), []).append(r.id)
+        return {v: sorted(ids) for v, ids in out.items()}
+
+    # ------------------------------------------------------------------ jobs
+    def waiting_reason(self, job: JobRecord) -> str | None:
+        """Why a QUEUED job is not running yet, in words (None: nothing to say)."""
+        t = self._now()
+        plans = plans_of(self._store.get_plan())
+        records = self._runners()
+        version = job.model_version if job.pinned else None
+        healthy = [r for r in records if self.healthy(r, t)]
+        if not healthy:
+            return "no healthy runner is connected"
+        local = [r for r in healthy if not job.region or r.region == job.region]
+        if not local:
+            return f"no healthy runner in region {job.region!r}"
+        what = f"model {job.model!r}" + (f" version {version}" if version else "")
+        serving = [r for r in local if _state_on(r, job.model, version) == "READY"]
+        if serving:
+            return f"waiting for a free slot on {len(serving)} runner(s) serving {what}"
+        loading = [r.id for r in local if _state_on(r, job.model, version) == "LOADING"]
+        if loading:
+            return f"loading: {what} is loading on {', '.join(sorted(loading))}"
+        plan = plans.get(job.model)
+        if plan is None:
+            return f"no runner serves {what} and it has no deployment"
+        if plan.reason:
+            return plan.reason
+        placed = [
+            a.runner_id
+            for a in plan.assignments
+            if (version is None or a.version == version) and any(r.id == a.runner_id for r in local)
+        ]
+        if placed:
+            return f"loading: {what} is being fetched by {', '.join(sorted(set(placed)))}"
+        if plan.replicas == 0:
+            return f"{what} is scaled to zero: a replica starts at the next placement"
+        where = f" in region {job.region!r}" if job.region else ""
+        return f"no replica of {what} is placed{where}"
+
+
+def _state_word(state: object) -> str:
+    """``UNAVAILABLE: reason`` -> ``UNAVAILABLE``."""
+    return str(state or "").split(":", 1)[0].strip().upper()
+
+
+def _state_on(r: RunnerRecord | None, name: str, version: str | None) -> str | None:
+    """The best state ``r`` reports for the model (any version when ``version`` is None)."""
+    if r is None:
+        return None
+    states = {
+        _state_word(m.get("state"))
+        for m in r.models
+        if m.get("name") == name and (version is None or str(m.get("version")) == version)
+    }
+    for best in ("READY", "LOADING", "UNAVAILABLE", "UNLOADING"):
+        if best in states:
+            return best
+    return next(iter(sorted(states)), None)
+
+
+def build_deployment_service(
+    settings: Settings,
+    dynamodb: Any,
+    s3: Any,
+    models: ModelService,
+    runners: RunnerService,
+    jobs: JobService,
+) -> DeploymentService:
+    """The deployment service on the models table, wired into the runner and job services."""
+    from control_plane.storage.blobs import S3BlobStore
+    from control_plane.storage.dynamo_models import DynamoModelStore
+    from control_plane.storage.dynamo_runners import DynamoRunnerStore
+
+    store = DynamoModelStore(dynamodb, settings.table("models"))
+    runner_store = DynamoRunnerStore(dynamodb, settings.table("runners"))
+    svc = DeploymentService(
+        store,
+        store,
+        models,
+        S3BlobStore(s3, settings.bucket),
+        runner_store.list_runners,
+        runner_store.find_runner,
+        jobs.queue_snapshot,
+        presign_ttl_s=settings.presign_ttl_s,
+        offline_after_s=settings.runner_offline_after_s,
+        interval_s=settings.placement_interval_s,
+        policy=pl.Policy(
+            scale_up_wait_s=settings.scale_up_wait_s,
+            scale_down_idle_s=settings.scale_down_idle_s,
+            cooldown_s=settings.scale_cooldown_s,
+        ),
+    )
+    runners.desired_models = svc.desired_models
+    jobs.waiting_reason = svc.waiting_reason
+    jobs.lease_offers = svc.lease_offers
+    models.loaded_on = svc.loaded_on
+    return svc
