@@ -20,6 +20,7 @@ from datetime import datetime
 
 from gpufleet.wire import CompleteRequest, ErrorInfo, LeasedJob, LeaseRequest, Tensor
 
+from runner import payloads
 from runner.backends.base import InferenceEngine, InferError
 from runner.cp_client import (
     Conflict,
@@ -171,18 +172,23 @@ class JobLoop:
     async def _execute(self, job: LeasedJob, started: float) -> CompleteRequest:
         token = self._lease_token(job)
         try:
+            job = await payloads.fetch_inputs(job)  # data_ref inputs, from the bucket
             outputs = await asyncio.wait_for(self._infer(job), timeout=job.timeout_s)
+            inline, outputs_ref = await payloads.store_outputs(job, outputs)  # large: bucket
         except asyncio.TimeoutError:
             return self._failed(job, "timeout", f"job exceeded its timeout of {job.timeout_s}s")
         except TensorError as exc:
             return self._failed(job, "invalid_input", str(exc))
         except InferError as exc:
             return self._failed(job, "triton_error", str(exc))
+        except payloads.PayloadError as exc:
+            return self._failed(job, "payload_error", str(exc))
         total_ms = (time.perf_counter() - started) * 1000
         return CompleteRequest(
             lease_token=token,
             status="SUCCEEDED",
-            outputs=outputs,
+            outputs=inline,
+            outputs_ref=outputs_ref,
             timings={"total_ms": round(total_ms, 3)},
         )
 

@@ -1,6 +1,9 @@
 """Tensor conversion: wire ``Tensor`` (KServe v2 JSON form) <-> numpy arrays.
 
 BYTES elements travel as strings on the wire (UTF-8; undecodable bytes are replaced).
+A ``data_ref`` input is converted once its bytes were fetched (:mod:`runner.payloads`): the
+array rides along on an :class:`ArrayTensor`; outputs carry theirs too, so a large result is
+stored as raw bytes without a round trip through Python lists.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from gpufleet.wire import Tensor
+from pydantic import PrivateAttr
 
 NP_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -48,6 +52,22 @@ class TensorError(ValueError):
     """A tensor that cannot be converted (bad data for its shape/datatype, or data_ref)."""
 
 
+class ArrayTensor(Tensor):
+    """A wire tensor whose values are also held as an array (``array``)."""
+
+    _array: Any = PrivateAttr(default=None)
+
+    @property
+    def array(self) -> np.ndarray | None:
+        return self._array
+
+    @classmethod
+    def of(cls, tensor: Tensor, array: np.ndarray, **fields: Any) -> ArrayTensor:
+        out = cls.model_validate({**tensor.model_dump(exclude_none=True), **fields})
+        out._array = array
+        return out
+
+
 def _flatten(data: list[Any]) -> list[Any]:
     out: list[Any] = []
     stack = [iter(data)]
@@ -64,10 +84,10 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 def to_numpy(tensor: Tensor) -> np.ndarray:
     """The tensor's values as an array of its shape and datatype."""
+    if isinstance(tensor, ArrayTensor) and tensor.array is not None:
+        return tensor.array
     if tensor.data is None:
-        raise TensorError(
-            f"input {tensor.name!r}: data_ref payloads are not supported by this runner yet"
-        )
+        raise TensorError(f"input {tensor.name!r}: its data_ref payload was not fetched")
     flat = _flatten(tensor.data)
     try:
         if tensor.datatype == "BYTES":
@@ -89,4 +109,6 @@ def from_numpy(name: str, datatype: str, arr: np.ndarray) -> Tensor:
         ]
     else:
         data = arr.flatten().tolist()
-    return Tensor(name=name, datatype=datatype, shape=list(arr.shape), data=data)  # type: ignore[arg-type]
+    out = ArrayTensor(name=name, datatype=datatype, shape=list(arr.shape), data=data)  # type: ignore[arg-type]
+    out._array = arr
+    return out

@@ -67,14 +67,24 @@ def encode_inputs(core: Core, inputs: Inputs, inline_limit: int) -> Op[list[Tens
             raise TypeError("inputs must be a mapping of name -> array or a list of Tensor")
         return tensors
     out: list[Tensor] = []
+    budget = inline_limit  # the server's limit counts the JSON of all inline tensors together
     for name, value in inputs.items():
         if isinstance(value, Tensor):
             out.append(value)
+            budget -= len(value.model_dump_json(exclude_none=True))
             continue
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
         datatype = datatype_of(array)
-        tensor = to_tensor(name, array, datatype) if array.nbytes <= inline_limit else None
-        if tensor is None or len(tensor.model_dump_json()) > inline_limit:
+        tensor = None
+        if array.nbytes <= budget:
+            try:
+                tensor = to_tensor(name, array, datatype)
+            except ValueError:  # BYTES that are not UTF-8 cannot be JSON: they travel raw
+                tensor = None
+        size = len(tensor.model_dump_json(exclude_none=True)) if tensor is not None else 0
+        if tensor is not None and size <= budget:
+            budget -= size
+        else:
             ref = yield from upload_payload(core, to_raw_bytes(array, datatype))
             tensor = Tensor(
                 name=name,

@@ -137,3 +137,32 @@ def test_mappings_and_lists() -> None:
     assert set(to_arrays(tensors)) == {"A", "B"}
     with pytest.raises(TypeError):
         to_tensors([np.ones(2)])  # type: ignore[list-item]
+
+
+def test_stored_outputs_binary_round_trip_every_datatype() -> None:
+    from gpufleet.tensors import decode_outputs, encode_outputs
+
+    items = [(f"O_{dt}", dt, a) for dt, a in sorted(NUMERIC.items())]
+    items.append(("O_BYTES", "BYTES", _bytes_array()))
+    body = encode_outputs(items)
+    header = json.loads(body[: body.index(b"\n")])
+    assert [o["name"] for o in header["outputs"]] == [n for n, _, _ in items]
+    assert all("binary_data_size" in o["parameters"] for o in header["outputs"])
+    got = decode_outputs(body)
+    for name, _, array in items:
+        assert got[name].shape == array.shape
+        np.testing.assert_array_equal(got[name], array)
+        if array.dtype != object:
+            assert got[name].dtype == array.dtype
+
+
+def test_stored_outputs_plain_json_and_truncation() -> None:
+    from gpufleet.tensors import decode_outputs, encode_outputs
+
+    t = to_tensor("OUT", np.array([[1.5, 2.5]], dtype=np.float32)).model_dump(mode="json")
+    for doc in ([t], {"outputs": [t]}):
+        out = decode_outputs(json.dumps(doc).encode())
+        np.testing.assert_array_equal(out["OUT"], np.array([[1.5, 2.5]], dtype=np.float32))
+    body = encode_outputs([("OUT", "FP32", np.arange(4, dtype=np.float32))])
+    with pytest.raises(ValueError, match="truncated"):
+        decode_outputs(body[:-1])

@@ -300,3 +300,21 @@ def test_large_inputs_are_uploaded_and_referenced(clock: Clock) -> None:
     put = server.requests[2]
     assert put.method == "PUT" and "Authorization" not in put.headers
     np.testing.assert_array_equal(from_raw_bytes(put.content, "FP32", [2, 1024]), big)
+
+
+def test_inline_budget_is_shared_by_all_inputs(clock: Clock) -> None:
+    """Two tensors that fit the limit alone but not together: the second is uploaded."""
+    from gpufleet import _ops
+
+    server = FakeServer()
+    upload = {"api_version": "v1", "ref": "pl_2", "url": "http://bucket.test/p2?sig=x"}
+    server.script("/v1/payloads", (201, upload))
+    server.script("/p2", (200, {}))
+    core, sleeps = make_core(clock), list[float]()
+    a = np.zeros(100, dtype=np.uint8)  # ~250 bytes of JSON each
+    req = drive(
+        core, server, _ops.job_request(core, "m", {"A": a, "B": a}, inline_limit=400), sleeps
+    )
+    first, second = req.inputs
+    assert first.data is not None and first.data_ref is None
+    assert second.data is None and second.data_ref == "pl_2"
