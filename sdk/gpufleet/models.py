@@ -73,6 +73,9 @@ def _local(root: Path, path: Path) -> LocalFile:
     return LocalFile(rel, path, path.stat().st_size, _sha256(path))
 
 
+SKIPPED_DIR = "__pycache__"
+
+
 def plan_push(path: str | Path, version: str | None = None, name: str | None = None) -> PushPlan:
     """Inspect a Triton model directory: ``config.pbtxt`` plus one numeric version dir."""
     root = Path(path)
@@ -94,7 +97,14 @@ def plan_push(path: str | Path, version: str | None = None, name: str | None = N
     else:
         raise ValueError(f"{root} has no numeric version directory")
     files = [_local(root, config)]
-    files += [_local(root, p) for p in sorted(chosen.rglob("*")) if p.is_file()]
+    for p in sorted(chosen.rglob("*")):
+        rel = p.relative_to(root)
+        if SKIPPED_DIR in rel.parts or p.suffix == ".pyc":
+            continue  # Python's bytecode cache (Triton's Python backend writes one too)
+        if p.is_symlink():
+            raise ValueError(f"{rel} is a symbolic link: push real files only")
+        if p.is_file():
+            files.append(_local(root, p))
     return PushPlan(name or root.resolve().name, chosen.name, files)
 
 

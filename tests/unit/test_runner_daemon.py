@@ -55,7 +55,9 @@ async def test_daemon_with_mock_backend(tmp_path: Path) -> None:
     }
     beat = cp.heartbeats[-1]
     assert [g["uuid"] for g in beat["gpus"]] == ["GPU-1111", "GPU-2222"]
-    assert beat["models"] == [{"name": "add_sub", "version": "1", "state": "READY"}]
+    assert {"name": "add_sub", "version": "1", "state": "READY"} in beat["models"]
+    local = {p.name for p in REPO.iterdir() if (p / "config.pbtxt").is_file()}
+    assert {m["name"] for m in beat["models"]} == local  # every local model, nothing else
     assert beat["triton"]["backend"] == "mock"
     assert daemon.state.config.max_concurrency == 4  # applied from the heartbeat
 
@@ -78,7 +80,8 @@ async def test_daemon_with_mock_backend(tmp_path: Path) -> None:
     assert status["health"] == "ok"
     assert status["runner_id"] == "run_1"
     assert status["triton"]["backend"] == "mock"
-    assert [m["state"] for m in status["models"]] == ["READY"]
+    assert {m["state"] for m in status["models"]} == {"READY"}
+    assert len(status["models"]) == len(local)
     assert len(status["gpus"]) == 2
     assert status["counters"]["succeeded"] == 3 and status["counters"]["cancelled"] == 1
 
