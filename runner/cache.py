@@ -78,7 +78,9 @@ class ContentCache:
             problem = "sha256 does not match"
         if problem is None:
             return path
-        log.error("cached file %s refused (%s): removed, it will be downloaded again", path, problem)
+        log.error(
+            "cached file %s refused (%s): removed, it will be downloaded again", path, problem
+        )
         self.discard(digest)
         return None
 

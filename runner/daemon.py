@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from runner.backends.base import TritonBackend
+from runner.cache import ContentCache
 from runner.cp_client import ControlPlaneClient
 from runner.credentials import load_or_create_secret
 from runner.gpu import GpuReader, Nvml
@@ -24,6 +25,7 @@ from runner.heartbeat import Heartbeat
 from runner.identity import Identity
 from runner.jobloop import JobLoop
 from runner.model_manager import ModelManager
+from runner.model_sync import Downloader, triton_gpu_map
 from runner.settings import RunnerSettings
 from runner.state import RunnerState
 from runner.status_server import StatusServer
@@ -49,7 +51,7 @@ def build_backend(
         grpc_port=settings.triton_grpc_port,
         metrics_port=settings.triton_metrics_port,
         repository_key=key,
-        load_timeout_s=settings.triton_ready_timeout_s,
+        load_timeout_s=settings.model_load_timeout_s,
     )
     if settings.backend == "process":
         from runner.backends.process_backend import ProcessBackend
@@ -81,7 +83,18 @@ class Daemon:
             settings.control_plane_url, timeout_s=settings.request_timeout_s
         )
         self.identity = Identity(settings, self.client, gpus.read)
-        self.models = ModelManager(backend.engine, settings.model_repository)
+        self.downloader = Downloader(
+            ContentCache(settings.state_dir / "cache"),
+            concurrency=settings.model_download_concurrency,
+        )
+        self.models = ModelManager(
+            backend.engine,
+            settings.model_repository,
+            downloader=self.downloader,
+            state_dir=settings.state_dir,
+            read_gpus=gpus.read,
+            busy=self._busy_models,
+        )
         self.jobs = JobLoop(self.state, self.client, self.identity, backend.engine, self.models)
         self.heartbeat = Heartbeat(
             self.state,
@@ -97,6 +110,10 @@ class Daemon:
         self.status = StatusServer(self.snapshot, settings.status_port)
         self.shutdown = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _busy_models(self) -> set[tuple[str, str]]:
+        """(model, version) of the jobs in flight: a version is not dropped under them."""
+        return {(e.job.model, e.job.model_version) for e in self.state.inflight.values()}
 
     def request_stop(self) -> None:
         """Begin the drain (signal handlers call this)."""
@@ -151,6 +168,8 @@ class Daemon:
         loops_stop = asyncio.Event()
         try:
             self.state.gpus = await asyncio.to_thread(self.gpus.read)
+            if self.backend.kind == "docker":  # Triton numbers the GPUs it was given from 0
+                self.models.gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)
             start = asyncio.ensure_future(self.supervisor.start())
             stopped = asyncio.ensure_future(self.shutdown.wait())
             await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +182,7 @@ class Daemon:
             start.result()  # BackendError → exit 1 (after the finally)
             self._spawn("heartbeat", self.heartbeat.run(loops_stop))
             self._spawn("triton-watch", self.supervisor.run(loops_stop))
+            self._spawn("model-sync", self.models.run(loops_stop))
             lease = self._spawn("lease", self.jobs.run(self.shutdown))
             await self.shutdown.wait()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +197,7 @@ class Daemon:
             await self._stop_backend()
             await self.status.stop()
             await self.client.aclose()
+            await self.downloader.aclose()
             self.gpus.close()
 
     async def _stop_tasks(self) -> None:

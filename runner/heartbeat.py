@@ -57,13 +57,14 @@ class Heartbeat:
         )
 
     def apply(self, resp: HeartbeatResponse) -> None:
-        """Take the config and stop waiting on cancelled jobs."""
+        """Take the config, stop waiting on cancelled jobs, hand the desired models on."""
         if resp.config != self._state.config:
             log.info("runtime config from the control plane: %s", resp.config.model_dump())
             self._state.config = resp.config
             self._state.slot_freed.set()  # max_concurrency may have grown
         if resp.cancel_jobs:
             self._jobs.cancel(resp.cancel_jobs)
+        self._models.set_desired(resp.desired_models)  # None: serve the local repository
 
     async def beat_once(self) -> HeartbeatResponse:
         resp = await self._client.heartbeat(await self.build())

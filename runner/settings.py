@@ -97,7 +97,16 @@ class RunnerSettings(BaseSettings):
         default="tritonserver", description="tritonserver binary (process backend)."
     )
     backend_directory: str | None = Field(
-        default=None, description="Triton --backend-directory (process backend; optional)."
+        default=None,
+        description="Triton --backend-directory. Process backend: unset means "
+        "<tritonserver's root>/backends when that exists (NVIDIA's layout), else Triton's "
+        "default (/opt/tritonserver/backends).",
+    )
+    triton_library_path: list[str] | None = Field(
+        default=None,
+        description="Directories put first on tritonserver's LD_LIBRARY_PATH (process "
+        "backend): the Python backend's stub finds Triton's libraries through it. Unset: "
+        "<tritonserver's root>/lib when that exists (bin/../lib, NVIDIA's layout); [] none.",
     )
     triton_extra_args: list[str] = Field(
         default_factory=list, description="Extra tritonserver arguments."
@@ -136,10 +145,19 @@ class RunnerSettings(BaseSettings):
         default=60.0, gt=0, description="Retry period when the join token is refused."
     )
 
+    # model sync
+    model_load_timeout_s: float = Field(
+        default=900.0, gt=0, description="Timeout of one Triton model load (big models: minutes)."
+    )
+    model_download_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Model files downloaded at once (model sync)."
+    )
+
     # local
     state_dir: Path = Field(
         default_factory=default_state_dir,
-        description="Credentials, Triton logs and the model-repository API key live here.",
+        description="Credentials, Triton logs, the model-repository API key and the model "
+        "file cache (cache/sha256/<digest>) live here.",
     )
     status_port: int = Field(
         default=8765, ge=0, le=65535, description="Local status port on 127.0.0.1 (0: any free)."

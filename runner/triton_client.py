@@ -137,11 +137,31 @@ class TritonClient:
         except Exception as exc:
             raise InferError(_message(exc), transient=_is_transient(exc)) from exc
 
-    async def load_model(self, name: str) -> None:
-        await self._call(self._load_timeout_s, "load_model", name, headers=self._repo_headers)
+    async def load_model(self, name: str, config: str | None = None) -> None:
+        """Load or reload; ``config`` (JSON) overrides the model's config.pbtxt."""
+        await self._call(
+            self._load_timeout_s, "load_model", name, headers=self._repo_headers, config=config
+        )
 
     async def unload_model(self, name: str) -> None:
         await self._call(self._load_timeout_s, "unload_model", name, headers=self._repo_headers)
+
+    async def model_memory_bytes(self, name: str, version: str) -> int | None:
+        """GPU memory Triton's statistics report for one loaded version (``memory_usage``;
+        None when the backend reports none)."""
+        try:
+            extra = {"as_json": True} if self.protocol == "grpc" else {}  # HTTP: always JSON
+            stats = await self._call(
+                self._request_timeout_s, "get_inference_statistics", name, version, **extra
+            )
+        except InferError:
+            return None
+        total = None
+        for model in (stats or {}).get("model_stats", []):
+            for usage in model.get("memory_usage", []) or []:
+                if str(usage.get("type", "")).upper() == "GPU":
+                    total = (total or 0) + int(usage.get("byte_size", 0))
+        return total
 
     async def model_ready(self, name: str, version: str) -> bool:
         try:

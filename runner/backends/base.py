@@ -38,8 +38,11 @@ class InferenceEngine(Protocol):
         """Triton answers ready (False when unreachable)."""
         ...
 
-    async def load_model(self, name: str) -> None:
-        """Load (or reload) a model through the repository API; raises InferError."""
+    async def load_model(self, name: str, config: str | None = None) -> None:
+        """Load (or reload) a model through the repository API; raises InferError.
+
+        ``config``: a JSON model config that replaces the model's config.pbtxt for this load
+        (model sync pins versions and GPUs with it)."""
         ...
 
     async def unload_model(self, name: str) -> None: ...

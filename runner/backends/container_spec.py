@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,12 @@ class ContainerSpec:
         """Hash of everything but the labels (which carry it)."""
         body = {k: v for k, v in asdict(self).items() if k != "labels"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def without_memlock(self) -> ContainerSpec | None:
+        """The same spec without the memlock ulimit, for engines that may not raise it
+        (unprivileged or nested dockerd: "error setting rlimits"); None when it has none."""
+        kept = tuple(u for u in self.ulimits if u[0] != "memlock")
+        return None if kept == self.ulimits else replace(self, ulimits=kept)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``docker.DockerClient().containers.run``."""

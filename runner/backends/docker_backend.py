@@ -122,8 +122,11 @@ class DockerBackend:
         )
         self._spec = spec
         self.adopted = False
+        fallback = spec.without_memlock()
+        # a container started with the fallback (no memlock) is the same spec on this host
+        accepted = {spec.spec_hash} | ({fallback.spec_hash} if fallback else set())
         for container in self._find_own():
-            same = container.labels.get(LABEL_SPEC) == spec.spec_hash
+            same = container.labels.get(LABEL_SPEC) in accepted
             if same and container.status == "running" and self._container is None:
                 log.info("adopting running Triton container %s", container.name)
                 self._container = container
@@ -135,9 +138,29 @@ class DockerBackend:
         if self._container is None:
             log.info("starting Triton container %s from %s", spec.name, spec.image)
             try:
-                self._container = self._client().containers.run(**spec.run_kwargs())
+                self._container = self._run(spec, fallback)
             except Exception as exc:
                 raise BackendError(f"cannot start the Triton container: {exc}") from exc
+
+    def _run(self, spec: ContainerSpec, fallback: ContainerSpec | None) -> Any:
+        """``containers.run``; when the engine may not raise memlock, again without it."""
+        import docker
+
+        client = self._client()
+        try:
+            return client.containers.run(**spec.run_kwargs())
+        except docker.errors.APIError as exc:
+            if fallback is None or "rlimit" not in str(exc):
+                raise
+            log.warning(
+                "this Docker engine cannot set the memlock ulimit (%s); starting Triton "
+                "without it (set `ulimits` to silence this)",
+                str(exc).strip()[-200:],
+            )
+        for container in self._find_own():  # the container created but never started
+            self._remove(container, "could not start: memlock ulimit refused")
+        self._spec = fallback
+        return client.containers.run(**fallback.run_kwargs())
 
     def _alive_sync(self) -> bool:
         container = self._container

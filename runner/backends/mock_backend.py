@@ -44,7 +44,7 @@ class MockEngine:
     async def server_ready(self) -> bool:
         return True
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, config: str | None = None) -> None:
         known = {m.name: m for m in scan_repository(self._repository)}
         if name not in known:
             raise InferError(f"failed to load '{name}': not in the model repository")
