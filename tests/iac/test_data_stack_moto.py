@@ -70,9 +70,7 @@ def test_tables_match_definitions(stack: tuple[str, Deployment], moto_endpoint: 
     name, _ = stack
     _, dynamodb, _ = _clients(moto_endpoint)
     listed = {
-        n
-        for page in dynamodb.get_paginator("list_tables").paginate()
-        for n in page["TableNames"]
+        n for page in dynamodb.get_paginator("list_tables").paginate() for n in page["TableNames"]
     }
     for table in definitions.TABLES:
         want = definitions.create_table_kwargs(table, f"{name}p")

@@ -13,9 +13,7 @@ def test_creates_tables_bucket_and_lifecycle_idempotently(settings: Settings) ->
     assert init_storage(settings) == []  # a second run keeps everything
     dynamodb, s3 = make_clients(settings)
     names = {
-        n
-        for page in dynamodb.get_paginator("list_tables").paginate()
-        for n in page["TableNames"]
+        n for page in dynamodb.get_paginator("list_tables").paginate() for n in page["TableNames"]
     }
     assert {f"{settings.table_prefix}-{t}" for t in definitions.TABLES} <= names
     rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
