@@ -16,6 +16,7 @@ the module runs under xdist (the shared group stays on one worker with --dist lo
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -59,6 +60,14 @@ def remove_containers(docker_host: str, runner_name: str) -> None:
     for container in own_containers(docker_host, runner_name):
         with contextlib.suppress(Exception):
             container.remove(force=True)
+
+
+def private_repository(model_repository: Path, dest: Path) -> Path:
+    """A repository holding only add_sub (a copy): the runner's own, nothing else loads."""
+    shutil.copytree(
+        model_repository / MODEL, dest / MODEL, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return dest
 
 
 def make_cases(n: int, seed: int) -> list[Case]:
@@ -159,7 +168,7 @@ def shared(
             work / "runner",
             docker_host,
             triton_image,
-            model_repository,
+            private_repository(model_repository, work / "models"),
             extra_env={"GPUFLEET_RUNNER_KEEP_TRITON_ON_EXIT": "true"},
         )
         with runner_proc(runner, docker_host):
@@ -205,9 +214,11 @@ def test_killed_triton_is_restarted_and_every_job_succeeds(
         60,
     )
     container.kill()  # while jobs run: some in flight, the rest queued
+    killed_at = time.time()
     second = submit(fleet.client, cases[30:])  # leased while Triton is down or restarting
     views = wait_all(fleet.client, first + second, timeout=240)
     check_outputs(fleet.client, cases, views)
+    assert any(_ts(v.finished_at or "") > killed_at for v in views[:30]), "none left at the kill"
 
     status = runner.status()
     assert status["triton"]["restarts"] >= restarts_before + 1
@@ -224,10 +235,11 @@ def test_killed_runner_jobs_complete_once_on_another_runner_after_lease_expiry(
     model_repository: Path,
     tmp_path: Path,
 ) -> None:
-    lease_s = 3
+    lease_s = 4  # short, so expiry is quick; twice an extension round trip under load
     env = {"GPUFLEET_LEASE_DURATION_S": str(lease_s)}
     orphan_ids: list[str] = []
     first: RunnerProc | None = None
+    repository = private_repository(model_repository, tmp_path / "models")
     with control_plane(tmp_path / "cp", env) as cp, sdk(cp, model_repository) as client:
         token = client.admin.create_join_token(region="default").join_token
         first = RunnerProc(
@@ -236,7 +248,7 @@ def test_killed_runner_jobs_complete_once_on_another_runner_after_lease_expiry(
             tmp_path / "first",
             docker_host,
             triton_image,
-            model_repository,
+            repository,
             # a slow liveness check: the paused container below is not "repaired" before
             # the kill, so the jobs stay leased and unanswered
             extra_env={"GPUFLEET_RUNNER_WATCH_INTERVAL_S": "120"},
@@ -263,7 +275,7 @@ def test_killed_runner_jobs_complete_once_on_another_runner_after_lease_expiry(
             killed_at = time.time()
 
             second = RunnerProc(
-                cp.url, token, tmp_path / "second", docker_host, triton_image, model_repository
+                cp.url, token, tmp_path / "second", docker_host, triton_image, repository
             )
             with runner_proc(second, docker_host):
                 second_id = second.wait_ready()["runner_id"]

@@ -137,3 +137,15 @@ def test_spec_hash_changes_with_the_spec_only(settings: RunnerSettings) -> None:
 )
 def test_container_name_is_docker_safe(name: str, expected: str) -> None:
     assert container_name(name) == expected
+
+
+def test_memlock_fallback_keeps_everything_else(settings: RunnerSettings) -> None:
+    spec = build_container_spec(settings, repository_key="k")
+    fallback = spec.without_memlock()
+    assert fallback is not None
+    assert [u[0] for u in fallback.ulimits] == ["stack"]
+    assert fallback.spec_hash != spec.spec_hash
+    assert {k: v for k, v in vars(fallback).items() if k != "ulimits"} == {
+        k: v for k, v in vars(spec).items() if k != "ulimits"
+    }
+    assert fallback.without_memlock() is None  # nothing left to drop

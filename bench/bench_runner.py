@@ -1,0 +1,293 @@
+"""Runner benchmark: what the fleet path costs over calling Triton directly.
+
+One Triton container (CPU image, ``add_sub``), started by a real runner process (docker
+backend) against a real embedded control plane process, both on loopback. The same
+requests go, side by side at each concurrency:
+
+  direct  tritonclient.http (aio) straight to that Triton's HTTP port
+  fleet   SDK submit + wait: control plane → runner lease → Triton → complete → wait returns
+
+and the table shows p50/p99 latency and throughput of each, and the fleet's overhead.
+Every answer is checked against numpy. A private Docker engine is started when none is
+reachable (tests/rig.py), and everything is stopped by pid at the end.
+
+    .venv/bin/python bench/bench_runner.py [--requests 100] [--concurrency 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "sdk")]
+
+from gpufleet import Client  # noqa: E402
+from gpufleet.aio import AsyncClient  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests import rig  # noqa: E402
+from tests.helpers.procs import (  # noqa: E402
+    ControlPlaneProc,
+    RunnerProc,
+    start_control_plane,
+)
+
+MODEL = "add_sub"
+console = Console(width=140)  # the table on one line per row, also when piped
+
+
+@dataclass
+class Result:
+    path: str
+    concurrency: int
+    latencies_ms: list[float]
+    wall_s: float
+    stages: dict[str, list[float]] = field(default_factory=dict)  # fleet: where time went
+    cpu_ms_per_job: dict[str, float] = field(default_factory=dict)  # fleet: per process
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p99(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.wall_s
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    a = rng.uniform(-10, 10, (1, 4)).astype(np.float32)
+    b = rng.uniform(-10, 10, (1, 4)).astype(np.float32)
+    return a, b
+
+
+def _check(a: np.ndarray, b: np.ndarray, out0: np.ndarray, out1: np.ndarray) -> None:
+    if not (np.allclose(out0, a + b) and np.allclose(out1, a - b)):
+        raise SystemExit(f"bench: wrong answer for {a.tolist()}, {b.tolist()}")
+
+
+async def _drive(
+    n: int, concurrency: int, one: Callable[[np.random.Generator], Awaitable[None]]
+) -> tuple[list[float], float]:
+    """``n`` calls of ``one`` by ``concurrency`` workers; (latencies ms, wall s)."""
+    latencies: list[float] = []
+    todo = iter(range(n))
+
+    async def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in todo:
+            t0 = time.perf_counter()
+            await one(rng)
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return latencies, time.perf_counter() - start
+
+
+async def bench_direct(http_port: int, n: int, concurrency: int) -> Result:
+    import tritonclient.http.aio as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", conn_limit=concurrency)
+
+    async def one(rng: np.random.Generator) -> None:
+        a, b = _case(rng)
+        inputs = []
+        for name, arr in (("INPUT0", a), ("INPUT1", b)):
+            item = httpclient.InferInput(name, list(arr.shape), "FP32")
+            item.set_data_from_numpy(arr)
+            inputs.append(item)
+        result = await client.infer(MODEL, inputs)
+        _check(a, b, result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1"))
+
+    try:
+        await _drive(min(n, 20), concurrency, one)  # warm-up
+        latencies, wall = await _drive(n, concurrency, one)
+    finally:
+        await client.close()
+    return Result("direct", concurrency, latencies, wall)
+
+
+async def bench_fleet(url: str, api_key: str, n: int, concurrency: int) -> Result:
+    async with AsyncClient(url, api_key=api_key, timeout=60.0) as fleet:
+        stages: dict[str, list[float]] = {"submit": [], "queue": [], "run": []}
+
+        async def one(rng: np.random.Generator) -> None:
+            a, b = _case(rng)
+            t0 = time.perf_counter()
+            job = await fleet.submit(MODEL, {"INPUT0": a, "INPUT1": b})
+            stages["submit"].append((time.perf_counter() - t0) * 1000)
+            view = await fleet.wait(job.id, timeout=120)
+            stages["queue"].append(float(view.queue_ms or 0))  # created -> leased
+            stages["run"].append(float(view.run_ms or 0))  # leased -> completed
+            out = await fleet.outputs(view)
+            _check(a, b, out["OUTPUT0"], out["OUTPUT1"])
+
+        await _drive(min(n, 20), concurrency, one)  # warm-up
+        for values in stages.values():
+            values.clear()
+        latencies, wall = await _drive(n, concurrency, one)
+    return Result("fleet", concurrency, latencies, wall, stages)
+
+
+def configure_runner(cp: ControlPlaneProc, runner_id: str, max_concurrency: int) -> None:
+    """``gpufleet-runner set``: room for every concurrent job, quick heartbeats."""
+    with httpx.Client(base_url=cp.url, timeout=15) as http:
+        token = http.post("/v1/auth/token", json={"api_key": cp.admin_key})
+        token.raise_for_status()
+        resp = http.patch(
+            f"/v1/runners/{runner_id}/config",
+            json={"max_concurrency": max_concurrency, "heartbeat_interval_s": 1.0},
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
+        resp.raise_for_status()
+
+
+@contextlib.contextmanager
+def fleet_stack(
+    work: Path, docker_host: str | None, poll_s: float = 0.2
+) -> Iterator[tuple[ControlPlaneProc, RunnerProc]]:
+    stop_engine: Callable[[], None] = lambda: None  # noqa: E731
+    if docker_host is None:
+        console.print("bench: getting a Docker engine (a private one when none is reachable)")
+        docker_host, stop_engine = rig.ensure_docker_engine(work / "engine")
+    cp: ControlPlaneProc | None = None
+    runner: RunnerProc | None = None
+    try:
+        image = rig.ensure_triton_image(docker_host)
+        # the control plane's own default poll interval (waits and leases re-read storage)
+        cp = start_control_plane(work / "cp", {"GPUFLEET_POLL_INTERVAL_S": str(poll_s)})
+        with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as client:
+            client.models.push(rig.MODEL_REPOSITORY / MODEL)
+            token = client.admin.create_join_token(region="default").join_token
+        repository = work / "models"  # add_sub alone: nothing else loads in this Triton
+        shutil.copytree(
+            rig.MODEL_REPOSITORY / MODEL,
+            repository / MODEL,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        runner = RunnerProc(
+            cp.url, token, work / "runner", docker_host, image, repository, name="gf-bench-runner"
+        )
+        runner.start()
+        t0 = time.perf_counter()
+        runner.wait_ready()
+        console.print(f"bench: runner and Triton ready in {time.perf_counter() - t0:.1f} s")
+        yield cp, runner
+    finally:
+        if runner is not None and runner.running():
+            runner.terminate()
+        if runner is not None:
+            client = rig.docker_client(docker_host)
+            try:
+                for c in client.containers.list(
+                    all=True, filters={"label": f"gpufleet.runner={runner.name}"}
+                ):
+                    c.remove(force=True)
+            finally:
+                client.close()
+        if cp is not None:
+            cp.stop()
+        stop_engine()
+
+
+def render(results: list[Result], n: int, poll_s: float) -> None:
+    table = Table(
+        title=f"add_sub [1,4] FP32, {n} requests per row, same Triton container "
+        f"(control plane poll interval {poll_s:g} s)"
+    )
+    columns = ("path", "concurrency", "p50 ms", "p99 ms", "req/s", "p50 overhead ms")
+    for col in (*columns, "submit / queue / run p50 ms", "CPU ms/job cp / runner"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    direct = {r.concurrency: r for r in results if r.path.startswith("direct")}
+    for r in results:
+        base = direct.get(r.concurrency)
+        overhead = "" if r.path.startswith("direct") or base is None else f"{r.p50 - base.p50:.1f}"
+        table.add_row(
+            r.path,
+            str(r.concurrency),
+            f"{r.p50:.1f}",
+            f"{r.p99:.1f}",
+            f"{r.throughput:.0f}",
+            overhead,
+            " / ".join(f"{statistics.median(v):.0f}" for v in r.stages.values()),
+            " / ".join(f"{v:.0f}" for v in r.cpu_ms_per_job.values()),
+        )
+    console.print(table)
+    console.print(
+        "direct: tritonclient.http (aio) to Triton's port; fleet: SDK submit + wait through "
+        "the control plane and the runner (lease → Triton over gRPC → complete); submit: "
+        "the submit call, queue: created → leased, run: leased → completed (job timestamps); "
+        "CPU ms/job: CPU time of the control plane (with its embedded moto) and of the runner "
+        "process, per fleet job"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=100, help="requests per row")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
+    parser.add_argument("--docker-host", help="engine to use (default: reachable or private)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=0.2, help="control plane GPUFLEET_POLL_INTERVAL_S"
+    )
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results: list[Result] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="gfb-", dir="/tmp") as tmp,
+        fleet_stack(Path(tmp), args.docker_host, args.poll_interval) as (cp, runner),
+    ):
+        runner_id = runner.status()["runner_id"]
+        configure_runner(cp, runner_id, max(levels))
+        deadline = time.monotonic() + 30
+        while runner.status()["config"]["max_concurrency"] != max(levels):
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the runner did not take its new config")
+            time.sleep(0.2)
+        for c in levels:
+            console.print(f"bench: concurrency {c} ...")
+            results.append(asyncio.run(bench_direct(runner.http_port, args.requests, c)))
+            pids = {"control plane": cp.proc.pid, "runner": runner.pid}
+            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            fleet = asyncio.run(bench_fleet(cp.url, cp.admin_key, args.requests, c))
+            jobs = args.requests + min(args.requests, 20)  # with the warm-up
+            fleet.cpu_ms_per_job = {
+                k: (cpu_seconds(pid) - before[k]) * 1000 / jobs for k, pid in pids.items()
+            }
+            results.append(fleet)
+        counters = runner.status()["counters"]
+    render(results, args.requests, args.poll_interval)
+    console.print(f"runner counters: {counters}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
