@@ -63,7 +63,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, description="Largest request body (413).")
     max_wait_s: float = Field(default=30.0, description="Upper bound of `wait_s` on GET job.")
     max_lease_wait_s: float = Field(default=20.0, description="Upper bound of lease long polls.")
-    poll_interval_s: float = Field(default=0.2, gt=0, description="Long-poll re-check interval.")
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Storage re-check interval of long polls (job waits, leases). Changes "
+        "committed by this replica wake them at once; other replicas' are seen at the next poll.",
+    )
     max_queue_depth: int = Field(
         default=100_000, description="Queued jobs per model before submits get 429."
     )

@@ -54,6 +54,7 @@ from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import QueueOps, new_token
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
+from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
 from control_plane.settings import Settings
 from control_plane.storage.definitions import RESULTS_PREFIX
 from control_plane.storage.protocols import (
@@ -99,6 +100,7 @@ class JobService:
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
         self._heads = QueueHeads(store.queue, self._pool)
+        self.wakeups = Wakeups()
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -106,6 +108,9 @@ class JobService:
         return job_view(job, self._blobs, self._settings.presign_ttl_s)
 
     def _transitioned(self, job: JobRecord, previous: str | None) -> None:
+        self.wakeups.notify(job_key(job.id))
+        if job.status == "QUEUED":
+            self.wakeups.notify(model_key(job.model))
         if not self.on_transition:
             return
         view = self.view(job)
@@ -244,12 +249,14 @@ class JobService:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
         p.require("jobs:read")
         deadline = time.monotonic() + max(0.0, min(wait_s, self._settings.max_wait_s))
-        while True:
-            job = await asyncio.to_thread(self._load, p, job_id)
-            left = deadline - time.monotonic()
-            if job.status in TERMINAL_STATUSES or left <= 0:
-                return await asyncio.to_thread(self._with_reason, job)
-            await asyncio.sleep(min(self._settings.poll_interval_s, left))
+        with self.wakeups.watch([job_key(job_id)]) as changed:
+            while True:
+                changed.clear()  # before the read: a change committed after it wakes us
+                job = await asyncio.to_thread(self._load, p, job_id)
+                left = deadline - time.monotonic()
+                if job.status in TERMINAL_STATUSES or left <= 0:
+                    return await asyncio.to_thread(self._with_reason, job)
+                await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
 
     def list(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
@@ -326,12 +333,14 @@ class JobService:
         if self.lease_offers is not None:
             offers = await asyncio.to_thread(self.lease_offers, runner_id, req.models)
             req = req.model_copy(update={"models": offers})
-        while True:
-            jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
-            left = deadline - time.monotonic()
-            if jobs or left <= 0:
-                return LeaseResponse(jobs=jobs)
-            await asyncio.sleep(min(self._settings.poll_interval_s, left))
+        with self.wakeups.watch(model_key(m.name) for m in req.models) as queued:
+            while True:
+                queued.clear()  # before the read: a job queued after it wakes us
+                jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
+                left = deadline - time.monotonic()
+                if jobs or left <= 0:
+                    return LeaseResponse(jobs=jobs)
+                await sleep_or_wake(queued, min(self._settings.poll_interval_s, left))
 
     def _candidates(
         self, offers: dict[str, set[str]], region: str | None, want: int

@@ -1,0 +1,63 @@
+"""Long polls wake at once for changes committed by the same replica (storage poll = 30 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gpufleet.wire import LeaseRequest, ModelRef
+
+from control_plane.services.wakeups import Wakeups, sleep_or_wake
+from tests.contract.fleet import job, principal, push_model, services, succeed
+
+USER = principal("acme")
+SLOW_POLL = 30.0
+
+
+async def test_wait_returns_as_soon_as_this_replica_completes_the_job(
+    settings: Any, aws: Any
+) -> None:
+    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), aws)
+    await asyncio.to_thread(push_model, models, USER)
+    view, _ = await asyncio.to_thread(jobs.submit, USER, job())
+    req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1)
+    [leased] = (await jobs.lease("run_1", None, req)).jobs
+    waiter = asyncio.create_task(jobs.wait(USER, view.id, 60))
+    await asyncio.sleep(0.3)  # the waiter has read RUNNING and now sleeps on its poll
+    assert not waiter.done()
+    t = time.monotonic()
+    await asyncio.to_thread(succeed, jobs, leased)
+    done = await asyncio.wait_for(waiter, 10)
+    assert done.status == "SUCCEEDED"
+    assert time.monotonic() - t < SLOW_POLL / 3  # woken, not polled
+    assert jobs.wakeups.watching(f"job:{view.id}") == 0  # the watch is released
+
+
+async def test_lease_long_poll_wakes_when_a_job_is_queued(settings: Any, aws: Any) -> None:
+    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), aws)
+    await asyncio.to_thread(push_model, models, USER)
+    req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1, wait_s=20)
+    poll = asyncio.create_task(jobs.lease("run_1", None, req))
+    await asyncio.sleep(0.3)  # the poll found the queue empty and sleeps
+    assert not poll.done()
+    t = time.monotonic()
+    view, _ = await asyncio.to_thread(jobs.submit, USER, job())
+    got = await asyncio.wait_for(poll, 10)
+    assert [j.id for j in got.jobs] == [view.id]
+    assert time.monotonic() - t < SLOW_POLL / 3
+    assert jobs.wakeups.watching("model:add_sub") == 0
+
+
+async def test_notify_from_another_thread_and_unwatched_keys() -> None:
+    w = Wakeups()
+    w.notify("job:nobody")  # no waiter: nothing happens
+    with w.watch(["job:a", "job:a", "model:m"]) as event:
+        assert w.watching("job:a") == 1
+        await asyncio.to_thread(w.notify, "model:m")
+        await asyncio.wait_for(event.wait(), 2)
+        event.clear()
+        t = time.monotonic()
+        await sleep_or_wake(event, 0.05)  # not notified: times out quietly
+        assert time.monotonic() - t >= 0.04
+    assert w.watching("job:a") == 0 and w.watching("model:m") == 0
