@@ -229,7 +229,7 @@ def _outcome(view: JobView, wait_s: float) -> JobOutcome:
         message = err.message if err else f"job {view.id} failed"
         return JobOutcome(code, message, 400 if code in _CLIENT_FAULTS else 500, details)
     if view.status == "TIMED_OUT":
-        message = err.message if err else f"job {view.id} timed out"
+        message = f"job {view.id} timed out" + (f": {err.message}" if err else "")
         return JobOutcome("timeout", message, 504, details)
     if view.status == "CANCELLED":
         return JobOutcome("cancelled", f"job {view.id} was cancelled", 409, details)

@@ -4,6 +4,7 @@ and the error bodies that tritonclient reads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -254,16 +255,30 @@ async def test_failed_job(client: httpx.AsyncClient, fleet: Fleet, code: str, st
 async def test_not_finished_in_time_is_504(
     client: httpx.AsyncClient, fleet: Fleet, settings: Any
 ) -> None:
-    settings.infer_wait_s = 0.4  # no runner is serving
+    settings.infer_wait_s = 1.0
+    fleet.runner.delay_s = 2.5  # leased at once, but runs longer than the caller waits
+    async with fleet.runner.serving():
+        r = await client.post("/v2/models/add_sub/infer", headers=fleet.user, json=json_request())
+        message = v2_error(r, 504, "timeout")
+        job_id = r.json()["details"]["job_id"]
+        assert job_id in message and r.json()["details"]["status"] == "RUNNING"
+        # The 504 does not cancel the job: it finishes and its result can be fetched later.
+        job = (await client.get(f"/v1/jobs/{job_id}?wait_s=10", headers=fleet.user)).json()
+    assert job["status"] == "SUCCEEDED"
+
+
+async def test_nobody_serving_times_out_in_the_queue(
+    client: httpx.AsyncClient, fleet: Fleet, settings: Any, services: Services
+) -> None:
+    settings.infer_wait_s = 0.4  # no runner is serving: the job's ttl_s is 1 s
     r = await client.post("/v2/models/add_sub/infer", headers=fleet.user, json=json_request())
     message = v2_error(r, 504, "timeout")
     job_id = r.json()["details"]["job_id"]
-    assert job_id in message and r.json()["details"]["status"] == "QUEUED"
+    assert job_id in message and r.json()["details"]["status"] in ("QUEUED", "TIMED_OUT")
+    await asyncio.sleep(1.2)
+    await asyncio.to_thread(services.jobs.sweep)  # the lifespan's sweeper, run now
     job = (await client.get(f"/v1/jobs/{job_id}", headers=fleet.user)).json()
-    assert job["status"] == "QUEUED"  # still there: its result can be fetched later
-    async with fleet.runner.serving():
-        job = (await client.get(f"/v1/jobs/{job_id}?wait_s=10", headers=fleet.user)).json()
-    assert job["status"] == "SUCCEEDED"
+    assert job["status"] == "TIMED_OUT"  # not run later for a caller that has gone
 
 
 async def test_outputs_stored_in_the_bucket(
