@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--docker-host", help="engine to use (default: reachable or private)")
     parser.add_argument(
-        "--poll-interval", type=float, default=0.2, help="control plane GPUFLEET_POLL_INTERVAL_S"
+        "--poll-interval", type=float, default=0.5, help="control plane GPUFLEET_POLL_INTERVAL_S"
     )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
