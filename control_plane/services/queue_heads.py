@@ -1,19 +1,21 @@
 """A per-replica read-ahead of queue heads, so a lease does not query every shard each time.
 
-A refresh reads the first ``depth`` entries of each stale shard (in parallel); leases then take
-candidates from that read-ahead until it runs dry or is ``ttl_s`` old. Taking removes the
+A read takes the first ``depth`` entries of a shard; leases then take candidates from that
+read-ahead, which is re-read in the background when it is ``ttl_s`` old. Taking removes the
 entry, so concurrent leases in one replica spread over different jobs instead of racing for
 the head. It is only a hint: each claim is still a conditional write on the job item, so an
 entry claimed meanwhile by another replica just loses the race. Empty shards are never
 cached: a long poll sees a new job at its next poll. Priorities are strict within a read;
 a job submitted to another replica may wait up to ``ttl_s`` behind older cached ones.
 
-Why: on moto a Query scans the whole table (about 28 ms per query at 1k queued entries), so
-reading four shards per lease made its cost grow with the queue; DynamoDB reads only the page.
+Why: on moto a Query scans the whole table (about 0.1 ms per stored queue entry: ~1 s per
+query at 10k queued), so reading four shards per lease made its cost grow with the queue;
+DynamoDB reads only the page, but a lease that never waits for a read is faster there too.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,18 +24,32 @@ from dataclasses import dataclass, field
 
 from control_plane.storage.protocols import QueueEntry, QueueStore
 
+log = logging.getLogger(__name__)
+
+TAKEN_MEMORY_S = 30.0  # far longer than a claim takes
+
 
 @dataclass
 class _Head:
     fetched: float
     entries: list[QueueEntry] = field(default_factory=list)
+    refreshing: bool = False
+    full: bool = False  # the read returned ``depth`` entries: the shard holds more
 
 
 class QueueHeads:
-    """Read-ahead of the heads of queue shards, shared by the leases of one replica."""
+    """Read-ahead of the heads of queue shards, shared by the leases of one replica.
+
+    A shard with no cached entries is read before the lease goes on (a new job is seen at
+    once). A shard whose cached entries are older than the TTL, or down to half a read, is
+    re-read in the background while leases keep taking from what is cached
+    (stale-while-revalidate), so no lease waits for a refresh it does not need. The TTL
+    grows to four times the last read's duration, so reads take at most about a quarter of
+    the time, however slow one is (on moto a Query's cost grows with the table).
+    """
 
     def __init__(
-        self, store: QueueStore, pool: ThreadPoolExecutor, ttl_s: float = 1.0, depth: int = 50
+        self, store: QueueStore, pool: ThreadPoolExecutor, ttl_s: float = 1.0, depth: int = 100
     ) -> None:
         self._store = store
         self._pool = pool
@@ -41,29 +57,77 @@ class QueueHeads:
         self._depth = depth
         self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
+        self._last_read_s = 0.0
+        # Entries handed out recently: a read that raced their claim must not bring them back.
+        self._taken: dict[str, float] = {}
+
+    def _ttl(self) -> float:
+        return max(self._ttl_s, 4 * self._last_read_s)
+
+    def _read(self, shard: str, depth: int) -> tuple[float, list[QueueEntry]]:
+        t = time.monotonic()
+        entries = self._store.head(shard, depth)
+        done = time.monotonic()
+        self._last_read_s = done - t
+        return done, entries
+
+    def _install(self, shard: str, done: float, entries: list[QueueEntry], depth: int) -> None:
+        """Cache a read (lock held), leaving out entries handed out since it may have begun."""
+        horizon = done - TAKEN_MEMORY_S
+        for sk in [sk for sk, at in self._taken.items() if at < horizon]:
+            del self._taken[sk]
+        self._heads[shard] = _Head(
+            fetched=done,
+            entries=[e for e in entries if e.sk not in self._taken],
+            full=len(entries) >= depth,
+        )
+
+    def _refresh_in_background(self, shard: str, depth: int) -> None:
+        try:
+            done, entries = self._read(shard, depth)
+        except Exception:
+            with self._lock:
+                head = self._heads.get(shard)
+                if head is not None:
+                    head.refreshing = False
+            log.warning("background read of queue shard %s failed", shard, exc_info=True)
+            return
+        with self._lock:
+            self._install(shard, done, entries, depth)
 
     def take(
         self, shards: list[str], fits: Callable[[QueueEntry], bool], want: int
     ) -> list[QueueEntry]:
         """Up to ``want`` fitting entries of ``shards`` in key order, removed from the cache."""
         t = time.monotonic()
-        with self._lock:
-            stale = [
-                sh
-                for sh in shards
-                if sh not in self._heads
-                or not self._heads[sh].entries
-                or t - self._heads[sh].fetched > self._ttl_s
-            ]
         depth = max(self._depth, want * 2)
-        fresh = list(self._pool.map(lambda sh: self._store.head(sh, depth), stale))
         with self._lock:
-            for sh, entries in zip(stale, fresh, strict=True):
-                self._heads[sh] = _Head(fetched=t, entries=entries)
+            missing = [sh for sh in shards if sh not in self._heads or not self._heads[sh].entries]
+            for sh in shards:
+                head = self._heads.get(sh)
+                if (
+                    head is not None
+                    and head.entries
+                    and not head.refreshing
+                    and (
+                        t - head.fetched > self._ttl()
+                        or (head.full and len(head.entries) < depth // 2)
+                    )
+                ):
+                    head.refreshing = True
+                    self._pool.submit(self._refresh_in_background, sh, depth)
+        fresh = list(self._pool.map(lambda sh: self._read(sh, depth), missing))
+        with self._lock:
+            for sh, (done, entries) in zip(missing, fresh, strict=True):
+                current = self._heads.get(sh)
+                if current is not None and current.entries:
+                    continue  # a background refresh installed newer entries meanwhile
+                self._install(sh, done, entries, depth)
             found = sorted(
                 (e for sh in shards for e in self._heads[sh].entries if fits(e)),
                 key=lambda e: e.sk,
             )[:want]
             for e in found:
                 self._heads[e.shard].entries.remove(e)
+                self._taken[e.sk] = t
         return found
