@@ -225,6 +225,8 @@ def main() -> None:
             print(f"{name:<8} {stored:>16} {op:<9} {rate:8.1f} {p50:8.2f} {p99:8.2f}")
     ratio = results[cases[-1][0]]["lease"][1] / results[cases[0][0]]["lease"][1]
     print(f"\nlease p50 ratio {cases[-1][0]}/{cases[0][0]}: {ratio:.2f}x (target <= 2x)")
+    mean_ratio = results[cases[0][0]]["lease"][0] / results[cases[-1][0]]["lease"][0]
+    print(f"lease mean ratio {cases[-1][0]}/{cases[0][0]}: {mean_ratio:.2f}x")
 
 
 if __name__ == "__main__":
