@@ -215,11 +215,22 @@ run() {
     done
 }
 
+# One wheels+build at a time per checkout: a second one would replace the wheels while the
+# first one's build context is being sent.
+locked() {
+    mkdir -p "$WHEELS_DIR"
+    exec 9>"$WHEELS_DIR/.lock"
+    flock 9
+    "$@"
+    flock -u 9
+}
+wheels_and_build() { wheels; build; }
+
 case "$cmd" in
-wheels) wheels ;;
-build) wheels; build ;;
+wheels) locked wheels ;;
+build) locked wheels_and_build ;;
 run) run ;;
 args) render_args; printf '%s\n' "${run_args[@]}" ;;
-all) wheels; build; run ;;
+all) locked wheels_and_build; run ;;
 *) die "unknown command $cmd (all | wheels | build | run | args)" ;;
 esac

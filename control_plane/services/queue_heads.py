@@ -58,8 +58,9 @@ class QueueHeads:
         self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
         self._last_read_s = 0.0
-        # Entries handed out recently: a read that raced their claim must not bring them back.
-        self._taken: dict[str, float] = {}
+        # Entries handed out recently, by (sort key, token): a read that raced their claim must
+        # not bring them back. A requeued job keeps its sort key but gets a new token.
+        self._taken: dict[tuple[str, str], float] = {}
 
     def _ttl(self) -> float:
         return max(self._ttl_s, 4 * self._last_read_s)
@@ -74,11 +75,11 @@ class QueueHeads:
     def _install(self, shard: str, done: float, entries: list[QueueEntry], depth: int) -> None:
         """Cache a read (lock held), leaving out entries handed out since it may have begun."""
         horizon = done - TAKEN_MEMORY_S
-        for sk in [sk for sk, at in self._taken.items() if at < horizon]:
-            del self._taken[sk]
+        for key in [key for key, at in self._taken.items() if at < horizon]:
+            del self._taken[key]
         self._heads[shard] = _Head(
             fetched=done,
-            entries=[e for e in entries if e.sk not in self._taken],
+            entries=[e for e in entries if (e.sk, e.token) not in self._taken],
             full=len(entries) >= depth,
         )
 
@@ -129,5 +130,5 @@ class QueueHeads:
             )[:want]
             for e in found:
                 self._heads[e.shard].entries.remove(e)
-                self._taken[e.sk] = t
+                self._taken[(e.sk, e.token)] = t
         return found

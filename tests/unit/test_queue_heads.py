@@ -87,3 +87,12 @@ def test_ttl_grows_with_slow_reads() -> None:
         reads = store.reads
         assert take(heads) == ["job_1"]
         assert store.reads == reads  # not stale yet: no new read
+
+
+def test_a_requeued_entry_is_served_again() -> None:
+    store = Store(1)
+    with ThreadPoolExecutor(2) as pool:
+        heads = QueueHeads(store, pool, ttl_s=60, depth=100)  # type: ignore[arg-type]
+        assert take(heads) == ["job_0"]
+        store.entries = [QueueEntry(SHARD, "sk0000", "job_0", "", "", 1e12, "new-token")]
+        assert take(heads) == ["job_0"]  # same sort key, new token: a new queue entry
