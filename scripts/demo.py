@@ -21,7 +21,7 @@ from gpufleet import Client
 from rich.console import Console
 from rich.table import Table
 
-console = Console(width=max(Console().width, 130))
+console = Console(width=max(Console().width, 170))
 
 
 def _row(x: np.ndarray) -> str:
