@@ -73,6 +73,9 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_ITEM_JSON = 350_000  # DynamoDB items hold 400 KB: keep request + inline outputs below
 MAX_LIST = 100
 CLAIM_ROUNDS = 5
+MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at submit
+DEPTH_CACHE_S = 1.0  # how long a replica trusts a queue depth it read (while far from full)
+
 Transition = Callable[[JobView, "str | None"], None]
 
 
@@ -101,6 +104,10 @@ class JobService:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
         self._heads = QueueHeads(store.queue, self._pool)
         self.wakeups = Wakeups()
+        self._ready_cache: dict[
+            tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
+        ] = {}
+        self._depth_cache: dict[str, tuple[float, int]] = {}
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -121,12 +128,26 @@ class JobService:
                 log.warning("on_transition callback failed", exc_info=True)
 
     # ------------------------------------------------------------------ submit
+    def _ready_record(self, p: Principal, model: str, version: str | None) -> ModelVersionRecord:
+        """``ready_record``, cached per replica for ``MODEL_CACHE_S`` (submit is hot)."""
+        key = (p.tenant, p.is_admin, model, version)
+        t = time.monotonic()
+        hit = self._ready_cache.get(key)
+        if hit is not None and hit[1] == self._models.generation and t - hit[0] < MODEL_CACHE_S:
+            return hit[2]
+        generation = self._models.generation
+        rec = self._models.ready_record(p, model, version)  # raises: nothing is cached
+        if len(self._ready_cache) > 10_000:
+            self._ready_cache.clear()
+        self._ready_cache[key] = (t, generation, rec)
+        return rec
+
     def _validate(
         self, p: Principal, req: JobRequest, cache: dict[tuple[str, str | None], Any]
     ) -> ModelVersionRecord:
         key = (req.model, req.model_version)
         if key not in cache:
-            cache[key] = self._models.ready_record(p, req.model, req.model_version)
+            cache[key] = self._ready_record(p, req.model, req.model_version)
         rec: ModelVersionRecord = cache[key]
         for check in self.request_checks:
             check(req)
@@ -142,11 +163,21 @@ class JobService:
         return rec
 
     def _check_depth(self, model: str, adding: int = 1) -> None:
+        """429 when the queue of ``model`` is full. A depth read in the last ``DEPTH_CACHE_S``
+        plus this replica's submits since is trusted while it stays under half the limit."""
+        t = time.monotonic()
+        limit = self._settings.max_queue_depth
+        hit = self._depth_cache.get(model)
+        if hit is not None and t - hit[0] < DEPTH_CACHE_S and hit[1] + adding <= limit // 2:
+            self._depth_cache[model] = (hit[0], hit[1] + adding)
+            return
         depth = self._store.queue.depth(model)
-        if depth + adding > self._settings.max_queue_depth:
+        if depth + adding > limit:
+            self._depth_cache.pop(model, None)
             raise RateLimited(
                 f"the queue of {model!r} is full ({depth} jobs waiting)", retry_after=5
             )
+        self._depth_cache[model] = (t, depth + adding)
 
     def submit(
         self, p: Principal, req: JobRequest, idempotency_key: str | None = None

@@ -91,6 +91,9 @@ class ModelService:
         self._settings = settings
         self._store = store
         self._blobs = blobs
+        # Bumped by every commit and delete on this replica: caches of READY versions made
+        # before a change here are dropped at once (other replicas' changes: by their TTL).
+        self.generation = 0
         self._part_size = part_size
         # model name -> {version: runner ids reporting it READY} (services/deployments.py)
         self.loaded_on: Callable[[str], dict[str, list[str]]] | None = None
@@ -199,6 +202,7 @@ class ModelService:
         """Verify every object (size, sha256 of the bytes), parse the config, mark READY."""
         p.require("models:write")
         self._visible_owner(p, name, NotFound)
+        self.generation += 1
         rec = self._get(name, version)
         if rec.state == "READY":
             return version_view(rec)
@@ -301,6 +305,7 @@ class ModelService:
         p.require("models:write")
         self._visible_owner(p, name, NotFound)
         self._get(name, version)
+        self.generation += 1
         self._store.delete_version(name, version)
         self._blobs.delete_prefix(object_key(name, version, ""))
 
