@@ -23,20 +23,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from gpufleet import Client
-from gpufleet.wire import JobView
 
 from runner.backends.container_spec import LABEL_ROLE, LABEL_RUNNER, ROLE_TRITON
 from tests import rig
+from tests.helpers.add_sub_jobs import (
+    MODEL,
+    check_outputs,
+    make_cases,
+    submit,
+    wait_all,
+    wait_for,
+)
 from tests.helpers.procs import ControlPlaneProc, RunnerProc, start_control_plane
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 SHARED = pytest.mark.xdist_group("fleet-docker-shared")
-MODEL = "add_sub"
-
-Case = tuple[np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -70,49 +73,8 @@ def private_repository(model_repository: Path, dest: Path) -> Path:
     return dest
 
 
-def make_cases(n: int, seed: int) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        rows = int(rng.integers(1, 5))
-        a = rng.uniform(-100, 100, (rows, 4)).astype(np.float32)
-        b = rng.uniform(-100, 100, (rows, 4)).astype(np.float32)
-        cases.append((a, b))
-    return cases
-
-
-def submit(fleet: Client, cases: list[Case], **args: Any) -> list[str]:
-    return fleet.submit_batch(
-        {"model": MODEL, "inputs": {"INPUT0": a, "INPUT1": b}, **args} for a, b in cases
-    )
-
-
-def wait_all(fleet: Client, ids: list[str], timeout: float) -> list[JobView]:
-    deadline = time.monotonic() + timeout
-    return [fleet.wait(i, timeout=max(1.0, deadline - time.monotonic())) for i in ids]
-
-
-def check_outputs(fleet: Client, cases: list[Case], views: list[JobView]) -> None:
-    for (a, b), view in zip(cases, views, strict=True):
-        assert view.status == "SUCCEEDED", (view.id, view.status, view.error, view.attempts)
-        out = fleet.outputs(view)
-        np.testing.assert_allclose(out["OUTPUT0"], a + b, rtol=1e-6)
-        np.testing.assert_allclose(out["OUTPUT1"], a - b, rtol=1e-6)
-        assert out["OUTPUT0"].shape == a.shape
-
-
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def wait_for(what: str, predicate: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @contextlib.contextmanager

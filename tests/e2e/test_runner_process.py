@@ -19,68 +19,29 @@ import contextlib
 import os
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from gpufleet import Client
-from gpufleet.wire import JobView
 
 from runner.backends.process_backend import PID_FILE
 from tests import rig
+from tests.helpers.add_sub_jobs import (
+    MODEL,
+    check_outputs,
+    make_cases,
+    submit,
+    wait_all,
+    wait_for,
+)
 from tests.helpers.procs import ControlPlaneProc, RunnerProc, start_control_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("process")]
-MODEL = "add_sub"
-
-Case = tuple[np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_cases(n: int, seed: int) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        rows = int(rng.integers(1, 5))
-        a = rng.uniform(-100, 100, (rows, 4)).astype(np.float32)
-        b = rng.uniform(-100, 100, (rows, 4)).astype(np.float32)
-        cases.append((a, b))
-    return cases
-
-
-def submit(fleet: Client, cases: list[Case]) -> list[str]:
-    return fleet.submit_batch(
-        {"model": MODEL, "inputs": {"INPUT0": a, "INPUT1": b}} for a, b in cases
-    )
-
-
-def wait_all(fleet: Client, ids: list[str], timeout: float) -> list[JobView]:
-    deadline = time.monotonic() + timeout
-    return [fleet.wait(i, timeout=max(1.0, deadline - time.monotonic())) for i in ids]
-
-
-def check_outputs(fleet: Client, cases: list[Case], views: list[JobView]) -> None:
-    for (a, b), view in zip(cases, views, strict=True):
-        assert view.status == "SUCCEEDED", (view.id, view.status, view.error, view.attempts)
-        out = fleet.outputs(view)
-        assert out["OUTPUT0"].shape == a.shape
-        np.testing.assert_allclose(out["OUTPUT0"], a + b, rtol=1e-6)
-        np.testing.assert_allclose(out["OUTPUT1"], a - b, rtol=1e-6)
-
-
-def wait_for(what: str, predicate: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def proc_info(pid: int) -> dict[str, Any] | None:
