@@ -12,11 +12,8 @@ local repository, and synced from the bucket after a deployment. The image's HEA
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ from gpufleet import Client
 from runner.backends.container_spec import LABEL_ROLE, LABEL_RUNNER
 from runner.deploy import CONTAINER_DOCKER_SOCKET
 from tests import rig
+from tests.helpers.procs import start_control_plane
 
 pytestmark = [
     pytest.mark.docker,
@@ -86,54 +84,14 @@ def runner_image(docker_host: str, triton_image: str) -> str:
 def control_plane(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """An embedded control plane (moto in process) on 127.0.0.1: (url, admin key); one per
     test, so one test's deployments do not govern another's runner."""
-    key_file = tmp_path / "admin.key"
-    port = rig.free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "control_plane",
-            "serve",
-            "--embedded",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--admin-key-file",
-            str(key_file),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "GPUFLEET_RUNNER_OFFLINE_AFTER_S": "30"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    url = None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("control plane did not start:\n" + "".join(lines))
     try:
-        yield url, key_file.read_text().strip()
+        cp = start_control_plane(tmp_path / "cp", {"GPUFLEET_RUNNER_OFFLINE_AFTER_S": "30"})
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cp.url, cp.admin_key
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        cp.stop()
 
 
 def _wait_serving(fleet: Client, runner_name: str, timeout_s: float) -> Any:

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from runner.cli import app
 from runner.daemon import Daemon
 from runner.gpu import GpuReader
 from runner.settings import RunnerSettings
+from tests.helpers.procs import start_control_plane
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
@@ -101,56 +101,15 @@ class ControlPlane:
 
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    try:
-        import control_plane.services.jobs  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - while the jobs service is being written
-        pytest.skip(f"the control plane's jobs service is not there yet: {exc}")
     tmp = tmp_path_factory.mktemp("cp")
-    key_file = tmp / "admin.key"
-    env = {**os.environ, "GPUFLEET_RUNNER_OFFLINE_AFTER_S": "30"}
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "control_plane",
-            "serve",
-            "--embedded",
-            "--port",
-            "0",
-            "--admin-key-file",
-            str(key_file),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("control plane did not start:\n" + "".join(lines))
     try:
-        yield ControlPlane(url, key_file.read_text().strip())
+        cp = start_control_plane(tmp, {"GPUFLEET_RUNNER_OFFLINE_AFTER_S": "30"})
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield ControlPlane(cp.url, cp.admin_key)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        cp.stop()
 
 
 @pytest.fixture(scope="module")
