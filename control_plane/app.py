@@ -89,7 +89,7 @@ def build_services(settings: Settings) -> Services:
     )
     jobs.request_checks.append(webhooks.validate_request)
     deployments = build_deployment_service(settings, dynamodb, s3, models, runners, jobs)
-    jobs.on_transition.append(webhooks.job_transition)
+    jobs.on_record_transition.append(webhooks.job_record_transition)
     checks = {
         "jobs": jobs.ping,
         "auth": auth.ping,

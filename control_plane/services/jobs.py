@@ -77,6 +77,7 @@ MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at subm
 DEPTH_CACHE_S = 1.0  # how long a replica trusts a queue depth it read (while far from full)
 
 Transition = Callable[[JobView, "str | None"], None]
+RecordTransition = Callable[[JobRecord, JobView, "str | None"], None]
 
 
 class JobService:
@@ -91,6 +92,8 @@ class JobService:
         self._blobs = blobs
         self.payloads = PayloadService(settings, blobs)  # POST /v1/payloads, lease URLs
         self.on_transition: list[Transition] = []
+        # Hooks that also get the job's record as just written (no read back needed).
+        self.on_record_transition: list[RecordTransition] = []
         # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
         self.request_checks: list[Callable[[JobRequest], None]] = []
         # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
@@ -118,9 +121,14 @@ class JobService:
         self.wakeups.notify(job_key(job.id))
         if job.status == "QUEUED":
             self.wakeups.notify(model_key(job.model))
-        if not self.on_transition:
+        if not self.on_transition and not self.on_record_transition:
             return
         view = self.view(job)
+        for record_callback in self.on_record_transition:
+            try:
+                record_callback(job, view, previous)
+            except Exception:
+                log.warning("on_record_transition callback failed", exc_info=True)
         for callback in self.on_transition:
             try:
                 callback(view, previous)

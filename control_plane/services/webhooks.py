@@ -210,15 +210,27 @@ class WebhookService:
         try:
             if self._record_of is None:
                 raise RuntimeError("WebhookService was built without record_of")
-            rec = self._record_of(view.id)
-            raw = rec.request.get("webhook") if rec is not None else None
-            if rec is None or not raw:
-                return
-            webhook = WebhookSpec.model_validate(raw)
-            at = rec.finished_at if view.status in TERMINAL_STATUSES else rec.started_at
-            self.on_transition(view, rec.tenant, webhook, at)
+            self._enqueue_for(view, self._record_of(view.id))
         except Exception:
             log.exception("could not enqueue the webhook of %s (%s)", view.id, view.status)
+
+    def job_record_transition(self, rec: JobRecord, view: JobView, previous: str | None) -> None:
+        """``job_transition`` for a hook that also has the job's record (as just written):
+        nothing is read back from the table."""
+        if view.status == previous or events_for(view.status, ["running", "completed"]) is None:
+            return
+        try:
+            self._enqueue_for(view, rec)
+        except Exception:
+            log.exception("could not enqueue the webhook of %s (%s)", view.id, view.status)
+
+    def _enqueue_for(self, view: JobView, rec: JobRecord | None) -> None:
+        raw = rec.request.get("webhook") if rec is not None else None
+        if rec is None or not raw:
+            return
+        webhook = WebhookSpec.model_validate(raw)
+        at = rec.finished_at if view.status in TERMINAL_STATUSES else rec.started_at
+        self.on_transition(view, rec.tenant, webhook, at)
 
     # ------------------------------------------------------------------ log
     def delivery_log(self, p: Principal, job_id: str) -> WebhookDeliveryList:
