@@ -46,6 +46,25 @@ class JobError(Exception):
         self.code = code
 
 
+def complete_body(job: LeasedJob, compute: Compute) -> dict[str, Any]:
+    """The ``complete`` body for ``job``: ``compute``'s outputs (those requested), or FAILED
+    with the code of a ``JobError`` it raised."""
+    done: dict[str, Any] = {"lease_token": job.lease_token}
+    try:
+        outputs = compute(to_arrays(job.inputs))
+        wanted = {o.name for o in job.outputs} if job.outputs else set(outputs)
+        done["status"] = "SUCCEEDED"
+        done["outputs"] = [
+            to_tensor(k, v).model_dump(mode="json", exclude_none=True)
+            for k, v in outputs.items()
+            if k in wanted
+        ]
+    except JobError as exc:
+        done["status"] = "FAILED"
+        done["error"] = {"code": exc.code, "message": str(exc)}
+    return done
+
+
 class FakeRunner:
     """Registers on construction; ``start()`` runs the lease loop in a daemon thread."""
 
@@ -102,19 +121,7 @@ class FakeRunner:
         return len(jobs)
 
     def _finish(self, job: LeasedJob) -> None:
-        done: dict[str, Any] = {"lease_token": job.lease_token}
-        try:
-            outputs = self.compute(to_arrays(job.inputs))
-            wanted = {o.name for o in job.outputs} if job.outputs else set(outputs)
-            done["status"] = "SUCCEEDED"
-            done["outputs"] = [
-                to_tensor(k, v).model_dump(mode="json", exclude_none=True)
-                for k, v in outputs.items()
-                if k in wanted
-            ]
-        except JobError as exc:
-            done["status"] = "FAILED"
-            done["error"] = {"code": exc.code, "message": str(exc)}
+        done = complete_body(job, self.compute)
         path = f"/v1/runners/{self.runner_id}/jobs/{job.id}/complete"
         resp = self._post(path, done)
         if resp.status_code == 200:

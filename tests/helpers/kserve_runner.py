@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
-from gpufleet.tensors import to_arrays, to_tensor
 from gpufleet.wire import LeasedJob, LeaseResponse
 from starlette.applications import Starlette
 
@@ -26,7 +24,7 @@ from control_plane.api import kserve
 from control_plane.api.openapi import build_openapi
 from control_plane.api.routes_system import package_version
 from tests.api.helpers import signed_post
-from tests.helpers.fake_runner import GPU, Compute, JobError, add_sub
+from tests.helpers.fake_runner import GPU, Compute, add_sub, complete_body
 
 
 def with_kserve_routes(app: Starlette) -> Starlette:
@@ -76,19 +74,7 @@ class AsyncRunner:
         self.leased.extend(jobs)
         for job in jobs:
             await asyncio.sleep(self.delay_s)
-            done: dict[str, Any] = {"lease_token": job.lease_token}
-            try:
-                outputs = self.compute(to_arrays(job.inputs))
-                wanted = {o.name for o in job.outputs} if job.outputs else set(outputs)
-                done["status"] = "SUCCEEDED"
-                done["outputs"] = [
-                    to_tensor(k, v).model_dump(mode="json", exclude_none=True)
-                    for k, v in outputs.items()
-                    if k in wanted
-                ]
-            except JobError as exc:
-                done["status"] = "FAILED"
-                done["error"] = {"code": exc.code, "message": str(exc)}
+            done = complete_body(job, self.compute)
             path = f"{base}/jobs/{job.id}/complete"
             # Recorded before the call: the control plane may answer the waiting client
             # before this coroutine resumes after the complete call returns.
