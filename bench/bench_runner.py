@@ -1,11 +1,19 @@
-"""Runner benchmark: what the fleet path costs over calling Triton directly.
+"""Runner benchmark: what the fleet paths cost over calling Triton directly.
 
 One Triton container (CPU image, ``add_sub``), started by a real runner process (docker
 backend) against a real embedded control plane process, both on loopback. The same
 requests go, side by side at each concurrency:
 
-  direct  tritonclient.http (aio) straight to that Triton's HTTP port
-  fleet   SDK submit + wait: control plane → runner lease → Triton → complete → wait returns
+  direct http        tritonclient.http (aio) straight to that Triton's HTTP port
+  direct grpc        tritonclient.grpc (aio) straight to that Triton's gRPC port
+  kserve http        tritonclient.http (aio) to the control plane's /v2 (bearer token):
+                     dispatched in memory to the runner over its channel
+  kserve grpc        tritonclient.grpc (aio) to the control plane's KServe gRPC port
+  sdk infer          the SDK's ``infer()`` (POST /v1/models/add_sub/infer), dispatched
+  job                SDK submit + wait: durable job, lease → Triton → complete → wait
+
+for each store of the embedded control plane (``--stores sqlite,moto``: the SQLite default
+and the moto-backed DynamoDB/S3 emulation).
 
 and the table shows p50/p99 latency and throughput of each, and the fleet's overhead.
 Every answer is checked against numpy. A private Docker engine is started when none is
@@ -27,7 +35,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -53,6 +63,7 @@ console = Console(width=140)  # the table on one line per row, also when piped
 
 @dataclass
 class Result:
+    store: str
     path: str
     concurrency: int
     latencies_ms: list[float]
@@ -130,7 +141,74 @@ async def bench_direct(http_port: int, n: int, concurrency: int) -> Result:
         latencies, wall = await _drive(n, concurrency, one)
     finally:
         await client.close()
-    return Result("direct", concurrency, latencies, wall)
+    return Result("", "direct http", concurrency, latencies, wall)
+
+
+async def bench_kserve_http(
+    host_port: str, n: int, concurrency: int, token: str | None, path: str
+) -> Result:
+    """tritonclient.http (aio) to ``host_port``: Triton itself, or the control plane."""
+    import tritonclient.http.aio as httpclient
+
+    client = httpclient.InferenceServerClient(host_port, conn_limit=concurrency)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+
+    async def one(rng: np.random.Generator) -> None:
+        a, b = _case(rng)
+        inputs = []
+        for name, arr in (("INPUT0", a), ("INPUT1", b)):
+            item = httpclient.InferInput(name, list(arr.shape), "FP32")
+            item.set_data_from_numpy(arr, binary_data=False)
+            inputs.append(item)
+        result = await client.infer(MODEL, inputs, headers=headers)
+        _check(a, b, result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1"))
+
+    try:
+        await _drive(min(n, 20), concurrency, one)  # warm-up
+        latencies, wall = await _drive(n, concurrency, one)
+    finally:
+        await client.close()
+    return Result("", path, concurrency, latencies, wall)
+
+
+async def bench_kserve_grpc(
+    host_port: str, n: int, concurrency: int, token: str | None, path: str
+) -> Result:
+    """tritonclient.grpc (aio) to ``host_port``: Triton itself, or the control plane."""
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(host_port)
+    headers = {"authorization": f"Bearer {token}"} if token else None
+
+    async def one(rng: np.random.Generator) -> None:
+        a, b = _case(rng)
+        inputs = []
+        for name, arr in (("INPUT0", a), ("INPUT1", b)):
+            item = grpcclient.InferInput(name, list(arr.shape), "FP32")
+            item.set_data_from_numpy(arr)
+            inputs.append(item)
+        result = await client.infer(MODEL, inputs, headers=headers)
+        _check(a, b, result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1"))
+
+    try:
+        await _drive(min(n, 20), concurrency, one)  # warm-up
+        latencies, wall = await _drive(n, concurrency, one)
+    finally:
+        await client.close()
+    return Result("", path, concurrency, latencies, wall)
+
+
+async def bench_sdk_infer(url: str, api_key: str, n: int, concurrency: int) -> Result:
+    async with AsyncClient(url, api_key=api_key, timeout=60.0) as fleet:
+
+        async def one(rng: np.random.Generator) -> None:
+            a, b = _case(rng)
+            out = await fleet.infer(MODEL, {"INPUT0": a, "INPUT1": b}, timeout=60)
+            _check(a, b, out["OUTPUT0"], out["OUTPUT1"])
+
+        await _drive(min(n, 20), concurrency, one)  # warm-up
+        latencies, wall = await _drive(n, concurrency, one)
+    return Result("", "sdk infer", concurrency, latencies, wall)
 
 
 async def bench_fleet(url: str, api_key: str, n: int, concurrency: int) -> Result:
@@ -152,7 +230,7 @@ async def bench_fleet(url: str, api_key: str, n: int, concurrency: int) -> Resul
         for values in stages.values():
             values.clear()
         latencies, wall = await _drive(n, concurrency, one)
-    return Result("fleet", concurrency, latencies, wall, stages)
+    return Result("", "job", concurrency, latencies, wall, stages)
 
 
 def configure_runner(cp: ControlPlaneProc, runner_id: str, max_concurrency: int) -> None:
@@ -168,9 +246,20 @@ def configure_runner(cp: ControlPlaneProc, runner_id: str, max_concurrency: int)
         resp.raise_for_status()
 
 
+def access_token(cp: ControlPlaneProc) -> str:
+    with httpx.Client(base_url=cp.url, timeout=15) as http:
+        resp = http.post("/v1/auth/token", json={"api_key": cp.admin_key})
+        resp.raise_for_status()
+        return str(resp.json()["access_token"])
+
+
 @contextlib.contextmanager
 def fleet_stack(
-    work: Path, docker_host: str | None, poll_s: float = 0.2
+    work: Path,
+    docker_host: str | None,
+    poll_s: float = 0.2,
+    store: str = "sqlite",
+    grpc_port: int | None = None,
 ) -> Iterator[tuple[ControlPlaneProc, RunnerProc]]:
     stop_engine: Callable[[], None] = lambda: None  # noqa: E731
     if docker_host is None:
@@ -181,7 +270,10 @@ def fleet_stack(
     try:
         image = rig.ensure_triton_image(docker_host)
         # the control plane's own default poll interval (waits and leases re-read storage)
-        cp = start_control_plane(work / "cp", {"GPUFLEET_POLL_INTERVAL_S": str(poll_s)})
+        env = {"GPUFLEET_POLL_INTERVAL_S": str(poll_s)}
+        if grpc_port is not None:
+            env["GPUFLEET_GRPC_PORT"] = str(grpc_port)
+        cp = start_control_plane(work / "cp", env, store=store)
         with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as client:
             client.models.push(rig.MODEL_REPOSITORY / MODEL)
             token = client.admin.create_join_token(region="default").join_token
@@ -221,30 +313,46 @@ def render(results: list[Result], n: int, poll_s: float) -> None:
         title=f"add_sub [1,4] FP32, {n} requests per row, same Triton container "
         f"(control plane poll interval {poll_s:g} s)"
     )
-    columns = ("path", "concurrency", "p50 ms", "p99 ms", "req/s", "p50 overhead ms")
-    for col in (*columns, "submit / queue / run p50 ms", "CPU ms/job cp / runner"):
-        table.add_column(col, justify="left" if col == "path" else "right")
-    direct = {r.concurrency: r for r in results if r.path.startswith("direct")}
+    columns = ("store", "path", "concurrency", "p50 ms", "p99 ms", "req/s")
+    for col in (
+        *columns,
+        "p50 over direct ms",
+        "req/s vs direct",
+        "submit / queue / run p50 ms",
+        "CPU ms/req cp / runner",
+    ):
+        table.add_column(col, justify="left" if col in ("path", "store") else "right")
     for r in results:
-        base = direct.get(r.concurrency)
-        overhead = "" if r.path.startswith("direct") or base is None else f"{r.p50 - base.p50:.1f}"
+        base = next(
+            (
+                d
+                for d in results
+                if d.path.startswith("direct")
+                and d.concurrency == r.concurrency
+                and d.path.split()[-1] == ("grpc" if "grpc" in r.path else "http")
+            ),
+            None,
+        )
+        is_direct = r.path.startswith("direct")
         table.add_row(
+            r.store,
             r.path,
             str(r.concurrency),
-            f"{r.p50:.1f}",
-            f"{r.p99:.1f}",
+            f"{r.p50:.2f}",
+            f"{r.p99:.2f}",
             f"{r.throughput:.0f}",
-            overhead,
+            "" if is_direct or base is None else f"{r.p50 - base.p50:+.2f}",
+            "" if is_direct or base is None else f"{r.throughput / base.throughput:.0%}",
             " / ".join(f"{statistics.median(v):.0f}" for v in r.stages.values()),
-            " / ".join(f"{v:.0f}" for v in r.cpu_ms_per_job.values()),
+            " / ".join(f"{v:.2f}" for v in r.cpu_ms_per_job.values()),
         )
     console.print(table)
     console.print(
-        "direct: tritonclient.http (aio) to Triton's port; fleet: SDK submit + wait through "
-        "the control plane and the runner (lease → Triton over gRPC → complete); submit: "
-        "the submit call, queue: created → leased, run: leased → completed (job timestamps); "
-        "CPU ms/job: CPU time of the control plane (with its embedded moto) and of the runner "
-        "process, per fleet job"
+        "Overhead and throughput ratios compare with the direct row of the same protocol "
+        "(HTTP or gRPC) at the same concurrency. job: submit: the submit call, queue: "
+        "created → leased, run: leased → completed (job timestamps). CPU ms/req: CPU time "
+        "of the control-plane process and of the runner process per request (warm-up "
+        "included)."
     )
 
 
@@ -258,32 +366,86 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--poll-interval", type=float, default=0.5, help="control plane GPUFLEET_POLL_INTERVAL_S"
     )
+    parser.add_argument(
+        "--stores", default="sqlite,moto", help="embedded stores to run (sqlite, moto)"
+    )
+    parser.add_argument(
+        "--job-requests", type=int, default=0, help="requests of the job rows (default: same)"
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: list[Result] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="gfb-", dir="/tmp") as tmp,
-        fleet_stack(Path(tmp), args.docker_host, args.poll_interval) as (cp, runner),
-    ):
-        runner_id = runner.status()["runner_id"]
-        configure_runner(cp, runner_id, max(levels))
-        deadline = time.monotonic() + 30
-        while runner.status()["config"]["max_concurrency"] != max(levels):
-            if time.monotonic() > deadline:
-                raise SystemExit("bench: the runner did not take its new config")
-            time.sleep(0.2)
-        for c in levels:
-            console.print(f"bench: concurrency {c} ...")
-            results.append(asyncio.run(bench_direct(runner.http_port, args.requests, c)))
-            pids = {"control plane": cp.proc.pid, "runner": runner.pid}
-            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-            fleet = asyncio.run(bench_fleet(cp.url, cp.admin_key, args.requests, c))
-            jobs = args.requests + min(args.requests, 20)  # with the warm-up
-            fleet.cpu_ms_per_job = {
-                k: (cpu_seconds(pid) - before[k]) * 1000 / jobs for k, pid in pids.items()
-            }
-            results.append(fleet)
-        counters = runner.status()["counters"]
+    counters: dict[str, Any] = {}
+    for store in args.stores.split(","):
+        with tempfile.TemporaryDirectory(prefix="gfb-", dir="/tmp") as tmp:
+            grpc_port = rig.free_port()
+            with fleet_stack(Path(tmp), args.docker_host, args.poll_interval, store, grpc_port) as (
+                cp,
+                runner,
+            ):
+                runner_id = runner.status()["runner_id"]
+                configure_runner(cp, runner_id, max(levels))
+                deadline = time.monotonic() + 30
+                while runner.status()["config"]["max_concurrency"] != max(levels):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("bench: the runner did not take its new config")
+                    time.sleep(0.2)
+                while not runner.status().get("dispatch", {}).get("connected"):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("bench: the runner's dispatch channel did not open")
+                    time.sleep(0.2)
+                token = access_token(cp)
+                cp_host = cp.url.split("://", 1)[1]
+                pids = {"control plane": cp.proc.pid, "runner": runner.pid}
+                n_jobs = args.job_requests or args.requests
+                for c in levels:
+                    console.print(f"bench: {store}, concurrency {c} ...")
+                    grpc_direct = f"127.0.0.1:{runner.grpc_port}"
+                    grpc_cp = f"127.0.0.1:{grpc_port}"
+                    runs: list[tuple[Callable[[], Awaitable[Result]], int, bool]] = [
+                        (partial(bench_direct, runner.http_port, args.requests, c), 0, False),
+                        (
+                            partial(
+                                bench_kserve_grpc, grpc_direct, args.requests, c, None,
+                                "direct grpc",
+                            ),
+                            0,
+                            False,
+                        ),
+                        (
+                            partial(
+                                bench_kserve_http, cp_host, args.requests, c, token, "kserve http"
+                            ),
+                            args.requests,
+                            True,
+                        ),
+                        (
+                            partial(
+                                bench_kserve_grpc, grpc_cp, args.requests, c, token, "kserve grpc"
+                            ),
+                            args.requests,
+                            True,
+                        ),
+                        (
+                            partial(bench_sdk_infer, cp.url, cp.admin_key, args.requests, c),
+                            args.requests,
+                            True,
+                        ),
+                        (partial(bench_fleet, cp.url, cp.admin_key, n_jobs, c), n_jobs, True),
+                    ]  # fmt: skip
+                    for run, n, fleet_row in runs:
+                        before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                        res = asyncio.run(run())
+                        res.store = store if fleet_row else ""
+                        if fleet_row:
+                            total = n + min(n, 20)  # with the warm-up
+                            res.cpu_ms_per_job = {
+                                k: (cpu_seconds(pid) - before[k]) * 1000 / total
+                                for k, pid in pids.items()
+                            }
+                        if fleet_row or store == args.stores.split(",")[0]:
+                            results.append(res)
+                counters[store] = runner.status()["counters"]
     render(results, args.requests, args.poll_interval)
     console.print(f"runner counters: {counters}")
     return 0

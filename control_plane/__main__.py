@@ -1,9 +1,19 @@
-"""``python -m control_plane serve [--host H] [--port P] [--embedded] [--admin-key-file F]
-[--config FILE]``: run one control-plane process under uvicorn.
+"""``python -m control_plane serve [--host H] [--port P] [--grpc-port G] [--embedded
+[--data-dir DIR | --ephemeral] | --embedded-moto] [--admin-key-file F] [--config FILE]``:
+run one control-plane process under uvicorn.
+``python -m control_plane backup DEST [--data-dir DIR]``: a consistent copy of the embedded
+store's database (SQLite's online backup; safe while the control plane runs).
 
 Prints ``gpufleet control plane listening on http://H:P`` once it accepts connections
-(``--port 0`` picks a free port and prints it). SIGTERM/SIGINT shut it down cleanly
-(in-flight requests finish, the sweeper stops, the embedded moto server stops).
+(``--port 0`` picks a free port and prints it), and ``gpufleet KServe gRPC listening on
+H:G`` when the gRPC endpoint is on. SIGTERM/SIGINT shut it down cleanly (in-flight requests
+finish, the sweeper stops, the store is closed).
+
+Stores: ``--embedded`` uses the embedded SQLite store + local blobs under ``--data-dir``
+(default: the user's data directory; persistent); ``--ephemeral`` puts them in a temporary
+directory removed at exit; ``--embedded-moto`` runs the old in-process moto server
+(DynamoDB/S3 compatibility checks only). Without any, the DynamoDB tables and S3 bucket named
+in the settings.
 """
 
 from __future__ import annotations
@@ -13,16 +23,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from control_plane.app import build_services, create_app
-from control_plane.embedded import EmbeddedStorage, start_embedded
-from control_plane.settings import load_settings
+from control_plane.app import Services, build_services, create_app
+from control_plane.embedded import start_embedded
+from control_plane.settings import Settings, load_settings
+from control_plane.storage.embedded_store import DataDirInUse
+from control_plane.storage.sqlite.schema import SchemaTooNew
+from control_plane.storage.stores import build_stores
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,13 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 = a free port")
     serve.add_argument(
-        "--embedded", action="store_true", help="run on an in-process moto server (no AWS)"
+        "--embedded",
+        action="store_true",
+        help="run on the embedded store (SQLite + local blobs under --data-dir; no AWS)",
+    )
+    serve.add_argument(
+        "--data-dir", type=Path, help="embedded store directory (default: user data dir)"
+    )
+    serve.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="embedded store in a temporary directory, removed at exit",
+    )
+    serve.add_argument(
+        "--embedded-moto",
+        action="store_true",
+        help="run on an in-process moto server (DynamoDB/S3 compatibility checks)",
+    )
+    serve.add_argument(
+        "--grpc-port", type=int, help="serve KServe v2 gRPC on this port (0 = a free port)"
     )
     serve.add_argument(
         "--admin-key-file", type=Path, help="write a fresh admin API key (tenant default) here"
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     serve.add_argument("--log-level", default="warning")
+    backup = sub.add_parser("backup", help="copy the embedded store's database (online)")
+    backup.add_argument("dest", type=Path, help="file to write (must not exist)")
+    backup.add_argument("--data-dir", type=Path, help="embedded store directory")
+    backup.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     return parser
 
 
@@ -73,15 +111,48 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-async def _serve(server: uvicorn.Server, host: str) -> None:
+async def _serve(
+    server: uvicorn.Server, host: str, services: Services, grpc_port: int | None
+) -> None:
     task = asyncio.create_task(server.serve())
     # uvicorn exposes readiness only as a flag, hence the short poll.
     while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+    grpc = None
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"gpufleet control plane listening on http://{host}:{port}", flush=True)
-    await task
+        url = f"http://{host}:{port}"
+        if services.stores is not None and not services.settings.public_url:
+            services.stores.set_public_url(url)
+        if grpc_port is not None:
+            from control_plane.api.kserve_grpc import KServeGrpcServer
+
+            grpc = KServeGrpcServer(services, host, grpc_port)
+            bound = await grpc.start()
+            print(f"gpufleet KServe gRPC listening on {host}:{bound}", flush=True)
+        print(f"gpufleet control plane listening on {url}", flush=True)
+    try:
+        await task
+    finally:
+        if grpc is not None:
+            await grpc.stop(5.0)
+
+
+def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]:
+    """Settings for the chosen store, and the moto server to stop (``--embedded-moto``)."""
+    if args.embedded_moto:
+        embedded = start_embedded()
+        return embedded.settings, embedded
+    overrides: dict[str, Any] = {}
+    if args.embedded or args.ephemeral:
+        overrides["embedded"] = True
+        if tmp is not None:
+            overrides["data_dir"] = Path(tmp)
+        elif args.data_dir is not None:
+            overrides["data_dir"] = args.data_dir
+    if args.grpc_port is not None:
+        overrides["grpc_port"] = args.grpc_port
+    return load_settings(**overrides), None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -92,25 +163,64 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("werkzeug").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.config is not None:
         os.environ["GPUFLEET_CONFIG_FILE"] = str(args.config)
-    embedded: EmbeddedStorage | None = None
-    if args.embedded:
-        embedded = start_embedded()
-        settings = embedded.settings
-    else:
-        settings = load_settings()
+    tmp = tempfile.mkdtemp(prefix="gpufleet-") if args.ephemeral else None
+    moto = None
+    stores = None
     try:
-        services = build_services(settings)
+        settings, moto = _settings(args, tmp)
+        try:
+            stores = build_stores(settings)
+        except (DataDirInUse, SchemaTooNew) as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        services = build_services(settings, stores)
         if args.admin_key_file is not None:
             created = services.auth.issue_api_key("default", "admin", "bootstrap admin")
             write_secret_file(args.admin_key_file, created.api_key)
         app = create_app(settings, services)
         config = uvicorn.Config(
-            app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on"
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            lifespan="on",
+            ws_per_message_deflate=False,
+            ws_max_size=settings.max_body_bytes,
         )
-        asyncio.run(_serve(_Server(config), args.host))
+        asyncio.run(_serve(_Server(config), args.host, services, settings.grpc_port))
     finally:
-        if embedded is not None:
-            embedded.stop()
+        if stores is not None:
+            stores.close()
+        if moto is not None:
+            moto.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def backup(args: argparse.Namespace) -> int:
+    """Copy the embedded database with SQLite's online backup API (consistent snapshot)."""
+    from control_plane.storage.embedded_store import DB_FILE, default_data_dir
+    from control_plane.storage.sqlite.db import Database
+
+    if args.config is not None:
+        os.environ["GPUFLEET_CONFIG_FILE"] = str(args.config)
+    settings = load_settings()
+    data_dir = Path(args.data_dir or settings.data_dir or default_data_dir())
+    source = data_dir / DB_FILE
+    if not source.exists():
+        print(f"error: no embedded store at {source}", file=sys.stderr)
+        return 2
+    if args.dest.exists():
+        print(f"error: {args.dest} exists; give a new file", file=sys.stderr)
+        return 2
+    db = Database(source)
+    try:
+        db.backup(args.dest)
+    finally:
+        db.close()
+    os.chmod(args.dest, 0o600)
+    print(f"backed up {source} to {args.dest} (model files and blobs: copy {data_dir / 'blobs'})")
     return 0
 
 
@@ -119,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "backup":
+        return backup(args)
     return 2  # pragma: no cover - argparse rejects other commands
 
 

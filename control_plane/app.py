@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +23,9 @@ from starlette.routing import BaseRoute
 from control_plane.api import (
     kserve,
     routes_auth,
+    routes_blobs,
+    routes_channel,
+    routes_infer,
     routes_jobs,
     routes_models,
     routes_payloads,
@@ -38,66 +41,91 @@ from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
+from control_plane.services.dispatch import Dispatcher
+from control_plane.services.inference import InferenceService
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
-from control_plane.storage.aws import make_clients
-from control_plane.storage.dynamo_auth import DynamoAuthStore
-from control_plane.storage.dynamo_jobs import DynamoJobStore
-from control_plane.storage.dynamo_runners import DynamoNonceStore, DynamoRunnerStore
-from control_plane.storage.dynamo_webhooks import DynamoWebhookSecretStore, DynamoWebhookStore
+from control_plane.storage.stores import Stores, build_stores
 
 __all__ = ["Services", "build_services", "create_app", "routes"]
 
 log = logging.getLogger(__name__)
 
 
-def build_services(settings: Settings) -> Services:
-    """Every service on the tables and bucket named in ``settings``."""
+def build_services(settings: Settings, stores: Stores | None = None) -> Services:
+    """Every service on ``stores`` (default: the stores the settings name), built once."""
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
 
-    dynamodb, s3 = make_clients(settings)
-    jobs, models = build_job_service(settings, dynamodb, s3)
+    st = stores if stores is not None else build_stores(settings)
+    jobs, models = build_job_service(settings, st)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = AuthService(
-        DynamoAuthStore(dynamodb, settings.table("auth")),
+        st.auth,
         jwt_secret=secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
     )
-    nonces = DynamoNonceStore(dynamodb, settings.table("nonces"))
     runners = RunnerService(
-        DynamoRunnerStore(dynamodb, settings.table("runners")),
-        nonces,
+        st.runners,
+        st.nonces,
         auth.redeem_join_token,
         jobs.cancelled_among,
         window_s=settings.runner_signature_window_s,
         offline_after_s=settings.runner_offline_after_s,
     )
     webhooks = WebhookService(
-        DynamoWebhookStore(dynamodb, settings.table("webhooks")),
-        DynamoWebhookSecretStore(dynamodb, settings.table("auth")),
+        st.webhooks,
+        st.webhook_secrets,
         jobs.get,
-        record_of=DynamoJobStore(dynamodb, settings.table("jobs")).get_job,
+        record_of=st.jobs.jobs.get_job,
         allow_loopback=settings.webhooks_allow_loopback,
         grace_s=settings.webhook_secret_grace_s,
         shards=settings.webhook_shards,
     )
     jobs.request_checks.append(webhooks.validate_request)
-    deployments = build_deployment_service(settings, dynamodb, s3, models, runners, jobs)
+    deployments = build_deployment_service(settings, st, models, runners, jobs)
     jobs.on_record_transition.append(webhooks.job_record_transition)
+    dispatch = (
+        Dispatcher(
+            queue_wait_s=settings.dispatch_queue_wait_s,
+            max_waiters=settings.dispatch_max_waiters,
+        )
+        if settings.dispatch_enabled
+        else None
+    )
+    inference = InferenceService(
+        jobs, dispatch, wait_s=settings.infer_wait_s, max_wait_s=settings.max_wait_s
+    )
     checks = {
         "jobs": jobs.ping,
         "auth": auth.ping,
         "runners": runners.ping,
-        "nonces": nonces.ping,
+        "nonces": _ping_of(st.nonces),
         "webhooks": webhooks.ping,
     }
-    return Services(settings, auth, runners, jobs, models, checks, webhooks, deployments)
+    return Services(
+        settings,
+        auth,
+        runners,
+        jobs,
+        models,
+        checks,
+        webhooks,
+        deployments,
+        dispatch=dispatch,
+        inference=inference,
+        stores=st,
+    )
+
+
+def _ping_of(store: object) -> Callable[[], None]:
+    ping = getattr(store, "ping", None)
+    return ping if callable(ping) else (lambda: None)
 
 
 def routes() -> list[BaseRoute]:
@@ -111,6 +139,9 @@ def routes() -> list[BaseRoute]:
         *webhook_routes.ROUTES,
         *routes_payloads.ROUTES,
         *kserve.ROUTES,
+        *routes_blobs.ROUTES,
+        *routes_channel.ROUTES,
+        *routes_infer.ROUTES,
     ]
 
 
@@ -139,6 +170,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     hooks = getattr(svc.jobs, "on_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(metrics.observe_transition)
+    if svc.dispatch is not None:
+        svc.dispatch.on_result.append(metrics.observe_dispatch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,13 +193,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         routes=table,
         middleware=[
             Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(
+                BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)
+            ),
             Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.state.blobs = svc.stores.blobs if svc.stores is not None else None
     app.state.metrics = metrics
     app.state.count_completions = not isinstance(hooks, list)
     app.state.openapi = build_openapi(table, package_version())

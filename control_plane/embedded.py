@@ -102,7 +102,6 @@ def start_embedded(**overrides: Any) -> EmbeddedStorage:
                 **overrides,
                 "dynamodb_endpoint_url": endpoint,
                 "s3_endpoint_url": endpoint,
-                "embedded": True,
             }
         )
         dynamodb, s3 = make_clients(settings)

@@ -139,7 +139,25 @@ class Metrics:
             ["model", "status"],
             registry=self.registry,
         )
+        self.dispatched = Counter(
+            "gpufleet_infer_dispatched",
+            "Synchronous inferences dispatched in memory to a connected runner, by outcome.",
+            ["model", "runner", "outcome"],
+            registry=self.registry,
+        )
+        self.dispatch_latency = Histogram(
+            "gpufleet_infer_dispatch_duration_seconds",
+            "Time from dispatch to the runner's answer (slot wait included), per model.",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
         self.registry.register(_FleetCollector(queue_depths, runners))
+
+    def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
+        """A dispatcher hook: one synchronous inference answered (or failed)."""
+        self.dispatched.labels(model, runner, outcome).inc()
+        self.dispatch_latency.labels(model).observe(seconds)
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""
@@ -182,6 +200,9 @@ class RequestTimer:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.request_latency.labels(
-                self._template(scope), scope["method"], str(status)
-            ).observe(time.perf_counter() - start)
+            # The router leaves the matched route in the scope; match by hand only for
+            # requests it did not route (404s, middleware answers).
+            template = getattr(scope.get("route"), "path", None) or self._template(scope)
+            self.metrics.request_latency.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - start
+            )

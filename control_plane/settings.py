@@ -131,8 +131,48 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64, description="Shards of the due-delivery index (no hot key)."
     )
 
+    # synchronous inference (services/dispatch.py)
+    dispatch_enabled: bool = Field(
+        default=True,
+        description="Hand synchronous inference to runners connected to this replica "
+        "(in memory); off = every infer call is a durable job.",
+    )
+    dispatch_queue_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a synchronous infer waits for a free runner slot before 429.",
+    )
+    dispatch_max_waiters: int = Field(
+        default=1024, ge=0, description="Most synchronous infer calls waiting for a slot (429)."
+    )
+    channel_recheck_s: float = Field(
+        default=5.0, gt=0, description="How often a runner channel re-checks revocation."
+    )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the KServe v2 gRPC endpoint (0 = a free port); None = off.",
+    )
+
     # embedded
-    embedded: bool = Field(default=False, description="Run on an in-process moto server.")
+    embedded: bool = Field(default=False, description="Run on the embedded store.")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Embedded store directory (SQLite file + blobs); None = the user's data "
+        "directory.",
+    )
+    sqlite_synchronous: str = Field(
+        default="NORMAL",
+        pattern="^(NORMAL|FULL)$",
+        description="SQLite `synchronous` of the embedded store: NORMAL survives a process "
+        "crash, FULL also a power loss (slower).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="URL clients reach this control plane on (embedded blob URLs); None = "
+        "the address it listens on.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.backends.base import TritonBackend
 from runner.cache import ContentCache
+from runner.channel import DispatchChannel
 from runner.cp_client import ControlPlaneClient
 from runner.credentials import load_or_create_secret
 from runner.gpu import GpuReader, Nvml
@@ -96,6 +97,9 @@ class Daemon:
             busy=self._busy_models,
         )
         self.jobs = JobLoop(self.state, self.client, self.identity, backend.engine, self.models)
+        self.channel = DispatchChannel(
+            self.state, self.identity, backend.engine, self.models, settings.control_plane_url
+        )
         self.heartbeat = Heartbeat(
             self.state,
             self.client,
@@ -144,6 +148,11 @@ class Daemon:
                 for j, e in st.inflight.items()
             ],
             "counters": vars(st.counters),
+            "dispatch": {
+                "connected": self.channel.connected,
+                "in_flight": st.dispatch_inflight,
+                "served": self.channel.served,
+            },
             "last_heartbeat_at": st.last_heartbeat_at,
             "last_error": st.last_error,
         }
@@ -184,10 +193,18 @@ class Daemon:
             self._spawn("triton-watch", self.supervisor.run(loops_stop))
             self._spawn("model-sync", self.models.run(loops_stop))
             lease = self._spawn("lease", self.jobs.run(self.shutdown))
+            channel = (
+                self._spawn("dispatch-channel", self.channel.run(self.shutdown))
+                if self.settings.dispatch
+                else None
+            )
             await self.shutdown.wait()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(lease, 5)
             await self.jobs.drain(self.settings.lease_grace_s)
+            if channel is not None:  # closes once its requests in flight are answered
+                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                    await asyncio.wait_for(channel, self.settings.lease_grace_s)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.heartbeat.beat_once(), 5)
             return 0

@@ -98,7 +98,7 @@ class JobLoop:
         if cfg.drain:
             await wait_event(stop, 1.0)
             return False
-        free = cfg.max_concurrency - len(self._state.inflight)
+        free = cfg.max_concurrency - len(self._state.inflight) - self._state.dispatch_inflight
         if free <= 0:
             self._state.slot_freed.clear()
             await wait_event(self._state.slot_freed, 1.0)

@@ -163,6 +163,11 @@ class RunnerSettings(BaseSettings):
         default=8765, ge=0, le=65535, description="Local status port on 127.0.0.1 (0: any free)."
     )
     status_enabled: bool = Field(default=True, description="Serve the local status port.")
+    dispatch: bool = Field(
+        default=True,
+        description="Keep the dispatch channel open: synchronous inference from the control "
+        "plane in memory (off = durable jobs only).",
+    )
     log_level: str = Field(default="INFO", description="Logging level.")
 
     # file source, set by the CLI's --config (never from the environment)

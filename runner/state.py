@@ -46,6 +46,7 @@ class RunnerState:
     last_heartbeat_at: float | None = None
     last_error: str | None = None
     stopping: bool = False
+    dispatch_inflight: int = 0  # synchronous requests from the dispatch channel (slots)
     started_at: float = field(default_factory=time.time)
 
 

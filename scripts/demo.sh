@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: an embedded control plane (moto in process) and one runner with a real Triton
+# `make demo`: an embedded control plane (SQLite + local blobs) and one runner with a real Triton
 # server when it can: the docker backend on a reachable (or privately started) Docker engine
 # with the CPU Triton image, else the process backend (a local `tritonserver`), else the
 # mock backend with a loud notice. Pushes model_repository/add_sub, runs jobs through the
@@ -66,8 +66,8 @@ if [ "$BACKEND" = mock ]; then
 fi
 echo "demo: backend = $BACKEND"
 
-# ---- control plane (embedded moto)
-$PY -m control_plane serve --embedded --host 127.0.0.1 --port "$CP_PORT" \
+# ---- control plane (embedded store: SQLite + local blobs in the demo's temporary directory)
+$PY -m control_plane serve --embedded --data-dir "$WORK/data" --host 127.0.0.1 --port "$CP_PORT" \
   --admin-key-file "$WORK/admin.key" >"$WORK/control-plane.log" 2>&1 &
 PIDS+=($!)
 URL="http://127.0.0.1:$CP_PORT"

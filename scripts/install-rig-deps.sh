@@ -9,6 +9,9 @@ set -euo pipefail
 
 deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
+# perf_analyzer in its own venv (.cache/perf-analyzer; exit 2: no binary for this platform)
+bash "$(dirname "$0")/install-perf-analyzer.sh" >/dev/null || [ $? -eq 2 ]
+
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)

@@ -32,10 +32,14 @@ from gpufleet.wire import (
 from starlette.requests import Request
 
 from control_plane.services.auth import AuthService
+from control_plane.services.dispatch import Dispatcher
+from control_plane.services.inference import InferenceService
 from control_plane.services.principal import Principal
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
+from control_plane.storage.protocols import ModelVersionRecord
+from control_plane.storage.stores import Stores
 
 
 class JobsPort(Protocol):
@@ -57,6 +61,9 @@ class JobsPort(Protocol):
     def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse: ...
     def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse: ...
     def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]: ...
+    def infer_target(
+        self, p: Principal, req: JobRequest, *, cached_only: bool = False
+    ) -> ModelVersionRecord | None: ...
     def sweep(self) -> dict[str, int]: ...
     def queue_depths(self) -> dict[str, int]: ...
     def ping(self) -> None: ...
@@ -95,6 +102,9 @@ class Services:
     checks: dict[str, Callable[[], None]] = field(default_factory=dict)
     webhooks: WebhookService | None = None
     deployments: DeploymentsPort | None = None
+    dispatch: Dispatcher | None = None
+    inference: InferenceService | None = None
+    stores: Stores | None = None
 
 
 def services(request: Request) -> Services:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from control_plane.errors import GpufleetError, InvalidRequest, RateLimited
+from control_plane.services.dispatch import InferenceFailed
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,13 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def failure_status(exc: InferenceFailed) -> int:
+    """HTTP status of a failed inference: cancelled 409, the caller's fault 400, else 500."""
+    if exc.code == "cancelled":
+        return 409
+    return 400 if exc.client_fault else 500
+
+
 async def on_gpufleet_error(request: Request, exc: Exception) -> Response:
     """The one mapping of domain error codes to HTTP statuses."""
     assert isinstance(exc, GpufleetError)
@@ -81,7 +89,11 @@ async def on_gpufleet_error(request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))
     if isinstance(exc, HttpError):
         headers.update(exc.headers)
-    status = STATUS_BY_CODE.get(exc.code, 500)
+    status = (
+        failure_status(exc)
+        if isinstance(exc, InferenceFailed)
+        else STATUS_BY_CODE.get(exc.code, 500)
+    )
     if status >= 500:
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
     return error_response(exc.code, exc.message, exc.details, status, headers or None)

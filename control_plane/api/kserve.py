@@ -20,18 +20,12 @@ import functools
 import logging
 import math
 import re
-import time
 from typing import Any
 
-import httpx
-from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import (
     NAME_PATTERN,
-    TERMINAL_STATUSES,
     VERSION_PATTERN,
-    JobView,
     ModelVersionView,
-    Tensor,
 )
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control_plane.api.context import Services, services
-from control_plane.api.errors import STATUS_BY_CODE, validation_details
+from control_plane.api.errors import STATUS_BY_CODE, failure_status, validation_details
 from control_plane.api.http import send
 from control_plane.api.kserve_binary import (
     BINARY_CONTENT_TYPE,
@@ -56,10 +50,11 @@ from control_plane.api.kserve_wire import (
     V2ModelConfig,
     V2ModelMetadata,
     V2ModelReady,
+    V2OutputTensor,
     V2Ready,
     V2ServerMetadata,
     binary_selector,
-    to_infer_response,
+    flatten,
     to_job_request,
     to_model_metadata,
 )
@@ -75,9 +70,10 @@ from control_plane.errors import (
     RateLimited,
     Unavailable,
 )
+from control_plane.services.dispatch import InferenceFailed
 from control_plane.services.principal import Principal
 
-__all__ = ["ROUTES", "JobOutcome"]
+__all__ = ["ROUTES", "JobOutcome", "run_infer"]
 
 log = logging.getLogger(__name__)
 
@@ -210,52 +206,48 @@ async def model_config(request: Request) -> Response:
 # --------------------------------------------------------------------------- infer
 
 
-async def _wait(svc: Services, p: Principal, job_id: str, wait_s: float) -> JobView:
-    """Wait up to ``wait_s`` for the job, in long polls of at most ``max_wait_s``."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        left = deadline - time.monotonic()
-        view = await svc.jobs.wait(p, job_id, max(0.0, min(left, svc.settings.max_wait_s)))
-        if view.status in TERMINAL_STATUSES or deadline - time.monotonic() <= 0:
-            return view
+def _tensor_fields(t: Any) -> tuple[str, str, list[int], list[Any]]:
+    if isinstance(t, dict):
+        return t["name"], t["datatype"], t["shape"], t.get("data") or []
+    return t.name, t.datatype, t.shape, t.data or []
 
 
-def _outcome(view: JobView, wait_s: float) -> JobOutcome:
-    """Why a job gives no outputs: FAILED 400/500, TIMED_OUT/not done 504, CANCELLED 409."""
-    details = {"job_id": view.id, "status": view.status}
-    err = view.error
-    if view.status == "FAILED":
-        code = err.code if err else "failed"
-        message = err.message if err else f"job {view.id} failed"
-        return JobOutcome(code, message, 400 if code in _CLIENT_FAULTS else 500, details)
-    if view.status == "TIMED_OUT":
-        message = f"job {view.id} timed out" + (f": {err.message}" if err else "")
-        return JobOutcome("timeout", message, 504, details)
-    if view.status == "CANCELLED":
-        return JobOutcome("cancelled", f"job {view.id} was cancelled", 409, details)
-    return JobOutcome(
-        "timeout",
-        f"job {view.id} did not finish within {wait_s:g}s (it is {view.status}); "
-        f"GET /v1/jobs/{view.id} returns its result later",
-        504,
-        details,
-    )
+async def run_infer(
+    svc: Services,
+    p: Principal,
+    model: str,
+    version: str | None,
+    req: V2InferRequest,
+    *,
+    idempotency_key: str | None = None,
+    on_submit: Any = None,
+) -> V2InferResponse:
+    """The KServe infer core shared by HTTP and gRPC: the KServe request → the inference
+    service (dispatch or durable job) → the KServe response.
 
-
-async def _outputs(view: JobView) -> list[Tensor]:
-    """The job's outputs, inline or fetched from the bucket (``outputs_url``)."""
-    if view.outputs is not None:
-        return view.outputs
-    if view.outputs_url is None:
-        return []
+    Raises ``GpufleetError`` subclasses (``JobOutcome`` carries the status to answer)."""
+    assert svc.inference is not None
+    wait_s = svc.settings.infer_wait_s
+    job = to_job_request(model, version, req, ttl_s=max(1, math.ceil(wait_s)))
     try:
-        async with httpx.AsyncClient(timeout=30.0) as http:
-            resp = await http.get(view.outputs_url)
-            resp.raise_for_status()
-            arrays = decode_outputs(resp.content)  # binary (runner) or JSON (fallback)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise Unavailable(f"could not read the outputs of job {view.id}: {exc}") from exc
-    return [to_tensor(name, array) for name, array in arrays.items()]
+        res = await svc.inference.infer(
+            p, job, idempotency_key=idempotency_key, on_submit=on_submit
+        )
+    except InferenceFailed as exc:
+        raise JobOutcome(exc.code, exc.message, failure_status(exc), exc.details) from exc
+    outputs = []
+    for t in res.outputs:
+        name, datatype, shape, data = _tensor_fields(t)
+        outputs.append(
+            V2OutputTensor(name=name, datatype=datatype, shape=shape, data=flatten(data))
+        )
+    return V2InferResponse(
+        model_name=res.model,
+        model_version=res.version,
+        id=req.id,
+        parameters={"job_id": res.job_id} if res.job_id else None,
+        outputs=outputs,
+    )
 
 
 async def infer(request: Request) -> Response:
@@ -265,18 +257,19 @@ async def infer(request: Request) -> Response:
     doc, blob = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     attach_binary_inputs(doc, blob)
     req = V2InferRequest.model_validate(doc)
-    wait_s = svc.settings.infer_wait_s
-    job = to_job_request(model, version, req, ttl_s=max(1, math.ceil(wait_s)))
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
-    view, created = await run_in_threadpool(svc.jobs.submit, p, job, key)
-    if created:
-        request.app.state.metrics.jobs_submitted.labels(model).inc()
-    view = await _wait(svc, p, view.id, wait_s)
-    if view.status != "SUCCEEDED":
-        raise _outcome(view, wait_s)
-    result = to_infer_response(view, req.id, await _outputs(view))
+    submitted = request.app.state.metrics.jobs_submitted
+    result = await run_infer(
+        svc,
+        p,
+        model,
+        version,
+        req,
+        idempotency_key=key,
+        on_submit=lambda m: submitted.labels(m).inc(),
+    )
     body, header_length = encode_response(
         result.model_dump(mode="json", exclude_none=True), binary_selector(req)
     )

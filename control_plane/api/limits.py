@@ -14,14 +14,18 @@ from control_plane.errors import PayloadTooLarge
 
 
 class BodyLimitMiddleware:
-    """Reject request bodies larger than ``max_bytes`` with 413."""
+    """Reject request bodies larger than ``max_bytes`` with 413. Paths under ``exempt``
+    (the embedded store's blob URLs, which stream to disk under their own limit) pass."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.exempt and str(scope.get("path", "")).startswith(self.exempt)
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):

@@ -130,7 +130,8 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     refs, defs = _schemas(specs)
     paths: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, refs)
+        path = _PARAM.sub(r"{\1}", spec.path)  # OpenAPI templates: {key}, not {key:path}
+        paths.setdefault(path, {})[spec.method.lower()] = _operation(spec, refs)
     method: Literal["3.1.0"] = "3.1.0"
     return {
         "openapi": method,

@@ -92,12 +92,15 @@ class AuthService:
             raise Unauthorized("refresh token expired")
         if self._store.family_revoked(rec.family):
             raise Unauthorized("refresh token revoked")
+        # A family stays revoked until its newest possible token expires (the reused one
+        # may be older than tokens rotated after it).
+        family_until = self._now() + self._refresh_ttl_s
         if not self._store.mark_refresh_used(token_id):
-            self._store.revoke_family(rec.family, rec.expires_at)
+            self._store.revoke_family(rec.family, family_until)
             raise Unauthorized("refresh token reused; its family is revoked")
         key = self._store.find_api_key(rec.key_id)
         if key is None or key.revoked:
-            self._store.revoke_family(rec.family, rec.expires_at)
+            self._store.revoke_family(rec.family, family_until)
             raise Unauthorized("api key revoked")
         return self._pair(key, family=rec.family)
 

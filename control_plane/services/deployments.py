@@ -421,24 +421,19 @@ def _state_on(r: RunnerRecord | None, name: str, version: str | None) -> str | N
 
 def build_deployment_service(
     settings: Settings,
-    dynamodb: Any,
-    s3: Any,
+    stores: Any,
     models: ModelService,
     runners: RunnerService,
     jobs: JobService,
 ) -> DeploymentService:
-    """The deployment service on the models table, wired into the runner and job services."""
-    from control_plane.storage.blobs import S3BlobStore
-    from control_plane.storage.dynamo_models import DynamoModelStore
-    from control_plane.storage.dynamo_runners import DynamoRunnerStore
-
-    store = DynamoModelStore(dynamodb, settings.table("models"))
-    runner_store = DynamoRunnerStore(dynamodb, settings.table("runners"))
+    """The deployment service on ``stores``, wired into the runner and job services."""
+    store = stores.deployments
+    runner_store = stores.runners
     svc = DeploymentService(
         store,
         store,
         models,
-        S3BlobStore(s3, settings.bucket),
+        stores.blobs,
         runner_store.list_runners,
         runner_store.find_runner,
         jobs.queue_snapshot,

@@ -170,6 +170,36 @@ class JobService:
         )
         return rec
 
+    def infer_target(
+        self, p: Principal, req: JobRequest, *, cached_only: bool = False
+    ) -> ModelVersionRecord | None:
+        """The READY version a synchronous inference of ``req`` runs on, its tensors checked
+        as a submit checks them. ``cached_only``: None instead of a storage read when this
+        replica has no fresh record (the caller then asks again off the event loop)."""
+        p.require("jobs:write")
+        key = (p.tenant, p.is_admin, req.model, req.model_version)
+        hit = self._ready_cache.get(key)
+        if (
+            hit is not None
+            and hit[1] == self._models.generation
+            and time.monotonic() - hit[0] < MODEL_CACHE_S
+        ):
+            rec = hit[2]
+        elif cached_only:
+            return None
+        else:
+            rec = self._ready_record(p, req.model, req.model_version)
+        validate_tensors(
+            req.inputs,
+            req.outputs,
+            rec.inputs,
+            rec.outputs,
+            rec.max_batch_size,
+            max_inline_bytes=self._settings.max_inline_bytes,
+            check_payload=lambda i, t: self.payloads.check_input(p.tenant, i, t),
+        )
+        return rec
+
     def _check_depth(self, model: str, adding: int = 1) -> None:
         """429 when the queue of ``model`` is full. A depth read in the last ``DEPTH_CACHE_S``
         plus this replica's submits since is trusted while it stays under half the limit."""
@@ -538,23 +568,7 @@ class JobService:
         self._blobs.ping()
 
 
-def build_job_service(
-    settings: Settings, dynamodb: Any, s3: Any
-) -> tuple[JobService, ModelService]:
-    """The job and model services on the tables and bucket named in ``settings``."""
-    from control_plane.storage.blobs import S3BlobStore
-    from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
-    from control_plane.storage.dynamo_jobs import DynamoJobStore
-    from control_plane.storage.dynamo_models import DynamoModelStore
-    from control_plane.storage.dynamo_queue import DynamoQueueStore
-
-    blobs = S3BlobStore(s3, settings.bucket)
-    models = ModelService(settings, DynamoModelStore(dynamodb, settings.table("models")), blobs)
-    store = JobStore(
-        jobs=DynamoJobStore(dynamodb, settings.table("jobs")),
-        queue=DynamoQueueStore(
-            dynamodb, settings.table("queue"), settings.table("leases"), settings.table("models")
-        ),
-        idempotency=DynamoIdempotencyStore(dynamodb, settings.table("idempotency")),
-    )
-    return JobService(settings, store, models, blobs), models
+def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, ModelService]:
+    """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``)."""
+    models = ModelService(settings, stores.models, stores.blobs)
+    return JobService(settings, stores.jobs, models, stores.blobs), models

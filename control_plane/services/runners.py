@@ -149,6 +149,10 @@ class RunnerService:
         p.require("runners:read")
         return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
 
+    def find(self, runner_id: str) -> RunnerRecord | None:
+        """One runner's record (None when unknown)."""
+        return self._store.find_runner(runner_id)
+
     def records(self) -> list[RunnerRecord]:
         """Raw records (for metrics collection at scrape time)."""
         return self._store.list_runners()

@@ -19,6 +19,8 @@ from gpufleet.wire import (
     ApiKeyCreated,
     BatchAccepted,
     BatchJobRequest,
+    InferRequest,
+    InferResponse,
     JobAccepted,
     JobList,
     JobRequest,
@@ -160,6 +162,38 @@ def submit(core: Core, req: JobRequest, idempotency_key: str | None) -> Op[JobVi
         region=req.region,
         tags=req.tags,
     )
+
+
+def infer(
+    core: Core,
+    model: str,
+    inputs: Inputs,
+    version: str | None,
+    timeout: float | None,
+    outputs: Iterable[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> Op[dict[str, np.ndarray[Any, Any]]]:
+    """``POST /v1/models/{model}/infer``: synchronous inference, answered on the call.
+
+    Retried on 503 and connection errors (inference is safe to repeat: a runner lost
+    mid-request answers 503); a failed inference raises the API error (400 for inputs the
+    model refuses, 500 for a model error, 504 past ``timeout``)."""
+    tensors = yield from encode_inputs(core, inputs, INLINE_LIMIT_BYTES)
+    body = InferRequest(
+        model_version=version,
+        inputs=tensors,
+        outputs=[OutputRequest(name=n) for n in outputs] if outputs is not None else None,
+        parameters=dict(parameters or {}),
+        timeout_s=min(timeout, 3600.0) if timeout else None,
+    )
+    resp = yield from core.request(
+        "POST",
+        f"/v1/models/{seg(model)}/infer",
+        json=_dump(body),
+        idempotent=True,
+        timeout=core.timeout + (timeout or 0.0),
+    )
+    return to_arrays(InferResponse.model_validate(resp.json()).outputs)
 
 
 def submit_batch(core: Core, reqs: list[JobRequest]) -> Op[list[str]]:

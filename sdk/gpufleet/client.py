@@ -203,10 +203,20 @@ class Client:
         timeout: float | None = 600.0,
         **submit_args: Any,
     ) -> dict[str, np.ndarray[Any, Any]]:
-        """Submit, wait and decode: ``{"OUTPUT0": array, …}``.
+        """Synchronous inference: ``{"OUTPUT0": array, …}``.
 
-        Raises :class:`~gpufleet.errors.JobFailedError` (with the job's error) when the
-        job ends FAILED, TIMED_OUT or CANCELLED."""
+        Without job options this is ``POST /v1/models/{model}/infer``: answered in memory
+        by a runner connected to the control plane (milliseconds), else run as a job that
+        the call waits for; retried on 503 (a runner lost mid-request). A failed inference
+        raises :class:`~gpufleet.errors.APIError` (400 inputs refused, 500 model error, 504
+        ``timeout``). With job options (``priority``, ``webhook``, ``tags``, ``ttl_s``, …)
+        it submits a durable job and waits for it; then :class:`JobFailedError` (with the
+        job's error) reports a FAILED, TIMED_OUT or CANCELLED job."""
+        if set(submit_args) <= {"outputs", "parameters"}:
+            return self._run(
+                _ops.infer(self._core, model, inputs, version, timeout,
+                           submit_args.get("outputs"), submit_args.get("parameters"))
+            )  # fmt: skip
         job = self.submit(model, inputs, model_version=version, **submit_args)
         return self.outputs(self.wait(job.id, timeout=timeout))
 

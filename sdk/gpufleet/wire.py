@@ -122,6 +122,35 @@ class JobRequest(Strict):
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
 
 
+class InferRequest(Strict):
+    """``POST /v1/models/{model}/infer``: synchronous inference, same tensors as a job."""
+
+    api_version: Literal["v1"] = API_VERSION
+    model_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    inputs: list[Tensor] = Field(min_length=1, max_length=64)
+    outputs: list[OutputRequest] | None = Field(default=None, max_length=64)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="Default: the server's infer_wait_s."
+    )
+
+
+class InferResponse(Response):
+    """The answer of a synchronous inference.
+
+    ``path`` says how it ran: ``dispatch`` (in memory to a connected runner) or ``job``
+    (the durable queue; ``job_id`` names the job). ``timings`` (milliseconds) break the
+    runner's time down: ``receive`` (frame to Triton call), ``triton``, ``total``."""
+
+    model: str
+    model_version: str
+    outputs: list[Tensor]
+    path: Literal["dispatch", "job"]
+    job_id: str | None = None
+    runner_id: str | None = None
+    timings: dict[str, float] | None = None
+
+
 class BatchJobRequest(Strict):
     api_version: Literal["v1"] = API_VERSION
     jobs: list[JobRequest] = Field(min_length=1, max_length=100)

@@ -1,48 +1,50 @@
-"""Contract of the job, queue, idempotency and model stores and the blob store against moto
-over HTTP: assert on state, and on who wins each conditional write."""
+"""Contract of the job, queue and idempotency stores on every backend (``backend`` in
+conftest.py: the embedded SQLite store and DynamoDB on moto over HTTP), and of the model and
+blob stores on moto: assert on state, and on who wins each conditional write."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.errors import InvalidRequest, NotFound, Unavailable
+from control_plane.services.queue_keys import due_before, queue_sk
 from control_plane.storage.blobs import S3BlobStore
-from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
-from control_plane.storage.dynamo_jobs import DynamoJobStore
 from control_plane.storage.dynamo_models import DynamoModelStore
-from control_plane.storage.dynamo_queue import DynamoQueueStore
 from control_plane.storage.protocols import (
     IdempotencyRecord,
+    IdempotencyStore,
     JobRecord,
+    JobTable,
     Marker,
     ModelVersionRecord,
     QueueEntry,
+    QueueStore,
 )
 
-
-@pytest.fixture
-def jobs(settings: Any, aws: Any) -> DynamoJobStore:
-    return DynamoJobStore(aws[0], settings.table("jobs"))
+T = TypeVar("T")
 
 
-@pytest.fixture
-def queue(settings: Any, aws: Any) -> DynamoQueueStore:
-    t = settings.table
-    return DynamoQueueStore(aws[0], t("queue"), t("leases"), t("models"))
-
-
-def record(job_id: str = "job_1", tenant: str = "acme", created: float = 1000.0) -> JobRecord:
+def record(
+    job_id: str = "job_1",
+    tenant: str = "acme",
+    created: float = 1000.0,
+    *,
+    model: str = "m",
+    status: str = "QUEUED",
+) -> JobRecord:
     return JobRecord(
         id=job_id,
         tenant=tenant,
-        model="m",
+        model=model,
         model_version=None,
         pinned=False,
-        status="QUEUED",
+        status=status,
         priority=0,
         created_at=created,
         timeout_s=60,
@@ -55,9 +57,14 @@ def record(job_id: str = "job_1", tenant: str = "acme", created: float = 1000.0)
     )
 
 
-def claim(jobs: DynamoJobStore, token: str = "l1", queue_token: str = "q1") -> Any:  # noqa: S107
+def claim(
+    jobs: JobTable,
+    token: str = "l1",  # noqa: S107
+    queue_token: str = "q1",  # noqa: S107
+    job_id: str = "job_1",
+) -> Any:
     return jobs.claim_job(
-        "job_1",
+        job_id,
         queue_token,
         lease_token=token,
         runner_id="r",
@@ -68,60 +75,210 @@ def claim(jobs: DynamoJobStore, token: str = "l1", queue_token: str = "q1") -> A
     )
 
 
-def test_create_is_once_and_roundtrips(jobs: DynamoJobStore) -> None:
+def race(n: int, fn: Callable[[int], T]) -> list[T]:
+    """Run ``fn(0..n-1)`` on ``n`` threads released together; their results in order."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = fn(i)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ---------------------------------------------------------------------------------- jobs
+def test_create_is_once_and_roundtrips(jobs: JobTable) -> None:
     assert jobs.create_job(record())
-    assert not jobs.create_job(record())
+    assert not jobs.create_job(record(tenant="other"))
     got = jobs.get_job("job_1")
     assert got == record()
     assert jobs.get_job("job_nope") is None
+    full = record("job_2")
+    full.model_version, full.pinned, full.region, full.priority = "3", True, "eu", 7
+    jobs.create_job(full)
+    assert jobs.get_job("job_2") == full
 
 
-def test_claim_is_won_once_and_fenced(jobs: DynamoJobStore) -> None:
+def test_create_jobs_in_batches(jobs: JobTable) -> None:
+    batch = [record(f"job_b{i:02d}", created=1000.0 + i) for i in range(30)]
+    jobs.create_jobs(batch)
+    assert [jobs.get_job(x.id) for x in batch] == batch
+    jobs.create_jobs([])
+
+
+def test_claim_is_won_once_and_fenced(jobs: JobTable) -> None:
     jobs.create_job(record())
     assert claim(jobs, queue_token="other") is None
     won = claim(jobs)
     assert won and won.status == "RUNNING" and won.attempts == 1 and won.queue_token is None
+    assert won.queue_key is None and won.lease_key == ("lease#0", "k")
+    assert (won.lease_token, won.runner_id, won.model_version) == ("l1", "r", "1")
+    assert (won.started_at, won.lease_expires_at) == (2000.0, 2060.0)
+    assert jobs.get_job("job_1") == won
     assert claim(jobs, token="l2") is None
+    assert claim(jobs, job_id="job_nope") is None
     assert jobs.extend_lease("job_1", "bad", "r", 3000.0, ("lease#0", "k2")) is None
     assert jobs.extend_lease("job_1", "l1", "other-runner", 3000.0, ("lease#0", "k2")) is None
     moved = jobs.extend_lease("job_1", "l1", "r", 3000.0, ("lease#0", "k2"))
-    assert moved and moved.lease_key == ("lease#0", "k2")
+    assert moved and moved.lease_key == ("lease#0", "k2") and moved.lease_expires_at == 3000.0
     assert not jobs.requeue_running("job_1", "l1", ("m#1", "s"), "q2", expired_before=2999.0)
+    assert not jobs.requeue_running("job_1", "bad", ("m#1", "s"), "q2", expired_before=3000.0)
     assert jobs.requeue_running("job_1", "l1", ("m#1", "s"), "q2", expired_before=3000.0)
+    requeued = jobs.get_job("job_1")
+    assert requeued and requeued.status == "QUEUED" and requeued.queue_key == ("m#1", "s")
+    assert requeued.queue_token == "q2" and requeued.lease_token is None
+    assert requeued.lease_key is None and requeued.lease_expires_at is None
+    assert requeued.runner_id is None and requeued.attempts == 1
+    assert not jobs.requeue_running("job_1", "l1", ("m#1", "s"), "q3", expired_before=3000.0)
+    assert jobs.extend_lease("job_1", "l1", "r", 4000.0, ("lease#0", "k3")) is None
+    assert claim(jobs, queue_token="q1") is None  # the old queue token is spent
     again = claim(jobs, token="l3", queue_token="q2")
     assert again and again.attempts == 2
     assert jobs.finish_running("job_1", "l1", "SUCCEEDED", now=1.0) is None  # stale token
     done = jobs.finish_running("job_1", "l3", "SUCCEEDED", now=4000.0, outputs_json="[]")
     assert done and done.status == "SUCCEEDED" and done.outputs == []
     assert jobs.finish_running("job_1", "l3", "FAILED", now=4001.0) is None
+    assert jobs.extend_lease("job_1", "l3", "r", 5000.0, ("lease#0", "k4")) is None
+    assert not jobs.requeue_running("job_1", "l3", ("m#1", "t"), "q4", expired_before=9e9)
     assert jobs.job_statuses(["job_1", "job_2"]) == {"job_1": "SUCCEEDED"}
 
 
-def test_finish_queued_needs_the_queue_token(jobs: DynamoJobStore) -> None:
+def test_finish_running_records_the_result_once(jobs: JobTable) -> None:
+    jobs.create_job(record())
+    claim(jobs)
+    assert jobs.finish_running("job_1", "l1", "FAILED", now=1.0, expired_before=2059.9) is None
+    done = jobs.finish_running(
+        "job_1",
+        "l1",
+        "FAILED",
+        now=2100.0,
+        outputs_ref="results/job_1/outputs.json",
+        error={"code": "lease_expired", "message": "gone"},
+        run_ms=1234,
+        expired_before=2060.0,
+    )
+    assert done and done.status == "FAILED" and done.finished_at == 2100.0
+    assert done.outputs_ref == "results/job_1/outputs.json" and done.outputs is None
+    assert done.error == {"code": "lease_expired", "message": "gone"} and done.run_ms == 1234
+    assert done.lease_key is None and done.lease_token == "l1" and done.runner_id == "r"
+    assert jobs.get_job("job_1") == done
+    assert jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2200.0) is None
+    got = jobs.get_job("job_1")
+    assert got and got.status == "FAILED"
+
+
+def test_finish_running_leaves_absent_fields_unset(jobs: JobTable) -> None:
+    jobs.create_job(record())
+    claim(jobs)
+    out = '[{"name":"y","datatype":"FP32","shape":[1],"data":[1.5]}]'
+    done = jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2001.0, outputs_json=out)
+    assert done and done.outputs == [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.5]}]
+    assert done.error is None and done.run_ms is None and done.outputs_ref is None
+
+
+def test_finish_queued_needs_the_queue_token(jobs: JobTable) -> None:
     jobs.create_job(record())
     assert jobs.finish_queued("job_1", "nope", "CANCELLED", now=1.0) is None
     done = jobs.finish_queued("job_1", "q1", "CANCELLED", now=1.0, error={"code": "cancelled"})
     assert done and done.status == "CANCELLED" and done.error == {"code": "cancelled"}
+    assert done.queue_token is None and done.queue_key is None and done.finished_at == 1.0
+    assert jobs.finish_queued("job_1", "q1", "TIMED_OUT", now=2.0) is None
+    assert claim(jobs) is None
+    jobs.create_job(record("job_2"))
+    claim(jobs, job_id="job_2")
+    assert jobs.finish_queued("job_2", "q1", "CANCELLED", now=3.0) is None  # running now
+    plain = jobs.finish_queued("job_nope", "q1", "CANCELLED", now=3.0)
+    assert plain is None
 
 
-def test_list_by_tenant_newest_first_with_cursor(jobs: DynamoJobStore) -> None:
+def test_job_statuses(jobs: JobTable) -> None:
+    jobs.create_jobs([record(f"job_{i:03d}") for i in range(120)])
+    claim(jobs, job_id="job_007")
+    ids = [f"job_{i:03d}" for i in range(0, 130, 1)] + ["job_007", "job_001"]
+    got = jobs.job_statuses(ids)
+    assert len(got) == 120 and got["job_007"] == "RUNNING" and got["job_119"] == "QUEUED"
+    assert jobs.job_statuses([]) == {} and jobs.job_statuses(["job_x"]) == {}
+
+
+def test_list_by_tenant_newest_first_with_cursor(jobs: JobTable) -> None:
     for i in range(5):
         jobs.create_job(record(f"job_{i}", created=1000.0 + i))
-    jobs.create_job(record("job_x", tenant="other"))
+    jobs.create_job(record("job_x", tenant="other", created=999.0))
     page, cursor = jobs.list_jobs("acme", None, None, 3, None)
     assert [j.id for j in page] == ["job_4", "job_3", "job_2"] and cursor
+    assert page[0] == jobs.get_job("job_4")
     page, cursor = jobs.list_jobs("acme", None, None, 3, cursor)
     assert [j.id for j in page] == ["job_1", "job_0"]
     with pytest.raises(InvalidRequest):
         jobs.list_jobs("acme", None, None, 3, "not-a-cursor")
+    _, acme_cursor = jobs.list_jobs("acme", None, None, 1, None)
+    with pytest.raises(InvalidRequest):
+        jobs.list_jobs("other", None, None, 3, acme_cursor)
     everyone, _ = jobs.list_jobs(None, None, None, 100, None)
-    assert len(everyone) == 6
+    assert [j.id for j in everyone] == ["job_4", "job_3", "job_2", "job_1", "job_0", "job_x"]
+    assert jobs.list_jobs("nobody", None, None, 10, None) == ([], None)
 
 
-def test_queue_order_tokens_and_markers(queue: DynamoQueueStore) -> None:
-    def entry(sk: str, token: str = "t") -> QueueEntry:  # noqa: S107
-        return QueueEntry("m#0", sk, f"job_{sk}", "", "", 9e12, token, 60)
+def list_all(
+    jobs: JobTable, tenant: str | None, status: str | None, model: str | None, limit: int
+) -> list[str]:
+    """Every id of a listing, page by page (pages may come back short, as the service knows)."""
+    ids: list[str] = []
+    cursor: str | None = None
+    for _ in range(100):
+        page, cursor = jobs.list_jobs(tenant, status, model, limit, cursor)
+        assert len(page) <= limit
+        ids.extend(j.id for j in page)
+        if cursor is None:
+            return ids
+    raise AssertionError("the cursor never ran out")
 
+
+def test_list_filters_by_status_and_model_across_pages(jobs: JobTable) -> None:
+    for i in range(12):
+        jobs.create_job(record(f"job_{i:02d}", created=1000.0 + i, model="m" if i % 3 else "n"))
+    for i in (1, 4, 9):
+        claim(jobs, job_id=f"job_{i:02d}")
+    jobs.create_job(record("job_o1", tenant="other", created=2000.0))
+    jobs.create_job(record("job_o2", tenant="other", created=2001.0, model="n"))
+    assert list_all(jobs, "acme", "RUNNING", None, 2) == ["job_09", "job_04", "job_01"]
+    assert list_all(jobs, "acme", None, "n", 2) == ["job_09", "job_06", "job_03", "job_00"]
+    assert list_all(jobs, "acme", "QUEUED", "n", 1) == ["job_06", "job_03", "job_00"]
+    assert list_all(jobs, "acme", "SUCCEEDED", None, 5) == []
+    assert list_all(jobs, "other", "", "", 1) == ["job_o2", "job_o1"]
+    newest = [f"job_{i:02d}" for i in reversed(range(12))]
+    assert list_all(jobs, "acme", None, None, 5) == newest
+    everyone = list_all(jobs, None, None, None, 4)
+    assert sorted(everyone) == sorted([*newest, "job_o1", "job_o2"])
+    assert sorted(list_all(jobs, None, None, "n", 3)) == sorted(
+        ["job_00", "job_03", "job_06", "job_09", "job_o2"]
+    )
+    assert sorted(list_all(jobs, None, "RUNNING", None, 2)) == ["job_01", "job_04", "job_09"]
+
+
+def test_pings(jobs: JobTable, queue: QueueStore) -> None:
+    jobs.ping()
+    queue.ping()
+
+
+# ---------------------------------------------------------------------------------- queue
+def entry(sk: str, token: str = "t", shard: str = "m#0") -> QueueEntry:  # noqa: S107
+    return QueueEntry(shard, sk, f"job_{sk}", "", "", 9e12, token, 60)
+
+
+def test_queue_order_tokens_and_markers(queue: QueueStore) -> None:
     for sk in ["999#2", "899#5", "999#1"]:
         assert queue.enqueue(entry(sk))
     assert [e.sk for e in queue.head("m#0", 10)] == ["899#5", "999#1", "999#2"]
@@ -138,24 +295,176 @@ def test_queue_order_tokens_and_markers(queue: DynamoQueueStore) -> None:
     assert [m.job_id for m in queue.due_markers("lease#0", f"{15:013d}", 10)] == ["j10"]
 
 
-def test_depth_counters(queue: DynamoQueueStore) -> None:
+def test_enqueue_same_key_same_token_rewrites(queue: QueueStore) -> None:
+    first = QueueEntry("m#0", "999#a", "job_a", "1", "eu", 100.0, "t1", 30)
+    assert queue.enqueue(first)
+    retry = QueueEntry("m#0", "999#a", "job_a", "2", "", 200.0, "t1", 60)
+    assert queue.enqueue(retry)  # a retry of the same enqueue wins again
+    assert queue.head("m#0", 10) == [retry]
+    intruder = QueueEntry("m#0", "999#a", "job_b", "", "", 300.0, "t2", 5)
+    assert not queue.enqueue(intruder)
+    assert queue.head("m#0", 10) == [retry]
+    queue.remove_entry("m#0", "999#a", "t1")
+    assert queue.enqueue(intruder)  # the key is free again
+    assert queue.head("m#0", 10) == [intruder]
+
+
+def test_head_is_priority_then_fifo_per_shard(queue: QueueStore) -> None:
+    specs = [(0, 10.0, "job_a"), (5, 30.0, "job_b"), (0, 5.0, "job_c"), (100, 50.0, "job_d")]
+    specs += [(5, 20.0, "job_e"), (0, 5.0, "job_f")]
+    entries = [
+        QueueEntry("m#1", queue_sk(p, c, j), j, "v", "r", c + 600, f"tok_{j}", 60)
+        for p, c, j in specs
+    ]
+    queue.enqueue_many(entries[:3])
+    for e in entries[3:]:
+        assert queue.enqueue(e)
+    queue.enqueue(entry("999#0", shard="m#2"))
+    queue.enqueue(entry("999#0", shard="mm#1"))
+    order = ["job_d", "job_e", "job_b", "job_c", "job_f", "job_a"]
+    got = queue.head("m#1", 100)
+    assert [e.job_id for e in got] == order
+    assert got[0] == entries[3] and got[0].model == "m" and got[0].shard_number == 1
+    assert [e.job_id for e in queue.head("m#1", 2)] == order[:2]
+    assert [e.job_id for e in queue.head("m#1", 2, after_sk=got[1].sk)] == order[2:4]
+    assert queue.head("m#1", 10, after_sk=got[-1].sk) == []
+    assert queue.head("m#9", 10) == []
+    queue.enqueue_many([])
+
+
+def test_remove_entry_needs_its_token(queue: QueueStore) -> None:
+    queue.enqueue(entry("1", token="a"))
+    queue.remove_entry("m#0", "1", "b")
+    queue.remove_entry("m#1", "1", "a")  # another shard
+    queue.remove_entry("m#0", "2", "a")  # no such entry: nothing happens
+    assert [e.token for e in queue.head("m#0", 10)] == ["a"]
+    queue.remove_entry("m#0", "1", "a")
+    assert queue.head("m#0", 10) == []
+    queue.remove_entry("m#0", "1", "a")  # twice is fine
+
+
+def test_due_markers_order_bound_limit_and_paging(queue: QueueStore) -> None:
+    instants = [30.0, 10.0, 20.0, 10.0, 40.0]
+    markers = [
+        Marker("ttl#0", f"{int(t * 1000):013d}#job_{i}", f"job_{i}", "")
+        for i, t in enumerate(instants)
+    ]
+    queue.put_markers(markers[:3])
+    queue.put_marker(markers[3])
+    queue.put_marker(markers[4])
+    queue.put_marker(Marker("ttl#1", f"{0:013d}#job_z", "job_z"))
+    queue.put_marker(Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt"))
+    due = queue.due_markers("ttl#0", due_before(30.0), 10)
+    assert [m.job_id for m in due] == ["job_1", "job_3", "job_2"]  # 30.0 exactly: not yet
+    assert due[0] == markers[1]
+    assert [m.job_id for m in queue.due_markers("ttl#0", due_before(30.001), 10)] == [
+        "job_1",
+        "job_3",
+        "job_2",
+        "job_0",
+    ]
+    first = queue.due_markers("ttl#0", due_before(100.0), 2)
+    assert [m.job_id for m in first] == ["job_1", "job_3"]
+    rest = queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=first[-1].sk)
+    assert [m.job_id for m in rest] == ["job_2", "job_0"]
+    last = queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=rest[-1].sk)
+    assert [m.job_id for m in last] == ["job_4"]
+    assert queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=last[-1].sk) == []
+    assert queue.due_markers("ttl#0", due_before(5.0), 10) == []
+    assert queue.due_markers("lease#0", due_before(1.0), 10) == [
+        Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt")
+    ]
+    queue.put_marker(Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt2"))  # a put replaces
+    assert [m.token for m in queue.due_markers("lease#0", due_before(1.0), 10)] == ["lt2"]
+    queue.delete_marker("lease#0", f"{0:013d}#job_y")
+    queue.delete_marker("lease#0", f"{0:013d}#job_y")  # twice is fine
+    assert queue.due_markers("lease#0", due_before(1.0), 10) == []
+
+
+def test_depth_counters(queue: QueueStore) -> None:
     for shard in (0, 1, 1, 3):
         queue.add_depth("m", shard, 1)
     queue.add_depth("m", 1, -1)
     queue.add_depth("n", 0, 2)
+    queue.add_depth("n", 0, 0)
     assert queue.depth("m") == 3 and queue.depth("none") == 0
     assert queue.all_depths() == {"m": 3, "n": 2}
+    queue.add_depth("n", 1, -2)
+    queue.add_depth("k", 2, -1)  # a counter may go below zero for a moment: read as 0
+    assert queue.depth("n") == 0 and queue.depth("k") == 0
+    assert queue.all_depths() == {"k": 0, "m": 3, "n": 0}
 
 
-def test_idempotency_key_binds_once(settings: Any, aws: Any) -> None:
-    store = DynamoIdempotencyStore(aws[0], settings.table("idempotency"))
+# ---------------------------------------------------------------------------------- idempotency
+def test_idempotency_key_binds_once(idempotency: IdempotencyStore) -> None:
     first = IdempotencyRecord("acme#k", "h1", "job_1", 1.0, 2, "q", expires_at=100.0)
-    assert store.claim_key(first, now=50.0) is None
+    assert idempotency.claim_key(first, now=50.0) is None
     second = IdempotencyRecord("acme#k", "h2", "job_2", 2.0, 0, "q2", expires_at=200.0)
-    assert store.claim_key(second, now=60.0) == first
-    assert store.claim_key(second, now=150.0) is None  # the first expired
+    assert idempotency.claim_key(second, now=60.0) == first
+    assert idempotency.claim_key(second, now=100.0) == first  # expires_at == now: still live
+    assert idempotency.claim_key(second, now=150.0) is None  # the first expired
+    third = IdempotencyRecord("acme#k", "h3", "job_3", 3.0, 1, "q3", expires_at=300.0)
+    assert idempotency.claim_key(third, now=160.0) == second
+    other = IdempotencyRecord("globex#k", "h1", "job_4", 1.0, 2, "q", expires_at=100.0)
+    assert idempotency.claim_key(other, now=160.0) is None  # keys are independent
 
 
+# ---------------------------------------------------------------------------------- races
+def test_claim_race_has_one_winner(jobs: JobTable) -> None:
+    jobs.create_job(record())
+    won = race(
+        16,
+        lambda i: jobs.claim_job(
+            "job_1",
+            "q1",
+            lease_token=f"l{i}",
+            runner_id=f"r{i}",
+            version="1",
+            now=2000.0,
+            lease_expires_at=2060.0,
+            lease_key=("lease#0", f"k{i}"),
+        ),
+    )
+    winners = [r for r in won if r is not None]
+    assert len(winners) == 1
+    got = jobs.get_job("job_1")
+    assert got == winners[0] and got.attempts == 1
+    finished = race(
+        8, lambda i: jobs.finish_running("job_1", got.lease_token or "", "SUCCEEDED", now=float(i))
+    )
+    assert sum(r is not None for r in finished) == 1
+
+
+def test_enqueue_and_idempotency_races_have_one_winner(
+    queue: QueueStore, idempotency: IdempotencyStore
+) -> None:
+    assert sum(race(16, lambda i: queue.enqueue(entry("999#1", token=f"t{i}")))) == 1
+    recs = [IdempotencyRecord("acme#k", "h", f"job_{i}", 1.0, 0, "q", 100.0) for i in range(16)]
+    held = race(16, lambda i: idempotency.claim_key(recs[i], now=1.0))
+    winners = [recs[i] for i, r in enumerate(held) if r is None]
+    assert len(winners) == 1 and all(r in (None, winners[0]) for r in held)
+
+
+def test_depth_counter_loses_no_update(queue: QueueStore) -> None:
+    def add(i: int) -> None:
+        for _ in range(5):
+            queue.add_depth("m", i % 4, 1)
+
+    race(16, add)
+    assert queue.depth("m") == 80
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_errors_become_unavailable(backend: str, jobs: JobTable, sqlite_db: Any) -> None:
+    jobs.ping()
+    sqlite_db.close()
+    with pytest.raises(Unavailable):
+        jobs.get_job("job_1")
+    with pytest.raises(Unavailable):
+        jobs.create_job(record())
+
+
+# ---------------------------------------------------------------------------------- models, blobs
 def test_model_store_ownership_and_ready(settings: Any, aws: Any) -> None:
     store = DynamoModelStore(aws[0], settings.table("models"))
     assert store.claim_name("m", "acme", 1.0) == "acme"

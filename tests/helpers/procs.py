@@ -63,10 +63,17 @@ class ControlPlaneProc:
 
 
 def start_control_plane(
-    workdir: Path, env: dict[str, str] | None = None, timeout: float = 60
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    *,
+    store: str = "sqlite",
+    port: int = 0,
 ) -> ControlPlaneProc:
-    """Start an embedded control plane on a free loopback port; ``env``: ``GPUFLEET_*``
-    settings (lease duration, sweep interval, ...)."""
+    """Start an embedded control plane on a loopback port (0 = a free one); ``env``:
+    ``GPUFLEET_*`` settings (lease duration, sweep interval, ...). ``store``: ``sqlite``
+    (the embedded default, data in ``workdir/data``: a restart on the same workdir finds
+    everything again) or ``moto`` (``--embedded-moto``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "admin.key"
     log_file = workdir / "control-plane.log"
@@ -77,8 +84,13 @@ def start_control_plane(
         proc = subprocess.Popen(
             [
                 sys.executable,
-                *("-m", "control_plane", "serve", "--embedded", "--host", "127.0.0.1"),
-                *("--port", "0", "--admin-key-file", str(key_file)),
+                *("-m", "control_plane", "serve", "--host", "127.0.0.1"),
+                *(
+                    ("--embedded", "--data-dir", str(workdir / "data"))
+                    if store == "sqlite"
+                    else ("--embedded-moto",)
+                ),
+                *("--port", str(port), "--admin-key-file", str(key_file)),
             ],
             cwd=REPO,
             env=full_env,

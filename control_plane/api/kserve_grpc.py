@@ -1,0 +1,496 @@
+"""KServe v2 over gRPC (Triton's ``GRPCInferenceService``), so ``tritonclient.grpc`` can point
+at the control plane unchanged but for the bearer token in its ``headers=`` (gRPC metadata
+``authorization: Bearer <token>``).
+
+Each RPC parses the protobuf, calls the same transport-free core as the HTTP routes in
+``kserve.py`` (``run_infer``, ``services.models.get``) and serialises the answer:
+
+    ServerLive | ServerReady | ServerMetadata      bearer auth like GET /v2/health/*, GET /v2
+    ModelReady | ModelMetadata | ModelConfig       the pinned (else newest) READY version
+    ModelInfer                                     V2InferRequest -> run_infer -> raw outputs
+    everything else (stream infer, repository, shared memory, statistics, trace, log)
+                                                   UNIMPLEMENTED
+
+As Triton answers: ``ServerReady`` and ``ModelReady`` report ``ready=false`` (not an error)
+when storage is unreachable or no such READY version exists; inputs come from ``contents``
+or ``raw_input_contents`` and outputs go back as ``raw_output_contents``. Domain error codes
+map to gRPC status codes in :data:`STATUS_BY_CODE`; the status message is the error's message.
+
+    server = KServeGrpcServer(services, "0.0.0.0", 8001)
+    port = await server.start()      # in the event loop that serves it
+    ...
+    await server.stop(grace_s=5.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from gpufleet.tensors import dtype_of
+from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
+from pydantic import ValidationError
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from control_plane.api.context import Services
+from control_plane.api.errors import validation_details
+from control_plane.api.kserve import JobOutcome, run_infer
+from control_plane.api.kserve_binary import decode_raw, encode_raw
+from control_plane.api.kserve_wire import (
+    EXTENSIONS,
+    SERVER_NAME,
+    V2InferRequest,
+    V2InferResponse,
+    to_model_metadata,
+)
+from control_plane.api.routes_system import package_version
+from control_plane.errors import (
+    GpufleetError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
+from control_plane.services.principal import Principal
+
+__all__ = ["STATUS_BY_CODE", "KServeGrpcServer", "grpc_status"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(NAME_PATTERN)
+_VERSION = re.compile(VERSION_PATTERN)
+_INT32_MAX = 2**31 - 1
+
+S = grpc.StatusCode
+STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
+    "invalid_request": S.INVALID_ARGUMENT,
+    "not_found": S.NOT_FOUND,
+    "model_not_found": S.NOT_FOUND,
+    "unauthorized": S.UNAUTHENTICATED,
+    "forbidden": S.PERMISSION_DENIED,
+    "rate_limited": S.RESOURCE_EXHAUSTED,
+    "payload_too_large": S.RESOURCE_EXHAUSTED,  # what gRPC itself answers for a too-big message
+    "unavailable": S.UNAVAILABLE,
+    "timeout": S.DEADLINE_EXCEEDED,
+    "conflict": S.ABORTED,
+    "cancelled": S.ABORTED,
+}
+# A FAILED job's own code (e.g. ``triton_error``) is not in the table: JobOutcome's status says
+# whether the request (400) or the model (500) was at fault.
+_STATUS_BY_HTTP = {
+    400: S.INVALID_ARGUMENT,
+    404: S.NOT_FOUND,
+    409: S.ABORTED,
+    504: S.DEADLINE_EXCEEDED,
+}
+
+# datatype -> the InferTensorContents field that carries it (FP16 / BF16: raw only)
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+# Every RPC of GRPCInferenceService that gpufleet does not serve, and why.
+_UNIMPLEMENTED = {
+    "ModelStreamInfer": "streaming inference is not supported; use ModelInfer",
+    "ModelStatistics": "model statistics are not served; see the control plane's /metrics",
+    "RepositoryIndex": "the model repository is managed through /v1/models",
+    "RepositoryModelLoad": "models are placed through PUT /v1/models/{name}/deployment",
+    "RepositoryModelUnload": "models are placed through PUT /v1/models/{name}/deployment",
+    "SystemSharedMemoryStatus": "shared memory is not supported by a remote control plane",
+    "SystemSharedMemoryRegister": "shared memory is not supported by a remote control plane",
+    "SystemSharedMemoryUnregister": "shared memory is not supported by a remote control plane",
+    "CudaSharedMemoryStatus": "shared memory is not supported by a remote control plane",
+    "CudaSharedMemoryRegister": "shared memory is not supported by a remote control plane",
+    "CudaSharedMemoryUnregister": "shared memory is not supported by a remote control plane",
+    "TraceSetting": "trace settings are not served by the control plane",
+    "LogSettings": "log settings are not served by the control plane",
+}
+
+
+def grpc_status(exc: GpufleetError) -> grpc.StatusCode:
+    """The gRPC status code of a domain error."""
+    code = STATUS_BY_CODE.get(exc.code)
+    if code is not None:
+        return code
+    if isinstance(exc, JobOutcome):
+        return _STATUS_BY_HTTP.get(exc.status, S.INTERNAL)
+    return S.INTERNAL
+
+
+# --------------------------------------------------------------------------- errors
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """End every failure of ``handler`` with a gRPC status and the error's message."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except GpufleetError as exc:
+            failure: GpufleetError = exc
+        except ValidationError as exc:
+            details = validation_details(exc)
+            first = f"{details[0]['field']}: {details[0]['message']}" if details else ""
+            failure = InvalidRequest(f"invalid request ({first})" if first else "invalid request")
+        except Exception:
+            log.exception("unhandled error in %s", handler.__name__)
+            failure = GpufleetError("internal error")
+        status = grpc_status(failure)
+        if status in (S.INTERNAL, S.UNAVAILABLE, S.DEADLINE_EXCEEDED):
+            log.warning("%s -> %s: %s", handler.__name__, failure.code, failure.message)
+        trailers = (
+            (("retry-after", str(max(1, failure.retry_after))),)
+            if isinstance(failure, RateLimited)
+            else ()
+        )
+        await context.abort(status, failure.message, trailers)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    return wrapper
+
+
+def _unimplemented(name: str, why: str) -> Callable[..., Awaitable[None]]:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(S.UNIMPLEMENTED, f"{name} is not implemented by gpufleet: {why}")
+
+    handler.__name__ = name
+    return handler
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _param_value(p: Any) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def _params(entries: Any) -> dict[str, Any] | None:
+    """An ``InferParameter`` map as plain values (None when empty)."""
+    return {k: _param_value(v) for k, v in entries.items()} if entries else None
+
+
+def _contents_data(t: Any, index: int) -> list[Any]:
+    """The flat values of an input sent in ``contents``."""
+    field = _CONTENTS_FIELD.get(t.datatype)
+    if field is None:
+        raise InvalidRequest(
+            f"input {t.name!r}: {t.datatype} tensors must be sent in raw_input_contents",
+            field=f"inputs[{index}].contents",
+        )
+    present = [f.name for f, _ in t.contents.ListFields()]
+    if any(name != field for name in present):
+        raise InvalidRequest(
+            f"input {t.name!r}: a {t.datatype} tensor's values go in contents.{field}",
+            field=f"inputs[{index}].contents",
+        )
+    values = getattr(t.contents, field)
+    count = math.prod(t.shape)
+    if len(values) != count:
+        raise InvalidRequest(
+            f"input {t.name!r}: {len(values)} values do not fill shape {list(t.shape)}",
+            field=f"inputs[{index}].contents",
+        )
+    if t.datatype != "BYTES":
+        return list(values)
+    try:
+        return [v.decode("utf-8") for v in values]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"input {t.name!r}: BYTES elements must be UTF-8 text (jobs carry tensors as JSON)",
+            field=f"inputs[{index}].contents",
+        ) from exc
+
+
+def _raw_data(t: Any, raw: bytes, index: int) -> list[Any]:
+    """The flat values of an input sent in ``raw_input_contents`` (as the HTTP binary form)."""
+    try:
+        dtype = dtype_of(t.datatype)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"input {t.name!r}: unsupported datatype {t.datatype!r}",
+            field=f"inputs[{index}].datatype",
+        ) from exc
+    if t.datatype != "BYTES" and len(raw) != math.prod(t.shape) * dtype.itemsize:
+        raise InvalidRequest(
+            f"input {t.name!r}: {len(raw)} bytes do not hold shape {list(t.shape)} of {t.datatype}",
+            field=f"raw_input_contents[{index}]",
+        )
+    return decode_raw(raw, t.datatype, list(t.shape), t.name)
+
+
+def to_v2_request(request: Any) -> V2InferRequest:
+    """The ``V2InferRequest`` (what the HTTP route parses) of a ``ModelInferRequest``."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: when used, "
+            "raw_input_contents holds one entry per input, in order",
+            field="raw_input_contents",
+        )
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidRequest(
+                    f"input {t.name!r} has contents while raw_input_contents is used",
+                    field=f"inputs[{i}].contents",
+                )
+            data = _raw_data(t, raw[i], i)
+        else:
+            data = _contents_data(t, i)
+        item: dict[str, Any] = {
+            "name": t.name,
+            "shape": list(t.shape),
+            "datatype": t.datatype,
+            "data": data,
+        }
+        if t.parameters:
+            item["parameters"] = _params(t.parameters)
+        inputs.append(item)
+    doc: dict[str, Any] = {"inputs": inputs}
+    if request.id:
+        doc["id"] = request.id
+    if request.parameters:
+        doc["parameters"] = _params(request.parameters)
+    if request.outputs:
+        doc["outputs"] = [
+            {"name": o.name, "parameters": _params(o.parameters)}
+            if o.parameters
+            else {"name": o.name}
+            for o in request.outputs
+        ]
+    return V2InferRequest.model_validate(doc)
+
+
+def _set_param(target: Any, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def to_infer_response(result: V2InferResponse, wanted: Iterable[str]) -> Any:
+    """A ``ModelInferResponse`` with every output's bytes in ``raw_output_contents`` (as
+    Triton answers); only the ``wanted`` outputs when any are named."""
+    names = set(wanted)
+    out = service_pb2.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id or ""
+    )
+    for key, value in (result.parameters or {}).items():
+        _set_param(out.parameters[key], value)
+    raw = out.raw_output_contents
+    for t in result.outputs:
+        if names and t.name not in names:
+            continue
+        out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        raw.append(encode_raw(t.data or [], t.datatype))
+    return out
+
+
+# --------------------------------------------------------------------------- servicer
+
+
+def _model_ref(name: str, version: str) -> tuple[str, str | None]:
+    if not _NAME.match(name):
+        raise ModelNotFound(f"model {name!r} not found")
+    if version and not _VERSION.match(version):
+        raise ModelNotFound(f"model {name!r} has no READY version {version}")
+    return name, version or None
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """``GRPCInferenceService`` on the control plane's services (see the module docstring)."""
+
+    def __init__(self, services: Services, on_submit: Callable[[str], None] | None) -> None:
+        self._svc = services
+        self._on_submit = on_submit
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller of the ``authorization: Bearer <token>`` metadata, as HTTP verifies it."""
+        header = next(
+            (v for k, v in context.invocation_metadata() or () if k == "authorization"), None
+        )
+        if not header:
+            raise Unauthorized("missing bearer token")
+        scheme, _, token = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("expected 'authorization: Bearer <token>' metadata")
+        return await asyncio.to_thread(self._svc.auth.authenticate, token.strip())
+
+    async def _ready_version(
+        self, p: Principal, name: str, pinned: str
+    ) -> tuple[ModelVersionView, list[str]]:
+        """The pinned (else newest) READY version, and every READY version number."""
+        model, version = _model_ref(name, pinned)
+        try:
+            view = await asyncio.to_thread(self._svc.models.get, p, model)
+        except ModelNotFound:
+            raise
+        except NotFound as exc:
+            raise ModelNotFound(exc.message) from exc
+        ready = {v.version: v for v in view.versions if v.state == "READY"}
+        numbers = sorted(ready, key=int)
+        if version is not None:
+            if version not in ready:
+                raise ModelNotFound(f"model {model!r} has no READY version {version}")
+            return ready[version], numbers
+        if not numbers:
+            raise ModelNotFound(f"model {model!r} has no READY version")
+        return ready[numbers[-1]], numbers
+
+    # ------------------------------------------------------------------ server
+    @_rpc
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._principal(context)
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._principal(context)
+        checks = self._svc.checks
+        results = await asyncio.gather(
+            *(asyncio.to_thread(fn) for fn in checks.values()), return_exceptions=True
+        )
+        failed = sorted(n for n, r in zip(checks, results, strict=True) if isinstance(r, Exception))
+        if failed:
+            log.warning("ServerReady: storage unreachable: %s", ", ".join(failed))
+        return service_pb2.ServerReadyResponse(ready=not failed)
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._principal(context)
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=package_version(), extensions=EXTENSIONS
+        )
+
+    # ------------------------------------------------------------------ models
+    @_rpc
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self._principal(context)
+        try:
+            await self._ready_version(p, request.name, request.version)
+        except ModelNotFound:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self._principal(context)
+        meta = to_model_metadata(*await self._ready_version(p, request.name, request.version))
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+        )
+
+    @_rpc
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self._principal(context)
+        version, _ = await self._ready_version(p, request.name, request.version)
+        config = json_format.ParseDict(
+            version.config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    # ------------------------------------------------------------------ infer
+    @_rpc
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self._principal(context)
+        model, version = _model_ref(request.model_name, request.model_version)
+        req = to_v2_request(request)
+        result = await run_infer(self._svc, p, model, version, req, on_submit=self._on_submit)
+        return to_infer_response(result, (o.name for o in request.outputs))
+
+
+for _name, _why in _UNIMPLEMENTED.items():
+    setattr(InferenceServicer, _name, _unimplemented(_name, _why))
+
+
+# --------------------------------------------------------------------------- server
+
+
+class KServeGrpcServer:
+    """The gRPC KServe v2 endpoint of one control-plane process, on its own port.
+
+    ``start()`` and ``stop()`` run in the event loop that serves the calls (the app's).
+    ``on_submit(model)`` is called once per job an infer queues (the HTTP side counts
+    ``jobs_submitted`` with it).
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        host: str,
+        port: int,
+        *,
+        on_submit: Callable[[str], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._servicer = InferenceServicer(services, on_submit)
+        self._max_receive = services.settings.max_body_bytes
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; the bound port (a free one when constructed with port 0)."""
+        if self._server is not None:
+            raise RuntimeError("the gRPC server is already started")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_receive),
+                ("grpc.max_send_message_length", _INT32_MAX),
+                ("grpc.so_reuseport", 0),  # a port already taken fails here, not silently
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        address = (
+            f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        )
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot bind the gRPC server to {address}: {exc}") from exc
+        if bound == 0:
+            raise RuntimeError(f"cannot bind the gRPC server to {address}")
+        await server.start()
+        self._server = server
+        log.info("KServe gRPC listening on %s:%d", self._host, bound)
+        return int(bound)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, let calls in flight finish for up to ``grace_s``, then close."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace_s)

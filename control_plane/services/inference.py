@@ -1,0 +1,171 @@
+"""Synchronous inference, transport-free: the one core behind KServe v2 HTTP, KServe v2 gRPC
+and ``POST /v1/models/{model}/infer``.
+
+Two paths, chosen per call:
+
+1. **dispatch** (services/dispatch.py): a runner connected to this replica serves the READY
+   version → the request goes to it in memory and the answer comes back on the same call. No
+   table is written; Triton's semantics (at most once per attempt; 503 when the runner is
+   lost, the SDK retries).
+2. **job** (the durable queue): no such runner here (its runners are connected to another
+   replica, or this is Lambda), an ``Idempotency-Key`` was given, or an input is a
+   ``data_ref`` payload → submit a job, wait for it (``infer_wait_s``), return its outputs.
+
+Failures raise domain errors: ``InferenceFailed`` (the model refused or failed; its
+``client_fault`` tells 400 from 500), ``Timeout`` (504), ``Unavailable`` (503),
+``RateLimited`` (429), ``ModelNotFound``, ``InvalidRequest`` (tensors that do not fit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from gpufleet.tensors import decode_outputs, to_tensor
+from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView, Tensor
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.errors import Timeout, Unavailable
+from control_plane.services.dispatch import Dispatcher, InferenceFailed
+from control_plane.services.principal import Principal
+
+__all__ = ["InferResult", "InferenceFailed", "InferenceService"]
+
+
+@dataclass
+class InferResult:
+    """Outputs of one inference (Tensor dicts or models) and how it ran."""
+
+    model: str
+    version: str
+    outputs: list[Any]  # Tensor, or its JSON dict (dispatch answers are not re-validated)
+    path: str  # "dispatch" | "job"
+    job_id: str | None = None
+    runner_id: str | None = None
+    timings: dict[str, float] | None = None
+
+
+class InferenceService:
+    """See the module docstring. ``jobs`` is the job service (submit, wait, ready records)."""
+
+    def __init__(
+        self,
+        jobs: Any,
+        dispatch: Dispatcher | None,
+        *,
+        wait_s: float,
+        max_wait_s: float,
+    ) -> None:
+        self._jobs = jobs
+        self.dispatch = dispatch
+        self._wait_s = wait_s
+        self._max_wait_s = max_wait_s
+
+    async def infer(
+        self,
+        p: Principal,
+        req: JobRequest,
+        *,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        on_submit: Any = None,
+    ) -> InferResult:
+        wait_s = timeout_s or self._wait_s
+        d = self.dispatch
+        if (
+            d is not None
+            and idempotency_key is None
+            and all(t.data_ref is None for t in req.inputs)
+        ):
+            rec = self._jobs.infer_target(p, req, cached_only=True)
+            if rec is None:
+                rec = await run_in_threadpool(self._jobs.infer_target, p, req)
+            if d.routable(rec.name, rec.version):
+                payload: dict[str, Any] = {
+                    "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
+                    "parameters": req.parameters,
+                }
+                if req.outputs:
+                    payload["outputs"] = [o.model_dump(exclude_none=True) for o in req.outputs]
+                msg = await d.infer(rec.name, rec.version, payload, wait_s)
+                return InferResult(
+                    model=rec.name,
+                    version=rec.version,
+                    outputs=msg.get("outputs") or [],
+                    path="dispatch",
+                    runner_id=msg.get("runner_id"),
+                    timings=msg.get("timings"),
+                )
+        return await self._durable(p, req, wait_s, idempotency_key, on_submit)
+
+    # ------------------------------------------------------------------ durable path
+    async def _durable(
+        self,
+        p: Principal,
+        req: JobRequest,
+        wait_s: float,
+        idempotency_key: str | None,
+        on_submit: Any,
+    ) -> InferResult:
+        view, created = await run_in_threadpool(self._jobs.submit, p, req, idempotency_key)
+        if created and on_submit is not None:
+            on_submit(req.model)
+        view = await self._wait(p, view.id, wait_s)
+        if view.status != "SUCCEEDED":
+            raise outcome_error(view, wait_s)
+        return InferResult(
+            model=view.model,
+            version=view.model_version or "",
+            outputs=await job_outputs(view),
+            path="job",
+            job_id=view.id,
+            runner_id=view.runner_id,
+        )
+
+    async def _wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
+        """Wait up to ``wait_s`` for the job, in long polls of at most ``max_wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            view: JobView = await self._jobs.wait(p, job_id, max(0.0, min(left, self._max_wait_s)))
+            if view.status in TERMINAL_STATUSES or deadline - time.monotonic() <= 0:
+                return view
+
+
+def outcome_error(view: JobView, wait_s: float) -> Exception:
+    """Why a job gives no outputs: FAILED, TIMED_OUT / not done in time, CANCELLED."""
+    details = {"job_id": view.id, "status": view.status}
+    err = view.error
+    if view.status == "FAILED":
+        code = err.code if err else "failed"
+        message = err.message if err else f"job {view.id} failed"
+        return InferenceFailed(code, message, details)
+    if view.status == "TIMED_OUT":
+        message = f"job {view.id} timed out" + (f": {err.message}" if err else "")
+        return Timeout(message, details)
+    if view.status == "CANCELLED":
+        return InferenceFailed("cancelled", f"job {view.id} was cancelled", details)
+    return Timeout(
+        f"job {view.id} did not finish within {wait_s:g}s (it is {view.status}); "
+        f"GET /v1/jobs/{view.id} returns its result later",
+        details,
+    )
+
+
+async def job_outputs(view: JobView) -> list[Tensor]:
+    """The job's outputs, inline or fetched from the bucket (``outputs_url``)."""
+    if view.outputs is not None:
+        return view.outputs
+    if view.outputs_url is None:
+        return []
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            resp = await http.get(view.outputs_url)
+            resp.raise_for_status()
+            arrays = await asyncio.to_thread(decode_outputs, resp.content)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise Unavailable(f"could not read the outputs of job {view.id}: {exc}") from exc
+    return [to_tensor(name, array) for name, array in arrays.items()]

@@ -1,0 +1,256 @@
+"""SQLite adapter of the auth store: API keys, refresh tokens and revoked families, runner join
+tokens and the shared JWT signing key (same meaning as ``dynamo_auth.py``).
+
+DynamoDB deletes expired refresh tokens and join tokens with its TTL, some time after
+``expires_at``; here each new refresh or join token purges a bounded batch of rows that
+expired more than ``PURGE_GRACE_S`` ago (the services check ``expires_at`` themselves, so a
+row kept a little longer changes nothing). Revoked families are rare (one per detected
+reuse) and are kept: a family must stay revoked as long as any of its tokens is unexpired.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+from control_plane import clock
+from control_plane.errors import Conflict
+from control_plane.storage.protocols_auth import ApiKeyRecord, JoinTokenRecord, RefreshRecord
+from control_plane.storage.sqlite.db import Database, translate
+
+PURGE_GRACE_S = 86_400.0
+PURGE_BATCH = 64
+
+DDL: list[str] = [
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS refresh_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        family TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        used INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS refresh_tokens_expiry ON refresh_tokens (expires_at)",
+    """CREATE TABLE IF NOT EXISTS refresh_families (
+        family TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        region TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS join_tokens_expiry ON join_tokens (expires_at)",
+    """CREATE TABLE IF NOT EXISTS signing_key (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        key TEXT NOT NULL
+    )""",
+]
+
+
+def _purge(conn: sqlite3.Connection, table: str, key: str, before: float) -> None:
+    """Delete up to ``PURGE_BATCH`` rows of ``table`` that expired before ``before``."""
+    conn.execute(
+        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constants
+        "WHERE expires_at < ? ORDER BY expires_at LIMIT ?)",
+        (before, PURGE_BATCH),
+    )
+
+
+class SqliteAuthStore:
+    """``AuthStore`` on SQLite.
+
+    Conditions, each checked and applied in one transaction or one conditional statement:
+
+    - ``save_api_key`` / ``save_refresh_token`` / ``save_join_token``: insert when the id
+      (token hash) is new; ``Conflict`` when it exists.
+    - ``revoke_api_key``: sets ``revoked`` on an existing key (again: still True); False when
+      there is no such key.
+    - ``mark_refresh_used``: ``used`` false -> true; False when the token is missing or was
+      used already (a reuse): of two presenters of one token exactly one gets True.
+    - ``revoke_family``: unconditional; stores (replaces) the family's ``expires_at``.
+      ``family_revoked`` is True once a family has been revoked.
+    - ``ensure_signing_key``: stores ``candidate`` when no key exists; returns the stored key
+      (the first writer wins, everyone gets the winner's key).
+
+    ``now`` is only used to purge long-expired refresh and join tokens.
+    """
+
+    def __init__(self, db: Database, now: Callable[[], float] = clock.now) -> None:
+        self._db = db
+        self._now = now
+
+    def _insert_new(self, sql: str, values: tuple[object, ...], what: str) -> None:
+        with translate(what), self._db.write() as conn:
+            if conn.execute(sql + " ON CONFLICT DO NOTHING", values).rowcount != 1:
+                raise Conflict(f"{what}: already exists")
+            before = self._now() - PURGE_GRACE_S
+            _purge(conn, "refresh_tokens", "id", before)
+            _purge(conn, "join_tokens", "token_hash", before)
+
+    # ------------------------------------------------------------------ API keys
+    def save_api_key(self, rec: ApiKeyRecord) -> None:
+        self._insert_new(
+            "INSERT INTO api_keys (id, tenant, role, name, secret_hash, created_at, revoked) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.id,
+                rec.tenant,
+                rec.role,
+                rec.name,
+                rec.secret_hash,
+                rec.created_at,
+                int(rec.revoked),
+            ),
+            "save api key",
+        )
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with translate("find api key"):
+            row = (
+                self._db.read()
+                .execute(
+                    "SELECT tenant, role, name, secret_hash, created_at, revoked "
+                    "FROM api_keys WHERE id = ?",
+                    (key_id,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        tenant, role, name, secret_hash, created_at, revoked = row
+        return ApiKeyRecord(
+            id=key_id,
+            tenant=tenant,
+            role=role,
+            name=name,
+            secret_hash=secret_hash,
+            created_at=float(created_at),
+            revoked=bool(revoked),
+        )
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with translate("revoke api key"), self._db.write() as conn:
+            cur = conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (key_id,))
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ refresh tokens
+    def save_refresh_token(self, rec: RefreshRecord) -> None:
+        self._insert_new(
+            "INSERT INTO refresh_tokens (id, secret_hash, family, key_id, tenant, role, used, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.id,
+                rec.secret_hash,
+                rec.family,
+                rec.key_id,
+                rec.tenant,
+                rec.role,
+                int(rec.used),
+                rec.expires_at,
+            ),
+            "save refresh token",
+        )
+
+    def find_refresh_token(self, token_id: str) -> RefreshRecord | None:
+        with translate("find refresh token"):
+            row = (
+                self._db.read()
+                .execute(
+                    "SELECT secret_hash, family, key_id, tenant, role, used, expires_at "
+                    "FROM refresh_tokens WHERE id = ?",
+                    (token_id,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        secret_hash, family, key_id, tenant, role, used, expires_at = row
+        return RefreshRecord(
+            id=token_id,
+            secret_hash=secret_hash,
+            family=family,
+            key_id=key_id,
+            tenant=tenant,
+            role=role,
+            expires_at=float(expires_at),
+            used=bool(used),
+        )
+
+    def mark_refresh_used(self, token_id: str) -> bool:
+        # Two presenters of one token race here: exactly one flips the flag.
+        with translate("rotate refresh token"), self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE refresh_tokens SET used = 1 WHERE id = ? AND used = 0", (token_id,)
+            )
+            return cur.rowcount == 1
+
+    def revoke_family(self, family: str, expires_at: float) -> None:
+        with translate("revoke token family"), self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO refresh_families (family, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (family) DO UPDATE SET expires_at = excluded.expires_at",
+                (family, expires_at),
+            )
+
+    def family_revoked(self, family: str) -> bool:
+        with translate("check token family"):
+            row = (
+                self._db.read()
+                .execute("SELECT 1 FROM refresh_families WHERE family = ?", (family,))
+                .fetchone()
+            )
+        return row is not None
+
+    # ------------------------------------------------------------------ join tokens
+    def save_join_token(self, rec: JoinTokenRecord) -> None:
+        self._insert_new(
+            "INSERT INTO join_tokens (token_hash, region, labels, expires_at) VALUES (?, ?, ?, ?)",
+            (rec.token_hash, rec.region, json.dumps(rec.labels), rec.expires_at),
+            "save join token",
+        )
+
+    def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
+        with translate("find join token"):
+            row = (
+                self._db.read()
+                .execute(
+                    "SELECT region, labels, expires_at FROM join_tokens WHERE token_hash = ?",
+                    (token_hash,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return JoinTokenRecord(
+            token_hash=token_hash,
+            region=row[0],
+            labels=json.loads(row[1]),
+            expires_at=float(row[2]),
+        )
+
+    # ------------------------------------------------------------------ signing key
+    def ensure_signing_key(self, candidate: str) -> str:
+        with translate("store signing key"), self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO signing_key (id, key) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                (candidate,),
+            )
+            row = conn.execute("SELECT key FROM signing_key WHERE id = 1").fetchone()
+        return str(row[0])
+
+    def ping(self) -> None:
+        self._db.ping()

@@ -1,0 +1,118 @@
+"""The embedded store's SQLite database: one file in WAL mode, a connection per thread.
+
+Every adapter in this package runs its statements through :class:`Database`:
+
+- ``db.read()`` gives this thread's connection (autocommit; each SELECT sees a consistent
+  snapshot of the last committed state).
+- ``with db.write() as conn:`` runs a write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``,
+  ``ROLLBACK`` on any exception). SQLite has one writer at a time, so a transaction is
+  linearizable: a conditional write is "check in a SELECT/WHERE, write, commit" inside one
+  such block, with the same meaning as the DynamoDB adapter's ``ConditionExpression``.
+  A single ``UPDATE … WHERE <condition>`` checked with ``rowcount`` is the cheap form.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (every
+committed transaction is in the WAL file); an OS crash or power loss may lose the last
+transactions but never corrupts the file. ``GPUFLEET_SQLITE_SYNCHRONOUS=FULL`` (the
+``sqlite_synchronous`` setting) trades speed for power-loss durability.
+
+Schema: each adapter module declares ``DDL`` (its ``CREATE TABLE/INDEX IF NOT EXISTS``
+statements); :mod:`control_plane.storage.sqlite.schema` applies them and keeps the schema
+version in ``schema_version``: an older file is migrated on open, a newer one refused.
+
+Errors: ``sqlite3.Error`` becomes :class:`control_plane.errors.Unavailable` at the boundary
+(:func:`translate`), so no sqlite3 exception reaches a service or handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from control_plane.errors import Unavailable
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+@contextlib.contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn SQLite failures (locked past the busy timeout, I/O errors) into ``Unavailable``."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise Unavailable(f"storage error during {what}: {exc}") from exc
+
+
+class Database:
+    """One SQLite file shared by every store of the embedded control plane."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # autocommit; write() opens transactions explicitly
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise Unavailable("the embedded store is closed")
+            self._conns.append(conn)
+        return conn
+
+    def read(self) -> sqlite3.Connection:
+        """This thread's connection (created on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``)."""
+        conn = self.read()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def ping(self) -> None:
+        """Raise ``Unavailable`` when the file cannot be read."""
+        with translate("ping"):
+            self.read().execute("SELECT 1").fetchone()
+
+    def backup(self, dest: Path | str) -> None:
+        """A consistent copy of the whole database at ``dest`` (sqlite3's online backup)."""
+        target = sqlite3.connect(str(dest))
+        try:
+            with translate("backup"):
+                self.read().backup(target)
+        finally:
+            target.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

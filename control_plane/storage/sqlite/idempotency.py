@@ -1,0 +1,75 @@
+"""SQLite adapter of the ``Idempotency-Key`` records (table ``idempotency``, key
+``<tenant>#<Idempotency-Key>``), with the DynamoDB adapter's semantics.
+
+Timeline of one key: the first submit inserts the record (condition: no record, or an expired
+one, ``expires_at < now``); a concurrent or later submit loses that condition and reads the
+record back in the same transaction, so exactly one job id is ever bound to a live key.
+DynamoDB's TTL deletes expired records; here each claim deletes a few expired ones instead.
+"""
+
+from __future__ import annotations
+
+from control_plane.storage.protocols import IdempotencyRecord
+from control_plane.storage.sqlite.db import Database, translate
+
+DDL: list[str] = [
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY,
+        body_hash TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        shard INTEGER NOT NULL,
+        queue_token TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at)",
+]
+
+_CLAIM = """INSERT INTO idempotency
+    (key, body_hash, job_id, created_at, shard, queue_token, expires_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET body_hash = excluded.body_hash, job_id = excluded.job_id,
+    created_at = excluded.created_at, shard = excluded.shard,
+    queue_token = excluded.queue_token, expires_at = excluded.expires_at
+    WHERE idempotency.expires_at < ?"""
+_GET = """SELECT key, body_hash, job_id, created_at, shard, queue_token, expires_at
+    FROM idempotency WHERE key = ?"""
+# Expired records are dead weight (a claim replaces them anyway): drop a few per claim.
+_PURGE = """DELETE FROM idempotency WHERE key IN
+    (SELECT key FROM idempotency WHERE expires_at < ? ORDER BY expires_at LIMIT 8)"""
+
+
+class SqliteIdempotencyStore:
+    """``IdempotencyStore`` on the ``idempotency`` table.
+
+    - ``claim_key``: bind ``rec.key`` to ``rec`` iff the key is unbound or its record expired
+      (``expires_at < now``); returns None when bound now, else the live record holding the
+      key (read in the same transaction).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def claim_key(self, rec: IdempotencyRecord, now: float) -> IdempotencyRecord | None:
+        """Bind ``rec.key`` to ``rec``; None when bound now, else the live record holding it."""
+        row = (
+            rec.key,
+            rec.body_hash,
+            rec.job_id,
+            rec.created_at,
+            rec.shard,
+            rec.queue_token,
+            rec.expires_at,
+            now,
+        )
+        with translate("claim idempotency key"), self._db.write() as conn:
+            if conn.execute(_CLAIM, row).rowcount == 1:
+                conn.execute(_PURGE, (now,))
+                return None
+            held = conn.execute(_GET, (rec.key,)).fetchone()
+        return IdempotencyRecord(*held)
+
+    def ping(self) -> None:
+        """Raises Unavailable when the table cannot be read."""
+        with translate("ping idempotency"):
+            self._db.read().execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()

@@ -1,0 +1,413 @@
+"""SQLite adapter of the job items (table ``jobs``), with the DynamoDB adapter's semantics.
+
+Every transition is one ``UPDATE jobs … WHERE id = ? AND <condition> RETURNING …`` in one
+write transaction, conditioned on the status it leaves and on the token that proves the
+caller's right to leave it (the same machine as ``dynamo_jobs.py``):
+
+    QUEUED  --claim_job     (queue_token)-->  RUNNING   new lease_token (fencing token)
+    QUEUED  --finish_queued (queue_token)-->  CANCELLED | TIMED_OUT
+    RUNNING --extend_lease  (lease_token)-->  RUNNING   later expiry
+    RUNNING --requeue_running (lease_token)-> QUEUED    new queue_token
+    RUNNING --finish_running  (lease_token)-> SUCCEEDED | FAILED | CANCELLED
+
+No row updated means another actor won the race: the adapter answers ``None``/``False``.
+
+Layout: scalar fields are typed columns (the ones conditioned on or filtered by, and the ones a
+transition sets, so a transition is a plain ``SET``); ``request``, ``outputs`` and ``error`` are
+JSON text. ``created_key`` = ``<created_ms:013d>#<id>`` orders listings newest first; the
+indexes on it keep a listing's cost proportional to the page, not to the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from typing import Any
+
+from control_plane.errors import InvalidRequest
+from control_plane.storage.protocols import JobRecord
+from control_plane.storage.sqlite.db import Database, translate
+
+DDL: list[str] = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_version TEXT,
+        pinned INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        created_key TEXT NOT NULL,
+        timeout_s INTEGER NOT NULL,
+        ttl_s INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        region TEXT,
+        request TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        runner_id TEXT,
+        lease_token TEXT,
+        lease_expires_at REAL,
+        lease_shard TEXT,
+        lease_sk TEXT,
+        queue_shard TEXT,
+        queue_sk TEXT,
+        queue_token TEXT,
+        outputs TEXT,
+        outputs_ref TEXT,
+        error TEXT,
+        run_ms INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_key)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_key)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, created_key)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_tenant_status ON jobs (tenant, status, created_key)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_tenant_model ON jobs (tenant, model, created_key)",
+]
+
+_COLUMNS = (
+    "id, tenant, model, model_version, pinned, status, priority, created_at, timeout_s, ttl_s,"
+    " max_attempts, region, request, attempts, started_at, finished_at, runner_id, lease_token,"
+    " lease_expires_at, lease_shard, lease_sk, queue_shard, queue_sk, queue_token, outputs,"
+    " outputs_ref, error, run_ms"
+)
+
+# A new job stores what DynamoJobStore.to_item stores: the run fields start empty.
+_NEW_COLUMNS = (
+    "id, tenant, created_key, model, model_version, pinned, status, priority, created_at,"
+    " timeout_s, ttl_s, max_attempts, region, request, attempts, queue_shard, queue_sk,"
+    " queue_token"
+)
+_NEW_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_RETURNING = f" RETURNING {_COLUMNS}"
+_INSERT = (
+    f"INSERT INTO jobs ({_NEW_COLUMNS}) VALUES ({_NEW_VALUES})"  # noqa: S608 - constant
+    " ON CONFLICT (id) DO NOTHING"
+)
+_PUT = f"INSERT OR REPLACE INTO jobs ({_NEW_COLUMNS}) VALUES ({_NEW_VALUES})"  # noqa: S608
+_GET = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608 - constant
+_STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+
+_CLAIM_UPDATE = (
+    "UPDATE jobs SET status = 'RUNNING', lease_token = ?, runner_id = ?, model_version = ?,"
+    " started_at = ?, lease_expires_at = ?, lease_shard = ?, lease_sk = ?,"
+    " queue_token = NULL, queue_shard = NULL, queue_sk = NULL, attempts = attempts + 1"
+    " WHERE id = ? AND status = 'QUEUED' AND queue_token = ?"
+)
+_CLAIM = _CLAIM_UPDATE + _RETURNING
+_EXTEND_UPDATE = (
+    "UPDATE jobs SET lease_expires_at = ?, lease_shard = ?, lease_sk = ?"
+    " WHERE id = ? AND status = 'RUNNING' AND lease_token = ? AND runner_id = ?"
+)
+_EXTEND = _EXTEND_UPDATE + _RETURNING
+_FINISH_UPDATE = (
+    "UPDATE jobs SET status = ?, finished_at = ?, outputs = COALESCE(?, outputs),"
+    " outputs_ref = COALESCE(?, outputs_ref), error = COALESCE(?, error),"
+    " run_ms = COALESCE(?, run_ms), lease_shard = NULL, lease_sk = NULL"
+    " WHERE id = ? AND status = 'RUNNING' AND lease_token = ?"
+)
+_FINISH = _FINISH_UPDATE + _RETURNING
+_FINISH_EXPIRED = _FINISH_UPDATE + " AND lease_expires_at <= ?" + _RETURNING
+_REQUEUE = (
+    "UPDATE jobs SET status = 'QUEUED', queue_shard = ?, queue_sk = ?, queue_token = ?,"
+    " lease_token = NULL, lease_shard = NULL, lease_sk = NULL, lease_expires_at = NULL,"
+    " runner_id = NULL"
+    " WHERE id = ? AND status = 'RUNNING' AND lease_token = ? AND lease_expires_at <= ?"
+)
+_FINISH_QUEUED_UPDATE = (
+    "UPDATE jobs SET status = ?, finished_at = ?, error = COALESCE(?, error),"
+    " queue_token = NULL, queue_shard = NULL, queue_sk = NULL"
+    " WHERE id = ? AND status = 'QUEUED' AND queue_token = ?"
+)
+_FINISH_QUEUED = _FINISH_QUEUED_UPDATE + _RETURNING
+
+
+def _created_key(job: JobRecord) -> str:
+    return f"{int(job.created_at * 1000):013d}#{job.id}"
+
+
+def _new_row(job: JobRecord) -> tuple[Any, ...]:
+    queue_shard, queue_sk = job.queue_key if job.queue_key is not None else (None, None)
+    return (
+        job.id,
+        job.tenant,
+        _created_key(job),
+        job.model,
+        job.model_version,
+        int(job.pinned),
+        job.status,
+        job.priority,
+        job.created_at,
+        job.timeout_s,
+        job.ttl_s,
+        job.max_attempts,
+        job.region,
+        json.dumps(job.request, separators=(",", ":")),
+        job.attempts,
+        queue_shard,
+        queue_sk,
+        job.queue_token,
+    )
+
+
+def _record(row: Any) -> JobRecord:
+    (
+        id_,
+        tenant,
+        model,
+        model_version,
+        pinned,
+        status,
+        priority,
+        created_at,
+        timeout_s,
+        ttl_s,
+        max_attempts,
+        region,
+        request,
+        attempts,
+        started_at,
+        finished_at,
+        runner_id,
+        lease_token,
+        lease_expires_at,
+        lease_shard,
+        lease_sk,
+        queue_shard,
+        queue_sk,
+        queue_token,
+        outputs,
+        outputs_ref,
+        error,
+        run_ms,
+    ) = row
+    return JobRecord(
+        id=id_,
+        tenant=tenant,
+        model=model,
+        model_version=model_version,
+        pinned=bool(pinned),
+        status=status,
+        priority=priority,
+        created_at=created_at,
+        timeout_s=timeout_s,
+        ttl_s=ttl_s,
+        max_attempts=max_attempts,
+        region=region,
+        request=json.loads(request),
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        runner_id=runner_id,
+        lease_token=lease_token,
+        lease_expires_at=lease_expires_at,
+        lease_key=None if lease_shard is None else (lease_shard, lease_sk),
+        queue_key=None if queue_shard is None else (queue_shard, queue_sk),
+        queue_token=queue_token,
+        outputs=None if outputs is None else json.loads(outputs),
+        outputs_ref=outputs_ref,
+        error=None if error is None else json.loads(error),
+        run_ms=run_ms,
+    )
+
+
+def _encode_cursor(tenant: str | None, created_key: str) -> str:
+    raw = json.dumps({"t": tenant, "k": created_key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, tenant: str | None) -> str:
+    """The ``created_key`` a page starts after; InvalidRequest when the cursor is not one of
+    ours or belongs to another tenant's listing."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("k"), str):
+            raise ValueError("not a job cursor")
+        if tenant is not None and doc.get("t") != tenant:
+            raise ValueError("a cursor of another listing")
+    except ValueError as exc:
+        raise InvalidRequest("cursor is not valid", field="cursor") from exc
+    return str(doc["k"])
+
+
+@functools.lru_cache(maxsize=32)
+def _list_sql(tenant: bool, status: bool, model: bool, after: bool) -> str:
+    conds = [
+        c
+        for c, on in (
+            ("tenant = ?", tenant),
+            ("status = ?", status),
+            ("model = ?", model),
+            ("created_key < ?", after),
+        )
+        if on
+    ]
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    select = f"SELECT {_COLUMNS}, created_key FROM jobs{where}"  # noqa: S608 - constants
+    return select + " ORDER BY created_key DESC LIMIT ?"
+
+
+class SqliteJobTable:
+    """``JobTable`` on the ``jobs`` table of the embedded store.
+
+    - ``create_job``: insert unless the id exists (False: an idempotent replay).
+    - ``create_jobs``: unconditional puts of jobs with fresh random ids, one transaction.
+    - ``claim_job``: QUEUED -> RUNNING iff status is QUEUED and ``queue_token`` matches; sets
+      the lease (token, runner, expiry, marker key), version, ``started_at``, attempts + 1,
+      clears the queue token and key.
+    - ``extend_lease``: iff RUNNING with ``lease_token`` held by ``runner_id``: new expiry and
+      lease marker key.
+    - ``finish_running``: RUNNING -> terminal iff RUNNING with ``lease_token`` (and, with
+      ``expired_before``, iff ``lease_expires_at <= expired_before``); sets ``finished_at``
+      and the given result fields, clears the lease marker key (token and runner are kept).
+    - ``requeue_running``: RUNNING -> QUEUED iff RUNNING with ``lease_token`` and
+      ``lease_expires_at <= expired_before``; new queue key and token, lease fields cleared.
+    - ``finish_queued``: QUEUED -> terminal iff QUEUED with ``queue_token``; clears the queue
+      token and key.
+
+    A lost condition returns ``None`` (``False`` for ``requeue_running``); a won one returns
+    the record as committed.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create_job(self, job: JobRecord) -> bool:
+        """Store a new job; False when the id exists already (an idempotent replay)."""
+        row = _new_row(job)
+        with translate("create job"), self._db.write() as conn:
+            return conn.execute(_INSERT, row).rowcount == 1
+
+    def create_jobs(self, jobs: list[JobRecord]) -> None:
+        """Store new jobs with fresh random ids (a batch submit), in one transaction."""
+        rows = [_new_row(x) for x in jobs]
+        with translate("create jobs"), self._db.write() as conn:
+            conn.executemany(_PUT, rows)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with translate("get job"):
+            row = self._db.read().execute(_GET, (job_id,)).fetchone()
+            return None if row is None else _record(row)
+
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """id -> status of the jobs that exist."""
+        if not job_ids:
+            return {}
+        ids = json.dumps(list(dict.fromkeys(job_ids)))
+        with translate("get job statuses"):
+            return dict(self._db.read().execute(_STATUSES, (ids,)).fetchall())
+
+    def list_jobs(
+        self,
+        tenant: str | None,
+        status: str | None,
+        model: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs (every tenant's when ``tenant`` is None) newest first, filtered by
+        status and model; ``cursor``: opaque, from the previous page (None: no more pages)."""
+        limit = max(1, limit)
+        after = _decode_cursor(cursor, tenant) if cursor else None
+        params: list[Any] = [
+            v for v in (tenant, status or None, model or None, after) if v is not None
+        ]
+        params.append(limit + 1)
+        sql = _list_sql(tenant is not None, bool(status), bool(model), after is not None)
+        with translate("list jobs"):
+            rows = self._db.read().execute(sql, params).fetchall()
+            page = [_record(r[:-1]) for r in rows[:limit]]
+        next_cursor = _encode_cursor(tenant, rows[limit - 1][-1]) if len(rows) > limit else None
+        return page, next_cursor
+
+    # ------------------------------------------------------------------ transitions
+    def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
+        with translate(what), self._db.write() as conn:
+            rows = conn.execute(sql, params).fetchall()
+            return _record(rows[0]) if rows else None
+
+    def claim_job(
+        self,
+        job_id: str,
+        queue_token: str,
+        *,
+        lease_token: str,
+        runner_id: str,
+        version: str,
+        now: float,
+        lease_expires_at: float,
+        lease_key: tuple[str, str],
+    ) -> JobRecord | None:
+        """QUEUED -> RUNNING if the job is still queued under ``queue_token``."""
+        params = (lease_token, runner_id, version, now, lease_expires_at, *lease_key)
+        return self._transition("claim job", _CLAIM, (*params, job_id, queue_token))
+
+    def extend_lease(
+        self,
+        job_id: str,
+        lease_token: str,
+        runner_id: str,
+        lease_expires_at: float,
+        lease_key: tuple[str, str],
+    ) -> JobRecord | None:
+        """Move the expiry of a running lease held by ``runner_id`` with ``lease_token``."""
+        params = (lease_expires_at, *lease_key, job_id, lease_token, runner_id)
+        return self._transition("extend lease", _EXTEND, params)
+
+    def finish_running(
+        self,
+        job_id: str,
+        lease_token: str,
+        status: str,
+        *,
+        now: float,
+        outputs_json: str | None = None,
+        outputs_ref: str | None = None,
+        error: dict[str, Any] | None = None,
+        run_ms: int | None = None,
+        expired_before: float | None = None,
+    ) -> JobRecord | None:
+        """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
+        the lease expired by then, for the sweep)."""
+        error_json = None if error is None else json.dumps(error, separators=(",", ":"))
+        params = (status, now, outputs_json, outputs_ref, error_json, run_ms, job_id, lease_token)
+        if expired_before is None:
+            return self._transition("finish job", _FINISH, params)
+        return self._transition("finish job", _FINISH_EXPIRED, (*params, expired_before))
+
+    def requeue_running(
+        self,
+        job_id: str,
+        lease_token: str,
+        queue_key: tuple[str, str],
+        queue_token: str,
+        *,
+        expired_before: float,
+    ) -> bool:
+        """RUNNING -> QUEUED once the lease has expired (the queue entry is written first)."""
+        params = (*queue_key, queue_token, job_id, lease_token, expired_before)
+        with translate("requeue job"), self._db.write() as conn:
+            return conn.execute(_REQUEUE, params).rowcount == 1
+
+    def finish_queued(
+        self,
+        job_id: str,
+        queue_token: str,
+        status: str,
+        *,
+        now: float,
+        error: dict[str, Any] | None = None,
+    ) -> JobRecord | None:
+        """QUEUED -> CANCELLED | TIMED_OUT if still queued under ``queue_token``."""
+        error_json = None if error is None else json.dumps(error, separators=(",", ":"))
+        params = (status, now, error_json, job_id, queue_token)
+        return self._transition("finish queued job", _FINISH_QUEUED, params)
+
+    def ping(self) -> None:
+        """Raises Unavailable when the table cannot be read."""
+        with translate("ping jobs"):
+            self._db.read().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()

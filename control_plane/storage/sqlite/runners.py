@@ -1,0 +1,208 @@
+"""SQLite adapters of runner registrations (``runners``) and the signed-call replay cache
+(``nonces``); same meaning as ``dynamo_runners.py``.
+
+A runner row holds its registration, its HMAC secret in the clear (the control plane must
+recompute signatures; keep the database file private), the last heartbeat (JSON text) and its
+runtime ``config`` (a JSON object of scalars; a value that is not a bool or a number is stored
+as ``str(value)``, as the DynamoDB adapter's config map does).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from control_plane.errors import Conflict
+from control_plane.storage.protocols_auth import RunnerRecord
+from control_plane.storage.sqlite.db import Database, translate
+
+NONCE_PURGE_BATCH = 64
+
+DDL: list[str] = [
+    """CREATE TABLE IF NOT EXISTS runners (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        region TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        revoked INTEGER NOT NULL,
+        last_heartbeat_at REAL,
+        gpus TEXT NOT NULL,
+        models TEXT NOT NULL,
+        triton TEXT NOT NULL,
+        running_jobs TEXT NOT NULL,
+        config TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS nonces (
+        key TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at)",
+]
+
+_COLUMNS = (
+    "id, name, region, labels, secret, registered_at, revoked, last_heartbeat_at, gpus, "
+    "models, triton, running_jobs, config"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM runners"  # noqa: S608 - constant
+
+
+def _scalar(v: Any) -> Any:
+    """A config value as the DynamoDB adapter keeps it: bool, number, else its ``str``."""
+    return v if isinstance(v, (bool, int, float)) else str(v)
+
+
+def _record(row: tuple[Any, ...]) -> RunnerRecord:
+    (rid, name, region, labels, secret, registered_at, revoked, last) = row[:8]
+    gpus, models, triton, running_jobs, config = row[8:]
+    return RunnerRecord(
+        id=rid,
+        name=name,
+        region=region,
+        labels=json.loads(labels),
+        secret=secret,
+        registered_at=float(registered_at),
+        revoked=bool(revoked),
+        last_heartbeat_at=None if last is None else float(last),
+        gpus=json.loads(gpus),
+        models=json.loads(models),
+        triton=json.loads(triton),
+        running_jobs=json.loads(running_jobs),
+        config=json.loads(config),
+    )
+
+
+def _live(conn: sqlite3.Connection, runner_id: str) -> RunnerRecord | None:
+    row = conn.execute(f"{_SELECT} WHERE id = ? AND revoked = 0", (runner_id,)).fetchone()
+    return None if row is None else _record(row)
+
+
+class SqliteRunnerStore:
+    """``RunnerStore`` on SQLite.
+
+    Conditions, each checked and applied in one transaction or one conditional statement:
+
+    - ``create_runner``: inserts when the id is new (``Conflict`` otherwise), always as not
+      revoked and without a heartbeat (``revoked``/``last_heartbeat_at`` of the record are
+      ignored).
+    - ``record_heartbeat`` / ``merge_config``: update an existing, unrevoked runner and return
+      it as stored now; None when it is missing or revoked. ``merge_config`` sets the given
+      fields and keeps the others; an empty patch is a plain ``find_runner`` (revoked too).
+    - ``revoke_runner``: sets ``revoked`` (idempotent); False when there is no such runner.
+
+    ``list_runners`` is ordered by ``registered_at``.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create_runner(self, rec: RunnerRecord) -> None:
+        with translate("create runner"), self._db.write() as conn:
+            cur = conn.execute(
+                f"INSERT INTO runners ({_COLUMNS}) "  # noqa: S608 - constant
+                "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    rec.id,
+                    rec.name,
+                    rec.region,
+                    json.dumps(rec.labels),
+                    rec.secret,
+                    rec.registered_at,
+                    json.dumps(rec.gpus),
+                    json.dumps(rec.models),
+                    json.dumps(rec.triton),
+                    json.dumps(rec.running_jobs),
+                    json.dumps({k: _scalar(v) for k, v in rec.config.items()}),
+                ),
+            )
+            if cur.rowcount != 1:
+                raise Conflict("runner id already exists")
+
+    def find_runner(self, runner_id: str) -> RunnerRecord | None:
+        with translate("find runner"):
+            row = self._db.read().execute(f"{_SELECT} WHERE id = ?", (runner_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def record_heartbeat(
+        self,
+        runner_id: str,
+        at: float,
+        gpus: list[dict[str, Any]],
+        models: list[dict[str, Any]],
+        triton: dict[str, Any],
+        running_jobs: list[str],
+    ) -> RunnerRecord | None:
+        with translate("record heartbeat"), self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE runners SET last_heartbeat_at = ?, gpus = ?, models = ?, triton = ?, "
+                "running_jobs = ? WHERE id = ? AND revoked = 0",
+                (
+                    at,
+                    json.dumps(gpus),
+                    json.dumps(models),
+                    json.dumps(triton),
+                    json.dumps(running_jobs),
+                    runner_id,
+                ),
+            )
+            return _live(conn, runner_id) if cur.rowcount == 1 else None
+
+    def merge_config(self, runner_id: str, patch: dict[str, Any]) -> RunnerRecord | None:
+        if not patch:
+            return self.find_runner(runner_id)
+        with translate("merge config"), self._db.write() as conn:
+            rec = _live(conn, runner_id)
+            if rec is None:
+                return None
+            config = {**rec.config, **{k: _scalar(v) for k, v in patch.items()}}
+            conn.execute(
+                "UPDATE runners SET config = ? WHERE id = ?", (json.dumps(config), runner_id)
+            )
+            return _live(conn, runner_id)
+
+    def revoke_runner(self, runner_id: str) -> bool:
+        with translate("revoke runner"), self._db.write() as conn:
+            cur = conn.execute("UPDATE runners SET revoked = 1 WHERE id = ?", (runner_id,))
+            return cur.rowcount == 1
+
+    def list_runners(self) -> list[RunnerRecord]:
+        with translate("list runners"):
+            rows = self._db.read().execute(f"{_SELECT} ORDER BY registered_at, id").fetchall()
+        return [_record(r) for r in rows]
+
+    def ping(self) -> None:
+        self._db.ping()
+
+
+class SqliteNonceStore:
+    """``NonceStore`` on SQLite: a nonce may be stored once until it expires.
+
+    ``remember_nonce`` stores the key (True) when it is absent or its stored entry expired
+    (stored ``expires_at < int(now)``); False on a replay of an unexpired key. Times are whole
+    seconds, as in the DynamoDB adapter. Each call also deletes a bounded batch of expired
+    entries (an index range scan on ``expires_at``), so the table holds live nonces only.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def remember_nonce(self, key: str, now: float, expires_at: float) -> bool:
+        now_s = int(now)
+        with translate("remember nonce"), self._db.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO nonces (key, expires_at) VALUES (?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET expires_at = excluded.expires_at WHERE nonces.expires_at < ?",
+                (key, int(expires_at), now_s),
+            )
+            stored = cur.rowcount == 1
+            conn.execute(
+                "DELETE FROM nonces WHERE key IN (SELECT key FROM nonces "
+                "WHERE expires_at < ? ORDER BY expires_at LIMIT ?)",
+                (now_s, NONCE_PURGE_BATCH),
+            )
+        return stored
+
+    def ping(self) -> None:
+        self._db.ping()

@@ -1,0 +1,212 @@
+"""The runner's dispatch channel: a WebSocket to the control plane for synchronous inference.
+
+The runner opens ``/v1/runners/{id}/channel`` (the upgrade request HMAC-signed like every
+runner call) and keeps it open. It tells the control plane which model versions are READY
+here and how many requests it takes at once (``hello``, then ``models`` whenever that
+changes); the control plane sends ``infer`` frames, the runner answers each with ``result``
+or ``error`` (same ``id``). Requests run concurrently (Triton's dynamic batcher sees them
+together); their count is shared with the job loop's slots (``state.dispatch_inflight``).
+
+Semantics: a request is run at most once; if the channel breaks the control plane answers
+the caller 503 and the runner's late answer is dropped. The channel reconnects with backoff;
+a 401 at the upgrade (revoked credentials) re-registers through ``Identity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpufleet import signing
+from gpufleet.wire import OutputRequest, Tensor
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from runner.backends.base import InferenceEngine, InferError
+from runner.identity import Identity
+from runner.model_manager import ModelManager
+from runner.state import RunnerState, wait_event
+from runner.tensors import TensorError
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.2
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+def channel_url(base_url: str, runner_id: str) -> str:
+    """``ws(s)://host/…/v1/runners/{id}/channel`` for a control-plane ``http(s)://`` URL."""
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path}/v1/runners/{runner_id}/channel"
+
+
+class DispatchChannel:
+    """Keeps the channel open and serves its requests; see the module docstring."""
+
+    def __init__(
+        self,
+        state: RunnerState,
+        identity: Identity,
+        engine: InferenceEngine,
+        models: ModelManager,
+        base_url: str,
+    ) -> None:
+        self._state = state
+        self._identity = identity
+        self._engine = engine
+        self._models = models
+        self._base_url = base_url
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.connected = False
+        self.served = 0
+
+    # ------------------------------------------------------------------ connection
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, serve, reconnect with backoff until ``stop``."""
+        backoff = 0.5
+        while not stop.is_set():
+            creds = await self._identity.ensure(stop)
+            if creds is None:
+                return
+            url = channel_url(self._base_url, creds.runner_id)
+            headers = signing.sign_headers(
+                creds.runner_id, creds.secret, "GET", urlsplit(url).path, "", b""
+            )
+            try:
+                async with connect(
+                    url,
+                    additional_headers=headers,
+                    compression=None,
+                    max_size=MAX_FRAME_BYTES,
+                    open_timeout=10,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    proxy=None,
+                ) as ws:
+                    backoff = 0.5
+                    self.connected = True
+                    log.info("dispatch channel open")
+                    await self._serve(ws, stop)
+            except asyncio.CancelledError:
+                raise
+            except InvalidStatus as exc:
+                if exc.response.status_code == 401:
+                    log.warning("dispatch channel refused (401): re-registering")
+                    await self._identity.invalidate(creds)
+                    continue
+                log.warning("dispatch channel refused: HTTP %s", exc.response.status_code)
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                log.info("dispatch channel closed: %s", exc)
+            except Exception:
+                log.warning("dispatch channel failed", exc_info=True)
+            finally:
+                self.connected = False
+            await wait_event(stop, backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+    def _advert(self) -> dict[str, Any]:
+        cfg = self._state.config
+        ready = self._state.triton_ready.is_set()
+        refs = self._models.ready_refs() if ready else []
+        return {
+            "models": sorted(
+                ({"name": r.name, "version": r.version} for r in refs),
+                key=lambda m: (m["name"], m["version"]),
+            ),
+            "capacity": max(1, cfg.max_concurrency),
+            "draining": bool(cfg.drain or self._state.stopping),
+        }
+
+    async def _serve(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        advert = self._advert()
+        await ws.send(json.dumps({"type": "hello", **advert}))
+        watcher = asyncio.create_task(self._watch(ws, advert, stop))
+        try:
+            async for frame in ws:
+                received = time.perf_counter()
+                msg = json.loads(frame)
+                kind = msg.get("type")
+                if kind == "infer":
+                    req_id = int(msg["id"])
+                    task = asyncio.create_task(self._handle(ws, msg, received))
+                    self._tasks[req_id] = task
+                    task.add_done_callback(functools.partial(self._forget, req_id))
+                elif kind == "cancel":
+                    running = self._tasks.get(int(msg.get("id", -1)))
+                    if running is not None:
+                        running.cancel()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self, ws: ClientConnection, sent: dict[str, Any], stop: asyncio.Event) -> None:
+        """Tell the control plane when the served versions, capacity or draining change;
+        close the channel once stopping and idle."""
+        while True:
+            await wait_event(stop, WATCH_INTERVAL_S)
+            advert = self._advert()
+            if advert != sent:
+                await ws.send(json.dumps({"type": "models", **advert}))
+                sent = advert
+            if stop.is_set() and not self._tasks:
+                await ws.close()
+                return
+
+    # ------------------------------------------------------------------ requests
+    def _forget(self, req_id: int, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(req_id, None)
+
+    async def _handle(self, ws: ClientConnection, msg: dict[str, Any], received: float) -> None:
+        req_id = msg["id"]
+        self._state.dispatch_inflight += 1
+        reply: dict[str, Any]
+        try:
+            inputs = [Tensor.model_validate(t) for t in msg.get("inputs") or []]
+            outputs = [OutputRequest.model_validate(o) for o in msg.get("outputs") or []]
+            start = time.perf_counter()
+            result = await self._engine.infer(
+                msg["model"],
+                msg["version"],
+                inputs,
+                outputs or None,
+                msg.get("parameters") or {},
+                float(msg.get("timeout_s") or 60.0),
+            )
+            done = time.perf_counter()
+            reply = {
+                "type": "result",
+                "id": req_id,
+                "outputs": [t.model_dump(exclude_none=True) for t in result],
+                "timings": {
+                    "receive_ms": round((start - received) * 1000, 3),
+                    "triton_ms": round((done - start) * 1000, 3),
+                },
+            }
+            self.served += 1
+        except asyncio.CancelledError:
+            raise
+        except (TensorError, ValueError) as exc:
+            reply = {"type": "error", "id": req_id, "code": "invalid_input", "message": str(exc)}
+        except InferError as exc:
+            code = "unavailable" if exc.transient else "triton_error"
+            reply = {"type": "error", "id": req_id, "code": code, "message": str(exc)[:4000]}
+        except Exception as exc:
+            log.warning("dispatched request %s failed", req_id, exc_info=True)
+            reply = {"type": "error", "id": req_id, "code": "runner_error", "message": str(exc)}
+        finally:
+            self._state.dispatch_inflight -= 1
+            self._state.slot_freed.set()
+        reply["runner_id"] = self._identity.runner_id
+        if reply["type"] == "result":
+            reply["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 3)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps(reply, separators=(",", ":")))
