@@ -22,6 +22,10 @@ install: $(STAMP) ## virtual environment with every extra and the test tools
 rig-deps: ## Debian packages for the real-component rig (docker.io, mmdebstrap)
 	bash scripts/install-rig-deps.sh
 
+.PHONY: perf-analyzer
+perf-analyzer: ## Triton's perf_analyzer (2.51) in its own venv: .cache/perf-analyzer/perf_analyzer
+	bash scripts/install-perf-analyzer.sh
+
 triton-cpu-image: rig-deps ## build gpufleet/tritonserver-cpu:2.51 offline (skips when present)
 	bash scripts/build-triton-cpu-image.sh
 
@@ -44,6 +48,7 @@ bench: install ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_model_sync.py
 	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_perf_analyzer.py
 
 deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))

@@ -11,6 +11,15 @@ Each case then times N sequential submits, N leases (max_jobs=1) and N completes
 line is the lease p50 ratio large/small (the design's target: at most 2x).
 
     .venv/bin/python bench/bench_queue.py --quick
+
+``--calls`` counts storage calls per job instead (submit -> lease -> complete -> terminal
+read), one job at a time ("single") and in batches of 100 ("batch": ``POST /v1/jobs/batch``,
+``lease(max_jobs=100)``, ``POST /v1/runners/{id}/complete``, concurrent waits), on DynamoDB
+(API calls seen by botocore's ``before-call`` event, moto over HTTP) and on the embedded
+SQLite store (statements seen by a trace callback on every connection; ``BEGIN`` = one write
+transaction):
+
+    .venv/bin/python bench/bench_queue.py --calls
 """
 
 from __future__ import annotations
@@ -22,9 +31,13 @@ import random
 import socket
 import statistics
 import sys
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +47,27 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from gpufleet.wire import CompleteRequest, LeaseRequest, ModelRef  # noqa: E402
+from gpufleet import wire  # noqa: E402
+from gpufleet.wire import (  # noqa: E402
+    CommitRequest,
+    CompleteRequest,
+    CreateVersionRequest,
+    LeaseRequest,
+    ModelRef,
+    Tensor,
+)
 
+from control_plane.app import Services, build_services  # noqa: E402
 from control_plane.services import queue_keys as keys  # noqa: E402
 from control_plane.services.jobs import JobService, build_job_service  # noqa: E402
+from control_plane.services.models import ModelService, object_key  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.storage.aws import make_clients  # noqa: E402
 from control_plane.storage.definitions import create_all  # noqa: E402
 from control_plane.storage.dynamo_jobs import to_item  # noqa: E402
 from control_plane.storage.protocols import JobRecord  # noqa: E402
-from tests.contract.fleet import job, principal, push_model  # noqa: E402
+from control_plane.storage.stores import Stores, dynamo_stores  # noqa: E402
+from tests.contract.fleet import add_sub_files, file_specs, job, principal, push_model  # noqa: E402
 
 USER = principal("bench")
 
@@ -162,7 +186,7 @@ def run_case(endpoint: str, finished: int, queued: int, n: int) -> dict[str, tup
     )
     db, s3 = make_clients(settings)
     create_all(db, s3, settings.table_prefix, settings.bucket, settings.aws_region)
-    jobs, models = build_job_service(settings, db, s3)
+    jobs, models = build_job_service(settings, dynamo_stores(settings))
     push_model(models, USER)
     t = time.perf_counter()
     preload(settings, db, finished, queued)
@@ -188,11 +212,201 @@ def complete(jobs: JobService, leased: Any) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------ call counts
+OUTPUTS = [Tensor(name="OUTPUT0", datatype="FP32", shape=[1, 4], data=[0, 2, 4, 6])]
+PHASES = ("submit", "lease", "complete", "read")
+
+
+class CallCounter:
+    """Storage calls by phase and operation (thread-safe: leases read in a pool)."""
+
+    def __init__(self) -> None:
+        self.phase = "setup"
+        self.calls: dict[str, Counter[str]] = defaultdict(Counter)
+        self._lock = threading.Lock()
+
+    def hit(self, op: str) -> None:
+        with self._lock:
+            self.calls[self.phase][op] += 1
+
+
+def push_model_to(models: ModelService, stores: Stores, name: str = "add_sub") -> None:
+    """add_sub READY on either store: a bucket gets presigned PUTs, the embedded store's blob
+    directory is written directly (its URLs are served by an app that is not running here)."""
+    files = add_sub_files(name)
+    if stores.kind != "sqlite":
+        push_model(models, USER, name, files)
+        return
+    created = models.create_version(USER, name, CreateVersionRequest(files=file_specs(files)))
+    for path, data in files.items():
+        stores.blobs.put_bytes(object_key(name, created.version, path), data)  # type: ignore[attr-defined]
+    models.commit(USER, name, created.version, CommitRequest())
+
+
+@contextmanager
+def sqlite_services(counter: CallCounter | None = None, **overrides: Any) -> Iterator[Services]:
+    """Every service on a fresh embedded store in a temporary directory (statements counted
+    into ``counter``), add_sub READY."""
+    from control_plane.storage.embedded_store import open_embedded_store
+    from control_plane.storage.sqlite.db import Database
+
+    connect = Database._connect
+    if counter is not None:
+
+        def counted(self: Database) -> Any:
+            conn = connect(self)
+            conn.set_trace_callback(lambda sql: counter.hit(sql.split(None, 1)[0].upper()))
+            return conn
+
+        Database._connect = counted  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory(prefix="gpufleet-bench-") as tmp:
+        settings = Settings(
+            embedded=True,
+            data_dir=Path(tmp),
+            jwt_secret="bench-signing-key-0123456789abcdef0123456789",  # type: ignore[arg-type]
+            max_queue_depth=10**9,
+            **overrides,
+        )
+        stores = open_embedded_store(settings)
+        try:
+            svc = build_services(settings, stores)
+            push_model_to(svc.models, stores)  # type: ignore[arg-type]
+            yield svc
+        finally:
+            Database._connect = connect  # type: ignore[method-assign]
+            stores.close()
+
+
+@contextmanager
+def moto_services(
+    endpoint: str, counter: CallCounter | None = None, **overrides: Any
+) -> Iterator[Services]:
+    """Every service on fresh tables of the moto server at ``endpoint`` (DynamoDB API calls
+    counted into ``counter``), add_sub READY."""
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        dynamodb_endpoint_url=endpoint,
+        s3_endpoint_url=endpoint,
+        table_prefix=f"bc{tag}",
+        bucket=f"bc{tag}",
+        jwt_secret="bench-signing-key-0123456789abcdef0123456789",  # type: ignore[arg-type]
+        max_queue_depth=10**9,
+        **overrides,
+    )
+    stores = dynamo_stores(settings)
+    db, s3 = stores.extra["dynamodb"], stores.extra["s3"]
+    create_all(db, s3, settings.table_prefix, settings.bucket, settings.aws_region)
+    svc = build_services(settings, stores)
+    push_model_to(svc.models, stores)  # type: ignore[arg-type]
+    if counter is not None:
+        db.meta.events.register(
+            "before-call.dynamodb.*", lambda model, **kw: counter.hit(model.name)
+        )
+    yield svc
+
+
+def _complete_all(jobs: Any, leased: list[Any], batch: bool) -> None:
+    item = getattr(wire, "CompleteItem", None)
+    if batch and item is not None and hasattr(jobs, "complete_batch"):
+        for i in range(0, len(leased), 100):
+            items = [
+                item(job_id=x.id, lease_token=x.lease_token, status="SUCCEEDED", outputs=OUTPUTS)
+                for x in leased[i : i + 100]
+            ]
+            jobs.complete_batch("run_calls", items)
+        return
+    for x in leased:
+        done = CompleteRequest(lease_token=x.lease_token, status="SUCCEEDED", outputs=OUTPUTS)
+        jobs.complete("run_calls", x.id, done)
+
+
+def count_flow(svc: Services, counter: CallCounter, n: int, batch: bool) -> None:
+    """submit -> lease -> complete -> terminal read of ``n`` jobs, one phase at a time."""
+    jobs: Any = svc.jobs
+    loop = asyncio.new_event_loop()
+    try:
+        counter.phase = "submit"
+        if batch:
+            ids: list[str] = []
+            for start in range(0, n, 100):
+                reqs = [job() for _ in range(min(100, n - start))]
+                ids += jobs.submit_batch(USER, reqs)
+        else:
+            ids = [jobs.submit(USER, job())[0].id for _ in range(n)]
+        counter.phase = "lease"
+        leased: list[Any] = []
+        for _ in range(10 * n):
+            if len(leased) >= n:
+                break
+            want = min(100, n - len(leased)) if batch else 1
+            req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=want)
+            leased += loop.run_until_complete(jobs.lease("run_calls", None, req)).jobs
+        assert len(leased) == n, f"leased {len(leased)} of {n}"
+        counter.phase = "complete"
+        _complete_all(jobs, leased, batch)
+        counter.phase = "read"
+        if batch:
+
+            async def waits() -> list[Any]:
+                return list(await asyncio.gather(*(jobs.wait(USER, i, 5.0) for i in ids)))
+
+            views = loop.run_until_complete(waits())
+        else:
+            views = [jobs.get(USER, i) for i in ids]
+        assert all(v.status == "SUCCEEDED" for v in views)
+        counter.phase = "idle"
+    finally:
+        loop.close()
+
+
+def calls_main(n: int) -> None:
+    """Print storage calls per job by phase and operation, single vs batch, both stores."""
+    import logging
+
+    logging.disable(logging.INFO)
+    rows: list[tuple[str, str, str, float, str]] = []
+
+    def record(backend: str, flow: str, counter: CallCounter) -> None:
+        for phase in PHASES:
+            ops = counter.calls.get(phase, Counter())
+            detail = ", ".join(f"{op} {c / n:.2f}" for op, c in sorted(ops.items()))
+            rows.append((backend, flow, phase, sum(ops.values()) / n, detail))
+        total = sum(sum(counter.calls.get(p, Counter()).values()) for p in PHASES) / n
+        rows.append((backend, flow, "TOTAL", total, ""))
+
+    from control_plane.embedded import serialized_moto_server
+
+    port = free_port()
+    server = serialized_moto_server(port)
+    server.start()
+    try:
+        for flow in ("single", "batch"):
+            counter = CallCounter()
+            with moto_services(f"http://127.0.0.1:{port}", counter) as svc:
+                count_flow(svc, counter, n, flow == "batch")
+            record("dynamodb", flow, counter)
+    finally:
+        server.stop()
+    for flow in ("single", "batch"):
+        counter = CallCounter()
+        with sqlite_services(counter) as svc:
+            count_flow(svc, counter, n, flow == "batch")
+        record("sqlite", flow, counter)
+    print(f"\nstorage calls per job ({n} jobs; sqlite: statements, BEGIN = a write transaction)")
+    print(f"{'store':<9} {'flow':<7} {'phase':<9} {'calls/job':>9}  by operation")
+    for backend, flow, phase, per_job, detail in rows:
+        print(f"{backend:<9} {flow:<7} {phase:<9} {per_job:9.2f}  {detail}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (100/2k/10k stored)")
     ap.add_argument("-n", type=int, default=0, help="operations per measurement")
+    ap.add_argument("--calls", action="store_true", help="count storage calls per job instead")
     args = ap.parse_args()
+    if args.calls:
+        calls_main(args.n or 200)
+        return
     if args.quick:
         cases = [("small", 100, 10), ("medium", 2_000, 200), ("large", 10_000, 1_000)]
     else:

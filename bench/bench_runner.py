@@ -372,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--job-requests", type=int, default=0, help="requests of the job rows (default: same)"
     )
+    parser.add_argument(
+        "--paths",
+        default="direct http,direct grpc,kserve http,kserve grpc,sdk infer,job",
+        help="comma-separated rows to run",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=0.0, help="seconds to wait before the runs (profilers)"
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: list[Result] = []
@@ -402,43 +410,41 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"bench: {store}, concurrency {c} ...")
                     grpc_direct = f"127.0.0.1:{runner.grpc_port}"
                     grpc_cp = f"127.0.0.1:{grpc_port}"
-                    runs: list[tuple[Callable[[], Awaitable[Result]], int, bool]] = [
-                        (partial(bench_direct, runner.http_port, args.requests, c), 0, False),
+                    n = args.requests
+                    runs: list[tuple[str, Callable[[], Awaitable[Result]], int]] = [
+                        ("direct http", partial(bench_direct, runner.http_port, n, c), 0),
                         (
-                            partial(
-                                bench_kserve_grpc, grpc_direct, args.requests, c, None,
-                                "direct grpc",
-                            ),
+                            "direct grpc",
+                            partial(bench_kserve_grpc, grpc_direct, n, c, None, "direct grpc"),
                             0,
-                            False,
                         ),
                         (
-                            partial(
-                                bench_kserve_http, cp_host, args.requests, c, token, "kserve http"
-                            ),
-                            args.requests,
-                            True,
+                            "kserve http",
+                            partial(bench_kserve_http, cp_host, n, c, token, "kserve http"),
+                            n,
                         ),
                         (
-                            partial(
-                                bench_kserve_grpc, grpc_cp, args.requests, c, token, "kserve grpc"
-                            ),
-                            args.requests,
-                            True,
+                            "kserve grpc",
+                            partial(bench_kserve_grpc, grpc_cp, n, c, token, "kserve grpc"),
+                            n,
                         ),
-                        (
-                            partial(bench_sdk_infer, cp.url, cp.admin_key, args.requests, c),
-                            args.requests,
-                            True,
-                        ),
-                        (partial(bench_fleet, cp.url, cp.admin_key, n_jobs, c), n_jobs, True),
-                    ]  # fmt: skip
-                    for run, n, fleet_row in runs:
+                        ("sdk infer", partial(bench_sdk_infer, cp.url, cp.admin_key, n, c), n),
+                        ("job", partial(bench_fleet, cp.url, cp.admin_key, n_jobs, c), n_jobs),
+                    ]
+                    if args.hold:
+                        console.print(f"bench: control plane pid {cp.proc.pid}, runner pid "
+                                      f"{runner.pid}; holding {args.hold:g} s")  # fmt: skip
+                        time.sleep(args.hold)
+                    wanted = set(args.paths.split(","))
+                    for name, run, count in runs:
+                        fleet_row = count > 0
+                        if name not in wanted:
+                            continue
                         before = {k: cpu_seconds(pid) for k, pid in pids.items()}
                         res = asyncio.run(run())
                         res.store = store if fleet_row else ""
                         if fleet_row:
-                            total = n + min(n, 20)  # with the warm-up
+                            total = count + min(count, 20)  # with the warm-up
                             res.cpu_ms_per_job = {
                                 k: (cpu_seconds(pid) - before[k]) * 1000 / total
                                 for k, pid in pids.items()

@@ -27,7 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--data-dir", type=Path, help="embedded store directory")
     backup.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     return parser
+
+
+def run_fast(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on uvloop's event loop when installed (what uvicorn itself would pick),
+    else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        loop_runner.run(coro)
 
 
 def write_secret_file(path: Path, content: str) -> None:
@@ -187,7 +199,7 @@ def serve(args: argparse.Namespace) -> int:
             ws_per_message_deflate=False,
             ws_max_size=settings.max_body_bytes,
         )
-        asyncio.run(_serve(_Server(config), args.host, services, settings.grpc_port))
+        run_fast(_serve(_Server(config), args.host, services, settings.grpc_port))
     finally:
         if stores is not None:
             stores.close()

@@ -98,9 +98,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         if settings.dispatch_enabled
         else None
     )
-    inference = InferenceService(
-        jobs, dispatch, wait_s=settings.infer_wait_s, max_wait_s=settings.max_wait_s
-    )
+    inference = InferenceService(jobs, dispatch, settings)
     checks = {
         "jobs": jobs.ping,
         "auth": auth.ping,

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -20,6 +21,8 @@ from rich.table import Table
 
 from runner.credentials import load_credentials
 from runner.settings import CONFIG_FILE_ENV, RunnerSettings, default_config_file, load_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="gpufleet runner: Triton on this host."
@@ -164,11 +167,22 @@ def start(
         return await daemon.run()
 
     try:
-        code = asyncio.run(main())
+        code = run_fast(main())
     except BackendError as exc:
         logging.getLogger("runner").error("Triton could not be started: %s", exc)
         code = 1
     raise typer.Exit(code)
+
+
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop's event loop when installed (less overhead per request),
+    else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        return loop_runner.run(coro)
 
 
 # --------------------------------------------------------------------------- status

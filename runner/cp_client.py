@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 from gpufleet import signing
 from gpufleet.wire import (
+    BatchCompleteRequest,
+    BatchCompleteResponse,
     CompleteRequest,
     CompleteResponse,
     ExtendRequest,
@@ -156,4 +158,11 @@ class ControlPlaneClient:
     async def complete(self, job_id: str, req: CompleteRequest) -> CompleteResponse:
         return await self._send(
             self._runner_path(f"/jobs/{job_id}/complete"), req, CompleteResponse, signed=True
+        )
+
+    async def complete_batch(self, req: BatchCompleteRequest) -> BatchCompleteResponse:
+        """Up to 100 results in one call; each is answered on its own (``committed``,
+        ``conflict``, ``not_found``, ``invalid``). NotFound: a control plane without the route."""
+        return await self._send(
+            self._runner_path("/complete"), req, BatchCompleteResponse, signed=True
         )

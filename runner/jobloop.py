@@ -5,6 +5,13 @@ each job runs in its own tracked task, so Triton's dynamic batcher sees them tog
 A job ends in exactly one of: completed SUCCEEDED/FAILED; dropped on 409 (someone else
 owns it); cancelled (the heartbeat said so: not completed); abandoned (shutdown grace
 spent: its lease expires and the control plane requeues it). No job is ever lost.
+
+Results go through one completion queue (:class:`CompletionQueue`): a single task sends
+whatever finished while its previous call ran, up to 100 results per batch complete, so a
+busy runner makes a few calls for many jobs and a lone job is sent at once. Each result
+still gets its own answer and its job task its own retry policy, exactly as with single
+completes; the job keeps its slot (and stays in ``running_jobs``) until its result is
+answered.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from gpufleet.wire import CompleteRequest, ErrorInfo, LeasedJob, LeaseRequest, Tensor
+from gpufleet.wire import (
+    MAX_COMPLETE_BATCH,
+    BatchCompleteRequest,
+    BatchCompleteResponse,
+    CompleteItem,
+    CompleteRequest,
+    ErrorInfo,
+    LeasedJob,
+    LeaseRequest,
+    Tensor,
+)
 
 from runner import payloads
 from runner.backends.base import InferenceEngine, InferError
@@ -38,6 +55,9 @@ log = logging.getLogger(__name__)
 MAX_LEASE_JOBS = 100
 COMPLETE_RETRIES = 5
 MIN_EMPTY_POLL_S = 0.25
+BATCH_ROUTE_RETRY_S = 300.0  # after a 404 (an older control plane): single completes this long
+
+_Pending = tuple[str, CompleteRequest, "asyncio.Future[None]"]
 
 
 def _expires_in(iso: str) -> float:
@@ -47,6 +67,124 @@ def _expires_in(iso: str) -> float:
     except ValueError:
         return 30.0
     return when.timestamp() - time.time()
+
+
+def _item(job_id: str, req: CompleteRequest) -> CompleteItem:
+    """``req`` as one result of a batch complete (its tensors are not validated again)."""
+    return CompleteItem(
+        job_id=job_id,
+        lease_token=req.lease_token,
+        status=req.status,
+        outputs=req.outputs,
+        outputs_ref=req.outputs_ref,
+        error=req.error,
+        timings=req.timings,
+    )
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if not fut.done():  # a job task cancelled meanwhile (drain) no longer waits
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+
+class CompletionQueue:
+    """Results of finished jobs, sent by one task in batch completes of up to 100.
+
+    A flush starts as soon as the previous one has returned, with what finished meanwhile (no
+    fixed delay). ``complete`` returns when its result is committed, or raises what a single
+    complete would have: ``Conflict`` (stale lease token), ``NotFound``, ``Unauthorized``,
+    ``ControlPlaneError`` (network, 5xx, an ``invalid`` result: the 422 of the single route).
+    A control plane without the batch route (404) gets single completes, concurrently, and
+    the batch route is tried again after ``BATCH_ROUTE_RETRY_S``.
+    """
+
+    def __init__(self, client: ControlPlaneClient) -> None:
+        self._client = client
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._singles_until = 0.0
+        self.calls = 0  # batch completes sent (tests, logs)
+
+    async def complete(self, job_id: str, req: CompleteRequest) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((job_id, req, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="complete-flush")
+        self._wake.set()
+        await fut
+
+    async def aclose(self) -> None:
+        """Stop the flushing task (results still queued are abandoned: lease expiry)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [p for p in self._queue[:MAX_COMPLETE_BATCH] if not p[2].done()]
+                del self._queue[:MAX_COMPLETE_BATCH]
+                if batch:
+                    await self._flush(batch)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        if time.monotonic() >= self._singles_until:
+            try:
+                self.calls += 1
+                out = await self._client.complete_batch(
+                    BatchCompleteRequest(results=[_item(job_id, req) for job_id, req, _ in batch])
+                )
+            except NotFound:
+                log.info("the control plane has no batch complete route: completing one by one")
+                self._singles_until = time.monotonic() + BATCH_ROUTE_RETRY_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                for _, _, fut in batch:
+                    _settle(fut, exc)
+                return
+            else:
+                self._settle_batch(batch, out)
+                return
+        await asyncio.gather(*(self._single(job_id, req, fut) for job_id, req, fut in batch))
+
+    def _settle_batch(self, batch: list[_Pending], out: BatchCompleteResponse) -> None:
+        answers = {r.job_id: r for r in out.results}
+        for job_id, _, fut in batch:
+            answer = answers.get(job_id)
+            if answer is None:
+                _settle(fut, ControlPlaneError(f"batch complete: no answer for {job_id}"))
+                continue
+            message = f"batch complete of {job_id}: {answer.status}"
+            if answer.error is not None:
+                message += f" {answer.error.code}: {answer.error.message}"
+            error: ControlPlaneError | None = {
+                "committed": None,
+                "conflict": Conflict(message, 409, "conflict"),
+                "not_found": NotFound(message, 404, "not_found"),
+            }.get(answer.status, ControlPlaneError(message, 422, "invalid_request"))
+            _settle(fut, error)
+
+    async def _single(self, job_id: str, req: CompleteRequest, fut: asyncio.Future[None]) -> None:
+        try:
+            await self._client.complete(job_id, req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _settle(fut, exc)
+        else:
+            _settle(fut, None)
 
 
 class JobLoop:
@@ -68,6 +206,7 @@ class JobLoop:
         self._engine = engine
         self._models = models
         self._rng = rng
+        self.completions = CompletionQueue(client)
 
     # ------------------------------------------------------------------ leasing
     async def run(self, stop: asyncio.Event) -> None:
@@ -251,7 +390,7 @@ class JobLoop:
         delay = 0.5
         for attempt in range(1, COMPLETE_RETRIES + 1):
             try:
-                await self._client.complete(job.id, req)
+                await self.completions.complete(job.id, req)
             except asyncio.CancelledError:
                 raise
             except Conflict as exc:
@@ -290,11 +429,11 @@ class JobLoop:
     async def drain(self, grace_s: float) -> None:
         """Let in-flight jobs finish for ``grace_s``; abandon the rest (lease expiry)."""
         tasks = [e.task for e in self._state.inflight.values()]
-        if not tasks:
-            return
-        log.info("draining %d in-flight job(s) for up to %.0fs", len(tasks), grace_s)
-        _done, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        if tasks:
+            log.info("draining %d in-flight job(s) for up to %.0fs", len(tasks), grace_s)
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await self.completions.aclose()

@@ -51,7 +51,8 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
 fi
 
 # --- the separate venv, the tritonclient wheel (binary only: --no-deps) and libcudart
-[ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
+rm -rf "$VENV"  # a venv is not relocatable: a stale one (moved checkout) is rebuilt
+"${PYTHON:-python3}" -m venv "$VENV"
 mkdir -p "$DEST/wheels"
 wheel=$(ls "$DEST"/wheels/tritonclient-"$TRITONCLIENT_VERSION"-*.whl 2>/dev/null | head -n1 || true)
 if [ -z "$wheel" ]; then

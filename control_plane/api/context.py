@@ -13,6 +13,8 @@ from typing import Protocol
 
 from gpufleet.wire import (
     CommitRequest,
+    CompleteItem,
+    CompleteItemResult,
     CompleteRequest,
     CompleteResponse,
     CreateVersionRequest,
@@ -60,6 +62,9 @@ class JobsPort(Protocol):
     ) -> LeaseResponse: ...
     def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse: ...
     def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse: ...
+    def complete_batch(
+        self, runner_id: str, items: builtins.list[CompleteItem]
+    ) -> builtins.list[CompleteItemResult]: ...
     def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]: ...
     def infer_target(
         self, p: Principal, req: JobRequest, *, cached_only: bool = False

@@ -189,6 +189,9 @@ def _param_value(p: Any) -> Any:
     return None if which is None else getattr(p, which)
 
 
+_FRONTEND_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
+
+
 def _params(entries: Any) -> dict[str, Any] | None:
     """An ``InferParameter`` map as plain values (None when empty)."""
     return {k: _param_value(v) for k, v in entries.items()} if entries else None
@@ -276,7 +279,11 @@ def to_v2_request(request: Any) -> V2InferRequest:
     if request.id:
         doc["id"] = request.id
     if request.parameters:
-        doc["parameters"] = _params(request.parameters)
+        # Parameters Triton's own gRPC front end consumes (clients such as perf_analyzer
+        # always send them); forwarded, Triton would refuse them as reserved.
+        doc["parameters"] = _params(
+            {k: v for k, v in request.parameters.items() if k not in _FRONTEND_PARAMETERS}
+        )
     if request.outputs:
         doc["outputs"] = [
             {"name": o.name, "parameters": _params(o.parameters)}

@@ -1,7 +1,7 @@
 """Runner routes: registration, the HMAC-signed job protocol, and fleet administration.
 
-Signed routes (heartbeat, lease, extend, complete) verify the signature over the exact
-request path and body before parsing; the runner header must equal ``{runner_id}``.
+Signed routes (heartbeat, lease, extend, complete, batch complete) verify the signature over
+the exact request path and body before parsing; the runner header must equal ``{runner_id}``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable
 
 from gpufleet.wire import (
+    BatchCompleteRequest,
+    BatchCompleteResponse,
     CompleteRequest,
     CompleteResponse,
     ExtendRequest,
@@ -111,6 +113,18 @@ async def complete(request: Request) -> HttpResponse:
     return send(out)
 
 
+async def complete_batch(request: Request) -> HttpResponse:
+    svc = services(request)
+    runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
+    req = parse_body(body, BatchCompleteRequest)
+    results = await run_in_threadpool(svc.jobs.complete_batch, runner.id, req.results)
+    if request.app.state.count_completions:  # else the jobs service's transition hook counts
+        for item, result in zip(req.results, results, strict=True):
+            if result.status == "committed":
+                request.app.state.metrics.jobs_completed.labels("unknown", item.status).inc()
+    return send(BatchCompleteResponse(results=results))
+
+
 async def list_runners(request: Request) -> HttpResponse:
     p = principal(request)
     return send(await run_in_threadpool(services(request).runners.list_runners, p))
@@ -176,6 +190,16 @@ ROUTES: list[DocumentedRoute] = [
         "Commit a job's result (409 on a stale lease token)",
         CompleteResponse,
         request=CompleteRequest,
+        security=_SIGNED,
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/complete",
+        complete_batch,
+        "Commit up to 100 results, each fenced by its own lease token (a stale one is that "
+        "item's conflict, inside a 200 answer)",
+        BatchCompleteResponse,
+        request=BatchCompleteRequest,
         security=_SIGNED,
     ),
     route("GET", "/v1/runners", list_runners, "List runners with status (admin, user)", RunnerList),

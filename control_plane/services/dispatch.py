@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ class Dispatcher:
         self._monotonic = monotonic
         self._channels: set[Channel] = set()
         self._by_model: dict[ModelKey, list[Channel]] = {}
-        self._waiters: dict[ModelKey, deque[asyncio.Future[None]]] = {}
+        self._waiters: dict[ModelKey, deque[asyncio.Future[Channel]]] = {}
         self._ids = itertools.count(1)
         self.on_result: list[Callable[[str, str, str, float], None]] = []
 
@@ -102,12 +102,12 @@ class Dispatcher:
         draining: bool = False,
     ) -> None:
         """What the runner said it serves now (``hello``/``models`` frames)."""
+        before = channel.models
         channel.models = models
         channel.capacity = max(1, capacity)
         channel.draining = draining
         self._index()
-        for key in models:
-            self._wake(key)
+        self._settle(before | models)  # new slots to waiters; waiters of dropped versions fail
 
     def detach(self, channel: Channel) -> None:
         """The channel closed: fail its requests in flight with ``Unavailable``."""
@@ -119,8 +119,7 @@ class Dispatcher:
                 fut.set_exception(
                     Unavailable(f"runner {channel.runner_id} disconnected during the request")
                 )
-        for key in channel.models:  # waiters re-check: maybe nobody serves it any more
-            self._wake(key, all_of_them=True)
+        self._settle(channel.models)  # waiters fail if nobody serves their version any more
 
     def _index(self) -> None:
         by_model: dict[ModelKey, list[Channel]] = {}
@@ -138,7 +137,15 @@ class Dispatcher:
     def channels(self) -> list[Channel]:
         return list(self._channels)
 
-    # ------------------------------------------------------------------ requests
+    # ------------------------------------------------------------------ slots
+    #
+    # A slot is reserved by counting it in ``Channel.inflight`` before the caller runs again:
+    # a freed slot is handed to the first waiter directly (``_settle``), so a newcomer never
+    # takes it in between, and a newcomer queues behind waiters even when a slot is free.
+    # Timeline of one waiter: queued (future in ``_waiters``) → granted (future resolved with
+    # the channel, slot counted) → sends; or → expired (429) / failed (503: nobody serves the
+    # version) / cancelled (removed; a slot granted meanwhile goes to the next waiter).
+
     def _pick(self, key: ModelKey) -> Channel | None:
         best: Channel | None = None
         for ch in self._by_model.get(key, ()):
@@ -148,50 +155,76 @@ class Dispatcher:
                 best = ch
         return best
 
-    def _wake(self, key: ModelKey, *, all_of_them: bool = False) -> None:
-        waiters = self._waiters.get(key)
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                if not all_of_them:
-                    return
+    def _settle(self, keys: Iterable[ModelKey]) -> None:
+        """Grant free slots to the waiters of ``keys`` in FIFO order; fail the waiters of a
+        version no runner here serves any more with ``Unavailable``."""
+        for key in keys:
+            waiters = self._waiters.get(key)
+            if not waiters:
+                continue
+            if not self._by_model.get(key):
+                while waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():
+                        fut.set_exception(
+                            Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
+                        )
+                continue
+            while waiters:
+                ch = self._pick(key)
+                if ch is None:
+                    break
+                fut = waiters.popleft()
+                if not fut.done():
+                    ch.inflight += 1
+                    fut.set_result(ch)
+
+    def _release(self, ch: Channel, key: ModelKey) -> None:
+        """One request on ``ch`` is over: its slot goes to a waiter of a version ``ch`` serves."""
+        ch.inflight -= 1
+        if not ch.closed:
+            self._settle((key, *ch.models))
 
     async def _slot(self, key: ModelKey, deadline: float) -> Channel:
-        """A channel with a free slot, waiting in FIFO order until ``deadline``."""
-        ch = self._pick(key)
-        if ch is not None:
-            return ch
+        """A channel with a slot reserved for this request: at once when nobody waits before
+        us, else in FIFO order until ``deadline`` (then ``RateLimited``)."""
+        if not self._by_model.get(key):
+            raise Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
         waiters = self._waiters.setdefault(key, deque())
+        if not waiters:
+            ch = self._pick(key)
+            if ch is not None:
+                ch.inflight += 1
+                return ch
         if len(waiters) >= self.max_waiters:
             raise RateLimited(f"every runner serving {key[0]!r} is busy", retry_after=1)
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._by_model.get(key):
-                raise Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
-            left = deadline - self._monotonic()
-            if left <= 0:
-                raise RateLimited(
-                    f"every runner serving {key[0]!r} stayed busy for "
-                    f"{self.queue_wait_s:g}s; retry later",
-                    retry_after=1,
-                )
-            fut: asyncio.Future[None] = loop.create_future()
-            waiters.append(fut)
-            try:
-                await asyncio.wait_for(fut, left)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                if not fut.done():
-                    fut.cancel()
-            ch = self._pick(key)
-            if ch is not None:
-                # Pass the turn on if more capacity is left for the next waiter.
-                if self._pick(key) is not None:
-                    self._wake(key)
-                return ch
+        fut: asyncio.Future[Channel] = loop.create_future()
 
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(
+                    RateLimited(
+                        f"every runner serving {key[0]!r} stayed busy for "
+                        f"{self.queue_wait_s:g}s; retry later",
+                        retry_after=1,
+                    )
+                )
+
+        waiters.append(fut)
+        timer = loop.call_later(max(0.0, deadline - self._monotonic()), expire)
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result(), key)  # granted, but the caller went away
+            raise
+        finally:
+            timer.cancel()
+            if fut in waiters:
+                waiters.remove(fut)
+
+    # ------------------------------------------------------------------ requests
     async def infer(
         self, model: str, version: str, request: dict[str, Any], timeout_s: float
     ) -> dict[str, Any]:
@@ -207,7 +240,6 @@ class Dispatcher:
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         ch.pending[req_id] = fut
-        ch.inflight += 1
         frame = json.dumps(
             {
                 "type": "infer",
@@ -244,8 +276,7 @@ class Dispatcher:
             return msg
         finally:
             ch.pending.pop(req_id, None)
-            ch.inflight -= 1
-            self._wake(key)
+            self._release(ch, key)
             elapsed = self._monotonic() - start
             for hook in self.on_result:
                 try:

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from control_plane.errors import Timeout, Unavailable
 from control_plane.services.dispatch import Dispatcher, InferenceFailed
 from control_plane.services.principal import Principal
+from control_plane.settings import Settings
 
 __all__ = ["InferResult", "InferenceFailed", "InferenceService"]
 
@@ -55,14 +56,11 @@ class InferenceService:
         self,
         jobs: Any,
         dispatch: Dispatcher | None,
-        *,
-        wait_s: float,
-        max_wait_s: float,
+        settings: Settings,
     ) -> None:
         self._jobs = jobs
         self.dispatch = dispatch
-        self._wait_s = wait_s
-        self._max_wait_s = max_wait_s
+        self._settings = settings
 
     async def infer(
         self,
@@ -73,7 +71,7 @@ class InferenceService:
         idempotency_key: str | None = None,
         on_submit: Any = None,
     ) -> InferResult:
-        wait_s = timeout_s or self._wait_s
+        wait_s = timeout_s or self._settings.infer_wait_s
         d = self.dispatch
         if (
             d is not None
@@ -130,7 +128,9 @@ class InferenceService:
         deadline = time.monotonic() + wait_s
         while True:
             left = deadline - time.monotonic()
-            view: JobView = await self._jobs.wait(p, job_id, max(0.0, min(left, self._max_wait_s)))
+            view: JobView = await self._jobs.wait(
+                p, job_id, max(0.0, min(left, self._settings.max_wait_s))
+            )
             if view.status in TERMINAL_STATUSES or deadline - time.monotonic() <= 0:
                 return view
 

@@ -4,8 +4,13 @@
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | TIMED_OUT (terminal never
 changes). The lease token is a fencing token: extend and complete are conditional on it, so a
 runner whose lease expired and was re-leased gets ``StaleLease`` (409) and the result is
-committed exactly once. Long polls (``wait``, ``lease``) re-read the tables, so they work the
-same across replicas.
+committed exactly once. ``complete_batch`` applies the same check to each result on its own
+(one stale token refuses that result only). Long polls (``wait``, ``lease``) re-read the
+tables, so they work the same across replicas; concurrent waits share their reads (one
+``get_jobs`` call for every job read while the previous read ran).
+
+Batches: a batch submit, the claims of one lease and a batch complete each go through the
+store's batch calls (see ``queue_ops.py``): a few calls per batch instead of a few per job.
 
 Backpressure: the queue depth of a model is the sum of per-shard counters in the ``models``
 table (``ADD``-ed by whoever wins a transition), read with one small Query per submit.
@@ -19,19 +24,25 @@ from __future__ import annotations
 import asyncio
 import builtins
 import hashlib
+import itertools
 import json
 import logging
 import random
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.wire import (
     TERMINAL_STATUSES,
+    CompleteItem,
+    CompleteItemResult,
     CompleteRequest,
     CompleteResponse,
+    ErrorInfo,
     ExtendResponse,
     JobList,
     JobRequest,
@@ -43,7 +54,14 @@ from gpufleet.wire import (
 )
 
 from control_plane.clock import iso, new_id, now
-from control_plane.errors import Conflict, InvalidRequest, NotFound, RateLimited, StaleLease
+from control_plane.errors import (
+    Conflict,
+    GpufleetError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    StaleLease,
+)
 from control_plane.services import queue_keys as keys
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
@@ -51,7 +69,7 @@ from control_plane.services.payloads import PayloadService
 from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
-from control_plane.services.queue_ops import QueueOps, new_token
+from control_plane.services.queue_ops import Finish, QueueOps, new_token
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
@@ -76,8 +94,69 @@ CLAIM_ROUNDS = 5
 MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at submit
 DEPTH_CACHE_S = 1.0  # how long a replica trusts a queue depth it read (while far from full)
 
+MAX_READ_BATCH = 100  # job ids per shared read of concurrent waits
+
 Transition = Callable[[JobView, "str | None"], None]
 RecordTransition = Callable[[JobRecord, JobView, "str | None"], None]
+Completion = CompleteRequest | CompleteItem
+# What a result comes to before its commit: a write to make, an answer already known (a retry
+# of a committed result), or the refusal (NotFound, StaleLease, InvalidRequest).
+Prepared = Finish | CompleteResponse | GpufleetError
+
+
+@dataclass
+class _Reads:
+    """The job reads waiting in one event loop, and the task serving them."""
+
+    waiting: dict[str, builtins.list[asyncio.Future[JobRecord | None]]] = field(
+        default_factory=dict
+    )
+    task: asyncio.Task[None] | None = None
+
+
+class SharedReads:
+    """Concurrent reads of single jobs, served together: while one ``get_jobs`` call runs,
+    the ids asked for meanwhile wait for the next (up to ``MAX_READ_BATCH`` per call), so a
+    thousand long polls re-reading their jobs cost a few calls, not a thousand."""
+
+    def __init__(self, read_many: Callable[[builtins.list[str]], dict[str, JobRecord]]) -> None:
+        self._read_many = read_many
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reads] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        loop = asyncio.get_running_loop()
+        reads = self._loops.get(loop)
+        if reads is None:
+            reads = self._loops[loop] = _Reads()
+        fut: asyncio.Future[JobRecord | None] = loop.create_future()
+        reads.waiting.setdefault(job_id, []).append(fut)
+        if reads.task is None:
+            reads.task = loop.create_task(self._serve(reads))
+        return await fut
+
+    async def _serve(self, reads: _Reads) -> None:
+        batch: dict[str, builtins.list[asyncio.Future[JobRecord | None]]] = {}
+        try:
+            while reads.waiting:
+                ids = list(itertools.islice(reads.waiting, MAX_READ_BATCH))
+                batch = {i: reads.waiting.pop(i) for i in ids}
+                try:
+                    found = await asyncio.to_thread(self._read_many, ids)
+                except Exception as exc:
+                    for fut in itertools.chain.from_iterable(batch.values()):
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for job_id, futs in batch.items():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_result(found.get(job_id))
+        finally:
+            reads.task = None
+            for fut in itertools.chain(*batch.values(), *reads.waiting.values()):
+                fut.cancel()  # only when this task was cancelled (the loop is closing)
 
 
 class JobService:
@@ -106,6 +185,7 @@ class JobService:
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
         self._heads = QueueHeads(store.queue, self._pool)
+        self._reads = SharedReads(store.jobs.get_jobs)
         self.wakeups = Wakeups()
         self._ready_cache: dict[
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
@@ -283,21 +363,42 @@ class JobService:
         return [job.id for job, _ in batch]
 
     def _undo_batch(self, jobs: builtins.list[JobRecord]) -> None:
-        for job in jobs:
+        """Cancel what a failed batch left (nothing where the store rolled it back)."""
+        try:
+            stored = self._store.jobs.get_jobs([job.id for job in jobs])
+        except Exception:
+            log.warning("could not read back the jobs of a failed batch", exc_info=True)
+            return
+        for current in stored.values():
             try:
-                current = self._store.jobs.get_job(job.id)
-                if current is not None:
+                if current.status == "QUEUED":
                     self._cancel_queued(current, "the batch could not be stored whole")
             except Exception:
-                log.warning("could not undo job %s of a failed batch", job.id, exc_info=True)
+                log.warning("could not undo job %s of a failed batch", current.id, exc_info=True)
 
     # ------------------------------------------------------------------ read
     def _load(self, p: Principal, job_id: str) -> JobRecord:
         job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
+        return self._expire_if_due(self._visible(p, job_id, job))
+
+    @staticmethod
+    def _visible(p: Principal, job_id: str, job: JobRecord | None) -> JobRecord:
         if job is None or not p.can_see_tenant(job.tenant):
             raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    def _expire_if_due(self, job: JobRecord) -> JobRecord:
+        """A job queued past its TTL, timed out now (lazily, at read time)."""
         if job.status == "QUEUED" and now() >= job.ttl_deadline:
-            job = self._ops.time_out_queued(job, now()) or self._store.jobs.get_job(job_id) or job
+            return self._ops.time_out_queued(job, now()) or self._store.jobs.get_job(job.id) or job
+        return job
+
+    async def _load_shared(self, p: Principal, job_id: str) -> JobRecord:
+        """``_load`` for long polls: the read is shared with the other waits (``SharedReads``)."""
+        job = await self._reads.get(job_id) if job_id.startswith("job_") else None
+        job = self._visible(p, job_id, job)
+        if job.status == "QUEUED" and now() >= job.ttl_deadline:
+            job = await asyncio.to_thread(self._expire_if_due, job)
         return job
 
     def get(self, p: Principal, job_id: str) -> JobView:
@@ -321,7 +422,7 @@ class JobService:
         with self.wakeups.watch([job_key(job_id)]) as changed:
             while True:
                 changed.clear()  # before the read: a change committed after it wakes us
-                job = await asyncio.to_thread(self._load, p, job_id)
+                job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
                 if job.status in TERMINAL_STATUSES or left <= 0:
                     return await asyncio.to_thread(self._with_reason, job)
@@ -439,21 +540,27 @@ class JobService:
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
             pending = self._candidates(offers, region, want)
+            t = now()
+            claims: builtins.list[tuple[QueueEntry, str]] = []
             for entry in pending:
-                t = now()
                 if entry.ttl_deadline <= t:
                     self._ops.expire_entry(entry, t)
                     continue
-                version = entry.version or max(offers[entry.model], key=int)
-                job = self._ops.claim(entry, runner_id, version, t)
-                if job is not None:
-                    leased.append(self.payloads.for_lease(job, leased_job(job)))
+                claims.append((entry, entry.version or max(offers[entry.model], key=int)))
+            for job in self._ops.claim_many(claims, runner_id, t):  # one batch per round
+                leased.append(self.payloads.for_lease(job, leased_job(job)))
             if len(leased) >= req.max_jobs or not pending:
                 break
         return leased
 
     def _held(self, runner_id: str, job_id: str, lease_token: str) -> JobRecord:
         job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
+        return self._check_held(runner_id, job_id, lease_token, job)
+
+    @staticmethod
+    def _check_held(
+        runner_id: str, job_id: str, lease_token: str, job: JobRecord | None
+    ) -> JobRecord:
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
         if job.status != "RUNNING" or job.lease_token != lease_token or job.runner_id != runner_id:
@@ -483,37 +590,88 @@ class JobService:
 
     def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse:
         """Commit a result exactly once; a retry of the same commit answers the same."""
-        try:
-            job = self._held(runner_id, job_id, req.lease_token)
-        except StaleLease:
-            done = self._store.jobs.get_job(job_id)
-            if done and done.lease_token == req.lease_token and done.status == req.status:
-                return CompleteResponse(id=job_id, status=req.status)
-            raise
+        job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
         t = now()
-        outputs_json, outputs_ref = self._store_outputs(job, req)
+        prepared = self._prepare(runner_id, job_id, job, req, t)
+        if isinstance(prepared, GpufleetError):
+            raise prepared
+        if isinstance(prepared, CompleteResponse):
+            return prepared
+        [done] = self._ops.finish_many([prepared], t)
+        if done is None:
+            raise StaleLease(f"the lease of job {job_id} is no longer held")
+        return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
+
+    def complete_batch(
+        self, runner_id: str, items: builtins.list[CompleteItem]
+    ) -> builtins.list[CompleteItemResult]:
+        """Commit up to 100 results, each as ``complete`` would (fenced by its own lease token):
+        one read of every job, one batch of commits, hooks per job. Answers in the items'
+        order; a job named again later in the batch is answered as a retry of its first."""
+        ids = [item.job_id for item in items if item.job_id.startswith("job_")]
+        records = self._store.jobs.get_jobs(ids) if ids else {}
+        t = now()
+        answers: dict[str, CompleteItemResult] = {}
+        to_commit: dict[str, Finish] = {}
+        for item in items:
+            if item.job_id in answers or item.job_id in to_commit:
+                continue
+            prepared = self._prepare(runner_id, item.job_id, records.get(item.job_id), item, t)
+            if isinstance(prepared, Finish):
+                to_commit[item.job_id] = prepared
+            else:
+                answers[item.job_id] = _answer(item.job_id, prepared)
+        done = self._ops.finish_many(list(to_commit.values()), t)
+        for job_id, rec in zip(to_commit, done, strict=True):
+            if rec is None:
+                stale = StaleLease(f"the lease of job {job_id} is no longer held")
+                answers[job_id] = _answer(job_id, stale)
+            else:
+                records[job_id] = rec
+                answers[job_id] = _answer(job_id, None)
+        out: builtins.list[CompleteItemResult] = []
+        for i, item in enumerate(items):
+            answer = answers[item.job_id]
+            repeated = any(x.job_id == item.job_id for x in items[:i])
+            if repeated and answer.status == "committed":
+                rec = records[item.job_id]
+                if (rec.lease_token, rec.status) != (item.lease_token, item.status):
+                    answer = _answer(item.job_id, StaleLease(f"job {item.job_id} is {rec.status}"))
+            out.append(answer)
+        return out
+
+    def _prepare(
+        self, runner_id: str, job_id: str, job: JobRecord | None, req: Completion, t: float
+    ) -> Prepared:
+        """What committing ``req`` for ``job`` (as read) takes: the write, the answer of a
+        retry already committed, or the refusal. Large outputs are stored in the bucket here."""
+        try:
+            job = self._check_held(runner_id, job_id, req.lease_token, job)
+        except StaleLease as exc:
+            if job and job.lease_token == req.lease_token and job.status == req.status:
+                return CompleteResponse(id=job_id, status=req.status)  # a retry
+            return exc
+        except NotFound as exc:
+            return exc
+        try:
+            outputs_json, outputs_ref = self._store_outputs(job, req)
+        except InvalidRequest as exc:
+            return exc
         error = req.error.model_dump() if req.error else None
         if req.status == "FAILED" and error is None:
             error = {"code": "failed", "message": "the runner reported a failure"}
         started = job.started_at or t
-        done = self._store.jobs.finish_running(
-            job_id,
-            req.lease_token,
-            req.status,
-            now=t,
+        return Finish(
+            job=job,
+            lease_token=req.lease_token,
+            status=req.status,
             outputs_json=outputs_json,
             outputs_ref=outputs_ref,
             error=error,
             run_ms=int((t - started) * 1000),
         )
-        if done is None:
-            raise StaleLease(f"the lease of job {job_id} is no longer held")
-        if job.lease_key:
-            self._store.queue.delete_marker(*job.lease_key)
-        self._transitioned(done, "RUNNING")
-        return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
 
-    def _store_outputs(self, job: JobRecord, req: CompleteRequest) -> tuple[str | None, str | None]:
+    def _store_outputs(self, job: JobRecord, req: Completion) -> tuple[str | None, str | None]:
         if req.outputs_ref is not None:
             return None, self.payloads.check_result(job.id, req.lease_token, req.outputs_ref)
         if req.outputs is None:
@@ -566,6 +724,22 @@ class JobService:
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
+
+
+_OUTCOMES = {"not_found": "not_found", "conflict": "conflict", "invalid_request": "invalid"}
+"""Error code of a refused result -> its status in a batch complete's answer."""
+
+
+def _answer(job_id: str, refused: GpufleetError | CompleteResponse | None) -> CompleteItemResult:
+    """A batch complete's answer for one result: committed (now, or before: a retry), or why
+    it was refused."""
+    if refused is None or isinstance(refused, CompleteResponse):
+        return CompleteItemResult(job_id=job_id, status="committed")
+    return CompleteItemResult(
+        job_id=job_id,
+        status=_OUTCOMES.get(refused.code, "invalid"),  # type: ignore[arg-type]
+        error=ErrorInfo(code=refused.code, message=refused.message, details=refused.details),
+    )
 
 
 def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, ModelService]:

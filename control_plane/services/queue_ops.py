@@ -6,19 +6,31 @@ leaves only a stale index entry (never a lost or doubly claimed job):
 
 submit   1. put the TTL marker, 2. put the queue entry (token = the job's queue token)
          3. put the job item (condition: new id)                       <- commit
+         4. depth + 1
 claim    1. put lease marker (expires later; the sweep ignores it until then)
          2. job QUEUED -> RUNNING   (condition: status and queue token)   <- commit
          3. delete the queue entry (condition: its token), depth - 1
+complete 1. job RUNNING -> terminal (condition: lease token)              <- commit
+         2. delete the lease marker
 requeue  1. put a new queue entry with a new token
          2. job RUNNING -> QUEUED   (condition: lease token, lease expired) <- commit
          3. delete the lease marker, depth + 1
+
+Batches (submit, claim, complete) run each step for the whole batch before the next one (all
+markers, then all commits, then the index clean-up, with one depth update per queue shard), so
+each job still sees its steps in the order above, and the batch calls of the store apply:
+BatchWriteItem on DynamoDB, one transaction on SQLite (``JobStore.atomic``). Hooks are called
+after the batch, never inside its unit of work.
 """
 
 from __future__ import annotations
 
 import random
 import secrets
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from control_plane.services import queue_keys as keys
 from control_plane.settings import Settings
@@ -32,6 +44,19 @@ STALE_ENTRY_GRACE_S = 60.0
 
 def new_token() -> str:
     return secrets.token_urlsafe(12)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One result to commit: ``job`` as read (RUNNING under ``lease_token``) and its outcome."""
+
+    job: JobRecord
+    lease_token: str
+    status: str
+    outputs_json: str | None = None
+    outputs_ref: str | None = None
+    error: dict[str, Any] | None = None
+    run_ms: int | None = None
 
 
 class QueueOps:
@@ -61,11 +86,12 @@ class QueueOps:
         entry = self.new_entry(job, shard, job.queue_token)
         job.queue_key = (entry.shard, entry.sk)
         m_shard, m_sk = keys.ttl_marker(job.id, job.ttl_deadline, self._settings.lease_shards)
-        self._store.queue.put_marker(Marker(m_shard, m_sk, job.id))
-        self._store.queue.enqueue(entry)  # False: a newer entry holds the key (job exists)
-        if not self._store.jobs.create_job(job):
-            return False
-        self._store.queue.add_depth(job.model, shard, 1)
+        with self._store.atomic():
+            self._store.queue.put_marker(Marker(m_shard, m_sk, job.id))
+            self._store.queue.enqueue(entry)  # False: a newer entry holds the key (job exists)
+            if not self._store.jobs.create_job(job):
+                return False
+            self._store.queue.add_depth(job.model, shard, 1)
         self._notify(job, None)
         return True
 
@@ -81,11 +107,12 @@ class QueueOps:
             m_shard, m_sk = keys.ttl_marker(job.id, job.ttl_deadline, self._settings.lease_shards)
             markers.append(Marker(m_shard, m_sk, job.id))
             counts[(job.model, shard)] = counts.get((job.model, shard), 0) + 1
-        self._store.queue.put_markers(markers)
-        self._store.queue.enqueue_many(entries)
-        self._store.jobs.create_jobs([job for job, _ in jobs])
-        for (model, shard), count in counts.items():
-            self._store.queue.add_depth(model, shard, count)
+        with self._store.atomic():
+            self._store.queue.put_markers(markers)
+            self._store.queue.enqueue_many(entries)
+            self._store.jobs.create_jobs([job for job, _ in jobs])
+            for (model, shard), count in counts.items():
+                self._store.queue.add_depth(model, shard, count)
         for job, _ in jobs:
             self._notify(job, None)
 
@@ -136,31 +163,81 @@ class QueueOps:
         self._notify(job, "RUNNING")
         return True
 
-    def claim(self, entry: QueueEntry, runner_id: str, version: str, t: float) -> JobRecord | None:
-        """Lease the job behind ``entry``; None when another claimer won (or it is stale)."""
-        token = secrets.token_urlsafe(24)
-        expires = t + min(self._settings.lease_duration_s, float(entry.timeout_s or 1))
-        shard, sk = keys.lease_marker(entry.job_id, expires, self._settings.lease_shards)
-        self._store.queue.put_marker(Marker(shard, sk, entry.job_id, token))
-        job = self._store.jobs.claim_job(
-            entry.job_id,
-            entry.token,
-            lease_token=token,
-            runner_id=runner_id,
-            version=version,
-            now=t,
-            lease_expires_at=expires,
-            lease_key=(shard, sk),
-        )
-        if job is None:
-            self._store.queue.delete_marker(shard, sk)
+    def claim_many(
+        self, claims: list[tuple[QueueEntry, str]], runner_id: str, t: float
+    ) -> list[JobRecord]:
+        """Lease the jobs behind the entries, each on the version paired with it; the jobs
+        another claimer won (or whose entry is stale) are left out."""
+        if not claims:
+            return []
+        planned: list[tuple[QueueEntry, str, str, float, Marker]] = []
+        for entry, version in claims:
+            token = secrets.token_urlsafe(24)
+            expires = t + min(self._settings.lease_duration_s, float(entry.timeout_s or 1))
+            shard, sk = keys.lease_marker(entry.job_id, expires, self._settings.lease_shards)
+            planned.append((entry, version, token, expires, Marker(shard, sk, entry.job_id, token)))
+        won: list[tuple[QueueEntry, JobRecord]] = []
+        lost: list[tuple[QueueEntry, Marker]] = []
+        with self._store.atomic():
+            self._store.queue.put_markers([marker for *_, marker in planned])
+            for entry, version, token, expires, marker in planned:
+                job = self._store.jobs.claim_job(
+                    entry.job_id,
+                    entry.token,
+                    lease_token=token,
+                    runner_id=runner_id,
+                    version=version,
+                    now=t,
+                    lease_expires_at=expires,
+                    lease_key=(marker.shard, marker.sk),
+                )
+                if job is None:
+                    lost.append((entry, marker))
+                else:
+                    won.append((entry, job))
+            self._store.queue.delete_markers([(m.shard, m.sk) for _, m in lost])
+            depth: Counter[tuple[str, int]] = Counter()
+            for entry, _ in won:
+                self._store.queue.remove_entry(entry.shard, entry.sk, entry.token)
+                depth[(entry.model, entry.shard_number)] += 1
+            for (model, shard_number), count in depth.items():
+                self._store.queue.add_depth(model, shard_number, -count)
+        for entry, _ in lost:
             if t - int(entry.sk.split("#")[1]) / 1000 > STALE_ENTRY_GRACE_S:
                 self.drop_if_stale(entry, t)  # young entries: the winner removes them
-            return None
-        self._store.queue.remove_entry(entry.shard, entry.sk, entry.token)
-        self._store.queue.add_depth(entry.model, entry.shard_number, -1)
-        self._notify(job, "QUEUED")
-        return job
+        for _, job in won:
+            self._notify(job, "QUEUED")
+        return [job for _, job in won]
+
+    def finish_many(self, finishes: list[Finish], t: float) -> list[JobRecord | None]:
+        """RUNNING -> terminal for each result, fenced by its lease token; None where the token
+        is no longer the job's (expired and re-leased, or cancelled)."""
+        done: list[JobRecord | None] = []
+        with self._store.atomic():
+            for f in finishes:
+                done.append(
+                    self._store.jobs.finish_running(
+                        f.job.id,
+                        f.lease_token,
+                        f.status,
+                        now=t,
+                        outputs_json=f.outputs_json,
+                        outputs_ref=f.outputs_ref,
+                        error=f.error,
+                        run_ms=f.run_ms,
+                    )
+                )
+            self._store.queue.delete_markers(
+                [
+                    f.job.lease_key
+                    for f, rec in zip(finishes, done, strict=True)
+                    if rec is not None and f.job.lease_key
+                ]
+            )
+        for rec in done:
+            if rec is not None:
+                self._notify(rec, "RUNNING")
+        return done
 
     def expire_entry(self, entry: QueueEntry, t: float) -> None:
         """A queue entry past its TTL: time its job out (lazily, at lease time)."""

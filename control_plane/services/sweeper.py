@@ -9,6 +9,10 @@ Order of writes when requeueing (each a single conditional write; see dynamo_que
                                                      drops it after checking the job item
 2. job RUNNING -> QUEUED (lease token, expired)   -- the commit point
 3. delete the lease marker, count the depth
+
+Reads and clean-up are batched: the jobs behind a shard's due markers are read with one
+``get_jobs`` call per 100, and the markers found stale are deleted together at the end of
+the shard; each transition stays its own conditional write.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from control_plane.clock import now
 from control_plane.services import queue_keys as keys
 from control_plane.services.queue_ops import Notify, QueueOps
 from control_plane.settings import Settings
-from control_plane.storage.protocols import JobStore, Marker
+from control_plane.storage.protocols import JobRecord, JobStore, Marker
 
 MARKERS_PER_PAGE = 100
 MAX_PAGES = 10
@@ -36,10 +40,19 @@ class Sweeper:
         """``{"requeued": n, "exhausted": n, "timed_out": n}`` of this pass."""
         counts = {"requeued": 0, "exhausted": 0, "timed_out": 0}
         for n in range(self._settings.lease_shards):
-            for marker in self._due(f"lease#{n}"):
-                self._lease_expired(marker, counts)
-            for marker in self._due(f"ttl#{n}"):
-                self._ttl_expired(marker, counts)
+            for shard, handle in (
+                (f"lease#{n}", self._lease_expired),
+                (f"ttl#{n}", self._ttl_expired),
+            ):
+                due = self._due(shard)
+                if not due:
+                    continue
+                jobs = self._store.jobs.get_jobs([m.job_id for m in due])
+                stale: list[tuple[str, str]] = []
+                for marker in due:
+                    if handle(marker, jobs.get(marker.job_id), counts):
+                        stale.append((marker.shard, marker.sk))
+                self._store.queue.delete_markers(stale)
         return counts
 
     def _due(self, shard: str) -> list[Marker]:
@@ -54,9 +67,9 @@ class Sweeper:
             after = page[-1].sk
         return out
 
-    def _lease_expired(self, marker: Marker, counts: dict[str, int]) -> None:
+    def _lease_expired(self, marker: Marker, job: JobRecord | None, counts: dict[str, int]) -> bool:
+        """Act on one due lease marker; True when the marker is to be deleted."""
         t = now()
-        job = self._store.jobs.get_job(marker.job_id)
         current = (
             job is not None
             and job.status == "RUNNING"
@@ -64,15 +77,14 @@ class Sweeper:
             and job.lease_key == (marker.shard, marker.sk)
         )
         if job is None or not current:
-            self._store.queue.delete_marker(marker.shard, marker.sk)  # stale marker
-            return
+            return True  # stale marker
         if job.lease_expires_at is not None and job.lease_expires_at > t:
-            return  # extended after we read the marker
+            return False  # extended after we read the marker
         timed_out = job.deadline is not None and t >= job.deadline
         if job.attempts < job.max_attempts and t < job.ttl_deadline:
-            if self._ops.requeue(job, marker, t):
+            if self._ops.requeue(job, marker, t):  # deletes the marker itself
                 counts["requeued"] += 1
-            return
+            return False
         if job.attempts < job.max_attempts:
             status, code = "TIMED_OUT", "ttl_expired"
             message = f"the lease expired and the job is older than its ttl_s={job.ttl_s}"
@@ -92,16 +104,16 @@ class Sweeper:
             expired_before=t,
         )
         if done is None:
-            return
-        self._store.queue.delete_marker(marker.shard, marker.sk)
+            return False
         counts["timed_out" if status == "TIMED_OUT" else "exhausted"] += 1
         self._notify(done, "RUNNING")
+        return True
 
-    def _ttl_expired(self, marker: Marker, counts: dict[str, int]) -> None:
-        job = self._store.jobs.get_job(marker.job_id)
+    def _ttl_expired(self, marker: Marker, job: JobRecord | None, counts: dict[str, int]) -> bool:
+        """Act on one due queue-TTL marker; True when the marker is to be deleted."""
         if job is not None and job.status == "QUEUED" and job.ttl_deadline <= now():
             if self._ops.time_out_queued(job, now()) is not None:
                 counts["timed_out"] += 1
             elif (again := self._store.jobs.get_job(marker.job_id)) and again.status == "QUEUED":
-                return  # moved meanwhile (requeued): keep the marker for the next pass
-        self._store.queue.delete_marker(marker.shard, marker.sk)
+                return False  # moved meanwhile (requeued): keep the marker for the next pass
+        return True

@@ -8,6 +8,7 @@ claim the platform relies on.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT typ, not a secret
 LEEWAY_S = 10
 _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class TokenSigner:
@@ -39,6 +41,8 @@ class TokenSigner:
         self._audience = audience
         self._ttl_s = ttl_s
         self._now = now
+        # token -> (expiry by the wall clock PyJWT checks against, principal)
+        self._verified: dict[str, tuple[float, Principal]] = {}
 
     @property
     def ttl_s(self) -> int:
@@ -62,7 +66,21 @@ class TokenSigner:
         return jwt.encode(claims, self._key(), algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
 
     def verify(self, token: str) -> Principal:
-        """The principal of a valid token; ``Unauthorized`` otherwise."""
+        """The principal of a valid token; ``Unauthorized`` otherwise.
+
+        A verified token's principal is remembered until the token expires (every
+        synchronous inference carries one: checking the signature each time costs more than
+        dispatching it); failures are never cached."""
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] > time.time():
+            return hit[1]
+        principal, exp = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (exp, principal)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -91,6 +109,7 @@ class TokenSigner:
             raise Unauthorized("invalid access token claims")
         presented = claims.get("scopes")
         scopes = frozenset(presented) if isinstance(presented, list) else frozenset()
-        return Principal(
+        principal = Principal(
             sub=str(claims["sub"]), tenant=tenant, role=role, scopes=scopes & ROLE_SCOPES[role]
         )
+        return principal, float(claims["exp"]) + LEEWAY_S

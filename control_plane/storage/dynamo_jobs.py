@@ -11,12 +11,19 @@ it leaves and on the token that proves the caller's right to leave it:
 
 A failed condition means another actor won the race: the adapter answers ``None``/``False``
 and the service decides (skip the candidate, StaleLease, Conflict).
+
+No multi-item transactions (see ``dynamo_queue.py`` for why): ``atomic()`` is a no-op, each
+call commits on its own, and the services order their writes so that any prefix is safe.
+Batches use the batch APIs: ``create_jobs`` BatchWriteItem (25 per call), ``get_jobs`` and
+``job_statuses`` BatchGetItem (100 per call, consistent reads).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from contextlib import AbstractContextManager
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -177,27 +184,42 @@ class DynamoJobStore:
             ).get("Item")
         return from_item(item) if item else None
 
-    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
-        """id -> status of the jobs that exist (consistent reads, 100 ids per request)."""
-        out: dict[str, str] = {}
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """id -> record of the jobs that exist (consistent reads, 100 ids per request)."""
+        return {
+            str(get_s(it, "id")): from_item(it) for it in self._batch_get(job_ids, "get jobs")
+        }
+
+    def _batch_get(
+        self, job_ids: list[str], what: str, **projection: Any
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
         unique = list(dict.fromkeys(job_ids))
-        with translate_errors("get job statuses"):
+        with translate_errors(what):
             for i in range(0, len(unique), 100):
                 keys: list[dict[str, Any]] = [{"id": s(x)} for x in unique[i : i + 100]]
                 request: dict[str, Any] = {
-                    self._table: {
-                        "Keys": keys,
-                        "ConsistentRead": True,
-                        "ProjectionExpression": "id, #s",
-                        "ExpressionAttributeNames": {"#s": "status"},
-                    }
+                    self._table: {"Keys": keys, "ConsistentRead": True, **projection}
                 }
                 while request:
                     resp = self._db.batch_get_item(RequestItems=request)
-                    for it in resp.get("Responses", {}).get(self._table, []):
-                        out[str(get_s(it, "id"))] = str(get_s(it, "status"))
+                    items.extend(resp.get("Responses", {}).get(self._table, []))
                     request = resp.get("UnprocessedKeys") or {}
-        return out
+        return items
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """No multi-item transactions here: each call inside commits on its own, in order."""
+        return contextlib.nullcontext()
+
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """id -> status of the jobs that exist (consistent reads, 100 ids per request)."""
+        items = self._batch_get(
+            job_ids,
+            "get job statuses",
+            ProjectionExpression="id, #s",
+            ExpressionAttributeNames={"#s": "status"},
+        )
+        return {str(get_s(it, "id")): str(get_s(it, "status")) for it in items}
 
     def list_jobs(
         self,

@@ -153,6 +153,14 @@ class DynamoQueueStore:
         with translate_errors("delete marker"):
             self._db.delete_item(TableName=self._leases, Key={"shard": s(shard), "sk": s(sk)})
 
+    def delete_markers(self, keys: list[tuple[str, str]]) -> None:
+        """Unconditional deletes in batches of 25 (BatchWriteItem refuses repeated keys)."""
+        requests = [
+            {"DeleteRequest": {"Key": {"shard": s(shard), "sk": s(sk)}}}
+            for shard, sk in dict.fromkeys(keys)
+        ]
+        self._batch_write(self._leases, requests, "delete markers")
+
     def due_markers(
         self, shard: str, before_sk: str, limit: int, after_sk: str | None = None
     ) -> list[Marker]:
@@ -222,11 +230,12 @@ class DynamoQueueStore:
 
     # ------------------------------------------------------------------ misc
     def _batch_put(self, table: str, items: list[dict[str, Any]], what: str) -> None:
+        self._batch_write(table, [{"PutRequest": {"Item": it}} for it in items], what)
+
+    def _batch_write(self, table: str, requests: list[dict[str, Any]], what: str) -> None:
         with translate_errors(what):
-            for i in range(0, len(items), 25):
-                request: dict[str, Any] = {
-                    table: [{"PutRequest": {"Item": it}} for it in items[i : i + 25]]
-                }
+            for i in range(0, len(requests), 25):
+                request: dict[str, Any] = {table: requests[i : i + 25]}
                 while request:
                     resp = self._db.batch_write_item(RequestItems=request)
                     request = resp.get("UnprocessedItems") or {}

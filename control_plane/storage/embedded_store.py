@@ -95,6 +95,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
 
     root = _private_dir(Path(data_dir or settings.data_dir or default_data_dir()))
     lock = _lock(root)
+    db: Database | None = None
     try:
         old_umask = os.umask(0o077)  # the SQLite files (db, -wal, -shm) are created 0600
         try:
@@ -108,6 +109,10 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
             _secret_file(root / "blob-signing.key"),
         )
     except BaseException:
+        # A refused file (SchemaTooNew) is closed before the lock goes: SQLite removes the
+        # -wal/-shm it opened, so the file stays as the newer release left it.
+        if db is not None:
+            db.close()
         lock.close()
         raise
     models = SqliteModelStore(db)

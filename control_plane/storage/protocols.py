@@ -12,6 +12,7 @@ double claim or a lost job.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,6 +129,23 @@ class JobTable(Protocol):
     def create_job(self, job: JobRecord) -> bool: ...
     def create_jobs(self, jobs: list[JobRecord]) -> None: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """id -> record of the jobs among ``job_ids`` that exist (strongly consistent, as
+        ``get_job``; any number of ids, repeats allowed; the adapter pages the reads)."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A unit of work over the job, queue and idempotency stores, for this thread.
+
+        Where the backend has multi-item transactions (the embedded SQLite store) every write
+        made through these stores inside the block commits together, or not at all when the
+        block raises; reads inside see the block's own writes. Where it has none (DynamoDB)
+        each call commits on its own, in order, and nothing is undone. Callers order their
+        writes so that every prefix is safe in both cases (see ``services/queue_ops.py``),
+        and write nothing else inside the block (hooks run after it). Blocks may nest.
+        """
+        ...
+
     def job_statuses(self, job_ids: list[str]) -> dict[str, str]: ...
     def list_jobs(
         self,
@@ -201,6 +219,11 @@ class QueueStore(Protocol):
     def put_marker(self, marker: Marker) -> None: ...
     def put_markers(self, markers: list[Marker]) -> None: ...
     def delete_marker(self, shard: str, sk: str) -> None: ...
+    def delete_markers(self, keys: list[tuple[str, str]]) -> None:
+        """Unconditional deletes of the markers ``(shard, sk)`` (absent ones and repeats are
+        fine), batched by the adapter."""
+        ...
+
     def due_markers(
         self, shard: str, before_sk: str, limit: int, after_sk: str | None = None
     ) -> list[Marker]: ...
@@ -255,6 +278,10 @@ class JobStore:
     jobs: JobTable
     queue: QueueStore
     idempotency: IdempotencyStore
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A unit of work over the three stores (see ``JobTable.atomic``)."""
+        return self.jobs.atomic()
 
 
 class BlobStore(Protocol):

@@ -435,6 +435,47 @@ class CompleteResponse(Response):
     status: JobStatus
 
 
+MAX_COMPLETE_BATCH = 100
+
+
+class CompleteItem(Strict):
+    """One result of a batch complete: a ``CompleteRequest`` for the job ``job_id``."""
+
+    job_id: str
+    lease_token: str
+    status: Literal["SUCCEEDED", "FAILED"]
+    outputs: list[Tensor] | None = None
+    outputs_ref: str | None = None
+    error: ErrorInfo | None = None
+    timings: dict[str, float] | None = None
+
+
+class BatchCompleteRequest(Strict):
+    """``POST /v1/runners/{id}/complete``: up to 100 results, each fenced by its own lease
+    token exactly like the single complete."""
+
+    api_version: Literal["v1"] = API_VERSION
+    results: list[CompleteItem] = Field(min_length=1, max_length=MAX_COMPLETE_BATCH)
+
+
+CompleteOutcome = Literal["committed", "conflict", "not_found", "invalid"]
+
+
+class CompleteItemResult(Strict):
+    """What became of one result: ``committed`` (also a retry of a result already committed),
+    ``conflict`` (the single complete's 409: stale lease token), ``not_found`` (its 404),
+    ``invalid`` (its 422, e.g. an ``outputs_ref`` that is not this lease's); ``error`` says
+    why for all but ``committed``."""
+
+    job_id: str
+    status: CompleteOutcome
+    error: ErrorInfo | None = None
+
+
+class BatchCompleteResponse(Response):
+    results: list[CompleteItemResult]  # in the order of the request's results
+
+
 class RunnerView(Response):
     id: str
     name: str

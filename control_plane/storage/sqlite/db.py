@@ -26,6 +26,7 @@ Errors: ``sqlite3.Error`` becomes :class:`control_plane.errors.Unavailable` at t
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -90,10 +91,12 @@ class Database:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # also when COMMIT itself failed (disk full, I/O error)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def ping(self) -> None:
         """Raise ``Unavailable`` when the file cannot be read."""
@@ -101,7 +104,12 @@ class Database:
             self.read().execute("SELECT 1").fetchone()
 
     def backup(self, dest: Path | str) -> None:
-        """A consistent copy of the whole database at ``dest`` (sqlite3's online backup)."""
+        """A consistent copy of the whole database at ``dest`` (sqlite3's online backup).
+
+        ``dest`` is created 0600 before SQLite opens it: the copy holds every secret of the
+        store, so it is never readable by others, not even while it is being written."""
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(dest, 0o600)
         target = sqlite3.connect(str(dest))
         try:
             with translate("backup"):

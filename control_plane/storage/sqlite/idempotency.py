@@ -5,12 +5,14 @@ Timeline of one key: the first submit inserts the record (condition: no record, 
 one, ``expires_at < now``); a concurrent or later submit loses that condition and reads the
 record back in the same transaction, so exactly one job id is ever bound to a live key.
 DynamoDB's TTL deletes expired records; here each claim deletes a few expired ones instead.
+A claim made inside ``SqliteJobTable.atomic()`` joins that transaction.
 """
 
 from __future__ import annotations
 
 from control_plane.storage.protocols import IdempotencyRecord
 from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.jobs import write
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS idempotency (
@@ -62,7 +64,7 @@ class SqliteIdempotencyStore:
             rec.expires_at,
             now,
         )
-        with translate("claim idempotency key"), self._db.write() as conn:
+        with translate("claim idempotency key"), write(self._db) as conn:
             if conn.execute(_CLAIM, row).rowcount == 1:
                 conn.execute(_PURGE, (now,))
                 return None

@@ -12,6 +12,12 @@ caller's right to leave it (the same machine as ``dynamo_jobs.py``):
 
 No row updated means another actor won the race: the adapter answers ``None``/``False``.
 
+Units of work: ``atomic()`` opens one write transaction on this thread's connection, and every
+write of the job, queue and idempotency adapters made inside it joins that transaction
+(:func:`write`) instead of opening its own, so a batch (submit, claims, completes) is one
+``BEGIN IMMEDIATE … COMMIT``: one WAL commit for the whole batch, and nothing of it when it
+fails midway.
+
 Layout: scalar fields are typed columns (the ones conditioned on or filtered by, and the ones a
 transition sets, so a transition is a plain ``SET``); ``request``, ``outputs`` and ``error`` are
 JSON text. ``created_key`` = ``<created_ms:013d>#<id>`` orders listings newest first; the
@@ -21,8 +27,12 @@ indexes on it keep a listing's cost proportional to the page, not to the table.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
+import sqlite3
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from control_plane.errors import InvalidRequest
@@ -90,6 +100,9 @@ _INSERT = (
 _PUT = f"INSERT OR REPLACE INTO jobs ({_NEW_COLUMNS}) VALUES ({_NEW_VALUES})"  # noqa: S608
 _GET = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608 - constant
 _STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+_GET_MANY = (
+    f"SELECT {_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"  # noqa: S608
+)
 
 _CLAIM_UPDATE = (
     "UPDATE jobs SET status = 'RUNNING', lease_token = ?, runner_id = ?, model_version = ?,"
@@ -123,6 +136,44 @@ _FINISH_QUEUED_UPDATE = (
     " WHERE id = ? AND status = 'QUEUED' AND queue_token = ?"
 )
 _FINISH_QUEUED = _FINISH_QUEUED_UPDATE + _RETURNING
+
+
+_units = threading.local()  # .open: the connections with an atomic() block open on this thread
+
+
+def _open_units() -> set[int]:
+    found: set[int] | None = getattr(_units, "open", None)
+    if found is None:
+        found = _units.open = set()
+    return found
+
+
+@contextlib.contextmanager
+def write(db: Database) -> Iterator[sqlite3.Connection]:
+    """A write transaction: ``db.write()``, or the one of an ``atomic()`` block open on this
+    thread's connection (which then commits or rolls back as a whole)."""
+    conn = db.read()
+    if id(conn) in _open_units():
+        yield conn
+        return
+    with db.write() as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def unit_of_work(db: Database) -> Iterator[None]:
+    """Open (or join) the ``atomic()`` block of this thread's connection."""
+    conn = db.read()
+    units = _open_units()
+    if id(conn) in units:
+        yield
+        return
+    with db.write() as opened:
+        units.add(id(opened))
+        try:
+            yield
+        finally:
+            units.discard(id(opened))
 
 
 def _created_key(job: JobRecord) -> str:
@@ -256,6 +307,8 @@ class SqliteJobTable:
 
     - ``create_job``: insert unless the id exists (False: an idempotent replay).
     - ``create_jobs``: unconditional puts of jobs with fresh random ids, one transaction.
+    - ``get_jobs``: the existing ones among any number of ids, one statement.
+    - ``atomic``: one write transaction for every write made on this thread inside the block.
     - ``claim_job``: QUEUED -> RUNNING iff status is QUEUED and ``queue_token`` matches; sets
       the lease (token, runner, expiry, marker key), version, ``started_at``, attempts + 1,
       clears the queue token and key.
@@ -279,19 +332,34 @@ class SqliteJobTable:
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
         row = _new_row(job)
-        with translate("create job"), self._db.write() as conn:
+        with translate("create job"), write(self._db) as conn:
             return conn.execute(_INSERT, row).rowcount == 1
 
     def create_jobs(self, jobs: list[JobRecord]) -> None:
         """Store new jobs with fresh random ids (a batch submit), in one transaction."""
         rows = [_new_row(x) for x in jobs]
-        with translate("create jobs"), self._db.write() as conn:
+        with translate("create jobs"), write(self._db) as conn:
             conn.executemany(_PUT, rows)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with translate("get job"):
             row = self._db.read().execute(_GET, (job_id,)).fetchone()
             return None if row is None else _record(row)
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """id -> record of the jobs that exist among ``job_ids``."""
+        if not job_ids:
+            return {}
+        ids = json.dumps(list(dict.fromkeys(job_ids)))
+        with translate("get jobs"):
+            rows = self._db.read().execute(_GET_MANY, (ids,)).fetchall()
+        return {row[0]: _record(row) for row in rows}
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One write transaction for the writes of this thread inside the block (nests)."""
+        with translate("write a batch"), unit_of_work(self._db):
+            yield
 
     def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
         """id -> status of the jobs that exist."""
@@ -326,7 +394,7 @@ class SqliteJobTable:
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
-        with translate(what), self._db.write() as conn:
+        with translate(what), write(self._db) as conn:
             rows = conn.execute(sql, params).fetchall()
             return _record(rows[0]) if rows else None
 
@@ -390,7 +458,7 @@ class SqliteJobTable:
     ) -> bool:
         """RUNNING -> QUEUED once the lease has expired (the queue entry is written first)."""
         params = (*queue_key, queue_token, job_id, lease_token, expired_before)
-        with translate("requeue job"), self._db.write() as conn:
+        with translate("requeue job"), write(self._db) as conn:
             return conn.execute(_REQUEUE, params).rowcount == 1
 
     def finish_queued(

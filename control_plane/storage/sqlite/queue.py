@@ -10,13 +10,14 @@
 The three are ``WITHOUT ROWID`` tables clustered on their key: a head or sweep read is one
 range scan of the primary key. As with DynamoDB, each call is one statement on one key (or a
 batch in one transaction); the job item stays the source of truth and readers verify entries
-and markers against it.
+and markers against it. Writes join the transaction of an open ``SqliteJobTable.atomic()``.
 """
 
 from __future__ import annotations
 
 from control_plane.storage.protocols import Marker, QueueEntry
 from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.jobs import write
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS queue_entries (
@@ -86,7 +87,8 @@ class SqliteQueueStore:
     - ``head``: up to ``limit`` entries of a shard in ascending ``sk`` (priority, then FIFO),
       strictly after ``after_sk`` when given.
     - ``remove_entry``: delete iff the entry still carries ``token`` (never a newer entry).
-    - ``put_marker`` / ``put_markers`` / ``delete_marker``: unconditional put / delete.
+    - ``put_marker`` / ``put_markers`` / ``delete_marker`` / ``delete_markers``: unconditional
+      puts / deletes (a batch: one transaction).
     - ``due_markers``: up to ``limit`` markers of a shard with ``sk < before_sk`` (exclusive),
       ascending, strictly after ``after_sk`` when given.
     - ``add_depth``: atomic ``+= delta`` on the counter of one (model, shard) (0: no write);
@@ -100,13 +102,13 @@ class SqliteQueueStore:
     def enqueue(self, entry: QueueEntry) -> bool:
         """Write an entry unless the same key holds another token (someone else's enqueue)."""
         row = _entry_row(entry)
-        with translate("enqueue"), self._db.write() as conn:
+        with translate("enqueue"), write(self._db) as conn:
             return conn.execute(_ENQUEUE, row).rowcount == 1
 
     def enqueue_many(self, entries: list[QueueEntry]) -> None:
         """Write fresh entries (new random keys) in one transaction."""
         rows = [_entry_row(e) for e in entries]
-        with translate("enqueue batch"), self._db.write() as conn:
+        with translate("enqueue batch"), write(self._db) as conn:
             conn.executemany(_PUT_ENTRY, rows)
 
     def head(self, shard: str, limit: int, after_sk: str | None = None) -> list[QueueEntry]:
@@ -121,23 +123,29 @@ class SqliteQueueStore:
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
-        with translate("remove queue entry"), self._db.write() as conn:
+        with translate("remove queue entry"), write(self._db) as conn:
             conn.execute(_REMOVE, (shard, sk, token))
 
     # ------------------------------------------------------------------ markers
     def put_marker(self, marker: Marker) -> None:
         row = (marker.shard, marker.sk, marker.job_id, marker.token)
-        with translate("put marker"), self._db.write() as conn:
+        with translate("put marker"), write(self._db) as conn:
             conn.execute(_PUT_MARKER, row)
 
     def put_markers(self, markers: list[Marker]) -> None:
         rows = [(m.shard, m.sk, m.job_id, m.token) for m in markers]
-        with translate("put markers"), self._db.write() as conn:
+        with translate("put markers"), write(self._db) as conn:
             conn.executemany(_PUT_MARKER, rows)
 
     def delete_marker(self, shard: str, sk: str) -> None:
-        with translate("delete marker"), self._db.write() as conn:
+        with translate("delete marker"), write(self._db) as conn:
             conn.execute(_DELETE_MARKER, (shard, sk))
+
+    def delete_markers(self, keys: list[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        with translate("delete markers"), write(self._db) as conn:
+            conn.executemany(_DELETE_MARKER, list(dict.fromkeys(keys)))
 
     def due_markers(
         self, shard: str, before_sk: str, limit: int, after_sk: str | None = None
@@ -156,7 +164,7 @@ class SqliteQueueStore:
         """Atomically add ``delta`` to the counter of one queue shard of ``model``."""
         if delta == 0:
             return
-        with translate("count queue depth"), self._db.write() as conn:
+        with translate("count queue depth"), write(self._db) as conn:
             conn.execute(_ADD_DEPTH, (model, shard, delta))
 
     def depth(self, model: str) -> int:

@@ -1,0 +1,290 @@
+"""Durable-job throughput in batches, in one process, without Triton or HTTP.
+
+``JobService`` on a store (the embedded SQLite file by default, ``--store moto`` for DynamoDB
+on a moto server over HTTP) and one simulated runner in the same process, shaped like
+``runner/jobloop.py``: a lease task asking for all its free slots (``lease(max_jobs<=100)``)
+and a completion task sending what finished while its previous call ran
+(``complete_batch`` of up to 100). Inference is instant, so the numbers are the control
+plane's and the store's cost per job.
+
+Two phases:
+
+- saturated: ``-n`` jobs submitted in batches of ``--batch`` as fast as the submitter thread
+  can, while the runner drains the queue. jobs/s = n / (first submit -> last terminal).
+  Submit -> terminal here includes the time spent queued behind the others.
+- paced: n/5 jobs submitted in batches at half the saturated rate, each awaited by a client
+  long poll (``JobService.wait``, its reads shared across waits): the submit -> terminal
+  latency a client sees when the fleet keeps up.
+
+    .venv/bin/python bench/bench_jobs_batch.py                   # SQLite, 10,000 jobs
+    .venv/bin/python bench/bench_jobs_batch.py --store moto -n 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+from gpufleet.wire import (  # noqa: E402
+    TERMINAL_STATUSES,
+    CompleteItem,
+    LeasedJob,
+    LeaseRequest,
+    ModelRef,
+)
+
+from bench.bench_queue import (  # noqa: E402
+    OUTPUTS,
+    USER,
+    free_port,
+    moto_services,
+    sqlite_services,
+)
+from control_plane.app import Services  # noqa: E402
+from tests.contract.fleet import job  # noqa: E402
+
+RUNNER = "run_bench"
+MODELS = [ModelRef(name="add_sub", version="1")]
+
+
+@dataclass
+class Run:
+    """What one phase measured (seconds, ``time.perf_counter``)."""
+
+    submitted: dict[str, float] = field(default_factory=dict)
+    terminal: dict[str, float] = field(default_factory=dict)
+    lease_s: list[float] = field(default_factory=list)
+    complete_s: list[float] = field(default_factory=list)
+    submit_s: list[float] = field(default_factory=list)
+    leased: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class SimRunner:
+    """One runner: a lease task (all free slots, <= 100 per call) and a completion task."""
+
+    def __init__(self, svc: Services, run: Run, slots: int) -> None:
+        self._jobs: Any = svc.jobs
+        self._run = run
+        self._slots = slots
+        self._inflight = 0
+        self._finished: list[LeasedJob] = []
+        self._wake = asyncio.Event()
+        self._freed = asyncio.Event()
+
+    async def lease_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            free = self._slots - self._inflight
+            if free <= 0:
+                self._freed.clear()
+                await self._freed.wait()
+                continue
+            req = LeaseRequest(models=MODELS, max_jobs=min(free, 100), wait_s=0.5)
+            t = time.perf_counter()
+            got = (await self._jobs.lease(RUNNER, None, req)).jobs
+            if got:
+                self._run.lease_s.append(time.perf_counter() - t)
+                self._run.leased += len(got)
+            self._inflight += len(got)
+            self._finished.extend(got)  # inference is instant here
+            self._wake.set()
+
+    async def complete_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            while self._finished:
+                batch, self._finished = self._finished[:100], self._finished[100:]
+                items = [
+                    CompleteItem(
+                        job_id=x.id, lease_token=x.lease_token, status="SUCCEEDED", outputs=OUTPUTS
+                    )
+                    for x in batch
+                ]
+                t = time.perf_counter()
+                out = await asyncio.to_thread(self._jobs.complete_batch, RUNNER, items)
+                self._run.complete_s.append(time.perf_counter() - t)
+                self._run.batch_sizes.append(len(batch))
+                assert all(r.status == "committed" for r in out), out
+                self._inflight -= len(batch)
+                self._freed.set()
+
+
+def submit_all(svc: Services, run: Run, n: int, batch: int, every_s: float = 0.0) -> None:
+    """Submit ``n`` jobs in batches (one every ``every_s`` seconds at most), in this thread."""
+    start = time.perf_counter()
+    for k, first in enumerate(range(0, n, batch)):
+        if every_s:
+            time.sleep(max(0.0, start + k * every_s - time.perf_counter()))
+        reqs = [job() for _ in range(min(batch, n - first))]
+        t = time.perf_counter()
+        ids = svc.jobs.submit_batch(USER, reqs)
+        run.submit_s.append(time.perf_counter() - t)
+        for job_id in ids:
+            run.submitted[job_id] = t
+
+
+async def saturated(svc: Services, n: int, batch: int, slots: int) -> Run:
+    run = Run()
+    loop, all_done = asyncio.get_running_loop(), asyncio.Event()
+
+    def on_transition(view: Any, previous: str | None) -> None:
+        if view.status in TERMINAL_STATUSES:
+            run.terminal[view.id] = time.perf_counter()
+            if len(run.terminal) == n:
+                loop.call_soon_threadsafe(all_done.set)
+
+    hooks: Any = svc.jobs
+    hooks.on_transition.append(on_transition)
+    runner, stop = SimRunner(svc, run, slots), asyncio.Event()
+    tasks = [
+        asyncio.create_task(runner.lease_loop(stop)),
+        asyncio.create_task(runner.complete_loop(stop)),
+    ]
+    await asyncio.to_thread(submit_all, svc, run, n, batch)
+    await all_done.wait()
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    hooks.on_transition.remove(on_transition)
+    return run
+
+
+async def paced(svc: Services, n: int, batch: int, slots: int, rate: float) -> Run:
+    """``n`` jobs at ``rate`` jobs/s, each awaited by a client long poll."""
+    run = Run()
+    runner, stop = SimRunner(svc, run, slots), asyncio.Event()
+    tasks = [
+        asyncio.create_task(runner.lease_loop(stop)),
+        asyncio.create_task(runner.complete_loop(stop)),
+    ]
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[Any]] = []
+
+    async def wait(job_id: str) -> None:
+        while True:
+            view = await svc.jobs.wait(USER, job_id, 30.0)
+            if view.status in TERMINAL_STATUSES:
+                run.terminal[job_id] = time.perf_counter()
+                return
+
+    def submit_and_wait() -> None:
+        start = time.perf_counter()
+        for k, first in enumerate(range(0, n, batch)):
+            time.sleep(max(0.0, start + k * batch / rate - time.perf_counter()))
+            reqs = [job() for _ in range(min(batch, n - first))]
+            t = time.perf_counter()
+            ids = svc.jobs.submit_batch(USER, reqs)
+            run.submit_s.append(time.perf_counter() - t)
+            for job_id in ids:
+                run.submitted[job_id] = t
+                waits.append(asyncio.run_coroutine_threadsafe(wait(job_id), loop))  # type: ignore[arg-type]
+
+    await asyncio.to_thread(submit_and_wait)
+    await asyncio.gather(*(asyncio.wrap_future(w) for w in waits))  # type: ignore[arg-type]
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return run
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] * 1000 if values else float("nan")
+
+
+@contextmanager
+def store_services(store: str) -> Iterator[Services]:
+    if store == "sqlite":
+        with sqlite_services(poll_interval_s=0.5) as svc:
+            yield svc
+        return
+    from control_plane.embedded import serialized_moto_server
+
+    port = free_port()
+    server = serialized_moto_server(port)
+    server.start()
+    try:
+        with moto_services(f"http://127.0.0.1:{port}", poll_interval_s=0.5) as svc:
+            yield svc
+    finally:
+        server.stop()
+
+
+def report(store: str, phase: str, run: Run, n: int) -> tuple[str, ...]:
+    first = min(run.submitted.values())
+    wall = max(run.terminal.values()) - first
+    latency = [run.terminal[i] - run.submitted[i] for i in run.terminal]
+    mean_batch = statistics.mean(run.batch_sizes) if run.batch_sizes else 0.0
+    return (
+        store,
+        phase,
+        str(n),
+        f"{n / wall:8.0f}",
+        f"{pct(latency, 0.5):8.1f}",
+        f"{pct(latency, 0.99):8.1f}",
+        f"{pct(run.submit_s, 0.5):7.1f}",
+        f"{pct(run.lease_s, 0.5):7.1f}",
+        f"{pct(run.complete_s, 0.5):7.1f}",
+        f"{mean_batch:5.1f}",
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", choices=["sqlite", "moto"], default="sqlite")
+    ap.add_argument("-n", type=int, default=10_000, help="jobs of the saturated phase")
+    ap.add_argument("--batch", type=int, default=100, help="jobs per batch submit")
+    ap.add_argument("--slots", type=int, default=100, help="the runner's max_concurrency")
+    ap.add_argument("--no-paced", action="store_true", help="skip the paced (latency) phase")
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    rows = []
+    with store_services(args.store) as svc:
+        sat = asyncio.run(saturated(svc, args.n, args.batch, args.slots))
+        assert len(sat.terminal) == args.n and sat.leased == args.n
+        rows.append(report(args.store, "saturated", sat, args.n))
+        rate = args.n / (max(sat.terminal.values()) - min(sat.submitted.values()))
+        if not args.no_paced:
+            n = max(args.batch, args.n // 5)
+            run = asyncio.run(paced(svc, n, args.batch, args.slots, rate / 2))
+            rows.append(report(args.store, f"paced {rate / 2:.0f}/s", run, n))
+        depths = svc.jobs.queue_depths()
+        assert depths.get("add_sub", 0) == 0, depths
+    head = (
+        "store",
+        "phase",
+        "jobs",
+        "jobs/s",
+        "p50 ms",
+        "p99 ms",
+        "sub ms",
+        "lease",
+        "compl",
+        "batch",
+    )
+    print(f"\nbatches of {args.batch}, one runner ({args.slots} slots), submit -> terminal")
+    print("(sub/lease/compl: p50 ms of one batch call; batch: mean results per complete_batch)")
+    print(
+        f"{head[0]:<7} {head[1]:<14} {head[2]:>6} {head[3]:>8} {head[4]:>8} {head[5]:>8} "
+        f"{head[6]:>7} {head[7]:>7} {head[8]:>7} {head[9]:>5}"
+    )
+    for r in rows:
+        print(f"{r[0]:<7} {r[1]:<14} {r[2]:>6} {r[3]} {r[4]} {r[5]} {r[6]} {r[7]} {r[8]} {r[9]}")
+
+
+if __name__ == "__main__":
+    main()
