@@ -152,12 +152,21 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
             registry=self.registry,
         )
+        self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_FleetCollector(queue_depths, runners))
 
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
         """A dispatcher hook: one synchronous inference answered (or failed)."""
-        self.dispatched.labels(model, runner, outcome).inc()
-        self.dispatch_latency.labels(model).observe(seconds)
+        key = (model, runner, outcome)
+        children = self._dispatch_children.get(key)
+        if children is None:  # labels() costs more than the observation: look it up once
+            children = (
+                self.dispatched.labels(model, runner, outcome),
+                self.dispatch_latency.labels(model),
+            )
+            self._dispatch_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""

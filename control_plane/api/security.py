@@ -72,8 +72,13 @@ class BearerBackend(AuthenticationBackend):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return AuthCredentials(), Anonymous("expected 'Authorization: Bearer <token>'")
+        token = token.strip()
         try:
-            p = await run_in_threadpool(self._auth.authenticate, token.strip())
+            # A token seen before is answered from memory; a new one may need the signing
+            # key from storage (first use), so it is verified off the event loop.
+            p = self._auth.signer.remembered(token) or await run_in_threadpool(
+                self._auth.authenticate, token
+            )
         except Unauthorized as exc:
             return AuthCredentials(), Anonymous(exc.message)
         return AuthCredentials(sorted(p.scopes)), TokenUser(p)

@@ -275,7 +275,7 @@ class JobService:
             rec.inputs,
             rec.outputs,
             rec.max_batch_size,
-            max_inline_bytes=self._settings.max_inline_bytes,
+            max_inline_bytes=None,  # nothing is stored; the body limit bounds the request
             check_payload=lambda i, t: self.payloads.check_input(p.tenant, i, t),
         )
         return rec
@@ -425,6 +425,8 @@ class JobService:
                 job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
                 if job.status in TERMINAL_STATUSES or left <= 0:
+                    if job.status != "QUEUED":  # no waiting reason to look up: no thread
+                        return self.view(job)
                     return await asyncio.to_thread(self._with_reason, job)
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
 

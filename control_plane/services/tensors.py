@@ -60,10 +60,13 @@ def validate_tensors(
     config_outputs: list[dict[str, Any]],
     max_batch_size: int,
     *,
-    max_inline_bytes: int,
+    max_inline_bytes: int | None,
     check_payload: Callable[[int, Tensor], None],
 ) -> None:
-    """Raise InvalidRequest (or PayloadTooLarge) for the first tensor that does not fit."""
+    """Raise InvalidRequest (or PayloadTooLarge) for the first tensor that does not fit.
+
+    ``max_inline_bytes``: the limit of inline tensor JSON a stored job may hold; None when
+    nothing is stored (synchronous dispatch: the request body limit applies instead)."""
     by_name = {c["name"]: c for c in config_inputs}
     seen: set[str] = set()
     for i, t in enumerate(inputs):
@@ -116,8 +119,8 @@ def validate_tensors(
                 f"output {o.name!r} is not an output of the model (outputs: {known})",
                 field=f"outputs[{i}].name",
             )
-    size = inline_bytes(inputs)
-    if size > max_inline_bytes:
+    size = inline_bytes(inputs) if max_inline_bytes is not None else 0
+    if max_inline_bytes is not None and size > max_inline_bytes:
         raise PayloadTooLarge(
             f"inline tensors are {size} bytes of JSON, over the {max_inline_bytes}-byte limit: "
             "upload large tensors as payloads and refer to them with data_ref",

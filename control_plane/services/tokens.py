@@ -71,14 +71,21 @@ class TokenSigner:
         A verified token's principal is remembered until the token expires (every
         synchronous inference carries one: checking the signature each time costs more than
         dispatching it); failures are never cached."""
-        hit = self._verified.get(token)
-        if hit is not None and hit[0] > time.time():
-            return hit[1]
+        hit = self.remembered(token)
+        if hit is not None:
+            return hit
         principal, exp = self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
         self._verified[token] = (exp, principal)
         return principal
+
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not expired since (no I/O)."""
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] > time.time():
+            return hit[1]
+        return None
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:
