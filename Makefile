@@ -46,6 +46,7 @@ format: install
 
 bench: install ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
+	$(PY) bench/bench_embedded.py
 	$(PY) bench/bench_model_sync.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_perf_analyzer.py

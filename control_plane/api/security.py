@@ -76,9 +76,9 @@ class BearerBackend(AuthenticationBackend):
         try:
             # A token seen before is answered from memory; a new one may need the signing
             # key from storage (first use), so it is verified off the event loop.
-            p = self._auth.signer.remembered(token) or await run_in_threadpool(
-                self._auth.authenticate, token
-            )
+            p = self._auth.signer.remembered(token)
+            if p is None:
+                p = await run_in_threadpool(self._auth.authenticate, token)
         except Unauthorized as exc:
             return AuthCredentials(), Anonymous(exc.message)
         return AuthCredentials(sorted(p.scopes)), TokenUser(p)
