@@ -64,7 +64,6 @@ class DispatchChannel:
         self._engine = engine
         self._models = models
         self._base_url = base_url
-        self._tasks: dict[int, asyncio.Task[None]] = {}
         self.connected = False
         self.served = 0
 
@@ -121,14 +120,17 @@ class DispatchChannel:
                 ({"name": r.name, "version": r.version} for r in refs),
                 key=lambda m: (m["name"], m["version"]),
             ),
-            "capacity": max(1, cfg.max_concurrency),
+            # Slots the job loop's leased jobs hold are not offered (one limit for both).
+            "capacity": max(1, cfg.max_concurrency - len(self._state.inflight)),
             "draining": bool(cfg.drain or self._state.stopping),
         }
 
     async def _serve(self, ws: ClientConnection, stop: asyncio.Event) -> None:
         advert = self._advert()
         await ws.send(json.dumps({"type": "hello", **advert}))
-        watcher = asyncio.create_task(self._watch(ws, advert, stop))
+        # Requests of this connection by the control plane's id (ids restart with it).
+        tasks: dict[int, asyncio.Task[None]] = {}
+        watcher = asyncio.create_task(self._watch(ws, advert, stop, tasks))
         try:
             async for frame in ws:
                 received = time.perf_counter()
@@ -137,18 +139,28 @@ class DispatchChannel:
                 if kind == "infer":
                     req_id = int(msg["id"])
                     task = asyncio.create_task(self._handle(ws, msg, received))
-                    self._tasks[req_id] = task
-                    task.add_done_callback(functools.partial(self._forget, req_id))
+                    tasks[req_id] = task
+                    task.add_done_callback(functools.partial(_forget, tasks, req_id))
                 elif kind == "cancel":
-                    running = self._tasks.get(int(msg.get("id", -1)))
+                    running = tasks.get(int(msg.get("id", -1)))
                     if running is not None:
                         running.cancel()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            # The control plane answered these callers 503 when the channel broke: stop
+            # spending Triton time and slots on answers nobody can receive.
+            for task in list(tasks.values()):
+                task.cancel()
 
-    async def _watch(self, ws: ClientConnection, sent: dict[str, Any], stop: asyncio.Event) -> None:
+    async def _watch(
+        self,
+        ws: ClientConnection,
+        sent: dict[str, Any],
+        stop: asyncio.Event,
+        tasks: dict[int, asyncio.Task[None]],
+    ) -> None:
         """Tell the control plane when the served versions, capacity or draining change;
         close the channel once stopping and idle."""
         while True:
@@ -157,14 +169,11 @@ class DispatchChannel:
             if advert != sent:
                 await ws.send(json.dumps({"type": "models", **advert}))
                 sent = advert
-            if stop.is_set() and not self._tasks:
+            if stop.is_set() and not tasks:
                 await ws.close()
                 return
 
     # ------------------------------------------------------------------ requests
-    def _forget(self, req_id: int, _task: asyncio.Task[None]) -> None:
-        self._tasks.pop(req_id, None)
-
     async def _handle(self, ws: ClientConnection, msg: dict[str, Any], received: float) -> None:
         req_id = msg["id"]
         self._state.dispatch_inflight += 1
@@ -210,3 +219,8 @@ class DispatchChannel:
             reply["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 3)
         with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps(reply, separators=(",", ":")))
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], req_id: int, task: asyncio.Task[None]) -> None:
+    if tasks.get(req_id) is task:
+        del tasks[req_id]

@@ -151,7 +151,9 @@ class Dispatcher:
         for ch in self._by_model.get(key, ()):
             if ch.inflight >= ch.capacity:
                 continue
-            if best is None or ch.load < best.load:
+            # Least loaded; among equals the one that answered least (spreads sequential
+            # callers over the runners instead of always the first).
+            if best is None or (ch.load, ch.served) < (best.load, best.served):
                 best = ch
         return best
 
