@@ -181,6 +181,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         hooks.append(metrics.observe_transition)
     if svc.dispatch is not None:
         svc.dispatch.on_result.append(metrics.observe_dispatch)
+        svc.dispatch.on_timings.append(metrics.observe_runner_stages)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -152,6 +152,15 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
             registry=self.registry,
         )
+        self.runner_stage = Histogram(
+            "gpufleet_infer_runner_stage_seconds",
+            "Where a dispatched inference spends its time on the runner: receive (frame to "
+            "Triton call), triton (the Triton call), total (frame in to answer out).",
+            ["model", "stage"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1, 10),
+            registry=self.registry,
+        )
+        self._stage_children: dict[tuple[str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_FleetCollector(queue_depths, runners))
 
@@ -172,6 +181,19 @@ class Metrics:
         """A job-transition hook: counts jobs that reached a terminal status."""
         if job.status in TERMINAL_STATUSES:
             self.jobs_completed.labels(job.model, job.status).inc()
+
+    def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
+        """A dispatcher hook: the runner's stage timings (milliseconds) of one answer."""
+        for stage in ("receive", "triton", "total"):
+            value = timings.get(f"{stage}_ms")
+            if not isinstance(value, (int, float)):
+                continue
+            child = self._stage_children.get((model, stage))
+            if child is None:
+                child = self._stage_children[(model, stage)] = self.runner_stage.labels(
+                    model, stage
+                )
+            child.observe(value / 1000)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (reads fleet values now)."""

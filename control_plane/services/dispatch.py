@@ -88,6 +88,8 @@ class Dispatcher:
         self._waiters: dict[ModelKey, deque[asyncio.Future[Channel]]] = {}
         self._ids = itertools.count(1)
         self.on_result: list[Callable[[str, str, str, float], None]] = []
+        # (model, the runner's stage timings in ms: receive, triton, total) per answer
+        self.on_timings: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ channels
     def attach(self, channel: Channel) -> None:
@@ -275,6 +277,13 @@ class Dispatcher:
                 )
             outcome = "ok"
             ch.served += 1
+            timings = msg.get("timings")
+            if isinstance(timings, dict):
+                for stage_hook in self.on_timings:
+                    try:
+                        stage_hook(model, timings)
+                    except Exception:
+                        log.warning("dispatch timings hook failed", exc_info=True)
             return msg
         finally:
             ch.pending.pop(req_id, None)

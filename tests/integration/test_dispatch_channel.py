@@ -164,6 +164,13 @@ def test_v1_infer_is_dispatched_to_the_connected_runner(fleet: Fleet) -> None:
     np.testing.assert_array_equal(out["OUTPUT0"], np.zeros((2, 4), np.float32))
     assert fleet.served() == before + 2  # both ran over the channel
     assert len(list(fleet.client.list(model=MODEL))) == jobs_before  # and wrote no job
+    with fleet.http() as http:
+        metrics = http.get("/metrics").text
+    for stage in ("receive", "triton", "total"):  # the runner's stage timings, per model
+        line = f'gpufleet_infer_runner_stage_seconds_count{{model="{MODEL}",stage="{stage}"}}'
+        assert any(m.startswith(line) and float(m.split()[-1]) >= 2 for m in metrics.splitlines())
+    dispatched = [m for m in metrics.splitlines() if m.startswith("gpufleet_infer_dispatched")]
+    assert any(f'runner="{runner_id}"' in m and 'outcome="ok"' in m for m in dispatched), dispatched
 
 
 def test_kserve_http_goes_through_dispatch_and_idempotency_key_through_a_job(
