@@ -23,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from gpufleet.wire import (
@@ -56,8 +57,16 @@ MAX_LEASE_JOBS = 100
 COMPLETE_RETRIES = 5
 MIN_EMPTY_POLL_S = 0.25
 BATCH_ROUTE_RETRY_S = 300.0  # after a 404 (an older control plane): single completes this long
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # of results' JSON per batch (the control plane's body limit
+# is 8 MiB by default; inline outputs are up to ~256 KiB each, so 100 of them would not fit)
 
-_Pending = tuple[str, CompleteRequest, "asyncio.Future[None]"]
+
+@dataclass
+class _Pending:
+    job_id: str
+    req: CompleteRequest
+    fut: asyncio.Future[None]
+    size: int  # bytes of the result's JSON
 
 
 def _expires_in(iso: str) -> float:
@@ -98,11 +107,13 @@ class CompletionQueue:
     complete would have: ``Conflict`` (stale lease token), ``NotFound``, ``Unauthorized``,
     ``ControlPlaneError`` (network, 5xx, an ``invalid`` result: the 422 of the single route).
     A control plane without the batch route (404) gets single completes, concurrently, and
-    the batch route is tried again after ``BATCH_ROUTE_RETRY_S``.
+    the batch route is tried again after ``BATCH_ROUTE_RETRY_S``. A batch also stays under
+    ``MAX_BATCH_BYTES`` of results (one refused as too large anyway, 413, goes one by one).
     """
 
-    def __init__(self, client: ControlPlaneClient) -> None:
+    def __init__(self, client: ControlPlaneClient, *, max_bytes: int = MAX_BATCH_BYTES) -> None:
         self._client = client
+        self._max_bytes = max_bytes
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -111,7 +122,8 @@ class CompletionQueue:
 
     async def complete(self, job_id: str, req: CompleteRequest) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((job_id, req, fut))
+        size = len(req.model_dump_json(exclude_none=True)) + len(job_id) + 16
+        self._queue.append(_Pending(job_id, req, fut, size))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="complete-flush")
         self._wake.set()
@@ -124,8 +136,8 @@ class CompletionQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for _, _, fut in self._queue:
-            fut.cancel()
+        for pending in self._queue:
+            pending.fut.cancel()
         self._queue.clear()
 
     async def _run(self) -> None:
@@ -133,35 +145,58 @@ class CompletionQueue:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = [p for p in self._queue[:MAX_COMPLETE_BATCH] if not p[2].done()]
-                del self._queue[:MAX_COMPLETE_BATCH]
+                batch = self._take()
                 if batch:
                     await self._flush(batch)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: up to 100 results and ``max_bytes`` of them (at least one result),
+        leaving out those whose job no longer waits (cancelled by a drain)."""
+        batch: list[_Pending] = []
+        size = taken = 0
+        for pending in self._queue:
+            if batch and (
+                len(batch) == MAX_COMPLETE_BATCH or size + pending.size > self._max_bytes
+            ):
+                break
+            taken += 1
+            if not pending.fut.done():
+                batch.append(pending)
+                size += pending.size
+        del self._queue[:taken]
+        return batch
 
     async def _flush(self, batch: list[_Pending]) -> None:
         if time.monotonic() >= self._singles_until:
             try:
                 self.calls += 1
                 out = await self._client.complete_batch(
-                    BatchCompleteRequest(results=[_item(job_id, req) for job_id, req, _ in batch])
+                    BatchCompleteRequest(results=[_item(p.job_id, p.req) for p in batch])
                 )
             except NotFound:
                 log.info("the control plane has no batch complete route: completing one by one")
                 self._singles_until = time.monotonic() + BATCH_ROUTE_RETRY_S
+            except ControlPlaneError as exc:
+                if exc.status != 413 or len(batch) == 1:
+                    for pending in batch:
+                        _settle(pending.fut, exc)
+                    return
+                log.info("a batch complete of %d results was too large: one by one", len(batch))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                for _, _, fut in batch:
-                    _settle(fut, exc)
+                for pending in batch:
+                    _settle(pending.fut, exc)
                 return
             else:
                 self._settle_batch(batch, out)
                 return
-        await asyncio.gather(*(self._single(job_id, req, fut) for job_id, req, fut in batch))
+        await asyncio.gather(*(self._single(p) for p in batch))
 
     def _settle_batch(self, batch: list[_Pending], out: BatchCompleteResponse) -> None:
         answers = {r.job_id: r for r in out.results}
-        for job_id, _, fut in batch:
+        for pending in batch:
+            job_id, fut = pending.job_id, pending.fut
             answer = answers.get(job_id)
             if answer is None:
                 _settle(fut, ControlPlaneError(f"batch complete: no answer for {job_id}"))
@@ -176,15 +211,15 @@ class CompletionQueue:
             }.get(answer.status, ControlPlaneError(message, 422, "invalid_request"))
             _settle(fut, error)
 
-    async def _single(self, job_id: str, req: CompleteRequest, fut: asyncio.Future[None]) -> None:
+    async def _single(self, pending: _Pending) -> None:
         try:
-            await self._client.complete(job_id, req)
+            await self._client.complete(pending.job_id, pending.req)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            _settle(fut, exc)
+            _settle(pending.fut, exc)
         else:
-            _settle(fut, None)
+            _settle(pending.fut, None)
 
 
 class JobLoop:

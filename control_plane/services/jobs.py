@@ -632,13 +632,14 @@ class JobService:
                 records[job_id] = rec
                 answers[job_id] = _answer(job_id, None)
         out: builtins.list[CompleteItemResult] = []
-        for i, item in enumerate(items):
+        answered: set[str] = set()
+        for item in items:
             answer = answers[item.job_id]
-            repeated = any(x.job_id == item.job_id for x in items[:i])
-            if repeated and answer.status == "committed":
+            if item.job_id in answered and answer.status == "committed":
                 rec = records[item.job_id]
                 if (rec.lease_token, rec.status) != (item.lease_token, item.status):
                     answer = _answer(item.job_id, StaleLease(f"job {item.job_id} is {rec.status}"))
+            answered.add(item.job_id)
             out.append(answer)
         return out
 

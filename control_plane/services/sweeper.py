@@ -10,9 +10,10 @@ Order of writes when requeueing (each a single conditional write; see dynamo_que
 2. job RUNNING -> QUEUED (lease token, expired)   -- the commit point
 3. delete the lease marker, count the depth
 
-Reads and clean-up are batched: the jobs behind a shard's due markers are read with one
-``get_jobs`` call per 100, and the markers found stale are deleted together at the end of
-the shard; each transition stays its own conditional write.
+Reads and clean-up are batched: the jobs behind each page of 100 due markers are read with
+one ``get_jobs`` call, and the page's markers to drop are deleted together after it; each
+transition stays its own conditional write (a record read a moment before only costs a
+lost condition, never a wrong transition).
 """
 
 from __future__ import annotations
@@ -45,14 +46,11 @@ class Sweeper:
                 (f"ttl#{n}", self._ttl_expired),
             ):
                 due = self._due(shard)
-                if not due:
-                    continue
-                jobs = self._store.jobs.get_jobs([m.job_id for m in due])
-                stale: list[tuple[str, str]] = []
-                for marker in due:
-                    if handle(marker, jobs.get(marker.job_id), counts):
-                        stale.append((marker.shard, marker.sk))
-                self._store.queue.delete_markers(stale)
+                for i in range(0, len(due), MARKERS_PER_PAGE):  # reads close to the writes
+                    page = due[i : i + MARKERS_PER_PAGE]
+                    jobs = self._store.jobs.get_jobs([m.job_id for m in page])
+                    stale = [(m.shard, m.sk) for m in page if handle(m, jobs.get(m.job_id), counts)]
+                    self._store.queue.delete_markers(stale)
         return counts
 
     def _due(self, shard: str) -> list[Marker]:

@@ -186,13 +186,9 @@ class DynamoJobStore:
 
     def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """id -> record of the jobs that exist (consistent reads, 100 ids per request)."""
-        return {
-            str(get_s(it, "id")): from_item(it) for it in self._batch_get(job_ids, "get jobs")
-        }
+        return {str(get_s(it, "id")): from_item(it) for it in self._batch_get(job_ids, "get jobs")}
 
-    def _batch_get(
-        self, job_ids: list[str], what: str, **projection: Any
-    ) -> list[dict[str, Any]]:
+    def _batch_get(self, job_ids: list[str], what: str, **projection: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         unique = list(dict.fromkeys(job_ids))
         with translate_errors(what):

@@ -2,8 +2,8 @@
 
 ``backend`` is parametrised over the embedded SQLite store and DynamoDB (moto over HTTP);
 a test that needs only one backend overrides it with ``@pytest.mark.parametrize("backend",
-[...])``. The DynamoDB fixtures (``settings``, ``aws``) are requested lazily, so the SQLite
-runs never touch moto.
+[...])``. The DynamoDB fixtures (``settings``, ``aws``; ``store_kind`` is "dynamodb" in this
+directory) are requested lazily, so the SQLite runs never touch moto.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ from control_plane.storage.sqlite.jobs import SqliteJobTable
 from control_plane.storage.sqlite.queue import SqliteQueueStore
 
 BACKENDS = ["sqlite", "dynamo"]
+
+
+@pytest.fixture
+def store_kind() -> str:
+    """``settings``/``aws`` here are the DynamoDB side of a contract test (tests/conftest.py)."""
+    return "dynamodb"
 
 
 @pytest.fixture(params=BACKENDS)

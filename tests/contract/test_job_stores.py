@@ -118,6 +118,17 @@ def test_create_jobs_in_batches(jobs: JobTable) -> None:
     jobs.create_jobs([])
 
 
+def test_get_jobs_reads_many_in_one_call_each_page(jobs: JobTable) -> None:
+    batch = [record(f"job_g{i:03d}", created=1000.0 + i) for i in range(130)]  # > one page
+    jobs.create_jobs(batch)
+    ids = [x.id for x in batch]
+    got = jobs.get_jobs([*ids, "job_nope", ids[0], "not-a-job"])
+    assert got == {x.id: x for x in batch}
+    assert jobs.get_jobs([]) == {}
+    claim(jobs, queue_token="q1", job_id=ids[5])
+    assert jobs.get_jobs([ids[5]])[ids[5]].status == "RUNNING"  # consistent, as get_job
+
+
 def test_claim_is_won_once_and_fenced(jobs: JobTable) -> None:
     jobs.create_job(record())
     assert claim(jobs, queue_token="other") is None
@@ -293,6 +304,47 @@ def test_queue_order_tokens_and_markers(queue: QueueStore) -> None:
     assert [m.job_id for m in queue.due_markers("lease#0", f"{15:013d}", 10)] == ["j5", "j10"]
     queue.delete_marker("lease#0", f"{5:013d}#j5")
     assert [m.job_id for m in queue.due_markers("lease#0", f"{15:013d}", 10)] == ["j10"]
+
+
+def test_delete_markers_in_batches(queue: QueueStore) -> None:
+    markers = [Marker(f"lease#{i % 2}", f"{i:013d}#j{i}", f"j{i}", "x") for i in range(60)]
+    queue.put_markers(markers)
+    gone = [(m.shard, m.sk) for m in markers[:40]]
+    queue.delete_markers([*gone, gone[0], ("lease#0", "absent")])  # repeats, absent: fine
+    queue.delete_markers([])
+    left = queue.due_markers("lease#0", f"{99:013d}", 100) + queue.due_markers(
+        "lease#1", f"{99:013d}", 100
+    )
+    assert sorted(m.job_id for m in left) == sorted(m.job_id for m in markers[40:])
+
+
+def test_atomic_unit_commits_together_where_the_backend_can(
+    backend: str, jobs: JobTable, queue: QueueStore
+) -> None:
+    with jobs.atomic():  # SQLite: one transaction; DynamoDB: each call on its own
+        queue.put_markers([Marker("ttl#0", "0000000000001#job_a1", "job_a1")])
+        queue.enqueue_many([entry("999#a1")])
+        jobs.create_jobs([record("job_a1")])
+        queue.add_depth("m", 0, 1)
+        with jobs.atomic():  # nested: joins the outer unit
+            assert jobs.create_job(record("job_a2"))
+        assert jobs.get_job("job_a1") == record("job_a1")  # reads see the unit's own writes
+    assert set(jobs.get_jobs(["job_a1", "job_a2"])) == {"job_a1", "job_a2"}
+    assert [e.sk for e in queue.head("m#0", 10)] == ["999#a1"] and queue.depth("m") == 1
+
+    with pytest.raises(RuntimeError), jobs.atomic():
+        queue.put_markers([Marker("ttl#0", "0000000000002#job_b1", "job_b1")])
+        queue.enqueue_many([entry("999#b1")])
+        jobs.create_jobs([record("job_b1")])
+        queue.add_depth("m", 0, 1)
+        raise RuntimeError("a failure midway")
+    written = "job_b1" in jobs.get_jobs(["job_b1"])
+    assert written == (backend == "dynamo")  # SQLite rolled the whole unit back
+    assert len(queue.head("m#0", 10)) == (2 if written else 1)
+    assert queue.depth("m") == (2 if written else 1)
+    due = queue.due_markers("ttl#0", f"{9:013d}", 10)
+    assert [m.job_id for m in due] == (["job_a1", "job_b1"] if written else ["job_a1"])
+    assert jobs.create_job(record("job_c1"))  # the store works as before after a rollback
 
 
 def test_enqueue_same_key_same_token_rewrites(queue: QueueStore) -> None:

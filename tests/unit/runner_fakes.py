@@ -19,7 +19,8 @@ BASE = "http://cp.test"
 
 
 class FakeControlPlane:
-    """Just enough of api-v1's runner routes: register, lease, extend, complete."""
+    """Just enough of api-v1's runner routes: register, lease, extend, complete, batch
+    complete (``batch_route = False``: a control plane without it, answering 404)."""
 
     def __init__(self, jobs: list[dict[str, Any]] | None = None) -> None:
         self.queue = list(jobs or [])
@@ -30,6 +31,8 @@ class FakeControlPlane:
         self.completed: dict[str, dict[str, Any]] = {}
         self.extended: list[str] = []
         self.conflict_on_complete: set[str] = set()
+        self.batch_route = True
+        self.batches: list[list[str]] = []  # job ids of each batch complete
         self.heartbeats: list[dict[str, Any]] = []
         self.cancelled: set[str] = set()
         self.config: dict[str, Any] = {"lease_wait_s": 0.0}
@@ -70,6 +73,8 @@ class FakeControlPlane:
             self.leases.append(body)
             jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"] :]
             return httpx.Response(200, json={"api_version": "v1", "jobs": jobs})
+        if path == f"/v1/runners/{rid}/complete":
+            return self._complete_batch(body)
         job_id = path.split("/")[-2]
         if path.endswith("/extend"):
             self.extended.append(job_id)
@@ -84,6 +89,21 @@ class FakeControlPlane:
                 200, json={"api_version": "v1", "id": job_id, "status": body["status"]}
             )
         return _error(404, "not_found")
+
+    def _complete_batch(self, body: dict[str, Any]) -> httpx.Response:
+        if not self.batch_route:
+            return _error(404, "not_found")
+        self.batches.append([r["job_id"] for r in body["results"]])
+        answers = []
+        for result in body["results"]:
+            job_id = result.pop("job_id")
+            if job_id in self.conflict_on_complete:
+                error = {"code": "conflict", "message": "stale lease token"}
+                answers.append({"job_id": job_id, "status": "conflict", "error": error})
+            else:
+                self.completed[job_id] = result
+                answers.append({"job_id": job_id, "status": "committed"})
+        return httpx.Response(200, json={"api_version": "v1", "results": answers})
 
 
 def _error(status: int, code: str) -> httpx.Response:

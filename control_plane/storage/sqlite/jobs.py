@@ -100,9 +100,7 @@ _INSERT = (
 _PUT = f"INSERT OR REPLACE INTO jobs ({_NEW_COLUMNS}) VALUES ({_NEW_VALUES})"  # noqa: S608
 _GET = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608 - constant
 _STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
-_GET_MANY = (
-    f"SELECT {_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"  # noqa: S608
-)
+_GET_MANY = f"SELECT {_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"  # noqa: S608
 
 _CLAIM_UPDATE = (
     "UPDATE jobs SET status = 'RUNNING', lease_token = ?, runner_id = ?, model_version = ?,"
