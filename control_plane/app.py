@@ -88,6 +88,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         shards=settings.webhook_shards,
     )
     jobs.request_checks.append(webhooks.validate_request)
+    jobs.runner_usable = runners.usable
     deployments = build_deployment_service(settings, st, models, runners, jobs)
     jobs.on_record_transition.append(webhooks.job_record_transition)
     dispatch = (

@@ -109,7 +109,7 @@ class DispatchChannel:
             finally:
                 self.connected = False
             await wait_event(stop, backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, 5.0)
 
     def _advert(self) -> dict[str, Any]:
         cfg = self._state.config

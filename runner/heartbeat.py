@@ -93,5 +93,5 @@ class Heartbeat:
                 self._state.last_error = f"heartbeat: {exc}"
                 log.warning("heartbeat failed; retry in ~%.1fs", backoff, exc_info=True)
                 wait = backoff * (0.5 + random.random())
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
             await wait_event(stop, wait)

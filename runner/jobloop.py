@@ -264,7 +264,7 @@ class JobLoop:
                 self._state.last_error = f"lease: {exc}"
                 log.warning("lease cycle failed; retry in ~%.1fs", backoff, exc_info=True)
                 await wait_event(stop, backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
 
     async def _cycle(self, stop: asyncio.Event) -> bool:
         """One lease attempt; False when there was nothing to ask for (after a short wait)."""
@@ -347,7 +347,9 @@ class JobLoop:
         token = self._lease_token(job)
         try:
             job = await payloads.fetch_inputs(job)  # data_ref inputs, from the bucket
+            fetched = time.perf_counter()
             outputs = await asyncio.wait_for(self._infer(job), timeout=job.timeout_s)
+            inferred = time.perf_counter()
             inline, outputs_ref = await payloads.store_outputs(job, outputs)  # large: bucket
         except asyncio.TimeoutError:
             return self._failed(job, "timeout", f"job exceeded its timeout of {job.timeout_s}s")
@@ -363,7 +365,12 @@ class JobLoop:
             status="SUCCEEDED",
             outputs=inline,
             outputs_ref=outputs_ref,
-            timings={"total_ms": round(total_ms, 3)},
+            timings={  # receive: inputs ready (payload fetch), triton, send: outputs stored
+                "receive_ms": round((fetched - started) * 1000, 3),
+                "triton_ms": round((inferred - fetched) * 1000, 3),
+                "send_ms": round((time.perf_counter() - inferred) * 1000, 3),
+                "total_ms": round(total_ms, 3),
+            },
         )
 
     def _lease_token(self, job: LeasedJob) -> str:

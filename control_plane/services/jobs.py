@@ -178,6 +178,8 @@ class JobService:
         # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
         # runner's offered models it may be leased jobs of (READY there, for deployed models).
         self.waiting_reason: Callable[[JobRecord], str | None] | None = None
+        # Whether a runner may still lease (not revoked); re-checked during long polls.
+        self.runner_usable: Callable[[str], bool] | None = None
         self.lease_offers: (
             Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
         ) = None
@@ -502,12 +504,21 @@ class JobService:
         """Claim up to ``max_jobs`` jobs of the offered models; long-polls up to ``wait_s``."""
         wait_s = max(0.0, min(req.wait_s, self._settings.max_lease_wait_s))
         deadline = time.monotonic() + wait_s
-        if self.lease_offers is not None:
-            offers = await asyncio.to_thread(self.lease_offers, runner_id, req.models)
-            req = req.model_copy(update={"models": offers})
-        with self.wakeups.watch(model_key(m.name) for m in req.models) as queued:
+        asked = req.models
+        first = True
+        with self.wakeups.watch(model_key(m.name) for m in asked) as queued:
             while True:
                 queued.clear()  # before the read: a job queued after it wakes us
+                usable = self.runner_usable
+                # Revoked during the long poll: claim nothing it could not complete.
+                if not first and usable and not await asyncio.to_thread(usable, runner_id):
+                    return LeaseResponse(jobs=[])
+                if self.lease_offers is not None and (first or len(req.models) < len(asked)):
+                    # Placement may hold back a model (not READY there yet, as far as the
+                    # last heartbeat said): ask again each round until all are offered.
+                    offers = await asyncio.to_thread(self.lease_offers, runner_id, asked)
+                    req = req.model_copy(update={"models": offers})
+                first = False
                 jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
                 left = deadline - time.monotonic()
                 if jobs or left <= 0:

@@ -149,6 +149,11 @@ class RunnerService:
         p.require("runners:read")
         return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
 
+    def usable(self, runner_id: str) -> bool:
+        """The runner is registered and not revoked."""
+        rec = self._store.find_runner(runner_id)
+        return rec is not None and not rec.revoked
+
     def find(self, runner_id: str) -> RunnerRecord | None:
         """One runner's record (None when unknown)."""
         return self._store.find_runner(runner_id)

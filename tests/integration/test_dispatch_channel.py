@@ -375,13 +375,6 @@ def test_a_revoked_runner_process_is_cut_off_and_comes_back_under_a_new_id(
         assert runners[old_id] == "REVOKED" and runners[new_id] != "REVOKED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (control_plane/services/jobs.py lease, api/routes_runners.py lease): the "
-    "runner is authenticated once when its long poll starts; revoked meanwhile, the poll "
-    "still claims jobs, which it can then not complete (401) and which sit RUNNING until "
-    "their lease expires. Seen as a 504 from a job-path infer right after a revocation.",
-)
 async def test_a_lease_long_poll_of_a_runner_revoked_meanwhile_claims_nothing(
     fleet: Fleet,
 ) -> None:
