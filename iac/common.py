@@ -25,7 +25,11 @@ NOT_PARAMETERS: dict[str, str] = {
     "aws_region": "the stack's own region (AWS::Region)",
     "dynamodb_endpoint_url": "AWS endpoints in AWS; only for self-hosted stores",
     "s3_endpoint_url": "AWS endpoints in AWS; only for self-hosted stores",
-    "embedded": "an in-process moto server is for development only",
+    "embedded": "the stacks run on DynamoDB + S3; the embedded SQLite store is one host's",
+    "data_dir": "embedded store only (the stacks run on DynamoDB + S3)",
+    "sqlite_synchronous": "embedded store only (the stacks run on DynamoDB + S3)",
+    "public_url": "embedded store only: S3 presigns its own URLs",
+    "grpc_port": "the stacks expose HTTP only (API Gateway, the ECS port); gRPC needs its own",
     "jwt_secret": "NoEcho JwtSecret or Secrets Manager JwtSecretArn (see JWT_SECRET_*)",
 }
 

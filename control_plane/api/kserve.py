@@ -71,6 +71,7 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.services.dispatch import InferenceFailed
+from control_plane.services.inference import fetch_outputs
 from control_plane.services.principal import Principal
 
 __all__ = ["ROUTES", "JobOutcome", "run_infer"]
@@ -236,7 +237,7 @@ async def run_infer(
     except InferenceFailed as exc:
         raise JobOutcome(exc.code, exc.message, failure_status(exc), exc.details) from exc
     outputs = []
-    for t in res.outputs:
+    for t in await fetch_outputs(res):  # KServe answers inline: large job outputs fetched
         name, datatype, shape, data = _tensor_fields(t)
         outputs.append(
             V2OutputTensor(name=name, datatype=datatype, shape=shape, data=flatten(data))

@@ -50,6 +50,7 @@ async def infer(request: Request) -> Response:
             model=res.model,
             model_version=res.version,
             outputs=outputs,
+            outputs_url=res.outputs_url,
             path="dispatch" if res.path == "dispatch" else "job",
             job_id=res.job_id,
             runner_id=res.runner_id,

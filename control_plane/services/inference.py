@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 from gpufleet.tensors import decode_outputs, to_tensor
-from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView, Tensor
+from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.errors import Timeout, Unavailable
@@ -33,7 +33,7 @@ from control_plane.services.dispatch import Dispatcher, InferenceFailed
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
 
-__all__ = ["InferResult", "InferenceFailed", "InferenceService"]
+__all__ = ["InferResult", "InferenceFailed", "InferenceService", "fetch_outputs"]
 
 
 @dataclass
@@ -47,6 +47,9 @@ class InferResult:
     job_id: str | None = None
     runner_id: str | None = None
     timings: dict[str, float] | None = None
+    # Large job outputs stay in the bucket: a presigned URL instead of ``outputs`` (the
+    # caller decides whether to fetch them: KServe must answer inline, v1 hands the URL on).
+    outputs_url: str | None = None
 
 
 class InferenceService:
@@ -117,7 +120,8 @@ class InferenceService:
         return InferResult(
             model=view.model,
             version=view.model_version or "",
-            outputs=await job_outputs(view),
+            outputs=view.outputs or [],
+            outputs_url=view.outputs_url if view.outputs is None else None,
             path="job",
             job_id=view.id,
             runner_id=view.runner_id,
@@ -155,17 +159,15 @@ def outcome_error(view: JobView, wait_s: float) -> Exception:
     )
 
 
-async def job_outputs(view: JobView) -> list[Tensor]:
-    """The job's outputs, inline or fetched from the bucket (``outputs_url``)."""
-    if view.outputs is not None:
-        return view.outputs
-    if view.outputs_url is None:
-        return []
+async def fetch_outputs(res: InferResult) -> list[Any]:
+    """The outputs of ``res``, fetched from the bucket when they were stored there."""
+    if res.outputs_url is None:
+        return res.outputs
     try:
         async with httpx.AsyncClient(timeout=30.0) as http:
-            resp = await http.get(view.outputs_url)
+            resp = await http.get(res.outputs_url)
             resp.raise_for_status()
             arrays = await asyncio.to_thread(decode_outputs, resp.content)
     except (httpx.HTTPError, ValueError) as exc:
-        raise Unavailable(f"could not read the outputs of job {view.id}: {exc}") from exc
+        raise Unavailable(f"could not read the outputs of job {res.job_id}: {exc}") from exc
     return [to_tensor(name, array) for name, array in arrays.items()]

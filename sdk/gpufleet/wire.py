@@ -140,11 +140,14 @@ class InferResponse(Response):
 
     ``path`` says how it ran: ``dispatch`` (in memory to a connected runner) or ``job``
     (the durable queue; ``job_id`` names the job). ``timings`` (milliseconds) break the
-    runner's time down: ``receive`` (frame to Triton call), ``triton``, ``total``."""
+    runner's time down: ``receive`` (frame to Triton call), ``triton``, ``total``.
+    Outputs a job stored in the bucket (over the inline limit) are not sent inline:
+    ``outputs`` is empty and ``outputs_url`` a presigned URL of them."""
 
     model: str
     model_version: str
     outputs: list[Tensor]
+    outputs_url: str | None = None  # large job outputs: fetch (Triton's binary layout)
     path: Literal["dispatch", "job"]
     job_id: str | None = None
     runner_id: str | None = None

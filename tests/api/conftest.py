@@ -1,4 +1,8 @@
-"""API fixtures: settings -> services (real stores on moto) -> app -> httpx client in process."""
+"""API fixtures: settings -> stores -> services -> app -> httpx client in process.
+
+The stores are the embedded SQLite store unless a test says otherwise (``store_kind``, see
+tests/conftest.py); its blob URLs are served by this test's app, mounted on the blob host.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,21 @@ import httpx
 import pytest
 
 from control_plane.app import Services, build_services, create_app
+from control_plane.storage.stores import Stores
+from tests.conftest import serve_blobs_through
 
 TokenFor = Callable[..., Awaitable[dict[str, str]]]
 
 
 @pytest.fixture
-def services(settings: Any, aws: Any) -> Services:
-    return build_services(settings)
+def services(settings: Any, stores: Stores) -> Services:
+    return build_services(settings, stores)
 
 
 @pytest.fixture
-def app(settings: Any, services: Services) -> Any:
-    return create_app(settings, services)
+def app(settings: Any, services: Services, stores: Stores, request: pytest.FixtureRequest) -> Any:
+    """The app; on the embedded store its blob URLs are served by this app."""
+    return serve_blobs_through(create_app(settings, services), stores, request)
 
 
 @pytest.fixture

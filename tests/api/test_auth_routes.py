@@ -7,10 +7,13 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 
 from control_plane.app import Services
 from control_plane.services.tokens import TokenSigner
+from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
+from tests.conftest import STORE_KINDS
 
 ADD_SUB_JOB = {
     "model": "add_sub",
@@ -220,12 +223,13 @@ async def test_jwks_is_empty_for_hs256(client: httpx.AsyncClient) -> None:
     assert r.json() == {"api_version": "v1", "keys": []}
 
 
-async def test_generated_signing_key_is_shared(settings: Any, aws: Any) -> None:
-    """Without jwt_secret, replicas share one generated key through the auth table."""
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_generated_signing_key_is_shared(settings: Any, stores: Stores) -> None:
+    """Without jwt_secret, replicas share one generated key through the auth store."""
     from control_plane.app import build_services, create_app
 
     s = settings.model_copy(update={"jwt_secret": None})
-    a, b = create_app(s, build_services(s)), create_app(s, build_services(s))
+    a, b = create_app(s, build_services(s, stores)), create_app(s, build_services(s, stores))
     key = a.state.services.auth.issue_api_key("acme", "user", "k").api_key
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://a") as ca,

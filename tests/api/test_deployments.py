@@ -1,4 +1,5 @@
-"""Deployment routes and what placement answers runners and jobs, over HTTP on moto."""
+"""Deployment routes and what placement answers runners and jobs, over HTTP (on the embedded
+store; placement reaching runners also on DynamoDB + S3)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gpufleet import signing
 
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import add_sub_job, push_model
+from tests.conftest import STORE_KINDS
 
 
 @pytest.fixture
@@ -109,6 +111,7 @@ async def test_openapi_has_deployment_routes(client: httpx.AsyncClient) -> None:
     assert {"get", "put"} <= set(ops)
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_placement_reaches_runners_and_gates_leases(
     client: httpx.AsyncClient, auth_headers: TokenFor
 ) -> None:

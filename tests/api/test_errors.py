@@ -8,11 +8,10 @@ import httpx
 import pytest
 
 from control_plane.app import Services
+from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
-
-
-def _auth_items(aws: Any, settings: Any) -> int:
-    return int(aws[0].scan(TableName=settings.table("auth"), Select="COUNT")["Count"])
+from tests.conftest import STORE_KINDS
+from tests.helpers.stored import stored_items
 
 
 @pytest.mark.parametrize(
@@ -27,15 +26,15 @@ def _auth_items(aws: Any, settings: Any) -> int:
     ],
 )
 async def test_bad_bodies_on_public_route(
-    client: httpx.AsyncClient, aws: Any, settings: Any, body: bytes, field: str
+    client: httpx.AsyncClient, stores: Stores, settings: Any, body: bytes, field: str
 ) -> None:
-    before = _auth_items(aws, settings)
+    before = stored_items(stores, settings)
     r = await client.post(
         "/v1/auth/token", content=body, headers={"Content-Type": "application/json"}
     )
     err = assert_error(r, 422, "invalid_request")
     assert field in [d["field"] for d in err["details"]]
-    assert _auth_items(aws, settings) == before
+    assert stored_items(stores, settings) == before
 
 
 @pytest.mark.parametrize(
@@ -79,16 +78,16 @@ async def test_bad_bodies_on_public_route(
 async def test_bad_jobs_rejected_and_not_stored(
     client: httpx.AsyncClient,
     auth_headers: TokenFor,
-    aws: Any,
+    stores: Stores,
     settings: Any,
     job: dict[str, Any],
     field: str,
 ) -> None:
     h = await auth_headers("user")
+    before = stored_items(stores, settings)
     err = assert_error(await client.post("/v1/jobs", json=job, headers=h), 422, "invalid_request")
     assert field in [d["field"] for d in err["details"]]
-    for table in ("jobs", "queue", "idempotency"):
-        assert aws[0].scan(TableName=settings.table(table), Select="COUNT")["Count"] == 0
+    assert stored_items(stores, settings) == before
 
 
 async def test_malformed_json_job(client: httpx.AsyncClient, auth_headers: TokenFor) -> None:
@@ -101,14 +100,15 @@ async def test_malformed_json_job(client: httpx.AsyncClient, auth_headers: Token
     )
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_body_over_limit_by_content_length(
-    client: httpx.AsyncClient, aws: Any, settings: Any
+    client: httpx.AsyncClient, stores: Stores, settings: Any
 ) -> None:
-    before = _auth_items(aws, settings)
+    before = stored_items(stores, settings)
     big = b'{"api_key": "' + b"x" * (settings.max_body_bytes + 10) + b'"}'
     r = await client.post("/v1/auth/token", content=big)
     assert_error(r, 413, "payload_too_large")
-    assert _auth_items(aws, settings) == before
+    assert stored_items(stores, settings) == before
 
 
 async def test_body_over_limit_streamed(client: httpx.AsyncClient, settings: Any) -> None:

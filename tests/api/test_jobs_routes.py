@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import add_sub_job, push_model
+from tests.conftest import STORE_KINDS
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_submit_get_list_cancel_and_tenancy(
     client: httpx.AsyncClient, auth_headers: TokenFor
 ) -> None:

@@ -15,7 +15,9 @@ import pytest
 
 from control_plane.api.kserve import ROUTES
 from control_plane.app import Services, create_app, routes
+from control_plane.storage.stores import Stores
 from tests.api.helpers import push_model
+from tests.conftest import serve_blobs_through
 from tests.helpers.fake_runner import JobError
 from tests.helpers.kserve_runner import AsyncRunner, bearer, with_kserve_routes
 
@@ -25,8 +27,9 @@ B = [0.5, 0.5, 1.0, 1.0]
 
 
 @pytest.fixture
-def app(settings: Any, services: Services) -> Any:
-    return with_kserve_routes(create_app(settings, services))
+def app(settings: Any, services: Services, stores: Stores, request: pytest.FixtureRequest) -> Any:
+    app = with_kserve_routes(create_app(settings, services))
+    return serve_blobs_through(app, stores, request)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from control_plane.api.kserve_grpc import KServeGrpcServer
 from control_plane.app import Services, build_services, create_app
+from control_plane.storage.stores import Stores
 from tests.api.helpers import ADD_SUB, push_model
 from tests.conftest import free_port
 from tests.helpers.fake_runner import FakeRunner, JobError, add_sub
@@ -71,9 +72,10 @@ def _serve_grpc(services: Services) -> Iterator[str]:
 
 
 @pytest.fixture
-def fleet(settings: Any, aws: Any) -> Iterator[Fleet]:
-    services = build_services(settings)
+def fleet(settings: Any, stores: Stores) -> Iterator[Fleet]:
+    services = build_services(settings, stores)
     for http in _serve_http(with_kserve_routes(create_app(settings, services))):
+        stores.set_public_url(f"http://{http}")  # the embedded store's blob URLs
         for address in _serve_grpc(services):
             yield Fleet(http, address, services)
 

@@ -16,7 +16,8 @@ import tritonclient.http as triton
 import uvicorn
 from tritonclient.utils import InferenceServerException
 
-from control_plane.app import build_services, create_app
+from control_plane.app import Services, create_app
+from control_plane.storage.stores import Stores
 from tests.api.helpers import push_model
 from tests.conftest import free_port
 from tests.helpers.fake_runner import FakeRunner, JobError, add_sub
@@ -24,10 +25,11 @@ from tests.helpers.kserve_runner import bearer, with_kserve_routes
 
 
 @pytest.fixture
-def server(settings: Any, aws: Any) -> Iterator[str]:
+def server(settings: Any, services: Services, stores: Stores) -> Iterator[str]:
     """The app under uvicorn in a thread on 127.0.0.1; its host:port."""
     port = free_port()
-    app = with_kserve_routes(create_app(settings))
+    app = with_kserve_routes(create_app(settings, services))
+    stores.set_public_url(f"http://127.0.0.1:{port}")  # the embedded store's blob URLs
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -57,9 +59,9 @@ def inputs(a: np.ndarray, b: np.ndarray, binary: bool) -> list[triton.InferInput
 
 
 @pytest.fixture
-async def tokens(server: str, settings: Any) -> dict[str, str]:
+async def tokens(server: str, services: Services) -> dict[str, str]:
     """add_sub pushed through the models API; a bearer header of its owner; a join token."""
-    auth = build_services(settings).auth
+    auth = services.auth
     async with httpx.AsyncClient(base_url=f"http://{server}", timeout=30) as c:
         user = await bearer(c, auth.issue_api_key("acme", "user", "u").api_key)
         admin = await bearer(c, auth.issue_api_key("ops", "admin", "a").api_key)

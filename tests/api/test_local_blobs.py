@@ -24,7 +24,8 @@ from control_plane.api.routes_blobs import Unsatisfiable, parse_range
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.storage.local_blobs import LocalBlobStore
 from tests.api.conftest import assert_error
-from tests.contract.test_blob_stores import SIGNING_KEY, serve_blobs
+from tests.contract.test_blob_stores import SIGNING_KEY
+from tests.helpers.blob_host import serve_blobs
 
 
 class Clock:

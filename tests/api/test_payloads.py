@@ -1,7 +1,9 @@
 """Large tensors through the bucket, on the wire: ``POST /v1/payloads`` → presigned PUT →
 job input with ``data_ref`` (checked: exists, same tenant, size = datatype x shape) → the
 lease's presigned GET → the runner's presigned PUT of large outputs → ``outputs_ref`` →
-``outputs_url`` on the job. The app runs in process; the bucket is moto over real HTTP."""
+``outputs_url`` on the job. The app runs in process; the bucket is the embedded store's blob
+directory, served by this app over a loopback socket (the round trip also on S3: moto over
+real HTTP)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from gpufleet.tensors import decode_outputs, encode_outputs
 
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import push_model, signed_post
+from tests.conftest import STORE_KINDS
 
 SCALE = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "scale"
 
@@ -72,6 +75,7 @@ async def complete(
     return await signed_post(client, runner["id"], runner["secret"], path, done)
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_large_input_and_output_travel_through_presigned_urls(
     client: httpx.AsyncClient, user: dict[str, str], runner: dict[str, str]
 ) -> None:

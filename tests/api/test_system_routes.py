@@ -6,10 +6,12 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 from starlette.routing import Route
 
 from control_plane.app import build_services, create_app
-from tests.conftest import free_port
+from control_plane.storage.stores import Stores, dynamo_stores
+from tests.conftest import STORE_KINDS, free_port
 
 
 async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Any) -> None:
@@ -49,10 +51,20 @@ async def test_health_ok(client: httpx.AsyncClient) -> None:
     assert set(body["checks"].values()) == {"ok"}
 
 
-async def test_health_degraded_when_storage_unreachable(settings: Any) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    s = settings.model_copy(update={"dynamodb_endpoint_url": dead, "s3_endpoint_url": dead})
-    app = create_app(s, build_services(s))
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_health_degraded_when_storage_unreachable(
+    settings: Any, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    if store_kind == "dynamodb":  # endpoints nobody listens on
+        dead = f"http://127.0.0.1:{free_port()}"
+        s = settings.model_copy(update={"dynamodb_endpoint_url": dead, "s3_endpoint_url": dead})
+        services = build_services(s, dynamo_stores(s))
+    else:  # the embedded store closed under it: every read fails
+        stores: Stores = request.getfixturevalue("stores")
+        s = settings
+        services = build_services(s, stores)
+        stores.close()
+    app = create_app(s, services)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as c:
         r = await c.get("/v1/health")
     assert r.status_code == 503

@@ -137,12 +137,13 @@ def test_admin_keys_and_queued_job_lifecycle(
 
 
 def test_real_subprocesses(tmp_path: Path, add_sub_dir: Path) -> None:
-    """``gpufleet`` as a process against ``python -m control_plane serve --embedded``."""
+    """``gpufleet`` as a process against ``python -m control_plane serve --embedded`` (on a
+    data dir of its own: the default one is the user's, and persists)."""
     key_file = tmp_path / "admin.key"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
     server = subprocess.Popen(
         [sys.executable, "-m", "control_plane", "serve", "--embedded", "--port", "0",
-         "--admin-key-file", str(key_file)],
+         "--data-dir", str(tmp_path / "data"), "--admin-key-file", str(key_file)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

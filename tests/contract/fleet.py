@@ -50,8 +50,9 @@ def principal(tenant: str = "acme", role: str = "user") -> Principal:
     return Principal(sub=f"{role}@{tenant}", tenant=tenant, role=role, scopes=ROLE_SCOPES[role])
 
 
-def services(settings: Any, aws: tuple[Any, Any]) -> tuple[JobService, ModelService]:
-    return build_job_service(settings, *aws)
+def services(settings: Any, stores: Any) -> tuple[JobService, ModelService]:
+    """The job and model services on ``stores`` (a ``Stores``), with ``settings``."""
+    return build_job_service(settings, stores)
 
 
 def add_sub_files(name: str = "add_sub") -> dict[str, bytes]:

@@ -7,74 +7,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from gpufleet.wire import DesiredFile
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.authentication import AuthenticationMiddleware
 
-from control_plane.api import routes_blobs
-from control_plane.api.errors import EXCEPTION_HANDLERS
-from control_plane.api.security import BearerBackend
-from control_plane.errors import NotFound, Unauthorized
+from control_plane.errors import NotFound
 from control_plane.storage.blobs import S3BlobStore
 from control_plane.storage.local_blobs import LocalBlobStore
 from control_plane.storage.protocols import BlobStore
 from runner.cache import ContentCache
 from runner.model_sync import Downloader
+from tests.helpers.blob_host import serve_blobs
 
 SIGNING_KEY = b"blob-signing-key-for-tests-0123456789"
 MIB = 1024 * 1024
-
-
-class RefusingAuth:
-    """An auth service that knows no token (the bearer backend asks it only when a header
-    is sent): blob URLs must work with and without a stray ``Authorization`` header."""
-
-    def authenticate(self, token: str) -> Any:
-        raise Unauthorized("unknown token")
-
-
-def blob_app(store: LocalBlobStore) -> Starlette:
-    """A minimal app: the blob routes behind the real bearer middleware."""
-    app = Starlette(
-        routes=list(routes_blobs.ROUTES),
-        middleware=[Middleware(AuthenticationMiddleware, backend=BearerBackend(RefusingAuth()))],  # type: ignore[arg-type]
-        exception_handlers=EXCEPTION_HANDLERS,
-    )
-    app.state.blobs = store
-    return app
-
-
-@contextlib.contextmanager
-def serve_blobs(store: LocalBlobStore) -> Iterator[str]:
-    """Serve ``store``'s URLs with uvicorn on 127.0.0.1, port 0; the base URL is set on the
-    store once the port is known (as the control plane does with ``--port 0``)."""
-    config = uvicorn.Config(
-        blob_app(store), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    store.base_url = f"http://127.0.0.1:{port}"
-    try:
-        yield store.base_url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -66,8 +66,9 @@ def fleet(
     port = rig.free_port()
     with cp_log.open("w") as out:  # a file, not a pipe: a full pipe would block the server
         cp = subprocess.Popen(
-            [sys.executable, "-m", "control_plane", "serve", "--embedded", "--host",
-             "127.0.0.1", "--port", str(port), "--admin-key-file", str(key_file)],
+            [sys.executable, "-m", "control_plane", "serve", "--embedded", "--data-dir",
+             str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port),
+             "--admin-key-file", str(key_file)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     runner: subprocess.Popen[Any] | None = None

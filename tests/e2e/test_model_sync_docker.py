@@ -1,7 +1,8 @@
 """Model sync end to end on real components: a model pushed through the API (SDK
-``models.push``) into moto's S3, deployed, synced by a real runner (docker backend, an empty
-model repository directory) into the real CPU Triton, answering jobs; and an object changed in
-the bucket after its upload never becomes READY on the runner.
+``models.push``) into the store's bucket (the embedded store's blob directory, served by the
+control plane), deployed, synced by a real runner (docker backend, an empty model repository
+directory) into the real CPU Triton, answering jobs; and an object changed in the bucket
+after its upload never becomes READY on the runner.
 
 The control plane is the real app on a real socket (tests/helpers/fleet.py); the heartbeat
 answer's ``desired_models`` comes from its placement."""
@@ -15,12 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from gpufleet import AsyncClient
 from gpufleet.wire import DesiredModel
 
 from control_plane.services.models import object_key
+from control_plane.storage.stores import Stores
 from runner.backends.container_spec import LABEL_ROLE, LABEL_RUNNER
 from runner.daemon import Daemon, build_backend
 from runner.gpu import GpuReader
@@ -93,8 +96,7 @@ async def _until(what: str, check: Any, timeout_s: float, show: Any = None) -> N
 async def test_pushed_model_is_synced_into_triton_and_answers_jobs(
     client: AsyncClient,
     cp_url: str,  # noqa: F811
-    aws: Any,
-    settings: Any,
+    stores: Stores,
     docker_host: str,
     triton_image: str,
     tmp_path: Path,
@@ -114,12 +116,11 @@ async def test_pushed_model_is_synced_into_triton_and_answers_jobs(
         f.write("# add_sub_bad\n")  # is content-addressed: same bytes are never fetched twice)
     bad = await client.models.push(bad_src)
     model_py = next(f for f in bad.files if f.path.endswith("model.py"))
-    _, s3 = aws
-    s3.put_object(
-        Bucket=settings.bucket,
-        Key=object_key("add_sub_bad", bad.version, model_py.path),
-        Body=b"import os\nos.system('echo owned')\n",
+    url = stores.blobs.presign_put(object_key("add_sub_bad", bad.version, model_py.path), 60)
+    changed = await asyncio.to_thread(
+        httpx.put, url, content=b"import os\nos.system('echo owned')\n", timeout=30
     )
+    assert changed.status_code == 200, changed.text
     await client.models.deploy("add_sub_bad", min_replicas=1, max_replicas=1)
 
     token = (await client.admin.create_join_token(region="default")).join_token

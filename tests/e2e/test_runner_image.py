@@ -82,7 +82,7 @@ def runner_image(docker_host: str, triton_image: str) -> str:
 
 @pytest.fixture
 def control_plane(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """An embedded control plane (moto in process) on 127.0.0.1: (url, admin key); one per
+    """An embedded control plane (SQLite in tmp_path) on 127.0.0.1: (url, admin key); one per
     test, so one test's deployments do not govern another's runner."""
     try:
         cp = start_control_plane(tmp_path / "cp", {"GPUFLEET_RUNNER_OFFLINE_AFTER_S": "30"})

@@ -1,5 +1,7 @@
-"""Fixtures for SDK / CLI / example tests: the real app on a real socket (uvicorn in a
-thread on 127.0.0.1), an admin API key, an SDK client, add_sub pushed, a fake runner.
+"""Fixtures for SDK / CLI / example tests: the real app (on the ``stores`` of
+tests/conftest.py: the embedded store unless ``store_kind`` says otherwise) on a real socket
+(uvicorn in a thread on 127.0.0.1), an admin API key, an SDK client, add_sub pushed, a fake
+runner.
 
 Import the fixtures into a conftest: ``from tests.helpers.fleet import *  # noqa: F403``.
 """
@@ -18,7 +20,7 @@ import uvicorn
 from gpufleet import Client
 from gpufleet.wire import ModelVersionView
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_blobs_through
 from tests.helpers.fake_runner import FakeRunner
 
 __all__ = [
@@ -80,22 +82,26 @@ def serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 
 @pytest.fixture
-def cp_services(settings: Any, aws: Any) -> Any:
+def cp_services(settings: Any, stores: Any) -> Any:
     from control_plane.app import build_services
 
-    return build_services(settings)
+    return build_services(settings, stores)
 
 
 @pytest.fixture
-def cp_app(settings: Any, cp_services: Any) -> Any:
+def cp_app(settings: Any, cp_services: Any, stores: Any, request: pytest.FixtureRequest) -> Any:
+    """The app; until ``cp_url`` serves it, the embedded store's blob URLs reach it through
+    the blob host (clients on ``httpx.ASGITransport`` fetch them over a socket)."""
     from control_plane.app import create_app
 
-    return create_app(settings, cp_services)
+    return serve_blobs_through(create_app(settings, cp_services), stores, request)
 
 
 @pytest.fixture
-def cp_url(cp_app: Any) -> Iterator[str]:
+def cp_url(cp_app: Any, stores: Any) -> Iterator[str]:
+    """``cp_app`` on a loopback socket; the embedded store's blob URLs name it."""
     server, thread, url = serve_in_thread(cp_app)
+    stores.set_public_url(url)
     yield url
     server.should_exit = True
     thread.join(timeout=10)

@@ -1,9 +1,10 @@
 """The fleet as a user runs it, as real processes on loopback sockets.
 
-``start_control_plane`` runs ``python -m control_plane serve --embedded`` (its own moto) and
-waits for its ready line; ``RunnerProc`` runs ``gpufleet-runner start`` (docker backend by
-default) with ``GPUFLEET_RUNNER_*`` settings, reads its local status port and stops it by
-its pid. Used by tests/e2e/test_fleet_docker.py and bench/bench_runner.py.
+``start_control_plane`` runs ``python -m control_plane serve --embedded --data-dir …`` (or
+``--embedded-moto``) and waits for its ready line; ``RunnerProc`` runs ``gpufleet-runner
+start`` (docker backend by default) with ``GPUFLEET_RUNNER_*`` settings, reads its local
+status port and stops it by its pid. Used by tests/e2e/test_fleet_docker.py and
+bench/bench_runner.py.
 """
 
 from __future__ import annotations

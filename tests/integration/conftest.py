@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from control_plane.app import create_app
+from control_plane.app import Services, build_services, create_app
+from control_plane.storage.stores import Stores
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +26,19 @@ READY_PREFIX = "gpufleet control plane listening on "
 
 
 @pytest.fixture
-def live_server(settings: Any, aws: Any) -> Iterator[str]:
-    """The app under uvicorn in a thread on 127.0.0.1; its base URL."""
+def live_services(settings: Any, stores: Stores) -> Services:
+    """The services of ``live_server`` (issue keys directly in its store)."""
+    return build_services(settings, stores)
+
+
+@pytest.fixture
+def live_server(settings: Any, live_services: Services, stores: Stores) -> Iterator[str]:
+    """The app under uvicorn in a thread on 127.0.0.1; its base URL (which the embedded
+    store's blob URLs name)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(settings, live_services)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    stores.set_public_url(f"http://127.0.0.1:{port}")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -118,7 +126,8 @@ def start_replica(env: dict[str, str], *args: str, timeout: float = 60) -> Repli
 
 @pytest.fixture
 def replicas(settings: Any, aws: Any) -> Iterator[Callable[..., Replica]]:
-    """``replicas(*args)`` starts a control-plane process on the test's tables."""
+    """``replicas(*args)`` starts a control-plane process on the test's tables (DynamoDB +
+    S3 on moto: ``store_kind`` "dynamodb"; several replicas cannot share the embedded store)."""
     started: list[Replica] = []
 
     def start(*args: str) -> Replica:

@@ -3,11 +3,9 @@ with real HMAC-signed httpx calls against uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
-from control_plane.app import build_services
+from control_plane.app import Services
 from tests.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
 
 GPU = {
@@ -20,8 +18,8 @@ GPU = {
 }
 
 
-async def test_fake_runner_round_trip(live_server: str, settings: Any) -> None:
-    admin_key = build_services(settings).auth.issue_api_key("default", "admin", "t").api_key
+async def test_fake_runner_round_trip(live_server: str, live_services: Services) -> None:
+    admin_key = live_services.auth.issue_api_key("default", "admin", "t").api_key
     async with httpx.AsyncClient(base_url=live_server, timeout=30) as c:
         tok = (await c.post("/v1/auth/token", json={"api_key": admin_key})).json()["access_token"]
         admin = {"Authorization": f"Bearer {tok}"}

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import httpx
 
-from control_plane.app import build_services
+from control_plane.app import Services
 from tests.api.helpers import add_sub_job, push_model, signed_post
 
 LEASE = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 4, "wait_s": 10}
 
 
-async def test_abandoned_long_poll_claims_nothing(live_server: str, settings: Any) -> None:
-    admin_key = build_services(settings).auth.issue_api_key("default", "admin", "t").api_key
+async def test_abandoned_long_poll_claims_nothing(
+    live_server: str, live_services: Services
+) -> None:
+    admin_key = live_services.auth.issue_api_key("default", "admin", "t").api_key
     async with httpx.AsyncClient(base_url=live_server, timeout=30) as c:
         tok = (await c.post("/v1/auth/token", json={"api_key": admin_key})).json()["access_token"]
         admin = {"Authorization": f"Bearer {tok}"}

@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
+
+
+@pytest.fixture
+def store_kind() -> str:
+    """Replicas share DynamoDB + S3 (moto); the embedded store is one process's."""
+    return "dynamodb"
 
 
 async def test_submit_on_one_lease_and_complete_on_the_other(replicas: Any, tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """300 jobs, 24 concurrent claimers (threads, each its own lease loop): every job is leased
-exactly once and completes exactly once; the depth counters end at zero."""
+exactly once and completes exactly once; the depth counters end at zero. On the embedded
+store (the DynamoDB adapter's conditional writes have their own contract tests); the
+concurrent-commit test runs on both stores."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from control_plane.errors import StaleLease
+from tests.conftest import STORE_KINDS
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed
 
 USER = principal("acme")
@@ -20,8 +23,8 @@ CLAIMERS = 24
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # ~1 min alone; several under a loaded 2-core CI machine
-def test_300_jobs_24_claimers_each_leased_once(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings, aws)
+def test_300_jobs_24_claimers_each_leased_once(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings, stores)
     push_model(models, USER)
     ids: list[str] = []
     for start in range(0, JOBS, 100):
@@ -55,8 +58,9 @@ def test_300_jobs_24_claimers_each_leased_once(settings: Any, aws: Any) -> None:
     assert statuses == {"SUCCEEDED": JOBS}
 
 
-def test_a_committed_result_cannot_be_overwritten_concurrently(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings, aws)
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+def test_a_committed_result_cannot_be_overwritten_concurrently(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings, stores)
     push_model(models, USER)
     jobs.submit(USER, job())
     [one] = lease(jobs)

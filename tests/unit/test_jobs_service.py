@@ -1,5 +1,5 @@
-"""JobService on moto over HTTP: submit, idempotency, get/list/cancel, the lease protocol,
-expiry, TTL and backpressure."""
+"""JobService on the embedded store (a few tests also on DynamoDB + S3): submit, idempotency,
+get/list/cancel, the lease protocol, expiry, TTL and backpressure."""
 
 from __future__ import annotations
 
@@ -22,24 +22,26 @@ from control_plane.errors import (
 )
 from control_plane.services.jobs import JobService
 from control_plane.services.models import ModelService
+from tests.conftest import STORE_KINDS
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed
 
 USER = principal("acme")
 
 
 @pytest.fixture
-def fleet(settings: Any, aws: Any) -> tuple[JobService, ModelService]:
-    jobs, models = services(settings, aws)
+def fleet(settings: Any, stores: Any) -> tuple[JobService, ModelService]:
+    jobs, models = services(settings, stores)
     push_model(models, USER)
     return jobs, models
 
 
-def _with(settings: Any, aws: Any, **overrides: Any) -> JobService:
-    jobs, models = services(settings.model_copy(update=overrides), aws)
+def _with(settings: Any, stores: Any, **overrides: Any) -> JobService:
+    jobs, models = services(settings.model_copy(update=overrides), stores)
     push_model(models, USER)
     return jobs
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 def test_submit_get_and_complete_records_timings(fleet: Any) -> None:
     jobs, _ = fleet
     seen: list[tuple[str, str | None]] = []
@@ -79,6 +81,7 @@ def test_unknown_model_or_version_is_model_not_found(fleet: Any) -> None:
         jobs.submit(USER, job(model_version="7"))
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 def test_idempotent_submit_40_parallel_one_job(fleet: Any) -> None:
     jobs, _ = fleet
     req = job()
@@ -109,7 +112,10 @@ def test_priorities_then_fifo(fleet: Any) -> None:
 
 def test_list_is_tenant_scoped_filtered_and_paged(fleet: Any) -> None:
     jobs, _ = fleet
-    made = [jobs.submit(USER, job())[0].id for _ in range(5)]
+    made = []
+    for _ in range(5):  # ids order by millisecond: one submit per millisecond
+        made.append(jobs.submit(USER, job())[0].id)
+        time.sleep(0.002)
     jobs.cancel(USER, made[0])
     page1 = jobs.list(USER, None, None, 2, None)
     assert [j.id for j in page1.jobs] == made[::-1][:2] and page1.next_cursor
@@ -137,8 +143,8 @@ def test_cancel_queued_running_and_terminal(fleet: Any) -> None:
     assert jobs.queue_depths() == {"add_sub": 0}
 
 
-def test_stale_lease_and_second_attempt(settings: Any, aws: Any) -> None:
-    jobs = _with(settings, aws, lease_duration_s=1.0)
+def test_stale_lease_and_second_attempt(settings: Any, stores: Any) -> None:
+    jobs = _with(settings, stores, lease_duration_s=1.0)
     view, _ = jobs.submit(USER, job())
     [first] = lease(jobs, runner="run_a")
     time.sleep(1.1)
@@ -158,8 +164,8 @@ def test_stale_lease_and_second_attempt(settings: Any, aws: Any) -> None:
     assert jobs.get(USER, view.id).attempts == 2
 
 
-def test_lease_expiry_requeues_then_attempts_exhausted(settings: Any, aws: Any) -> None:
-    jobs = _with(settings, aws, lease_duration_s=1.0)
+def test_lease_expiry_requeues_then_attempts_exhausted(settings: Any, stores: Any) -> None:
+    jobs = _with(settings, stores, lease_duration_s=1.0)
     view, _ = jobs.submit(USER, job(max_attempts=2))
     for attempt in (1, 2):
         [leased] = lease(jobs)
@@ -173,8 +179,8 @@ def test_lease_expiry_requeues_then_attempts_exhausted(settings: Any, aws: Any) 
     assert jobs.sweep() == {"requeued": 0, "exhausted": 0, "timed_out": 0}
 
 
-def test_extend_is_capped_by_timeout_and_last_attempt_times_out(settings: Any, aws: Any) -> None:
-    jobs = _with(settings, aws, lease_duration_s=5.0)
+def test_extend_is_capped_by_timeout_and_last_attempt_times_out(settings: Any, stores: Any) -> None:
+    jobs = _with(settings, stores, lease_duration_s=5.0)
     view, _ = jobs.submit(USER, job(timeout_s=1, max_attempts=1))
     [leased] = lease(jobs)
     assert leased.deadline_at == leased.lease_expires_at  # min(lease, timeout)
@@ -247,8 +253,9 @@ def test_wait_returns_when_terminal(fleet: Any) -> None:
     assert time.monotonic() - started < 2
 
 
-def test_large_outputs_go_to_the_bucket(settings: Any, aws: Any) -> None:
-    jobs = _with(settings, aws, max_inline_bytes=1000)
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+def test_large_outputs_go_to_the_bucket(settings: Any, stores: Any) -> None:
+    jobs = _with(settings, stores, max_inline_bytes=1000)
     view, _ = jobs.submit(USER, job())
     [leased] = lease(jobs)
     big = Tensor(name="OUTPUT0", datatype="FP32", shape=[1, 400], data=[1.5] * 400)
@@ -276,8 +283,8 @@ def test_failed_completion_keeps_the_error(fleet: Any) -> None:
     assert got.status == "FAILED" and got.error and got.error.code == "triton_error"
 
 
-def test_backpressure_and_inline_limit(settings: Any, aws: Any) -> None:
-    jobs = _with(settings, aws, max_queue_depth=2, max_inline_bytes=300)
+def test_backpressure_and_inline_limit(settings: Any, stores: Any) -> None:
+    jobs = _with(settings, stores, max_queue_depth=2, max_inline_bytes=300)
     jobs.submit(USER, job())
     jobs.submit(USER, job())
     with pytest.raises(RateLimited) as exc:

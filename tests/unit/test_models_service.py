@@ -1,5 +1,5 @@
-"""ModelService on moto: uploads through real presigned PUTs (httpx), commit checks, layout
-rules, ownership, multipart."""
+"""ModelService on the embedded store (multipart on both stores): uploads through real
+presigned PUTs (httpx), commit checks, layout rules, ownership, multipart."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from gpufleet.wire import CommitRequest, CreateVersionRequest, FileSpec
 
 from control_plane.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from control_plane.services.models import ModelService
-from control_plane.storage.blobs import S3BlobStore
-from control_plane.storage.dynamo_models import DynamoModelStore
+from tests.conftest import STORE_KINDS
 from tests.contract.fleet import add_sub_files, file_specs, principal, push_model, services
 
 USER = principal("acme")
 
 
 @pytest.fixture
-def models(settings: Any, aws: Any) -> ModelService:
-    return services(settings, aws)[1]
+def models(settings: Any, stores: Any) -> ModelService:
+    return services(settings, stores)[1]
 
 
 def test_upload_commit_ready_with_parsed_config(models: ModelService) -> None:
@@ -113,12 +112,11 @@ def test_delete_version(models: ModelService) -> None:
         models.ready_version(USER, "add_sub", "1")
 
 
-def test_multipart_upload_above_part_size(settings: Any, aws: Any) -> None:
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+def test_multipart_upload_above_part_size(settings: Any, stores: Any) -> None:
     part = 5 * 1024 * 1024  # S3's smallest part; production uses 64 MiB
-    blobs = S3BlobStore(aws[1], settings.bucket)
-    models = ModelService(
-        settings, DynamoModelStore(aws[0], settings.table("models")), blobs, part_size=part
-    )
+    blobs = stores.blobs
+    models = ModelService(settings, stores.models, blobs, part_size=part)
     weights = bytes(range(256)) * (part // 256) + b"tail"
     files = {**add_sub_files(), "1/weights.bin": weights}
     created = models.create_version(

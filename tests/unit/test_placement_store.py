@@ -1,16 +1,21 @@
-"""The stored placement: revision-fenced writes on the models table (moto), replicas converge."""
+"""The stored placement: revision-fenced writes in the deployment store (on both stores),
+replicas converge."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from control_plane.services import placement as pl
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.models import ModelService
-from control_plane.storage.blobs import S3BlobStore
-from control_plane.storage.dynamo_models import DynamoModelStore
 from control_plane.storage.protocols import ModelVersionRecord, PlanRecord
 from control_plane.storage.protocols_auth import RunnerRecord
+from control_plane.storage.stores import Stores
+from tests.conftest import STORE_KINDS
+
+pytestmark = pytest.mark.parametrize("store_kind", STORE_KINDS)
 
 GPU = {"index": 0, "uuid": "G", "name": "L4", "memory_total_mb": 24000, "memory_used_mb": 0}
 
@@ -18,7 +23,7 @@ GPU = {"index": 0, "uuid": "G", "name": "L4", "memory_total_mb": 24000, "memory_
 class StaleFirstRead:
     """A store whose first ``get_plan`` answers what it held before (a slow replica)."""
 
-    def __init__(self, inner: DynamoModelStore, stale: PlanRecord | None) -> None:
+    def __init__(self, inner: Any, stale: PlanRecord | None) -> None:
         self._inner, self._stale, self._used = inner, stale, False
 
     def get_plan(self) -> PlanRecord | None:
@@ -35,8 +40,10 @@ def _runner(rid: str, at: float) -> RunnerRecord:
     return RunnerRecord(rid, rid, "eu", {}, "s", 0.0, last_heartbeat_at=at, gpus=[GPU])
 
 
-def _service(settings: Any, store: Any, runners: list[RunnerRecord], t: float) -> DeploymentService:
-    blobs = S3BlobStore.__new__(S3BlobStore)  # presigning is not used here
+def _service(
+    settings: Any, stores: Stores, store: Any, runners: list[RunnerRecord], t: float
+) -> DeploymentService:
+    blobs = stores.blobs  # presigning is not used here
     return DeploymentService(
         store,
         store,
@@ -52,8 +59,8 @@ def _service(settings: Any, store: Any, runners: list[RunnerRecord], t: float) -
     )
 
 
-def test_plan_writes_are_fenced_by_revision(settings: Any, aws: Any) -> None:
-    store = DynamoModelStore(aws[0], settings.table("models"))
+def test_plan_writes_are_fenced_by_revision(stores: Stores) -> None:
+    store = stores.deployments
     assert store.get_plan() is None
     assert store.save_plan({"plans": {}}, 1.0, 0)
     assert not store.save_plan({"plans": {"x": 1}}, 1.0, 0)  # someone wrote revision 1
@@ -63,8 +70,8 @@ def test_plan_writes_are_fenced_by_revision(settings: Any, aws: Any) -> None:
     assert rec == PlanRecord(revision=2, planned_at=2.0, doc={"plans": {"y": 2}})
 
 
-def test_replicas_reach_the_same_stored_answer(settings: Any, aws: Any) -> None:
-    store = DynamoModelStore(aws[0], settings.table("models"))
+def test_replicas_reach_the_same_stored_answer(settings: Any, stores: Stores) -> None:
+    store: Any = stores.deployments
     store.claim_name("m", "acme", 0.0)
     rec = ModelVersionRecord("m", "1", "acme", "UPLOADING", 0.0, files=[])
     assert store.put_version(rec)
@@ -72,18 +79,18 @@ def test_replicas_reach_the_same_stored_answer(settings: Any, aws: Any) -> None:
     store.put_deployment("m", {"min_replicas": 1, "max_replicas": 1, "regions": []}, 0.0)
     t = 100.0
     # replica A sees runners a and b; replica B, a moment later, only b
-    a = _service(settings, store, [_runner("run_a", t), _runner("run_b", t)], t)
+    a = _service(settings, stores, store, [_runner("run_a", t), _runner("run_b", t)], t)
     plans_a = a.reconcile()
     assert [x.runner_id for x in plans_a["m"].assignments] == ["run_a"]
     # B read the table before A wrote: its own write loses and it answers A's decision
     slow = StaleFirstRead(store, None)
-    b = _service(settings, slow, [_runner("run_b", t + 1)], t + 1)
+    b = _service(settings, stores, slow, [_runner("run_b", t + 1)], t + 1)
     assert b.reconcile() == plans_a
     # within the interval nobody decides again: the stored answer is served
-    c = _service(settings, store, [_runner("run_b", t)], t + 2)
+    c = _service(settings, stores, store, [_runner("run_b", t)], t + 2)
     assert c.reconcile() == plans_a
-    assert store.get_plan() is not None and store.get_plan().revision == 1  # type: ignore[union-attr]
+    assert store.get_plan() is not None and store.get_plan().revision == 1
     # after it, a replica decides again (run_a went away) and bumps the revision
-    d = _service(settings, store, [_runner("run_b", t + 10)], t + 10)
+    d = _service(settings, stores, store, [_runner("run_b", t + 10)], t + 10)
     assert [x.runner_id for x in d.reconcile()["m"].assignments] == ["run_b"]
-    assert store.get_plan().revision == 2  # type: ignore[union-attr]
+    assert store.get_plan().revision == 2

@@ -14,9 +14,10 @@ from tests.contract.fleet import job, principal, push_model, services
 USER = principal("acme")
 
 
-def counting(aws: Any) -> collections.Counter[str]:
+def counting(stores: Any) -> collections.Counter[str]:
+    """DynamoDB calls by operation name, from now on."""
     calls: collections.Counter[str] = collections.Counter()
-    dynamodb, _ = aws
+    dynamodb = stores.extra["dynamodb"]
 
     def hook(model: Any, **kw: Any) -> None:
         calls[model.name] += 1
@@ -25,10 +26,11 @@ def counting(aws: Any) -> collections.Counter[str]:
     return calls
 
 
-def test_repeated_submits_read_the_model_and_depth_once(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings, aws)
+@pytest.mark.parametrize("store_kind", ["dynamodb"])  # counts DynamoDB calls
+def test_repeated_submits_read_the_model_and_depth_once(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings, stores)
     push_model(models, USER)
-    calls = counting(aws)
+    calls = counting(stores)
     jobs.submit(USER, job())
     first = dict(calls)
     calls.clear()
@@ -39,8 +41,8 @@ def test_repeated_submits_read_the_model_and_depth_once(settings: Any, aws: Any)
     assert jobs.queue_depths() == {"add_sub": 6}
 
 
-def test_a_delete_on_this_replica_is_seen_at_once(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings, aws)
+def test_a_delete_on_this_replica_is_seen_at_once(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings, stores)
     push_model(models, USER)
     jobs.submit(USER, job())  # caches the READY version
     models.delete_version(USER, "add_sub", "1")
@@ -48,8 +50,8 @@ def test_a_delete_on_this_replica_is_seen_at_once(settings: Any, aws: Any) -> No
         jobs.submit(USER, job())
 
 
-def test_the_limit_is_checked_against_storage_near_full(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings.model_copy(update={"max_queue_depth": 4}), aws)
+def test_the_limit_is_checked_against_storage_near_full(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings.model_copy(update={"max_queue_depth": 4}), stores)
     push_model(models, USER)
     for _ in range(4):
         jobs.submit(USER, job())

@@ -6,14 +6,17 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+import pytest
+
 from control_plane.app import build_services
 from tests.contract.fleet import job, lease, principal, push_model, succeed
 
 USER = principal("acme")
 
 
-def test_complete_reads_the_job_once_and_enqueues_the_webhook(settings: Any, aws: Any) -> None:
-    svc = build_services(settings)
+@pytest.mark.parametrize("store_kind", ["dynamodb"])  # counts DynamoDB calls
+def test_complete_reads_the_job_once_and_enqueues_the_webhook(settings: Any, stores: Any) -> None:
+    svc = build_services(settings, stores)
     assert svc.webhooks is not None
     push_model(svc.models, USER)
     view, _ = svc.jobs.submit(
@@ -21,7 +24,7 @@ def test_complete_reads_the_job_once_and_enqueues_the_webhook(settings: Any, aws
     )
     [leased] = lease(svc.jobs)
     calls: collections.Counter[str] = collections.Counter()
-    dynamodb = svc.jobs._store.jobs._db  # type: ignore[attr-defined]
+    dynamodb = stores.extra["dynamodb"]
 
     def hook(model: Any, **kw: Any) -> None:
         calls[model.name] += 1

@@ -16,9 +16,9 @@ SLOW_POLL = 30.0
 
 
 async def test_wait_returns_as_soon_as_this_replica_completes_the_job(
-    settings: Any, aws: Any
+    settings: Any, stores: Any
 ) -> None:
-    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), aws)
+    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), stores)
     await asyncio.to_thread(push_model, models, USER)
     view, _ = await asyncio.to_thread(jobs.submit, USER, job())
     req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1)
@@ -34,8 +34,8 @@ async def test_wait_returns_as_soon_as_this_replica_completes_the_job(
     assert jobs.wakeups.watching(f"job:{view.id}") == 0  # the watch is released
 
 
-async def test_lease_long_poll_wakes_when_a_job_is_queued(settings: Any, aws: Any) -> None:
-    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), aws)
+async def test_lease_long_poll_wakes_when_a_job_is_queued(settings: Any, stores: Any) -> None:
+    jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), stores)
     await asyncio.to_thread(push_model, models, USER)
     req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1, wait_s=20)
     poll = asyncio.create_task(jobs.lease("run_1", None, req))

@@ -1,4 +1,5 @@
-"""The delivery worker against the real store on moto and a real loopback receiver."""
+"""The delivery worker against a real store (the embedded one; concurrent claims on both
+stores) and a real loopback receiver."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from control_plane.clock import iso
 from control_plane.errors import NotFound
 from control_plane.services.principal import ROLE_SCOPES, Principal
 from control_plane.services.webhook_delivery import DeliveryPolicy, WebhookWorker
-from control_plane.services.webhook_records import FINAL_STATES, Delivery
+from control_plane.services.webhook_records import FINAL_STATES, Delivery, WebhookStore
 from control_plane.services.webhook_sender import HttpxSender
 from control_plane.services.webhook_signing import SignatureError, verify_signature
 from control_plane.services.webhooks import WebhookService, event_body, shard_of
 from control_plane.storage.aws import make_clients
-from control_plane.storage.dynamo_webhooks import DynamoWebhookSecretStore, DynamoWebhookStore
-from tests.conftest import free_port
+from control_plane.storage.dynamo_webhooks import DynamoWebhookStore
+from control_plane.storage.sqlite.webhooks import SqliteWebhookStore
+from control_plane.storage.stores import Stores
+from tests.conftest import STORE_KINDS, free_port
 from tests.helpers.webhook_receiver import Receiver
 
 TENANT = "acme"
@@ -63,10 +66,11 @@ class Clock:
 
 
 class Fleet:
-    """One set of webhook tables; ``worker()`` builds a replica's worker on its own client."""
+    """One webhook store; ``worker()`` builds a replica's worker on its own store object."""
 
-    def __init__(self, settings: Any, **policy: Any) -> None:
+    def __init__(self, settings: Any, stores: Stores, **policy: Any) -> None:
         self.settings = settings
+        self.stores = stores
         self.policy = DeliveryPolicy(
             **{
                 **DeliveryPolicy.from_settings(settings).__dict__,
@@ -79,10 +83,9 @@ class Fleet:
         self.jobs = FakeJobs()
         self.clock = Clock()
         self.store = self._store()
-        db = make_clients(settings)[0]
         self.service = WebhookService(
             self.store,
-            DynamoWebhookSecretStore(db, settings.table("auth")),
+            stores.webhook_secrets,
             self.jobs.get,
             allow_loopback=True,
             grace_s=60,
@@ -91,7 +94,10 @@ class Fleet:
         )
         self.workers: list[WebhookWorker] = []
 
-    def _store(self) -> DynamoWebhookStore:
+    def _store(self) -> WebhookStore:
+        """A store object of its own (another replica's) on the same data."""
+        if self.stores.kind == "sqlite":
+            return SqliteWebhookStore(self.stores.extra["database"])
         return DynamoWebhookStore(make_clients(self.settings)[0], self.settings.table("webhooks"))
 
     def worker(
@@ -139,8 +145,8 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(settings: Any, aws: Any) -> Any:
-    f = Fleet(settings)
+async def fleet(settings: Any, stores: Stores) -> Any:
+    f = Fleet(settings, stores)
     yield f
     await f.close()
 
@@ -383,6 +389,7 @@ def test_large_outputs_are_left_out_of_the_body() -> None:
     assert body["data"]["outputs"] is None and body["type"] == "job.completed"
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_concurrent_claims_of_one_entry_have_one_winner(fleet: Fleet) -> None:
     fleet.job("job_race", "http://127.0.0.1:9/h")
     shard = shard_of("job_race", fleet.policy.shards)
@@ -420,7 +427,7 @@ async def test_transition_hook_reads_the_record_only_when_an_event_may_fire(flee
     records = Records()
     svc = WebhookService(
         fleet.store,
-        DynamoWebhookSecretStore(make_clients(fleet.settings)[0], fleet.settings.table("auth")),
+        fleet.stores.webhook_secrets,
         fleet.jobs.get,
         record_of=records,
         allow_loopback=True,
