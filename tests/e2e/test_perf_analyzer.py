@@ -59,10 +59,11 @@ def fleet(
     triton_image: str,
     model_repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ControlPlaneProc, RunnerProc]]:
-    """A control plane and one runner (docker backend) with add_sub READY."""
+) -> Iterator[tuple[ControlPlaneProc, RunnerProc, int]]:
+    """A control plane (with its gRPC port) and one runner (docker backend), add_sub READY."""
     work = tmp_path_factory.mktemp("perf-analyzer")
-    cp = start_control_plane(work / "cp")
+    grpc_port = rig.free_port()  # the control plane's KServe gRPC listener
+    cp = start_control_plane(work / "cp", {"GPUFLEET_GRPC_PORT": str(grpc_port)})
     runner: RunnerProc | None = None
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as client:
@@ -77,7 +78,7 @@ def fleet(
         runner = RunnerProc(cp.url, join, work / "runner", docker_host, triton_image, repository)
         runner.start()
         runner.wait_ready()
-        yield cp, runner
+        yield cp, runner, grpc_port
     finally:
         if runner is not None and runner.running():
             runner.terminate()
@@ -113,16 +114,23 @@ def _input_data(path: Path) -> Path:
     return path
 
 
-def test_perf_analyzer_against_the_control_plane_http_endpoint(
-    perf_analyzer: Path, fleet: tuple[ControlPlaneProc, RunnerProc], tmp_path: Path
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_against_the_control_plane(
+    perf_analyzer: Path,
+    fleet: tuple[ControlPlaneProc, RunnerProc, int],
+    tmp_path: Path,
+    protocol: str,
 ) -> None:
-    cp, runner = fleet
+    """HTTP: /v2 with the bearer header; gRPC: the KServe gRPC port, the token as metadata
+    (perf_analyzer sends -H headers as gRPC metadata; the name must be lower case)."""
+    cp, runner, grpc_port = fleet
+    url = cp.url.removeprefix("http://") if protocol == "http" else f"127.0.0.1:{grpc_port}"
     token = httpx.post(f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=15)
     assert token.status_code == 200, token.text
     report = tmp_path / "report.csv"
     cmd = [
         str(perf_analyzer),
-        *("-m", MODEL, "-u", cp.url.removeprefix("http://"), "-i", "http", "-b", "1"),
+        *("-m", MODEL, "-u", url, "-i", protocol, "-b", "1"),
         *("--concurrency-range", f"{CONCURRENCY}:{CONCURRENCY}"),
         *("--request-count", str(REQUESTS)),
         *("--input-data", str(_input_data(tmp_path / "input.json"))),
