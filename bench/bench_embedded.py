@@ -68,10 +68,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from control_plane.app import Services, build_services  # noqa: E402
-from control_plane.services import queue_keys as keys  # noqa: E402
 from control_plane.services.models import object_key  # noqa: E402
 from control_plane.services.principal import ROLE_SCOPES, Principal  # noqa: E402
+from control_plane.services.queue_ops import stable_shard  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
+from control_plane.storage import queue_keys as keys  # noqa: E402
 from control_plane.storage.protocols import JobRecord, Marker, QueueEntry  # noqa: E402
 from control_plane.storage.stores import Stores  # noqa: E402
 
@@ -236,7 +237,10 @@ def preload(
             entries.append(
                 QueueEntry(shard, sk, rec.id, "", "", rec.ttl_deadline, rec.queue_token, 600)
             )
-            m_shard, m_sk = keys.ttl_marker(rec.id, rec.ttl_deadline, settings.lease_shards)
+            ttl = keys.QUEUE_KEYS.ttl_marker(
+                stable_shard(rec.id, settings.lease_shards), rec.id, rec.ttl_deadline
+            )
+            m_shard, m_sk = ttl.shard, ttl.sk
             markers.append(Marker(m_shard, m_sk, rec.id))
             depth[n] += 1
         queue.put_markers(markers)

@@ -58,10 +58,11 @@ from gpufleet.wire import (  # noqa: E402
 )
 
 from control_plane.app import Services, build_services  # noqa: E402
-from control_plane.services import queue_keys as keys  # noqa: E402
 from control_plane.services.jobs import JobService, build_job_service  # noqa: E402
 from control_plane.services.models import ModelService, object_key  # noqa: E402
+from control_plane.services.queue_ops import stable_shard  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
+from control_plane.storage import queue_keys as keys  # noqa: E402
 from control_plane.storage.aws import make_clients  # noqa: E402
 from control_plane.storage.definitions import create_all  # noqa: E402
 from control_plane.storage.dynamo_jobs import to_item  # noqa: E402
@@ -137,7 +138,10 @@ def preload(settings: Settings, db: Any, finished: int, queued: int) -> None:
                 "timeout_s": {"N": "600"},
             }
         )
-        m_shard, m_sk = keys.ttl_marker(rec.id, rec.ttl_deadline, settings.lease_shards)
+        ttl = keys.QUEUE_KEYS.ttl_marker(
+            stable_shard(rec.id, settings.lease_shards), rec.id, rec.ttl_deadline
+        )
+        m_shard, m_sk = ttl.shard, ttl.sk
         markers.append(
             {
                 "shard": {"S": m_shard},

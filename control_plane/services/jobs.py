@@ -12,8 +12,8 @@ tables, so they work the same across replicas; concurrent waits share their read
 Batches: a batch submit, the claims of one lease and a batch complete each go through the
 store's batch calls (see ``queue_ops.py``): a few calls per batch instead of a few per job.
 
-Backpressure: the queue depth of a model is the sum of per-shard counters in the ``models``
-table (``ADD``-ed by whoever wins a transition), read with one small Query per submit.
+Backpressure: the queue depth of a model is the sum of per-shard counters
+(``QueueStore.add_depth``, by whoever wins a transition), read with one small read per submit.
 
 Hook: ``on_transition`` is a list of callables ``(JobView, previous_status | None)`` called
 after each transition this replica commits (Prometheus counters; webhooks later).
@@ -62,7 +62,6 @@ from control_plane.errors import (
     RateLimited,
     StaleLease,
 )
-from control_plane.services import queue_keys as keys
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
 from control_plane.services.payloads import PayloadService
@@ -80,7 +79,6 @@ from control_plane.storage.protocols import (
     IdempotencyRecord,
     JobRecord,
     JobStore,
-    Marker,
     ModelVersionRecord,
     QueueEntry,
 )
@@ -88,7 +86,6 @@ from control_plane.storage.protocols import (
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
-MAX_ITEM_JSON = 350_000  # DynamoDB items hold 400 KB: keep request + inline outputs below
 MAX_LIST = 100
 CLAIM_ROUNDS = 5
 MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at submit
@@ -437,18 +434,11 @@ class JobService:
     ) -> JobList:
         """The caller's tenant's jobs, newest first (admins: every tenant's)."""
         p.require("jobs:read")
-        limit = max(1, min(limit, MAX_LIST))
-        start = cursor
         tenant = None if p.is_admin else p.tenant
-        found: builtins.list[JobRecord] = []
-        for _ in range(10):  # filtered pages may come back short: fill up to ``limit``
-            page, start = self._store.jobs.list_jobs(
-                tenant, status, model, limit - len(found), start
-            )
-            found.extend(page)
-            if len(found) >= limit or start is None:
-                break
-        return JobList(jobs=[self.view(j) for j in found], next_cursor=start)
+        found, next_cursor = self._store.jobs.list_jobs(
+            tenant, status, model, max(1, min(limit, MAX_LIST)), cursor
+        )
+        return JobList(jobs=[self.view(j) for j in found], next_cursor=next_cursor)
 
     # ------------------------------------------------------------------ cancel
     def _cancel_queued(self, job: JobRecord, message: str) -> JobRecord | None:
@@ -461,9 +451,7 @@ class JobService:
             error={"code": "cancelled", "message": message},
         )
         if done is not None:
-            shard, sk = job.queue_key
-            self._store.queue.remove_entry(shard, sk, job.queue_token)
-            self._store.queue.add_depth(job.model, int(shard.rsplit("#", 1)[1]), -1)
+            self._ops.remove_entry(job)
             self._transitioned(done, "QUEUED")
         return done
 
@@ -528,6 +516,7 @@ class JobService:
     def _candidates(
         self, offers: dict[str, set[str]], region: str | None, want: int
     ) -> builtins.list[QueueEntry]:
+        keys = self._store.queue.keys
         shards = [
             keys.queue_shard(model, n)
             for model in offers
@@ -588,16 +577,14 @@ class JobService:
         if t >= deadline:
             raise StaleLease(f"job {job_id} ran past its timeout_s={job.timeout_s}")
         expires = min(t + self._settings.lease_duration_s, deadline)
-        shard, sk = keys.lease_marker(job_id, expires, self._settings.lease_shards)
-        self._store.queue.put_marker(Marker(shard, sk, job_id, lease_token))
-        if (
-            self._store.jobs.extend_lease(job_id, lease_token, runner_id, expires, (shard, sk))
-            is None
-        ):
-            if job.lease_key != (shard, sk):
-                self._store.queue.delete_marker(shard, sk)
+        marker = self._ops.lease_marker(job_id, expires, lease_token)
+        key = (marker.shard, marker.sk)
+        self._store.queue.put_marker(marker)
+        if self._store.jobs.extend_lease(job_id, lease_token, runner_id, expires, key) is None:
+            if job.lease_key != key:
+                self._store.queue.delete_marker(*key)
             raise StaleLease(f"the lease of job {job_id} is no longer held")
-        if job.lease_key and job.lease_key != (shard, sk):
+        if job.lease_key and job.lease_key != key:
             self._store.queue.delete_marker(*job.lease_key)
         return ExtendResponse(lease_expires_at=iso(expires) or "")
 
@@ -692,11 +679,8 @@ class JobService:
             return None, None
         doc = [t.model_dump(exclude_none=True) for t in req.outputs]
         text = json.dumps(doc, separators=(",", ":"))
-        request_size = len(json.dumps(job.request, separators=(",", ":")))
-        if (
-            len(text) <= self._settings.max_inline_bytes
-            and len(text) + request_size < MAX_ITEM_JSON
-        ):
+        room = min(self._settings.max_inline_bytes, self._store.jobs.max_inline_outputs(job))
+        if len(text) <= room:  # else the bucket: the store says what its job item holds
             return text, None
         tag = hashlib.sha256(req.lease_token.encode()).hexdigest()[:16]
         ref = f"{RESULTS_PREFIX}{job.id}/{tag}/outputs.json"
@@ -719,6 +703,7 @@ class JobService:
         each shard (priority order): an estimate that is exact for queues that short.
         """
         depths = self._store.queue.all_depths()
+        keys = self._store.queue.keys
         out: dict[str, QueueSnapshot] = {}
         for model in models:
             entries = [
@@ -728,7 +713,7 @@ class JobService:
             ]
             out[model] = QueueSnapshot(
                 depth=max(depths.get(model, 0), len(entries)),
-                oldest_at=min((int(e.sk.split("#")[1]) / 1000 for e in entries), default=None),
+                oldest_at=min((e.created_at for e in entries), default=None),
                 pinned_versions=frozenset(e.version for e in entries if e.version),
             )
         return out

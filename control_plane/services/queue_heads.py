@@ -99,7 +99,8 @@ class QueueHeads:
     def take(
         self, shards: list[str], fits: Callable[[QueueEntry], bool], want: int
     ) -> list[QueueEntry]:
-        """Up to ``want`` fitting entries of ``shards`` in key order, removed from the cache."""
+        """Up to ``want`` fitting entries of ``shards`` in claim order (their opaque ``sk``s
+        compare in claim order across a model's shards), removed from the cache."""
         t = time.monotonic()
         depth = max(self._depth, want * 2)
         with self._lock:

@@ -25,6 +25,7 @@ after the batch, never inside its unit of work.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 from collections import Counter
@@ -32,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.services import queue_keys as keys
 from control_plane.settings import Settings
 from control_plane.storage.protocols import JobRecord, JobStore, Marker, QueueEntry
 
@@ -44,6 +44,11 @@ STALE_ENTRY_GRACE_S = 60.0
 
 def new_token() -> str:
     return secrets.token_urlsafe(12)
+
+
+def stable_shard(job_id: str, shards: int) -> int:
+    """A marker shard picked from the job id (so any replica finds the same one)."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") % shards
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,16 @@ class QueueOps:
         self._settings = settings
         self._store = store
         self._notify = notify
+        self._keys = store.queue.keys
 
     def new_entry(self, job: JobRecord, shard: int, token: str) -> QueueEntry:
         """The queue entry of ``job`` in queue shard ``shard``."""
-        return QueueEntry(
-            shard=keys.queue_shard(job.model, shard),
-            sk=keys.queue_sk(job.priority, job.created_at, job.id),
+        return self._keys.entry(
+            model=job.model,
+            shard_number=shard,
             job_id=job.id,
+            priority=job.priority,
+            created_at=job.created_at,
             version=(job.model_version or "") if job.pinned else "",
             region=job.region or "",
             ttl_deadline=job.ttl_deadline,
@@ -80,14 +88,30 @@ class QueueOps:
             timeout_s=job.timeout_s,
         )
 
+    def ttl_marker(self, job: JobRecord) -> Marker:
+        """The marker that times ``job`` out once it is queued past its TTL."""
+        n = stable_shard(job.id, self._settings.lease_shards)
+        return self._keys.ttl_marker(n, job.id, job.ttl_deadline)
+
+    def lease_marker(self, job_id: str, expires_at: float, token: str) -> Marker:
+        """The marker of a lease of ``job_id`` that runs out at ``expires_at``."""
+        n = stable_shard(job_id, self._settings.lease_shards)
+        return self._keys.lease_marker(n, job_id, expires_at, token)
+
+    def remove_entry(self, job: JobRecord) -> None:
+        """Delete the queue entry of a job that has just left QUEUED, and count it out."""
+        assert job.queue_key is not None and job.queue_token is not None
+        shard, sk = job.queue_key
+        self._store.queue.remove_entry(shard, sk, job.queue_token)
+        self._store.queue.add_depth(job.model, self._keys.shard_number(shard), -1)
+
     def enqueue_new(self, job: JobRecord, shard: int) -> bool:
         """Write a new QUEUED job; False when the job item exists already (a replay)."""
         assert job.queue_token is not None
         entry = self.new_entry(job, shard, job.queue_token)
         job.queue_key = (entry.shard, entry.sk)
-        m_shard, m_sk = keys.ttl_marker(job.id, job.ttl_deadline, self._settings.lease_shards)
         with self._store.atomic():
-            self._store.queue.put_marker(Marker(m_shard, m_sk, job.id))
+            self._store.queue.put_marker(self.ttl_marker(job))
             self._store.queue.enqueue(entry)  # False: a newer entry holds the key (job exists)
             if not self._store.jobs.create_job(job):
                 return False
@@ -104,8 +128,7 @@ class QueueOps:
             entry = self.new_entry(job, shard, job.queue_token)
             job.queue_key = (entry.shard, entry.sk)
             entries.append(entry)
-            m_shard, m_sk = keys.ttl_marker(job.id, job.ttl_deadline, self._settings.lease_shards)
-            markers.append(Marker(m_shard, m_sk, job.id))
+            markers.append(self.ttl_marker(job))
             counts[(job.model, shard)] = counts.get((job.model, shard), 0) + 1
         with self._store.atomic():
             self._store.queue.put_markers(markers)
@@ -128,9 +151,7 @@ class QueueOps:
             error={"code": "ttl_expired", "message": f"queued for more than {job.ttl_s} s"},
         )
         if done is not None:
-            shard, sk = job.queue_key
-            self._store.queue.remove_entry(shard, sk, job.queue_token)
-            self._store.queue.add_depth(job.model, int(shard.rsplit("#", 1)[1]), -1)
+            self.remove_entry(job)
             self._notify(done, "QUEUED")
         return done
 
@@ -138,8 +159,7 @@ class QueueOps:
         """Delete a queue entry that no longer stands for a claimable job."""
         job = self._store.jobs.get_job(entry.job_id)
         if job is None:
-            created_ms = int(entry.sk.split("#")[1])
-            if t - created_ms / 1000 < STALE_ENTRY_GRACE_S:
+            if t - entry.created_at < STALE_ENTRY_GRACE_S:
                 return  # the submit may still be writing the job item
         elif job.status == "QUEUED" and job.queue_token == entry.token:
             return
@@ -174,8 +194,8 @@ class QueueOps:
         for entry, version in claims:
             token = secrets.token_urlsafe(24)
             expires = t + min(self._settings.lease_duration_s, float(entry.timeout_s or 1))
-            shard, sk = keys.lease_marker(entry.job_id, expires, self._settings.lease_shards)
-            planned.append((entry, version, token, expires, Marker(shard, sk, entry.job_id, token)))
+            marker = self.lease_marker(entry.job_id, expires, token)
+            planned.append((entry, version, token, expires, marker))
         won: list[tuple[QueueEntry, JobRecord]] = []
         lost: list[tuple[QueueEntry, Marker]] = []
         with self._store.atomic():
@@ -203,7 +223,7 @@ class QueueOps:
             for (model, shard_number), count in depth.items():
                 self._store.queue.add_depth(model, shard_number, -count)
         for entry, _ in lost:
-            if t - int(entry.sk.split("#")[1]) / 1000 > STALE_ENTRY_GRACE_S:
+            if t - entry.created_at > STALE_ENTRY_GRACE_S:
                 self.drop_if_stale(entry, t)  # young entries: the winner removes them
         for _, job in won:
             self._notify(job, "QUEUED")

@@ -1,6 +1,6 @@
 """Expiry: leases that ran out (requeue or fail) and jobs queued past their TTL (TIMED_OUT).
 
-``Sweeper.sweep()`` reads only due markers (``leases`` table, ``sk < now``), so its cost follows
+``Sweeper.sweep()`` reads only due markers (``QueueStore.due_markers``), so its cost follows
 what has expired, not what is stored. Every replica may sweep at the same time: each step is a
 conditional write on the job item, so two sweepers never requeue or fail a job twice.
 
@@ -19,7 +19,6 @@ lost condition, never a wrong transition).
 from __future__ import annotations
 
 from control_plane.clock import now
-from control_plane.services import queue_keys as keys
 from control_plane.services.queue_ops import Notify, QueueOps
 from control_plane.settings import Settings
 from control_plane.storage.protocols import JobRecord, JobStore, Marker
@@ -40,10 +39,11 @@ class Sweeper:
     def sweep(self) -> dict[str, int]:
         """``{"requeued": n, "exhausted": n, "timed_out": n}`` of this pass."""
         counts = {"requeued": 0, "exhausted": 0, "timed_out": 0}
+        keys = self._store.queue.keys
         for n in range(self._settings.lease_shards):
             for shard, handle in (
-                (f"lease#{n}", self._lease_expired),
-                (f"ttl#{n}", self._ttl_expired),
+                (keys.lease_shard(n), self._lease_expired),
+                (keys.ttl_shard(n), self._ttl_expired),
             ):
                 due = self._due(shard)
                 for i in range(0, len(due), MARKERS_PER_PAGE):  # reads close to the writes
@@ -55,7 +55,7 @@ class Sweeper:
 
     def _due(self, shard: str) -> list[Marker]:
         out: list[Marker] = []
-        before = keys.due_before(now())
+        before = self._store.queue.keys.due_bound(now())
         after: str | None = None
         for _ in range(MAX_PAGES):
             page = self._store.queue.due_markers(shard, before, MARKERS_PER_PAGE, after)

@@ -88,14 +88,26 @@ class SecretRecord:
 
 
 class WebhookStore(Protocol):
-    """Deliveries, their due index and their attempt log."""
+    """Deliveries, their due index and their attempt log.
+
+    Every state change is one atomic, conditional step (DynamoDB: a transaction; SQLite: one
+    write transaction); a lost condition answers None/False and writes nothing. Reads are
+    strongly consistent. ``index_sk`` values are opaque: compare them, never parse them.
+    Expiry: deliveries and attempts are deleted ``LOG_TTL_S`` (30 days) after the delivery's
+    ``created_at``, some time later (DynamoDB TTL; SQLite: a batch per ``enqueue``); index
+    entries never expire (``drop_stale`` removes them). Every method raises ``Unavailable``
+    when the backend cannot be reached.
+    """
 
     def enqueue(self, delivery: Delivery, due_at: float) -> bool:
-        """Create the delivery and its index entry; False if it already exists."""
+        """Create the delivery (``pending``, 0 attempts, ``next_attempt_at = due_at``, no
+        claim) and its index entry in ``delivery.index_shard``, due at ``due_at``; False,
+        writing nothing, if a delivery of that job and event already exists."""
         ...
 
     def due(self, shard: int, now: float, limit: int) -> list[DueRef]:
-        """Index entries of ``shard`` due at ``now``, oldest first."""
+        """Up to ``limit`` index entries of ``shard`` due at ``now`` (due instant, in whole
+        ms, at most ``now``), oldest first. Entries may be stale (check the delivery)."""
         ...
 
     def get(self, job_id: str, event: str) -> Delivery | None:
@@ -103,25 +115,35 @@ class WebhookStore(Protocol):
         ...
 
     def claim(self, ref: DueRef, seen: Delivery, token: str, lease_until: float) -> Claim | None:
-        """Claim the next attempt of ``seen`` if it still points at ``ref``; None if lost."""
+        """Claim the next attempt of ``seen`` iff the entry ``ref`` still exists and the
+        delivery still points at it with ``seen.attempts`` attempts: the delivery becomes
+        ``sending`` with one more attempt, claim ``token`` and ``next_attempt_at =
+        lease_until``, and its index entry moves to ``lease_until`` (so a dead worker's
+        claim is due again once the lease has run out). None if lost; of concurrent claims
+        of one entry exactly one wins."""
         ...
 
     def drop_stale(self, ref: DueRef) -> None:
-        """Delete an index entry that no delivery points at any more."""
+        """Delete an index entry that no delivery points at any more (unconditional; an
+        absent entry is fine)."""
         ...
 
     def finish(
         self, claim: Claim, attempt: AttemptRecord, state: str, next_at: float | None
     ) -> bool:
-        """Commit an attempt's outcome under the claim token; False if the claim was lost."""
+        """Commit an attempt's outcome iff the delivery still carries the claim's token:
+        sets ``state``, clears the claim, deletes the lease entry, stores ``attempt`` in the
+        log (``error`` cut to 1000 characters) and, with ``next_at``, a new index entry due
+        then (without it the delivery has no index entry and ``next_attempt_at`` None).
+        False, writing nothing, if the claim was lost."""
         ...
 
     def deliveries(self, job_id: str) -> list[Delivery]:
-        """Every delivery of a job."""
+        """Every delivery of a job, by event."""
         ...
 
     def attempts(self, job_id: str) -> list[AttemptRecord]:
-        """Every attempt of every delivery of a job, in order."""
+        """Every attempt of every delivery of a job, by event, then attempt number."""
         ...
 
     def ping(self) -> None:
@@ -130,16 +152,19 @@ class WebhookStore(Protocol):
 
 
 class SecretStore(Protocol):
-    """Tenant signing secrets."""
+    """Tenant signing secrets (never expire). ``previous`` is stored only together with
+    ``previous_until`` (both or neither). ``Unavailable`` when the backend cannot be reached."""
 
     def get(self, tenant: str) -> SecretRecord | None:
         """The tenant's secrets (strongly consistent), or None."""
         ...
 
     def create(self, record: SecretRecord) -> bool:
-        """Store the first secret of a tenant; False if the tenant already has one."""
+        """Store the first secret of a tenant; False, writing nothing, if the tenant already
+        has one. Of concurrent creates exactly one gets True."""
         ...
 
     def replace(self, record: SecretRecord, expected_version: int) -> bool:
-        """Store ``record`` if the stored version is still ``expected_version``."""
+        """Store ``record`` iff the stored version is still ``expected_version``; False if
+        it is not, or the tenant has no secret."""
         ...

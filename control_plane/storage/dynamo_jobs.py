@@ -45,6 +45,9 @@ from control_plane.storage.dynamo_items import (
 from control_plane.storage.protocols import JobRecord
 
 TENANT_INDEX = "by_tenant"
+ITEM_JSON_BUDGET = 350_000  # items hold 400 KB: request + inline outputs stay below this
+MAX_LIST_REQUESTS = 10  # reads per list_jobs call, however sparse its filters
+FILTERED_READ = 100  # items a filtered list_jobs read evaluates at least
 
 
 def _key(shard_sk: tuple[str, str] | None) -> str | None:
@@ -226,7 +229,9 @@ class DynamoJobStore:
         cursor: str | None,
     ) -> tuple[list[JobRecord], str | None]:
         """A tenant's jobs newest first (every tenant's when ``tenant`` is None: a Scan,
-        newest first within a page). ``cursor``: opaque, from the previous page."""
+        newest first within a page). ``cursor``: opaque, from the previous page. A page is
+        filled with up to ``MAX_LIST_REQUESTS`` requests."""
+        limit = max(1, limit)
         start = decode_cursor(cursor)
         filters, values, names = [], {}, {}
         if status:
@@ -237,7 +242,7 @@ class DynamoJobStore:
             filters.append("#m = :m")
             values[":m"] = s(model)
             names["#m"] = "model"
-        kwargs: dict[str, Any] = {"TableName": self._table, "Limit": limit}
+        kwargs: dict[str, Any] = {"TableName": self._table}
         if tenant is not None:
             kwargs.update(
                 IndexName=TENANT_INDEX,
@@ -251,19 +256,37 @@ class DynamoJobStore:
         if values:
             kwargs["ExpressionAttributeValues"] = values
         if start and tenant is None:
-            kwargs["ExclusiveStartKey"] = {"id": start["id"]}
-        elif start:
-            if start.get("tenant") != s(tenant or "") or "created_key" not in start:
-                raise InvalidRequest("cursor is not valid", field="cursor")
-            kwargs["ExclusiveStartKey"] = start
+            start = {"id": start["id"]}
+        elif start and (start.get("tenant") != s(tenant or "") or "created_key" not in start):
+            raise InvalidRequest("cursor is not valid", field="cursor")
         op = self._db.query if tenant is not None else self._db.scan
-        with translate_errors("list jobs"):
-            page = op(**kwargs)
-        items = [from_item(it) for it in page.get("Items", [])]
+        key_names = ("id",) if tenant is None else ("id", "tenant", "created_key")
+        items: list[dict[str, Any]] = []
+        # A request reads at most ``Limit`` items and 1 MB before the filter drops some: read
+        # on until the page is full. Filtered reads take ``FILTERED_READ`` items at a time;
+        # when a read brings more than the page needs, the cursor is the last kept item's key.
+        for _ in range(MAX_LIST_REQUESTS):
+            want = limit - len(items)
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            with translate_errors("list jobs"):
+                page = op(**kwargs, Limit=max(want, FILTERED_READ) if filters else want)
+            found = page.get("Items", [])
+            start = page.get("LastEvaluatedKey")
+            if len(found) > want:
+                found = found[:want]
+                start = {k: found[-1][k] for k in key_names}
+            items.extend(found)
+            if not start or len(items) >= limit:
+                break
+        records = [from_item(it) for it in items]
         if tenant is None:
-            items.sort(key=lambda r: r.created_at, reverse=True)
-        last = page.get("LastEvaluatedKey")
-        return items, encode_cursor(last)
+            records.sort(key=lambda r: r.created_at, reverse=True)
+        return records, encode_cursor(start)
+
+    def max_inline_outputs(self, job: JobRecord) -> int:
+        """What fits the item next to the request (``ITEM_JSON_BUDGET`` for both JSONs)."""
+        return ITEM_JSON_BUDGET - 1 - len(json.dumps(job.request, separators=(",", ":")))
 
     # ------------------------------------------------------------------ transitions
     def _transition(

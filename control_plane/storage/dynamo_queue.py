@@ -4,6 +4,7 @@
   region, ttl_deadline, token. A lease reads the heads of a model's shards and nothing else.
 - ``leases`` (``shard`` = ``lease#<n>`` | ``ttl#<n>``, ``sk`` = ``<instant_ms>#<job_id>``):
   lease-expiry and queue-TTL markers; the sweep reads only the due ones.
+  (Key formats: ``queue_keys.py``; services get them as ``keys`` and never parse them.)
 - depth counters: items ``(name=<model>, sk=depth#<n>)`` in the ``models`` table, one per
   queue shard (no hot key), updated with ``ADD`` by whoever wins a job transition.
 
@@ -31,7 +32,8 @@ from control_plane.storage.dynamo_items import (
     paginate,
     s,
 )
-from control_plane.storage.protocols import Marker, QueueEntry
+from control_plane.storage.protocols import Marker, QueueEntry, QueueKeys
+from control_plane.storage.queue_keys import QUEUE_KEYS, read_entry
 
 DEPTH_PREFIX = "depth#"
 
@@ -44,6 +46,11 @@ class DynamoQueueStore:
         self._queue = queue_table
         self._leases = leases_table
         self._models = models_table
+
+    @property
+    def keys(self) -> QueueKeys:
+        """The key formats of the queue and leases tables (``queue_keys.py``)."""
+        return QUEUE_KEYS
 
     # ------------------------------------------------------------------ queue entries
     def enqueue(self, entry: QueueEntry) -> bool:
@@ -104,15 +111,15 @@ class DynamoQueueStore:
         with translate_errors("read queue"):
             page = self._db.query(**kwargs)
         return [
-            QueueEntry(
-                shard=shard,
-                sk=str(get_s(it, "sk")),
-                job_id=str(get_s(it, "job_id")),
-                version=get_s(it, "version") or "",
-                region=get_s(it, "region") or "",
-                ttl_deadline=float(get_n(it, "ttl_deadline") or 0.0),
-                token=get_s(it, "token") or "",
-                timeout_s=get_i(it, "timeout_s"),
+            read_entry(
+                shard,
+                str(get_s(it, "sk")),
+                str(get_s(it, "job_id")),
+                get_s(it, "version") or "",
+                get_s(it, "region") or "",
+                float(get_n(it, "ttl_deadline") or 0.0),
+                get_s(it, "token") or "",
+                get_i(it, "timeout_s"),
             )
             for it in page.get("Items", [])
         ]

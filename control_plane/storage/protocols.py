@@ -1,8 +1,25 @@
 """Records and store protocols of the job queue and the model repository.
 
-Services depend only on these protocols; the DynamoDB adapters live in ``dynamo_jobs.py``
-(job items), ``dynamo_queue.py`` (queue entries, lease/TTL markers, depth counters),
-``dynamo_idempotency.py`` and ``dynamo_models.py``; the S3 adapter in ``blobs.py``.
+Services depend only on these protocols. Two implementations, held to one contract suite
+(``tests/contract/``): the DynamoDB/S3 adapters (``dynamo_jobs.py``, ``dynamo_queue.py``,
+``dynamo_idempotency.py``, ``dynamo_models.py``, ``blobs.py``) and the embedded SQLite
+adapters (``sqlite/*.py``, ``local_blobs.py``). Each method's docstring is its contract: what
+it returns, which write wins a race, what a lost condition answers, ordering, expiry and
+errors; an adapter that meets these docstrings is a complete one.
+
+Rules for every store:
+
+- Errors: a backend that cannot be reached or fails (throttling, I/O error, locked past its
+  timeout, closed) raises ``control_plane.errors.Unavailable``; no backend exception leaves
+  an adapter. A lost condition is an answer (``None``/``False``/the winner's record), never an
+  error, unless the method says otherwise (``Conflict``).
+- Reads are strongly consistent (they see every write that returned before them) unless the
+  method says "may lag".
+- Times are Unix seconds (floats); "expired" means ``expires_at < now`` unless stated.
+- Keys and cursors the stores hand out (``QueueEntry.shard``/``sk``, ``Marker`` keys,
+  ``JobRecord.queue_key``/``lease_key``, ``list_jobs`` cursors) are opaque: services pass
+  them back unchanged and never build or parse them (``QueueStore.keys`` builds them from
+  typed values).
 
 The job item is the single source of truth. Queue entries and markers are indexes that may be
 stale for a moment (or after a crash between two writes); every reader checks them against the
@@ -19,7 +36,11 @@ from typing import Any, Protocol
 
 @dataclass
 class JobRecord:
-    """One job as stored in the ``jobs`` table."""
+    """One job as stored in the ``jobs`` table.
+
+    ``queue_key`` / ``lease_key``: the opaque ``(shard, sk)`` of the job's queue entry / lease
+    marker, as ``QueueStore.keys`` made them; stored and returned unchanged.
+    """
 
     id: str
     tenant: str
@@ -61,7 +82,14 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class QueueEntry:
-    """A claimable job in one queue shard. ``token`` must equal the job's ``queue_token``."""
+    """A claimable job in one queue shard. ``token`` must equal the job's ``queue_token``.
+
+    Make one with ``QueueStore.keys.entry(...)``; the store reads them back equal. ``shard``
+    and ``sk`` are the store's opaque keys (pass them back unchanged); the sks of every shard
+    of one model compare in claim order: a smaller ``sk`` has the higher ``priority``, or the
+    same priority and an earlier ``created_at`` (milliseconds). ``model``, ``shard_number``,
+    ``priority`` and ``created_at`` (whole milliseconds) are the typed values behind the keys.
+    """
 
     shard: str
     sk: str
@@ -71,19 +99,16 @@ class QueueEntry:
     ttl_deadline: float
     token: str
     timeout_s: int = 0
-
-    @property
-    def model(self) -> str:
-        return self.shard.rsplit("#", 1)[0]
-
-    @property
-    def shard_number(self) -> int:
-        return int(self.shard.rsplit("#", 1)[1])
+    model: str = ""
+    shard_number: int = 0
+    priority: int = 0
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
 class Marker:
-    """A lease-expiry or queue-TTL marker: ``(shard, sk)`` ordered by the instant it fires."""
+    """A lease-expiry or queue-TTL marker: opaque ``(shard, sk)`` ordered by the instant it
+    fires (make one with ``QueueStore.keys.lease_marker`` / ``ttl_marker``)."""
 
     shard: str
     sk: str
@@ -124,11 +149,36 @@ class ModelVersionRecord:
 
 
 class JobTable(Protocol):
-    """Job items; every change is conditional on the job's current status and token."""
+    """Job items; every change is conditional on the job's current status and token.
 
-    def create_job(self, job: JobRecord) -> bool: ...
-    def create_jobs(self, jobs: list[JobRecord]) -> None: ...
-    def get_job(self, job_id: str) -> JobRecord | None: ...
+    Transitions (each one conditional write; a lost condition answers ``None``/``False`` and
+    writes nothing; a won one returns the record as committed)::
+
+        QUEUED  --claim_job       (queue_token)-->  RUNNING   new lease_token (fencing token)
+        QUEUED  --finish_queued   (queue_token)-->  CANCELLED | TIMED_OUT
+        RUNNING --extend_lease    (lease_token, runner_id)--> RUNNING  later expiry
+        RUNNING --requeue_running (lease_token, expired)-->   QUEUED   new queue_token
+        RUNNING --finish_running  (lease_token)-->  SUCCEEDED | FAILED | CANCELLED | TIMED_OUT
+
+    Terminal jobs never change. Of concurrent transitions of one job, exactly one wins.
+    """
+
+    def create_job(self, job: JobRecord) -> bool:
+        """Store a new job: its identity, request, status, priority, times, ``attempts``
+        and queue key and token (the run fields, lease to outputs, start empty); False,
+        writing nothing, when a job with that id exists (an idempotent replay). Of
+        concurrent creates of one id exactly one gets True."""
+        ...
+
+    def create_jobs(self, jobs: list[JobRecord]) -> None:
+        """Store new jobs whose ids are fresh (random): unconditional puts, any number (the
+        adapter batches them). An existing id is overwritten, so never pass one."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job as last committed, or None when there is no such id."""
+        ...
+
     def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """id -> record of the jobs among ``job_ids`` that exist (strongly consistent, as
         ``get_job``; any number of ids, repeats allowed; the adapter pages the reads)."""
@@ -146,7 +196,11 @@ class JobTable(Protocol):
         """
         ...
 
-    def job_statuses(self, job_ids: list[str]) -> dict[str, str]: ...
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """id -> status of the jobs among ``job_ids`` that exist (strongly consistent; any
+        number of ids, repeats allowed)."""
+        ...
+
     def list_jobs(
         self,
         tenant: str | None,
@@ -154,7 +208,30 @@ class JobTable(Protocol):
         model: str | None,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[JobRecord], str | None]: ...
+    ) -> tuple[list[JobRecord], str | None]:
+        """One page of jobs and the cursor of the next page (None: the listing is done).
+
+        ``tenant``: that tenant's jobs, newest first (``created_at`` in ms, then id, both
+        descending); None: every
+        tenant's jobs, each exactly once over the pages, in no promised order (SQLite: newest
+        first; DynamoDB: a Scan, newest first within a page). ``status`` / ``model`` filter
+        (None or "": no filter). ``limit`` >= 1: at most that many jobs. The adapter reads
+        as many backend pages as it takes to fill the page; it may stop after a bounded
+        amount of reading (DynamoDB: 10 requests) and return a short (even empty) page with
+        a cursor, but never a short page without one unless the listing is done.
+        ``cursor``: opaque, from the previous page of the same listing (same tenant);
+        ``InvalidRequest`` when it is not one, or belongs to another tenant's listing.
+        May lag writes by a moment (DynamoDB: an index Query or a Scan, eventually
+        consistent).
+        """
+        ...
+
+    def max_inline_outputs(self, job: JobRecord) -> int:
+        """How many bytes of outputs JSON ``finish_running(outputs_json=…)`` can store inline
+        for ``job`` next to its request (DynamoDB: what still fits the 400 KB item; SQLite: a
+        few MB). Larger results go to the bucket (``outputs_ref``). Pure; no I/O."""
+        ...
+
     def claim_job(
         self,
         job_id: str,
@@ -166,7 +243,13 @@ class JobTable(Protocol):
         now: float,
         lease_expires_at: float,
         lease_key: tuple[str, str],
-    ) -> JobRecord | None: ...
+    ) -> JobRecord | None:
+        """QUEUED -> RUNNING iff the job is QUEUED under ``queue_token``: sets the lease
+        (token, runner, expiry, marker key), ``model_version = version``,
+        ``started_at = now``, ``attempts + 1``; clears the queue token and key. None when
+        the job is missing, not QUEUED or queued under another token (someone else won)."""
+        ...
+
     def extend_lease(
         self,
         job_id: str,
@@ -174,7 +257,11 @@ class JobTable(Protocol):
         runner_id: str,
         lease_expires_at: float,
         lease_key: tuple[str, str],
-    ) -> JobRecord | None: ...
+    ) -> JobRecord | None:
+        """Move a lease's expiry and marker key iff the job is RUNNING under ``lease_token``
+        held by ``runner_id`` (expired or not); None otherwise."""
+        ...
+
     def finish_running(
         self,
         job_id: str,
@@ -187,7 +274,15 @@ class JobTable(Protocol):
         error: dict[str, Any] | None = None,
         run_ms: int | None = None,
         expired_before: float | None = None,
-    ) -> JobRecord | None: ...
+    ) -> JobRecord | None:
+        """RUNNING -> ``status`` iff the job is RUNNING under ``lease_token`` (and, with
+        ``expired_before``, iff ``lease_expires_at <= expired_before``: the sweep's check).
+        Sets ``finished_at = now`` and each result field given (None: left unset); clears
+        the lease marker key, keeps the lease token and runner. ``outputs_json`` is JSON
+        text of at most ``max_inline_outputs(job)`` bytes, read back parsed as ``outputs``.
+        None when the condition fails: exactly once per lease token."""
+        ...
+
     def requeue_running(
         self,
         job_id: str,
@@ -196,7 +291,13 @@ class JobTable(Protocol):
         queue_token: str,
         *,
         expired_before: float,
-    ) -> bool: ...
+    ) -> bool:
+        """RUNNING -> QUEUED iff the job is RUNNING under ``lease_token`` and
+        ``lease_expires_at <= expired_before``: stores the new queue key and token, clears
+        the lease token, marker key, expiry and runner (``attempts`` is kept). False
+        otherwise. The caller writes the queue entry first."""
+        ...
+
     def finish_queued(
         self,
         job_id: str,
@@ -205,20 +306,121 @@ class JobTable(Protocol):
         *,
         now: float,
         error: dict[str, Any] | None = None,
-    ) -> JobRecord | None: ...
-    def ping(self) -> None: ...
+    ) -> JobRecord | None:
+        """QUEUED -> ``status`` (CANCELLED | TIMED_OUT) iff the job is QUEUED under
+        ``queue_token``: sets ``finished_at = now`` and ``error`` (if given), clears the
+        queue token and key. None otherwise."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the job table can be read; ``Unavailable`` otherwise."""
+        ...
+
+
+class QueueKeys(Protocol):
+    """How one queue store names shards, entries and markers (``QueueStore.keys``).
+
+    Services choose the numbers (which queue shard, which marker shard) and the values; the
+    store owns the formats. Every method is pure (no I/O) and total on its inputs; the keys it
+    returns are opaque strings to pass back unchanged.
+    """
+
+    def queue_shard(self, model: str, n: int) -> str:
+        """The key of queue shard ``n`` of ``model`` (what ``QueueStore.head`` reads)."""
+        ...
+
+    def shard_number(self, shard: str) -> int:
+        """``n`` of a queue shard key made by ``queue_shard(model, n)`` (e.g. from a job's
+        ``queue_key``)."""
+        ...
+
+    def entry(
+        self,
+        *,
+        model: str,
+        shard_number: int,
+        job_id: str,
+        priority: int,
+        created_at: float,
+        version: str,
+        region: str,
+        ttl_deadline: float,
+        token: str,
+        timeout_s: int,
+    ) -> QueueEntry:
+        """The queue entry of a job in queue shard ``shard_number`` of ``model``; its ``sk``
+        orders it by ``priority`` (0..100, higher first), then ``created_at`` (ms), then
+        ``job_id``. The same job always gets the same ``sk``."""
+        ...
+
+    def lease_shard(self, n: int) -> str:
+        """The key of lease-marker shard ``n`` (what ``QueueStore.due_markers`` reads)."""
+        ...
+
+    def ttl_shard(self, n: int) -> str:
+        """The key of queue-TTL-marker shard ``n``."""
+        ...
+
+    def lease_marker(self, n: int, job_id: str, expires_at: float, token: str) -> Marker:
+        """The marker in lease shard ``n`` that is due once ``expires_at`` (ms) has passed."""
+        ...
+
+    def ttl_marker(self, n: int, job_id: str, deadline: float) -> Marker:
+        """The marker in TTL shard ``n`` that is due once ``deadline`` (ms) has passed."""
+        ...
+
+    def due_bound(self, now: float) -> str:
+        """The bound for ``QueueStore.due_markers`` at ``now``: a marker is due when its
+        instant, in whole ms, is before ``now`` in whole ms (an instant equal to ``now`` is
+        not due yet)."""
+        ...
 
 
 class QueueStore(Protocol):
-    """Queue entries, lease-expiry and TTL markers, per-model depth counters."""
+    """Queue entries, lease-expiry and TTL markers, per-model depth counters.
 
-    def enqueue(self, entry: QueueEntry) -> bool: ...
-    def enqueue_many(self, entries: list[QueueEntry]) -> None: ...
-    def head(self, shard: str, limit: int, after_sk: str | None = None) -> list[QueueEntry]: ...
-    def remove_entry(self, shard: str, sk: str, token: str) -> None: ...
-    def put_marker(self, marker: Marker) -> None: ...
-    def put_markers(self, markers: list[Marker]) -> None: ...
-    def delete_marker(self, shard: str, sk: str) -> None: ...
+    Entries are keyed by ``(shard, sk)``, markers by ``(shard, sk)`` in their own key space;
+    both only from ``keys``. Writes join an open ``JobTable.atomic()`` unit of work.
+    """
+
+    @property
+    def keys(self) -> QueueKeys:
+        """The key formats of this store."""
+        ...
+
+    def enqueue(self, entry: QueueEntry) -> bool:
+        """Write ``entry`` iff its key is free or holds the same token (a retry of the same
+        enqueue, which rewrites it); False, writing nothing, when the key holds another
+        token (someone else's enqueue). Of concurrent enqueues of one key with different
+        tokens exactly one gets True."""
+        ...
+
+    def enqueue_many(self, entries: list[QueueEntry]) -> None:
+        """Unconditional puts of entries with fresh keys, any number (batched)."""
+        ...
+
+    def head(self, shard: str, limit: int, after_sk: str | None = None) -> list[QueueEntry]:
+        """Up to ``limit`` entries of ``shard`` in ascending ``sk`` (claim order), strictly
+        after ``after_sk`` when given. Other shards are never included."""
+        ...
+
+    def remove_entry(self, shard: str, sk: str, token: str) -> None:
+        """Delete the entry iff it still carries ``token`` (never someone else's newer
+        entry); absent or re-tokened entries are left alone, silently."""
+        ...
+
+    def put_marker(self, marker: Marker) -> None:
+        """Unconditional put (replaces a marker with the same key, token included)."""
+        ...
+
+    def put_markers(self, markers: list[Marker]) -> None:
+        """Unconditional puts, any number (batched)."""
+        ...
+
+    def delete_marker(self, shard: str, sk: str) -> None:
+        """Unconditional delete; an absent marker is fine."""
+        ...
+
     def delete_markers(self, keys: list[tuple[str, str]]) -> None:
         """Unconditional deletes of the markers ``(shard, sk)`` (absent ones and repeats are
         fine), batched by the adapter."""
@@ -226,30 +428,88 @@ class QueueStore(Protocol):
 
     def due_markers(
         self, shard: str, before_sk: str, limit: int, after_sk: str | None = None
-    ) -> list[Marker]: ...
-    def add_depth(self, model: str, shard: int, delta: int) -> None: ...
-    def depth(self, model: str) -> int: ...
-    def all_depths(self) -> dict[str, int]: ...
-    def ping(self) -> None: ...
+    ) -> list[Marker]:
+        """Up to ``limit`` markers of ``shard`` due before the bound ``before_sk``
+        (``keys.due_bound(now)``), oldest first (ascending ``sk``), strictly after
+        ``after_sk`` when given. Markers never expire on their own: they stay until
+        deleted."""
+        ...
+
+    def add_depth(self, model: str, shard: int, delta: int) -> None:
+        """Atomically add ``delta`` to the depth counter of queue shard ``shard`` of
+        ``model`` (0: no write). Concurrent adds never lose an update."""
+        ...
+
+    def depth(self, model: str) -> int:
+        """Queued jobs of ``model``: the sum of its shard counters, never below 0 (a counter
+        may dip below zero for a moment); 0 for an unknown model."""
+        ...
+
+    def all_depths(self) -> dict[str, int]:
+        """model -> depth (as ``depth``) for every model that has a counter, sorted by
+        model; may lag the counters by a moment (DynamoDB: an eventually consistent Scan)."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the queue and marker tables can be read; ``Unavailable`` otherwise."""
+        ...
 
 
 class IdempotencyStore(Protocol):
-    """``Idempotency-Key`` records (24 h)."""
+    """``Idempotency-Key`` records (24 h).
 
-    def claim_key(self, rec: IdempotencyRecord, now: float) -> IdempotencyRecord | None: ...
+    A record lives until its ``expires_at`` (inclusive). Expired records are deleted by the
+    backend some time later (DynamoDB TTL; SQLite: a few per claim) or replaced by a claim.
+    """
+
+    def claim_key(self, rec: IdempotencyRecord, now: float) -> IdempotencyRecord | None:
+        """Bind ``rec.key`` to ``rec`` iff the key is unbound or its record expired
+        (``expires_at < now``): None when bound now; else the live record holding the key,
+        unchanged. Of concurrent claims of one key exactly one gets None and every other
+        gets the winner's record."""
+        ...
 
 
 class ModelStore(Protocol):
-    """Model ownership and versions."""
+    """Model ownership and versions. Versions are decimal integer strings and are keyed by
+    their number (``"1"`` and ``"01"`` are the same version)."""
 
-    def claim_name(self, name: str, tenant: str, now: float) -> str: ...
-    def owner(self, name: str) -> str | None: ...
-    def put_version(self, rec: ModelVersionRecord) -> bool: ...
-    def get_version(self, name: str, version: str) -> ModelVersionRecord | None: ...
-    def list_versions(self, name: str) -> list[ModelVersionRecord]: ...
-    def mark_ready(self, rec: ModelVersionRecord) -> bool: ...
-    def delete_version(self, name: str, version: str) -> bool: ...
-    def list_names(self) -> list[tuple[str, str]]: ...
+    def claim_name(self, name: str, tenant: str, now: float) -> str:
+        """Make ``tenant`` the owner of ``name`` when it has none (or refresh the claim when
+        ``tenant`` owns it already); returns the owner. Another tenant's earlier claim wins:
+        of concurrent first claims, one tenant owns the name and everyone gets it back."""
+        ...
+
+    def owner(self, name: str) -> str | None:
+        """The owning tenant of ``name``, or None when it was never claimed."""
+        ...
+
+    def put_version(self, rec: ModelVersionRecord) -> bool:
+        """Store a new version; False, writing nothing, when that version exists."""
+        ...
+
+    def get_version(self, name: str, version: str) -> ModelVersionRecord | None:
+        """One version as stored, or None."""
+        ...
+
+    def list_versions(self, name: str) -> list[ModelVersionRecord]:
+        """Every version of ``name``, newest (highest number) first."""
+        ...
+
+    def mark_ready(self, rec: ModelVersionRecord) -> bool:
+        """UPLOADING -> READY iff the version is UPLOADING, storing the parsed config
+        (``platform``, ``backend`` (None stored as ""), ``max_batch_size``, ``inputs``,
+        ``outputs``, ``config``); False when the version is missing or not UPLOADING."""
+        ...
+
+    def delete_version(self, name: str, version: str) -> bool:
+        """Remove a version in any state; False when it does not exist."""
+        ...
+
+    def list_names(self) -> list[tuple[str, str]]:
+        """(name, owning tenant) of every claimed name, sorted; may lag a claim by a moment
+        (DynamoDB: an eventually consistent Scan)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -264,11 +524,27 @@ class PlanRecord:
 class DeploymentStore(Protocol):
     """Deployment specs per model and the one placement decision of the fleet."""
 
-    def put_deployment(self, name: str, spec: dict[str, Any], now: float) -> None: ...
-    def get_deployment(self, name: str) -> dict[str, Any] | None: ...
-    def list_deployments(self) -> dict[str, dict[str, Any]]: ...
-    def get_plan(self) -> PlanRecord | None: ...
-    def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool: ...
+    def put_deployment(self, name: str, spec: dict[str, Any], now: float) -> None:
+        """Store (replace) the deployment spec of ``name``; the last write wins."""
+        ...
+
+    def get_deployment(self, name: str) -> dict[str, Any] | None:
+        """The spec of ``name``, or None."""
+        ...
+
+    def list_deployments(self) -> dict[str, dict[str, Any]]:
+        """name -> spec of every deployment."""
+        ...
+
+    def get_plan(self) -> PlanRecord | None:
+        """The stored decision, or None before the first ``save_plan``."""
+        ...
+
+    def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool:
+        """Store the decision as revision ``expected_revision + 1`` iff the stored revision is
+        ``expected_revision`` (0: no plan stored yet); False when another writer got there
+        first. Of concurrent saves on one revision exactly one gets True."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -285,17 +561,67 @@ class JobStore:
 
 
 class BlobStore(Protocol):
-    """The bucket: presigned uploads/downloads, hashes, JSON documents."""
+    """The bucket: presigned uploads/downloads, hashes, JSON documents.
 
-    def presign_put(self, key: str, ttl_s: int) -> str: ...
-    def presign_get(self, key: str, ttl_s: int) -> str: ...
-    def head(self, key: str) -> int | None: ...
-    def sha256_of(self, key: str) -> str | None: ...
-    def put_json(self, key: str, doc: Any) -> None: ...
-    def get_json(self, key: str) -> Any: ...
-    def get_bytes(self, key: str, limit: int = ...) -> bytes: ...
-    def create_multipart(self, key: str) -> str: ...
-    def presign_upload_part(self, key: str, upload_id: str, number: int, ttl_s: int) -> str: ...
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None: ...
-    def delete_prefix(self, prefix: str) -> None: ...
-    def ping(self) -> None: ...
+    Keys are ``/``-separated paths without empty, ``.`` or ``..`` segments (the local store
+    refuses others with ``InvalidRequest``; S3 accepts more). Objects are replaced whole: a
+    reader sees the old bytes or the new ones, never a mix; the last write of a key wins.
+    Nothing here expires on its own (lifecycle rules are the deployment's: S3 rules, the
+    local store's ``sweep``). Presigned URLs work without extra headers until ``ttl_s``
+    seconds from now; their form is the store's.
+    """
+
+    def presign_put(self, key: str, ttl_s: int) -> str:
+        """A URL that PUTs one object at ``key`` (no extra headers needed)."""
+        ...
+
+    def presign_get(self, key: str, ttl_s: int) -> str:
+        """A URL that GETs the object at ``key`` (``Range`` supported)."""
+        ...
+
+    def head(self, key: str) -> int | None:
+        """The object's size in bytes, or None when it does not exist."""
+        ...
+
+    def sha256_of(self, key: str) -> str | None:
+        """sha256 (hex) of the object's bytes, computed from the bytes (streamed), or None
+        when it does not exist."""
+        ...
+
+    def put_json(self, key: str, doc: Any) -> None:
+        """Store ``doc`` as compact JSON at ``key`` (replacing any object there)."""
+        ...
+
+    def get_json(self, key: str) -> Any:
+        """The JSON document at ``key``; ``NotFound`` when missing."""
+        ...
+
+    def get_bytes(self, key: str, limit: int = ...) -> bytes:
+        """The first ``limit`` bytes (default 16 MiB) of the object; ``NotFound`` when
+        missing."""
+        ...
+
+    def create_multipart(self, key: str) -> str:
+        """Start a multipart upload of ``key``; its opaque id. Nothing is visible at ``key``
+        until ``complete_multipart``."""
+        ...
+
+    def presign_upload_part(self, key: str, upload_id: str, number: int, ttl_s: int) -> str:
+        """A URL that PUTs part ``number`` (1..10000) of the upload; the response's ``ETag``
+        is what ``complete_multipart`` expects."""
+        ...
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """Assemble parts 1..n (``etags`` in part order) into the object at ``key``.
+        ``NotFound`` when the upload is unknown (or completed), a part is missing or an ETag
+        does not match its part; the object is then not written."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object whose key starts with ``prefix`` (a plain string prefix:
+        ``"d/a"`` also matches ``"d/ab/1"``); nothing there is fine."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the bucket can be used; ``Unavailable`` otherwise."""
+        ...

@@ -2,7 +2,8 @@
 and runners (registration, heartbeats, runtime config, nonce replay cache).
 
 Services depend on these protocols only; the DynamoDB adapters live in ``dynamo_auth.py`` and
-``dynamo_runners.py``.
+``dynamo_runners.py``, the SQLite ones in ``sqlite/auth.py`` and ``sqlite/runners.py``; the
+docstrings below are their contract (``tests/contract/test_other_stores.py``).
 """
 
 from __future__ import annotations
@@ -68,27 +69,86 @@ class RunnerRecord:
 
 
 class AuthStore(Protocol):
-    """Keys, refresh-token families, join tokens and the shared signing key."""
+    """Keys, refresh-token families, join tokens and the shared signing key.
 
-    def save_api_key(self, rec: ApiKeyRecord) -> None: ...
-    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
-    def revoke_api_key(self, key_id: str) -> bool: ...
-    def save_refresh_token(self, rec: RefreshRecord) -> None: ...
-    def find_refresh_token(self, token_id: str) -> RefreshRecord | None: ...
-    def mark_refresh_used(self, token_id: str) -> bool: ...
-    def revoke_family(self, family: str, expires_at: float) -> None: ...
-    def family_revoked(self, family: str) -> bool: ...
-    def save_join_token(self, rec: JoinTokenRecord) -> None: ...
-    def find_join_token(self, token_hash: str) -> JoinTokenRecord | None: ...
-    def ensure_signing_key(self, candidate: str) -> str: ...
-    def ping(self) -> None: ...
+    Errors: ``Unavailable`` when the backend cannot be reached (as every store, see
+    ``protocols.py``). Reads are strongly consistent. Expiry: refresh tokens, revoked
+    families and join tokens carry ``expires_at``; the backend deletes them some time after
+    it (DynamoDB TTL, up to days later; SQLite: refresh and join tokens a day after, a batch
+    per new token; families are kept), so a ``find_*`` may still return an expired record:
+    callers check ``expires_at`` themselves.
+    """
+
+    def save_api_key(self, rec: ApiKeyRecord) -> None:
+        """Store a new key; ``Conflict`` (nothing written) when the id exists."""
+        ...
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key (revoked ones too), or None."""
+        ...
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Mark the key revoked (again: still True); False when there is no such key."""
+        ...
+
+    def save_refresh_token(self, rec: RefreshRecord) -> None:
+        """Store a new refresh token; ``Conflict`` (nothing written) when the id exists."""
+        ...
+
+    def find_refresh_token(self, token_id: str) -> RefreshRecord | None:
+        """The token (used or expired ones too, until the backend purges them), or None."""
+        ...
+
+    def mark_refresh_used(self, token_id: str) -> bool:
+        """``used`` false -> true; False when the token is missing or used already (a
+        reuse). Of concurrent presenters of one token exactly one gets True."""
+        ...
+
+    def revoke_family(self, family: str, expires_at: float) -> None:
+        """Record the family as revoked until at least ``expires_at`` (unconditional; again:
+        the new ``expires_at`` replaces the old)."""
+        ...
+
+    def family_revoked(self, family: str) -> bool:
+        """True once ``revoke_family`` was called for ``family`` (at least until its
+        ``expires_at``; after that it may turn False on DynamoDB)."""
+        ...
+
+    def save_join_token(self, rec: JoinTokenRecord) -> None:
+        """Store a new join token under its hash; ``Conflict`` when that hash exists."""
+        ...
+
+    def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
+        """The join token (expired ones too, until purged), or None."""
+        ...
+
+    def ensure_signing_key(self, candidate: str) -> str:
+        """Store ``candidate`` when no signing key exists; return the stored key. The first
+        writer wins and every caller, concurrent ones too, gets the winner's key."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the store can be used; ``Unavailable`` otherwise."""
+        ...
 
 
 class RunnerStore(Protocol):
-    """Runner registrations, heartbeats and runtime configs."""
+    """Runner registrations, heartbeats and runtime configs.
 
-    def create_runner(self, rec: RunnerRecord) -> None: ...
-    def find_runner(self, runner_id: str) -> RunnerRecord | None: ...
+    ``config`` values are scalars: bools and numbers are kept as such, anything else as its
+    ``str``. Errors: ``Unavailable`` when the backend cannot be reached. Nothing expires.
+    """
+
+    def create_runner(self, rec: RunnerRecord) -> None:
+        """Store a new runner, always as not revoked and without a heartbeat
+        (``rec.revoked`` and ``rec.last_heartbeat_at`` are ignored); ``Conflict`` when the
+        id exists."""
+        ...
+
+    def find_runner(self, runner_id: str) -> RunnerRecord | None:
+        """The runner (revoked ones too), or None."""
+        ...
+
     def record_heartbeat(
         self,
         runner_id: str,
@@ -97,14 +157,39 @@ class RunnerStore(Protocol):
         models: list[dict[str, Any]],
         triton: dict[str, Any],
         running_jobs: list[str],
-    ) -> RunnerRecord | None: ...
-    def merge_config(self, runner_id: str, patch: dict[str, Any]) -> RunnerRecord | None: ...
-    def revoke_runner(self, runner_id: str) -> bool: ...
-    def list_runners(self) -> list[RunnerRecord]: ...
-    def ping(self) -> None: ...
+    ) -> RunnerRecord | None:
+        """Store the heartbeat (``last_heartbeat_at = at`` and the four fields, replaced
+        whole) iff the runner exists and is not revoked; the runner as stored now, or None."""
+        ...
+
+    def merge_config(self, runner_id: str, patch: dict[str, Any]) -> RunnerRecord | None:
+        """Set the fields of ``patch`` in the runner's config, keeping the others, iff the
+        runner exists and is not revoked (concurrent patches of different fields both
+        stick); the runner as stored now, or None. An empty patch is ``find_runner``."""
+        ...
+
+    def revoke_runner(self, runner_id: str) -> bool:
+        """Mark the runner revoked (again: still True); False when there is no such runner.
+        A revoked runner stays revoked."""
+        ...
+
+    def list_runners(self) -> list[RunnerRecord]:
+        """Every runner, revoked ones too, by ``registered_at`` (ties in no promised
+        order); may lag a registration by a moment (DynamoDB: an eventually consistent
+        Scan)."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the store can be used; ``Unavailable`` otherwise."""
+        ...
 
 
 class NonceStore(Protocol):
-    """Replay cache of signed runner calls."""
+    """Replay cache of signed runner calls. Times are whole seconds (``int(…)``)."""
 
-    def remember_nonce(self, key: str, now: float, expires_at: float) -> bool: ...
+    def remember_nonce(self, key: str, now: float, expires_at: float) -> bool:
+        """Store ``key`` until ``expires_at`` iff it is absent or its stored entry expired
+        (stored ``expires_at < int(now)``): True; False on a replay of an unexpired key. Of
+        concurrent calls with one key exactly one gets True. Expired entries are deleted by
+        the backend some time later. ``Unavailable`` when the backend cannot be reached."""
+        ...

@@ -5,15 +5,16 @@ blob stores on moto: assert on state, and on who wins each conditional write."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from control_plane.errors import InvalidRequest, NotFound, Unavailable
-from control_plane.services.queue_keys import due_before, queue_sk
 from control_plane.storage.blobs import S3BlobStore
 from control_plane.storage.dynamo_models import DynamoModelStore
 from control_plane.storage.protocols import (
@@ -21,7 +22,6 @@ from control_plane.storage.protocols import (
     IdempotencyStore,
     JobRecord,
     JobTable,
-    Marker,
     ModelVersionRecord,
     QueueEntry,
     QueueStore,
@@ -279,158 +279,269 @@ def test_list_filters_by_status_and_model_across_pages(jobs: JobTable) -> None:
     assert sorted(list_all(jobs, None, "RUNNING", None, 2)) == ["job_01", "job_04", "job_09"]
 
 
+def test_filtered_pages_are_full_while_the_listing_lasts(jobs: JobTable) -> None:
+    """The store refills a filtered page itself (DynamoDB: more requests after a page whose
+    items the filter dropped): a short page comes only at the end of the listing."""
+    for i in range(30):
+        jobs.create_job(record(f"job_{i:02d}", created=1000.0 + i, model="m" if i % 6 else "n"))
+    page, cursor = jobs.list_jobs("acme", None, "n", 3, None)
+    assert [j.id for j in page] == ["job_24", "job_18", "job_12"] and cursor
+    page, cursor = jobs.list_jobs("acme", None, "n", 3, cursor)
+    assert [j.id for j in page[:2]] == ["job_06", "job_00"] and len(page) <= 2
+    while cursor is not None:  # an empty last page is allowed, then the end
+        page, cursor = jobs.list_jobs("acme", None, "n", 3, cursor)
+        assert page == []
+    assert len(jobs.list_jobs(None, None, "n", 4, None)[0]) == 4
+
+
+def test_inline_outputs_up_to_the_stores_limit_are_stored(jobs: JobTable) -> None:
+    """``max_inline_outputs`` is what the job item holds next to its request: outputs of
+    exactly that size are stored and read back (on DynamoDB: inside the 400 KB item)."""
+    small, big = record("job_s"), record("job_b")
+    big.request = {"inputs": [{"name": "x", "data": "y" * 100_000}]}
+    room_small, room_big = jobs.max_inline_outputs(small), jobs.max_inline_outputs(big)
+    assert room_big < room_small  # the request takes its share
+    assert room_small >= 300_000  # at least what a DynamoDB item holds
+    for job, room in ((small, room_small), (big, room_big)):
+        jobs.create_job(job)
+        claim(jobs, job_id=job.id)
+        outputs = [{"name": "y", "data": ""}]
+        text = json.dumps(outputs, separators=(",", ":"))
+        outputs[0]["data"] = "z" * (room - len(text))
+        text = json.dumps(outputs, separators=(",", ":"))
+        assert len(text) == room
+        done = jobs.finish_running(job.id, "l1", "SUCCEEDED", now=2001.0, outputs_json=text)
+        assert done and done.outputs == outputs
+        assert jobs.get_jobs([job.id])[job.id].outputs == outputs
+
+
 def test_pings(jobs: JobTable, queue: QueueStore) -> None:
     jobs.ping()
     queue.ping()
 
 
 # ---------------------------------------------------------------------------------- queue
-def entry(sk: str, token: str = "t", shard: str = "m#0") -> QueueEntry:  # noqa: S107
-    return QueueEntry(shard, sk, f"job_{sk}", "", "", 9e12, token, 60)
+def entry(
+    queue: QueueStore,
+    job_id: str,
+    token: str = "t",  # noqa: S107
+    *,
+    shard: int = 0,
+    model: str = "m",
+    priority: int = 0,
+    created: float = 1000.0,
+    version: str = "",
+    region: str = "",
+    ttl_deadline: float = 9e9,
+    timeout_s: int = 60,
+) -> QueueEntry:
+    """A queue entry made by the store's own key format, from typed values only."""
+    return queue.keys.entry(
+        model=model,
+        shard_number=shard,
+        job_id=job_id,
+        priority=priority,
+        created_at=created,
+        version=version,
+        region=region,
+        ttl_deadline=ttl_deadline,
+        token=token,
+        timeout_s=timeout_s,
+    )
 
 
 def test_queue_order_tokens_and_markers(queue: QueueStore) -> None:
-    for sk in ["999#2", "899#5", "999#1"]:
-        assert queue.enqueue(entry(sk))
-    assert [e.sk for e in queue.head("m#0", 10)] == ["899#5", "999#1", "999#2"]
-    assert [e.sk for e in queue.head("m#0", 10, after_sk="899#5")] == ["999#1", "999#2"]
-    assert queue.head("m#0", 1)[0].model == "m" and queue.head("m#0", 1)[0].shard_number == 0
-    assert not queue.enqueue(entry("999#1", token="other"))  # the key holds another token
-    queue.remove_entry("m#0", "999#1", "other")  # not its token: kept
-    assert len(queue.head("m#0", 10)) == 3
-    queue.remove_entry("m#0", "999#1", "t")
-    assert len(queue.head("m#0", 10)) == 2
-    queue.put_markers([Marker("lease#0", f"{ms:013d}#j{ms}", f"j{ms}", "x") for ms in (5, 10, 20)])
-    assert [m.job_id for m in queue.due_markers("lease#0", f"{15:013d}", 10)] == ["j5", "j10"]
-    queue.delete_marker("lease#0", f"{5:013d}#j5")
-    assert [m.job_id for m in queue.due_markers("lease#0", f"{15:013d}", 10)] == ["j10"]
+    keys = queue.keys
+    for job_id, priority, created in [("job_2", 0, 2.0), ("job_5", 100, 5.0), ("job_1", 0, 1.0)]:
+        assert queue.enqueue(entry(queue, job_id, priority=priority, created=created))
+    m0 = keys.queue_shard("m", 0)
+    first = queue.head(m0, 10)
+    assert [e.job_id for e in first] == ["job_5", "job_1", "job_2"]
+    assert [e.job_id for e in queue.head(m0, 10, after_sk=first[0].sk)] == ["job_1", "job_2"]
+    assert first[0].model == "m" and first[0].shard_number == 0 and first[0].priority == 100
+    assert not queue.enqueue(replace(first[1], token="other"))  # the key holds another token
+    queue.remove_entry(m0, first[1].sk, "other")  # not its token: kept
+    assert len(queue.head(m0, 10)) == 3
+    queue.remove_entry(m0, first[1].sk, "t")
+    assert len(queue.head(m0, 10)) == 2
+    queue.put_markers([keys.lease_marker(0, f"j{ms}", ms / 1000, "x") for ms in (5, 10, 20)])
+    due = queue.due_markers(keys.lease_shard(0), keys.due_bound(0.015), 10)
+    assert [m.job_id for m in due] == ["j5", "j10"]
+    queue.delete_marker(due[0].shard, due[0].sk)
+    assert [m.job_id for m in queue.due_markers(due[0].shard, keys.due_bound(0.015), 10)] == ["j10"]
+
+
+def test_keys_are_the_stores_and_round_trip(queue: QueueStore) -> None:
+    keys = queue.keys
+    for model, n in [("m", 0), ("m", 7), ("a#b", 3), ("add_sub", 12)]:
+        assert keys.shard_number(keys.queue_shard(model, n)) == n
+    assert len({keys.queue_shard("m", n) for n in range(4)}) == 4
+    assert keys.queue_shard("m", 1) != keys.queue_shard("mm", 1)
+    assert len({keys.lease_shard(0), keys.lease_shard(1), keys.ttl_shard(0)}) == 3
+    made = entry(queue, "job_x", priority=7, created=1234.5678, shard=3, model="a#b")
+    assert (made.model, made.shard_number, made.priority) == ("a#b", 3, 7)
+    assert made.created_at == 1234.567  # whole milliseconds
+    assert made == entry(queue, "job_x", priority=7, created=1234.5678, shard=3, model="a#b")
+    assert queue.enqueue(made)
+    assert queue.head(made.shard, 10) == [made]  # read back with the same typed fields
+    assert keys.shard_number(made.shard) == 3
+    # A marker is due once its instant (ms) is before the bound's instant (ms).
+    queue.put_marker(keys.ttl_marker(1, "job_t", 50.0004))
+    assert queue.due_markers(keys.ttl_shard(1), keys.due_bound(50.0009), 10) == []
+    assert [m.job_id for m in queue.due_markers(keys.ttl_shard(1), keys.due_bound(50.001), 10)] == [
+        "job_t"
+    ]
+    assert queue.due_markers(keys.lease_shard(1), keys.due_bound(99.0), 10) == []
+
+
+def test_sks_compare_in_claim_order_across_shards(queue: QueueStore) -> None:
+    """What a replica's read-ahead relies on when it merges the heads of several shards."""
+    specs = [(0, 10.0, "job_a", 0), (5, 30.0, "job_b", 1), (0, 5.0, "job_c", 2)]
+    specs += [(100, 50.0, "job_d", 3), (5, 20.0, "job_e", 0), (0, 5.0, "job_f", 1)]
+    for priority, created, job_id, shard in specs:
+        queue.enqueue(entry(queue, job_id, priority=priority, created=created, shard=shard))
+    merged = sorted(
+        (e for n in range(4) for e in queue.head(queue.keys.queue_shard("m", n), 10)),
+        key=lambda e: e.sk,
+    )
+    assert [e.job_id for e in merged] == ["job_d", "job_e", "job_b", "job_c", "job_f", "job_a"]
+    assert [(e.priority, e.created_at) for e in merged][:2] == [(100, 50.0), (5, 20.0)]
 
 
 def test_delete_markers_in_batches(queue: QueueStore) -> None:
-    markers = [Marker(f"lease#{i % 2}", f"{i:013d}#j{i}", f"j{i}", "x") for i in range(60)]
+    keys = queue.keys
+    markers = [keys.lease_marker(i % 2, f"j{i}", i / 1000, "x") for i in range(60)]
     queue.put_markers(markers)
     gone = [(m.shard, m.sk) for m in markers[:40]]
-    queue.delete_markers([*gone, gone[0], ("lease#0", "absent")])  # repeats, absent: fine
+    queue.delete_markers([*gone, gone[0], (keys.lease_shard(0), "absent")])  # repeats: fine
     queue.delete_markers([])
-    left = queue.due_markers("lease#0", f"{99:013d}", 100) + queue.due_markers(
-        "lease#1", f"{99:013d}", 100
-    )
+    bound = keys.due_bound(0.099)
+    left = queue.due_markers(keys.lease_shard(0), bound, 100)
+    left += queue.due_markers(keys.lease_shard(1), bound, 100)
     assert sorted(m.job_id for m in left) == sorted(m.job_id for m in markers[40:])
 
 
 def test_atomic_unit_commits_together_where_the_backend_can(
     backend: str, jobs: JobTable, queue: QueueStore
 ) -> None:
+    keys = queue.keys
+    m0, ttl0 = keys.queue_shard("m", 0), keys.ttl_shard(0)
     with jobs.atomic():  # SQLite: one transaction; DynamoDB: each call on its own
-        queue.put_markers([Marker("ttl#0", "0000000000001#job_a1", "job_a1")])
-        queue.enqueue_many([entry("999#a1")])
+        queue.put_markers([keys.ttl_marker(0, "job_a1", 0.001)])
+        queue.enqueue_many([entry(queue, "job_a1")])
         jobs.create_jobs([record("job_a1")])
         queue.add_depth("m", 0, 1)
         with jobs.atomic():  # nested: joins the outer unit
             assert jobs.create_job(record("job_a2"))
         assert jobs.get_job("job_a1") == record("job_a1")  # reads see the unit's own writes
     assert set(jobs.get_jobs(["job_a1", "job_a2"])) == {"job_a1", "job_a2"}
-    assert [e.sk for e in queue.head("m#0", 10)] == ["999#a1"] and queue.depth("m") == 1
+    assert [e.job_id for e in queue.head(m0, 10)] == ["job_a1"] and queue.depth("m") == 1
 
     with pytest.raises(RuntimeError), jobs.atomic():
-        queue.put_markers([Marker("ttl#0", "0000000000002#job_b1", "job_b1")])
-        queue.enqueue_many([entry("999#b1")])
+        queue.put_markers([keys.ttl_marker(0, "job_b1", 0.002)])
+        queue.enqueue_many([entry(queue, "job_b1")])
         jobs.create_jobs([record("job_b1")])
         queue.add_depth("m", 0, 1)
         raise RuntimeError("a failure midway")
     written = "job_b1" in jobs.get_jobs(["job_b1"])
     assert written == (backend == "dynamo")  # SQLite rolled the whole unit back
-    assert len(queue.head("m#0", 10)) == (2 if written else 1)
+    assert len(queue.head(m0, 10)) == (2 if written else 1)
     assert queue.depth("m") == (2 if written else 1)
-    due = queue.due_markers("ttl#0", f"{9:013d}", 10)
+    due = queue.due_markers(ttl0, keys.due_bound(0.009), 10)
     assert [m.job_id for m in due] == (["job_a1", "job_b1"] if written else ["job_a1"])
     assert jobs.create_job(record("job_c1"))  # the store works as before after a rollback
 
 
 def test_enqueue_same_key_same_token_rewrites(queue: QueueStore) -> None:
-    first = QueueEntry("m#0", "999#a", "job_a", "1", "eu", 100.0, "t1", 30)
+    first = entry(queue, "job_a", "t1", version="1", region="eu", ttl_deadline=100.0)
     assert queue.enqueue(first)
-    retry = QueueEntry("m#0", "999#a", "job_a", "2", "", 200.0, "t1", 60)
+    retry = replace(first, version="2", region="", ttl_deadline=200.0, timeout_s=30)
     assert queue.enqueue(retry)  # a retry of the same enqueue wins again
-    assert queue.head("m#0", 10) == [retry]
-    intruder = QueueEntry("m#0", "999#a", "job_b", "", "", 300.0, "t2", 5)
+    assert queue.head(first.shard, 10) == [retry]
+    intruder = replace(first, token="t2", ttl_deadline=300.0, timeout_s=5)  # a requeue's entry
     assert not queue.enqueue(intruder)
-    assert queue.head("m#0", 10) == [retry]
-    queue.remove_entry("m#0", "999#a", "t1")
+    assert queue.head(first.shard, 10) == [retry]
+    queue.remove_entry(first.shard, first.sk, "t1")
     assert queue.enqueue(intruder)  # the key is free again
-    assert queue.head("m#0", 10) == [intruder]
+    assert queue.head(first.shard, 10) == [intruder]
 
 
 def test_head_is_priority_then_fifo_per_shard(queue: QueueStore) -> None:
     specs = [(0, 10.0, "job_a"), (5, 30.0, "job_b"), (0, 5.0, "job_c"), (100, 50.0, "job_d")]
     specs += [(5, 20.0, "job_e"), (0, 5.0, "job_f")]
     entries = [
-        QueueEntry("m#1", queue_sk(p, c, j), j, "v", "r", c + 600, f"tok_{j}", 60)
+        entry(
+            queue, j, f"tok_{j}", shard=1, priority=p, created=c, version="v", region="r",
+            ttl_deadline=c + 600,
+        )
         for p, c, j in specs
-    ]
+    ]  # fmt: skip
     queue.enqueue_many(entries[:3])
     for e in entries[3:]:
         assert queue.enqueue(e)
-    queue.enqueue(entry("999#0", shard="m#2"))
-    queue.enqueue(entry("999#0", shard="mm#1"))
+    queue.enqueue(entry(queue, "job_0", shard=2))
+    queue.enqueue(entry(queue, "job_0", shard=1, model="mm"))
     order = ["job_d", "job_e", "job_b", "job_c", "job_f", "job_a"]
-    got = queue.head("m#1", 100)
+    m1 = queue.keys.queue_shard("m", 1)
+    got = queue.head(m1, 100)
     assert [e.job_id for e in got] == order
     assert got[0] == entries[3] and got[0].model == "m" and got[0].shard_number == 1
-    assert [e.job_id for e in queue.head("m#1", 2)] == order[:2]
-    assert [e.job_id for e in queue.head("m#1", 2, after_sk=got[1].sk)] == order[2:4]
-    assert queue.head("m#1", 10, after_sk=got[-1].sk) == []
-    assert queue.head("m#9", 10) == []
+    assert [e.job_id for e in queue.head(m1, 2)] == order[:2]
+    assert [e.job_id for e in queue.head(m1, 2, after_sk=got[1].sk)] == order[2:4]
+    assert queue.head(m1, 10, after_sk=got[-1].sk) == []
+    assert queue.head(queue.keys.queue_shard("m", 9), 10) == []
     queue.enqueue_many([])
 
 
 def test_remove_entry_needs_its_token(queue: QueueStore) -> None:
-    queue.enqueue(entry("1", token="a"))
-    queue.remove_entry("m#0", "1", "b")
-    queue.remove_entry("m#1", "1", "a")  # another shard
-    queue.remove_entry("m#0", "2", "a")  # no such entry: nothing happens
-    assert [e.token for e in queue.head("m#0", 10)] == ["a"]
-    queue.remove_entry("m#0", "1", "a")
-    assert queue.head("m#0", 10) == []
-    queue.remove_entry("m#0", "1", "a")  # twice is fine
+    e = entry(queue, "job_1", "a")
+    queue.enqueue(e)
+    queue.remove_entry(e.shard, e.sk, "b")
+    queue.remove_entry(queue.keys.queue_shard("m", 1), e.sk, "a")  # another shard
+    queue.remove_entry(e.shard, entry(queue, "job_2").sk, "a")  # no such entry: nothing
+    assert [x.token for x in queue.head(e.shard, 10)] == ["a"]
+    queue.remove_entry(e.shard, e.sk, "a")
+    assert queue.head(e.shard, 10) == []
+    queue.remove_entry(e.shard, e.sk, "a")  # twice is fine
 
 
 def test_due_markers_order_bound_limit_and_paging(queue: QueueStore) -> None:
+    keys = queue.keys
+    ttl0, lease0 = keys.ttl_shard(0), keys.lease_shard(0)
     instants = [30.0, 10.0, 20.0, 10.0, 40.0]
-    markers = [
-        Marker("ttl#0", f"{int(t * 1000):013d}#job_{i}", f"job_{i}", "")
-        for i, t in enumerate(instants)
-    ]
+    markers = [keys.ttl_marker(0, f"job_{i}", t) for i, t in enumerate(instants)]
     queue.put_markers(markers[:3])
     queue.put_marker(markers[3])
     queue.put_marker(markers[4])
-    queue.put_marker(Marker("ttl#1", f"{0:013d}#job_z", "job_z"))
-    queue.put_marker(Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt"))
-    due = queue.due_markers("ttl#0", due_before(30.0), 10)
+    queue.put_marker(keys.ttl_marker(1, "job_z", 0.0))
+    queue.put_marker(keys.lease_marker(0, "job_y", 0.0, "lt"))
+    due = queue.due_markers(ttl0, keys.due_bound(30.0), 10)
     assert [m.job_id for m in due] == ["job_1", "job_3", "job_2"]  # 30.0 exactly: not yet
     assert due[0] == markers[1]
-    assert [m.job_id for m in queue.due_markers("ttl#0", due_before(30.001), 10)] == [
+    assert [m.job_id for m in queue.due_markers(ttl0, keys.due_bound(30.001), 10)] == [
         "job_1",
         "job_3",
         "job_2",
         "job_0",
     ]
-    first = queue.due_markers("ttl#0", due_before(100.0), 2)
+    bound = keys.due_bound(100.0)
+    first = queue.due_markers(ttl0, bound, 2)
     assert [m.job_id for m in first] == ["job_1", "job_3"]
-    rest = queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=first[-1].sk)
+    rest = queue.due_markers(ttl0, bound, 2, after_sk=first[-1].sk)
     assert [m.job_id for m in rest] == ["job_2", "job_0"]
-    last = queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=rest[-1].sk)
+    last = queue.due_markers(ttl0, bound, 2, after_sk=rest[-1].sk)
     assert [m.job_id for m in last] == ["job_4"]
-    assert queue.due_markers("ttl#0", due_before(100.0), 2, after_sk=last[-1].sk) == []
-    assert queue.due_markers("ttl#0", due_before(5.0), 10) == []
-    assert queue.due_markers("lease#0", due_before(1.0), 10) == [
-        Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt")
+    assert queue.due_markers(ttl0, bound, 2, after_sk=last[-1].sk) == []
+    assert queue.due_markers(ttl0, keys.due_bound(5.0), 10) == []
+    assert queue.due_markers(lease0, keys.due_bound(1.0), 10) == [
+        keys.lease_marker(0, "job_y", 0.0, "lt")
     ]
-    queue.put_marker(Marker("lease#0", f"{0:013d}#job_y", "job_y", "lt2"))  # a put replaces
-    assert [m.token for m in queue.due_markers("lease#0", due_before(1.0), 10)] == ["lt2"]
-    queue.delete_marker("lease#0", f"{0:013d}#job_y")
-    queue.delete_marker("lease#0", f"{0:013d}#job_y")  # twice is fine
-    assert queue.due_markers("lease#0", due_before(1.0), 10) == []
+    queue.put_marker(keys.lease_marker(0, "job_y", 0.0, "lt2"))  # a put replaces
+    assert [m.token for m in queue.due_markers(lease0, keys.due_bound(1.0), 10)] == ["lt2"]
+    y = keys.lease_marker(0, "job_y", 0.0, "")
+    queue.delete_marker(y.shard, y.sk)
+    queue.delete_marker(y.shard, y.sk)  # twice is fine
+    assert queue.due_markers(lease0, keys.due_bound(1.0), 10) == []
 
 
 def test_depth_counters(queue: QueueStore) -> None:
@@ -487,10 +598,17 @@ def test_claim_race_has_one_winner(jobs: JobTable) -> None:
     assert sum(r is not None for r in finished) == 1
 
 
+def test_create_race_has_one_winner(jobs: JobTable) -> None:
+    created = race(8, lambda i: jobs.create_job(record(tenant=f"t{i}")))
+    assert created.count(True) == 1
+    got = jobs.get_job("job_1")
+    assert got is not None and got.tenant == f"t{created.index(True)}"
+
+
 def test_enqueue_and_idempotency_races_have_one_winner(
     queue: QueueStore, idempotency: IdempotencyStore
 ) -> None:
-    assert sum(race(16, lambda i: queue.enqueue(entry("999#1", token=f"t{i}")))) == 1
+    assert sum(race(16, lambda i: queue.enqueue(entry(queue, "job_1", token=f"t{i}")))) == 1
     recs = [IdempotencyRecord("acme#k", "h", f"job_{i}", 1.0, 0, "q", 100.0) for i in range(16)]
     held = race(16, lambda i: idempotency.claim_key(recs[i], now=1.0))
     winners = [recs[i] for i, r in enumerate(held) if r is None]

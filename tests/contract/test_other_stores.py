@@ -202,6 +202,22 @@ def test_model_versions_once_ready_once_and_deleted(other_backend: Stores) -> No
     assert m.put_version(version("2"))  # a deleted version may be created again
 
 
+def test_model_versions_are_keyed_by_their_number(other_backend: Stores) -> None:
+    m = other_backend.models
+    assert m.put_version(version("1"))
+    assert not m.put_version(version("01"))  # the same version
+    got = m.get_version("m", "001")
+    assert got is not None and got.version == "1"
+    assert m.delete_version("m", "01")
+    assert m.list_versions("m") == []
+
+
+def test_model_name_race_has_one_owner(other_backend: Stores) -> None:
+    m = other_backend.models
+    owners = race(8, lambda i: m.claim_name("m", f"t{i}", float(i)))
+    assert len(set(owners)) == 1 and m.owner("m") == owners[0]
+
+
 def test_deployments_replace(other_backend: Stores) -> None:
     m = other_backend.models
     assert m.get_deployment("m") is None
@@ -412,6 +428,14 @@ def test_heartbeat_and_config_need_a_live_runner(other_backend: Stores) -> None:
     revoked = replace(merged, revoked=True)
     assert r.find_runner("run_1") == revoked  # nothing written after the revocation
     assert r.merge_config("run_1", {}) == revoked  # an empty patch reads, revoked or not
+
+
+def test_config_patches_of_different_fields_all_stick(other_backend: Stores) -> None:
+    r = other_backend.runners
+    r.create_runner(replace(runner(), config={}))
+    race(8, lambda i: r.merge_config("run_1", {f"f{i}": i}))
+    got = r.find_runner("run_1")
+    assert got is not None and got.config == {f"f{i}": i for i in range(8)}
 
 
 def test_nonce_once_until_it_expires(other_backend: Stores) -> None:

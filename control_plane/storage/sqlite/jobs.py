@@ -136,6 +136,8 @@ _FINISH_QUEUED_UPDATE = (
 _FINISH_QUEUED = _FINISH_QUEUED_UPDATE + _RETURNING
 
 
+ROW_JSON_BUDGET = 8 * 1024 * 1024  # request + inline outputs of one job row
+
 _units = threading.local()  # .open: the connections with an atomic() block open on this thread
 
 
@@ -319,6 +321,7 @@ class SqliteJobTable:
       ``lease_expires_at <= expired_before``; new queue key and token, lease fields cleared.
     - ``finish_queued``: QUEUED -> terminal iff QUEUED with ``queue_token``; clears the queue
       token and key.
+    - ``max_inline_outputs``: ``ROW_JSON_BUDGET`` (8 MiB) less the request's JSON.
 
     A lost condition returns ``None`` (``False`` for ``requeue_running``); a won one returns
     the record as committed.
@@ -389,6 +392,10 @@ class SqliteJobTable:
             page = [_record(r[:-1]) for r in rows[:limit]]
         next_cursor = _encode_cursor(tenant, rows[limit - 1][-1]) if len(rows) > limit else None
         return page, next_cursor
+
+    def max_inline_outputs(self, job: JobRecord) -> int:
+        """A row holds far more than a DynamoDB item: ``ROW_JSON_BUDGET`` for both JSONs."""
+        return ROW_JSON_BUDGET - len(json.dumps(job.request, separators=(",", ":")))
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:

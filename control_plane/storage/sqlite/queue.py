@@ -4,6 +4,7 @@
   reads the first rows of a few shards whatever the number of finished jobs.
 - ``markers`` (``shard`` = ``lease#<n>`` | ``ttl#<n>``, ``sk`` = ``<instant_ms>#<job_id>``):
   lease-expiry and queue-TTL markers; the sweep reads only the due ones (``sk < before``).
+  (Key formats: ``storage/queue_keys.py``, shared with the DynamoDB adapter.)
 - ``queue_depth`` (``model``, ``shard``): one counter per queue shard, changed by whoever
   wins a job transition.
 
@@ -15,7 +16,8 @@ and markers against it. Writes join the transaction of an open ``SqliteJobTable.
 
 from __future__ import annotations
 
-from control_plane.storage.protocols import Marker, QueueEntry
+from control_plane.storage.protocols import Marker, QueueEntry, QueueKeys
+from control_plane.storage.queue_keys import QUEUE_KEYS, read_entry
 from control_plane.storage.sqlite.db import Database, translate
 from control_plane.storage.sqlite.jobs import write
 
@@ -98,6 +100,11 @@ class SqliteQueueStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def keys(self) -> QueueKeys:
+        """The key formats, the DynamoDB adapter's (``queue_keys.py``)."""
+        return QUEUE_KEYS
+
     # ------------------------------------------------------------------ queue entries
     def enqueue(self, entry: QueueEntry) -> bool:
         """Write an entry unless the same key holds another token (someone else's enqueue)."""
@@ -119,7 +126,7 @@ class SqliteQueueStore:
                 rows = conn.execute(_HEAD, (shard, limit)).fetchall()
             else:
                 rows = conn.execute(_HEAD_AFTER, (shard, after_sk, limit)).fetchall()
-        return [QueueEntry(*r) for r in rows]
+        return [read_entry(*r) for r in rows]
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
