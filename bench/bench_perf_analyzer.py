@@ -28,12 +28,10 @@ import argparse
 import contextlib
 import csv
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "sdk")]
 
 from bench_runner import configure_runner  # noqa: E402
-from gpufleet import Client  # noqa: E402
+from bench_runner import fleet_stack as runner_stack  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from tests import rig  # noqa: E402
-from tests.helpers.procs import ControlPlaneProc, RunnerProc, start_control_plane  # noqa: E402
+from tests.helpers.procs import ControlPlaneProc, RunnerProc  # noqa: E402
 
 MODEL = "add_sub"
 INSTALL_SCRIPT = ROOT / "scripts" / "install-perf-analyzer.sh"
@@ -148,58 +146,14 @@ def fleet_grpc_port(cp: ControlPlaneProc, requested: int, token: str) -> tuple[i
     return port, ""
 
 
-@contextlib.contextmanager
 def fleet_stack(
     work: Path, docker_host: str | None, poll_s: float, grpc_port: int
-) -> Iterator[tuple[ControlPlaneProc, RunnerProc]]:
-    """Engine, CPU Triton image, embedded control plane (with GPUFLEET_GRPC_PORT), add_sub
-    pushed, one runner (docker backend) with add_sub READY; all stopped by pid at the end."""
-    stop_engine: Callable[[], None] = lambda: None  # noqa: E731
-    if docker_host is None:
-        console.print("bench: getting a Docker engine (a private one when none is reachable)")
-        docker_host, stop_engine = rig.ensure_docker_engine(work / "engine")
-    cp: ControlPlaneProc | None = None
-    runner: RunnerProc | None = None
-    try:
-        image = rig.ensure_triton_image(docker_host)
-        env = {
-            "GPUFLEET_POLL_INTERVAL_S": str(poll_s),
-            "GPUFLEET_GRPC_PORT": str(grpc_port),
-            "GPUFLEET_ACCESS_TOKEN_TTL_S": "3600",
-        }
-        cp = start_control_plane(work / "cp", env)
-        with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as client:
-            client.models.push(rig.MODEL_REPOSITORY / MODEL)
-            join = client.admin.create_join_token(region="default").join_token
-        repository = work / "models"  # add_sub alone: nothing else loads in this Triton
-        shutil.copytree(
-            rig.MODEL_REPOSITORY / MODEL,
-            repository / MODEL,
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        runner = RunnerProc(
-            cp.url, join, work / "runner", docker_host, image, repository, name="gf-bench-pa"
-        )
-        runner.start()
-        t0 = time.perf_counter()
-        runner.wait_ready()
-        console.print(f"bench: runner and Triton ready in {time.perf_counter() - t0:.1f} s")
-        yield cp, runner
-    finally:
-        if runner is not None and runner.running():
-            runner.terminate()
-        if runner is not None:
-            client = rig.docker_client(docker_host)
-            try:
-                for c in client.containers.list(
-                    all=True, filters={"label": f"gpufleet.runner={runner.name}"}
-                ):
-                    c.remove(force=True)
-            finally:
-                client.close()
-        if cp is not None:
-            cp.stop()
-        stop_engine()
+) -> contextlib.AbstractContextManager[tuple[ControlPlaneProc, RunnerProc]]:
+    """bench_runner's stack (embedded SQLite control plane with its gRPC port, one runner),
+    with hour-long access tokens (a perf_analyzer run outlives the default 15 min)."""
+    return runner_stack(
+        work, docker_host, poll_s, "sqlite", grpc_port, {"GPUFLEET_ACCESS_TOKEN_TTL_S": "3600"}
+    )
 
 
 def render(rows: list[Row], measurement_ms: int, stability: int) -> None:

@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -260,7 +260,11 @@ def fleet_stack(
     poll_s: float = 0.2,
     store: str = "sqlite",
     grpc_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[ControlPlaneProc, RunnerProc]]:
+    """Engine, CPU Triton image, embedded control plane (``store``; with its KServe gRPC port
+    when given), add_sub pushed, one runner (docker backend) with add_sub READY; all stopped
+    by pid at the end."""
     stop_engine: Callable[[], None] = lambda: None  # noqa: E731
     if docker_host is None:
         console.print("bench: getting a Docker engine (a private one when none is reachable)")
@@ -273,6 +277,7 @@ def fleet_stack(
         env = {"GPUFLEET_POLL_INTERVAL_S": str(poll_s)}
         if grpc_port is not None:
             env["GPUFLEET_GRPC_PORT"] = str(grpc_port)
+        env.update(extra_env or {})
         cp = start_control_plane(work / "cp", env, store=store)
         with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as client:
             client.models.push(rig.MODEL_REPOSITORY / MODEL)
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                     grpc_direct = f"127.0.0.1:{runner.grpc_port}"
                     grpc_cp = f"127.0.0.1:{grpc_port}"
                     n = args.requests
-                    runs: list[tuple[str, Callable[[], Awaitable[Result]], int]] = [
+                    runs: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]], int]] = [
                         ("direct http", partial(bench_direct, runner.http_port, n, c), 0),
                         (
                             "direct grpc",

@@ -74,7 +74,7 @@ from control_plane.services.dispatch import InferenceFailed
 from control_plane.services.inference import fetch_outputs
 from control_plane.services.principal import Principal
 
-__all__ = ["ROUTES", "JobOutcome", "run_infer"]
+__all__ = ["ROUTES", "JobOutcome", "model_ref", "ready_version", "run_infer"]
 
 log = logging.getLogger(__name__)
 
@@ -159,21 +159,27 @@ async def server_metadata(request: Request) -> Response:
 # --------------------------------------------------------------------------- models
 
 
-def _model_path(request: Request) -> tuple[str, str | None]:
-    name = request.path_params["model"]
-    version = request.path_params.get("version")
+def model_ref(name: str, version: str | None) -> tuple[str, str | None]:
+    """A model name and optional version from a KServe path (HTTP) or request (gRPC);
+    anything that cannot name a model is ``ModelNotFound``, as Triton answers."""
     if not _NAME.match(name):
         raise ModelNotFound(f"model {name!r} not found")
-    if version is not None and not _VERSION.match(version):
+    if version and not _VERSION.match(version):
         raise ModelNotFound(f"model {name!r} has no READY version {version}")
-    return name, version
+    return name, version or None
 
 
-async def _ready_version(request: Request, p: Principal) -> tuple[ModelVersionView, list[str]]:
+def _model_path(request: Request) -> tuple[str, str | None]:
+    return model_ref(request.path_params["model"], request.path_params.get("version"))
+
+
+async def ready_version(
+    svc: Services, p: Principal, name: str, version: str | None
+) -> tuple[ModelVersionView, list[str]]:
     """The pinned (else newest) READY version's view, and every READY version number."""
-    name, version = _model_path(request)
+    name, version = model_ref(name, version)
     try:
-        view = await run_in_threadpool(services(request).models.get, p, name)
+        view = await run_in_threadpool(svc.models.get, p, name)
     except ModelNotFound:
         raise
     except NotFound as exc:
@@ -187,6 +193,11 @@ async def _ready_version(request: Request, p: Principal) -> tuple[ModelVersionVi
     if not numbers:
         raise ModelNotFound(f"model {name!r} has no READY version")
     return ready[numbers[-1]], numbers
+
+
+async def _ready_version(request: Request, p: Principal) -> tuple[ModelVersionView, list[str]]:
+    name, version = _model_path(request)
+    return await ready_version(services(request), p, name, version)
 
 
 async def model_metadata(request: Request) -> Response:

@@ -41,7 +41,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from control_plane.api.context import Services
 from control_plane.api.errors import validation_details
-from control_plane.api.kserve import JobOutcome, run_infer
+from control_plane.api.kserve import JobOutcome, model_ref, ready_version, run_infer
 from control_plane.api.kserve_binary import decode_raw, encode_raw
 from control_plane.api.kserve_wire import (
     EXTENSIONS,
@@ -55,7 +55,6 @@ from control_plane.errors import (
     GpufleetError,
     InvalidRequest,
     ModelNotFound,
-    NotFound,
     RateLimited,
     Unauthorized,
 )
@@ -326,14 +325,6 @@ def to_infer_response(result: V2InferResponse, wanted: Iterable[str]) -> Any:
 # --------------------------------------------------------------------------- servicer
 
 
-def _model_ref(name: str, version: str) -> tuple[str, str | None]:
-    if not _NAME.match(name):
-        raise ModelNotFound(f"model {name!r} not found")
-    if version and not _VERSION.match(version):
-        raise ModelNotFound(f"model {name!r} has no READY version {version}")
-    return name, version or None
-
-
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """``GRPCInferenceService`` on the control plane's services (see the module docstring)."""
 
@@ -351,28 +342,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         scheme, _, token = str(header).partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("expected 'authorization: Bearer <token>' metadata")
-        return await asyncio.to_thread(self._svc.auth.authenticate, token.strip())
+        token = token.strip()
+        remembered = self._svc.auth.signer.remembered(token)  # no thread hop when known
+        if remembered is not None:
+            return remembered
+        return await asyncio.to_thread(self._svc.auth.authenticate, token)
 
     async def _ready_version(
         self, p: Principal, name: str, pinned: str
     ) -> tuple[ModelVersionView, list[str]]:
         """The pinned (else newest) READY version, and every READY version number."""
-        model, version = _model_ref(name, pinned)
-        try:
-            view = await asyncio.to_thread(self._svc.models.get, p, model)
-        except ModelNotFound:
-            raise
-        except NotFound as exc:
-            raise ModelNotFound(exc.message) from exc
-        ready = {v.version: v for v in view.versions if v.state == "READY"}
-        numbers = sorted(ready, key=int)
-        if version is not None:
-            if version not in ready:
-                raise ModelNotFound(f"model {model!r} has no READY version {version}")
-            return ready[version], numbers
-        if not numbers:
-            raise ModelNotFound(f"model {model!r} has no READY version")
-        return ready[numbers[-1]], numbers
+        return await ready_version(self._svc, p, name, pinned)
 
     # ------------------------------------------------------------------ server
     @_rpc
@@ -435,7 +415,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         p = await self._principal(context)
-        model, version = _model_ref(request.model_name, request.model_version)
+        model, version = model_ref(request.model_name, request.model_version)
         req = to_v2_request(request)
         result = await run_infer(self._svc, p, model, version, req, on_submit=self._on_submit)
         return to_infer_response(result, (o.name for o in request.outputs))
