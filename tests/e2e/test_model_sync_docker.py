@@ -163,11 +163,16 @@ async def test_pushed_model_is_synced_into_triton_and_answers_jobs(
         await asyncio.sleep(3)  # a few retries later: still not READY
         assert _state(daemon, "add_sub_bad", bad.version)[0] != "READY"
 
-        runners = await client.runners.list()
-        (view,) = [r for r in runners if r.id == daemon.identity.runner_id]
-        reported = {(m.name, m.version): m for m in view.models}
-        assert reported[("add_sub", "1")].state == "READY"
-        assert reported[("add_sub_bad", bad.version)].state == "UNAVAILABLE"
+        # What the control plane knows comes with the next heartbeat (the infers above were
+        # dispatched over the runner's channel, which does not wait for one).
+        expected = {("add_sub", "1"): "READY", ("add_sub_bad", bad.version): "UNAVAILABLE"}
+        reported: dict[tuple[str, str], str] = {}
+        async with asyncio.timeout(60):
+            while any(reported.get(k) != v for k, v in expected.items()):
+                await asyncio.sleep(0.5)
+                runners = await client.runners.list()
+                (view,) = [r for r in runners if r.id == daemon.identity.runner_id]
+                reported = {(m.name, m.version): m.state for m in view.models}
     finally:
         daemon.request_stop()
         try:
