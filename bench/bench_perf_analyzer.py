@@ -99,7 +99,13 @@ def perf_analyzer(
     if token is not None:  # lower case: gRPC metadata keys must be (HTTP does not care)
         cmd += ["-H", f"authorization:Bearer {token}"]
     timeout = measurement_ms * 14 / 1000 + 120
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # run() killed it; the row says why
+        text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return subprocess.CompletedProcess(
+            cmd, -1, text, f"no stable measurement within {timeout:.0f} s (killed)"
+        )
 
 
 def parse_report(out_csv: Path) -> tuple[float, float, float]:
