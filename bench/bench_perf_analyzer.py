@@ -194,8 +194,8 @@ def render(rows: list[Row], measurement_ms: int, stability: int) -> None:
     console.print(table)
     console.print(
         "direct: perf_analyzer to the Triton container's own ports; fleet: to the control "
-        "plane (bearer token), every request a job: control plane -> runner lease -> Triton "
-        "-> complete -> answer"
+        "plane (bearer token), dispatched in memory: control plane -> runner channel -> "
+        "Triton -> answer on the same call (no job written)"
     )
 
 
