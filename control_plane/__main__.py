@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Coroutine, Iterator
@@ -135,7 +136,7 @@ async def _serve(
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://{host}:{port}"
         if services.stores is not None and not services.settings.public_url:
-            services.stores.set_public_url(url)
+            services.stores.set_public_url(public_url(host, port))
         if grpc_port is not None:
             from control_plane.api.kserve_grpc import KServeGrpcServer
 
@@ -148,6 +149,22 @@ async def _serve(
     finally:
         if grpc is not None:
             await grpc.stop(5.0)
+
+
+def public_url(host: str, port: int) -> str:
+    """The URL the embedded store's blob URLs name when ``GPUFLEET_PUBLIC_URL`` is unset: the
+    listening address, or this host's name when listening on every interface (a client cannot
+    reach ``0.0.0.0``)."""
+    if host in ("0.0.0.0", "::", ""):
+        name = socket.getfqdn()
+        logging.getLogger("control_plane").warning(
+            "listening on all interfaces: blob URLs name http://%s:%d; set GPUFLEET_PUBLIC_URL "
+            "if clients reach this control plane by another name",
+            name,
+            port,
+        )
+        return f"http://{name}:{port}"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]:
