@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -57,7 +58,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from control_plane.errors import (
@@ -69,6 +70,8 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.storage.definitions import BUCKET_LIFECYCLE_DAYS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["BadDigest", "BlobWriter", "Grant", "LocalBlobStore", "OpenedBlob"]
 
@@ -173,6 +176,20 @@ def _decode_b64(value: str | None, size: int, header: str) -> bytes | None:
     return raw
 
 
+def _disk(method: F) -> F:
+    """Disk failures (full, read-only, I/O error) escape as ``Unavailable`` (503), as the
+    BlobStore contract says, never as a raw ``OSError``. Missing objects are handled inside."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except OSError as exc:
+            raise Unavailable(f"blob store: {method.__name__}: {exc}") from exc
+
+    return cast(F, wrapper)
+
+
 class BlobWriter:
     """One PUT body on its way to ``target``: ``write`` chunks, then ``commit`` or ``abort``.
 
@@ -198,6 +215,7 @@ class BlobWriter:
         self.size = 0
         self._done = False
 
+    @_disk
     def write(self, data: bytes) -> None:
         if self._done:
             raise RuntimeError("write after commit/abort")
@@ -209,6 +227,7 @@ class BlobWriter:
         self._md5.update(data)
         self.size += len(data)
 
+    @_disk
     def commit(self) -> str:
         """Check the checksums, make the bytes durable and visible at ``target``; the ETag."""
         if self._done:
@@ -398,6 +417,7 @@ class LocalBlobStore:
         return d
 
     # ------------------------------------------------------------------ serving
+    @_disk
     def open_writer(
         self, grant: Grant, *, sha256_b64: str | None = None, md5_b64: str | None = None
     ) -> BlobWriter:
@@ -426,6 +446,7 @@ class LocalBlobStore:
             target, self.max_object_bytes, sha256=sha256, md5=md5, make_temp=make_temp
         )
 
+    @_disk
     def open_blob(self, key: str) -> OpenedBlob:
         """The object opened for reading; NotFound when it does not exist."""
         path = self._path(key)
@@ -440,6 +461,7 @@ class LocalBlobStore:
         return OpenedBlob(file=f, size=st.st_size, mtime=st.st_mtime)
 
     # ------------------------------------------------------------------ BlobStore
+    @_disk
     def head(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
         try:
@@ -448,6 +470,7 @@ class LocalBlobStore:
             return None
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
+    @_disk
     def sha256_of(self, key: str) -> str | None:
         """sha256 (hex) of the object's bytes, streamed; None when it does not exist."""
         try:
@@ -460,6 +483,7 @@ class LocalBlobStore:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    @_disk
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store a small object atomically."""
         writer = self.open_writer(Grant(op="put", key=key))
@@ -473,18 +497,21 @@ class LocalBlobStore:
     def put_json(self, key: str, doc: Any) -> None:
         self.put_bytes(key, json.dumps(doc, separators=(",", ":")).encode())
 
+    @_disk
     def get_json(self, key: str) -> Any:
         """The JSON document at ``key``; NotFound when missing."""
         blob = self.open_blob(key)
         with blob.file as f:
             return json.loads(f.read())
 
+    @_disk
     def get_bytes(self, key: str, limit: int = 16 * 1024 * 1024) -> bytes:
         """A small object's bytes (at most ``limit``); NotFound when missing."""
         blob = self.open_blob(key)
         with blob.file as f:
             return f.read(limit)
 
+    @_disk
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload; its id."""
         _check_key(key)
@@ -500,6 +527,7 @@ class LocalBlobStore:
         _fsync_dir(d)
         return upload_id
 
+    @_disk
     def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
         """Assemble the parts (ETags in part order). NotFound when the upload is unknown, a
         part is missing or an ETag does not match its part; the upload then stays open."""
@@ -535,6 +563,7 @@ class LocalBlobStore:
         _fsync_dir(target.parent)
         shutil.rmtree(d, ignore_errors=True)
 
+    @_disk
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object whose key starts with ``prefix`` ("" = all of them)."""
         dir_part, _, name_prefix = prefix.rpartition("/")
@@ -565,6 +594,7 @@ class LocalBlobStore:
                 return
             directory = directory.parent
 
+    @_disk
     def ping(self) -> None:
         """Raises Unavailable when the store's directory cannot be used."""
         for d in (self._objects, self._uploads):

@@ -308,3 +308,24 @@ def test_routes_are_in_openapi() -> None:
     ops = next(v for k, v in doc["paths"].items() if k.startswith("/v1/blobs/"))
     assert set(ops) == {"get", "put"}
     assert ops["get"]["security"] == [] and ops["put"]["security"] == []
+
+
+def test_a_disk_failure_is_unavailable_not_a_raw_oserror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full / I/O errors surface as the contract's ``Unavailable`` (503)."""
+    import errno
+
+    from control_plane.errors import Unavailable
+    from control_plane.storage.local_blobs import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "blobs", "http://127.0.0.1:1", b"k" * 32)
+    store.put_bytes("payloads/ok", b"x")
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("control_plane.storage.local_blobs.os.replace", full)
+    with pytest.raises(Unavailable, match="No space left"):
+        store.put_bytes("payloads/new", b"y")
+    assert store.get_bytes("payloads/ok") == b"x"  # what was stored is untouched
