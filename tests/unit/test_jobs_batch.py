@@ -45,7 +45,8 @@ class CountingDatabase(Database):
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Any]:
-        self.transactions += 1
+        if not getattr(self._local, "atomic", False):  # a write inside atomic() joins it
+            self.transactions += 1
         with super().write() as conn:
             yield conn
 

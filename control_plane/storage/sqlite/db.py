@@ -86,8 +86,12 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``)."""
+        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``); inside an
+        :meth:`atomic` block of this thread it joins that block's transaction instead."""
         conn = self.read()
+        if getattr(self._local, "atomic", False):
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -97,6 +101,20 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A unit of work: every :meth:`write` on this thread inside the block is one
+        transaction, committed at the end or rolled back as a whole (nested blocks join)."""
+        if getattr(self._local, "atomic", False):
+            yield
+            return
+        with self.write():
+            self._local.atomic = True
+            try:
+                yield
+            finally:
+                self._local.atomic = False
 
     def ping(self) -> None:
         """Raise ``Unavailable`` when the file cannot be read."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from control_plane.storage.protocols import IdempotencyRecord
 from control_plane.storage.sqlite.db import Database, translate
-from control_plane.storage.sqlite.jobs import write
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS idempotency (
@@ -64,7 +63,7 @@ class SqliteIdempotencyStore:
             rec.expires_at,
             now,
         )
-        with translate("claim idempotency key"), write(self._db) as conn:
+        with translate("claim idempotency key"), self._db.write() as conn:
             if conn.execute(_CLAIM, row).rowcount == 1:
                 conn.execute(_PURGE, (now,))
                 return None

@@ -30,8 +30,6 @@ import base64
 import contextlib
 import functools
 import json
-import sqlite3
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,43 +135,6 @@ _FINISH_QUEUED = _FINISH_QUEUED_UPDATE + _RETURNING
 
 
 ROW_JSON_BUDGET = 8 * 1024 * 1024  # request + inline outputs of one job row
-
-_units = threading.local()  # .open: the connections with an atomic() block open on this thread
-
-
-def _open_units() -> set[int]:
-    found: set[int] | None = getattr(_units, "open", None)
-    if found is None:
-        found = _units.open = set()
-    return found
-
-
-@contextlib.contextmanager
-def write(db: Database) -> Iterator[sqlite3.Connection]:
-    """A write transaction: ``db.write()``, or the one of an ``atomic()`` block open on this
-    thread's connection (which then commits or rolls back as a whole)."""
-    conn = db.read()
-    if id(conn) in _open_units():
-        yield conn
-        return
-    with db.write() as opened:
-        yield opened
-
-
-@contextlib.contextmanager
-def unit_of_work(db: Database) -> Iterator[None]:
-    """Open (or join) the ``atomic()`` block of this thread's connection."""
-    conn = db.read()
-    units = _open_units()
-    if id(conn) in units:
-        yield
-        return
-    with db.write() as opened:
-        units.add(id(opened))
-        try:
-            yield
-        finally:
-            units.discard(id(opened))
 
 
 def _created_key(job: JobRecord) -> str:
@@ -333,13 +294,13 @@ class SqliteJobTable:
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
         row = _new_row(job)
-        with translate("create job"), write(self._db) as conn:
+        with translate("create job"), self._db.write() as conn:
             return conn.execute(_INSERT, row).rowcount == 1
 
     def create_jobs(self, jobs: list[JobRecord]) -> None:
         """Store new jobs with fresh random ids (a batch submit), in one transaction."""
         rows = [_new_row(x) for x in jobs]
-        with translate("create jobs"), write(self._db) as conn:
+        with translate("create jobs"), self._db.write() as conn:
             conn.executemany(_PUT, rows)
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -359,7 +320,7 @@ class SqliteJobTable:
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
         """One write transaction for the writes of this thread inside the block (nests)."""
-        with translate("write a batch"), unit_of_work(self._db):
+        with translate("write a batch"), self._db.atomic():
             yield
 
     def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
@@ -399,7 +360,7 @@ class SqliteJobTable:
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
-        with translate(what), write(self._db) as conn:
+        with translate(what), self._db.write() as conn:
             rows = conn.execute(sql, params).fetchall()
             return _record(rows[0]) if rows else None
 
@@ -463,7 +424,7 @@ class SqliteJobTable:
     ) -> bool:
         """RUNNING -> QUEUED once the lease has expired (the queue entry is written first)."""
         params = (*queue_key, queue_token, job_id, lease_token, expired_before)
-        with translate("requeue job"), write(self._db) as conn:
+        with translate("requeue job"), self._db.write() as conn:
             return conn.execute(_REQUEUE, params).rowcount == 1
 
     def finish_queued(

@@ -19,7 +19,6 @@ from __future__ import annotations
 from control_plane.storage.protocols import Marker, QueueEntry, QueueKeys
 from control_plane.storage.queue_keys import QUEUE_KEYS, read_entry
 from control_plane.storage.sqlite.db import Database, translate
-from control_plane.storage.sqlite.jobs import write
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS queue_entries (
@@ -109,13 +108,13 @@ class SqliteQueueStore:
     def enqueue(self, entry: QueueEntry) -> bool:
         """Write an entry unless the same key holds another token (someone else's enqueue)."""
         row = _entry_row(entry)
-        with translate("enqueue"), write(self._db) as conn:
+        with translate("enqueue"), self._db.write() as conn:
             return conn.execute(_ENQUEUE, row).rowcount == 1
 
     def enqueue_many(self, entries: list[QueueEntry]) -> None:
         """Write fresh entries (new random keys) in one transaction."""
         rows = [_entry_row(e) for e in entries]
-        with translate("enqueue batch"), write(self._db) as conn:
+        with translate("enqueue batch"), self._db.write() as conn:
             conn.executemany(_PUT_ENTRY, rows)
 
     def head(self, shard: str, limit: int, after_sk: str | None = None) -> list[QueueEntry]:
@@ -130,28 +129,28 @@ class SqliteQueueStore:
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
-        with translate("remove queue entry"), write(self._db) as conn:
+        with translate("remove queue entry"), self._db.write() as conn:
             conn.execute(_REMOVE, (shard, sk, token))
 
     # ------------------------------------------------------------------ markers
     def put_marker(self, marker: Marker) -> None:
         row = (marker.shard, marker.sk, marker.job_id, marker.token)
-        with translate("put marker"), write(self._db) as conn:
+        with translate("put marker"), self._db.write() as conn:
             conn.execute(_PUT_MARKER, row)
 
     def put_markers(self, markers: list[Marker]) -> None:
         rows = [(m.shard, m.sk, m.job_id, m.token) for m in markers]
-        with translate("put markers"), write(self._db) as conn:
+        with translate("put markers"), self._db.write() as conn:
             conn.executemany(_PUT_MARKER, rows)
 
     def delete_marker(self, shard: str, sk: str) -> None:
-        with translate("delete marker"), write(self._db) as conn:
+        with translate("delete marker"), self._db.write() as conn:
             conn.execute(_DELETE_MARKER, (shard, sk))
 
     def delete_markers(self, keys: list[tuple[str, str]]) -> None:
         if not keys:
             return
-        with translate("delete markers"), write(self._db) as conn:
+        with translate("delete markers"), self._db.write() as conn:
             conn.executemany(_DELETE_MARKER, list(dict.fromkeys(keys)))
 
     def due_markers(
@@ -171,7 +170,7 @@ class SqliteQueueStore:
         """Atomically add ``delta`` to the counter of one queue shard of ``model``."""
         if delta == 0:
             return
-        with translate("count queue depth"), write(self._db) as conn:
+        with translate("count queue depth"), self._db.write() as conn:
             conn.execute(_ADD_DEPTH, (model, shard, delta))
 
     def depth(self, model: str) -> int:
