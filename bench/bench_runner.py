@@ -121,33 +121,11 @@ async def _drive(
     return latencies, time.perf_counter() - start
 
 
-async def bench_direct(http_port: int, n: int, concurrency: int) -> Result:
-    import tritonclient.http.aio as httpclient
-
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", conn_limit=concurrency)
-
-    async def one(rng: np.random.Generator) -> None:
-        a, b = _case(rng)
-        inputs = []
-        for name, arr in (("INPUT0", a), ("INPUT1", b)):
-            item = httpclient.InferInput(name, list(arr.shape), "FP32")
-            item.set_data_from_numpy(arr)
-            inputs.append(item)
-        result = await client.infer(MODEL, inputs)
-        _check(a, b, result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1"))
-
-    try:
-        await _drive(min(n, 20), concurrency, one)  # warm-up
-        latencies, wall = await _drive(n, concurrency, one)
-    finally:
-        await client.close()
-    return Result("", "direct http", concurrency, latencies, wall)
-
-
 async def bench_kserve_http(
     host_port: str, n: int, concurrency: int, token: str | None, path: str
 ) -> Result:
-    """tritonclient.http (aio) to ``host_port``: Triton itself, or the control plane."""
+    """tritonclient.http (aio) to ``host_port``: Triton itself, or the control plane (same
+    JSON tensors both ways, so the rows compare like for like)."""
     import tritonclient.http.aio as httpclient
 
     client = httpclient.InferenceServerClient(host_port, conn_limit=concurrency)
@@ -413,11 +391,16 @@ def main(argv: list[str] | None = None) -> int:
                 n_jobs = args.job_requests or args.requests
                 for c in levels:
                     console.print(f"bench: {store}, concurrency {c} ...")
+                    http_direct = f"127.0.0.1:{runner.http_port}"
                     grpc_direct = f"127.0.0.1:{runner.grpc_port}"
                     grpc_cp = f"127.0.0.1:{grpc_port}"
                     n = args.requests
                     runs: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]], int]] = [
-                        ("direct http", partial(bench_direct, runner.http_port, n, c), 0),
+                        (
+                            "direct http",
+                            partial(bench_kserve_http, http_direct, n, c, None, "direct http"),
+                            0,
+                        ),
                         (
                             "direct grpc",
                             partial(bench_kserve_grpc, grpc_direct, n, c, None, "direct grpc"),
