@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpufleet import signing
+from gpufleet.channel import pack_frame, unpack_frame
 from gpufleet.wire import OutputRequest, Tensor
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -65,7 +66,8 @@ class DispatchChannel:
         self._models = models
         self._base_url = base_url
         self.connected = False
-        self.served = 0
+        self.served = 0  # answers, passthrough included
+        self.passed_through = 0  # answers to KServe requests passed through untouched
 
     # ------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:
@@ -120,6 +122,7 @@ class DispatchChannel:
                 ({"name": r.name, "version": r.version} for r in refs),
                 key=lambda m: (m["name"], m["version"]),
             ),
+            "raw": sorted(getattr(self._engine, "raw_protocols", ())),
             # Slots the job loop's leased jobs hold are not offered (one limit for both).
             "capacity": max(1, cfg.max_concurrency - len(self._state.inflight)),
             "draining": bool(cfg.drain or self._state.stopping),
@@ -134,11 +137,20 @@ class DispatchChannel:
         try:
             async for frame in ws:
                 received = time.perf_counter()
-                msg = json.loads(frame)
+                body: bytes | None = None
+                if isinstance(frame, bytes):
+                    msg, body = unpack_frame(frame)
+                else:
+                    msg = json.loads(frame)
                 kind = msg.get("type")
                 if kind == "infer":
                     req_id = int(msg["id"])
-                    task = asyncio.create_task(self._handle(ws, msg, received))
+                    handler = (
+                        self._handle(ws, msg, received)
+                        if body is None
+                        else self._handle_raw(ws, msg, body, received)
+                    )
+                    task = asyncio.create_task(handler)
                     tasks[req_id] = task
                     task.add_done_callback(functools.partial(_forget, tasks, req_id))
                 elif kind == "cancel":
@@ -211,8 +223,7 @@ class DispatchChannel:
         except (TensorError, ValueError) as exc:
             reply = {"type": "error", "id": req_id, "code": "invalid_input", "message": str(exc)}
         except InferError as exc:
-            code = "unavailable" if exc.transient else "triton_error"
-            reply = {"type": "error", "id": req_id, "code": code, "message": str(exc)[:4000]}
+            reply = _error_reply(req_id, exc)
         except Exception as exc:
             log.warning("dispatched request %s failed", req_id, exc_info=True)
             reply = {"type": "error", "id": req_id, "code": "runner_error", "message": str(exc)}
@@ -224,6 +235,72 @@ class DispatchChannel:
             reply["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 3)
         with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps(reply, separators=(",", ":")))
+
+    async def _handle_raw(
+        self, ws: ClientConnection, msg: dict[str, Any], body: bytes, received: float
+    ) -> None:
+        """A passthrough request: the caller's KServe bytes to Triton as they are, Triton's
+        answer bytes back in a binary frame (no tensor is decoded here)."""
+        req_id = msg["id"]
+        engine = self._engine
+        self._state.dispatch_inflight += 1
+        frame: str | bytes
+        try:
+            start = time.perf_counter()
+            answer, meta = await engine.infer_raw(  # type: ignore[attr-defined]
+                str(msg.get("protocol")),
+                msg["model"],
+                msg["version"],
+                body,
+                msg,
+                float(msg.get("timeout_s") or 60.0),
+            )
+            done = time.perf_counter()
+            header = {
+                "type": "result",
+                "id": req_id,
+                "runner_id": self._identity.runner_id,
+                "timings": {
+                    "receive_ms": round((start - received) * 1000, 3),
+                    "triton_ms": round((done - start) * 1000, 3),
+                    "total_ms": round((done - received) * 1000, 3),
+                },
+                **meta,
+            }
+            frame = pack_frame(header, answer)
+            self.served += 1
+            self.passed_through += 1
+        except asyncio.CancelledError:
+            raise
+        except InferError as exc:
+            frame = json.dumps(_error_reply(req_id, exc, self._identity.runner_id))
+        except Exception as exc:
+            log.warning("passthrough request %s failed", req_id, exc_info=True)
+            frame = json.dumps(
+                {
+                    "type": "error",
+                    "id": req_id,
+                    "code": "runner_error",
+                    "message": str(exc),
+                    "runner_id": self._identity.runner_id,
+                }
+            )
+        finally:
+            self._state.dispatch_inflight -= 1
+            self._state.slot_freed.set()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(frame)
+
+
+def _error_reply(req_id: Any, exc: InferError, runner_id: str | None = None) -> dict[str, Any]:
+    """The ``error`` frame of a failed inference: Triton unreachable (or the model gone
+    from it) is ``unavailable`` (the caller may retry), a refused request ``invalid_input``."""
+    code = "unavailable" if exc.transient else (exc.code or "triton_error")
+    reply: dict[str, Any] = {"type": "error", "id": req_id, "code": code}
+    reply["message"] = str(exc)[:4000]
+    if runner_id is not None:
+        reply["runner_id"] = runner_id
+    return reply
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], req_id: int, task: asyncio.Task[None]) -> None:

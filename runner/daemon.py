@@ -152,6 +152,7 @@ class Daemon:
                 "connected": self.channel.connected,
                 "in_flight": st.dispatch_inflight,
                 "served": self.channel.served,
+                "passed_through": self.channel.passed_through,
             },
             "last_heartbeat_at": st.last_heartbeat_at,
             "last_error": st.last_error,

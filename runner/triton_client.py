@@ -7,6 +7,8 @@ concurrent (one aio client), so Triton's dynamic batcher sees them together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from typing import Any
 
@@ -20,6 +22,8 @@ from runner.triton_metrics import scrape_triton_metrics
 
 log = logging.getLogger(__name__)
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+GRPC_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # gRPC status codes / error texts that mean "Triton is not there (right now)".
 _TRANSIENT_MARKERS = (
@@ -93,6 +97,11 @@ class TritonClient:
         self._load_timeout_s = load_timeout_s
         self._client: Any = None
         self._http = httpx.AsyncClient(timeout=request_timeout_s)
+        self._http_base = f"http://127.0.0.1:{http_port}"
+        # Passthrough (infer_raw): created on first use, in the loop that uses them.
+        self._raw_session: Any = None
+        self._raw_channel: Any = None
+        self._raw_grpc_call: Any = None
 
     def _triton(self) -> Any:
         if self._client is None:
@@ -197,6 +206,88 @@ class TritonClient:
         )
         return _outputs(result)
 
+    # ------------------------------------------------------------------ passthrough
+    raw_protocols = frozenset({"http", "grpc"})
+
+    async def infer_raw(
+        self,
+        protocol: str,
+        model: str,
+        version: str,
+        body: bytes,
+        meta: dict[str, Any],
+        timeout_s: float,
+    ) -> tuple[bytes, dict[str, Any]]:
+        """A KServe request passed to Triton as it is (see ``RawInferenceEngine``): one
+        persistent HTTP connection pool (aiohttp, as tritonclient.http.aio uses) or gRPC
+        channel, no tensor decoded. Triton's refusals raise InferError: its 400 /
+        INVALID_ARGUMENT with ``code="invalid_input"``, an unknown model / unreachable
+        server as transient."""
+        try:
+            if protocol == "http":
+                return await asyncio.wait_for(self._raw_http(model, version, body, meta), timeout_s)
+            if protocol == "grpc":
+                return await self._raw_grpc(body, timeout_s), {}
+        except asyncio.TimeoutError as exc:
+            raise InferError(f"infer timed out after {timeout_s:g}s", transient=True) from exc
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            raise InferError("call cancelled by a Triton restart", transient=True) from exc
+        except InferError:
+            raise
+        except Exception as exc:
+            raise InferError(_message(exc), transient=_is_transient(exc)) from exc
+        raise InferError(f"unknown passthrough protocol {protocol!r}", code="invalid_input")
+
+    async def _raw_http(
+        self, model: str, version: str, body: bytes, meta: dict[str, Any]
+    ) -> tuple[bytes, dict[str, Any]]:
+        import aiohttp
+
+        if self._raw_session is None:
+            self._raw_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1024, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
+                # No Accept-Encoding: Triton would compress the answer for us to inflate.
+                skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
+                auto_decompress=False,
+            )
+        headers = {"Content-Type": str(meta.get("content_type") or "application/json")}
+        if meta.get("header_length") is not None:
+            headers[HEADER_LENGTH] = str(int(meta["header_length"]))
+        url = f"{self._http_base}/v2/models/{model}/versions/{version}/infer"
+        async with self._raw_session.post(url, data=body, headers=headers) as resp:
+            answer = await resp.read()
+            if resp.status != 200:
+                raise _http_refusal(resp.status, answer)
+            out: dict[str, Any] = {}
+            length = resp.headers.get(HEADER_LENGTH)
+            if length is not None:
+                out["header_length"] = int(length)
+            if resp.content_type and resp.content_type != "application/json":
+                out["content_type"] = resp.content_type
+            return answer, out
+
+    async def _raw_grpc(self, body: bytes, timeout_s: float) -> bytes:
+        import grpc
+
+        if self._raw_grpc_call is None:
+            self._raw_channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{self._grpc_port}",
+                options=[
+                    ("grpc.max_send_message_length", 2**31 - 1),
+                    ("grpc.max_receive_message_length", 2**31 - 1),
+                ],
+            )
+            # No (de)serializers: bytes in, bytes out.
+            self._raw_grpc_call = self._raw_channel.unary_unary(GRPC_INFER_METHOD)
+        try:
+            answer = await self._raw_grpc_call(body, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _grpc_refusal(exc) from exc
+        return bytes(answer)
+
     async def metrics(self) -> dict[str, Any]:
         return await scrape_triton_metrics(self._http, self._metrics_url)
 
@@ -208,10 +299,49 @@ class TritonClient:
                 await client.close()
             except Exception:
                 log.debug("closing tritonclient failed", exc_info=True)
+        session, self._raw_session = self._raw_session, None
+        channel, self._raw_channel = self._raw_channel, None
+        self._raw_grpc_call = None
+        with contextlib.suppress(Exception):
+            if session is not None:
+                await session.close()
+            if channel is not None:
+                await channel.close()
 
     async def aclose(self) -> None:
         await self.reset()
         await self._http.aclose()
+
+
+def _refusal(message: str, *, invalid: bool, missing: bool) -> InferError:
+    return InferError(
+        message or "Triton refused the request",
+        transient=missing,
+        code="invalid_input" if invalid and not missing else None,
+    )
+
+
+def _http_refusal(status: int, body: bytes) -> InferError:
+    """Triton's HTTP error answer (``{"error": "..."}``) as an InferError: 400 is the
+    request's fault, 404 / 503 (model not loaded here any more, server busy) transient."""
+    try:
+        message = str(json.loads(body).get("error") or "")
+    except (ValueError, AttributeError):
+        message = body[:4000].decode("utf-8", "replace")
+    missing = status in (404, 503) or "unknown model" in message
+    return _refusal(message, invalid=status == 400, missing=missing)
+
+
+def _grpc_refusal(exc: Any) -> InferError:
+    """Triton's gRPC error status as an InferError (same split as ``_http_refusal``)."""
+    import grpc
+
+    code = exc.code()
+    message = str(exc.details() or code.name)
+    missing = code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE) or (
+        "unknown model" in message
+    )
+    return _refusal(message, invalid=code == grpc.StatusCode.INVALID_ARGUMENT, missing=missing)
 
 
 def _outputs(result: Any) -> list[Tensor]:

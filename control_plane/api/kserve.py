@@ -40,6 +40,7 @@ from control_plane.api.kserve_binary import (
     HEADER_LENGTH,
     attach_binary_inputs,
     encode_response,
+    header_size,
     split_body,
 )
 from control_plane.api.kserve_wire import (
@@ -70,11 +71,19 @@ from control_plane.errors import (
     RateLimited,
     Unavailable,
 )
-from control_plane.services.dispatch import InferenceFailed
-from control_plane.services.inference import fetch_outputs
+from control_plane.services.dispatch import InferenceFailed, RawRequest
+from control_plane.services.inference import RawAnswer, fetch_outputs
 from control_plane.services.principal import Principal
 
-__all__ = ["ROUTES", "JobOutcome", "model_ref", "ready_version", "run_infer"]
+__all__ = [
+    "ROUTES",
+    "SHARED_MEMORY_MARKER",
+    "JobOutcome",
+    "job_outcome",
+    "model_ref",
+    "ready_version",
+    "run_infer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +255,7 @@ async def run_infer(
             p, job, idempotency_key=idempotency_key, on_submit=on_submit
         )
     except InferenceFailed as exc:
-        raise JobOutcome(exc.code, exc.message, failure_status(exc), exc.details) from exc
+        raise job_outcome(exc) from exc
     outputs = []
     for t in await fetch_outputs(res):  # KServe answers inline: large job outputs fetched
         name, datatype, shape, data = _tensor_fields(t)
@@ -262,11 +271,55 @@ async def run_infer(
     )
 
 
+# Parameters that make Triton read or write its shared memory: never passed through.
+SHARED_MEMORY_MARKER = b"shared_memory_region"
+
+
+def job_outcome(exc: InferenceFailed) -> JobOutcome:
+    """The status to answer for a model's refusal or failure (400 vs 500)."""
+    return JobOutcome(exc.code, exc.message, failure_status(exc), exc.details)
+
+
+async def _passthrough(
+    request: Request, svc: Services, p: Principal, model: str, version: str | None, body: bytes
+) -> RawAnswer | None:
+    """The caller's body straight to a runner and Triton (see services/inference.py), or
+    None when it must be parsed here: no runner connected here passes HTTP through, or the
+    body is compressed or names shared memory (both need a look inside)."""
+    if svc.inference is None or "content-encoding" in request.headers:
+        return None
+    size = header_size(body, request.headers.get(HEADER_LENGTH))
+    if SHARED_MEMORY_MARKER in (body if size is None else body[:size]):
+        return None
+    meta: dict[str, Any] = {}
+    if size is not None:
+        meta["header_length"] = size
+    content_type = request.headers.get("content-type")
+    if content_type:
+        meta["content_type"] = content_type
+    try:
+        return await svc.inference.passthrough(
+            p, model, version, "http", lambda _m, _v: RawRequest("http", body, meta)
+        )
+    except InferenceFailed as exc:
+        raise job_outcome(exc) from exc
+
+
 async def infer(request: Request) -> Response:
     p = principal(request)
     svc = services(request)
     model, version = _model_path(request)
-    doc, blob = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    body = await request.body()
+    if IDEMPOTENCY_HEADER.lower() not in request.headers:
+        answer = await _passthrough(request, svc, p, model, version, body)
+        if answer is not None:
+            length = answer.meta.get("header_length")
+            return Response(
+                answer.body,
+                media_type=answer.meta.get("content_type") or "application/json",
+                headers=None if length is None else {HEADER_LENGTH: str(length)},
+            )
+    doc, blob = split_body(body, request.headers.get(HEADER_LENGTH))
     attach_binary_inputs(doc, blob)
     req = V2InferRequest.model_validate(doc)
     key = request.headers.get(IDEMPOTENCY_HEADER)

@@ -35,6 +35,7 @@ __all__ = [
     "decode_raw",
     "encode_raw",
     "encode_response",
+    "header_size",
     "split_body",
 ]
 
@@ -44,20 +45,29 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 BINARY_PARAMETERS = frozenset({"binary_data", "binary_data_size", "binary_data_output"})
 
 
+def header_size(body: bytes, header_length: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` value checked against ``body`` (None: the
+    whole body is JSON)."""
+    if header_length is None:
+        return None
+    try:
+        size = int(header_length)
+    except ValueError:
+        size = -1
+    if not 0 <= size <= len(body):
+        raise InvalidRequest(
+            f"{HEADER_LENGTH} must be an integer between 0 and the body size ({len(body)})",
+            field=HEADER_LENGTH,
+        )
+    return size
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON inference header (an object) and the binary bytes that follow it."""
-    if header_length is None:
+    size = header_size(body, header_length)
+    if size is None:
         head, rest = body, b""
     else:
-        try:
-            size = int(header_length)
-        except ValueError:
-            size = -1
-        if not 0 <= size <= len(body):
-            raise InvalidRequest(
-                f"{HEADER_LENGTH} must be an integer between 0 and the body size ({len(body)})",
-                field=HEADER_LENGTH,
-            )
         head, rest = body[:size], body[size:]
     try:
         doc = json.loads(head) if head.strip() else None

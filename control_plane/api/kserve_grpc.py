@@ -7,7 +7,9 @@ Each RPC parses the protobuf, calls the same transport-free core as the HTTP rou
 
     ServerLive | ServerReady | ServerMetadata      bearer auth like GET /v2/health/*, GET /v2
     ModelReady | ModelMetadata | ModelConfig       the pinned (else newest) READY version
-    ModelInfer                                     V2InferRequest -> run_infer -> raw outputs
+    ModelInfer                                     passed through to a runner connected here
+                                                   (services/inference.py), else
+                                                   V2InferRequest -> run_infer -> raw outputs
     everything else (stream infer, repository, shared memory, statistics, trace, log)
                                                    UNIMPLEMENTED
 
@@ -41,7 +43,13 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from control_plane.api.context import Services
 from control_plane.api.errors import validation_details
-from control_plane.api.kserve import JobOutcome, model_ref, ready_version, run_infer
+from control_plane.api.kserve import (
+    JobOutcome,
+    job_outcome,
+    model_ref,
+    ready_version,
+    run_infer,
+)
 from control_plane.api.kserve_binary import decode_raw, encode_raw
 from control_plane.api.kserve_wire import (
     EXTENSIONS,
@@ -58,6 +66,7 @@ from control_plane.errors import (
     RateLimited,
     Unauthorized,
 )
+from control_plane.services.dispatch import InferenceFailed, RawRequest
 from control_plane.services.principal import Principal
 
 __all__ = ["STATUS_BY_CODE", "KServeGrpcServer", "grpc_status"]
@@ -416,9 +425,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
+        if self._svc.inference is not None and not _uses_shared_memory(request):
+
+            def build(name: str, resolved: str) -> RawRequest:
+                request.model_name = name
+                request.model_version = resolved
+                return RawRequest("grpc", request.SerializeToString())
+
+            try:
+                answer = await self._svc.inference.passthrough(p, model, version, "grpc", build)
+            except InferenceFailed as exc:
+                raise job_outcome(exc) from exc
+            if answer is not None:
+                return service_pb2.ModelInferResponse.FromString(answer.body)
         req = to_v2_request(request)
         result = await run_infer(self._svc, p, model, version, req, on_submit=self._on_submit)
         return to_infer_response(result, (o.name for o in request.outputs))
+
+
+def _uses_shared_memory(request: Any) -> bool:
+    """Whether an input or output names a shared-memory region (never passed through)."""
+    return any("shared_memory_region" in t.parameters for t in (*request.inputs, *request.outputs))
 
 
 for _name, _why in _UNIMPLEMENTED.items():

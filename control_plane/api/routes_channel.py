@@ -1,12 +1,8 @@
 """The runner channel: ``GET /v1/runners/{runner_id}/channel`` upgraded to a WebSocket.
 
 The upgrade request is HMAC-signed like every runner call (empty body); a bad signature is
-refused with 401 before the upgrade. Frames are JSON text, documented in ``gpufleet.channel``:
-
-    runner → control plane   hello / models {models: [{name, version}], capacity, draining}
-                             result {id, outputs, timings}  |  error {id, code, message}
-    control plane → runner   infer {id, model, version, inputs, outputs, parameters, timeout_s}
-                             cancel {id}
+refused with 401 before the upgrade. Frames (JSON text, binary for passthrough requests) are
+documented in ``gpufleet.channel``.
 
 The channel lives as long as the connection; the dispatcher fails its requests in flight when
 it closes. A revoked runner's channel is closed at the next revocation check
@@ -20,6 +16,7 @@ import contextlib
 import json
 import logging
 
+from gpufleet.channel import unpack_frame
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
@@ -87,9 +84,12 @@ async def channel(ws: WebSocket) -> None:
     await ws.accept()
     lock = asyncio.Lock()
 
-    async def send(text: str) -> None:
+    async def send(frame: str | bytes) -> None:
         async with lock:
-            await ws.send_text(text)
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_text(frame)
 
     ch = Channel(runner_id=runner_id, send=send)
     dispatcher.attach(ch)
@@ -99,21 +99,30 @@ async def channel(ws: WebSocket) -> None:
     log.info("runner %s connected its channel", runner_id)
     try:
         while True:
-            text = await ws.receive_text()
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
             try:
-                msg = json.loads(text)
+                data = message.get("bytes")
+                if data is not None:
+                    msg, body = unpack_frame(data)
+                    msg["body"] = body
+                else:
+                    msg = json.loads(message.get("text") or "")
             except ValueError:
-                log.warning("runner %s sent a frame that is not JSON", runner_id)
+                log.warning("runner %s sent a malformed frame", runner_id)
                 continue
             kind = msg.get("type")
             if kind in ("result", "error"):
                 dispatcher.resolve(ch, msg)
             elif kind in ("hello", "models"):
+                raw = msg.get("raw")
                 dispatcher.update(
                     ch,
                     _models(msg),
                     int(msg.get("capacity") or 1),
                     bool(msg.get("draining", False)),
+                    frozenset(str(r) for r in raw) if isinstance(raw, list) else frozenset(),
                 )
     except (WebSocketDisconnect, RuntimeError):
         pass

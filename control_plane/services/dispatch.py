@@ -15,7 +15,18 @@ Semantics are Triton's own, per attempt:
 - no runner connected here for the version → :meth:`Dispatcher.routable` is False and the caller
   takes the durable job path instead (another replica's runners, or Lambda).
 
-Channel frames are JSON text (``gpufleet.channel`` documents them). Everything here runs on the
+Two request forms, per call:
+- **passthrough** (``RawRequest``): the caller's KServe v2 body, untouched (HTTP JSON or binary
+  tensors, or a serialized gRPC ``ModelInferRequest``), goes to the runner in one binary frame;
+  the runner hands it to Triton as it is and returns Triton's answer bytes the same way. The
+  control plane parses no tensor and Triton validates the request (its 400 names the input):
+  what a reverse proxy does, and what keeps a dispatched request within about a millisecond
+  of calling Triton directly. Only runners that advertise the protocol (``raw`` in their
+  ``hello``) take these.
+- **structured** (a JSON-able dict of ``inputs``/``outputs``/``parameters``): v1 tensors,
+  validated by the control plane, sent as a JSON text frame; any runner takes these.
+
+Frames are described in ``gpufleet.channel``. Everything here runs on the
 event loop of the replica; there is no locking.
 """
 
@@ -32,11 +43,25 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpufleet.channel import pack_frame
+
 from control_plane.errors import GpufleetError, RateLimited, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, str]  # (model, version)
+PASSTHROUGH_PROTOCOLS = frozenset({"http", "grpc"})
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """A KServe request passed through untouched: ``protocol`` "http" (the HTTP body, JSON or
+    with binary tensors; ``meta`` carries the forwarded headers) or "grpc" (a serialized
+    ``ModelInferRequest``)."""
+
+    protocol: str
+    body: bytes
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class InferenceFailed(GpufleetError):
@@ -56,9 +81,11 @@ class Channel:
     """One connected runner as the dispatcher sees it."""
 
     runner_id: str
-    send: Callable[[str], Awaitable[None]]
+    send: Callable[[str | bytes], Awaitable[None]]
     capacity: int = 1
     models: frozenset[ModelKey] = frozenset()
+    # KServe protocols the runner passes through to Triton as they are ("http", "grpc").
+    raw: frozenset[str] = frozenset()
     inflight: int = 0
     draining: bool = False
     closed: bool = False
@@ -85,7 +112,8 @@ class Dispatcher:
         self._monotonic = monotonic
         self._channels: set[Channel] = set()
         self._by_model: dict[ModelKey, list[Channel]] = {}
-        self._waiters: dict[ModelKey, deque[asyncio.Future[Channel]]] = {}
+        # Per version, FIFO: (future granted a channel, the passthrough protocol it needs).
+        self._waiters: dict[ModelKey, deque[tuple[asyncio.Future[Channel], str | None]]] = {}
         self._ids = itertools.count(1)
         self.on_result: list[Callable[[str, str, str, float], None]] = []
         # (model, the runner's stage timings in ms: receive, triton, total) per answer
@@ -102,12 +130,15 @@ class Dispatcher:
         models: frozenset[ModelKey],
         capacity: int,
         draining: bool = False,
+        raw: frozenset[str] | None = None,
     ) -> None:
         """What the runner said it serves now (``hello``/``models`` frames)."""
         before = channel.models
         channel.models = models
         channel.capacity = max(1, capacity)
         channel.draining = draining
+        if raw is not None:
+            channel.raw = raw & PASSTHROUGH_PROTOCOLS
         self._index()
         self._settle(before | models)  # new slots to waiters; waiters of dropped versions fail
 
@@ -132,9 +163,13 @@ class Dispatcher:
                 by_model.setdefault(key, []).append(ch)
         self._by_model = by_model
 
-    def routable(self, model: str, version: str) -> bool:
-        """A runner connected to this replica serves ``model`` ``version``."""
-        return bool(self._by_model.get((model, version)))
+    def routable(self, model: str, version: str, raw: str | None = None) -> bool:
+        """A runner connected to this replica serves ``model`` ``version`` (and, with
+        ``raw``, passes that KServe protocol through)."""
+        channels = self._by_model.get((model, version))
+        if not channels:
+            return False
+        return raw is None or any(raw in ch.raw for ch in channels)
 
     def channels(self) -> list[Channel]:
         return list(self._channels)
@@ -148,10 +183,10 @@ class Dispatcher:
     # the channel, slot counted) → sends; or → expired (429) / failed (503: nobody serves the
     # version) / cancelled (removed; a slot granted meanwhile goes to the next waiter).
 
-    def _pick(self, key: ModelKey) -> Channel | None:
+    def _pick(self, key: ModelKey, raw: str | None = None) -> Channel | None:
         best: Channel | None = None
         for ch in self._by_model.get(key, ()):
-            if ch.inflight >= ch.capacity:
+            if ch.inflight >= ch.capacity or (raw is not None and raw not in ch.raw):
                 continue
             # Least loaded; among equals the one that answered least (spreads sequential
             # callers over the runners instead of always the first).
@@ -168,20 +203,28 @@ class Dispatcher:
                 continue
             if not self._by_model.get(key):
                 while waiters:
-                    fut = waiters.popleft()
+                    fut, _ = waiters.popleft()
                     if not fut.done():
                         fut.set_exception(
                             Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
                         )
                 continue
+            # FIFO; a waiter for a passthrough protocol no free runner speaks lets the ones
+            # behind it go first (fleets mix runner versions only while upgrading).
+            kept: list[tuple[asyncio.Future[Channel], str | None]] = []
             while waiters:
-                ch = self._pick(key)
+                fut, raw = waiters.popleft()
+                if fut.done():
+                    continue
+                ch = self._pick(key, raw)
                 if ch is None:
-                    break
-                fut = waiters.popleft()
-                if not fut.done():
-                    ch.inflight += 1
-                    fut.set_result(ch)
+                    kept.append((fut, raw))
+                    if raw is None:
+                        break  # no free slot at all
+                    continue
+                ch.inflight += 1
+                fut.set_result(ch)
+            waiters.extendleft(reversed(kept))
 
     def _release(self, ch: Channel, key: ModelKey) -> None:
         """One request on ``ch`` is over: its slot goes to a waiter of a version ``ch`` serves."""
@@ -189,14 +232,14 @@ class Dispatcher:
         if not ch.closed:
             self._settle((key, *ch.models))
 
-    async def _slot(self, key: ModelKey, deadline: float) -> Channel:
+    async def _slot(self, key: ModelKey, deadline: float, raw: str | None = None) -> Channel:
         """A channel with a slot reserved for this request: at once when nobody waits before
         us, else in FIFO order until ``deadline`` (then ``RateLimited``)."""
-        if not self._by_model.get(key):
+        if not self.routable(key[0], key[1], raw):
             raise Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
         waiters = self._waiters.setdefault(key, deque())
         if not waiters:
-            ch = self._pick(key)
+            ch = self._pick(key, raw)
             if ch is not None:
                 ch.inflight += 1
                 return ch
@@ -215,7 +258,8 @@ class Dispatcher:
                     )
                 )
 
-        waiters.append(fut)
+        entry = (fut, raw)
+        waiters.append(entry)
         timer = loop.call_later(max(0.0, deadline - self._monotonic()), expire)
         try:
             return await fut
@@ -225,36 +269,45 @@ class Dispatcher:
             raise
         finally:
             timer.cancel()
-            if fut in waiters:
-                waiters.remove(fut)
+            if entry in waiters:
+                waiters.remove(entry)
 
     # ------------------------------------------------------------------ requests
     async def infer(
-        self, model: str, version: str, request: dict[str, Any], timeout_s: float
+        self,
+        model: str,
+        version: str,
+        request: dict[str, Any] | RawRequest,
+        timeout_s: float,
     ) -> dict[str, Any]:
         """Send one inference to a runner and return its ``result`` frame.
 
-        ``request`` holds ``inputs``, ``outputs``, ``parameters`` (JSON-able). Raises
-        ``Unavailable`` (runner gone), ``RateLimited`` (all busy), ``Timeout``, or
-        ``InferenceFailed`` (the runner's error)."""
+        ``request``: a structured request (``inputs``, ``outputs``, ``parameters``, JSON-able)
+        or a :class:`RawRequest` passed through (then the result's ``body`` holds Triton's
+        answer bytes). Raises ``Unavailable`` (runner gone), ``RateLimited`` (all busy),
+        ``Timeout``, or ``InferenceFailed`` (the runner's or Triton's error)."""
         key = (model, version)
+        raw = request if isinstance(request, RawRequest) else None
         start = self._monotonic()
         deadline = start + timeout_s
-        ch = await self._slot(key, min(deadline, start + self.queue_wait_s))
+        ch = await self._slot(
+            key, min(deadline, start + self.queue_wait_s), raw.protocol if raw else None
+        )
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         ch.pending[req_id] = fut
-        frame = json.dumps(
-            {
-                "type": "infer",
-                "id": req_id,
-                "model": model,
-                "version": version,
-                "timeout_s": timeout_s,
-                **request,
-            },
-            separators=(",", ":"),
-        )
+        head = {
+            "type": "infer",
+            "id": req_id,
+            "model": model,
+            "version": version,
+            "timeout_s": timeout_s,
+        }
+        frame: str | bytes
+        if isinstance(request, RawRequest):
+            frame = pack_frame({**head, "protocol": request.protocol, **request.meta}, request.body)
+        else:
+            frame = json.dumps({**head, **request}, separators=(",", ":"))
         outcome = "error"
         try:
             try:

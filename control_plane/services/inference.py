@@ -3,6 +3,11 @@ and ``POST /v1/models/{model}/infer``.
 
 Two paths, chosen per call:
 
+0. **passthrough** (:meth:`InferenceService.passthrough`, KServe HTTP and gRPC): the dispatch
+   path below with the caller's KServe bytes handed to the runner and Triton untouched (no
+   tensor is parsed here; Triton validates). Taken when a runner connected here serves the
+   version and speaks the protocol; otherwise the caller parses the request and calls
+   :meth:`InferenceService.infer`.
 1. **dispatch** (services/dispatch.py): a runner connected to this replica serves the READY
    version → the request goes to it in memory and the answer comes back on the same call. No
    table is written; Triton's semantics (at most once per attempt; 503 when the runner is
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +35,18 @@ from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.errors import Timeout, Unavailable
-from control_plane.services.dispatch import Dispatcher, InferenceFailed
+from control_plane.services.dispatch import Dispatcher, InferenceFailed, RawRequest
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
 
-__all__ = ["InferResult", "InferenceFailed", "InferenceService", "fetch_outputs"]
+__all__ = [
+    "InferResult",
+    "InferenceFailed",
+    "InferenceService",
+    "RawAnswer",
+    "RawRequest",
+    "fetch_outputs",
+]
 
 
 @dataclass
@@ -50,6 +63,20 @@ class InferResult:
     # Large job outputs stay in the bucket: a presigned URL instead of ``outputs`` (the
     # caller decides whether to fetch them: KServe must answer inline, v1 hands the URL on).
     outputs_url: str | None = None
+
+
+_ANSWER_META = ("header_length", "content_type", "content_encoding")
+
+
+@dataclass
+class RawAnswer:
+    """Triton's answer to a passthrough request: its bytes and how to frame them."""
+
+    model: str
+    version: str
+    body: bytes
+    meta: dict[str, Any]  # header_length, content_type, content_encoding (HTTP)
+    runner_id: str | None = None
 
 
 class InferenceService:
@@ -101,6 +128,36 @@ class InferenceService:
                     timings=msg.get("timings"),
                 )
         return await self._durable(p, req, wait_s, idempotency_key, on_submit)
+
+    async def passthrough(
+        self,
+        p: Principal,
+        model: str,
+        version: str | None,
+        protocol: str,
+        build: Callable[[str, str], RawRequest],
+    ) -> RawAnswer | None:
+        """Send a KServe request untouched to a runner connected here that serves the READY
+        version and passes ``protocol`` through; None when there is none (the caller then
+        parses the request and calls :meth:`infer`). ``build(model, version)`` makes the
+        request once the version is resolved (gRPC names it in the message)."""
+        d = self.dispatch
+        if d is None:
+            return None
+        rec = self._jobs.ready_target(p, model, version, cached_only=True)
+        if rec is None:
+            rec = await run_in_threadpool(self._jobs.ready_target, p, model, version)
+        if not d.routable(rec.name, rec.version, protocol):
+            return None
+        request = build(rec.name, rec.version)
+        msg = await d.infer(rec.name, rec.version, request, self._settings.infer_wait_s)
+        return RawAnswer(
+            model=rec.name,
+            version=rec.version,
+            body=msg.get("body") or b"",
+            meta={k: msg[k] for k in _ANSWER_META if msg.get(k) is not None},
+            runner_id=msg.get("runner_id"),
+        )
 
     # ------------------------------------------------------------------ durable path
     async def _durable(

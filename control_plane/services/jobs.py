@@ -249,25 +249,34 @@ class JobService:
         )
         return rec
 
+    def ready_target(
+        self, p: Principal, model: str, version: str | None, *, cached_only: bool = False
+    ) -> ModelVersionRecord | None:
+        """The READY version a synchronous inference of ``model`` runs on (the pinned
+        ``version``, else the newest), for a caller allowed to submit. ``cached_only``: None
+        instead of a storage read when this replica has no fresh record (the caller then asks
+        again off the event loop)."""
+        p.require("jobs:write")
+        hit = self._ready_cache.get((p.tenant, p.is_admin, model, version))
+        if (
+            hit is not None
+            and hit[1] == self._models.generation
+            and time.monotonic() - hit[0] < MODEL_CACHE_S
+        ):
+            return hit[2]
+        if cached_only:
+            return None
+        return self._ready_record(p, model, version)
+
     def infer_target(
         self, p: Principal, req: JobRequest, *, cached_only: bool = False
     ) -> ModelVersionRecord | None:
         """The READY version a synchronous inference of ``req`` runs on, its tensors checked
         as a submit checks them. ``cached_only``: None instead of a storage read when this
         replica has no fresh record (the caller then asks again off the event loop)."""
-        p.require("jobs:write")
-        key = (p.tenant, p.is_admin, req.model, req.model_version)
-        hit = self._ready_cache.get(key)
-        if (
-            hit is not None
-            and hit[1] == self._models.generation
-            and time.monotonic() - hit[0] < MODEL_CACHE_S
-        ):
-            rec = hit[2]
-        elif cached_only:
+        rec = self.ready_target(p, req.model, req.model_version, cached_only=cached_only)
+        if rec is None:
             return None
-        else:
-            rec = self._ready_record(p, req.model, req.model_version)
         validate_tensors(
             req.inputs,
             req.outputs,

@@ -24,11 +24,33 @@ class BackendError(Exception):
 
 
 class InferError(Exception):
-    """An inference failed with Triton's message."""
+    """An inference failed with Triton's message. ``code`` names a refusal of the request
+    itself ("invalid_input": Triton's 400 / INVALID_ARGUMENT) when known."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, code: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.code = code
+
+
+class RawInferenceEngine(Protocol):
+    """An engine that also passes KServe requests through untouched (the dispatch channel's
+    binary frames): ``protocol`` "http" (``body`` is the HTTP body, ``meta`` its
+    ``header_length``/``content_type``) or "grpc" (a serialized ``ModelInferRequest``).
+    Returns Triton's answer bytes and, for HTTP, their ``header_length``/``content_type``;
+    raises InferError like ``infer``."""
+
+    raw_protocols: frozenset[str]
+
+    async def infer_raw(
+        self,
+        protocol: str,
+        model: str,
+        version: str,
+        body: bytes,
+        meta: dict[str, Any],
+        timeout_s: float,
+    ) -> tuple[bytes, dict[str, Any]]: ...
 
 
 class InferenceEngine(Protocol):

@@ -131,6 +131,11 @@ def served(runners: list[RunnerProc]) -> int:
     return sum(int(r.status()["dispatch"]["served"]) for r in runners if r.running())
 
 
+def passed_through(runners: list[RunnerProc]) -> int:
+    """Answers the runners gave by handing the caller's KServe bytes to Triton untouched."""
+    return sum(int(r.status()["dispatch"]["passed_through"]) for r in runners if r.running())
+
+
 @dataclass
 class DockerFleet:
     cp: ControlPlaneProc
@@ -228,6 +233,7 @@ def test_tritonclient_http_json_and_binary_through_dispatch(docker_fleet: Docker
 
     routed(docker_fleet)
     before = served(docker_fleet.runners)
+    raw_before = passed_through(docker_fleet.runners)
     client = httpclient.InferenceServerClient(url=docker_fleet.host_port, network_timeout=60)
     try:
         for binary in (False, True):
@@ -246,6 +252,22 @@ def test_tritonclient_http_json_and_binary_through_dispatch(docker_fleet: Docker
                 check_add_sub(a, b, res.as_numpy("OUTPUT0"), res.as_numpy("OUTPUT1"))
                 assert "job_id" not in (res.get_response().get("parameters") or {})
         assert served(docker_fleet.runners) == before + 6  # all six ran over a channel
+        # ... as passthrough: the control plane parsed no tensor, Triton got the bytes
+        assert passed_through(docker_fleet.runners) == raw_before + 6
+
+        # Triton validates a passed-through request: its 400 (naming the input) comes back
+        # as a 400, not a 5xx, and nothing is retried or queued.
+        a, b = cases(1, seed=8)[0]
+        wrong = [
+            httpclient.InferInput("INPUT0", [a.shape[0], 3], "FP32"),
+            httpclient.InferInput("INPUT1", list(b.shape), "FP32"),
+        ]
+        wrong[0].set_data_from_numpy(a[:, :3].copy(), binary_data=True)
+        wrong[1].set_data_from_numpy(b, binary_data=True)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(MODEL, wrong, headers=docker_fleet.admin)
+        assert refused.value.status() == "400"
+        assert "INPUT0" in str(refused.value.message())
 
         a, b = cases(1, seed=9)[0]
         inputs = [httpclient.InferInput(n, list(a.shape), "FP32") for n in ("INPUT0", "INPUT1")]
@@ -270,6 +292,7 @@ def test_tritonclient_grpc_raw_and_typed_contents_through_dispatch(
 
     routed(docker_fleet)
     before = served(docker_fleet.runners)
+    raw_before = passed_through(docker_fleet.runners)
     target = f"127.0.0.1:{docker_fleet.grpc_port}"
     metadata = {"authorization": docker_fleet.admin["Authorization"]}
     client = grpcclient.InferenceServerClient(url=target)
@@ -286,6 +309,14 @@ def test_tritonclient_grpc_raw_and_typed_contents_through_dispatch(
         with pytest.raises(InferenceServerException) as info:
             client.infer(MODEL, inputs, client_timeout=60)  # no token
         assert "UNAUTHENTICATED" in str(info.value.status())
+        assert passed_through(docker_fleet.runners) == raw_before + 3
+        # Triton's own refusal of a passed-through request: INVALID_ARGUMENT, its message
+        wrong = [grpcclient.InferInput("INPUT0", [a.shape[0], 3], "FP32"), inputs[1]]
+        wrong[0].set_data_from_numpy(a[:, :3].copy())
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(MODEL, wrong, headers=metadata, client_timeout=60)
+        assert "INVALID_ARGUMENT" in str(refused.value.status())
+        assert "INPUT0" in str(refused.value.message())
     finally:
         client.close()
 

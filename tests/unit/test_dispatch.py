@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from gpufleet.channel import pack_frame, unpack_frame
 
 from control_plane.errors import RateLimited, Timeout, Unavailable
-from control_plane.services.dispatch import Channel, Dispatcher, InferenceFailed
+from control_plane.services.dispatch import Channel, Dispatcher, InferenceFailed, RawRequest
 
 MODEL, VERSION = "add_sub", "1"
 KEY = (MODEL, VERSION)
@@ -36,10 +37,14 @@ class FakeRunner:
         self.fail = fail
         self.channel = Channel(runner_id=runner_id, send=self.send)
 
-    async def send(self, text: str) -> None:
+    async def send(self, data: str | bytes) -> None:
         if self.fail is not None:
             raise self.fail
-        frame = json.loads(text)
+        if isinstance(data, bytes):  # passthrough: the JSON header, the raw body after it
+            frame, body = unpack_frame(data)
+            frame["body"] = body
+        else:
+            frame = json.loads(data)
         self.sent.append(frame)
         if frame["type"] == "infer":
             assert self.channel.inflight <= self.channel.capacity, "over capacity"
@@ -496,3 +501,75 @@ async def test_waiters_fail_at_once_when_nobody_serves_the_model_any_more(change
     r.answer(r.infers()[0])
     await finished(busy)
     idle(d)
+
+
+# --------------------------------------------------------------------------- passthrough
+
+
+def raw_call(d: Dispatcher, body: bytes, protocol: str = "http") -> asyncio.Task[dict[str, Any]]:
+    req = RawRequest(protocol, body, {"header_length": 2})
+    return asyncio.create_task(d.infer(MODEL, VERSION, req, 10.0))
+
+
+async def test_passthrough_goes_only_to_runners_that_speak_the_protocol() -> None:
+    d = Dispatcher()
+    plain = connect(d, "plain", capacity=4)
+    raw = connect(d, "raw", capacity=4)
+    d.update(raw.channel, frozenset({KEY}), 4, raw=frozenset({"http", "bogus"}))
+    assert raw.channel.raw == {"http"}  # unknown protocols are ignored
+    assert d.routable(MODEL, VERSION, "http") and not d.routable(MODEL, VERSION, "grpc")
+    assert d.routable(MODEL, VERSION)
+
+    body = b"{}" + bytes(range(256))  # JSON header + binary tensor bytes, untouched
+    tasks = [raw_call(d, body) for _ in range(3)]
+    await settle()
+    assert not plain.infers()
+    frames = raw.infers()
+    assert len(frames) == 3
+    assert all(f["body"] == body and f["protocol"] == "http" for f in frames)
+    assert all(f["header_length"] == 2 and "inputs" not in f for f in frames)
+    for f in frames:
+        raw.answer(f, type="result", body=b"answer", content_type="application/json")
+    assert [(await finished(t))["body"] for t in tasks] == [b"answer"] * 3
+
+    with pytest.raises(Unavailable):  # nobody here passes gRPC through: never sent
+        await d.infer(MODEL, VERSION, RawRequest("grpc", b"x"), 1.0)
+    idle(d)
+
+
+async def test_a_passthrough_waiter_lets_waiters_any_runner_can_take_go_first() -> None:
+    d = Dispatcher(queue_wait_s=5.0)
+    plain = connect(d, "plain", capacity=1)
+    raw = connect(d, "raw", capacity=1)
+    d.update(raw.channel, frozenset({KEY}), 1, raw=frozenset({"http"}))
+    r1 = raw_call(d, b"r1")
+    s1 = call(d, 1)
+    await settle()
+    assert len(raw.infers()) == 1 and len(plain.infers()) == 1  # both full
+    r2 = raw_call(d, b"r2")  # waits for "raw" only
+    s2 = call(d, 2)  # queued behind r2, any runner will do
+    await settle()
+    plain.answer(plain.infers()[0])  # frees "plain": r2 cannot use it, s2 can
+    await finished(s1)
+    await settle()
+    assert [f["parameters"]["n"] for f in plain.infers()] == [1, 2]
+    assert not r2.done()
+    raw.answer(raw.infers()[0], type="result", body=b"a1")
+    assert (await finished(r1))["body"] == b"a1"
+    await settle()
+    assert raw.infers()[-1]["body"] == b"r2"
+    raw.answer(raw.infers()[-1], type="result", body=b"a2")
+    plain.answer(plain.infers()[-1])
+    assert (await finished(r2))["body"] == b"a2"
+    await finished(s2)
+    idle(d)
+
+
+def test_binary_frames_round_trip_and_malformed_ones_are_refused() -> None:
+    header = {"type": "infer", "id": 7, "protocol": "grpc"}
+    body = bytes(range(256)) * 3
+    assert unpack_frame(pack_frame(header, body)) == (header, body)
+    assert unpack_frame(pack_frame(header)) == (header, b"")
+    for bad in (b"", b"\x00\x00", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]"):
+        with pytest.raises(ValueError):
+            unpack_frame(bad)

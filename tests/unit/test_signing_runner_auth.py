@@ -152,7 +152,8 @@ def test_runner_header_must_match_path(svc: Any) -> None:
         call(service, h)
 
 
-@pytest.mark.parametrize("skew", [-301, 301, -10_000])
+# A minute past the 300 s window both ways: a loaded machine may take seconds to verify.
+@pytest.mark.parametrize("skew", [-360, 360, -10_000])
 def test_stale_or_future_timestamp_rejected(svc: Any, skew: int) -> None:
     service, _, _ = svc
     h = signing.sign_headers("run_1", SECRET, "POST", PATH, body=b"{}", now=time.time() + skew)
