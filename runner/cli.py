@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 import yaml
+from gpufleet.tls import TlsSettingError, client_context
 from gpufleet.wire import RunnerConfigPatch, RunnerView, TokenPair, TokenRequest
 from pydantic import ValidationError
 from rich.console import Console
@@ -168,6 +169,9 @@ def start(
 
     try:
         code = run_fast(main())
+    except TlsSettingError as exc:
+        logging.getLogger("runner").error("invalid TLS settings: %s", exc)
+        code = 2
     except BackendError as exc:
         logging.getLogger("runner").error("Triton could not be started: %s", exc)
         code = 1
@@ -287,7 +291,12 @@ def set_config(
             )
             raise typer.Exit(2)
         runner_id = creds.runner_id
-    with httpx.Client(base_url=base, timeout=15) as http:
+    try:
+        verify = client_context(settings.tls_options())
+    except TlsSettingError as exc:
+        console.print(f"[red]invalid TLS settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with httpx.Client(base_url=base, timeout=15, verify=verify) as http:
         resp = http.post("/v1/auth/token", content=TokenRequest(api_key=api_key).model_dump_json())
         _check(resp)
         token = TokenPair.model_validate_json(resp.content).access_token
