@@ -254,7 +254,8 @@ def explain(url: str, exc: BaseException, names: SettingNames = SDK_NAMES) -> st
     for cause in _chain(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = cause.verify_message or str(cause)
-            if cause.verify_code == 62 or "hostname mismatch" in reason.lower():  # name
+            # 62/64: X509_V_ERR_HOSTNAME_MISMATCH / X509_V_ERR_IP_ADDRESS_MISMATCH
+            if cause.verify_code in (62, 64) or "mismatch" in reason.lower():
                 return (
                     f"TLS: the certificate of {url} is not valid for that host name "
                     f"({reason}); reach the control plane by a name its certificate lists"
@@ -265,10 +266,10 @@ def explain(url: str, exc: BaseException, names: SettingNames = SDK_NAMES) -> st
             )
     for cause in _chain(exc):
         if isinstance(cause, ssl.SSLError):
-            if "CERTIFICATE_REQUIRED" in str(cause).upper():
-                return (
-                    f"TLS: {url} requires a client certificate; set {names.client_cert} "
-                    f"and {names.client_key}"
-                )
-            return f"TLS handshake with {url} failed: {cause}"
+            # A server requiring a client certificate rejects the handshake after it
+            # completed on the client's side (TLS 1.3): all the client sees is a failed read.
+            return (
+                f"TLS handshake with {url} failed ({cause}); if it requires a client "
+                f"certificate (mutual TLS), set {names.client_cert} and {names.client_key}"
+            )
     return None
