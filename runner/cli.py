@@ -69,6 +69,9 @@ def configure(
     model_repository: Annotated[str | None, typer.Option(help="Local model repository.")] = None,
     state_dir: Annotated[str | None, typer.Option(help="Credentials and logs directory.")] = None,
     status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option(help="CA certificate(s) of a private-CA control plane (PEM).")
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="No prompts: flags and defaults.")
     ] = False,
@@ -110,8 +113,10 @@ def configure(
             )
             if answer != "":
                 values[key] = answer
-    for key in ("state_dir", "model_repository"):
-        if key in values:
+    if ca_bundle is not None:  # a flag only (no prompt: most control planes need none)
+        values["ca_bundle"] = ca_bundle
+    for key in ("state_dir", "model_repository", "ca_bundle"):
+        if key in values and values[key] is not None:
             values[key] = str(values[key])
     values = {k: v for k, v in values.items() if v is not None}
     try:  # validate what is written (env ignored: check the file's own values)
@@ -141,10 +146,14 @@ def start(
     state_dir: Annotated[str | None, typer.Option(help="State directory.")] = None,
     status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
     log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option(help="CA certificate(s) of a private-CA control plane (PEM).")
+    ] = None,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
     settings = _settings(
         config,
+        ca_bundle=ca_bundle,
         control_plane_url=control_plane_url,
         join_token=join_token,
         backend=backend,
