@@ -184,7 +184,7 @@ def test_cli_login_stores_the_ca_bundle(cp: ControlPlaneProc, pki: Pki, tmp_path
         app, ["--no-tls-verify", "--url", "https://fleet.example.com", "--api-key", "gf_x",
               "models", "list"],
     )  # fmt: skip
-    assert result.exit_code != 0 and "GPUFLEET_TLS_INSECURE_REMOTE" in result.output
+    assert result.exit_code == 2 and "GPUFLEET_TLS_INSECURE_REMOTE" in result.output
 
 
 # --------------------------------------------------------------------------- gRPC
