@@ -520,3 +520,16 @@ def test_serve_refuses_a_missing_key_file(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "--tls-key" in out.stderr and "missing.key" in out.stderr
+
+
+def test_runner_warns_at_start_when_verification_is_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _runner_settings(
+        "https://127.0.0.1:1", "gfj_" + "x" * 20, tmp_path, tls_verify=False
+    )
+    with caplog.at_level(logging.WARNING, logger="gpufleet.tls"):
+        daemon = Daemon(settings, MockBackend(REPO), gpus=GpuReader())
+    asyncio.run(daemon.client.aclose())
+    assert "verification is OFF for https://127.0.0.1:1" in caplog.text
+    assert "GPUFLEET_RUNNER_TLS_VERIFY" in caplog.text
