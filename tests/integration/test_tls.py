@@ -215,13 +215,20 @@ def test_grpc_listener_uses_the_same_certificate(cp: ControlPlaneProc, pki: Pki)
         client.close()
 
 
-def _grpc_live(cp: ControlPlaneProc, ca_file: Path) -> bool:
-    """Whether a new gRPC channel trusting only ``ca_file`` gets an answer."""
+def _grpc_live(
+    cp: ControlPlaneProc, ca_file: Path, cert: Path | None = None, key: Path | None = None
+) -> bool:
+    """Whether a new gRPC channel trusting only ``ca_file`` (presenting ``cert``) gets an
+    answer."""
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
 
     client = triton.InferenceServerClient(
-        f"localhost:{_grpc_port(cp)}", ssl=True, root_certificates=str(ca_file)
+        f"localhost:{_grpc_port(cp)}",
+        ssl=True,
+        root_certificates=str(ca_file),
+        private_key=str(key) if key else None,
+        certificate_chain=str(cert) if cert else None,
     )
     try:
         client.is_server_live(client_timeout=5)
@@ -331,8 +338,17 @@ async def test_mutual_tls_requires_the_runner_certificate(tmp_path: Path) -> Non
     cert_file, key_file = tmp_path / "runner.pem", tmp_path / "runner.key"
     runner_cert.cert_chain_pems[0].write_to_path(str(cert_file))
     runner_cert.private_key_pem.write_to_path(str(key_file))
-    proc = _start(tmp_path / "cp", pki, GPUFLEET_TLS_CLIENT_CA_FILE=str(client_ca_file))
+    proc = _start(
+        tmp_path / "cp",
+        pki,
+        GPUFLEET_TLS_CLIENT_CA_FILE=str(client_ca_file),
+        GPUFLEET_GRPC_PORT="0",
+    )
     try:
+        # gRPC asks for the same client certificates
+        assert not _grpc_live(proc, pki.ca_file)
+        assert _grpc_live(proc, pki.ca_file, cert_file, key_file)
+
         # without a client certificate: refused, and the message says which setting to set
         bare = _runner_settings(proc.url, "gfj_x", tmp_path / "a", ca_bundle=pki.ca_file)
         daemon = Daemon(bare, MockBackend(REPO), gpus=GpuReader())
