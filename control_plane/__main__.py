@@ -1,10 +1,12 @@
 """``python -m control_plane serve [--host H] [--port P] [--grpc-port G] [--embedded
-[--data-dir DIR | --ephemeral] | --embedded-moto] [--admin-key-file F] [--config FILE]``:
-run one control-plane process under uvicorn.
+[--data-dir DIR | --ephemeral] | --embedded-moto] [--admin-key-file F] [--tls-cert F
+--tls-key F [--tls-client-ca F]] [--config FILE]``: run one control-plane process under
+uvicorn (HTTPS and gRPC over TLS with ``--tls-cert``; the certificate is reloaded on SIGHUP
+and when its files change, see ``control_plane/tls.py``).
 ``python -m control_plane backup DEST [--data-dir DIR]``: a consistent copy of the embedded
 store's database (SQLite's online backup; safe while the control plane runs).
 
-Prints ``gpufleet control plane listening on http://H:P`` once it accepts connections
+Prints ``gpufleet control plane listening on http(s)://H:P`` once it accepts connections
 (``--port 0`` picks a free port and prints it), and ``gpufleet KServe gRPC listening on
 H:G`` when the gRPC endpoint is on. SIGTERM/SIGINT shut it down cleanly (in-flight requests
 finish, the sweeper stops, the store is closed).
@@ -40,6 +42,7 @@ from control_plane.settings import Settings, load_settings
 from control_plane.storage.embedded_store import DataDirInUse
 from control_plane.storage.sqlite.schema import SchemaTooNew
 from control_plane.storage.stores import build_stores
+from control_plane.tls import CertificateReloader, Hsts, TlsFileError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--admin-key-file", type=Path, help="write a fresh admin API key (tenant default) here"
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, help="serve HTTPS (and gRPC over TLS): PEM certificate chain"
+    )
+    serve.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS)",
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     serve.add_argument("--log-level", default="warning")
@@ -125,8 +137,21 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(
-    server: uvicorn.Server, host: str, services: Services, grpc_port: int | None
+    server: uvicorn.Server,
+    host: str,
+    services: Services,
+    grpc_port: int | None,
+    tls: CertificateReloader | None = None,
 ) -> None:
+    scheme = "https" if tls is not None else "http"
+    stop_watch = asyncio.Event()
+    watcher = None
+    if tls is not None:
+        # Rotation: SIGHUP, and a change of the files seen by the watcher.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
+        interval = services.settings.tls_reload_interval_s
+        if interval > 0:
+            watcher = asyncio.create_task(tls.watch(stop_watch, interval))
     task = asyncio.create_task(server.serve())
     # uvicorn exposes readiness only as a flag, hence the short poll.
     while not server.started and not task.done():  # noqa: ASYNC110
@@ -134,37 +159,44 @@ async def _serve(
     grpc = None
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://{host}:{port}"
+        url = f"{scheme}://{host}:{port}"
         if services.stores is not None and not services.settings.public_url:
-            services.stores.set_public_url(public_url(host, port))
+            services.stores.set_public_url(public_url(host, port, scheme))
         if grpc_port is not None:
             from control_plane.api.kserve_grpc import KServeGrpcServer
 
-            grpc = KServeGrpcServer(services, host, grpc_port)
+            credentials = tls.grpc_credentials() if tls is not None else None
+            grpc = KServeGrpcServer(services, host, grpc_port, credentials=credentials)
             bound = await grpc.start()
             print(f"gpufleet KServe gRPC listening on {host}:{bound}", flush=True)
         print(f"gpufleet control plane listening on {url}", flush=True)
     try:
         await task
     finally:
+        stop_watch.set()
+        if watcher is not None:
+            await watcher
+        if tls is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if grpc is not None:
             await grpc.stop(5.0)
 
 
-def public_url(host: str, port: int) -> str:
+def public_url(host: str, port: int, scheme: str = "http") -> str:
     """The URL the embedded store's blob URLs name when ``GPUFLEET_PUBLIC_URL`` is unset: the
     listening address, or this host's name when listening on every interface (a client cannot
     reach ``0.0.0.0``)."""
     if host in ("0.0.0.0", "::", ""):
         name = socket.getfqdn()
         logging.getLogger("control_plane").warning(
-            "listening on all interfaces: blob URLs name http://%s:%d; set GPUFLEET_PUBLIC_URL "
+            "listening on all interfaces: blob URLs name %s://%s:%d; set GPUFLEET_PUBLIC_URL "
             "if clients reach this control plane by another name",
+            scheme,
             name,
             port,
         )
-        return f"http://{name}:{port}"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return f"{scheme}://{name}:{port}"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]:
@@ -181,6 +213,13 @@ def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]
             overrides["data_dir"] = args.data_dir
     if args.grpc_port is not None:
         overrides["grpc_port"] = args.grpc_port
+    for flag, field in (
+        ("tls_cert", "tls_cert_file"),
+        ("tls_key", "tls_key_file"),
+        ("tls_client_ca", "tls_client_ca_file"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
     return load_settings(**overrides), None
 
 
@@ -206,7 +245,18 @@ def serve(args: argparse.Namespace) -> int:
         if args.admin_key_file is not None:
             created = services.auth.issue_api_key("default", "admin", "bootstrap admin")
             write_secret_file(args.admin_key_file, created.api_key)
-        app = create_app(settings, services)
+        app: Any = create_app(settings, services)
+        tls = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            try:
+                tls = CertificateReloader(
+                    settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+                )
+            except TlsFileError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                return 2
+            if settings.hsts_max_age_s > 0:
+                app = Hsts(app, settings.hsts_max_age_s)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -215,8 +265,13 @@ def serve(args: argparse.Namespace) -> int:
             lifespan="on",
             ws_per_message_deflate=False,
             ws_max_size=settings.max_body_bytes,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
         )
-        run_fast(_serve(_Server(config), args.host, services, settings.grpc_port))
+        if tls is not None:
+            config.load()
+            config.ssl = tls.context  # the reloadable context instead of uvicorn's own
+        run_fast(_serve(_Server(config), args.host, services, settings.grpc_port, tls))
     finally:
         if stores is not None:
             stores.close()

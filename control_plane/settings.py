@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -155,6 +155,30 @@ class Settings(BaseSettings):
         description="Port of the KServe v2 gRPC endpoint (0 = a free port); None = off.",
     )
 
+    # TLS served by this process (serve --tls-cert/--tls-key); see docs/tls.md
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain served on HTTP and gRPC; None = plain HTTP (TLS "
+        "ends at a proxy or load balancer).",
+    )
+    tls_key_file: Path | None = Field(default=None, description="Private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="CA of client certificates: when set every connection must present one "
+        "(mutual TLS, e.g. runners only).",
+    )
+    tls_reload_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the certificate files are checked for a change (0 = only on "
+        "SIGHUP).",
+    )
+    hsts_max_age_s: int = Field(
+        default=31_536_000,
+        ge=0,
+        description="max-age of the Strict-Transport-Security header sent over TLS (0 = none).",
+    )
+
     # embedded
     embedded: bool = Field(default=False, description="Run on the embedded store.")
     data_dir: Path | None = Field(
@@ -188,6 +212,14 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_file)))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
 
     def table(self, name: str) -> str:
         return f"{self.table_prefix}-{name}"

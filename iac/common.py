@@ -30,6 +30,11 @@ NOT_PARAMETERS: dict[str, str] = {
     "sqlite_synchronous": "embedded store only (the stacks run on DynamoDB + S3)",
     "public_url": "embedded store only: S3 presigns its own URLs",
     "grpc_port": "the stacks expose HTTP only (API Gateway, the ECS port); gRPC needs its own",
+    "tls_cert_file": "TLS ends at API Gateway / the load balancer in the stacks (docs/tls.md)",
+    "tls_key_file": "TLS ends at API Gateway / the load balancer in the stacks (docs/tls.md)",
+    "tls_client_ca_file": "TLS ends at API Gateway / the load balancer in the stacks",
+    "tls_reload_interval_s": "TLS ends at API Gateway / the load balancer in the stacks",
+    "hsts_max_age_s": "TLS ends at API Gateway / the load balancer in the stacks",
     "jwt_secret": "NoEcho JwtSecret or Secrets Manager JwtSecretArn (see JWT_SECRET_*)",
 }
 

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import random
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +60,9 @@ class DispatchChannel:
         engine: InferenceEngine,
         models: ModelManager,
         base_url: str,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._ssl = ssl_context  # for wss:// (None: the default context)
         self._state = state
         self._identity = identity
         self._engine = engine
@@ -91,6 +94,7 @@ class DispatchChannel:
                     ping_interval=20,
                     ping_timeout=20,
                     proxy=None,
+                    ssl=self._ssl if url.startswith("wss:") else None,
                 ) as ws:
                     backoff = 0.5
                     self.connected = True

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 import yaml
+from gpufleet.tls import TlsSettingError, client_context
 from gpufleet.wire import RunnerConfigPatch, RunnerView, TokenPair, TokenRequest
 from pydantic import ValidationError
 from rich.console import Console
@@ -68,6 +69,9 @@ def configure(
     model_repository: Annotated[str | None, typer.Option(help="Local model repository.")] = None,
     state_dir: Annotated[str | None, typer.Option(help="Credentials and logs directory.")] = None,
     status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option(help="CA certificate(s) of a private-CA control plane (PEM).")
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="No prompts: flags and defaults.")
     ] = False,
@@ -109,8 +113,10 @@ def configure(
             )
             if answer != "":
                 values[key] = answer
-    for key in ("state_dir", "model_repository"):
-        if key in values:
+    if ca_bundle is not None:  # a flag only (no prompt: most control planes need none)
+        values["ca_bundle"] = ca_bundle
+    for key in ("state_dir", "model_repository", "ca_bundle"):
+        if key in values and values[key] is not None:
             values[key] = str(values[key])
     values = {k: v for k, v in values.items() if v is not None}
     try:  # validate what is written (env ignored: check the file's own values)
@@ -140,10 +146,14 @@ def start(
     state_dir: Annotated[str | None, typer.Option(help="State directory.")] = None,
     status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
     log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option(help="CA certificate(s) of a private-CA control plane (PEM).")
+    ] = None,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
     settings = _settings(
         config,
+        ca_bundle=ca_bundle,
         control_plane_url=control_plane_url,
         join_token=join_token,
         backend=backend,
@@ -168,6 +178,9 @@ def start(
 
     try:
         code = run_fast(main())
+    except TlsSettingError as exc:
+        logging.getLogger("runner").error("invalid TLS settings: %s", exc)
+        code = 2
     except BackendError as exc:
         logging.getLogger("runner").error("Triton could not be started: %s", exc)
         code = 1
@@ -287,7 +300,12 @@ def set_config(
             )
             raise typer.Exit(2)
         runner_id = creds.runner_id
-    with httpx.Client(base_url=base, timeout=15) as http:
+    try:
+        verify = client_context(settings.tls_options())
+    except TlsSettingError as exc:
+        console.print(f"[red]invalid TLS settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with httpx.Client(base_url=base, timeout=15, verify=verify) as http:
         resp = http.post("/v1/auth/token", content=TokenRequest(api_key=api_key).model_dump_json())
         _check(resp)
         token = TokenPair.model_validate_json(resp.content).access_token

@@ -10,11 +10,13 @@ Errors (one tree)::
 
 from __future__ import annotations
 
+import ssl
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from gpufleet import signing
+from gpufleet.tls import SDK_NAMES, SettingNames, explain
 from gpufleet.wire import (
     BatchCompleteRequest,
     BatchCompleteResponse,
@@ -80,11 +82,14 @@ class ControlPlaneClient:
         *,
         timeout_s: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        tls_names: SettingNames = SDK_NAMES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout_s = timeout_s
+        self._tls_names = tls_names
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, transport=transport
+            base_url=self.base_url, timeout=timeout_s, transport=transport, verify=verify
         )
         self.credentials: Credentials | None = None
 
@@ -115,6 +120,9 @@ class ControlPlaneClient:
                 path, content=data, headers=headers, timeout=timeout_s or self._timeout_s
             )
         except httpx.HTTPError as exc:
+            tls_problem = explain(self.base_url, exc, self._tls_names)
+            if tls_problem is not None:
+                raise ControlPlaneError(f"POST {path}: {tls_problem}") from exc
             raise ControlPlaneError(f"POST {path}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 300:
             raise _error(resp)

@@ -16,6 +16,8 @@ import signal
 import time
 from typing import Any
 
+from gpufleet.tls import check_url, client_context
+
 from runner.backends.base import TritonBackend
 from runner.cache import ContentCache
 from runner.channel import DispatchChannel
@@ -80,13 +82,21 @@ class Daemon:
         self.backend = backend
         self.gpus = gpus
         self.state = RunnerState()
+        tls = settings.tls_options()
+        check_url(settings.control_plane_url, tls)  # warns when verification is off
+        # One context for the control plane, the dispatch channel and presigned bucket URLs.
+        self.ssl_context = client_context(tls)
         self.client = client or ControlPlaneClient(
-            settings.control_plane_url, timeout_s=settings.request_timeout_s
+            settings.control_plane_url,
+            timeout_s=settings.request_timeout_s,
+            verify=self.ssl_context,
+            tls_names=tls.names,
         )
         self.identity = Identity(settings, self.client, gpus.read)
         self.downloader = Downloader(
             ContentCache(settings.state_dir / "cache"),
             concurrency=settings.model_download_concurrency,
+            verify=self.ssl_context,
         )
         self.models = ModelManager(
             backend.engine,
@@ -96,9 +106,21 @@ class Daemon:
             read_gpus=gpus.read,
             busy=self._busy_models,
         )
-        self.jobs = JobLoop(self.state, self.client, self.identity, backend.engine, self.models)
+        self.jobs = JobLoop(
+            self.state,
+            self.client,
+            self.identity,
+            backend.engine,
+            self.models,
+            verify=self.ssl_context,
+        )
         self.channel = DispatchChannel(
-            self.state, self.identity, backend.engine, self.models, settings.control_plane_url
+            self.state,
+            self.identity,
+            backend.engine,
+            self.models,
+            settings.control_plane_url,
+            self.ssl_context,
         )
         self.heartbeat = Heartbeat(
             self.state,

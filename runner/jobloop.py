@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -234,7 +235,9 @@ class JobLoop:
         models: ModelManager,
         *,
         rng: Callable[[], float] = random.random,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        self._verify = verify  # TLS of presigned bucket URLs
         self._state = state
         self._client = client
         self._identity = identity
@@ -346,11 +349,12 @@ class JobLoop:
     async def _execute(self, job: LeasedJob, started: float) -> CompleteRequest:
         token = self._lease_token(job)
         try:
-            job = await payloads.fetch_inputs(job)  # data_ref inputs, from the bucket
+            job = await payloads.fetch_inputs(job, self._verify)  # data_ref inputs, from the bucket
             fetched = time.perf_counter()
             outputs = await asyncio.wait_for(self._infer(job), timeout=job.timeout_s)
             inferred = time.perf_counter()
-            inline, outputs_ref = await payloads.store_outputs(job, outputs)  # large: bucket
+            # large outputs go to the bucket
+            inline, outputs_ref = await payloads.store_outputs(job, outputs, self._verify)
         except asyncio.TimeoutError:
             return self._failed(job, "timeout", f"job exceeded its timeout of {job.timeout_s}s")
         except TensorError as exc:

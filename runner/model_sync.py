@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,7 @@ class Downloader:
         retry_delay_s: float = 0.5,
         quarantine_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.cache = cache
         self._sem = asyncio.Semaphore(concurrency)
@@ -90,7 +92,10 @@ class Downloader:
         self._retry_delay_s = retry_delay_s
         # timeout_s bounds each read/connect, not a whole (possibly huge) file
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s), transport=transport, follow_redirects=False
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            follow_redirects=False,
+            verify=verify,
         )
         self.bytes_downloaded = 0
         self.resumed = 0

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 
 import httpx
 import numpy as np
@@ -33,10 +34,12 @@ class PayloadError(Exception):
     """A payload could not be fetched from or stored in the bucket."""
 
 
-async def _transfer(method: str, url: str, **kwargs: object) -> httpx.Response:
+async def _transfer(
+    method: str, url: str, verify: ssl.SSLContext | bool = True, **kwargs: object
+) -> httpx.Response:
     """One request to a presigned URL, retrying connection errors and 5xx with jitter."""
     delay = RETRY_BASE_S
-    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
+    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False, verify=verify) as http:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 resp = await http.request(method, url, **kwargs)  # type: ignore[arg-type]
@@ -55,7 +58,7 @@ async def _transfer(method: str, url: str, **kwargs: object) -> httpx.Response:
     raise PayloadError(f"{method} of a payload failed: {problem}")
 
 
-async def fetch_inputs(job: LeasedJob) -> LeasedJob:
+async def fetch_inputs(job: LeasedJob, verify: ssl.SSLContext | bool = True) -> LeasedJob:
     """``job`` with every ``data_ref`` input fetched and held as an array (others unchanged)."""
     if not any(t.data_ref is not None for t in job.inputs):
         return job
@@ -67,7 +70,7 @@ async def fetch_inputs(job: LeasedJob) -> LeasedJob:
         url = job.input_urls.get(tensor.name)
         if url is None:
             raise PayloadError(f"input {tensor.name!r}: the lease carries no URL for its data_ref")
-        resp = await _transfer("GET", url)
+        resp = await _transfer("GET", url, verify)
         try:
             array = from_raw_bytes(resp.content, tensor.datatype, list(tensor.shape))
         except ValueError as exc:
@@ -91,7 +94,7 @@ def _inline_size(outputs: list[Tensor], limit: int) -> int:
 
 
 async def store_outputs(
-    job: LeasedJob, outputs: list[Tensor]
+    job: LeasedJob, outputs: list[Tensor], verify: ssl.SSLContext | bool = True
 ) -> tuple[list[Tensor] | None, str | None]:
     """``(outputs, None)`` when they fit inline, else ``(None, outputs_ref)`` after the upload."""
     target = job.outputs_upload
@@ -99,6 +102,6 @@ async def store_outputs(
         return outputs, None
     arrays: list[tuple[str, str, np.ndarray]] = [(t.name, t.datatype, to_numpy(t)) for t in outputs]
     body = encode_outputs(arrays)
-    await _transfer(target.method, target.url, content=body, headers=target.headers)
+    await _transfer(target.method, target.url, verify, content=body, headers=target.headers)
     log.info("job %s: %d bytes of outputs stored in the bucket", job.id, len(body))
     return None, target.ref

@@ -11,8 +11,10 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from gpufleet.tls import SettingNames, TlsOptions, check_url, is_loopback
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +25,13 @@ from pydantic_settings import (
 ENV_PREFIX = "GPUFLEET_RUNNER_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+RUNNER_TLS_NAMES = SettingNames(
+    ca_bundle="GPUFLEET_RUNNER_CA_BUNDLE (ca_bundle in runner.yaml)",
+    verify="GPUFLEET_RUNNER_TLS_VERIFY (tls_verify in runner.yaml)",
+    insecure_remote="GPUFLEET_RUNNER_TLS_INSECURE_REMOTE (tls_insecure_remote in runner.yaml)",
+    client_cert="GPUFLEET_RUNNER_TLS_CLIENT_CERT (tls_client_cert in runner.yaml)",
+    client_key="GPUFLEET_RUNNER_TLS_CLIENT_KEY (tls_client_key in runner.yaml)",
+)
 
 
 def default_config_file() -> Path:
@@ -59,6 +68,26 @@ class RunnerSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=15.0, gt=0, description="Timeout of control-plane calls (long polls add wait_s)."
     )
+
+    # TLS to the control plane (and presigned bucket URLs); see docs/tls.md
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file or directory of CA certificates trusted besides the system "
+        "store (a control plane with a private CA).",
+    )
+    tls_verify: bool = Field(
+        default=True,
+        description="Verify the control plane's certificate. false: loopback URLs only, "
+        "unless tls_insecure_remote is true too; logs a warning at start.",
+    )
+    tls_insecure_remote: bool = Field(
+        default=False,
+        description="Allow tls_verify=false for a control plane that is not on loopback.",
+    )
+    tls_client_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM) for a control plane requiring mTLS."
+    )
+    tls_client_key: Path | None = Field(default=None, description="Key of tls_client_cert (PEM).")
 
     # Triton
     backend: Literal["docker", "process", "mock"] = Field(
@@ -187,6 +216,28 @@ class RunnerSettings(BaseSettings):
         if yaml_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _tls_allowed(self) -> RunnerSettings:
+        options = self.tls_options()
+        if not options.verify and not options.insecure_remote:
+            host = urlsplit(self.control_plane_url).hostname or ""
+            if urlsplit(self.control_plane_url).scheme == "https" and not is_loopback(host):
+                check_url(self.control_plane_url, options)  # raises, naming the settings
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("tls_client_cert and tls_client_key go together: set both")
+        return self
+
+    def tls_options(self) -> TlsOptions:
+        """The TLS options of every connection to the control plane and the bucket."""
+        return TlsOptions(
+            ca_bundle=self.ca_bundle,
+            verify=self.tls_verify,
+            insecure_remote=self.tls_insecure_remote,
+            client_cert=self.tls_client_cert,
+            client_key=self.tls_client_key,
+            names=RUNNER_TLS_NAMES,
+        )
 
     @property
     def credentials_file(self) -> Path:

@@ -470,7 +470,9 @@ class KServeGrpcServer:
         port: int,
         *,
         on_submit: Callable[[str], None] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
+        self._credentials = credentials  # TLS (control_plane.tls); None: plaintext
         self._host = host
         self._port = port
         self._servicer = InferenceServicer(services, on_submit)
@@ -493,7 +495,10 @@ class KServeGrpcServer:
             f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         )
         try:
-            bound = server.add_insecure_port(address)
+            if self._credentials is not None:
+                bound = server.add_secure_port(address, self._credentials)
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise RuntimeError(f"cannot bind the gRPC server to {address}: {exc}") from exc
         if bound == 0:

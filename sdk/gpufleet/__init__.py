@@ -33,6 +33,7 @@ from gpufleet.errors import (
     WebhookVerificationError,
 )
 from gpufleet.tensors import to_ndarray, to_tensor
+from gpufleet.tls import TlsOptions, TlsSettingError
 from gpufleet.webhooks import verify_webhook
 from gpufleet.wire import JobView as Job
 from gpufleet.wire import Tensor
@@ -56,6 +57,8 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "Tensor",
+    "TlsOptions",
+    "TlsSettingError",
     "UnavailableError",
     "ValidationError",
     "WaitTimeoutError",

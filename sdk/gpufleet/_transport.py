@@ -29,6 +29,7 @@ import httpx
 from gpufleet._auth import TokenState
 from gpufleet._version import __version__
 from gpufleet.errors import AuthError, ConnectionError, error_from_response, retry_after_seconds
+from gpufleet.tls import SDK_NAMES, explain
 from gpufleet.wire import RefreshRequest, TokenPair, TokenRequest
 
 __all__ = [
@@ -167,6 +168,7 @@ class Core:
         self.tokens = TokenState(api_key=api_key, access_token=token, clock=clock)
         self.retry = RetryPolicy(max_retries=max_retries, rng=rng or random.Random())
         self.user_agent = f"gpufleet-python/{__version__}"
+        self.tls_names = SDK_NAMES
 
     # ------------------------------------------------------------------ building requests
 
@@ -229,6 +231,9 @@ class Core:
             try:
                 resp: httpx.Response = yield Send(req)
             except httpx.TransportError as exc:
+                tls_problem = explain(self.base_url, exc, self.tls_names)
+                if tls_problem is not None:  # another try meets the same certificate
+                    raise ConnectionError(f"{method} {req.url}: {tls_problem}") from exc
                 if attempt < self.retry.max_retries and self.retry.retry_transport(exc, idempotent):
                     yield Sleep(self.retry.delay(attempt))
                     attempt += 1
@@ -261,6 +266,9 @@ class Core:
                     yield Sleep(self.retry.delay(attempt))
                     attempt += 1
                     continue
+                tls_problem = explain(str(request.url), exc, self.tls_names)
+                if tls_problem is not None:
+                    raise ConnectionError(f"{request.method} {request.url}: {tls_problem}") from exc
                 raise ConnectionError(f"{request.method} {request.url}: {exc!r}") from exc
             if resp.status_code >= 500 and attempt < self.retry.max_retries:
                 yield Sleep(self.retry.delay(attempt, retry_after_seconds(resp)))

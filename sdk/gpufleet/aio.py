@@ -17,6 +17,7 @@ import numpy as np
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
 from gpufleet.models import ProgressCallback
+from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
     DeploymentView,
@@ -45,6 +46,13 @@ class AsyncClient:
             full jitter; ``Retry-After`` honoured).
         transport: an ``httpx.AsyncBaseTransport`` for the API calls (tests); presigned bucket
             URLs always go through a plain transport.
+        ca_bundle: a PEM file or directory of CA certificates trusted in addition to the
+            system store (a control plane with a private CA); default ``GPUFLEET_CA_BUNDLE``.
+        tls_verify: ``False`` turns certificate verification off (loopback hosts only,
+            unless ``tls_insecure_remote=True`` too); default ``GPUFLEET_TLS_VERIFY``, else on.
+        tls_insecure_remote: allow ``tls_verify=False`` for a non-loopback host.
+        client_cert, client_key: a client certificate (PEM) for mutual TLS.
+        tls: a ready :class:`~gpufleet.tls.TlsOptions` (instead of the five above).
     """
 
     def __init__(
@@ -56,12 +64,30 @@ class AsyncClient:
         max_retries: int = 3,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_bundle: str | Path | None = None,
+        tls_verify: bool | None = None,
+        tls_insecure_remote: bool | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         self._core = Core(
             url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
         )
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
-        self._bucket = httpx.AsyncClient(timeout=timeout) if transport is not None else self._http
+        options = tls or resolve(
+            ca_bundle=ca_bundle,
+            verify=tls_verify,
+            insecure_remote=tls_insecure_remote,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+        check_url(self._core.base_url, options)
+        self._core.tls_names = options.names
+        verify = client_context(options)
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, verify=verify)
+        self._bucket = self._http
+        if transport is not None:  # presigned bucket URLs: a real transport
+            self._bucket = httpx.AsyncClient(timeout=timeout, verify=verify)
         self._auth_lock = asyncio.Lock()
         self.models = AsyncModels(self)
         self.runners = AsyncRunners(self)

@@ -16,11 +16,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from gpufleet import errors
+from gpufleet import errors, tls
 from gpufleet._cli_io import EXIT_FAILED, EXIT_USAGE, Output, exit_code_for, parse_inputs
 from gpufleet._cli_io import parse_pairs as pairs
 from gpufleet.client import Client
 from gpufleet.config import Credentials, load_credentials, save_credentials
+from gpufleet.tls import TlsOptions
 from gpufleet.wire import JobView
 
 __all__ = ["app", "main"]
@@ -54,21 +55,28 @@ class State:
     api_key: str | None
     token: str | None
     output: Output
+    tls_flags: dict[str, Any] = field(default_factory=dict)
     _client: Client | None = field(default=None, repr=False)
+
+    def tls_options(self, url: str | None) -> TlsOptions:
+        """TLS options: flags, then ``GPUFLEET_*`` variables, then what login saved for the
+        same URL, then defaults."""
+        stored = load_credentials()
+        saved = stored.tls() if stored is not None and url in (None, stored.url) else None
+        return tls.resolve(**self.tls_flags, stored=saved)
 
     def client(self) -> Client:
         if self._client is None:
             url, key, token = self.url, self.api_key, self.token
-            if key is None and token is None:
-                stored = load_credentials()
-                if stored is not None:
-                    url = url or stored.url
-                    key, token = stored.api_key, stored.token
+            stored = load_credentials()
+            if key is None and token is None and stored is not None:
+                url = url or stored.url
+                key, token = stored.api_key, stored.token
             if not url:
                 raise typer.BadParameter("no URL: pass --url, set GPUFLEET_URL or run login")
             if key is None and token is None:
                 raise typer.BadParameter("no credentials: pass --api-key/--token or run login")
-            self._client = Client(url, api_key=key, token=token)
+            self._client = Client(url, api_key=key, token=token, tls=self.tls_options(url))
         return self._client
 
 
@@ -112,12 +120,38 @@ def _global(
     output: Annotated[
         str, typer.Option("--output", "-o", help="table or json.", case_sensitive=False)
     ] = "table",
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM file or directory of CA certificates trusted besides the system store "
+            "(env GPUFLEET_CA_BUNDLE)."
+        ),
+    ] = None,
+    tls_verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls-verify/--no-tls-verify",
+            help="Verify the control plane's certificate (default on; off: loopback only "
+            "unless GPUFLEET_TLS_INSECURE_REMOTE=true).",
+            show_default=False,
+        ),
+    ] = None,
+    client_cert: Annotated[
+        Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")
+    ] = None,
+    client_key: Annotated[Path | None, typer.Option(help="Key of --client-cert (PEM).")] = None,
 ) -> None:
     if output not in ("table", "json"):
         raise typer.BadParameter("must be table or json", param_hint="--output")
     if api_key and token:
         raise typer.BadParameter("give --api-key or --token, not both")
-    ctx.obj = State(url, api_key, token, Output(output))
+    tls_flags = {
+        "ca_bundle": ca_bundle,
+        "verify": tls_verify,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
+    ctx.obj = State(url, api_key, token, Output(output), tls_flags)
 
 
 # --------------------------------------------------------------------------- login
@@ -134,9 +168,24 @@ def login(
     state: State = ctx.obj
     url = url or state.url or typer.prompt("Control plane URL")
     key = api_key or state.api_key or typer.prompt("API key", hide_input=True)
-    with Client(url, api_key=key) as client:
+    options = state.tls_options(url)
+    with Client(url, api_key=key, tls=options) as client:
         client.authenticate()
-    path = save_credentials(Credentials(url=url, api_key=key))
+    path = save_credentials(
+        Credentials(
+            url=url,
+            api_key=key,
+            ca_bundle=str(options.ca_bundle.expanduser().resolve()) if options.ca_bundle else None,
+            tls_verify=False if not options.verify else None,
+            tls_insecure_remote=True if options.insecure_remote else None,
+            client_cert=str(options.client_cert.expanduser().resolve())
+            if options.client_cert
+            else None,
+            client_key=str(options.client_key.expanduser().resolve())
+            if options.client_key
+            else None,
+        )
+    )
     if state.output.json:
         state.output.emit_json({"url": url, "path": str(path)})
     else:

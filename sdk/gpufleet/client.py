@@ -19,6 +19,7 @@ import numpy as np
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
 from gpufleet.models import ProgressCallback
+from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
     DeploymentView,
@@ -47,6 +48,13 @@ class Client:
             full jitter; ``Retry-After`` honoured).
         transport: an ``httpx.BaseTransport`` for the API calls (tests); presigned bucket
             URLs always go through a plain transport.
+        ca_bundle: a PEM file or directory of CA certificates trusted in addition to the
+            system store (a control plane with a private CA); default ``GPUFLEET_CA_BUNDLE``.
+        tls_verify: ``False`` turns certificate verification off (loopback hosts only,
+            unless ``tls_insecure_remote=True`` too); default ``GPUFLEET_TLS_VERIFY``, else on.
+        tls_insecure_remote: allow ``tls_verify=False`` for a non-loopback host.
+        client_cert, client_key: a client certificate (PEM) for mutual TLS.
+        tls: a ready :class:`~gpufleet.tls.TlsOptions` (instead of the five above).
     """
 
     def __init__(
@@ -58,12 +66,30 @@ class Client:
         max_retries: int = 3,
         *,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: str | Path | None = None,
+        tls_verify: bool | None = None,
+        tls_insecure_remote: bool | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         self._core = Core(
             url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
         )
-        self._http = httpx.Client(transport=transport, timeout=timeout)
-        self._bucket = httpx.Client(timeout=timeout) if transport is not None else self._http
+        options = tls or resolve(
+            ca_bundle=ca_bundle,
+            verify=tls_verify,
+            insecure_remote=tls_insecure_remote,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+        check_url(self._core.base_url, options)
+        self._core.tls_names = options.names
+        verify = client_context(options)
+        self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._bucket = self._http
+        if transport is not None:  # presigned bucket URLs: a real transport
+            self._bucket = httpx.Client(timeout=timeout, verify=verify)
         self._auth_lock = threading.Lock()
         self.models = Models(self)
         self.runners = Runners(self)

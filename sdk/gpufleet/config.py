@@ -1,5 +1,9 @@
 """The CLI's credential store: one JSON file in the user's config directory, mode 0600.
 
+It also keeps the TLS options given at ``gpufleet login`` (``ca_bundle``, ``tls_verify``,
+``tls_insecure_remote``, ``client_cert``, ``client_key``); flags and ``GPUFLEET_*`` variables
+still win over them.
+
 Location: ``$GPUFLEET_CONFIG_DIR`` when set; on Windows ``%APPDATA%\\gpufleet``; elsewhere
 ``$XDG_CONFIG_HOME/gpufleet`` or ``~/.config/gpufleet``. File: ``credentials.json``.
 """
@@ -11,6 +15,8 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from gpufleet.tls import TlsOptions
 
 __all__ = ["Credentials", "config_dir", "credentials_path", "load_credentials", "save_credentials"]
 
@@ -24,6 +30,21 @@ class Credentials:
     url: str
     api_key: str | None = None
     token: str | None = None
+    ca_bundle: str | None = None
+    tls_verify: bool | None = None
+    tls_insecure_remote: bool | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def tls(self) -> TlsOptions:
+        """The TLS options saved with these credentials (unset ones: defaults)."""
+        return TlsOptions(
+            ca_bundle=Path(self.ca_bundle) if self.ca_bundle else None,
+            verify=self.tls_verify is not False,
+            insecure_remote=bool(self.tls_insecure_remote),
+            client_cert=Path(self.client_cert) if self.client_cert else None,
+            client_key=Path(self.client_key) if self.client_key else None,
+        )
 
 
 def config_dir() -> Path:
@@ -66,4 +87,22 @@ def load_credentials(path: Path | None = None) -> Credentials | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("url"), str):
         return None
-    return Credentials(url=data["url"], api_key=data.get("api_key"), token=data.get("token"))
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def flag(key: str) -> bool | None:
+        value = data.get(key)
+        return value if isinstance(value, bool) else None
+
+    return Credentials(
+        url=data["url"],
+        api_key=text("api_key"),
+        token=text("token"),
+        ca_bundle=text("ca_bundle"),
+        tls_verify=flag("tls_verify"),
+        tls_insecure_remote=flag("tls_insecure_remote"),
+        client_cert=text("client_cert"),
+        client_key=text("client_key"),
+    )

@@ -19,3 +19,7 @@ def test_all_interfaces_name_this_host_not_the_wildcard(host: str) -> None:
     url = public_url(host, 9000)
     assert url == f"http://{socket.getfqdn()}:9000"
     assert "0.0.0.0" not in url
+
+
+def test_the_scheme_follows_tls() -> None:
+    assert public_url("127.0.0.1", 8443, "https") == "https://127.0.0.1:8443"

@@ -139,3 +139,11 @@ def test_status_without_daemon_fails_clearly() -> None:
     result = cli.invoke(app, ["status", "--port", str(port)])
     assert result.exit_code == 1
     assert "no runner answering" in result.output
+
+
+def test_configure_writes_the_ca_bundle_flag(tmp_path: Path) -> None:
+    path = tmp_path / "runner.yaml"
+    ca = tmp_path / "ca.pem"
+    result = cli.invoke(app, ["configure", "--yes", "--config", str(path), "--ca-bundle", str(ca)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(path.read_text())["ca_bundle"] == str(ca)
