@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import random
@@ -69,6 +70,12 @@ class DispatchChannel:
         self._models = models
         self._base_url = base_url
         self.connected = False
+        self._ws: ClientConnection | None = None
+        self._ws_runner: str | None = None  # the runner id the open channel authenticated
+        # Calls of the job protocol over the channel (lease, complete) awaiting their reply.
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._call_ids = itertools.count(1)
+        self.calls_made = 0
         self.served = 0  # answers, passthrough included
         self.passed_through = 0  # answers to KServe requests passed through untouched
 
@@ -98,6 +105,7 @@ class DispatchChannel:
                 ) as ws:
                     backoff = 0.5
                     self.connected = True
+                    self._ws, self._ws_runner = ws, creds.runner_id
                     log.info("dispatch channel open")
                     await self._serve(ws, stop)
             except asyncio.CancelledError:
@@ -114,6 +122,8 @@ class DispatchChannel:
                 log.warning("dispatch channel failed", exc_info=True)
             finally:
                 self.connected = False
+                self._ws = None
+                self._fail_calls()
             await wait_event(stop, backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 5.0)
 
@@ -147,7 +157,11 @@ class DispatchChannel:
                 else:
                     msg = json.loads(frame)
                 kind = msg.get("type")
-                if kind == "infer":
+                if kind == "reply":
+                    call = self._calls.pop(int(msg.get("rid", -1)), None)
+                    if call is not None and not call.done():
+                        call.set_result(msg)
+                elif kind == "infer":
                     req_id = int(msg["id"])
                     handler = (
                         self._handle(ws, msg, received)
@@ -188,6 +202,40 @@ class DispatchChannel:
             if stop.is_set() and not tasks:
                 await ws.close()
                 return
+
+    # ------------------------------------------------------------------ job protocol
+    def can_call(self, runner_id: str) -> bool:
+        """The channel is open under ``runner_id``: the job protocol of that runner may go
+        over it (a channel opened under credentials since replaced may not)."""
+        return self._ws is not None and self._ws_runner == runner_id
+
+    async def call(self, kind: str, body: str, timeout_s: float) -> dict[str, Any]:
+        """One call of the job protocol (``lease``, ``complete``) over the open channel:
+        ``body`` is the JSON the HTTP route takes; returns the ``reply`` frame (``status``
+        and ``body`` or ``error``, as the route would answer). Raises ConnectionError when
+        the channel is not open or closes before the reply, TimeoutError after
+        ``timeout_s``: the caller then does what it does when an HTTP call fails."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectionError("the channel is not open")
+        rid = next(self._call_ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[rid] = fut
+        try:
+            try:
+                await ws.send(f'{{"type":"{kind}","rid":{rid},"body":{body}}}')
+            except ConnectionClosed as exc:
+                raise ConnectionError(f"channel closed: {exc}") from exc
+            self.calls_made += 1
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._calls.pop(rid, None)
+
+    def _fail_calls(self) -> None:
+        calls, self._calls = self._calls, {}
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("the channel closed before the reply"))
 
     # ------------------------------------------------------------------ requests
     async def _handle(self, ws: ClientConnection, msg: dict[str, Any], received: float) -> None:

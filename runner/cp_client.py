@@ -11,7 +11,7 @@ Errors (one tree)::
 from __future__ import annotations
 
 import ssl
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -37,6 +37,14 @@ from pydantic import BaseModel, ValidationError
 from runner.credentials import Credentials
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class JobChannel(Protocol):
+    """What :class:`ControlPlaneClient` needs of the dispatch channel."""
+
+    def can_call(self, runner_id: str) -> bool: ...
+
+    async def call(self, kind: str, body: str, timeout_s: float) -> dict[str, Any]: ...
 
 
 class ControlPlaneError(Exception):
@@ -92,6 +100,9 @@ class ControlPlaneClient:
             base_url=self.base_url, timeout=timeout_s, transport=transport, verify=verify
         )
         self.credentials: Credentials | None = None
+        # The dispatch channel (runner/channel.py) when the daemon runs one: lease and
+        # complete go over it while it is open.
+        self.channel: JobChannel | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -145,8 +156,38 @@ class ControlPlaneClient:
             self._runner_path("/heartbeat"), req, HeartbeatResponse, signed=True
         )
 
+    async def _over_channel(
+        self, kind: str, body: Strict, out: type[M], timeout_s: float
+    ) -> M | None:
+        """``kind`` over the runner's open channel (one authenticated WebSocket instead of
+        a signed HTTP request per call); None when no channel is open (then HTTP)."""
+        channel, creds = self.channel, self.credentials
+        if channel is None or creds is None or not channel.can_call(creds.runner_id):
+            return None
+        what = f"{kind} over the channel"
+        try:
+            reply = await channel.call(kind, body.model_dump_json(exclude_none=True), timeout_s)
+        except (ConnectionError, TimeoutError) as exc:
+            raise ControlPlaneError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        status = int(reply.get("status") or 500)
+        if status >= 300:
+            err = reply.get("error") or {}
+            code, message = err.get("code"), err.get("message")
+            cls = {401: Unauthorized, 409: Conflict, 404: NotFound}.get(status)
+            return_error = (cls or ControlPlaneError)(
+                f"{what} -> {status} {code}: {message}", status, code
+            )
+            raise return_error
+        try:
+            return out.model_validate(reply.get("body"))
+        except ValidationError as exc:
+            raise ControlPlaneError(f"{what}: unexpected answer: {exc}") from exc
+
     async def lease(self, req: LeaseRequest) -> LeaseResponse:
         """Long poll: the HTTP timeout is the request timeout plus ``wait_s``."""
+        answer = await self._over_channel("lease", req, LeaseResponse, self._timeout_s + req.wait_s)
+        if answer is not None:
+            return answer
         return await self._send(
             self._runner_path("/lease"),
             req,
@@ -171,6 +212,9 @@ class ControlPlaneClient:
     async def complete_batch(self, req: BatchCompleteRequest) -> BatchCompleteResponse:
         """Up to 100 results in one call; each is answered on its own (``committed``,
         ``conflict``, ``not_found``, ``invalid``). NotFound: a control plane without the route."""
+        answer = await self._over_channel("complete", req, BatchCompleteResponse, self._timeout_s)
+        if answer is not None:
+            return answer
         return await self._send(
             self._runner_path("/complete"), req, BatchCompleteResponse, signed=True
         )

@@ -122,6 +122,12 @@ class Daemon:
             settings.control_plane_url,
             self.ssl_context,
         )
+        if (
+            settings.dispatch
+            and settings.channel_jobs
+            and isinstance(self.client, ControlPlaneClient)
+        ):
+            self.client.channel = self.channel  # lease and complete over it while open
         self.heartbeat = Heartbeat(
             self.state,
             self.client,
@@ -175,6 +181,7 @@ class Daemon:
                 "in_flight": st.dispatch_inflight,
                 "served": self.channel.served,
                 "passed_through": self.channel.passed_through,
+                "job_calls": self.channel.calls_made,
             },
             "last_heartbeat_at": st.last_heartbeat_at,
             "last_error": st.last_error,

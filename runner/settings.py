@@ -197,6 +197,11 @@ class RunnerSettings(BaseSettings):
         description="Keep the dispatch channel open: synchronous inference from the control "
         "plane in memory (off = durable jobs only).",
     )
+    channel_jobs: bool = Field(
+        default=True,
+        description="While the dispatch channel is open, lease and complete jobs over it "
+        "instead of one signed HTTP request each (off = always HTTP).",
+    )
     log_level: str = Field(default="INFO", description="Logging level.")
 
     # file source, set by the CLI's --config (never from the environment)

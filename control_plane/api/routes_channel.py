@@ -2,7 +2,9 @@
 
 The upgrade request is HMAC-signed like every runner call (empty body); a bad signature is
 refused with 401 before the upgrade. Frames (JSON text, binary for passthrough requests) are
-documented in ``gpufleet.channel``.
+documented in ``gpufleet.channel``. Besides synchronous inference the channel carries the
+runner's job protocol (``lease``/``complete`` frames, answered with ``reply``) through the
+same functions as the signed HTTP routes (``job_protocol.py``).
 
 The channel lives as long as the connection; the dispatcher fails its requests in flight when
 it closes. A revoked runner's channel is closed at the next revocation check
@@ -15,23 +17,37 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gpufleet.channel import unpack_frame
+from gpufleet.wire import (
+    BatchCompleteRequest,
+    BatchCompleteResponse,
+    LeaseRequest,
+    LeaseResponse,
+)
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from control_plane.api.context import Services
-from control_plane.errors import Unauthorized
+from control_plane.api.errors import STATUS_BY_CODE, validation_details
+from control_plane.api.job_protocol import complete_jobs, lease_jobs
+from control_plane.errors import GpufleetError, InvalidRequest, Unauthorized
 from control_plane.services.dispatch import Channel, Dispatcher
+from control_plane.storage.protocols_auth import RunnerRecord
 
 log = logging.getLogger(__name__)
 
 CLOSE_REVOKED = 4401
+RECORD_FRESH_S = 1.0  # how stale the runner's record (drain, revocation) may be for a lease
 
 
-async def _authenticate(ws: WebSocket, svc: Services) -> str | None:
+async def _authenticate(ws: WebSocket, svc: Services) -> RunnerRecord | None:
     runner_id = ws.path_params["runner_id"]
     try:
         rec = await run_in_threadpool(
@@ -44,21 +60,90 @@ async def _authenticate(ws: WebSocket, svc: Services) -> str | None:
         else:
             await ws.close(code=1008, reason=exc.message[:120])
         return None
-    return rec.id
+    return rec
 
 
-async def _recheck(ws: WebSocket, svc: Services, runner_id: str, every_s: float) -> None:
+class _Runner:
+    """The channel's runner record, re-read at most every ``fresh_s`` for the job protocol
+    (its config says whether it drains) and every ``channel_recheck_s`` for revocation."""
+
+    def __init__(self, svc: Services, rec: RunnerRecord, fresh_s: float = RECORD_FRESH_S):
+        self._svc = svc
+        self.rec = rec
+        self._read_at = time.monotonic()
+        self._fresh_s = fresh_s
+
+    async def current(self) -> RunnerRecord | None:
+        """The record, re-read when older than ``fresh_s``; None once revoked or deleted."""
+        if time.monotonic() - self._read_at > self._fresh_s:
+            rec = await run_in_threadpool(self._svc.runners.find, self.rec.id)
+            self._read_at = time.monotonic()
+            if rec is None or rec.revoked:
+                return None
+            self.rec = rec
+        return None if self.rec.revoked else self.rec
+
+
+async def _recheck(ws: WebSocket, runner: _Runner, every_s: float) -> None:
     """Close the channel once the runner is revoked."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            rec = await run_in_threadpool(svc.runners.find, runner_id)
+            rec = await runner.current()
         except Exception:
             log.warning("channel revocation check failed", exc_info=True)
             continue
-        if rec is None or rec.revoked:
+        if rec is None:
             await ws.close(code=CLOSE_REVOKED, reason="runner revoked")
             return
+
+
+async def _job_call(
+    ws: WebSocket,
+    svc: Services,
+    runner: _Runner,
+    msg: dict[str, Any],
+    send: Callable[[str | bytes], Awaitable[None]],
+) -> None:
+    """A call of the job protocol (``lease``/``complete``) the runner sent over its channel,
+    answered with a ``reply`` frame: ``status`` and ``body``, or ``error`` as the HTTP
+    route would answer."""
+    rid = msg.get("rid")
+    kind = msg.get("type")
+    try:
+        rec = await runner.current()
+        if rec is None:
+            await ws.close(code=CLOSE_REVOKED, reason="runner revoked")
+            raise Unauthorized("runner revoked")
+        if kind == "lease":
+            out: LeaseResponse | BatchCompleteResponse = await lease_jobs(
+                ws.app.state, svc, rec, LeaseRequest.model_validate(msg.get("body"))
+            )
+        else:
+            req = BatchCompleteRequest.model_validate(msg.get("body"))
+            out = await complete_jobs(ws.app.state, svc, rec.id, req)
+        reply = f'{{"type":"reply","rid":{json.dumps(rid)},"status":200,"body":'
+        reply += out.model_dump_json(exclude_none=True) + "}"
+    except asyncio.CancelledError:
+        raise
+    except (GpufleetError, ValidationError) as exc:
+        if isinstance(exc, GpufleetError):
+            failure = exc
+        else:
+            details = validation_details(exc)
+            first = f" ({details[0]['field']}: {details[0]['message']})" if details else ""
+            failure = InvalidRequest(f"invalid request{first}", details=details)
+        error = {"code": failure.code, "message": failure.message}
+        if failure.details is not None:
+            error["details"] = failure.details
+        status = STATUS_BY_CODE.get(failure.code, 500)
+        reply = json.dumps({"type": "reply", "rid": rid, "status": status, "error": error})
+    except Exception:
+        log.exception("runner %s: %s over the channel failed", runner.rec.id, kind)
+        error = {"code": "internal", "message": "internal error"}
+        reply = json.dumps({"type": "reply", "rid": rid, "status": 500, "error": error})
+    with contextlib.suppress(Exception):  # the channel closed: the runner retries over HTTP
+        await send(reply)
 
 
 def _models(msg: dict[str, object]) -> frozenset[tuple[str, str]]:
@@ -75,9 +160,12 @@ def _models(msg: dict[str, object]) -> frozenset[tuple[str, str]]:
 async def channel(ws: WebSocket) -> None:
     svc: Services = ws.app.state.services
     dispatcher: Dispatcher | None = svc.dispatch
-    runner_id = await _authenticate(ws, svc)
-    if runner_id is None:
+    rec = await _authenticate(ws, svc)
+    if rec is None:
         return
+    runner_id = rec.id
+    runner = _Runner(svc, rec)
+    calls: set[asyncio.Task[None]] = set()
     if dispatcher is None:
         await ws.close(code=1013, reason="dispatch disabled")
         return
@@ -94,7 +182,7 @@ async def channel(ws: WebSocket) -> None:
     ch = Channel(runner_id=runner_id, send=send)
     dispatcher.attach(ch)
     recheck = asyncio.create_task(
-        _recheck(ws, svc, runner_id, svc.settings.channel_recheck_s), name="channel-recheck"
+        _recheck(ws, runner, svc.settings.channel_recheck_s), name="channel-recheck"
     )
     log.info("runner %s connected its channel", runner_id)
     try:
@@ -115,6 +203,10 @@ async def channel(ws: WebSocket) -> None:
             kind = msg.get("type")
             if kind in ("result", "error"):
                 dispatcher.resolve(ch, msg)
+            elif kind in ("lease", "complete"):
+                call = asyncio.create_task(_job_call(ws, svc, runner, msg, send))
+                calls.add(call)
+                call.add_done_callback(calls.discard)
             elif kind in ("hello", "models"):
                 raw = msg.get("raw")
                 dispatcher.update(
@@ -127,9 +219,12 @@ async def channel(ws: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        recheck.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await recheck
+        # A lease long poll of a gone runner would claim jobs for nobody: stop it.
+        for task in (recheck, *calls):
+            task.cancel()
+        for task in (recheck, *calls):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         dispatcher.detach(ch)
         log.info("runner %s channel closed (%d answered)", runner_id, ch.served)
 

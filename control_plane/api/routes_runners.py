@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable
 
 from gpufleet.wire import (
@@ -35,6 +34,7 @@ from starlette.responses import Response as HttpResponse
 
 from control_plane.api.context import services
 from control_plane.api.http import parse_body, read_model, send
+from control_plane.api.job_protocol import complete_jobs, lease_jobs
 from control_plane.api.security import principal, signed_runner
 from control_plane.api.spec import DocumentedRoute, Security, route
 
@@ -79,19 +79,14 @@ async def _while_connected(request: Request, poll: Awaitable[LeaseResponse]) -> 
 
 
 async def lease(request: Request) -> HttpResponse:
-    start = time.perf_counter()
     svc = services(request)
     runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
     req = parse_body(body, LeaseRequest)
-    if svc.runners.config_of(runner).drain:
-        out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
-    else:
-        req = req.model_copy(update={"wait_s": min(req.wait_s, svc.settings.max_lease_wait_s)})
-        out = await _while_connected(request, svc.jobs.lease(runner.id, runner.region, req))
-    request.app.state.metrics.lease_latency.labels("jobs" if out.jobs else "empty").observe(
-        time.perf_counter() - start
+    return send(
+        await lease_jobs(
+            request.app.state, svc, runner, req, lambda poll: _while_connected(request, poll)
+        )
     )
-    return send(out)
 
 
 async def extend(request: Request) -> HttpResponse:
@@ -117,12 +112,7 @@ async def complete_batch(request: Request) -> HttpResponse:
     svc = services(request)
     runner, body = await signed_runner(request, svc.runners, request.path_params["runner_id"])
     req = parse_body(body, BatchCompleteRequest)
-    results = await run_in_threadpool(svc.jobs.complete_batch, runner.id, req.results)
-    if request.app.state.count_completions:  # else the jobs service's transition hook counts
-        for item, result in zip(req.results, results, strict=True):
-            if result.status == "committed":
-                request.app.state.metrics.jobs_completed.labels("unknown", item.status).inc()
-    return send(BatchCompleteResponse(results=results))
+    return send(await complete_jobs(request.app.state, svc, runner.id, req))
 
 
 async def list_runners(request: Request) -> HttpResponse:

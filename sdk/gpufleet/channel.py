@@ -8,6 +8,8 @@ JSON header object, the header, then the raw KServe bytes (an HTTP body or a ser
 
     runner → control plane   hello / models {models: [{name, version}], capacity, draining,
                                              raw: ["grpc", "http"] (protocols passed through)}
+                             lease {rid, body: LeaseRequest}
+                             complete {rid, body: BatchCompleteRequest}
                              result {id, outputs, timings, runner_id}
                              error {id, code, message, runner_id}
                              binary result {id, timings, runner_id, header_length?,
@@ -16,6 +18,13 @@ JSON header object, the header, then the raw KServe bytes (an HTTP body or a ser
                              binary infer {id, model, version, timeout_s, protocol: http|grpc,
                                            header_length?, content_type?} + the caller's body
                              cancel {id}
+                             reply {rid, status, body | error}  (to lease / complete)
+
+``lease`` and ``complete`` are the job protocol's HTTP calls (``POST /v1/runners/{id}/lease``,
+``…/complete``) carried by the channel while it is open: same bodies, same answers (``status``
+is the HTTP status the route would give), no per-call signature (the channel was
+authenticated when it opened and is closed when the runner is revoked). When the channel is
+closed the runner makes the same calls over HTTP.
 """
 
 from __future__ import annotations

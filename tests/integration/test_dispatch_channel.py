@@ -398,3 +398,71 @@ async def test_a_lease_long_poll_of_a_runner_revoked_meanwhile_claims_nothing(
             assert got.status_code == 401 or got.json()["jobs"] == [], got.text
         finally:
             await http.post(f"/v1/jobs/{job_id}/cancel", headers=fleet.admin)
+
+
+# --------------------------------------------------------------------------- job protocol
+
+
+def test_the_real_runner_leases_and_completes_jobs_over_its_channel(fleet: Fleet) -> None:
+    """With the channel open, durable jobs are leased and completed over it (no signed HTTP
+    request per call): the runner's ``job_calls`` count grows with the jobs."""
+    wait_dispatch(fleet)
+    before = int(fleet.runner.status()["dispatch"]["job_calls"])
+    x = np.ones((1, 4), np.float32)
+    jobs = [fleet.client.submit(MODEL, {"INPUT0": x, "INPUT1": x}) for _ in range(3)]
+    for job in jobs:
+        done = fleet.client.wait(job.id, timeout=STEP_S)
+        assert done.status == "SUCCEEDED", done
+    # at least one lease and one complete (one lease may claim several, completes batch)
+    assert int(fleet.runner.status()["dispatch"]["job_calls"]) >= before + 2
+
+
+async def call(ws: ClientConnection, kind: str, rid: int, body: Any) -> dict[str, Any]:
+    """One job-protocol call over a hand-driven channel; its ``reply`` frame."""
+    await ws.send(json.dumps({"type": kind, "rid": rid, "body": body}))
+    while True:
+        frame = await next_frame(ws)
+        if frame["type"] == "reply":
+            assert frame["rid"] == rid
+            return frame
+
+
+async def test_lease_and_complete_over_a_hand_driven_channel(fleet: Fleet) -> None:
+    """The channel's ``lease``/``complete`` frames have the HTTP routes' semantics: a job is
+    leased with its token, a stale token is refused for that item only, the right one
+    commits, a malformed body is a 422 naming the field."""
+    runner_id, secret = await asyncio.to_thread(register, fleet, "hand-jobs")
+    scale = [{"name": "scale", "version": "1"}]
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}]}
+    async with (
+        httpx.AsyncClient(base_url=fleet.cp.url, headers=fleet.admin, timeout=STEP_S) as http,
+        connect(
+            channel_url(fleet, runner_id), additional_headers=signed(runner_id, secret), proxy=None
+        ) as ws,
+    ):
+        await ws.send(json.dumps({"type": "hello", "models": [], "capacity": 1}))
+        r = await http.post("/v1/jobs", json={"model": "scale", **body})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+        leased = await call(ws, "lease", 1, {"models": scale, "max_jobs": 1, "wait_s": 5})
+        assert leased["status"] == 200, leased
+        (job,) = leased["body"]["jobs"]
+        assert job["id"] == job_id and job["inputs"][0]["data"] == [1, 2, 3]
+
+        out = [{"name": "OUTPUT0", "datatype": "FP32", "shape": [3], "data": [3, 5, 7]}]
+        item = {"job_id": job_id, "status": "SUCCEEDED", "outputs": out}
+        stale = await call(ws, "complete", 2, {"results": [{**item, "lease_token": "stale"}]})
+        assert stale["status"] == 200 and stale["body"]["results"][0]["status"] == "conflict"
+        done = await call(
+            ws, "complete", 3, {"results": [{**item, "lease_token": job["lease_token"]}]}
+        )
+        assert done["body"]["results"][0]["status"] == "committed", done
+
+        bad = await call(ws, "lease", 4, {"models": scale, "max_jobs": "many"})
+        assert bad["status"] == 422, bad
+        assert "max_jobs" in json.dumps(bad["error"]), bad
+
+        r = await http.get(f"/v1/jobs/{job_id}")
+        assert r.json()["status"] == "SUCCEEDED" and r.json()["runner_id"] == runner_id
+        assert r.json()["outputs"][0]["data"] == [3, 5, 7]
