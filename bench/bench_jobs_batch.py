@@ -155,14 +155,14 @@ async def saturated(svc: Services, n: int, batch: int, slots: int) -> Run:
     cpu = time.process_time()
     loop, all_done = asyncio.get_running_loop(), asyncio.Event()
 
-    def on_transition(view: Any, previous: str | None) -> None:
-        if view.status in TERMINAL_STATUSES:
-            run.terminal[view.id] = time.perf_counter()
+    def on_transition(rec: Any, view: Any, previous: str | None) -> None:
+        if rec.status in TERMINAL_STATUSES:
+            run.terminal[rec.id] = time.perf_counter()
             if len(run.terminal) == n:
                 loop.call_soon_threadsafe(all_done.set)
 
     hooks: Any = svc.jobs
-    hooks.on_transition.append(on_transition)
+    hooks.on_record_transition.append(on_transition)
     runner, stop = SimRunner(svc, run, slots), asyncio.Event()
     tasks = [
         asyncio.create_task(runner.lease_loop(stop)),
@@ -175,7 +175,7 @@ async def saturated(svc: Services, n: int, batch: int, slots: int) -> Run:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    hooks.on_transition.remove(on_transition)
+    hooks.on_record_transition.remove(on_transition)
     return run
 
 

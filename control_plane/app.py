@@ -177,9 +177,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The Starlette app of one control-plane process."""
     svc = services if services is not None else build_services(settings)
     metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
-    hooks = getattr(svc.jobs, "on_transition", None)
+    hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
-        hooks.append(metrics.observe_transition)
+        hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))
     if svc.dispatch is not None:
         svc.dispatch.on_result.append(metrics.observe_dispatch)
         svc.dispatch.on_timings.append(metrics.observe_runner_stages)

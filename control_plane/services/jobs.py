@@ -15,8 +15,10 @@ store's batch calls (see ``queue_ops.py``): a few calls per batch instead of a f
 Backpressure: the queue depth of a model is the sum of per-shard counters
 (``QueueStore.add_depth``, by whoever wins a transition), read with one small read per submit.
 
-Hook: ``on_transition`` is a list of callables ``(JobView, previous_status | None)`` called
-after each transition this replica commits (Prometheus counters; webhooks later).
+Hooks, called after each transition this replica commits: ``on_record_transition``,
+callables ``(JobRecord, view, previous_status | None)`` where ``view()`` builds the wire view
+only when a hook needs it (webhooks of jobs that have one; counters read the record), and
+``on_transition``, callables ``(JobView, previous_status | None)`` (the view is built).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ DEPTH_CACHE_S = 1.0  # how long a replica trusts a queue depth it read (while fa
 MAX_READ_BATCH = 100  # job ids per shared read of concurrent waits
 
 Transition = Callable[[JobView, "str | None"], None]
-RecordTransition = Callable[[JobRecord, JobView, "str | None"], None]
+RecordTransition = Callable[[JobRecord, Callable[[], JobView], "str | None"], None]
 Completion = CompleteRequest | CompleteItem
 # What a result comes to before its commit: a write to make, an answer already known (a retry
 # of a committed result), or the refusal (NotFound, StaleLease, InvalidRequest).
@@ -202,15 +204,24 @@ class JobService:
             self.wakeups.notify(model_key(job.model))
         if not self.on_transition and not self.on_record_transition:
             return
-        view = self.view(job)
+        built: list[JobView] = []
+
+        def view() -> JobView:  # built once, and only when a hook asks for it
+            if not built:
+                built.append(self.view(job))
+            return built[0]
+
         for record_callback in self.on_record_transition:
             try:
                 record_callback(job, view, previous)
             except Exception:
                 log.warning("on_record_transition callback failed", exc_info=True)
+        if not self.on_transition:
+            return
+        view_now = view()
         for callback in self.on_transition:
             try:
-                callback(view, previous)
+                callback(view_now, previous)
             except Exception:
                 log.warning("on_transition callback failed", exc_info=True)
 

@@ -214,15 +214,20 @@ class WebhookService:
         except Exception:
             log.exception("could not enqueue the webhook of %s (%s)", view.id, view.status)
 
-    def job_record_transition(self, rec: JobRecord, view: JobView, previous: str | None) -> None:
+    def job_record_transition(
+        self, rec: JobRecord, view: Callable[[], JobView], previous: str | None
+    ) -> None:
         """``job_transition`` for a hook that also has the job's record (as just written):
-        nothing is read back from the table."""
-        if view.status == previous or events_for(view.status, ["running", "completed"]) is None:
+        nothing is read back from the table, and the view is built only for a job with a
+        webhook."""
+        if rec.status == previous or events_for(rec.status, ["running", "completed"]) is None:
+            return
+        if not rec.request.get("webhook"):
             return
         try:
-            self._enqueue_for(view, rec)
+            self._enqueue_for(view(), rec)
         except Exception:
-            log.exception("could not enqueue the webhook of %s (%s)", view.id, view.status)
+            log.exception("could not enqueue the webhook of %s (%s)", rec.id, rec.status)
 
     def _enqueue_for(self, view: JobView, rec: JobRecord | None) -> None:
         raw = rec.request.get("webhook") if rec is not None else None
