@@ -36,6 +36,7 @@ from starlette.requests import Request
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
+from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhooks import WebhookService
@@ -46,6 +47,8 @@ from control_plane.storage.stores import Stores
 
 class JobsPort(Protocol):
     """The job and queue service (owned by services/jobs.py)."""
+
+    offload: Offload  # how its short store calls run from the event loop
 
     def submit(
         self, p: Principal, req: JobRequest, idempotency_key: str | None = None

@@ -18,7 +18,6 @@ from gpufleet.wire import (
     LeaseRequest,
     LeaseResponse,
 )
-from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.context import Services
 from control_plane.storage.protocols_auth import RunnerRecord
@@ -53,7 +52,7 @@ async def complete_jobs(
     state: Any, svc: Services, runner_id: str, req: BatchCompleteRequest
 ) -> BatchCompleteResponse:
     """Commit up to 100 results, each fenced by its own lease token."""
-    results = await run_in_threadpool(svc.jobs.complete_batch, runner_id, req.results)
+    results = await svc.jobs.offload(svc.jobs.complete_batch, runner_id, req.results)
     if state.count_completions:  # else the jobs service's transition hook counts
         for item, result in zip(req.results, results, strict=True):
             if result.status == "committed":

@@ -31,7 +31,8 @@ async def submit(request: Request) -> Response:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
-    view, created = await run_in_threadpool(services(request).jobs.submit, p, req, key)
+    jobs = services(request).jobs
+    view, created = await jobs.offload(jobs.submit, p, req, key)
     if created:
         request.app.state.metrics.jobs_submitted.labels(req.model).inc()
     accepted = JobAccepted(id=view.id, status=view.status, created_at=view.created_at)
@@ -54,7 +55,7 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     if wait_s > 0:
         return send(await svc.jobs.wait(p, job_id, wait_s))
-    return send(await run_in_threadpool(svc.jobs.get, p, job_id))
+    return send(await svc.jobs.offload(svc.jobs.get, p, job_id))
 
 
 async def list_jobs(request: Request) -> Response:

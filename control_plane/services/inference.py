@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
-from starlette.concurrency import run_in_threadpool
 
 from control_plane.errors import Timeout, Unavailable
 from control_plane.services.dispatch import Dispatcher, InferenceFailed, RawRequest
@@ -110,7 +109,7 @@ class InferenceService:
         ):
             rec = self._jobs.infer_target(p, req, cached_only=True)
             if rec is None:
-                rec = await run_in_threadpool(self._jobs.infer_target, p, req)
+                rec = await self._jobs.offload(self._jobs.infer_target, p, req)
             if d.routable(rec.name, rec.version):
                 payload: dict[str, Any] = {
                     "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
@@ -146,7 +145,7 @@ class InferenceService:
             return None
         rec = self._jobs.ready_target(p, model, version, cached_only=True)
         if rec is None:
-            rec = await run_in_threadpool(self._jobs.ready_target, p, model, version)
+            rec = await self._jobs.offload(self._jobs.ready_target, p, model, version)
         if not d.routable(rec.name, rec.version, protocol):
             return None
         request = build(rec.name, rec.version)
@@ -168,7 +167,7 @@ class InferenceService:
         idempotency_key: str | None,
         on_submit: Any,
     ) -> InferResult:
-        view, created = await run_in_threadpool(self._jobs.submit, p, req, idempotency_key)
+        view, created = await self._jobs.offload(self._jobs.submit, p, req, idempotency_key)
         if created and on_submit is not None:
             on_submit(req.model)
         view = await self._wait(p, view.id, wait_s)

@@ -66,6 +66,7 @@ from control_plane.errors import (
 )
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
+from control_plane.services.offload import Offload
 from control_plane.services.payloads import PayloadService
 from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
@@ -118,8 +119,13 @@ class SharedReads:
     the ids asked for meanwhile wait for the next (up to ``MAX_READ_BATCH`` per call), so a
     thousand long polls re-reading their jobs cost a few calls, not a thousand."""
 
-    def __init__(self, read_many: Callable[[builtins.list[str]], dict[str, JobRecord]]) -> None:
+    def __init__(
+        self,
+        read_many: Callable[[builtins.list[str]], dict[str, JobRecord]],
+        offload: Offload | None = None,
+    ) -> None:
         self._read_many = read_many
+        self._offload = offload or Offload()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reads] = (
             weakref.WeakKeyDictionary()
         )
@@ -142,7 +148,7 @@ class SharedReads:
                 ids = list(itertools.islice(reads.waiting, MAX_READ_BATCH))
                 batch = {i: reads.waiting.pop(i) for i in ids}
                 try:
-                    found = await asyncio.to_thread(self._read_many, ids)
+                    found = await self._offload(self._read_many, ids)
                 except Exception as exc:
                     for fut in itertools.chain.from_iterable(batch.values()):
                         if not fut.done():
@@ -162,10 +168,17 @@ class JobService:
     """Jobs and the queue on the tables; no state of its own between calls."""
 
     def __init__(
-        self, settings: Settings, store: JobStore, models: ModelService, blobs: BlobStore
+        self,
+        settings: Settings,
+        store: JobStore,
+        models: ModelService,
+        blobs: BlobStore,
+        offload: Offload | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        # How the async edges run this service's short store calls (inline on SQLite).
+        self.offload = offload or Offload()
         self._models = models
         self._blobs = blobs
         self.payloads = PayloadService(settings, blobs)  # POST /v1/payloads, lease URLs
@@ -185,8 +198,8 @@ class JobService:
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
-        self._heads = QueueHeads(store.queue, self._pool)
-        self._reads = SharedReads(store.jobs.get_jobs)
+        self._heads = QueueHeads(store.queue, self._pool, parallel=not self.offload.inline)
+        self._reads = SharedReads(store.jobs.get_jobs, self.offload)
         self.wakeups = Wakeups()
         self._ready_cache: dict[
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
@@ -417,7 +430,7 @@ class JobService:
         job = await self._reads.get(job_id) if job_id.startswith("job_") else None
         job = self._visible(p, job_id, job)
         if job.status == "QUEUED" and now() >= job.ttl_deadline:
-            job = await asyncio.to_thread(self._expire_if_due, job)
+            job = await self.offload(self._expire_if_due, job)
         return job
 
     def get(self, p: Principal, job_id: str) -> JobView:
@@ -446,7 +459,7 @@ class JobService:
                 if job.status in TERMINAL_STATUSES or left <= 0:
                     if job.status != "QUEUED":  # no waiting reason to look up: no thread
                         return self.view(job)
-                    return await asyncio.to_thread(self._with_reason, job)
+                    return await self.offload(self._with_reason, job)
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
 
     def list(
@@ -519,15 +532,15 @@ class JobService:
                 queued.clear()  # before the read: a job queued after it wakes us
                 usable = self.runner_usable
                 # Revoked during the long poll: claim nothing it could not complete.
-                if not first and usable and not await asyncio.to_thread(usable, runner_id):
+                if not first and usable and not await self.offload(usable, runner_id):
                     return LeaseResponse(jobs=[])
                 if self.lease_offers is not None and (first or len(req.models) < len(asked)):
                     # Placement may hold back a model (not READY there yet, as far as the
                     # last heartbeat said): ask again each round until all are offered.
-                    offers = await asyncio.to_thread(self.lease_offers, runner_id, asked)
+                    offers = await self.offload(self.lease_offers, runner_id, asked)
                     req = req.model_copy(update={"models": offers})
                 first = False
-                jobs = await asyncio.to_thread(self._lease_once, runner_id, region, req)
+                jobs = await self.offload(self._lease_once, runner_id, region, req)
                 left = deadline - time.monotonic()
                 if jobs or left <= 0:
                     return LeaseResponse(jobs=jobs)
@@ -764,4 +777,5 @@ def _answer(job_id: str, refused: GpufleetError | CompleteResponse | None) -> Co
 def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, ModelService]:
     """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``)."""
     models = ModelService(settings, stores.models, stores.blobs)
-    return JobService(settings, stores.jobs, models, stores.blobs), models
+    offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
+    return JobService(settings, stores.jobs, models, stores.blobs, offload), models

@@ -49,10 +49,18 @@ class QueueHeads:
     """
 
     def __init__(
-        self, store: QueueStore, pool: ThreadPoolExecutor, ttl_s: float = 1.0, depth: int = 100
+        self,
+        store: QueueStore,
+        pool: ThreadPoolExecutor,
+        ttl_s: float = 1.0,
+        depth: int = 100,
+        *,
+        parallel: bool = True,
     ) -> None:
         self._store = store
         self._pool = pool
+        # Missing shards read in parallel on ``pool`` (network stores); else one by one here.
+        self._parallel = parallel
         self._ttl_s = ttl_s
         self._depth = depth
         self._heads: dict[str, _Head] = {}
@@ -118,7 +126,10 @@ class QueueHeads:
                 ):
                     head.refreshing = True
                     self._pool.submit(self._refresh_in_background, sh, depth)
-        fresh = list(self._pool.map(lambda sh: self._read(sh, depth), missing))
+        if self._parallel and len(missing) > 1:
+            fresh = list(self._pool.map(lambda sh: self._read(sh, depth), missing))
+        else:
+            fresh = [self._read(sh, depth) for sh in missing]
         with self._lock:
             for sh, (done, entries) in zip(missing, fresh, strict=True):
                 current = self._heads.get(sh)
