@@ -21,6 +21,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute
 
 from control_plane.api import (
+    console,
     kserve,
     routes_auth,
     routes_blobs,
@@ -201,7 +202,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     table = routes()
     app = Starlette(
-        routes=table,
+        routes=[*table, *console.routes()],
         middleware=[
             Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
             Middleware(

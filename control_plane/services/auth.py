@@ -104,6 +104,24 @@ class AuthService:
             raise Unauthorized("api key revoked")
         return self._pair(key, family=rec.family)
 
+    def revoke_refresh_family(self, refresh_token: str) -> bool:
+        """Revoke the family of a refresh token (sign-out): none of its tokens refreshes
+        again. False (nothing revoked) when the token is not a valid one of this store."""
+        if not refresh_token.startswith(REFRESH_PREFIX) or "." not in refresh_token:
+            return False
+        token_id, _, secret = refresh_token[len(REFRESH_PREFIX) :].partition(".")
+        rec = self._store.find_refresh_token(token_id)
+        if rec is None or not _same_hash(secret, rec.secret_hash):
+            return False
+        self._store.revoke_family(rec.family, self._now() + self._refresh_ttl_s)
+        return True
+
+    def mac(self, purpose: str, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under a key derived from the signing key for ``purpose``
+        (the console's CSRF tokens): every replica computes the same, nobody else can."""
+        key = hmac.new(self._signing_key().encode(), purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
     def authenticate(self, bearer: str) -> Principal:
         """The principal of a bearer access token."""
         return self.signer.verify(bearer)
