@@ -168,6 +168,7 @@ def test_try_it(chrome: Any, fleet: Fleet) -> None:
     out1 = text(chrome, "#try-result tr[data-output=OUTPUT1] code")
     assert [float(x) for x in out0.strip("[]").split(",")] == [2, 3, 4, 5]
     assert [float(x) for x in out1.strip("[]").split(",")] == [0, 1, 2, 3]
+    chrome.execute_script("document.getElementById('try-h').scrollIntoView()")
     shot(chrome, "04-try-it")
 
 
