@@ -37,6 +37,7 @@ from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.principal import Principal
+from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -110,6 +111,7 @@ class Services:
     dispatch: Dispatcher | None = None
     inference: InferenceService | None = None
     stores: Stores | None = None
+    rollups: RollupService | None = None  # the console's charts
 
 
 def services(request: Request) -> Services:

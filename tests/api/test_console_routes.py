@@ -440,3 +440,33 @@ async def test_the_bare_prefix_leads_to_the_fleet(
     for path in ("/console", "/console/"):
         r = await c.get(path)
         assert r.status_code == 200 and str(r.url).endswith("/console/fleet"), path
+
+
+async def test_charts_come_from_the_shared_rollups(
+    browser: Browser,
+    api_key: Callable[..., str],
+    client: httpx.AsyncClient,
+    auth_headers: TokenFor,
+    services: Services,
+) -> None:
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    job_id = (await client.post("/v1/jobs", headers=user, json=add_sub_job())).json()["id"]
+    await client.post(f"/v1/jobs/{job_id}/cancel", headers=user)
+    assert services.rollups is not None
+    services.rollups.flush()
+    c = await browser(api_key("user", "acme"))
+    html = (await c.get("/console/charts")).text
+    assert 'data-chart="jobs"' in html and 'data-chart="gpu"' not in html
+    assert "vendor/uplot-1.6.32/uPlot.iife.min.js" in html
+    data = (await c.get("/console/charts/data?kind=jobs&window=hour")).json()
+    totals = {s["label"]: sum(s["values"]) for s in data["series"]}
+    assert totals == {"SUBMITTED": 1, "CANCELLED": 1} and len(data["x"]) == 60
+    assert (await c.get("/console/charts/data?kind=gpu&window=hour")).status_code == 403
+    assert (await c.get("/console/charts/data?kind=jobs&window=year")).status_code == 422
+    other = await browser(api_key("user", "globex"))
+    data = (await other.get("/console/charts/data?kind=jobs&window=day")).json()
+    assert data["series"] == [] and len(data["x"]) == 1440
+    admin = await browser(api_key("admin", "default"))
+    html = (await admin.get("/console/charts?window=day")).text
+    assert all(f'data-chart="{k}"' in html for k in ("jobs", "queue", "gpu"))

@@ -40,6 +40,8 @@ def routes() -> list[BaseRoute]:
         Route("/jobs", console(pages.jobs), methods=get),
         Route("/jobs/{job_id}", console(pages.job), methods=get),
         Route("/jobs/{job_id}/cancel", console(actions.job_cancel), methods=post),
+        Route("/charts", console(pages.charts), methods=get),
+        Route("/charts/data", console(pages.chart_data), methods=get),
         Route("/admin", console(pages.admin), methods=get),
         Route("/admin/api-keys", console(actions.admin_create_key), methods=post),
         Route("/admin/api-keys/revoke", console(actions.admin_revoke_key), methods=post),

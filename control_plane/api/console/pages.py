@@ -9,7 +9,7 @@ from __future__ import annotations
 from gpufleet.wire import DeploymentView, JobList
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from control_plane.api.console import views
 from control_plane.api.console.render import page
@@ -129,3 +129,23 @@ async def admin(request: Request, s: Session) -> Response:
     """API keys and join tokens (admins), the tenant's webhook secret (users and admins)."""
     s.p.require("jobs:write")
     return page(request, s, "admin.html", created=None, join=None, secret=None, note=None)
+
+
+async def charts(request: Request, s: Session) -> Response:
+    window = request.query_params.get("window") or "hour"
+    if window not in ("hour", "day"):
+        raise InvalidRequest("window must be hour or day", field="window")
+    kinds = ["jobs", "queue", "gpu"] if s.p.is_admin else ["jobs"]
+    available = services(request).rollups is not None
+    return page(request, s, "charts.html", window=window, kinds=kinds, available=available)
+
+
+async def chart_data(request: Request, s: Session) -> Response:
+    """One chart's columns as JSON, for uPlot (``static/charts.js``)."""
+    rollups = services(request).rollups
+    if rollups is None:
+        raise Unavailable("this control plane keeps no rollups")
+    kind = request.query_params.get("kind", "")
+    window = request.query_params.get("window", "hour")
+    data = await run_in_threadpool(rollups.chart, s.p, kind, window)
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
