@@ -68,7 +68,7 @@ def fleet(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("console-fleet")
-    cp = start_control_plane(work / "cp")
+    cp = start_control_plane(work / "cp", {"GPUFLEET_ROLLUP_FLUSH_INTERVAL_S": "0.5"})
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as admin:
             token = admin.admin.create_join_token(region="default").join_token
@@ -170,6 +170,14 @@ def test_try_it(chrome: Any, fleet: Fleet) -> None:
     assert [float(x) for x in out1.strip("[]").split(",")] == [0, 1, 2, 3]
     chrome.execute_script("document.getElementById('try-h').scrollIntoView()")
     shot(chrome, "04-try-it")
+    chrome.get(f"{fleet.url}/fleet")
+    wait_for(
+        chrome,
+        lambda b: attrs(b, ".runner tr[data-model=add_sub]", "data-state") == ["READY"],
+        20,
+        "add_sub READY on the runner's card",
+    )
+    shot(chrome, "04-fleet-loaded")
 
 
 def test_jobs_finish_live_and_a_queued_one_is_cancelled(chrome: Any, fleet: Fleet) -> None:
@@ -199,6 +207,20 @@ def test_jobs_finish_live_and_a_queued_one_is_cancelled(chrome: Any, fleet: Flee
     shot(chrome, "06-job")
 
 
+def test_charts_show_the_jobs(chrome: Any, fleet: Fleet) -> None:
+    def drawn(b: Any) -> bool:
+        b.get(f"{fleet.url}/charts")
+        wait_for(b, lambda b: attrs(b, "#chart-jobs", "data-loaded") == ["yes"], 20, "a chart")
+        return "SUCCEEDED: latest" in text(b, "#chart-jobs .summary")
+
+    wait_for(chrome, drawn, 60, "the jobs chart with SUCCEEDED jobs")
+    assert chrome.find_elements("css selector", "#chart-jobs .plot canvas")  # uPlot drew
+    assert attrs(chrome, "#chart-jobs", "data-points") == ["60"]
+    for kind in ("queue", "gpu"):  # admins get the fleet's charts too
+        assert chrome.find_elements("id", f"chart-{kind}")
+    shot(chrome, "07-charts")
+
+
 def test_viewer_csrf_and_other_tenants(chrome: Any, fleet: Fleet) -> None:
     queued = fleet.admin.submit(MODEL, FEED, region="nowhere")
     viewer = fleet.admin.admin.create_api_key("default", "viewer", "console-viewer").api_key
@@ -210,7 +232,7 @@ def test_viewer_csrf_and_other_tenants(chrome: Any, fleet: Fleet) -> None:
     chrome.get(f"{fleet.url}/jobs/{queued.id}")
     assert text(chrome, "#job-status") == "QUEUED"
     assert not chrome.find_elements("id", "cancel-form")
-    shot(chrome, "07-viewer-job")
+    shot(chrome, "08-viewer-job")
     csrf = chrome.find_element("css selector", "input[name=csrf]").get_attribute("value")
     forged = post_from_page(chrome, f"/console/jobs/{queued.id}/cancel", {"csrf": csrf})
     assert forged["status"] == 403 and "jobs:write" in forged["text"]
@@ -224,7 +246,7 @@ def test_viewer_csrf_and_other_tenants(chrome: Any, fleet: Fleet) -> None:
     assert text(chrome, "h1") == "Not found"
     chrome.get(f"{fleet.url}/models/{MODEL}")
     assert text(chrome, "h1") == "Not found"
-    shot(chrome, "08-other-tenant")
+    shot(chrome, "09-other-tenant")
     fleet.admin.cancel(queued.id)
 
 
@@ -245,7 +267,7 @@ def test_phone_width_and_sign_out(chrome: Any, fleet: Fleet) -> None:
         )
         assert inner == 390, wide
         assert width <= inner, f"the fleet page scrolls sideways on a phone ({width}px)"
-        shot(chrome, "09-fleet-phone")
+        shot(chrome, "10-fleet-phone")
     finally:
         chrome.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     chrome.find_element("css selector", ".who button").click()

@@ -30,7 +30,7 @@
     data.series.forEach(function (s) { if (s.scale && s.scale !== (data.series[0].scale || "y")) { extra[s.scale] = true; } });
     Object.keys(extra).forEach(function (k) { axes.push({stroke: axisColour, scale: k, side: 1, grid: {show: false}}); });
     var series = [{}].concat(data.series.map(function (s, i) {
-      return {label: s.label, scale: s.scale || "y", stroke: STATUS[s.label] || PALETTE[i % PALETTE.length], width: 2, spanGaps: false};
+      return {label: s.label, scale: s.scale || "y", stroke: STATUS[s.label] || PALETTE[i % PALETTE.length], width: 2, spanGaps: false, points: {show: data.kind !== "jobs"}};
     }));
     var opts = {width: Math.max(280, plot.clientWidth || fig.clientWidth - 30), height: 220, scales: scales, axes: axes, series: series};
     fig._uplot = new uPlot(opts, [data.x].concat(data.series.map(function (s) { return s.values; })), plot);
