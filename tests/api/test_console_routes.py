@@ -470,3 +470,17 @@ async def test_charts_come_from_the_shared_rollups(
     admin = await browser(api_key("admin", "default"))
     html = (await admin.get("/console/charts?window=day")).text
     assert all(f'data-chart="{k}"' in html for k in ("jobs", "queue", "gpu"))
+
+
+async def test_job_page_previews_inputs_and_jobs_filter_by_time(
+    browser: Browser, api_key: Callable[..., str], client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    job_id = (await client.post("/v1/jobs", headers=user, json=add_sub_job())).json()["id"]
+    c = await browser(api_key("user", "acme"))
+    html = (await c.get(f"/console/jobs/{job_id}")).text
+    assert 'data-input="INPUT0"' in html and "[1, 2, 3, 4]" in html
+    assert job_id in (await c.get("/console/jobs?since=15m")).text
+    r = await c.get("/console/jobs?since=1y")
+    assert r.status_code == 422 and "since must be one of" in r.text

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from gpufleet.wire import JobView, ModelVersionView, Tensor, TensorSpec
+from gpufleet.wire import JobList, JobView, ModelVersionView, Tensor, TensorSpec
 
 from control_plane.api.console import views
 from control_plane.api.console.render import STATIC_DIR, age
@@ -63,6 +63,20 @@ def test_try_it_form_shapes_from_the_array_and_names_bad_fields() -> None:
         with pytest.raises(InvalidRequest, match=message) as exc:
             views.tensors_from_form(ADD_SUB, {"input:INPUT0": raw})
         assert exc.value.field == "input:INPUT0"
+
+
+def test_time_filter_keeps_the_window_and_stops_paging_past_it() -> None:
+    def job(i: int, at: str) -> JobView:
+        return JobView(id=f"j{i}", status="QUEUED", model="m", created_at=at)
+
+    now = 1767225600.0  # 2026-01-01T00:00:00Z
+    recent = [job(1, "2025-12-31T23:59:00Z"), job(2, "2025-12-31T23:50:00Z")]
+    full = JobList(jobs=recent, next_cursor="c1")
+    assert views.created_since(full, "15m", now) == (recent, "c1")
+    assert views.created_since(full, "", now) == (recent, "c1")
+    mixed = JobList(jobs=[*recent, job(3, "2025-12-31T20:00:00Z")], next_cursor="c2")
+    assert views.created_since(mixed, "1h", now) == (recent, None)  # older ones: stop
+    assert views.created_since(mixed, "24h", now) == (mixed.jobs, "c2")
 
 
 def test_age_reads_like_a_person_would() -> None:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from control_plane import clock
 from control_plane.api.console import views
 from control_plane.api.console.render import page
 from control_plane.api.console.session import PREFIX, Session, redirect, safe_next
@@ -83,17 +84,23 @@ async def jobs(request: Request, s: Session) -> Response:
             f"status must be one of {', '.join(views.JOB_STATUSES)}", field="status"
         )
     model_name = request.query_params.get("model") or None
+    since = request.query_params.get("since") or ""
+    if since and since not in views.SINCE:
+        raise InvalidRequest(f"since must be one of {', '.join(views.SINCE)}", field="since")
     limit = query_int(request, "limit", 25, 1, 200)
     cursor = request.query_params.get("cursor") or None
     listing: JobList = await run_in_threadpool(
         services(request).jobs.list, s.p, status, model_name, limit, cursor
     )
+    found, next_cursor = views.created_since(listing, since, clock.now())
     return page(
         request,
         s,
         "jobs.html",
-        jobs=listing.jobs,
-        next_cursor=listing.next_cursor,
+        jobs=found,
+        next_cursor=next_cursor,
+        since=since,
+        sinces=views.SINCE,
         status=status or "",
         model=model_name or "",
         limit=limit,
@@ -105,6 +112,7 @@ async def job(request: Request, s: Session) -> Response:
     svc = services(request)
     job_id = request.path_params["job_id"]
     view = await run_in_threadpool(svc.jobs.get, s.p, job_id)
+    inputs = await run_in_threadpool(svc.jobs.inputs, s.p, job_id)
     deliveries = []
     if svc.webhooks is not None:
         try:
@@ -118,6 +126,7 @@ async def job(request: Request, s: Session) -> Response:
         s,
         "job.html",
         job=view,
+        inputs=inputs,
         steps=views.timeline(view),
         terminal=view.status in views.TERMINAL,
         preview=views.preview,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.templating import Jinja2Templates
 
 from control_plane import clock
 from control_plane.api.console.session import PREFIX, Session
+from control_plane.api.console.views import parse_time
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -22,15 +22,9 @@ UPLOT_CSS = "vendor/uplot-1.6.32/uPlot.min.css"
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
-def parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def age(value: str | None, now: float | None = None) -> str:
     """``"3s ago"`` / ``"5m ago"`` for an RFC 3339 time; ``"never"`` for None."""
-    ts = parse_iso(value)
+    ts = parse_time(value)
     if ts is None:
         return "never"
     s = max(0.0, (now if now is not None else clock.now()) - ts)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from gpufleet.wire import JobView, ModelVersionView, RunnerView, Tensor, TensorSpec
+from gpufleet.wire import JobList, JobView, ModelVersionView, RunnerView, Tensor, TensorSpec
 
 from control_plane.errors import InvalidRequest
 
@@ -16,6 +17,7 @@ STATE_WORDS = {"ONLINE": "healthy", "DRAINING": "draining", "OFFLINE": "lost", "
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 JOB_STATUSES = ("QUEUED", "RUNNING", *TERMINAL)
 PREVIEW_VALUES = 32
+SINCE = {"15m": 900, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}  # the jobs page's time filter
 
 
 def runner_state(r: RunnerView) -> str:
@@ -100,3 +102,20 @@ def tensors_from_form(version: ModelVersionView, values: dict[str, str]) -> list
 
 def parse_regions(text: str) -> list[str]:
     return [r.strip() for r in text.replace("\n", ",").split(",") if r.strip()]
+
+
+def created_since(listing: JobList, since: str, now: float) -> tuple[list[JobView], str | None]:
+    """The page's jobs created within ``since`` (a key of ``SINCE``; "" = all) and the cursor
+    of the next page. Lists are newest first, so once a job is older than the window no later
+    page can hold a newer one: paging stops there."""
+    if not since:
+        return listing.jobs, listing.next_cursor
+    cutoff = now - SINCE[since]
+    kept = [j for j in listing.jobs if (parse_time(j.created_at) or 0) >= cutoff]
+    return kept, listing.next_cursor if len(kept) == len(listing.jobs) else None
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
