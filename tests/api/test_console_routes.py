@@ -93,6 +93,8 @@ async def test_pages_need_a_session_and_sign_in_sets_strict_cookies(
         assert "secure" not in text  # plain HTTP: a Secure cookie would never come back
     r = await client.get("/console/jobs")
     assert r.status_code == 200 and "acme · user" in r.text
+    assert r.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
 
 async def test_cookies_are_secure_over_tls(app: Any, api_key: Callable[..., str]) -> None:

@@ -250,6 +250,19 @@ def test_viewer_csrf_and_other_tenants(chrome: Any, fleet: Fleet) -> None:
     fleet.admin.cancel(queued.id)
 
 
+def test_no_script_errors_or_policy_violations(chrome: Any, fleet: Fleet) -> None:
+    """Every page's scripts (htmx, uPlot, charts.js) run under the console's CSP."""
+    sign_in(chrome, fleet, fleet.cp.admin_key)
+    chrome.get_log("browser")  # drop what came before
+    for path in ("/fleet", "/models", f"/models/{MODEL}", "/jobs", "/charts", "/admin"):
+        chrome.get(fleet.url + path)
+        wait_for(chrome, lambda b: b.execute_script("return !!window.htmx"), 10, "htmx")
+    chrome.get(fleet.url + "/charts")
+    wait_for(chrome, lambda b: attrs(b, "#chart-jobs", "data-loaded") == ["yes"], 20, "a chart")
+    problems = [e for e in chrome.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert problems == []
+
+
 def test_phone_width_and_sign_out(chrome: Any, fleet: Fleet) -> None:
     sign_in(chrome, fleet, fleet.cp.admin_key)
     phone = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}

@@ -124,7 +124,20 @@ async def _check_csrf(request: Request, s: Session) -> None:
         raise Forbidden("the form's CSRF token is missing or stale: reload the page")
 
 
+# Every console answer: never cached (pages show secrets once), never framed, and only this
+# origin's scripts, styles and form targets (the templates have no inline script or style).
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def apply_cookies(request: Request, response: Response, s: Session) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     secure = request.url.scheme == "https"
     settings = services(request).settings
     max_age = settings.refresh_token_ttl_s  # the session lasts as long as its refresh token
