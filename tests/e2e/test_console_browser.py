@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gpufleet import Client
+from selenium.webdriver.common.keys import Keys
 
 from tests.e2e.test_fleet_docker import remove_containers
 from tests.helpers.chromium import (
@@ -94,8 +95,7 @@ def sign_in(browser: Any, fleet: Fleet, api_key: str, then: str = "/fleet") -> N
     browser.delete_all_cookies()
     browser.get(fleet.url + then)
     wait_for(browser, lambda b: b.find_elements("id", "api_key"), 20, "the sign-in form")
-    browser.find_element("id", "api_key").send_keys(api_key)
-    browser.find_element("css selector", "#signin-form button[type=submit]").click()
+    browser.find_element("id", "api_key").send_keys(api_key + Keys.ENTER)  # keyboard only
     wait_for(browser, lambda b: b.find_elements("id", "whoami"), 20, "a signed-in page")
 
 
@@ -261,6 +261,18 @@ def test_no_script_errors_or_policy_violations(chrome: Any, fleet: Fleet) -> Non
     wait_for(chrome, lambda b: attrs(b, "#chart-jobs", "data-loaded") == ["yes"], 20, "a chart")
     problems = [e for e in chrome.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert problems == []
+
+
+def test_keyboard_reaches_the_content_first(chrome: Any, fleet: Fleet) -> None:
+    chrome.get(f"{fleet.url}/jobs")
+    body = chrome.find_element("tag name", "body")
+    body.send_keys(Keys.TAB)
+    active = "return [document.activeElement.className, document.activeElement.id]"
+    assert chrome.execute_script(active) == ["skip", ""]
+    chrome.switch_to.active_element.send_keys(Keys.ENTER)
+    assert chrome.execute_script(active) == ["", "main"]
+    chrome.switch_to.active_element.send_keys(Keys.TAB)  # then the first filter field
+    assert chrome.execute_script("return document.activeElement.name") == "status"
 
 
 def test_phone_width_and_sign_out(chrome: Any, fleet: Fleet) -> None:
