@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gpufleet.wire import (
     ApiKeyCreate,
@@ -38,6 +39,18 @@ from control_plane.storage.protocols_auth import (
 API_KEY_PREFIX = "gf_"
 REFRESH_PREFIX = "rt_"
 JOIN_PREFIX = "gfj_"
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    """What an admin sees of a key: never its secret or the secret's hash."""
+
+    id: str
+    tenant: str
+    role: str
+    name: str
+    created_at: float
+    revoked: bool
 
 
 def sha256_hex(value: str) -> str:
@@ -182,6 +195,14 @@ class AuthService:
             tenant=tenant,
             role=role,  # type: ignore[arg-type]
         )
+
+    def list_api_keys(self, p: Principal) -> list[ApiKeyView]:
+        """Every key without its secret hash (admin)."""
+        p.require("admin")
+        return [
+            ApiKeyView(k.id, k.tenant, k.role, k.name, k.created_at, k.revoked)
+            for k in self._store.list_api_keys()
+        ]
 
     def revoke_api_key(self, p: Principal, key_id: str) -> None:
         """Revoke a key (admin). Its refresh tokens stop working at their next use."""

@@ -397,8 +397,13 @@ async def test_admin_creates_keys_and_join_tokens_shown_once(
     assert services.auth.exchange_api_key(key).access_token
     assert key not in (await c.get("/console/admin")).text  # shown once
     key_id = key[len("gf_") :].rpartition("_")[0]
+    row = r.text.split(f'<tr data-key="{key_id}">')[1].split("</tr>")[0]
+    assert "globex" in row and "viewer" in row and "ops" in row and "Revoke" in row
+    assert "secret_hash" not in r.text and key.rpartition("_")[2] not in row
     r = await c.post("/console/admin/api-keys/revoke", data={"csrf": c.csrf, "key_id": key_id})
     assert r.status_code == 200 and "is revoked" in r.text
+    row = r.text.split(f'<tr data-key="{key_id}">')[1].split("</tr>")[0]
+    assert "revoked" in row and "Revoke" not in row
     r = await c.post(
         "/console/admin/api-keys", data={"csrf": c.csrf, "tenant": "Bad Name!", "role": "user"}
     )

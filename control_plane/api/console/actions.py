@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from control_plane.api.console import views
+from control_plane.api.console.pages import admin_page
 from control_plane.api.console.render import page
 from control_plane.api.console.session import (
     ACCESS_COOKIE,
@@ -180,7 +181,7 @@ async def admin_create_key(request: Request, s: Session) -> Response:
         {"tenant": s.value("tenant").strip(), "role": s.value("role"), "name": s.value("name")},
     )
     created = await run_in_threadpool(services(request).auth.create_api_key, s.p, req)
-    return page(request, s, "admin.html", created=created, join=None, secret=None, note=None)
+    return await admin_page(request, s, created=created)
 
 
 async def admin_revoke_key(request: Request, s: Session) -> Response:
@@ -189,7 +190,7 @@ async def admin_revoke_key(request: Request, s: Session) -> Response:
         raise InvalidRequest("enter the id of the key to revoke", field="key_id")
     await run_in_threadpool(services(request).auth.revoke_api_key, s.p, key_id)
     note = f"API key {key_id} is revoked: its sessions end at their next refresh."
-    return page(request, s, "admin.html", created=None, join=None, secret=None, note=note)
+    return await admin_page(request, s, note=note)
 
 
 async def admin_join_token(request: Request, s: Session) -> Response:
@@ -208,7 +209,7 @@ async def admin_join_token(request: Request, s: Session) -> Response:
         },
     )
     join = await run_in_threadpool(services(request).auth.create_join_token, s.p, req)
-    return page(request, s, "admin.html", created=None, join=join, secret=None, note=None)
+    return await admin_page(request, s, join=join)
 
 
 async def admin_rotate_webhook_secret(request: Request, s: Session) -> Response:
@@ -216,4 +217,4 @@ async def admin_rotate_webhook_secret(request: Request, s: Session) -> Response:
     if webhooks is None:
         raise Unavailable("webhooks are not configured on this control plane")
     secret = await run_in_threadpool(webhooks.rotate_secret, s.p)
-    return page(request, s, "admin.html", created=None, join=None, secret=secret, note=None)
+    return await admin_page(request, s, secret=secret)

@@ -6,6 +6,8 @@ page updates without reload on any replica.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gpufleet.wire import DeploymentView, JobList
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -136,8 +138,17 @@ async def job(request: Request, s: Session) -> Response:
 
 async def admin(request: Request, s: Session) -> Response:
     """API keys and join tokens (admins), the tenant's webhook secret (users and admins)."""
+    return await admin_page(request, s)
+
+
+async def admin_page(request: Request, s: Session, **shown: Any) -> Response:
+    """The admin page, with what an action just made (``created``, ``join``, ``secret``,
+    ``note``) shown once."""
     s.p.require("jobs:write")
-    return page(request, s, "admin.html", created=None, join=None, secret=None, note=None)
+    auth = services(request).auth
+    keys = await run_in_threadpool(auth.list_api_keys, s.p) if s.can("admin") else []
+    context = {"created": None, "join": None, "secret": None, "note": None, **shown}
+    return page(request, s, "admin.html", keys=keys, **context)
 
 
 async def charts(request: Request, s: Session) -> Response:

@@ -48,7 +48,11 @@ def short_time(value: str | None) -> str:
     return value.replace("T", " ")[:19] if value else ""
 
 
-templates.env.filters.update(age=age, pct=pct, short_time=short_time)
+def epoch_time(ts: float | None) -> str:
+    return short_time(clock.iso(ts))
+
+
+templates.env.filters.update(age=age, pct=pct, short_time=short_time, epoch_time=epoch_time)
 templates.env.globals.update(prefix=PREFIX, htmx=HTMX, uplot_js=UPLOT_JS, uplot_css=UPLOT_CSS)
 
 
