@@ -87,12 +87,14 @@ async def test_pages_need_a_session_and_sign_in_sets_strict_cookies(
     )
     assert r.status_code == 303 and r.headers["location"] == "/console/jobs"
     cookies = {c.split("=", 1)[0]: c.lower() for c in r.headers.get_list("set-cookie")}
-    assert set(cookies) == {"gf_access", "gf_refresh"}
+    assert set(cookies) == {"gf_access", "gf_refresh", "gf_csrf"}  # a new CSRF cookie too
     for text in cookies.values():
         assert "httponly" in text and "samesite=strict" in text and "path=/console" in text
         assert "secure" not in text  # plain HTTP: a Secure cookie would never come back
     r = await client.get("/console/jobs")
     assert r.status_code == 200 and "acme · user" in r.text
+    assert csrf_of(r.text) != token  # the sign-in page's token ends with it
+    assert (await client.post("/console/signout", data={"csrf": token})).status_code == 403
     assert r.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
 

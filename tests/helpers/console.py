@@ -16,7 +16,8 @@ def csrf_of(html: str) -> str:
 
 
 async def sign_in(client: httpx.AsyncClient, api_key: str) -> str:
-    """Sign ``client`` in with ``api_key`` through the form; the CSRF token of the session."""
+    """Sign ``client`` in with ``api_key`` through the form; the CSRF token of the session
+    (a new one: signing in replaces the CSRF cookie)."""
     r = await client.get("/console/signin")
     assert r.status_code == 200, r.text
     token = csrf_of(r.text)
@@ -27,4 +28,6 @@ async def sign_in(client: httpx.AsyncClient, api_key: str) -> str:
     )
     assert r.status_code == 303, r.text
     assert r.headers["location"] == "/console/fleet"
-    return token
+    r = await client.get("/console/fleet")
+    assert r.status_code == 200, r.text
+    return csrf_of(r.text)

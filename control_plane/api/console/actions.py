@@ -23,9 +23,11 @@ from control_plane.api.console.pages import admin_page
 from control_plane.api.console.render import page
 from control_plane.api.console.session import (
     ACCESS_COOKIE,
+    CSRF_COOKIE,
     PREFIX,
     REFRESH_COOKIE,
     Session,
+    new_csrf_cookie,
     redirect,
     safe_next,
 )
@@ -59,6 +61,7 @@ async def signin(request: Request, s: Session) -> Response:
         )
     s.cookies[ACCESS_COOKIE] = pair.access_token
     s.cookies[REFRESH_COOKIE] = pair.refresh_token
+    s.cookies[CSRF_COOKIE] = new_csrf_cookie()  # a new session: tokens of before stop working
     return redirect(request, nxt)
 
 
@@ -69,6 +72,7 @@ async def signout(request: Request, s: Session) -> Response:
     s.clear = True
     s.cookies.pop(ACCESS_COOKIE, None)
     s.cookies.pop(REFRESH_COOKIE, None)
+    s.cookies[CSRF_COOKIE] = new_csrf_cookie()
     return redirect(request, f"{PREFIX}/signin")
 
 

@@ -72,6 +72,10 @@ class Session:
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
+def new_csrf_cookie() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def csrf_token(auth: AuthService, cookie: str) -> str:
     return auth.mac(_CSRF_PURPOSE, cookie)
 
@@ -102,7 +106,7 @@ async def _session(request: Request) -> Session:
     auth = services(request).auth
     cookie = request.cookies.get(CSRF_COOKIE)
     fresh = not cookie or len(cookie) > 128
-    value = secrets.token_urlsafe(32) if fresh else str(cookie)
+    value = new_csrf_cookie() if fresh else str(cookie)
     s = Session(None, await run_in_threadpool(csrf_token, auth, value))
     if fresh:
         s.cookies[CSRF_COOKIE] = value
