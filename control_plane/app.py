@@ -21,6 +21,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute
 
 from control_plane.api import (
+    console,
     kserve,
     routes_auth,
     routes_blobs,
@@ -43,6 +44,7 @@ from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
+from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
@@ -100,6 +102,10 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         else None
     )
     inference = InferenceService(jobs, dispatch, settings)
+    rollups = None
+    if st.rollups is not None:
+        rollups = RollupService(st.rollups, flush_interval_s=settings.rollup_flush_interval_s)
+        jobs.on_record_transition.append(rollups.job_transition)
     checks = {
         "jobs": jobs.ping,
         "auth": auth.ping,
@@ -119,6 +125,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         dispatch=dispatch,
         inference=inference,
         stores=st,
+        rollups=rollups,
     )
 
 
@@ -190,6 +197,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         if svc.webhooks is not None:
             worker = svc.webhooks.worker(DeliveryPolicy.from_settings(settings))
             tasks.append(asyncio.create_task(worker.run_forever()))
+        if svc.rollups is not None:
+            rollups = svc.rollups.run_forever(svc.runners.records, svc.jobs.queue_depths)
+            tasks.append(asyncio.create_task(rollups))
         try:
             yield
         finally:
@@ -201,7 +211,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     table = routes()
     app = Starlette(
-        routes=table,
+        routes=[*table, *console.routes()],
         middleware=[
             Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
             Middleware(

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=2.0, gt=0, description="Period of the expiry sweep (lease expiry, queue TTL)."
     )
+    rollup_flush_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often this replica adds the job counts it saw to the console's "
+        "per-minute rollups (and, once a minute, records queue depth and GPU readings).",
+    )
     runner_offline_after_s: float = Field(
         default=30.0, description="A runner without heartbeat for this long is OFFLINE."
     )

@@ -3,7 +3,8 @@
 # server when it can: the docker backend on a reachable (or privately started) Docker engine
 # with the CPU Triton image, else the process backend (a local `tritonserver`), else the
 # mock backend with a loud notice. Pushes model_repository/add_sub, runs jobs through the
-# SDK, prints inputs, outputs and timings, then shuts everything down by pid.
+# SDK, prints inputs, outputs and timings, then shuts everything down by pid
+# (GPUFLEET_DEMO_HOLD=1: keeps it up until Ctrl-C, to look at the jobs in the console).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -76,6 +77,7 @@ for _ in $(seq 1 100); do
 done
 curl -fs "$URL/v1/health" >/dev/null || { echo "demo: control plane did not start"; cat "$WORK/control-plane.log"; exit 1; }
 echo "demo: control plane on $URL"
+echo "demo: console on $URL/console (sign in with the demo's admin API key: $(cat "$WORK/admin.key"))"
 
 # ---- runner
 JOIN_TOKEN=$($PY scripts/demo.py join-token --url "$URL" --api-key-file "$WORK/admin.key")
@@ -99,3 +101,7 @@ echo "demo: runner started (log: $WORK/runner.log)"
 # (memlock=-1, NVIDIA's other recommended ulimit, is refused by a private rootless-style engine)
 $PY scripts/demo.py run --url "$URL" --api-key-file "$WORK/admin.key" \
   --model-dir model_repository/add_sub --runner-pid "${PIDS[1]}" --runner-log "$WORK/runner.log"
+if [ "${GPUFLEET_DEMO_HOLD:-0}" = "1" ]; then
+  echo "demo: GPUFLEET_DEMO_HOLD=1: the fleet stays up; its jobs are on $URL/console/jobs. Ctrl-C stops everything."
+  while kill -0 "${PIDS[0]}" 2>/dev/null; do sleep 1; done
+fi

@@ -4,6 +4,8 @@
 #   - Debian mmdebstrap    (builds the CPU Triton image's root file system offline)
 #   - Debian python3-numpy (the host-side Triton of the runner's process backend: the Python
 #                           backend's stub embeds the system Python, which needs numpy)
+#   - Debian chromium + chromium-driver (the console's browser tests, headless; selenium
+#                           is pointed at both, so nothing downloads a browser)
 # Uses the machine's own apt sources. Exits 0 when everything is already present.
 set -euo pipefail
 
@@ -16,9 +18,11 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 deb_installed python3-numpy || need+=(python3-numpy)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ "${#need[@]}" -eq 0 ]; then
-    echo "install-rig-deps: dockerd, mmdebstrap and python3-numpy already present"
+    echo "install-rig-deps: dockerd, mmdebstrap, python3-numpy and chromium already present"
     exit 0
 fi
 
@@ -37,7 +41,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 
-for bin in dockerd mmdebstrap; do
+for bin in dockerd mmdebstrap chromium chromedriver; do
     command -v "$bin" >/dev/null 2>&1 || { echo "install-rig-deps: $bin still missing" >&2; exit 1; }
 done
 deb_installed python3-numpy || { echo "install-rig-deps: python3-numpy still missing" >&2; exit 1; }

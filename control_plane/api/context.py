@@ -30,6 +30,7 @@ from gpufleet.wire import (
     ModelList,
     ModelVersionView,
     ModelView,
+    Tensor,
 )
 from starlette.requests import Request
 
@@ -38,6 +39,7 @@ from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
+from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -55,6 +57,7 @@ class JobsPort(Protocol):
     ) -> tuple[JobView, bool]: ...
     def submit_batch(self, p: Principal, reqs: list[JobRequest]) -> list[str]: ...
     def get(self, p: Principal, job_id: str) -> JobView: ...
+    def inputs(self, p: Principal, job_id: str) -> builtins.list[Tensor]: ...
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView: ...
     def list(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
@@ -113,6 +116,7 @@ class Services:
     dispatch: Dispatcher | None = None
     inference: InferenceService | None = None
     stores: Stores | None = None
+    rollups: RollupService | None = None  # the console's charts
 
 
 def services(request: Request) -> Services:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gpufleet.wire import (
     ApiKeyCreate,
@@ -38,6 +39,18 @@ from control_plane.storage.protocols_auth import (
 API_KEY_PREFIX = "gf_"
 REFRESH_PREFIX = "rt_"
 JOIN_PREFIX = "gfj_"
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    """What an admin sees of a key: never its secret or the secret's hash."""
+
+    id: str
+    tenant: str
+    role: str
+    name: str
+    created_at: float
+    revoked: bool
 
 
 def sha256_hex(value: str) -> str:
@@ -104,6 +117,24 @@ class AuthService:
             raise Unauthorized("api key revoked")
         return self._pair(key, family=rec.family)
 
+    def revoke_refresh_family(self, refresh_token: str) -> bool:
+        """Revoke the family of a refresh token (sign-out): none of its tokens refreshes
+        again. False (nothing revoked) when the token is not a valid one of this store."""
+        if not refresh_token.startswith(REFRESH_PREFIX) or "." not in refresh_token:
+            return False
+        token_id, _, secret = refresh_token[len(REFRESH_PREFIX) :].partition(".")
+        rec = self._store.find_refresh_token(token_id)
+        if rec is None or not _same_hash(secret, rec.secret_hash):
+            return False
+        self._store.revoke_family(rec.family, self._now() + self._refresh_ttl_s)
+        return True
+
+    def mac(self, purpose: str, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under a key derived from the signing key for ``purpose``
+        (the console's CSRF tokens): every replica computes the same, nobody else can."""
+        key = hmac.new(self._signing_key().encode(), purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
     def authenticate(self, bearer: str) -> Principal:
         """The principal of a bearer access token."""
         return self.signer.verify(bearer)
@@ -164,6 +195,14 @@ class AuthService:
             tenant=tenant,
             role=role,  # type: ignore[arg-type]
         )
+
+    def list_api_keys(self, p: Principal) -> list[ApiKeyView]:
+        """Every key without its secret hash (admin)."""
+        p.require("admin")
+        return [
+            ApiKeyView(k.id, k.tenant, k.role, k.name, k.created_at, k.revoked)
+            for k in self._store.list_api_keys()
+        ]
 
     def revoke_api_key(self, p: Principal, key_id: str) -> None:
         """Revoke a key (admin). Its refresh tokens stop working at their next use."""

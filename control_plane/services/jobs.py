@@ -53,6 +53,7 @@ from gpufleet.wire import (
     LeaseRequest,
     LeaseResponse,
     ModelRef,
+    Tensor,
 )
 
 from control_plane.clock import iso, new_id, now
@@ -436,6 +437,12 @@ class JobService:
     def get(self, p: Principal, job_id: str) -> JobView:
         p.require("jobs:read")
         return self._with_reason(self._load(p, job_id))
+
+    def inputs(self, p: Principal, job_id: str) -> builtins.list[Tensor]:
+        """The job's input tensors as submitted (large ones as ``data_ref``), for the console's
+        job page; 404 where ``get`` would be."""
+        p.require("jobs:read")
+        return [Tensor(**t) for t in self._load(p, job_id).request.get("inputs") or []]
 
     def _with_reason(self, job: JobRecord) -> JobView:
         """The view, with ``waiting_reason`` for a QUEUED job when placement can tell."""

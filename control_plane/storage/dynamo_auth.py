@@ -34,6 +34,18 @@ def _b(v: bool) -> dict[str, bool]:
     return {"BOOL": v}
 
 
+def _api_key(key_id: str, item: dict[str, Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=key_id,
+        tenant=item["tenant"]["S"],
+        role=item["role"]["S"],
+        name=item["name"]["S"],
+        secret_hash=item["secret_hash"]["S"],
+        created_at=float(item["created_at"]["N"]),
+        revoked=item["revoked"]["BOOL"],
+    )
+
+
 class DynamoAuthStore:
     """``AuthStore`` on DynamoDB; every state change is a conditional write."""
 
@@ -99,17 +111,26 @@ class DynamoAuthStore:
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         item = self._get(f"key#{key_id}", "find api key")
-        if item is None:
-            return None
-        return ApiKeyRecord(
-            id=key_id,
-            tenant=item["tenant"]["S"],
-            role=item["role"]["S"],
-            name=item["name"]["S"],
-            secret_hash=item["secret_hash"]["S"],
-            created_at=float(item["created_at"]["N"]),
-            revoked=item["revoked"]["BOOL"],
-        )
+        return None if item is None else _api_key(key_id, item)
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """A Scan of the auth table for ``key#`` items (an admin page's read, not a hot path:
+        the table also holds refresh tokens, which the filter skips)."""
+        keys: list[ApiKeyRecord] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(pk, :k)",
+            "ExpressionAttributeValues": {":k": _s("key#")},
+        }
+        with translate_errors("list api keys"):
+            while True:
+                page = self._db.scan(**kwargs)
+                for item in page.get("Items", []):
+                    keys.append(_api_key(item["pk"]["S"][len("key#") :], item))
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
 
     def revoke_api_key(self, key_id: str) -> bool:
         """Mark a key revoked; False when no such key."""

@@ -86,6 +86,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     from control_plane.storage.sqlite.jobs import SqliteJobTable
     from control_plane.storage.sqlite.models import SqliteModelStore
     from control_plane.storage.sqlite.queue import SqliteQueueStore
+    from control_plane.storage.sqlite.rollups import SqliteRollupStore
     from control_plane.storage.sqlite.runners import SqliteNonceStore, SqliteRunnerStore
     from control_plane.storage.sqlite.schema import migrate
     from control_plane.storage.sqlite.webhooks import (
@@ -138,5 +139,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         webhooks=SqliteWebhookStore(db),
         webhook_secrets=SqliteWebhookSecretStore(db),
         close=close,
+        rollups=SqliteRollupStore(db),
         extra={"database": db, "data_dir": root},
     )

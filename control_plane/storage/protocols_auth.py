@@ -91,6 +91,11 @@ class AuthStore(Protocol):
         """Mark the key revoked (again: still True); False when there is no such key."""
         ...
 
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked ones too, by ``created_at`` (for the admin page; DynamoDB: a
+        Scan of the auth table, eventually consistent)."""
+        ...
+
     def save_refresh_token(self, rec: RefreshRecord) -> None:
         """Store a new refresh token; ``Conflict`` (nothing written) when the id exists."""
         ...

@@ -27,6 +27,7 @@ from control_plane.storage.protocols import (
     ModelStore,
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
+from control_plane.storage.protocols_rollups import RollupStore
 
 
 def _nothing() -> None:
@@ -48,6 +49,7 @@ class Stores:
     webhooks: WebhookStore
     webhook_secrets: SecretStore
     close: Callable[[], None] = _nothing
+    rollups: RollupStore | None = None  # the console's charts (None: no charts)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -65,6 +67,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_jobs import DynamoJobStore
     from control_plane.storage.dynamo_models import DynamoModelStore
     from control_plane.storage.dynamo_queue import DynamoQueueStore
+    from control_plane.storage.dynamo_rollups import DynamoRollupStore
     from control_plane.storage.dynamo_runners import DynamoNonceStore, DynamoRunnerStore
     from control_plane.storage.dynamo_webhooks import (
         DynamoWebhookSecretStore,
@@ -89,6 +92,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         nonces=DynamoNonceStore(db, t("nonces")),
         webhooks=DynamoWebhookStore(db, t("webhooks")),
         webhook_secrets=DynamoWebhookSecretStore(db, t("auth")),
+        rollups=DynamoRollupStore(db, t("rollups")),
         extra={"dynamodb": db, "s3": s3},
     )
 

@@ -31,4 +31,5 @@ def test_demo_script_answers_correctly(docker_host: str, triton_image: str) -> N
     assert "backend = docker" in out
     assert "20 jobs in" in out
     assert "demo: every answer correct" in out
+    assert "/console (sign in with the demo's admin API key: gf_" in out
     assert "demo: stopped everything" in out

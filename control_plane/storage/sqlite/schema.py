@@ -15,6 +15,7 @@ from control_plane.storage.sqlite import (
     jobs,
     models,
     queue,
+    rollups,
     runners,
     webhooks,
 )
@@ -30,6 +31,7 @@ MIGRATIONS: dict[int, list[str]] = {
         *runners.DDL,
         *webhooks.DDL,
     ],
+    2: [*rollups.DDL],  # the console's per-minute rollups
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
