@@ -68,8 +68,10 @@ class RollupService:
             counts[name] = counts.get(name, 0.0) + amount
 
     # ------------------------------------------------------------------ recording
-    def job_transition(self, job: JobRecord, view: JobView, previous: str | None) -> None:
-        """The job service's record hook (cheap: counts in memory)."""
+    def job_transition(
+        self, job: JobRecord, view: Callable[[], JobView], previous: str | None
+    ) -> None:
+        """The job service's record hook (cheap: counts in memory; the view is not built)."""
         minute = self._minute()
         name = None
         if previous is None and job.status == "QUEUED":
@@ -79,8 +81,9 @@ class RollupService:
         if name is not None:
             self._count(f"jobs#{job.tenant}", minute, name)
             self._count(f"jobs#{ALL_TENANTS}", minute, name)
-        if job.status == "RUNNING" and previous != "RUNNING" and view.queue_ms is not None:
-            self._count("queue", minute, f"wait_ms:{job.model}", view.queue_ms)
+        if job.status == "RUNNING" and previous != "RUNNING" and job.started_at is not None:
+            queue_ms = int((job.started_at - job.created_at) * 1000)  # as the job's view says
+            self._count("queue", minute, f"wait_ms:{job.model}", queue_ms)
             self._count("queue", minute, f"started:{job.model}")
 
     def flush(self) -> int:

@@ -4,6 +4,7 @@ and tenants see only their own jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -37,8 +38,13 @@ JOB = JobRecord(
 )
 
 
-def _view(job: JobRecord, queue_ms: int | None = None) -> JobView:
-    return JobView(id=job.id, status=job.status, model=job.model, created_at="x", queue_ms=queue_ms)  # type: ignore[arg-type]
+def _view(job: JobRecord) -> Callable[[], JobView]:
+    """The hook's view getter: it must not be needed (the hook counts from the record)."""
+
+    def build() -> JobView:
+        raise AssertionError("the rollup hook built the job's view")
+
+    return build
 
 
 @pytest.fixture
@@ -56,8 +62,8 @@ def test_job_counts_are_flushed_and_charted_per_tenant(
     svc: RollupService, clock: list[float]
 ) -> None:
     svc.job_transition(JOB, _view(JOB), None)
-    running = replace(JOB, status="RUNNING")
-    svc.job_transition(running, _view(running, queue_ms=300), "QUEUED")
+    running = replace(JOB, status="RUNNING", started_at=T0 + 0.25)  # queued 250 ms
+    svc.job_transition(running, _view(running), "QUEUED")
     done = replace(JOB, status="SUCCEEDED")
     svc.job_transition(done, _view(done), "RUNNING")
     clock[0] += 60
@@ -77,7 +83,7 @@ def test_job_counts_are_flushed_and_charted_per_tenant(
 
     queue = svc.chart(ADMIN, "queue", "hour")
     wait = next(s for s in queue["series"] if s["label"] == "add_sub wait ms")
-    assert wait["values"][-2:] == [300.0, None]
+    assert wait["values"][-2:] == [250.0, None]
 
 
 def test_queue_depth_and_gpus_are_sampled(svc: RollupService, clock: list[float]) -> None:
