@@ -11,6 +11,7 @@ requests go, side by side at each concurrency:
   kserve grpc        tritonclient.grpc (aio) to the control plane's KServe gRPC port
   sdk infer          the SDK's ``infer()`` (POST /v1/models/add_sub/infer), dispatched
   job                SDK submit + wait: durable job, lease → Triton → complete → wait
+  job (prefer wait)  the same job in one call: SDK submit(wait=…) (``Prefer: wait``)
 
 for each store of the embedded control plane (``--stores sqlite,moto``: the SQLite default
 and the moto-backed DynamoDB/S3 emulation).
@@ -58,6 +59,7 @@ from tests.helpers.procs import (  # noqa: E402
 )
 
 MODEL = "add_sub"
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 console = Console(width=140)  # the table on one line per row, also when piped
 
 
@@ -189,16 +191,22 @@ async def bench_sdk_infer(url: str, api_key: str, n: int, concurrency: int) -> R
     return Result("", "sdk infer", concurrency, latencies, wall)
 
 
-async def bench_fleet(url: str, api_key: str, n: int, concurrency: int) -> Result:
+async def bench_fleet(
+    url: str, api_key: str, n: int, concurrency: int, prefer_wait: bool = False
+) -> Result:
+    """Durable jobs: ``submit`` then ``wait`` (two calls), or with ``prefer_wait`` one
+    ``submit(wait=…)`` (``Prefer: wait``) that answers once the job is terminal."""
     async with AsyncClient(url, api_key=api_key, timeout=60.0) as fleet:
         stages: dict[str, list[float]] = {"submit": [], "queue": [], "run": []}
 
         async def one(rng: np.random.Generator) -> None:
             a, b = _case(rng)
             t0 = time.perf_counter()
-            job = await fleet.submit(MODEL, {"INPUT0": a, "INPUT1": b})
+            job = await fleet.submit(
+                MODEL, {"INPUT0": a, "INPUT1": b}, wait=30.0 if prefer_wait else None
+            )
             stages["submit"].append((time.perf_counter() - t0) * 1000)
-            view = await fleet.wait(job.id, timeout=120)
+            view = job if job.status in TERMINAL else await fleet.wait(job.id, timeout=120)
             stages["queue"].append(float(view.queue_ms or 0))  # created -> leased
             stages["run"].append(float(view.run_ms or 0))  # leased -> completed
             out = await fleet.outputs(view)
@@ -208,7 +216,9 @@ async def bench_fleet(url: str, api_key: str, n: int, concurrency: int) -> Resul
         for values in stages.values():
             values.clear()
         latencies, wall = await _drive(n, concurrency, one)
-    return Result("", "job", concurrency, latencies, wall, stages)
+    return Result(
+        "", "job (prefer wait)" if prefer_wait else "job", concurrency, latencies, wall, stages
+    )
 
 
 def configure_runner(cp: ControlPlaneProc, runner_id: str, max_concurrency: int) -> None:
@@ -357,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--paths",
-        default="direct http,direct grpc,kserve http,kserve grpc,sdk infer,job",
+        default="direct http,direct grpc,kserve http,kserve grpc,sdk infer,job,job (prefer wait)",
         help="comma-separated rows to run",
     )
     parser.add_argument(
@@ -418,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                         ),
                         ("sdk infer", partial(bench_sdk_infer, cp.url, cp.admin_key, n, c), n),
                         ("job", partial(bench_fleet, cp.url, cp.admin_key, n_jobs, c), n_jobs),
+                        (
+                            "job (prefer wait)",
+                            partial(bench_fleet, cp.url, cp.admin_key, n_jobs, c, True),
+                            n_jobs,
+                        ),
                     ]
                     if args.hold:
                         console.print(f"bench: control plane pid {cp.proc.pid}, runner pid "

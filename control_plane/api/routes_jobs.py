@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gpufleet.wire import (
+    TERMINAL_STATUSES,
     BatchAccepted,
     BatchJobRequest,
     JobAccepted,
@@ -22,6 +23,7 @@ from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import InvalidRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
 _STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 
 
@@ -31,12 +33,46 @@ async def submit(request: Request) -> Response:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
-    jobs = services(request).jobs
+    svc = services(request)
+    wait_s = prefer_wait(request, svc.settings.max_wait_s)
+    jobs = svc.jobs
     view, created = await jobs.offload(jobs.submit, p, req, key)
     if created:
         request.app.state.metrics.jobs_submitted.labels(req.model).inc()
+    if wait_s is not None:
+        # ``Prefer: wait=N``: the job as GET answers it once terminal or after N seconds, in
+        # the same call (one request instead of a submit and a long poll).
+        view = await jobs.wait(p, view.id, wait_s)
+        done = view.status in TERMINAL_STATUSES
+        response = send(view, 200 if done or not created else 202)
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+        return response
     accepted = JobAccepted(id=view.id, status=view.status, created_at=view.created_at)
     return send(accepted, 202 if created else 200)
+
+
+def prefer_wait(request: Request, max_wait_s: float) -> float | None:
+    """The ``wait`` preference of an RFC 7240 ``Prefer`` header in seconds (at most
+    ``max_wait_s``; a bare ``wait`` means that much), None when not asked for."""
+    raw = request.headers.get(PREFER_HEADER)
+    if not raw:
+        return None
+    for pref in raw.replace(";", ",").split(","):
+        name, sep, value = pref.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        if not sep:
+            return max_wait_s
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise InvalidRequest(
+                "Prefer: wait must be a number of seconds (e.g. wait=10)", field=PREFER_HEADER
+            )
+        return min(seconds, max_wait_s)
+    return None
 
 
 async def submit_batch(request: Request) -> Response:
@@ -81,13 +117,17 @@ ROUTES: list[DocumentedRoute] = [
         "POST",
         "/v1/jobs",
         submit,
-        "Submit a job (202; 200 on an idempotent replay)",
+        "Submit a job (202; 200 on an idempotent replay). With `Prefer: wait=N` the call "
+        "waits up to N s (<= max_wait_s) and answers the job as GET does: 200 once terminal, "
+        "202 if still running",
         JobAccepted,
         status=202,
         request=JobRequest,
         headers={
             IDEMPOTENCY_HEADER: "Same key + same body within 24 h returns the same job; "
-            "a different body is 409."
+            "a different body is 409.",
+            PREFER_HEADER: "wait=N: hold the answer until the job is terminal or N seconds "
+            "pass (RFC 7240; Preference-Applied says the wait used)",
         },
     ),
     route(

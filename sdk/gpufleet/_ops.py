@@ -143,14 +143,29 @@ def job_request(
     return JobRequest(**fields)
 
 
-def submit(core: Core, req: JobRequest, idempotency_key: str | None) -> Op[JobView]:
+def submit(
+    core: Core, req: JobRequest, idempotency_key: str | None, wait: float | None = None
+) -> Op[JobView]:
     """``POST /v1/jobs`` with an Idempotency-Key (generated when not given), so retries
-    after a lost answer return the same job instead of making another."""
+    after a lost answer return the same job instead of making another. ``wait``: send
+    ``Prefer: wait=N`` and return the job as the server has it after up to N seconds
+    (terminal, with outputs, when it finished in time)."""
     key = idempotency_key or str(uuid.uuid4())
+    headers = {"Idempotency-Key": key}
+    if wait is not None:
+        headers["Prefer"] = f"wait={max(0.0, wait):g}"
     resp = yield from core.request(
-        "POST", "/v1/jobs", json=_dump(req), headers={"Idempotency-Key": key}, idempotent=True
+        "POST",
+        "/v1/jobs",
+        json=_dump(req),
+        headers=headers,
+        idempotent=True,
+        timeout=core.timeout + (wait or 0.0),
     )
-    accepted = JobAccepted.model_validate(resp.json())
+    doc = resp.json()
+    if wait is not None and "model" in doc:  # the server applied the preference
+        return JobView.model_validate(doc)
+    accepted = JobAccepted.model_validate(doc)
     return JobView(
         id=accepted.id,
         status=accepted.status,

@@ -155,11 +155,14 @@ class Client:
         tags: Mapping[str, str] | None = None,
         parameters: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> JobView:
         """Queue a job. ``inputs`` is ``{"NAME": array_or_list}`` or a list of wire
         ``Tensor``; large arrays are uploaded to the bucket. The request always carries an
         Idempotency-Key (a fresh UUID unless given), so retries never make a second job.
-        Returns the job as queued (``status == "QUEUED"``)."""
+        Returns the job as queued (``status == "QUEUED"``); with ``wait=N`` the server
+        holds the answer until the job is terminal or N seconds (≤ 30) pass and returns the
+        job as it is then (``Prefer: wait``): one call instead of a submit and a wait."""
         req = self._run(
             _ops.job_request(
                 self._core, model, inputs, model_version=model_version, outputs=outputs,
@@ -168,7 +171,7 @@ class Client:
                 parameters=parameters,
             )
         )  # fmt: skip
-        return self._run(_ops.submit(self._core, req, idempotency_key))
+        return self._run(_ops.submit(self._core, req, idempotency_key, wait))
 
     def submit_batch(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Queue up to 100 jobs in one call; each item holds :meth:`submit`'s arguments

@@ -77,3 +77,45 @@ async def test_model_routes(client: httpx.AsyncClient, auth_headers: TokenFor) -
     assert names == ["add_sub"]
     r = await client.delete(f"/v1/models/add_sub/versions/{committed['version']}", headers=h)
     assert r.status_code == 200, r.text
+
+
+async def test_submit_with_prefer_wait_answers_the_job_once_terminal(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    import asyncio
+    import time
+
+    h = await auth_headers("user")
+    await push_model(client, h)
+    # Nothing runs it: after the wait, the job as GET answers it, still QUEUED (202).
+    r = await client.post("/v1/jobs", json=add_sub_job(), headers={**h, "Prefer": "wait=0.2"})
+    assert r.status_code == 202, r.text
+    assert (r.json()["status"], r.json()["model"]) == ("QUEUED", "add_sub")
+    assert r.headers["Preference-Applied"] == "wait=0.2"
+
+    # Terminal meanwhile (cancelled by another caller): answered at once, 200.
+    async def cancel_the_queued_job() -> None:
+        for _ in range(100):
+            listed = (await client.get("/v1/jobs?status=QUEUED", headers=h)).json()["jobs"]
+            fresh = [j for j in listed if j["id"] != r.json()["id"]]
+            if fresh:
+                await client.post(f"/v1/jobs/{fresh[0]['id']}/cancel", headers=h)
+                return
+            await asyncio.sleep(0.05)
+
+    t = time.monotonic()
+    waited, _ = await asyncio.gather(
+        client.post("/v1/jobs", json=add_sub_job(), headers={**h, "Prefer": "wait=20"}),
+        cancel_the_queued_job(),
+    )
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["status"] == "CANCELLED"
+    assert time.monotonic() - t < 10
+
+    for bad in ("wait=soon", "wait=-1"):
+        err = assert_error(
+            await client.post("/v1/jobs", json=add_sub_job(), headers={**h, "Prefer": bad}),
+            422,
+            "invalid_request",
+        )
+        assert "Prefer" in err["message"]

@@ -416,6 +416,13 @@ def test_the_real_runner_leases_and_completes_jobs_over_its_channel(fleet: Fleet
     # at least one lease and one complete (one lease may claim several, completes batch)
     assert int(fleet.runner.status()["dispatch"]["job_calls"]) >= before + 2
 
+    # submit(wait=…) (``Prefer: wait``): the finished job, outputs included, in one call
+    done = fleet.client.submit(MODEL, {"INPUT0": x, "INPUT1": x}, wait=STEP_S)
+    assert done.status == "SUCCEEDED", done
+    np.testing.assert_array_equal(
+        fleet.client.outputs(done)["OUTPUT0"], np.zeros((1, 4), np.float32)
+    )
+
 
 async def call(ws: ClientConnection, kind: str, rid: int, body: Any) -> dict[str, Any]:
     """One job-protocol call over a hand-driven channel; its ``reply`` frame."""
