@@ -272,4 +272,17 @@ def explain(url: str, exc: BaseException, names: SettingNames = SDK_NAMES) -> st
                 f"TLS handshake with {url} failed ({cause}); if it requires a client "
                 f"certificate (mutual TLS), set {names.client_cert} and {names.client_key}"
             )
+    if url.startswith("https:"):
+        for cause in _chain(exc):
+            # The same refusal when it races the first request (a loaded host): the server
+            # closes the connection before answering and no TLS alert reaches the client.
+            if isinstance(cause, ConnectionResetError) or type(cause).__name__ in (
+                "RemoteProtocolError",
+                "ReadError",
+            ):
+                return (
+                    f"{url} closed the connection without answering ({cause}); if it "
+                    f"requires a client certificate (mutual TLS), set {names.client_cert} "
+                    f"and {names.client_key}"
+                )
     return None
