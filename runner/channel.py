@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpufleet import signing
-from gpufleet.channel import pack_frame, unpack_frame
+from gpufleet.channel import Outbox, pack_frame, unpack_frames
 from gpufleet.wire import OutputRequest, Tensor
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -72,6 +72,7 @@ class DispatchChannel:
         self.connected = False
         self._ws: ClientConnection | None = None
         self._ws_runner: str | None = None  # the runner id the open channel authenticated
+        self._outbox: Outbox | None = None  # answers to the control plane, coalesced
         # Calls of the job protocol over the channel (lease, complete) awaiting their reply.
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
@@ -106,6 +107,7 @@ class DispatchChannel:
                     backoff = 0.5
                     self.connected = True
                     self._ws, self._ws_runner = ws, creds.runner_id
+                    self._outbox = Outbox(ws.send, ws.send)
                     log.info("dispatch channel open")
                     await self._serve(ws, stop)
             except asyncio.CancelledError:
@@ -122,7 +124,7 @@ class DispatchChannel:
                 log.warning("dispatch channel failed", exc_info=True)
             finally:
                 self.connected = False
-                self._ws = None
+                self._ws = self._outbox = None
                 self._fail_calls()
             await wait_event(stop, backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 5.0)
@@ -151,30 +153,11 @@ class DispatchChannel:
         try:
             async for frame in ws:
                 received = time.perf_counter()
-                body: bytes | None = None
-                if isinstance(frame, bytes):
-                    msg, body = unpack_frame(frame)
+                if isinstance(frame, bytes):  # binary: one or more frames back to back
+                    for msg, body in unpack_frames(frame):
+                        self._on_frame(ws, msg, body, received, tasks)
                 else:
-                    msg = json.loads(frame)
-                kind = msg.get("type")
-                if kind == "reply":
-                    call = self._calls.pop(int(msg.get("rid", -1)), None)
-                    if call is not None and not call.done():
-                        call.set_result(msg)
-                elif kind == "infer":
-                    req_id = int(msg["id"])
-                    handler = (
-                        self._handle(ws, msg, received)
-                        if body is None
-                        else self._handle_raw(ws, msg, body, received)
-                    )
-                    task = asyncio.create_task(handler)
-                    tasks[req_id] = task
-                    task.add_done_callback(functools.partial(_forget, tasks, req_id))
-                elif kind == "cancel":
-                    running = tasks.get(int(msg.get("id", -1)))
-                    if running is not None:
-                        running.cancel()
+                    self._on_frame(ws, json.loads(frame), None, received, tasks)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,6 +166,34 @@ class DispatchChannel:
             # spending Triton time and slots on answers nobody can receive.
             for task in list(tasks.values()):
                 task.cancel()
+
+    def _on_frame(
+        self,
+        ws: ClientConnection,
+        msg: dict[str, Any],
+        body: bytes | None,
+        received: float,
+        tasks: dict[int, asyncio.Task[None]],
+    ) -> None:
+        kind = msg.get("type")
+        if kind == "reply":
+            call = self._calls.pop(int(msg.get("rid", -1)), None)
+            if call is not None and not call.done():
+                call.set_result(msg)
+        elif kind == "infer":
+            req_id = int(msg["id"])
+            handler = (
+                self._handle(msg, received)
+                if body is None
+                else self._handle_raw(msg, body, received)
+            )
+            task = asyncio.create_task(handler)
+            tasks[req_id] = task
+            task.add_done_callback(functools.partial(_forget, tasks, req_id))
+        elif kind == "cancel":
+            running = tasks.get(int(msg.get("id", -1)))
+            if running is not None:
+                running.cancel()
 
     async def _watch(
         self,
@@ -238,7 +249,16 @@ class DispatchChannel:
                 fut.set_exception(ConnectionError("the channel closed before the reply"))
 
     # ------------------------------------------------------------------ requests
-    async def _handle(self, ws: ClientConnection, msg: dict[str, Any], received: float) -> None:
+    async def _reply(self, frame: str | bytes) -> None:
+        """Answer over the open channel (binary answers of one turn: one message); an answer
+        for a channel closed meanwhile is dropped (its caller was answered 503)."""
+        outbox = self._outbox
+        if outbox is None:
+            return
+        with contextlib.suppress(ConnectionClosed, ConnectionError):
+            await outbox.send(frame)
+
+    async def _handle(self, msg: dict[str, Any], received: float) -> None:
         req_id = msg["id"]
         self._state.dispatch_inflight += 1
         reply: dict[str, Any]
@@ -285,12 +305,9 @@ class DispatchChannel:
         reply["runner_id"] = self._identity.runner_id
         if reply["type"] == "result":
             reply["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 3)
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps(reply, separators=(",", ":")))
+        await self._reply(json.dumps(reply, separators=(",", ":")))
 
-    async def _handle_raw(
-        self, ws: ClientConnection, msg: dict[str, Any], body: bytes, received: float
-    ) -> None:
+    async def _handle_raw(self, msg: dict[str, Any], body: bytes, received: float) -> None:
         """A passthrough request: the caller's KServe bytes to Triton as they are, Triton's
         answer bytes back in a binary frame (no tensor is decoded here)."""
         req_id = msg["id"]
@@ -340,8 +357,7 @@ class DispatchChannel:
         finally:
             self._state.dispatch_inflight -= 1
             self._state.slot_freed.set()
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(frame)
+        await self._reply(frame)
 
 
 def _error_reply(req_id: Any, exc: InferError, runner_id: str | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gpufleet.channel import unpack_frame
+from gpufleet.channel import Outbox, unpack_frames
 from gpufleet.wire import (
     BatchCompleteRequest,
     BatchCompleteResponse,
@@ -170,16 +170,27 @@ async def channel(ws: WebSocket) -> None:
         await ws.close(code=1013, reason="dispatch disabled")
         return
     await ws.accept()
-    lock = asyncio.Lock()
-
-    async def send(frame: str | bytes) -> None:
-        async with lock:
-            if isinstance(frame, bytes):
-                await ws.send_bytes(frame)
-            else:
-                await ws.send_text(frame)
-
+    send = Outbox(ws.send_text, ws.send_bytes).send  # binary frames of one turn: one message
     ch = Channel(runner_id=runner_id, send=send)
+
+    def on_frame(msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind in ("result", "error"):
+            dispatcher.resolve(ch, msg)
+        elif kind in ("lease", "complete"):
+            call = asyncio.create_task(_job_call(ws, svc, runner, msg, send))
+            calls.add(call)
+            call.add_done_callback(calls.discard)
+        elif kind in ("hello", "models"):
+            raw = msg.get("raw")
+            dispatcher.update(
+                ch,
+                _models(msg),
+                int(msg.get("capacity") or 1),
+                bool(msg.get("draining", False)),
+                frozenset(str(r) for r in raw) if isinstance(raw, list) else frozenset(),
+            )
+
     dispatcher.attach(ch)
     recheck = asyncio.create_task(
         _recheck(ws, runner, svc.settings.channel_recheck_s), name="channel-recheck"
@@ -192,30 +203,16 @@ async def channel(ws: WebSocket) -> None:
                 break
             try:
                 data = message.get("bytes")
-                if data is not None:
-                    msg, body = unpack_frame(data)
-                    msg["body"] = body
+                if data is not None:  # binary: one or more frames back to back
+                    msgs = [{**head, "body": body} for head, body in unpack_frames(data)]
                 else:
-                    msg = json.loads(message.get("text") or "")
+                    msgs = [json.loads(message.get("text") or "")]
             except ValueError:
                 log.warning("runner %s sent a malformed frame", runner_id)
                 continue
-            kind = msg.get("type")
-            if kind in ("result", "error"):
-                dispatcher.resolve(ch, msg)
-            elif kind in ("lease", "complete"):
-                call = asyncio.create_task(_job_call(ws, svc, runner, msg, send))
-                calls.add(call)
-                call.add_done_callback(calls.discard)
-            elif kind in ("hello", "models"):
-                raw = msg.get("raw")
-                dispatcher.update(
-                    ch,
-                    _models(msg),
-                    int(msg.get("capacity") or 1),
-                    bool(msg.get("draining", False)),
-                    frozenset(str(r) for r in raw) if isinstance(raw, list) else frozenset(),
-                )
+            for msg in msgs:
+                if isinstance(msg, dict):
+                    on_frame(msg)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

@@ -29,30 +29,124 @@ closed the runner makes the same calls over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["pack_frame", "unpack_frame"]
+__all__ = ["Outbox", "pack_frame", "unpack_frame", "unpack_frames"]
 
-_LENGTH = struct.Struct(">I")
+_LENGTHS = struct.Struct(">II")
 
 
 def pack_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
-    """A binary frame: the length of the JSON ``header``, the header, then ``body``."""
+    """A binary frame: the lengths of the JSON ``header`` and of ``body`` (two big-endian
+    u32), the header, the body. Frames are self-delimiting: one binary WebSocket message
+    may carry several back to back (:class:`Outbox` sends them so)."""
     head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join((_LENGTH.pack(len(head)), head, body))
+    return b"".join((_LENGTHS.pack(len(head), len(body)), head, body))
 
 
-def unpack_frame(frame: bytes) -> tuple[dict[str, Any], bytes]:
-    """``(header, body)`` of a :func:`pack_frame` frame; ValueError when malformed."""
-    if len(frame) < _LENGTH.size:
-        raise ValueError("binary frame shorter than its length prefix")
-    (n,) = _LENGTH.unpack_from(frame)
-    end = _LENGTH.size + n
-    if end > len(frame):
-        raise ValueError("binary frame header runs past the frame")
-    header = json.loads(frame[_LENGTH.size : end])
-    if not isinstance(header, dict):
-        raise ValueError("binary frame header is not a JSON object")
-    return header, frame[end:]
+def unpack_frames(data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    """Every ``(header, body)`` of a binary message; ValueError when malformed."""
+    frames = []
+    view = memoryview(data)
+    at = 0
+    while at < len(data):
+        if len(data) - at < _LENGTHS.size:
+            raise ValueError("binary frame shorter than its length prefix")
+        head_len, body_len = _LENGTHS.unpack_from(data, at)
+        start = at + _LENGTHS.size
+        end = start + head_len + body_len
+        if end > len(data):
+            raise ValueError("binary frame runs past the message")
+        header = json.loads(view[start : start + head_len].tobytes())
+        if not isinstance(header, dict):
+            raise ValueError("binary frame header is not a JSON object")
+        frames.append((header, bytes(view[start + head_len : end])))
+        at = end
+    if not frames:
+        raise ValueError("empty binary message")
+    return frames
+
+
+def unpack_frame(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """The one ``(header, body)`` of a binary message holding a single frame."""
+    frames = unpack_frames(data)
+    if len(frames) != 1:
+        raise ValueError(f"expected one binary frame, found {len(frames)}")
+    return frames[0]
+
+
+class Outbox:
+    """Writes frames to one WebSocket in order, binary frames queued meanwhile coalesced
+    into one message: under load many requests (or answers) become ready in the same
+    event-loop turn, and each costs a WebSocket message and a socket write otherwise.
+
+    ``await send(frame)`` returns once the message holding it is written and raises what
+    writing it raised (the caller treats that as a broken channel)."""
+
+    def __init__(
+        self,
+        send_text: Callable[[str], Awaitable[None]],
+        send_bytes: Callable[[bytes], Awaitable[None]],
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self._send_text = send_text
+        self._send_bytes = send_bytes
+        self._max_bytes = max_bytes  # a bigger batch is split (the first frame always goes)
+        self._queue: list[tuple[str | bytes, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def send(self, frame: str | bytes) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((frame, fut))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        await fut
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # let the other frames of this turn join the batch
+                batch, self._queue = self._queue, []
+                while batch:
+                    frame, fut = batch.pop(0)
+                    waiters = [fut]
+                    try:
+                        if isinstance(frame, str):
+                            await self._send_text(frame)
+                        else:
+                            parts, size = [frame], len(frame)
+                            while (
+                                batch
+                                and isinstance(batch[0][0], bytes)
+                                and size + len(batch[0][0]) <= self._max_bytes
+                            ):
+                                more, more_fut = batch.pop(0)
+                                assert isinstance(more, bytes)
+                                parts.append(more)
+                                waiters.append(more_fut)
+                                size += len(more)
+                            await self._send_bytes(b"".join(parts) if len(parts) > 1 else frame)
+                    except BaseException as exc:
+                        for w in waiters:
+                            if not w.done():
+                                w.set_exception(
+                                    exc
+                                    if isinstance(exc, Exception)
+                                    else ConnectionError("channel writer cancelled")
+                                )
+                        if not isinstance(exc, Exception):
+                            for _, rest in batch + self._queue:
+                                if not rest.done():
+                                    rest.set_exception(ConnectionError("channel writer cancelled"))
+                            self._queue = []
+                            raise
+                        continue
+                    for w in waiters:
+                        if not w.done():
+                            w.set_result(None)
+        finally:
+            self._writer = None

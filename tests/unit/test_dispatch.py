@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from gpufleet.channel import pack_frame, unpack_frame
+from gpufleet.channel import Outbox, pack_frame, unpack_frame, unpack_frames
 
 from control_plane.errors import RateLimited, Timeout, Unavailable
 from control_plane.services.dispatch import Channel, Dispatcher, InferenceFailed, RawRequest
@@ -570,6 +571,38 @@ def test_binary_frames_round_trip_and_malformed_ones_are_refused() -> None:
     body = bytes(range(256)) * 3
     assert unpack_frame(pack_frame(header, body)) == (header, body)
     assert unpack_frame(pack_frame(header)) == (header, b"")
-    for bad in (b"", b"\x00\x00", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]"):
+    # frames are self-delimiting: several in one message come apart again
+    both = pack_frame(header, body) + pack_frame({"id": 8}, b"x")
+    assert unpack_frames(both) == [(header, body), ({"id": 8}, b"x")]
+    with pytest.raises(ValueError):
+        unpack_frame(both)  # one expected
+    not_object = struct.pack(">II", 2, 0) + b"[]"
+    truncated = pack_frame(header, body)[:-1]
+    for bad in (b"", b"\x00\x00", truncated, not_object, pack_frame(header) + b"\x00"):
         with pytest.raises(ValueError):
-            unpack_frame(bad)
+            unpack_frames(bad)
+
+
+async def test_the_outbox_coalesces_binary_frames_of_one_turn_and_keeps_order() -> None:
+    written: list[str | bytes] = []
+
+    async def write(data: str | bytes) -> None:
+        written.append(data)
+
+    outbox = Outbox(write, write)
+    frames = [pack_frame({"id": i}, b"b%d" % i) for i in range(3)]
+    await asyncio.gather(
+        outbox.send(frames[0]), outbox.send(frames[1]), outbox.send("text"), outbox.send(frames[2])
+    )
+    # one message for the first two, the text on its own, then the last: order kept
+    assert written == [frames[0] + frames[1], "text", frames[2]]
+    assert [h["id"] for h, _ in unpack_frames(written[0])] == [0, 1]
+
+    async def broken(data: str | bytes) -> None:
+        raise ConnectionError("gone")
+
+    failing = Outbox(broken, broken)
+    results = await asyncio.gather(
+        failing.send(frames[0]), failing.send(frames[1]), return_exceptions=True
+    )
+    assert all(isinstance(r, ConnectionError) for r in results)  # each sender learns it
