@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=2.0, gt=0, description="Period of the expiry sweep (lease expiry, queue TTL)."
     )
+    retry_timed_out_jobs: bool = Field(
+        default=False,
+        description="Requeue a job whose attempt ran past its timeout_s (another attempt, "
+        "while attempts are left) instead of ending it FAILED with code `timeout`.",
+    )
     runner_offline_after_s: float = Field(
         default=30.0, description="A runner without heartbeat for this long is OFFLINE."
     )

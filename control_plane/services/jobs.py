@@ -452,6 +452,7 @@ class JobService:
         )
         if done is not None:
             self._ops.remove_entry(job)
+            self._ops.delete_ttl_marker(job)
             self._transitioned(done, "QUEUED")
         return done
 
@@ -477,6 +478,7 @@ class JobService:
                 if done is not None:
                     if job.lease_key:
                         self._store.queue.delete_marker(*job.lease_key)
+                    self._ops.delete_ttl_marker(job)
                     self._transitioned(done, "RUNNING")
             if done is not None:
                 return self.view(done)
@@ -600,6 +602,7 @@ class JobService:
         [done] = self._ops.finish_many([prepared], t)
         if done is None:
             raise StaleLease(f"the lease of job {job_id} is no longer held")
+        _log_commit(done, runner_id)
         return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
 
     def complete_batch(
@@ -629,6 +632,7 @@ class JobService:
             else:
                 records[job_id] = rec
                 answers[job_id] = _answer(job_id, None)
+                _log_commit(rec, runner_id)
         out: builtins.list[CompleteItemResult] = []
         answered: set[str] = set()
         for item in items:
@@ -723,6 +727,19 @@ class JobService:
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
+
+
+def _log_commit(job: JobRecord, runner_id: str) -> None:
+    """One line per committed result, written by the service (an access log has no line for
+    a request whose client went away before the answer, yet its commit stands)."""
+    log.info(
+        "job %s committed %s by runner %s (attempt %d, run %s ms)",
+        job.id,
+        job.status,
+        runner_id,
+        job.attempts,
+        job.run_ms,
+    )
 
 
 _OUTCOMES = {"not_found": "not_found", "conflict": "conflict", "invalid_request": "invalid"}

@@ -11,7 +11,8 @@ claim    1. put lease marker (expires later; the sweep ignores it until then)
          2. job QUEUED -> RUNNING   (condition: status and queue token)   <- commit
          3. delete the queue entry (condition: its token), depth - 1
 complete 1. job RUNNING -> terminal (condition: lease token)              <- commit
-         2. delete the lease marker
+         2. delete the lease marker and the queue-TTL marker (no index item outlives
+            its job; a crash before leaves them to the sweep, which drops stale markers)
 requeue  1. put a new queue entry with a new token
          2. job RUNNING -> QUEUED   (condition: lease token, lease expired) <- commit
          3. delete the lease marker, depth + 1
@@ -98,6 +99,12 @@ class QueueOps:
         n = stable_shard(job_id, self._settings.lease_shards)
         return self._keys.lease_marker(n, job_id, expires_at, token)
 
+    def delete_ttl_marker(self, job: JobRecord) -> None:
+        """Delete the queue-TTL marker of a job that has just ended (it would stay until the
+        job's ``ttl_s`` ran out otherwise)."""
+        marker = self.ttl_marker(job)
+        self._store.queue.delete_marker(marker.shard, marker.sk)
+
     def remove_entry(self, job: JobRecord) -> None:
         """Delete the queue entry of a job that has just left QUEUED, and count it out."""
         assert job.queue_key is not None and job.queue_token is not None
@@ -152,6 +159,7 @@ class QueueOps:
         )
         if done is not None:
             self.remove_entry(job)
+            self.delete_ttl_marker(job)
             self._notify(done, "QUEUED")
         return done
 
@@ -247,12 +255,10 @@ class QueueOps:
                         run_ms=f.run_ms,
                     )
                 )
+            ended = [f.job for f, rec in zip(finishes, done, strict=True) if rec is not None]
+            ttl = [self.ttl_marker(job) for job in ended]
             self._store.queue.delete_markers(
-                [
-                    f.job.lease_key
-                    for f, rec in zip(finishes, done, strict=True)
-                    if rec is not None and f.job.lease_key
-                ]
+                [job.lease_key for job in ended if job.lease_key] + [(m.shard, m.sk) for m in ttl]
             )
         for rec in done:
             if rec is not None:

@@ -31,6 +31,7 @@ class FakeControlPlane:
         self.completed: dict[str, dict[str, Any]] = {}
         self.extended: list[str] = []
         self.conflict_on_complete: set[str] = set()
+        self.conflict_on_extend: set[str] = set()  # the lease was lost (re-leased elsewhere)
         self.batch_route = True
         self.batches: list[list[str]] = []  # job ids of each batch complete
         self.heartbeats: list[dict[str, Any]] = []
@@ -78,6 +79,8 @@ class FakeControlPlane:
         job_id = path.split("/")[-2]
         if path.endswith("/extend"):
             self.extended.append(job_id)
+            if job_id in self.conflict_on_extend:
+                return _error(409, "conflict")
             return httpx.Response(
                 200, json={"api_version": "v1", "lease_expires_at": "2999-01-01T00:00:00Z"}
             )

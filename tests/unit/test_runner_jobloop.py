@@ -216,3 +216,19 @@ async def test_fresh_credentials_rejected_again_back_off_instead_of_looping(
     stop.set()
     assert await task is None
     await rig.client.aclose()
+
+
+async def test_a_lost_lease_is_counted_apart_from_cancellations(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """409 on extend: the job was re-leased elsewhere. The runner stops waiting on it and
+    sends nothing, and counts it as ``leases_lost``, not as a cancellation."""
+    cp = FakeControlPlane([job("job_lost", expires="2000-01-01T00:00:00Z")])
+    cp.conflict_on_extend.add("job_lost")
+    rig = Rig(tmp_path, cp)
+    rig.engine.delay = 5
+    await rig.run_until(lambda: rig.state.counters.leases_lost == 1)
+    await asyncio.sleep(0.1)
+    assert "job_lost" not in cp.completed and not rig.state.inflight
+    assert rig.state.counters.cancelled == 0
+    assert not any("cancelled" in r.getMessage() for r in caplog.records)
