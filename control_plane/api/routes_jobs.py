@@ -25,12 +25,17 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 
 
-async def submit(request: Request) -> Response:
-    p = principal(request)
-    req = await read_model(request, JobRequest)
+def idempotency_key(request: Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
+    return key
+
+
+async def submit(request: Request) -> Response:
+    p = principal(request)
+    req = await read_model(request, JobRequest)
+    key = idempotency_key(request)
     view, created = await run_in_threadpool(services(request).jobs.submit, p, req, key)
     if created:
         request.app.state.metrics.jobs_submitted.labels(req.model).inc()
@@ -41,7 +46,8 @@ async def submit(request: Request) -> Response:
 async def submit_batch(request: Request) -> Response:
     p = principal(request)
     req = await read_model(request, BatchJobRequest)
-    ids = await run_in_threadpool(services(request).jobs.submit_batch, p, list(req.jobs))
+    key = idempotency_key(request)
+    ids = await run_in_threadpool(services(request).jobs.submit_batch, p, list(req.jobs), key)
     for job in req.jobs:
         request.app.state.metrics.jobs_submitted.labels(job.model).inc()
     return send(BatchAccepted(ids=ids), 202)
@@ -97,6 +103,10 @@ ROUTES: list[DocumentedRoute] = [
         BatchAccepted,
         status=202,
         request=BatchJobRequest,
+        headers={
+            IDEMPOTENCY_HEADER: "Same key + same jobs within 24 h returns the same ids (and "
+            "stores any job a failed first submit left out); different jobs are 409."
+        },
     ),
     route(
         "GET",

@@ -61,6 +61,7 @@ from control_plane.errors import (
     NotFound,
     RateLimited,
     StaleLease,
+    Unavailable,
 )
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
@@ -86,6 +87,10 @@ from control_plane.storage.protocols import (
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A keyed batch replayed with jobs missing this soon after its first submit waits (503) rather
+# than write them: the first request may still be writing them (its storage calls are bounded
+# by the storage deadlines, far below this).
+BATCH_REPLAY_GRACE_S = 60.0
 MAX_LIST = 100
 CLAIM_ROUNDS = 5
 MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at submit
@@ -333,8 +338,20 @@ class JobService:
             existing = self._store.jobs.get_job(held.job_id) or job
         return self.view(existing), False
 
-    def submit_batch(self, p: Principal, reqs: builtins.list[JobRequest]) -> builtins.list[str]:
-        """Validate every job first, then queue them all (cancelled again if a write fails)."""
+    def submit_batch(
+        self,
+        p: Principal,
+        reqs: builtins.list[JobRequest],
+        idempotency_key: str | None = None,
+    ) -> builtins.list[str]:
+        """Validate every job first, then queue them all.
+
+        Without a key, a write that fails cancels what was stored again. With a key, the
+        batch's ids derive from a seed kept in the key's record: on the embedded store the
+        record and every job commit in one transaction (all or nothing); on DynamoDB a replay
+        finds the jobs a crash left unwritten and writes exactly those (each a conditional
+        create), so every replay answers the same ids and the batch ends up whole, once.
+        """
         p.require("jobs:write")
         cache: dict[tuple[str, str | None], Any] = {}
         for i, req in enumerate(reqs):
@@ -349,6 +366,8 @@ class JobService:
         for model, count in per_model.items():
             self._check_depth(model, count)
         created = now()
+        if idempotency_key is not None:
+            return self._submit_keyed_batch(p, reqs, idempotency_key, created)
         batch: builtins.list[tuple[JobRecord, int]] = []
         for req in reqs:
             job = new_job(p, req, new_id("job"), created)
@@ -359,6 +378,55 @@ class JobService:
         except Exception:
             self._undo_batch([job for job, _ in batch])
             raise
+        return [job.id for job, _ in batch]
+
+    def _batch_jobs(
+        self, p: Principal, reqs: builtins.list[JobRequest], seed: str, created: float
+    ) -> builtins.list[tuple[JobRecord, int]]:
+        """The jobs of a keyed batch, each id, queue token and shard derived from ``seed``
+        (any replica rebuilds the same ones from the key's record)."""
+        out: builtins.list[tuple[JobRecord, int]] = []
+        for i, req in enumerate(reqs):
+            digest = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
+            job = new_job(p, req, f"job_{int(created * 1000):012x}{digest[:24]}", created)
+            job.queue_token = digest[24:40]
+            out.append((job, int(digest[40:48], 16) % self._settings.queue_shards))
+        return out
+
+    def _submit_keyed_batch(
+        self, p: Principal, reqs: builtins.list[JobRequest], key: str, created: float
+    ) -> builtins.list[str]:
+        seed = new_token()
+        digest = hashlib.sha256("\n".join(body_hash(r) for r in reqs).encode()).hexdigest()
+        batch = self._batch_jobs(p, reqs, seed, created)
+        claim = IdempotencyRecord(
+            key=f"{p.tenant}#{key}",
+            body_hash=f"batch:{digest}",
+            job_id=batch[0][0].id,
+            created_at=created,
+            shard=len(reqs),
+            queue_token=seed,
+            expires_at=created + IDEMPOTENCY_TTL_S,
+        )
+        held = self._ops.enqueue_batch(batch, claim=(claim, self._store.idempotency))
+        if held is None:
+            return [job.id for job, _ in batch]
+        if held.body_hash != claim.body_hash:
+            raise Conflict("this Idempotency-Key was used with a different request body")
+        batch = self._batch_jobs(p, reqs, held.queue_token, held.created_at)
+        stored = self._store.jobs.get_jobs([job.id for job, _ in batch])
+        missing = [(job, shard) for job, shard in batch if job.id not in stored]
+        if missing:
+            if now() - held.created_at < BATCH_REPLAY_GRACE_S:
+                # The first request may still be writing them (unconditionally, on DynamoDB):
+                # never race it; it ends within its storage deadline.
+                raise Unavailable(
+                    "the first request with this Idempotency-Key is still being stored",
+                    retry_after=int(BATCH_REPLAY_GRACE_S // 4) or 1,
+                )
+            log.warning("batch %s: writing %d jobs its first submit left out", key, len(missing))
+            for job, shard in missing:  # each a conditional create: a replica racing is fine
+                self._ops.enqueue_new(job, shard)
         return [job.id for job, _ in batch]
 
     def _undo_batch(self, jobs: builtins.list[JobRecord]) -> None:

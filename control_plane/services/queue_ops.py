@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.settings import Settings
-from control_plane.storage.protocols import JobRecord, JobStore, Marker, QueueEntry
+from control_plane.storage.protocols import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    JobRecord,
+    JobStore,
+    Marker,
+    QueueEntry,
+)
 
 Notify = Callable[[JobRecord, "str | None"], None]
 """Called after a transition with the new record and the status it left (None: new job)."""
@@ -126,8 +133,16 @@ class QueueOps:
         self._notify(job, None)
         return True
 
-    def enqueue_batch(self, jobs: list[tuple[JobRecord, int]]) -> None:
-        """Write new QUEUED jobs (fresh ids) with batched writes, in the same order."""
+    def enqueue_batch(
+        self,
+        jobs: list[tuple[JobRecord, int]],
+        claim: tuple[IdempotencyRecord, IdempotencyStore] | None = None,
+    ) -> IdempotencyRecord | None:
+        """Write new QUEUED jobs (fresh ids) with batched writes, in the same order.
+
+        ``claim``: first bind an Idempotency-Key to the batch in the same unit of work (one
+        transaction on SQLite); when the key is held already, nothing is written and the
+        holding record is returned."""
         entries, markers = [], []
         counts: dict[tuple[str, int], int] = {}
         for job, shard in jobs:
@@ -138,6 +153,11 @@ class QueueOps:
             markers.append(self.ttl_marker(job))
             counts[(job.model, shard)] = counts.get((job.model, shard), 0) + 1
         with self._store.atomic():
+            if claim is not None:
+                record, keys = claim
+                held = keys.claim_key(record, record.created_at)
+                if held is not None:
+                    return held
             self._store.queue.put_markers(markers)
             self._store.queue.enqueue_many(entries)
             self._store.jobs.create_jobs([job for job, _ in jobs])
@@ -145,6 +165,7 @@ class QueueOps:
                 self._store.queue.add_depth(model, shard, count)
         for job, _ in jobs:
             self._notify(job, None)
+        return None
 
     def time_out_queued(self, job: JobRecord, t: float) -> JobRecord | None:
         """QUEUED past its TTL -> TIMED_OUT (None when someone else moved it first)."""
