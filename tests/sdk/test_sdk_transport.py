@@ -337,9 +337,12 @@ def test_a_failed_submit_says_its_key_and_that_the_job_may_exist() -> None:
 def test_a_refused_submit_does_not_exist() -> None:
     server = FakeServer()
     server.script("/v1/jobs", (422, err("invalid_request")))
-    with Client("http://cp.test", api_key="gf_testkey", transport=httpx.MockTransport(server)) as c:
-        with pytest.raises(errors.ValidationError) as exc:
-            c.submit("m", {"X": [1, 2]}, idempotency_key="mine")
+    transport = httpx.MockTransport(server)
+    with (
+        Client("http://cp.test", api_key="gf_testkey", transport=transport) as c,
+        pytest.raises(errors.ValidationError) as exc,
+    ):
+        c.submit("m", {"X": [1, 2]}, idempotency_key="mine")
     assert exc.value.may_exist is False and exc.value.idempotency_key == "mine"
     assert "may have been stored" not in str(exc.value)
 
