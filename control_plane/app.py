@@ -1,8 +1,9 @@
 """Composition root: ``build_services(settings)`` wires stores and services once;
 ``create_app(settings, services)`` builds the Starlette app around them.
 
-Middleware, outermost first: request timing (metrics), body limit (413), bearer
-authentication; then Starlette's exception middleware with the one error handler.
+Middleware, outermost first: request timing (metrics), body limit (413), the request's
+storage-time budget (``storage/budget.py``), bearer authentication; then Starlette's
+exception middleware with the one error handler.
 The lifespan runs the expiry sweeper (``jobs.sweep()`` every ``sweep_interval_s``).
 """
 
@@ -47,6 +48,8 @@ from control_plane.services.runners import RunnerService
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
+from control_plane.storage.budget import StorageBudgetMiddleware
+from control_plane.storage.health import bounded_checks
 from control_plane.storage.stores import Stores, build_stores
 
 __all__ = ["Services", "build_services", "create_app", "routes"]
@@ -100,13 +103,14 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         else None
     )
     inference = InferenceService(jobs, dispatch, settings)
-    checks = {
+    pings = {
         "jobs": jobs.ping,
         "auth": auth.ping,
         "runners": runners.ping,
         "nonces": _ping_of(st.nonces),
         "webhooks": webhooks.ping,
     }
+    checks = bounded_checks(pings, settings.health_timeout_s)
     return Services(
         settings,
         auth,
@@ -207,6 +211,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             Middleware(
                 BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)
             ),
+            Middleware(StorageBudgetMiddleware, limit_s=settings.storage_budget_s),
             Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -55,6 +55,32 @@ class Settings(BaseSettings):
         default=300, description="Allowed clock skew of runner-signed calls."
     )
 
+    # storage deadlines (docs/failure_modes.md: a stalled store answers 503, never a hang)
+    storage_connect_timeout_s: float = Field(
+        default=2.0, gt=0, description="Connect timeout of each DynamoDB/S3 call."
+    )
+    storage_read_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Read timeout of each DynamoDB/S3 call; the embedded store's SQLite busy "
+        "timeout (how long a write waits for a lock).",
+    )
+    storage_max_attempts: int = Field(
+        default=2, ge=1, le=10, description="Tries of each DynamoDB/S3 call (botocore retries)."
+    )
+    storage_budget_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Storage time one API request may spend in total; past it the request "
+        "answers 503 `unavailable` with Retry-After.",
+    )
+    health_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a health check waits for a storage ping before it reports the "
+        "store degraded.",
+    )
+
     # jobs and queue
     lease_duration_s: float = Field(default=60.0, ge=1, description="Lease length before renewal.")
     max_inline_bytes: int = Field(

@@ -74,6 +74,7 @@ from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
 from control_plane.settings import Settings
+from control_plane.storage import budget as storage_budget
 from control_plane.storage.definitions import RESULTS_PREFIX
 from control_plane.storage.protocols import (
     BlobStore,
@@ -139,6 +140,7 @@ class SharedReads:
         return await fut
 
     async def _serve(self, reads: _Reads) -> None:
+        storage_budget.clear()  # serves many requests: none's budget (this task's own context)
         batch: dict[str, builtins.list[asyncio.Future[JobRecord | None]]] = {}
         try:
             while reads.waiting:
