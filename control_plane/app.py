@@ -40,11 +40,13 @@ from control_plane.api.limits import BodyLimitMiddleware
 from control_plane.api.openapi import build_openapi
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
+from control_plane.errors import Unavailable
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.runners import RunnerService
+from control_plane.services.store_marker import StoreMarker
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -103,7 +105,13 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         else None
     )
     inference = InferenceService(jobs, dispatch, settings)
+    marker = StoreMarker(st.auth)
+    try:
+        marker.adopt()
+    except Unavailable as exc:
+        log.warning("store marker not read at start (%s): the first health check reads it", exc)
     pings = {
+        "store": marker.check,
         "jobs": jobs.ping,
         "auth": auth.ping,
         "runners": runners.ping,

@@ -87,6 +87,9 @@ class ControlPlaneClient:
             base_url=self.base_url, timeout=timeout_s, transport=transport
         )
         self.credentials: Credentials | None = None
+        # Why the control plane last refused a signed call (401): tells a reset store or
+        # removed runner ("unknown") from a clock outside the signature window.
+        self.last_refusal: str | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -117,7 +120,10 @@ class ControlPlaneClient:
         except httpx.HTTPError as exc:
             raise ControlPlaneError(f"POST {path}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 300:
-            raise _error(resp)
+            error = _error(resp)
+            if signed and isinstance(error, Unauthorized):
+                self.last_refusal = str(error)
+            raise error
         try:
             return out.model_validate_json(resp.content)
         except ValidationError as exc:

@@ -60,6 +60,12 @@ def translate_errors(what: str) -> Iterator[None]:
         with budget.charge(what):
             yield
     except ClientError as exc:
-        raise Unavailable(f"storage error during {what}: {error_code(exc)}") from exc
+        code = error_code(exc)
+        if code == "ResourceNotFoundException":
+            raise Unavailable(
+                f"storage error during {what}: a table does not exist (the store lost its "
+                "schema: create the tables again, or restore them)"
+            ) from exc
+        raise Unavailable(f"storage error during {what}: {code}") from exc
     except BotoCoreError as exc:
         raise Unavailable(f"storage unreachable during {what}: {exc}") from exc

@@ -60,6 +60,13 @@ class FakeControlPlane:
             request.headers[signing.HEADER_NONCE],
             request.content,
         )
+        if rid not in self.secrets:  # as the control plane says it (a store that was reset)
+            return _error(
+                401,
+                "unauthorized",
+                f"credentials refused: runner {rid} is unknown to this control plane; "
+                "re-register with a new join token",
+            )
         if rid in self.revoked or not signing.signature_matches(
             expected, request.headers[signing.HEADER_SIGNATURE]
         ):
@@ -109,9 +116,9 @@ class FakeControlPlane:
         return httpx.Response(200, json={"api_version": "v1", "results": answers})
 
 
-def _error(status: int, code: str) -> httpx.Response:
+def _error(status: int, code: str, message: str | None = None) -> httpx.Response:
     return httpx.Response(
-        status, json={"api_version": "v1", "error": {"code": code, "message": code}}
+        status, json={"api_version": "v1", "error": {"code": code, "message": message or code}}
     )
 
 
