@@ -65,6 +65,11 @@ class RunnerSettings(BaseSettings):
         default="docker",
         description="docker: Triton container; process: local tritonserver; mock: no Triton.",
     )
+    mock_outputs: Literal["zeros", "echo"] = Field(
+        default="zeros",
+        description="mock backend: answer with zeros, or echo input i as output i where shape "
+        "and datatype match (a distinct answer per job, for soak tests).",
+    )
     triton_image: str = Field(default=DEFAULT_TRITON_IMAGE, description="Triton image (docker).")
     triton_entrypoint: list[str] | None = Field(
         default=None,

@@ -3,6 +3,10 @@
 For development without a GPU or Docker; the runner logs a loud notice when it is used.
 Output shapes: the config's dims (variable dims -1 become 1), prefixed with the batch size
 of the first input when the model batches (``max_batch_size > 0``).
+
+``mock_outputs: echo`` (``GPUFLEET_RUNNER_MOCK_OUTPUTS=echo``) answers output *i* with input
+*i* instead, where shape and datatype match (zeros otherwise): every job gets an answer of
+its own, which the soak test (bench/soak.py) uses to check each result belongs to its job.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ class MockEngine:
 
     protocol = "mock"
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, outputs: str = "zeros") -> None:
         self._repository = Path(repository).expanduser()
+        self._echo = outputs == "echo"
         self._configs: dict[str, Any] = {}
         self.loaded: set[str] = set()
         self.infer_count = 0
@@ -79,11 +84,15 @@ class MockEngine:
         from tritonclient.grpc import model_config_pb2
 
         result = []
-        for spec in config.output:
+        for i, spec in enumerate(config.output):
             if wanted is not None and spec.name not in wanted:
                 continue
             datatype = CONFIG_DATATYPES[model_config_pb2.DataType.Name(spec.data_type)]
             shape = batch + [d if d > 0 else 1 for d in spec.dims]
+            source = inputs[i] if self._echo and i < len(inputs) else None
+            if source is not None and source.datatype == datatype and list(source.shape) == shape:
+                result.append(from_numpy(spec.name, datatype, arrays[i]))
+                continue
             if datatype == "BYTES":
                 arr = np.full(shape, b"", dtype=np.object_)
             else:
@@ -107,8 +116,8 @@ class MockBackend:
 
     kind = "mock"
 
-    def __init__(self, repository: Path) -> None:
-        self.engine = MockEngine(repository)
+    def __init__(self, repository: Path, outputs: str = "zeros") -> None:
+        self.engine = MockEngine(repository, outputs)
 
     async def start(self) -> None:
         log.warning(NOTICE)
