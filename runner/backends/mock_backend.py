@@ -11,6 +11,7 @@ its own, which the soak test (bench/soak.py) uses to check each result belongs t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,10 @@ class MockEngine:
 
     protocol = "mock"
 
-    def __init__(self, repository: Path, outputs: str = "zeros") -> None:
+    def __init__(self, repository: Path, outputs: str = "zeros", delay_s: float = 0.0) -> None:
         self._repository = Path(repository).expanduser()
         self._echo = outputs == "echo"
+        self._delay_s = delay_s
         self._configs: dict[str, Any] = {}
         self.loaded: set[str] = set()
         self.infer_count = 0
@@ -78,6 +80,8 @@ class MockEngine:
         if config is None or model not in self.loaded:
             self.failure_count += 1
             raise InferError(f"Request for unknown model: '{model}' is not found")
+        if self._delay_s > 0:
+            await asyncio.sleep(self._delay_s)  # a model that takes its time
         arrays = [to_numpy(t) for t in inputs]
         batch = [int(arrays[0].shape[0])] if config.max_batch_size > 0 and arrays else []
         wanted = {o.name for o in outputs} if outputs else None
@@ -116,8 +120,8 @@ class MockBackend:
 
     kind = "mock"
 
-    def __init__(self, repository: Path, outputs: str = "zeros") -> None:
-        self.engine = MockEngine(repository, outputs)
+    def __init__(self, repository: Path, outputs: str = "zeros", delay_s: float = 0.0) -> None:
+        self.engine = MockEngine(repository, outputs, delay_s)
 
     async def start(self) -> None:
         log.warning(NOTICE)
