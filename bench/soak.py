@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import rig  # noqa: E402
-from tests.helpers.soak import SoakConfig, SoakReport, run_soak, table  # noqa: E402
+from tests import rig
+from tests.helpers.soak import SoakConfig, SoakReport, run_soak, table
 
 
 def main() -> int:
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=15.0, help="seconds the store is paused")
     ap.add_argument("--submit-over", type=float, default=None, help="seconds (default jobs/50)")
     ap.add_argument("--deadline", type=float, default=3600.0)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temp)")
     args = ap.parse_args()
 
     docker_host = os.environ.get("DOCKER_HOST")
@@ -52,7 +53,7 @@ def main() -> int:
     for store in args.stores.split(","):
         with tempfile.TemporaryDirectory(prefix=f"gpufleet-soak-{store}-") as tmp:
             cfg = SoakConfig(
-                workdir=Path(tmp),
+                workdir=args.workdir / store if args.workdir else Path(tmp),
                 jobs=args.jobs,
                 store=store,
                 mock_runners=args.runners,

@@ -70,6 +70,7 @@ def start_control_plane(
     *,
     store: str = "sqlite",
     port: int = 0,
+    extra_args: tuple[str, ...] = (),
 ) -> ControlPlaneProc:
     """Start an embedded control plane on a loopback port (0 = a free one); ``env``:
     ``GPUFLEET_*`` settings (lease duration, sweep interval, ...). ``store``: ``sqlite``
@@ -95,6 +96,7 @@ def start_control_plane(
                     else ()  # "dynamodb": the endpoints and tables named in env
                 ),
                 *("--port", str(port), "--admin-key-file", str(key_file)),
+                *extra_args,
             ],
             cwd=REPO,
             env=full_env,

@@ -362,7 +362,14 @@ def _start_cp(store: Store, cfg: SoakConfig, port: int) -> ControlPlaneProc:
         "GPUFLEET_WEBHOOKS_ALLOW_LOOPBACK": "true",
         **store.env,
     }
-    return start_control_plane(store.cp_dir, env, port=port, store=store.proc_store, timeout=120)
+    return start_control_plane(
+        store.cp_dir,
+        env,
+        port=port,
+        store=store.proc_store,
+        timeout=120,
+        extra_args=("--log-level", "info"),  # the "job … committed" lines are counted
+    )
 
 
 def run_soak(cfg: SoakConfig, log: Any = print) -> SoakReport:
@@ -437,7 +444,7 @@ def run_soak(cfg: SoakConfig, log: Any = print) -> SoakReport:
         deadline = started + cfg.deadline_s
         next_kill = started + cfg.kill_every_s
         cp_kill_at = [(k + 1) / (cfg.cp_kills + 1) for k in range(cfg.cp_kills)]
-        pause_at = 0.5 if cfg.store_pause_s > 0 else None
+        pause_at = 0.3 if cfg.store_pause_s > 0 else None
         rng = random.Random(cfg.seed)
         mocks = [r for r in runners if r is not triton]
         finished = 0
