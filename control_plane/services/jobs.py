@@ -491,6 +491,7 @@ class JobService:
         with self.wakeups.watch([job_key(job_id)]) as changed:
             while True:
                 changed.clear()  # before the read: a change committed after it wakes us
+                storage_budget.renew()  # each round of a long poll has its own budget
                 job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
                 if job.status in TERMINAL_STATUSES or left <= 0:
@@ -569,6 +570,7 @@ class JobService:
         with self.wakeups.watch(model_key(m.name) for m in asked) as queued:
             while True:
                 queued.clear()  # before the read: a job queued after it wakes us
+                storage_budget.renew()  # each round of a long poll has its own budget
                 usable = self.runner_usable
                 # Revoked during the long poll: claim nothing it could not complete.
                 if not first and usable and not await asyncio.to_thread(usable, runner_id):

@@ -5,8 +5,9 @@ of tries on DynamoDB/S3, the busy timeout on SQLite). On top of that, an HTTP re
 spend at most ``storage_budget_s`` seconds inside storage calls in total: the time of every
 call made for it (on any thread it hands work to) is added up, and a call started once the
 budget is spent raises ``Unavailable`` (503 with ``Retry-After``) instead of adding to a
-request that is already slow. Only time inside storage calls counts, so a long poll that
-sleeps between its reads is not cut short.
+request that is already slow. Only time inside storage calls counts, and a long poll
+(``GET /v1/jobs/{id}?wait_s``, a runner's lease) renews the budget at each round of reads,
+so waiting is never cut short by the budget, only a round that is itself too slow.
 
 The budget lives in a context variable set by :class:`StorageBudgetMiddleware` for each HTTP
 request (never for WebSockets or background tasks, which have none); ``asyncio.to_thread``
@@ -44,6 +45,14 @@ _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
 
 def current() -> Budget | None:
     return _current.get()
+
+
+def renew() -> None:
+    """A fresh budget for the next round of a long poll (each round is a request's worth of
+    storage work; the poll as a whole may run for many of them)."""
+    budget = _current.get()
+    if budget is not None:
+        budget.spent = 0.0
 
 
 def clear() -> None:
