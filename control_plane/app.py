@@ -1,8 +1,9 @@
 """Composition root: ``build_services(settings)`` wires stores and services once;
 ``create_app(settings, services)`` builds the Starlette app around them.
 
-Middleware, outermost first: request timing (metrics), body limit (413), bearer
-authentication; then Starlette's exception middleware with the one error handler.
+Middleware, outermost first: request timing (metrics), body limit (413), the request's
+storage-time budget (``storage/budget.py``), bearer authentication; then Starlette's
+exception middleware with the one error handler.
 The lifespan runs the expiry sweeper (``jobs.sweep()`` every ``sweep_interval_s``).
 """
 
@@ -40,15 +41,19 @@ from control_plane.api.limits import BodyLimitMiddleware
 from control_plane.api.openapi import build_openapi
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
+from control_plane.errors import Unavailable
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.store_marker import StoreMarker
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
+from control_plane.storage.budget import StorageBudgetMiddleware
+from control_plane.storage.health import bounded_checks
 from control_plane.storage.stores import Stores, build_stores
 
 __all__ = ["Services", "build_services", "create_app", "routes"]
@@ -106,13 +111,20 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     if st.rollups is not None:
         rollups = RollupService(st.rollups, flush_interval_s=settings.rollup_flush_interval_s)
         jobs.on_record_transition.append(rollups.job_transition)
-    checks = {
+    marker = StoreMarker(st.auth)
+    try:
+        marker.adopt()
+    except Unavailable as exc:
+        log.warning("store marker not read at start (%s): the first health check reads it", exc)
+    pings = {
+        "store": marker.check,
         "jobs": jobs.ping,
         "auth": auth.ping,
         "runners": runners.ping,
         "nonces": _ping_of(st.nonces),
         "webhooks": webhooks.ping,
     }
+    checks = bounded_checks(pings, settings.health_timeout_s)
     return Services(
         settings,
         auth,
@@ -217,6 +229,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             Middleware(
                 BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)
             ),
+            Middleware(StorageBudgetMiddleware, limit_s=settings.storage_budget_s),
             Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -76,7 +76,13 @@ class RateLimited(GpufleetError):
 
 
 class Unavailable(GpufleetError):
+    """Storage (or another dependency) cannot answer now; answered 503 with ``Retry-After``."""
+
     code = "unavailable"
+
+    def __init__(self, message: str, details: Any = None, retry_after: int = 1) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
 
 
 class Timeout(GpufleetError):

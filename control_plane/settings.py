@@ -55,6 +55,32 @@ class Settings(BaseSettings):
         default=300, description="Allowed clock skew of runner-signed calls."
     )
 
+    # storage deadlines (docs/failure_modes.md: a stalled store answers 503, never a hang)
+    storage_connect_timeout_s: float = Field(
+        default=2.0, gt=0, description="Connect timeout of each DynamoDB/S3 call."
+    )
+    storage_read_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Read timeout of each DynamoDB/S3 call; the embedded store's SQLite busy "
+        "timeout (how long a write waits for a lock).",
+    )
+    storage_max_attempts: int = Field(
+        default=2, ge=1, le=10, description="Tries of each DynamoDB/S3 call (botocore retries)."
+    )
+    storage_budget_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Storage time one API request may spend in total; past it the request "
+        "answers 503 `unavailable` with Retry-After.",
+    )
+    health_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a health check waits for a storage ping before it reports the "
+        "store degraded.",
+    )
+
     # jobs and queue
     lease_duration_s: float = Field(default=60.0, ge=1, description="Lease length before renewal.")
     max_inline_bytes: int = Field(
@@ -80,6 +106,11 @@ class Settings(BaseSettings):
         gt=0,
         description="How often this replica adds the job counts it saw to the console's "
         "per-minute rollups (and, once a minute, records queue depth and GPU readings).",
+    )
+    retry_timed_out_jobs: bool = Field(
+        default=False,
+        description="Requeue a job whose attempt ran past its timeout_s (another attempt, "
+        "while attempts are left) instead of ending it FAILED with code `timeout`.",
     )
     runner_offline_after_s: float = Field(
         default=30.0, description="A runner without heartbeat for this long is OFFLINE."

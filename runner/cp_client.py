@@ -103,6 +103,9 @@ class ControlPlaneClient:
         # The dispatch channel (runner/channel.py) when the daemon runs one: lease and
         # complete go over it while it is open.
         self.channel: JobChannel | None = None
+        # Why the control plane last refused a signed call (401): tells a reset store or
+        # removed runner ("unknown") from a clock outside the signature window.
+        self.last_refusal: str | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -136,7 +139,10 @@ class ControlPlaneClient:
                 raise ControlPlaneError(f"POST {path}: {tls_problem}") from exc
             raise ControlPlaneError(f"POST {path}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 300:
-            raise _error(resp)
+            error = _error(resp)
+            if signed and isinstance(error, Unauthorized):
+                self.last_refusal = str(error)
+            raise error
         try:
             return out.model_validate_json(resp.content)
         except ValidationError as exc:
@@ -174,10 +180,12 @@ class ControlPlaneClient:
             err = reply.get("error") or {}
             code, message = err.get("code"), err.get("message")
             cls = {401: Unauthorized, 409: Conflict, 404: NotFound}.get(status)
-            return_error = (cls or ControlPlaneError)(
+            error = (cls or ControlPlaneError)(
                 f"{what} -> {status} {code}: {message}", status, code
             )
-            raise return_error
+            if isinstance(error, Unauthorized):
+                self.last_refusal = str(error)
+            raise error
         try:
             return out.model_validate(reply.get("body"))
         except ValidationError as exc:

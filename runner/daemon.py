@@ -44,7 +44,7 @@ def build_backend(
     if settings.backend == "mock":
         from runner.backends.mock_backend import MockBackend
 
-        return MockBackend(settings.model_repository)
+        return MockBackend(settings.model_repository, settings.mock_outputs, settings.mock_delay_s)
     from runner.triton_client import TritonClient
 
     key = load_or_create_secret(settings.state_dir / "triton-repository-key")

@@ -27,6 +27,11 @@ FRESH_CREDENTIALS_S = 60.0  # a rejection this soon after registering is not a r
 MAX_REJOIN_DELAY_S = 300.0
 
 
+def _clock_refusal(refusal: str) -> bool:
+    """Whether a 401 says the signed call's timestamp was outside the control plane's window."""
+    return "timestamp outside" in refusal
+
+
 class Identity:
     """Owns ``client.credentials``; safe to call from several loops at once."""
 
@@ -70,12 +75,23 @@ class Identity:
         if self._rejoin_delay > 0:
             # Credentials issued moments ago were rejected again: re-registering at once
             # would loop (a host clock outside the signature window does this).
-            log.error(
-                "fresh credentials were rejected: is this host's clock within %d s of the "
-                "control plane's? re-registering in ~%.0fs",
-                300,
-                self._rejoin_delay,
-            )
+            refusal = self._client.last_refusal or "401"
+            if _clock_refusal(refusal):
+                log.error(
+                    "fresh credentials were rejected (%s): is this host's clock within %d s of "
+                    "the control plane's? re-registering in ~%.0fs",
+                    refusal,
+                    300,
+                    self._rejoin_delay,
+                )
+            else:
+                log.error(
+                    "credentials refused again right after registering (%s): the control "
+                    "plane does not keep this runner (was its store reset?); re-register with "
+                    "a new join token. Retrying in ~%.0fs",
+                    refusal,
+                    self._rejoin_delay,
+                )
             await wait_event(shutdown, self._rejoin_delay * (0.8 + 0.4 * random.random()))
         while not shutdown.is_set():
             if token is None:
@@ -122,10 +138,20 @@ class Identity:
             if seen is not None and self._client.credentials is not seen:
                 return  # someone already re-registered
             if self._client.credentials is not None:
-                log.warning(
-                    "credentials of runner %s were rejected (revoked?): re-registering",
-                    self._client.credentials.runner_id,
-                )
+                refusal = self._client.last_refusal or "401"
+                if _clock_refusal(refusal):
+                    log.warning(
+                        "credentials of runner %s were rejected (%s): re-registering",
+                        self._client.credentials.runner_id,
+                        refusal,
+                    )
+                else:
+                    log.error(
+                        "credentials refused: re-register with a new join token (runner %s: "
+                        "%s). Trying the configured join token now.",
+                        self._client.credentials.runner_id,
+                        refusal,
+                    )
             fresh = (
                 self._registered_at is not None
                 and time.monotonic() - self._registered_at < FRESH_CREDENTIALS_S

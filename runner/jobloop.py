@@ -333,6 +333,10 @@ class JobLoop:
         try:
             req = await self._execute(job, started)
         except asyncio.CancelledError:
+            if entry is not None and entry.lease_lost:
+                self._state.counters.leases_lost += 1
+                log.warning("job %s: lease lost (re-leased elsewhere): stopped waiting", job.id)
+                return
             if entry is not None and entry.cancelled:
                 self._state.counters.cancelled += 1
                 log.info("job %s cancelled at the control plane: stopped waiting", job.id)
@@ -422,8 +426,9 @@ class JobLoop:
             except asyncio.CancelledError:
                 raise
             except (Conflict, NotFound) as exc:
-                log.warning("job %s: lease lost (%s): stopped waiting on it", job.id, exc)
-                entry.cancelled = True
+                log.info("job %s: extend refused (%s)", job.id, exc)
+                entry.lease_lost = True
+                entry.cancelled = True  # nothing is completed for it
                 entry.task.cancel()
                 return
             except Exception:

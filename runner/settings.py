@@ -94,6 +94,14 @@ class RunnerSettings(BaseSettings):
         default="docker",
         description="docker: Triton container; process: local tritonserver; mock: no Triton.",
     )
+    mock_outputs: Literal["zeros", "echo"] = Field(
+        default="zeros",
+        description="mock backend: answer with zeros, or echo input i as output i where shape "
+        "and datatype match (a distinct answer per job, for soak tests).",
+    )
+    mock_delay_s: float = Field(
+        default=0.0, ge=0, le=3600, description="mock backend: seconds each inference takes."
+    )
     triton_image: str = Field(default=DEFAULT_TRITON_IMAGE, description="Triton image (docker).")
     triton_entrypoint: list[str] | None = Field(
         default=None,

@@ -20,6 +20,7 @@ class InflightJob:
     lease_token: str = ""
     lease_expires_at: str = ""
     cancelled: bool = False  # told by the heartbeat: stop waiting, do not complete
+    lease_lost: bool = False  # extend refused (re-leased elsewhere): stop waiting, do not complete
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Counters:
     abandoned: int = 0
     conflicts: int = 0
     cancelled: int = 0
+    leases_lost: int = 0  # extend refused: the job was re-leased elsewhere (not a cancellation)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from control_plane.errors import GpufleetError, InvalidRequest, RateLimited
+from control_plane.errors import GpufleetError, InvalidRequest, RateLimited, Unavailable
 from control_plane.services.dispatch import InferenceFailed
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ async def on_gpufleet_error(request: Request, exc: Exception) -> Response:
     """The one mapping of domain error codes to HTTP statuses."""
     assert isinstance(exc, GpufleetError)
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))
     if isinstance(exc, HttpError):
         headers.update(exc.headers)

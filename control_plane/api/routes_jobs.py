@@ -27,12 +27,17 @@ PREFER_HEADER = "Prefer"
 _STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 
 
-async def submit(request: Request) -> Response:
-    p = principal(request)
-    req = await read_model(request, JobRequest)
+def idempotency_key(request: Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
+    return key
+
+
+async def submit(request: Request) -> Response:
+    p = principal(request)
+    req = await read_model(request, JobRequest)
+    key = idempotency_key(request)
     svc = services(request)
     wait_s = prefer_wait(request, svc.settings.max_wait_s)
     jobs = svc.jobs
@@ -78,7 +83,8 @@ def prefer_wait(request: Request, max_wait_s: float) -> float | None:
 async def submit_batch(request: Request) -> Response:
     p = principal(request)
     req = await read_model(request, BatchJobRequest)
-    ids = await run_in_threadpool(services(request).jobs.submit_batch, p, list(req.jobs))
+    key = idempotency_key(request)
+    ids = await run_in_threadpool(services(request).jobs.submit_batch, p, list(req.jobs), key)
     for job in req.jobs:
         request.app.state.metrics.jobs_submitted.labels(job.model).inc()
     return send(BatchAccepted(ids=ids), 202)
@@ -138,6 +144,10 @@ ROUTES: list[DocumentedRoute] = [
         BatchAccepted,
         status=202,
         request=BatchJobRequest,
+        headers={
+            IDEMPOTENCY_HEADER: "Same key + same jobs within 24 h returns the same ids (and "
+            "stores any job a failed first submit left out); different jobs are 409."
+        },
     ),
     route(
         "GET",

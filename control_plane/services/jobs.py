@@ -64,6 +64,7 @@ from control_plane.errors import (
     NotFound,
     RateLimited,
     StaleLease,
+    Unavailable,
 )
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
@@ -77,6 +78,7 @@ from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
 from control_plane.settings import Settings
+from control_plane.storage import budget as storage_budget
 from control_plane.storage.definitions import RESULTS_PREFIX
 from control_plane.storage.protocols import (
     BlobStore,
@@ -90,6 +92,10 @@ from control_plane.storage.protocols import (
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A keyed batch replayed with jobs missing this soon after its first submit waits (503) rather
+# than write them: the first request may still be writing them (its storage calls are bounded
+# by the storage deadlines, far below this).
+BATCH_REPLAY_GRACE_S = 60.0
 MAX_LIST = 100
 CLAIM_ROUNDS = 5
 MODEL_CACHE_S = 2.0  # how long a replica trusts a model's READY version at submit
@@ -143,6 +149,7 @@ class SharedReads:
         return await fut
 
     async def _serve(self, reads: _Reads) -> None:
+        storage_budget.clear()  # serves many requests: none's budget (this task's own context)
         batch: dict[str, builtins.list[asyncio.Future[JobRecord | None]]] = {}
         try:
             while reads.waiting:
@@ -367,8 +374,20 @@ class JobService:
             existing = self._store.jobs.get_job(held.job_id) or job
         return self.view(existing), False
 
-    def submit_batch(self, p: Principal, reqs: builtins.list[JobRequest]) -> builtins.list[str]:
-        """Validate every job first, then queue them all (cancelled again if a write fails)."""
+    def submit_batch(
+        self,
+        p: Principal,
+        reqs: builtins.list[JobRequest],
+        idempotency_key: str | None = None,
+    ) -> builtins.list[str]:
+        """Validate every job first, then queue them all.
+
+        Without a key, a write that fails cancels what was stored again. With a key, the
+        batch's ids derive from a seed kept in the key's record: on the embedded store the
+        record and every job commit in one transaction (all or nothing); on DynamoDB a replay
+        finds the jobs a crash left unwritten and writes exactly those (each a conditional
+        create), so every replay answers the same ids and the batch ends up whole, once.
+        """
         p.require("jobs:write")
         cache: dict[tuple[str, str | None], Any] = {}
         for i, req in enumerate(reqs):
@@ -383,6 +402,8 @@ class JobService:
         for model, count in per_model.items():
             self._check_depth(model, count)
         created = now()
+        if idempotency_key is not None:
+            return self._submit_keyed_batch(p, reqs, idempotency_key, created)
         batch: builtins.list[tuple[JobRecord, int]] = []
         for req in reqs:
             job = new_job(p, req, new_id("job"), created)
@@ -393,6 +414,55 @@ class JobService:
         except Exception:
             self._undo_batch([job for job, _ in batch])
             raise
+        return [job.id for job, _ in batch]
+
+    def _batch_jobs(
+        self, p: Principal, reqs: builtins.list[JobRequest], seed: str, created: float
+    ) -> builtins.list[tuple[JobRecord, int]]:
+        """The jobs of a keyed batch, each id, queue token and shard derived from ``seed``
+        (any replica rebuilds the same ones from the key's record)."""
+        out: builtins.list[tuple[JobRecord, int]] = []
+        for i, req in enumerate(reqs):
+            digest = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
+            job = new_job(p, req, f"job_{int(created * 1000):012x}{digest[:24]}", created)
+            job.queue_token = digest[24:40]
+            out.append((job, int(digest[40:48], 16) % self._settings.queue_shards))
+        return out
+
+    def _submit_keyed_batch(
+        self, p: Principal, reqs: builtins.list[JobRequest], key: str, created: float
+    ) -> builtins.list[str]:
+        seed = new_token()
+        digest = hashlib.sha256("\n".join(body_hash(r) for r in reqs).encode()).hexdigest()
+        batch = self._batch_jobs(p, reqs, seed, created)
+        claim = IdempotencyRecord(
+            key=f"{p.tenant}#{key}",
+            body_hash=f"batch:{digest}",
+            job_id=batch[0][0].id,
+            created_at=created,
+            shard=len(reqs),
+            queue_token=seed,
+            expires_at=created + IDEMPOTENCY_TTL_S,
+        )
+        held = self._ops.enqueue_batch(batch, claim=(claim, self._store.idempotency))
+        if held is None:
+            return [job.id for job, _ in batch]
+        if held.body_hash != claim.body_hash:
+            raise Conflict("this Idempotency-Key was used with a different request body")
+        batch = self._batch_jobs(p, reqs, held.queue_token, held.created_at)
+        stored = self._store.jobs.get_jobs([job.id for job, _ in batch])
+        missing = [(job, shard) for job, shard in batch if job.id not in stored]
+        if missing:
+            if now() - held.created_at < BATCH_REPLAY_GRACE_S:
+                # The first request may still be writing them (unconditionally, on DynamoDB):
+                # never race it; it ends within its storage deadline.
+                raise Unavailable(
+                    "the first request with this Idempotency-Key is still being stored",
+                    retry_after=int(BATCH_REPLAY_GRACE_S // 4) or 1,
+                )
+            log.warning("batch %s: writing %d jobs its first submit left out", key, len(missing))
+            for job, shard in missing:  # each a conditional create: a replica racing is fine
+                self._ops.enqueue_new(job, shard)
         return [job.id for job, _ in batch]
 
     def _undo_batch(self, jobs: builtins.list[JobRecord]) -> None:
@@ -461,6 +531,7 @@ class JobService:
         with self.wakeups.watch([job_key(job_id)]) as changed:
             while True:
                 changed.clear()  # before the read: a change committed after it wakes us
+                storage_budget.renew()  # each round of a long poll has its own budget
                 job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
                 if job.status in TERMINAL_STATUSES or left <= 0:
@@ -492,6 +563,7 @@ class JobService:
         )
         if done is not None:
             self._ops.remove_entry(job)
+            self._ops.delete_ttl_marker(job)
             self._transitioned(done, "QUEUED")
         return done
 
@@ -517,6 +589,7 @@ class JobService:
                 if done is not None:
                     if job.lease_key:
                         self._store.queue.delete_marker(*job.lease_key)
+                    self._ops.delete_ttl_marker(job)
                     self._transitioned(done, "RUNNING")
             if done is not None:
                 return self.view(done)
@@ -537,6 +610,7 @@ class JobService:
         with self.wakeups.watch(model_key(m.name) for m in asked) as queued:
             while True:
                 queued.clear()  # before the read: a job queued after it wakes us
+                storage_budget.renew()  # each round of a long poll has its own budget
                 usable = self.runner_usable
                 # Revoked during the long poll: claim nothing it could not complete.
                 if not first and usable and not await self.offload(usable, runner_id):
@@ -640,6 +714,7 @@ class JobService:
         [done] = self._ops.finish_many([prepared], t)
         if done is None:
             raise StaleLease(f"the lease of job {job_id} is no longer held")
+        _log_commit(done, runner_id)
         return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
 
     def complete_batch(
@@ -669,6 +744,7 @@ class JobService:
             else:
                 records[job_id] = rec
                 answers[job_id] = _answer(job_id, None)
+                _log_commit(rec, runner_id)
         out: builtins.list[CompleteItemResult] = []
         answered: set[str] = set()
         for item in items:
@@ -763,6 +839,19 @@ class JobService:
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
+
+
+def _log_commit(job: JobRecord, runner_id: str) -> None:
+    """One line per committed result, written by the service (an access log has no line for
+    a request whose client went away before the answer, yet its commit stands)."""
+    log.info(
+        "job %s committed %s by runner %s (attempt %d, run %s ms)",
+        job.id,
+        job.status,
+        runner_id,
+        job.attempts,
+        job.run_ms,
+    )
 
 
 _OUTCOMES = {"not_found": "not_found", "conflict": "conflict", "invalid_request": "invalid"}

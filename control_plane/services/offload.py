@@ -15,6 +15,7 @@ its own threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -36,4 +37,7 @@ class Offload:
         if self.inline:
             return fn(*args, **kwargs)
         call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        # In this task's context, as asyncio.to_thread runs it (the request's storage budget
+        # is a context variable).
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(None, ctx.run, call)

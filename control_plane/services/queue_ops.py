@@ -11,7 +11,8 @@ claim    1. put lease marker (expires later; the sweep ignores it until then)
          2. job QUEUED -> RUNNING   (condition: status and queue token)   <- commit
          3. delete the queue entry (condition: its token), depth - 1
 complete 1. job RUNNING -> terminal (condition: lease token)              <- commit
-         2. delete the lease marker
+         2. delete the lease marker and the queue-TTL marker (no index item outlives
+            its job; a crash before leaves them to the sweep, which drops stale markers)
 requeue  1. put a new queue entry with a new token
          2. job RUNNING -> QUEUED   (condition: lease token, lease expired) <- commit
          3. delete the lease marker, depth + 1
@@ -34,7 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.settings import Settings
-from control_plane.storage.protocols import JobRecord, JobStore, Marker, QueueEntry
+from control_plane.storage.protocols import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    JobRecord,
+    JobStore,
+    Marker,
+    QueueEntry,
+)
 
 Notify = Callable[[JobRecord, "str | None"], None]
 """Called after a transition with the new record and the status it left (None: new job)."""
@@ -98,6 +106,12 @@ class QueueOps:
         n = stable_shard(job_id, self._settings.lease_shards)
         return self._keys.lease_marker(n, job_id, expires_at, token)
 
+    def delete_ttl_marker(self, job: JobRecord) -> None:
+        """Delete the queue-TTL marker of a job that has just ended (it would stay until the
+        job's ``ttl_s`` ran out otherwise)."""
+        marker = self.ttl_marker(job)
+        self._store.queue.delete_marker(marker.shard, marker.sk)
+
     def remove_entry(self, job: JobRecord) -> None:
         """Delete the queue entry of a job that has just left QUEUED, and count it out."""
         assert job.queue_key is not None and job.queue_token is not None
@@ -119,8 +133,16 @@ class QueueOps:
         self._notify(job, None)
         return True
 
-    def enqueue_batch(self, jobs: list[tuple[JobRecord, int]]) -> None:
-        """Write new QUEUED jobs (fresh ids) with batched writes, in the same order."""
+    def enqueue_batch(
+        self,
+        jobs: list[tuple[JobRecord, int]],
+        claim: tuple[IdempotencyRecord, IdempotencyStore] | None = None,
+    ) -> IdempotencyRecord | None:
+        """Write new QUEUED jobs (fresh ids) with batched writes, in the same order.
+
+        ``claim``: first bind an Idempotency-Key to the batch in the same unit of work (one
+        transaction on SQLite); when the key is held already, nothing is written and the
+        holding record is returned."""
         entries, markers = [], []
         counts: dict[tuple[str, int], int] = {}
         for job, shard in jobs:
@@ -131,6 +153,11 @@ class QueueOps:
             markers.append(self.ttl_marker(job))
             counts[(job.model, shard)] = counts.get((job.model, shard), 0) + 1
         with self._store.atomic():
+            if claim is not None:
+                record, keys = claim
+                held = keys.claim_key(record, record.created_at)
+                if held is not None:
+                    return held
             self._store.queue.put_markers(markers)
             self._store.queue.enqueue_many(entries)
             self._store.jobs.create_jobs([job for job, _ in jobs])
@@ -138,6 +165,7 @@ class QueueOps:
                 self._store.queue.add_depth(model, shard, count)
         for job, _ in jobs:
             self._notify(job, None)
+        return None
 
     def time_out_queued(self, job: JobRecord, t: float) -> JobRecord | None:
         """QUEUED past its TTL -> TIMED_OUT (None when someone else moved it first)."""
@@ -152,6 +180,7 @@ class QueueOps:
         )
         if done is not None:
             self.remove_entry(job)
+            self.delete_ttl_marker(job)
             self._notify(done, "QUEUED")
         return done
 
@@ -247,12 +276,10 @@ class QueueOps:
                         run_ms=f.run_ms,
                     )
                 )
+            ended = [f.job for f, rec in zip(finishes, done, strict=True) if rec is not None]
+            ttl = [self.ttl_marker(job) for job in ended]
             self._store.queue.delete_markers(
-                [
-                    f.job.lease_key
-                    for f, rec in zip(finishes, done, strict=True)
-                    if rec is not None and f.job.lease_key
-                ]
+                [job.lease_key for job in ended if job.lease_key] + [(m.shard, m.sk) for m in ttl]
             )
         for rec in done:
             if rec is not None:

@@ -111,11 +111,19 @@ class RunnerService:
             raise Unauthorized("bad timestamp") from exc
         now = self._now()
         if abs(now - ts_value) > self._window_s:
-            raise Unauthorized("timestamp outside the allowed window")
+            raise Unauthorized(
+                f"timestamp outside the allowed window: is the runner's clock within "
+                f"{self._window_s} s of the control plane's?"
+            )
         rec = self._store.find_runner(runner_id)
         secret = rec.secret if rec is not None else "x" * 43
         expected = signing.compute_signature(secret, method, path, query, ts, nonce, body)
-        if not signing.signature_matches(expected, signature) or rec is None:
+        if rec is None:  # the store does not know it (removed, or the store was reset)
+            raise Unauthorized(
+                f"credentials refused: runner {runner_id} is unknown to this control plane; "
+                "re-register with a new join token"
+            )
+        if not signing.signature_matches(expected, signature):
             raise Unauthorized("bad signature")
         if rec.revoked:
             raise Unauthorized("runner revoked")

@@ -10,6 +10,11 @@ Order of writes when requeueing (each a single conditional write; see dynamo_que
 2. job RUNNING -> QUEUED (lease token, expired)   -- the commit point
 3. delete the lease marker, count the depth
 
+Timeouts: a lease is capped at its attempt's deadline (``started_at + timeout_s``). A lease
+that ran out there was held to the end, so the attempt timed out: the job ends ``FAILED``
+with code ``timeout`` and is not run again (``retry_timed_out_jobs`` requeues it instead while
+attempts are left). A lease that ran out earlier (the runner went away) is requeued as usual.
+
 Reads and clean-up are batched: the jobs behind each page of 100 due markers are read with
 one ``get_jobs`` call, and the page's markers to drop are deleted together after it; each
 transition stays its own conditional write (a record read a moment before only costs a
@@ -25,6 +30,7 @@ from control_plane.storage.protocols import JobRecord, JobStore, Marker
 
 MARKERS_PER_PAGE = 100
 MAX_PAGES = 10
+DEADLINE_SLACK_S = 0.01  # stored times may be rounded (DynamoDB numbers)
 
 
 class Sweeper:
@@ -79,11 +85,23 @@ class Sweeper:
         if job.lease_expires_at is not None and job.lease_expires_at > t:
             return False  # extended after we read the marker
         timed_out = job.deadline is not None and t >= job.deadline
-        if job.attempts < job.max_attempts and t < job.ttl_deadline:
+        # The lease ran all the way to the attempt's deadline (it is capped there): the runner
+        # held it until then, so the attempt timed out; it is not run again unless asked.
+        ran_out = (
+            timed_out
+            and job.deadline is not None
+            and job.lease_expires_at is not None
+            and job.lease_expires_at >= job.deadline - DEADLINE_SLACK_S
+        )
+        retry = not ran_out or self._settings.retry_timed_out_jobs
+        if retry and job.attempts < job.max_attempts and t < job.ttl_deadline:
             if self._ops.requeue(job, marker, t):  # deletes the marker itself
                 counts["requeued"] += 1
             return False
-        if job.attempts < job.max_attempts:
+        if ran_out:
+            status, code = "FAILED", "timeout"
+            message = f"attempt {job.attempts} ran past timeout_s={job.timeout_s}"
+        elif job.attempts < job.max_attempts:
             status, code = "TIMED_OUT", "ttl_expired"
             message = f"the lease expired and the job is older than its ttl_s={job.ttl_s}"
         elif timed_out:
@@ -103,6 +121,7 @@ class Sweeper:
         )
         if done is None:
             return False
+        self._ops.delete_ttl_marker(job)
         counts["timed_out" if status == "TIMED_OUT" else "exhausted"] += 1
         self._notify(done, "RUNNING")
         return True

@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from control_plane.errors import Unavailable
 from control_plane.settings import Settings
+from control_plane.storage import budget
 
 _UNAVAILABLE_CODES = {
     "ProvisionedThroughputExceededException",
@@ -26,10 +27,10 @@ _UNAVAILABLE_CODES = {
 
 def make_clients(settings: Settings) -> tuple[Any, Any]:
     """(dynamodb client, s3 client) for the endpoints in the settings."""
-    cfg = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
+    cfg = Config(  # every call has a deadline: a stalled store answers 503, not a hang
+        retries={"total_max_attempts": settings.storage_max_attempts, "mode": "standard"},
+        connect_timeout=settings.storage_connect_timeout_s,
+        read_timeout=settings.storage_read_timeout_s,
         max_pool_connections=64,
         s3={"addressing_style": "path"},
     )
@@ -56,8 +57,15 @@ def translate_errors(what: str) -> Iterator[None]:
     becomes ``Unavailable`` so no botocore error reaches a handler.
     """
     try:
-        yield
+        with budget.charge(what):
+            yield
     except ClientError as exc:
-        raise Unavailable(f"storage error during {what}: {error_code(exc)}") from exc
+        code = error_code(exc)
+        if code == "ResourceNotFoundException":
+            raise Unavailable(
+                f"storage error during {what}: a table does not exist (the store lost its "
+                "schema: create the tables again, or restore them)"
+            ) from exc
+        raise Unavailable(f"storage error during {what}: {code}") from exc
     except BotoCoreError as exc:
         raise Unavailable(f"storage unreachable during {what}: {exc}") from exc

@@ -223,6 +223,10 @@ class DynamoAuthStore:
             raise Conflict("signing key vanished")
         return str(item["key"]["S"])
 
+    def stored_signing_key(self) -> str | None:
+        item = self._get("meta#jwt", "read signing key")
+        return str(item["key"]["S"]) if item is not None else None
+
     def ping(self) -> None:
         with translate_errors("ping auth table"):
             self._db.describe_table(TableName=self._table)

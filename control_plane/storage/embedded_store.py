@@ -100,7 +100,11 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     try:
         old_umask = os.umask(0o077)  # the SQLite files (db, -wal, -shm) are created 0600
         try:
-            db = Database(root / DB_FILE, synchronous=settings.sqlite_synchronous)
+            db = Database(
+                root / DB_FILE,
+                synchronous=settings.sqlite_synchronous,
+                busy_timeout_ms=int(settings.storage_read_timeout_s * 1000),
+            )
             migrate(db)
         finally:
             os.umask(old_umask)

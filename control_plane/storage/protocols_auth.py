@@ -132,6 +132,11 @@ class AuthStore(Protocol):
         writer wins and every caller, concurrent ones too, gets the winner's key."""
         ...
 
+    def stored_signing_key(self) -> str | None:
+        """The stored signing key, or None when there is none (a new store, or one that lost
+        its data: the control plane's store marker, see ``services/store_marker.py``)."""
+        ...
+
     def ping(self) -> None:
         """Return when the store can be used; ``Unavailable`` otherwise."""
         ...

@@ -3,10 +3,15 @@
 For development without a GPU or Docker; the runner logs a loud notice when it is used.
 Output shapes: the config's dims (variable dims -1 become 1), prefixed with the batch size
 of the first input when the model batches (``max_batch_size > 0``).
+
+``mock_outputs: echo`` (``GPUFLEET_RUNNER_MOCK_OUTPUTS=echo``) answers output *i* with input
+*i* instead, where shape and datatype match (zeros otherwise): every job gets an answer of
+its own, which the soak test (bench/soak.py) uses to check each result belongs to its job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,8 +39,10 @@ class MockEngine:
 
     protocol = "mock"
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, outputs: str = "zeros", delay_s: float = 0.0) -> None:
         self._repository = Path(repository).expanduser()
+        self._echo = outputs == "echo"
+        self._delay_s = delay_s
         self._configs: dict[str, Any] = {}
         self.loaded: set[str] = set()
         self.infer_count = 0
@@ -73,17 +80,23 @@ class MockEngine:
         if config is None or model not in self.loaded:
             self.failure_count += 1
             raise InferError(f"Request for unknown model: '{model}' is not found")
+        if self._delay_s > 0:
+            await asyncio.sleep(self._delay_s)  # a model that takes its time
         arrays = [to_numpy(t) for t in inputs]
         batch = [int(arrays[0].shape[0])] if config.max_batch_size > 0 and arrays else []
         wanted = {o.name for o in outputs} if outputs else None
         from tritonclient.grpc import model_config_pb2
 
         result = []
-        for spec in config.output:
+        for i, spec in enumerate(config.output):
             if wanted is not None and spec.name not in wanted:
                 continue
             datatype = CONFIG_DATATYPES[model_config_pb2.DataType.Name(spec.data_type)]
             shape = batch + [d if d > 0 else 1 for d in spec.dims]
+            source = inputs[i] if self._echo and i < len(inputs) else None
+            if source is not None and source.datatype == datatype and list(source.shape) == shape:
+                result.append(from_numpy(spec.name, datatype, arrays[i]))
+                continue
             if datatype == "BYTES":
                 arr = np.full(shape, b"", dtype=np.object_)
             else:
@@ -107,8 +120,8 @@ class MockBackend:
 
     kind = "mock"
 
-    def __init__(self, repository: Path) -> None:
-        self.engine = MockEngine(repository)
+    def __init__(self, repository: Path, outputs: str = "zeros", delay_s: float = 0.0) -> None:
+        self.engine = MockEngine(repository, outputs, delay_s)
 
     async def start(self) -> None:
         log.warning(NOTICE)

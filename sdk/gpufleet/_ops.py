@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 
 from gpufleet._transport import Core, Op, seg
-from gpufleet.errors import JobFailedError, WaitTimeoutError
+from gpufleet.errors import GpufleetError, JobFailedError, WaitTimeoutError, mark_submit_error
 from gpufleet.tensors import datatype_of, decode_outputs, to_arrays, to_raw_bytes, to_tensor
 from gpufleet.wire import (
     TERMINAL_STATUSES,
@@ -154,13 +154,16 @@ def submit(
     headers = {"Idempotency-Key": key}
     if wait is not None:
         headers["Prefer"] = f"wait={max(0.0, wait):g}"
-    resp = yield from core.request(
-        "POST",
-        "/v1/jobs",
-        json=_dump(req),
-        headers=headers,
-        idempotent=True,
-        timeout=core.timeout + (wait or 0.0),
+    resp = yield from _keyed(
+        core.request(
+            "POST",
+            "/v1/jobs",
+            json=_dump(req),
+            headers=headers,
+            idempotent=True,
+            timeout=core.timeout + (wait or 0.0),
+        ),
+        key,
     )
     doc = resp.json()
     if wait is not None and "model" in doc:  # the server applied the preference
@@ -215,12 +218,28 @@ def infer(
     return to_arrays(out.outputs)
 
 
-def submit_batch(core: Core, reqs: list[JobRequest]) -> Op[list[str]]:
-    """``POST /v1/jobs/batch``. Not idempotent server-side: retried only when the server
-    certainly did not take it (429, connection refused)."""
+def submit_batch(
+    core: Core, reqs: list[JobRequest], idempotency_key: str | None = None
+) -> Op[list[str]]:
+    """``POST /v1/jobs/batch`` with an Idempotency-Key (generated when not given): a retry
+    returns the same ids and stores whatever a failed first attempt left out."""
+    key = idempotency_key or str(uuid.uuid4())
     body = _dump(BatchJobRequest(jobs=reqs))
-    resp = yield from core.request("POST", "/v1/jobs/batch", json=body, idempotent=False)
+    resp = yield from _keyed(
+        core.request(
+            "POST", "/v1/jobs/batch", json=body, headers={"Idempotency-Key": key}, idempotent=True
+        ),
+        key,
+    )
     return BatchAccepted.model_validate(resp.json()).ids
+
+
+def _keyed(op: Op[httpx.Response], key: str) -> Op[httpx.Response]:
+    """``op``, its error marked with the Idempotency-Key and whether the job may exist."""
+    try:
+        return (yield from op)
+    except GpufleetError as exc:
+        raise mark_submit_error(exc, key) from exc.__cause__
 
 
 def get(core: Core, job_id: str, wait_s: float = 0.0) -> Op[JobView]:

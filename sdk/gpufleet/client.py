@@ -159,7 +159,9 @@ class Client:
     ) -> JobView:
         """Queue a job. ``inputs`` is ``{"NAME": array_or_list}`` or a list of wire
         ``Tensor``; large arrays are uploaded to the bucket. The request always carries an
-        Idempotency-Key (a fresh UUID unless given), so retries never make a second job.
+        Idempotency-Key (a fresh UUID unless given), so retries never make a second job; an
+        error with ``err.may_exist`` (no answer, 5xx) may have stored the job: submit again
+        with ``idempotency_key=err.idempotency_key`` to get it instead of a second one.
         Returns the job as queued (``status == "QUEUED"``); with ``wait=N`` the server
         holds the answer until the job is terminal or N seconds (≤ 30) pass and returns the
         job as it is then (``Prefer: wait``): one call instead of a submit and a wait."""
@@ -173,15 +175,20 @@ class Client:
         )  # fmt: skip
         return self._run(_ops.submit(self._core, req, idempotency_key, wait))
 
-    def submit_batch(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+    def submit_batch(
+        self, jobs: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[str]:
         """Queue up to 100 jobs in one call; each item holds :meth:`submit`'s arguments
-        (``{"model": …, "inputs": …, "priority": …}``). Returns the job ids in order."""
+        (``{"model": …, "inputs": …, "priority": …}``). Returns the job ids in order. The
+        call carries an Idempotency-Key (a fresh UUID unless given): retries return the same
+        ids. On an error with ``err.may_exist`` the batch may be stored: call again with
+        ``idempotency_key=err.idempotency_key`` to get its ids (and complete it)."""
         reqs: list[JobRequest] = []
         for item in jobs:
             args = dict(item)
             model, inputs = args.pop("model"), args.pop("inputs")
             reqs.append(self._run(_ops.job_request(self._core, model, inputs, **args)))
-        return self._run(_ops.submit_batch(self._core, reqs))
+        return self._run(_ops.submit_batch(self._core, reqs, idempotency_key))
 
     def get(self, job_id: str) -> JobView:
         """The job's current state."""

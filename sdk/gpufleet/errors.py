@@ -56,15 +56,37 @@ __all__ = [
     "WaitTimeoutError",
     "WebhookVerificationError",
     "error_from_response",
+    "mark_submit_error",
 ]
 
 
 class GpufleetError(Exception):
-    """Base of every error the SDK raises."""
+    """Base of every error the SDK raises.
+
+    Errors of a submit (``submit``, ``submit_batch``) also say whether the request may
+    have been stored anyway: ``.idempotency_key`` is the Idempotency-Key the request carried
+    and ``.may_exist`` is True unless the server certainly refused it (a 4xx answer). When it
+    is True, submit again with ``idempotency_key=err.idempotency_key``: the same job(s) come
+    back, never a second copy. Other errors have ``None`` and False.
+    """
+
+    idempotency_key: str | None = None
+    may_exist: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def _with_hint(self, text: str) -> str:
+        if not self.may_exist or self.idempotency_key is None:
+            return text
+        return (
+            f"{text} (the request may have been stored: submit again with "
+            f"idempotency_key={self.idempotency_key!r} to get the same job, never a second)"
+        )
+
+    def __str__(self) -> str:
+        return self._with_hint(super().__str__())
 
 
 class APIError(GpufleetError):
@@ -89,7 +111,7 @@ class APIError(GpufleetError):
 
     def __str__(self) -> str:
         status = f"{self.status_code} " if self.status_code is not None else ""
-        return f"{status}{self.code}: {self.message}"
+        return self._with_hint(f"{status}{self.code}: {self.message}")
 
 
 class InvalidRequestError(APIError):
@@ -261,3 +283,15 @@ def error_from_response(response: httpx.Response) -> APIError:
         details = err.get("details")
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(response.status_code) or ServerError
     return cls(message, response=response, code=code, details=details)
+
+
+def mark_submit_error(exc: GpufleetError, key: str) -> GpufleetError:
+    """Record on a submit's error the key it carried and whether the job may exist: a 4xx
+    answer refused the request; anything else (5xx, no answer) may have come after it was
+    stored."""
+    exc.idempotency_key = key
+    status = exc.status_code if isinstance(exc, APIError) else None
+    exc.may_exist = isinstance(exc, ConnectionError) or (
+        isinstance(exc, APIError) and (status is None or status >= 500)
+    )
+    return exc

@@ -70,11 +70,13 @@ def start_control_plane(
     *,
     store: str = "sqlite",
     port: int = 0,
+    extra_args: tuple[str, ...] = (),
 ) -> ControlPlaneProc:
     """Start an embedded control plane on a loopback port (0 = a free one); ``env``:
     ``GPUFLEET_*`` settings (lease duration, sweep interval, ...). ``store``: ``sqlite``
     (the embedded default, data in ``workdir/data``: a restart on the same workdir finds
-    everything again) or ``moto`` (``--embedded-moto``)."""
+    everything again), ``moto`` (``--embedded-moto``) or ``dynamodb`` (the endpoints, table
+    prefix and bucket that ``env`` names: a store outside the process)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "admin.key"
     log_file = workdir / "control-plane.log"
@@ -90,8 +92,11 @@ def start_control_plane(
                     ("--embedded", "--data-dir", str(workdir / "data"))
                     if store == "sqlite"
                     else ("--embedded-moto",)
+                    if store == "moto"
+                    else ()  # "dynamodb": the endpoints and tables named in env
                 ),
                 *("--port", str(port), "--admin-key-file", str(key_file)),
+                *extra_args,
             ],
             cwd=REPO,
             env=full_env,

@@ -318,3 +318,50 @@ def test_inline_budget_is_shared_by_all_inputs(clock: Clock) -> None:
     first, second = req.inputs
     assert first.data is not None and first.data_ref is None
     assert second.data is None and second.data_ref == "pl_2"
+
+
+def test_a_failed_submit_says_its_key_and_that_the_job_may_exist() -> None:
+    """Every try timed out (the store stalled past the SDK's timeout): the job may have been
+    stored. The error carries the key the SDK generated, so a resubmit finds that job."""
+    server = FakeServer()
+    server.script("/v1/jobs", *[httpx.ReadTimeout("stalled") for _ in range(4)])
+    with Client("http://cp.test", api_key="gf_testkey", transport=httpx.MockTransport(server)) as c:
+        c._core.retry.base_s = 0.001
+        with pytest.raises(errors.ConnectionError) as exc:
+            c.submit("m", {"X": [1, 2]})
+    keys = {r.headers["Idempotency-Key"] for r in server.requests if r.url.path == "/v1/jobs"}
+    assert exc.value.may_exist is True and {exc.value.idempotency_key} == keys
+    assert f"idempotency_key={exc.value.idempotency_key!r}" in str(exc.value)
+
+
+def test_a_refused_submit_does_not_exist() -> None:
+    server = FakeServer()
+    server.script("/v1/jobs", (422, err("invalid_request")))
+    transport = httpx.MockTransport(server)
+    with (
+        Client("http://cp.test", api_key="gf_testkey", transport=transport) as c,
+        pytest.raises(errors.ValidationError) as exc,
+    ):
+        c.submit("m", {"X": [1, 2]}, idempotency_key="mine")
+    assert exc.value.may_exist is False and exc.value.idempotency_key == "mine"
+    assert "may have been stored" not in str(exc.value)
+
+
+async def test_batch_submit_carries_one_key_across_retries_and_its_errors() -> None:
+    server = FakeServer()
+    accepted = {"api_version": "v1", "ids": ["job_1", "job_2"]}
+    server.script("/v1/jobs/batch", httpx.ReadTimeout("lost"), (503, err("unavailable")))
+    server.script("/v1/jobs/batch", (202, accepted))
+    transport = httpx.MockTransport(server)
+    jobs = [{"model": "m", "inputs": {"X": [1, 2]}}] * 2
+    async with AsyncClient("http://cp.test", api_key="gf_testkey", transport=transport) as c:
+        c._core.retry.base_s = 0.001
+        assert await c.submit_batch(jobs) == ["job_1", "job_2"]
+        sent = [r for r in server.requests if r.url.path == "/v1/jobs/batch"]
+        assert len(sent) == 3 and len({r.headers["Idempotency-Key"] for r in sent}) == 1
+        c._core.retry.max_retries = 0
+        server.script("/v1/jobs/batch", (503, err("unavailable")))
+        with pytest.raises(errors.UnavailableError) as exc:
+            await c.submit_batch(jobs, idempotency_key="b-1")
+    assert exc.value.may_exist and exc.value.idempotency_key == "b-1"
+    assert server.requests[-1].headers["Idempotency-Key"] == "b-1"

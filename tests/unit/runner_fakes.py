@@ -31,6 +31,7 @@ class FakeControlPlane:
         self.completed: dict[str, dict[str, Any]] = {}
         self.extended: list[str] = []
         self.conflict_on_complete: set[str] = set()
+        self.conflict_on_extend: set[str] = set()  # the lease was lost (re-leased elsewhere)
         self.batch_route = True
         self.batches: list[list[str]] = []  # job ids of each batch complete
         self.heartbeats: list[dict[str, Any]] = []
@@ -59,6 +60,13 @@ class FakeControlPlane:
             request.headers[signing.HEADER_NONCE],
             request.content,
         )
+        if rid not in self.secrets:  # as the control plane says it (a store that was reset)
+            return _error(
+                401,
+                "unauthorized",
+                f"credentials refused: runner {rid} is unknown to this control plane; "
+                "re-register with a new join token",
+            )
         if rid in self.revoked or not signing.signature_matches(
             expected, request.headers[signing.HEADER_SIGNATURE]
         ):
@@ -78,6 +86,8 @@ class FakeControlPlane:
         job_id = path.split("/")[-2]
         if path.endswith("/extend"):
             self.extended.append(job_id)
+            if job_id in self.conflict_on_extend:
+                return _error(409, "conflict")
             return httpx.Response(
                 200, json={"api_version": "v1", "lease_expires_at": "2999-01-01T00:00:00Z"}
             )
@@ -106,9 +116,9 @@ class FakeControlPlane:
         return httpx.Response(200, json={"api_version": "v1", "results": answers})
 
 
-def _error(status: int, code: str) -> httpx.Response:
+def _error(status: int, code: str, message: str | None = None) -> httpx.Response:
     return httpx.Response(
-        status, json={"api_version": "v1", "error": {"code": code, "message": code}}
+        status, json={"api_version": "v1", "error": {"code": code, "message": message or code}}
     )
 
 

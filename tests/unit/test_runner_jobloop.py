@@ -4,15 +4,16 @@ checks signatures) and a fake Triton engine (a real InferenceEngine)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from gpufleet.wire import ModelRef, RunnerConfig
+from gpufleet.wire import HeartbeatRequest, ModelRef, RunnerConfig
 from pydantic import SecretStr
 
-from runner.cp_client import ControlPlaneClient
+from runner.cp_client import ControlPlaneClient, Unauthorized
 from runner.credentials import Credentials, load_credentials, save_credentials
 from runner.identity import Identity
 from runner.jobloop import JobLoop
@@ -216,3 +217,51 @@ async def test_fresh_credentials_rejected_again_back_off_instead_of_looping(
     stop.set()
     assert await task is None
     await rig.client.aclose()
+
+
+async def test_a_lost_lease_is_counted_apart_from_cancellations(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """409 on extend: the job was re-leased elsewhere. The runner stops waiting on it and
+    sends nothing, and counts it as ``leases_lost``, not as a cancellation."""
+    cp = FakeControlPlane([job("job_lost", expires="2000-01-01T00:00:00Z")])
+    cp.conflict_on_extend.add("job_lost")
+    rig = Rig(tmp_path, cp)
+    rig.engine.delay = 5
+    await rig.run_until(lambda: rig.state.counters.leases_lost == 1)
+    await asyncio.sleep(0.1)
+    assert "job_lost" not in cp.completed and not rig.state.inflight
+    assert rig.state.counters.cancelled == 0
+    assert not any("cancelled" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_reset_store_is_reported_plainly_not_as_clock_skew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control plane's store was wiped: it knows neither the runner nor its join token.
+    The runner says so ("credentials refused: re-register with a new join token") and never
+    blames the clock, also when fresh credentials are refused right after registering."""
+    cp = FakeControlPlane([job("job_x")])
+    rig = Rig(tmp_path, cp)
+    stop = asyncio.Event()
+    first = await rig.identity.ensure(stop)
+    assert first is not None
+    cp.secrets.clear()  # the store lost every runner
+    with pytest.raises(Unauthorized, match="unknown to this control plane"):
+        await rig.client.heartbeat(HeartbeatRequest())
+    await rig.identity.invalidate(first)
+    second = await rig.identity.ensure(stop)  # the join token still works here
+    assert second is not None
+    cp.secrets.clear()
+    with pytest.raises(Unauthorized, match="unknown to this control plane"):
+        await rig.client.heartbeat(HeartbeatRequest())
+    await rig.identity.invalidate(second)
+    task = asyncio.create_task(rig.identity.ensure(stop))
+    await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    await rig.client.aclose()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("credentials refused: re-register with a new join token" in m for m in messages)
+    assert any("store reset" in m for m in messages), messages
+    assert not any("clock" in m for m in messages), messages

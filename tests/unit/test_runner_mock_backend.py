@@ -100,3 +100,22 @@ def test_bad_shape_and_data_ref() -> None:
         to_numpy(Tensor(name="x", datatype="FP32", shape=[3], data=[1, 2]))
     with pytest.raises(TensorError, match="data_ref"):
         to_numpy(Tensor(name="x", datatype="FP32", shape=[3], data_ref="pay_1"))
+
+
+async def test_echo_answers_each_job_with_its_own_inputs(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "add_sub" / "1").mkdir(parents=True)
+    (repo / "add_sub" / "config.pbtxt").write_text(
+        (Path(__file__).resolve().parents[2] / "model_repository/add_sub/config.pbtxt").read_text()
+    )
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    b = -a
+    ins = [from_numpy("INPUT0", "FP32", a), from_numpy("INPUT1", "FP32", b)]
+    echo, zeros = MockEngine(repo, "echo"), MockEngine(repo)
+    for engine in (echo, zeros):
+        await engine.load_model("add_sub")
+    out = {t.name: to_numpy(t) for t in await echo.infer("add_sub", "1", ins, None, {}, 5)}
+    np.testing.assert_array_equal(out["OUTPUT0"], a)
+    np.testing.assert_array_equal(out["OUTPUT1"], b)
+    plain = {t.name: to_numpy(t) for t in await zeros.infer("add_sub", "1", ins, None, {}, 5)}
+    assert not plain["OUTPUT0"].any() and plain["OUTPUT0"].shape == (2, 4)

@@ -264,5 +264,10 @@ class SqliteAuthStore:
             row = conn.execute("SELECT key FROM signing_key WHERE id = 1").fetchone()
         return str(row[0])
 
+    def stored_signing_key(self) -> str | None:
+        with translate("read signing key"):
+            row = self._db.read().execute("SELECT key FROM signing_key WHERE id = 1").fetchone()
+        return str(row[0]) if row is not None else None
+
     def ping(self) -> None:
         self._db.ping()

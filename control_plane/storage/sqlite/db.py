@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from control_plane.errors import Unavailable
+from control_plane.storage import budget
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -41,7 +42,8 @@ BUSY_TIMEOUT_MS = 10_000
 def translate(what: str) -> Iterator[None]:
     """Turn SQLite failures (locked past the busy timeout, I/O errors) into ``Unavailable``."""
     try:
-        yield
+        with budget.charge(what):
+            yield
     except sqlite3.Error as exc:
         raise Unavailable(f"storage error during {what}: {exc}") from exc
 
@@ -49,9 +51,16 @@ def translate(what: str) -> Iterator[None]:
 class Database:
     """One SQLite file shared by every store of the embedded control plane."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         self.path = str(path)
         self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
@@ -60,11 +69,11 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=self._busy_timeout_ms / 1000,
             isolation_level=None,  # autocommit; write() opens transactions explicitly
             check_same_thread=False,
         )
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=OFF")

@@ -442,6 +442,9 @@ class SqliteJobTable:
         return self._transition("finish queued job", _FINISH_QUEUED, params)
 
     def ping(self) -> None:
-        """Raises Unavailable when the table cannot be read."""
+        """Raises Unavailable when the table cannot be read, or no write can start (the file
+        locked past the busy timeout: reads still work then, submits would not)."""
         with translate("ping jobs"):
             self._db.read().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            with self._db.write():
+                pass  # BEGIN IMMEDIATE … COMMIT: takes the write lock, writes nothing
