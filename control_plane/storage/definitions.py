@@ -20,6 +20,8 @@ Layout (every state change is a conditional write on these):
 - ``runners``     PK ``id``: registration, secret, last heartbeat, runtime config.
 - ``nonces``      PK ``pk`` = ``<runner>#<nonce>``: replay cache of signed runner calls (TTL).
 - ``webhooks``    PK ``job_id``, SK ``sk``: webhook delivery log.
+- ``capacity``    PK ``pk``, SK ``sk``: pools, the fleet's capacity decision, the decision
+                  log per pool (TTL) (storage/dynamo_capacity.py).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ TABLES: dict[str, dict[str, Any]] = {
     "runners": _table("id"),
     "nonces": _table("pk", ttl=True),
     "webhooks": _table("job_id", "sk", ttl=True),
+    "capacity": _table("pk", "sk", ttl=True),
 }
 
 # Object key prefixes in the bucket.

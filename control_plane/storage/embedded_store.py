@@ -81,6 +81,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     """Open (creating or migrating) the embedded store; the caller must ``stores.close()``."""
     from control_plane.storage.local_blobs import LocalBlobStore
     from control_plane.storage.sqlite.auth import SqliteAuthStore
+    from control_plane.storage.sqlite.capacity import SqliteCapacityStore
     from control_plane.storage.sqlite.db import Database
     from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
     from control_plane.storage.sqlite.jobs import SqliteJobTable
@@ -138,5 +139,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         webhooks=SqliteWebhookStore(db),
         webhook_secrets=SqliteWebhookSecretStore(db),
         close=close,
+        capacity=SqliteCapacityStore(db),
         extra={"database": db, "data_dir": root},
     )

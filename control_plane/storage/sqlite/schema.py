@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from control_plane.storage.sqlite import (
     auth,
+    capacity,
     idempotency,
     jobs,
     models,
@@ -30,6 +31,7 @@ MIGRATIONS: dict[int, list[str]] = {
         *runners.DDL,
         *webhooks.DDL,
     ],
+    2: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
