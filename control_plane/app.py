@@ -29,6 +29,7 @@ from control_plane.api import (
     routes_jobs,
     routes_models,
     routes_payloads,
+    routes_pools,
     routes_runners,
     routes_system,
     webhook_routes,
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings, stores: Stores | None = None) -> Services:
     """Every service on ``stores`` (default: the stores the settings name), built once."""
+    from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
 
@@ -119,6 +121,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         dispatch=dispatch,
         inference=inference,
         stores=st,
+        capacity=build_capacity_service(settings, st, auth, jobs),
     )
 
 
@@ -152,6 +155,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_blobs.ROUTES,
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
+        *routes_pools.ROUTES,
     ]
 
 
@@ -180,6 +184,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     hooks = getattr(svc.jobs, "on_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(metrics.observe_transition)
+    if svc.capacity is not None:
+        metrics.registry.register(svc.capacity)
     if svc.dispatch is not None:
         svc.dispatch.on_result.append(metrics.observe_dispatch)
         svc.dispatch.on_timings.append(metrics.observe_runner_stages)
@@ -190,6 +196,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         if svc.webhooks is not None:
             worker = svc.webhooks.worker(DeliveryPolicy.from_settings(settings))
             tasks.append(asyncio.create_task(worker.run_forever()))
+        if svc.capacity is not None:
+            tasks.append(asyncio.create_task(svc.capacity.run_forever()))
         try:
             yield
         finally:

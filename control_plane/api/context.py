@@ -34,6 +34,7 @@ from gpufleet.wire import (
 from starlette.requests import Request
 
 from control_plane.services.auth import AuthService
+from control_plane.services.capacity.service import CapacityService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.principal import Principal
@@ -110,6 +111,7 @@ class Services:
     dispatch: Dispatcher | None = None
     inference: InferenceService | None = None
     stores: Stores | None = None
+    capacity: CapacityService | None = None
 
 
 def services(request: Request) -> Services:

@@ -181,6 +181,15 @@ class AuthService:
         )
         return JoinTokenCreated(join_token=token, expires_at=clock.iso(expires_at) or "")
 
+    def issue_join_token(self, region: str, labels: dict[str, str], ttl_s: int) -> str:
+        """A join token for a host the capacity autoscaler starts (no principal: the
+        control plane itself asks); its labels tie the runner to the pool and host."""
+        token = JOIN_PREFIX + secrets.token_urlsafe(32)
+        self._store.save_join_token(
+            JoinTokenRecord(sha256_hex(token), region, dict(labels), self._now() + ttl_s)
+        )
+        return token
+
     def redeem_join_token(self, token: str) -> JoinTokenRecord:
         """The join token's record if it is valid and unexpired; ``Unauthorized`` otherwise."""
         rec = self._store.find_join_token(sha256_hex(token))

@@ -16,8 +16,8 @@ Rules, per pool:
 - **Target.** ``needed = ceil((queued + running) / jobs_per_host)`` over the jobs of the
   pool's models, plus ``warm_hosts`` (started, kept empty), within ``[min_hosts,
   max_hosts]``. While the oldest queued job has waited less than ``scale_up_wait_s`` the
-  target does not grow past what is already up (no launch for a job that a running host is
-  about to take).
+  target does not grow past the hosts up or starting (no launch for a job that a running
+  host is about to take); an empty pool launches at once.
 - **Scale up** when the target is above the hosts that are up or starting: first hosts that
   are draining are taken back (cheapest), then new hosts are launched, never above
   ``max_hosts`` counting every host the provider has, and never more than
@@ -198,7 +198,7 @@ def decide(
     work = demand.queued + running
     needed = math.ceil(work / max(pool.jobs_per_host, 1)) if work else 0
     coming = len(up) + len(starting)
-    if demand.queued and demand.oldest_wait_s < pool.scale_up_wait_s:
+    if demand.queued and coming and demand.oldest_wait_s < pool.scale_up_wait_s:
         needed = min(needed, coming)
     target = max(pool.min_hosts, min(needed + pool.warm_hosts, pool.max_hosts))
     why = (
@@ -213,6 +213,8 @@ def decide(
     launch = 0
     launches = tuple(t for t in previous.launches if now - t < BUDGET_WINDOW_S)
     notes: list[str] = []
+    if needed + pool.warm_hosts > pool.max_hosts:
+        notes.append(f"capped at max_hosts={pool.max_hosts}")
     if target > coming:
         short = target - coming
         for h in sorted(draining, key=lambda h: h.id)[:short]:
@@ -229,8 +231,6 @@ def decide(
             )
         elif short > 0:
             launch = max(0, min(short, room, budget))
-            if launch < short and room < short:
-                notes.append(f"at max_hosts={pool.max_hosts}")
             if launch < short and budget < short:
                 notes.append(
                     f"launch budget {pool.launch_budget_per_min}/min spent "
