@@ -627,6 +627,7 @@ class PoolSpec(Strict):
     join_timeout_s: float = Field(default=600.0, gt=0, le=86400)
     jobs_per_host: int = Field(default=1, ge=1, le=10_000)
     scale_up_wait_s: float = Field(default=0.0, ge=0, le=86400)
+    launch_backoff_s: float = Field(default=30.0, ge=0, le=86400)
     provider: PoolProvider
 
 

@@ -238,7 +238,9 @@ def decide(
                 )
         if launch:
             launches = launches + (now,) * launch
-            events.append(Event("launch", None, f"start {launch} host(s): {why}"))
+            events.append(
+                Event("launch", None, f"start {launch} host(s): " + "; ".join([why, *notes]))
+            )
 
     # 4. scale in: drain idle hosts past the timeout, stop drained ones
     drain: list[str] = []

@@ -436,6 +436,7 @@ def _pool_input(name: str, spec: PoolSpec, settle_s: float) -> cd.PoolInput:
         jobs_per_host=spec.jobs_per_host,
         scale_up_wait_s=spec.scale_up_wait_s,
         drain_settle_s=settle_s,
+        backoff_s=spec.launch_backoff_s,
     )
 
 
