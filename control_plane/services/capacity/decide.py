@@ -291,9 +291,11 @@ def decide(
         if h.busy and not st.protected:
             protect.append(h.id)
             states[h.id] = replace(st, protected=True)
+            events.append(Event("protect", h.id, f"busy: {h.running_jobs} running job(s)"))
         elif not h.busy and st.protected:
             unprotect.append(h.id)
             states[h.id] = replace(st, protected=False)
+            events.append(Event("unprotect", h.id, "idle"))
 
     for host in terminate:
         states.pop(host, None)

@@ -151,28 +151,32 @@ class AsgProvider:
         return []
 
     def stop(self, pool: PoolConfig, host_id: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.parsers import ResponseParserError
+
+        members = {i["InstanceId"]: i["LifecycleState"] for i in self._group(pool)["Instances"]}
+        if host_id not in members:
+            return  # gone already
         asg, _ = self._client(pool)
-        with _aws("terminate an instance"):
-            try:
+        if not members[host_id].startswith("Terminating"):
+            with _aws("terminate an instance"):
                 asg.terminate_instance_in_auto_scaling_group(
                     InstanceId=host_id, ShouldDecrementDesiredCapacity=True
                 )
-            except asg.exceptions.ClientError as exc:
-                if "not found" in str(exc).lower() or "not part" in str(exc).lower():
-                    return  # gone already
-                raise
         hook = pool.settings.get("lifecycle_hook")
         if hook:
-            with _aws("complete the termination lifecycle action"):
-                try:
-                    asg.complete_lifecycle_action(
-                        LifecycleHookName=str(hook),
-                        AutoScalingGroupName=str(pool.settings["group"]),
-                        InstanceId=host_id,
-                        LifecycleActionResult="CONTINUE",
-                    )
-                except asg.exceptions.ClientError as exc:  # no action waiting: nothing to do
-                    log.info("no lifecycle action to complete for %s: %s", host_id, exc)
+            try:  # the host is drained already: let the termination go on now
+                asg.complete_lifecycle_action(
+                    LifecycleHookName=str(hook),
+                    AutoScalingGroupName=str(pool.settings["group"]),
+                    InstanceId=host_id,
+                    LifecycleActionResult="CONTINUE",
+                )
+            except (ClientError, BotoCoreError, ResponseParserError) as exc:
+                # the hook's heartbeat timeout and default result decide then
+                log.warning(
+                    "cannot complete the lifecycle action of %s (hook %s): %s", host_id, hook, exc
+                )
 
     def protect(self, pool: PoolConfig, host_ids: list[str], protected: bool) -> None:
         if not host_ids:
