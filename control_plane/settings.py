@@ -119,9 +119,9 @@ class Settings(BaseSettings):
     capacity_events_keep: int = Field(
         default=200, ge=1, description="Decision-log entries kept per pool (at least)."
     )
-    capacity_providers: list[str] = Field(
-        default_factory=lambda: ["docker", "aws-asg"],
-        description="Providers pools may use: docker, aws-asg.",
+    capacity_providers: str = Field(
+        default="docker,aws-asg",
+        description="Providers pools may use, comma-separated: docker, aws-asg.",
     )
     capacity_docker_host: str | None = Field(
         default=None,

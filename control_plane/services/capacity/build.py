@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 def build_providers(settings: Settings, stores: Stores) -> dict[str, Provider]:
     """The providers the settings enable (clients are made on first use)."""
     out: dict[str, Provider] = {}
+    enabled = {k.strip() for k in settings.capacity_providers.split(",") if k.strip()}
 
     def runner_url() -> str | None:
         return (
@@ -25,11 +26,11 @@ def build_providers(settings: Settings, stores: Stores) -> dict[str, Provider]:
             or getattr(stores.blobs, "base_url", None)  # the embedded store knows its address
         )
 
-    if "docker" in settings.capacity_providers:
+    if "docker" in enabled:
         from control_plane.services.capacity.providers.docker import DockerProvider
 
         out["docker"] = DockerProvider(settings.capacity_docker_host, runner_url)
-    if "aws-asg" in settings.capacity_providers:
+    if "aws-asg" in enabled:
         from control_plane.services.capacity.providers.aws_asg import AsgProvider
 
         out["aws-asg"] = AsgProvider(settings.aws_region, settings.capacity_aws_endpoint_url)
