@@ -42,7 +42,7 @@ async def get_pool(request: Request) -> HttpResponse:
 
 async def list_pools(request: Request) -> HttpResponse:
     p = principal(request)
-    return send(await run_in_threadpool(_capacity(request).list, p))
+    return send(await run_in_threadpool(_capacity(request).list_pools, p))
 
 
 async def delete_pool(request: Request) -> HttpResponse:

@@ -24,7 +24,16 @@ from botocore.exceptions import ClientError
 
 from control_plane.storage.aws import translate_errors
 from control_plane.storage.definitions import TTL_ATTRIBUTE
-from control_plane.storage.dynamo_items import conditional_failed, get_i, get_j, get_n, get_s, j, n, s
+from control_plane.storage.dynamo_items import (
+    conditional_failed,
+    get_i,
+    get_j,
+    get_n,
+    get_s,
+    j,
+    n,
+    s,
+)
 from control_plane.storage.protocols_capacity import CapacityRecord, PoolRecord
 
 POOLS_PK = "pools"

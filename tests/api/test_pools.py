@@ -90,7 +90,9 @@ async def test_put_get_list_delete(
 
 async def test_admin_only(client: httpx.AsyncClient, auth_headers: TokenFor) -> None:
     user = await auth_headers("user")
-    assert_error(await client.put("/v1/pools/p", json=docker_pool(), headers=user), 403, "forbidden")
+    assert_error(
+        await client.put("/v1/pools/p", json=docker_pool(), headers=user), 403, "forbidden"
+    )
     assert_error(await client.get("/v1/pools/p", headers=user), 403, "forbidden")
     assert_error(await client.get("/v1/pools", headers=user), 403, "forbidden")
     assert_error(await client.delete("/v1/pools/p", headers=user), 403, "forbidden")

@@ -173,7 +173,9 @@ class Watcher(threading.Thread):
             for gone in alive - hosts:
                 r = self.last.get(gone)
                 if r is not None and (r["running_jobs"] or r["status"] != "DRAINING"):
-                    self.violations.append(f"{gone} stopped while {r['status']} {r['running_jobs']}")
+                    self.violations.append(
+                        f"{gone} stopped while {r['status']} {r['running_jobs']}"
+                    )
             self.seen |= hosts
             self.max_containers = max(self.max_containers, len(hosts))
             alive = hosts

@@ -132,7 +132,9 @@ def rig(
     def record(params: dict[str, Any], **_: Any) -> None:
         completed.append(dict(params))
 
-    asg_client.meta.events.register("provide-client-params.autoscaling.CompleteLifecycleAction", record)
+    asg_client.meta.events.register(
+        "provide-client-params.autoscaling.CompleteLifecycleAction", record
+    )
     yield svc, clock, queue, provider, completed
 
 
@@ -145,7 +147,9 @@ def svc_pool_config(svc: CapacityService) -> Any:
 
 
 def _group(asg: Any, name: str) -> dict[str, Any]:
-    return dict(asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0])
+    return dict(
+        asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    )
 
 
 def _join(stores: Stores, instance: str, t: float) -> str:
@@ -232,7 +236,9 @@ def test_desired_capacity_protection_and_lifecycle_follow_decisions(
     events = svc.get(ADMIN, "gpu-a10g").events
     assert [e.action for e in events][:1] == ["launch"]
     assert {"launch", "protect", "drain", "terminate"} <= {e.action for e in events}
-    assert "error" not in {e.action for e in events}, [e.reason for e in events if e.action == "error"]
+    assert "error" not in {e.action for e in events}, [
+        e.reason for e in events if e.action == "error"
+    ]
 
     with pytest.raises(Conflict):  # hosts left: not deleted
         svc.delete(ADMIN, "gpu-a10g")

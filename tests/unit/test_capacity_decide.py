@@ -232,7 +232,9 @@ def test_busy_host_is_never_drained_and_is_protected() -> None:
 def test_drained_host_stopped_only_after_a_settled_heartbeat() -> None:
     pool = PoolInput(name="p", max_hosts=1, idle_timeout_s=0, drain_settle_s=10)
     st = PoolState(hosts={})
-    d = decide(pool, [HostInput("a", 0, "ra", online=True, last_heartbeat_at=100)], Demand(), st, 100)
+    d = decide(
+        pool, [HostInput("a", 0, "ra", online=True, last_heartbeat_at=100)], Demand(), st, 100
+    )
     assert d.drain == ("a",)
     early = HostInput("a", 0, "ra", online=True, draining=True, last_heartbeat_at=105)
     assert decide(pool, [early], Demand(), d.state, 105).terminate == ()

@@ -277,9 +277,7 @@ def decide(
         )
         if settled and not h.busy:
             terminate.append(h.id)
-            events.append(
-                Event("terminate", h.id, "drained: nothing running, nothing loading")
-            )
+            events.append(Event("terminate", h.id, "drained: nothing running, nothing loading"))
 
     # 5. scale-in protection follows busyness
     protect: list[str] = []

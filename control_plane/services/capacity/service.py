@@ -19,6 +19,7 @@ heartbeat says it runs nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -127,7 +128,7 @@ class CapacityService:
             raise NotFound(f"no pool {name!r}")
         return self._view(rec, self._store.get_decision(), events=True)
 
-    def list(self, p: Principal) -> PoolList:
+    def list_pools(self, p: Principal) -> PoolList:
         """Every pool with its last decision (admin)."""
         p.require("admin")
         decision = self._store.get_decision()
@@ -190,7 +191,6 @@ class CapacityService:
         by_host = _runners_by_host(self._runners())
         demand = self._demand(pools, t)
         decisions: dict[str, cd.Decision] = {}
-        listed: dict[str, list[Host]] = {}
         doc_pools: dict[str, Any] = {}
         for pool in pools:
             spec = PoolSpec.model_validate(pool.spec)
@@ -205,7 +205,6 @@ class CapacityService:
                     "decided_at": t,
                 }
                 continue
-            listed[pool.name] = hosts
             inputs = [self._host_input(h, by_host.get((pool.name, h.id)), t) for h in hosts]
             d = cd.decide(
                 _pool_input(pool.name, spec, self._settle_s),
@@ -219,9 +218,8 @@ class CapacityService:
         if not self._store.save_decision({"pools": doc_pools}, t, rec.revision if rec else 0):
             return None  # another replica decided this round: it acts
         for pool in pools:
-            d = decisions.get(pool.name)
-            if d is not None:
-                self._act(pool, d, by_host, t)
+            if pool.name in decisions:
+                self._act(pool, decisions[pool.name], by_host, t)
         return decisions
 
     def _provider_hosts(self, pool: PoolRecord) -> list[Host]:
@@ -327,14 +325,14 @@ class CapacityService:
                 )
 
         for host in d.terminate:
-            attempt(f"stop host {host}", host, lambda h=host: provider.stop(cfg, h))  # type: ignore[misc]
+            attempt(f"stop host {host}", host, functools.partial(provider.stop, cfg, host))
         for host, drain in [*((h, True) for h in d.drain), *((h, False) for h in d.undrain)]:
             r = by_host.get((pool.name, host))
             if r is not None:
                 attempt(
                     f"{'drain' if drain else 'undrain'} host {host}",
                     host,
-                    lambda rid=r.id, v=drain: self._set_drain(rid, v),  # type: ignore[misc]
+                    functools.partial(self._set_drain, r.id, drain),
                 )
         if d.protect:
             attempt("protect", None, lambda: provider.protect(cfg, list(d.protect), True))
