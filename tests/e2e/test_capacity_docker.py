@@ -214,8 +214,14 @@ def test_burst_scales_from_zero_to_max_and_back_to_zero(
             {"model": "add_sub", "inputs": {"INPUT0": x, "INPUT1": x}, "timeout_s": 300}
             for _ in range(12)
         )
-        waiting = client.get(ids[0])
-        assert waiting.status == "QUEUED"
+        waiting = _until(
+            "a waiting reason naming the pool",
+            10,
+            lambda: (v := client.get(ids[-1])).waiting_reason
+            and "starting a host" in v.waiting_reason
+            and v,
+        )
+        assert f"starting a host in pool {pool} (default)" in waiting.waiting_reason
         views = [client.wait(i, timeout=240) for i in ids]
         first_result_s = time.monotonic() - t0
         assert [v.status for v in views] == ["SUCCEEDED"] * 12, views

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from control_plane.services.capacity.providers.base import Provider
 from control_plane.services.capacity.service import CapacityService
 from control_plane.settings import Settings
+from control_plane.storage.protocols import JobRecord
 from control_plane.storage.stores import Stores
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def build_capacity_service(
     def set_drain(runner_id: str, drain: bool) -> object:
         return runner_store.merge_config(runner_id, {"drain": drain})
 
-    return CapacityService(
+    svc = CapacityService(
         stores.capacity,
         runner_store.list_runners,
         set_drain,
@@ -61,3 +62,11 @@ def build_capacity_service(
         drain_settle_s=settings.capacity_drain_settle_s,
         events_keep=settings.capacity_events_keep,
     )
+    placement_reason = jobs.waiting_reason
+
+    def waiting_reason(job: JobRecord) -> str | None:
+        """A pool starting a host for the job's model says so first; placement otherwise."""
+        return svc.waiting_reason(job) or (placement_reason(job) if placement_reason else None)
+
+    jobs.waiting_reason = waiting_reason
+    return svc

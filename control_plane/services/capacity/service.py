@@ -45,6 +45,7 @@ from control_plane.services.capacity.providers.base import (
 )
 from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
+from control_plane.storage.protocols import JobRecord
 from control_plane.storage.protocols_auth import RunnerRecord
 from control_plane.storage.protocols_capacity import CapacityRecord, CapacityStore, PoolRecord
 
@@ -290,8 +291,10 @@ class CapacityService:
         for e in d.events:
             totals[e.action] = totals.get(e.action, 0) + 1
         totals["failed_launch"] = totals.get("failed_launch", 0) + d.failed_launches
+        starting = [h.launched_at for h in inputs if h.runner_id is None and h.launched_at > 0]
         return {
             "target": d.target,
+            "starting_since": min(starting) if starting else None,
             "reason": d.reason,
             "decided_at": t,
             "hosts": hosts,
@@ -350,6 +353,35 @@ class CapacityService:
             self._store.append_events(pool.name, events, self._keep)
         except Exception:
             log.warning("pool %s: cannot log %d event(s)", pool.name, len(events), exc_info=True)
+
+    def waiting_reason(self, job: JobRecord) -> str | None:
+        """Why a queued job waits, when a pool that serves its model is starting a host or
+        backing off (None otherwise: placement's reason then applies)."""
+        rec = self._store.get_decision()
+        if rec is None:
+            return None
+        specs = {p.name: PoolSpec.model_validate(p.spec) for p in self._store.list_pools()}
+        listed = {m for s in specs.values() for m in s.models}
+        t = self._now()
+        for name, spec in sorted(specs.items()):
+            serves = job.model in spec.models or (not spec.models and job.model not in listed)
+            doc = rec.doc.get("pools", {}).get(name)
+            if not serves or doc is None:
+                continue
+            if doc.get("starting_since") is not None:
+                since = max(float(doc["starting_since"]), job.created_at)
+                return (
+                    f"starting a host in pool {name} ({spec.region}), "
+                    f"{max(0.0, t - since):.0f} s so far"
+                )
+            backoff = float(doc.get("state", {}).get("backoff_until", 0.0))
+            if backoff > t:
+                failures = int(doc.get("state", {}).get("failures", 0))
+                return (
+                    f"pool {name} ({spec.region}) is backing off after {failures} failed "
+                    f"launch(es), {backoff - t:.0f} s more"
+                )
+        return None
 
     async def run_forever(self) -> None:
         """Decide every ``interval_s`` (with jitter); errors are logged and backed off."""
