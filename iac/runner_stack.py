@@ -23,6 +23,7 @@ set -euo pipefail
 INSTANCE_ID=$(cloud-init query v1.instance_id)
 export GPUFLEET_RUNNER_JOIN_TOKEN=$(aws secretsmanager get-secret-value \\
   --region ${AWS::Region} --secret-id ${JoinTokenSecretArn} --query SecretString --output text)
+LABELS="{\\"gpufleet.pool\\":\\"${PoolName}\\",\\"gpufleet.host\\":\\"$INSTANCE_ID\\"}"
 mkdir -p /srv/gpufleet/models /srv/gpufleet/state
 chown -R 10001:10001 /srv/gpufleet
 docker run -d --name gpufleet-runner --restart unless-stopped --network host --gpus all \\
@@ -32,7 +33,7 @@ docker run -d --name gpufleet-runner --restart unless-stopped --network host --g
   -e GPUFLEET_RUNNER_CONTROL_PLANE_URL=${ControlPlaneUrl} \\
   -e GPUFLEET_RUNNER_REGION=${RunnerRegion} \\
   -e GPUFLEET_RUNNER_NAME="$INSTANCE_ID" \\
-  -e GPUFLEET_RUNNER_LABELS="{\\"gpufleet.pool\\":\\"${PoolName}\\",\\"gpufleet.host\\":\\"$INSTANCE_ID\\"}" \\
+  -e GPUFLEET_RUNNER_LABELS="$LABELS" \\
   -e GPUFLEET_RUNNER_MODEL_REPOSITORY=/srv/gpufleet/models \\
   -e GPUFLEET_RUNNER_STATE_DIR=/srv/gpufleet/state \\
   -e GPUFLEET_RUNNER_TRITON_IMAGE=${TritonImage} \\
