@@ -50,6 +50,7 @@ bench: install ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_model_sync.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_perf_analyzer.py
+	$(PY) bench/bench_capacity.py
 
 deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))

@@ -16,6 +16,8 @@ Pool settings (``provider.settings``):
 - ``control_plane_url``: the URL runners use (default: the control plane's public URL).
 - ``stop_timeout_s``: seconds ``docker stop`` waits before killing (default 60).
 - ``gpus``: ``"all"`` or a device count to request NVIDIA GPUs (default: none).
+- ``group_add``: extra groups of the runner's user (the Docker socket's group id, so the
+  non-root runner can start its Triton container).
 
 The runner's local status port is turned off (``GPUFLEET_RUNNER_STATUS_ENABLED=false``)
 unless ``env`` sets it: several runners share the host network.
@@ -95,7 +97,15 @@ class DockerProvider:
 
     # ------------------------------------------------------------------ settings
     def validate(self, settings: Mapping[str, Any]) -> None:
-        known = {"image", "env", "volumes", "control_plane_url", "stop_timeout_s", "gpus"}
+        known = {
+            "image",
+            "env",
+            "volumes",
+            "control_plane_url",
+            "stop_timeout_s",
+            "gpus",
+            "group_add",
+        }
         for key in settings:
             if key not in known:
                 raise InvalidRequest(
@@ -128,6 +138,11 @@ class DockerProvider:
         if not isinstance(stop, int) or isinstance(stop, bool) or not 0 <= stop <= 3600:
             raise InvalidRequest(
                 "stop_timeout_s must be an integer in [0, 3600]", field=f"{_FIELD}.stop_timeout_s"
+            )
+        groups = settings.get("group_add", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise InvalidRequest(
+                "group_add must be a list of group names or ids", field=f"{_FIELD}.group_add"
             )
         gpus = settings.get("gpus")
         if gpus is not None and gpus != "all" and not (isinstance(gpus, int) and gpus > 0):
@@ -174,6 +189,8 @@ class DockerProvider:
                 **dict(launch.env),
             }
             kwargs: dict[str, Any] = {}
+            if settings.get("group_add"):
+                kwargs["group_add"] = list(settings["group_add"])
             gpus = settings.get("gpus")
             if gpus is not None:
                 import docker.types
