@@ -580,6 +580,7 @@ class DeploymentSpec(Strict):
     max_replicas: int = Field(default=1, ge=0, le=1000)
     regions: list[str] = Field(default_factory=list, max_length=32)
     gpu_memory_mb: int | None = Field(default=None, ge=0)
+    pool: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class DeploymentView(Response):

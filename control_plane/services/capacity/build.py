@@ -61,6 +61,11 @@ def build_capacity_service(
         interval_s=settings.capacity_interval_s,
         drain_settle_s=settings.capacity_drain_settle_s,
         events_keep=settings.capacity_events_keep,
+        deployment_pools=lambda: {
+            name: str(spec["pool"])
+            for name, spec in stores.deployments.list_deployments().items()
+            if spec.get("pool")
+        },
     )
     placement_reason = jobs.waiting_reason
 

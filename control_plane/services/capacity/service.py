@@ -74,6 +74,7 @@ class CapacityService:
         interval_s: float = 5.0,
         drain_settle_s: float = 15.0,
         events_keep: int = 200,
+        deployment_pools: Callable[[], dict[str, str]] = dict,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
@@ -87,6 +88,7 @@ class CapacityService:
         self.interval_s = interval_s
         self._settle_s = drain_settle_s
         self._keep = events_keep
+        self._deployment_pools = deployment_pools
         self._now = now
 
     # ------------------------------------------------------------------ API
@@ -230,17 +232,28 @@ class CapacityService:
             return []
         return provider.list_hosts(_config(pool.name, spec))
 
+    def _served(self, specs: Mapping[str, PoolSpec]) -> dict[str, frozenset[str] | None]:
+        """pool -> the models it serves: those it lists and those whose deployment requires
+        it; None for a pool with neither (it serves every model no pool claims)."""
+        assigned = self._deployment_pools()
+        out: dict[str, frozenset[str] | None] = {}
+        for name, spec in specs.items():
+            models = set(spec.models) | {m for m, p in assigned.items() if p == name}
+            out[name] = frozenset(models) if models else None
+        return out
+
     def _demand(self, pools: list[PoolRecord], t: float) -> dict[str, cd.Demand]:
-        """Queued jobs per pool: the models a pool lists; a pool that lists none serves
-        every queued model that no pool lists."""
+        """Queued jobs per pool, of the models it serves (``_served``)."""
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in pools}
-        listed = {m for s in specs.values() for m in s.models}
+        served = self._served(specs)
+        claimed = set().union(*(m for m in served.values() if m is not None))
         queued = [m for m, n in self._queue_depths().items() if n > 0]
-        names = sorted(set(queued) | listed)
+        names = sorted(set(queued) | claimed)
         snaps = self._queue(names) if names else {}
         out: dict[str, cd.Demand] = {}
-        for name, spec in specs.items():
-            models = spec.models or [m for m in queued if m not in listed]
+        for name in specs:
+            mine = served[name]
+            models = sorted(mine) if mine is not None else [m for m in queued if m not in claimed]
             relevant = [snaps[m] for m in models if m in snaps and snaps[m].depth > 0]
             oldest = min((s.oldest_at for s in relevant if s.oldest_at is not None), default=t)
             out[name] = cd.Demand(
@@ -361,10 +374,12 @@ class CapacityService:
         if rec is None:
             return None
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in self._store.list_pools()}
-        listed = {m for s in specs.values() for m in s.models}
+        served = self._served(specs)
+        claimed = set().union(*(m for m in served.values() if m is not None))
         t = self._now()
         for name, spec in sorted(specs.items()):
-            serves = job.model in spec.models or (not spec.models and job.model not in listed)
+            mine = served[name]
+            serves = job.model in mine if mine is not None else job.model not in claimed
             doc = rec.doc.get("pools", {}).get(name)
             if not serves or doc is None:
                 continue
