@@ -7,8 +7,13 @@ import threading
 
 import pytest
 
+from control_plane.errors import Unauthorized
+from control_plane.services.auth import AuthService
+from control_plane.storage.dynamo_auth import DynamoAuthStore
 from control_plane.storage.dynamo_capacity import DynamoCapacityStore
+from control_plane.storage.protocols_auth import AuthStore, JoinTokenRecord
 from control_plane.storage.protocols_capacity import CapacityStore
+from control_plane.storage.sqlite.auth import SqliteAuthStore
 from control_plane.storage.sqlite.capacity import SqliteCapacityStore
 
 
@@ -100,3 +105,43 @@ def test_events_keep_at_least_the_newest(capacity: CapacityStore) -> None:
     got = [e["at"] for e in capacity.list_events("p", 100)]
     assert got[:3] == [5.0, 4.0, 3.0]
     assert got == sorted(got, reverse=True)
+
+
+@pytest.fixture
+def auth(backend: str, request: pytest.FixtureRequest) -> AuthStore:
+    if backend == "sqlite":
+        return SqliteAuthStore(request.getfixturevalue("sqlite_db"))
+    settings = request.getfixturevalue("settings")
+    return DynamoAuthStore(request.getfixturevalue("aws")[0], settings.table("auth"))
+
+
+def test_a_join_token_is_consumed_once(auth: AuthStore) -> None:
+    auth.save_join_token(JoinTokenRecord("h1", "eu", {"gpufleet.host": "x"}, 2e9))
+    results: list[bool] = []
+    barrier = threading.Barrier(3)
+
+    def consume() -> None:
+        barrier.wait()
+        results.append(auth.consume_join_token("h1"))
+
+    threads = [threading.Thread(target=consume) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, True]
+    assert auth.find_join_token("h1") is None
+    assert auth.consume_join_token("nope") is False
+
+
+def test_host_tokens_join_one_runner_pool_tokens_many(auth: AuthStore) -> None:
+    svc = AuthService(
+        auth, jwt_secret="s" * 32, issuer="i", audience="a", access_ttl_s=60, refresh_ttl_s=600
+    )
+    host = svc.issue_join_token("eu", {"gpufleet.pool": "p", "gpufleet.host": "h1"}, 600)
+    assert svc.redeem_join_token(host).labels["gpufleet.host"] == "h1"
+    with pytest.raises(Unauthorized):
+        svc.redeem_join_token(host)
+    shared = svc.issue_join_token("eu", {"gpufleet.pool": "p"}, 600)
+    svc.redeem_join_token(shared)
+    svc.redeem_join_token(shared)  # a pool's token (aws-asg user data) joins every host
