@@ -13,6 +13,7 @@ image, mock backend: no Triton needed to prove scaling) on the real Docker engin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -217,9 +218,11 @@ def test_burst_scales_from_zero_to_max_and_back_to_zero(
         waiting = _until(
             "a waiting reason naming the pool",
             10,
-            lambda: (v := client.get(ids[-1])).waiting_reason
-            and "starting a host" in v.waiting_reason
-            and v,
+            lambda: (
+                (v := client.get(ids[-1])).waiting_reason
+                and "starting a host" in v.waiting_reason
+                and v
+            ),
         )
         assert f"starting a host in pool {pool} (default)" in waiting.waiting_reason
         views = [client.wait(i, timeout=240) for i in ids]
@@ -294,3 +297,72 @@ def test_host_that_never_registers_is_replaced(
         )
         assert len(hosts) == 1 and hosts[0]["id"] != bad_host
         assert admin.pool(pool)["failed_launches"] == 0  # a host joined: backoff reset
+
+
+def test_runner_with_real_triton_from_zero_and_back(
+    fleet: tuple[str, str, Any],
+    runner_image: str,
+    triton_image: str,
+    docker_host: str,
+    tmp_path: Path,
+) -> None:
+    """The runner image with the CPU Triton image (a sibling container through the engine's
+    socket): the first job on an empty pool gets Triton's real answer, then the pool (and
+    Triton) go away."""
+    url, key, docker = fleet
+    admin = Admin(url, key)
+    pool = "e2e-triton"
+    if not docker_host.startswith("unix://"):
+        pytest.skip(f"the runner container needs the engine's socket; {docker_host} is not one")
+    sock_path = docker_host.removeprefix("unix://")
+    models = tmp_path / "models"
+    shutil.copytree(rig.MODEL_REPOSITORY / "add_sub", models / "add_sub")
+    for p in [models, *models.rglob("*")]:
+        os.chmod(p, 0o777 if p.is_dir() else 0o666)  # the runner's non-root user
+    spec = _pool_spec(
+        runner_image,
+        max_hosts=1,
+        idle_timeout_s=4,
+        settings={
+            "env": {
+                "GPUFLEET_RUNNER_BACKEND": "docker",
+                "GPUFLEET_RUNNER_MODEL_REPOSITORY": str(models),
+                "GPUFLEET_RUNNER_DOCKER_HOST": "unix:///var/run/docker.sock",
+                "GPUFLEET_RUNNER_TRITON_IMAGE": triton_image,
+                "GPUFLEET_RUNNER_TRITON_HTTP_PORT": str(rig.free_port()),
+                "GPUFLEET_RUNNER_TRITON_GRPC_PORT": str(rig.free_port()),
+                "GPUFLEET_RUNNER_TRITON_METRICS_PORT": str(rig.free_port()),
+                "GPUFLEET_RUNNER_SHM_SIZE": "256m",
+                "GPUFLEET_RUNNER_ULIMITS": '{"stack": 67108864}',
+                "GPUFLEET_RUNNER_TRITON_EXIT_TIMEOUT_S": "2",
+                "GPUFLEET_RUNNER_LEASE_GRACE_S": "5",
+            },
+            "volumes": [f"{sock_path}:/var/run/docker.sock", f"{models}:{models}"],
+            "group_add": [str(os.stat(sock_path).st_gid)],
+        },
+    )
+    with Client(url, api_key=key, timeout=60.0) as client:
+        client.models.push(rig.MODEL_REPOSITORY / "add_sub")
+        admin.put_pool(pool, spec)
+        a = np.arange(8, dtype=np.float32).reshape(2, 4)
+        job = client.submit("add_sub", {"INPUT0": a, "INPUT1": a * 3})
+        view = client.wait(job.id, timeout=300)
+        assert view.status == "SUCCEEDED", view
+        out = client.outputs(view)
+        np.testing.assert_allclose(out["OUTPUT0"], a * 4)
+        np.testing.assert_allclose(out["OUTPUT1"], -2 * a)
+        (host,) = admin.pool(pool)["hosts"]
+        tritons = docker.containers.list(
+            filters={"label": [f"gpufleet.runner={host['id']}", "gpufleet.role=triton"]}
+        )
+        assert len(tritons) == 1  # the runner's own Triton, started through the socket
+        _until(
+            "the pool and its Triton gone",
+            120,
+            lambda: (
+                not _containers(docker, pool)
+                and not docker.containers.list(
+                    all=True, filters={"label": f"gpufleet.runner={host['id']}"}
+                )
+            ),
+        )
