@@ -189,6 +189,9 @@ class JobView(Response):
     outputs_url: str | None = None
     error: ErrorInfo | None = None
     waiting_reason: str | None = None
+    # True when the job waited for a host that the capacity autoscaler started after it was
+    # submitted (a cold host); False when its runner was up already; None: unknown.
+    cold_host: bool | None = None
 
 
 class JobList(Response):

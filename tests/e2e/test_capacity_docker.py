@@ -167,6 +167,8 @@ class Watcher(threading.Thread):
                 runners = self.admin.runners()
             except docker.errors.NotFound:
                 continue
+            except httpx.HTTPError:  # the control plane is gone (the test failed): stop
+                return
             for r in runners:
                 host = r["labels"].get("gpufleet.host")
                 if host in hosts:
@@ -229,6 +231,7 @@ def test_burst_scales_from_zero_to_max_and_back_to_zero(
         first_result_s = time.monotonic() - t0
         assert [v.status for v in views] == ["SUCCEEDED"] * 12, views
         assert all(v.attempts == 1 for v in views)  # no lease lost to a stopped host
+        assert all(v.cold_host is True for v in views)  # each waited for a host to start
         state = admin.pool(pool)
         assert {e["action"] for e in state["events"]} >= {"launch"}
         assert watcher.max_containers == 2  # 12 jobs, 2 per host: capped at max_hosts
@@ -351,6 +354,9 @@ def test_runner_with_real_triton_from_zero_and_back(
         out = client.outputs(view)
         np.testing.assert_allclose(out["OUTPUT0"], a * 4)
         np.testing.assert_allclose(out["OUTPUT1"], -2 * a)
+        assert view.cold_host is True
+        warm = client.wait(client.submit("add_sub", {"INPUT0": a, "INPUT1": a}).id, timeout=60)
+        assert warm.status == "SUCCEEDED" and warm.cold_host is False  # the host was up
         (host,) = admin.pool(pool)["hosts"]
         tritons = docker.containers.list(
             filters={"label": [f"gpufleet.runner={host['id']}", "gpufleet.role=triton"]}

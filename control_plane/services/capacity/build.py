@@ -74,4 +74,20 @@ def build_capacity_service(
         return svc.waiting_reason(job) or (placement_reason(job) if placement_reason else None)
 
     jobs.waiting_reason = waiting_reason
+
+    registered: dict[str, float | None] = {}  # runner id -> registered_at if a pool's
+
+    def cold_host(job: JobRecord) -> bool | None:
+        """The job's runner was started by a pool and registered after the job came in
+        (registrations never change: each runner is read once per process)."""
+        if not job.runner_id:
+            return None
+        if job.runner_id not in registered:
+            runner = runner_store.find_runner(job.runner_id)
+            pooled = runner is not None and "gpufleet.pool" in runner.labels
+            registered[job.runner_id] = runner.registered_at if runner and pooled else None
+        at = registered[job.runner_id]
+        return None if at is None else at > job.created_at
+
+    jobs.cold_host = cold_host
     return svc
