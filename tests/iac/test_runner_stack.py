@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 
 from control_plane.services.capacity.providers.base import HOST_LABEL, POOL_LABEL
 from iac import generate
+from iac.common import CAPACITY_ASG_ACTIONS, CAPACITY_DESCRIBE_ACTIONS
 
 
 def _template() -> dict[str, Any]:
@@ -48,3 +50,20 @@ def test_instances_may_read_only_the_join_token() -> None:
         "Action": "secretsmanager:GetSecretValue",
         "Resource": {"Ref": "JoinTokenSecretArn"},
     }
+
+
+@pytest.mark.parametrize(
+    ("template", "role"), [("compute.yaml", "FunctionRole"), ("ecs.yaml", "TaskRole")]
+)
+def test_control_plane_may_change_only_the_pools_groups(template: str, role: str) -> None:
+    data = yaml.safe_load((generate.IAC_DIR / template).read_text())
+    policies = data["Resources"][role]["Properties"]["Policies"]
+    (cond,) = [p for p in policies if "Fn::If" in p]
+    name, policy, otherwise = cond["Fn::If"]
+    assert name == "HasCapacityGroups" and otherwise == {"Ref": "AWS::NoValue"}
+    change, describe = policy["PolicyDocument"]["Statement"]
+    assert change["Action"] == CAPACITY_ASG_ACTIONS
+    assert change["Resource"] == {"Ref": "CapacityGroupArns"}
+    assert describe["Action"] == CAPACITY_DESCRIBE_ACTIONS  # no resource-level permissions
+    assert all(a.split(":")[1].startswith("Describe") for a in describe["Action"])
+    assert data["Parameters"]["CapacityGroupArns"]["Default"] == ""
