@@ -46,7 +46,7 @@ from gpufleet import Client  # noqa: E402
 from tests import rig  # noqa: E402
 from tests.helpers.procs import start_control_plane  # noqa: E402
 
-RUNNER_IMAGE = "gpufleet/runner:e2e"
+RUNNER_IMAGE = "gpufleet/runner:e2e-capacity"  # built from this tree (cached: seconds)
 POOL = "bench-cap"
 
 
@@ -124,8 +124,7 @@ def build_runner_image(docker_host: str) -> None:
 
 def run(args: argparse.Namespace, work: Path, docker_host: str) -> list[tuple[str, float]]:
     triton = rig.ensure_triton_image(docker_host) if args.backend == "docker" else ""
-    if not rig.image_present(docker_host, RUNNER_IMAGE):
-        build_runner_image(docker_host)
+    build_runner_image(docker_host)
     cp = start_control_plane(
         work / "cp",
         {
@@ -207,7 +206,10 @@ def run(args: argparse.Namespace, work: Path, docker_host: str) -> list[tuple[st
         ]
     finally:
         for c in docker.containers.list(all=True, filters={"label": f"gpufleet.pool={POOL}"}):
+            host = c.labels.get("gpufleet.host", "")
             c.remove(force=True)
+            for t in docker.containers.list(all=True, filters={"label": f"gpufleet.runner={host}"}):
+                t.remove(force=True)
         docker.close()
         cp.stop()
 

@@ -37,16 +37,16 @@ pytestmark = [
     pytest.mark.xdist_group("runner_image"),  # the runner image is built once, on one worker
 ]
 
-IMAGE = "gpufleet/runner:e2e"
+# Built from this tree by each run (cached layers: seconds when nothing changed), under a tag
+# of its own: an image another checkout built may speak another runner protocol.
+IMAGE = "gpufleet/runner:e2e-capacity"
 RIG_BASE_IMAGE = "gpufleet/rig-bookworm-base:1"
 POOL_LABEL = "gpufleet.pool"
 
 
 @pytest.fixture(scope="module")
 def runner_image(docker_host: str, triton_image: str) -> str:
-    """The runner image (built by scripts/deploy-runner.sh when this engine lacks it)."""
-    if rig.image_present(docker_host, IMAGE):
-        return IMAGE
+    """The runner image of this tree (scripts/deploy-runner.sh build, offline)."""
     base = RIG_BASE_IMAGE if rig.image_present(docker_host, RIG_BASE_IMAGE) else triton_image
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_RUNNER_")}
     env.update(DOCKER_HOST=docker_host, BASE_IMAGE=base, IMAGE=IMAGE)
@@ -112,7 +112,13 @@ def fleet(docker_host: str, tmp_path: Path) -> Iterator[tuple[str, str, Any]]:
         cp.stop()
         for c in docker.containers.list(all=True, filters={"label": "gpufleet.capacity"}):
             if c.labels.get(POOL_LABEL, "").startswith("e2e-"):
+                host = c.labels["gpufleet.host"]
                 c.remove(force=True)
+                # the Triton container a killed runner could not stop
+                for t in docker.containers.list(
+                    all=True, filters={"label": f"gpufleet.runner={host}"}
+                ):
+                    t.remove(force=True)
         docker.close()
 
 
