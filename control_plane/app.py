@@ -31,6 +31,7 @@ from control_plane.api import (
     routes_jobs,
     routes_models,
     routes_payloads,
+    routes_pools,
     routes_runners,
     routes_system,
     webhook_routes,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings, stores: Stores | None = None) -> Services:
     """Every service on ``stores`` (default: the stores the settings name), built once."""
+    from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
 
@@ -138,6 +140,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         inference=inference,
         stores=st,
         rollups=rollups,
+        capacity=build_capacity_service(settings, st, auth, jobs),
     )
 
 
@@ -171,6 +174,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_blobs.ROUTES,
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
+        *routes_pools.ROUTES,
     ]
 
 
@@ -199,6 +203,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))
+    if svc.capacity is not None:
+        metrics.registry.register(svc.capacity)
     if svc.dispatch is not None:
         svc.dispatch.on_result.append(metrics.observe_dispatch)
         svc.dispatch.on_timings.append(metrics.observe_runner_stages)
@@ -212,6 +218,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         if svc.rollups is not None:
             rollups = svc.rollups.run_forever(svc.runners.records, svc.jobs.queue_depths)
             tasks.append(asyncio.create_task(rollups))
+        if svc.capacity is not None:
+            tasks.append(asyncio.create_task(svc.capacity.run_forever()))
         try:
             yield
         finally:

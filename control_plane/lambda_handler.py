@@ -7,8 +7,8 @@ reused by every later invocation of the same container (nothing is read at impor
 Two kinds of events arrive:
 - API Gateway HTTP API (payload format 2.0) requests: served by the app through Mangum;
 - ``{"gpufleet": "sweep"}`` from the stack's EventBridge schedule: one pass of the expiry sweep
-  (lease expiry, queue TTL), since a Lambda function runs no background task between
-  invocations.
+  (lease expiry, queue TTL), webhook deliveries and a capacity round (docs/capacity.md),
+  since a Lambda function runs no background task between invocations.
 """
 
 from __future__ import annotations
@@ -53,8 +53,16 @@ class LambdaApp:
 
             worker = services.webhooks.worker(DeliveryPolicy.from_settings(services.settings))
             delivered = asyncio.run(_deliver_once(worker))
-        log.info("sweep: %s, webhooks delivered: %d", counts, delivered)
-        return {"swept": counts, "webhooks_delivered": delivered}
+        decided = 0
+        if services.capacity is not None:  # no background loop either: decide here
+            decided = len(services.capacity.reconcile() or {})
+        log.info(
+            "sweep: %s, webhooks delivered: %d, capacity pools decided: %d",
+            counts,
+            delivered,
+            decided,
+        )
+        return {"swept": counts, "webhooks_delivered": delivered, "capacity_decided": decided}
 
 
 async def _deliver_once(worker: Any) -> int:

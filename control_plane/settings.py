@@ -140,6 +140,38 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="Least time between two replica changes of a model."
     )
 
+    # capacity (services/capacity/): pools of hosts started and stopped on demand
+    capacity_enabled: bool = Field(
+        default=True, description="Run the capacity autoscaler (pools API and decision loop)."
+    )
+    capacity_interval_s: float = Field(
+        default=5.0, gt=0, description="A stored capacity decision older than this is redone."
+    )
+    capacity_drain_settle_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="A drained host is stopped only after a heartbeat this long after the "
+        "drain reports nothing running (covers a lease in flight when the drain was set).",
+    )
+    capacity_events_keep: int = Field(
+        default=200, ge=1, description="Decision-log entries kept per pool (at least)."
+    )
+    capacity_providers: str = Field(
+        default="docker,aws-asg",
+        description="Providers pools may use, comma-separated: docker, aws-asg.",
+    )
+    capacity_docker_host: str | None = Field(
+        default=None,
+        description="Docker engine of the docker provider (None: DOCKER_HOST / the local socket).",
+    )
+    capacity_runner_url: str | None = Field(
+        default=None,
+        description="URL started runners reach the control plane at (None: public_url).",
+    )
+    capacity_aws_endpoint_url: str | None = Field(
+        default=None, description="Auto Scaling / EC2 endpoint of the aws-asg provider (tests)."
+    )
+
     # webhooks
     webhooks_allow_loopback: bool = Field(
         default=False, description="Allow loopback webhook targets (tests, single host)."

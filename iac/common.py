@@ -231,6 +231,58 @@ def storage_policy_statements() -> list[Any]:
     ]
 
 
+# The capacity autoscaler's aws-asg provider (docs/capacity.md): only the pools' groups.
+CAPACITY_ASG_ACTIONS = [
+    "autoscaling:CompleteLifecycleAction",
+    "autoscaling:SetDesiredCapacity",
+    "autoscaling:SetInstanceProtection",
+    "autoscaling:TerminateInstanceInAutoScalingGroup",
+]
+CAPACITY_DESCRIBE_ACTIONS = ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"]
+CAPACITY_PARAMETERS: dict[str, dict[str, Any]] = {
+    "CapacityGroupArns": {
+        "Type": "CommaDelimitedList",
+        "Default": "",
+        "Description": "ARNs of the Auto Scaling groups of aws-asg capacity pools "
+        "(iac/runner.yaml); empty: no aws-asg pool.",
+    },
+}
+CAPACITY_CONDITIONS: dict[str, Any] = {
+    "HasCapacityGroups": {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", ref("CapacityGroupArns")]}, ""]}]
+    },
+}
+
+
+def capacity_policy() -> dict[str, Any]:
+    """The role's policy for the aws-asg provider, when groups are named (else no policy).
+    Describe calls support no resource-level permissions; the changes name the groups."""
+    return if_(
+        "HasCapacityGroups",
+        {
+            "PolicyName": "gpufleet-capacity",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "PoolGroups",
+                        "Effect": "Allow",
+                        "Action": CAPACITY_ASG_ACTIONS,
+                        "Resource": ref("CapacityGroupArns"),
+                    },
+                    {
+                        "Sid": "Describe",
+                        "Effect": "Allow",
+                        "Action": CAPACITY_DESCRIBE_ACTIONS,
+                        "Resource": "*",
+                    },
+                ],
+            },
+        },
+        NO_VALUE,
+    )
+
+
 STORAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "TablePrefix": {
         "Type": "String",

@@ -15,12 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from iac.common import (
+    CAPACITY_CONDITIONS,
+    CAPACITY_PARAMETERS,
     JWT_SECRET_CONDITIONS,
     JWT_SECRET_PARAMETERS,
     LAMBDA_DEFAULTS,
     STORAGE_CONDITIONS,
     STORAGE_PARAMETERS,
     Template,
+    capacity_policy,
     getatt,
     if_,
     ref,
@@ -101,6 +104,7 @@ def role_resource() -> dict[str, Any]:
                         "Statement": storage_policy_statements(),
                     },
                 },
+                capacity_policy(),
                 {
                     "PolicyName": "gpufleet-logs",
                     "PolicyDocument": {
@@ -221,6 +225,7 @@ def compute_template() -> Template:
     """The whole compute stack."""
     parameters: dict[str, Any] = settings_parameters(LAMBDA_DEFAULTS)
     parameters |= STORAGE_PARAMETERS
+    parameters |= CAPACITY_PARAMETERS
     parameters |= JWT_SECRET_PARAMETERS
     parameters |= lambda_parameters()
     resources: dict[str, Any] = {
@@ -244,6 +249,7 @@ def compute_template() -> Template:
         "Parameters": parameters,
         "Conditions": {
             **STORAGE_CONDITIONS,
+            **CAPACITY_CONDITIONS,
             **JWT_SECRET_CONDITIONS,
             "HasReservedConcurrency": {
                 "Fn::Not": [{"Fn::Equals": [ref("ReservedConcurrency"), "-1"]}]

@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from iac.common import (
+    CAPACITY_CONDITIONS,
+    CAPACITY_PARAMETERS,
     JWT_SECRET_CONDITIONS,
     JWT_SECRET_PARAMETERS,
     STORAGE_CONDITIONS,
     STORAGE_PARAMETERS,
     Template,
+    capacity_policy,
     env_name,
     getatt,
     if_,
@@ -94,6 +97,7 @@ def ecs_template() -> Template:
     """The whole ECS stack."""
     parameters: dict[str, Any] = settings_parameters()
     parameters |= STORAGE_PARAMETERS
+    parameters |= CAPACITY_PARAMETERS
     parameters |= JWT_SECRET_PARAMETERS
     parameters |= ecs_parameters()
     container: dict[str, Any] = {
@@ -161,7 +165,8 @@ def ecs_template() -> Template:
                             "Version": "2012-10-17",
                             "Statement": storage_policy_statements(),
                         },
-                    }
+                    },
+                    capacity_policy(),
                 ],
             },
         },
@@ -233,6 +238,7 @@ def ecs_template() -> Template:
         "Parameters": parameters,
         "Conditions": {
             **STORAGE_CONDITIONS,
+            **CAPACITY_CONDITIONS,
             **JWT_SECRET_CONDITIONS,
             "UsesPlainJwtSecret": {
                 "Fn::And": [

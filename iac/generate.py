@@ -3,6 +3,7 @@
 - ``iac/data.yaml``    tables (control_plane/storage/definitions.py) and the bucket
 - ``iac/compute.yaml`` Lambda + HTTP API + least-privilege role (control_plane/settings.py)
 - ``iac/ecs.yaml``     optional ECS/Fargate service running ``python -m control_plane serve``
+- ``iac/runner.yaml``  optional GPU hosts of one capacity pool (Auto Scaling group)
 
 The templates are committed; ``--check`` (and tests/iac) fails when they differ from what the
 code renders, so the infrastructure and the code cannot drift apart.
@@ -19,6 +20,7 @@ from iac.common import Template, render
 from iac.compute_stack import compute_template
 from iac.data_stack import data_template
 from iac.ecs_stack import ecs_template
+from iac.runner_stack import runner_template
 
 IAC_DIR = Path(__file__).resolve().parent
 
@@ -26,6 +28,7 @@ TEMPLATES: dict[str, Callable[[], Template]] = {
     "data.yaml": data_template,
     "compute.yaml": compute_template,
     "ecs.yaml": ecs_template,
+    "runner.yaml": runner_template,
 }
 
 

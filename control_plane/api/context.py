@@ -35,6 +35,7 @@ from gpufleet.wire import (
 from starlette.requests import Request
 
 from control_plane.services.auth import AuthService
+from control_plane.services.capacity.service import CapacityService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
@@ -119,6 +120,7 @@ class Services:
     inference: InferenceService | None = None
     stores: Stores | None = None
     rollups: RollupService | None = None  # the console's charts
+    capacity: CapacityService | None = None
 
 
 def services(request: Request) -> Services:

@@ -39,6 +39,7 @@ from control_plane.storage.protocols_auth import (
 API_KEY_PREFIX = "gf_"
 REFRESH_PREFIX = "rt_"
 JOIN_PREFIX = "gfj_"
+SINGLE_USE_LABEL = "gpufleet.host"  # a join token minted for one host joins one runner
 
 
 @dataclass(frozen=True)
@@ -220,11 +221,23 @@ class AuthService:
         )
         return JoinTokenCreated(join_token=token, expires_at=clock.iso(expires_at) or "")
 
+    def issue_join_token(self, region: str, labels: dict[str, str], ttl_s: int) -> str:
+        """A join token for a host the capacity autoscaler starts (no principal: the
+        control plane itself asks); its labels tie the runner to the pool and host, and a
+        token that names a host (``gpufleet.host``) is single-use."""
+        token = JOIN_PREFIX + secrets.token_urlsafe(32)
+        self._store.save_join_token(
+            JoinTokenRecord(sha256_hex(token), region, dict(labels), self._now() + ttl_s)
+        )
+        return token
+
     def redeem_join_token(self, token: str) -> JoinTokenRecord:
         """The join token's record if it is valid and unexpired; ``Unauthorized`` otherwise."""
         rec = self._store.find_join_token(sha256_hex(token))
         if rec is None or rec.expires_at < self._now():
             raise Unauthorized("invalid or expired join token")
+        if SINGLE_USE_LABEL in rec.labels and not self._store.consume_join_token(rec.token_hash):
+            raise Unauthorized("join token already used")  # one host, one runner
         return rec
 
     def ping(self) -> None:

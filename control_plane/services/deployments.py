@@ -242,6 +242,7 @@ class DeploymentService:
             regions=tuple(spec.get("regions", [])),
             gpu_memory_mb=spec.get("gpu_memory_mb"),
             ready_versions=ready,
+            pool=spec.get("pool"),
             pinned_versions=snap.pinned_versions if snap else frozenset(),
         )
 
@@ -259,6 +260,7 @@ class DeploymentService:
             id=r.id,
             region=r.region,
             healthy=self.healthy(r, t),
+            pool=r.labels.get("gpufleet.pool"),
             gpus=tuple(
                 pl.GpuInput(
                     index=int(g["index"]),

@@ -198,6 +198,8 @@ class JobService:
         # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
         # runner's offered models it may be leased jobs of (READY there, for deployed models).
         self.waiting_reason: Callable[[JobRecord], str | None] | None = None
+        # Capacity (services/capacity): did the job wait for a host started for it?
+        self.cold_host: Callable[[JobRecord], bool | None] | None = None
         # Whether a runner may still lease (not revoked); re-checked during long polls.
         self.runner_usable: Callable[[str], bool] | None = None
         self.lease_offers: (
@@ -515,13 +517,19 @@ class JobService:
         return [Tensor(**t) for t in self._load(p, job_id).request.get("inputs") or []]
 
     def _with_reason(self, job: JobRecord) -> JobView:
-        """The view, with ``waiting_reason`` for a QUEUED job when placement can tell."""
+        """The view, with ``waiting_reason`` for a QUEUED job when placement can tell, and
+        ``cold_host`` for a job that ran when capacity can tell."""
         view = self.view(job)
         if job.status == "QUEUED" and self.waiting_reason is not None:
             try:
                 view.waiting_reason = self.waiting_reason(job)
             except Exception:
                 log.warning("waiting_reason failed for %s", job.id, exc_info=True)
+        if job.runner_id and self.cold_host is not None:
+            try:
+                view.cold_host = self.cold_host(job)
+            except Exception:
+                log.warning("cold_host failed for %s", job.id, exc_info=True)
         return view
 
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
@@ -535,8 +543,8 @@ class JobService:
                 job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
                 if job.status in TERMINAL_STATUSES or left <= 0:
-                    if job.status != "QUEUED":  # no waiting reason to look up: no thread
-                        return self.view(job)
+                    if job.status != "QUEUED" and (job.runner_id is None or not self.cold_host):
+                        return self.view(job)  # nothing to look up: no thread
                     return await self.offload(self._with_reason, job)
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
 

@@ -15,8 +15,9 @@ Rules, per deployment (models in name order, so memory is shared out determinist
   wait is not shrinking, add one per ``cooldown_s``; after ``scale_down_idle_s`` without a
   queued job, remove one per ``cooldown_s``, down to ``min_replicas`` (0 allowed: the next
   job gets a cold start, one replica). Always within ``[0, max_replicas]``.
-- Eligible runners: healthy (recent heartbeat, not revoked, not draining) and in one of the
-  deployment's ``regions`` (any region when the list is empty).
+- Eligible runners: healthy (recent heartbeat, not revoked, not draining), in one of the
+  deployment's ``regions`` (any region when the list is empty) and, when the deployment
+  requires a capacity ``pool``, started for that pool (the runner label ``gpufleet.pool``).
 - Existing assignments are kept while their runner stays eligible (no churn). New replicas
   go to, in order: runners that already hold the model (any version, READY or LOADING),
   runners in an earlier region of ``regions`` (the preference order), runners with the
@@ -55,6 +56,7 @@ class DeploymentInput:
     regions: tuple[str, ...] = ()
     gpu_memory_mb: int | None = None
     ready_versions: tuple[str, ...] = ()  # newest first
+    pool: str | None = None  # a capacity pool the runners must belong to
     pinned_versions: frozenset[str] = frozenset()  # versions queued jobs are pinned to
 
 
@@ -81,6 +83,7 @@ class RunnerInput:
     healthy: bool
     gpus: tuple[GpuInput, ...] = ()
     models: Mapping[tuple[str, str], ModelOnRunner] = field(default_factory=dict)
+    pool: str | None = None  # the capacity pool that started it (label gpufleet.pool)
 
     def holds(
         self, name: str, version: str | None = None, states: frozenset[str] = HOLDING
@@ -276,7 +279,13 @@ def _place(
 ) -> ModelPlan:
     target = dep.ready_versions[0]
     need = MemoryFn(dep, target, measured)
-    eligible = [r for r in runners if r.healthy and (not dep.regions or r.region in dep.regions)]
+    eligible = [
+        r
+        for r in runners
+        if r.healthy
+        and (not dep.regions or r.region in dep.regions)
+        and (dep.pool is None or r.pool == dep.pool)
+    ]
     eligible_ids = {r.id for r in eligible}
 
     def rank(r: RunnerInput) -> tuple[int, int, str]:
@@ -300,6 +309,7 @@ def _place(
         candidates = [r for r in eligible if r.id not in chosen]
         if not candidates:
             where = f" in regions {list(dep.regions)}" if dep.regions else ""
+            where += f" in pool {dep.pool!r}" if dep.pool else ""
             reason = f"no healthy runner{where} to place replica {len(chosen) + 1} of {dep.name!r}"
             break
         scored = []

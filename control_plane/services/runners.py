@@ -158,9 +158,10 @@ class RunnerService:
         return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
 
     def usable(self, runner_id: str) -> bool:
-        """The runner is registered and not revoked."""
+        """The runner is registered, not revoked and not draining (a long poll in flight when
+        a drain is set ends empty: the capacity autoscaler stops drained hosts)."""
         rec = self._store.find_runner(runner_id)
-        return rec is not None and not rec.revoked
+        return rec is not None and not rec.revoked and not rec.config.get("drain")
 
     def find(self, runner_id: str) -> RunnerRecord | None:
         """One runner's record (None when unknown)."""

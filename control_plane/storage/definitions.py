@@ -22,6 +22,8 @@ Layout (every state change is a conditional write on these):
 - ``webhooks``    PK ``job_id``, SK ``sk``: webhook delivery log.
 - ``rollups``     PK ``series``, SK ``minute``: the console's per-minute counters and gauges
                   (jobs by status, queue depth and wait, GPU readings), TTL a week.
+- ``capacity``    PK ``pk``, SK ``sk``: pools, the fleet's capacity decision, the decision
+                  log per pool (TTL) (storage/dynamo_capacity.py).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ TABLES: dict[str, dict[str, Any]] = {
     "nonces": _table("pk", ttl=True),
     "webhooks": _table("job_id", "sk", ttl=True),
     "rollups": _table("series", "minute", ttl=True),
+    "capacity": _table("pk", "sk", ttl=True),
 }
 
 # Object key prefixes in the bucket.

@@ -194,6 +194,21 @@ class DynamoAuthStore:
             "save join token",
         )
 
+    def consume_join_token(self, token_hash: str) -> bool:
+        """A conditional delete: of two consumers the second finds nothing to delete."""
+        with translate_errors("consume join token"):
+            try:
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key={"pk": _s(f"join#{token_hash}")},
+                    ConditionExpression="attribute_exists(pk)",
+                )
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return False
+                raise
+        return True
+
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         item = self._get(f"join#{token_hash}", "find join token")
         if item is None:

@@ -81,6 +81,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     """Open (creating or migrating) the embedded store; the caller must ``stores.close()``."""
     from control_plane.storage.local_blobs import LocalBlobStore
     from control_plane.storage.sqlite.auth import SqliteAuthStore
+    from control_plane.storage.sqlite.capacity import SqliteCapacityStore
     from control_plane.storage.sqlite.db import Database
     from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
     from control_plane.storage.sqlite.jobs import SqliteJobTable
@@ -144,5 +145,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         webhook_secrets=SqliteWebhookSecretStore(db),
         close=close,
         rollups=SqliteRollupStore(db),
+        capacity=SqliteCapacityStore(db),
         extra={"database": db, "data_dir": root},
     )

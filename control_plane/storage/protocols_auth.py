@@ -127,6 +127,11 @@ class AuthStore(Protocol):
         """The join token (expired ones too, until purged), or None."""
         ...
 
+    def consume_join_token(self, token_hash: str) -> bool:
+        """Delete the join token; False when it does not exist (used already). Of concurrent
+        consumers of one token exactly one gets True."""
+        ...
+
     def ensure_signing_key(self, candidate: str) -> str:
         """Store ``candidate`` when no signing key exists; return the stored key. The first
         writer wins and every caller, concurrent ones too, gets the winner's key."""

@@ -27,6 +27,7 @@ from control_plane.storage.protocols import (
     ModelStore,
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
+from control_plane.storage.protocols_capacity import CapacityStore
 from control_plane.storage.protocols_rollups import RollupStore
 
 
@@ -50,6 +51,7 @@ class Stores:
     webhook_secrets: SecretStore
     close: Callable[[], None] = _nothing
     rollups: RollupStore | None = None  # the console's charts (None: no charts)
+    capacity: CapacityStore | None = None  # pools and capacity decisions (services/capacity)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -63,6 +65,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.aws import make_clients
     from control_plane.storage.blobs import S3BlobStore
     from control_plane.storage.dynamo_auth import DynamoAuthStore
+    from control_plane.storage.dynamo_capacity import DynamoCapacityStore
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
     from control_plane.storage.dynamo_jobs import DynamoJobStore
     from control_plane.storage.dynamo_models import DynamoModelStore
@@ -93,6 +96,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         webhooks=DynamoWebhookStore(db, t("webhooks")),
         webhook_secrets=DynamoWebhookSecretStore(db, t("auth")),
         rollups=DynamoRollupStore(db, t("rollups")),
+        capacity=DynamoCapacityStore(db, t("capacity")),
         extra={"dynamodb": db, "s3": s3},
     )
 

@@ -30,6 +30,9 @@ from gpufleet.wire import (
     OutputRequest,
     PayloadUpload,
     PayloadUploadRequest,
+    PoolList,
+    PoolSpec,
+    PoolView,
     RunnerList,
     Tensor,
     WebhookSecret,
@@ -321,6 +324,27 @@ def create_join_token(
         "POST", "/v1/admin/join-tokens", json=_dump(req), idempotent=False
     )
     return JoinTokenCreated.model_validate(resp.json())
+
+
+def put_pool(core: Core, name: str, spec: PoolSpec | Mapping[str, Any]) -> Op[PoolView]:
+    body = _dump(spec if isinstance(spec, PoolSpec) else PoolSpec.model_validate(spec))
+    resp = yield from core.request("PUT", f"/v1/pools/{seg(name)}", json=body)
+    return PoolView.model_validate(resp.json())
+
+
+def get_pool(core: Core, name: str) -> Op[PoolView]:
+    resp = yield from core.request("GET", f"/v1/pools/{seg(name)}")
+    return PoolView.model_validate(resp.json())
+
+
+def list_pools(core: Core) -> Op[PoolList]:
+    resp = yield from core.request("GET", "/v1/pools")
+    return PoolList.model_validate(resp.json())
+
+
+def delete_pool(core: Core, name: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/pools/{seg(name)}")
+    return dict(resp.json())
 
 
 def webhook_secret(core: Core) -> Op[str]:

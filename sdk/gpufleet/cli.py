@@ -38,11 +38,13 @@ models_app = typer.Typer(help="The model repository.", no_args_is_help=True)
 runners_app = typer.Typer(help="Runners (GPU hosts).", no_args_is_help=True)
 admin_app = typer.Typer(help="Administration (admin role).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+pools_app = typer.Typer(help="Capacity pools (docs/capacity.md).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(runners_app, name="runners")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
+admin_app.add_typer(pools_app, name="pools")
 
 JOB_COLUMNS = ["id", "status", "model", "model_version", "created_at", "run_ms"]
 
@@ -447,6 +449,49 @@ def join_token(
     state: State = ctx.obj
     labels = pairs(label or [], "--label")
     state.output.record(state.client().admin.create_join_token(region, labels, expires_in))
+
+
+@pools_app.command("put")
+@handled
+def pools_put(
+    ctx: typer.Context,
+    name: str,
+    spec: Annotated[Path, typer.Argument(help="The pool spec, a JSON file.")],
+) -> None:
+    """Create or replace a capacity pool from a JSON spec."""
+    import json
+
+    state: State = ctx.obj
+    try:
+        body = json.loads(spec.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read a JSON spec: {exc}", param_hint="SPEC") from exc
+    state.output.record(state.client().admin.put_pool(name, body))
+
+
+@pools_app.command("get")
+@handled
+def pools_get(ctx: typer.Context, name: str) -> None:
+    """A pool, its last decision and its decision log."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.get_pool(name))
+
+
+@pools_app.command("list")
+@handled
+def pools_list(ctx: typer.Context) -> None:
+    """Every capacity pool with its target and reason."""
+    state: State = ctx.obj
+    columns = ["name", "target", "hosts", "reason", "decided_at"]
+    state.output.rows(state.client().admin.list_pools(), columns, key="pools")
+
+
+@pools_app.command("delete")
+@handled
+def pools_delete(ctx: typer.Context, name: str) -> None:
+    """Delete a pool that has no hosts left."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.delete_pool(name))
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from gpufleet.wire import (
     JoinTokenCreated,
     ModelVersionView,
     ModelView,
+    PoolSpec,
+    PoolView,
     RunnerView,
 )
 
@@ -340,6 +342,22 @@ class Admin:
     ) -> JoinTokenCreated:
         """A token a runner uses once to register."""
         return self._c._run(_ops.create_join_token(self._c._core, region, labels, expires_in_s))
+
+    def put_pool(self, name: str, spec: PoolSpec | Mapping[str, Any]) -> PoolView:
+        """Create or replace a capacity pool (docs/capacity.md)."""
+        return self._c._run(_ops.put_pool(self._c._core, name, spec))
+
+    def get_pool(self, name: str) -> PoolView:
+        """A pool with its last capacity decision and decision log."""
+        return self._c._run(_ops.get_pool(self._c._core, name))
+
+    def list_pools(self) -> list[PoolView]:
+        """Every capacity pool."""
+        return (self._c._run(_ops.list_pools(self._c._core))).pools
+
+    def delete_pool(self, name: str) -> dict[str, Any]:
+        """Delete a pool that has no hosts left."""
+        return self._c._run(_ops.delete_pool(self._c._core, name))
 
 
 class Webhooks:

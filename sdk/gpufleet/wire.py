@@ -189,6 +189,9 @@ class JobView(Response):
     outputs_url: str | None = None
     error: ErrorInfo | None = None
     waiting_reason: str | None = None
+    # True when the job waited for a host that the capacity autoscaler started after it was
+    # submitted (a cold host); False when its runner was up already; None: unknown.
+    cold_host: bool | None = None
 
 
 class JobList(Response):
@@ -580,6 +583,7 @@ class DeploymentSpec(Strict):
     max_replicas: int = Field(default=1, ge=0, le=1000)
     regions: list[str] = Field(default_factory=list, max_length=32)
     gpu_memory_mb: int | None = Field(default=None, ge=0)
+    pool: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class DeploymentView(Response):
@@ -599,6 +603,78 @@ class DeploymentView(Response):
     observed: list[dict[str, Any]] = Field(default_factory=list)
     replicas: int = 0
     reason: str | None = None
+
+
+class PoolProvider(Strict):
+    """The engine that starts and stops a pool's hosts, and its settings (see docs/capacity.md:
+    ``docker``: image, env, volumes, control_plane_url, stop_timeout_s; ``aws-asg``:
+    group, region, endpoint_url, lifecycle_hook)."""
+
+    kind: Literal["docker", "aws-asg"]
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoolSpec(Strict):
+    """``PUT /v1/pools/{name}``: a kind of host and how many of them the autoscaler may run."""
+
+    api_version: Literal["v1"] = API_VERSION
+    gpu_type: str | None = Field(default=None, max_length=64)
+    gpu_count: int = Field(default=0, ge=0, le=64)
+    region: str = Field(default="default", min_length=1, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    models: list[str] = Field(default_factory=list, max_length=256)
+    min_hosts: int = Field(default=0, ge=0, le=1000)
+    max_hosts: int = Field(default=1, ge=0, le=1000)
+    warm_hosts: int = Field(default=0, ge=0, le=1000)
+    idle_timeout_s: float = Field(default=300.0, ge=0, le=7 * 86400)
+    launch_budget_per_min: int = Field(default=10, ge=1, le=1000)
+    join_timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    jobs_per_host: int = Field(default=1, ge=1, le=10_000)
+    scale_up_wait_s: float = Field(default=0.0, ge=0, le=86400)
+    launch_backoff_s: float = Field(default=30.0, ge=0, le=86400)
+    provider: PoolProvider
+
+
+class PoolHost(Strict):
+    """One host of a pool as the last capacity decision saw it."""
+
+    id: str
+    state: str  # starting | up | draining | stopping
+    launched_at: str | None = None
+    runner_id: str | None = None
+    running_jobs: int = 0
+    protected: bool = False
+    idle_since: str | None = None
+
+
+class PoolEvent(Strict):
+    """One entry of a pool's decision log."""
+
+    at: str
+    action: str  # launch | drain | undrain | terminate | protect | unprotect | error
+    host: str | None = None
+    reason: str
+
+
+class PoolView(Response):
+    """``GET /v1/pools/{name}``: the spec, the last decision (target, hosts, reason) and the
+    newest entries of the decision log."""
+
+    name: str
+    spec: PoolSpec
+    created_at: str
+    updated_at: str
+    target: int = 0
+    hosts: list[PoolHost] = Field(default_factory=list)
+    reason: str | None = None
+    decided_at: str | None = None
+    failed_launches: int = 0
+    backoff_until: str | None = None
+    events: list[PoolEvent] = Field(default_factory=list)
+
+
+class PoolList(Response):
+    pools: list[PoolView] = Field(default_factory=list)
 
 
 class HealthView(Response):

@@ -135,7 +135,8 @@ def test_token_and_job_submit(lambda_env: Settings) -> None:
 
 def test_scheduled_sweep_event(lambda_env: Settings) -> None:
     r = lambda_handler.handler({"gpufleet": "sweep"}, FakeContext())
-    assert set(r) == {"swept", "webhooks_delivered"}
+    assert set(r) == {"swept", "webhooks_delivered", "capacity_decided"}
+    assert r["capacity_decided"] == 0  # no pool
     assert all(isinstance(v, int) for v in r["swept"].values())
 
 

@@ -229,3 +229,12 @@ def test_cpu_runners_are_placed_without_memory_and_roll_out_side_by_side() -> No
     assert [(a.runner_id, a.gpu) for a in plans["m"].assignments] == [("r-cpu", None)]
     plans = decide([dep(ready_versions=("2", "1"))], [cpu], plans, {}, {}, 1.0, POLICY)
     assert [(a.version, a.gpu) for a in plans["m"].assignments] == [("2", None), ("1", None)]
+
+
+def test_a_deployment_that_requires_a_pool_goes_only_to_that_pools_runners() -> None:
+    runners = [replace(r, pool="gpu-a10g" if r.id == "r-c" else None) for r in fleet()]
+    plans = decide([dep(pool="gpu-a10g")], runners, {}, {}, {}, now=0.0, policy=POLICY)
+    assert [a.runner_id for a in plans["m"].assignments] == ["r-c"]  # r-b has more memory
+    plans = decide([dep(pool="gpu-h100")], runners, {}, {}, {}, now=0.0, policy=POLICY)
+    assert plans["m"].assignments == ()
+    assert plans["m"].reason is not None and "in pool 'gpu-h100'" in plans["m"].reason

@@ -235,6 +235,11 @@ class SqliteAuthStore:
             "save join token",
         )
 
+    def consume_join_token(self, token_hash: str) -> bool:
+        with translate("consume join token"), self._db.write() as conn:
+            cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
+            return cur.rowcount == 1
+
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         with translate("find join token"):
             row = (

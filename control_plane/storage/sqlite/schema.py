@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from control_plane.storage.sqlite import (
     auth,
+    capacity,
     idempotency,
     jobs,
     models,
@@ -32,6 +33,7 @@ MIGRATIONS: dict[int, list[str]] = {
         *webhooks.DDL,
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
+    3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

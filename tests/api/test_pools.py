@@ -1,0 +1,138 @@
+"""The pools API over HTTP (in process): admin only, validation naming the field, the stored
+decision and decision log in ``GET``, deletion only without hosts, OpenAPI and /metrics."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from control_plane.app import Services
+from tests.api.conftest import TokenFor, assert_error
+
+
+@pytest.fixture
+def settings(settings: Any, moto_endpoint: str) -> Any:
+    return settings.model_copy(
+        update={
+            "capacity_aws_endpoint_url": moto_endpoint,
+            "capacity_runner_url": "http://127.0.0.1:9",
+        }
+    )
+
+
+@pytest.fixture
+def group(moto_endpoint: str) -> str:
+    """An empty Auto Scaling group on moto."""
+    kw = {"region_name": "us-east-1", "endpoint_url": moto_endpoint}
+    ec2, asg = boto3.client("ec2", **kw), boto3.client("autoscaling", **kw)
+    name = f"g-{uuid.uuid4().hex[:8]}"
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    ec2.create_launch_template(LaunchTemplateName=f"lt-{name}", LaunchTemplateData={"ImageId": ami})
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": f"lt-{name}"},
+        MinSize=0,
+        MaxSize=2,
+        DesiredCapacity=0,
+        AvailabilityZones=["us-east-1a"],
+    )
+    return name
+
+
+def docker_pool(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "gpu_type": "A10G",
+        "gpu_count": 1,
+        "region": "eu-west-1",
+        "max_hosts": 3,
+        "idle_timeout_s": 120,
+        "provider": {"kind": "docker", "settings": {"image": "gpufleet/runner:1"}},
+    }
+    body.update(over)
+    return body
+
+
+async def test_put_get_list_delete(
+    client: httpx.AsyncClient, auth_headers: TokenFor, group: str, services: Services
+) -> None:
+    admin = await auth_headers("admin")
+    r = await client.put("/v1/pools/gpu-a10g", json=docker_pool(), headers=admin)
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["name"] == "gpu-a10g" and view["spec"]["max_hosts"] == 3
+    assert view["spec"]["provider"]["settings"] == {"image": "gpufleet/runner:1"}
+    assert view["hosts"] == [] and view["target"] == 0 and view["events"] == []
+
+    asg = {"max_hosts": 2, "provider": {"kind": "aws-asg", "settings": {"group": group}}}
+    r = await client.put("/v1/pools/asg", json=asg, headers=admin)
+    assert r.status_code == 200, r.text
+    listed = (await client.get("/v1/pools", headers=admin)).json()
+    assert [p["name"] for p in listed["pools"]] == ["asg", "gpu-a10g"]
+
+    # a decision round (the lifespan loop's work) shows up in GET and /metrics
+    assert services.capacity is not None
+    services.capacity.reconcile(force=True)
+    got = (await client.get("/v1/pools/asg", headers=admin)).json()
+    assert got["target"] == 0 and got["decided_at"] and "no change" in got["reason"]
+    metrics = (await client.get("/metrics")).text
+    assert 'gpufleet_pool_target_hosts{pool="asg"} 0.0' in metrics
+    assert 'gpufleet_pool_hosts{pool="asg",state="up"} 0.0' in metrics
+
+    r = await client.delete("/v1/pools/asg", headers=admin)
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    assert_error(await client.get("/v1/pools/asg", headers=admin), 404, "not_found")
+    assert_error(await client.delete("/v1/pools/asg", headers=admin), 404, "not_found")
+
+
+async def test_admin_only(client: httpx.AsyncClient, auth_headers: TokenFor) -> None:
+    user = await auth_headers("user")
+    assert_error(
+        await client.put("/v1/pools/p", json=docker_pool(), headers=user), 403, "forbidden"
+    )
+    assert_error(await client.get("/v1/pools/p", headers=user), 403, "forbidden")
+    assert_error(await client.get("/v1/pools", headers=user), 403, "forbidden")
+    assert_error(await client.delete("/v1/pools/p", headers=user), 403, "forbidden")
+    assert_error(await client.get("/v1/pools"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "field"),
+    [
+        ("Bad_Name", docker_pool(), "name"),
+        ("p", docker_pool(min_hosts=4, max_hosts=3), "max_hosts"),
+        ("p", docker_pool(warm_hosts=4), "warm_hosts"),
+        ("p", docker_pool(max_hosts=-1), "max_hosts"),
+        ("p", docker_pool(jobs_per_host=0), "jobs_per_host"),
+        ("p", docker_pool(provider={"kind": "k8s"}), "provider.kind"),
+        ("p", docker_pool(provider={"kind": "docker", "settings": {}}), "provider.settings.image"),
+        (
+            "p",
+            docker_pool(provider={"kind": "docker", "settings": {"image": "x", "volumes": ["x"]}}),
+            "provider.settings.volumes",
+        ),
+        (
+            "p",
+            docker_pool(provider={"kind": "docker", "settings": {"image": "x", "nope": 1}}),
+            "provider.settings.nope",
+        ),
+        ("p", {**docker_pool(), "surprise": 1}, "surprise"),
+    ],
+)
+async def test_bad_specs_name_the_field(
+    client: httpx.AsyncClient, auth_headers: TokenFor, name: str, body: dict[str, Any], field: str
+) -> None:
+    admin = await auth_headers("admin")
+    r = await client.put(f"/v1/pools/{name}", json=body, headers=admin)
+    err = assert_error(r, 422, "invalid_request")
+    fields = {d.get("field") for d in err.get("details") or []}
+    assert field in fields or field in err["message"], err
+
+
+async def test_documented_in_openapi(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert {"get", "put", "delete"} <= set(spec["paths"]["/v1/pools/{name}"])
+    assert "get" in spec["paths"]["/v1/pools"]

@@ -1,0 +1,181 @@
+"""CapacityService on the embedded SQLite store with a recording provider (a real class that
+follows the Provider protocol): which pool's demand a job counts for, one writer per round,
+what the provider is asked, errors logged, and a job's waiting reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gpufleet.wire import PoolSpec
+
+from control_plane.errors import Unavailable
+from control_plane.services.capacity.providers.base import (
+    HOST_LABEL,
+    POOL_LABEL,
+    STARTING,
+    Host,
+    Launch,
+    PoolConfig,
+)
+from control_plane.services.capacity.service import CapacityService
+from control_plane.services.placement import QueueSnapshot
+from control_plane.services.principal import ROLE_SCOPES, Principal
+from control_plane.storage.protocols import JobRecord
+from control_plane.storage.sqlite import schema
+from control_plane.storage.sqlite.capacity import SqliteCapacityStore
+from control_plane.storage.sqlite.db import Database
+
+ADMIN = Principal(sub="admin", tenant="t", role="admin", scopes=ROLE_SCOPES["admin"])
+
+
+class RecordingProvider:
+    """Hosts in memory; every call recorded."""
+
+    kind = "docker"
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, list[Host]] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+        self.fail_start = False
+        self.t = 0.0
+
+    def validate(self, settings: Mapping[str, Any]) -> None:
+        return None
+
+    def list_hosts(self, pool: PoolConfig) -> list[Host]:
+        return list(self.hosts.get(pool.name, []))
+
+    def start(self, pool: PoolConfig, launches: list[Launch]) -> list[str]:
+        self.calls.append(("start", pool.name, [(x.host_id, x.join_token) for x in launches]))
+        if self.fail_start:
+            raise Unavailable("docker engine error during start: no such image")
+        for x in launches:
+            self.hosts.setdefault(pool.name, []).append(Host(x.host_id, self.t, STARTING))
+        return [x.host_id for x in launches]
+
+    def stop(self, pool: PoolConfig, host_id: str) -> None:
+        self.calls.append(("stop", pool.name, host_id))
+
+    def protect(self, pool: PoolConfig, host_ids: list[str], protected: bool) -> None:
+        self.calls.append(("protect", pool.name, (tuple(host_ids), protected)))
+
+
+class World:
+    def __init__(self, db: Database) -> None:
+        self.t = 1000.0
+        self.queue: dict[str, tuple[int, float]] = {}
+        self.provider = RecordingProvider()
+        self.tokens: list[tuple[str, dict[str, str], int]] = []
+        self.deployment_pools: dict[str, str] = {}
+        self.store = SqliteCapacityStore(db)
+
+    def service(self) -> CapacityService:
+        def mint(region: str, labels: dict[str, str], ttl: int) -> str:
+            self.tokens.append((region, labels, ttl))
+            return f"gfj_{len(self.tokens)}"
+
+        return CapacityService(
+            self.store,
+            lambda: [],
+            lambda rid, drain: None,
+            lambda models: {m: QueueSnapshot(*self.queue[m]) for m in models if m in self.queue},
+            lambda: {m: n for m, (n, _) in self.queue.items()},
+            {"docker": self.provider},
+            mint,
+            offline_after_s=60,
+            interval_s=5,
+            deployment_pools=lambda: dict(self.deployment_pools),
+            now=lambda: self.t,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    db = Database(tmp_path / "gpufleet.db")
+    schema.migrate(db)
+    yield World(db)
+    db.close()
+
+
+def pool(svc: CapacityService, name: str, **over: Any) -> None:
+    spec = {"max_hosts": 3, "region": "eu-west-1", "provider": {"kind": "docker", "settings": {}}}
+    spec.update(over)
+    svc.put(ADMIN, name, PoolSpec.model_validate(spec))
+
+
+def job(model: str, created_at: float) -> JobRecord:
+    return JobRecord(
+        id="job_1",
+        tenant="t",
+        model=model,
+        model_version=None,
+        pinned=False,
+        status="QUEUED",
+        priority=0,
+        created_at=created_at,
+        timeout_s=60,
+        ttl_s=600,
+        max_attempts=3,
+        region=None,
+        request={},
+    )
+
+
+def test_demand_goes_to_the_pool_that_serves_the_model(world: World) -> None:
+    svc = world.service()
+    pool(svc, "a10g", models=["llm"])
+    pool(svc, "h100")  # serves what no pool claims
+    pool(svc, "l4")  # a deployment requires it
+    world.deployment_pools = {"vision": "l4"}
+    world.queue = {"llm": (2, world.t - 3), "vision": (1, world.t - 1), "misc": (1, world.t)}
+    out = svc.reconcile(force=True)
+    assert out is not None
+    assert {name: d.launch for name, d in out.items()} == {"a10g": 2, "h100": 1, "l4": 1}
+    (start_a10g,) = [c for c in world.provider.calls if c[1] == "a10g"]
+    host_ids = [h for h, _ in start_a10g[2]]
+    assert [t for _, t in start_a10g[2]] == ["gfj_1", "gfj_2"]  # one token per host
+    region, labels, ttl = world.tokens[0]
+    assert region == "eu-west-1" and ttl >= 600
+    assert labels == {POOL_LABEL: "a10g", HOST_LABEL: host_ids[0]}
+
+
+def test_one_writer_per_round(world: World) -> None:
+    one, two = world.service(), world.service()
+    pool(one, "p")
+    world.queue = {"m": (1, world.t)}
+    assert one.reconcile() is not None
+    assert two.reconcile() is None  # the stored decision is fresh: nothing to do
+    assert len([c for c in world.provider.calls if c[0] == "start"]) == 1
+    world.t += 6
+    assert two.reconcile() is not None  # stale now: the other replica decides
+    assert one.reconcile() is None
+
+
+def test_provider_errors_are_logged_in_the_pool(world: World) -> None:
+    svc = world.service()
+    pool(svc, "p")
+    world.queue = {"m": (1, world.t)}
+    world.provider.fail_start = True
+    svc.reconcile(force=True)
+    events = svc.get(ADMIN, "p").events
+    assert [e.action for e in events] == ["error", "launch"]
+    assert "no such image" in events[0].reason
+
+
+def test_waiting_reason_names_the_pool_starting_a_host(world: World) -> None:
+    svc = world.service()
+    pool(svc, "a10g", models=["llm"])
+    world.queue = {"llm": (1, world.t)}
+    assert svc.waiting_reason(job("llm", world.t)) is None  # nothing decided yet
+    world.provider.t = world.t
+    svc.reconcile(force=True)
+    world.t += 6
+    svc.reconcile(force=True)
+    world.t += 34
+    assert svc.waiting_reason(job("llm", world.t - 40)) == (
+        "starting a host in pool a10g (eu-west-1), 40 s so far"
+    )
+    assert svc.waiting_reason(job("other", world.t)) is None
