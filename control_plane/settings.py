@@ -93,6 +93,16 @@ class Settings(BaseSettings):
     placement_interval_s: float = Field(
         default=2.0, gt=0, description="A stored placement older than this is decided again."
     )
+    implicit_max_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "A pushed model without a deployment gets an implicit one (min 0, this many "
+            "replicas at most), so its first job cold-starts it; 0 turns this off (a model "
+            "is then served only after PUT /v1/models/{name}/deployment)."
+        ),
+    )
     scale_up_wait_s: float = Field(
         default=5.0, ge=0, description="Queue wait of a model that adds a replica (while growing)."
     )

@@ -6,6 +6,11 @@ bucket; ``commit`` checks every object's size and sha256 from its bytes, parses
 ``config.pbtxt`` as Triton's ModelConfig and flips UPLOADING -> READY with one conditional
 write. A mismatch leaves the version UPLOADING: nothing half-uploaded becomes READY.
 
+A model without a deployment gets an implicit one when its first version becomes READY
+(``min_replicas`` 0, ``max_replicas`` = ``implicit_max_replicas``, marked ``implicit``): its
+first job cold-starts one replica, as on serverless platforms. ``PUT …/deployment`` replaces
+it; ``implicit_max_replicas`` 0 turns this off.
+
 Model names are global; the tenant that first creates a name owns it. Other tenants get 404
 on reads and 409 on creating a version of it; admins see and manage every model.
 """
@@ -37,7 +42,12 @@ from control_plane.services import modelconfig
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
 from control_plane.storage.definitions import MODELS_PREFIX
-from control_plane.storage.protocols import BlobStore, ModelStore, ModelVersionRecord
+from control_plane.storage.protocols import (
+    BlobStore,
+    DeploymentStore,
+    ModelStore,
+    ModelVersionRecord,
+)
 
 PART_SIZE = 64 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -77,6 +87,17 @@ def version_view(rec: ModelVersionRecord) -> ModelVersionView:
     )
 
 
+def implicit_spec(max_replicas: int) -> dict[str, object]:
+    """The stored spec of an implicit deployment (``implicit`` marks it in views)."""
+    return {
+        "min_replicas": 0,
+        "max_replicas": max_replicas,
+        "regions": [],
+        "gpu_memory_mb": None,
+        "implicit": True,
+    }
+
+
 class ModelService:
     """Versions of Triton models in the bucket, owned by tenants."""
 
@@ -87,8 +108,10 @@ class ModelService:
         blobs: BlobStore,
         *,
         part_size: int = PART_SIZE,
+        deployments: DeploymentStore | None = None,
     ) -> None:
         self._settings = settings
+        self._deployments = deployments
         self._store = store
         self._blobs = blobs
         # Bumped by every commit and delete on this replica: caches of READY versions made
@@ -232,7 +255,18 @@ class ModelService:
                 raise Conflict(f"model {name!r} version {version} is {current.state}")
             return version_view(current)
         rec.state = "READY"
+        self._ensure_deployment(name)
         return version_view(rec)
+
+    def _ensure_deployment(self, name: str) -> None:
+        """Give a model without a deployment the implicit one (see the module docstring)."""
+        replicas = self._settings.implicit_max_replicas
+        if self._deployments is None or replicas <= 0:
+            return
+        if self._deployments.get_deployment(name) is not None:
+            return  # an explicit (or earlier implicit) deployment stays as it is
+        spec = implicit_spec(replicas)
+        self._deployments.put_deployment(name, spec, now())
 
     def _complete_multiparts(self, rec: ModelVersionRecord, req: CommitRequest) -> None:
         for path, upload_id in rec.uploads.items():

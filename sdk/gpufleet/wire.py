@@ -591,7 +591,8 @@ class DeploymentView(Response):
     there (unloading). Entry fields: ``runner_id``, ``region``, ``version``, ``gpu``,
     ``memory_mb``, ``desired``, ``state``. ``replicas`` is the replica count the autoscaler
     wants now; ``reason`` says why fewer are placed (no runner in the regions, not enough
-    GPU memory, no READY version).
+    GPU memory, no READY version). ``implicit`` is true for the deployment a pushed model gets
+    by itself (min 0, max 1 replica by default) until a PUT replaces it.
     """
 
     name: str
@@ -599,6 +600,7 @@ class DeploymentView(Response):
     observed: list[dict[str, Any]] = Field(default_factory=list)
     replicas: int = 0
     reason: str | None = None
+    implicit: bool = False
 
 
 class HealthView(Response):
