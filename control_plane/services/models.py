@@ -1,6 +1,8 @@
 """The model repository: versions uploaded by presigned URLs, verified, then READY.
 
-Lifecycle of a version: ``create_version`` validates the layout, records the version as
+Lifecycle of a version: ``create_version`` validates the layout (and ``config.pbtxt`` when the
+client sends its text: a broken config costs no upload), answers the existing version when a
+READY one holds the same files (pushing twice is harmless), records the version as
 UPLOADING and hands out presigned PUTs (multipart above 64 MiB); the client uploads to the
 bucket; ``commit`` checks every object's size and sha256 from its bytes, parses
 ``config.pbtxt`` as Triton's ModelConfig and flips UPLOADING -> READY with one conditional
@@ -17,9 +19,11 @@ on reads and 409 on creating a version of it; admins see and manage every model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 from gpufleet.wire import (
     NAME_PATTERN,
@@ -87,6 +91,17 @@ def version_view(rec: ModelVersionRecord) -> ModelVersionView:
     )
 
 
+def _content_key(files: list[dict[str, Any]]) -> frozenset[tuple[str, int, str]]:
+    """What a version holds, its own number left out: (path below the version, size, sha256)."""
+    out = set()
+    for f in files:
+        path = str(f["path"])
+        if path != modelconfig.CONFIG_FILE:
+            path = "#/" + path.split("/", 1)[-1]
+        out.add((path, int(f["size"]), str(f["sha256"])))
+    return frozenset(out)
+
+
 def implicit_spec(max_replicas: int) -> dict[str, object]:
     """The stored spec of an implicit deployment (``implicit`` marks it in views)."""
     return {
@@ -147,6 +162,16 @@ class ModelService:
         for i, f in enumerate(req.files):
             modelconfig.validate_path(f.path, i)
         self._check_limits(req.files)
+        if req.config is not None:
+            self._check_config(name, req)
+        same = self._same_content(name, req)
+        if same is not None:
+            return CreateVersionResponse(name=name, version=same, state="READY", uploads=[])
+        if req.version and self._store.get_version(name, req.version) is not None:
+            raise Conflict(
+                f"model {name!r} version {req.version} exists already with other content "
+                "(push without a version to make the next one)"
+            )
         for attempt in range(5):
             version = req.version or self._next_version(name)
             files = req.files if req.version else modelconfig.renumber(req.files, version)
@@ -170,6 +195,35 @@ class ModelService:
             if req.version or attempt == 4:
                 raise Conflict(f"model {name!r} version {version} exists already")
         raise Conflict("could not pick a version number")  # pragma: no cover
+
+    def _check_config(self, name: str, req: CreateVersionRequest) -> None:
+        """The ``config.pbtxt`` text sent with the request: the declared file, and valid."""
+        text = req.config or ""
+        declared = next((f for f in req.files if f.path == modelconfig.CONFIG_FILE), None)
+        if declared is None:
+            raise InvalidRequest("config.pbtxt is not among the files", field="files")
+        raw = text.encode("utf-8")
+        if len(raw) != declared.size or hashlib.sha256(raw).hexdigest() != declared.sha256:
+            raise InvalidRequest(
+                "config is not the config.pbtxt declared in files (size or sha256 differ)",
+                field="config",
+            )
+        parsed = modelconfig.parse_config(text, name)
+        paths = [f.path for f in req.files]
+        dirs = {p.split("/", 1)[0] for p in paths if p != modelconfig.CONFIG_FILE}
+        if len(dirs) == 1:
+            modelconfig.check_default_model_file(parsed, paths, next(iter(dirs)))
+
+    def _same_content(self, name: str, req: CreateVersionRequest) -> str | None:
+        """The READY version holding exactly the files of ``req`` (the pinned one only when
+        ``req.version`` is set), or None."""
+        wanted = _content_key([f.model_dump() for f in req.files])
+        for rec in self._store.list_versions(name):
+            if req.version and rec.version != req.version:
+                continue
+            if rec.state == "READY" and _content_key(rec.files) == wanted:
+                return rec.version
+        return None
 
     def _check_limits(self, files: list[FileSpec]) -> None:
         """At most ``model_max_files`` files of ``model_max_bytes`` in all (422 on ``files``)."""

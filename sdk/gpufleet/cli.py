@@ -275,10 +275,18 @@ def infer(
 def models_push(
     ctx: typer.Context,
     directory: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
-    version: Annotated[str | None, typer.Option(help="Version directory to push.")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="Version directory to push, kept as that version number (default: the "
+            "highest directory, numbered by the control plane)."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: dir name).")] = None,
 ) -> None:
-    """Upload a Triton model directory and commit it."""
+    """Upload a Triton model directory and commit it (the same content again: that version,
+    nothing uploaded; other content: the next version). Servable at once: its first job
+    cold-starts it (an implicit deployment; `models deploy` to choose replicas)."""
     state: State = ctx.obj
     client = state.client()
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn())

@@ -508,9 +508,13 @@ class FileSpec(Strict):
 
 
 class CreateVersionRequest(Strict):
+    """``POST /v1/models/{name}/versions``. ``config``: the text of ``config.pbtxt`` (its
+    sha256 must be the one in ``files``), parsed before any upload URL is handed out."""
+
     api_version: Literal["v1"] = API_VERSION
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
     files: list[FileSpec] = Field(min_length=1, max_length=10_000)
+    config: str | None = Field(default=None, max_length=1_048_576)
 
 
 class MultipartPart(Strict):
@@ -533,6 +537,9 @@ class UploadTarget(Strict):
 
 
 class CreateVersionResponse(Response):
+    """201 with ``UPLOADING`` and upload targets; 200 with ``READY`` and no uploads when a
+    READY version with the same content exists (that version: nothing to upload)."""
+
     name: str
     version: str
     state: ModelVersionState

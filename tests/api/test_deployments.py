@@ -245,7 +245,7 @@ async def test_rollout_moves_jobs_to_the_new_version_and_keeps_pinned_ones(
     assert r.status_code == 200, r.text
     assert versions_of(await eu.heartbeat([gpu(16000)], ready("1"))) == ["1"]
 
-    assert (await push_model(client, user))["version"] == "2"
+    assert (await push_model(client, user, salt="v2"))["version"] == "2"
     # v2 is the target; v1 stays while v2 is not READY on the runner
     assert versions_of(await eu.heartbeat([gpu(16000)], ready("1"))) == ["2", "1"]
     offer = {

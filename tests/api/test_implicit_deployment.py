@@ -79,7 +79,7 @@ async def test_pushed_model_cold_starts_on_its_first_job(
     r = await client.put(URL, headers=user, json={"min_replicas": 1, "max_replicas": 2})
     assert r.status_code == 200 and r.json()["implicit"] is False
     # ... and a second push does not bring the implicit one back
-    await push_model(client, user)
+    assert (await push_model(client, user, salt="v2"))["version"] == "2"
     assert (await client.get(URL, headers=user)).json()["desired"]["min_replicas"] == 1
 
 

@@ -27,8 +27,19 @@ def test_push_reports_progress_and_model_is_ready(fleet: Client, add_sub_dir: Pa
     assert seen[-1] == (total, total)
     assert [m.name for m in fleet.models.list()] == ["add_sub"]
     assert [v.version for v in fleet.models.get("add_sub").versions] == ["1"]
-    with pytest.raises(errors.ConflictError):
-        fleet.models.push(add_sub_dir)  # version 1 exists
+    seen.clear()
+    again = fleet.models.push(add_sub_dir, progress=lambda s, t: seen.append((s, t)))
+    assert (again.version, again.state, seen) == ("1", "READY", [])  # same content: no upload
+    assert fleet.models.push(add_sub_dir, version="1").version == "1"  # pinned, identical
+    code = add_sub_dir / "1" / "model.py"
+    code.write_text(code.read_text() + "\n# changed\n")
+    with pytest.raises(errors.ConflictError, match="push without a version"):
+        fleet.models.push(add_sub_dir, version="1")  # pinned, other content
+    assert fleet.models.push(add_sub_dir).version == "2"  # other content: the next version
+    (add_sub_dir / "config.pbtxt").write_text("nonsense {")
+    with pytest.raises(ValueError, match="config.pbtxt"):
+        fleet.models.push(add_sub_dir)  # refused before anything is sent
+    fleet.models.delete("add_sub", "2")
     fleet.models.delete("add_sub", "1")
     with pytest.raises(errors.ModelNotFoundError):
         fleet.submit("add_sub", {"INPUT0": A, "INPUT1": B})
