@@ -69,6 +69,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
+        api_key_cache_s=settings.api_key_cache_s,
     )
     runners = RunnerService(
         st.runners,

@@ -7,6 +7,9 @@
   write; a second presentation of a used token revokes its whole family (401). A revoked
   API key stops working at the next refresh (access tokens live at most their TTL).
 - Join tokens ``gfj_<secret>`` let runners register (multi-use until they expire).
+- Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
+  tritonclient users): the key is checked against the store and its principal remembered for
+  ``api_key_cache_s`` (a revoked key stops working within that time).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 
 from gpufleet.wire import (
@@ -60,9 +64,11 @@ class AuthService:
         audience: str,
         access_ttl_s: int,
         refresh_ttl_s: int,
+        api_key_cache_s: int = 60,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
+        self._api_key_cache_s = api_key_cache_s
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
         self._now = now
@@ -105,8 +111,16 @@ class AuthService:
         return self._pair(key, family=rec.family)
 
     def authenticate(self, bearer: str) -> Principal:
-        """The principal of a bearer access token."""
-        return self.signer.verify(bearer)
+        """The principal of a bearer access token, or of an API key used as one."""
+        if not bearer.startswith(API_KEY_PREFIX):
+            return self.signer.verify(bearer)
+        rec = self._check_api_key(bearer)
+        p = Principal(
+            sub=rec.id, tenant=rec.tenant, role=rec.role, scopes=frozenset(ROLE_SCOPES[rec.role])
+        )
+        if self._api_key_cache_s > 0:
+            self.signer.remember(bearer, p, time.time() + self._api_key_cache_s)
+        return p
 
     def _pair(self, key: ApiKeyRecord, family: str) -> TokenPair:
         token_id, secret = secrets.token_hex(12), secrets.token_urlsafe(32)
