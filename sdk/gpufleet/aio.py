@@ -16,6 +16,7 @@ import numpy as np
 
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet.config import resolve
 from gpufleet.models import ProgressCallback
 from gpufleet.wire import (
     ApiKeyCreated,
@@ -37,9 +38,12 @@ class AsyncClient:
     """An asyncio client of the gpufleet API (same arguments and methods as ``Client``).
 
     Args:
-        url: base URL of the control plane (``http://127.0.0.1:8080``).
+        url: base URL of the control plane (``http://127.0.0.1:8080``); default
+            ``GPUFLEET_URL``, else the URL ``gpufleet login`` stored.
         api_key: an API key (``gf_…``), exchanged for tokens and refreshed before expiry.
-        token: an access token to use as is (when no API key is given).
+        token: an access token to use as is (when no API key is given). With neither:
+            ``GPUFLEET_API_KEY`` / ``GPUFLEET_TOKEN``, else what ``gpufleet login`` stored
+            for that URL (``gpufleet.config.resolve``).
         timeout: seconds per HTTP request (long polls add their wait on top).
         max_retries: retries on 429, 503 and connection errors (exponential backoff with
             full jitter; ``Retry-After`` honoured).
@@ -49,7 +53,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         api_key: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
@@ -57,8 +61,13 @@ class AsyncClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        creds = resolve(url, api_key, token)
         self._core = Core(
-            url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
+            creds.url,
+            api_key=creds.api_key,
+            token=creds.token,
+            timeout=timeout,
+            max_retries=max_retries,
         )
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._bucket = httpx.AsyncClient(timeout=timeout) if transport is not None else self._http
@@ -108,6 +117,11 @@ class AsyncClient:
         """Obtain an access token now (exchanging the API key); raises
         :class:`~gpufleet.errors.AuthError` when the credentials are refused."""
         await self._run(self._core.authenticate())
+
+    async def access_token(self) -> str:
+        """A valid access token (exchanged from the API key, or refreshed, when needed):
+        for tools that call the HTTP API or tritonclient directly."""
+        return await self._run(self._core.authenticate())
 
     # ------------------------------------------------------------------ jobs
 

@@ -20,7 +20,7 @@ from gpufleet import errors
 from gpufleet._cli_io import EXIT_FAILED, EXIT_USAGE, Output, exit_code_for, parse_inputs
 from gpufleet._cli_io import parse_pairs as pairs
 from gpufleet.client import Client
-from gpufleet.config import Credentials, load_credentials, save_credentials
+from gpufleet.config import Credentials, resolve, save_credentials
 from gpufleet.wire import JobView
 
 __all__ = ["app", "main"]
@@ -58,17 +58,16 @@ class State:
 
     def client(self) -> Client:
         if self._client is None:
-            url, key, token = self.url, self.api_key, self.token
-            if key is None and token is None:
-                stored = load_credentials()
-                if stored is not None:
-                    url = url or stored.url
-                    key, token = stored.api_key, stored.token
-            if not url:
-                raise typer.BadParameter("no URL: pass --url, set GPUFLEET_URL or run login")
-            if key is None and token is None:
-                raise typer.BadParameter("no credentials: pass --api-key/--token or run login")
-            self._client = Client(url, api_key=key, token=token)
+            try:  # flags and env (typer reads both), then what login stored: each part alone
+                creds = resolve(self.url, self.api_key, self.token)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            if creds.api_key is None and creds.token is None:
+                raise typer.BadParameter(
+                    f"no credentials for {creds.url}: pass --api-key/--token, set "
+                    "GPUFLEET_API_KEY or run `gpufleet login`"
+                )
+            self._client = Client(creds.url, api_key=creds.api_key, token=creds.token)
         return self._client
 
 
@@ -141,6 +140,19 @@ def login(
         state.output.emit_json({"url": url, "path": str(path)})
     else:
         state.output.err.print(f"logged in to {url}; credentials saved to {path}")
+
+
+@app.command()
+@handled
+def token(ctx: typer.Context) -> None:
+    """Print an access token (for curl or tritonclient: `Authorization: Bearer <token>`;
+    an API key works there directly too)."""
+    state: State = ctx.obj
+    value = state.client().access_token()
+    if state.output.json:
+        state.output.emit_json({"access_token": value})
+    else:
+        print(value)
 
 
 # --------------------------------------------------------------------------- jobs

@@ -18,6 +18,7 @@ import numpy as np
 
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet.config import resolve
 from gpufleet.models import ProgressCallback
 from gpufleet.wire import (
     ApiKeyCreated,
@@ -39,9 +40,12 @@ class Client:
     """A blocking client of the gpufleet API.
 
     Args:
-        url: base URL of the control plane (``http://127.0.0.1:8080``).
+        url: base URL of the control plane (``http://127.0.0.1:8080``); default
+            ``GPUFLEET_URL``, else the URL ``gpufleet login`` stored.
         api_key: an API key (``gf_…``), exchanged for tokens and refreshed before expiry.
-        token: an access token to use as is (when no API key is given).
+        token: an access token to use as is (when no API key is given). With neither:
+            ``GPUFLEET_API_KEY`` / ``GPUFLEET_TOKEN``, else what ``gpufleet login`` stored
+            for that URL (``gpufleet.config.resolve``).
         timeout: seconds per HTTP request (long polls add their wait on top).
         max_retries: retries on 429, 503 and connection errors (exponential backoff with
             full jitter; ``Retry-After`` honoured).
@@ -51,7 +55,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         api_key: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
@@ -59,8 +63,13 @@ class Client:
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        creds = resolve(url, api_key, token)
         self._core = Core(
-            url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
+            creds.url,
+            api_key=creds.api_key,
+            token=creds.token,
+            timeout=timeout,
+            max_retries=max_retries,
         )
         self._http = httpx.Client(transport=transport, timeout=timeout)
         self._bucket = httpx.Client(timeout=timeout) if transport is not None else self._http
@@ -110,6 +119,11 @@ class Client:
         """Obtain an access token now (exchanging the API key); raises
         :class:`~gpufleet.errors.AuthError` when the credentials are refused."""
         self._run(self._core.authenticate())
+
+    def access_token(self) -> str:
+        """A valid access token (exchanged from the API key, or refreshed, when needed):
+        for tools that call the HTTP API or tritonclient directly."""
+        return self._run(self._core.authenticate())
 
     # ------------------------------------------------------------------ jobs
 

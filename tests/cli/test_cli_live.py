@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from gpufleet.cli import app
@@ -182,3 +183,26 @@ def test_real_subprocesses(tmp_path: Path, add_sub_dir: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_credentials_combine_and_token_prints_an_access_token(
+    cli: Any, cp_url: str, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("login", "--url", cp_url, "--api-key", admin_key).exit_code == 0
+    # a URL flag with the saved key (they used to replace each other)
+    r = cli("--url", cp_url, "-o", "json", "token")
+    assert r.exit_code == 0, r.output
+    access = json.loads(r.stdout)["access_token"]
+    assert access.count(".") == 2  # a JWT
+    # env key + saved URL
+    monkeypatch.setenv("GPUFLEET_API_KEY", admin_key)
+    r = cli("token")
+    assert r.exit_code == 0 and r.stdout.strip().count(".") == 2
+    # the printed token and the API key itself both work as bearer tokens
+    for bearer in (access, admin_key):
+        got = httpx.get(f"{cp_url}/v1/jobs", headers={"Authorization": f"Bearer {bearer}"})
+        assert got.status_code == 200, got.text
+    # the saved key is never sent to another control plane
+    monkeypatch.delenv("GPUFLEET_API_KEY")
+    r = cli("--url", "http://127.0.0.1:9", "token")
+    assert r.exit_code != 0 and "no credentials for http://127.0.0.1:9" in r.output
