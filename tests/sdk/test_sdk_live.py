@@ -37,7 +37,7 @@ def test_push_reports_progress_and_model_is_ready(fleet: Client, add_sub_dir: Pa
         fleet.models.push(add_sub_dir, version="1")  # pinned, other content
     assert fleet.models.push(add_sub_dir).version == "2"  # other content: the next version
     (add_sub_dir / "config.pbtxt").write_text("nonsense {")
-    with pytest.raises(ValueError, match="config.pbtxt"):
+    with pytest.raises(ValueError, match=r"config\.pbtxt"):
         fleet.models.push(add_sub_dir)  # refused before anything is sent
     fleet.models.delete("add_sub", "2")
     fleet.models.delete("add_sub", "1")
