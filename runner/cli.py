@@ -42,8 +42,10 @@ def _settings(config: Path | None, **overrides: Any) -> RunnerSettings:
     try:
         return load_settings(config, **overrides)
     except ValidationError as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "settings"
+            console.print(f"[red]invalid setting {where}:[/red] {err['msg']}")
+        raise typer.Exit(2) from None
 
 
 def _config_path(config: Path | None) -> Path:
@@ -161,6 +163,7 @@ def start(
     )
     from runner.backends.base import BackendError
     from runner.daemon import build_daemon
+    from runner.identity import StartupError
 
     async def main() -> int:
         daemon = build_daemon(settings)
@@ -171,6 +174,11 @@ def start(
     except BackendError as exc:
         logging.getLogger("runner").error("Triton could not be started: %s", exc)
         code = 1
+    except StartupError as exc:  # retrying cannot fix it: one line, non-zero
+        logging.getLogger("runner").error("%s", exc)
+        code = 2
+    except KeyboardInterrupt:  # a signal before the daemon's handlers were installed
+        code = 0
     raise typer.Exit(code)
 
 
