@@ -224,6 +224,8 @@ def _render_status(data: dict[str, Any]) -> None:
         f"[bold]{data.get('name')}[/bold] ({data.get('runner_id') or 'unregistered'}) "
         f"health [{colour}]{data.get('health')}[/{colour}] → {data.get('control_plane_url')}"
     )
+    if data.get("control_plane", "ok") != "ok":
+        console.print(f"[yellow]{data['control_plane']}[/yellow]")
     triton = data.get("triton", {})
     console.print("Triton: " + ", ".join(f"{k}={v}" for k, v in triton.items()))
     gpus = Table("GPU", "name", "util %", "memory MB", "temp °C", "power W", title="GPUs")

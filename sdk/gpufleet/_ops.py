@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -40,6 +41,7 @@ from gpufleet.wire import (
 INLINE_LIMIT_BYTES = 256 * 1024
 #: The server's upper bound on ``wait_s``.
 MAX_WAIT_S = 30.0
+log = logging.getLogger("gpufleet")
 
 Inputs = Mapping[str, Any] | Iterable[Tensor]
 
@@ -216,16 +218,42 @@ def get(core: Core, job_id: str, wait_s: float = 0.0) -> Op[JobView]:
     return JobView.model_validate(resp.json())
 
 
-def wait(core: Core, job_id: str, timeout: float | None, poll: float) -> Op[JobView]:
-    """Long-poll ``GET /v1/jobs/{id}?wait_s=…`` until the job is terminal."""
-    deadline = None if timeout is None else core.clock() + timeout
+#: ``progress(job, elapsed_s)``: called while :func:`wait` waits, after each poll.
+WaitProgress = Callable[[JobView, float], None]
+
+
+def wait(
+    core: Core,
+    job_id: str,
+    timeout: float | None,
+    poll: float,
+    progress: WaitProgress | None = None,
+) -> Op[JobView]:
+    """Long-poll ``GET /v1/jobs/{id}?wait_s=…`` until the job is terminal. While it waits,
+    ``progress(job, elapsed_s)`` is called after every poll, and a change of status or
+    ``waiting_reason`` is logged (logger ``gpufleet``, INFO)."""
+    started = core.clock()
+    deadline = None if timeout is None else started + timeout
     poll = max(0.0, min(poll, MAX_WAIT_S))
+    said: tuple[str, str | None] | None = None
     while True:
         remaining = None if deadline is None else max(0.0, deadline - core.clock())
         wait_s = poll if remaining is None else min(poll, remaining)
         job = yield from get(core, job_id, wait_s)
         if job.status in TERMINAL_STATUSES:
             return job
+        elapsed = core.clock() - started
+        if (job.status, job.waiting_reason) != said:
+            said = (job.status, job.waiting_reason)
+            log.info(
+                "job %s %s after %.0fs%s",
+                job.id,
+                job.status,
+                elapsed,
+                f": {job.waiting_reason}" if job.waiting_reason else "",
+            )
+        if progress is not None:
+            progress(job, elapsed)
         if deadline is not None and core.clock() >= deadline:
             raise WaitTimeoutError(job, timeout or 0.0)
 

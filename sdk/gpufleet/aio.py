@@ -170,11 +170,20 @@ class AsyncClient:
         """The job's current state."""
         return await self._run(_ops.get(self._core, job_id))
 
-    async def wait(self, job_id: str, timeout: float | None = None, poll: float = 20.0) -> JobView:
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 20.0,
+        progress: _ops.WaitProgress | None = None,
+    ) -> JobView:
         """Block until the job is terminal (long polls of ``poll`` ≤ 30 s each).
 
-        Raises :class:`~gpufleet.errors.WaitTimeoutError` after ``timeout`` seconds."""
-        return await self._run(_ops.wait(self._core, job_id, timeout, poll))
+        ``progress(job, elapsed_s)`` is called after every poll while the job is not done
+        (its ``status`` and ``waiting_reason``); changes are also logged on the ``gpufleet``
+        logger at INFO. Raises :class:`~gpufleet.errors.WaitTimeoutError` after ``timeout``
+        seconds (the job goes on: wait again or cancel it)."""
+        return await self._run(_ops.wait(self._core, job_id, timeout, poll, progress))
 
     async def cancel(self, job_id: str) -> JobView:
         """Cancel a job (``ConflictError`` when it has already finished)."""

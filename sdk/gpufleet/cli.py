@@ -7,6 +7,7 @@ credentials come from the flags, then ``GPUFLEET_URL`` / ``GPUFLEET_API_KEY`` /
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,11 +175,26 @@ def _model_datatypes(client: Client, model: str, version: str | None) -> dict[st
     return {t.name: t.datatype for t in chosen[0].inputs} if chosen else {}
 
 
+LIVE_POLL_S = 3.0  # how often the live line refreshes status and waiting_reason
+
+
+def wait_line(job: JobView, elapsed: float) -> str:
+    """The live line while waiting: ``job_… QUEUED 12s: cold start: …`` (fits one row)."""
+    text = f"{job.id} {job.status} {elapsed:.0f}s"
+    if job.waiting_reason:
+        text += f": {job.waiting_reason}"
+    return text if len(text) <= 76 else text[:75] + "…"
+
+
 def _wait_with_spinner(state: State, job_id: str, timeout: float | None) -> JobView:
     if state.output.json:
         return state.client().wait(job_id, timeout=timeout)
-    with state.output.err.status(f"waiting for {job_id}…"):
-        return state.client().wait(job_id, timeout=timeout)
+    with state.output.err.status(f"{job_id} waiting…") as live:
+
+        def progress(job: JobView, elapsed: float) -> None:
+            live.update(wait_line(job, elapsed))
+
+        return state.client().wait(job_id, timeout=timeout, poll=LIVE_POLL_S, progress=progress)
 
 
 def _finish(state: State, job: JobView) -> None:
@@ -269,13 +285,34 @@ def infer(
     inputs: InputOpt,
     model_version: Annotated[str | None, typer.Option("--version")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+    cancel_on_timeout: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-on-timeout", help="Cancel the job when --timeout passes (else it goes on)."
+        ),
+    ] = False,
 ) -> None:
-    """Run a job and print its outputs (exit 1 when it fails)."""
+    """Run a job and print its outputs (exit 1 when it fails, 7 when --timeout passes: the
+    job then stays queued unless --cancel-on-timeout)."""
     state: State = ctx.obj
     client = state.client()
     arrays = parse_inputs(inputs, _model_datatypes(client, model, model_version))
     job = client.submit(model, arrays, model_version=model_version)
-    done = _wait_with_spinner(state, job.id, timeout)
+    try:
+        done = _wait_with_spinner(state, job.id, timeout)
+    except errors.WaitTimeoutError as exc:
+        if cancel_on_timeout:
+            with contextlib.suppress(errors.ConflictError):  # finished meanwhile
+                client.cancel(job.id)
+            msg = f"job {job.id} cancelled after {timeout:g}s (--cancel-on-timeout)"
+        else:
+            msg = (
+                f"job {job.id} is still {exc.job.status}: `gpufleet jobs wait {job.id}` to "
+                f"keep waiting, `gpufleet jobs cancel {job.id}` (or --cancel-on-timeout) to stop"
+            )
+        if not state.output.json:
+            state.output.err.print(msg)
+        raise
     state.output.arrays(client.outputs(done))
 
 

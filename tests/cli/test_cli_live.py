@@ -206,3 +206,24 @@ def test_credentials_combine_and_token_prints_an_access_token(
     monkeypatch.delenv("GPUFLEET_API_KEY")
     r = cli("--url", "http://127.0.0.1:9", "token")
     assert r.exit_code != 0 and "no credentials for http://127.0.0.1:9" in r.output
+
+
+def test_infer_timeout_says_the_job_is_still_queued_and_can_cancel_it(
+    cli: Any, cp_url: str, admin_key: str, add_sub_dir: Path
+) -> None:
+    assert cli("login", "--url", cp_url, "--api-key", admin_key).exit_code == 0
+    assert cli("models", "push", str(add_sub_dir)).exit_code == 0
+    args = ("infer", "add_sub", "-i", "INPUT0=[[1,2,3,4]]", "-i", "INPUT1=[[1,1,1,1]]")
+    r = cli(*args, "--timeout", "1")
+    assert r.exit_code == 7, r.output
+    said = " ".join(r.stderr.split())  # rich wraps at the terminal's width
+    assert "still QUEUED" in said and "no healthy runner is connected" in said
+    assert "gpufleet jobs cancel job_" in said
+    queued = json.loads(cli("-o", "json", "jobs", "list").stdout)["jobs"]
+    assert [j["status"] for j in queued] == ["QUEUED"]
+
+    r = cli("-o", "json", *args, "--timeout", "1", "--cancel-on-timeout")
+    assert r.exit_code == 7
+    assert json.loads(r.stderr)["error"]["code"] == "WaitTimeoutError"
+    listed = json.loads(cli("-o", "json", "jobs", "list").stdout)["jobs"]
+    assert [j["status"] for j in listed] == ["CANCELLED", "QUEUED"]  # newest first

@@ -191,3 +191,27 @@ def test_large_outputs_come_from_the_bucket(
     assert done.outputs is None and done.outputs_url is not None
     out = fleet.outputs(done)
     np.testing.assert_array_equal(out["OUTPUT0"], big)
+
+
+def test_wait_reports_status_and_waiting_reason(
+    fleet: Client, ready_model: ModelVersionView, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No runner: ``wait`` calls ``progress`` with the job's status and why it waits, logs
+    it once, and its timeout says the job is still queued (and why)."""
+    job = fleet.submit("add_sub", {"INPUT0": A, "INPUT1": B})
+    seen: list[tuple[str, str | None, float]] = []
+    caplog.set_level("INFO", logger="gpufleet")
+    with pytest.raises(errors.WaitTimeoutError) as exc:
+        fleet.wait(
+            job.id,
+            timeout=1.5,
+            poll=0.5,
+            progress=lambda j, elapsed: seen.append((j.status, j.waiting_reason, elapsed)),
+        )
+    assert len(seen) >= 2 and all(status == "QUEUED" for status, _, _ in seen)
+    assert seen[-1][1] == "no healthy runner is connected" and seen[-1][2] >= seen[0][2]
+    assert "still QUEUED" in str(exc.value) and "no healthy runner" in str(exc.value)
+    said = [r.getMessage() for r in caplog.records if r.name == "gpufleet"]
+    assert len(said) == 1 and said[0].startswith(f"job {job.id} QUEUED after ")  # once
+    assert said[0].endswith("s: no healthy runner is connected")
+    assert exc.value.job.id == job.id
