@@ -31,7 +31,9 @@ from gpufleet.wire import (
     OutputRequest,
     PayloadUpload,
     PayloadUploadRequest,
+    RunnerConfigPatch,
     RunnerList,
+    RunnerView,
     Tensor,
     WebhookSecret,
     WebhookSpec,
@@ -294,6 +296,19 @@ def outputs_of(core: Core, job: JobView) -> Op[dict[str, np.ndarray[Any, Any]]]:
 def list_runners(core: Core) -> Op[RunnerList]:
     resp = yield from core.request("GET", "/v1/runners")
     return RunnerList.model_validate(resp.json())
+
+
+def configure_runner(core: Core, runner_id: str, patch: RunnerConfigPatch) -> Op[RunnerView]:
+    body = patch.model_dump(mode="json", exclude_none=True)
+    resp = yield from core.request(
+        "PATCH", f"/v1/runners/{seg(runner_id)}/config", json=body, idempotent=True
+    )
+    return RunnerView.model_validate(resp.json())
+
+
+def revoke_runner(core: Core, runner_id: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/runners/{seg(runner_id)}")
+    return dict(resp.json())
 
 
 def create_api_key(core: Core, tenant: str, role: str, name: str) -> Op[ApiKeyCreated]:

@@ -17,6 +17,7 @@ import numpy as np
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
 from gpufleet.config import resolve
+from gpufleet.errors import NotFoundError
 from gpufleet.models import ProgressCallback
 from gpufleet.wire import (
     ApiKeyCreated,
@@ -26,6 +27,7 @@ from gpufleet.wire import (
     JoinTokenCreated,
     ModelVersionView,
     ModelView,
+    RunnerConfigPatch,
     RunnerView,
 )
 
@@ -301,6 +303,27 @@ class AsyncRunners:
     async def list(self) -> list[RunnerView]:
         """Every registered runner with its status."""
         return (await self._c._run(_ops.list_runners(self._c._core))).runners
+
+    async def get(self, runner_id: str) -> RunnerView:
+        """One runner (``NotFoundError`` when no runner has that id)."""
+        for runner in await self.list():
+            if runner.id == runner_id:
+                return runner
+        raise NotFoundError(f"runner {runner_id!r} not found")
+
+    async def configure(self, runner_id: str, **settings: Any) -> RunnerView:
+        """Merge runtime settings into a runner's config (admin): ``max_concurrency``,
+        ``acceptance_rate``, ``drain``, ``heartbeat_interval_s``, ``lease_wait_s``."""
+        patch = RunnerConfigPatch(**settings)
+        return await self._c._run(_ops.configure_runner(self._c._core, runner_id, patch))
+
+    async def drain(self, runner_id: str, drain: bool = True) -> RunnerView:
+        """Stop (or with ``drain=False`` resume) leasing jobs to a runner (admin)."""
+        return await self.configure(runner_id, drain=drain)
+
+    async def delete(self, runner_id: str) -> dict[str, Any]:
+        """Revoke a runner (admin): its credentials stop working."""
+        return await self._c._run(_ops.revoke_runner(self._c._core, runner_id))
 
 
 class AsyncAdmin:

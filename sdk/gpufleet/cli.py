@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from gpufleet import errors
 from gpufleet._cli_io import EXIT_FAILED, EXIT_USAGE, Output, exit_code_for, parse_inputs
 from gpufleet._cli_io import parse_pairs as pairs
+from gpufleet._version import __version__
 from gpufleet.client import Client
 from gpufleet.config import Credentials, resolve, save_credentials
 from gpufleet.wire import JobView
@@ -31,7 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 app = typer.Typer(
     help="gpufleet: serverless inference on a GPU fleet.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
 )
 jobs_app = typer.Typer(help="Submit, inspect and cancel jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="The model repository.", no_args_is_help=True)
@@ -43,6 +46,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(runners_app, name="runners")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
+webhooks_app = typer.Typer(help="The tenant's webhook signing secret.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 JOB_COLUMNS = ["id", "status", "model", "model_version", "created_at", "run_ms"]
 
@@ -97,6 +103,12 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"gpufleet {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -110,9 +122,19 @@ def _global(
         str | None, typer.Option(envvar="GPUFLEET_TOKEN", help="Access token.")
     ] = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="table or json.", case_sensitive=False)
+        str,
+        typer.Option(
+            "--output", "-o", help="table or json (also after the command).", case_sensitive=False
+        ),
     ] = "table",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
+    output = output.lower()
     if output not in ("table", "json"):
         raise typer.BadParameter("must be table or json", param_hint="--output")
     if api_key and token:
@@ -214,6 +236,12 @@ def jobs_submit(
     timeout_s: Annotated[int | None, typer.Option(help="Run time limit.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="k=v (repeat).")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="URL told when the job runs and finishes.")
+    ] = None,
+    ttl_s: Annotated[
+        int | None, typer.Option(help="Seconds the job may wait queued before TIMED_OUT.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job finishes.")] = False,
 ) -> None:
     """Queue a job; with --wait, wait for it (exit 1 when it fails)."""
@@ -228,6 +256,8 @@ def jobs_submit(
         timeout_s=timeout_s,
         tags=pairs(tag or [], "--tag"),
         idempotency_key=idempotency_key,
+        webhook=webhook,
+        ttl_s=ttl_s,
     )
     if not wait:
         state.output.record(job, title=job.id)
@@ -267,12 +297,20 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 @handled
 def jobs_list(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[
+        str | None, typer.Option(help="One of " + ", ".join(JOB_STATUSES) + " (any case).")
+    ] = None,
     model: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1)] = 20,
 ) -> None:
     """List jobs, newest first."""
     state: State = ctx.obj
+    if status is not None:
+        status = status.upper()
+        if status not in JOB_STATUSES:
+            raise typer.BadParameter(
+                "must be one of " + ", ".join(JOB_STATUSES), param_hint="--status"
+            )
     found = list(state.client().list(status=status, model=model, limit=limit))
     state.output.rows(found, JOB_COLUMNS, key="jobs")
 
@@ -291,6 +329,10 @@ def infer(
             "--cancel-on-timeout", help="Cancel the job when --timeout passes (else it goes on)."
         ),
     ] = False,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the outputs to this .npz (shapes and dtypes kept)."),
+    ] = None,
 ) -> None:
     """Run a job and print its outputs (exit 1 when it fails, 7 when --timeout passes: the
     job then stays queued unless --cancel-on-timeout)."""
@@ -313,7 +355,12 @@ def infer(
         if not state.output.json:
             state.output.err.print(msg)
         raise
-    state.output.arrays(client.outputs(done))
+    outputs = client.outputs(done)
+    if output_file is not None:
+        np.savez(output_file, **outputs)  # BYTES tensors: np.load(…, allow_pickle=True)
+        if not state.output.json:
+            state.output.err.print(f"outputs written to {output_file}")
+    state.output.arrays(outputs)
 
 
 # --------------------------------------------------------------------------- models
@@ -382,10 +429,34 @@ def models_get(ctx: typer.Context, name: str) -> None:
 
 @models_app.command("delete")
 @handled
-def models_delete(ctx: typer.Context, name: str, version: str) -> None:
-    """Delete one version of a model."""
+def models_delete(
+    ctx: typer.Context,
+    name: str,
+    version: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete one version of a model (asks first unless --yes)."""
     state: State = ctx.obj
+    if not yes and not typer.confirm(f"delete {name} version {version} and its files?"):
+        raise typer.Exit(EXIT_FAILED)
     state.output.record(state.client().models.delete(name, version))
+
+
+@models_app.command("deployment")
+@handled
+def models_deployment(ctx: typer.Context, name: str) -> None:
+    """Show a model's deployment: the spec, the placement and what runners report."""
+    state: State = ctx.obj
+    state.output.record(state.client().models.deployment(name), title=name)
+
+
+@models_app.command("undeploy")
+@handled
+def models_undeploy(ctx: typer.Context, name: str) -> None:
+    """Unload a model everywhere (its deployment becomes min 0, max 0; deploy to undo)."""
+    state: State = ctx.obj
+    view = state.client().models.deploy(name, min_replicas=0, max_replicas=0)
+    state.output.record(view, title=name)
 
 
 @models_app.command("deploy")
@@ -422,6 +493,65 @@ def runners_list(ctx: typer.Context) -> None:
     state.output.rows(state.client().runners.list(), columns, key="runners")
 
 
+@runners_app.command("get")
+@handled
+def runners_get(ctx: typer.Context, runner_id: str) -> None:
+    """Show one runner."""
+    state: State = ctx.obj
+    state.output.record(state.client().runners.get(runner_id), title=runner_id)
+
+
+@runners_app.command("drain")
+@handled
+def runners_drain(
+    ctx: typer.Context,
+    runner_id: str,
+    undo: Annotated[bool, typer.Option("--undo", help="Resume leasing.")] = False,
+) -> None:
+    """Stop leasing jobs to a runner (it finishes what it runs); --undo resumes."""
+    state: State = ctx.obj
+    view = state.client().runners.drain(runner_id, drain=not undo)
+    state.output.record(view, title=runner_id)
+
+
+@runners_app.command("delete")
+@handled
+def runners_delete(
+    ctx: typer.Context,
+    runner_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Revoke a runner: its credentials stop working (asks first unless --yes)."""
+    state: State = ctx.obj
+    if not yes and not typer.confirm(f"revoke runner {runner_id}?"):
+        raise typer.Exit(EXIT_FAILED)
+    state.output.record(state.client().runners.delete(runner_id))
+
+
+@webhooks_app.command("secret")
+@handled
+def webhooks_secret(ctx: typer.Context) -> None:
+    """Print the tenant's webhook signing secret (whsec_…)."""
+    state: State = ctx.obj
+    secret = state.client().webhooks.secret()
+    if state.output.json:
+        state.output.emit_json({"secret": secret})
+    else:
+        print(secret)
+
+
+@webhooks_app.command("rotate")
+@handled
+def webhooks_rotate(ctx: typer.Context) -> None:
+    """Make a new signing secret (the old one stays valid for a while) and print it."""
+    state: State = ctx.obj
+    secret = state.client().webhooks.rotate_secret()
+    if state.output.json:
+        state.output.emit_json({"secret": secret})
+    else:
+        print(secret)
+
+
 @keys_app.command("create")
 @handled
 def keys_create(
@@ -430,9 +560,14 @@ def keys_create(
     role: Annotated[str, typer.Option(help="admin, user or viewer.")],
     name: Annotated[str, typer.Option()] = "",
 ) -> None:
-    """Create an API key (the secret is printed only this once)."""
+    """Create an API key (the secret is printed only this once, whole, on its own line)."""
     state: State = ctx.obj
-    state.output.record(state.client().admin.create_api_key(tenant, role, name))
+    created = state.client().admin.create_api_key(tenant, role, name)
+    if state.output.json:
+        state.output.emit_json(created)
+        return
+    state.output.err.print(f"API key {created.id} ({created.tenant}, {created.role}):")
+    print(created.api_key)  # plain stdout: never wrapped, cut or styled
 
 
 @keys_app.command("revoke")
@@ -457,9 +592,63 @@ def join_token(
     state.output.record(state.client().admin.create_join_token(region, labels, expires_in))
 
 
-def main() -> None:
-    """Entry point of the ``gpufleet`` console script."""
-    app()
+def hoist_output(args: list[str]) -> list[str]:
+    """``-o json`` / ``--output json`` / ``--output=json`` anywhere on the line moved in front
+    of the command, where the global option lives."""
+    out: list[str] = []
+    front: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--output="):
+            front.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    return front + out
+
+
+def _wants_json(args: list[str]) -> bool:
+    for i, arg in enumerate(args):
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            return args[i + 1].lower() == "json"
+        if arg.startswith("--output="):
+            return arg.split("=", 1)[1].lower() == "json"
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``gpufleet`` console script: usage errors too come as JSON on
+    stderr when ``-o json`` is given (anywhere on the line)."""
+    import sys
+
+    args = hoist_output(list(sys.argv[1:] if argv is None else argv))
+    as_json = _wants_json(args)
+    try:
+        code = app(args=args, prog_name="gpufleet", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:
+        # click's usage errors (typer may bundle its own click: matched by their API)
+        if not (hasattr(exc, "format_message") and hasattr(exc, "show")):
+            raise
+        if as_json:
+            body = {"code": "usage", "message": exc.format_message()}
+            sys.stderr.write(json.dumps({"error": body}) + "\n")
+            sys.exit(EXIT_USAGE)
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
 
 
 if __name__ == "__main__":  # pragma: no cover

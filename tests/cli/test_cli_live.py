@@ -133,7 +133,7 @@ def test_admin_keys_and_queued_job_lifecycle(
     r = cli(*base, "-o", "json", "jobs", "cancel", job["id"])
     assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "CANCELLED"
     assert cli(*base, "jobs", "wait", job["id"]).exit_code == 1  # ended without success
-    assert cli(*base, "models", "delete", "add_sub", "1").exit_code == 0
+    assert cli(*base, "models", "delete", "add_sub", "1", "--yes").exit_code == 0
     assert cli(*base, *submit).exit_code == 4  # model_not_found
 
 
