@@ -357,7 +357,7 @@ def infer(
         raise
     outputs = client.outputs(done)
     if output_file is not None:
-        np.savez(output_file, **outputs)  # BYTES tensors: np.load(…, allow_pickle=True)
+        np.savez(output_file, **outputs)  # type: ignore[arg-type]  # BYTES: allow_pickle
         if not state.output.json:
             state.output.err.print(f"outputs written to {output_file}")
     state.output.arrays(outputs)
