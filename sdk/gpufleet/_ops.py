@@ -12,8 +12,15 @@ import httpx
 import numpy as np
 
 from gpufleet._transport import Core, Op, seg
-from gpufleet.errors import JobFailedError, WaitTimeoutError
-from gpufleet.tensors import datatype_of, decode_outputs, to_arrays, to_raw_bytes, to_tensor
+from gpufleet.errors import APIError, JobFailedError, WaitTimeoutError
+from gpufleet.tensors import (
+    datatype_of,
+    decode_outputs,
+    dtype_of,
+    to_arrays,
+    to_raw_bytes,
+    to_tensor,
+)
 from gpufleet.wire import (
     TERMINAL_STATUSES,
     ApiKeyCreate,
@@ -28,6 +35,7 @@ from gpufleet.wire import (
     JobView,
     JoinTokenCreate,
     JoinTokenCreated,
+    ModelView,
     OutputRequest,
     PayloadUpload,
     PayloadUploadRequest,
@@ -102,6 +110,73 @@ def encode_inputs(core: Core, inputs: Inputs, inline_limit: int) -> Op[list[Tens
     return out
 
 
+# --------------------------------------------------------------------------- casting
+
+DECLARED_TTL_S = 60.0  # how long a model's declared input datatypes are reused
+_NUMPY_DEFAULTS = frozenset({np.dtype(np.float64), np.dtype(np.int64)})
+
+
+def _needs_cast(value: Any) -> bool:
+    """A list, or an array of numpy's default dtypes: what often differs from the model."""
+    if isinstance(value, Tensor):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.dtype in _NUMPY_DEFAULTS
+    return isinstance(value, list | tuple | int | float)
+
+
+def declared_datatypes(core: Core, model: str, version: str | None) -> Op[dict[str, str]]:
+    """Input name -> datatype the model declares (the pinned version, else the newest READY
+    one); empty when the model cannot be read (the control plane then says why at submit).
+    Reused for ``DECLARED_TTL_S`` per client."""
+    cache = core.declared
+    hit = cache.get((model, version))
+    if hit is not None and core.clock() - hit[0] < DECLARED_TTL_S:
+        return hit[1]
+    try:
+        resp = yield from core.request("GET", f"/v1/models/{seg(model)}")
+    except APIError:
+        return {}
+    view = ModelView.model_validate(resp.json())
+    ready = [v for v in view.versions if v.state == "READY"]
+    chosen = [v for v in ready if v.version == version] if version else ready[:1]
+    found = {t.name: t.datatype for t in chosen[0].inputs} if chosen else {}
+    cache[(model, version)] = (core.clock(), found)
+    return found
+
+
+def cast_inputs(inputs: Mapping[str, Any], declared: Mapping[str, str]) -> dict[str, Any]:
+    """Lists and float64/int64 arrays cast to the datatype the model declares when no value
+    changes; ValueError naming the input when the cast would lose something."""
+    out = dict(inputs)
+    for name, value in inputs.items():
+        target = declared.get(name)
+        if target is None or target == "BYTES" or not _needs_cast(value):
+            continue
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        want = dtype_of(target)
+        if array.dtype == want or array.dtype.kind not in "biuf":
+            continue
+        with np.errstate(all="ignore"):
+            cast = array.astype(want)
+            back = cast.astype(array.dtype)
+            same = np.array_equal(back, array, equal_nan=array.dtype.kind == "f")
+        if not same:
+            raise ValueError(
+                f"input {name}: the model takes {target}, and these {array.dtype} values do "
+                f"not fit it without loss; cast them yourself (e.g. .astype(np.{want}))"
+            )
+        out[name] = cast
+    return out
+
+
+def _cast(core: Core, model: str, version: str | None, inputs: Inputs) -> Op[Inputs]:
+    if not isinstance(inputs, Mapping) or not any(_needs_cast(v) for v in inputs.values()):
+        return inputs
+    declared = yield from declared_datatypes(core, model, version)
+    return cast_inputs(inputs, declared)
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -123,6 +198,7 @@ def job_request(
     inline_limit: int = INLINE_LIMIT_BYTES,
 ) -> Op[JobRequest]:
     """Validate and encode one job body (uploading large inputs)."""
+    inputs = yield from _cast(core, model, model_version, inputs)
     tensors = yield from encode_inputs(core, inputs, inline_limit)
     fields: dict[str, Any] = {
         "model": model,
@@ -182,6 +258,7 @@ def infer(
     Retried on 503 and connection errors (inference is safe to repeat: a runner lost
     mid-request answers 503); a failed inference raises the API error (400 for inputs the
     model refuses, 500 for a model error, 504 past ``timeout``)."""
+    inputs = yield from _cast(core, model, version, inputs)
     tensors = yield from encode_inputs(core, inputs, INLINE_LIMIT_BYTES)
     body = InferRequest(
         model_version=version,

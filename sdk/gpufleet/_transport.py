@@ -167,6 +167,8 @@ class Core:
         self.tokens = TokenState(api_key=api_key, access_token=token, clock=clock)
         self.retry = RetryPolicy(max_retries=max_retries, rng=rng or random.Random())
         self.user_agent = f"gpufleet-python/{__version__}"
+        # (model, version) -> (when read, input name -> declared datatype): _ops.cast_inputs
+        self.declared: dict[tuple[str, str | None], tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ building requests
 

@@ -215,3 +215,17 @@ def test_wait_reports_status_and_waiting_reason(
     assert len(said) == 1 and said[0].startswith(f"job {job.id} QUEUED after ")  # once
     assert said[0].endswith("s: no healthy runner is connected")
     assert exc.value.job.id == job.id
+
+
+def test_lists_and_float64_are_cast_to_the_models_datatype(
+    fleet: Client, fake_runner: FakeRunner
+) -> None:
+    """add_sub takes FP32: a list and a float64 array are sent as FP32 (no value changes);
+    values FP32 cannot hold exactly are refused before anything is sent, naming the input."""
+    out = fleet.infer("add_sub", {"INPUT0": [[1, 2, 3, 4]], "INPUT1": np.ones((1, 4))}, timeout=30)
+    assert out["OUTPUT0"].dtype == np.float32
+    np.testing.assert_array_equal(out["OUTPUT0"], [[2, 3, 4, 5]])
+    job = fleet.submit("add_sub", {"INPUT0": np.full((1, 4), 0.5), "INPUT1": [[1.0] * 4]})
+    assert fleet.wait(job.id, timeout=30).status == "SUCCEEDED"
+    with pytest.raises(ValueError, match="input INPUT0: the model takes FP32"):
+        fleet.submit("add_sub", {"INPUT0": np.full((1, 4), 0.1), "INPUT1": B})
