@@ -184,6 +184,20 @@ def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]
     return load_settings(**overrides), None
 
 
+def no_admin_key_hint(kind: str) -> str:
+    """Where a first API key comes from when the server was started without one."""
+    if kind == "sqlite":
+        return (
+            "note: no --admin-key-file: to get an admin API key, start with "
+            "--admin-key-file admin.key (a fresh key is written there at each start; keys "
+            'made before stay valid), then `gpufleet login --api-key "$(cat admin.key)"`'
+        )
+    return (
+        "note: no --admin-key-file: an admin API key for these tables comes from "
+        "`python scripts/create_admin_key.py --stack NAME` (or --admin-key-file F here)"
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -206,6 +220,8 @@ def serve(args: argparse.Namespace) -> int:
         if args.admin_key_file is not None:
             created = services.auth.issue_api_key("default", "admin", "bootstrap admin")
             write_secret_file(args.admin_key_file, created.api_key)
+        else:
+            print(no_admin_key_hint(stores.kind), file=sys.stderr, flush=True)
         app = create_app(settings, services)
         config = uvicorn.Config(
             app,

@@ -25,6 +25,7 @@ from control_plane.api import (
     routes_auth,
     routes_blobs,
     routes_channel,
+    routes_docs,
     routes_infer,
     routes_jobs,
     routes_models,
@@ -153,6 +154,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_blobs.ROUTES,
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
+        *routes_docs.ROUTES,
     ]
 
 
