@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TRITON_CPU_IMAGE ?= gpufleet/tritonserver-cpu:2.51
 PYTEST_ARGS ?=
 
-.PHONY: install demo test check lint format bench triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
+.PHONY: install dev demo test check lint format bench triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP) ## virtual environment with every extra and the test tools
+install: ## a virtual environment with every extra, for users (no test tools: `make dev`)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[all]'
+
+dev: $(STAMP) ## every extra and the test tools (what `make test` and `make check` use)
 
 rig-deps: ## Debian packages for the real-component rig (docker.io, mmdebstrap)
 	bash scripts/install-rig-deps.sh
