@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="json: one object a line; text: readable; auto: text on a terminal, else json",
+    )
     backup = sub.add_parser("backup", help="copy the embedded store's database (online)")
     backup.add_argument("dest", type=Path, help="file to write (must not exist)")
     backup.add_argument("--data-dir", type=Path, help="embedded store directory")
@@ -199,9 +205,9 @@ def no_admin_key_hint(kind: str) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from gpufleet._logs import configure as configure_logs
+
+    configure_logs(args.log_level, args.log_format)
     # moto's werkzeug logs every storage call at INFO; keep it at WARNING or above.
     logging.getLogger("werkzeug").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.config is not None:

@@ -38,6 +38,7 @@ from control_plane.api.context import JobsPort, Services
 from control_plane.api.errors import EXCEPTION_HANDLERS
 from control_plane.api.limits import BodyLimitMiddleware
 from control_plane.api.openapi import build_openapi
+from control_plane.api.request_id import RequestIdMiddleware
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.metrics import Metrics, RequestTimer
@@ -206,6 +207,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     app = Starlette(
         routes=table,
         middleware=[
+            Middleware(RequestIdMiddleware),
             Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
             Middleware(
                 BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -142,6 +141,10 @@ def start(
     state_dir: Annotated[str | None, typer.Option(help="State directory.")] = None,
     status_port: Annotated[int | None, typer.Option(help="Local status port.")] = None,
     log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(help="json (one object a line), text, or auto (text on a terminal)."),
+    ] = "auto",
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
     settings = _settings(
@@ -156,11 +159,13 @@ def start(
         status_port=status_port,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from gpufleet._logs import configure as configure_logs
+
+    try:
+        configure_logs(settings.log_level, log_format)
+    except ValueError as exc:
+        console.print(f"[red]--log-format:[/red] {exc}")
+        raise typer.Exit(2) from None
     from runner.backends.base import BackendError
     from runner.daemon import build_daemon
     from runner.identity import StartupError

@@ -101,3 +101,16 @@ async def test_api_docs_are_served_from_the_pinned_bundle(client: httpx.AsyncCli
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert hashlib.sha256(script.content).hexdigest() == REDOC_SHA256
     assert (await client.get("/openapi.json")).json()["openapi"].startswith("3.")
+
+
+async def test_request_id_comes_back_and_is_made_when_missing(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.get("/v1/health", headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    made = (await client.get("/v1/health")).headers["x-request-id"]
+    assert made.startswith("req_") and len(made) == 20
+    bad = await client.get("/v1/health", headers={"X-Request-ID": "x" * 300})
+    assert bad.headers["x-request-id"].startswith("req_")  # unsafe ids are replaced
+    err = await client.get("/v1/jobs", headers={"X-Request-ID": "trace-43"})
+    assert err.status_code == 401 and err.headers["x-request-id"] == "trace-43"
