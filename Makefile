@@ -34,29 +34,29 @@ perf-analyzer: ## Triton's perf_analyzer (2.51) in its own venv: .cache/perf-ana
 triton-cpu-image: rig-deps ## build gpufleet/tritonserver-cpu:2.51 offline (skips when present)
 	bash scripts/build-triton-cpu-image.sh
 
-demo: install ## embedded control plane + runner with real Triton when possible; runs add_sub jobs
+demo: dev ## embedded control plane + runner with real Triton when possible; runs add_sub jobs
 	bash scripts/demo.sh
 
-test: install rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
+test: dev rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-check: install ## ruff + mypy
+check: dev ## ruff + mypy
 	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/mypy
 
-format: install
+format: dev
 	$(VENV)/bin/ruff check --fix control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/ruff format control_plane runner sdk tests bench iac scripts examples
 
-bench: install ## benchmarks: printed tables, not tests
+bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_embedded.py
 	$(PY) bench/bench_model_sync.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_perf_analyzer.py
 
-deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
+deploy-control-plane: dev ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))
 
 deploy-runner: ## on a GPU host: CONTROL_PLANE_URL=… JOIN_TOKEN=… build and start the runner container
