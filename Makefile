@@ -34,8 +34,8 @@ perf-analyzer: ## Triton's perf_analyzer (2.51) in its own venv: .cache/perf-ana
 triton-cpu-image: rig-deps ## build gpufleet/tritonserver-cpu:2.51 offline (skips when present)
 	bash scripts/build-triton-cpu-image.sh
 
-demo: dev ## embedded control plane + runner with real Triton when possible; runs add_sub jobs
-	bash scripts/demo.sh
+demo: dev ## embedded control plane + runner with real Triton when possible; runs add_sub jobs (KEEP=1: leave it running)
+	KEEP=$(KEEP) bash scripts/demo.sh
 
 test: dev rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
