@@ -489,8 +489,22 @@ def models_deploy(
 def runners_list(ctx: typer.Context) -> None:
     """List runners with their status."""
     state: State = ctx.obj
-    columns = ["id", "name", "region", "status", "last_heartbeat_at", "running_jobs"]
-    state.output.rows(state.client().runners.list(), columns, key="runners")
+    found = state.client().runners.list()
+    if state.output.json:
+        state.output.emit_json({"runners": found})
+        return
+    rows = [  # the backend shows (a mock runner answers zeros)
+        {
+            "id": r.id,
+            "name": r.name,
+            "region": r.region,
+            "status": r.status,
+            "backend": r.triton.get("backend"),
+            "running_jobs": len(r.running_jobs),
+        }
+        for r in found
+    ]
+    state.output.rows(rows, ["id", "name", "region", "status", "backend", "running_jobs"])
 
 
 @runners_app.command("get")

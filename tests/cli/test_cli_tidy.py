@@ -124,6 +124,8 @@ def test_tidy_commands_against_a_control_plane(
         r = cli("-o", "json", "jobs", "list", "--status", "succeeded")
         assert r.exit_code == 0 and len(json.loads(r.stdout)["jobs"]) == 2
 
+        r = cli("runners", "list")
+        assert r.exit_code == 0 and "backend" in r.stdout
         r = cli("-o", "json", "runners", "get", runner.runner_id)
         assert r.exit_code == 0 and json.loads(r.stdout)["id"] == runner.runner_id
         r = cli("-o", "json", "runners", "drain", runner.runner_id)
