@@ -110,20 +110,78 @@ def configure(
             )
             if answer != "":
                 values[key] = answer
-    for key in ("state_dir", "model_repository"):
+    for key in ("state_dir", "model_repository"):  # absolute: the daemon may run elsewhere
         if key in values:
-            values[key] = str(values[key])
+            values[key] = str(Path(str(values[key])).expanduser().resolve())
     values = {k: v for k, v in values.items() if v is not None}
     try:  # validate what is written (env ignored: check the file's own values)
-        RunnerSettings.model_validate(values)
+        typed = RunnerSettings.model_validate(values)
     except ValidationError as exc:
-        console.print(f"[red]invalid value:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "settings"
+            console.print(f"[red]invalid {where}:[/red] {err['msg']}")
+        raise typer.Exit(2) from None
+    # typed values (ports as numbers, …), the secret as its text
+    dumped = typed.model_dump(mode="json", include=set(values))
+    if typed.join_token is not None:
+        dumped["join_token"] = typed.join_token.get_secret_value()
+    _check_setup(typed)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the join token
     with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(values, fh, sort_keys=True)
+        yaml.safe_dump(dumped, fh, sort_keys=True)
     console.print(f"wrote {path}")
+    console.print(f"next: gpufleet-runner start --config {path}")
+
+
+def _check_setup(settings: RunnerSettings) -> None:
+    """What can be checked before the first start, each as one line (warnings only: the
+    control plane or Docker may come up later)."""
+    url = settings.control_plane_url
+    try:
+        resp = httpx.get(f"{url}/v1/health", timeout=5)
+        ok = resp.status_code == 200 and resp.json().get("status") in ("ok", "degraded")
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        console.print(f"[yellow]warning:[/yellow] the control plane at {url} does not answer")
+        console.print(f"  ({exc})")
+    else:
+        if ok:
+            console.print(f"control plane at {url}: answers")
+        else:
+            console.print(
+                f"[yellow]warning:[/yellow] {url} answers, but not as a gpufleet control plane "
+                f"(HTTP {resp.status_code} on /v1/health)"
+            )
+    token = settings.join_token.get_secret_value() if settings.join_token else None
+    if token is None:
+        console.print(
+            "[yellow]warning:[/yellow] no join token: create one with "
+            "`gpufleet admin join-token` (needed at the first start)"
+        )
+    elif not token.startswith("gfj_"):
+        console.print(
+            "[yellow]warning:[/yellow] the join token does not look like one (gfj_…); the "
+            "control plane checks it at start"
+        )
+    if settings.backend == "docker":
+        from runner.backends.docker_backend import docker_unreachable
+
+        address = settings.docker_host or os.environ.get(
+            "DOCKER_HOST", "unix:///var/run/docker.sock"
+        )
+        try:
+            import docker
+
+            client = (
+                docker.DockerClient(base_url=settings.docker_host, timeout=5)
+                if settings.docker_host
+                else docker.from_env(timeout=5)
+            )
+            client.ping()
+            client.close()
+            console.print(f"Docker at {address}: answers")
+        except Exception as exc:  # ImportError, docker's errors, BackendError: one line
+            console.print(f"[yellow]warning:[/yellow] {docker_unreachable(address, exc)}")
 
 
 # --------------------------------------------------------------------------- start
