@@ -5,6 +5,7 @@ from __future__ import annotations
 from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
     JoinTokenCreate,
     JoinTokenCreated,
     RefreshRequest,
@@ -60,6 +61,11 @@ async def revoke_api_key(request: Request) -> HttpResponse:
     return send(Revoked(id=key_id))
 
 
+async def list_api_keys(request: Request) -> HttpResponse:
+    p = principal(request)
+    return send(await run_in_threadpool(services(request).auth.list_api_keys, p))
+
+
 async def create_join_token(request: Request) -> HttpResponse:
     p = principal(request)
     req = await read_model(request, JoinTokenCreate)
@@ -97,6 +103,7 @@ ROUTES: list[DocumentedRoute] = [
         status=201,
         request=ApiKeyCreate,
     ),
+    route("GET", "/v1/admin/api-keys", list_api_keys, "List API keys (admin)", ApiKeyList),
     route(
         "DELETE",
         "/v1/admin/api-keys/{key_id}",

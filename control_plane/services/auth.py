@@ -23,6 +23,8 @@ from collections.abc import Callable
 from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyView,
     JoinTokenCreate,
     JoinTokenCreated,
     TokenPair,
@@ -156,6 +158,23 @@ class AuthService:
         """A new API key (admin); the secret is in the answer only."""
         p.require("admin")
         return self.issue_api_key(req.tenant, req.role, req.name)
+
+    def list_api_keys(self, p: Principal) -> ApiKeyList:
+        """Every API key, oldest first, without secrets (admin)."""
+        p.require("admin")
+        return ApiKeyList(
+            keys=[
+                ApiKeyView(
+                    id=k.id,
+                    tenant=k.tenant,
+                    role=k.role,  # type: ignore[arg-type]
+                    name=k.name,
+                    created_at=clock.iso(k.created_at) or "",
+                    revoked=k.revoked,
+                )
+                for k in self._store.list_api_keys()
+            ]
+        )
 
     def issue_api_key(self, tenant: str, role: str, name: str) -> ApiKeyCreated:
         """Create a key without a caller (bootstrap of the first admin key)."""

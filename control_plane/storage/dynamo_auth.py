@@ -111,6 +111,35 @@ class DynamoAuthStore:
             revoked=item["revoked"]["BOOL"],
         )
 
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """A Scan of the ``key#`` items (admin listing: rare, and keys are few)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(pk, :p)",
+            "ExpressionAttributeValues": {":p": _s("key#")},
+        }
+        with translate_errors("list api keys"):
+            while True:
+                page = self._db.scan(**kwargs)
+                items.extend(page.get("Items", []))
+                if not page.get("LastEvaluatedKey"):
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        keys = [
+            ApiKeyRecord(
+                id=item["pk"]["S"].removeprefix("key#"),
+                tenant=item["tenant"]["S"],
+                role=item["role"]["S"],
+                name=item["name"]["S"],
+                secret_hash=item["secret_hash"]["S"],
+                created_at=float(item["created_at"]["N"]),
+                revoked=item["revoked"]["BOOL"],
+            )
+            for item in items
+        ]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
     def revoke_api_key(self, key_id: str) -> bool:
         """Mark a key revoked; False when no such key."""
         return self._flag(f"key#{key_id}", "revoked", "revoke api key", require_false=False)

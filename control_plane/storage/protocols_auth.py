@@ -87,6 +87,11 @@ class AuthStore(Protocol):
         """The key (revoked ones too), or None."""
         ...
 
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key (revoked ones too), oldest first; may lag a save by a moment
+        (DynamoDB: an eventually consistent Scan of the auth table's ``key#`` items)."""
+        ...
+
     def revoke_api_key(self, key_id: str) -> bool:
         """Mark the key revoked (again: still True); False when there is no such key."""
         ...

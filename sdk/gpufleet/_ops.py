@@ -25,6 +25,7 @@ from gpufleet.wire import (
     TERMINAL_STATUSES,
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
     BatchAccepted,
     BatchJobRequest,
     InferRequest,
@@ -392,6 +393,11 @@ def create_api_key(core: Core, tenant: str, role: str, name: str) -> Op[ApiKeyCr
     body = _dump(ApiKeyCreate(tenant=tenant, role=role, name=name))  # type: ignore[arg-type]
     resp = yield from core.request("POST", "/v1/admin/api-keys", json=body, idempotent=False)
     return ApiKeyCreated.model_validate(resp.json())
+
+
+def list_api_keys(core: Core) -> Op[ApiKeyList]:
+    resp = yield from core.request("GET", "/v1/admin/api-keys")
+    return ApiKeyList.model_validate(resp.json())
 
 
 def revoke_api_key(core: Core, key_id: str) -> Op[dict[str, Any]]:

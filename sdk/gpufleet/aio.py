@@ -21,6 +21,7 @@ from gpufleet.errors import NotFoundError
 from gpufleet.models import ProgressCallback
 from gpufleet.wire import (
     ApiKeyCreated,
+    ApiKeyView,
     DeploymentView,
     JobRequest,
     JobView,
@@ -335,6 +336,10 @@ class AsyncAdmin:
     async def create_api_key(self, tenant: str, role: str, name: str = "") -> ApiKeyCreated:
         """A new API key; ``.api_key`` is shown only this once."""
         return await self._c._run(_ops.create_api_key(self._c._core, tenant, role, name))
+
+    async def list_api_keys(self) -> list[ApiKeyView]:
+        """Every API key, oldest first, without secrets."""
+        return (await self._c._run(_ops.list_api_keys(self._c._core))).keys
 
     async def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         """Revoke an API key by id (``key_…``)."""

@@ -584,6 +584,15 @@ def keys_create(
     print(created.api_key)  # plain stdout: never wrapped, cut or styled
 
 
+@keys_app.command("list")
+@handled
+def keys_list(ctx: typer.Context) -> None:
+    """List API keys (never their secrets)."""
+    state: State = ctx.obj
+    columns = ["id", "tenant", "role", "name", "created_at", "revoked"]
+    state.output.rows(state.client().admin.list_api_keys(), columns, key="keys")
+
+
 @keys_app.command("revoke")
 @handled
 def keys_revoke(ctx: typer.Context, key_id: str) -> None:

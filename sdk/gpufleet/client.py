@@ -23,6 +23,7 @@ from gpufleet.errors import NotFoundError
 from gpufleet.models import ProgressCallback
 from gpufleet.wire import (
     ApiKeyCreated,
+    ApiKeyView,
     DeploymentView,
     JobRequest,
     JobView,
@@ -337,6 +338,10 @@ class Admin:
     def create_api_key(self, tenant: str, role: str, name: str = "") -> ApiKeyCreated:
         """A new API key; ``.api_key`` is shown only this once."""
         return self._c._run(_ops.create_api_key(self._c._core, tenant, role, name))
+
+    def list_api_keys(self) -> list[ApiKeyView]:
+        """Every API key, oldest first, without secrets."""
+        return (self._c._run(_ops.list_api_keys(self._c._core))).keys
 
     def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         """Revoke an API key by id (``key_…``)."""

@@ -244,6 +244,21 @@ class ApiKeyCreated(Response):
     role: Role
 
 
+class ApiKeyView(Response):
+    """An API key as ``GET /v1/admin/api-keys`` lists it (never its secret)."""
+
+    id: str
+    tenant: str
+    role: Role
+    name: str = ""
+    created_at: str
+    revoked: bool = False
+
+
+class ApiKeyList(Response):
+    keys: list[ApiKeyView]
+
+
 class JoinTokenCreate(Strict):
     api_version: Literal["v1"] = API_VERSION
     region: str = Field(default="default", max_length=64)

@@ -296,3 +296,23 @@ async def test_api_key_bearer_without_cache_sees_revocation_at_once(
     assert (await client.get("/v1/jobs", headers=key)).status_code == 200
     await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
     assert_error(await client.get("/v1/jobs", headers=key), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_admin_lists_api_keys_without_secrets(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    created = (
+        await client.post(
+            "/v1/admin/api-keys", headers=admin, json={"tenant": "beta", "role": "viewer"}
+        )
+    ).json()
+    await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
+    r = await client.get("/v1/admin/api-keys", headers=admin)
+    assert r.status_code == 200, r.text
+    keys = {k["id"]: k for k in r.json()["keys"]}
+    assert keys[created["id"]]["revoked"] is True and keys[created["id"]]["tenant"] == "beta"
+    assert created["api_key"] not in r.text and "secret" not in r.text
+    user = await auth_headers("user", "acme")
+    assert_error(await client.get("/v1/admin/api-keys", headers=user), 403, "forbidden")

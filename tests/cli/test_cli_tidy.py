@@ -89,6 +89,9 @@ def test_tidy_commands_against_a_control_plane(
     assert key.startswith("gf_key_") and len(key) > 80 and "…" not in key
     r = cli("--api-key", key, "--url", cp_url, "-o", "json", "token")
     assert r.exit_code == 0, r.output
+    listed = json.loads(cli("-o", "json", "admin", "keys", "list").stdout)["keys"]
+    assert key.split("_")[1] + "_" + key.split("_")[2] in {k["id"] for k in listed}
+    assert key not in cli("admin", "keys", "list").stdout  # never the secret
 
     # deployment / undeploy (the push made an implicit one)
     r = cli("models", "deployment", "add_sub", "-o", "json")

@@ -293,6 +293,10 @@ def test_api_keys(other_backend: Stores) -> None:
     assert not a.revoke_api_key("k2")
     assert a.find_api_key("k1") == replace(api_key(), revoked=True)
     assert a.find_api_key("k2") is None
+    newer = replace(api_key(), id="k0", created_at=api_key().created_at + 5, tenant="globex")
+    a.save_api_key(newer)
+    a.save_join_token(JoinTokenRecord("h" * 64, "eu", {}, soon()))  # not a key: not listed
+    assert a.list_api_keys() == [replace(api_key(), revoked=True), newer]  # oldest first
 
 
 def test_refresh_tokens_are_used_once(other_backend: Stores) -> None:

@@ -142,6 +142,29 @@ class SqliteAuthStore:
             revoked=bool(revoked),
         )
 
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        with translate("list api keys"):
+            rows = (
+                self._db.read()
+                .execute(
+                    "SELECT id, tenant, role, name, secret_hash, created_at, revoked "
+                    "FROM api_keys ORDER BY created_at, id"
+                )
+                .fetchall()
+            )
+        return [
+            ApiKeyRecord(
+                id=key_id,
+                tenant=tenant,
+                role=role,
+                name=name,
+                secret_hash=secret_hash,
+                created_at=float(created_at),
+                revoked=bool(revoked),
+            )
+            for key_id, tenant, role, name, secret_hash, created_at, revoked in rows
+        ]
+
     def revoke_api_key(self, key_id: str) -> bool:
         with translate("revoke api key"), self._db.write() as conn:
             cur = conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (key_id,))
