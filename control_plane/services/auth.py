@@ -27,6 +27,8 @@ from gpufleet.wire import (
     ApiKeyView,
     JoinTokenCreate,
     JoinTokenCreated,
+    JoinTokenList,
+    JoinTokenView,
     TokenPair,
 )
 
@@ -48,6 +50,11 @@ JOIN_PREFIX = "gfj_"
 
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def join_token_id(token_hash: str) -> str:
+    """The public id of a join token: ``jt_`` + 16 hex of its sha256 (not the token)."""
+    return f"jt_{token_hash[:16]}"
 
 
 def _same_hash(secret: str, stored_hash: str) -> bool:
@@ -212,7 +219,38 @@ class AuthService:
         self._store.save_join_token(
             JoinTokenRecord(sha256_hex(token), req.region, dict(req.labels), expires_at)
         )
-        return JoinTokenCreated(join_token=token, expires_at=clock.iso(expires_at) or "")
+        return JoinTokenCreated(
+            join_token=token,
+            expires_at=clock.iso(expires_at) or "",
+            id=join_token_id(sha256_hex(token)),
+        )
+
+    def list_join_tokens(self, p: Principal) -> JoinTokenList:
+        """Unexpired join tokens, soonest expiry first, without the tokens (admin)."""
+        p.require("admin")
+        t = self._now()
+        return JoinTokenList(
+            tokens=[
+                JoinTokenView(
+                    id=join_token_id(rec.token_hash),
+                    region=rec.region,
+                    labels=rec.labels,
+                    expires_at=clock.iso(rec.expires_at) or "",
+                )
+                for rec in self._store.list_join_tokens()
+                if rec.expires_at >= t
+            ]
+        )
+
+    def revoke_join_token(self, p: Principal, token_id: str) -> None:
+        """Delete a join token by its listed id (admin): it registers no more runners;
+        runners that registered with it keep their own credentials."""
+        p.require("admin")
+        for rec in self._store.list_join_tokens():
+            if join_token_id(rec.token_hash) == token_id:
+                self._store.delete_join_token(rec.token_hash)
+                return
+        raise NotFound(f"join token {token_id!r} not found")
 
     def redeem_join_token(self, token: str) -> JoinTokenRecord:
         """The join token's record if it is valid and unexpired; ``Unauthorized`` otherwise."""

@@ -127,6 +127,15 @@ class AuthStore(Protocol):
         """The join token (expired ones too, until purged), or None."""
         ...
 
+    def list_join_tokens(self) -> list[JoinTokenRecord]:
+        """Every stored join token (expired ones too until deleted), by expiry; may lag a save
+        by a moment (DynamoDB: a Scan of the ``join#`` items)."""
+        ...
+
+    def delete_join_token(self, token_hash: str) -> bool:
+        """Remove a join token (it no longer registers runners); False when there was none."""
+        ...
+
     def ensure_signing_key(self, candidate: str) -> str:
         """Store ``candidate`` when no signing key exists; return the stored key. The first
         writer wins and every caller, concurrent ones too, gets the winner's key."""

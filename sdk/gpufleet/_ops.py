@@ -36,6 +36,7 @@ from gpufleet.wire import (
     JobView,
     JoinTokenCreate,
     JoinTokenCreated,
+    JoinTokenList,
     ModelView,
     OutputRequest,
     PayloadUpload,
@@ -413,6 +414,16 @@ def create_join_token(
         "POST", "/v1/admin/join-tokens", json=_dump(req), idempotent=False
     )
     return JoinTokenCreated.model_validate(resp.json())
+
+
+def list_join_tokens(core: Core) -> Op[JoinTokenList]:
+    resp = yield from core.request("GET", "/v1/admin/join-tokens")
+    return JoinTokenList.model_validate(resp.json())
+
+
+def revoke_join_token(core: Core, token_id: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/admin/join-tokens/{seg(token_id)}")
+    return dict(resp.json())
 
 
 def webhook_secret(core: Core) -> Op[str]:

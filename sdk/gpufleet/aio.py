@@ -26,6 +26,7 @@ from gpufleet.wire import (
     JobRequest,
     JobView,
     JoinTokenCreated,
+    JoinTokenView,
     ModelVersionView,
     ModelView,
     RunnerConfigPatch,
@@ -336,6 +337,14 @@ class AsyncAdmin:
     async def create_api_key(self, tenant: str, role: str, name: str = "") -> ApiKeyCreated:
         """A new API key; ``.api_key`` is shown only this once."""
         return await self._c._run(_ops.create_api_key(self._c._core, tenant, role, name))
+
+    async def list_join_tokens(self) -> list[JoinTokenView]:
+        """Unexpired join tokens (ids, regions, labels, expiry; never the tokens)."""
+        return (await self._c._run(_ops.list_join_tokens(self._c._core))).tokens
+
+    async def revoke_join_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a join token by its listed id (``jt_…``): it registers no more runners."""
+        return await self._c._run(_ops.revoke_join_token(self._c._core, token_id))
 
     async def list_api_keys(self) -> list[ApiKeyView]:
         """Every API key, oldest first, without secrets."""

@@ -46,6 +46,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(runners_app, name="runners")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
+join_tokens_app = typer.Typer(help="Runner join tokens.", no_args_is_help=True)
+admin_app.add_typer(join_tokens_app, name="join-tokens")
 webhooks_app = typer.Typer(help="The tenant's webhook signing secret.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
 JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -645,6 +647,23 @@ def _wants_json(args: list[str]) -> bool:
         if arg.startswith("--output="):
             return arg.split("=", 1)[1].lower() == "json"
     return False
+
+
+@join_tokens_app.command("list")
+@handled
+def join_tokens_list(ctx: typer.Context) -> None:
+    """List unexpired join tokens (ids, never the tokens)."""
+    state: State = ctx.obj
+    columns = ["id", "region", "labels", "expires_at"]
+    state.output.rows(state.client().admin.list_join_tokens(), columns, key="tokens")
+
+
+@join_tokens_app.command("revoke")
+@handled
+def join_tokens_revoke(ctx: typer.Context, token_id: str) -> None:
+    """Revoke a join token (jt_…): it registers no more runners."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.revoke_join_token(token_id))
 
 
 def main(argv: list[str] | None = None) -> None:

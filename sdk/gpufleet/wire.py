@@ -269,6 +269,21 @@ class JoinTokenCreate(Strict):
 class JoinTokenCreated(Response):
     join_token: str
     expires_at: str
+    id: str | None = None  # what `GET /v1/admin/join-tokens` lists and DELETE takes
+
+
+class JoinTokenView(Response):
+    """A join token as listed (never the token itself): ``id`` is ``jt_`` + 16 hex of its
+    sha256."""
+
+    id: str
+    region: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    expires_at: str
+
+
+class JoinTokenList(Response):
+    tokens: list[JoinTokenView]
 
 
 # --------------------------------------------------------------------------- runners

@@ -316,3 +316,25 @@ async def test_admin_lists_api_keys_without_secrets(
     assert created["api_key"] not in r.text and "secret" not in r.text
     user = await auth_headers("user", "acme")
     assert_error(await client.get("/v1/admin/api-keys", headers=user), 403, "forbidden")
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_admin_lists_and_revokes_join_tokens(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    made = (await client.post("/v1/admin/join-tokens", headers=admin, json={"region": "eu"})).json()
+    assert made["id"].startswith("jt_")
+    listed = (await client.get("/v1/admin/join-tokens", headers=admin)).json()["tokens"]
+    assert [(t["id"], t["region"]) for t in listed] == [(made["id"], "eu")]
+    assert made["join_token"] not in str(listed)
+    r = await client.delete(f"/v1/admin/join-tokens/{made['id']}", headers=admin)
+    assert r.status_code == 200 and r.json()["id"] == made["id"]
+    assert (await client.get("/v1/admin/join-tokens", headers=admin)).json()["tokens"] == []
+    # a revoked token registers no runner
+    reg = await client.post(
+        "/v1/runners/register", json={"join_token": made["join_token"], "name": "h"}
+    )
+    assert_error(reg, 401, "unauthorized")
+    missing = await client.delete(f"/v1/admin/join-tokens/{made['id']}", headers=admin)
+    assert_error(missing, 404, "not_found")

@@ -105,7 +105,13 @@ def test_tidy_commands_against_a_control_plane(
     second = cli("webhooks", "rotate").stdout.strip()
     assert first.startswith("whsec_") and second.startswith("whsec_") and first != second
 
-    token = json.loads(cli("-o", "json", "admin", "join-token").stdout)["join_token"]
+    made = json.loads(cli("-o", "json", "admin", "join-token").stdout)
+    token = made["join_token"]
+    spare = json.loads(cli("-o", "json", "admin", "join-token", "--region", "us").stdout)
+    listed = json.loads(cli("-o", "json", "admin", "join-tokens", "list").stdout)["tokens"]
+    assert {t["id"] for t in listed} == {made["id"], spare["id"]}
+    r = cli("-o", "json", "admin", "join-tokens", "revoke", spare["id"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["revoked"] is True
     with FakeRunner(cp_url, token) as runner:
         r = cli(
             "jobs", "submit", "add_sub", "-i", "INPUT0=[[1,2,3,4]]", "-i", "INPUT1=[[1,1,1,1]]",

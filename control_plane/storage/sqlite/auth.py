@@ -265,6 +265,23 @@ class SqliteAuthStore:
             expires_at=float(row[2]),
         )
 
+    def list_join_tokens(self) -> list[JoinTokenRecord]:
+        with translate("list join tokens"):
+            rows = (
+                self._db.read()
+                .execute(
+                    "SELECT token_hash, region, labels, expires_at FROM join_tokens "
+                    "ORDER BY expires_at, token_hash"
+                )
+                .fetchall()
+            )
+        return [JoinTokenRecord(h, r, json.loads(lab), float(e)) for h, r, lab, e in rows]
+
+    def delete_join_token(self, token_hash: str) -> bool:
+        with translate("delete join token"), self._db.write() as conn:
+            cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
+            return cur.rowcount == 1
+
     # ------------------------------------------------------------------ signing key
     def ensure_signing_key(self, candidate: str) -> str:
         with translate("store signing key"), self._db.write() as conn:
