@@ -15,7 +15,8 @@ from typing import Any
 
 def _main_of(module: str, script: str, extra: str) -> Callable[[], Any]:
     try:
-        return importlib.import_module(module).main  # type: ignore[no-any-return]
+        main: Callable[[], Any] = importlib.import_module(module).main
+        return main
     except ImportError as exc:
         missing = exc.name or str(exc)
         sys.stderr.write(
