@@ -13,14 +13,15 @@ What the runners get (``desired_models`` in the heartbeat answer):
 - None when no deployment exists at all (runners serve their local repository), when only
   implicit deployments exist and none is placed on this runner, and for a draining runner
   (it keeps what it has while it finishes).
+- Otherwise the versions placed on this runner, each with its files and a presigned GET per
+  file, plus ``managed=False`` entries for models it reports that no deployment governs.
 
 Implicit deployments (``services/models.py``: a pushed model gets one, min 0, max
 ``implicit_max_replicas``) only cold-start a model nobody serves: while a healthy runner
 holds the model without being placed there (its own repository, or kept after a
 scale-down), the implicit deployment is left out of the decision, and runners not placed
-for it keep their copies (``managed=False``).
-- Otherwise the versions placed on this runner, each with its files and a presigned GET per
-  file, plus ``managed=False`` entries for models it reports that no deployment governs.
+for it keep their copies (``managed=False``). The stored decision lists their names
+(``implicit``).
 
 Leases: for a deployed model, a runner is leased jobs of a version only when its last
 heartbeat reported that version READY; models without a deployment keep the older rule (the
@@ -130,6 +131,7 @@ class DeploymentService:
         self._now = now
         self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -215,7 +217,7 @@ class DeploymentService:
         rec = self._store.get_plan()
         t = self._now()
         if rec is not None and not force and t - rec.planned_at < self._interval_s:
-            return plans_of(rec)
+            return self._remember(rec)
         specs = self._store.list_deployments()
         if rec is None and not specs:
             return {}
@@ -246,8 +248,14 @@ class DeploymentService:
             "implicit": implicit,
         }
         if self._store.save_plan(doc, t, rec.revision if rec else 0):
+            self._implicit = frozenset(implicit)
             return plans
-        return plans_of(self._store.get_plan())  # another replica decided meanwhile
+        return self._remember(self._store.get_plan())  # another replica decided meanwhile
+
+    def _remember(self, rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:
+        """The plans of ``rec``, keeping its implicit names for ``desired_models``."""
+        self._implicit = frozenset(rec.doc.get("implicit", [])) if rec is not None else frozenset()
+        return plans_of(rec)
 
     def _deployment_input(
         self, name: str, spec: dict[str, Any], snap: pl.QueueSnapshot | None
@@ -301,7 +309,7 @@ class DeploymentService:
         plans = self.reconcile()
         if not plans or runner.config.get("drain"):
             return None
-        implicit = self._implicit_names()
+        implicit = self._implicit
         mine = {name for name, _ in pl.desired_for(plans, runner.id)}
         if all(name in implicit for name in plans) and not mine:
             return None  # implicit deployments only, none placed here: the local repository
@@ -360,10 +368,6 @@ class DeploymentService:
             if _state_word(m.get("state")) == "READY"
         }
         return [o for o in offers if o.name not in governed or (o.name, o.version) in ready]
-
-    def _implicit_names(self) -> frozenset[str]:
-        rec = self._store.get_plan()
-        return frozenset(rec.doc.get("implicit", [])) if rec is not None else frozenset()
 
     def _governed_models(self) -> frozenset[str]:
         """Names with a deployment, re-read at most once a second (each lease asks)."""
