@@ -261,3 +261,4 @@ def test_cli_daemon_status_and_sigterm(
     # no line per heartbeat or lease poll (httpx's request lines are below WARNING)
     assert '"job": "job_' in output and "succeeded: Triton" in output
     assert '"model": "add_sub"' in output and "HTTP Request" not in output
+    assert '"runner": "run_' in output  # bound once registered
