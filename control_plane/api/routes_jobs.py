@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpufleet._logs import bind
 from gpufleet.wire import (
     BatchAccepted,
     BatchJobRequest,
@@ -28,10 +29,12 @@ _STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 async def submit(request: Request) -> Response:
     p = principal(request)
     req = await read_model(request, JobRequest)
+    bind(model=req.model)  # log lines about this request name the model (then the job)
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
     view, created = await run_in_threadpool(services(request).jobs.submit, p, req, key)
+    bind(job=view.id)
     if created:
         request.app.state.metrics.jobs_submitted.labels(req.model).inc()
     accepted = JobAccepted(id=view.id, status=view.status, created_at=view.created_at)
@@ -52,6 +55,7 @@ async def get_job(request: Request) -> Response:
     svc = services(request)
     wait_s = query_float(request, "wait_s", 0.0, 0.0, svc.settings.max_wait_s)
     job_id = request.path_params["job_id"]
+    bind(job=job_id)
     if wait_s > 0:
         return send(await svc.jobs.wait(p, job_id, wait_s))
     return send(await run_in_threadpool(svc.jobs.get, p, job_id))
@@ -59,7 +63,7 @@ async def get_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     p = principal(request)
-    status = request.query_params.get("status") or None
+    status = (request.query_params.get("status") or "").upper() or None  # any case
     if status is not None and status not in _STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(_STATUSES)}", field="status")
     model = request.query_params.get("model") or None
@@ -72,6 +76,7 @@ async def list_jobs(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     p = principal(request)
     job_id = request.path_params["job_id"]
+    bind(job=job_id)
     return send(await run_in_threadpool(services(request).jobs.cancel, p, job_id))
 
 
