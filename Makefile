@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TRITON_CPU_IMAGE ?= gpufleet/tritonserver-cpu:2.51
 PYTEST_ARGS ?=
 
-.PHONY: install demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
+.PHONY: install dev demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP) ## virtual environment with every extra and the test tools
+install: ## a virtual environment with every extra, for users (no test tools: `make dev`)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[all]'
+
+dev: $(STAMP) ## every extra and the test tools (what `make test` and `make check` use)
 
 rig-deps: ## Debian packages for the real-component rig (docker.io, mmdebstrap)
 	bash scripts/install-rig-deps.sh
@@ -29,22 +34,22 @@ perf-analyzer: ## Triton's perf_analyzer (2.51) in its own venv: .cache/perf-ana
 triton-cpu-image: rig-deps ## build gpufleet/tritonserver-cpu:2.51 offline (skips when present)
 	bash scripts/build-triton-cpu-image.sh
 
-demo: install ## embedded control plane + runner with real Triton when possible; runs add_sub jobs
-	bash scripts/demo.sh
+demo: dev ## embedded control plane + runner with real Triton when possible; runs add_sub jobs (KEEP=1: leave it running)
+	KEEP=$(KEEP) bash scripts/demo.sh
 
-test: install rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
+test: dev rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-check: install ## ruff + mypy
+check: dev ## ruff + mypy
 	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/mypy
 
-format: install
+format: dev
 	$(VENV)/bin/ruff check --fix control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/ruff format control_plane runner sdk tests bench iac scripts examples
 
-bench: install ## benchmarks: printed tables, not tests
+bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_embedded.py
 	$(PY) bench/bench_jobs_batch.py
@@ -56,7 +61,7 @@ bench: install ## benchmarks: printed tables, not tests
 soak: install ## 10,000 jobs per store under runner/control-plane kills and a store pause; a table
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
-deploy-control-plane: install ## STACK=name [REGION=…] deploy iac/ with CloudFormation
+deploy-control-plane: dev ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))
 
 deploy-runner: ## on a GPU host: CONTROL_PLANE_URL=… JOIN_TOKEN=… build and start the runner container

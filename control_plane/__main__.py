@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file (env still wins)")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="json: one object a line; text: readable; auto: text on a terminal, else json",
+    )
     backup = sub.add_parser("backup", help="copy the embedded store's database (online)")
     backup.add_argument("dest", type=Path, help="file to write (must not exist)")
     backup.add_argument("--data-dir", type=Path, help="embedded store directory")
@@ -223,10 +229,24 @@ def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]
     return load_settings(**overrides), None
 
 
-def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+def no_admin_key_hint(kind: str) -> str:
+    """Where a first API key comes from when the server was started without one."""
+    if kind == "sqlite":
+        return (
+            "note: no --admin-key-file: to get an admin API key, start with "
+            "--admin-key-file admin.key (a fresh key is written there at each start; keys "
+            'made before stay valid), then `gpufleet login --api-key "$(cat admin.key)"`'
+        )
+    return (
+        "note: no --admin-key-file: an admin API key for these tables comes from "
+        "`python scripts/create_admin_key.py --stack NAME` (or --admin-key-file F here)"
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from gpufleet._logs import configure as configure_logs
+
+    configure_logs(args.log_level, args.log_format)
     # moto's werkzeug logs every storage call at INFO; keep it at WARNING or above.
     logging.getLogger("werkzeug").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.config is not None:
@@ -245,6 +265,8 @@ def serve(args: argparse.Namespace) -> int:
         if args.admin_key_file is not None:
             created = services.auth.issue_api_key("default", "admin", "bootstrap admin")
             write_secret_file(args.admin_key_file, created.api_key)
+        else:
+            print(no_admin_key_hint(stores.kind), file=sys.stderr, flush=True)
         app: Any = create_app(settings, services)
         tls = None
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:

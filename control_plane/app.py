@@ -27,6 +27,7 @@ from control_plane.api import (
     routes_auth,
     routes_blobs,
     routes_channel,
+    routes_docs,
     routes_infer,
     routes_jobs,
     routes_models,
@@ -40,6 +41,7 @@ from control_plane.api.context import JobsPort, Services
 from control_plane.api.errors import EXCEPTION_HANDLERS
 from control_plane.api.limits import BodyLimitMiddleware
 from control_plane.api.openapi import build_openapi
+from control_plane.api.request_id import RequestIdMiddleware
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.errors import Unavailable
@@ -78,6 +80,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
+        api_key_cache_s=settings.api_key_cache_s,
     )
     runners = RunnerService(
         st.runners,
@@ -175,6 +178,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
         *routes_pools.ROUTES,
+        *routes_docs.ROUTES,
     ]
 
 
@@ -233,6 +237,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     app = Starlette(
         routes=[*table, *console.routes()],
         middleware=[
+            Middleware(RequestIdMiddleware),
             Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
             Middleware(
                 BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)

@@ -160,6 +160,14 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1, 10),
             registry=self.registry,
         )
+        self.job_latency = Histogram(
+            "gpufleet_job_duration_seconds",
+            "Durable jobs that reached a terminal status: queue (submitted to started), run "
+            "(started to finished) and total (submitted to finished), per model.",
+            ["model", "phase"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+            registry=self.registry,
+        )
         self._stage_children: dict[tuple[str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_FleetCollector(queue_depths, runners))
@@ -181,6 +189,21 @@ class Metrics:
         """A job-transition hook: counts jobs that reached a terminal status."""
         if job.status in TERMINAL_STATUSES:
             self.jobs_completed.labels(job.model, job.status).inc()
+            self._observe_latency(job)
+
+    def _observe_latency(self, job: Any) -> None:
+        """From the view's ``queue_ms`` (submitted to started) and ``run_ms``."""
+        queue_ms = getattr(job, "queue_ms", None)
+        run_ms = getattr(job, "run_ms", None)
+        phases: dict[str, float] = {}
+        if isinstance(queue_ms, (int, float)):
+            phases["queue"] = queue_ms / 1000
+        if isinstance(run_ms, (int, float)):
+            phases["run"] = run_ms / 1000
+        if phases:
+            phases["total"] = sum(phases.values())
+        for phase, seconds in phases.items():
+            self.job_latency.labels(job.model, phase).observe(max(0.0, seconds))
 
     def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
         """A dispatcher hook: the runner's stage timings (milliseconds) of one answer."""

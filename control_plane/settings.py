@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field(default="gpufleet", description="`iss` of access tokens.")
     jwt_audience: str = Field(default="gpufleet", description="`aud` of access tokens.")
     access_token_ttl_s: int = Field(default=900, ge=60, description="Access-token lifetime.")
+    api_key_cache_s: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description=(
+            "An API key used directly as a bearer token is checked against the store at most "
+            "this often per replica (a revoked key may work this long); 0: on every request."
+        ),
+    )
     refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300, description="Refresh lifetime.")
     runner_signature_window_s: int = Field(
         default=300, description="Allowed clock skew of runner-signed calls."
@@ -129,6 +138,16 @@ class Settings(BaseSettings):
     # placement (services/deployments.py)
     placement_interval_s: float = Field(
         default=2.0, gt=0, description="A stored placement older than this is decided again."
+    )
+    implicit_max_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "A pushed model without a deployment gets an implicit one (min 0, this many "
+            "replicas at most), so its first job cold-starts it; 0 turns this off (a model "
+            "is then served only after PUT /v1/models/{name}/deployment)."
+        ),
     )
     scale_up_wait_s: float = Field(
         default=5.0, ge=0, description="Queue wait of a model that adds a replica (while growing)."

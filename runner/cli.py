@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -43,8 +42,10 @@ def _settings(config: Path | None, **overrides: Any) -> RunnerSettings:
     try:
         return load_settings(config, **overrides)
     except ValidationError as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "settings"
+            console.print(f"[red]invalid setting {where}:[/red] {err['msg']}")
+        raise typer.Exit(2) from None
 
 
 def _config_path(config: Path | None) -> Path:
@@ -115,20 +116,82 @@ def configure(
                 values[key] = answer
     if ca_bundle is not None:  # a flag only (no prompt: most control planes need none)
         values["ca_bundle"] = ca_bundle
-    for key in ("state_dir", "model_repository", "ca_bundle"):
+    for key in (
+        "state_dir",
+        "model_repository",
+        "ca_bundle",
+    ):  # absolute: the daemon may run elsewhere
         if key in values and values[key] is not None:
-            values[key] = str(values[key])
+            values[key] = str(Path(str(values[key])).expanduser().resolve())
     values = {k: v for k, v in values.items() if v is not None}
     try:  # validate what is written (env ignored: check the file's own values)
-        RunnerSettings.model_validate(values)
+        typed = RunnerSettings.model_validate(values)
     except ValidationError as exc:
-        console.print(f"[red]invalid value:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "settings"
+            console.print(f"[red]invalid {where}:[/red] {err['msg']}")
+        raise typer.Exit(2) from None
+    # typed values (ports as numbers, …), the secret as its text
+    dumped = typed.model_dump(mode="json", include=set(values))
+    if typed.join_token is not None:
+        dumped["join_token"] = typed.join_token.get_secret_value()
+    _check_setup(typed)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the join token
     with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(values, fh, sort_keys=True)
+        yaml.safe_dump(dumped, fh, sort_keys=True)
     console.print(f"wrote {path}")
+    console.print(f"next: gpufleet-runner start --config {path}")
+
+
+def _check_setup(settings: RunnerSettings) -> None:
+    """What can be checked before the first start, each as one line (warnings only: the
+    control plane or Docker may come up later)."""
+    url = settings.control_plane_url
+    try:
+        resp = httpx.get(f"{url}/v1/health", timeout=5)
+        ok = resp.status_code == 200 and resp.json().get("status") in ("ok", "degraded")
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        console.print(f"[yellow]warning:[/yellow] the control plane at {url} does not answer")
+        console.print(f"  ({exc})")
+    else:
+        if ok:
+            console.print(f"control plane at {url}: answers")
+        else:
+            console.print(
+                f"[yellow]warning:[/yellow] {url} answers, but not as a gpufleet control plane "
+                f"(HTTP {resp.status_code} on /v1/health)"
+            )
+    token = settings.join_token.get_secret_value() if settings.join_token else None
+    if token is None:
+        console.print(
+            "[yellow]warning:[/yellow] no join token: create one with "
+            "`gpufleet admin join-token` (needed at the first start)"
+        )
+    elif not token.startswith("gfj_"):
+        console.print(
+            "[yellow]warning:[/yellow] the join token does not look like one (gfj_…); the "
+            "control plane checks it at start"
+        )
+    if settings.backend == "docker":
+        from runner.backends.docker_backend import docker_unreachable
+
+        address = settings.docker_host or os.environ.get(
+            "DOCKER_HOST", "unix:///var/run/docker.sock"
+        )
+        try:
+            import docker
+
+            client = (
+                docker.DockerClient(base_url=settings.docker_host, timeout=5)
+                if settings.docker_host
+                else docker.from_env(timeout=5)
+            )
+            client.ping()
+            client.close()
+            console.print(f"Docker at {address}: answers")
+        except Exception as exc:  # ImportError, docker's errors, BackendError: one line
+            console.print(f"[yellow]warning:[/yellow] {docker_unreachable(address, exc)}")
 
 
 # --------------------------------------------------------------------------- start
@@ -149,6 +212,10 @@ def start(
     ca_bundle: Annotated[
         str | None, typer.Option(help="CA certificate(s) of a private-CA control plane (PEM).")
     ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(help="json (one object a line), text, or auto (text on a terminal)."),
+    ] = "auto",
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
     settings = _settings(
@@ -164,13 +231,16 @@ def start(
         status_port=status_port,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from gpufleet._logs import configure as configure_logs
+
+    try:
+        configure_logs(settings.log_level, log_format)
+    except ValueError as exc:
+        console.print(f"[red]--log-format:[/red] {exc}")
+        raise typer.Exit(2) from None
     from runner.backends.base import BackendError
     from runner.daemon import build_daemon
+    from runner.identity import StartupError
 
     async def main() -> int:
         daemon = build_daemon(settings)
@@ -184,6 +254,11 @@ def start(
     except BackendError as exc:
         logging.getLogger("runner").error("Triton could not be started: %s", exc)
         code = 1
+    except StartupError as exc:  # retrying cannot fix it: one line, non-zero
+        logging.getLogger("runner").error("%s", exc)
+        code = 2
+    except KeyboardInterrupt:  # a signal before the daemon's handlers were installed
+        code = 0
     raise typer.Exit(code)
 
 
@@ -229,6 +304,8 @@ def _render_status(data: dict[str, Any]) -> None:
         f"[bold]{data.get('name')}[/bold] ({data.get('runner_id') or 'unregistered'}) "
         f"health [{colour}]{data.get('health')}[/{colour}] → {data.get('control_plane_url')}"
     )
+    if data.get("control_plane", "ok") != "ok":
+        console.print(f"[yellow]{data['control_plane']}[/yellow]")
     triton = data.get("triton", {})
     console.print("Triton: " + ", ".join(f"{k}={v}" for k, v in triton.items()))
     gpus = Table("GPU", "name", "util %", "memory MB", "temp °C", "power W", title="GPUs")

@@ -16,6 +16,7 @@ import signal
 import time
 from typing import Any
 
+from gpufleet._logs import bind
 from gpufleet.tls import check_url, client_context
 
 from runner.backends.base import TritonBackend
@@ -25,7 +26,7 @@ from runner.cp_client import ControlPlaneClient
 from runner.credentials import load_or_create_secret
 from runner.gpu import GpuReader, Nvml
 from runner.heartbeat import Heartbeat
-from runner.identity import Identity
+from runner.identity import Identity, StartupError
 from runner.jobloop import JobLoop
 from runner.model_manager import ModelManager
 from runner.model_sync import Downloader, triton_gpu_map
@@ -158,10 +159,12 @@ class Daemon:
         """What ``gpufleet-runner status`` shows."""
         st = self.state
         now = time.monotonic()
+        unreachable = self._control_plane_health()
         return {
             "health": "stopping"
             if st.stopping
-            else ("ok" if st.triton_ready.is_set() else "degraded"),
+            else ("ok" if st.triton_ready.is_set() and unreachable is None else "degraded"),
+            "control_plane": unreachable or "ok",
             "name": self.settings.name,
             "runner_id": self.identity.runner_id,
             "control_plane_url": self.settings.control_plane_url,
@@ -187,6 +190,35 @@ class Daemon:
             "last_error": st.last_error,
         }
 
+    async def _start_status(self) -> None:
+        port = self.settings.status_port
+        try:
+            await self.status.start()
+        except OSError as exc:
+            if await _runner_answers(port):
+                raise StartupError(
+                    f"a runner is already running here (status on :{port}; "
+                    "`gpufleet-runner status`): stop it, or give this one its own "
+                    "--status-port and --state-dir"
+                ) from exc
+            raise StartupError(
+                f"the status port {port} is taken by another program ({exc.strerror}): "
+                "choose another with --status-port"
+            ) from exc
+
+    def _control_plane_health(self) -> str | None:
+        """Why the control plane counts as unreachable now (None: it answers)."""
+        st = self.state
+        limit = max(3 * st.config.heartbeat_interval_s, 15.0)
+        last = st.last_heartbeat_at
+        if last is not None and time.time() - last <= limit:
+            return None
+        if last is None and time.time() - st.started_at <= limit:
+            return None  # starting
+        return f"control plane {self.settings.control_plane_url} not reachable" + (
+            f" ({st.last_error})" if st.last_error else ""
+        )
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,9 +235,15 @@ class Daemon:
         if install_signals:
             self._install_signals()
         if self.settings.status_enabled:
-            await self.status.start()
+            await self._start_status()
         loops_stop = asyncio.Event()
         try:
+            # a refused join token or a URL with no control plane: say so and exit non-zero
+            # before Triton starts (an unreachable control plane is retried by the heartbeat)
+            await self.identity.ensure(self.shutdown, first_try=True)
+            if self.shutdown.is_set():
+                return 0
+            bind(runner=self.identity.runner_id)  # on the lines of every loop spawned below
             self.state.gpus = await asyncio.to_thread(self.gpus.read)
             if self.backend.kind == "docker":  # Triton numbers the GPUs it was given from 0
                 self.models.gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)
@@ -229,10 +267,14 @@ class Daemon:
                 else None
             )
             await self.shutdown.wait()
-            with contextlib.suppress(asyncio.CancelledError):
+            # the lease loop may be waiting on registration (control plane down): no wait
+            # past 5 s, and no traceback for it (SIGTERM exits 0 in any state)
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(lease, 5)
             await self.jobs.drain(self.settings.lease_grace_s)
-            if channel is not None:  # closes once its requests in flight are answered
+            if self.identity.runner_id is None and channel is not None:
+                channel.cancel()  # never registered: nothing in flight, maybe stuck joining
+            elif channel is not None:  # closes once its requests in flight are answered
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(channel, self.settings.lease_grace_s)
             with contextlib.suppress(Exception):
@@ -263,6 +305,19 @@ class Daemon:
             await self.backend.stop()
         except Exception:
             log.warning("stopping Triton failed", exc_info=True)
+
+
+async def _runner_answers(port: int) -> bool:
+    """Whether a gpufleet runner's status server answers on ``port``."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+        writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(4096), 2)
+        writer.close()
+    except (OSError, asyncio.TimeoutError):
+        return False
+    return b'"status"' in data
 
 
 def build_daemon(

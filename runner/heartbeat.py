@@ -11,7 +11,7 @@ import time
 from gpufleet.wire import HeartbeatRequest, HeartbeatResponse
 
 from runner.backends.base import InferenceEngine
-from runner.cp_client import ControlPlaneClient, Unauthorized
+from runner.cp_client import ControlPlaneClient, ControlPlaneError, Unauthorized
 from runner.gpu import GpuReader
 from runner.identity import Identity
 from runner.jobloop import JobLoop
@@ -75,6 +75,7 @@ class Heartbeat:
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop`` is set."""
         backoff = 1.0
+        failures = 0
         while not stop.is_set():
             creds = None
             try:
@@ -82,6 +83,9 @@ class Heartbeat:
                 if creds is None:
                     return
                 await self.beat_once()
+                if failures:
+                    log.info("control plane answers again (after %d failed heartbeats)", failures)
+                failures = 0
                 backoff = 1.0
                 wait = self._state.config.heartbeat_interval_s
             except asyncio.CancelledError:
@@ -91,7 +95,15 @@ class Heartbeat:
                 continue
             except Exception as exc:
                 self._state.last_error = f"heartbeat: {exc}"
-                log.warning("heartbeat failed; retry in ~%.1fs", backoff, exc_info=True)
+                failures += 1
+                # the control plane down or unreachable: one line per attempt, no traceback
+                log.warning(
+                    "heartbeat failed (attempt %d): %s; retry in ~%.1fs",
+                    failures,
+                    exc,
+                    backoff,
+                    exc_info=not isinstance(exc, ControlPlaneError),
+                )
                 wait = backoff * (0.5 + random.random())
                 backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
             await wait_event(stop, wait)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from gpufleet.wire import GpuInfo, RegisterRequest
+from pydantic import ValidationError
 
 from runner.cp_client import ControlPlaneClient, ControlPlaneError, Unauthorized
 from runner.credentials import Credentials, delete_credentials, load_credentials, save_credentials
@@ -22,6 +23,12 @@ from runner.settings import RunnerSettings
 from runner.state import wait_event
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A problem retrying cannot fix (a refused join token, no token, no control plane at the
+    URL): the runner says so in one line and exits non-zero."""
+
 
 FRESH_CREDENTIALS_S = 60.0  # a rejection this soon after registering is not a revocation
 MAX_REJOIN_DELAY_S = 300.0
@@ -53,10 +60,15 @@ class Identity:
         creds = self._client.credentials
         return creds.runner_id if creds else None
 
-    async def ensure(self, shutdown: asyncio.Event) -> Credentials | None:
+    async def ensure(
+        self, shutdown: asyncio.Event, *, first_try: bool = False
+    ) -> Credentials | None:
         """Valid-looking credentials, registering (with backoff) when there are none.
 
         Returns None only when ``shutdown`` is set before registration succeeded.
+        ``first_try`` (the daemon's start): one registration attempt only; a refused or
+        missing join token, or no control plane at the URL, raises ``StartupError``; an
+        unreachable control plane returns None (the heartbeat loop goes on trying).
         """
         async with self._lock:
             if self._client.credentials is not None:
@@ -67,11 +79,78 @@ class Identity:
                 self._client.credentials = stored
                 log.info("using stored credentials of runner %s", stored.runner_id)
                 return stored
+            if first_try:
+                return await self._first_registration()
             return await self._register(shutdown)
+
+    def _request(self) -> RegisterRequest | None:
+        token = self._settings.join_token
+        if token is None:
+            return None
+        return RegisterRequest(
+            join_token=token.get_secret_value(),
+            name=self._settings.name,
+            region=self._settings.region,
+            labels=self._settings.labels,
+            gpus=self._gpus(),
+        )
+
+    def _registered(self, runner_id: str, secret: str) -> Credentials:
+        creds = Credentials(runner_id, secret, self._client.base_url)
+        save_credentials(self._settings.credentials_file, creds)
+        self._client.credentials = creds
+        self._registered_at = time.monotonic()
+        log.info("registered as runner %s (%s)", runner_id, self._settings.name)
+        return creds
+
+    async def _first_registration(self) -> Credentials | None:
+        url = self._client.base_url
+        try:
+            req = await asyncio.to_thread(self._request)
+        except ValidationError as exc:
+            where = ".".join(str(x) for x in exc.errors()[0]["loc"])
+            raise StartupError(
+                f"the registration request is not valid ({where}: {exc.errors()[0]['msg']}): "
+                "check the join token (`gpufleet admin join-token` prints a new one), name, "
+                "region and labels"
+            ) from None
+        if req is None:
+            raise StartupError(
+                "no join token and no stored credentials for "
+                f"{url}: create one with `gpufleet admin join-token`, then pass --join-token "
+                "or set GPUFLEET_RUNNER_JOIN_TOKEN"
+            )
+        try:
+            out = await self._client.register(req)
+        except Unauthorized as exc:
+            raise StartupError(
+                f"the control plane at {url} refused the join token ({exc}): it is "
+                "wrong, expired or revoked; create a new one with `gpufleet admin join-token`"
+            ) from exc
+        except ControlPlaneError as exc:
+            status = exc.status or 0
+            foreign = status in (404, 405, 501) or (
+                400 <= status < 500 and status not in (408, 429) and exc.code is None
+            )  # an HTTP server answered, but not with a gpufleet error: not a control plane
+            if foreign:
+                raise StartupError(
+                    f"no gpufleet control plane at {url} (HTTP {exc.status} on "
+                    "/v1/runners/register): check --control-plane-url"
+                ) from exc
+            log.warning(
+                "control plane %s not reachable (%s): retrying in the background; "
+                "check that it runs (curl %s/v1/health)",
+                url,
+                exc,
+                url,
+            )
+            return None
+        return self._registered(out.runner_id, out.secret)
 
     async def _register(self, shutdown: asyncio.Event) -> Credentials | None:
         token = self._settings.join_token
         delay = 1.0
+        attempts = 0
         if self._rejoin_delay > 0:
             # Credentials issued moments ago were rejected again: re-registering at once
             # would loop (a host clock outside the signature window does this).
@@ -120,15 +199,17 @@ class Identity:
                     )
                     wait = self._settings.register_retry_s
                 except ControlPlaneError as exc:
-                    log.warning("registration failed: %s; retrying in ~%.0fs", exc, delay)
+                    attempts += 1
+                    log.warning(
+                        "control plane %s not reachable (attempt %d: %s); retrying in ~%.0fs",
+                        self._client.base_url,
+                        attempts,
+                        exc,
+                        delay,
+                    )
                     wait, delay = delay, min(delay * 2, 30.0)
                 else:
-                    creds = Credentials(out.runner_id, out.secret, self._client.base_url)
-                    save_credentials(self._settings.credentials_file, creds)
-                    self._client.credentials = creds
-                    self._registered_at = time.monotonic()
-                    log.info("registered as runner %s (%s)", out.runner_id, self._settings.name)
-                    return creds
+                    return self._registered(out.runner_id, out.secret)
             await wait_event(shutdown, wait * (0.8 + 0.4 * random.random()))
         return None
 

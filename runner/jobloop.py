@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from gpufleet._logs import bind
 from gpufleet.wire import (
     MAX_COMPLETE_BATCH,
     BatchCompleteRequest,
@@ -327,6 +328,8 @@ class JobLoop:
         self._state.slot_freed.set()
 
     async def _run_job(self, job: LeasedJob) -> None:
+        bind(job=job.id, model=job.model)  # this task's log lines name the job (gpufleet._logs)
+        log.info("job %s started: model %s version %s", job.id, job.model, job.model_version)
         entry = self._state.inflight.get(job.id)
         extender = asyncio.create_task(self._extend_loop(job))
         started = time.perf_counter()
@@ -368,6 +371,12 @@ class JobLoop:
         except payloads.PayloadError as exc:
             return self._failed(job, "payload_error", str(exc))
         total_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "job %s succeeded: Triton %.1f ms, %.1f ms in all",
+            job.id,
+            (inferred - fetched) * 1000,
+            total_ms,
+        )
         return CompleteRequest(
             lease_token=token,
             status="SUCCEEDED",

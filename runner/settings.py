@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gpufleet.tls import SettingNames, TlsOptions, check_url, is_loopback
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,6 +54,18 @@ class RunnerSettings(BaseSettings):
     control_plane_url: str = Field(
         default="http://127.0.0.1:8080", description="Base URL of the control plane."
     )
+
+    @field_validator("control_plane_url")
+    @classmethod
+    def _url_form(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL with a host "
+                "(e.g. http://10.0.0.5:8080)"
+            )
+        return value.rstrip("/")
+
     join_token: SecretStr | None = Field(
         default=None, description="Join token for registration (from POST /v1/admin/join-tokens)."
     )

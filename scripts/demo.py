@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
                 f"model {name}: pushed version {version.version} ({len(version.files)} files, "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms)"
             )
+        # as a user would: one replica kept loaded (a pushed model is servable without this,
+        # cold-started by its first job; the demo wants it warm before timing jobs)
+        fleet.models.deploy(name, min_replicas=1, max_replicas=1)
+        console.print(f"model {name}: deployed (gpufleet models deploy {name} --min 1 --max 1)")
         console.print(f"waiting for a runner to serve {name} (Triton start + model load) ...")
         t1 = time.perf_counter()
         runner = _wait_for_runner(fleet, name, args)

@@ -2,9 +2,11 @@
 # `make demo`: an embedded control plane (SQLite + local blobs) and one runner with a real Triton
 # server when it can: the docker backend on a reachable (or privately started) Docker engine
 # with the CPU Triton image, else the process backend (a local `tritonserver`), else the
-# mock backend with a loud notice. Pushes model_repository/add_sub, runs jobs through the
-# SDK, prints inputs, outputs and timings, then shuts everything down by pid
-# (GPUFLEET_DEMO_HOLD=1: keeps it up until Ctrl-C, to look at the jobs in the console).
+# mock backend with a loud notice. Pushes model_repository/add_sub and deploys it as a user
+# would (the runner starts with an empty model repository), runs jobs through the SDK,
+# prints inputs, outputs and timings and "next, try:" commands, then shuts everything down
+# by pid — unless KEEP=1 (`make demo KEEP=1`): then the fleet keeps running for those commands.
+# GPUFLEET_DEMO_HOLD=1 is the same as KEEP=1 (look at the jobs in the console).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -79,7 +81,10 @@ curl -fs "$URL/v1/health" >/dev/null || { echo "demo: control plane did not star
 echo "demo: control plane on $URL"
 echo "demo: console on $URL/console (sign in with the demo's admin API key: $(cat "$WORK/admin.key"))"
 
-# ---- runner
+# ---- runner: an empty model repository (the model comes from the push), except for the
+# mock backend, which answers from the configs of the repository's own models
+MODELS="$WORK/models"; mkdir -p "$MODELS"
+if [ "$BACKEND" = mock ]; then MODELS="$PWD/model_repository"; fi
 JOIN_TOKEN=$($PY scripts/demo.py join-token --url "$URL" --api-key-file "$WORK/admin.key")
 HTTP_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 GRPC_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
@@ -88,7 +93,7 @@ STATUS_PORT=$($PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pr
 GPUFLEET_RUNNER_STATE_DIR="$WORK/runner" \
 GPUFLEET_RUNNER_NAME=demo-runner \
 GPUFLEET_RUNNER_TRITON_IMAGE=gpufleet/tritonserver-cpu:2.51 \
-GPUFLEET_RUNNER_MODEL_REPOSITORY="$PWD/model_repository" \
+GPUFLEET_RUNNER_MODEL_REPOSITORY="$MODELS" \
 GPUFLEET_RUNNER_TRITON_HTTP_PORT=$HTTP_PORT GPUFLEET_RUNNER_TRITON_GRPC_PORT=$GRPC_PORT \
 GPUFLEET_RUNNER_TRITON_METRICS_PORT=$METRICS_PORT GPUFLEET_RUNNER_STATUS_PORT=$STATUS_PORT \
 GPUFLEET_RUNNER_SHM_SIZE=256m GPUFLEET_RUNNER_ULIMITS='{"stack": 67108864}' \
@@ -101,7 +106,24 @@ echo "demo: runner started (log: $WORK/runner.log)"
 # (memlock=-1, NVIDIA's other recommended ulimit, is refused by a private rootless-style engine)
 $PY scripts/demo.py run --url "$URL" --api-key-file "$WORK/admin.key" \
   --model-dir model_repository/add_sub --runner-pid "${PIDS[1]}" --runner-log "$WORK/runner.log"
-if [ "${GPUFLEET_DEMO_HOLD:-0}" = "1" ]; then
-  echo "demo: GPUFLEET_DEMO_HOLD=1: the fleet stays up; its jobs are on $URL/console/jobs. Ctrl-C stops everything."
-  while kill -0 "${PIDS[0]}" 2>/dev/null; do sleep 1; done
+
+# ---- what to try next, against what this demo started
+echo
+if [ "${KEEP:-${GPUFLEET_DEMO_HOLD:-}}" = 1 ]; then
+  KEEP=1
+  echo "demo: still running (KEEP=1): control plane $URL, runner status on :$STATUS_PORT"
+  echo "next, try:"
+else
+  echo "demo: run \`make demo KEEP=1\` to keep the fleet running, then try:"
+fi
+echo "  .venv/bin/gpufleet login --url $URL --api-key \"\$(cat $WORK/admin.key)\""
+echo "  .venv/bin/gpufleet models list"
+echo "  .venv/bin/gpufleet infer add_sub -i 'INPUT0=[[1,2,3,4]]' -i 'INPUT1=[[1,1,1,1]]'"
+echo "  .venv/bin/gpufleet jobs list --limit 5"
+echo "  .venv/bin/gpufleet-runner status --port $STATUS_PORT"
+echo "  open $URL/docs   (the API reference)"
+echo "  open $URL/console   (the console: sign in with the admin key above)"
+if [ "${KEEP:-}" = 1 ]; then
+  echo "stop it with: kill ${PIDS[*]}"
+  trap - EXIT
 fi

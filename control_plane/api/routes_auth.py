@@ -5,8 +5,10 @@ from __future__ import annotations
 from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
     JoinTokenCreate,
     JoinTokenCreated,
+    JoinTokenList,
     RefreshRequest,
     Response,
     TokenPair,
@@ -60,6 +62,23 @@ async def revoke_api_key(request: Request) -> HttpResponse:
     return send(Revoked(id=key_id))
 
 
+async def list_api_keys(request: Request) -> HttpResponse:
+    p = principal(request)
+    return send(await run_in_threadpool(services(request).auth.list_api_keys, p))
+
+
+async def list_join_tokens(request: Request) -> HttpResponse:
+    p = principal(request)
+    return send(await run_in_threadpool(services(request).auth.list_join_tokens, p))
+
+
+async def revoke_join_token(request: Request) -> HttpResponse:
+    p = principal(request)
+    token_id = request.path_params["token_id"]
+    await run_in_threadpool(services(request).auth.revoke_join_token, p, token_id)
+    return send(Revoked(id=token_id))
+
+
 async def create_join_token(request: Request) -> HttpResponse:
     p = principal(request)
     req = await read_model(request, JoinTokenCreate)
@@ -97,6 +116,7 @@ ROUTES: list[DocumentedRoute] = [
         status=201,
         request=ApiKeyCreate,
     ),
+    route("GET", "/v1/admin/api-keys", list_api_keys, "List API keys (admin)", ApiKeyList),
     route(
         "DELETE",
         "/v1/admin/api-keys/{key_id}",
@@ -112,5 +132,15 @@ ROUTES: list[DocumentedRoute] = [
         JoinTokenCreated,
         status=201,
         request=JoinTokenCreate,
+    ),
+    route(
+        "GET", "/v1/admin/join-tokens", list_join_tokens, "List join tokens (admin)", JoinTokenList
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/join-tokens/{token_id}",
+        revoke_join_token,
+        "Revoke a join token (admin): it registers no more runners",
+        Revoked,
     ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpufleet._logs import bind
 from gpufleet.wire import (
     TERMINAL_STATUSES,
     BatchAccepted,
@@ -37,11 +38,13 @@ def idempotency_key(request: Request) -> str | None:
 async def submit(request: Request) -> Response:
     p = principal(request)
     req = await read_model(request, JobRequest)
+    bind(model=req.model)  # log lines about this request name the model (then the job)
     key = idempotency_key(request)
     svc = services(request)
     wait_s = prefer_wait(request, svc.settings.max_wait_s)
     jobs = svc.jobs
     view, created = await jobs.offload(jobs.submit, p, req, key)
+    bind(job=view.id)
     if created:
         request.app.state.metrics.jobs_submitted.labels(req.model).inc()
     if wait_s is not None:
@@ -95,6 +98,7 @@ async def get_job(request: Request) -> Response:
     svc = services(request)
     wait_s = query_float(request, "wait_s", 0.0, 0.0, svc.settings.max_wait_s)
     job_id = request.path_params["job_id"]
+    bind(job=job_id)
     if wait_s > 0:
         return send(await svc.jobs.wait(p, job_id, wait_s))
     return send(await svc.jobs.offload(svc.jobs.get, p, job_id))
@@ -102,7 +106,7 @@ async def get_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     p = principal(request)
-    status = request.query_params.get("status") or None
+    status = (request.query_params.get("status") or "").upper() or None  # any case
     if status is not None and status not in _STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(_STATUSES)}", field="status")
     model = request.query_params.get("model") or None
@@ -115,6 +119,7 @@ async def list_jobs(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     p = principal(request)
     job_id = request.path_params["job_id"]
+    bind(job=job_id)
     return send(await run_in_threadpool(services(request).jobs.cancel, p, job_id))
 
 

@@ -35,7 +35,7 @@ async def create_version(request: Request) -> HttpResponse:
     req = await read_model(request, CreateVersionRequest)
     name = request.path_params["name"]
     out = await run_in_threadpool(services(request).models.create_version, p, name, req)
-    return send(out, 201)
+    return send(out, 200 if out.state == "READY" else 201)  # READY: the same content exists
 
 
 async def commit(request: Request) -> HttpResponse:
@@ -88,7 +88,8 @@ ROUTES: list[DocumentedRoute] = [
         "POST",
         "/v1/models/{name}/versions",
         create_version,
-        "Start a model version upload (presigned URLs)",
+        "Start a model version upload (presigned URLs); 200 with the existing READY version "
+        "when one holds the same files",
         CreateVersionResponse,
         status=201,
         request=CreateVersionRequest,

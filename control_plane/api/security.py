@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from gpufleet._logs import bind
 from starlette.authentication import (
     AuthCredentials,
     AuthenticationBackend,
@@ -88,6 +89,7 @@ def principal(request: Request) -> Principal:
     """The verified caller, or ``Unauthorized``."""
     user = request.scope.get("user")
     if isinstance(user, TokenUser):
+        bind(tenant=user.principal.tenant)  # on every log line about this request
         return user.principal
     reason = user.reason if isinstance(user, Anonymous) else "missing bearer token"
     raise Unauthorized(reason)

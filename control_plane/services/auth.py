@@ -7,6 +7,9 @@
   write; a second presentation of a used token revokes its whole family (401). A revoked
   API key stops working at the next refresh (access tokens live at most their TTL).
 - Join tokens ``gfj_<secret>`` let runners register (multi-use until they expire).
+- Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
+  tritonclient users): the key is checked against the store and its principal remembered for
+  ``api_key_cache_s`` (a revoked key stops working within that time).
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyView,
     JoinTokenCreate,
     JoinTokenCreated,
+    JoinTokenList,
+    JoinTokenView,
     TokenPair,
 )
 
@@ -42,20 +49,13 @@ JOIN_PREFIX = "gfj_"
 SINGLE_USE_LABEL = "gpufleet.host"  # a join token minted for one host joins one runner
 
 
-@dataclass(frozen=True)
-class ApiKeyView:
-    """What an admin sees of a key: never its secret or the secret's hash."""
-
-    id: str
-    tenant: str
-    role: str
-    name: str
-    created_at: float
-    revoked: bool
-
-
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def join_token_id(token_hash: str) -> str:
+    """The public id of a join token: ``jt_`` + 16 hex of its sha256 (not the token)."""
+    return f"jt_{token_hash[:16]}"
 
 
 def _same_hash(secret: str, stored_hash: str) -> bool:
@@ -74,9 +74,11 @@ class AuthService:
         audience: str,
         access_ttl_s: int,
         refresh_ttl_s: int,
+        api_key_cache_s: int = 60,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
+        self._api_key_cache_s = api_key_cache_s
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
         self._now = now
@@ -137,8 +139,16 @@ class AuthService:
         return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
     def authenticate(self, bearer: str) -> Principal:
-        """The principal of a bearer access token."""
-        return self.signer.verify(bearer)
+        """The principal of a bearer access token, or of an API key used as one."""
+        if not bearer.startswith(API_KEY_PREFIX):
+            return self.signer.verify(bearer)
+        rec = self._check_api_key(bearer)
+        p = Principal(
+            sub=rec.id, tenant=rec.tenant, role=rec.role, scopes=frozenset(ROLE_SCOPES[rec.role])
+        )
+        if self._api_key_cache_s > 0:
+            self.signer.remember(bearer, p, time.time() + self._api_key_cache_s)
+        return p
 
     def _pair(self, key: ApiKeyRecord, family: str) -> TokenPair:
         token_id, secret = secrets.token_hex(12), secrets.token_urlsafe(32)
@@ -175,6 +185,23 @@ class AuthService:
         p.require("admin")
         return self.issue_api_key(req.tenant, req.role, req.name)
 
+    def list_api_keys(self, p: Principal) -> ApiKeyList:
+        """Every API key, oldest first, without secrets (admin)."""
+        p.require("admin")
+        return ApiKeyList(
+            keys=[
+                ApiKeyView(
+                    id=k.id,
+                    tenant=k.tenant,
+                    role=k.role,  # type: ignore[arg-type]
+                    name=k.name,
+                    created_at=clock.iso(k.created_at) or "",
+                    revoked=k.revoked,
+                )
+                for k in self._store.list_api_keys()
+            ]
+        )
+
     def issue_api_key(self, tenant: str, role: str, name: str) -> ApiKeyCreated:
         """Create a key without a caller (bootstrap of the first admin key)."""
         if role not in ROLE_SCOPES:
@@ -197,14 +224,6 @@ class AuthService:
             role=role,  # type: ignore[arg-type]
         )
 
-    def list_api_keys(self, p: Principal) -> list[ApiKeyView]:
-        """Every key without its secret hash (admin)."""
-        p.require("admin")
-        return [
-            ApiKeyView(k.id, k.tenant, k.role, k.name, k.created_at, k.revoked)
-            for k in self._store.list_api_keys()
-        ]
-
     def revoke_api_key(self, p: Principal, key_id: str) -> None:
         """Revoke a key (admin). Its refresh tokens stop working at their next use."""
         p.require("admin")
@@ -219,7 +238,38 @@ class AuthService:
         self._store.save_join_token(
             JoinTokenRecord(sha256_hex(token), req.region, dict(req.labels), expires_at)
         )
-        return JoinTokenCreated(join_token=token, expires_at=clock.iso(expires_at) or "")
+        return JoinTokenCreated(
+            join_token=token,
+            expires_at=clock.iso(expires_at) or "",
+            id=join_token_id(sha256_hex(token)),
+        )
+
+    def list_join_tokens(self, p: Principal) -> JoinTokenList:
+        """Unexpired join tokens, soonest expiry first, without the tokens (admin)."""
+        p.require("admin")
+        t = self._now()
+        return JoinTokenList(
+            tokens=[
+                JoinTokenView(
+                    id=join_token_id(rec.token_hash),
+                    region=rec.region,
+                    labels=rec.labels,
+                    expires_at=clock.iso(rec.expires_at) or "",
+                )
+                for rec in self._store.list_join_tokens()
+                if rec.expires_at >= t
+            ]
+        )
+
+    def revoke_join_token(self, p: Principal, token_id: str) -> None:
+        """Delete a join token by its listed id (admin): it registers no more runners;
+        runners that registered with it keep their own credentials."""
+        p.require("admin")
+        for rec in self._store.list_join_tokens():
+            if join_token_id(rec.token_hash) == token_id:
+                self._store.delete_join_token(rec.token_hash)
+                return
+        raise NotFound(f"join token {token_id!r} not found")
 
     def issue_join_token(self, region: str, labels: dict[str, str], ttl_s: int) -> str:
         """A join token for a host the capacity autoscaler starts (no principal: the

@@ -10,10 +10,18 @@ Decisions are taken lazily, when a heartbeat (or a PUT) finds the stored one sta
 background loop, and a fleet without heartbeats has nothing to place.
 
 What the runners get (``desired_models`` in the heartbeat answer):
-- None when no deployment exists at all (runners serve their local repository), and for a
-  draining runner (it keeps what it has while it finishes).
+- None when no deployment exists at all (runners serve their local repository), when only
+  implicit deployments exist and none is placed on this runner, and for a draining runner
+  (it keeps what it has while it finishes).
 - Otherwise the versions placed on this runner, each with its files and a presigned GET per
   file, plus ``managed=False`` entries for models it reports that no deployment governs.
+
+Implicit deployments (``services/models.py``: a pushed model gets one, min 0, max
+``implicit_max_replicas``) only cold-start a model nobody serves: while a healthy runner
+holds the model without being placed there (its own repository, or kept after a
+scale-down), the implicit deployment is left out of the decision, and runners not placed
+for it keep their copies (``managed=False``). The stored decision lists their names
+(``implicit``).
 
 Leases: for a deployed model, a runner is leased jobs of a version only when its last
 heartbeat reported that version READY; models without a deployment keep the older rule (the
@@ -123,6 +131,7 @@ class DeploymentService:
         self._now = now
         self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -186,9 +195,13 @@ class DeploymentService:
                             "state": m.get("state"),
                         }
                     )
+        implicit = bool(spec.get("implicit"))
         return DeploymentView(
             name=name,
-            desired=DeploymentSpec.model_validate(spec),
+            implicit=implicit,
+            desired=DeploymentSpec.model_validate(
+                {k: v for k, v in spec.items() if k != "implicit"}
+            ),
             observed=observed,
             replicas=plan.replicas if plan else 0,
             reason=plan.reason if plan else None,
@@ -204,13 +217,19 @@ class DeploymentService:
         rec = self._store.get_plan()
         t = self._now()
         if rec is not None and not force and t - rec.planned_at < self._interval_s:
-            return plans_of(rec)
+            return self._remember(rec)
         specs = self._store.list_deployments()
         if rec is None and not specs:
             return {}
         records = self._runners()
         runners = [self._runner_input(r, t) for r in records]
         previous = plans_of(rec)
+        implicit = sorted(n for n, spec in specs.items() if spec.get("implicit"))
+        specs = {
+            n: spec
+            for n, spec in specs.items()
+            if not (spec.get("implicit") and _served_unplaced(n, runners, previous))
+        }
         measured = pl.learn_memory(runners, previous, memory_of(rec))
         names = sorted(specs)
         snapshots = self._queue(names) if names else {}
@@ -226,10 +245,17 @@ class DeploymentService:
                 {"model": m, "version": v, "gpu": g, "mb": mb}
                 for (m, v, g), mb in sorted(measured.items())
             ],
+            "implicit": implicit,
         }
         if self._store.save_plan(doc, t, rec.revision if rec else 0):
+            self._implicit = frozenset(implicit)
             return plans
-        return plans_of(self._store.get_plan())  # another replica decided meanwhile
+        return self._remember(self._store.get_plan())  # another replica decided meanwhile
+
+    def _remember(self, rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:
+        """The plans of ``rec``, keeping its implicit names for ``desired_models``."""
+        self._implicit = frozenset(rec.doc.get("implicit", [])) if rec is not None else frozenset()
+        return plans_of(rec)
 
     def _deployment_input(
         self, name: str, spec: dict[str, Any], snap: pl.QueueSnapshot | None
@@ -285,6 +311,10 @@ class DeploymentService:
         plans = self.reconcile()
         if not plans or runner.config.get("drain"):
             return None
+        implicit = self._implicit
+        mine = {name for name, _ in pl.desired_for(plans, runner.id)}
+        if all(name in implicit for name in plans) and not mine:
+            return None  # implicit deployments only, none placed here: the local repository
         out: list[DesiredModel] = []
         for name, a in pl.desired_for(plans, runner.id):
             files = self._files_of(name, a.version)
@@ -311,8 +341,8 @@ class DeploymentService:
             )
         for m in runner.models:
             name, version = str(m.get("name", "")), str(m.get("version", ""))
-            if name in plans:
-                continue
+            if name in plans and (name not in implicit or name in mine):
+                continue  # governed here (an implicit plan leaves other runners' copies be)
             try:
                 out.append(DesiredModel(name=name, version=version, managed=False))
             except ValueError:
@@ -385,7 +415,10 @@ class DeploymentService:
             return f"loading: {what} is loading on {', '.join(sorted(loading))}"
         plan = plans.get(job.model)
         if plan is None:
-            return f"no runner serves {what} and it has no deployment"
+            return (
+                f"no runner serves {what} and it has no deployment "
+                f"(PUT /v1/models/{job.model}/deployment, or `gpufleet models deploy`)"
+            )
         if plan.reason:
             return plan.reason
         placed = [
@@ -396,9 +429,20 @@ class DeploymentService:
         if placed:
             return f"loading: {what} is being fetched by {', '.join(sorted(set(placed)))}"
         if plan.replicas == 0:
-            return f"{what} is scaled to zero: a replica starts at the next placement"
+            return f"cold start: {what} is scaled to zero; a replica starts at the next placement"
         where = f" in region {job.region!r}" if job.region else ""
         return f"no replica of {what} is placed{where}"
+
+
+def _served_unplaced(
+    name: str, runners: list[pl.RunnerInput], previous: dict[str, pl.ModelPlan]
+) -> bool:
+    """A healthy runner holds ``name`` (READY or LOADING) without being placed there: it
+    serves it from its own repository (or kept it after a scale-down). An implicit deployment
+    then stands aside: it only cold-starts a model nobody serves and never takes one away."""
+    plan = previous.get(name)
+    placed = {a.runner_id for a in plan.assignments} if plan else set()
+    return any(r.healthy and r.id not in placed and r.holds(name) for r in runners)
 
 
 def _state_word(state: object) -> str:

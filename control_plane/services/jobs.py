@@ -880,6 +880,7 @@ def _answer(job_id: str, refused: GpufleetError | CompleteResponse | None) -> Co
 
 def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, ModelService]:
     """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``)."""
-    models = ModelService(settings, stores.models, stores.blobs)
+    deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
+    models = ModelService(settings, stores.models, stores.blobs, deployments=deployments)
     offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
     return JobService(settings, stores.jobs, models, stores.blobs, offload), models

@@ -1,10 +1,17 @@
 """The model repository: versions uploaded by presigned URLs, verified, then READY.
 
-Lifecycle of a version: ``create_version`` validates the layout, records the version as
+Lifecycle of a version: ``create_version`` validates the layout (and ``config.pbtxt`` when the
+client sends its text: a broken config costs no upload), answers the existing version when a
+READY one holds the same files (pushing twice is harmless), records the version as
 UPLOADING and hands out presigned PUTs (multipart above 64 MiB); the client uploads to the
 bucket; ``commit`` checks every object's size and sha256 from its bytes, parses
 ``config.pbtxt`` as Triton's ModelConfig and flips UPLOADING -> READY with one conditional
 write. A mismatch leaves the version UPLOADING: nothing half-uploaded becomes READY.
+
+A model without a deployment gets an implicit one when its first version becomes READY
+(``min_replicas`` 0, ``max_replicas`` = ``implicit_max_replicas``, marked ``implicit``): its
+first job cold-starts one replica, as on serverless platforms. ``PUT …/deployment`` replaces
+it; ``implicit_max_replicas`` 0 turns this off.
 
 Model names are global; the tenant that first creates a name owns it. Other tenants get 404
 on reads and 409 on creating a version of it; admins see and manage every model.
@@ -12,9 +19,11 @@ on reads and 409 on creating a version of it; admins see and manage every model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 from gpufleet.wire import (
     NAME_PATTERN,
@@ -37,7 +46,12 @@ from control_plane.services import modelconfig
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
 from control_plane.storage.definitions import MODELS_PREFIX
-from control_plane.storage.protocols import BlobStore, ModelStore, ModelVersionRecord
+from control_plane.storage.protocols import (
+    BlobStore,
+    DeploymentStore,
+    ModelStore,
+    ModelVersionRecord,
+)
 
 PART_SIZE = 64 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -77,6 +91,28 @@ def version_view(rec: ModelVersionRecord) -> ModelVersionView:
     )
 
 
+def _content_key(files: list[dict[str, Any]]) -> frozenset[tuple[str, int, str]]:
+    """What a version holds, its own number left out: (path below the version, size, sha256)."""
+    out = set()
+    for f in files:
+        path = str(f["path"])
+        if path != modelconfig.CONFIG_FILE:
+            path = "#/" + path.split("/", 1)[-1]
+        out.add((path, int(f["size"]), str(f["sha256"])))
+    return frozenset(out)
+
+
+def implicit_spec(max_replicas: int) -> dict[str, object]:
+    """The stored spec of an implicit deployment (``implicit`` marks it in views)."""
+    return {
+        "min_replicas": 0,
+        "max_replicas": max_replicas,
+        "regions": [],
+        "gpu_memory_mb": None,
+        "implicit": True,
+    }
+
+
 class ModelService:
     """Versions of Triton models in the bucket, owned by tenants."""
 
@@ -87,8 +123,10 @@ class ModelService:
         blobs: BlobStore,
         *,
         part_size: int = PART_SIZE,
+        deployments: DeploymentStore | None = None,
     ) -> None:
         self._settings = settings
+        self._deployments = deployments
         self._store = store
         self._blobs = blobs
         # Bumped by every commit and delete on this replica: caches of READY versions made
@@ -124,6 +162,16 @@ class ModelService:
         for i, f in enumerate(req.files):
             modelconfig.validate_path(f.path, i)
         self._check_limits(req.files)
+        if req.config is not None:
+            self._check_config(name, req)
+        same = self._same_content(name, req)
+        if same is not None:
+            return CreateVersionResponse(name=name, version=same, state="READY", uploads=[])
+        if req.version and self._store.get_version(name, req.version) is not None:
+            raise Conflict(
+                f"model {name!r} version {req.version} exists already with other content "
+                "(push without a version to make the next one)"
+            )
         for attempt in range(5):
             version = req.version or self._next_version(name)
             files = req.files if req.version else modelconfig.renumber(req.files, version)
@@ -147,6 +195,35 @@ class ModelService:
             if req.version or attempt == 4:
                 raise Conflict(f"model {name!r} version {version} exists already")
         raise Conflict("could not pick a version number")  # pragma: no cover
+
+    def _check_config(self, name: str, req: CreateVersionRequest) -> None:
+        """The ``config.pbtxt`` text sent with the request: the declared file, and valid."""
+        text = req.config or ""
+        declared = next((f for f in req.files if f.path == modelconfig.CONFIG_FILE), None)
+        if declared is None:
+            raise InvalidRequest("config.pbtxt is not among the files", field="files")
+        raw = text.encode("utf-8")
+        if len(raw) != declared.size or hashlib.sha256(raw).hexdigest() != declared.sha256:
+            raise InvalidRequest(
+                "config is not the config.pbtxt declared in files (size or sha256 differ)",
+                field="config",
+            )
+        parsed = modelconfig.parse_config(text, name)
+        paths = [f.path for f in req.files]
+        dirs = {p.split("/", 1)[0] for p in paths if p != modelconfig.CONFIG_FILE}
+        if len(dirs) == 1:
+            modelconfig.check_default_model_file(parsed, paths, next(iter(dirs)))
+
+    def _same_content(self, name: str, req: CreateVersionRequest) -> str | None:
+        """The READY version holding exactly the files of ``req`` (the pinned one only when
+        ``req.version`` is set), or None."""
+        wanted = _content_key([f.model_dump() for f in req.files])
+        for rec in self._store.list_versions(name):
+            if req.version and rec.version != req.version:
+                continue
+            if rec.state == "READY" and _content_key(rec.files) == wanted:
+                return rec.version
+        return None
 
     def _check_limits(self, files: list[FileSpec]) -> None:
         """At most ``model_max_files`` files of ``model_max_bytes`` in all (422 on ``files``)."""
@@ -232,7 +309,18 @@ class ModelService:
                 raise Conflict(f"model {name!r} version {version} is {current.state}")
             return version_view(current)
         rec.state = "READY"
+        self._ensure_deployment(name)
         return version_view(rec)
+
+    def _ensure_deployment(self, name: str) -> None:
+        """Give a model without a deployment the implicit one (see the module docstring)."""
+        replicas = self._settings.implicit_max_replicas
+        if self._deployments is None or replicas <= 0:
+            return
+        if self._deployments.get_deployment(name) is not None:
+            return  # an explicit (or earlier implicit) deployment stays as it is
+        spec = implicit_spec(replicas)
+        self._deployments.put_deployment(name, spec, now())
 
     def _complete_multiparts(self, rec: ModelVersionRecord, req: CommitRequest) -> None:
         for path, upload_id in rec.uploads.items():

@@ -80,6 +80,13 @@ class TokenSigner:
         self._verified[token] = (exp, principal)
         return principal
 
+    def remember(self, token: str, principal: Principal, until: float) -> None:
+        """Answer ``token`` with ``principal`` from memory until ``until`` (wall clock): an API
+        key presented as a bearer token, checked against the store once (``auth.py``)."""
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (until, principal)
+
     def remembered(self, token: str) -> Principal | None:
         """The principal of a token verified before and not expired since (no I/O)."""
         hit = self._verified.get(token)

@@ -6,7 +6,9 @@ embedded mode and the tests); ``iac/`` renders the same definitions into CloudFo
 
 Layout (every state change is a conditional write on these):
 - ``jobs``        PK ``id``. One item per job: request, status, lease token, result.
-                  GSI ``by_tenant`` (``tenant``, ``created_key``) for listing a tenant's jobs.
+                  GSI ``by_tenant`` (``tenant``, ``created_key``) for listing a tenant's jobs;
+                  KEYS_ONLY GSI ``by_time`` (``list_shard`` = ``all#<n>``, ``created_key``)
+                  for every tenant's jobs newest first.
 - ``queue``       PK ``shard`` = ``<model>#<n>``, SK ``sk`` = ``<999-priority>#<created_ms>#<id>``.
                   Only claimable jobs live here, so a lease reads a few small partitions
                   whatever the size of ``jobs``.
@@ -71,9 +73,17 @@ TABLES: dict[str, dict[str, Any]] = {
                     {"AttributeName": "created_key", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
-            }
+            },
+            {
+                "IndexName": "by_time",
+                "KeySchema": [
+                    {"AttributeName": "list_shard", "KeyType": "HASH"},
+                    {"AttributeName": "created_key", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            },
         ],
-        extra_attributes=["tenant", "created_key"],
+        extra_attributes=["tenant", "created_key", "list_shard"],
         ttl=True,
     ),
     "queue": _table("shard", "sk"),

@@ -220,6 +220,43 @@ class DynamoAuthStore:
             expires_at=float(item["expires_at"]["N"]),
         )
 
+    def list_join_tokens(self) -> list[JoinTokenRecord]:
+        """A Scan of the ``join#`` items (admin listing: rare, and tokens are few)."""
+        out = [
+            JoinTokenRecord(
+                token_hash=item["pk"]["S"].removeprefix("join#"),
+                region=item["region"]["S"],
+                labels=json.loads(item["labels"]["S"]),
+                expires_at=float(item["expires_at"]["N"]),
+            )
+            for item in self._scan_prefix("join#", "list join tokens")
+        ]
+        return sorted(out, key=lambda t: (t.expires_at, t.token_hash))
+
+    def delete_join_token(self, token_hash: str) -> bool:
+        with translate_errors("delete join token"):
+            resp = self._db.delete_item(
+                TableName=self._table,
+                Key={"pk": _s(f"join#{token_hash}")},
+                ReturnValues="ALL_OLD",
+            )
+        return bool(resp.get("Attributes"))
+
+    def _scan_prefix(self, prefix: str, what: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(pk, :p)",
+            "ExpressionAttributeValues": {":p": _s(prefix)},
+        }
+        with translate_errors(what):
+            while True:
+                page = self._db.scan(**kwargs)
+                items.extend(page.get("Items", []))
+                if not page.get("LastEvaluatedKey"):
+                    return items
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     # ------------------------------------------------------------------ signing key
     def ensure_signing_key(self, candidate: str) -> str:
         """Store ``candidate`` unless a key exists, then return the stored one (first wins)."""

@@ -1,4 +1,5 @@
-"""DynamoDB adapter of the ``jobs`` table (PK ``id``, GSI ``by_tenant``).
+"""DynamoDB adapter of the ``jobs`` table (PK ``id``, GSIs ``by_tenant`` and ``by_time``;
+an admin's listing over every tenant: ``dynamo_job_listing.py``).
 
 Every transition is one conditional ``UpdateItem`` on the job item, conditioned on the status
 it leaves and on the token that proves the caller's right to leave it:
@@ -42,6 +43,7 @@ from control_plane.storage.dynamo_items import (
     n,
     s,
 )
+from control_plane.storage.dynamo_job_listing import list_every_tenant, list_shard
 from control_plane.storage.protocols import JobRecord
 
 TENANT_INDEX = "by_tenant"
@@ -67,6 +69,7 @@ def to_item(job: JobRecord) -> dict[str, Any]:
         "id": s(job.id),
         "tenant": s(job.tenant),
         "created_key": s(f"{int(job.created_at * 1000):013d}#{job.id}"),
+        "list_shard": s(list_shard(job.id)),
         "model": s(job.model),
         "pinned": b(job.pinned),
         "status": s(job.status),
@@ -232,6 +235,10 @@ class DynamoJobStore:
         newest first within a page). ``cursor``: opaque, from the previous page. A page is
         filled with up to ``MAX_LIST_REQUESTS`` requests."""
         limit = max(1, limit)
+        if tenant is None:  # every tenant's, newest first: the sharded by_time index
+            return list_every_tenant(
+                self._db, self._table, self.get_jobs, status, model, limit, cursor
+            )
         start = decode_cursor(cursor)
         filters, values, names = [], {}, {}
         if status:

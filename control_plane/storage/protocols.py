@@ -211,18 +211,16 @@ class JobTable(Protocol):
     ) -> tuple[list[JobRecord], str | None]:
         """One page of jobs and the cursor of the next page (None: the listing is done).
 
-        ``tenant``: that tenant's jobs, newest first (``created_at`` in ms, then id, both
-        descending); None: every
-        tenant's jobs, each exactly once over the pages, in no promised order (SQLite: newest
-        first; DynamoDB: a Scan, newest first within a page). ``status`` / ``model`` filter
-        (None or "": no filter). ``limit`` >= 1: at most that many jobs. The adapter reads
-        as many backend pages as it takes to fill the page; it may stop after a bounded
-        amount of reading (DynamoDB: 10 requests) and return a short (even empty) page with
+        ``tenant``: that tenant's jobs; None: every tenant's jobs. Newest first either way
+        (``created_at`` in ms, then id, both descending), each exactly once over the pages.
+        ``status`` / ``model`` filter (None or "": no filter). ``limit`` >= 1: at most that
+        many jobs. The adapter reads as many backend pages as it takes to fill the page; it
+        may stop after a bounded amount of reading (DynamoDB: 10 requests, 20 for every
+        tenant's) and return a short (even empty) page with
         a cursor, but never a short page without one unless the listing is done.
         ``cursor``: opaque, from the previous page of the same listing (same tenant);
         ``InvalidRequest`` when it is not one, or belongs to another tenant's listing.
-        May lag writes by a moment (DynamoDB: an index Query or a Scan, eventually
-        consistent).
+        May lag writes by a moment (DynamoDB: index Queries, eventually consistent).
         """
         ...
 

@@ -87,13 +87,13 @@ class AuthStore(Protocol):
         """The key (revoked ones too), or None."""
         ...
 
-    def revoke_api_key(self, key_id: str) -> bool:
-        """Mark the key revoked (again: still True); False when there is no such key."""
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key (revoked ones too), oldest first; may lag a save by a moment
+        (DynamoDB: an eventually consistent Scan of the auth table's ``key#`` items)."""
         ...
 
-    def list_api_keys(self) -> list[ApiKeyRecord]:
-        """Every key, revoked ones too, by ``created_at`` (for the admin page; DynamoDB: a
-        Scan of the auth table, eventually consistent)."""
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Mark the key revoked (again: still True); False when there is no such key."""
         ...
 
     def save_refresh_token(self, rec: RefreshRecord) -> None:
@@ -130,6 +130,15 @@ class AuthStore(Protocol):
     def consume_join_token(self, token_hash: str) -> bool:
         """Delete the join token; False when it does not exist (used already). Of concurrent
         consumers of one token exactly one gets True."""
+        ...
+
+    def list_join_tokens(self) -> list[JoinTokenRecord]:
+        """Every stored join token (expired ones too until deleted), by expiry; may lag a save
+        by a moment (DynamoDB: a Scan of the ``join#`` items)."""
+        ...
+
+    def delete_join_token(self, token_hash: str) -> bool:
+        """Remove a join token (it no longer registers runners); False when there was none."""
         ...
 
     def ensure_signing_key(self, candidate: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,21 @@ from runner.triton_client import TritonClient
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 2000
+
+
+def docker_unreachable(address: str, exc: BaseException) -> str:
+    """One line: which Docker engine did not answer, and the ways out."""
+    why = str(exc).split("\n", 1)[0]
+    if "Permission denied" in why or "PermissionError" in why:
+        why = "permission denied on the socket"
+    elif len(why) > 160:
+        why = why[:157] + "..."
+    return (
+        f"Docker at {address} does not answer ({why}): start Docker, point "
+        "GPUFLEET_RUNNER_DOCKER_HOST (or DOCKER_HOST) at a running engine, add this user to "
+        "the docker group for the socket, or run with --backend process (a tritonserver on "
+        "PATH) or --backend mock"
+    )
 
 
 class DockerBackend:
@@ -58,10 +74,18 @@ class DockerBackend:
         if self._docker is None:
             import docker
 
-            if self._settings.docker_host:
-                self._docker = docker.DockerClient(base_url=self._settings.docker_host, timeout=60)
-            else:
-                self._docker = docker.from_env(timeout=60)
+            address = self._settings.docker_host or os.environ.get(
+                "DOCKER_HOST", "unix:///var/run/docker.sock"
+            )
+            try:
+                if self._settings.docker_host:
+                    client = docker.DockerClient(base_url=self._settings.docker_host, timeout=60)
+                else:
+                    client = docker.from_env(timeout=60)
+                client.ping()
+            except docker.errors.DockerException as exc:
+                raise BackendError(docker_unreachable(address, exc)) from None
+            self._docker = client
         return self._docker
 
     def _ensure_image(self) -> list[str] | None:

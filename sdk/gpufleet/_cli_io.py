@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -129,6 +129,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+SECRETS = frozenset({"api_key", "join_token", "secret", "access_token", "refresh_token"})
+
+
 class Output:
     """Where and how results go: ``table`` (rich, humans) or ``json`` (scripts) on stdout;
     messages and progress on stderr."""
@@ -153,11 +156,15 @@ class Output:
             return
         data = _jsonable(value)
         table = Table(title=title, show_header=False)
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")  # folded to the terminal, never cut short
         for key, val in data.items():
             if key == "api_version":
                 continue
             text = val if isinstance(val, str) else json.dumps(val)
-            table.add_row(str(key), text if len(text) < 200 else text[:197] + "...")
+            if key not in SECRETS and len(text) >= 200:
+                text = text[:197] + "..."
+            table.add_row(str(key), text)
         self.out.print(table)
 
     def rows(self, items: Sequence[Any], columns: Sequence[str], key: str = "items") -> None:
@@ -166,8 +173,8 @@ class Output:
             self.emit_json({key: list(items)})
             return
         table = Table()
-        for column in columns:
-            table.add_column(column, overflow="fold", no_wrap=column == "id")
+        for column in columns:  # every column folds: the table fits an 80-column terminal
+            table.add_column(column, overflow="fold")
         for item in items:
             data = _jsonable(item)
             table.add_row(*[_cell(data.get(c)) for c in columns])
@@ -185,7 +192,10 @@ class Output:
         self.out.print(table)
 
     def error(self, exc: BaseException) -> None:
-        """An error on stderr (JSON in json mode)."""
+        """An error on stderr (JSON in json mode); pydantic's text is turned into one line
+        per field."""
+        if isinstance(exc, ValidationError):
+            exc = ValueError(plain_validation(exc))
         if self.json:
             body: dict[str, Any] = {"code": getattr(exc, "code", type(exc).__name__)}
             body["message"] = getattr(exc, "message", str(exc))
@@ -195,10 +205,19 @@ class Output:
                 body["job"] = _jsonable(exc.job)
             sys.stderr.write(json.dumps({"error": body}) + "\n")
             return
-        self.err.print(f"[red]error:[/red] {exc}")
+        self.err.print("[red]error:[/red]", str(exc).replace("[", "\\["))
         details = getattr(exc, "details", None)
         if details:
             self.err.print(json.dumps(details, indent=2))
+
+
+def plain_validation(exc: ValidationError) -> str:
+    """``field: message; …`` instead of pydantic's multi-line report."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "value"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def _cell(value: Any) -> str:

@@ -3,20 +3,35 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
 import numpy as np
 
 from gpufleet._transport import Core, Op, seg
-from gpufleet.errors import GpufleetError, JobFailedError, WaitTimeoutError, mark_submit_error
-from gpufleet.tensors import datatype_of, decode_outputs, to_arrays, to_raw_bytes, to_tensor
+from gpufleet.errors import (
+    APIError,
+    GpufleetError,
+    JobFailedError,
+    WaitTimeoutError,
+    mark_submit_error,
+)
+from gpufleet.tensors import (
+    datatype_of,
+    decode_outputs,
+    dtype_of,
+    to_arrays,
+    to_raw_bytes,
+    to_tensor,
+)
 from gpufleet.wire import (
     TERMINAL_STATUSES,
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
     BatchAccepted,
     BatchJobRequest,
     InferRequest,
@@ -27,13 +42,17 @@ from gpufleet.wire import (
     JobView,
     JoinTokenCreate,
     JoinTokenCreated,
+    JoinTokenList,
+    ModelView,
     OutputRequest,
     PayloadUpload,
     PayloadUploadRequest,
     PoolList,
     PoolSpec,
     PoolView,
+    RunnerConfigPatch,
     RunnerList,
+    RunnerView,
     Tensor,
     WebhookSecret,
     WebhookSpec,
@@ -43,6 +62,7 @@ from gpufleet.wire import (
 INLINE_LIMIT_BYTES = 256 * 1024
 #: The server's upper bound on ``wait_s``.
 MAX_WAIT_S = 30.0
+log = logging.getLogger("gpufleet")
 
 Inputs = Mapping[str, Any] | Iterable[Tensor]
 
@@ -101,6 +121,73 @@ def encode_inputs(core: Core, inputs: Inputs, inline_limit: int) -> Op[list[Tens
     return out
 
 
+# --------------------------------------------------------------------------- casting
+
+DECLARED_TTL_S = 60.0  # how long a model's declared input datatypes are reused
+_NUMPY_DEFAULTS = frozenset({np.dtype(np.float64), np.dtype(np.int64)})
+
+
+def _needs_cast(value: Any) -> bool:
+    """A list, or an array of numpy's default dtypes: what often differs from the model."""
+    if isinstance(value, Tensor):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.dtype in _NUMPY_DEFAULTS
+    return isinstance(value, list | tuple | int | float)
+
+
+def declared_datatypes(core: Core, model: str, version: str | None) -> Op[dict[str, str]]:
+    """Input name -> datatype the model declares (the pinned version, else the newest READY
+    one); empty when the model cannot be read (the control plane then says why at submit).
+    Reused for ``DECLARED_TTL_S`` per client."""
+    cache = core.declared
+    hit = cache.get((model, version))
+    if hit is not None and core.clock() - hit[0] < DECLARED_TTL_S:
+        return hit[1]
+    try:
+        resp = yield from core.request("GET", f"/v1/models/{seg(model)}")
+    except APIError:
+        return {}
+    view = ModelView.model_validate(resp.json())
+    ready = [v for v in view.versions if v.state == "READY"]
+    chosen = [v for v in ready if v.version == version] if version else ready[:1]
+    found = {t.name: t.datatype for t in chosen[0].inputs} if chosen else {}
+    cache[(model, version)] = (core.clock(), found)
+    return found
+
+
+def cast_inputs(inputs: Mapping[str, Any], declared: Mapping[str, str]) -> dict[str, Any]:
+    """Lists and float64/int64 arrays cast to the datatype the model declares when no value
+    changes; ValueError naming the input when the cast would lose something."""
+    out = dict(inputs)
+    for name, value in inputs.items():
+        target = declared.get(name)
+        if target is None or target == "BYTES" or not _needs_cast(value):
+            continue
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        want = dtype_of(target)
+        if array.dtype == want or array.dtype.kind not in "biuf":
+            continue
+        with np.errstate(all="ignore"):
+            cast = array.astype(want)
+            back = cast.astype(array.dtype)
+            same = np.array_equal(back, array, equal_nan=array.dtype.kind == "f")
+        if not same:
+            raise ValueError(
+                f"input {name}: the model takes {target}, and these {array.dtype} values do "
+                f"not fit it without loss; cast them yourself (e.g. .astype(np.{want}))"
+            )
+        out[name] = cast
+    return out
+
+
+def _cast(core: Core, model: str, version: str | None, inputs: Inputs) -> Op[Inputs]:
+    if not isinstance(inputs, Mapping) or not any(_needs_cast(v) for v in inputs.values()):
+        return inputs
+    declared = yield from declared_datatypes(core, model, version)
+    return cast_inputs(inputs, declared)
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -122,6 +209,7 @@ def job_request(
     inline_limit: int = INLINE_LIMIT_BYTES,
 ) -> Op[JobRequest]:
     """Validate and encode one job body (uploading large inputs)."""
+    inputs = yield from _cast(core, model, model_version, inputs)
     tensors = yield from encode_inputs(core, inputs, inline_limit)
     fields: dict[str, Any] = {
         "model": model,
@@ -199,6 +287,7 @@ def infer(
     Retried on 503 and connection errors (inference is safe to repeat: a runner lost
     mid-request answers 503); a failed inference raises the API error (400 for inputs the
     model refuses, 500 for a model error, 504 past ``timeout``)."""
+    inputs = yield from _cast(core, model, version, inputs)
     tensors = yield from encode_inputs(core, inputs, INLINE_LIMIT_BYTES)
     body = InferRequest(
         model_version=version,
@@ -253,16 +342,42 @@ def get(core: Core, job_id: str, wait_s: float = 0.0) -> Op[JobView]:
     return JobView.model_validate(resp.json())
 
 
-def wait(core: Core, job_id: str, timeout: float | None, poll: float) -> Op[JobView]:
-    """Long-poll ``GET /v1/jobs/{id}?wait_s=…`` until the job is terminal."""
-    deadline = None if timeout is None else core.clock() + timeout
+#: ``progress(job, elapsed_s)``: called while :func:`wait` waits, after each poll.
+WaitProgress = Callable[[JobView, float], None]
+
+
+def wait(
+    core: Core,
+    job_id: str,
+    timeout: float | None,
+    poll: float,
+    progress: WaitProgress | None = None,
+) -> Op[JobView]:
+    """Long-poll ``GET /v1/jobs/{id}?wait_s=…`` until the job is terminal. While it waits,
+    ``progress(job, elapsed_s)`` is called after every poll, and a change of status or
+    ``waiting_reason`` is logged (logger ``gpufleet``, INFO)."""
+    started = core.clock()
+    deadline = None if timeout is None else started + timeout
     poll = max(0.0, min(poll, MAX_WAIT_S))
+    said: tuple[str, str | None] | None = None
     while True:
         remaining = None if deadline is None else max(0.0, deadline - core.clock())
         wait_s = poll if remaining is None else min(poll, remaining)
         job = yield from get(core, job_id, wait_s)
         if job.status in TERMINAL_STATUSES:
             return job
+        elapsed = core.clock() - started
+        if (job.status, job.waiting_reason) != said:
+            said = (job.status, job.waiting_reason)
+            log.info(
+                "job %s %s after %.0fs%s",
+                job.id,
+                job.status,
+                elapsed,
+                f": {job.waiting_reason}" if job.waiting_reason else "",
+            )
+        if progress is not None:
+            progress(job, elapsed)
         if deadline is not None and core.clock() >= deadline:
             raise WaitTimeoutError(job, timeout or 0.0)
 
@@ -305,10 +420,28 @@ def list_runners(core: Core) -> Op[RunnerList]:
     return RunnerList.model_validate(resp.json())
 
 
+def configure_runner(core: Core, runner_id: str, patch: RunnerConfigPatch) -> Op[RunnerView]:
+    body = patch.model_dump(mode="json", exclude_none=True)
+    resp = yield from core.request(
+        "PATCH", f"/v1/runners/{seg(runner_id)}/config", json=body, idempotent=True
+    )
+    return RunnerView.model_validate(resp.json())
+
+
+def revoke_runner(core: Core, runner_id: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/runners/{seg(runner_id)}")
+    return dict(resp.json())
+
+
 def create_api_key(core: Core, tenant: str, role: str, name: str) -> Op[ApiKeyCreated]:
     body = _dump(ApiKeyCreate(tenant=tenant, role=role, name=name))  # type: ignore[arg-type]
     resp = yield from core.request("POST", "/v1/admin/api-keys", json=body, idempotent=False)
     return ApiKeyCreated.model_validate(resp.json())
+
+
+def list_api_keys(core: Core) -> Op[ApiKeyList]:
+    resp = yield from core.request("GET", "/v1/admin/api-keys")
+    return ApiKeyList.model_validate(resp.json())
 
 
 def revoke_api_key(core: Core, key_id: str) -> Op[dict[str, Any]]:
@@ -344,6 +477,16 @@ def list_pools(core: Core) -> Op[PoolList]:
 
 def delete_pool(core: Core, name: str) -> Op[dict[str, Any]]:
     resp = yield from core.request("DELETE", f"/v1/pools/{seg(name)}")
+    return dict(resp.json())
+
+
+def list_join_tokens(core: Core) -> Op[JoinTokenList]:
+    resp = yield from core.request("GET", "/v1/admin/join-tokens")
+    return JoinTokenList.model_validate(resp.json())
+
+
+def revoke_join_token(core: Core, token_id: str) -> Op[dict[str, Any]]:
+    resp = yield from core.request("DELETE", f"/v1/admin/join-tokens/{seg(token_id)}")
     return dict(resp.json())
 
 

@@ -169,6 +169,8 @@ class Core:
         self.retry = RetryPolicy(max_retries=max_retries, rng=rng or random.Random())
         self.user_agent = f"gpufleet-python/{__version__}"
         self.tls_names = SDK_NAMES
+        # (model, version) -> (when read, input name -> declared datatype): _ops.cast_inputs
+        self.declared: dict[tuple[str, str | None], tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ building requests
 

@@ -16,18 +16,23 @@ import numpy as np
 
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet.config import resolve as resolve_credentials
+from gpufleet.errors import NotFoundError
 from gpufleet.models import ProgressCallback
 from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
+    ApiKeyView,
     DeploymentView,
     JobRequest,
     JobView,
     JoinTokenCreated,
+    JoinTokenView,
     ModelVersionView,
     ModelView,
     PoolSpec,
     PoolView,
+    RunnerConfigPatch,
     RunnerView,
 )
 
@@ -40,9 +45,12 @@ class AsyncClient:
     """An asyncio client of the gpufleet API (same arguments and methods as ``Client``).
 
     Args:
-        url: base URL of the control plane (``http://127.0.0.1:8080``).
+        url: base URL of the control plane (``http://127.0.0.1:8080``); default
+            ``GPUFLEET_URL``, else the URL ``gpufleet login`` stored.
         api_key: an API key (``gf_…``), exchanged for tokens and refreshed before expiry.
-        token: an access token to use as is (when no API key is given).
+        token: an access token to use as is (when no API key is given). With neither:
+            ``GPUFLEET_API_KEY`` / ``GPUFLEET_TOKEN``, else what ``gpufleet login`` stored
+            for that URL (``gpufleet.config.resolve``).
         timeout: seconds per HTTP request (long polls add their wait on top).
         max_retries: retries on 429, 503 and connection errors (exponential backoff with
             full jitter; ``Retry-After`` honoured).
@@ -59,7 +67,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         api_key: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
@@ -73,8 +81,13 @@ class AsyncClient:
         client_key: str | Path | None = None,
         tls: TlsOptions | None = None,
     ) -> None:
+        creds = resolve_credentials(url, api_key, token)
         self._core = Core(
-            url, api_key=api_key, token=token, timeout=timeout, max_retries=max_retries
+            creds.url,
+            api_key=creds.api_key,
+            token=creds.token,
+            timeout=timeout,
+            max_retries=max_retries,
         )
         options = tls or resolve(
             ca_bundle=ca_bundle,
@@ -82,6 +95,7 @@ class AsyncClient:
             insecure_remote=tls_insecure_remote,
             client_cert=client_cert,
             client_key=client_key,
+            stored=creds.tls(),  # what `gpufleet login` saved for this control plane
         )
         check_url(self._core.base_url, options)
         self._core.tls_names = options.names
@@ -136,6 +150,11 @@ class AsyncClient:
         """Obtain an access token now (exchanging the API key); raises
         :class:`~gpufleet.errors.AuthError` when the credentials are refused."""
         await self._run(self._core.authenticate())
+
+    async def access_token(self) -> str:
+        """A valid access token (exchanged from the API key, or refreshed, when needed):
+        for tools that call the HTTP API or tritonclient directly."""
+        return await self._run(self._core.authenticate())
 
     # ------------------------------------------------------------------ jobs
 
@@ -194,11 +213,20 @@ class AsyncClient:
         """The job's current state."""
         return await self._run(_ops.get(self._core, job_id))
 
-    async def wait(self, job_id: str, timeout: float | None = None, poll: float = 20.0) -> JobView:
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 20.0,
+        progress: _ops.WaitProgress | None = None,
+    ) -> JobView:
         """Block until the job is terminal (long polls of ``poll`` ≤ 30 s each).
 
-        Raises :class:`~gpufleet.errors.WaitTimeoutError` after ``timeout`` seconds."""
-        return await self._run(_ops.wait(self._core, job_id, timeout, poll))
+        ``progress(job, elapsed_s)`` is called after every poll while the job is not done
+        (its ``status`` and ``waiting_reason``); changes are also logged on the ``gpufleet``
+        logger at INFO. Raises :class:`~gpufleet.errors.WaitTimeoutError` after ``timeout``
+        seconds (the job goes on: wait again or cancel it)."""
+        return await self._run(_ops.wait(self._core, job_id, timeout, poll, progress))
 
     async def cancel(self, job_id: str) -> JobView:
         """Cancel a job (``ConflictError`` when it has already finished)."""
@@ -317,6 +345,27 @@ class AsyncRunners:
         """Every registered runner with its status."""
         return (await self._c._run(_ops.list_runners(self._c._core))).runners
 
+    async def get(self, runner_id: str) -> RunnerView:
+        """One runner (``NotFoundError`` when no runner has that id)."""
+        for runner in await self.list():
+            if runner.id == runner_id:
+                return runner
+        raise NotFoundError(f"runner {runner_id!r} not found")
+
+    async def configure(self, runner_id: str, **settings: Any) -> RunnerView:
+        """Merge runtime settings into a runner's config (admin): ``max_concurrency``,
+        ``acceptance_rate``, ``drain``, ``heartbeat_interval_s``, ``lease_wait_s``."""
+        patch = RunnerConfigPatch(**settings)
+        return await self._c._run(_ops.configure_runner(self._c._core, runner_id, patch))
+
+    async def drain(self, runner_id: str, drain: bool = True) -> RunnerView:
+        """Stop (or with ``drain=False`` resume) leasing jobs to a runner (admin)."""
+        return await self.configure(runner_id, drain=drain)
+
+    async def delete(self, runner_id: str) -> dict[str, Any]:
+        """Revoke a runner (admin): its credentials stop working."""
+        return await self._c._run(_ops.revoke_runner(self._c._core, runner_id))
+
 
 class AsyncAdmin:
     """``client.admin``: API keys and runner join tokens (admin role)."""
@@ -327,6 +376,18 @@ class AsyncAdmin:
     async def create_api_key(self, tenant: str, role: str, name: str = "") -> ApiKeyCreated:
         """A new API key; ``.api_key`` is shown only this once."""
         return await self._c._run(_ops.create_api_key(self._c._core, tenant, role, name))
+
+    async def list_join_tokens(self) -> list[JoinTokenView]:
+        """Unexpired join tokens (ids, regions, labels, expiry; never the tokens)."""
+        return (await self._c._run(_ops.list_join_tokens(self._c._core))).tokens
+
+    async def revoke_join_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a join token by its listed id (``jt_…``): it registers no more runners."""
+        return await self._c._run(_ops.revoke_join_token(self._c._core, token_id))
+
+    async def list_api_keys(self) -> list[ApiKeyView]:
+        """Every API key, oldest first, without secrets."""
+        return (await self._c._run(_ops.list_api_keys(self._c._core))).keys
 
     async def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         """Revoke an API key by id (``key_…``)."""

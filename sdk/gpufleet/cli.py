@@ -7,20 +7,24 @@ credentials come from the flags, then ``GPUFLEET_URL`` / ``GPUFLEET_API_KEY`` /
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from gpufleet import errors, tls
 from gpufleet._cli_io import EXIT_FAILED, EXIT_USAGE, Output, exit_code_for, parse_inputs
 from gpufleet._cli_io import parse_pairs as pairs
+from gpufleet._version import __version__
 from gpufleet.client import Client
-from gpufleet.config import Credentials, load_credentials, save_credentials
+from gpufleet.config import Credentials, load_credentials, resolve, save_credentials
 from gpufleet.tls import TlsOptions
 from gpufleet.wire import JobView
 
@@ -31,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 app = typer.Typer(
     help="gpufleet: serverless inference on a GPU fleet.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
 )
 jobs_app = typer.Typer(help="Submit, inspect and cancel jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="The model repository.", no_args_is_help=True)
@@ -45,6 +49,11 @@ app.add_typer(runners_app, name="runners")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
 admin_app.add_typer(pools_app, name="pools")
+join_tokens_app = typer.Typer(help="Runner join tokens.", no_args_is_help=True)
+admin_app.add_typer(join_tokens_app, name="join-tokens")
+webhooks_app = typer.Typer(help="The tenant's webhook signing secret.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+JOB_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 JOB_COLUMNS = ["id", "status", "model", "model_version", "created_at", "run_ms"]
 
@@ -69,16 +78,21 @@ class State:
 
     def client(self) -> Client:
         if self._client is None:
-            url, key, token = self.url, self.api_key, self.token
-            stored = load_credentials()
-            if key is None and token is None and stored is not None:
-                url = url or stored.url
-                key, token = stored.api_key, stored.token
-            if not url:
-                raise typer.BadParameter("no URL: pass --url, set GPUFLEET_URL or run login")
-            if key is None and token is None:
-                raise typer.BadParameter("no credentials: pass --api-key/--token or run login")
-            self._client = Client(url, api_key=key, token=token, tls=self.tls_options(url))
+            try:  # flags and env (typer reads both), then what login stored: each part alone
+                creds = resolve(self.url, self.api_key, self.token)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            if creds.api_key is None and creds.token is None:
+                raise typer.BadParameter(
+                    f"no credentials for {creds.url}: pass --api-key/--token, set "
+                    "GPUFLEET_API_KEY or run `gpufleet login`"
+                )
+            self._client = Client(
+                creds.url,
+                api_key=creds.api_key,
+                token=creds.token,
+                tls=self.tls_options(creds.url),
+            )
         return self._client
 
 
@@ -107,6 +121,12 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"gpufleet {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -120,8 +140,17 @@ def _global(
         str | None, typer.Option(envvar="GPUFLEET_TOKEN", help="Access token.")
     ] = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="table or json.", case_sensitive=False)
+        str,
+        typer.Option(
+            "--output", "-o", help="table or json (also after the command).", case_sensitive=False
+        ),
     ] = "table",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
     ca_bundle: Annotated[
         Path | None,
         typer.Option(
@@ -143,6 +172,7 @@ def _global(
     ] = None,
     client_key: Annotated[Path | None, typer.Option(help="Key of --client-cert (PEM).")] = None,
 ) -> None:
+    output = output.lower()
     if output not in ("table", "json"):
         raise typer.BadParameter("must be table or json", param_hint="--output")
     if api_key and token:
@@ -194,6 +224,19 @@ def login(
         state.output.err.print(f"logged in to {url}; credentials saved to {path}")
 
 
+@app.command()
+@handled
+def token(ctx: typer.Context) -> None:
+    """Print an access token (for curl or tritonclient: `Authorization: Bearer <token>`;
+    an API key works there directly too)."""
+    state: State = ctx.obj
+    value = state.client().access_token()
+    if state.output.json:
+        state.output.emit_json({"access_token": value})
+    else:
+        print(value)
+
+
 # --------------------------------------------------------------------------- jobs
 
 InputOpt = Annotated[
@@ -213,11 +256,26 @@ def _model_datatypes(client: Client, model: str, version: str | None) -> dict[st
     return {t.name: t.datatype for t in chosen[0].inputs} if chosen else {}
 
 
+LIVE_POLL_S = 3.0  # how often the live line refreshes status and waiting_reason
+
+
+def wait_line(job: JobView, elapsed: float) -> str:
+    """The live line while waiting: ``job_… QUEUED 12s: cold start: …`` (fits one row)."""
+    text = f"{job.id} {job.status} {elapsed:.0f}s"
+    if job.waiting_reason:
+        text += f": {job.waiting_reason}"
+    return text if len(text) <= 76 else text[:75] + "…"
+
+
 def _wait_with_spinner(state: State, job_id: str, timeout: float | None) -> JobView:
     if state.output.json:
         return state.client().wait(job_id, timeout=timeout)
-    with state.output.err.status(f"waiting for {job_id}…"):
-        return state.client().wait(job_id, timeout=timeout)
+    with state.output.err.status(f"{job_id} waiting…") as live:
+
+        def progress(job: JobView, elapsed: float) -> None:
+            live.update(wait_line(job, elapsed))
+
+        return state.client().wait(job_id, timeout=timeout, poll=LIVE_POLL_S, progress=progress)
 
 
 def _finish(state: State, job: JobView) -> None:
@@ -237,6 +295,12 @@ def jobs_submit(
     timeout_s: Annotated[int | None, typer.Option(help="Run time limit.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="k=v (repeat).")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="URL told when the job runs and finishes.")
+    ] = None,
+    ttl_s: Annotated[
+        int | None, typer.Option(help="Seconds the job may wait queued before TIMED_OUT.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job finishes.")] = False,
 ) -> None:
     """Queue a job; with --wait, wait for it (exit 1 when it fails)."""
@@ -251,6 +315,8 @@ def jobs_submit(
         timeout_s=timeout_s,
         tags=pairs(tag or [], "--tag"),
         idempotency_key=idempotency_key,
+        webhook=webhook,
+        ttl_s=ttl_s,
     )
     if not wait:
         state.output.record(job, title=job.id)
@@ -290,12 +356,20 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 @handled
 def jobs_list(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[
+        str | None, typer.Option(help="One of " + ", ".join(JOB_STATUSES) + " (any case).")
+    ] = None,
     model: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1)] = 20,
 ) -> None:
     """List jobs, newest first."""
     state: State = ctx.obj
+    if status is not None:
+        status = status.upper()
+        if status not in JOB_STATUSES:
+            raise typer.BadParameter(
+                "must be one of " + ", ".join(JOB_STATUSES), param_hint="--status"
+            )
     found = list(state.client().list(status=status, model=model, limit=limit))
     state.output.rows(found, JOB_COLUMNS, key="jobs")
 
@@ -308,14 +382,44 @@ def infer(
     inputs: InputOpt,
     model_version: Annotated[str | None, typer.Option("--version")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+    cancel_on_timeout: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-on-timeout", help="Cancel the job when --timeout passes (else it goes on)."
+        ),
+    ] = False,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the outputs to this .npz (shapes and dtypes kept)."),
+    ] = None,
 ) -> None:
-    """Run a job and print its outputs (exit 1 when it fails)."""
+    """Run a job and print its outputs (exit 1 when it fails, 7 when --timeout passes: the
+    job then stays queued unless --cancel-on-timeout)."""
     state: State = ctx.obj
     client = state.client()
     arrays = parse_inputs(inputs, _model_datatypes(client, model, model_version))
     job = client.submit(model, arrays, model_version=model_version)
-    done = _wait_with_spinner(state, job.id, timeout)
-    state.output.arrays(client.outputs(done))
+    try:
+        done = _wait_with_spinner(state, job.id, timeout)
+    except errors.WaitTimeoutError as exc:
+        if cancel_on_timeout:
+            with contextlib.suppress(errors.ConflictError):  # finished meanwhile
+                client.cancel(job.id)
+            msg = f"job {job.id} cancelled after {timeout:g}s (--cancel-on-timeout)"
+        else:
+            msg = (
+                f"job {job.id} is still {exc.job.status}: `gpufleet jobs wait {job.id}` to "
+                f"keep waiting, `gpufleet jobs cancel {job.id}` (or --cancel-on-timeout) to stop"
+            )
+        if not state.output.json:
+            state.output.err.print(msg)
+        raise
+    outputs = client.outputs(done)
+    if output_file is not None:
+        np.savez(output_file, **outputs)  # type: ignore[arg-type]  # BYTES: allow_pickle
+        if not state.output.json:
+            state.output.err.print(f"outputs written to {output_file}")
+    state.output.arrays(outputs)
 
 
 # --------------------------------------------------------------------------- models
@@ -326,10 +430,18 @@ def infer(
 def models_push(
     ctx: typer.Context,
     directory: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
-    version: Annotated[str | None, typer.Option(help="Version directory to push.")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="Version directory to push, kept as that version number (default: the "
+            "highest directory, numbered by the control plane)."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: dir name).")] = None,
 ) -> None:
-    """Upload a Triton model directory and commit it."""
+    """Upload a Triton model directory and commit it (the same content again: that version,
+    nothing uploaded; other content: the next version). Servable at once: its first job
+    cold-starts it (an implicit deployment; `models deploy` to choose replicas)."""
     state: State = ctx.obj
     client = state.client()
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn())
@@ -376,10 +488,34 @@ def models_get(ctx: typer.Context, name: str) -> None:
 
 @models_app.command("delete")
 @handled
-def models_delete(ctx: typer.Context, name: str, version: str) -> None:
-    """Delete one version of a model."""
+def models_delete(
+    ctx: typer.Context,
+    name: str,
+    version: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete one version of a model (asks first unless --yes)."""
     state: State = ctx.obj
+    if not yes and not typer.confirm(f"delete {name} version {version} and its files?"):
+        raise typer.Exit(EXIT_FAILED)
     state.output.record(state.client().models.delete(name, version))
+
+
+@models_app.command("deployment")
+@handled
+def models_deployment(ctx: typer.Context, name: str) -> None:
+    """Show a model's deployment: the spec, the placement and what runners report."""
+    state: State = ctx.obj
+    state.output.record(state.client().models.deployment(name), title=name)
+
+
+@models_app.command("undeploy")
+@handled
+def models_undeploy(ctx: typer.Context, name: str) -> None:
+    """Unload a model everywhere (its deployment becomes min 0, max 0; deploy to undo)."""
+    state: State = ctx.obj
+    view = state.client().models.deploy(name, min_replicas=0, max_replicas=0)
+    state.output.record(view, title=name)
 
 
 @models_app.command("deploy")
@@ -412,8 +548,81 @@ def models_deploy(
 def runners_list(ctx: typer.Context) -> None:
     """List runners with their status."""
     state: State = ctx.obj
-    columns = ["id", "name", "region", "status", "last_heartbeat_at", "running_jobs"]
-    state.output.rows(state.client().runners.list(), columns, key="runners")
+    found = state.client().runners.list()
+    if state.output.json:
+        state.output.emit_json({"runners": found})
+        return
+    rows = [  # the backend shows (a mock runner answers zeros)
+        {
+            "id": r.id,
+            "name": r.name,
+            "region": r.region,
+            "status": r.status,
+            "backend": r.triton.get("backend"),
+            "running_jobs": len(r.running_jobs),
+        }
+        for r in found
+    ]
+    state.output.rows(rows, ["id", "name", "region", "status", "backend", "running_jobs"])
+
+
+@runners_app.command("get")
+@handled
+def runners_get(ctx: typer.Context, runner_id: str) -> None:
+    """Show one runner."""
+    state: State = ctx.obj
+    state.output.record(state.client().runners.get(runner_id), title=runner_id)
+
+
+@runners_app.command("drain")
+@handled
+def runners_drain(
+    ctx: typer.Context,
+    runner_id: str,
+    undo: Annotated[bool, typer.Option("--undo", help="Resume leasing.")] = False,
+) -> None:
+    """Stop leasing jobs to a runner (it finishes what it runs); --undo resumes."""
+    state: State = ctx.obj
+    view = state.client().runners.drain(runner_id, drain=not undo)
+    state.output.record(view, title=runner_id)
+
+
+@runners_app.command("delete")
+@handled
+def runners_delete(
+    ctx: typer.Context,
+    runner_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Revoke a runner: its credentials stop working (asks first unless --yes)."""
+    state: State = ctx.obj
+    if not yes and not typer.confirm(f"revoke runner {runner_id}?"):
+        raise typer.Exit(EXIT_FAILED)
+    state.output.record(state.client().runners.delete(runner_id))
+
+
+@webhooks_app.command("secret")
+@handled
+def webhooks_secret(ctx: typer.Context) -> None:
+    """Print the tenant's webhook signing secret (whsec_…)."""
+    state: State = ctx.obj
+    secret = state.client().webhooks.secret()
+    if state.output.json:
+        state.output.emit_json({"secret": secret})
+    else:
+        print(secret)
+
+
+@webhooks_app.command("rotate")
+@handled
+def webhooks_rotate(ctx: typer.Context) -> None:
+    """Make a new signing secret (the old one stays valid for a while) and print it."""
+    state: State = ctx.obj
+    secret = state.client().webhooks.rotate_secret()
+    if state.output.json:
+        state.output.emit_json({"secret": secret})
+    else:
+        print(secret)
 
 
 @keys_app.command("create")
@@ -424,9 +633,23 @@ def keys_create(
     role: Annotated[str, typer.Option(help="admin, user or viewer.")],
     name: Annotated[str, typer.Option()] = "",
 ) -> None:
-    """Create an API key (the secret is printed only this once)."""
+    """Create an API key (the secret is printed only this once, whole, on its own line)."""
     state: State = ctx.obj
-    state.output.record(state.client().admin.create_api_key(tenant, role, name))
+    created = state.client().admin.create_api_key(tenant, role, name)
+    if state.output.json:
+        state.output.emit_json(created)
+        return
+    state.output.err.print(f"API key {created.id} ({created.tenant}, {created.role}):")
+    print(created.api_key)  # plain stdout: never wrapped, cut or styled
+
+
+@keys_app.command("list")
+@handled
+def keys_list(ctx: typer.Context) -> None:
+    """List API keys (never their secrets)."""
+    state: State = ctx.obj
+    columns = ["id", "tenant", "role", "name", "created_at", "revoked"]
+    state.output.rows(state.client().admin.list_api_keys(), columns, key="keys")
 
 
 @keys_app.command("revoke")
@@ -494,9 +717,80 @@ def pools_delete(ctx: typer.Context, name: str) -> None:
     state.output.record(state.client().admin.delete_pool(name))
 
 
-def main() -> None:
-    """Entry point of the ``gpufleet`` console script."""
-    app()
+def hoist_output(args: list[str]) -> list[str]:
+    """``-o json`` / ``--output json`` / ``--output=json`` anywhere on the line moved in front
+    of the command, where the global option lives."""
+    out: list[str] = []
+    front: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--output="):
+            front.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    return front + out
+
+
+def _wants_json(args: list[str]) -> bool:
+    for i, arg in enumerate(args):
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            return args[i + 1].lower() == "json"
+        if arg.startswith("--output="):
+            return arg.split("=", 1)[1].lower() == "json"
+    return False
+
+
+@join_tokens_app.command("list")
+@handled
+def join_tokens_list(ctx: typer.Context) -> None:
+    """List unexpired join tokens (ids, never the tokens)."""
+    state: State = ctx.obj
+    columns = ["id", "region", "labels", "expires_at"]
+    state.output.rows(state.client().admin.list_join_tokens(), columns, key="tokens")
+
+
+@join_tokens_app.command("revoke")
+@handled
+def join_tokens_revoke(ctx: typer.Context, token_id: str) -> None:
+    """Revoke a join token (jt_…): it registers no more runners."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.revoke_join_token(token_id))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``gpufleet`` console script: usage errors too come as JSON on
+    stderr when ``-o json`` is given (anywhere on the line)."""
+    import sys
+
+    args = hoist_output(list(sys.argv[1:] if argv is None else argv))
+    as_json = _wants_json(args)
+    try:
+        code = app(args=args, prog_name="gpufleet", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:
+        # click's usage errors (typer may bundle its own click: matched by their API)
+        if not (hasattr(exc, "format_message") and hasattr(exc, "show")):
+            raise
+        if as_json:
+            body = {"code": "usage", "message": exc.format_message()}
+            sys.stderr.write(json.dumps({"error": body}) + "\n")
+            sys.exit(EXIT_USAGE)
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,12 +13,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gpufleet.tls import TlsOptions
 
-__all__ = ["Credentials", "config_dir", "credentials_path", "load_credentials", "save_credentials"]
+__all__ = [
+    "Credentials",
+    "config_dir",
+    "credentials_path",
+    "load_credentials",
+    "resolve",
+    "save_credentials",
+]
 
 FILE_NAME = "credentials.json"
 
@@ -106,3 +113,30 @@ def load_credentials(path: Path | None = None) -> Credentials | None:
         client_cert=text("client_cert"),
         client_key=text("client_key"),
     )
+
+
+def resolve(
+    url: str | None = None,
+    api_key: str | None = None,
+    token: str | None = None,
+    path: Path | None = None,
+) -> Credentials:
+    """URL and credentials from, in order: the arguments, ``GPUFLEET_URL`` /
+    ``GPUFLEET_API_KEY`` / ``GPUFLEET_TOKEN``, what ``gpufleet login`` stored. Each part
+    falls back on its own (a flag's URL with the stored key), but a stored key or token is
+    sent only to the URL it was stored for. ValueError naming what is missing."""
+    stored = load_credentials(path)
+    url = url or os.environ.get("GPUFLEET_URL") or (stored.url if stored else None)
+    if not url:
+        raise ValueError(
+            "no control plane URL: pass url (--url), set GPUFLEET_URL or run `gpufleet login`"
+        )
+    if api_key is None and token is None:
+        api_key = os.environ.get("GPUFLEET_API_KEY") or None
+        token = None if api_key else os.environ.get("GPUFLEET_TOKEN") or None
+    same_plane = stored is not None and stored.url.rstrip("/") == url.rstrip("/")
+    if api_key is None and token is None and stored is not None and same_plane:
+        api_key, token = stored.api_key, stored.token
+    if stored is not None and same_plane:  # the TLS settings saved for that control plane
+        return replace(stored, url=url, api_key=api_key, token=token)
+    return Credentials(url=url, api_key=api_key, token=token)

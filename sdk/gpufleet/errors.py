@@ -220,7 +220,11 @@ class WaitTimeoutError(GpufleetError, builtins.TimeoutError):
     last state seen."""
 
     def __init__(self, job: JobView, timeout: float) -> None:
-        super().__init__(f"job {job.id} still {job.status} after {timeout:g}s")
+        why = f" ({job.waiting_reason})" if job.waiting_reason else ""
+        super().__init__(
+            f"job {job.id} still {job.status} after {timeout:g}s{why}; it goes on "
+            "(wait again, or cancel it)"
+        )
         self.job = job
 
 

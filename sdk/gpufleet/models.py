@@ -54,6 +54,7 @@ class PushPlan:
     name: str
     version: str
     files: list[LocalFile]
+    pinned: bool = False  # the version was asked for (else the control plane numbers it)
 
     @property
     def total_bytes(self) -> int:
@@ -105,7 +106,32 @@ def plan_push(path: str | Path, version: str | None = None, name: str | None = N
             raise ValueError(f"{rel} is a symbolic link: push real files only")
         if p.is_file():
             files.append(_local(root, p))
-    return PushPlan(name or root.resolve().name, chosen.name, files)
+    plan = PushPlan(name or root.resolve().name, chosen.name, files, pinned=version is not None)
+    check_config(config, plan.name)
+    return plan
+
+
+def check_config(path: Path, name: str) -> str:
+    """``config.pbtxt``'s text, checked before anything is uploaded: UTF-8, and (when the
+    protobuf and tritonclient packages are installed) parsed as Triton's ModelConfig naming
+    ``name``. The control plane parses it again when the push starts. ValueError otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text") from exc
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:  # the base install: the control plane checks it at POST …/versions
+        return text
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path} does not parse as a Triton model config: {exc}") from exc
+    if cfg.name and cfg.name != name:
+        raise ValueError(f"{path} names the model {cfg.name!r}, not {name!r}")
+    return text
 
 
 class _Progress:
@@ -162,14 +188,31 @@ def push(
     name: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> Op[ModelVersionView]:
-    """Create a version from a local Triton model directory, upload it, commit it."""
+    """Create a version from a local Triton model directory, upload it, commit it.
+
+    Without ``version`` the control plane numbers it (the next one); content identical to a
+    READY version returns that version and uploads nothing, so pushing twice is harmless.
+    """
     plan = plan_push(path, version, name)
     specs = [FileSpec(path=f.path, size=f.size, sha256=f.sha256) for f in plan.files]
-    body = CreateVersionRequest(version=plan.version, files=specs).model_dump(mode="json")
+    config = next(f for f in plan.files if f.path == "config.pbtxt")
+    body = CreateVersionRequest(
+        version=plan.version if plan.pinned else None,
+        files=specs,
+        config=config.local.read_text(encoding="utf-8"),
+    ).model_dump(mode="json", exclude_none=True)
     resp = yield from core.request(
         "POST", f"/v1/models/{seg(plan.name)}/versions", json=body, idempotent=False
     )
     created = CreateVersionResponse.model_validate(resp.json())
+    if created.state == "READY":  # the same content is that version already: its view
+        resp = yield from core.request(
+            "POST",
+            f"/v1/models/{seg(plan.name)}/versions/{seg(created.version)}/commit",
+            json=CommitRequest().model_dump(mode="json"),
+            idempotent=False,
+        )
+        return ModelVersionView.model_validate(resp.json())
     by_path = {f.path: f for f in plan.files}
     tracker = _Progress(plan.total_bytes, progress)
     parts: dict[str, list[str]] = {}

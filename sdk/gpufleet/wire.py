@@ -247,6 +247,21 @@ class ApiKeyCreated(Response):
     role: Role
 
 
+class ApiKeyView(Response):
+    """An API key as ``GET /v1/admin/api-keys`` lists it (never its secret)."""
+
+    id: str
+    tenant: str
+    role: Role
+    name: str = ""
+    created_at: str
+    revoked: bool = False
+
+
+class ApiKeyList(Response):
+    keys: list[ApiKeyView]
+
+
 class JoinTokenCreate(Strict):
     api_version: Literal["v1"] = API_VERSION
     region: str = Field(default="default", max_length=64)
@@ -257,6 +272,21 @@ class JoinTokenCreate(Strict):
 class JoinTokenCreated(Response):
     join_token: str
     expires_at: str
+    id: str | None = None  # what `GET /v1/admin/join-tokens` lists and DELETE takes
+
+
+class JoinTokenView(Response):
+    """A join token as listed (never the token itself): ``id`` is ``jt_`` + 16 hex of its
+    sha256."""
+
+    id: str
+    region: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    expires_at: str
+
+
+class JoinTokenList(Response):
+    tokens: list[JoinTokenView]
 
 
 # --------------------------------------------------------------------------- runners
@@ -511,9 +541,13 @@ class FileSpec(Strict):
 
 
 class CreateVersionRequest(Strict):
+    """``POST /v1/models/{name}/versions``. ``config``: the text of ``config.pbtxt`` (its
+    sha256 must be the one in ``files``), parsed before any upload URL is handed out."""
+
     api_version: Literal["v1"] = API_VERSION
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
     files: list[FileSpec] = Field(min_length=1, max_length=10_000)
+    config: str | None = Field(default=None, max_length=1_048_576)
 
 
 class MultipartPart(Strict):
@@ -536,6 +570,9 @@ class UploadTarget(Strict):
 
 
 class CreateVersionResponse(Response):
+    """201 with ``UPLOADING`` and upload targets; 200 with ``READY`` and no uploads when a
+    READY version with the same content exists (that version: nothing to upload)."""
+
     name: str
     version: str
     state: ModelVersionState
@@ -595,7 +632,8 @@ class DeploymentView(Response):
     there (unloading). Entry fields: ``runner_id``, ``region``, ``version``, ``gpu``,
     ``memory_mb``, ``desired``, ``state``. ``replicas`` is the replica count the autoscaler
     wants now; ``reason`` says why fewer are placed (no runner in the regions, not enough
-    GPU memory, no READY version).
+    GPU memory, no READY version). ``implicit`` is true for the deployment a pushed model gets
+    by itself (min 0, max 1 replica by default) until a PUT replaces it.
     """
 
     name: str
@@ -603,6 +641,7 @@ class DeploymentView(Response):
     observed: list[dict[str, Any]] = Field(default_factory=list)
     replicas: int = 0
     reason: str | None = None
+    implicit: bool = False
 
 
 class PoolProvider(Strict):

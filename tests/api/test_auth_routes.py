@@ -15,6 +15,17 @@ from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import STORE_KINDS
 
+
+@pytest.fixture
+def cache_s() -> int:
+    return 60
+
+
+@pytest.fixture
+def settings(settings: Any, cache_s: int) -> Any:
+    return settings.model_copy(update={"api_key_cache_s": cache_s})
+
+
 ADD_SUB_JOB = {
     "model": "add_sub",
     "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],
@@ -238,3 +249,92 @@ async def test_generated_signing_key_is_shared(settings: Any, stores: Stores) ->
         tok = (await ca.post("/v1/auth/token", json={"api_key": key})).json()["access_token"]
         r = await cb.get("/v1/runners", headers={"Authorization": f"Bearer {tok}"})
         assert r.status_code == 200, r.text
+
+
+async def test_api_key_works_directly_as_a_bearer_token(
+    client: httpx.AsyncClient, api_key: Any, auth_headers: TokenFor
+) -> None:
+    """``Authorization: Bearer gf_…`` (curl, tritonclient): checked, then remembered for
+    ``api_key_cache_s``; roles and tenants as with an access token."""
+    viewer = api_key("viewer", "acme")
+    r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {viewer}"})
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/v1/jobs", headers={"Authorization": f"Bearer {viewer}"}, json=ADD_SUB_JOB
+    )
+    assert_error(r, 403, "forbidden")
+    bad = viewer[:-1] + ("0" if viewer[-1] != "0" else "1")
+    err = assert_error(
+        await client.get("/v1/jobs", headers={"Authorization": f"Bearer {bad}"}),
+        401,
+        "unauthorized",
+    )
+    assert "invalid api key" in str(err)
+
+    admin = await auth_headers("admin", "default")
+    created = (
+        await client.post(
+            "/v1/admin/api-keys", headers=admin, json={"tenant": "beta", "role": "user"}
+        )
+    ).json()
+    key = {"Authorization": f"Bearer {created['api_key']}"}
+    assert (await client.get("/v1/jobs", headers=key)).status_code == 200
+    await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
+    # remembered: still accepted until api_key_cache_s passes (0: refused at once, below)
+    assert (await client.get("/v1/jobs", headers=key)).status_code == 200
+
+
+@pytest.mark.parametrize("cache_s", [0])
+async def test_api_key_bearer_without_cache_sees_revocation_at_once(
+    client: httpx.AsyncClient, auth_headers: TokenFor, cache_s: int
+) -> None:
+    admin = await auth_headers("admin", "default")
+    created = (
+        await client.post("/v1/admin/api-keys", headers=admin, json={"tenant": "b", "role": "user"})
+    ).json()
+    key = {"Authorization": f"Bearer {created['api_key']}"}
+    assert (await client.get("/v1/jobs", headers=key)).status_code == 200
+    await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
+    assert_error(await client.get("/v1/jobs", headers=key), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_admin_lists_api_keys_without_secrets(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    created = (
+        await client.post(
+            "/v1/admin/api-keys", headers=admin, json={"tenant": "beta", "role": "viewer"}
+        )
+    ).json()
+    await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
+    r = await client.get("/v1/admin/api-keys", headers=admin)
+    assert r.status_code == 200, r.text
+    keys = {k["id"]: k for k in r.json()["keys"]}
+    assert keys[created["id"]]["revoked"] is True and keys[created["id"]]["tenant"] == "beta"
+    assert created["api_key"] not in r.text and "secret" not in r.text
+    user = await auth_headers("user", "acme")
+    assert_error(await client.get("/v1/admin/api-keys", headers=user), 403, "forbidden")
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_admin_lists_and_revokes_join_tokens(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    made = (await client.post("/v1/admin/join-tokens", headers=admin, json={"region": "eu"})).json()
+    assert made["id"].startswith("jt_")
+    listed = (await client.get("/v1/admin/join-tokens", headers=admin)).json()["tokens"]
+    assert [(t["id"], t["region"]) for t in listed] == [(made["id"], "eu")]
+    assert made["join_token"] not in str(listed)
+    r = await client.delete(f"/v1/admin/join-tokens/{made['id']}", headers=admin)
+    assert r.status_code == 200 and r.json()["id"] == made["id"]
+    assert (await client.get("/v1/admin/join-tokens", headers=admin)).json()["tokens"] == []
+    # a revoked token registers no runner
+    reg = await client.post(
+        "/v1/runners/register", json={"join_token": made["join_token"], "name": "h"}
+    )
+    assert_error(reg, 401, "unauthorized")
+    missing = await client.delete(f"/v1/admin/join-tokens/{made['id']}", headers=admin)
+    assert_error(missing, 404, "not_found")

@@ -17,9 +17,16 @@ from tests.conftest import STORE_KINDS
 
 
 @pytest.fixture
-def settings(settings: Any) -> Any:
+def implicit_replicas() -> int:
+    return 1
+
+
+@pytest.fixture
+def settings(settings: Any, implicit_replicas: int) -> Any:
     # decide on every heartbeat: the tests change the fleet between two heartbeats
-    return settings.model_copy(update={"placement_interval_s": 0.001})
+    return settings.model_copy(
+        update={"placement_interval_s": 0.001, "implicit_max_replicas": implicit_replicas}
+    )
 
 
 def gpu(total_mb: int, used_mb: int = 0, name: str = "A100") -> dict[str, Any]:
@@ -67,7 +74,8 @@ async def test_deployment_validation_and_access(
     url = "/v1/models/add_sub/deployment"
     assert_error(await client.put(url, headers=user, json={}), 404, "not_found")
     await push_model(client, user)
-    assert_error(await client.get(url, headers=user), 404, "not_found")  # no deployment yet
+    implicit = (await client.get(url, headers=user)).json()  # the push's own deployment
+    assert implicit["implicit"] is True and implicit["desired"]["min_replicas"] == 0
     err = assert_error(
         await client.put(url, headers=user, json={"min_replicas": 3, "max_replicas": 2}),
         422,
@@ -190,6 +198,7 @@ async def test_placement_reaches_runners_and_gates_leases(
     assert answer["desired_models"][0]["memory_mb"] == 700
 
 
+@pytest.mark.parametrize("implicit_replicas", [0])  # no cold start placed before the PUT
 async def test_waiting_reason_without_runners_and_in_other_region(
     client: httpx.AsyncClient, auth_headers: TokenFor
 ) -> None:
@@ -236,7 +245,7 @@ async def test_rollout_moves_jobs_to_the_new_version_and_keeps_pinned_ones(
     assert r.status_code == 200, r.text
     assert versions_of(await eu.heartbeat([gpu(16000)], ready("1"))) == ["1"]
 
-    assert (await push_model(client, user))["version"] == "2"
+    assert (await push_model(client, user, salt="v2"))["version"] == "2"
     # v2 is the target; v1 stays while v2 is not READY on the runner
     assert versions_of(await eu.heartbeat([gpu(16000)], ready("1"))) == ["2", "1"]
     offer = {

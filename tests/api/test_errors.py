@@ -135,7 +135,8 @@ async def test_query_validation(client: httpx.AsyncClient, auth_headers: TokenFo
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/v1/nope"), 404, "not_found")
-    assert_error(await client.get("/"), 404, "not_found")
+    assert_error(await client.get("/v1"), 404, "not_found")
+    assert (await client.get("/")).headers["location"] == "/docs"  # not a 404 (issue 15)
     r = await client.put("/v1/auth/token", json={})
     assert_error(r, 405, "method_not_allowed")
     assert "POST" in r.headers["allow"]

@@ -24,6 +24,12 @@ async def test_submit_get_list_cancel_and_tenancy(
     assert (await client.get(job_path, headers=acme)).json()["model"] == "add_sub"
     listed = (await client.get("/v1/jobs?status=QUEUED&limit=10", headers=acme)).json()
     assert [j["id"] for j in listed["jobs"]] == [accepted["id"]]
+    lower = (await client.get("/v1/jobs?status=queued", headers=acme)).json()  # any case
+    assert [j["id"] for j in lower["jobs"]] == [accepted["id"]]
+    err = assert_error(
+        await client.get("/v1/jobs?status=nope", headers=acme), 422, "invalid_request"
+    )
+    assert "QUEUED, RUNNING" in str(err)
 
     other = await auth_headers("admin", "beta")
     other_user = await auth_headers("user", "beta")

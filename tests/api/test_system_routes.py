@@ -82,3 +82,35 @@ async def test_metrics_exposition(client: httpx.AsyncClient, auth_headers: Any) 
     assert f'{count}{{method="GET",route="/v1/jobs",status="200"}} 1.0' in text
     assert 'route="/v1/jobs/{job_id}",status="404"' in text
     assert "gpufleet_queue_depth" in text
+
+
+async def test_api_docs_are_served_from_the_pinned_bundle(client: httpx.AsyncClient) -> None:
+    """``/`` points to ``/docs``; the page loads ReDoc from this server (no CDN) and reads
+    ``/openapi.json``; the bundle is the committed one (its sha256 pinned in the code)."""
+    import hashlib
+
+    from control_plane.api.routes_docs import REDOC_SHA256
+
+    r = await client.get("/")
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    page = await client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="/docs/redoc.standalone.js"' in page.text
+    assert 'spec-url="/openapi.json"' in page.text and "http" not in page.text.split("<body>")[1]
+    script = await client.get("/docs/redoc.standalone.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert hashlib.sha256(script.content).hexdigest() == REDOC_SHA256
+    assert (await client.get("/openapi.json")).json()["openapi"].startswith("3.")
+
+
+async def test_request_id_comes_back_and_is_made_when_missing(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.get("/v1/health", headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    made = (await client.get("/v1/health")).headers["x-request-id"]
+    assert made.startswith("req_") and len(made) == 20
+    bad = await client.get("/v1/health", headers={"X-Request-ID": "x" * 300})
+    assert bad.headers["x-request-id"].startswith("req_")  # unsafe ids are replaced
+    err = await client.get("/v1/jobs", headers={"X-Request-ID": "trace-43"})
+    assert err.status_code == 401 and err.headers["x-request-id"] == "trace-43"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from gpufleet.cli import app
@@ -132,7 +133,7 @@ def test_admin_keys_and_queued_job_lifecycle(
     r = cli(*base, "-o", "json", "jobs", "cancel", job["id"])
     assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "CANCELLED"
     assert cli(*base, "jobs", "wait", job["id"]).exit_code == 1  # ended without success
-    assert cli(*base, "models", "delete", "add_sub", "1").exit_code == 0
+    assert cli(*base, "models", "delete", "add_sub", "1", "--yes").exit_code == 0
     assert cli(*base, *submit).exit_code == 4  # model_not_found
 
 
@@ -182,3 +183,47 @@ def test_real_subprocesses(tmp_path: Path, add_sub_dir: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_credentials_combine_and_token_prints_an_access_token(
+    cli: Any, cp_url: str, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("login", "--url", cp_url, "--api-key", admin_key).exit_code == 0
+    # a URL flag with the saved key (they used to replace each other)
+    r = cli("--url", cp_url, "-o", "json", "token")
+    assert r.exit_code == 0, r.output
+    access = json.loads(r.stdout)["access_token"]
+    assert access.count(".") == 2  # a JWT
+    # env key + saved URL
+    monkeypatch.setenv("GPUFLEET_API_KEY", admin_key)
+    r = cli("token")
+    assert r.exit_code == 0 and r.stdout.strip().count(".") == 2
+    # the printed token and the API key itself both work as bearer tokens
+    for bearer in (access, admin_key):
+        got = httpx.get(f"{cp_url}/v1/jobs", headers={"Authorization": f"Bearer {bearer}"})
+        assert got.status_code == 200, got.text
+    # the saved key is never sent to another control plane
+    monkeypatch.delenv("GPUFLEET_API_KEY")
+    r = cli("--url", "http://127.0.0.1:9", "token")
+    assert r.exit_code != 0 and "no credentials for http://127.0.0.1:9" in r.output
+
+
+def test_infer_timeout_says_the_job_is_still_queued_and_can_cancel_it(
+    cli: Any, cp_url: str, admin_key: str, add_sub_dir: Path
+) -> None:
+    assert cli("login", "--url", cp_url, "--api-key", admin_key).exit_code == 0
+    assert cli("models", "push", str(add_sub_dir)).exit_code == 0
+    args = ("infer", "add_sub", "-i", "INPUT0=[[1,2,3,4]]", "-i", "INPUT1=[[1,1,1,1]]")
+    r = cli(*args, "--timeout", "1")
+    assert r.exit_code == 7, r.output
+    said = " ".join(r.stderr.split())  # rich wraps at the terminal's width
+    assert "still QUEUED" in said and "no healthy runner is connected" in said
+    assert "gpufleet jobs cancel job_" in said
+    queued = json.loads(cli("-o", "json", "jobs", "list").stdout)["jobs"]
+    assert [j["status"] for j in queued] == ["QUEUED"]
+
+    r = cli("-o", "json", *args, "--timeout", "1", "--cancel-on-timeout")
+    assert r.exit_code == 7
+    assert json.loads(r.stderr)["error"]["code"] == "WaitTimeoutError"
+    listed = json.loads(cli("-o", "json", "jobs", "list").stdout)["jobs"]
+    assert [j["status"] for j in listed] == ["CANCELLED", "QUEUED"]  # newest first

@@ -55,8 +55,9 @@ def services(settings: Any, stores: Any) -> tuple[JobService, ModelService]:
     return build_job_service(settings, stores)
 
 
-def add_sub_files(name: str = "add_sub") -> dict[str, bytes]:
-    """config.pbtxt + 1/model.py of add_sub (from the repository when it is there)."""
+def add_sub_files(name: str = "add_sub", salt: str = "") -> dict[str, bytes]:
+    """config.pbtxt + 1/model.py of add_sub (from the repository when it is there); a
+    ``salt`` comment makes the content differ (a new version instead of the same one)."""
     repo = REPO / "model_repository" / "add_sub"
     if (repo / "config.pbtxt").is_file() and (repo / "1" / "model.py").is_file():
         config = (repo / "config.pbtxt").read_bytes()
@@ -65,6 +66,8 @@ def add_sub_files(name: str = "add_sub") -> dict[str, bytes]:
         config, model = ADD_SUB_CONFIG.encode(), ADD_SUB_MODEL_PY
     if name != "add_sub":
         config = config.replace(b'name: "add_sub"', f'name: "{name}"'.encode())
+    if salt:
+        model += f"\n# {salt}\n".encode()
     return {"config.pbtxt": config, "1/model.py": model}
 
 

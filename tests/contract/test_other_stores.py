@@ -293,6 +293,23 @@ def test_api_keys(other_backend: Stores) -> None:
     assert not a.revoke_api_key("k2")
     assert a.find_api_key("k1") == replace(api_key(), revoked=True)
     assert a.find_api_key("k2") is None
+    newer = replace(api_key(), id="k0", created_at=api_key().created_at + 5, tenant="globex")
+    a.save_api_key(newer)
+    a.save_join_token(JoinTokenRecord("h" * 64, "eu", {}, soon()))  # not a key: not listed
+    assert a.list_api_keys() == [replace(api_key(), revoked=True), newer]  # oldest first
+
+
+def test_join_tokens_are_listed_and_deleted(other_backend: Stores) -> None:
+    a = other_backend.auth
+    first = JoinTokenRecord("a" * 64, "eu", {"gpu": "a100"}, soon())
+    second = JoinTokenRecord("b" * 64, "us", {}, soon() - 10)
+    a.save_join_token(first)
+    a.save_join_token(second)
+    a.save_api_key(api_key())  # not a join token: not listed
+    assert a.list_join_tokens() == [second, first]  # soonest expiry first
+    assert a.delete_join_token("b" * 64)
+    assert not a.delete_join_token("b" * 64)
+    assert a.find_join_token("b" * 64) is None and a.list_join_tokens() == [first]
 
 
 def test_refresh_tokens_are_used_once(other_backend: Stores) -> None:

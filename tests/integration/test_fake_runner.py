@@ -98,3 +98,8 @@ async def test_fake_runner_round_trip(live_server: str, live_services: Services)
         assert 'gpufleet_lease_duration_seconds_count{outcome="jobs"} 1.0' in metrics
         assert 'gpufleet_jobs_submitted_total{model="add_sub"} 1.0' in metrics
         assert 'gpufleet_jobs_completed_total{model="add_sub",status="SUCCEEDED"} 1.0' in metrics
+        for phase in ("queue", "run", "total"):  # the job-latency histogram, by phase
+            assert (
+                f'gpufleet_job_duration_seconds_count{{model="add_sub",phase="{phase}"}} 1.0'
+                in metrics
+            )

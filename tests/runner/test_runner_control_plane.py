@@ -257,3 +257,8 @@ def test_cli_daemon_status_and_sigterm(
     output = proc.stdout.read() if proc.stdout else ""
     assert code == 0, output
     assert "MOCK BACKEND" in output
+    # JSON lines off a terminal; each job logged at start and end, naming its job and model;
+    # no line per heartbeat or lease poll (httpx's request lines are below WARNING)
+    assert '"job": "job_' in output and "succeeded: Triton" in output
+    assert '"model": "add_sub"' in output and "HTTP Request" not in output
+    assert '"runner": "run_' in output  # bound once registered

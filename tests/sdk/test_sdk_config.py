@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpufleet import config
+from gpufleet import Client, config
 
 
 def test_override_dir_and_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,3 +46,40 @@ def test_platform_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert config.config_dir() == tmp_path / "xdg" / "gpufleet"
     monkeypatch.delenv("XDG_CONFIG_HOME")
     assert config.config_dir() == Path.home() / ".config" / "gpufleet"
+
+
+def test_resolve_combines_arguments_env_and_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "credentials.json"
+    for var in ("GPUFLEET_URL", "GPUFLEET_API_KEY", "GPUFLEET_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="GPUFLEET_URL"):
+        config.resolve(path=path)
+    config.save_credentials(config.Credentials(url="http://cp:8080", api_key="gf_saved"), path)
+    # nothing given: the login
+    assert config.resolve(path=path) == config.Credentials("http://cp:8080", "gf_saved")
+    # a URL flag for the same control plane keeps the saved key
+    assert config.resolve("http://cp:8080/", path=path).api_key == "gf_saved"
+    # another control plane never gets the saved key
+    assert config.resolve("http://other:8080", path=path).api_key is None
+    # env beats the login, arguments beat env
+    monkeypatch.setenv("GPUFLEET_API_KEY", "gf_env")
+    assert config.resolve(path=path) == config.Credentials("http://cp:8080", "gf_env")
+    assert config.resolve(api_key="gf_arg", path=path).api_key == "gf_arg"
+    monkeypatch.setenv("GPUFLEET_URL", "http://env:1")
+    assert config.resolve(path=path) == config.Credentials("http://env:1", "gf_env")
+    monkeypatch.delenv("GPUFLEET_API_KEY")
+    monkeypatch.setenv("GPUFLEET_TOKEN", "tok")
+    assert config.resolve(path=path) == config.Credentials("http://env:1", None, "tok")
+
+
+def test_client_without_arguments_reads_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("GPUFLEET_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("GPUFLEET_API_KEY", "gf_env")
+    with Client() as client:
+        assert client._core.base_url == "http://127.0.0.1:9"
+        assert client._core.tokens.api_key == "gf_env"

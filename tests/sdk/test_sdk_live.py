@@ -27,8 +27,19 @@ def test_push_reports_progress_and_model_is_ready(fleet: Client, add_sub_dir: Pa
     assert seen[-1] == (total, total)
     assert [m.name for m in fleet.models.list()] == ["add_sub"]
     assert [v.version for v in fleet.models.get("add_sub").versions] == ["1"]
-    with pytest.raises(errors.ConflictError):
-        fleet.models.push(add_sub_dir)  # version 1 exists
+    seen.clear()
+    again = fleet.models.push(add_sub_dir, progress=lambda s, t: seen.append((s, t)))
+    assert (again.version, again.state, seen) == ("1", "READY", [])  # same content: no upload
+    assert fleet.models.push(add_sub_dir, version="1").version == "1"  # pinned, identical
+    code = add_sub_dir / "1" / "model.py"
+    code.write_text(code.read_text() + "\n# changed\n")
+    with pytest.raises(errors.ConflictError, match="push without a version"):
+        fleet.models.push(add_sub_dir, version="1")  # pinned, other content
+    assert fleet.models.push(add_sub_dir).version == "2"  # other content: the next version
+    (add_sub_dir / "config.pbtxt").write_text("nonsense {")
+    with pytest.raises(ValueError, match=r"config\.pbtxt"):
+        fleet.models.push(add_sub_dir)  # refused before anything is sent
+    fleet.models.delete("add_sub", "2")
     fleet.models.delete("add_sub", "1")
     with pytest.raises(errors.ModelNotFoundError):
         fleet.submit("add_sub", {"INPUT0": A, "INPUT1": B})
@@ -180,3 +191,41 @@ def test_large_outputs_come_from_the_bucket(
     assert done.outputs is None and done.outputs_url is not None
     out = fleet.outputs(done)
     np.testing.assert_array_equal(out["OUTPUT0"], big)
+
+
+def test_wait_reports_status_and_waiting_reason(
+    fleet: Client, ready_model: ModelVersionView, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No runner: ``wait`` calls ``progress`` with the job's status and why it waits, logs
+    it once, and its timeout says the job is still queued (and why)."""
+    job = fleet.submit("add_sub", {"INPUT0": A, "INPUT1": B})
+    seen: list[tuple[str, str | None, float]] = []
+    caplog.set_level("INFO", logger="gpufleet")
+    with pytest.raises(errors.WaitTimeoutError) as exc:
+        fleet.wait(
+            job.id,
+            timeout=1.5,
+            poll=0.5,
+            progress=lambda j, elapsed: seen.append((j.status, j.waiting_reason, elapsed)),
+        )
+    assert len(seen) >= 2 and all(status == "QUEUED" for status, _, _ in seen)
+    assert seen[-1][1] == "no healthy runner is connected" and seen[-1][2] >= seen[0][2]
+    assert "still QUEUED" in str(exc.value) and "no healthy runner" in str(exc.value)
+    said = [r.getMessage() for r in caplog.records if r.name == "gpufleet"]
+    assert len(said) == 1 and said[0].startswith(f"job {job.id} QUEUED after ")  # once
+    assert said[0].endswith("s: no healthy runner is connected")
+    assert exc.value.job.id == job.id
+
+
+def test_lists_and_float64_are_cast_to_the_models_datatype(
+    fleet: Client, fake_runner: FakeRunner
+) -> None:
+    """add_sub takes FP32: a list and a float64 array are sent as FP32 (no value changes);
+    values FP32 cannot hold exactly are refused before anything is sent, naming the input."""
+    out = fleet.infer("add_sub", {"INPUT0": [[1, 2, 3, 4]], "INPUT1": np.ones((1, 4))}, timeout=30)
+    assert out["OUTPUT0"].dtype == np.float32
+    np.testing.assert_array_equal(out["OUTPUT0"], [[2, 3, 4, 5]])
+    job = fleet.submit("add_sub", {"INPUT0": np.full((1, 4), 0.5), "INPUT1": [[1.0] * 4]})
+    assert fleet.wait(job.id, timeout=30).status == "SUCCEEDED"
+    with pytest.raises(ValueError, match="input INPUT0: the model takes FP32"):
+        fleet.submit("add_sub", {"INPUT0": np.full((1, 4), 0.1), "INPUT1": B})

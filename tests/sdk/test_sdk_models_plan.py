@@ -35,8 +35,11 @@ def test_highest_version_by_number_with_posix_paths_and_hashes(tmp_path: Path) -
 
 
 def test_chosen_version_and_name(tmp_path: Path) -> None:
-    plan = plan_push(_model(tmp_path), version="2", name="other")
-    assert plan.name == "other" and plan.version == "2"
+    root = _model(tmp_path)
+    (root / "config.pbtxt").write_text('backend: "python"\n')  # no name: any name fits
+    plan = plan_push(root, version="2", name="other")
+    assert plan.name == "other" and plan.version == "2" and plan.pinned
+    assert not plan_push(root).pinned  # no version asked: the control plane numbers it
     assert [f.path for f in plan.files] == ["config.pbtxt", "2/model.py", "2/sub/w.bin"]
     assert plan.total_bytes == sum(f.size for f in plan.files)
 
@@ -58,3 +61,19 @@ def test_bad_directories(tmp_path: Path, broken: str) -> None:
         root = root / "config.pbtxt"
     with pytest.raises(ValueError):
         plan_push(root, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('name: "add_sub"\nbackend: "python"\nnonsense {', "does not parse"),
+        ('name: "other"\nbackend: "python"\n', "names the model 'other'"),
+    ],
+)
+def test_broken_config_is_refused_before_any_upload(
+    tmp_path: Path, config: str, message: str
+) -> None:
+    root = _model(tmp_path)
+    (root / "config.pbtxt").write_text(config)
+    with pytest.raises(ValueError, match=message):
+        plan_push(root)

@@ -225,6 +225,8 @@ def test_credentials_and_url_are_checked() -> None:
 def _jobs_app(server: FakeServer) -> None:
     accepted = {"api_version": "v1", "id": "job_1", "status": "QUEUED", "created_at": "t"}
     server.script("/v1/jobs", (503, err("unavailable")), (202, accepted))
+    # lists are cast to the model's declared datatypes: an unknown model is left as sent
+    server.script("/v1/models/m", (404, err("not_found")))
 
 
 def test_sync_client_submit_retries_with_one_idempotency_key(
@@ -279,6 +281,7 @@ def test_large_inputs_are_uploaded_and_referenced(clock: Clock) -> None:
     upload = {"api_version": "v1", "ref": "payloads/p1", "url": "http://bucket.test/p1?sig=x"}
     server.script("/v1/payloads", (201, upload))
     server.script("/p1", (200, {}))
+    server.script("/v1/models/m", (404, err("not_found")))  # declared datatypes: none known
     core, sleeps = make_core(clock), list[float]()
     big = np.arange(2048, dtype=np.float32).reshape(2, 1024)
     req = drive(
@@ -295,9 +298,9 @@ def test_large_inputs_are_uploaded_and_referenced(clock: Clock) -> None:
         "FP32",
     )
     assert small_t.data == [1, 2]
-    asked = json.loads(server.requests[1].content)
+    asked = json.loads(server.requests[2].content)  # after the token and the model's GET
     assert asked["size"] == big.nbytes
-    put = server.requests[2]
+    put = server.requests[3]
     assert put.method == "PUT" and "Authorization" not in put.headers
     np.testing.assert_array_equal(from_raw_bytes(put.content, "FP32", [2, 1024]), big)
 

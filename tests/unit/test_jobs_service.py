@@ -23,7 +23,15 @@ from control_plane.errors import (
 from control_plane.services.jobs import JobService
 from control_plane.services.models import ModelService
 from tests.conftest import STORE_KINDS
-from tests.contract.fleet import job, lease, principal, push_model, services, succeed
+from tests.contract.fleet import (
+    add_sub_files,
+    job,
+    lease,
+    principal,
+    push_model,
+    services,
+    succeed,
+)
 
 USER = principal("acme")
 
@@ -208,7 +216,7 @@ def test_queue_ttl_times_out_by_sweep_and_lazily(fleet: Any) -> None:
 
 def test_lease_filters_version_and_region(fleet: Any) -> None:
     jobs, models = fleet
-    push_model(models, USER)  # version 2
+    push_model(models, USER, files=add_sub_files(salt="v2"))  # version 2
     pinned, _ = jobs.submit(USER, job(model_version="1"))
     regional, _ = jobs.submit(USER, job(region="eu"))
     assert lease(jobs, version="2", max_jobs=5) == []

@@ -33,7 +33,9 @@ def test_upload_commit_ready_with_parsed_config(models: ModelService) -> None:
     assert [o.name for o in view.outputs] == ["OUTPUT0", "OUTPUT1"]
     assert view.config["backend"] == "python"
     assert models.ready_version(USER, "add_sub", None).version == "1"
-    assert push_model(models, USER).version == "2"  # version omitted: next number
+    assert push_model(models, USER).version == "1"  # the same content: that version
+    changed = add_sub_files(salt="v2")
+    assert push_model(models, USER, files=changed).version == "2"  # other content: next number
     got = models.get(USER, "add_sub")
     assert [v.version for v in got.versions] == ["2", "1"] and got.tenant == "acme"
     assert [m.name for m in models.list(USER).models] == ["add_sub"]
@@ -139,3 +141,45 @@ def test_multipart_upload_above_part_size(settings: Any, stores: Any) -> None:
     view = models.commit(USER, "add_sub", "1", CommitRequest(parts=etags))
     assert view.state == "READY"
     assert blobs.sha256_of("models/add_sub/1/1/weights.bin") == hashlib.sha256(weights).hexdigest()
+
+
+def test_push_twice_answers_the_existing_version_and_uploads_nothing(
+    models: ModelService,
+) -> None:
+    push_model(models, USER)
+    files = add_sub_files()
+    again = models.create_version(USER, "add_sub", CreateVersionRequest(files=file_specs(files)))
+    assert (again.version, again.state, again.uploads) == ("1", "READY", [])
+    pinned = models.create_version(
+        USER, "add_sub", CreateVersionRequest(version="1", files=file_specs(files))
+    )
+    assert pinned.state == "READY" and pinned.uploads == []
+    other = file_specs(add_sub_files(salt="x"))
+    with pytest.raises(Conflict) as exc:
+        models.create_version(USER, "add_sub", CreateVersionRequest(version="1", files=other))
+    assert "push without a version" in exc.value.message
+
+
+def test_config_text_is_checked_before_any_upload(models: ModelService) -> None:
+    files = add_sub_files()
+    specs = file_specs(files)
+    ok = models.create_version(
+        USER,
+        "add_sub",
+        CreateVersionRequest(files=specs, config=files["config.pbtxt"].decode()),
+    )
+    assert ok.state == "UPLOADING" and ok.uploads
+    broken = {**files, "config.pbtxt": files["config.pbtxt"] + b"\nnot a field: 1\n"}
+    with pytest.raises(InvalidRequest) as exc:
+        models.create_version(
+            USER,
+            "add_sub",
+            CreateVersionRequest(files=file_specs(broken), config=broken["config.pbtxt"].decode()),
+        )
+    assert exc.value.field == "config.pbtxt"
+    with pytest.raises(InvalidRequest) as exc:  # text and declared file disagree
+        models.create_version(
+            USER, "add_sub", CreateVersionRequest(files=specs, config='name: "add_sub"')
+        )
+    assert exc.value.field == "config"
+    assert [v.version for v in models.get(USER, "add_sub").versions] == ["1"]

@@ -146,7 +146,7 @@ async def admin_page(request: Request, s: Session, **shown: Any) -> Response:
     ``note``) shown once."""
     s.p.require("jobs:write")
     auth = services(request).auth
-    keys = await run_in_threadpool(auth.list_api_keys, s.p) if s.can("admin") else []
+    keys = (await run_in_threadpool(auth.list_api_keys, s.p)).keys if s.can("admin") else []
     context = {"created": None, "join": None, "secret": None, "note": None, **shown}
     return page(request, s, "admin.html", keys=keys, **context)
 

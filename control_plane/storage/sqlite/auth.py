@@ -152,7 +152,18 @@ class SqliteAuthStore:
                 )
                 .fetchall()
             )
-        return [ApiKeyRecord(i, t, r, n, h, float(c), bool(rv)) for i, t, r, n, h, c, rv in rows]
+        return [
+            ApiKeyRecord(
+                id=key_id,
+                tenant=tenant,
+                role=role,
+                name=name,
+                secret_hash=secret_hash,
+                created_at=float(created_at),
+                revoked=bool(revoked),
+            )
+            for key_id, tenant, role, name, secret_hash, created_at, revoked in rows
+        ]
 
     def revoke_api_key(self, key_id: str) -> bool:
         with translate("revoke api key"), self._db.write() as conn:
@@ -258,6 +269,23 @@ class SqliteAuthStore:
             labels=json.loads(row[1]),
             expires_at=float(row[2]),
         )
+
+    def list_join_tokens(self) -> list[JoinTokenRecord]:
+        with translate("list join tokens"):
+            rows = (
+                self._db.read()
+                .execute(
+                    "SELECT token_hash, region, labels, expires_at FROM join_tokens "
+                    "ORDER BY expires_at, token_hash"
+                )
+                .fetchall()
+            )
+        return [JoinTokenRecord(h, r, json.loads(lab), float(e)) for h, r, lab, e in rows]
+
+    def delete_join_token(self, token_hash: str) -> bool:
+        with translate("delete join token"), self._db.write() as conn:
+            cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
+            return cur.rowcount == 1
 
     # ------------------------------------------------------------------ signing key
     def ensure_signing_key(self, candidate: str) -> str:

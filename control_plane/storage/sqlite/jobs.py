@@ -239,7 +239,7 @@ def _decode_cursor(cursor: str, tenant: str | None) -> str:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("k"), str):
             raise ValueError("not a job cursor")
-        if tenant is not None and doc.get("t") != tenant:
+        if doc.get("t") != tenant:  # None: every tenant's listing, a listing of its own
             raise ValueError("a cursor of another listing")
     except ValueError as exc:
         raise InvalidRequest("cursor is not valid", field="cursor") from exc
