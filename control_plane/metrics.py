@@ -192,8 +192,13 @@ class Metrics:
             self._observe_latency(job)
 
     def _observe_latency(self, job: Any) -> None:
-        """From the view's ``queue_ms`` (submitted to started) and ``run_ms``."""
+        """From ``queue_ms`` (submitted to started) and ``run_ms``: a view's fields, or
+        computed from a job record's timestamps as the view computes them."""
         queue_ms = getattr(job, "queue_ms", None)
+        if queue_ms is None and getattr(job, "started_at", None) is not None:
+            started, created = job.started_at, getattr(job, "created_at", None)
+            if isinstance(started, (int, float)) and isinstance(created, (int, float)):
+                queue_ms = int((started - created) * 1000)
         run_ms = getattr(job, "run_ms", None)
         phases: dict[str, float] = {}
         if isinstance(queue_ms, (int, float)):

@@ -329,8 +329,10 @@ async def test_models_page_and_a_model_with_its_deployment(
     html = (await c.get("/console/models")).text
     assert 'data-model="add_sub"' in html and "v1 READY" in html
     html = (await c.get("/console/models/add_sub")).text
-    for text in ("INPUT0 FP32 [-1, 4]", "OUTPUT1 FP32 [-1, 4]", "No deployment", 'id="try-form"'):
+    for text in ("INPUT0 FP32 [-1, 4]", "OUTPUT1 FP32 [-1, 4]", 'id="try-form"'):
         assert text in html, text
+    # a pushed model is servable on demand: its implicit deployment (min 0, max 1)
+    assert "Wants 0 to 1 replicas; the plan asks for 0, 0 ready." in html
     assert "[[0, 0, 0, 0]]" in html  # the try-it form starts with a batch of one
     r = await c.post(
         "/console/models/add_sub/deployment",

@@ -119,7 +119,9 @@ def wait_dispatch(fleet: Fleet) -> str:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("dispatch")
-    cp = start_control_plane(work / "cp", {"GPUFLEET_CHANNEL_RECHECK_S": str(RECHECK_S)})
+    # no implicit deployments: the hand-driven runners below serve "scale" without heartbeats
+    env = {"GPUFLEET_CHANNEL_RECHECK_S": str(RECHECK_S), "GPUFLEET_IMPLICIT_MAX_REPLICAS": "0"}
+    cp = start_control_plane(work / "cp", env)
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
             client.models.push(REPO / "model_repository" / MODEL)

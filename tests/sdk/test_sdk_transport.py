@@ -43,6 +43,10 @@ class FakeServer:
                 "refresh_token": f"refresh-{self.issued}",
             }
             return httpx.Response(200, json=body)
+        if path.startswith("/v1/models/") and not self.scripts.get(path):
+            # the SDK's look at the model's declared datatypes (before a submit of plain
+            # lists): unknown here, so nothing is cast
+            return httpx.Response(404, json=err("not_found"))
         answer = self.scripts[path].pop(0)
         if isinstance(answer, Exception):
             raise answer
