@@ -62,7 +62,7 @@ class RunnerSettings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"{value!r} is not an http:// or https:// URL with a host "
-                "(e.g. http://10.0.0.5:8080)"
+                "(e.g. https://gpufleet.example.com)"
             )
         return value.rstrip("/")
 
