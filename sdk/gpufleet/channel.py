@@ -2,9 +2,10 @@
 
 Shared by the control plane (``control_plane/api/routes_channel.py``,
 ``services/dispatch.py``) and the runner (``runner/channel.py``). Frames are JSON text
-objects with a ``type``, or binary for passthrough requests: a 4-byte big-endian length of a
-JSON header object, the header, then the raw KServe bytes (an HTTP body or a serialized gRPC
-``ModelInferRequest``/``ModelInferResponse``)::
+objects with a ``type``, or binary for passthrough requests: two 4-byte big-endian lengths
+(of a JSON header object and of the body), the header, then the raw KServe bytes (an HTTP body
+or a serialized gRPC ``ModelInferRequest``/``ModelInferResponse``); one binary message may hold
+several such frames back to back::
 
     runner → control plane   hello / models {models: [{name, version}], capacity, draining,
                                              raw: ["grpc", "http"] (protocols passed through)}
