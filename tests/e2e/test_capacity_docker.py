@@ -147,8 +147,19 @@ def _pool_spec(image: str, **over: Any) -> dict[str, Any]:
     return spec
 
 
-def _containers(docker: Any, pool: str) -> list[Any]:
-    return list(docker.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool}"}))
+def _listed(engine: Any, label: str) -> list[Any]:
+    """Containers with ``label`` (all states); the SDK inspects each one it lists, so one
+    removed in between (a pool scaling in) is a NotFound: list again."""
+    for _ in range(20):
+        try:
+            return list(engine.containers.list(all=True, filters={"label": label}))
+        except docker.errors.NotFound:
+            time.sleep(0.1)
+    return list(engine.containers.list(all=True, filters={"label": label}))
+
+
+def _containers(engine: Any, pool: str) -> list[Any]:
+    return _listed(engine, f"{POOL_LABEL}={pool}")
 
 
 class Watcher(threading.Thread):
@@ -373,8 +384,6 @@ def test_runner_with_real_triton_from_zero_and_back(
             120,
             lambda: (
                 not _containers(docker, pool)
-                and not docker.containers.list(
-                    all=True, filters={"label": f"gpufleet.runner={host['id']}"}
-                )
+                and not _listed(docker, f"gpufleet.runner={host['id']}")
             ),
         )
