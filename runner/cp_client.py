@@ -68,17 +68,21 @@ class NotFound(ControlPlaneError):
     """404."""
 
 
+def _refusal(what: str, status: int, err: Any) -> ControlPlaneError:
+    """The error for a refused call (``err``: the answer's ``error`` object, if any)."""
+    err = err if isinstance(err, dict) else {}
+    code, message = err.get("code"), err.get("message")
+    text = f"{what} -> {status}" + (f" {code}: {message}" if code or message else "")
+    cls = {401: Unauthorized, 409: Conflict, 404: NotFound}.get(status)
+    return (cls or ControlPlaneError)(text, status, code)
+
+
 def _error(resp: httpx.Response) -> ControlPlaneError:
-    code = message = None
     try:
-        err = resp.json().get("error") or {}
-        code, message = err.get("code"), err.get("message")
+        err = resp.json().get("error")
     except (ValueError, AttributeError):
-        pass
-    text = f"{resp.request.method} {resp.request.url.path} -> {resp.status_code}"
-    text += f" {code}: {message}" if code or message else ""
-    cls = {401: Unauthorized, 409: Conflict, 404: NotFound}.get(resp.status_code)
-    return (cls or ControlPlaneError)(text, resp.status_code, code)
+        err = None
+    return _refusal(f"{resp.request.method} {resp.request.url.path}", resp.status_code, err)
 
 
 class ControlPlaneClient:
@@ -177,12 +181,7 @@ class ControlPlaneClient:
             raise ControlPlaneError(f"{what}: {type(exc).__name__}: {exc}") from exc
         status = int(reply.get("status") or 500)
         if status >= 300:
-            err = reply.get("error") or {}
-            code, message = err.get("code"), err.get("message")
-            cls = {401: Unauthorized, 409: Conflict, 404: NotFound}.get(status)
-            error = (cls or ControlPlaneError)(
-                f"{what} -> {status} {code}: {message}", status, code
-            )
+            error = _refusal(what, status, reply.get("error"))
             if isinstance(error, Unauthorized):
                 self.last_refusal = str(error)
             raise error
