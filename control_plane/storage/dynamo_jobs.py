@@ -122,6 +122,7 @@ def from_item(item: dict[str, Any]) -> JobRecord:
         outputs_ref=get_s(item, "outputs_ref"),
         error=get_j(item, "error"),
         run_ms=get_i(item, "run_ms") if "run_ms" in item else None,
+        commits=get_i(item, "commits"),
     )
 
 
@@ -430,6 +431,7 @@ class DynamoJobStore:
             {"status": "RUNNING", "lease_token": lease_token},
             sets,
             removes=("lease_key",),
+            adds={"commits": 1},
             expired_before=expired_before,
         )
 

@@ -68,6 +68,10 @@ class JobRecord:
     outputs_ref: str | None = None
     error: dict[str, Any] | None = None
     run_ms: int | None = None
+    # How many times a running attempt of this job was finished: 1 for every job that ended
+    # from RUNNING, 0 for one that ended queued. Written in the same conditional write as the
+    # terminal status, so a second commit of one job would show here (the soak checks it).
+    commits: int = 0
 
     @property
     def deadline(self) -> float | None:

@@ -158,8 +158,10 @@ def test_claim_is_won_once_and_fenced(jobs: JobTable) -> None:
     again = claim(jobs, token="l3", queue_token="q2")
     assert again and again.attempts == 2
     assert jobs.finish_running("job_1", "l1", "SUCCEEDED", now=1.0) is None  # stale token
+    assert requeued.commits == 0 and again.commits == 0
     done = jobs.finish_running("job_1", "l3", "SUCCEEDED", now=4000.0, outputs_json="[]")
     assert done and done.status == "SUCCEEDED" and done.outputs == []
+    assert done.commits == 1  # the store's commit record: one finish of a running attempt
     assert jobs.finish_running("job_1", "l3", "FAILED", now=4001.0) is None
     assert jobs.extend_lease("job_1", "l3", "r", 5000.0, ("lease#0", "k4")) is None
     assert not jobs.requeue_running("job_1", "l3", ("m#1", "t"), "q4", expired_before=9e9)
@@ -187,7 +189,7 @@ def test_finish_running_records_the_result_once(jobs: JobTable) -> None:
     assert jobs.get_job("job_1") == done
     assert jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2200.0) is None
     got = jobs.get_job("job_1")
-    assert got and got.status == "FAILED"
+    assert got and got.status == "FAILED" and got.commits == 1
 
 
 def test_finish_running_leaves_absent_fields_unset(jobs: JobTable) -> None:

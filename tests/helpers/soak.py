@@ -19,8 +19,9 @@ again with the same key), paced over ``submit_over_s``. Meanwhile:
 
 Checks (each failure is a line of ``SoakReport.problems``): every job terminal; every
 SUCCEEDED job's outputs are its own (echo of its inputs, or add_sub of them when the Triton
-runner ran it); attempts within max_attempts; no job committed twice (the control plane's
-``job … committed`` line, written after the store's conditional write, counted over every
+runner ran it); attempts within max_attempts; every job committed exactly once (the
+store's own record: ``commits`` on the job, incremented in the conditional write that ends
+a running attempt; also the control plane's ``job … committed`` lines over every
 incarnation's log, and the runners' accepted commits ≤ jobs); no request of the prober took
 longer than the storage deadlines allow; on SQLite no queue entry or marker outlives its job.
 """
@@ -96,6 +97,7 @@ class SoakReport:
     submit_retries: int = 0
     max_probe_s: float = 0.0
     commits_logged: Counter[int] = field(default_factory=Counter)  # lines per job -> jobs
+    commits_stored: Counter[int] = field(default_factory=Counter)  # store records -> jobs
     by_triton: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -234,6 +236,29 @@ class Store:
         while True:
             page = self.dynamodb.scan(**kwargs)
             out.update(item["status"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def commit_records(self) -> dict[str, int]:
+        """Per job, how many times the store finished a running attempt of it (``commits``,
+        written in the same conditional write as the terminal status)."""
+        if self.kind == "sqlite":
+            conn = self._db()
+            try:
+                rows = conn.execute("SELECT id, commits FROM jobs").fetchall()
+            finally:
+                conn.close()
+            return {str(i): int(c) for i, c in rows}
+        out: dict[str, int] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.settings.table("jobs"),
+            "ProjectionExpression": "id, commits",
+        }
+        while True:
+            page = self.dynamodb.scan(**kwargs)
+            for item in page.get("Items", []):
+                out[item["id"]["S"]] = int(item.get("commits", {"N": "0"})["N"])
             if "LastEvaluatedKey" not in page:
                 return out
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -558,6 +583,13 @@ def _check(
         )
         if not ok:
             report.problems.append(f"{job_id}: outputs are not its own")
+    # Exactly once, from the store itself: every job here ended from RUNNING (no cancels),
+    # so each must carry exactly one commit record.
+    stored = store.commit_records()
+    report.commits_stored = Counter(stored.get(i, 0) for i in ids)
+    wrong = [f"{i}={stored.get(i, 0)}" for i in ids if stored.get(i, 0) != 1]
+    if wrong:
+        report.problems.append(f"{len(wrong)} jobs without exactly one commit, e.g. {wrong[:3]}")
     if store.kind == "sqlite":
         leftover = store.leftover_indexes()
         if any(leftover.values()):
@@ -585,7 +617,8 @@ def table(reports: list[SoakReport]) -> str:
     """The reports as a plain-text table."""
     head = (
         "store", "jobs", "s", "jobs/s", "runner kills", "cp kills", "pauses",
-        "submit retries", "max probe s", "statuses", "attempts histogram", "problems",
+        "submit retries", "max probe s", "statuses", "attempts histogram",
+        "commits per job (store)", "problems",
     )  # fmt: skip
     rows = [
         (
@@ -600,6 +633,7 @@ def table(reports: list[SoakReport]) -> str:
             f"{r.max_probe_s:.1f}",
             " ".join(f"{k}={v}" for k, v in sorted(r.statuses.items())),
             " ".join(f"{k}:{v}" for k, v in sorted(r.attempts.items())),
+            " ".join(f"{k}:{v}" for k, v in sorted(r.commits_stored.items())),
             str(len(r.problems)),
         )
         for r in reports

@@ -1,4 +1,4 @@
-"""The short soak (tests/helpers/soak.py): 200 jobs through the real control plane
+"""The short soak (tests/helpers/soak.py): 1,000 jobs through the real control plane
 on the embedded store and two mock runners, while a runner is SIGKILLed every 5 s, the
 control plane is killed -9 once and the store stalls once. Every job must end as
 docs/failure_modes.md says: terminal, its own outputs, within max_attempts, committed once,
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_short_soak_every_job_ends_once(tmp_path: Path) -> None:
-    jobs = int(os.environ.get("GPUFLEET_SOAK_JOBS", "200"))
+    jobs = int(os.environ.get("GPUFLEET_SOAK_JOBS", "1000"))
     cfg = SoakConfig(
         workdir=tmp_path,
         jobs=jobs,
@@ -40,5 +40,6 @@ def test_short_soak_every_job_ends_once(tmp_path: Path) -> None:
     assert report.problems == [], report.problems
     assert report.runner_kills >= 2 and report.cp_kills == 1 and report.pauses == 1
     assert report.statuses["SUCCEEDED"] + report.statuses["FAILED"] == jobs
+    assert report.commits_stored == {1: jobs}, report.commits_stored  # the store's records
     # The commit lines were counted (a kill -9 may take the line of a commit with it).
     assert report.commits_logged[1] >= jobs * 0.9, report.commits_logged

@@ -76,11 +76,14 @@ DDL: list[str] = [
     "CREATE INDEX IF NOT EXISTS jobs_by_tenant_model ON jobs (tenant, model, created_key)",
 ]
 
+# Migration 4: how many times a running attempt was finished (the soak's commit record).
+DDL_4: list[str] = ["ALTER TABLE jobs ADD COLUMN commits INTEGER NOT NULL DEFAULT 0"]
+
 _COLUMNS = (
     "id, tenant, model, model_version, pinned, status, priority, created_at, timeout_s, ttl_s,"
     " max_attempts, region, request, attempts, started_at, finished_at, runner_id, lease_token,"
     " lease_expires_at, lease_shard, lease_sk, queue_shard, queue_sk, queue_token, outputs,"
-    " outputs_ref, error, run_ms"
+    " outputs_ref, error, run_ms, commits"
 )
 
 # A new job stores what DynamoJobStore.to_item stores: the run fields start empty.
@@ -115,7 +118,7 @@ _EXTEND = _EXTEND_UPDATE + _RETURNING
 _FINISH_UPDATE = (
     "UPDATE jobs SET status = ?, finished_at = ?, outputs = COALESCE(?, outputs),"
     " outputs_ref = COALESCE(?, outputs_ref), error = COALESCE(?, error),"
-    " run_ms = COALESCE(?, run_ms), lease_shard = NULL, lease_sk = NULL"
+    " run_ms = COALESCE(?, run_ms), lease_shard = NULL, lease_sk = NULL, commits = commits + 1"
     " WHERE id = ? AND status = 'RUNNING' AND lease_token = ?"
 )
 _FINISH = _FINISH_UPDATE + _RETURNING
@@ -195,6 +198,7 @@ def _record(row: Any) -> JobRecord:
         outputs_ref,
         error,
         run_ms,
+        commits,
     ) = row
     return JobRecord(
         id=id_,
@@ -223,6 +227,7 @@ def _record(row: Any) -> JobRecord:
         outputs_ref=outputs_ref,
         error=None if error is None else json.loads(error),
         run_ms=run_ms,
+        commits=commits,
     )
 
 
