@@ -40,7 +40,7 @@ demo: dev ## embedded control plane + runner with real Triton when possible; run
 test: dev rig-deps ## everything: unit, contract, API, e2e on real Docker + Triton
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-check: dev ## ruff + mypy
+check: dev ## ruff + ruff format --check + mypy --strict (a CI gate, run by .ci/run)
 	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples
 	$(VENV)/bin/mypy

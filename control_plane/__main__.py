@@ -208,6 +208,13 @@ def public_url(host: str, port: int, scheme: str = "http") -> str:
 def _settings(args: argparse.Namespace, tmp: str | None) -> tuple[Settings, Any]:
     """Settings for the chosen store, and the moto server to stop (``--embedded-moto``)."""
     if args.embedded_moto:
+        try:
+            import moto  # noqa: F401  - a test tool, not a runtime dependency
+        except ImportError:
+            raise SystemExit(
+                "--embedded-moto needs moto, a test tool: pip install 'moto[server,dynamodb,s3]'"
+                " (or use --embedded, the SQLite store)"
+            ) from None
         embedded = start_embedded()
         return embedded.settings, embedded
     overrides: dict[str, Any] = {}

@@ -315,7 +315,7 @@ async def _runner_answers(port: int) -> bool:
         await writer.drain()
         data = await asyncio.wait_for(reader.read(4096), 2)
         writer.close()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     return b'"status"' in data
 

@@ -362,7 +362,7 @@ class JobLoop:
             inferred = time.perf_counter()
             # large outputs go to the bucket
             inline, outputs_ref = await payloads.store_outputs(job, outputs, self._verify)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._failed(job, "timeout", f"job exceeded its timeout of {job.timeout_s}s")
         except TensorError as exc:
             return self._failed(job, "invalid_input", str(exc))

@@ -58,6 +58,6 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
         return True
     try:
         await asyncio.wait_for(event.wait(), max(timeout_s, 0.0))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True

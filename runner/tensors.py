@@ -8,7 +8,7 @@ stored as raw bytes without a round trip through Python lists.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from gpufleet.wire import Tensor
@@ -59,7 +59,7 @@ class ArrayTensor(Tensor):
 
     @property
     def array(self) -> np.ndarray | None:
-        return self._array
+        return cast("np.ndarray | None", self._array)
 
     @classmethod
     def of(cls, tensor: Tensor, array: np.ndarray, **fields: Any) -> ArrayTensor:

@@ -136,7 +136,7 @@ class TritonClient:
     async def _call(self, timeout_s: float, fn: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.wait_for(getattr(self._triton(), fn)(*args, **kwargs), timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise InferError(f"{fn} timed out after {timeout_s:.0f}s", transient=True) from exc
         except asyncio.CancelledError as exc:
             if _cancelling():
@@ -228,7 +228,7 @@ class TritonClient:
                 return await asyncio.wait_for(self._raw_http(model, version, body, meta), timeout_s)
             if protocol == "grpc":
                 return await self._raw_grpc(body, timeout_s), {}
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise InferError(f"infer timed out after {timeout_s:g}s", transient=True) from exc
         except asyncio.CancelledError as exc:
             if _cancelling():

@@ -19,12 +19,12 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from botocore.exceptions import ClientError
 
 ROOT = Path(__file__).resolve().parents[1]

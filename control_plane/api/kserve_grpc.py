@@ -334,7 +334,7 @@ def to_infer_response(result: V2InferResponse, wanted: Iterable[str]) -> Any:
 # --------------------------------------------------------------------------- servicer
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``GRPCInferenceService`` on the control plane's services (see the module docstring)."""
 
     def __init__(self, services: Services, on_submit: Callable[[str], None] | None) -> None:

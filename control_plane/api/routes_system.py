@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import PackageNotFoundError, version
 
+from gpufleet._version import __version__
 from gpufleet.wire import HealthView
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -19,10 +19,8 @@ from control_plane.metrics import CONTENT_TYPE
 
 
 def package_version() -> str:
-    try:
-        return version("gpufleet")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0.0.0"
+    """The version, from its one place (``gpufleet/_version.py``, read by the build too)."""
+    return __version__
 
 
 async def _check(fn: object) -> str:

@@ -316,7 +316,7 @@ class Dispatcher:
                 raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
             try:
                 msg = await asyncio.wait_for(fut, max(0.0, deadline - self._monotonic()))
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 with contextlib.suppress(Exception):
                     await ch.send(json.dumps({"type": "cancel", "id": req_id}))
                 raise Timeout(

@@ -74,7 +74,7 @@ class DeliveryPolicy:
     def backoff(self, attempt: int, rnd: float) -> float:
         """Delay after failed attempt ``attempt`` (1-based); ``rnd`` is uniform in [0, 1)."""
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2 ** min(attempt - 1, 62))
-        return ceiling * rnd
+        return float(ceiling * rnd)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -120,7 +120,7 @@ class AsyncClient:
             try:
                 effect = op.throw(error) if error is not None else op.send(value)
             except StopIteration as stop:
-                return stop.value
+                return cast(T, stop.value)
             value, error = None, None
             try:
                 if isinstance(effect, Send):

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -122,7 +122,7 @@ class Client:
             try:
                 effect = op.throw(error) if error is not None else op.send(value)
             except StopIteration as stop:
-                return stop.value
+                return cast(T, stop.value)
             value, error = None, None
             try:
                 if isinstance(effect, Send):
