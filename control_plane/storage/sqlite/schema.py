@@ -18,6 +18,7 @@ from control_plane.storage.sqlite import (
     queue,
     rollups,
     runners,
+    streams,
     webhooks,
 )
 from control_plane.storage.sqlite.db import Database, translate
@@ -34,6 +35,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
+    4: [*streams.DDL],  # streamed partial outputs of durable jobs
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
