@@ -19,8 +19,8 @@ from gpufleet.wire import OutputRequest, Tensor
 from runner.backends.base import InferError
 from runner.backends.container_spec import REPOSITORY_KEY_HEADER
 from runner.tensors import from_numpy, to_numpy
-from runner.triton_stream import build_request, stream_infer
 from runner.triton_metrics import scrape_triton_metrics
+from runner.triton_stream import build_request, stream_infer
 
 log = logging.getLogger(__name__)
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"

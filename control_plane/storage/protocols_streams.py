@@ -61,9 +61,7 @@ class StreamStore(Protocol):
         deleted (Unix seconds)."""
         ...
 
-    def read_chunks(
-        self, job_id: str, after: Position | None, limit: int
-    ) -> list[ChunkRecord]:
+    def read_chunks(self, job_id: str, after: Position | None, limit: int) -> list[ChunkRecord]:
         """Up to ``limit`` chunks of ``job_id`` positioned after ``after`` (all when None),
         in ``(attempt, seq)`` order. Strongly consistent: every append that returned before
         the read is in it. Expired chunks may still be returned until the backend deletes
