@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -320,7 +320,7 @@ class TritonClient:
         outputs: list[OutputRequest] | None,
         parameters: dict[str, Any],
         timeout_s: float,
-    ) -> AsyncIterator[list[Tensor]]:
+    ) -> AsyncGenerator[list[Tensor], None]:
         """The outputs of each response of one request over gRPC streaming (decoupled models
         answer many times); raises InferError. Cancelling the iteration cancels the request."""
         from tritonclient.grpc import InferResult

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from gpufleet.wire import OutputRequest, Tensor
@@ -76,7 +76,7 @@ async def stream_infer(
     request: Any,
     timeout_s: float,
     decode: Any,
-) -> AsyncIterator[list[Tensor]]:
+) -> AsyncGenerator[list[Tensor], None]:
     """Send ``request`` on one ``ModelStreamInfer`` call and yield the outputs of each response
     (``decode(infer_response)``), until Triton flags the final one. ``stub_call``: the
     ``ModelStreamInfer`` stream-stream callable of a grpc.aio channel. Raises InferError with

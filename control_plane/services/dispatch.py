@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,7 +358,7 @@ class Dispatcher:
         version: str,
         request: dict[str, Any],
         timeout_s: float,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Send one streamed inference (a ``stream`` frame: ``inputs``, ``outputs``,
         ``parameters``) to a runner and yield its ``chunk`` frames as they arrive, until its
         final ``result``. Raises like :meth:`infer` (``Unavailable`` when the runner goes,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +136,7 @@ class GenerateService:
         rec = await self._jobs.offload(self._jobs.infer_target, p, job) or rec
         return PreparedStream(p, rec, job)
 
-    async def run(self, prep: PreparedStream) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, prep: PreparedStream) -> AsyncGenerator[dict[str, Any], None]:
         """The generate events of one request, as produced; raises the domain error that
         ends it (the route writes it as an error event)."""
         rec, job = prep.record, prep.job
@@ -156,7 +156,7 @@ class GenerateService:
         async for event in self._durable(prep):
             yield event
 
-    async def _durable(self, prep: PreparedStream) -> AsyncIterator[dict[str, Any]]:
+    async def _durable(self, prep: PreparedStream) -> AsyncGenerator[dict[str, Any], None]:
         assert self._streams is not None
         p, job = prep.principal, prep.job
         view, _ = await self._jobs.offload(self._jobs.submit, p, job, None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +127,7 @@ class StreamService:
 
     async def follow(
         self, p: Principal, job_id: str, after: Position | None
-    ) -> AsyncIterator[ChunkEvent | EndEvent | None]:
+    ) -> AsyncGenerator[ChunkEvent | EndEvent | None, None]:
         """The job's chunks after ``after`` in order, then ``EndEvent`` once it is terminal.
         Yields None after each ``stream_keepalive_s`` without news (the transport sends a
         keep-alive). The caller stops whenever it likes (client gone)."""

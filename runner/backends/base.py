@@ -14,7 +14,7 @@ Errors::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from gpufleet.wire import OutputRequest, Tensor
@@ -70,7 +70,7 @@ class StreamingEngine(Protocol):
         outputs: list[OutputRequest] | None,
         parameters: dict[str, Any],
         timeout_s: float,
-    ) -> AsyncIterator[list[Tensor]]: ...
+    ) -> AsyncGenerator[list[Tensor], None]: ...
 
 
 class InferenceEngine(Protocol):

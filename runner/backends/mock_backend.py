@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ class MockEngine:
         outputs: list[OutputRequest] | None,
         parameters: dict[str, Any],
         timeout_s: float,
-    ) -> AsyncIterator[list[Tensor]]:
+    ) -> AsyncGenerator[list[Tensor], None]:
         """A decoupled model's answer: ``parameters["mock_chunks"]`` (default 3) responses,
         each what ``infer`` answers, ``delay_s`` apart."""
         for _ in range(int(parameters.get("mock_chunks", 3))):
