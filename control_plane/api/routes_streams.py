@@ -26,13 +26,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from control_plane.api.context import services
-from control_plane.api.errors import STATUS_BY_CODE
+from control_plane.api.errors import STATUS_BY_CODE, failure_status
 from control_plane.api.http import parse_body, send
 from control_plane.api.job_protocol import append_chunks
 from control_plane.api.kserve import _model_path, kserve_errors
 from control_plane.api.security import principal, signed_runner
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import GpufleetError, InvalidRequest, NotFound
+from control_plane.services.dispatch import InferenceFailed
 from control_plane.services.streams import ChunkEvent, EndEvent, parse_position
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,18 @@ def sse(data: str, event: str | None = None, event_id: str | None = None) -> byt
     return f"{head}data: {data}\n\n".encode()
 
 
+def _status(exc: GpufleetError) -> int:
+    """The HTTP status the error would have had before the stream started."""
+    if isinstance(exc, InferenceFailed):
+        return failure_status(exc)
+    return STATUS_BY_CODE.get(exc.code, 500)
+
+
 def _error_data(exc: GpufleetError) -> dict[str, Any]:
     error: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if exc.details is not None:
         error["details"] = exc.details
-    return {"api_version": "v1", "error": error, "status": STATUS_BY_CODE.get(exc.code, 500)}
+    return {"api_version": "v1", "error": error, "status": _status(exc)}
 
 
 # --------------------------------------------------------------------------- job stream
@@ -125,7 +133,8 @@ async def generate_stream(request: Request) -> Response:
                     yield sse(json.dumps(event, separators=(",", ":")))
         except GpufleetError as exc:
             log.info("generate_stream of %s ended by %s: %s", name, exc.code, exc.message)
-            yield sse(json.dumps({"error": exc.message, "code": exc.code}))
+            failure = {"error": exc.message, "code": exc.code, "status": _status(exc)}
+            yield sse(json.dumps(failure))
 
     return StreamingResponse(events(), media_type=EVENT_STREAM, headers=_SSE_HEADERS)
 
@@ -143,7 +152,7 @@ _GENERATE_SUMMARY = (
     "Triton's generate extension, streamed (server-sent events): the body maps input names "
     'to values plus optional "parameters"; each model response is one `data:` event '
     '{"model_name","model_version","<output>": value}; an error after the start is '
-    '`data: {"error","code"}`'
+    '`data: {"error","code","status"}`'
 )
 
 ROUTES: list[DocumentedRoute] = [

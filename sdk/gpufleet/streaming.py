@@ -137,8 +137,8 @@ def generate_chunk(event: SSEEvent, index: int) -> StreamChunk:
     """A generate event as a chunk; an error event raises the matching ``APIError``."""
     data = json.loads(event.data)
     if "error" in data:
-        raise error_from_body(500, {"error": {"code": data.get("code") or "internal",
-                                              "message": str(data["error"])}})  # fmt: skip
+        error = {"code": data.get("code") or "internal", "message": str(data["error"])}
+        raise error_from_body(int(data.get("status") or 500), {"error": error})
     model = data.pop("model_name", None)
     version = data.pop("model_version", None)
     outputs = {k: _array(v) for k, v in data.items()}
