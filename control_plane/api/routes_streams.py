@@ -164,7 +164,7 @@ ROUTES: list[DocumentedRoute] = [
         "data a StreamChunkView) in order, `attempt` when a retry starts over, then `end` "
         "(data: the job as GET answers it) once terminal. Resumable: Last-Event-ID (or "
         "?after=) skips the chunks seen. Chunks are kept after the job ends",
-        None,
+        StreamChunkView,
         query={"after": "a chunk event id (<attempt>-<seq>): start after it"},
         headers={LAST_EVENT_ID: "the last chunk event id received: resume after it"},
         content_type=EVENT_STREAM,

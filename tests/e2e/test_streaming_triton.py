@@ -10,6 +10,7 @@ run as processes; the runner starts the CPU Triton image and serves the decouple
 - a durable job streams its tokens (``stream_job``): in order, each once, across a
   reconnection with ``Last-Event-ID``, and again for a client that comes after the end; the
   job's result joins every token;
+- a model that is not decoupled (``add_sub``) streams too: one event, its answer;
 - hanging up a stream, and cancelling a streaming job, stop the model: Triton's log shows the
   request cancelled, and the one model instance is free for the next request at once (a model
   still generating would hold it for tens of seconds).
@@ -85,7 +86,8 @@ def _wait_until_served(url: str, token: str, runner_log: Path, timeout: float = 
     while time.monotonic() < deadline:
         runners = httpx.get(f"{url}/v1/runners", headers=headers, timeout=30).json()
         for r in runners.get("runners", []):
-            if any(m["name"] == MODEL and m["state"] == "READY" for m in r["models"]):
+            ready = {m["name"] for m in r["models"] if m["state"] == "READY"}
+            if {MODEL, "add_sub"} <= ready:
                 return
         time.sleep(1)
     pytest.fail(f"no runner served {MODEL} in time; runner log:\n" + runner_log.read_text())
@@ -127,6 +129,7 @@ def fleet(
         assert url, "the control plane did not start:\n" + cp_log.read_text()
         client = Client(url, api_key=key_file.read_text().strip(), timeout=60.0)
         client.models.push(model_repository / MODEL)
+        client.models.push(model_repository / "add_sub")
         join = client.admin.create_join_token().join_token
         runner_env = {
             **env,
@@ -258,3 +261,10 @@ def test_cancelling_a_streaming_job_stops_the_model(fleet: Fleet) -> None:
     while fleet.triton_log().count(CANCELLED) <= before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert fleet.triton_log().count(CANCELLED) > before, fleet.triton_log()[-3000:]
+
+
+def test_a_model_that_is_not_decoupled_streams_its_one_answer(fleet: Fleet) -> None:
+    chunks = list(fleet.client.stream("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1]}))
+    assert len(chunks) == 1
+    np.testing.assert_array_equal(chunks[0].outputs["OUTPUT0"], [2, 3, 4, 5])
+    np.testing.assert_array_equal(chunks[0].outputs["OUTPUT1"], [0, 1, 2, 3])

@@ -55,3 +55,23 @@ def test_positions() -> None:
     for bad in ("4", "a-1", "1-", "-1-2"):
         with pytest.raises(InvalidRequest):
             parse_position(bad, "Last-Event-ID")
+
+
+def test_streaming_routes_are_in_the_openapi_schema() -> None:
+    from control_plane.api.openapi import build_openapi
+    from control_plane.app import routes
+
+    doc = build_openapi(routes(), "test")
+    stream = doc["paths"]["/v1/jobs/{job_id}/stream"]["get"]
+    content = stream["responses"]["200"]["content"]
+    assert content["text/event-stream"]["schema"] == {
+        "$ref": "#/components/schemas/StreamChunkView"
+    }
+    assert {p["name"] for p in stream["parameters"]} >= {"job_id", "after", "Last-Event-ID"}
+    for path in ("/v2/models/{model}/generate_stream",
+                 "/v2/models/{model}/versions/{version}/generate_stream"):  # fmt: skip
+        assert "text/event-stream" in doc["paths"][path]["post"]["responses"]["200"]["content"]
+    chunks = doc["paths"]["/v1/runners/{runner_id}/chunks"]["post"]
+    assert chunks["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ChunksRequest"
+    )
