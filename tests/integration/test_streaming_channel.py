@@ -367,3 +367,60 @@ async def test_generate_stream_without_a_connected_runner_follows_a_durable_job(
         assert [word(c) for c in got] == ["x", "y"]
     finally:
         await runner.ws.close()
+
+
+# --------------------------------------------------------------------------- retried jobs
+@pytest.fixture
+def short_leases(tmp_path: Path) -> Iterator[Fleet]:
+    """A control plane of its own whose leases expire after 1 s (swept every 0.2 s)."""
+    env = {
+        "GPUFLEET_IMPLICIT_MAX_REPLICAS": "0",
+        "GPUFLEET_STREAM_POLL_S": "0.1",
+        "GPUFLEET_LEASE_DURATION_S": "1",
+        "GPUFLEET_SWEEP_INTERVAL_S": "0.2",
+    }
+    cp = start_control_plane(tmp_path / "cp", env)
+    try:
+        with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
+            client.models.push(REPO / "model_repository" / MODEL)
+            join = client.admin.create_join_token().join_token
+        token = httpx.post(
+            f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=STEP_S
+        ).json()["access_token"]
+        yield Fleet(cp, token, join)
+    finally:
+        cp.stop()
+
+
+async def test_a_retried_job_streams_again_under_its_next_attempt(short_leases: Fleet) -> None:
+    fleet = short_leases
+    runner = await hand_runner(fleet, "lost-lease", [])
+    try:
+        async with AsyncClient(fleet.cp.url, api_key=fleet.cp.admin_key, timeout=STEP_S) as sdk:
+            job = await sdk.submit(MODEL, {"PROMPT": ["p q"]})
+            first = await _lease(runner, job.id)
+            assert (await _chunks(runner, first, ["p", "q"], 0))["status"] == 200
+            # No extension: the lease expires, the sweep requeues the job, it is leased again.
+            second: dict[str, Any] | None = None
+            deadline = time.monotonic() + STEP_S
+            while second is None and time.monotonic() < deadline:
+                reply = await runner.call("lease", {"models": REF, "max_jobs": 1, "wait_s": 1})
+                second = (reply["body"]["jobs"] or [None])[0]
+            assert second is not None and second["attempt"] == 2
+            # The first attempt's token no longer stores anything.
+            assert (await _chunks(runner, first, ["late"], 2))["status"] == 409
+            assert (await _chunks(runner, second, ["p2"], 0))["status"] == 200
+            done = {"job_id": job.id, "lease_token": second["lease_token"],
+                    "status": "SUCCEEDED", "outputs": []}  # fmt: skip
+            await runner.call("complete", {"results": [done]})
+            chunks = [c async for c in sdk.stream_job(job.id)]
+            assert [(c.attempt, c.event_id, word(c)) for c in chunks] == [
+                (1, "1-0", "p"), (1, "1-1", "q"), (2, "2-0", "p2")
+            ]  # fmt: skip
+        async with httpx.AsyncClient(base_url=fleet.cp.url, headers=fleet.admin) as http:
+            r = await http.get(f"/v1/jobs/{job.id}/stream", headers={"Last-Event-ID": "1-0"})
+            kinds = [e.split("\n")[0] for e in r.text.split("\n\n") if e.strip()]
+            assert kinds == ["event: chunk", "event: attempt", "event: chunk", "event: end"]
+            assert 'data: {"attempt": 2}' in r.text
+    finally:
+        await runner.ws.close()
