@@ -63,7 +63,7 @@ class TritonPythonModel:
                     ]
                 )
             )
-            sent += 1
+            sent = index + 1
         else:
             _log(f"token_stream: finished {sent} tokens")
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
