@@ -34,6 +34,7 @@ from control_plane.api import (
     routes_payloads,
     routes_pools,
     routes_runners,
+    routes_streams,
     routes_system,
     webhook_routes,
 )
@@ -48,10 +49,12 @@ from control_plane.errors import Unavailable
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
+from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.store_marker import StoreMarker
+from control_plane.services.streams import StreamService
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -112,6 +115,11 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         else None
     )
     inference = InferenceService(jobs, dispatch, settings)
+    streams = (
+        StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload)
+        if st.streams is not None
+        else None
+    )
     rollups = None
     if st.rollups is not None:
         rollups = RollupService(st.rollups, flush_interval_s=settings.rollup_flush_interval_s)
@@ -144,6 +152,8 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         stores=st,
         rollups=rollups,
         capacity=build_capacity_service(settings, st, auth, jobs),
+        streams=streams,
+        generate=GenerateService(settings, jobs, dispatch, streams),
     )
 
 
@@ -178,6 +188,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
         *routes_pools.ROUTES,
+        *routes_streams.ROUTES,
         *routes_docs.ROUTES,
     ]
 

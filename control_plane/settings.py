@@ -125,6 +125,26 @@ class Settings(BaseSettings):
         default=30.0, description="A runner without heartbeat for this long is OFFLINE."
     )
     infer_wait_s: float = Field(default=60.0, description="How long /v2/…/infer waits (504).")
+    # streaming outputs (services/streams.py, docs/streaming.md)
+    stream_poll_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Storage re-check interval of a job stream (GET /v1/jobs/{id}/stream): "
+        "chunks stored by this replica wake it at once, other replicas' after this long.",
+    )
+    stream_keepalive_s: float = Field(
+        default=15.0, gt=0, description="An SSE comment this often keeps idle streams open."
+    )
+    stream_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest generate_stream call (the stream ends with an error event).",
+    )
+    stream_retention_s: int = Field(
+        default=7 * 86_400,
+        ge=60,
+        description="How long streamed chunks of a durable job are kept (then deleted).",
+    )
     presign_ttl_s: int = Field(default=3600, description="Lifetime of presigned URLs.")
 
     # model uploads (services/models.py)

@@ -190,7 +190,12 @@ class DispatchChannel:
             task = asyncio.create_task(handler)
             tasks[req_id] = task
             task.add_done_callback(functools.partial(_forget, tasks, req_id))
-        elif kind == "cancel":
+        elif kind == "stream":  # a decoupled model's responses, each as it comes
+            req_id = int(msg["id"])
+            task = asyncio.create_task(self._handle_stream(msg))
+            tasks[req_id] = task
+            task.add_done_callback(functools.partial(_forget, tasks, req_id))
+        elif kind == "cancel":  # also ends a stream: cancelling it cancels the Triton request
             running = tasks.get(int(msg.get("id", -1)))
             if running is not None:
                 running.cancel()
@@ -305,6 +310,62 @@ class DispatchChannel:
         reply["runner_id"] = self._identity.runner_id
         if reply["type"] == "result":
             reply["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 3)
+        await self._reply(json.dumps(reply, separators=(",", ":")))
+
+    async def _handle_stream(self, msg: dict[str, Any]) -> None:
+        """A ``stream`` request: a ``chunk`` frame per response of the model, then ``result``
+        (or ``error``). Cancelled by a ``cancel`` frame or a closed channel."""
+        req_id = msg["id"]
+        self._state.dispatch_inflight += 1
+        reply: dict[str, Any]
+        try:
+            stream_fn = getattr(self._engine, "infer_stream", None)
+            if stream_fn is None:
+                raise InferError("this runner's backend does not stream", code="unsupported")
+            inputs = [Tensor.model_construct(**t) for t in msg.get("inputs") or []]
+            outputs = [OutputRequest.model_construct(**o) for o in msg.get("outputs") or []]
+            stream = stream_fn(
+                msg["model"],
+                msg["version"],
+                inputs,
+                outputs or None,
+                msg.get("parameters") or {},
+                float(msg.get("timeout_s") or 60.0),
+            )
+            count = 0
+            async with contextlib.aclosing(stream) as responses:
+                async for result in responses:
+                    chunk = {
+                        "type": "chunk",
+                        "id": req_id,
+                        "outputs": [
+                            {
+                                "name": t.name,
+                                "datatype": t.datatype,
+                                "shape": t.shape,
+                                "data": t.data,
+                            }
+                            for t in result
+                        ],
+                    }
+                    await self._reply(json.dumps(chunk, separators=(",", ":")))
+                    count += 1
+            reply = {"type": "result", "id": req_id, "outputs": [], "responses": count}
+            self.served += 1
+        except asyncio.CancelledError:
+            log.info("streamed request %s cancelled", req_id)
+            raise
+        except (TensorError, ValueError) as exc:
+            reply = {"type": "error", "id": req_id, "code": "invalid_input", "message": str(exc)}
+        except InferError as exc:
+            reply = _error_reply(req_id, exc)
+        except Exception as exc:
+            log.warning("streamed request %s failed", req_id, exc_info=True)
+            reply = {"type": "error", "id": req_id, "code": "runner_error", "message": str(exc)}
+        finally:
+            self._state.dispatch_inflight -= 1
+            self._state.slot_freed.set()
+        reply["runner_id"] = self._identity.runner_id
         await self._reply(json.dumps(reply, separators=(",", ":")))
 
     async def _handle_raw(self, msg: dict[str, Any], body: bytes, received: float) -> None:

@@ -20,6 +20,8 @@ from gpufleet.tls import SDK_NAMES, SettingNames, explain
 from gpufleet.wire import (
     BatchCompleteRequest,
     BatchCompleteResponse,
+    ChunksRequest,
+    ChunksResponse,
     CompleteRequest,
     CompleteResponse,
     ExtendRequest,
@@ -225,3 +227,12 @@ class ControlPlaneClient:
         return await self._send(
             self._runner_path("/complete"), req, BatchCompleteResponse, signed=True
         )
+
+    async def append_chunks(self, req: ChunksRequest) -> ChunksResponse:
+        """Store partial outputs of a running job (over the channel when it is open).
+        Conflict: the lease is not held any more (cancelled, lost): stop streaming the job;
+        NotFound: a control plane without streaming."""
+        answer = await self._over_channel("chunks", req, ChunksResponse, self._timeout_s)
+        if answer is not None:
+            return answer
+        return await self._send(self._runner_path("/chunks"), req, ChunksResponse, signed=True)

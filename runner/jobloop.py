@@ -52,6 +52,7 @@ from runner.cp_client import (
 from runner.identity import Identity
 from runner.model_manager import ModelManager
 from runner.state import InflightJob, RunnerState, wait_event
+from runner.streaming import ChunkSender, join_responses
 from runner.tensors import TensorError
 
 log = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ class JobLoop:
         try:
             job = await payloads.fetch_inputs(job, self._verify)  # data_ref inputs, from the bucket
             fetched = time.perf_counter()
-            outputs = await asyncio.wait_for(self._infer(job), timeout=job.timeout_s)
+            outputs = await asyncio.wait_for(self._run_model(job), timeout=job.timeout_s)
             inferred = time.perf_counter()
             # large outputs go to the bucket
             inline, outputs_ref = await payloads.store_outputs(job, outputs, self._verify)
@@ -401,6 +402,55 @@ class JobLoop:
             status="FAILED",
             error=ErrorInfo(code=code, message=message[:4000]),
         )
+
+    async def _run_model(self, job: LeasedJob) -> list[Tensor]:
+        """Infer, streaming the responses of a decoupled model (``runner/streaming.py``)."""
+        decoupled = getattr(self._engine, "decoupled", None)
+        if decoupled is not None and await decoupled(job.model, job.model_version):
+            return await self._stream(job)
+        return await self._infer(job)
+
+    async def _stream(self, job: LeasedJob) -> list[Tensor]:
+        """Each response stored as a chunk as it comes; the joined outputs at the end. While
+        Triton is down before the first response, wait for it and retry (as ``_infer``)."""
+        entry = self._state.inflight.get(job.id)
+
+        def refused() -> None:  # cancelled or lease lost: stop (cancels the Triton request)
+            if entry is not None and not entry.cancelled:
+                entry.cancelled = True
+                entry.task.cancel()
+
+        sender = ChunkSender(self._client, job.id, self._lease_token(job), job.attempt, refused)
+        responses: list[list[Tensor]] = []
+        delay = 0.2
+        try:
+            while True:
+                stream = self._engine.infer_stream(  # type: ignore[attr-defined]
+                    job.model,
+                    job.model_version,
+                    job.inputs,
+                    job.outputs,
+                    job.parameters,
+                    float(job.timeout_s),
+                )
+                try:
+                    async with contextlib.aclosing(stream) as it:
+                        async for outputs in it:
+                            responses.append(outputs)
+                            sender.add(outputs)
+                    break
+                except InferError as exc:
+                    if not exc.transient or responses:
+                        raise
+                    log.info("job %s: Triton unavailable (%s); retrying when back", job.id, exc)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    await self._state.triton_ready.wait()
+            await sender.drain(float(job.timeout_s))  # every chunk stored before the result
+        finally:
+            await sender.aclose()
+        log.info("job %s streamed %d responses in %d calls", job.id, len(responses), sender.calls)
+        return join_responses(responses)
 
     async def _infer(self, job: LeasedJob) -> list[Tensor]:
         """Infer; while Triton is down (transient errors), wait for it and retry."""

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from runner.backends.base import InferError
 from runner.backends.container_spec import REPOSITORY_KEY_HEADER
 from runner.tensors import from_numpy, to_numpy
 from runner.triton_metrics import scrape_triton_metrics
+from runner.triton_stream import build_request, stream_infer
 
 log = logging.getLogger(__name__)
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
@@ -102,6 +104,10 @@ class TritonClient:
         self._raw_session: Any = None
         self._raw_channel: Any = None
         self._raw_grpc_call: Any = None
+        # Streaming (ModelStreamInfer, runner/triton_stream.py) and decoupled flags per version.
+        self._stream_channel: Any = None
+        self._stream_call: Any = None
+        self._decoupled: dict[tuple[str, str], bool] = {}
 
     def _triton(self) -> Any:
         if self._client is None:
@@ -288,6 +294,55 @@ class TritonClient:
             raise _grpc_refusal(exc) from exc
         return bytes(answer)
 
+    # ------------------------------------------------------------------ streaming
+    async def decoupled(self, model: str, version: str) -> bool:
+        """Whether the version's config says ``model_transaction_policy { decoupled: true }``
+        (read from Triton once per version; False when Triton cannot tell)."""
+        key = (model, version)
+        if key not in self._decoupled:
+            try:
+                resp = await self._http.get(
+                    f"{self._http_base}/v2/models/{model}/versions/{version}/config"
+                )
+                policy = resp.json().get("model_transaction_policy") or {}
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return False
+            if resp.status_code != 200:
+                return False
+            self._decoupled[key] = bool(policy.get("decoupled"))
+        return self._decoupled[key]
+
+    def infer_stream(
+        self,
+        model: str,
+        version: str,
+        inputs: list[Tensor],
+        outputs: list[OutputRequest] | None,
+        parameters: dict[str, Any],
+        timeout_s: float,
+    ) -> AsyncGenerator[list[Tensor], None]:
+        """The outputs of each response of one request over gRPC streaming (decoupled models
+        answer many times); raises InferError. Cancelling the iteration cancels the request."""
+        from tritonclient.grpc import InferResult
+
+        if self._stream_call is None:
+            import grpc
+            from tritonclient.grpc import service_pb2_grpc
+
+            self._stream_channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{self._grpc_port}",
+                options=[
+                    ("grpc.max_send_message_length", 2**31 - 1),
+                    ("grpc.max_receive_message_length", 2**31 - 1),
+                ],
+            )
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(self._stream_channel)
+            self._stream_call = stub.ModelStreamInfer
+        request = build_request(model, version, inputs, outputs, parameters)
+        return stream_infer(
+            self._stream_call, request, timeout_s, lambda r: _outputs(InferResult(r))
+        )
+
     async def metrics(self) -> dict[str, Any]:
         return await scrape_triton_metrics(self._http, self._metrics_url)
 
@@ -302,6 +357,12 @@ class TritonClient:
         session, self._raw_session = self._raw_session, None
         channel, self._raw_channel = self._raw_channel, None
         self._raw_grpc_call = None
+        stream_channel, self._stream_channel = self._stream_channel, None
+        self._stream_call = None
+        self._decoupled.clear()
+        with contextlib.suppress(Exception):
+            if stream_channel is not None:
+                await stream_channel.close()
         with contextlib.suppress(Exception):
             if session is not None:
                 await session.close()

@@ -37,11 +37,13 @@ from starlette.requests import Request
 from control_plane.services.auth import AuthService
 from control_plane.services.capacity.service import CapacityService
 from control_plane.services.dispatch import Dispatcher
+from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.streams import StreamService
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
 from control_plane.storage.protocols import ModelVersionRecord
@@ -121,6 +123,8 @@ class Services:
     stores: Stores | None = None
     rollups: RollupService | None = None  # the console's charts
     capacity: CapacityService | None = None
+    streams: StreamService | None = None  # streamed outputs of durable jobs
+    generate: GenerateService | None = None  # /v2/models/{m}/generate_stream
 
 
 def services(request: Request) -> Services:

@@ -15,14 +15,17 @@ from typing import Any
 from gpufleet.wire import (
     BatchCompleteRequest,
     BatchCompleteResponse,
+    ChunksRequest,
+    ChunksResponse,
     LeaseRequest,
     LeaseResponse,
 )
 
 from control_plane.api.context import Services
+from control_plane.errors import Unavailable
 from control_plane.storage.protocols_auth import RunnerRecord
 
-__all__ = ["complete_jobs", "lease_jobs"]
+__all__ = ["append_chunks", "complete_jobs", "lease_jobs"]
 
 
 async def lease_jobs(
@@ -58,3 +61,11 @@ async def complete_jobs(
             if result.status == "committed":
                 state.metrics.jobs_completed.labels("unknown", item.status).inc()
     return BatchCompleteResponse(results=results)
+
+
+async def append_chunks(svc: Services, runner_id: str, req: ChunksRequest) -> ChunksResponse:
+    """Store partial outputs of a running job (docs/streaming.md), fenced by its lease token
+    (``StaleLease``, 409: the runner stops streaming that job)."""
+    if svc.streams is None:
+        raise Unavailable("this control plane keeps no streams (no stream store)")
+    return await svc.jobs.offload(svc.streams.append, runner_id, req)

@@ -89,9 +89,13 @@ def _operation(spec: RouteSpec, refs: dict[tuple[Any, str], Any]) -> dict[str, A
         for n, d in spec.headers.items()
     ]
     if spec.response is not None:
+        schema = refs[(spec.response, "serialization")]
         ok: dict[str, Any] = {
             "description": spec.summary,
-            "content": _json(refs[(spec.response, "serialization")]),
+            # An event stream names the model of its events' data (streaming routes).
+            "content": _json(schema)
+            if spec.content_type == "application/json"
+            else {spec.content_type: {"schema": schema}},
         }
     elif spec.content_type != "application/json":
         ok = {

@@ -25,6 +25,8 @@ from gpufleet.channel import Outbox, unpack_frames
 from gpufleet.wire import (
     BatchCompleteRequest,
     BatchCompleteResponse,
+    ChunksRequest,
+    ChunksResponse,
     LeaseRequest,
     LeaseResponse,
 )
@@ -36,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from control_plane.api.context import Services
 from control_plane.api.errors import STATUS_BY_CODE, validation_details
-from control_plane.api.job_protocol import complete_jobs, lease_jobs
+from control_plane.api.job_protocol import append_chunks, complete_jobs, lease_jobs
 from control_plane.errors import GpufleetError, InvalidRequest, Unauthorized
 from control_plane.services.dispatch import Channel, Dispatcher
 from control_plane.storage.protocols_auth import RunnerRecord
@@ -116,9 +118,11 @@ async def _job_call(
             await ws.close(code=CLOSE_REVOKED, reason="runner revoked")
             raise Unauthorized("runner revoked")
         if kind == "lease":
-            out: LeaseResponse | BatchCompleteResponse = await lease_jobs(
+            out: LeaseResponse | BatchCompleteResponse | ChunksResponse = await lease_jobs(
                 ws.app.state, svc, rec, LeaseRequest.model_validate(msg.get("body"))
             )
+        elif kind == "chunks":
+            out = await append_chunks(svc, rec.id, ChunksRequest.model_validate(msg.get("body")))
         else:
             req = BatchCompleteRequest.model_validate(msg.get("body"))
             out = await complete_jobs(ws.app.state, svc, rec.id, req)
@@ -175,9 +179,9 @@ async def channel(ws: WebSocket) -> None:
 
     def on_frame(msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind in ("result", "error"):
+        if kind in ("result", "error", "chunk"):
             dispatcher.resolve(ch, msg)
-        elif kind in ("lease", "complete"):
+        elif kind in ("lease", "complete", "chunks"):
             call = asyncio.create_task(_job_call(ws, svc, runner, msg, send))
             calls.add(call)
             call.add_done_callback(calls.discard)

@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,8 @@ class Channel:
     closed: bool = False
     served: int = 0
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    # Streamed requests (``stream`` frames): their ``chunk`` and final frames, in order.
+    streams: dict[int, asyncio.Queue[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def load(self) -> float:
@@ -152,6 +154,8 @@ class Dispatcher:
                 fut.set_exception(
                     Unavailable(f"runner {channel.runner_id} disconnected during the request")
                 )
+        for queue in channel.streams.values():
+            queue.put_nowait({"type": "closed"})
         self._settle(channel.models)  # waiters fail if nobody serves their version any more
 
     def _index(self) -> None:
@@ -348,8 +352,80 @@ class Dispatcher:
                 except Exception:
                     log.warning("dispatch hook failed", exc_info=True)
 
+    async def stream(
+        self,
+        model: str,
+        version: str,
+        request: dict[str, Any],
+        timeout_s: float,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Send one streamed inference (a ``stream`` frame: ``inputs``, ``outputs``,
+        ``parameters``) to a runner and yield its ``chunk`` frames as they arrive, until its
+        final ``result``. Raises like :meth:`infer` (``Unavailable`` when the runner goes,
+        ``Timeout`` after ``timeout_s`` in all, ``InferenceFailed``). Leaving the iteration
+        early (the caller hung up) sends ``cancel``: the runner cancels the Triton request.
+        Use it under ``contextlib.aclosing`` so that happens at once."""
+        key = (model, version)
+        start = self._monotonic()
+        deadline = start + timeout_s
+        ch = await self._slot(key, min(deadline, start + self.queue_wait_s))
+        req_id = next(self._ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        ch.streams[req_id] = queue
+        head = {"type": "stream", "id": req_id, "model": model, "version": version}
+        frame = json.dumps({**head, "timeout_s": timeout_s, **request}, separators=(",", ":"))
+        finished = False
+        outcome = "error"
+        try:
+            try:
+                await ch.send(frame)
+            except Exception as exc:
+                finished = True
+                raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
+            while True:
+                try:
+                    msg = await asyncio.wait_for(
+                        queue.get(), max(0.0, deadline - self._monotonic())
+                    )
+                except asyncio.TimeoutError as exc:
+                    raise Timeout(
+                        f"streamed inference on {model!r} did not finish within {timeout_s:g}s"
+                    ) from exc
+                kind = msg.get("type")
+                if kind == "chunk":
+                    yield msg
+                    continue
+                finished = True
+                if kind == "closed":
+                    raise Unavailable(f"runner {ch.runner_id} disconnected during the stream")
+                if kind == "error":
+                    if msg.get("code") == "unavailable":
+                        raise Unavailable(f"runner {ch.runner_id}: {msg.get('message') or ''}")
+                    raise InferenceFailed(
+                        str(msg.get("code") or "triton_error"), str(msg.get("message") or "")
+                    )
+                outcome = "ok"
+                ch.served += 1
+                return
+        finally:
+            ch.streams.pop(req_id, None)
+            if not finished and not ch.closed:
+                with contextlib.suppress(Exception):
+                    await ch.send(json.dumps({"type": "cancel", "id": req_id}))
+            self._release(ch, key)
+            for hook in self.on_result:
+                try:
+                    hook(model, ch.runner_id, outcome, self._monotonic() - start)
+                except Exception:
+                    log.warning("dispatch hook failed", exc_info=True)
+
     def resolve(self, channel: Channel, msg: dict[str, Any]) -> None:
-        """A ``result``/``error`` frame from the runner: answer the waiting request."""
+        """A ``result``/``error``/``chunk`` frame from the runner: answer the waiting request
+        (a streamed one gets every frame in order)."""
+        queue = channel.streams.get(msg.get("id", -1))
+        if queue is not None:
+            queue.put_nowait(msg)
+            return
         fut = channel.pending.get(msg.get("id", -1))
         if fut is not None and not fut.done():
             fut.set_result(msg)

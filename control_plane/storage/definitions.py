@@ -26,6 +26,8 @@ Layout (every state change is a conditional write on these):
                   (jobs by status, queue depth and wait, GPU readings), TTL a week.
 - ``capacity``    PK ``pk``, SK ``sk``: pools, the fleet's capacity decision, the decision
                   log per pool (TTL) (storage/dynamo_capacity.py).
+- ``streams``     PK ``job_id``, SK ``sk`` = ``<attempt>#<seq>``: streamed partial outputs of
+                  durable jobs (TTL) (storage/dynamo_streams.py).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ TABLES: dict[str, dict[str, Any]] = {
     "webhooks": _table("job_id", "sk", ttl=True),
     "rollups": _table("series", "minute", ttl=True),
     "capacity": _table("pk", "sk", ttl=True),
+    "streams": _table("job_id", "sk", ttl=True),
 }
 
 # Object key prefixes in the bucket.

@@ -90,6 +90,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     from control_plane.storage.sqlite.rollups import SqliteRollupStore
     from control_plane.storage.sqlite.runners import SqliteNonceStore, SqliteRunnerStore
     from control_plane.storage.sqlite.schema import migrate
+    from control_plane.storage.sqlite.streams import SqliteStreamStore
     from control_plane.storage.sqlite.webhooks import (
         SqliteWebhookSecretStore,
         SqliteWebhookStore,
@@ -146,5 +147,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         close=close,
         rollups=SqliteRollupStore(db),
         capacity=SqliteCapacityStore(db),
+        streams=SqliteStreamStore(db),
         extra={"database": db, "data_dir": root},
     )

@@ -29,6 +29,7 @@ from control_plane.storage.protocols import (
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
 from control_plane.storage.protocols_capacity import CapacityStore
 from control_plane.storage.protocols_rollups import RollupStore
+from control_plane.storage.protocols_streams import StreamStore
 
 
 def _nothing() -> None:
@@ -52,6 +53,7 @@ class Stores:
     close: Callable[[], None] = _nothing
     rollups: RollupStore | None = None  # the console's charts (None: no charts)
     capacity: CapacityStore | None = None  # pools and capacity decisions (services/capacity)
+    streams: StreamStore | None = None  # streamed partial outputs (services/streams.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -72,6 +74,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_queue import DynamoQueueStore
     from control_plane.storage.dynamo_rollups import DynamoRollupStore
     from control_plane.storage.dynamo_runners import DynamoNonceStore, DynamoRunnerStore
+    from control_plane.storage.dynamo_streams import DynamoStreamStore
     from control_plane.storage.dynamo_webhooks import (
         DynamoWebhookSecretStore,
         DynamoWebhookStore,
@@ -97,6 +100,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         webhook_secrets=DynamoWebhookSecretStore(db, t("auth")),
         rollups=DynamoRollupStore(db, t("rollups")),
         capacity=DynamoCapacityStore(db, t("capacity")),
+        streams=DynamoStreamStore(db, t("streams"), t("jobs")),
         extra={"dynamodb": db, "s3": s3},
     )
 

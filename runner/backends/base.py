@@ -14,6 +14,7 @@ Errors::
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from gpufleet.wire import OutputRequest, Tensor
@@ -51,6 +52,25 @@ class RawInferenceEngine(Protocol):
         meta: dict[str, Any],
         timeout_s: float,
     ) -> tuple[bytes, dict[str, Any]]: ...
+
+
+class StreamingEngine(Protocol):
+    """An engine that also streams (``runner/triton_stream.py``): the outputs of each response
+    of one request, for decoupled models that answer many times. ``decoupled`` tells whether
+    a loaded version is one (False when unknown). Cancelling the iteration cancels the
+    request in Triton. Raises InferError like ``infer``."""
+
+    async def decoupled(self, model: str, version: str) -> bool: ...
+
+    def infer_stream(
+        self,
+        model: str,
+        version: str,
+        inputs: list[Tensor],
+        outputs: list[OutputRequest] | None,
+        parameters: dict[str, Any],
+        timeout_s: float,
+    ) -> AsyncGenerator[list[Tensor], None]: ...
 
 
 class InferenceEngine(Protocol):

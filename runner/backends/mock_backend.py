@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,24 @@ class MockEngine:
             result.append(from_numpy(spec.name, datatype, arr))
         self.infer_count += 1
         return result
+
+    async def decoupled(self, model: str, version: str) -> bool:
+        config = self._configs.get(model)
+        return bool(config is not None and config.model_transaction_policy.decoupled)
+
+    async def infer_stream(
+        self,
+        model: str,
+        version: str,
+        inputs: list[Tensor],
+        outputs: list[OutputRequest] | None,
+        parameters: dict[str, Any],
+        timeout_s: float,
+    ) -> AsyncGenerator[list[Tensor], None]:
+        """A decoupled model's answer: ``parameters["mock_chunks"]`` (default 3) responses,
+        each what ``infer`` answers, ``delay_s`` apart."""
+        for _ in range(int(parameters.get("mock_chunks", 3))):
+            yield await self.infer(model, version, inputs, outputs, parameters, timeout_s)
 
     async def metrics(self) -> dict[str, Any]:
         return {"mock": True, "models": {}}

@@ -32,6 +32,7 @@ from gpufleet.errors import (
     WaitTimeoutError,
     WebhookVerificationError,
 )
+from gpufleet.streaming import StreamChunk
 from gpufleet.tensors import to_ndarray, to_tensor
 from gpufleet.tls import TlsOptions, TlsSettingError
 from gpufleet.webhooks import verify_webhook
@@ -56,6 +57,7 @@ __all__ = [
     "PayloadTooLargeError",
     "RateLimitedError",
     "ServerError",
+    "StreamChunk",
     "Tensor",
     "TlsOptions",
     "TlsSettingError",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -15,10 +16,19 @@ import httpx
 import numpy as np
 
 from gpufleet import _ops, models
-from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet._transport import Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import resolve as resolve_credentials
-from gpufleet.errors import NotFoundError
+from gpufleet.errors import ConnectionError, NotFoundError
 from gpufleet.models import ProgressCallback
+from gpufleet.streaming import (
+    JobStreamState,
+    SSEDecoder,
+    StreamChunk,
+    generate_body,
+    generate_chunk,
+    generate_stream_path,
+    stream_error,
+)
 from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
@@ -283,6 +293,103 @@ class AsyncClient:
             )  # fmt: skip
         job = await self.submit(model, inputs, model_version=version, **submit_args)
         return await self.outputs(await self.wait(job.id, timeout=timeout))
+
+    # ------------------------------------------------------------------ streaming
+
+    async def stream(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        version: str | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        timeout: float = 600.0,
+    ) -> AsyncIterator[StreamChunk]:
+        """Each response of a (decoupled) model as it is produced: ``async for chunk in
+        fleet.stream("token_stream", {"PROMPT": "a b c"}): chunk.outputs["TOKEN"]``.
+
+        Triton's generate extension, streamed (``POST /v2/models/{model}/generate_stream``):
+        ``inputs`` maps input names to values (arrays, lists, scalars, text). The control
+        plane runs it on a runner connected to it, else as a durable job it follows.
+        Leaving the loop early (``break``, an exception) hangs up, which cancels the request
+        in Triton. Not retried once started (a model's output may differ); errors raise
+        :class:`~gpufleet.errors.APIError`. ``timeout``: seconds to wait for each response."""
+        path = generate_stream_path(model, version)
+        body = generate_body(inputs, parameters)
+        async with self._open_stream("POST", path, json=body, timeout=timeout) as resp:
+            decoder = SSEDecoder()
+            index = 0
+            async for line in resp.aiter_lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield generate_chunk(event, index)
+                    index += 1
+
+    async def stream_job(
+        self, job_id: str, after: str | None = None, *, timeout: float = 120.0
+    ) -> AsyncIterator[StreamChunk]:
+        """A durable job's partial outputs (``GET /v1/jobs/{id}/stream``): every chunk once,
+        in order, also the ones produced before the call (chunks are kept), until the job
+        ends; then :class:`JobFailedError` unless it SUCCEEDED. ``after``: a chunk's
+        ``event_id``, to resume after it. A dropped connection is reopened with
+        ``Last-Event-ID`` (``max_retries`` times in a row)."""
+        state = JobStreamState(job_id, after)
+        failures = 0
+        while not state.done:
+            headers = {"Last-Event-ID": state.after} if state.after else None
+            try:
+                async with self._open_stream(
+                    "GET", f"/v1/jobs/{seg(job_id)}/stream", headers=headers, timeout=timeout
+                ) as resp:
+                    decoder = SSEDecoder()
+                    async for line in resp.aiter_lines():
+                        event = decoder.feed(line)
+                        chunk = state.on_event(event) if event is not None else None
+                        if chunk is not None:
+                            failures = 0
+                            yield chunk
+                        if state.done:
+                            return
+            except httpx.TransportError as exc:
+                if failures >= self._core.retry.max_retries:
+                    raise ConnectionError(f"job stream of {job_id}: {exc!r}") from exc
+            else:
+                if failures >= self._core.retry.max_retries:
+                    raise ConnectionError(f"job stream of {job_id} kept closing before its end")
+            await asyncio.sleep(self._core.retry.delay(failures))
+            failures += 1
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """An event-stream response (its body not read yet); an error answer raises."""
+        renewed = False
+        while True:
+            token = await self.access_token()
+            hdrs = {"Accept": "text/event-stream", **(headers or {})}
+            req = self._core.build(method, path, json=json, headers=hdrs, token=token,
+                                   timeout=timeout)  # fmt: skip
+            resp = await self._http.send(req, stream=True)
+            if resp.status_code == 401 and not renewed and self._core.tokens.can_renew:
+                await resp.aclose()
+                self._core.tokens.invalidate(token)
+                renewed = True
+                continue
+            break
+        try:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise stream_error(resp.status_code, resp.content)
+            yield resp
+        finally:
+            await resp.aclose()
 
 
 class AsyncModels:

@@ -11,6 +11,9 @@ several such frames back to back::
                                              raw: ["grpc", "http"] (protocols passed through)}
                              lease {rid, body: LeaseRequest}
                              complete {rid, body: BatchCompleteRequest}
+                             chunks {rid, body: ChunksRequest}  (a streamed job's outputs)
+                             chunk {id, outputs}  (one response of a ``stream`` request;
+                                                   its ``result``/``error`` ends it)
                              result {id, outputs, timings, runner_id}
                              error {id, code, message, runner_id}
                              binary result {id, timings, runner_id, header_length?,
@@ -18,14 +21,16 @@ several such frames back to back::
     control plane → runner   infer {id, model, version, inputs, outputs, parameters, timeout_s}
                              binary infer {id, model, version, timeout_s, protocol: http|grpc,
                                            header_length?, content_type?} + the caller's body
-                             cancel {id}
+                             stream {id, model, version, inputs, outputs, parameters,
+                                     timeout_s}  (decoupled models: many responses)
+                             cancel {id}  (also ends a ``stream``: Triton cancels it)
                              reply {rid, status, body | error}  (to lease / complete)
 
-``lease`` and ``complete`` are the job protocol's HTTP calls (``POST /v1/runners/{id}/lease``,
-``…/complete``) carried by the channel while it is open: same bodies, same answers (``status``
-is the HTTP status the route would give), no per-call signature (the channel was
-authenticated when it opened and is closed when the runner is revoked). When the channel is
-closed the runner makes the same calls over HTTP.
+``lease``, ``complete`` and ``chunks`` are the job protocol's HTTP calls
+(``POST /v1/runners/{id}/lease``, ``…/complete``, ``…/chunks``) carried by the channel while
+it is open: same bodies, same answers (``status`` is the HTTP status the route would give), no
+per-call signature (the channel was authenticated when it opened and is closed when the runner
+is revoked). When the channel is closed the runner makes the same calls over HTTP.
 """
 
 from __future__ import annotations

@@ -761,3 +761,39 @@ class WebhookDeliveryList(Response):
 
     job_id: str
     deliveries: list[WebhookDeliveryView]
+
+
+# ---------------------------------------------------------------- streaming (docs/streaming.md)
+MAX_STREAM_CHUNKS = 64  # chunks per append call
+
+
+class StreamChunk(Strict):
+    """One partial output: the output tensors of one response of a decoupled model."""
+
+    seq: int = Field(ge=0, le=10**9 - 1)  # 0, 1, … within one attempt of the job
+    outputs: list[Tensor] = Field(max_length=64)
+
+
+class ChunksRequest(Strict):
+    """``POST /v1/runners/{id}/chunks`` (or a ``chunks`` frame on the runner channel): partial
+    outputs of a running job, fenced by its lease token like its result."""
+
+    api_version: Literal["v1"] = API_VERSION
+    job_id: str
+    lease_token: str
+    attempt: int = Field(ge=1, le=99_999)
+    chunks: list[StreamChunk] = Field(min_length=1, max_length=MAX_STREAM_CHUNKS)
+
+
+class ChunksResponse(Response):
+    stored: int
+
+
+class StreamChunkView(Strict):
+    """``data`` of a ``chunk`` event of ``GET /v1/jobs/{id}/stream`` (its SSE ``id`` is
+    ``<attempt>-<seq>``)."""
+
+    job_id: str
+    attempt: int
+    seq: int
+    outputs: list[Tensor]

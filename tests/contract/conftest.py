@@ -17,12 +17,15 @@ import pytest
 from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
 from control_plane.storage.dynamo_jobs import DynamoJobStore
 from control_plane.storage.dynamo_queue import DynamoQueueStore
+from control_plane.storage.dynamo_streams import DynamoStreamStore
 from control_plane.storage.protocols import IdempotencyStore, JobTable, QueueStore
+from control_plane.storage.protocols_streams import StreamStore
 from control_plane.storage.sqlite import schema
 from control_plane.storage.sqlite.db import Database
 from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
 from control_plane.storage.sqlite.jobs import SqliteJobTable
 from control_plane.storage.sqlite.queue import SqliteQueueStore
+from control_plane.storage.sqlite.streams import SqliteStreamStore
 
 BACKENDS = ["sqlite", "dynamo"]
 
@@ -76,3 +79,12 @@ def idempotency(backend: str, request: pytest.FixtureRequest) -> IdempotencyStor
         return SqliteIdempotencyStore(request.getfixturevalue("sqlite_db"))
     dynamodb, settings = _aws(request)
     return DynamoIdempotencyStore(dynamodb, settings.table("idempotency"))
+
+
+@pytest.fixture
+def streams(backend: str, jobs: JobTable, request: pytest.FixtureRequest) -> StreamStore:
+    """The chunk store on the same backend (and file / tables) as ``jobs``, which fences it."""
+    if backend == "sqlite":
+        return SqliteStreamStore(request.getfixturevalue("sqlite_db"))
+    dynamodb, settings = _aws(request)
+    return DynamoStreamStore(dynamodb, settings.table("streams"), settings.table("jobs"))

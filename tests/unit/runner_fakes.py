@@ -37,6 +37,10 @@ class FakeControlPlane:
         self.heartbeats: list[dict[str, Any]] = []
         self.cancelled: set[str] = set()
         self.config: dict[str, Any] = {"lease_wait_s": 0.0}
+        self.chunks: list[dict[str, Any]] = []  # bodies of chunk appends (streamed jobs)
+        self.chunk_calls_at: list[float] = []  # when each arrived (loop time)
+        self.conflict_on_chunks: set[str] = set()
+        self.chunks_route = True
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -83,6 +87,13 @@ class FakeControlPlane:
             return httpx.Response(200, json={"api_version": "v1", "jobs": jobs})
         if path == f"/v1/runners/{rid}/complete":
             return self._complete_batch(body)
+        if path == f"/v1/runners/{rid}/chunks":
+            if not self.chunks_route:
+                return _error(404, "not_found")
+            if body["job_id"] in self.conflict_on_chunks:
+                return _error(409, "conflict")
+            self.chunks.append(body)
+            return httpx.Response(200, json={"api_version": "v1", "stored": len(body["chunks"])})
         job_id = path.split("/")[-2]
         if path.endswith("/extend"):
             self.extended.append(job_id)

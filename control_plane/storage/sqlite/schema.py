@@ -18,6 +18,7 @@ from control_plane.storage.sqlite import (
     queue,
     rollups,
     runners,
+    streams,
     webhooks,
 )
 from control_plane.storage.sqlite.db import Database, translate
@@ -35,6 +36,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
     4: [*jobs.DDL_4],  # jobs.commits: how many times a running attempt was finished
+    5: [*streams.DDL],  # streamed partial outputs of durable jobs
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
