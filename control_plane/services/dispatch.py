@@ -387,7 +387,7 @@ class Dispatcher:
                     msg = await asyncio.wait_for(
                         queue.get(), max(0.0, deadline - self._monotonic())
                     )
-                except asyncio.TimeoutError as exc:
+                except TimeoutError as exc:
                     raise Timeout(
                         f"streamed inference on {model!r} did not finish within {timeout_s:g}s"
                     ) from exc
