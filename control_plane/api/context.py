@@ -36,12 +36,14 @@ from starlette.requests import Request
 
 from control_plane.services.auth import AuthService
 from control_plane.services.capacity.service import CapacityService
+from control_plane.services.direct import DirectService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
 from control_plane.storage.protocols import ModelVersionRecord
@@ -121,6 +123,8 @@ class Services:
     stores: Stores | None = None
     rollups: RollupService | None = None  # the console's charts
     capacity: CapacityService | None = None
+    signing_keys: SigningKeys | None = None  # asymmetric keys: JWKS, tickets (direct mode)
+    direct: DirectService | None = None  # direct-mode tickets
 
 
 def services(request: Request) -> Services:

@@ -28,6 +28,7 @@ from control_plane.storage.protocols import (
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
 from control_plane.storage.protocols_capacity import CapacityStore
+from control_plane.storage.protocols_keys import SigningKeyStore
 from control_plane.storage.protocols_rollups import RollupStore
 
 
@@ -52,6 +53,8 @@ class Stores:
     close: Callable[[], None] = _nothing
     rollups: RollupStore | None = None  # the console's charts (None: no charts)
     capacity: CapacityStore | None = None  # pools and capacity decisions (services/capacity)
+    # asymmetric signing keys (services/signing_keys.py; None: kept in memory, one replica)
+    signing_keys: SigningKeyStore | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -68,6 +71,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_capacity import DynamoCapacityStore
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
     from control_plane.storage.dynamo_jobs import DynamoJobStore
+    from control_plane.storage.dynamo_keys import DynamoSigningKeyStore
     from control_plane.storage.dynamo_models import DynamoModelStore
     from control_plane.storage.dynamo_queue import DynamoQueueStore
     from control_plane.storage.dynamo_rollups import DynamoRollupStore
@@ -97,6 +101,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         webhook_secrets=DynamoWebhookSecretStore(db, t("auth")),
         rollups=DynamoRollupStore(db, t("rollups")),
         capacity=DynamoCapacityStore(db, t("capacity")),
+        signing_keys=DynamoSigningKeyStore(db, t("auth")),
         extra={"dynamodb": db, "s3": s3},
     )
 

@@ -761,3 +761,44 @@ class WebhookDeliveryList(Response):
 
     job_id: str
     deliveries: list[WebhookDeliveryView]
+
+
+class DirectRequest(Strict):
+    """``POST /v1/models/{name}/direct``: a ticket to call a runner serving the model directly
+    (docs/direct.md). ``version``: pin one (default: the newest READY); ``region``: prefer a
+    runner there."""
+
+    api_version: Literal["v1"] = API_VERSION
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class DirectTicket(Response):
+    """A runner's direct KServe v2 endpoint and a ticket (JWT, audience = that runner) for
+    ``Authorization: Bearer``; valid until ``expires_at`` (at most 5 minutes)."""
+
+    url: str
+    ticket: str
+    expires_at: str
+    expires_in: int
+    runner_id: str
+    model: str
+    version: str
+    region: str | None = None
+
+
+class SigningKeyView(Strict):
+    """One asymmetric signing key (public part only)."""
+
+    kid: str
+    alg: str
+    created_at: str
+    retired_at: str | None = None
+    verifies_until: str | None = None  # None: the current key
+    current: bool
+
+
+class SigningKeyList(Response):
+    """``GET /v1/admin/signing-keys``: keys that still verify, the current one first."""
+
+    keys: list[SigningKeyView]

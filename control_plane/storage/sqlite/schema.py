@@ -14,6 +14,7 @@ from control_plane.storage.sqlite import (
     capacity,
     idempotency,
     jobs,
+    keys,
     models,
     queue,
     rollups,
@@ -34,6 +35,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
+    4: [*keys.DDL],  # asymmetric signing keys (services/signing_keys.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
