@@ -85,7 +85,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
         api_key_cache_s=settings.api_key_cache_s,
-        signing_keys=None if settings.access_token_algorithm == "HS256" else keys,
+        signing_keys=None if settings.access_token_algorithm == "HS256" else keys,  # noqa: S105
     )
     runners = RunnerService(
         st.runners,

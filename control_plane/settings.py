@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     )
     signing_key_overlap_s: int = Field(
         default=3600,
-        ge=60,
+        ge=1,
         description="A rotated-out key still verifies (and stays in the JWKS) this long; keep "
         "it above access_token_ttl_s.",
     )

@@ -111,9 +111,7 @@ ROUTES: list[DocumentedRoute] = [
         request=RefreshRequest,
         security="none",
     ),
-    route(
-        "GET", "/v1/auth/jwks", jwks, "Public signing keys (JWKS)", Jwks, security="none"
-    ),
+    route("GET", "/v1/auth/jwks", jwks, "Public signing keys (JWKS)", Jwks, security="none"),
     route(
         "POST",
         "/v1/admin/api-keys",

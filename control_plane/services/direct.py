@@ -28,7 +28,7 @@ from control_plane.services.signing_keys import SigningKeys
 from control_plane.storage.protocols import ModelVersionRecord
 from control_plane.storage.protocols_auth import RunnerRecord
 
-TICKET_TYPE = "gf-ticket+jwt"  # noqa: S105 - a JWT typ, not a secret
+TICKET_TYPE = "gf-ticket+jwt"
 RUNNERS_CACHE_S = 2.0
 MAX_TICKET_TTL_S = 300
 
@@ -80,7 +80,9 @@ class DirectService:
             if not isinstance(url, str) or not url or self._status_of(rec) != "ONLINE":
                 continue
             if any(
-                m.get("name") == model and str(m.get("version")) == version and m.get("state") == "READY"
+                m.get("name") == model
+                and str(m.get("version")) == version
+                and m.get("state") == "READY"
                 for m in rec.models
             ):
                 out.append(rec)
@@ -101,7 +103,7 @@ class DirectService:
             local = [r for r in found if r.region == req.region]
             found = local or found
         # least busy first, ties at random (spreads callers over equal runners)
-        found.sort(key=lambda r: (len(r.running_jobs), random.random()))  # noqa: S311
+        found.sort(key=lambda r: (len(r.running_jobs), random.random()))
         runner = found[0]
         iat = int(self._now())
         exp = iat + self._ttl_s

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
-from gpufleet.wire import SigningKeyList, SigningKeyView
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from gpufleet.wire import SigningKeyList, SigningKeyView
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from control_plane import clock
@@ -205,9 +205,9 @@ class SigningKeys:
             if hit is None and self._now() - self._loaded_at >= MIN_REFRESH_S:
                 self._load()
                 hit = self._keys.get(kid)
-        if hit is not None and hit.rec.retired_at is not None:
-            if hit.rec.retired_at + self.overlap_s < self._now():
-                return None
+        retired = None if hit is None else hit.rec.retired_at
+        if retired is not None and retired + self.overlap_s < self._now():
+            return None
         return hit
 
     # ------------------------------------------------------------------ tokens

@@ -49,7 +49,9 @@ def test_first_key_then_rotation_retires_the_old_one(keys_store: SigningKeyStore
 def test_concurrent_rotations_have_one_winner(keys_store: SigningKeyStore) -> None:
     first = generate_key("EdDSA", 1.0)
     assert keys_store.add_signing_key(first, None, 1.0)
-    wins = race(8, lambda i: keys_store.add_signing_key(generate_key("EdDSA", 2.0 + i), first.kid, 9.0))
+    wins = race(
+        8, lambda i: keys_store.add_signing_key(generate_key("EdDSA", 2.0 + i), first.kid, 9.0)
+    )
     assert sum(wins) == 1
     recs = keys_store.list_signing_keys()
     assert len(recs) == 2 and [r.retired_at is None for r in recs].count(True) == 1
@@ -117,12 +119,14 @@ def test_replicas_share_keys_and_rotation_overlap(keys_store: SigningKeyStore) -
 def test_tampered_and_wrong_algorithm_tokens_refused(keys_store: SigningKeyStore) -> None:
     keys = SigningKeys(keys_store, alg="ES256")
     token = keys.sign(_claims(time.time()), "t")
-    head, body, sig = token.split(".")
+    head, _body, sig = token.split(".")
     forged_body = jwt.utils.base64url_encode(b'{"iss":"i","aud":"a","sub":"x","exp":9999999999}')
     with pytest.raises(Unauthorized, match="invalid token"):
         _decode(keys, f"{head}.{forged_body.decode()}.{sig}")
     kid = jwt.get_unverified_header(token)["kid"]
-    hs = jwt.encode(_claims(time.time()), "k" * 32, algorithm="HS256", headers={"kid": kid, "typ": "t"})
+    hs = jwt.encode(
+        _claims(time.time()), "k" * 32, algorithm="HS256", headers={"kid": kid, "typ": "t"}
+    )
     with pytest.raises(Unauthorized, match="algorithm"):
         _decode(keys, hs)
     with pytest.raises(Unauthorized, match="type"):

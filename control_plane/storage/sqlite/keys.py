@@ -61,9 +61,7 @@ class SqliteSigningKeyStore:
             if conn.execute("SELECT 1 FROM signing_keys WHERE kid = ?", (rec.kid,)).fetchone():
                 return False
             if replaces is not None:
-                conn.execute(
-                    "UPDATE signing_keys SET retired_at = ? WHERE kid = ?", (at, replaces)
-                )
+                conn.execute("UPDATE signing_keys SET retired_at = ? WHERE kid = ?", (at, replaces))
             conn.execute(
                 "INSERT INTO signing_keys (kid, alg, private_pem, public_jwk, created_at, "
                 "retired_at) VALUES (?, ?, ?, ?, ?, NULL)",
