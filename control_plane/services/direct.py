@@ -62,20 +62,21 @@ class DirectService:
         self._lock = threading.Lock()
         self._cache: tuple[float, list[RunnerRecord]] | None = None
 
-    def _records(self) -> list[RunnerRecord]:
+    def _records(self, fresh: bool) -> list[RunnerRecord]:
         with self._lock:
             hit = self._cache
-            if hit is not None and time.monotonic() - hit[0] < RUNNERS_CACHE_S:
+            if not fresh and hit is not None and time.monotonic() - hit[0] < RUNNERS_CACHE_S:
                 return hit[1]
         recs = self._runners()
         with self._lock:
             self._cache = (time.monotonic(), recs)
         return recs
 
-    def candidates(self, model: str, version: str) -> list[RunnerRecord]:
-        """Online runners with a direct URL that have ``model`` ``version`` READY."""
+    def candidates(self, model: str, version: str, *, fresh: bool = False) -> list[RunnerRecord]:
+        """Online runners with a direct URL that have ``model`` ``version`` READY (from a
+        list at most ``RUNNERS_CACHE_S`` old; ``fresh``: read now)."""
         out = []
-        for rec in self._records():
+        for rec in self._records(fresh):
             url = rec.triton.get("direct_url")
             if not isinstance(url, str) or not url or self._status_of(rec) != "ONLINE":
                 continue
@@ -93,7 +94,9 @@ class DirectService:
         target = self._target(p, model, req.version)
         if target is None:
             raise NotFound(f"model {model!r} has no READY version")
-        found = self.candidates(model, target.version)
+        found = self.candidates(model, target.version) or self.candidates(
+            model, target.version, fresh=True
+        )
         if not found:
             raise Unavailable(
                 f"no runner with direct mode serves {model!r} version {target.version} now; "
