@@ -43,6 +43,7 @@ LEEWAY_S = 5
 MAX_TICKET_LIFETIME_S = 300
 MIN_REFETCH_S = 1.0
 MAX_BODY_BYTES = 512 * 1024 * 1024
+CHECKED_CACHE_SIZE = 10_000
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tenant", "model", "version"]
 _PASS_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 _PASS_ANSWER = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
@@ -82,6 +83,9 @@ class TicketVerifier:
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self.counters = counters or DirectCounters()
+        # ticket -> (kid, claims): a checked signature is not checked again until the ticket
+        # expires (a caller sends the same ticket for minutes); the kid must still be known
+        self._checked: dict[str, tuple[str, dict[str, Any]]] = {}
 
     async def _fetch(self) -> None:
         """Replace the keys with the JWKS's; on failure keep the old ones (logged)."""
@@ -119,6 +123,23 @@ class TicketVerifier:
         runner_id = self._runner_id()
         if runner_id is None:
             raise TicketRefused("runner not registered yet")
+        hit = self._checked.get(token)
+        if (
+            hit is not None
+            and hit[1]["exp"] + LEEWAY_S > time.time()
+            and hit[1]["aud"] == f"runner:{runner_id}"
+            and await self._key(hit[0]) is not None  # its key still verifies
+        ):
+            return _allows(hit[1], model, version)
+        if hit is not None:
+            del self._checked[token]
+        claims = await self._check_signature(token, runner_id)
+        if len(self._checked) >= CHECKED_CACHE_SIZE:
+            self._checked.clear()
+        self._checked[token] = (str(jwt.get_unverified_header(token)["kid"]), claims)
+        return _allows(claims, model, version)
+
+    async def _check_signature(self, token: str, runner_id: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -153,13 +174,18 @@ class TicketVerifier:
             raise TicketRefused("ticket times must be integers")
         if exp - iat > MAX_TICKET_LIFETIME_S:
             raise TicketRefused("ticket lifetime over 5 minutes")
-        if claims["model"] != model:
-            raise TicketRefused(f"ticket is for model {claims['model']!r}, not {model!r}")
-        if version is not None and str(claims["version"]) != version:
-            raise TicketRefused(f"ticket is for version {claims['version']}, not {version}")
         if not isinstance(claims["tenant"], str) or not claims["tenant"]:
             raise TicketRefused("ticket names no tenant")
         return claims
+
+
+def _allows(claims: dict[str, Any], model: str, version: str | None) -> dict[str, Any]:
+    """``claims`` when they name ``model`` (and ``version`` when the path gives one)."""
+    if claims["model"] != model:
+        raise TicketRefused(f"ticket is for model {claims['model']!r}, not {model!r}")
+    if version is not None and str(claims["version"]) != version:
+        raise TicketRefused(f"ticket is for version {claims['version']}, not {version}")
+    return claims
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
