@@ -131,10 +131,13 @@ class Daemon:
             and isinstance(self.client, ControlPlaneClient)
         ):
             self.client.channel = self.channel  # lease and complete over it while open
+        self.direct_grpc: Any = None  # runner.direct_grpc.DirectGrpcServer when configured
         self.direct = self._build_direct()
         info: dict[str, object] = {"backend": backend.kind}
         if settings.direct_url:  # handed out with tickets (control_plane/services/direct.py)
             info["direct_url"] = settings.direct_url
+            if settings.direct_grpc_url:
+                info["direct_grpc_url"] = settings.direct_grpc_url
         self.heartbeat = Heartbeat(
             self.state,
             self.client,
@@ -163,6 +166,16 @@ class Daemon:
             self._jwks_http,
             refresh_s=s.direct_jwks_refresh_s,
         )
+        if s.direct_grpc_url:
+            from runner.direct_grpc import DirectGrpcServer, server_credentials
+
+            self.direct_grpc = DirectGrpcServer(
+                verifier,
+                f"127.0.0.1:{s.triton_grpc_port}",
+                host=s.direct_host,
+                port=s.direct_grpc_port,
+                credentials=server_credentials(s.direct_tls_cert, s.direct_tls_key),
+            )
         return DirectServer(
             verifier,
             f"http://127.0.0.1:{s.triton_http_port}",
@@ -291,11 +304,14 @@ class Daemon:
             if self.direct is not None:
                 try:
                     await self.direct.start()
-                except OSError as exc:
+                    if self.direct_grpc is not None:
+                        await self.direct_grpc.start()
+                except (OSError, RuntimeError) as exc:
                     raise StartupError(
-                        f"direct mode: port {self.settings.direct_port} on "
-                        f"{self.settings.direct_host} cannot be used ({exc.strerror}): "
-                        "choose another with direct_port"
+                        f"direct mode: port {self.settings.direct_port} (or gRPC "
+                        f"{self.settings.direct_grpc_port}) on {self.settings.direct_host} "
+                        f"cannot be used ({exc}): choose others with direct_port / "
+                        "direct_grpc_port"
                     ) from exc
             self._spawn("heartbeat", self.heartbeat.run(loops_stop))
             self._spawn("triton-watch", self.supervisor.run(loops_stop))
@@ -323,6 +339,9 @@ class Daemon:
         finally:
             loops_stop.set()
             await self._stop_tasks()
+            if self.direct_grpc is not None:
+                with contextlib.suppress(Exception):
+                    await self.direct_grpc.stop()
             if self.direct is not None:
                 await stop_quietly(self.direct)
                 await self._jwks_http.aclose()

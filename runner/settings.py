@@ -235,6 +235,14 @@ class RunnerSettings(BaseSettings):
     direct_port: int = Field(
         default=8010, ge=0, le=65535, description="Direct mode: port the endpoint listens on."
     )
+    direct_grpc_url: str | None = Field(
+        default=None,
+        description="Direct mode over gRPC: the host:port callers reach this runner's KServe "
+        "gRPC endpoint at (needs direct_url too). Unset: HTTP only.",
+    )
+    direct_grpc_port: int = Field(
+        default=8011, ge=0, le=65535, description="Direct mode: port of the gRPC endpoint."
+    )
     direct_tls_cert: Path | None = Field(
         default=None, description="Direct mode: serve HTTPS with this certificate (PEM)."
     )
@@ -286,6 +294,8 @@ class RunnerSettings(BaseSettings):
             "https",
         ):
             raise ValueError("direct_url must be an http:// or https:// URL")
+        if self.direct_grpc_url is not None and self.direct_url is None:
+            raise ValueError("direct_grpc_url needs direct_url (direct mode) set too")
         return self
 
     def tls_options(self) -> TlsOptions:

@@ -128,7 +128,12 @@ class DirectService:
             expires_at=clock.iso(exp) or "",
             expires_in=self._ttl_s,
             runner_id=runner.id,
+            grpc_url=_str_or_none(runner.triton.get("direct_grpc_url")),
             model=model,
             version=target.version,
             region=runner.region,
         )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -774,14 +774,16 @@ class DirectRequest(Strict):
 
 
 class DirectTicket(Response):
-    """A runner's direct KServe v2 endpoint and a ticket (JWT, audience = that runner) for
-    ``Authorization: Bearer``; valid until ``expires_at`` (at most 5 minutes)."""
+    """A runner's direct KServe v2 endpoint (HTTP ``url``; gRPC ``grpc_url`` when it serves
+    one) and a ticket (JWT, audience = that runner) for ``Authorization: Bearer``; valid
+    until ``expires_at`` (at most 5 minutes)."""
 
     url: str
     ticket: str
     expires_at: str
     expires_in: int
     runner_id: str
+    grpc_url: str | None = None  # host:port of the runner's KServe gRPC, when it serves one
     model: str
     version: str
     region: str | None = None

@@ -5,7 +5,8 @@ Triton container, the SDK and ``tritonclient.http``.
 - ``Client.infer(direct=True)`` answers add_sub correctly (numpy check) through the runner's
   direct endpoint (the runner's status counts it; the control plane's infer is not used);
 - ``tritonclient.http`` against the direct URL with the ticket as a header: JSON and binary
-  tensors, passed to Triton untouched;
+  tensors, passed to Triton untouched; ``tritonclient.grpc`` against the direct gRPC address
+  (ticket in the metadata), with the version pinned from the ticket;
 - without a ticket, or with one for another model: 401 from the runner, Triton not asked;
 - the runner stopped: the SDK falls back to the control plane (a clear error here, since no
   other runner serves the model), then goes direct again once the runner is back.
@@ -47,7 +48,7 @@ def fleet(
         with Client(cp.url, api_key=cp.admin_key, timeout=60) as client:
             client.models.push(rig.MODEL_REPOSITORY / MODEL)
             join = client.admin.create_join_token().join_token
-        port = rig.free_port()
+        port, grpc_port = rig.free_port(), rig.free_port()
         runner = RunnerProc(
             cp.url,
             join,
@@ -59,6 +60,8 @@ def fleet(
                 "GPUFLEET_RUNNER_DIRECT_URL": f"http://127.0.0.1:{port}",
                 "GPUFLEET_RUNNER_DIRECT_HOST": "127.0.0.1",
                 "GPUFLEET_RUNNER_DIRECT_PORT": str(port),
+                "GPUFLEET_RUNNER_DIRECT_GRPC_URL": f"127.0.0.1:{grpc_port}",
+                "GPUFLEET_RUNNER_DIRECT_GRPC_PORT": str(grpc_port),
             },
         )
         runner.start()
@@ -121,6 +124,28 @@ def test_direct_mode_on_real_triton(fleet: tuple[ControlPlaneProc, RunnerProc]) 
                 tc.infer(MODEL, inputs)
         finally:
             tc.close()
+        # tritonclient.grpc at the direct gRPC address, the ticket in the metadata
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        assert t["grpc_url"] is not None
+        gc = grpcclient.InferenceServerClient(t["grpc_url"])
+        try:
+            inputs = [grpcclient.InferInput(n, [2, 4], "FP32") for n in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            md = {"authorization": f"Bearer {t['ticket']}"}
+            res = gc.infer(MODEL, inputs, headers=md)
+            check_add_sub(a, b, res.as_numpy("OUTPUT0"), res.as_numpy("OUTPUT1"))
+            assert res.get_response().model_version == "1"  # pinned from the ticket
+            assert gc.is_model_ready(MODEL, headers=md) and gc.is_server_live()
+            with pytest.raises(InferenceServerException, match="ticket is required"):
+                gc.infer(MODEL, inputs)
+            with pytest.raises(InferenceServerException, match="not 'other'"):
+                gc.infer("other", inputs, headers=md)
+            served = runner.status()["direct"]["served"]
+        finally:
+            gc.close()
         r = httpx.post(
             f"{t['url']}/v2/models/other/infer",
             json={"inputs": []},
