@@ -191,8 +191,13 @@ class SigningKeys:
         """The keys that verify now, current first, newest retired next."""
         with self._lock:
             self._fresh()
+            t = self._now()
             loaded = sorted(
-                self._keys.values(),
+                (
+                    k
+                    for k in self._keys.values()
+                    if k.rec.retired_at is None or k.rec.retired_at + self.overlap_s >= t
+                ),
                 key=lambda k: (k.rec.retired_at is not None, -(k.rec.retired_at or 0.0)),
             )
         return [k.rec for k in loaded]

@@ -275,7 +275,7 @@ async def test_runner_checks_tickets_and_sdk_falls_back(
                 await asyncio.sleep(0.2)
         assert (await _call(t["url"], t["ticket"])).status_code == 200
         assert (await _call(t["url"], old["ticket"])).status_code == 200  # in the overlap
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(4.0)
         await refused(old["ticket"], "unknown or retired key")
         assert (await _call(t["url"], t["ticket"])).status_code == 200
 
@@ -305,7 +305,7 @@ async def test_runner_checks_tickets_and_sdk_falls_back(
             # a refused ticket (its key rotated out): fallback, then a fresh ticket
             rot = await asyncio.to_thread(cp.http.post, "/v1/admin/signing-keys/rotate")
             assert rot.status_code == 200, rot.text
-            await asyncio.sleep(3.5)
+            await asyncio.sleep(4.0)
             out = await asyncio.to_thread(client.infer, "add_sub", inputs, direct=True)
             assert out["OUTPUT0"].tolist() == [[0.0] * 4]
             assert client.direct_tickets.fallbacks == 2
