@@ -27,6 +27,7 @@ from control_plane.api import (
     routes_auth,
     routes_blobs,
     routes_channel,
+    routes_direct,
     routes_docs,
     routes_infer,
     routes_jobs,
@@ -48,11 +49,13 @@ from control_plane.api.security import BearerBackend
 from control_plane.errors import Unavailable
 from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
+from control_plane.services.direct import DirectService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.store_marker import StoreMarker
 from control_plane.services.streams import StreamService
 from control_plane.services.webhook_delivery import DeliveryPolicy
@@ -76,6 +79,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     st = stores if stores is not None else build_stores(settings)
     jobs, models = build_job_service(settings, st)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    keys = build_signing_keys(settings, st)
     auth = AuthService(
         st.auth,
         jwt_secret=secret,
@@ -84,6 +88,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
         api_key_cache_s=settings.api_key_cache_s,
+        signing_keys=None if settings.access_token_algorithm == "HS256" else keys,  # noqa: S105
     )
     runners = RunnerService(
         st.runners,
@@ -154,6 +159,27 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         capacity=build_capacity_service(settings, st, auth, jobs),
         streams=streams,
         generate=GenerateService(settings, jobs, dispatch, streams),
+        signing_keys=keys,
+        direct=DirectService(
+            keys,
+            jobs.ready_target,
+            runners.records,
+            runners.status_of,
+            issuer=settings.jwt_issuer,
+            ttl_s=settings.direct_ticket_ttl_s,
+        ),
+    )
+
+
+def build_signing_keys(settings: Settings, st: Stores) -> SigningKeys:
+    """The shared asymmetric keys (access tokens unless HS256, and direct-mode tickets)."""
+    alg = settings.access_token_algorithm
+    return SigningKeys(
+        st.signing_keys,
+        alg="EdDSA" if alg == "HS256" else alg,
+        rotate_every_s=settings.signing_key_rotate_s,
+        overlap_s=settings.signing_key_overlap_s,
+        cache_s=settings.signing_key_cache_s,
     )
 
 
@@ -189,6 +215,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_infer.ROUTES,
         *routes_pools.ROUTES,
         *routes_streams.ROUTES,
+        *routes_direct.ROUTES,
         *routes_docs.ROUTES,
     ]
 

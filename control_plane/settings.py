@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -46,6 +46,34 @@ class Settings(BaseSettings):
         default=None,
         description="HS256 signing key. Unset: a key is generated once and kept in the tables, "
         "so every replica shares it.",
+    )
+    access_token_algorithm: Literal["EdDSA", "ES256", "HS256"] = Field(
+        default="EdDSA",
+        description="How access tokens are signed: EdDSA or ES256 with the shared key pairs "
+        "(kid, GET /v1/auth/jwks, rotated), or HS256 with one shared secret (jwt_secret). "
+        "Direct-mode tickets always use a key pair (EdDSA when this is HS256).",
+    )
+    signing_key_rotate_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="Rotate the signing key pair this long after it was created (0: only on "
+        "demand, POST /v1/admin/signing-keys/rotate).",
+    )
+    signing_key_overlap_s: int = Field(
+        default=3600,
+        ge=1,
+        description="A rotated-out key still verifies (and stays in the JWKS) this long; keep "
+        "it above access_token_ttl_s.",
+    )
+    signing_key_cache_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Each replica re-reads the signing keys from the store this often (at "
+        "once on an unknown kid).",
+    )
+    direct_ticket_ttl_s: int = Field(
+        default=300, ge=10, le=300, description="Lifetime of a direct-mode ticket (at most 5 min)."
     )
     jwt_issuer: str = Field(default="gpufleet", description="`iss` of access tokens.")
     jwt_audience: str = Field(default="gpufleet", description="`aud` of access tokens.")

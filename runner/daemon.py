@@ -16,6 +16,7 @@ import signal
 import time
 from typing import Any
 
+import httpx
 from gpufleet._logs import bind
 from gpufleet.tls import check_url, client_context
 
@@ -24,6 +25,7 @@ from runner.cache import ContentCache
 from runner.channel import DispatchChannel
 from runner.cp_client import ControlPlaneClient
 from runner.credentials import load_or_create_secret
+from runner.direct import DirectServer, TicketVerifier, stop_quietly, tls_context
 from runner.gpu import GpuReader, Nvml
 from runner.heartbeat import Heartbeat
 from runner.identity import Identity, StartupError
@@ -129,6 +131,13 @@ class Daemon:
             and isinstance(self.client, ControlPlaneClient)
         ):
             self.client.channel = self.channel  # lease and complete over it while open
+        self.direct_grpc: Any = None  # runner.direct_grpc.DirectGrpcServer when configured
+        self.direct = self._build_direct()
+        info: dict[str, object] = {"backend": backend.kind}
+        if settings.direct_url:  # handed out with tickets (control_plane/services/direct.py)
+            info["direct_url"] = settings.direct_url
+            if settings.direct_grpc_url:
+                info["direct_grpc_url"] = settings.direct_grpc_url
         self.heartbeat = Heartbeat(
             self.state,
             self.client,
@@ -137,12 +146,44 @@ class Daemon:
             backend.engine,
             self.models,
             self.jobs,
-            {"backend": backend.kind},
+            info,
         )
         self.supervisor = Supervisor(settings, backend, self.models, self.state)
         self.status = StatusServer(self.snapshot, settings.status_port)
         self.shutdown = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _build_direct(self) -> DirectServer | None:
+        """Direct mode's endpoint (docs/direct.md), when ``direct_url`` is set."""
+        s = self.settings
+        if not s.direct_url:
+            return None
+        self._jwks_http = httpx.AsyncClient(verify=self.ssl_context, timeout=10.0)
+        verifier = TicketVerifier(
+            s.control_plane_url.rstrip("/") + "/v1/auth/jwks",
+            lambda: self.identity.runner_id,
+            s.direct_ticket_issuer,
+            self._jwks_http,
+            refresh_s=s.direct_jwks_refresh_s,
+        )
+        if s.direct_grpc_url:
+            from runner.direct_grpc import DirectGrpcServer, server_credentials
+
+            self.direct_grpc = DirectGrpcServer(
+                verifier,
+                f"127.0.0.1:{s.triton_grpc_port}",
+                host=s.direct_host,
+                port=s.direct_grpc_port,
+                credentials=server_credentials(s.direct_tls_cert, s.direct_tls_key),
+            )
+        return DirectServer(
+            verifier,
+            f"http://127.0.0.1:{s.triton_http_port}",
+            self.state.triton_ready.is_set,
+            host=s.direct_host,
+            port=s.direct_port,
+            ssl_context=tls_context(s.direct_tls_cert, s.direct_tls_key),
+        )
 
     def _busy_models(self) -> set[tuple[str, str]]:
         """(model, version) of the jobs in flight: a version is not dropped under them."""
@@ -186,6 +227,9 @@ class Daemon:
                 "passed_through": self.channel.passed_through,
                 "job_calls": self.channel.calls_made,
             },
+            "direct": None
+            if self.direct is None
+            else {"url": self.settings.direct_url, **vars(self.direct.counters)},
             "last_heartbeat_at": st.last_heartbeat_at,
             "last_error": st.last_error,
         }
@@ -257,6 +301,18 @@ class Daemon:
                     await start
                 return 0
             start.result()  # BackendError → exit 1 (after the finally)
+            if self.direct is not None:
+                try:
+                    await self.direct.start()
+                    if self.direct_grpc is not None:
+                        await self.direct_grpc.start()
+                except (OSError, RuntimeError) as exc:
+                    raise StartupError(
+                        f"direct mode: port {self.settings.direct_port} (or gRPC "
+                        f"{self.settings.direct_grpc_port}) on {self.settings.direct_host} "
+                        f"cannot be used ({exc}): choose others with direct_port / "
+                        "direct_grpc_port"
+                    ) from exc
             self._spawn("heartbeat", self.heartbeat.run(loops_stop))
             self._spawn("triton-watch", self.supervisor.run(loops_stop))
             self._spawn("model-sync", self.models.run(loops_stop))
@@ -283,6 +339,12 @@ class Daemon:
         finally:
             loops_stop.set()
             await self._stop_tasks()
+            if self.direct_grpc is not None:
+                with contextlib.suppress(Exception):
+                    await self.direct_grpc.stop()
+            if self.direct is not None:
+                await stop_quietly(self.direct)
+                await self._jwks_http.aclose()
             await self._stop_backend()
             await self.status.stop()
             await self.client.aclose()

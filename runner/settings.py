@@ -222,6 +222,42 @@ class RunnerSettings(BaseSettings):
         description="While the dispatch channel is open, lease and complete jobs over it "
         "instead of one signed HTTP request each (off = always HTTP).",
     )
+    direct_url: str | None = Field(
+        default=None,
+        description="Direct mode (docs/direct.md): the URL callers reach this runner's own "
+        "KServe v2 endpoint at (e.g. http://10.0.0.5:8010), reported to the control plane, "
+        "which hands it out with tickets. Unset: direct mode is off.",
+    )
+    direct_host: str = Field(
+        default="0.0.0.0",
+        description="Direct mode: address the endpoint listens on.",
+    )
+    direct_port: int = Field(
+        default=8010, ge=0, le=65535, description="Direct mode: port the endpoint listens on."
+    )
+    direct_grpc_url: str | None = Field(
+        default=None,
+        description="Direct mode over gRPC: the host:port callers reach this runner's KServe "
+        "gRPC endpoint at (needs direct_url too). Unset: HTTP only.",
+    )
+    direct_grpc_port: int = Field(
+        default=8011, ge=0, le=65535, description="Direct mode: port of the gRPC endpoint."
+    )
+    direct_tls_cert: Path | None = Field(
+        default=None, description="Direct mode: serve HTTPS with this certificate (PEM)."
+    )
+    direct_tls_key: Path | None = Field(default=None, description="Key of direct_tls_cert (PEM).")
+    direct_ticket_issuer: str = Field(
+        default="gpufleet",
+        description="Direct mode: the `iss` tickets must carry (the control plane's jwt_issuer).",
+    )
+    direct_jwks_refresh_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Direct mode: re-read the control plane's JWKS this often (at once on an "
+        "unknown kid); a rotated-out key stops verifying here within this time.",
+    )
     log_level: str = Field(default="INFO", description="Logging level.")
 
     # file source, set by the CLI's --config (never from the environment)
@@ -251,6 +287,15 @@ class RunnerSettings(BaseSettings):
                 check_url(self.control_plane_url, options)  # raises, naming the settings
         if (self.tls_client_cert is None) != (self.tls_client_key is None):
             raise ValueError("tls_client_cert and tls_client_key go together: set both")
+        if (self.direct_tls_cert is None) != (self.direct_tls_key is None):
+            raise ValueError("direct_tls_cert and direct_tls_key go together: set both")
+        if self.direct_url is not None and urlsplit(self.direct_url).scheme not in (
+            "http",
+            "https",
+        ):
+            raise ValueError("direct_url must be an http:// or https:// URL")
+        if self.direct_grpc_url is not None and self.direct_url is None:
+            raise ValueError("direct_grpc_url needs direct_url (direct mode) set too")
         return self
 
     def tls_options(self) -> TlsOptions:

@@ -36,6 +36,7 @@ from starlette.requests import Request
 
 from control_plane.services.auth import AuthService
 from control_plane.services.capacity.service import CapacityService
+from control_plane.services.direct import DirectService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
@@ -43,6 +44,7 @@ from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.streams import StreamService
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -125,6 +127,8 @@ class Services:
     capacity: CapacityService | None = None
     streams: StreamService | None = None  # streamed outputs of durable jobs
     generate: GenerateService | None = None  # /v2/models/{m}/generate_stream
+    signing_keys: SigningKeys | None = None  # asymmetric keys: JWKS, tickets (direct mode)
+    direct: DirectService | None = None  # direct-mode tickets
 
 
 def services(request: Request) -> Services:

@@ -21,7 +21,10 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "Access token from POST /v1/auth/token (HS256, typ at+jwt, ~15 min).",
+        "description": (
+            "Access token from POST /v1/auth/token (EdDSA or ES256 with a kid, keys at "
+            "GET /v1/auth/jwks; or HS256; typ at+jwt, ~15 min)."
+        ),
     },
     "runnerId": {"type": "apiKey", "in": "header", "name": signing.HEADER_RUNNER},
     "runnerTimestamp": {"type": "apiKey", "in": "header", "name": signing.HEADER_TIMESTAMP},

@@ -25,7 +25,8 @@ from control_plane.api.spec import DocumentedRoute, route
 
 
 class Jwks(Response):
-    """JSON Web Key Set. Empty: this deployment signs with HS256 (a shared secret)."""
+    """JSON Web Key Set: the public keys that verify access tokens (unless HS256) and
+    direct-mode tickets, the current one first (docs/direct.md)."""
 
     keys: list[dict[str, str]]
 
@@ -46,7 +47,13 @@ async def refresh(request: Request) -> HttpResponse:
 
 
 async def jwks(request: Request) -> HttpResponse:
-    return send(Jwks(keys=[]))
+    keys = services(request).signing_keys
+    found = await run_in_threadpool(keys.jwks) if keys is not None else []
+    return HttpResponse(
+        Jwks(keys=found).model_dump_json(),
+        media_type="application/json",
+        headers={"Cache-Control": "public, max-age=60"},
+    )
 
 
 async def create_api_key(request: Request) -> HttpResponse:
@@ -104,9 +111,7 @@ ROUTES: list[DocumentedRoute] = [
         request=RefreshRequest,
         security="none",
     ),
-    route(
-        "GET", "/v1/auth/jwks", jwks, "Public signing keys (empty for HS256)", Jwks, security="none"
-    ),
+    route("GET", "/v1/auth/jwks", jwks, "Public signing keys (JWKS)", Jwks, security="none"),
     route(
         "POST",
         "/v1/admin/api-keys",

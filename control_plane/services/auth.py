@@ -35,6 +35,7 @@ from gpufleet.wire import (
 from control_plane import clock
 from control_plane.errors import NotFound, Unauthorized
 from control_plane.services.principal import ROLE_SCOPES, Principal
+from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.tokens import TokenSigner
 from control_plane.storage.protocols_auth import (
     ApiKeyRecord,
@@ -76,13 +77,17 @@ class AuthService:
         refresh_ttl_s: int,
         api_key_cache_s: int = 60,
         now: Callable[[], float] = clock.now,
+        signing_keys: SigningKeys | None = None,
     ) -> None:
         self._store = store
         self._api_key_cache_s = api_key_cache_s
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
         self._now = now
-        self.signer = TokenSigner(self._signing_key, issuer, audience, access_ttl_s, now)
+        # signing_keys: access tokens signed with the asymmetric keys; None: HS256
+        self.signer = TokenSigner(
+            self._signing_key, issuer, audience, access_ttl_s, now, keys=signing_keys
+        )
 
     def _signing_key(self) -> str:
         """The configured key, else the one shared through the auth table (created once)."""

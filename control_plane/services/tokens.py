@@ -1,4 +1,8 @@
-"""Access tokens: HS256 JWTs (typ ``at+jwt``) issued and verified per RFC 8725.
+"""Access tokens: JWTs (typ ``at+jwt``) issued and verified per RFC 8725.
+
+Signed with the shared asymmetric keys (EdDSA or ES256 with a ``kid``,
+``services/signing_keys.py``) when the signer is given them, else HS256 with one shared
+secret (``access_token_algorithm: HS256``, a single-secret setup).
 
 Verification pins the algorithm (never taken from the token), checks the ``typ`` header, the
 signature, ``exp``/``nbf``/``iat`` with a small leeway, ``iss`` and ``aud``, and requires every
@@ -17,6 +21,7 @@ import jwt
 from control_plane import clock
 from control_plane.errors import Unauthorized
 from control_plane.services.principal import ROLE_SCOPES, Principal
+from control_plane.services.signing_keys import SigningKeys
 
 ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT typ, not a secret
@@ -26,7 +31,8 @@ VERIFIED_CACHE_SIZE = 10_000
 
 
 class TokenSigner:
-    """Issues and verifies access tokens with a symmetric key from ``key_provider``."""
+    """Issues and verifies access tokens: with ``keys`` (asymmetric, by kid) when given, else
+    HS256 with the symmetric key from ``key_provider``."""
 
     def __init__(
         self,
@@ -35,7 +41,9 @@ class TokenSigner:
         audience: str,
         ttl_s: int,
         now: Callable[[], float] = clock.now,
+        keys: SigningKeys | None = None,
     ) -> None:
+        self._keys = keys
         self._key = key_provider
         self._issuer = issuer
         self._audience = audience
@@ -63,6 +71,8 @@ class TokenSigner:
             "exp": iat + self._ttl_s,
             "jti": secrets.token_urlsafe(16),
         }
+        if self._keys is not None:
+            return self._keys.sign(claims, TOKEN_TYPE)
         return jwt.encode(claims, self._key(), algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
 
     def verify(self, token: str) -> Principal:
@@ -95,6 +105,19 @@ class TokenSigner:
         return None
 
     def _verify(self, token: str) -> tuple[Principal, float]:
+        if self._keys is not None:
+            try:
+                claims = self._keys.decode(
+                    token,
+                    typ=TOKEN_TYPE,
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    required=_REQUIRED,
+                    leeway_s=LEEWAY_S,
+                )
+            except Unauthorized as exc:
+                raise Unauthorized(f"access token: {exc.message}") from exc
+            return self._principal(claims)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -117,6 +140,9 @@ class TokenSigner:
             raise Unauthorized("access token expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("invalid access token") from exc
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any]) -> tuple[Principal, float]:
         role = claims.get("role")
         tenant = claims.get("tenant")
         if role not in ROLE_SCOPES or not isinstance(tenant, str) or not tenant:

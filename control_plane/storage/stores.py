@@ -28,6 +28,7 @@ from control_plane.storage.protocols import (
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
 from control_plane.storage.protocols_capacity import CapacityStore
+from control_plane.storage.protocols_keys import SigningKeyStore
 from control_plane.storage.protocols_rollups import RollupStore
 from control_plane.storage.protocols_streams import StreamStore
 
@@ -54,6 +55,8 @@ class Stores:
     rollups: RollupStore | None = None  # the console's charts (None: no charts)
     capacity: CapacityStore | None = None  # pools and capacity decisions (services/capacity)
     streams: StreamStore | None = None  # streamed partial outputs (services/streams.py)
+    # asymmetric signing keys (services/signing_keys.py; None: kept in memory, one replica)
+    signing_keys: SigningKeyStore | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -70,6 +73,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_capacity import DynamoCapacityStore
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
     from control_plane.storage.dynamo_jobs import DynamoJobStore
+    from control_plane.storage.dynamo_keys import DynamoSigningKeyStore
     from control_plane.storage.dynamo_models import DynamoModelStore
     from control_plane.storage.dynamo_queue import DynamoQueueStore
     from control_plane.storage.dynamo_rollups import DynamoRollupStore
@@ -101,6 +105,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         rollups=DynamoRollupStore(db, t("rollups")),
         capacity=DynamoCapacityStore(db, t("capacity")),
         streams=DynamoStreamStore(db, t("streams"), t("jobs")),
+        signing_keys=DynamoSigningKeyStore(db, t("auth")),
         extra={"dynamodb": db, "s3": s3},
     )
 

@@ -18,6 +18,7 @@ import numpy as np
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import resolve as resolve_credentials
+from gpufleet.direct import DirectTickets, infer_direct
 from gpufleet.errors import ConnectionError, NotFoundError
 from gpufleet.models import ProgressCallback
 from gpufleet.streaming import (
@@ -119,6 +120,7 @@ class AsyncClient:
         self.runners = AsyncRunners(self)
         self.admin = AsyncAdmin(self)
         self.webhooks = AsyncWebhooks(self)
+        self.direct_tickets = DirectTickets()  # infer(direct=True)
 
     # ------------------------------------------------------------------ driver
 
@@ -275,6 +277,8 @@ class AsyncClient:
         inputs: _ops.Inputs,
         version: str | None = None,
         timeout: float | None = 600.0,
+        *,
+        direct: bool = False,
         **submit_args: Any,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Synchronous inference: ``{"OUTPUT0": array, …}``.
@@ -285,7 +289,21 @@ class AsyncClient:
         raises :class:`~gpufleet.errors.APIError` (400 inputs refused, 500 model error, 504
         ``timeout``). With job options (``priority``, ``webhook``, ``tags``, ``ttl_s``, …)
         it submits a durable job and waits for it; then :class:`JobFailedError` (with the
-        job's error) reports a FAILED, TIMED_OUT or CANCELLED job."""
+        job's error) reports a FAILED, TIMED_OUT or CANCELLED job.
+
+        ``direct=True`` (docs/direct.md): sent straight to a runner serving the model with a
+        ticket from the control plane (cached, renewed before it expires; ``region``
+        prefers a runner there), falling back to the control plane when no runner offers
+        direct mode, the runner is unreachable or it refuses the ticket."""
+        if direct:  # straight to a runner with a ticket (docs/direct.md)
+            if not set(submit_args) <= {"outputs", "parameters", "region"}:
+                extra = sorted(set(submit_args) - {"outputs", "parameters", "region"})
+                raise ValueError(f"direct=True takes no job options (got {extra})")
+            return await self._run(
+                infer_direct(self._core, self.direct_tickets, model, inputs, version, timeout,
+                             submit_args.get("outputs"), submit_args.get("parameters"),
+                             submit_args.get("region"))
+            )  # fmt: skip
         if set(submit_args) <= {"outputs", "parameters"}:
             return await self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,

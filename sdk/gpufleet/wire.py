@@ -797,3 +797,46 @@ class StreamChunkView(Strict):
     attempt: int
     seq: int
     outputs: list[Tensor]
+
+
+class DirectRequest(Strict):
+    """``POST /v1/models/{name}/direct``: a ticket to call a runner serving the model directly
+    (docs/direct.md). ``version``: pin one (default: the newest READY); ``region``: prefer a
+    runner there."""
+
+    api_version: Literal["v1"] = API_VERSION
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class DirectTicket(Response):
+    """A runner's direct KServe v2 endpoint (HTTP ``url``; gRPC ``grpc_url`` when it serves
+    one) and a ticket (JWT, audience = that runner) for ``Authorization: Bearer``; valid
+    until ``expires_at`` (at most 5 minutes)."""
+
+    url: str
+    ticket: str
+    expires_at: str
+    expires_in: int
+    runner_id: str
+    grpc_url: str | None = None  # host:port of the runner's KServe gRPC, when it serves one
+    model: str
+    version: str
+    region: str | None = None
+
+
+class SigningKeyView(Strict):
+    """One asymmetric signing key (public part only)."""
+
+    kid: str
+    alg: str
+    created_at: str
+    retired_at: str | None = None
+    verifies_until: str | None = None  # None: the current key
+    current: bool
+
+
+class SigningKeyList(Response):
+    """``GET /v1/admin/signing-keys``: keys that still verify, the current one first."""
+
+    keys: list[SigningKeyView]

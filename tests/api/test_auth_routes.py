@@ -43,7 +43,7 @@ async def test_token_exchange_and_claims(
     assert body["expires_in"] == settings.access_token_ttl_s
     assert body["refresh_token"].startswith("rt_")
     header = jwt.get_unverified_header(body["access_token"])
-    assert header["typ"] == "at+jwt" and header["alg"] == "HS256"
+    assert header["typ"] == "at+jwt" and header["alg"] == "EdDSA" and header["kid"]
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert {"iss", "aud", "sub", "tenant", "role", "scopes", "iat", "nbf", "exp", "jti"} <= set(
         claims
@@ -104,7 +104,12 @@ async def test_missing_expired_forged_tokens_rejected(
     )
     key = settings.jwt_secret.get_secret_value()
     old = TokenSigner(
-        lambda: key, settings.jwt_issuer, settings.jwt_audience, 900, lambda: time.time() - 3600
+        lambda: key,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        900,
+        lambda: time.time() - 3600,
+        keys=services.signing_keys,
     ).issue("key_x", "acme", "admin")
     err = assert_error(
         await client.get("/v1/jobs", headers={"Authorization": f"Bearer {old}"}),
@@ -229,9 +234,42 @@ async def test_admin_join_token(client: httpx.AsyncClient, auth_headers: TokenFo
     assert [(x["region"], x["labels"]) for x in runners] == [("eu-west-1", {"gpu": "a100"})]
 
 
-async def test_jwks_is_empty_for_hs256(client: httpx.AsyncClient) -> None:
-    r = await client.get("/v1/auth/jwks")
-    assert r.json() == {"api_version": "v1", "keys": []}
+async def test_jwks_verifies_access_tokens(
+    client: httpx.AsyncClient, api_key: Any, settings: Any
+) -> None:
+    """The token's kid is in the JWKS and its public key verifies the token (offline)."""
+    r = await client.post("/v1/auth/token", json={"api_key": api_key()})
+    token = r.json()["access_token"]
+    keys = (await client.get("/v1/auth/jwks")).json()["keys"]
+    kid = jwt.get_unverified_header(token)["kid"]
+    jwk = next(k for k in keys if k["kid"] == kid)
+    assert jwk["alg"] == "EdDSA" and jwk["kty"] == "OKP" and "d" not in jwk
+    claims = jwt.decode(
+        token,
+        jwt.PyJWK(jwk).key,
+        algorithms=["EdDSA"],
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    assert claims["tenant"] == "acme"
+
+
+async def test_hs256_stays_possible(settings: Any, stores: Stores) -> None:
+    """access_token_algorithm HS256: a single shared secret signs access tokens."""
+    from control_plane.app import build_services, create_app
+
+    s = settings.model_copy(update={"access_token_algorithm": "HS256"})
+    app = create_app(s, build_services(s, stores))
+    key = app.state.services.auth.issue_api_key("acme", "user", "k").api_key
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+        tok = (await c.post("/v1/auth/token", json={"api_key": key})).json()["access_token"]
+        assert jwt.get_unverified_header(tok)["alg"] == "HS256"
+        secret = s.jwt_secret.get_secret_value() if s.jwt_secret else None
+        assert secret is None or jwt.decode(
+            tok, secret, algorithms=["HS256"], audience=s.jwt_audience
+        )
+        r = await c.get("/v1/jobs", headers={"Authorization": f"Bearer {tok}"})
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("store_kind", STORE_KINDS)

@@ -14,6 +14,7 @@ from control_plane.storage.sqlite import (
     capacity,
     idempotency,
     jobs,
+    keys,
     models,
     queue,
     rollups,
@@ -37,6 +38,7 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
     4: [*jobs.DDL_4],  # jobs.commits: how many times a running attempt was finished
     5: [*streams.DDL],  # streamed partial outputs of durable jobs
+    6: [*keys.DDL],  # asymmetric signing keys (services/signing_keys.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -1,0 +1,128 @@
+"""DynamoDB adapter of the signing-key store: one item of the ``auth`` table (PK ``pk``).
+
+Item ``sigkeys``: ``current`` (the current key's kid) and ``keys``, a map kid -> {alg,
+private_pem, public_jwk (JSON), created_at, retired_at?}. One strongly consistent GetItem
+reads every key (no Scan of the auth table, which holds every refresh token); a handful of
+keys is far below the item size limit (old keys are deleted after their overlap window).
+
+- first key: PutItem on the condition that the item does not exist;
+- rotation: one UpdateItem that adds the new key, sets ``retired_at`` on the old one and
+  points ``current`` at the new one, on the condition that ``current`` is the old kid and the
+  new kid is absent;
+- deletion: REMOVE of a key that exists and is not ``current``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from control_plane.storage.aws import is_condition_failure, translate_errors
+from control_plane.storage.protocols_keys import SigningKeyRecord
+
+PK = "sigkeys"
+
+
+def _s(v: str) -> dict[str, str]:
+    return {"S": v}
+
+
+def _n(v: float) -> dict[str, str]:
+    return {"N": repr(float(v))}
+
+
+def _key_item(rec: SigningKeyRecord) -> dict[str, Any]:
+    return {
+        "M": {
+            "alg": _s(rec.alg),
+            "private_pem": _s(rec.private_pem),
+            "public_jwk": _s(json.dumps(rec.public_jwk)),
+            "created_at": _n(rec.created_at),
+        }
+    }
+
+
+class DynamoSigningKeyStore:
+    """``SigningKeyStore`` on DynamoDB; every change is one conditional write."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self._table = table
+
+    def _write(self, what: str, **kwargs: Any) -> bool:
+        with translate_errors(what):
+            try:
+                kwargs["TableName"] = self._table
+                if "Item" in kwargs:
+                    self._db.put_item(**kwargs)
+                else:
+                    self._db.update_item(Key={"pk": _s(PK)}, **kwargs)
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return False
+                raise
+        return True
+
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        with translate_errors("list signing keys"):
+            item = self._db.get_item(
+                TableName=self._table, Key={"pk": _s(PK)}, ConsistentRead=True
+            ).get("Item")
+        if not item:
+            return []
+        recs = []
+        for kid, value in item.get("keys", {}).get("M", {}).items():
+            k = value["M"]
+            recs.append(
+                SigningKeyRecord(
+                    kid=kid,
+                    alg=k["alg"]["S"],
+                    private_pem=k["private_pem"]["S"],
+                    public_jwk=json.loads(k["public_jwk"]["S"]),
+                    created_at=float(k["created_at"]["N"]),
+                    retired_at=float(k["retired_at"]["N"]) if "retired_at" in k else None,
+                )
+            )
+        return sorted(recs, key=lambda r: (r.created_at, r.kid))
+
+    def add_signing_key(self, rec: SigningKeyRecord, replaces: str | None, at: float) -> bool:
+        if replaces is None:
+            return self._write(
+                "add signing key",
+                Item={
+                    "pk": _s(PK),
+                    "current": _s(rec.kid),
+                    "keys": {"M": {rec.kid: _key_item(rec)}},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        if replaces == rec.kid:
+            return False
+        return self._write(
+            "rotate signing key",
+            UpdateExpression="SET #k.#new = :rec, #k.#old.retired_at = :at, #c = :new",
+            ConditionExpression="#c = :old AND attribute_not_exists(#k.#new)",
+            ExpressionAttributeNames={
+                "#k": "keys",
+                "#c": "current",
+                "#new": rec.kid,
+                "#old": replaces,
+            },
+            ExpressionAttributeValues={
+                ":rec": _key_item(rec),
+                ":at": _n(at),
+                ":new": _s(rec.kid),
+                ":old": _s(replaces),
+            },
+        )
+
+    def delete_signing_key(self, kid: str) -> bool:
+        return self._write(
+            "delete signing key",
+            UpdateExpression="REMOVE #k.#kid",
+            ConditionExpression="attribute_exists(#k.#kid) AND #c <> :kid",
+            ExpressionAttributeNames={"#k": "keys", "#c": "current", "#kid": kid},
+            ExpressionAttributeValues={":kid": _s(kid)},
+        )
