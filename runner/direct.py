@@ -110,12 +110,18 @@ class TicketVerifier:
         self._keys = keys
 
     async def _key(self, kid: str) -> tuple[str, Any] | None:
+        """The key ``kid``: an unknown kid refetches the JWKS (a rotation), at most once per
+        ``MIN_REFETCH_S``; a request that comes sooner after a fetch waits for the next one
+        instead of being refused (a ticket of a key rotated in just now must pass)."""
         age = time.monotonic() - self._fetched_at
-        if age >= self._refresh_s or (kid not in self._keys and age >= MIN_REFETCH_S):
+        if age >= self._refresh_s or kid not in self._keys:
             async with self._lock:  # one fetch for every request waiting on it
-                age = time.monotonic() - self._fetched_at
-                if age >= self._refresh_s or (kid not in self._keys and age >= MIN_REFETCH_S):
-                    await self._fetch()
+                if kid in self._keys and time.monotonic() - self._fetched_at < self._refresh_s:
+                    return self._keys[kid]  # fetched while this request waited
+                wait = MIN_REFETCH_S - (time.monotonic() - self._fetched_at)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self._fetch()
         return self._keys.get(kid)
 
     async def verify(self, token: str, model: str, version: str | None) -> dict[str, Any]:
