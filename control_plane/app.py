@@ -33,6 +33,7 @@ from control_plane.api import (
     routes_models,
     routes_payloads,
     routes_pools,
+    routes_quotas,
     routes_runners,
     routes_system,
     webhook_routes,
@@ -178,6 +179,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_channel.ROUTES,
         *routes_infer.ROUTES,
         *routes_pools.ROUTES,
+        *routes_quotas.ROUTES,
         *routes_docs.ROUTES,
     ]
 

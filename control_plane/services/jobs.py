@@ -66,6 +66,7 @@ from control_plane.errors import (
     StaleLease,
     Unavailable,
 )
+from control_plane.services.fair_share import FairShare
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
 from control_plane.services.offload import Offload
@@ -74,6 +75,7 @@ from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
+from control_plane.services.quotas import QuotaService
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
@@ -88,6 +90,7 @@ from control_plane.storage.protocols import (
     ModelVersionRecord,
     QueueEntry,
 )
+from control_plane.storage.protocols_limits import LimitsStore
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,7 @@ class JobService:
         models: ModelService,
         blobs: BlobStore,
         offload: Offload | None = None,
+        limits: LimitsStore | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -215,6 +219,10 @@ class JobService:
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
         ] = {}
         self._depth_cache: dict[str, tuple[float, int]] = {}
+        # Tenant quotas (submit checks, load counters) and fair leasing across tenants.
+        self.quotas = QuotaService(settings, limits)
+        self.on_record_transition.append(self.quotas.job_transition)
+        self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -345,6 +353,7 @@ class JobService:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
         p.require("jobs:write")
         self._validate(p, req, {})
+        self.quotas.check_submit(p, [req.priority])
         self._check_depth(req.model)
         created = now()
         job = new_job(p, req, new_id("job"), created)
@@ -398,6 +407,7 @@ class JobService:
             except InvalidRequest as exc:
                 field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
                 raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
+        self.quotas.check_submit(p, [req.priority for req in reqs])
         per_model: dict[str, int] = defaultdict(int)
         for req in reqs:
             per_model[req.model] += 1
@@ -650,7 +660,8 @@ class JobService:
                 not e.region or e.region == region
             )
 
-        return self._heads.take(shards, fits, want)
+        pool = frozenset(offers)
+        return self._heads.take(shards, fits, want, lambda es, n: self._fair.pick(pool, es, n))
 
     def _lease_once(
         self, runner_id: str, region: str | None, req: LeaseRequest
@@ -661,6 +672,7 @@ class JobService:
         if not offers:
             return []
         leased: builtins.list[LeasedJob] = []
+        self.quotas.before_lease()  # what fair leasing reads under the read-ahead's lock
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
             pending = self._candidates(offers, region, want)
@@ -813,8 +825,14 @@ class JobService:
 
     # ------------------------------------------------------------------ housekeeping
     def sweep(self) -> dict[str, int]:
-        """Requeue or fail expired leases, time out jobs queued past their TTL."""
-        return self._sweeper.sweep()
+        """Requeue or fail expired leases, time out jobs queued past their TTL; store this
+        replica's tenant load counts."""
+        swept = self._sweeper.sweep()
+        try:
+            self.quotas.refresh_loads()
+        except Exception:
+            log.warning("could not store the tenant load counts (retried)", exc_info=True)
+        return swept
 
     def queue_depths(self) -> dict[str, int]:
         """model -> queued jobs (for /metrics)."""
@@ -883,4 +901,5 @@ def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, Mode
     deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
     models = ModelService(settings, stores.models, stores.blobs, deployments=deployments)
     offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
-    return JobService(settings, stores.jobs, models, stores.blobs, offload), models
+    limits = getattr(stores, "limits", None)
+    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits), models

@@ -85,6 +85,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     from control_plane.storage.sqlite.db import Database
     from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
     from control_plane.storage.sqlite.jobs import SqliteJobTable
+    from control_plane.storage.sqlite.limits import SqliteLimitsStore
     from control_plane.storage.sqlite.models import SqliteModelStore
     from control_plane.storage.sqlite.queue import SqliteQueueStore
     from control_plane.storage.sqlite.rollups import SqliteRollupStore
@@ -146,5 +147,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         close=close,
         rollups=SqliteRollupStore(db),
         capacity=SqliteCapacityStore(db),
+        limits=SqliteLimitsStore(db),
         extra={"database": db, "data_dir": root},
     )

@@ -103,6 +103,7 @@ class QueueEntry:
     shard_number: int = 0
     priority: int = 0
     created_at: float = 0.0
+    tenant: str = ""  # who submitted the job (fair leasing); "": written before tenants
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,7 @@ class QueueKeys(Protocol):
         ttl_deadline: float,
         token: str,
         timeout_s: int,
+        tenant: str = "",
     ) -> QueueEntry:
         """The queue entry of a job in queue shard ``shard_number`` of ``model``; its ``sk``
         orders it by ``priority`` (0..100, higher first), then ``created_at`` (ms), then

@@ -28,6 +28,7 @@ from control_plane.storage.protocols import (
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
 from control_plane.storage.protocols_capacity import CapacityStore
+from control_plane.storage.protocols_limits import LimitsStore
 from control_plane.storage.protocols_rollups import RollupStore
 
 
@@ -52,6 +53,7 @@ class Stores:
     close: Callable[[], None] = _nothing
     rollups: RollupStore | None = None  # the console's charts (None: no charts)
     capacity: CapacityStore | None = None  # pools and capacity decisions (services/capacity)
+    limits: LimitsStore | None = None  # tenant quotas, key priorities, tenant load counters
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -68,6 +70,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_capacity import DynamoCapacityStore
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
     from control_plane.storage.dynamo_jobs import DynamoJobStore
+    from control_plane.storage.dynamo_limits import DynamoLimitsStore
     from control_plane.storage.dynamo_models import DynamoModelStore
     from control_plane.storage.dynamo_queue import DynamoQueueStore
     from control_plane.storage.dynamo_rollups import DynamoRollupStore
@@ -97,6 +100,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         webhook_secrets=DynamoWebhookSecretStore(db, t("auth")),
         rollups=DynamoRollupStore(db, t("rollups")),
         capacity=DynamoCapacityStore(db, t("capacity")),
+        limits=DynamoLimitsStore(db, t("capacity")),
         extra={"dynamodb": db, "s3": s3},
     )
 

@@ -14,6 +14,7 @@ from control_plane.storage.sqlite import (
     capacity,
     idempotency,
     jobs,
+    limits,
     models,
     queue,
     rollups,
@@ -34,6 +35,8 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
+    # tenant quotas and fair leasing: limits and load counters, the tenant of queue entries
+    4: [*limits.DDL, "ALTER TABLE queue_entries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
