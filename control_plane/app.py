@@ -206,6 +206,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The Starlette app of one control-plane process."""
     svc = services if services is not None else build_services(settings)
     metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
+    quotas = getattr(svc.jobs, "quotas", None)
+    if quotas is not None:  # queued/running per tenant
+        metrics.add_tenant_loads(quotas.loads)
     hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))

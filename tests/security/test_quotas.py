@@ -47,6 +47,9 @@ async def test_max_queued_answers_429_naming_the_quota(
     # the tenant sees its own usage
     r = await client.get("/v1/quotas", headers=user)
     assert r.status_code == 200 and r.json()["queued"] == 3 and r.json()["tenant"] == "acme"
+    # exported per tenant
+    text = (await client.get("/metrics", headers=admin)).text
+    assert 'gpufleet_tenant_jobs{status="queued",tenant="acme"} 3.0' in text
     # cancelling one frees room
     jobs = (await client.get("/v1/jobs", headers=user)).json()["jobs"]
     assert (await client.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=user)).status_code == 200
@@ -154,3 +157,26 @@ async def test_quota_routes_are_admin_only_and_validate(
     assert listing["defaults"]["max_queued"] == 10_000
     [acme] = [t for t in listing["tenants"] if t["tenant"] == "acme"]
     assert acme["max_running"] == 2 and acme["weight"] == 3 and acme["max_queued"] == 10_000
+
+
+async def test_sdk_surfaces_the_quota(
+    app: Any, client: httpx.AsyncClient, auth_headers: TokenFor, api_key: Any
+) -> None:
+    from gpufleet import AsyncClient, errors
+
+    admin = await _setup(client, auth_headers)
+    r = await client.put("/v1/admin/tenants/acme/quotas", headers=admin, json={"max_queued": 1})
+    assert r.status_code == 200
+    transport = httpx.ASGITransport(app=app)
+    inputs = {"INPUT0": [[1.0, 2, 3, 4]], "INPUT1": [[1.0, 1, 1, 1]]}
+    async with AsyncClient(
+        "http://cp.test", api_key=api_key("user", "acme"), max_retries=0, transport=transport
+    ) as fleet:
+        await fleet.submit("add_sub", inputs)
+        try:
+            await fleet.submit("add_sub", inputs)
+        except errors.RateLimitedError as exc:
+            assert exc.quota == "max_queued" and exc.retry_after == 5
+            assert "max_queued" in str(exc)
+        else:
+            raise AssertionError("the second submit was not refused")
