@@ -50,12 +50,22 @@ class FairShare:
         for e in entries:
             groups.setdefault(e.tenant, deque()).append(e)
         rooms = {t: self._room(t) for t in groups}
+        steps = {t: 1.0 / self._weight(t) for t in groups}
         with self._lock:
             if pool not in self._pools:
                 if len(self._pools) >= MAX_POOLS:
                     self._pools.clear()
                 self._pools[pool] = ({}, [0.0])
             passes, vtime = self._pools[pool]
+            if len(groups) == 1:  # one tenant (the common case): its jobs in queue order
+                [(tenant, group)] = groups.items()
+                room = rooms[tenant]
+                taken = list(group)[: want if room is None else min(want, room)]
+                if taken:
+                    start = max(passes.get(tenant, vtime[0]), vtime[0])
+                    vtime[0] = start + (len(taken) - 1) * steps[tenant]
+                    passes[tenant] = start + len(taken) * steps[tenant]
+                return taken
             heap: list[tuple[float, str]] = []
             for tenant in groups:
                 if rooms[tenant] == 0:
@@ -69,7 +79,7 @@ class FairShare:
                 at, tenant = heapq.heappop(heap)
                 out.append(groups[tenant].popleft())
                 vtime[0] = at
-                passes[tenant] = at + 1.0 / self._weight(tenant)
+                passes[tenant] = at + steps[tenant]
                 room = rooms[tenant]
                 if room is not None:
                     rooms[tenant] = room = room - 1

@@ -76,6 +76,7 @@ class QuotaService:
         self._quotas: dict[str, QuotaRecord] = {}
         self._key_limits: dict[str, int] = {}
         self._quotas_at = -math.inf
+        self._effective: dict[str, Quota] = {}  # built from _quotas on first use
         self._buckets: dict[str, _Bucket] = {}
         self._loads: dict[str, TenantLoad] = {}
         self._loads_at = -math.inf
@@ -93,25 +94,33 @@ class QuotaService:
             quotas, keys = dict(self._quotas), dict(self._key_limits)
         with self._lock:
             self._quotas, self._key_limits = quotas, keys
+            self._effective = {}
             self._quotas_at = self._monotonic()
 
     def quota(self, tenant: str, *, cached_only: bool = False) -> Quota:
         """The effective quotas of ``tenant``."""
         if not cached_only:
             self._fresh_quotas()
+        hit = self._effective.get(tenant)
+        if hit is not None:
+            return hit
         rec = self._quotas.get(tenant)
         s = self._settings
 
         def pick(own: Any, default: Any) -> Any:
             return default if own is None else own
 
-        return Quota(
+        quota = Quota(
             max_queued=pick(rec and rec.max_queued, s.tenant_max_queued),
             max_running=pick(rec and rec.max_running, s.tenant_max_running),
             submit_rate=pick(rec and rec.submit_rate, s.tenant_submit_rate),
             submit_burst=pick(rec and rec.submit_burst, s.tenant_submit_burst),
             weight=pick(rec and rec.weight, s.tenant_weight),
         )
+        if len(self._effective) > 100_000:
+            self._effective = {}
+        self._effective[tenant] = quota
+        return quota
 
     def max_priority(self, key_id: str) -> int:
         """The highest priority the key ``key_id`` may submit at."""
@@ -285,6 +294,7 @@ class QuotaService:
     def _invalidate(self) -> None:
         with self._lock:
             self._quotas_at = -math.inf
+            self._effective = {}
 
     def my_quota(self, p: Principal) -> QuotaView:
         """The caller's tenant's quotas and usage (any role)."""

@@ -68,13 +68,20 @@ class DynamoLimitsStore:
 
     @staticmethod
     def _quota(item: dict[str, Any]) -> QuotaRecord:
-        ints = {k: (get_i(item, k) if k in item else None) for k in _INT_FIELDS}
-        floats = {k: (float(get_n(item, k) or 0.0) if k in item else None) for k in _FLOAT_FIELDS}
+        def i(name: str) -> int | None:
+            return get_i(item, name) if name in item else None
+
+        def f(name: str) -> float | None:
+            return get_n(item, name) if name in item else None
+
         return QuotaRecord(
             tenant=str(get_s(item, "sk")),
+            max_queued=i("max_queued"),
+            max_running=i("max_running"),
+            submit_rate=f("submit_rate"),
+            submit_burst=i("submit_burst"),
+            weight=f("weight"),
             updated_at=float(get_n(item, "updated_at") or 0.0),
-            **ints,  # type: ignore[arg-type]
-            **floats,  # type: ignore[arg-type]
         )
 
     def get_quota(self, tenant: str) -> QuotaRecord | None:
