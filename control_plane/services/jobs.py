@@ -535,6 +535,8 @@ class JobService:
                 view.waiting_reason = self.waiting_reason(job)
             except Exception:
                 log.warning("waiting_reason failed for %s", job.id, exc_info=True)
+        if job.status == "QUEUED" and view.waiting_reason is None:
+            view.waiting_reason = self.quotas.waiting_reason(job.tenant)
         if job.runner_id and self.cold_host is not None:
             try:
                 view.cold_host = self.cold_host(job)

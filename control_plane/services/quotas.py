@@ -258,6 +258,13 @@ class QuotaService:
             return None
         return max(0, limit - self.load(tenant, cached_only=True).running)
 
+    def waiting_reason(self, tenant: str) -> str | None:
+        """Why a QUEUED job of ``tenant`` waits, when a quota holds it (cached values)."""
+        if self.running_room(tenant) != 0:
+            return None
+        limit = self.quota(tenant, cached_only=True).max_running
+        return f"tenant {tenant!r} is at its max_running quota ({limit} jobs running)"
+
     def weight(self, tenant: str) -> float:
         """The tenant's share of a shared model pool, relative to the others (cached)."""
         return max(self.quota(tenant, cached_only=True).weight, 1e-6)

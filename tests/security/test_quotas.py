@@ -164,10 +164,15 @@ async def test_sdk_surfaces_the_quota(
 ) -> None:
     from gpufleet import AsyncClient, errors
 
-    admin = await _setup(client, auth_headers)
-    r = await client.put("/v1/admin/tenants/acme/quotas", headers=admin, json={"max_queued": 1})
-    assert r.status_code == 200
+    await _setup(client, auth_headers)
     transport = httpx.ASGITransport(app=app)
+    async with AsyncClient(
+        "http://cp.test", api_key=api_key("admin", "ops"), transport=transport
+    ) as root:
+        await root.admin.set_quota("acme", max_queued=1)
+        view = await root.admin.set_quota("acme", weight=2)  # keeps max_queued
+        assert (view.max_queued, view.weight) == (1, 2)
+        assert (await root.admin.set_key_max_priority("key_abc", 5)).max_priority == 5
     inputs = {"INPUT0": [[1.0, 2, 3, 4]], "INPUT1": [[1.0, 1, 1, 1]]}
     async with AsyncClient(
         "http://cp.test", api_key=api_key("user", "acme"), max_retries=0, transport=transport
@@ -180,3 +185,5 @@ async def test_sdk_surfaces_the_quota(
             assert "max_queued" in str(exc)
         else:
             raise AssertionError("the second submit was not refused")
+        mine = await fleet.quota()
+        assert (mine.tenant, mine.queued, mine.max_queued) == ("acme", 1, 1)
