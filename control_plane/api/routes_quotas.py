@@ -5,21 +5,32 @@
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from gpufleet.wire import NAME_PATTERN, KeyLimits, KeyLimitsSpec, QuotaList, QuotaSpec, QuotaView
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
 
 from control_plane.api.context import services
-from control_plane.api.http import read_model, send
+from control_plane.api.http import parse_body, send
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import InvalidRequest, Unavailable
 from control_plane.services.quotas import QuotaService
 
+M = TypeVar("M", bound=BaseModel)
 _NAME = re.compile(NAME_PATTERN)
 _KEY_ID = re.compile(r"key_[A-Za-z0-9]{1,64}")
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    """The body as ``model``; a PUT without a body stores nothing (422)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("a JSON object body is required", field="body")
+    return parse_body(raw, model)
 
 
 def _quotas(request: Request) -> QuotaService:
@@ -63,7 +74,7 @@ async def put_quota(request: Request) -> HttpResponse:
     p = principal(request)
     p.require("admin")
     tenant = _tenant(request)
-    spec = await read_model(request, QuotaSpec)
+    spec = await _body(request, QuotaSpec)
     return send(await run_in_threadpool(_quotas(request).put_quota, p, tenant, spec))
 
 
@@ -83,7 +94,7 @@ async def put_key_limits(request: Request) -> HttpResponse:
     p = principal(request)
     p.require("admin")
     key_id = _key_id(request)
-    spec = await read_model(request, KeyLimitsSpec)
+    spec = await _body(request, KeyLimitsSpec)
     return send(await run_in_threadpool(_quotas(request).set_key_limits, p, key_id, spec))
 
 

@@ -149,6 +149,17 @@ async def test_quota_routes_are_admin_only_and_validate(
         r = await client.request(method, path, headers=admin, json=body)
         err = assert_error(r, 422, "invalid_request")
         assert field in str(err["details"]), (path, body, err)
+    for path in ("/v1/admin/tenants/acme/quotas", "/v1/admin/api-keys/key_x/limits"):
+        r = await client.put(path, headers=admin)  # no body: nothing stored
+        assert_error(r, 422, "invalid_request")
+    assert (await client.get("/v1/admin/tenants/acme/quotas", headers=admin)).json()["own"] == {
+        "api_version": "v1",
+        "max_queued": None,
+        "max_running": None,
+        "submit_rate": None,
+        "submit_burst": None,
+        "weight": None,
+    }
     r = await client.put(
         "/v1/admin/tenants/acme/quotas", headers=admin, json={"max_running": 2, "weight": 3}
     )
