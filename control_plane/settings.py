@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     tenant_weight: float = Field(
         default=1.0, gt=0, description="A tenant's share of a shared model pool, relative."
     )
+    queue_read_depth: int = Field(
+        default=100,
+        ge=10,
+        le=100_000,
+        description="Queue entries a replica reads ahead per queue shard for its leases: fair "
+        "leasing sees the tenants within this window (docs/quotas.md).",
+    )
     default_max_priority: int = Field(
         default=100, ge=0, le=100, description="Highest job priority of a key without a limit."
     )

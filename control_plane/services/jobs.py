@@ -212,7 +212,12 @@ class JobService:
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
-        self._heads = QueueHeads(store.queue, self._pool, parallel=not self.offload.inline)
+        self._heads = QueueHeads(
+            store.queue,
+            self._pool,
+            depth=settings.queue_read_depth,
+            parallel=not self.offload.inline,
+        )
         self._reads = SharedReads(store.jobs.get_jobs, self.offload)
         self.wakeups = Wakeups()
         self._ready_cache: dict[

@@ -87,3 +87,15 @@ def test_max_running_holds_the_rest_queued(settings: Any, stores: Any) -> None:
     view = jobs.quotas.get_quota(ROOT, "flood")
     assert (view.running, view.queued, view.max_running) == (2, 7, 2)
     assert other.id
+
+
+def test_read_depth_bounds_what_fair_leasing_sees(settings: Any, stores: Any) -> None:
+    """A flood deeper than the read-ahead hides the other tenant's jobs (the documented
+    limit); a read depth above the flood's depth restores the fair share."""
+    one_shard = settings.model_copy(update={"queue_shards": 1, "queue_read_depth": 50})
+    jobs = _fleet(one_shard, stores)
+    jobs.submit_batch(FLOOD, [job(priority=100, tags={"t": "flood"}) for _ in range(80)])
+    jobs.submit_batch(SMALL, [job(priority=0, tags={"t": "small"}) for _ in range(10)])
+    assert _run(jobs, 10) == {"flood": 10}  # small's jobs sit behind 70 > 50 of flood's
+    deeper = _fleet(one_shard.model_copy(update={"queue_read_depth": 100}), stores)
+    assert _run(deeper, 20) == {"flood": 10, "small": 10}
