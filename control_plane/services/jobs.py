@@ -59,6 +59,7 @@ from gpufleet.wire import (
 from control_plane.clock import iso, new_id, now
 from control_plane.errors import (
     Conflict,
+    Forbidden,
     GpufleetError,
     InvalidRequest,
     NotFound,
@@ -358,7 +359,13 @@ class JobService:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
         p.require("jobs:write")
         self._validate(p, req, {})
-        self.quotas.check_submit(p, [req.priority])
+        try:
+            self.quotas.check_submit(p, [req.priority])
+        except (RateLimited, Forbidden):
+            stored = self._stored_replay(p, idempotency_key, body_hash(req))
+            if stored is None:
+                raise
+            return self.view(stored[0]), False
         self._check_depth(req.model)
         created = now()
         job = new_job(p, req, new_id("job"), created)
@@ -412,7 +419,14 @@ class JobService:
             except InvalidRequest as exc:
                 field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
                 raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
-        self.quotas.check_submit(p, [req.priority for req in reqs])
+        try:
+            self.quotas.check_submit(p, [req.priority for req in reqs])
+        except (RateLimited, Forbidden):
+            digest = hashlib.sha256("\n".join(body_hash(r) for r in reqs).encode()).hexdigest()
+            stored = self._stored_replay(p, idempotency_key, f"batch:{digest}", reqs)
+            if stored is None:
+                raise
+            return [job.id for job in stored]
         per_model: dict[str, int] = defaultdict(int)
         for req in reqs:
             per_model[req.model] += 1
@@ -432,6 +446,31 @@ class JobService:
             self._undo_batch([job for job, _ in batch])
             raise
         return [job.id for job, _ in batch]
+
+    def _stored_replay(
+        self,
+        p: Principal,
+        key: str | None,
+        digest: str,
+        reqs: builtins.list[JobRequest] | None = None,
+    ) -> builtins.list[JobRecord] | None:
+        """The jobs a keyed submit stored before, when a quota now refuses its retry (the
+        answer was lost; the SDK retries with the same key): a replay is answered, never
+        refused; the key with another body is a Conflict, as without quotas. None: no such
+        submit stored whole (the refusal stands). Read only after a refusal (not hot)."""
+        if key is None:
+            return None
+        held = self._store.idempotency.find_key(f"{p.tenant}#{key}", now())
+        if held is None:
+            return None
+        if held.body_hash != digest:
+            raise Conflict("this Idempotency-Key was used with a different request body")
+        if reqs is None:
+            job = self._store.jobs.get_job(held.job_id)
+            return None if job is None else [job]
+        ids = [job.id for job, _ in self._batch_jobs(p, reqs, held.queue_token, held.created_at)]
+        stored = self._store.jobs.get_jobs(ids)
+        return [stored[i] for i in ids] if len(stored) == len(ids) else None
 
     def _batch_jobs(
         self, p: Principal, reqs: builtins.list[JobRequest], seed: str, created: float

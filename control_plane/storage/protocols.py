@@ -469,6 +469,10 @@ class IdempotencyStore(Protocol):
         gets the winner's record."""
         ...
 
+    def find_key(self, key: str, now: float) -> IdempotencyRecord | None:
+        """The live record holding ``key`` (None: unbound or expired); a consistent read."""
+        ...
+
 
 class ModelStore(Protocol):
     """Model ownership and versions. Versions are decimal integer strings and are keyed by

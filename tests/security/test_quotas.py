@@ -32,8 +32,16 @@ async def test_max_queued_answers_429_naming_the_quota(
     assert r.status_code == 200, r.text
     assert r.json()["max_queued"] == 3 and r.json()["own"]["max_queued"] == 3
     user = await auth_headers("user", "acme")
-    for _ in range(3):
+    for _ in range(2):
         assert (await client.post("/v1/jobs", headers=user, json=add_sub_job())).status_code == 202
+    keyed = {**user, "Idempotency-Key": "last-slot"}
+    first = await client.post("/v1/jobs", headers=keyed, json=add_sub_job())
+    assert first.status_code == 202
+    # its retry (a lost answer) is a replay, answered although the tenant is at its quota
+    again = await client.post("/v1/jobs", headers=keyed, json=add_sub_job())
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    r = await client.post("/v1/jobs", headers=keyed, json=add_sub_job(priority=3))
+    assert_error(r, 409, "conflict")  # another body with the key, as without quotas
     r = await client.post("/v1/jobs", headers=user, json=add_sub_job())
     err = assert_error(r, 429, "rate_limited")
     assert err["details"]["quota"] == "max_queued" and err["details"]["limit"] == 3
@@ -41,8 +49,18 @@ async def test_max_queued_answers_429_naming_the_quota(
     # a batch that would cross the limit is refused whole
     r = await client.post("/v1/jobs/batch", headers=user, json={"jobs": [add_sub_job()] * 2})
     assert assert_error(r, 429, "rate_limited")["details"]["quota"] == "max_queued"
-    # another tenant (an admin key of globex: admins may use any model) is not affected
-    other = await auth_headers("admin", "globex")
+    # a keyed batch is replayed the same way (globex: max_queued 2)
+    r = await client.put("/v1/admin/tenants/globex/quotas", headers=admin, json={"max_queued": 2})
+    globex = {**(await auth_headers("admin", "globex")), "Idempotency-Key": "b1"}
+    batch = {"jobs": [add_sub_job(), add_sub_job(priority=1)]}
+    first = await client.post("/v1/jobs/batch", headers=globex, json=batch)
+    again = await client.post("/v1/jobs/batch", headers=globex, json=batch)
+    assert first.status_code == again.status_code == 202, again.text
+    assert first.json()["ids"] == again.json()["ids"]
+    r = await client.post("/v1/jobs/batch", headers={**globex, "Idempotency-Key": "b2"}, json=batch)
+    assert_error(r, 429, "rate_limited")
+    # another tenant (an admin key of initech: admins may use any model) is not affected
+    other = await auth_headers("admin", "initech")
     assert (await client.post("/v1/jobs", headers=other, json=add_sub_job())).status_code == 202
     # the tenant sees its own usage
     r = await client.get("/v1/quotas", headers=user)
