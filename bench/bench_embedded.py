@@ -100,6 +100,7 @@ def sqlite_backend() -> Iterator[tuple[Settings, Stores]]:
         data_dir=data_dir,
         jwt_secret=JWT,  # type: ignore[arg-type]
         max_queue_depth=10**9,
+        tenant_max_queued=0,  # no tenant quota: the queue is the subject
     )
     stores = open_embedded_store(settings, data_dir)
     try:
@@ -135,6 +136,7 @@ def moto_backend() -> Iterator[tuple[Settings, Stores]]:
         bucket=f"be{tag}",
         jwt_secret=JWT,  # type: ignore[arg-type]
         max_queue_depth=10**9,
+        tenant_max_queued=0,  # no tenant quota: the queue is the subject
     )
     try:
         dynamodb, s3 = make_clients(settings)

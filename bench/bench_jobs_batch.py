@@ -18,6 +18,7 @@ Two phases:
 
     .venv/bin/python bench/bench_jobs_batch.py                   # SQLite, 10,000 jobs
     .venv/bin/python bench/bench_jobs_batch.py --store moto -n 2000
+    .venv/bin/python bench/bench_jobs_batch.py -n 2000 --tenants 3   # fair leasing at work
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from bench.bench_queue import (  # noqa: E402
     sqlite_services,
 )
 from control_plane.app import Services  # noqa: E402
-from tests.contract.fleet import job  # noqa: E402
+from tests.contract.fleet import job, principal  # noqa: E402
 
 RUNNER = "run_bench"
 MODELS = [ModelRef(name="add_sub", version="1")]
@@ -136,21 +137,27 @@ class SimRunner:
                 self._freed.set()
 
 
-def submit_all(svc: Services, run: Run, n: int, batch: int, every_s: float = 0.0) -> None:
-    """Submit ``n`` jobs in batches (one every ``every_s`` seconds at most), in this thread."""
+def submit_all(
+    svc: Services, run: Run, n: int, batch: int, every_s: float = 0.0, tenants: int = 1
+) -> None:
+    """Submit ``n`` jobs in batches (one every ``every_s`` seconds at most), in this thread;
+    with ``tenants`` > 1 the batches take turns among that many tenants (admin keys of
+    tenants t0, t1, …, at priorities 100, 99, …: fair leasing interleaves them)."""
+    who = [USER] if tenants <= 1 else [principal(f"t{i}", "admin") for i in range(tenants)]
     start = time.perf_counter()
     for k, first in enumerate(range(0, n, batch)):
         if every_s:
             time.sleep(max(0.0, start + k * every_s - time.perf_counter()))
-        reqs = [job() for _ in range(min(batch, n - first))]
+        tenant = k % len(who)
+        reqs = [job(priority=100 - tenant) for _ in range(min(batch, n - first))]
         t = time.perf_counter()
-        ids = svc.jobs.submit_batch(USER, reqs)
+        ids = svc.jobs.submit_batch(who[tenant], reqs)
         run.submit_s.append(time.perf_counter() - t)
         for job_id in ids:
             run.submitted[job_id] = t
 
 
-async def saturated(svc: Services, n: int, batch: int, slots: int) -> Run:
+async def saturated(svc: Services, n: int, batch: int, slots: int, tenants: int = 1) -> Run:
     run = Run()
     cpu = time.process_time()
     loop, all_done = asyncio.get_running_loop(), asyncio.Event()
@@ -168,7 +175,7 @@ async def saturated(svc: Services, n: int, batch: int, slots: int) -> Run:
         asyncio.create_task(runner.lease_loop(stop)),
         asyncio.create_task(runner.complete_loop(stop)),
     ]
-    await asyncio.to_thread(submit_all, svc, run, n, batch)
+    await asyncio.to_thread(submit_all, svc, run, n, batch, 0.0, tenants)
     await all_done.wait()
     run.cpu_s = time.process_time() - cpu
     stop.set()
@@ -270,13 +277,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="jobs per batch submit")
     ap.add_argument("--slots", type=int, default=100, help="the runner's max_concurrency")
     ap.add_argument("--no-paced", action="store_true", help="skip the paced (latency) phase")
+    ap.add_argument(
+        "--tenants", type=int, default=1, help="tenants taking turns in the saturated phase"
+    )
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     rows = []
     with store_services(args.store) as svc:
-        sat = asyncio.run(saturated(svc, args.n, args.batch, args.slots))
+        sat = asyncio.run(saturated(svc, args.n, args.batch, args.slots, args.tenants))
         assert len(sat.terminal) == args.n and sat.leased == args.n
-        rows.append(report(args.store, "saturated", sat, args.n))
+        phase = "saturated" if args.tenants <= 1 else f"saturated x{args.tenants}"
+        rows.append(report(args.store, phase, sat, args.n))
         rate = args.n / (max(sat.terminal.values()) - min(sat.submitted.values()))
         if not args.no_paced:
             n = max(args.batch, args.n // 5)

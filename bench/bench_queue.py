@@ -187,6 +187,7 @@ def run_case(endpoint: str, finished: int, queued: int, n: int) -> dict[str, tup
         table_prefix=f"bq{tag}",
         bucket=f"bq{tag}",
         max_queue_depth=10**9,
+        tenant_max_queued=0,  # no tenant quota: the queue is the subject
     )
     db, s3 = make_clients(settings)
     create_all(db, s3, settings.table_prefix, settings.bucket, settings.aws_region)
@@ -269,6 +270,7 @@ def sqlite_services(counter: CallCounter | None = None, **overrides: Any) -> Ite
             data_dir=Path(tmp),
             jwt_secret="bench-signing-key-0123456789abcdef0123456789",  # type: ignore[arg-type]
             max_queue_depth=10**9,
+            tenant_max_queued=0,  # no tenant quota: the queue is the subject
             **overrides,
         )
         stores = open_embedded_store(settings)
@@ -295,6 +297,7 @@ def moto_services(
         bucket=f"bc{tag}",
         jwt_secret="bench-signing-key-0123456789abcdef0123456789",  # type: ignore[arg-type]
         max_queue_depth=10**9,
+        tenant_max_queued=0,  # no tenant quota: the queue is the subject
         **overrides,
     )
     stores = dynamo_stores(settings)

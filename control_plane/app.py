@@ -34,6 +34,7 @@ from control_plane.api import (
     routes_models,
     routes_payloads,
     routes_pools,
+    routes_quotas,
     routes_runners,
     routes_streams,
     routes_system,
@@ -216,6 +217,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_pools.ROUTES,
         *routes_streams.ROUTES,
         *routes_direct.ROUTES,
+        *routes_quotas.ROUTES,
         *routes_docs.ROUTES,
     ]
 
@@ -242,6 +244,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The Starlette app of one control-plane process."""
     svc = services if services is not None else build_services(settings)
     metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
+    quotas = getattr(svc.jobs, "quotas", None)
+    if quotas is not None:  # queued/running per tenant
+        metrics.add_tenant_loads(quotas.loads)
     hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))

@@ -104,6 +104,31 @@ class _FleetCollector(Collector):
         yield from (util, mem, total, ok, failed)
 
 
+class _TenantCollector(Collector):
+    """Queued and running jobs per tenant, as the quotas count them (no storage read beyond
+    the quota service's cached counters, re-read at most once a second)."""
+
+    def __init__(self, loads: Callable[[], dict[str, Any]]) -> None:
+        self._loads = loads
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "gpufleet_tenant_jobs",
+            "Jobs queued and running per tenant (the counters tenant quotas are checked against).",
+            labels=["tenant", "status"],
+        )
+        try:
+            for tenant, load in sorted(self._loads().items()):
+                jobs.add_metric([tenant, "queued"], load.queued)
+                jobs.add_metric([tenant, "running"], load.running)
+        except Exception:
+            log.warning("tenant load unavailable for metrics", exc_info=True)
+        yield jobs
+
+
 class Metrics:
     """The metrics of one app."""
 
@@ -171,6 +196,10 @@ class Metrics:
         self._stage_children: dict[tuple[str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_FleetCollector(queue_depths, runners))
+
+    def add_tenant_loads(self, loads: Callable[[], dict[str, Any]]) -> None:
+        """Export ``gpufleet_tenant_jobs`` from ``loads()`` (tenant -> .queued/.running)."""
+        self.registry.register(_TenantCollector(loads))
 
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
         """A dispatcher hook: one synchronous inference answered (or failed)."""

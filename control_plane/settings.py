@@ -135,6 +135,32 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(
         default=100_000, description="Queued jobs per model before submits get 429."
     )
+    # tenant quotas (defaults; an admin sets a tenant's own: docs/quotas.md). 0: no limit.
+    tenant_max_queued: int = Field(
+        default=10_000, ge=0, description="Jobs a tenant may have queued at once (429 over it)."
+    )
+    tenant_max_running: int = Field(
+        default=0, ge=0, description="Jobs a tenant may have running at once (more wait queued)."
+    )
+    tenant_submit_rate: float = Field(
+        default=0.0, ge=0, description="Jobs a tenant may submit per second, per replica (429)."
+    )
+    tenant_submit_burst: int = Field(
+        default=0, ge=0, description="Token bucket size of the submit rate (0: one second's)."
+    )
+    tenant_weight: float = Field(
+        default=1.0, gt=0, description="A tenant's share of a shared model pool, relative."
+    )
+    queue_read_depth: int = Field(
+        default=100,
+        ge=10,
+        le=100_000,
+        description="Queue entries a replica reads ahead per queue shard for its leases: fair "
+        "leasing sees the tenants within this window (docs/quotas.md).",
+    )
+    default_max_priority: int = Field(
+        default=100, ge=0, le=100, description="Highest job priority of a key without a limit."
+    )
     sweep_interval_s: float = Field(
         default=2.0, gt=0, description="Period of the expiry sweep (lease expiry, queue TTL)."
     )

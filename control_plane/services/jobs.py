@@ -59,6 +59,7 @@ from gpufleet.wire import (
 from control_plane.clock import iso, new_id, now
 from control_plane.errors import (
     Conflict,
+    Forbidden,
     GpufleetError,
     InvalidRequest,
     NotFound,
@@ -66,6 +67,7 @@ from control_plane.errors import (
     StaleLease,
     Unavailable,
 )
+from control_plane.services.fair_share import FairShare
 from control_plane.services.job_views import body_hash, job_view, leased_job, new_job
 from control_plane.services.models import ModelService
 from control_plane.services.offload import Offload
@@ -74,6 +76,7 @@ from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
+from control_plane.services.quotas import QuotaService
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
@@ -88,6 +91,7 @@ from control_plane.storage.protocols import (
     ModelVersionRecord,
     QueueEntry,
 )
+from control_plane.storage.protocols_limits import LimitsStore
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +186,7 @@ class JobService:
         models: ModelService,
         blobs: BlobStore,
         offload: Offload | None = None,
+        limits: LimitsStore | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -208,13 +213,22 @@ class JobService:
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
-        self._heads = QueueHeads(store.queue, self._pool, parallel=not self.offload.inline)
+        self._heads = QueueHeads(
+            store.queue,
+            self._pool,
+            depth=settings.queue_read_depth,
+            parallel=not self.offload.inline,
+        )
         self._reads = SharedReads(store.jobs.get_jobs, self.offload)
         self.wakeups = Wakeups()
         self._ready_cache: dict[
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
         ] = {}
         self._depth_cache: dict[str, tuple[float, int]] = {}
+        # Tenant quotas (submit checks, load counters) and fair leasing across tenants.
+        self.quotas = QuotaService(settings, limits)
+        self.on_record_transition.append(self.quotas.job_transition)
+        self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -345,6 +359,13 @@ class JobService:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
         p.require("jobs:write")
         self._validate(p, req, {})
+        try:
+            self.quotas.check_submit(p, [req.priority])
+        except (RateLimited, Forbidden):
+            stored = self._stored_replay(p, idempotency_key, body_hash(req))
+            if stored is None:
+                raise
+            return self.view(stored[0]), False
         self._check_depth(req.model)
         created = now()
         job = new_job(p, req, new_id("job"), created)
@@ -398,6 +419,14 @@ class JobService:
             except InvalidRequest as exc:
                 field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
                 raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
+        try:
+            self.quotas.check_submit(p, [req.priority for req in reqs])
+        except (RateLimited, Forbidden):
+            digest = hashlib.sha256("\n".join(body_hash(r) for r in reqs).encode()).hexdigest()
+            stored = self._stored_replay(p, idempotency_key, f"batch:{digest}", reqs)
+            if stored is None:
+                raise
+            return [job.id for job in stored]
         per_model: dict[str, int] = defaultdict(int)
         for req in reqs:
             per_model[req.model] += 1
@@ -417,6 +446,31 @@ class JobService:
             self._undo_batch([job for job, _ in batch])
             raise
         return [job.id for job, _ in batch]
+
+    def _stored_replay(
+        self,
+        p: Principal,
+        key: str | None,
+        digest: str,
+        reqs: builtins.list[JobRequest] | None = None,
+    ) -> builtins.list[JobRecord] | None:
+        """The jobs a keyed submit stored before, when a quota now refuses its retry (the
+        answer was lost; the SDK retries with the same key): a replay is answered, never
+        refused; the key with another body is a Conflict, as without quotas. None: no such
+        submit stored whole (the refusal stands). Read only after a refusal (not hot)."""
+        if key is None:
+            return None
+        held = self._store.idempotency.find_key(f"{p.tenant}#{key}", now())
+        if held is None:
+            return None
+        if held.body_hash != digest:
+            raise Conflict("this Idempotency-Key was used with a different request body")
+        if reqs is None:
+            job = self._store.jobs.get_job(held.job_id)
+            return None if job is None else [job]
+        ids = [job.id for job, _ in self._batch_jobs(p, reqs, held.queue_token, held.created_at)]
+        stored = self._store.jobs.get_jobs(ids)
+        return [stored[i] for i in ids] if len(stored) == len(ids) else None
 
     def _batch_jobs(
         self, p: Principal, reqs: builtins.list[JobRequest], seed: str, created: float
@@ -525,6 +579,8 @@ class JobService:
                 view.waiting_reason = self.waiting_reason(job)
             except Exception:
                 log.warning("waiting_reason failed for %s", job.id, exc_info=True)
+        if job.status == "QUEUED" and view.waiting_reason is None:
+            view.waiting_reason = self.quotas.waiting_reason(job.tenant)
         if job.runner_id and self.cold_host is not None:
             try:
                 view.cold_host = self.cold_host(job)
@@ -650,7 +706,8 @@ class JobService:
                 not e.region or e.region == region
             )
 
-        return self._heads.take(shards, fits, want)
+        pool = frozenset(offers)
+        return self._heads.take(shards, fits, want, lambda es, n: self._fair.pick(pool, es, n))
 
     def _lease_once(
         self, runner_id: str, region: str | None, req: LeaseRequest
@@ -661,6 +718,7 @@ class JobService:
         if not offers:
             return []
         leased: builtins.list[LeasedJob] = []
+        self.quotas.before_lease()  # what fair leasing reads under the read-ahead's lock
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
             pending = self._candidates(offers, region, want)
@@ -813,8 +871,14 @@ class JobService:
 
     # ------------------------------------------------------------------ housekeeping
     def sweep(self) -> dict[str, int]:
-        """Requeue or fail expired leases, time out jobs queued past their TTL."""
-        return self._sweeper.sweep()
+        """Requeue or fail expired leases, time out jobs queued past their TTL; store this
+        replica's tenant load counts."""
+        swept = self._sweeper.sweep()
+        try:
+            self.quotas.refresh_loads()
+        except Exception:
+            log.warning("could not store the tenant load counts (retried)", exc_info=True)
+        return swept
 
     def queue_depths(self) -> dict[str, int]:
         """model -> queued jobs (for /metrics)."""
@@ -883,4 +947,5 @@ def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, Mode
     deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
     models = ModelService(settings, stores.models, stores.blobs, deployments=deployments)
     offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
-    return JobService(settings, stores.jobs, models, stores.blobs, offload), models
+    limits = getattr(stores, "limits", None)
+    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits), models

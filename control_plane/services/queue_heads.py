@@ -105,10 +105,15 @@ class QueueHeads:
             self._install(shard, done, entries, depth)
 
     def take(
-        self, shards: list[str], fits: Callable[[QueueEntry], bool], want: int
+        self,
+        shards: list[str],
+        fits: Callable[[QueueEntry], bool],
+        want: int,
+        choose: Callable[[list[QueueEntry], int], list[QueueEntry]] | None = None,
     ) -> list[QueueEntry]:
-        """Up to ``want`` fitting entries of ``shards`` in claim order (their opaque ``sk``s
-        compare in claim order across a model's shards), removed from the cache."""
+        """Up to ``want`` fitting entries of ``shards``, removed from the cache: the first in
+        claim order (their opaque ``sk``s compare in claim order across a model's shards), or
+        those ``choose(fitting entries in claim order, want)`` picks (fair leasing)."""
         t = time.monotonic()
         depth = max(self._depth, want * 2)
         with self._lock:
@@ -136,10 +141,11 @@ class QueueHeads:
                 if current is not None and current.entries:
                     continue  # a background refresh installed newer entries meanwhile
                 self._install(sh, done, entries, depth)
-            found = sorted(
+            ordered = sorted(
                 (e for sh in shards for e in self._heads[sh].entries if fits(e)),
                 key=lambda e: e.sk,
-            )[:want]
+            )
+            found = ordered[:want] if choose is None else choose(ordered, want)
             for e in found:
                 self._heads[e.shard].entries.remove(e)
                 self._taken[(e.sk, e.token)] = t

@@ -94,6 +94,7 @@ class QueueOps:
             ttl_deadline=job.ttl_deadline,
             token=token,
             timeout_s=job.timeout_s,
+            tenant=job.tenant,
         )
 
     def ttl_marker(self, job: JobRecord) -> Marker:

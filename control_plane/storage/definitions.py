@@ -25,7 +25,8 @@ Layout (every state change is a conditional write on these):
 - ``rollups``     PK ``series``, SK ``minute``: the console's per-minute counters and gauges
                   (jobs by status, queue depth and wait, GPU readings), TTL a week.
 - ``capacity``    PK ``pk``, SK ``sk``: pools, the fleet's capacity decision, the decision
-                  log per pool (TTL) (storage/dynamo_capacity.py).
+                  log per pool (TTL) (storage/dynamo_capacity.py); tenant quotas, API-key
+                  priority limits and per-tenant load counters (storage/dynamo_limits.py).
 - ``streams``     PK ``job_id``, SK ``sk`` = ``<attempt>#<seq>``: streamed partial outputs of
                   durable jobs (TTL) (storage/dynamo_streams.py).
 """

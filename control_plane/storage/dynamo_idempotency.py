@@ -52,12 +52,26 @@ class DynamoIdempotencyStore:
             ).get("Item")
         if not got:  # expired and removed between the two calls: try once more
             return self.claim_key(rec, now)
-        return IdempotencyRecord(
-            key=rec.key,
-            body_hash=str(get_s(got, "body_hash")),
-            job_id=str(get_s(got, "job_id")),
-            created_at=float(get_n(got, "created_at") or 0.0),
-            shard=get_i(got, "shard"),
-            queue_token=str(get_s(got, "queue_token")),
-            expires_at=float(get_n(got, "expires_at") or 0.0),
-        )
+        return _record(rec.key, got)
+
+    def find_key(self, key: str, now: float) -> IdempotencyRecord | None:
+        """The live record holding ``key`` (None: unbound or expired)."""
+        with translate_errors("read idempotency key"):
+            got = self._db.get_item(
+                TableName=self._table, Key={"key": s(key)}, ConsistentRead=True
+            ).get("Item")
+        if not got or float(get_n(got, "expires_at") or 0.0) < now:
+            return None
+        return _record(key, got)
+
+
+def _record(key: str, got: dict[str, Any]) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        key=key,
+        body_hash=str(get_s(got, "body_hash")),
+        job_id=str(get_s(got, "job_id")),
+        created_at=float(get_n(got, "created_at") or 0.0),
+        shard=get_i(got, "shard"),
+        queue_token=str(get_s(got, "queue_token")),
+        expires_at=float(get_n(got, "expires_at") or 0.0),
+    )

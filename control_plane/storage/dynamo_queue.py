@@ -1,7 +1,7 @@
 """DynamoDB adapter of the ``queue`` and ``leases`` tables and the per-model depth counters.
 
 - ``queue``  (``shard`` = ``<model>#<n>``, ``sk``): only claimable jobs; attrs job_id, version,
-  region, ttl_deadline, token. A lease reads the heads of a model's shards and nothing else.
+  region, ttl_deadline, token, tenant. A lease reads the heads of a model's shards and nothing else.
 - ``leases`` (``shard`` = ``lease#<n>`` | ``ttl#<n>``, ``sk`` = ``<instant_ms>#<job_id>``):
   lease-expiry and queue-TTL markers; the sweep reads only the due ones.
   (Key formats: ``queue_keys.py``; services get them as ``keys`` and never parse them.)
@@ -64,6 +64,7 @@ class DynamoQueueStore:
             "ttl_deadline": n(entry.ttl_deadline),
             "token": s(entry.token),
             "timeout_s": n(entry.timeout_s),
+            "tenant": s(entry.tenant),
         }
         with translate_errors("enqueue"):
             try:
@@ -92,6 +93,7 @@ class DynamoQueueStore:
                 "ttl_deadline": n(e.ttl_deadline),
                 "token": s(e.token),
                 "timeout_s": n(e.timeout_s),
+                "tenant": s(e.tenant),
             }
             for e in entries
         ]
@@ -120,6 +122,7 @@ class DynamoQueueStore:
                 float(get_n(it, "ttl_deadline") or 0.0),
                 get_s(it, "token") or "",
                 get_i(it, "timeout_s"),
+                get_s(it, "tenant") or "",
             )
             for it in page.get("Items", [])
         ]

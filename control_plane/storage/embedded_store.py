@@ -86,6 +86,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
     from control_plane.storage.sqlite.jobs import SqliteJobTable
     from control_plane.storage.sqlite.keys import SqliteSigningKeyStore
+    from control_plane.storage.sqlite.limits import SqliteLimitsStore
     from control_plane.storage.sqlite.models import SqliteModelStore
     from control_plane.storage.sqlite.queue import SqliteQueueStore
     from control_plane.storage.sqlite.rollups import SqliteRollupStore
@@ -150,5 +151,6 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
         capacity=SqliteCapacityStore(db),
         streams=SqliteStreamStore(db),
         signing_keys=SqliteSigningKeyStore(db),
+        limits=SqliteLimitsStore(db),
         extra={"database": db, "data_dir": root},
     )

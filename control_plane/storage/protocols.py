@@ -107,6 +107,7 @@ class QueueEntry:
     shard_number: int = 0
     priority: int = 0
     created_at: float = 0.0
+    tenant: str = ""  # who submitted the job (fair leasing); "": written before tenants
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,7 @@ class QueueKeys(Protocol):
         ttl_deadline: float,
         token: str,
         timeout_s: int,
+        tenant: str = "",
     ) -> QueueEntry:
         """The queue entry of a job in queue shard ``shard_number`` of ``model``; its ``sk``
         orders it by ``priority`` (0..100, higher first), then ``created_at`` (ms), then
@@ -469,6 +471,10 @@ class IdempotencyStore(Protocol):
         (``expires_at < now``): None when bound now; else the live record holding the key,
         unchanged. Of concurrent claims of one key exactly one gets None and every other
         gets the winner's record."""
+        ...
+
+    def find_key(self, key: str, now: float) -> IdempotencyRecord | None:
+        """The live record holding ``key`` (None: unbound or expired); a consistent read."""
         ...
 
 

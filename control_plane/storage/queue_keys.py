@@ -50,6 +50,7 @@ def read_entry(
     ttl_deadline: float,
     token: str,
     timeout_s: int,
+    tenant: str = "",
 ) -> QueueEntry:
     """A stored entry with its typed fields parsed back from its keys."""
     model, _, n = shard.rpartition("#")
@@ -67,6 +68,7 @@ def read_entry(
         shard_number=int(n),
         priority=999 - int(priority),
         created_at=int(created_ms) / 1000,
+        tenant=tenant,
     )
 
 
@@ -92,6 +94,7 @@ class QueueKeyFormat:
         ttl_deadline: float,
         token: str,
         timeout_s: int,
+        tenant: str = "",
     ) -> QueueEntry:
         return read_entry(
             queue_shard(model, shard_number),
@@ -102,6 +105,7 @@ class QueueKeyFormat:
             ttl_deadline,
             token,
             timeout_s,
+            tenant,
         )
 
     def lease_shard(self, n: int) -> str:

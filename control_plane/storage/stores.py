@@ -29,6 +29,7 @@ from control_plane.storage.protocols import (
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
 from control_plane.storage.protocols_capacity import CapacityStore
 from control_plane.storage.protocols_keys import SigningKeyStore
+from control_plane.storage.protocols_limits import LimitsStore
 from control_plane.storage.protocols_rollups import RollupStore
 from control_plane.storage.protocols_streams import StreamStore
 
@@ -57,6 +58,7 @@ class Stores:
     streams: StreamStore | None = None  # streamed partial outputs (services/streams.py)
     # asymmetric signing keys (services/signing_keys.py; None: kept in memory, one replica)
     signing_keys: SigningKeyStore | None = None
+    limits: LimitsStore | None = None  # tenant quotas, key priorities, tenant load counters
     extra: dict[str, Any] = field(default_factory=dict)
 
     def set_public_url(self, url: str) -> None:
@@ -74,6 +76,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
     from control_plane.storage.dynamo_jobs import DynamoJobStore
     from control_plane.storage.dynamo_keys import DynamoSigningKeyStore
+    from control_plane.storage.dynamo_limits import DynamoLimitsStore
     from control_plane.storage.dynamo_models import DynamoModelStore
     from control_plane.storage.dynamo_queue import DynamoQueueStore
     from control_plane.storage.dynamo_rollups import DynamoRollupStore
@@ -106,6 +109,7 @@ def dynamo_stores(settings: Settings) -> Stores:
         capacity=DynamoCapacityStore(db, t("capacity")),
         streams=DynamoStreamStore(db, t("streams"), t("jobs")),
         signing_keys=DynamoSigningKeyStore(db, t("auth")),
+        limits=DynamoLimitsStore(db, t("capacity")),
         extra={"dynamodb": db, "s3": s3},
     )
 

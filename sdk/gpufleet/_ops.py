@@ -43,6 +43,8 @@ from gpufleet.wire import (
     JoinTokenCreate,
     JoinTokenCreated,
     JoinTokenList,
+    KeyLimits,
+    KeyLimitsSpec,
     ModelView,
     OutputRequest,
     PayloadUpload,
@@ -50,6 +52,9 @@ from gpufleet.wire import (
     PoolList,
     PoolSpec,
     PoolView,
+    QuotaList,
+    QuotaSpec,
+    QuotaView,
     RunnerConfigPatch,
     RunnerList,
     RunnerView,
@@ -478,6 +483,39 @@ def list_pools(core: Core) -> Op[PoolList]:
 def delete_pool(core: Core, name: str) -> Op[dict[str, Any]]:
     resp = yield from core.request("DELETE", f"/v1/pools/{seg(name)}")
     return dict(resp.json())
+
+
+def my_quota(core: Core) -> Op[QuotaView]:
+    resp = yield from core.request("GET", "/v1/quotas")
+    return QuotaView.model_validate(resp.json())
+
+
+def get_quota(core: Core, tenant: str) -> Op[QuotaView]:
+    resp = yield from core.request("GET", f"/v1/admin/tenants/{seg(tenant)}/quotas")
+    return QuotaView.model_validate(resp.json())
+
+
+def put_quota(core: Core, tenant: str, spec: QuotaSpec) -> Op[QuotaView]:
+    resp = yield from core.request(
+        "PUT", f"/v1/admin/tenants/{seg(tenant)}/quotas", json=_dump(spec)
+    )
+    return QuotaView.model_validate(resp.json())
+
+
+def delete_quota(core: Core, tenant: str) -> Op[QuotaView]:
+    resp = yield from core.request("DELETE", f"/v1/admin/tenants/{seg(tenant)}/quotas")
+    return QuotaView.model_validate(resp.json())
+
+
+def list_quotas(core: Core) -> Op[QuotaList]:
+    resp = yield from core.request("GET", "/v1/admin/quotas")
+    return QuotaList.model_validate(resp.json())
+
+
+def set_key_limits(core: Core, key_id: str, max_priority: int | None) -> Op[KeyLimits]:
+    body = KeyLimitsSpec(max_priority=max_priority).model_dump(mode="json")
+    resp = yield from core.request("PUT", f"/v1/admin/api-keys/{seg(key_id)}/limits", json=body)
+    return KeyLimits.model_validate(resp.json())
 
 
 def list_join_tokens(core: Core) -> Op[JoinTokenList]:

@@ -39,10 +39,14 @@ from gpufleet.wire import (
     JobView,
     JoinTokenCreated,
     JoinTokenView,
+    KeyLimits,
     ModelVersionView,
     ModelView,
     PoolSpec,
     PoolView,
+    QuotaList,
+    QuotaSpec,
+    QuotaView,
     RunnerConfigPatch,
     RunnerView,
 )
@@ -243,6 +247,10 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> JobView:
         """Cancel a job (``ConflictError`` when it has already finished)."""
         return await self._run(_ops.cancel(self._core, job_id))
+
+    async def quota(self) -> QuotaView:
+        """Your tenant's quotas and its queued and running jobs (docs/quotas.md)."""
+        return await self._run(_ops.my_quota(self._core))
 
     async def list(
         self,
@@ -544,6 +552,29 @@ class AsyncAdmin:
     async def delete_pool(self, name: str) -> dict[str, Any]:
         """Delete a pool that has no hosts left."""
         return await self._c._run(_ops.delete_pool(self._c._core, name))
+
+    async def get_quota(self, tenant: str) -> QuotaView:
+        """A tenant's effective quotas (``.own``: what was set for it) and usage."""
+        return await self._c._run(_ops.get_quota(self._c._core, tenant))
+
+    async def set_quota(self, tenant: str, **fields: Any) -> QuotaView:
+        """Set some of a tenant's quotas (``max_queued``, ``max_running``, ``submit_rate``,
+        ``submit_burst``, ``weight``; None: the default); the others keep their own value."""
+        own = (await self.get_quota(tenant)).own or QuotaSpec()
+        spec = QuotaSpec.model_validate({**own.model_dump(exclude={"api_version"}), **fields})
+        return await self._c._run(_ops.put_quota(self._c._core, tenant, spec))
+
+    async def reset_quota(self, tenant: str) -> QuotaView:
+        """Put a tenant back on the default quotas."""
+        return await self._c._run(_ops.delete_quota(self._c._core, tenant))
+
+    async def list_quotas(self) -> QuotaList:
+        """The default quotas and every tenant with its own quotas or jobs."""
+        return await self._c._run(_ops.list_quotas(self._c._core))
+
+    async def set_key_max_priority(self, key_id: str, max_priority: int | None) -> KeyLimits:
+        """The highest priority an API key may submit at (None: the default, 100)."""
+        return await self._c._run(_ops.set_key_limits(self._c._core, key_id, max_priority))
 
 
 class AsyncWebhooks:

@@ -43,12 +43,14 @@ runners_app = typer.Typer(help="Runners (GPU hosts).", no_args_is_help=True)
 admin_app = typer.Typer(help="Administration (admin role).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 pools_app = typer.Typer(help="Capacity pools (docs/capacity.md).", no_args_is_help=True)
+quotas_app = typer.Typer(help="Tenant quotas (docs/quotas.md).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(runners_app, name="runners")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
 admin_app.add_typer(pools_app, name="pools")
+admin_app.add_typer(quotas_app, name="quotas")
 join_tokens_app = typer.Typer(help="Runner join tokens.", no_args_is_help=True)
 admin_app.add_typer(join_tokens_app, name="join-tokens")
 webhooks_app = typer.Typer(help="The tenant's webhook signing secret.", no_args_is_help=True)
@@ -715,6 +717,75 @@ def pools_delete(ctx: typer.Context, name: str) -> None:
     """Delete a pool that has no hosts left."""
     state: State = ctx.obj
     state.output.record(state.client().admin.delete_pool(name))
+
+
+@quotas_app.command("set")
+@handled
+def quotas_set(
+    ctx: typer.Context,
+    tenant: str,
+    max_queued: Annotated[int | None, typer.Option(help="Jobs queued at once (0: none).")] = None,
+    max_running: Annotated[
+        int | None, typer.Option(help="Jobs running at once (0: no limit).")
+    ] = None,
+    submit_rate: Annotated[
+        float | None, typer.Option(help="Jobs per second, per replica (0: no limit).")
+    ] = None,
+    submit_burst: Annotated[int | None, typer.Option(help="Token bucket size.")] = None,
+    weight: Annotated[float | None, typer.Option(help="Share of a shared model pool.")] = None,
+) -> None:
+    """Set some of a tenant's quotas; the others keep their value."""
+    state: State = ctx.obj
+    given = {
+        "max_queued": max_queued,
+        "max_running": max_running,
+        "submit_rate": submit_rate,
+        "submit_burst": submit_burst,
+        "weight": weight,
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    if not fields:
+        raise typer.BadParameter("give at least one quota to set", param_hint="--max-queued…")
+    state.output.record(state.client().admin.set_quota(tenant, **fields))
+
+
+@quotas_app.command("get")
+@handled
+def quotas_get(ctx: typer.Context, tenant: str) -> None:
+    """A tenant's effective quotas and its queued and running jobs."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.get_quota(tenant))
+
+
+@quotas_app.command("reset")
+@handled
+def quotas_reset(ctx: typer.Context, tenant: str) -> None:
+    """Put a tenant back on the default quotas."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.reset_quota(tenant))
+
+
+@quotas_app.command("list")
+@handled
+def quotas_list(ctx: typer.Context) -> None:
+    """Every tenant with its own quotas or with jobs."""
+    state: State = ctx.obj
+    columns = ["tenant", "max_queued", "max_running", "submit_rate", "weight", "queued", "running"]
+    state.output.rows(state.client().admin.list_quotas().tenants, columns, key="tenants")
+
+
+@keys_app.command("max-priority")
+@handled
+def keys_max_priority(
+    ctx: typer.Context,
+    key_id: str,
+    priority: Annotated[
+        int | None, typer.Argument(help="0-100; leave out to go back to the default.")
+    ] = None,
+) -> None:
+    """Set the highest job priority an API key may submit at."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.set_key_max_priority(key_id, priority))
 
 
 def hoist_output(args: list[str]) -> list[str]:

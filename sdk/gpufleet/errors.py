@@ -174,13 +174,25 @@ class PayloadTooLargeError(APIError):
 
 
 class RateLimitedError(APIError):
-    """429 ``rate_limited``; ``.retry_after`` is the server's ``Retry-After`` in seconds."""
+    """429 ``rate_limited``; ``.retry_after`` is the server's ``Retry-After`` in seconds;
+    ``.quota`` names the tenant quota hit (``max_queued``, ``submit_rate``), None when the
+    refusal was not a quota (a full model queue, busy runners)."""
 
     code = "rate_limited"
 
     @property
     def retry_after(self) -> float | None:
         return retry_after_seconds(self.response)
+
+    @property
+    def quota(self) -> str | None:
+        details = self.details if isinstance(self.details, dict) else {}
+        quota = details.get("quota")
+        return quota if isinstance(quota, str) else None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (quota {self.quota})" if self.quota and self.quota not in text else text
 
 
 class UnavailableError(APIError):

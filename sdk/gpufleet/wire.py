@@ -840,3 +840,58 @@ class SigningKeyList(Response):
     """``GET /v1/admin/signing-keys``: keys that still verify, the current one first."""
 
     keys: list[SigningKeyView]
+
+
+# ---------------------------------------------------------------------- quotas (admin)
+class QuotaSpec(Strict):
+    """``PUT /v1/admin/tenants/{tenant}/quotas``: a tenant's own quotas; a field left out
+    (or null) takes the control plane's default. 0 means no limit."""
+
+    api_version: Literal["v1"] = API_VERSION
+    max_queued: int | None = Field(default=None, ge=0, description="Jobs queued at once.")
+    max_running: int | None = Field(default=None, ge=0, description="Jobs running at once.")
+    submit_rate: float | None = Field(
+        default=None, ge=0, le=1e6, description="Jobs submitted per second (per replica)."
+    )
+    submit_burst: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Token bucket size of submit_rate."
+    )
+    weight: float | None = Field(
+        default=None, gt=0, le=1000, description="Share of a shared model pool vs other tenants."
+    )
+
+
+class QuotaView(Response):
+    """A tenant's effective quotas (``own``: what was set for it), and its queued and running
+    jobs as counted."""
+
+    tenant: str
+    max_queued: int
+    max_running: int
+    submit_rate: float
+    submit_burst: int
+    weight: float
+    queued: int
+    running: int
+    own: QuotaSpec | None = None
+    updated_at: str | None = None
+
+
+class QuotaList(Response):
+    """``GET /v1/admin/quotas``: the defaults, and every tenant with quotas or jobs."""
+
+    defaults: QuotaSpec
+    tenants: list[QuotaView] = Field(default_factory=list)
+
+
+class KeyLimitsSpec(Strict):
+    """``PUT /v1/admin/api-keys/{id}/limits``: the highest priority the key may submit at
+    (null: back to the default)."""
+
+    api_version: Literal["v1"] = API_VERSION
+    max_priority: int | None = Field(default=None, ge=0, le=100)
+
+
+class KeyLimits(Response):
+    key_id: str
+    max_priority: int

@@ -593,6 +593,15 @@ def test_idempotency_key_binds_once(idempotency: IdempotencyStore) -> None:
     assert idempotency.claim_key(other, now=160.0) is None  # keys are independent
 
 
+def test_idempotency_find_key_reads_live_records_only(idempotency: IdempotencyStore) -> None:
+    assert idempotency.find_key("acme#k", now=10.0) is None
+    rec = IdempotencyRecord("acme#k", "h1", "job_1", 1.0, 2, "q", expires_at=100.0)
+    assert idempotency.claim_key(rec, now=50.0) is None
+    assert idempotency.find_key("acme#k", now=100.0) == rec  # expires_at == now: still live
+    assert idempotency.find_key("acme#k", now=100.5) is None
+    assert idempotency.find_key("globex#k", now=50.0) is None
+
+
 # ---------------------------------------------------------------------------------- races
 def test_claim_race_has_one_winner(jobs: JobTable) -> None:
     jobs.create_job(record())

@@ -70,6 +70,14 @@ class SqliteIdempotencyStore:
             held = conn.execute(_GET, (rec.key,)).fetchone()
         return IdempotencyRecord(*held)
 
+    def find_key(self, key: str, now: float) -> IdempotencyRecord | None:
+        """The live record holding ``key`` (None: unbound or expired)."""
+        with translate("read idempotency key"):
+            held = self._db.read().execute(_GET, (key,)).fetchone()
+        if held is None or held[6] < now:
+            return None
+        return IdempotencyRecord(*held)
+
     def ping(self) -> None:
         """Raises Unavailable when the table cannot be read."""
         with translate("ping idempotency"):

@@ -47,12 +47,13 @@ DDL: list[str] = [
     ) WITHOUT ROWID""",
 ]
 
-_ENTRY_COLUMNS = "shard, sk, job_id, version, region, ttl_deadline, token, timeout_s"
-_ENTRY_VALUES = f"({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_ENTRY_COLUMNS = "shard, sk, job_id, version, region, ttl_deadline, token, timeout_s, tenant"
+_ENTRY_VALUES = f"({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ENQUEUE = (
     "INSERT INTO queue_entries " + _ENTRY_VALUES + " ON CONFLICT (shard, sk) DO UPDATE SET"
     " job_id = excluded.job_id, version = excluded.version, region = excluded.region,"
-    " ttl_deadline = excluded.ttl_deadline, timeout_s = excluded.timeout_s"
+    " ttl_deadline = excluded.ttl_deadline, timeout_s = excluded.timeout_s,"
+    " tenant = excluded.tenant"
     " WHERE queue_entries.token = excluded.token"
 )
 _PUT_ENTRY = "INSERT OR REPLACE INTO queue_entries " + _ENTRY_VALUES
@@ -75,8 +76,18 @@ _DEPTH = "SELECT COALESCE(SUM(depth), 0) FROM queue_depth WHERE model = ?"
 _ALL_DEPTHS = "SELECT model, SUM(depth) FROM queue_depth GROUP BY model ORDER BY model"
 
 
-def _entry_row(e: QueueEntry) -> tuple[str, str, str, str, str, float, str, int]:
-    return (e.shard, e.sk, e.job_id, e.version, e.region, e.ttl_deadline, e.token, e.timeout_s)
+def _entry_row(e: QueueEntry) -> tuple[str, str, str, str, str, float, str, int, str]:
+    return (
+        e.shard,
+        e.sk,
+        e.job_id,
+        e.version,
+        e.region,
+        e.ttl_deadline,
+        e.token,
+        e.timeout_s,
+        e.tenant,
+    )
 
 
 class SqliteQueueStore:

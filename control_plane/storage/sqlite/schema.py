@@ -15,6 +15,7 @@ from control_plane.storage.sqlite import (
     idempotency,
     jobs,
     keys,
+    limits,
     models,
     queue,
     rollups,
@@ -39,6 +40,8 @@ MIGRATIONS: dict[int, list[str]] = {
     4: [*jobs.DDL_4],  # jobs.commits: how many times a running attempt was finished
     5: [*streams.DDL],  # streamed partial outputs of durable jobs
     6: [*keys.DDL],  # asymmetric signing keys (services/signing_keys.py)
+    # tenant quotas and fair leasing: limits and load counters, the tenant of queue entries
+    7: [*limits.DDL, "ALTER TABLE queue_entries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -1,0 +1,149 @@
+"""DynamoDB adapter of the limits store (``protocols_limits.py``): items in the ``capacity``
+table (PK ``pk``, SK ``sk``), each kind in one partition, so every listing is one Query
+(a fleet has tens of tenants, not millions):
+
+- ``pk = "quota"``,    ``sk = <tenant>``: a tenant's own quotas (absent attribute: default)
+- ``pk = "keylimit"``, ``sk = <key id>``: ``max_priority`` of an API key
+- ``pk = "load"``,     ``sk = <tenant>``: ``queued`` / ``running`` counters, ``ADD`` by every
+  replica (each replica adds its counted transitions in batches, a few writes a second, so
+  one item per tenant is no hot key)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from control_plane.storage.aws import translate_errors
+from control_plane.storage.dynamo_items import (
+    conditional_failed,
+    get_i,
+    get_n,
+    get_s,
+    n,
+    paginate,
+    s,
+)
+from control_plane.storage.protocols_limits import QuotaRecord, TenantLoad
+
+QUOTA_PK, KEY_PK, LOAD_PK = "quota", "keylimit", "load"
+_INT_FIELDS = ("max_queued", "max_running", "submit_burst")
+_FLOAT_FIELDS = ("submit_rate", "weight")
+
+
+class DynamoLimitsStore:
+    """``LimitsStore`` on DynamoDB (see the module docstring for the keys)."""
+
+    def __init__(self, db: Any, table: str) -> None:
+        self._db = db
+        self._table = table
+
+    def _query(self, pk: str, what: str) -> list[dict[str, Any]]:
+        with translate_errors(what):
+            return list(
+                paginate(
+                    self._db,
+                    "query",
+                    TableName=self._table,
+                    KeyConditionExpression="pk = :p",
+                    ExpressionAttributeValues={":p": s(pk)},
+                    ConsistentRead=True,
+                )
+            )
+
+    # ------------------------------------------------------------------ quotas
+    def put_quota(self, rec: QuotaRecord) -> None:
+        item: dict[str, Any] = {
+            "pk": s(QUOTA_PK),
+            "sk": s(rec.tenant),
+            "updated_at": n(rec.updated_at),
+        }
+        for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
+            value = getattr(rec, name)
+            if value is not None:
+                item[name] = n(value)
+        with translate_errors("put quota"):
+            self._db.put_item(TableName=self._table, Item=item)
+
+    @staticmethod
+    def _quota(item: dict[str, Any]) -> QuotaRecord:
+        def i(name: str) -> int | None:
+            return get_i(item, name) if name in item else None
+
+        def f(name: str) -> float | None:
+            return get_n(item, name) if name in item else None
+
+        return QuotaRecord(
+            tenant=str(get_s(item, "sk")),
+            max_queued=i("max_queued"),
+            max_running=i("max_running"),
+            submit_rate=f("submit_rate"),
+            submit_burst=i("submit_burst"),
+            weight=f("weight"),
+            updated_at=float(get_n(item, "updated_at") or 0.0),
+        )
+
+    def get_quota(self, tenant: str) -> QuotaRecord | None:
+        with translate_errors("get quota"):
+            out = self._db.get_item(
+                TableName=self._table,
+                Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
+                ConsistentRead=True,
+            )
+        item = out.get("Item")
+        return None if item is None else self._quota(item)
+
+    def delete_quota(self, tenant: str) -> bool:
+        with translate_errors("delete quota"):
+            try:
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
+                    ConditionExpression="attribute_exists(pk)",
+                )
+            except ClientError as exc:
+                if conditional_failed(exc):
+                    return False
+                raise
+        return True
+
+    def list_quotas(self) -> list[QuotaRecord]:
+        items = self._query(QUOTA_PK, "list quotas")
+        return sorted((self._quota(it) for it in items), key=lambda q: q.tenant)
+
+    # ------------------------------------------------------------------ key limits
+    def put_key_priority(self, key_id: str, max_priority: int | None) -> None:
+        key = {"pk": s(KEY_PK), "sk": s(key_id)}
+        with translate_errors("put key limit"):
+            if max_priority is None:
+                self._db.delete_item(TableName=self._table, Key=key)
+            else:
+                self._db.put_item(
+                    TableName=self._table, Item={**key, "max_priority": n(max_priority)}
+                )
+
+    def key_priorities(self) -> dict[str, int]:
+        items = self._query(KEY_PK, "read key limits")
+        return {str(get_s(it, "sk")): get_i(it, "max_priority") for it in items}
+
+    # ------------------------------------------------------------------ load counters
+    def add_load(self, tenant: str, queued: int, running: int) -> None:
+        if queued == 0 and running == 0:
+            return
+        with translate_errors("count tenant load"):
+            self._db.update_item(
+                TableName=self._table,
+                Key={"pk": s(LOAD_PK), "sk": s(tenant)},
+                UpdateExpression="ADD queued :q, running :r",
+                ExpressionAttributeValues={":q": n(queued), ":r": n(running)},
+            )
+
+    def loads(self) -> dict[str, TenantLoad]:
+        items = self._query(LOAD_PK, "read tenant load")
+        return {
+            str(get_s(it, "sk")): TenantLoad(
+                max(0, get_i(it, "queued")), max(0, get_i(it, "running"))
+            )
+            for it in items
+        }
