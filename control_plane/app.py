@@ -69,6 +69,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
+    from control_plane.services.regions import wire_regions
 
     st = stores if stores is not None else build_stores(settings)
     jobs, models = build_job_service(settings, st)
@@ -102,6 +103,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     jobs.request_checks.append(webhooks.validate_request)
     jobs.runner_usable = runners.usable
     deployments = build_deployment_service(settings, st, models, runners, jobs)
+    regions = wire_regions(settings, st, runners, jobs, deployments)
     jobs.on_record_transition.append(webhooks.job_record_transition)
     dispatch = (
         Dispatcher(
@@ -144,6 +146,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         stores=st,
         rollups=rollups,
         capacity=build_capacity_service(settings, st, auth, jobs),
+        regions=regions,
     )
 
 

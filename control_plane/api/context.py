@@ -40,6 +40,7 @@ from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
+from control_plane.services.regions import RegionService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.webhooks import WebhookService
@@ -78,6 +79,7 @@ class JobsPort(Protocol):
     def infer_target(
         self, p: Principal, req: JobRequest, *, cached_only: bool = False
     ) -> ModelVersionRecord | None: ...
+    def with_regions(self, p: Principal, req: JobRequest) -> JobRequest: ...
     def sweep(self) -> dict[str, int]: ...
     def queue_depths(self) -> dict[str, int]: ...
     def ping(self) -> None: ...
@@ -121,6 +123,7 @@ class Services:
     stores: Stores | None = None
     rollups: RollupService | None = None  # the console's charts
     capacity: CapacityService | None = None
+    regions: RegionService | None = None  # region policies, latency table (GET /v1/regions)
 
 
 def services(request: Request) -> Services:

@@ -31,6 +31,7 @@ runner offers what it has READY).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ from control_plane.errors import InvalidRequest, NotFound
 from control_plane.services import placement as pl
 from control_plane.services.models import ModelService, object_key
 from control_plane.services.principal import Principal
+from control_plane.services.regions import RegionDefaults, RegionPolicy, check_region
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from control_plane.services.runners import RunnerService
 
 log = logging.getLogger(__name__)
+REGION_CACHE_S = 2.0  # how long a replica trusts a deployment's region defaults
 
 GOVERNED_CACHE_S = 1.0
 QueueSnapshots = Callable[[list[str]], dict[str, pl.QueueSnapshot]]
@@ -132,6 +135,7 @@ class DeploymentService:
         self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
+        self._region_cache: dict[str, tuple[float, RegionDefaults | None]] = {}
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -148,11 +152,38 @@ class DeploymentService:
                 raise InvalidRequest("a region must not be empty", field=f"regions[{i}]")
         if len(set(spec.regions)) != len(spec.regions):
             raise InvalidRequest("regions are listed twice", field="regions")
+        for i, region in enumerate(spec.regions_allowed):
+            check_region(region, f"regions_allowed[{i}]")
+        if spec.default_region is not None:
+            check_region(spec.default_region, "default_region")
+            if spec.regions_allowed and spec.default_region not in spec.regions_allowed:
+                raise InvalidRequest(
+                    "default_region must be one of regions_allowed", field="default_region"
+                )
         doc = spec.model_dump(exclude={"api_version"})
         self._store.put_deployment(name, doc, self._now())
+        self._region_cache.pop(name, None)
         self.reconcile(force=True)
         self._governed = (float("-inf"), frozenset())
         return self.get(p, name)
+
+    def region_defaults(self, name: str) -> RegionDefaults | None:
+        """The region defaults a deployment of ``name`` sets (None: none), read at most once
+        per ``REGION_CACHE_S`` per model on this replica (submit is hot)."""
+        t = time.monotonic()
+        hit = self._region_cache.get(name)
+        if hit is not None and t - hit[0] < REGION_CACHE_S:
+            return hit[1]
+        spec = self._store.get_deployment(name) or {}
+        found: RegionDefaults | None = None
+        if spec.get("default_region") or spec.get("regions_allowed"):
+            found = RegionDefaults(
+                spec.get("default_region"), tuple(spec.get("regions_allowed") or ())
+            )
+        if len(self._region_cache) > 10_000:
+            self._region_cache.clear()
+        self._region_cache[name] = (t, found)
+        return found
 
     def get(self, p: Principal, name: str) -> DeploymentView:
         """The spec, the decided placement and what the runners report (``models:read``)."""
@@ -403,9 +434,10 @@ class DeploymentService:
         healthy = [r for r in records if self.healthy(r, t)]
         if not healthy:
             return "no healthy runner is connected"
-        local = [r for r in healthy if not job.region or r.region == job.region]
+        policy = RegionPolicy.of_job(job.region, job.request, 0.0)
+        local = [r for r in healthy if policy.permits(r.region)]
         if not local:
-            return f"no healthy runner in region {job.region!r}"
+            return f"no healthy runner in regions_allowed {list(policy.allowed)}"
         what = f"model {job.model!r}" + (f" version {version}" if version else "")
         serving = [r for r in local if _state_on(r, job.model, version) == "READY"]
         if serving:

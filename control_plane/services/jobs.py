@@ -74,6 +74,7 @@ from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
+from control_plane.services.regions import RegionPolicy, RegionService, static_region_fits
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
@@ -205,6 +206,8 @@ class JobService:
         self.lease_offers: (
             Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
         ) = None
+        # Regions (services/regions.py): request defaults, the lease filter, waiting words.
+        self.regions: RegionService | None = None
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -322,6 +325,13 @@ class JobService:
         )
         return rec
 
+    def with_regions(self, p: Principal, req: JobRequest) -> JobRequest:
+        """``req`` with the tenant's and the deployment's region defaults and limits applied
+        (InvalidRequest names a field outside them); unchanged without a region service."""
+        if self.regions is None:
+            return req
+        return self.regions.resolve(p.tenant, req)
+
     def _check_depth(self, model: str, adding: int = 1) -> None:
         """429 when the queue of ``model`` is full. A depth read in the last ``DEPTH_CACHE_S``
         plus this replica's submits since is trusted while it stays under half the limit."""
@@ -344,6 +354,7 @@ class JobService:
     ) -> tuple[JobView, bool]:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
         p.require("jobs:write")
+        req = self.with_regions(p, req)
         self._validate(p, req, {})
         self._check_depth(req.model)
         created = now()
@@ -392,6 +403,14 @@ class JobService:
         """
         p.require("jobs:write")
         cache: dict[tuple[str, str | None], Any] = {}
+        resolved: builtins.list[JobRequest] = []
+        for i, req in enumerate(reqs):
+            try:
+                resolved.append(self.with_regions(p, req))
+            except InvalidRequest as exc:
+                field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
+                raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
+        reqs = resolved
         for i, req in enumerate(reqs):
             try:
                 self._validate(p, req, cache)
@@ -525,12 +544,26 @@ class JobService:
                 view.waiting_reason = self.waiting_reason(job)
             except Exception:
                 log.warning("waiting_reason failed for %s", job.id, exc_info=True)
+        if job.status == "QUEUED" and self.regions is not None:
+            try:
+                view.waiting_reason = self._region_reason(job, view.waiting_reason)
+            except Exception:
+                log.warning("region waiting_reason failed for %s", job.id, exc_info=True)
         if job.runner_id and self.cold_host is not None:
             try:
                 view.cold_host = self.cold_host(job)
             except Exception:
                 log.warning("cold_host failed for %s", job.id, exc_info=True)
         return view
+
+    def _region_reason(self, job: JobRecord, reason: str | None) -> str | None:
+        """``reason`` with what the job's region policy waits for (region, spill delay)."""
+        assert self.regions is not None
+        policy = RegionPolicy.of_job(job.region, job.request, self.regions.default_spill_s)
+        words = self.regions.waiting_reason(policy, now() - job.created_at)
+        if words is None:
+            return reason
+        return words if not reason else f"{words} ({reason})"
 
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
@@ -645,12 +678,25 @@ class JobService:
             for n in range(self._settings.queue_shards)
         ]
 
+        t = now()
+        region_fits = self._region_fits
+
         def fits(e: QueueEntry) -> bool:
-            return (not e.version or e.version in offers[e.model]) and (
-                not e.region or e.region == region
+            return (not e.version or e.version in offers[e.model]) and region_fits(
+                e.region, region, t - e.created_at
             )
 
         return self._heads.take(shards, fits, want)
+
+    def _region_fits(self, entry_region: str, runner_region: str | None, queued_s: float) -> bool:
+        """Region eligibility of a runner for a queue entry (services/regions.py): never
+        outside the job's ``regions_allowed``; its preferred region at once; other allowed
+        regions nearest first, one ``spill_after_s`` apart."""
+        if not entry_region:
+            return True
+        if self.regions is not None:
+            return self.regions.fits(entry_region, runner_region, queued_s)
+        return static_region_fits(entry_region, runner_region, queued_s)
 
     def _lease_once(
         self, runner_id: str, region: str | None, req: LeaseRequest
