@@ -45,7 +45,7 @@ from control_plane.api.request_id import RequestIdMiddleware
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.errors import Unavailable
-from control_plane.metrics import Metrics, RequestTimer
+from control_plane.metrics import Metrics, RegionCollector, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
@@ -207,6 +207,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The Starlette app of one control-plane process."""
     svc = services if services is not None else build_services(settings)
     metrics = Metrics(svc.jobs.queue_depths, svc.runners.records)
+    if svc.regions is not None:
+        metrics.registry.register(
+            RegionCollector(svc.regions.live_regions, svc.regions.measured_rtt_ms)
+        )
+        region_hooks = getattr(svc.jobs, "on_region_lease", None)
+        if isinstance(region_hooks, list):
+            region_hooks.append(metrics.observe_region_lease)
     hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))

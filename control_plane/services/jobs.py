@@ -208,6 +208,8 @@ class JobService:
         ) = None
         # Regions (services/regions.py): request defaults, the lease filter, waiting words.
         self.regions: RegionService | None = None
+        # Per leased job: (the runner's region, "preferred" | "spilled" | "any").
+        self.on_region_lease: builtins.list[Callable[[str | None, str], None]] = []
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -563,7 +565,7 @@ class JobService:
         words = self.regions.waiting_reason(policy, now() - job.created_at)
         if words is None:
             return reason
-        return words if not reason else f"{words} ({reason})"
+        return words if not reason else f"{words}; {reason}"
 
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
@@ -719,9 +721,22 @@ class JobService:
                 claims.append((entry, entry.version or max(offers[entry.model], key=int)))
             for job in self._ops.claim_many(claims, runner_id, t):  # one batch per round
                 leased.append(self.payloads.for_lease(job, leased_job(job)))
+                self._region_leased(job, region)
             if len(leased) >= req.max_jobs or not pending:
                 break
         return leased
+
+    def _region_leased(self, job: JobRecord, region: str | None) -> None:
+        if not self.on_region_lease:
+            return
+        placement = (
+            "any" if job.region is None else ("preferred" if job.region == region else "spilled")
+        )
+        for hook in self.on_region_lease:
+            try:
+                hook(region, placement)
+            except Exception:
+                log.warning("on_region_lease hook failed", exc_info=True)
 
     def _held(self, runner_id: str, job_id: str, lease_token: str) -> JobRecord:
         job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
@@ -881,10 +896,16 @@ class JobService:
                 for shard in range(self._settings.queue_shards)
                 for e in self._store.queue.head(keys.queue_shard(model, shard), 100)
             ]
+            by_region: dict[str, float] = {}
+            for e in entries:
+                preferred = RegionPolicy.decode(e.region).preferred if e.region else None
+                if preferred is not None:
+                    by_region[preferred] = min(by_region.get(preferred, e.created_at), e.created_at)
             out[model] = QueueSnapshot(
                 depth=max(depths.get(model, 0), len(entries)),
                 oldest_at=min((e.created_at for e in entries), default=None),
                 pinned_versions=frozenset(e.version for e in entries if e.version),
+                oldest_by_region=by_region,
             )
         return out
 

@@ -385,7 +385,7 @@ class RegionService:
             return None
         head = f"waiting for a runner in {policy.preferred}"
         if policy.allowed == (policy.preferred,):
-            return f"{head} (pinned: regions_allowed is [{policy.preferred}])"
+            return f"{head} (pinned)"
         plan = self.spill_plan(policy, queued_s)
         if plan is None:
             limit = f" within {list(policy.allowed)}" if policy.allowed else ""
