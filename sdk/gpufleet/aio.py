@@ -80,6 +80,8 @@ class AsyncClient:
         client_cert: str | Path | None = None,
         client_key: str | Path | None = None,
         tls: TlsOptions | None = None,
+        region: str | None = None,
+        regions_allowed: Iterable[str] | None = None,
     ) -> None:
         creds = resolve_credentials(url, api_key, token)
         self._core = Core(
@@ -89,6 +91,9 @@ class AsyncClient:
             timeout=timeout,
             max_retries=max_retries,
         )
+        # Region setting: the preferred region and limit of jobs and calls that name none.
+        self._core.region = region
+        self._core.regions_allowed = list(regions_allowed) if regions_allowed is not None else None
         options = tls or resolve(
             ca_bundle=ca_bundle,
             verify=tls_verify,
@@ -175,6 +180,8 @@ class AsyncClient:
         parameters: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         wait: float | None = None,
+        regions_allowed: Iterable[str] | None = None,
+        spill_after_s: float | None = None,
     ) -> JobView:
         """Queue a job. ``inputs`` is ``{"NAME": array_or_list}`` or a list of wire
         ``Tensor``; large arrays are uploaded to the bucket. The request always carries an
@@ -183,13 +190,16 @@ class AsyncClient:
         with ``idempotency_key=err.idempotency_key`` to get it instead of a second one.
         Returns the job as queued (``status == "QUEUED"``); with ``wait=N`` the server
         holds the answer until the job is terminal or N seconds (≤ 30) pass and returns the
-        job as it is then (``Prefer: wait``): one call instead of a submit and a wait."""
+        job as it is then (``Prefer: wait``): one call instead of a submit and a wait.
+        ``region`` (preferred), ``regions_allowed`` (never elsewhere) and ``spill_after_s``
+        steer where it runs (docs/regions.md); the first two default to the client's."""
         req = await self._run(
             _ops.job_request(
                 self._core, model, inputs, model_version=model_version, outputs=outputs,
                 priority=priority, timeout_s=timeout_s, ttl_s=ttl_s,
                 max_attempts=max_attempts, region=region, webhook=webhook, tags=tags,
-                parameters=parameters,
+                parameters=parameters, regions_allowed=regions_allowed,
+                spill_after_s=spill_after_s,
             )
         )  # fmt: skip
         return await self._run(_ops.submit(self._core, req, idempotency_key, wait))
@@ -276,10 +286,11 @@ class AsyncClient:
         ``timeout``). With job options (``priority``, ``webhook``, ``tags``, ``ttl_s``, …)
         it submits a durable job and waits for it; then :class:`JobFailedError` (with the
         job's error) reports a FAILED, TIMED_OUT or CANCELLED job."""
-        if set(submit_args) <= {"outputs", "parameters"}:
+        if set(submit_args) <= {"outputs", "parameters", "region", "regions_allowed"}:
             return await self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,
-                           submit_args.get("outputs"), submit_args.get("parameters"))
+                           submit_args.get("outputs"), submit_args.get("parameters"),
+                           submit_args.get("region"), submit_args.get("regions_allowed"))
             )  # fmt: skip
         job = await self.submit(model, inputs, model_version=version, **submit_args)
         return await self.outputs(await self.wait(job.id, timeout=timeout))
