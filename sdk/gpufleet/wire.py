@@ -696,6 +696,12 @@ class DeploymentSpec(Strict):
         description="Regions this model's jobs may run in when the request and the tenant "
         "set no limit; empty: any.",
     )
+    region_buckets: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Region -> bucket (or S3 access point) holding a copy of the model's "
+        "files: runners of that region fetch from it; new versions are copied there.",
+    )
 
 
 class DeploymentView(Response):
