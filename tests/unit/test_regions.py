@@ -236,7 +236,8 @@ def runner_in(rid: str, region: str) -> RunnerInput:
 def test_a_busy_region_gets_its_own_replica() -> None:
     runners = [runner_in("r-eu", "eu-west-1"), runner_in("r-us", "us-east-1")]
     dep = DeploymentInput("m", 1, 3, ready_versions=("1",), gpu_memory_mb=8000)
-    policy = Policy(scale_up_wait_s=5.0, scale_down_idle_s=60.0, cooldown_s=10.0)
+    # a cooldown longer than the test: the global scale-up cannot add the replica
+    policy = Policy(scale_up_wait_s=5.0, scale_down_idle_s=60.0, cooldown_s=1000.0)
     first = decide([dep], runners, {}, {}, {}, now=0.0, policy=policy)
     placed = {a.runner_id for a in first["m"].assignments}
     assert len(placed) == 1
