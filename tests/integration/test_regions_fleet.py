@@ -160,6 +160,20 @@ def test_pinned_jobs_run_only_in_their_region(fleet: Fleet) -> None:
         view = finished(fleet, fleet.admin, job_id)
         assert fleet.region_of[view.runner_id] == region
         assert view.region == region and view.regions_allowed == [region]
+    # the SDK's region setting: every job of this client carries it
+    with Client(
+        fleet.cp.url,
+        api_key=fleet.cp.admin_key,
+        timeout=STEP_S,
+        region="eu-central-1",
+        regions_allowed=["eu-central-1"],
+    ) as pinned:
+        for job_id in [pinned.submit(MODEL, inputs()).id for _ in range(4)]:
+            view = finished(fleet, pinned, job_id)
+            assert fleet.region_of[view.runner_id] == "eu-central-1"
+            assert view.regions_allowed == ["eu-central-1"]
+        out = pinned.infer(MODEL, inputs(), timeout=STEP_S)
+        assert set(out) == {"OUTPUT0", "OUTPUT1"}
 
 
 def test_a_preferred_job_spills_to_the_nearest_region_after_its_delay(fleet: Fleet) -> None:
