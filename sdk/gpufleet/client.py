@@ -18,6 +18,7 @@ import numpy as np
 
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep
+from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
 from gpufleet.errors import NotFoundError
 from gpufleet.models import ProgressCallback
@@ -93,9 +94,9 @@ class Client:
             timeout=timeout,
             max_retries=max_retries,
         )
-        # Region setting: the preferred region and limit of jobs and calls that name none.
-        self._core.region = region
-        self._core.regions_allowed = list(regions_allowed) if regions_allowed is not None else None
+        # Region setting: the preferred region and limit of jobs and calls that name none
+        # (the arguments, else GPUFLEET_REGION / GPUFLEET_REGIONS_ALLOWED).
+        self._core.region, self._core.regions_allowed = region_setting(region, regions_allowed)
         options = tls or resolve(
             ca_bundle=ca_bundle,
             verify=tls_verify,
