@@ -107,7 +107,7 @@ class InferenceService:
         on_submit: Any = None,
     ) -> InferResult:
         wait_s = timeout_s or self._settings.infer_wait_s
-        req = await self._jobs.offload(self._jobs.with_regions, p, req)
+        req = await self._with_regions(p, req)
         d = self.dispatch
         if (
             d is not None
@@ -154,7 +154,10 @@ class InferenceService:
         rec = self._jobs.ready_target(p, model, version, cached_only=True)
         if rec is None:
             rec = await self._jobs.offload(self._jobs.ready_target, p, model, version)
-        where = self.placement_of(p, rec.name)
+        where = self.placement_of(p, rec.name, cached_only=True)
+        if where is None:
+            where = await self._jobs.offload(self.placement_of, p, rec.name)
+        assert where is not None
         if not d.routable(rec.name, rec.version, protocol, where):
             return None
         request = build(rec.name, rec.version)
@@ -167,12 +170,27 @@ class InferenceService:
             runner_id=msg.get("runner_id"),
         )
 
-    def placement_of(self, p: Principal, model: str) -> Placement:
+    async def _with_regions(self, p: Principal, req: JobRequest) -> JobRequest:
+        """``req`` with its region defaults (off the event loop only when a store read is
+        due: the hot path stays on it)."""
+        regions = getattr(self._jobs, "regions", None)
+        if regions is None:
+            return req
+        if regions.resolves_without_io(req.model):
+            return self._jobs.with_regions(p, req)
+        return await self._jobs.offload(self._jobs.with_regions, p, req)
+
+    def placement_of(
+        self, p: Principal, model: str, *, cached_only: bool = False
+    ) -> Placement | None:
         """Where a KServe call (no region fields of its own) of ``p`` may run: its tenant's
-        and the deployment's region defaults (docs/regions.md)."""
+        and the deployment's region defaults (docs/regions.md). ``cached_only``: None
+        instead of a store read."""
         regions = getattr(self._jobs, "regions", None)
         if regions is None:
             return ANYWHERE
+        if cached_only and not regions.resolves_without_io(model):
+            return None
         preferred, allowed = regions.defaults(p.tenant, model)
         if preferred is None and not allowed:
             return ANYWHERE

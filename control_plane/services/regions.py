@@ -249,6 +249,7 @@ class RegionService:
         self._lock = threading.Lock()
         self._measured: dict[str, tuple[float, int, float]] = {}  # region -> (ewma, n, at)
         self._live: tuple[float, dict[str, int]] = (-math.inf, {})
+        self._dep_cache: dict[str, tuple[float, RegionDefaults | None]] = {}
 
     # ------------------------------------------------------------------ requests
     def resolve(self, tenant: str, req: JobRequest) -> JobRequest:
@@ -275,9 +276,7 @@ class RegionService:
         for i, r in enumerate(allowed):
             check_region(r, f"regions_allowed[{i}]")
         tenant_d = self._tenants.get(tenant) or RegionDefaults()
-        dep_d = (
-            self.deployment_defaults(model) if self.deployment_defaults is not None else None
-        ) or RegionDefaults()
+        dep_d = self._deployment(model) or RegionDefaults()
         limit = tenant_d.regions_allowed
         if limit:
             outside = [r for r in allowed if r not in limit]
@@ -302,6 +301,28 @@ class RegionService:
                 f"region: {region!r} is not among regions_allowed {allowed}", field="region"
             )
         return region, allowed
+
+    def _deployment(self, model: str) -> RegionDefaults | None:
+        """The deployment's region defaults, read at most once per ``cache_s`` per model."""
+        if self.deployment_defaults is None:
+            return None
+        t = time.monotonic()
+        hit = self._dep_cache.get(model)
+        if hit is not None and t - hit[0] < self._cache_s:
+            return hit[1]
+        found = self.deployment_defaults(model)
+        if len(self._dep_cache) > 10_000:
+            self._dep_cache.clear()
+        self._dep_cache[model] = (t, found)
+        return found
+
+    def resolves_without_io(self, model: str) -> bool:
+        """``resolve``/``defaults`` for ``model`` would read no store now (the event loop may
+        call them directly)."""
+        if self.deployment_defaults is None:
+            return True
+        hit = self._dep_cache.get(model)
+        return hit is not None and time.monotonic() - hit[0] < self._cache_s
 
     # ------------------------------------------------------------------ latency
     def observe_rtt(self, region: str, rtt_ms: float) -> None:
