@@ -7,7 +7,7 @@ this module; it imports nothing of theirs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,6 +37,8 @@ ModelVersionState = Literal["UPLOADING", "READY", "FAILED", "DELETED"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+REGION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RegionName = Annotated[str, Field(pattern=REGION_PATTERN)]
 
 
 class Strict(BaseModel):
@@ -117,10 +119,10 @@ class JobRequest(Strict):
     timeout_s: int = Field(default=600, ge=1, le=86_400)
     ttl_s: int = Field(default=86_400, ge=1, le=7 * 86_400)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    region: str | None = Field(
-        default=None, max_length=64, description="Preferred region (docs/regions.md)."
+    region: RegionName | None = Field(
+        default=None, description="Preferred region (docs/regions.md)."
     )
-    regions_allowed: list[str] | None = Field(
+    regions_allowed: list[RegionName] | None = Field(
         default=None,
         max_length=64,
         description="Regions the job may run in, never others (data residency); None: the "
@@ -148,10 +150,10 @@ class InferRequest(Strict):
     timeout_s: float | None = Field(
         default=None, gt=0, le=3600, description="Default: the server's infer_wait_s."
     )
-    region: str | None = Field(
-        default=None, max_length=64, description="Preferred region (docs/regions.md)."
+    region: RegionName | None = Field(
+        default=None, description="Preferred region (docs/regions.md)."
     )
-    regions_allowed: list[str] | None = Field(
+    regions_allowed: list[RegionName] | None = Field(
         default=None, max_length=64, description="Regions it may run in, never others."
     )
 
