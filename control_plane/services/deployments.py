@@ -553,6 +553,7 @@ def build_deployment_service(
         svc.copies.copy_version(rec.name, rec.version, rec.files)
 
     models.after_ready.append(copy_to_regions)
+    models.after_delete.append(svc.copies.delete_version)
     jobs.waiting_reason = svc.waiting_reason
     jobs.lease_offers = svc.lease_offers
     models.loaded_on = svc.loaded_on

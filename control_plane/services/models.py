@@ -141,6 +141,8 @@ class ModelService:
         self.loaded_on: Callable[[str], dict[str, list[str]]] | None = None
         # Called with each version this replica marks READY (region copies, regions.md).
         self.after_ready: list[Callable[[ModelVersionRecord], None]] = []
+        # Called with (name, version) of each version this replica deletes.
+        self.after_delete: list[Callable[[str, str], None]] = []
 
     # ------------------------------------------------------------------ access
     def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
@@ -407,6 +409,11 @@ class ModelService:
         self.generation += 1
         self._store.delete_version(name, version)
         self._blobs.delete_prefix(object_key(name, version, ""))
+        for hook in self.after_delete:
+            try:
+                hook(name, version)
+            except Exception:
+                log.warning("after_delete hook failed for %s %s", name, version, exc_info=True)
 
     def ready_record(
         self, p: Principal | None, name: str, version: str | None

@@ -78,6 +78,14 @@ class RegionCopies:
             done.append(location)
         return done
 
+    def delete_version(self, name: str, version: str) -> None:
+        """Remove the copies of a deleted version from every mapped bucket, and its markers
+        (runners are no longer sent to them)."""
+        for location in self._buckets(name).values():
+            self._copied.pop((name, version, location), None)
+            self._blobs.delete_prefix(marker_key(name, version, location))
+            self._blobs.delete_prefix_at(location, object_key(name, version, ""))
+
     def copied(self, name: str, version: str, location: str) -> bool:
         """A complete copy of the version is recorded at ``location`` (cached)."""
         key = (name, version, location)

@@ -164,16 +164,20 @@ class S3BlobStore:
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object under ``prefix``."""
+        self.delete_prefix_at(self._bucket, prefix)
+
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete every object under ``prefix`` in bucket (or access point) ``location``."""
         with translate_errors("delete objects"):
             token: str | None = None
             while True:
-                kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
+                kwargs: dict[str, Any] = {"Bucket": location, "Prefix": prefix}
                 if token:
                     kwargs["ContinuationToken"] = token
                 page = self._s3.list_objects_v2(**kwargs)
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": keys})
+                    self._s3.delete_objects(Bucket=location, Delete={"Objects": keys})
                 if not page.get("IsTruncated"):
                     return
                 token = page.get("NextContinuationToken")

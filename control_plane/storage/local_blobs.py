@@ -492,6 +492,10 @@ class LocalBlobStore:
         """A URL that GETs the copy of ``key`` for ``location``."""
         return self.presign_get(self.region_key(location, key), ttl_s)
 
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete the copies under ``prefix`` for ``location``."""
+        self.delete_prefix(self.region_key(location, prefix))
+
     @_disk
     def head(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""

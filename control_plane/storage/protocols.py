@@ -626,6 +626,10 @@ class BlobStore(Protocol):
         """A URL that GETs the copy of ``key`` at ``location`` (made by ``copy_to``)."""
         ...
 
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete every copy under ``prefix`` at ``location`` (as ``delete_prefix``)."""
+        ...
+
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object whose key starts with ``prefix`` (a plain string prefix:
         ``"d/a"`` also matches ``"d/ab/1"``); nothing there is fine."""

@@ -67,3 +67,11 @@ async def test_runners_fetch_from_their_regions_copy(
     (want_v2,) = [m for m in answer["desired_models"] if m["version"] == "2"]
     assert all(location in f["url"] for f in want_v2["files"])
     await fetched(want_v2)
+    # deleting version 1 removes its region copy too (version 2's stays)
+    v1_urls = [f["url"] for f in want_eu["files"]]
+    r = await client.delete("/v1/models/add_sub/versions/1", headers=user)
+    assert r.status_code in (200, 204), r.text
+    async with httpx.AsyncClient() as bucket:
+        for u in v1_urls:
+            assert (await bucket.get(u)).status_code in (403, 404), u
+    await fetched(want_v2)

@@ -216,3 +216,10 @@ def test_copy_to_a_region_bucket(blobs: BlobStore, request: pytest.FixtureReques
         blobs.copy_to("models/m/1/missing", location)
     r = httpx.get(blobs.presign_get_at(location, "models/m/1/missing", 60))
     assert r.status_code in (403, 404)
+    put(blobs, "models/m/2/model.onnx", b"other version")
+    blobs.copy_to("models/m/2/model.onnx", location)
+    blobs.delete_prefix_at(location, "models/m/1/")
+    assert httpx.get(blobs.presign_get_at(location, key, 60)).status_code in (403, 404)
+    assert httpx.get(blobs.presign_get(key, 60)).content == b"v2"  # the home copy stays
+    copy2 = httpx.get(blobs.presign_get_at(location, "models/m/2/model.onnx", 60))
+    assert copy2.content == b"other version"
