@@ -48,7 +48,7 @@ from control_plane.api.request_id import RequestIdMiddleware
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.errors import Unavailable
-from control_plane.metrics import Metrics, RequestTimer
+from control_plane.metrics import Metrics, RegionCollector, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.direct import DirectService
 from control_plane.services.dispatch import Dispatcher
@@ -76,6 +76,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
+    from control_plane.services.regions import wire_regions
 
     st = stores if stores is not None else build_stores(settings)
     jobs, models = build_job_service(settings, st)
@@ -111,6 +112,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     jobs.request_checks.append(webhooks.validate_request)
     jobs.runner_usable = runners.usable
     deployments = build_deployment_service(settings, st, models, runners, jobs)
+    regions = wire_regions(settings, st, runners, jobs, deployments)
     jobs.on_record_transition.append(webhooks.job_record_transition)
     dispatch = (
         Dispatcher(
@@ -169,6 +171,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
             issuer=settings.jwt_issuer,
             ttl_s=settings.direct_ticket_ttl_s,
         ),
+        regions=regions,
     )
 
 
@@ -247,6 +250,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     quotas = getattr(svc.jobs, "quotas", None)
     if quotas is not None:  # queued/running per tenant
         metrics.add_tenant_loads(quotas.loads)
+    if svc.regions is not None:
+        metrics.registry.register(
+            RegionCollector(svc.regions.live_regions, svc.regions.measured_rtt_ms)
+        )
+        region_hooks = getattr(svc.jobs, "on_region_lease", None)
+        if isinstance(region_hooks, list):
+            region_hooks.append(metrics.observe_region_lease)
     hooks = getattr(svc.jobs, "on_record_transition", None)
     if isinstance(hooks, list):  # the jobs service reports transitions: count terminal ones
         hooks.append(lambda rec, _view, previous: metrics.observe_transition(rec, previous))

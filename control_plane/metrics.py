@@ -129,6 +129,45 @@ class _TenantCollector(Collector):
         yield jobs
 
 
+class RegionCollector(Collector):
+    """Per region, read when Prometheus scrapes: live runners and their measured round trip
+    to the control plane (services/regions.py)."""
+
+    def __init__(
+        self,
+        live_regions: Callable[[], dict[str, int]],
+        measured_rtt_ms: Callable[[str], float | None],
+    ) -> None:
+        self._live = live_regions
+        self._rtt = measured_rtt_ms
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        runners = GaugeMetricFamily(
+            "gpufleet_region_runners",
+            "Runners with a recent heartbeat, per region.",
+            labels=["region"],
+        )
+        rtt = GaugeMetricFamily(
+            "gpufleet_region_rtt_milliseconds",
+            "Round trip from a region's runners to the control plane (heartbeat average).",
+            labels=["region"],
+        )
+        try:
+            live = self._live()
+        except Exception:
+            log.warning("live regions unavailable for metrics", exc_info=True)
+            live = {}
+        for region, n in sorted(live.items()):
+            runners.add_metric([region], n)
+            measured = self._rtt(region)
+            if measured is not None:
+                rtt.add_metric([region], measured)
+        yield from (runners, rtt)
+
+
 class Metrics:
     """The metrics of one app."""
 
@@ -156,6 +195,14 @@ class Metrics:
             "gpufleet_jobs_submitted",
             "Jobs accepted by this replica, per model.",
             ["model"],
+            registry=self.registry,
+        )
+        self.jobs_leased_by_region = Counter(
+            "gpufleet_jobs_leased_by_region_total",
+            "Jobs leased, by the runner's region and how it relates to the job's preferred "
+            "region: preferred (ran there), spilled (another allowed region), any (no "
+            "preference).",
+            ["region", "placement"],
             registry=self.registry,
         )
         self.jobs_completed = Counter(
@@ -213,6 +260,10 @@ class Metrics:
             self._dispatch_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_region_lease(self, region: str | None, placement: str) -> None:
+        """A region-lease hook (JobService.on_region_lease)."""
+        self.jobs_leased_by_region.labels(region or "", placement).inc()
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""

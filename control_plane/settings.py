@@ -10,13 +10,28 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+
+class TenantRegions(BaseModel):
+    """Region defaults of one tenant (``Settings.tenant_regions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_region: str | None = Field(default=None, max_length=64)
+    regions_allowed: list[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _default_inside(self) -> TenantRegions:
+        if self.regions_allowed and self.default_region not in (None, *self.regions_allowed):
+            raise ValueError("default_region must be one of regions_allowed")
+        return self
 
 
 class Settings(BaseSettings):
@@ -231,6 +246,26 @@ class Settings(BaseSettings):
     )
     scale_cooldown_s: float = Field(
         default=10.0, ge=0, description="Least time between two replica changes of a model."
+    )
+
+    # regions (services/regions.py, docs/regions.md)
+    region_spill_after_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="How long a job with a preferred region waits for a runner there before "
+        "it may go to the nearest other allowed region (a job's `spill_after_s` overrides).",
+    )
+    control_plane_region: str | None = Field(
+        default=None,
+        description="Region this control plane runs in: runners' measured round-trip times "
+        "replace the static latency estimates of the pairs (their region, this one).",
+    )
+    tenant_regions: dict[str, TenantRegions] = Field(
+        default_factory=dict,
+        description="Per tenant: `default_region` of its jobs and `regions_allowed` (the hard "
+        'limit), e.g. {"acme": {"default_region": "eu-west-1", "regions_allowed": '
+        '["eu-west-1", "eu-central-1"]}}.',
     )
 
     # capacity (services/capacity/): pools of hosts started and stopped on demand

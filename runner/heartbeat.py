@@ -43,6 +43,7 @@ class Heartbeat:
         self._models = models
         self._jobs = jobs
         self._backend_info = backend_info or {}
+        self._rtt_ms: float | None = None
 
     async def build(self) -> HeartbeatRequest:
         """Readings taken now (NVML in a thread; Triton's metrics scraped)."""
@@ -54,6 +55,7 @@ class Heartbeat:
             models=self._models.states(),
             triton={**triton, "ready": self._state.triton_ready.is_set(), **self._backend_info},
             running_jobs=self._jobs.running_ids(),
+            rtt_ms=self._rtt_ms,  # of the previous heartbeat (None before the first)
         )
 
     def apply(self, resp: HeartbeatResponse) -> None:
@@ -67,7 +69,12 @@ class Heartbeat:
         self._models.set_desired(resp.desired_models)  # None: serve the local repository
 
     async def beat_once(self) -> HeartbeatResponse:
-        resp = await self._client.heartbeat(await self.build())
+        req = await self.build()
+        sent = time.monotonic()
+        resp = await self._client.heartbeat(req)
+        # The round trip of this call (network and the control plane's handling), reported
+        # with the next heartbeat: the control plane ranks regions by it (docs/regions.md).
+        self._rtt_ms = round((time.monotonic() - sent) * 1000, 1)
         self._state.last_heartbeat_at = time.time()
         self.apply(resp)
         return resp

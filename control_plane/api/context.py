@@ -42,6 +42,7 @@ from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
+from control_plane.services.regions import RegionService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.signing_keys import SigningKeys
@@ -82,6 +83,7 @@ class JobsPort(Protocol):
     def infer_target(
         self, p: Principal, req: JobRequest, *, cached_only: bool = False
     ) -> ModelVersionRecord | None: ...
+    def with_regions(self, p: Principal, req: JobRequest) -> JobRequest: ...
     def sweep(self) -> dict[str, int]: ...
     def queue_depths(self) -> dict[str, int]: ...
     def ping(self) -> None: ...
@@ -129,6 +131,7 @@ class Services:
     generate: GenerateService | None = None  # /v2/models/{m}/generate_stream
     signing_keys: SigningKeys | None = None  # asymmetric keys: JWKS, tickets (direct mode)
     direct: DirectService | None = None  # direct-mode tickets
+    regions: RegionService | None = None  # region policies, latency table (GET /v1/regions)
 
 
 def services(request: Request) -> Services:

@@ -175,7 +175,7 @@ async def channel(ws: WebSocket) -> None:
         return
     await ws.accept()
     send = Outbox(ws.send_text, ws.send_bytes).send  # binary frames of one turn: one message
-    ch = Channel(runner_id=runner_id, send=send)
+    ch = Channel(runner_id=runner_id, send=send, region=rec.region)
 
     def on_frame(msg: dict[str, Any]) -> None:
         kind = msg.get("type")

@@ -34,6 +34,8 @@ async def infer(request: Request) -> Response:
             outputs=body.outputs,
             parameters=body.parameters,
             ttl_s=max(1, math.ceil(body.timeout_s or svc.settings.infer_wait_s)),
+            region=body.region,
+            regions_allowed=body.regions_allowed,
         )
     except ValueError as exc:
         raise InvalidRequest(f"model name {model!r} is not valid", field="model") from exc

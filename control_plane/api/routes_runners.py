@@ -21,6 +21,7 @@ from gpufleet.wire import (
     HeartbeatResponse,
     LeaseRequest,
     LeaseResponse,
+    RegionTable,
     RegisterRequest,
     RegisterResponse,
     Response,
@@ -37,6 +38,7 @@ from control_plane.api.http import parse_body, read_model, send
 from control_plane.api.job_protocol import complete_jobs, lease_jobs
 from control_plane.api.security import principal, signed_runner
 from control_plane.api.spec import DocumentedRoute, Security, route
+from control_plane.errors import NotFound
 
 
 class RunnerRevoked(Response):
@@ -117,7 +119,18 @@ async def complete_batch(request: Request) -> HttpResponse:
 
 async def list_runners(request: Request) -> HttpResponse:
     p = principal(request)
-    return send(await run_in_threadpool(services(request).runners.list_runners, p))
+    region = request.query_params.get("region") or None
+    return send(await run_in_threadpool(services(request).runners.list_runners, p, region))
+
+
+async def list_regions(request: Request) -> HttpResponse:
+    p = principal(request)
+    p.require("runners:read")
+    regions = services(request).regions
+    if regions is None:
+        raise NotFound("regions are not enabled on this control plane")
+    table = await run_in_threadpool(regions.table)
+    return send(RegionTable.model_validate(table))
 
 
 async def patch_config(request: Request) -> HttpResponse:
@@ -192,7 +205,21 @@ ROUTES: list[DocumentedRoute] = [
         request=BatchCompleteRequest,
         security=_SIGNED,
     ),
-    route("GET", "/v1/runners", list_runners, "List runners with status (admin, user)", RunnerList),
+    route(
+        "GET",
+        "/v1/runners",
+        list_runners,
+        "List runners with status, and counts by region (admin, user)",
+        RunnerList,
+        query={"region": "Only the runners of this region"},
+    ),
+    route(
+        "GET",
+        "/v1/regions",
+        list_regions,
+        "Live regions, measured round trips and the region-to-region latency table",
+        RegionTable,
+    ),
     route(
         "PATCH",
         "/v1/runners/{runner_id}/config",

@@ -31,6 +31,8 @@ runner offers what it has READY).
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -46,14 +48,17 @@ from gpufleet.wire import (
 from control_plane import clock
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.services import placement as pl
-from control_plane.services.models import ModelService, object_key
+from control_plane.services.models import ModelService
 from control_plane.services.principal import Principal
+from control_plane.services.region_copies import RegionCopies
+from control_plane.services.regions import RegionDefaults, RegionPolicy, check_region
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
     DeploymentStore,
     JobRecord,
     ModelStore,
+    ModelVersionRecord,
     PlanRecord,
 )
 from control_plane.storage.protocols_auth import RunnerRecord
@@ -63,6 +68,8 @@ if TYPE_CHECKING:
     from control_plane.services.runners import RunnerService
 
 log = logging.getLogger(__name__)
+BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_-]{0,254}$")  # a bucket or access point ARN
+REGION_CACHE_S = 2.0  # how long a replica trusts a deployment's region defaults
 
 GOVERNED_CACHE_S = 1.0
 QueueSnapshots = Callable[[list[str]], dict[str, pl.QueueSnapshot]]
@@ -132,6 +139,8 @@ class DeploymentService:
         self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
+        self._region_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.copies = RegionCopies(blobs, self.region_buckets, presign_ttl_s)
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -148,11 +157,58 @@ class DeploymentService:
                 raise InvalidRequest("a region must not be empty", field=f"regions[{i}]")
         if len(set(spec.regions)) != len(spec.regions):
             raise InvalidRequest("regions are listed twice", field="regions")
+        for i, region in enumerate(spec.regions_allowed):
+            check_region(region, f"regions_allowed[{i}]")
+        if spec.default_region is not None:
+            check_region(spec.default_region, "default_region")
+            if spec.regions_allowed and spec.default_region not in spec.regions_allowed:
+                raise InvalidRequest(
+                    "default_region must be one of regions_allowed", field="default_region"
+                )
+        for region, location in spec.region_buckets.items():
+            check_region(region, f"region_buckets.{region}")
+            if not BUCKET_RE.match(location):
+                raise InvalidRequest(
+                    f"region_buckets.{region}: {location!r} is not a bucket name or access "
+                    "point ARN",
+                    field=f"region_buckets.{region}",
+                )
         doc = spec.model_dump(exclude={"api_version"})
         self._store.put_deployment(name, doc, self._now())
+        self._region_cache.pop(name, None)
+        if spec.region_buckets:
+            for v in self._versions.list_versions(name):
+                if v.state == "READY":
+                    self.copies.copy_version(name, v.version, v.files)
         self.reconcile(force=True)
         self._governed = (float("-inf"), frozenset())
         return self.get(p, name)
+
+    def _spec_cached(self, name: str) -> dict[str, Any]:
+        """The deployment spec of ``name`` ({} without one), read at most once per
+        ``REGION_CACHE_S`` per model on this replica (submits and heartbeats ask)."""
+        t = time.monotonic()
+        hit = self._region_cache.get(name)
+        if hit is not None and t - hit[0] < REGION_CACHE_S:
+            return hit[1]
+        spec = self._store.get_deployment(name) or {}
+        if len(self._region_cache) > 10_000:
+            self._region_cache.clear()
+        self._region_cache[name] = (t, spec)
+        return spec
+
+    def region_defaults(self, name: str) -> RegionDefaults | None:
+        """The region defaults a deployment of ``name`` sets (None: none)."""
+        spec = self._spec_cached(name)
+        if spec.get("default_region") or spec.get("regions_allowed"):
+            return RegionDefaults(
+                spec.get("default_region"), tuple(spec.get("regions_allowed") or ())
+            )
+        return None
+
+    def region_buckets(self, name: str) -> dict[str, str]:
+        """region -> bucket holding a copy of ``name``'s files (the deployment's setting)."""
+        return dict(self._spec_cached(name).get("region_buckets") or {})
 
     def get(self, p: Principal, name: str) -> DeploymentView:
         """The spec, the decided placement and what the runners report (``models:read``)."""
@@ -331,9 +387,7 @@ class DeploymentService:
                             path=f["path"],
                             size=f["size"],
                             sha256=f["sha256"],
-                            url=self._blobs.presign_get(
-                                object_key(name, a.version, f["path"]), self._ttl
-                            ),
+                            url=self.copies.url(runner.region, name, a.version, f["path"]),
                         )
                         for f in files
                     ],
@@ -403,9 +457,10 @@ class DeploymentService:
         healthy = [r for r in records if self.healthy(r, t)]
         if not healthy:
             return "no healthy runner is connected"
-        local = [r for r in healthy if not job.region or r.region == job.region]
+        policy = RegionPolicy.of_job(job.region, job.request, 0.0)
+        local = [r for r in healthy if policy.permits(r.region)]
         if not local:
-            return f"no healthy runner in region {job.region!r}"
+            return f"no healthy runner in regions_allowed {list(policy.allowed)}"
         what = f"model {job.model!r}" + (f" version {version}" if version else "")
         serving = [r for r in local if _state_on(r, job.model, version) == "READY"]
         if serving:
@@ -493,6 +548,12 @@ def build_deployment_service(
         ),
     )
     runners.desired_models = svc.desired_models
+
+    def copy_to_regions(rec: ModelVersionRecord) -> None:
+        svc.copies.copy_version(rec.name, rec.version, rec.files)
+
+    models.after_ready.append(copy_to_regions)
+    models.after_delete.append(svc.copies.delete_version)
     jobs.waiting_reason = svc.waiting_reason
     jobs.lease_offers = svc.lease_offers
     models.loaded_on = svc.loaded_on

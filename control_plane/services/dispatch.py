@@ -15,6 +15,11 @@ Semantics are Triton's own, per attempt:
 - no runner connected here for the version → :meth:`Dispatcher.routable` is False and the caller
   takes the durable job path instead (another replica's runners, or Lambda).
 
+Regions (docs/regions.md): a call may carry a :class:`Placement`: only runners in its
+``allowed`` regions take it (none → not routable here, the durable path's lease respects the
+same limit), and when a runner in its ``preferred`` region serves the version, only those do
+(it waits for one of them rather than spill; a synchronous call has no spill delay to wait).
+
 Two request forms, per call:
 - **passthrough** (``RawRequest``): the caller's KServe v2 body, untouched (HTTP JSON or binary
   tensors, or a serialized gRPC ``ModelInferRequest``), goes to the runner in one binary frame;
@@ -76,12 +81,28 @@ class InferenceFailed(GpufleetError):
         return self.code in ("invalid_input", "invalid_request", "invalid_argument")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one synchronous call may run: ``allowed`` regions (empty: any) and the
+    ``preferred`` one (None: no preference)."""
+
+    preferred: str | None = None
+    allowed: frozenset[str] = frozenset()
+
+    def permits(self, region: str) -> bool:
+        return not self.allowed or region in self.allowed
+
+
+ANYWHERE = Placement()
+
+
 @dataclass(eq=False)
 class Channel:
     """One connected runner as the dispatcher sees it."""
 
     runner_id: str
     send: Callable[[str | bytes], Awaitable[None]]
+    region: str = ""
     capacity: int = 1
     models: frozenset[ModelKey] = frozenset()
     # KServe protocols the runner passes through to Triton as they are ("http", "grpc").
@@ -99,6 +120,9 @@ class Channel:
         return self.inflight / max(1, self.capacity)
 
 
+Waiter = tuple["asyncio.Future[Channel]", "str | None", Placement]
+
+
 class Dispatcher:
     """Routes synchronous inference to connected runners; see the module docstring."""
 
@@ -114,8 +138,9 @@ class Dispatcher:
         self._monotonic = monotonic
         self._channels: set[Channel] = set()
         self._by_model: dict[ModelKey, list[Channel]] = {}
-        # Per version, FIFO: (future granted a channel, the passthrough protocol it needs).
-        self._waiters: dict[ModelKey, deque[tuple[asyncio.Future[Channel], str | None]]] = {}
+        # Per version, FIFO: (future granted a channel, the passthrough protocol it needs,
+        # the regions it may run in).
+        self._waiters: dict[ModelKey, deque[Waiter]] = {}
         self._ids = itertools.count(1)
         self.on_result: list[Callable[[str, str, str, float], None]] = []
         # (model, the runner's stage timings in ms: receive, triton, total) per answer
@@ -167,13 +192,24 @@ class Dispatcher:
                 by_model.setdefault(key, []).append(ch)
         self._by_model = by_model
 
-    def routable(self, model: str, version: str, raw: str | None = None) -> bool:
+    def routable(
+        self, model: str, version: str, raw: str | None = None, where: Placement = ANYWHERE
+    ) -> bool:
         """A runner connected to this replica serves ``model`` ``version`` (and, with
-        ``raw``, passes that KServe protocol through)."""
+        ``raw``, passes that KServe protocol through) in a region ``where`` permits."""
         channels = self._by_model.get((model, version))
         if not channels:
             return False
-        return raw is None or any(raw in ch.raw for ch in channels)
+        return any((raw is None or raw in ch.raw) and where.permits(ch.region) for ch in channels)
+
+    def _narrow(self, key: ModelKey, where: Placement) -> Placement:
+        """``where`` restricted to its preferred region when a runner there serves ``key``."""
+        pref = where.preferred
+        if pref is None or not where.permits(pref):
+            return where
+        if any(ch.region == pref for ch in self._by_model.get(key, ())):
+            return Placement(pref, frozenset({pref}))
+        return where
 
     def channels(self) -> list[Channel]:
         return list(self._channels)
@@ -187,10 +223,14 @@ class Dispatcher:
     # the channel, slot counted) → sends; or → expired (429) / failed (503: nobody serves the
     # version) / cancelled (removed; a slot granted meanwhile goes to the next waiter).
 
-    def _pick(self, key: ModelKey, raw: str | None = None) -> Channel | None:
+    def _pick(
+        self, key: ModelKey, raw: str | None = None, where: Placement = ANYWHERE
+    ) -> Channel | None:
         best: Channel | None = None
         for ch in self._by_model.get(key, ()):
             if ch.inflight >= ch.capacity or (raw is not None and raw not in ch.raw):
+                continue
+            if not where.permits(ch.region):
                 continue
             # Least loaded; among equals the one that answered least (spreads sequential
             # callers over the runners instead of always the first).
@@ -207,7 +247,7 @@ class Dispatcher:
                 continue
             if not self._by_model.get(key):
                 while waiters:
-                    fut, _ = waiters.popleft()
+                    fut, _, _ = waiters.popleft()
                     if not fut.done():
                         fut.set_exception(
                             Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
@@ -215,15 +255,20 @@ class Dispatcher:
                 continue
             # FIFO; a waiter for a passthrough protocol no free runner speaks lets the ones
             # behind it go first (fleets mix runner versions only while upgrading).
-            kept: list[tuple[asyncio.Future[Channel], str | None]] = []
+            kept: list[Waiter] = []
             while waiters:
-                fut, raw = waiters.popleft()
+                fut, raw, where = waiters.popleft()
                 if fut.done():
                     continue
-                ch = self._pick(key, raw)
+                if not self.routable(key[0], key[1], raw, where):
+                    fut.set_exception(
+                        Unavailable(f"no runner in an allowed region serves {key[0]!r} any more")
+                    )
+                    continue
+                ch = self._pick(key, raw, where)
                 if ch is None:
-                    kept.append((fut, raw))
-                    if raw is None:
+                    kept.append((fut, raw, where))
+                    if raw is None and where is ANYWHERE:
                         break  # no free slot at all
                     continue
                 ch.inflight += 1
@@ -236,14 +281,21 @@ class Dispatcher:
         if not ch.closed:
             self._settle((key, *ch.models))
 
-    async def _slot(self, key: ModelKey, deadline: float, raw: str | None = None) -> Channel:
+    async def _slot(
+        self,
+        key: ModelKey,
+        deadline: float,
+        raw: str | None = None,
+        where: Placement = ANYWHERE,
+    ) -> Channel:
         """A channel with a slot reserved for this request: at once when nobody waits before
         us, else in FIFO order until ``deadline`` (then ``RateLimited``)."""
-        if not self.routable(key[0], key[1], raw):
+        if not self.routable(key[0], key[1], raw, where):
             raise Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
+        where = self._narrow(key, where) if where is not ANYWHERE else where
         waiters = self._waiters.setdefault(key, deque())
         if not waiters:
-            ch = self._pick(key, raw)
+            ch = self._pick(key, raw, where)
             if ch is not None:
                 ch.inflight += 1
                 return ch
@@ -262,7 +314,7 @@ class Dispatcher:
                     )
                 )
 
-        entry = (fut, raw)
+        entry = (fut, raw, where)
         waiters.append(entry)
         timer = loop.call_later(max(0.0, deadline - self._monotonic()), expire)
         try:
@@ -283,6 +335,7 @@ class Dispatcher:
         version: str,
         request: dict[str, Any] | RawRequest,
         timeout_s: float,
+        where: Placement = ANYWHERE,
     ) -> dict[str, Any]:
         """Send one inference to a runner and return its ``result`` frame.
 
@@ -295,7 +348,7 @@ class Dispatcher:
         start = self._monotonic()
         deadline = start + timeout_s
         ch = await self._slot(
-            key, min(deadline, start + self.queue_wait_s), raw.protocol if raw else None
+            key, min(deadline, start + self.queue_wait_s), raw.protocol if raw else None, where
         )
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

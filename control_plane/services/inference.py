@@ -34,7 +34,13 @@ from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
 
 from control_plane.errors import Timeout, Unavailable
-from control_plane.services.dispatch import Dispatcher, InferenceFailed, RawRequest
+from control_plane.services.dispatch import (
+    ANYWHERE,
+    Dispatcher,
+    InferenceFailed,
+    Placement,
+    RawRequest,
+)
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
 
@@ -101,6 +107,7 @@ class InferenceService:
         on_submit: Any = None,
     ) -> InferResult:
         wait_s = timeout_s or self._settings.infer_wait_s
+        req = await self._with_regions(p, req)
         d = self.dispatch
         if (
             d is not None
@@ -110,14 +117,15 @@ class InferenceService:
             rec = self._jobs.infer_target(p, req, cached_only=True)
             if rec is None:
                 rec = await self._jobs.offload(self._jobs.infer_target, p, req)
-            if d.routable(rec.name, rec.version):
+            where = Placement(req.region, frozenset(req.regions_allowed or ()))
+            if d.routable(rec.name, rec.version, where=where):
                 payload: dict[str, Any] = {
                     "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
                     "parameters": req.parameters,
                 }
                 if req.outputs:
                     payload["outputs"] = [o.model_dump(exclude_none=True) for o in req.outputs]
-                msg = await d.infer(rec.name, rec.version, payload, wait_s)
+                msg = await d.infer(rec.name, rec.version, payload, wait_s, where)
                 return InferResult(
                     model=rec.name,
                     version=rec.version,
@@ -146,10 +154,14 @@ class InferenceService:
         rec = self._jobs.ready_target(p, model, version, cached_only=True)
         if rec is None:
             rec = await self._jobs.offload(self._jobs.ready_target, p, model, version)
-        if not d.routable(rec.name, rec.version, protocol):
+        where = self.placement_of(p, rec.name, cached_only=True)
+        if where is None:
+            where = await self._jobs.offload(self.placement_of, p, rec.name)
+        assert where is not None
+        if not d.routable(rec.name, rec.version, protocol, where):
             return None
         request = build(rec.name, rec.version)
-        msg = await d.infer(rec.name, rec.version, request, self._settings.infer_wait_s)
+        msg = await d.infer(rec.name, rec.version, request, self._settings.infer_wait_s, where)
         return RawAnswer(
             model=rec.name,
             version=rec.version,
@@ -157,6 +169,35 @@ class InferenceService:
             meta={k: msg[k] for k in _ANSWER_META if msg.get(k) is not None},
             runner_id=msg.get("runner_id"),
         )
+
+    async def _with_regions(self, p: Principal, req: JobRequest) -> JobRequest:
+        """``req`` with its region defaults (off the event loop only when a store read is
+        due: the hot path stays on it)."""
+        regions = getattr(self._jobs, "regions", None)
+        if regions is None:
+            return req
+        out: JobRequest
+        if regions.resolves_without_io(req.model):
+            out = self._jobs.with_regions(p, req)
+        else:
+            out = await self._jobs.offload(self._jobs.with_regions, p, req)
+        return out
+
+    def placement_of(
+        self, p: Principal, model: str, *, cached_only: bool = False
+    ) -> Placement | None:
+        """Where a KServe call (no region fields of its own) of ``p`` may run: its tenant's
+        and the deployment's region defaults (docs/regions.md). ``cached_only``: None
+        instead of a store read."""
+        regions = getattr(self._jobs, "regions", None)
+        if regions is None:
+            return ANYWHERE
+        if cached_only and not regions.resolves_without_io(model):
+            return None
+        preferred, allowed = regions.defaults(p.tenant, model)
+        if preferred is None and not allowed:
+            return ANYWHERE
+        return Placement(preferred, frozenset(allowed))
 
     # ------------------------------------------------------------------ durable path
     async def _durable(

@@ -39,6 +39,8 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
         run_ms=job.run_ms,
         runner_id=job.runner_id,
         region=job.region,
+        regions_allowed=(job.request.get("placement") or {}).get("regions_allowed") or None,
+        spill_after_s=(job.request.get("placement") or {}).get("spill_after_s"),
         tags=job.request.get("tags") or {},
         outputs=outputs,
         outputs_url=url,
@@ -56,6 +58,11 @@ def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRe
         "parameters": req.parameters,
         "webhook": req.webhook.model_dump() if req.webhook else None,
         "tags": req.tags,
+        # Region policy beyond the preferred ``region`` (services/regions.py)
+        "placement": {
+            "regions_allowed": list(req.regions_allowed or []),
+            "spill_after_s": req.spill_after_s,
+        },
     }
     return JobRecord(
         id=job_id,

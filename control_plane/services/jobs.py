@@ -77,6 +77,7 @@ from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
 from control_plane.services.quotas import QuotaService
+from control_plane.services.regions import RegionPolicy, RegionService, static_region_fits
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
 from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
@@ -210,6 +211,10 @@ class JobService:
         self.lease_offers: (
             Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
         ) = None
+        # Regions (services/regions.py): request defaults, the lease filter, waiting words.
+        self.regions: RegionService | None = None
+        # Per leased job: (the runner's region, "preferred" | "spilled" | "any").
+        self.on_region_lease: builtins.list[Callable[[str | None, str], None]] = []
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -336,6 +341,13 @@ class JobService:
         )
         return rec
 
+    def with_regions(self, p: Principal, req: JobRequest) -> JobRequest:
+        """``req`` with the tenant's and the deployment's region defaults and limits applied
+        (InvalidRequest names a field outside them); unchanged without a region service."""
+        if self.regions is None:
+            return req
+        return self.regions.resolve(p.tenant, req)
+
     def _check_depth(self, model: str, adding: int = 1) -> None:
         """429 when the queue of ``model`` is full. A depth read in the last ``DEPTH_CACHE_S``
         plus this replica's submits since is trusted while it stays under half the limit."""
@@ -358,6 +370,7 @@ class JobService:
     ) -> tuple[JobView, bool]:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
         p.require("jobs:write")
+        req = self.with_regions(p, req)
         self._validate(p, req, {})
         try:
             self.quotas.check_submit(p, [req.priority])
@@ -413,6 +426,14 @@ class JobService:
         """
         p.require("jobs:write")
         cache: dict[tuple[str, str | None], Any] = {}
+        resolved: builtins.list[JobRequest] = []
+        for i, req in enumerate(reqs):
+            try:
+                resolved.append(self.with_regions(p, req))
+            except InvalidRequest as exc:
+                field = f"jobs[{i}].{exc.field}" if exc.field else f"jobs[{i}]"
+                raise InvalidRequest(f"jobs[{i}]: {exc.message}", field=field) from exc
+        reqs = resolved
         for i, req in enumerate(reqs):
             try:
                 self._validate(p, req, cache)
@@ -581,12 +602,26 @@ class JobService:
                 log.warning("waiting_reason failed for %s", job.id, exc_info=True)
         if job.status == "QUEUED" and view.waiting_reason is None:
             view.waiting_reason = self.quotas.waiting_reason(job.tenant)
+        if job.status == "QUEUED" and self.regions is not None:
+            try:
+                view.waiting_reason = self._region_reason(job, view.waiting_reason)
+            except Exception:
+                log.warning("region waiting_reason failed for %s", job.id, exc_info=True)
         if job.runner_id and self.cold_host is not None:
             try:
                 view.cold_host = self.cold_host(job)
             except Exception:
                 log.warning("cold_host failed for %s", job.id, exc_info=True)
         return view
+
+    def _region_reason(self, job: JobRecord, reason: str | None) -> str | None:
+        """``reason`` with what the job's region policy waits for (region, spill delay)."""
+        assert self.regions is not None
+        policy = RegionPolicy.of_job(job.region, job.request, self.regions.default_spill_s)
+        words = self.regions.waiting_reason(policy, now() - job.created_at)
+        if words is None:
+            return reason
+        return words if not reason else f"{words}; {reason}"
 
     async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
@@ -701,13 +736,26 @@ class JobService:
             for n in range(self._settings.queue_shards)
         ]
 
+        t = now()
+        region_fits = self._region_fits
+
         def fits(e: QueueEntry) -> bool:
-            return (not e.version or e.version in offers[e.model]) and (
-                not e.region or e.region == region
+            return (not e.version or e.version in offers[e.model]) and region_fits(
+                e.region, region, t - e.created_at
             )
 
         pool = frozenset(offers)
         return self._heads.take(shards, fits, want, lambda es, n: self._fair.pick(pool, es, n))
+
+    def _region_fits(self, entry_region: str, runner_region: str | None, queued_s: float) -> bool:
+        """Region eligibility of a runner for a queue entry (services/regions.py): never
+        outside the job's ``regions_allowed``; its preferred region at once; other allowed
+        regions nearest first, one ``spill_after_s`` apart."""
+        if not entry_region:
+            return True
+        if self.regions is not None:
+            return self.regions.fits(entry_region, runner_region, queued_s)
+        return static_region_fits(entry_region, runner_region, queued_s)
 
     def _lease_once(
         self, runner_id: str, region: str | None, req: LeaseRequest
@@ -731,9 +779,22 @@ class JobService:
                 claims.append((entry, entry.version or max(offers[entry.model], key=int)))
             for job in self._ops.claim_many(claims, runner_id, t):  # one batch per round
                 leased.append(self.payloads.for_lease(job, leased_job(job)))
+                self._region_leased(job, region)
             if len(leased) >= req.max_jobs or not pending:
                 break
         return leased
+
+    def _region_leased(self, job: JobRecord, region: str | None) -> None:
+        if not self.on_region_lease:
+            return
+        placement = (
+            "any" if job.region is None else ("preferred" if job.region == region else "spilled")
+        )
+        for hook in self.on_region_lease:
+            try:
+                hook(region, placement)
+            except Exception:
+                log.warning("on_region_lease hook failed", exc_info=True)
 
     def _held(self, runner_id: str, job_id: str, lease_token: str) -> JobRecord:
         job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
@@ -899,10 +960,16 @@ class JobService:
                 for shard in range(self._settings.queue_shards)
                 for e in self._store.queue.head(keys.queue_shard(model, shard), 100)
             ]
+            by_region: dict[str, float] = {}
+            for e in entries:
+                preferred = RegionPolicy.decode(e.region).preferred if e.region else None
+                if preferred is not None:
+                    by_region[preferred] = min(by_region.get(preferred, e.created_at), e.created_at)
             out[model] = QueueSnapshot(
                 depth=max(depths.get(model, 0), len(entries)),
                 oldest_at=min((e.created_at for e in entries), default=None),
                 pinned_versions=frozenset(e.version for e in entries if e.version),
+                oldest_by_region=by_region,
             )
         return out
 

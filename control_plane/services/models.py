@@ -20,6 +20,7 @@ on reads and 409 on creating a version of it; admins see and manage every model.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -56,6 +57,9 @@ from control_plane.storage.protocols import (
 PART_SIZE = 64 * 1024 * 1024
 MAX_PARTS = 10_000
 _NAME = re.compile(NAME_PATTERN)
+
+
+log = logging.getLogger(__name__)
 
 
 def object_key(name: str, version: str, path: str) -> str:
@@ -135,6 +139,10 @@ class ModelService:
         self._part_size = part_size
         # model name -> {version: runner ids reporting it READY} (services/deployments.py)
         self.loaded_on: Callable[[str], dict[str, list[str]]] | None = None
+        # Called with each version this replica marks READY (region copies, regions.md).
+        self.after_ready: list[Callable[[ModelVersionRecord], None]] = []
+        # Called with (name, version) of each version this replica deletes.
+        self.after_delete: list[Callable[[str, str], None]] = []
 
     # ------------------------------------------------------------------ access
     def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
@@ -310,6 +318,11 @@ class ModelService:
             return version_view(current)
         rec.state = "READY"
         self._ensure_deployment(name)
+        for hook in self.after_ready:
+            try:
+                hook(rec)
+            except Exception:
+                log.warning("after_ready hook failed for %s %s", name, version, exc_info=True)
         return version_view(rec)
 
     def _ensure_deployment(self, name: str) -> None:
@@ -396,6 +409,11 @@ class ModelService:
         self.generation += 1
         self._store.delete_version(name, version)
         self._blobs.delete_prefix(object_key(name, version, ""))
+        for hook in self.after_delete:
+            try:
+                hook(name, version)
+            except Exception:
+                log.warning("after_delete hook failed for %s %s", name, version, exc_info=True)
 
     def ready_record(
         self, p: Principal | None, name: str, version: str | None

@@ -18,6 +18,10 @@ Rules, per deployment (models in name order, so memory is shared out determinist
 - Eligible runners: healthy (recent heartbeat, not revoked, not draining), in one of the
   deployment's ``regions`` (any region when the list is empty) and, when the deployment
   requires a capacity ``pool``, started for that pool (the runner label ``gpufleet.pool``).
+- Regions (docs/regions.md): jobs that prefer a region count per region too. When the oldest
+  job preferring region R has waited ``scale_up_wait_s`` and no replica is placed in R, a
+  runner in R gets one (a new replica while below ``max_replicas``; busiest region first), so
+  a busy region gets its own replica instead of its jobs spilling to other regions forever.
 - Existing assignments are kept while their runner stays eligible (no churn). New replicas
   go to, in order: runners that already hold the model (any version, READY or LOADING),
   runners in an earlier region of ``regions`` (the preference order), runners with the
@@ -101,10 +105,13 @@ class QueueSnapshot:
     depth: int = 0
     oldest_at: float | None = None
     pinned_versions: frozenset[str] = frozenset()
+    # preferred region -> creation time of the oldest queued job that prefers it
+    oldest_by_region: Mapping[str, float] = field(default_factory=dict)
 
     def stat(self, now: float) -> QueueStat:
         wait = 0.0 if self.oldest_at is None else max(0.0, now - self.oldest_at)
-        return QueueStat(depth=self.depth, wait_s=wait)
+        regions = {r: max(0.0, now - t) for r, t in self.oldest_by_region.items()}
+        return QueueStat(depth=self.depth, wait_s=wait, region_wait_s=regions)
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class QueueStat:
 
     depth: int = 0
     wait_s: float = 0.0
+    region_wait_s: Mapping[str, float] = field(default_factory=dict)  # by preferred region
 
 
 @dataclass(frozen=True)
@@ -256,11 +264,18 @@ def decide(
     by_id = {r.id: r for r in runners}
     out: dict[str, ModelPlan] = {}
     for dep in sorted(deployments, key=lambda d: d.name):
-        plan = scale(dep, previous.get(dep.name), queue.get(dep.name, QueueStat()), now, policy)
+        q = queue.get(dep.name, QueueStat())
+        plan = scale(dep, previous.get(dep.name), q, now, policy)
         if not dep.ready_versions:
             out[dep.name] = replace(plan, reason=f"model {dep.name!r} has no READY version")
             continue
-        out[dep.name] = _place(dep, plan, previous.get(dep.name), runners, by_id, ledger, measured)
+        busy = sorted(
+            (r for r, w in q.region_wait_s.items() if w >= policy.scale_up_wait_s),
+            key=lambda r: (-q.region_wait_s[r], r),
+        )
+        out[dep.name] = _place(
+            dep, plan, previous.get(dep.name), runners, by_id, ledger, measured, busy, now
+        )
     return out
 
 
@@ -276,6 +291,8 @@ def _place(
     by_id: Mapping[str, RunnerInput],
     ledger: _Ledger,
     measured: MemoryTable,
+    busy_regions: Sequence[str] = (),
+    now: float = 0.0,
 ) -> ModelPlan:
     target = dep.ready_versions[0]
     need = MemoryFn(dep, target, measured)
@@ -302,16 +319,10 @@ def _place(
         old = [a for a in (prev.assignments if prev else ()) if a.runner_id == rid]
         assignments.extend(_move_to_target(dep, r, old, target, need, ledger, measured))
 
-    # 2. add replicas
-    reason: str | None = None
     chosen = set(kept_ids)
-    while len(chosen) < plan.replicas:
-        candidates = [r for r in eligible if r.id not in chosen]
-        if not candidates:
-            where = f" in regions {list(dep.regions)}" if dep.regions else ""
-            where += f" in pool {dep.pool!r}" if dep.pool else ""
-            reason = f"no healthy runner{where} to place replica {len(chosen) + 1} of {dep.name!r}"
-            break
+
+    def add(candidates: list[RunnerInput]) -> str | None:
+        """Place one replica on the best of ``candidates``; why not (None: placed)."""
         scored = []
         most_free = -1
         for r in candidates:
@@ -323,20 +334,46 @@ def _place(
             holds = 0 if r.holds(dep.name) else 1
             scored.append(((holds, _region_rank(dep, r), -free, r.id), r, gpu))
         if not scored:
-            reason = (
+            return (
                 f"not enough GPU memory for {dep.name!r} version {target}: needs "
                 f"{need(_gpu_name(candidates[0], candidates[0].gpus[0].index))} MB, "
                 f"the most free on an eligible GPU is {max(most_free, 0)} MB"
             )
-            break
         _, r, gpu = min(scored, key=lambda x: x[0])
         chosen.add(r.id)
         mb = need(gpu.name) if gpu else 0
         if not r.holds(dep.name, target, frozenset({LOADED})):
             ledger.take(r.id, gpu.index if gpu else None, mb)
         assignments.append(Assignment(r.id, target, gpu.index if gpu else None, mb))
+        return None
 
-    # 3. versions pinned by queued jobs stay placed somewhere
+    # 2. a replica in each busy region that has none (busiest first)
+    for region in busy_regions:
+        if any(by_id[rid].region == region for rid in chosen):
+            continue
+        local = [r for r in eligible if r.id not in chosen and r.region == region]
+        if not local:
+            continue
+        if len(chosen) >= plan.replicas:
+            if plan.replicas >= dep.max_replicas:
+                break
+            plan = replace(plan, replicas=plan.replicas + 1, changed_at=now)
+        add(local)
+
+    # 3. add replicas
+    reason: str | None = None
+    while len(chosen) < plan.replicas:
+        candidates = [r for r in eligible if r.id not in chosen]
+        if not candidates:
+            where = f" in regions {list(dep.regions)}" if dep.regions else ""
+            where += f" in pool {dep.pool!r}" if dep.pool else ""
+            reason = f"no healthy runner{where} to place replica {len(chosen) + 1} of {dep.name!r}"
+            break
+        reason = add(candidates)
+        if reason is not None:
+            break
+
+    # 4. versions pinned by queued jobs stay placed somewhere
     placed_versions = {a.version for a in assignments}
     for version in sorted(dep.pinned_versions - placed_versions):
         if version not in dep.ready_versions:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.services.regions import RegionPolicy
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     IdempotencyRecord,
@@ -90,7 +91,9 @@ class QueueOps:
             priority=job.priority,
             created_at=job.created_at,
             version=(job.model_version or "") if job.pinned else "",
-            region=job.region or "",
+            region=RegionPolicy.of_job(
+                job.region, job.request, self._settings.region_spill_after_s
+            ).encode(),
             ttl_deadline=job.ttl_deadline,
             token=token,
             timeout_s=job.timeout_s,

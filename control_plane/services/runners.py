@@ -63,6 +63,10 @@ class RunnerService:
         self._now = now
         # Placement (services/deployments.py): the heartbeat answer's desired_models.
         self.desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None
+        # Regions (services/regions.py): a heartbeat's measured round trip, by region, and
+        # the measured value a runner view shows.
+        self.observe_rtt: Callable[[str, float], None] | None = None
+        self.region_rtt: Callable[[str], float | None] | None = None
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest) -> RegisterResponse:
@@ -144,6 +148,8 @@ class RunnerService:
         )
         if rec is None:
             raise Unauthorized("runner revoked")
+        if req.rtt_ms is not None and self.observe_rtt is not None:
+            self.observe_rtt(rec.region, req.rtt_ms)
         cancel = self._cancelled_among(list(req.running_jobs)) if req.running_jobs else []
         # None (no deployment anywhere, or no placement wired): the runner keeps its models.
         desired = self.desired_models(rec) if self.desired_models is not None else None
@@ -152,10 +158,17 @@ class RunnerService:
         )
 
     # ------------------------------------------------------------------ admin / read
-    def list_runners(self, p: Principal) -> RunnerList:
-        """Every runner with its status (needs ``runners:read``)."""
+    def list_runners(self, p: Principal, region: str | None = None) -> RunnerList:
+        """Every runner with its status (needs ``runners:read``), or those of ``region``;
+        ``by_region`` counts every runner by region and status."""
         p.require("runners:read")
-        return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
+        views = [self.view(r) for r in self._store.list_runners()]
+        by_region: dict[str, dict[str, int]] = {}
+        for v in views:
+            counts = by_region.setdefault(v.region, {})
+            counts[v.status] = counts.get(v.status, 0) + 1
+        shown = [v for v in views if region is None or v.region == region]
+        return RunnerList(runners=shown, by_region=dict(sorted(by_region.items())))
 
     def usable(self, runner_id: str) -> bool:
         """The runner is registered, not revoked and not draining (a long poll in flight when
@@ -216,6 +229,7 @@ class RunnerService:
                 "triton": rec.triton,
                 "running_jobs": rec.running_jobs,
                 "config": rec.config,
+                "rtt_ms": self.region_rtt(rec.region) if self.region_rtt else None,
             }
         )
 

@@ -43,6 +43,26 @@ class S3BlobStore:
                 )
             )
 
+    def copy_to(self, key: str, location: str) -> None:
+        """Copy object ``key`` to the same key in bucket (or S3 access point) ``location``
+        (a managed copy: multipart for large objects); NotFound when ``key`` is missing."""
+        with translate_errors("copy object"):
+            try:
+                self._s3.copy({"Bucket": self._bucket, "Key": key}, location, key)
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    raise NotFound(f"object {key!r} not found") from exc
+                raise
+
+    def presign_get_at(self, location: str, key: str, ttl_s: int) -> str:
+        """A URL that GETs ``key`` from bucket (or access point) ``location``."""
+        with translate_errors("presign get"):
+            return str(
+                self._s3.generate_presigned_url(
+                    "get_object", Params={"Bucket": location, "Key": key}, ExpiresIn=ttl_s
+                )
+            )
+
     def head(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
         with translate_errors("head object"):
@@ -144,16 +164,20 @@ class S3BlobStore:
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object under ``prefix``."""
+        self.delete_prefix_at(self._bucket, prefix)
+
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete every object under ``prefix`` in bucket (or access point) ``location``."""
         with translate_errors("delete objects"):
             token: str | None = None
             while True:
-                kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
+                kwargs: dict[str, Any] = {"Bucket": location, "Prefix": prefix}
                 if token:
                     kwargs["ContinuationToken"] = token
                 page = self._s3.list_objects_v2(**kwargs)
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": keys})
+                    self._s3.delete_objects(Bucket=location, Delete={"Objects": keys})
                 if not page.get("IsTruncated"):
                     return
                 token = page.get("NextContinuationToken")

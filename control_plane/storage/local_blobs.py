@@ -76,6 +76,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["BadDigest", "BlobWriter", "Grant", "LocalBlobStore", "OpenedBlob"]
 
 ROUTE_PREFIX = "/v1/blobs/"
+REGION_PREFIX = "regions/"  # copies of objects for region "buckets" (copy_to)
 MAX_KEY_BYTES = 1024
 MAX_PARTS = 10_000
 DEFAULT_MAX_OBJECT_BYTES = 5 * 1024**3  # S3's largest single PUT (object or part)
@@ -461,6 +462,40 @@ class LocalBlobStore:
         return OpenedBlob(file=f, size=st.st_size, mtime=st.st_mtime)
 
     # ------------------------------------------------------------------ BlobStore
+    @staticmethod
+    def region_key(location: str, key: str) -> str:
+        """Where the copy of ``key`` for ``location`` lives: the local store has one root, so
+        a region's "bucket" is the prefix ``regions/<location>/``."""
+        _check_key(location, "location")
+        return f"{REGION_PREFIX}{location}/{key}"
+
+    @_disk
+    def copy_to(self, key: str, location: str) -> None:
+        """Copy object ``key`` to ``regions/<location>/<key>`` (atomically, like a put);
+        NotFound when ``key`` is missing."""
+        blob = self.open_blob(key)
+        try:
+            writer = self.open_writer(Grant(op="put", key=self.region_key(location, key)))
+            try:
+                offset = 0
+                while chunk := blob.read_at(offset, _CHUNK):
+                    writer.write(chunk)
+                    offset += len(chunk)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit()
+        finally:
+            blob.close()
+
+    def presign_get_at(self, location: str, key: str, ttl_s: int) -> str:
+        """A URL that GETs the copy of ``key`` for ``location``."""
+        return self.presign_get(self.region_key(location, key), ttl_s)
+
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete the copies under ``prefix`` for ``location``."""
+        self.delete_prefix(self.region_key(location, prefix))
+
     @_disk
     def head(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""

@@ -625,6 +625,21 @@ class BlobStore(Protocol):
         does not match its part; the object is then not written."""
         ...
 
+    def copy_to(self, key: str, location: str) -> None:
+        """Copy object ``key`` to the same key at ``location``: another bucket or S3 access
+        point (the local store: its prefix ``regions/<location>/``), for runners of a region
+        to fetch model files near them (docs/regions.md). The copy is whole or absent, as a
+        put; copying again replaces it. NotFound when ``key`` does not exist."""
+        ...
+
+    def presign_get_at(self, location: str, key: str, ttl_s: int) -> str:
+        """A URL that GETs the copy of ``key`` at ``location`` (made by ``copy_to``)."""
+        ...
+
+    def delete_prefix_at(self, location: str, prefix: str) -> None:
+        """Delete every copy under ``prefix`` at ``location`` (as ``delete_prefix``)."""
+        ...
+
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object whose key starts with ``prefix`` (a plain string prefix:
         ``"d/a"`` also matches ``"d/ab/1"``); nothing there is fine."""

@@ -212,6 +212,8 @@ def job_request(
     tags: Mapping[str, str] | None = None,
     parameters: Mapping[str, Any] | None = None,
     inline_limit: int = INLINE_LIMIT_BYTES,
+    regions_allowed: Iterable[str] | None = None,
+    spill_after_s: float | None = None,
 ) -> Op[JobRequest]:
     """Validate and encode one job body (uploading large inputs)."""
     inputs = yield from _cast(core, model, model_version, inputs)
@@ -221,7 +223,11 @@ def job_request(
         "model_version": model_version,
         "inputs": tensors,
         "priority": priority,
-        "region": region,
+        "region": region if region is not None else core.region,
+        "regions_allowed": list(regions_allowed)
+        if regions_allowed is not None
+        else core.regions_allowed,
+        "spill_after_s": spill_after_s,
         "tags": dict(tags or {}),
         "parameters": dict(parameters or {}),
     }
@@ -286,6 +292,8 @@ def infer(
     timeout: float | None,
     outputs: Iterable[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
+    region: str | None = None,
+    regions_allowed: Iterable[str] | None = None,
 ) -> Op[dict[str, np.ndarray[Any, Any]]]:
     """``POST /v1/models/{model}/infer``: synchronous inference, answered on the call.
 
@@ -300,6 +308,10 @@ def infer(
         outputs=[OutputRequest(name=n) for n in outputs] if outputs is not None else None,
         parameters=dict(parameters or {}),
         timeout_s=min(timeout, 3600.0) if timeout else None,
+        region=region if region is not None else core.region,
+        regions_allowed=list(regions_allowed)
+        if regions_allowed is not None
+        else core.regions_allowed,
     )
     resp = yield from core.request(
         "POST",

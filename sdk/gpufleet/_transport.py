@@ -171,6 +171,10 @@ class Core:
         self.tls_names = SDK_NAMES
         # (model, version) -> (when read, input name -> declared datatype): _ops.cast_inputs
         self.declared: dict[tuple[str, str | None], tuple[float, dict[str, str]]] = {}
+        # The client's region setting (docs/regions.md): what jobs and calls carry when
+        # they name none.
+        self.region: str | None = None
+        self.regions_allowed: list[str] | None = None
 
     # ------------------------------------------------------------------ building requests
 

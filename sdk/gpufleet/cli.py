@@ -304,6 +304,15 @@ def jobs_submit(
         int | None, typer.Option(help="Seconds the job may wait queued before TIMED_OUT.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job finishes.")] = False,
+    region: Annotated[str | None, typer.Option(help="Preferred region.")] = None,
+    region_allowed: Annotated[
+        list[str] | None,
+        typer.Option("--region-allowed", help="A region it may run in, never others (repeat)."),
+    ] = None,
+    spill_after_s: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for --region before the nearest other may take it."),
+    ] = None,
 ) -> None:
     """Queue a job; with --wait, wait for it (exit 1 when it fails)."""
     state: State = ctx.obj
@@ -319,6 +328,9 @@ def jobs_submit(
         idempotency_key=idempotency_key,
         webhook=webhook,
         ttl_s=ttl_s,
+        region=region,
+        regions_allowed=region_allowed or None,
+        spill_after_s=spill_after_s,
     )
     if not wait:
         state.output.record(job, title=job.id)

@@ -19,6 +19,7 @@ import numpy as np
 
 from gpufleet import _ops, models
 from gpufleet._transport import Authenticate, Core, Op, Send, Sleep, seg
+from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
 from gpufleet.direct import DirectTickets, infer_direct
 from gpufleet.errors import ConnectionError, NotFoundError
@@ -97,6 +98,8 @@ class Client:
         client_cert: str | Path | None = None,
         client_key: str | Path | None = None,
         tls: TlsOptions | None = None,
+        region: str | None = None,
+        regions_allowed: Iterable[str] | None = None,
     ) -> None:
         creds = resolve_credentials(url, api_key, token)
         self._core = Core(
@@ -106,6 +109,9 @@ class Client:
             timeout=timeout,
             max_retries=max_retries,
         )
+        # Region setting: the preferred region and limit of jobs and calls that name none
+        # (the arguments, else GPUFLEET_REGION / GPUFLEET_REGIONS_ALLOWED).
+        self._core.region, self._core.regions_allowed = region_setting(region, regions_allowed)
         options = tls or resolve(
             ca_bundle=ca_bundle,
             verify=tls_verify,
@@ -193,6 +199,8 @@ class Client:
         parameters: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         wait: float | None = None,
+        regions_allowed: Iterable[str] | None = None,
+        spill_after_s: float | None = None,
     ) -> JobView:
         """Queue a job. ``inputs`` is ``{"NAME": array_or_list}`` or a list of wire
         ``Tensor``; large arrays are uploaded to the bucket. The request always carries an
@@ -201,13 +209,16 @@ class Client:
         with ``idempotency_key=err.idempotency_key`` to get it instead of a second one.
         Returns the job as queued (``status == "QUEUED"``); with ``wait=N`` the server
         holds the answer until the job is terminal or N seconds (≤ 30) pass and returns the
-        job as it is then (``Prefer: wait``): one call instead of a submit and a wait."""
+        job as it is then (``Prefer: wait``): one call instead of a submit and a wait.
+        ``region`` (preferred), ``regions_allowed`` (never elsewhere) and ``spill_after_s``
+        steer where it runs (docs/regions.md); the first two default to the client's."""
         req = self._run(
             _ops.job_request(
                 self._core, model, inputs, model_version=model_version, outputs=outputs,
                 priority=priority, timeout_s=timeout_s, ttl_s=ttl_s,
                 max_attempts=max_attempts, region=region, webhook=webhook, tags=tags,
-                parameters=parameters,
+                parameters=parameters, regions_allowed=regions_allowed,
+                spill_after_s=spill_after_s,
             )
         )  # fmt: skip
         return self._run(_ops.submit(self._core, req, idempotency_key, wait))
@@ -314,10 +325,11 @@ class Client:
                              submit_args.get("outputs"), submit_args.get("parameters"),
                              submit_args.get("region"))
             )  # fmt: skip
-        if set(submit_args) <= {"outputs", "parameters"}:
+        if set(submit_args) <= {"outputs", "parameters", "region", "regions_allowed"}:
             return self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,
-                           submit_args.get("outputs"), submit_args.get("parameters"))
+                           submit_args.get("outputs"), submit_args.get("parameters"),
+                           submit_args.get("region"), submit_args.get("regions_allowed"))
             )  # fmt: skip
         job = self.submit(model, inputs, model_version=version, **submit_args)
         return self.outputs(self.wait(job.id, timeout=timeout))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -140,3 +141,17 @@ def resolve(
     if stored is not None and same_plane:  # the TLS settings saved for that control plane
         return replace(stored, url=url, api_key=api_key, token=token)
     return Credentials(url=url, api_key=api_key, token=token)
+
+
+def region_setting(
+    region: str | None = None, regions_allowed: Iterable[str] | None = None
+) -> tuple[str | None, list[str] | None]:
+    """The client's region setting (docs/regions.md): the arguments, else ``GPUFLEET_REGION``
+    and ``GPUFLEET_REGIONS_ALLOWED`` (comma-separated), else none."""
+    if region is None:
+        region = os.environ.get("GPUFLEET_REGION") or None
+    if regions_allowed is None:
+        raw = os.environ.get("GPUFLEET_REGIONS_ALLOWED") or ""
+        listed = [r.strip() for r in raw.split(",") if r.strip()]
+        return region, listed or None
+    return region, list(regions_allowed)

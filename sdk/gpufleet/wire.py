@@ -7,7 +7,7 @@ this module; it imports nothing of theirs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,6 +37,8 @@ ModelVersionState = Literal["UPLOADING", "READY", "FAILED", "DELETED"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+REGION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RegionName = Annotated[str, Field(pattern=REGION_PATTERN)]
 
 
 class Strict(BaseModel):
@@ -117,7 +119,22 @@ class JobRequest(Strict):
     timeout_s: int = Field(default=600, ge=1, le=86_400)
     ttl_s: int = Field(default=86_400, ge=1, le=7 * 86_400)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    region: str | None = Field(default=None, max_length=64)
+    region: RegionName | None = Field(
+        default=None, description="Preferred region (docs/regions.md)."
+    )
+    regions_allowed: list[RegionName] | None = Field(
+        default=None,
+        max_length=64,
+        description="Regions the job may run in, never others (data residency); None: the "
+        "tenant's or deployment's limit, else any.",
+    )
+    spill_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="Seconds to wait for a runner in `region` before the nearest other allowed "
+        "region may take the job; None: the server's region_spill_after_s.",
+    )
     webhook: WebhookSpec | None = None
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
 
@@ -132,6 +149,12 @@ class InferRequest(Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(
         default=None, gt=0, le=3600, description="Default: the server's infer_wait_s."
+    )
+    region: RegionName | None = Field(
+        default=None, description="Preferred region (docs/regions.md)."
+    )
+    regions_allowed: list[RegionName] | None = Field(
+        default=None, max_length=64, description="Regions it may run in, never others."
     )
 
 
@@ -184,6 +207,8 @@ class JobView(Response):
     run_ms: int | None = None
     runner_id: str | None = None
     region: str | None = None
+    regions_allowed: list[str] | None = None
+    spill_after_s: float | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     outputs: list[Tensor] | None = None
     outputs_url: str | None = None
@@ -393,6 +418,12 @@ class HeartbeatRequest(Strict):
     models: list[ModelState] = Field(default_factory=list, max_length=1024)
     triton: dict[str, Any] = Field(default_factory=dict)
     running_jobs: list[str] = Field(default_factory=list, max_length=4096)
+    rtt_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=60_000,
+        description="Round-trip time of the runner's previous call to the control plane.",
+    )
 
 
 class HeartbeatResponse(Response):
@@ -525,10 +556,44 @@ class RunnerView(Response):
     triton: dict[str, Any] = Field(default_factory=dict)
     running_jobs: list[str] = Field(default_factory=list)
     config: RunnerConfig = Field(default_factory=RunnerConfig)
+    rtt_ms: float | None = None  # its region's measured round trip to this control plane
 
 
 class RunnerList(Response):
     runners: list[RunnerView]
+    # region -> status (ONLINE, OFFLINE, DRAINING, REVOKED) -> number of runners
+    by_region: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class RegionInfo(Response):
+    """One region of ``GET /v1/regions``."""
+
+    region: str
+    live_runners: int = 0
+    location: list[float] | None = None  # [latitude, longitude] from the static table
+    rtt_to_control_plane_ms: float | None = None  # measured by its runners' heartbeats
+    samples: int = 0
+
+
+class RegionLatency(Response):
+    """Round trip between two regions: ``static_ms`` (from their locations), ``measured_ms``
+    (from heartbeats, for pairs with the control plane's region), ``rtt_ms`` the one used."""
+
+    from_region: str
+    to_region: str
+    static_ms: float | None = None
+    measured_ms: float | None = None
+    rtt_ms: float
+    source: Literal["measured", "static", "unknown"]
+
+
+class RegionTable(Response):
+    """``GET /v1/regions``: what geo-aware leasing ranks regions by (docs/regions.md)."""
+
+    control_plane_region: str | None = None
+    default_spill_after_s: float
+    regions: list[RegionInfo]
+    latency: list[RegionLatency]
 
 
 # --------------------------------------------------------------------------- models
@@ -621,6 +686,24 @@ class DeploymentSpec(Strict):
     regions: list[str] = Field(default_factory=list, max_length=32)
     gpu_memory_mb: int | None = Field(default=None, ge=0)
     pool: str | None = Field(default=None, min_length=1, max_length=63)
+    default_region: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Preferred region of this model's jobs and calls that name none (after "
+        "the tenant's default; docs/regions.md).",
+    )
+    regions_allowed: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Regions this model's jobs may run in when the request and the tenant "
+        "set no limit; empty: any.",
+    )
+    region_buckets: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Region -> bucket (or S3 access point) holding a copy of the model's "
+        "files: runners of that region fetch from it; new versions are copied there.",
+    )
 
 
 class DeploymentView(Response):

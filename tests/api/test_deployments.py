@@ -210,9 +210,19 @@ async def test_waiting_reason_without_runners_and_in_other_region(
     assert view["waiting_reason"] == "no healthy runner is connected"
     us = await register(client, admin, "us-1", "us-east-1")
     await us.heartbeat([gpu(16000)], [])
-    job = (await client.post("/v1/jobs", headers=user, json=add_sub_job(region="eu-west-1"))).json()
+    pinned = add_sub_job(region="eu-west-1", regions_allowed=["eu-west-1"])
+    job = (await client.post("/v1/jobs", headers=user, json=pinned)).json()
     view = (await client.get(f"/v1/jobs/{job['id']}", headers=user)).json()
-    assert view["waiting_reason"] == "no healthy runner in region 'eu-west-1'"
+    assert view["waiting_reason"] == (
+        "waiting for a runner in eu-west-1 (pinned); "
+        "no healthy runner in regions_allowed ['eu-west-1']"
+    )
+    preferred = add_sub_job(region="eu-west-1", spill_after_s=40)
+    job = (await client.post("/v1/jobs", headers=user, json=preferred)).json()
+    view = (await client.get(f"/v1/jobs/{job['id']}", headers=user)).json()
+    assert view["waiting_reason"].startswith(
+        "waiting for a runner in eu-west-1; may spill to us-east-1 in "
+    )
     # deployed with more memory than any GPU has: the job says so
     r = await client.put(
         "/v1/models/add_sub/deployment", headers=user, json={"gpu_memory_mb": 90000}

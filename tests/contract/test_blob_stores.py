@@ -190,3 +190,36 @@ async def test_runner_download_resumes_with_range(blobs: BlobStore, tmp_path: Pa
     assert paths["1/model.onnx"].read_bytes() == data
     assert downloader.resumed == 1
     assert downloader.bytes_downloaded == len(data) - MIB
+
+
+def region_location(blobs: BlobStore, request: pytest.FixtureRequest) -> str:
+    """A region's bucket: a second S3 bucket on moto; a name (a prefix) on the local store."""
+    if isinstance(blobs, S3BlobStore):
+        request.getfixturevalue("aws")[1].create_bucket(Bucket="gpufleet-eu-central-1")
+    return "gpufleet-eu-central-1"
+
+
+def test_copy_to_a_region_bucket(blobs: BlobStore, request: pytest.FixtureRequest) -> None:
+    location = region_location(blobs, request)
+    data = os.urandom(3 * MIB + 17)
+    key = "models/m/1/model.onnx"
+    put(blobs, key, data)
+    blobs.copy_to(key, location)
+    r = httpx.get(blobs.presign_get_at(location, key, 60))
+    assert r.status_code == 200 and r.content == data
+    put(blobs, key, b"v2")  # the home copy changes; the region's is what was copied
+    assert httpx.get(blobs.presign_get_at(location, key, 60)).content == data
+    blobs.copy_to(key, location)  # copying again replaces it
+    assert httpx.get(blobs.presign_get_at(location, key, 60)).content == b"v2"
+    assert httpx.get(blobs.presign_get(key, 60)).content == b"v2"
+    with pytest.raises(NotFound):
+        blobs.copy_to("models/m/1/missing", location)
+    r = httpx.get(blobs.presign_get_at(location, "models/m/1/missing", 60))
+    assert r.status_code in (403, 404)
+    put(blobs, "models/m/2/model.onnx", b"other version")
+    blobs.copy_to("models/m/2/model.onnx", location)
+    blobs.delete_prefix_at(location, "models/m/1/")
+    assert httpx.get(blobs.presign_get_at(location, key, 60)).status_code in (403, 404)
+    assert httpx.get(blobs.presign_get(key, 60)).content == b"v2"  # the home copy stays
+    copy2 = httpx.get(blobs.presign_get_at(location, "models/m/2/model.onnx", 60))
+    assert copy2.content == b"other version"

@@ -697,3 +697,40 @@ def test_blob_store_presigned_put_get_and_hash(settings: Any, aws: Any) -> None:
     blobs.delete_prefix("a/")
     assert blobs.head("a/b.txt") is None
     blobs.ping()
+
+
+def test_region_policies_round_trip_in_entries_and_jobs(queue: QueueStore, jobs: JobTable) -> None:
+    """Geo-aware leasing (docs/regions.md) keeps a job's region policy in the queue entry's
+    ``region`` string and in the job's ``request``: both come back as written, on every
+    backend, and a lease filter reading the head sees each entry's own policy."""
+    from control_plane.services.regions import RegionPolicy, static_region_fits
+
+    allowed = tuple(f"region-{i:02d}-{'x' * 40}" for i in range(20))  # a long limit
+    policies = [
+        RegionPolicy(),
+        RegionPolicy("eu-west-1", ("eu-west-1",), 0.0),
+        RegionPolicy("eu-west-1", ("eu-west-1", "eu-central-1"), 12.5),
+        RegionPolicy(allowed[0], allowed, 30.0),
+    ]
+    written = [
+        entry(queue, f"job_r{i}", created=1000.0 + i, region=p.encode())
+        for i, p in enumerate(policies)
+    ]
+    queue.enqueue_many(written)
+    head = queue.head(written[0].shard, 10)
+    assert head == written
+    assert [RegionPolicy.decode(e.region) for e in head] == policies
+    fits = [e.job_id for e in head if static_region_fits(e.region, "eu-central-1", 5.0)]
+    assert fits == ["job_r0"]  # any region; the others wait, are pinned, or exclude it
+    placement = {"regions_allowed": list(allowed), "spill_after_s": 7.5}
+    rec = replace(
+        record("job_rp"),
+        region=allowed[0],
+        request={**record().request, "placement": placement},
+    )
+    assert jobs.create_job(rec)
+    got = jobs.get_job("job_rp")
+    assert got is not None and got.region == allowed[0]
+    assert RegionPolicy.of_job(got.region, got.request, 30.0) == RegionPolicy(
+        allowed[0], allowed, 7.5
+    )

@@ -83,3 +83,17 @@ def test_client_without_arguments_reads_env(
     with Client() as client:
         assert client._core.base_url == "http://127.0.0.1:9"
         assert client._core.tokens.api_key == "gf_env"
+
+
+def test_region_setting_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    region_setting = config.region_setting
+    monkeypatch.delenv("GPUFLEET_REGION", raising=False)
+    monkeypatch.delenv("GPUFLEET_REGIONS_ALLOWED", raising=False)
+    assert region_setting() == (None, None)
+    monkeypatch.setenv("GPUFLEET_REGION", "eu-west-1")
+    monkeypatch.setenv("GPUFLEET_REGIONS_ALLOWED", "eu-west-1, eu-central-1,")
+    assert region_setting() == ("eu-west-1", ["eu-west-1", "eu-central-1"])
+    assert region_setting("us-east-1", ["us-east-1"]) == ("us-east-1", ["us-east-1"])
+    with Client("http://127.0.0.1:9", api_key="gf_abc_def") as client:
+        core = client._core
+        assert (core.region, core.regions_allowed) == ("eu-west-1", ["eu-west-1", "eu-central-1"])
