@@ -81,6 +81,8 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
         api_key_cache_s=settings.api_key_cache_s,
+        revocation_check_s=settings.revocation_check_s,
+        max_token_lifetime_s=settings.max_token_lifetime_s,
     )
     runners = RunnerService(
         st.runners,

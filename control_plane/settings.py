@@ -60,6 +60,20 @@ class Settings(BaseSettings):
         ),
     )
     refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300, description="Refresh lifetime.")
+    revocation_check_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=5,
+        description="A bearer token's API key is read from the store at most this often per "
+        "replica (a revoked key's tokens stop within this time; admin routes read it on every "
+        "request); 0: on every request.",
+    )
+    max_token_lifetime_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Longest lifetime (exp - iat) of a bearer token accepted at verification "
+        "(access tokens of this control plane and of the OpenID issuer).",
+    )
     runner_signature_window_s: int = Field(
         default=300, description="Allowed clock skew of runner-signed calls."
     )
@@ -300,6 +314,15 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_file)))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _token_lifetimes(self) -> Settings:
+        if self.access_token_ttl_s > self.max_token_lifetime_s:
+            raise ValueError(
+                f"access_token_ttl_s ({self.access_token_ttl_s}) exceeds max_token_lifetime_s "
+                f"({self.max_token_lifetime_s}): tokens would be refused at verification"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

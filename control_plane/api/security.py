@@ -4,6 +4,9 @@
   The backend never fails a request itself; a bad token leaves an anonymous user carrying
   the reason, and ``principal(request)`` raises ``Unauthorized`` on routes that need one, so
   public routes (health, auth, runner routes) ignore stray headers.
+- Revocation: a bearer's API key is checked against the store at most every few seconds
+  (``AuthService.cached_principal``), and on every request to an admin route
+  (``admin_route``), so a revoked admin key's token cannot act even once more.
 - Runner HMAC signatures: ``signed_runner(request, runner_id)`` reads the (size-limited)
   body once and asks ``RunnerService.authenticate``.
 """
@@ -74,15 +77,26 @@ class BearerBackend(AuthenticationBackend):
         if scheme.lower() != "bearer" or not token.strip():
             return AuthCredentials(), Anonymous("expected 'Authorization: Bearer <token>'")
         token = token.strip()
+        fresh = admin_route(conn.scope.get("method", "GET"), conn.url.path)
         try:
-            # A token seen before is answered from memory; a new one may need the signing
-            # key from storage (first use), so it is verified off the event loop.
-            p = self._auth.signer.remembered(token)
+            # A token seen before (and its key's state read recently) is answered from
+            # memory; anything else reads storage, so it is verified off the event loop.
+            p = None if fresh else self._auth.cached_principal(token)
             if p is None:
-                p = await run_in_threadpool(self._auth.authenticate, token)
+                p = await run_in_threadpool(self._auth.authenticate, token, fresh=fresh)
         except Unauthorized as exc:
             return AuthCredentials(), Anonymous(exc.message)
         return AuthCredentials(sorted(p.scopes)), TokenUser(p)
+
+
+def admin_route(method: str, path: str) -> bool:
+    """Routes that act as an admin: ``/v1/admin/…``, ``/v1/pools…``, the console's
+    ``/…/admin…`` pages, and changes to runners (``PATCH``/``DELETE /v1/runners/…``). On
+    these the caller's API key is read from the store on every request."""
+    parts = path.split("/")[1:3]
+    if "admin" in parts or path.startswith("/v1/pools"):
+        return True
+    return method in ("PATCH", "DELETE") and path.startswith("/v1/runners/")
 
 
 def principal(request: Request) -> Principal:

@@ -5,7 +5,10 @@
   ``rt_<id>.<secret>`` of a new family.
 - ``refresh`` rotates: the presented token is flipped used=false->true by a conditional
   write; a second presentation of a used token revokes its whole family (401). A revoked
-  API key stops working at the next refresh (access tokens live at most their TTL).
+  API key stops working at the next refresh.
+- Revocation of access tokens: every bearer's API key (``sub``) is looked up in the store at
+  most every ``revocation_check_s`` per replica (default 5 s), and at once on admin routes
+  (``authenticate(..., fresh=True)``): a revoked key's tokens stop within seconds everywhere.
 - Join tokens ``gfj_<secret>`` let runners register (multi-use until they expire).
 - Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
   tritonclient users): the key is checked against the store and its principal remembered for
@@ -35,7 +38,7 @@ from gpufleet.wire import (
 from control_plane import clock
 from control_plane.errors import NotFound, Unauthorized
 from control_plane.services.principal import ROLE_SCOPES, Principal
-from control_plane.services.tokens import TokenSigner
+from control_plane.services.tokens import VERIFIED_CACHE_SIZE, TokenSigner
 from control_plane.storage.protocols_auth import (
     ApiKeyRecord,
     AuthStore,
@@ -75,14 +78,21 @@ class AuthService:
         access_ttl_s: int,
         refresh_ttl_s: int,
         api_key_cache_s: int = 60,
+        revocation_check_s: float = 5.0,
+        max_token_lifetime_s: int | None = None,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
         self._api_key_cache_s = api_key_cache_s
+        self._revocation_check_s = revocation_check_s
+        # key id -> (time.monotonic() of the store read, the key is live)
+        self._key_state: dict[str, tuple[float, bool]] = {}
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
         self._now = now
-        self.signer = TokenSigner(self._signing_key, issuer, audience, access_ttl_s, now)
+        self.signer = TokenSigner(
+            self._signing_key, issuer, audience, access_ttl_s, now, max_token_lifetime_s
+        )
 
     def _signing_key(self) -> str:
         """The configured key, else the one shared through the auth table (created once)."""
@@ -138,11 +148,53 @@ class AuthService:
         key = hmac.new(self._signing_key().encode(), purpose.encode(), hashlib.sha256).digest()
         return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
-    def authenticate(self, bearer: str) -> Principal:
-        """The principal of a bearer access token, or of an API key used as one."""
+    def cached_principal(self, token: str) -> Principal | None:
+        """The principal of a bearer seen before, from memory only (no I/O): its signature
+        checked earlier and its key's state read within ``revocation_check_s``. None: call
+        ``authenticate`` (off the event loop)."""
+        p = self.signer.remembered(token)
+        if p is None or self._live_from_memory(p) is not True:
+            return None
+        return p
+
+    def authenticate(self, bearer: str, *, fresh: bool = False) -> Principal:
+        """The principal of a bearer access token, or of an API key used as one.
+
+        The token's API key must not be revoked: its state is read from the store when the
+        remembered one is older than ``revocation_check_s``, or always with ``fresh`` (admin
+        routes)."""
+        p = self._authenticate(bearer)
+        if not self._key_live(p, fresh=fresh):
+            raise Unauthorized("api key revoked")
+        return p
+
+    def _live_from_memory(self, p: Principal) -> bool | None:
+        if p.external:
+            return True
+        hit = self._key_state.get(p.sub)
+        if hit is None or time.monotonic() - hit[0] >= self._revocation_check_s:
+            return None
+        return hit[1]
+
+    def _key_live(self, p: Principal, *, fresh: bool) -> bool:
+        if not fresh:
+            known = self._live_from_memory(p)
+            if known is not None:
+                return known
+        rec = self._store.find_api_key(p.sub)
+        return self._note_key_state(p.sub, rec is not None and not rec.revoked)
+
+    def _note_key_state(self, key_id: str, live: bool) -> bool:
+        if len(self._key_state) >= VERIFIED_CACHE_SIZE:
+            self._key_state.clear()
+        self._key_state[key_id] = (time.monotonic(), live)
+        return live
+
+    def _authenticate(self, bearer: str) -> Principal:
         if not bearer.startswith(API_KEY_PREFIX):
             return self.signer.verify(bearer)
         rec = self._check_api_key(bearer)
+        self._note_key_state(rec.id, True)
         p = Principal(
             sub=rec.id, tenant=rec.tenant, role=rec.role, scopes=frozenset(ROLE_SCOPES[rec.role])
         )
@@ -229,6 +281,7 @@ class AuthService:
         p.require("admin")
         if not self._store.revoke_api_key(key_id):
             raise NotFound(f"no api key {key_id!r}")
+        self._note_key_state(key_id, False)  # this replica: at once; others: within seconds
 
     def create_join_token(self, p: Principal, req: JoinTokenCreate) -> JoinTokenCreated:
         """A runner join token (admin), stored hashed with its region and labels."""

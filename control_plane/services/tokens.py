@@ -16,6 +16,7 @@ import jwt
 
 from control_plane import clock
 from control_plane.errors import Unauthorized
+from control_plane.services.claims import check_time_claims
 from control_plane.services.principal import ROLE_SCOPES, Principal
 
 ALGORITHM = "HS256"
@@ -35,8 +36,10 @@ class TokenSigner:
         audience: str,
         ttl_s: int,
         now: Callable[[], float] = clock.now,
+        max_lifetime_s: int | None = None,
     ) -> None:
         self._key = key_provider
+        self._max_lifetime_s = max_lifetime_s  # exp - iat of a token verified here
         self._issuer = issuer
         self._audience = audience
         self._ttl_s = ttl_s
@@ -117,6 +120,7 @@ class TokenSigner:
             raise Unauthorized("access token expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("invalid access token") from exc
+        check_time_claims(claims, self._max_lifetime_s)
         role = claims.get("role")
         tenant = claims.get("tenant")
         if role not in ROLE_SCOPES or not isinstance(tenant, str) or not tenant:

@@ -1,0 +1,7 @@
+"""Security tests: the API fixtures (app, in-process client, keys, tokens) of tests/api."""
+
+from __future__ import annotations
+
+from tests.api.conftest import api_key, app, auth_headers, client, services
+
+__all__ = ["api_key", "app", "auth_headers", "client", "services"]
