@@ -34,6 +34,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
+    4: [*auth.MIGRATION, *runners.MIGRATION],  # join-token limits, key and secret rotation
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
