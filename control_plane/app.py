@@ -51,6 +51,7 @@ from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
+from control_plane.services.throttle import FailureThrottle
 from control_plane.services.store_marker import StoreMarker
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
@@ -83,6 +84,12 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         api_key_cache_s=settings.api_key_cache_s,
         revocation_check_s=settings.revocation_check_s,
         max_token_lifetime_s=settings.max_token_lifetime_s,
+        key_throttle=FailureThrottle(
+            settings.auth_failures_per_key, settings.auth_failure_window_s
+        ),
+        address_throttle=FailureThrottle(
+            settings.auth_failures_per_address, settings.auth_failure_window_s
+        ),
     )
     runners = RunnerService(
         st.runners,
@@ -91,6 +98,8 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         jobs.cancelled_among,
         window_s=settings.runner_signature_window_s,
         offline_after_s=settings.runner_offline_after_s,
+        rotation_s=settings.runner_secret_rotation_s,
+        overlap_s=settings.runner_secret_overlap_s,
     )
     webhooks = WebhookService(
         st.webhooks,

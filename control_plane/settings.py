@@ -77,6 +77,35 @@ class Settings(BaseSettings):
     runner_signature_window_s: int = Field(
         default=300, description="Allowed clock skew of runner-signed calls."
     )
+    runner_secret_rotation_s: int = Field(
+        default=0,
+        ge=0,
+        description="Rotate each runner's HMAC secret when it is this old: the new one goes "
+        "out in a heartbeat answer and replaces the old once the runner signs with it; 0: "
+        "on demand only (POST /v1/runners/{id}/rotate-secret). Runners older than this "
+        "release refuse the new answer field: upgrade them first.",
+    )
+    runner_secret_overlap_s: int = Field(
+        default=900,
+        ge=0,
+        description="How long a runner's replaced HMAC secret stays valid after the rotation "
+        "is confirmed (calls signed before it, still in flight).",
+    )
+    auth_failures_per_key: int = Field(
+        default=10,
+        ge=0,
+        description="Failed API-key attempts per key id within auth_failure_window_s before "
+        "every attempt with that key id gets 429 (per replica); 0: no limit.",
+    )
+    auth_failures_per_address: int = Field(
+        default=30,
+        ge=0,
+        description="Failed API-key, refresh-token and join-token attempts per client address "
+        "within auth_failure_window_s before that address gets 429 (per replica); 0: no limit.",
+    )
+    auth_failure_window_s: float = Field(
+        default=60.0, gt=0, description="Window of the failed-authentication counts."
+    )
 
     # storage deadlines (docs/failure_modes.md: a stalled store answers 503, never a hang)
     storage_connect_timeout_s: float = Field(

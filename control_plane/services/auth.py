@@ -9,7 +9,12 @@
 - Revocation of access tokens: every bearer's API key (``sub``) is looked up in the store at
   most every ``revocation_check_s`` per replica (default 5 s), and at once on admin routes
   (``authenticate(..., fresh=True)``): a revoked key's tokens stop within seconds everywhere.
-- Join tokens ``gfj_<secret>`` let runners register (multi-use until they expire).
+- Join tokens ``gfj_<secret>`` let runners register: each may register ``max_uses`` runners
+  (default 1) until it expires; every runner it registered records the token's id
+  (``join_token`` in the runner listing), and the admin listing shows each token's uses.
+- Failed API-key exchanges (and failed refresh, join-token and API-key bearer attempts) are
+  throttled per key id and per client address (``throttle.py``): 429 with Retry-After.
+- API key rotation: a new secret; the old one is accepted until a chosen time.
 - Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
   tritonclient users): the key is checked against the store and its principal remembered for
   ``api_key_cache_s`` (a revoked key stops working within that time).
@@ -22,11 +27,14 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyList,
+    ApiKeyRotate,
+    ApiKeyRotated,
     ApiKeyView,
     JoinTokenCreate,
     JoinTokenCreated,
@@ -36,8 +44,9 @@ from gpufleet.wire import (
 )
 
 from control_plane import clock
-from control_plane.errors import NotFound, Unauthorized
+from control_plane.errors import Conflict, Forbidden, NotFound, Unauthorized
 from control_plane.services.principal import ROLE_SCOPES, Principal
+from control_plane.services.throttle import FailureThrottle
 from control_plane.services.tokens import VERIFIED_CACHE_SIZE, TokenSigner
 from control_plane.storage.protocols_auth import (
     ApiKeyRecord,
@@ -46,10 +55,11 @@ from control_plane.storage.protocols_auth import (
     RefreshRecord,
 )
 
+T = TypeVar("T")
+
 API_KEY_PREFIX = "gf_"
 REFRESH_PREFIX = "rt_"
 JOIN_PREFIX = "gfj_"
-SINGLE_USE_LABEL = "gpufleet.host"  # a join token minted for one host joins one runner
 
 
 def sha256_hex(value: str) -> str:
@@ -80,9 +90,13 @@ class AuthService:
         api_key_cache_s: int = 60,
         revocation_check_s: float = 5.0,
         max_token_lifetime_s: int | None = None,
+        key_throttle: FailureThrottle | None = None,
+        address_throttle: FailureThrottle | None = None,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
+        self._key_throttle = key_throttle or FailureThrottle(0, 1.0)
+        self._addr_throttle = address_throttle or FailureThrottle(0, 1.0)
         self._api_key_cache_s = api_key_cache_s
         self._revocation_check_s = revocation_check_s
         # key id -> (time.monotonic() of the store read, the key is live)
@@ -101,13 +115,32 @@ class AuthService:
         return self._secret
 
     # ------------------------------------------------------------------ tokens
-    def exchange_api_key(self, api_key: str) -> TokenPair:
-        """An API key for a fresh token pair (new refresh family)."""
-        rec = self._check_api_key(api_key)
+    def exchange_api_key(self, api_key: str, client: str | None = None) -> TokenPair:
+        """An API key for a fresh token pair (new refresh family). Failures are throttled per
+        key id and per ``client`` address (``RateLimited``)."""
+        rec = self._check_api_key(api_key, client)
         return self._pair(rec, family=secrets.token_hex(12))
 
-    def refresh(self, refresh_token: str) -> TokenPair:
-        """Rotate a refresh token; reuse of a used one revokes its family."""
+    def refresh(self, refresh_token: str, client: str | None = None) -> TokenPair:
+        """Rotate a refresh token; reuse of a used one revokes its family. Failures are
+        throttled per ``client`` address."""
+        return self._guarded("refresh", None, client, lambda: self._refresh(refresh_token))
+
+    def _guarded(self, what: str, key_id: str | None, client: str | None, fn: Callable[[], T]) -> T:
+        """``fn()``, refused (429) while the key id or client address is throttled; an
+        ``Unauthorized`` from it counts as a failure of both."""
+        key_keys = [f"key:{key_id}"] if key_id else []
+        addr_keys = [f"addr:{client}"] if client else []
+        self._key_throttle.check(key_keys, what)
+        self._addr_throttle.check(addr_keys, what)
+        try:
+            return fn()
+        except Unauthorized:
+            self._key_throttle.fail(key_keys)
+            self._addr_throttle.fail(addr_keys)
+            raise
+
+    def _refresh(self, refresh_token: str) -> TokenPair:
         if not refresh_token.startswith(REFRESH_PREFIX) or "." not in refresh_token:
             raise Unauthorized("invalid refresh token")
         token_id, _, secret = refresh_token[len(REFRESH_PREFIX) :].partition(".")
@@ -157,13 +190,15 @@ class AuthService:
             return None
         return p
 
-    def authenticate(self, bearer: str, *, fresh: bool = False) -> Principal:
+    def authenticate(
+        self, bearer: str, *, fresh: bool = False, client: str | None = None
+    ) -> Principal:
         """The principal of a bearer access token, or of an API key used as one.
 
         The token's API key must not be revoked: its state is read from the store when the
         remembered one is older than ``revocation_check_s``, or always with ``fresh`` (admin
         routes)."""
-        p = self._authenticate(bearer)
+        p = self._authenticate(bearer, client)
         if not self._key_live(p, fresh=fresh):
             raise Unauthorized("api key revoked")
         return p
@@ -190,16 +225,21 @@ class AuthService:
         self._key_state[key_id] = (time.monotonic(), live)
         return live
 
-    def _authenticate(self, bearer: str) -> Principal:
+    def _authenticate(self, bearer: str, client: str | None) -> Principal:
         if not bearer.startswith(API_KEY_PREFIX):
             return self.signer.verify(bearer)
-        rec = self._check_api_key(bearer)
+        rec = self._check_api_key(bearer, client)
         self._note_key_state(rec.id, True)
         p = Principal(
             sub=rec.id, tenant=rec.tenant, role=rec.role, scopes=frozenset(ROLE_SCOPES[rec.role])
         )
         if self._api_key_cache_s > 0:
-            self.signer.remember(bearer, p, time.time() + self._api_key_cache_s)
+            until = time.time() + self._api_key_cache_s
+            if rec.previous_valid_until is not None and not _same_hash(
+                bearer.rpartition("_")[2], rec.secret_hash
+            ):  # the secret replaced by a rotation: remembered no longer than it is valid
+                until = min(until, rec.previous_valid_until - self._now() + time.time())
+            self.signer.remember(bearer, p, until)
         return p
 
     def _pair(self, key: ApiKeyRecord, family: str) -> TokenPair:
@@ -221,12 +261,21 @@ class AuthService:
             expires_in=self.signer.ttl_s,
         )
 
-    def _check_api_key(self, api_key: str) -> ApiKeyRecord:
+    def _check_api_key(self, api_key: str, client: str | None = None) -> ApiKeyRecord:
         body = api_key[len(API_KEY_PREFIX) :] if api_key.startswith(API_KEY_PREFIX) else ""
         key_id, _, secret = body.rpartition("_")
+        return self._guarded(
+            "api key", key_id[:64] or None, client, lambda: self._match_api_key(key_id, secret)
+        )
+
+    def _match_api_key(self, key_id: str, secret: str) -> ApiKeyRecord:
         rec = self._store.find_api_key(key_id) if key_id and secret else None
         # Hash something even for unknown ids so timing does not tell ids apart.
         ok = _same_hash(secret, rec.secret_hash if rec else "0" * 64)
+        if rec is not None and not ok and rec.previous_secret_hash is not None:
+            # the secret a rotation replaced, until its chosen end
+            still = (rec.previous_valid_until or 0.0) > self._now()
+            ok = _same_hash(secret, rec.previous_secret_hash) and still
         if rec is None or not ok or rec.revoked:
             raise Unauthorized("invalid api key")
         return rec
@@ -249,6 +298,7 @@ class AuthService:
                     name=k.name,
                     created_at=clock.iso(k.created_at) or "",
                     revoked=k.revoked,
+                    previous_valid_until=clock.iso(k.previous_valid_until),
                 )
                 for k in self._store.list_api_keys()
             ]
@@ -276,6 +326,27 @@ class AuthService:
             role=role,  # type: ignore[arg-type]
         )
 
+    def rotate_api_key(self, p: Principal, key_id: str, req: ApiKeyRotate) -> ApiKeyRotated:
+        """A new secret for a key (admin, or the key's own holder); the old one is accepted
+        for ``old_valid_for_s`` more (0: stops at once). Tokens minted from the key keep
+        working: they are not the secret."""
+        if not (p.is_admin or (p.sub == key_id and not p.external)):
+            raise Forbidden("only an admin or the key itself may rotate an api key")
+        rec = self._store.find_api_key(key_id)
+        if rec is None or (rec.revoked and not p.is_admin):
+            raise NotFound(f"no api key {key_id!r}")
+        if rec.revoked:
+            raise Conflict(f"api key {key_id!r} is revoked: create a new one")
+        secret = secrets.token_hex(24)
+        until = self._now() + req.old_valid_for_s
+        if not self._store.rotate_api_key(key_id, rec.secret_hash, sha256_hex(secret), until):
+            raise Conflict(f"api key {key_id!r} was rotated or revoked meanwhile: try again")
+        return ApiKeyRotated(
+            id=key_id,
+            api_key=f"{API_KEY_PREFIX}{key_id}_{secret}",
+            old_valid_until=clock.iso(until) or "",
+        )
+
     def revoke_api_key(self, p: Principal, key_id: str) -> None:
         """Revoke a key (admin). Its refresh tokens stop working at their next use."""
         p.require("admin")
@@ -289,12 +360,15 @@ class AuthService:
         token = JOIN_PREFIX + secrets.token_urlsafe(32)
         expires_at = self._now() + req.expires_in_s
         self._store.save_join_token(
-            JoinTokenRecord(sha256_hex(token), req.region, dict(req.labels), expires_at)
+            JoinTokenRecord(
+                sha256_hex(token), req.region, dict(req.labels), expires_at, req.max_uses
+            )
         )
         return JoinTokenCreated(
             join_token=token,
             expires_at=clock.iso(expires_at) or "",
             id=join_token_id(sha256_hex(token)),
+            max_uses=req.max_uses,
         )
 
     def list_join_tokens(self, p: Principal) -> JoinTokenList:
@@ -308,6 +382,9 @@ class AuthService:
                     region=rec.region,
                     labels=rec.labels,
                     expires_at=clock.iso(rec.expires_at) or "",
+                    max_uses=rec.max_uses or None,
+                    uses=rec.uses,
+                    last_used_at=clock.iso(rec.last_used_at),
                 )
                 for rec in self._store.list_join_tokens()
                 if rec.expires_at >= t
@@ -324,24 +401,32 @@ class AuthService:
                 return
         raise NotFound(f"join token {token_id!r} not found")
 
-    def issue_join_token(self, region: str, labels: dict[str, str], ttl_s: int) -> str:
-        """A join token for a host the capacity autoscaler starts (no principal: the
-        control plane itself asks); its labels tie the runner to the pool and host, and a
-        token that names a host (``gpufleet.host``) is single-use."""
+    def issue_join_token(
+        self, region: str, labels: dict[str, str], ttl_s: int, max_uses: int = 1
+    ) -> str:
+        """A join token minted by the control plane itself (the capacity autoscaler: one
+        single-use token per host it starts, or a pool token with a larger ``max_uses``);
+        its labels tie the runner to the pool and host."""
         token = JOIN_PREFIX + secrets.token_urlsafe(32)
         self._store.save_join_token(
-            JoinTokenRecord(sha256_hex(token), region, dict(labels), self._now() + ttl_s)
+            JoinTokenRecord(sha256_hex(token), region, dict(labels), self._now() + ttl_s, max_uses)
         )
         return token
 
-    def redeem_join_token(self, token: str) -> JoinTokenRecord:
-        """The join token's record if it is valid and unexpired; ``Unauthorized`` otherwise."""
-        rec = self._store.find_join_token(sha256_hex(token))
-        if rec is None or rec.expires_at < self._now():
-            raise Unauthorized("invalid or expired join token")
-        if SINGLE_USE_LABEL in rec.labels and not self._store.consume_join_token(rec.token_hash):
-            raise Unauthorized("join token already used")  # one host, one runner
-        return rec
+    def redeem_join_token(self, token: str, client: str | None = None) -> JoinTokenRecord:
+        """Count one use of the join token; its record if it was valid, unexpired and had
+        uses left, ``Unauthorized`` otherwise (throttled per ``client`` address)."""
+        return self._guarded("join token", None, client, lambda: self._claim(token))
+
+    def _claim(self, token: str) -> JoinTokenRecord:
+        token_hash = sha256_hex(token)
+        rec = self._store.claim_join_token(token_hash, self._now())
+        if rec is not None:
+            return rec
+        known = self._store.find_join_token(token_hash)
+        if known is not None and known.expires_at >= self._now():
+            raise Unauthorized(f"join token used up (it registers {known.max_uses} runner(s))")
+        raise Unauthorized("invalid or expired join token")
 
     def ping(self) -> None:
         self._store.ping()

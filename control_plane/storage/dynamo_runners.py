@@ -56,6 +56,7 @@ def _record(item: dict[str, Any]) -> RunnerRecord:
         previous_secret=item["previous_secret"]["S"] if "previous_secret" in item else None,
         previous_valid_until=_number(item.get("previous_valid_until")),
         secret_set_at=_number(item.get("secret_set_at")),
+        join_token=item["join_token"]["S"] if "join_token" in item else None,
     )
 
 
@@ -87,6 +88,8 @@ class DynamoRunnerStore:
         }
         if rec.secret_set_at is not None:
             item["secret_set_at"] = _value(rec.secret_set_at)
+        if rec.join_token is not None:
+            item["join_token"] = {"S": rec.join_token}
         with translate_errors("create runner"):
             try:
                 self._db.put_item(

@@ -79,6 +79,7 @@ class RunnerRecord:
     previous_secret: str | None = None
     previous_valid_until: float | None = None
     secret_set_at: float | None = None
+    join_token: str | None = None  # id of the join token it registered with (jt_…)
 
 
 class AuthStore(Protocol):

@@ -30,7 +30,7 @@ from starlette.responses import RedirectResponse, Response
 
 from control_plane.api.context import services
 from control_plane.api.errors import STATUS_BY_CODE
-from control_plane.api.security import admin_route
+from control_plane.api.security import admin_route, client_address
 from control_plane.errors import Forbidden, GpufleetError, InvalidRequest, Unauthorized
 from control_plane.services.auth import AuthService
 from control_plane.services.principal import Principal
@@ -97,7 +97,7 @@ async def _principal(auth: AuthService, request: Request, s: Session) -> Princip
     if not refresh:
         return None
     try:
-        pair = await run_in_threadpool(auth.refresh, refresh)
+        pair = await run_in_threadpool(auth.refresh, refresh, client_address(request))
     except Unauthorized:
         s.clear = True
         return None

@@ -48,12 +48,13 @@ MIGRATION: list[str] = [
     "ALTER TABLE runners ADD COLUMN previous_secret TEXT",
     "ALTER TABLE runners ADD COLUMN previous_valid_until REAL",
     "ALTER TABLE runners ADD COLUMN secret_set_at REAL",
+    "ALTER TABLE runners ADD COLUMN join_token TEXT",
 ]
 
 _COLUMNS = (
     "id, name, region, labels, secret, registered_at, revoked, last_heartbeat_at, gpus, "
     "models, triton, running_jobs, config, pending_secret, previous_secret, "
-    "previous_valid_until, secret_set_at"
+    "previous_valid_until, secret_set_at, join_token"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM runners"  # noqa: S608 - constant
 
@@ -66,7 +67,7 @@ def _scalar(v: Any) -> Any:
 def _record(row: tuple[Any, ...]) -> RunnerRecord:
     (rid, name, region, labels, secret, registered_at, revoked, last) = row[:8]
     gpus, models, triton, running_jobs, config = row[8:13]
-    pending, previous, previous_until, secret_set_at = row[13:]
+    pending, previous, previous_until, secret_set_at, join_token = row[13:]
     return RunnerRecord(
         id=rid,
         name=name,
@@ -85,6 +86,7 @@ def _record(row: tuple[Any, ...]) -> RunnerRecord:
         previous_secret=previous,
         previous_valid_until=None if previous_until is None else float(previous_until),
         secret_set_at=None if secret_set_at is None else float(secret_set_at),
+        join_token=join_token,
     )
 
 
@@ -116,7 +118,7 @@ class SqliteRunnerStore:
         with translate("create runner"), self._db.write() as conn:
             cur = conn.execute(
                 f"INSERT INTO runners ({_COLUMNS}) "  # noqa: S608 - constant
-                "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?) "
                 "ON CONFLICT DO NOTHING",
                 (
                     rec.id,
@@ -131,6 +133,7 @@ class SqliteRunnerStore:
                     json.dumps(rec.running_jobs),
                     json.dumps({k: _scalar(v) for k, v in rec.config.items()}),
                     rec.secret_set_at,
+                    rec.join_token,
                 ),
             )
             if cur.rowcount != 1:
