@@ -51,8 +51,8 @@ from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
-from control_plane.services.throttle import FailureThrottle
 from control_plane.services.store_marker import StoreMarker
+from control_plane.services.throttle import FailureThrottle
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
