@@ -22,6 +22,7 @@ from gpufleet.models import ProgressCallback
 from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
+    ApiKeyRotated,
     ApiKeyView,
     DeploymentView,
     JobRequest,
@@ -398,11 +399,17 @@ class AsyncAdmin:
         region: str = "default",
         labels: Mapping[str, str] | None = None,
         expires_in_s: int = 3600,
+        max_uses: int = 1,
     ) -> JoinTokenCreated:
-        """A token a runner uses once to register."""
+        """A token that registers up to ``max_uses`` runners (default one) until it expires."""
         return await self._c._run(
-            _ops.create_join_token(self._c._core, region, labels, expires_in_s)
+            _ops.create_join_token(self._c._core, region, labels, expires_in_s, max_uses)
         )
+
+    async def rotate_api_key(self, key_id: str, old_valid_for_s: int = 3600) -> ApiKeyRotated:
+        """A new secret for an API key (admin, or the key itself); the old one keeps working
+        for ``old_valid_for_s`` more seconds (0: it stops at once)."""
+        return await self._c._run(_ops.rotate_api_key(self._c._core, key_id, old_valid_for_s))
 
     async def put_pool(self, name: str, spec: PoolSpec | Mapping[str, Any]) -> PoolView:
         """Create or replace a capacity pool (docs/capacity.md)."""
