@@ -230,6 +230,19 @@ class Settings(BaseSettings):
         default=None,
         description="URL started runners reach the control plane at (None: public_url).",
     )
+    capacity_pool_token_uses: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Runners one pool join token (POST /v1/pools/{name}/join-token, the aws-asg "
+        "launch template's token) may register.",
+    )
+    capacity_pool_token_ttl_s: int = Field(
+        default=30 * 86_400,
+        ge=3600,
+        le=365 * 86_400,
+        description="Lifetime of a pool join token: replace the one in the hosts' secret before.",
+    )
     capacity_aws_endpoint_url: str | None = Field(
         default=None, description="Auto Scaling / EC2 endpoint of the aws-asg provider (tests)."
     )

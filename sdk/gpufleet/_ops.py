@@ -491,6 +491,11 @@ def list_pools(core: Core) -> Op[PoolList]:
     return PoolList.model_validate(resp.json())
 
 
+def pool_join_token(core: Core, name: str) -> Op[JoinTokenCreated]:
+    resp = yield from core.request("POST", f"/v1/pools/{seg(name)}/join-token", idempotent=False)
+    return JoinTokenCreated.model_validate(resp.json())
+
+
 def delete_pool(core: Core, name: str) -> Op[dict[str, Any]]:
     resp = yield from core.request("DELETE", f"/v1/pools/{seg(name)}")
     return dict(resp.json())

@@ -735,6 +735,15 @@ def pools_list(ctx: typer.Context) -> None:
     state.output.rows(state.client().admin.list_pools(), columns, key="pools")
 
 
+@pools_app.command("join-token")
+@handled
+def pools_join_token(ctx: typer.Context, name: str) -> None:
+    """A join token for every host of the pool (aws-asg: store it in the launch template's
+    secret); it registers up to the control plane's pool use limit until it expires."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.pool_join_token(name))
+
+
 @pools_app.command("delete")
 @handled
 def pools_delete(ctx: typer.Context, name: str) -> None:

@@ -425,6 +425,11 @@ class Admin:
         """Every capacity pool."""
         return (self._c._run(_ops.list_pools(self._c._core))).pools
 
+    def pool_join_token(self, name: str) -> JoinTokenCreated:
+        """A join token shared by the pool's hosts (the aws-asg launch template's), with the
+        control plane's pool use limit and lifetime."""
+        return self._c._run(_ops.pool_join_token(self._c._core, name))
+
     def delete_pool(self, name: str) -> dict[str, Any]:
         """Delete a pool that has no hosts left."""
         return self._c._run(_ops.delete_pool(self._c._core, name))
