@@ -49,6 +49,7 @@ from control_plane.metrics import Metrics, RequestTimer
 from control_plane.services.auth import AuthService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.inference import InferenceService
+from control_plane.services.oidc import OidcVerifier, parse_role_map
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.store_marker import StoreMarker
@@ -74,6 +75,21 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     st = stores if stores is not None else build_stores(settings)
     jobs, models = build_job_service(settings, st)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    oidc = None
+    if settings.oidc_issuer:
+        oidc = OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            settings.oidc_jwks_url,
+            tenant_claim=settings.oidc_tenant_claim,
+            role_claim=settings.oidc_role_claim,
+            role_map=parse_role_map(settings.oidc_role_map),
+            default_role=settings.oidc_default_role or None,
+            algorithms=[a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()],
+            max_lifetime_s=settings.max_token_lifetime_s,
+            jwks_cache_s=settings.oidc_jwks_cache_s,
+            jwks_refresh_s=settings.oidc_jwks_refresh_s,
+        )
     auth = AuthService(
         st.auth,
         jwt_secret=secret,
@@ -90,6 +106,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         address_throttle=FailureThrottle(
             settings.auth_failures_per_address, settings.auth_failure_window_s
         ),
+        oidc=oidc,
     )
     runners = RunnerService(
         st.runners,

@@ -74,6 +74,40 @@ class Settings(BaseSettings):
         description="Longest lifetime (exp - iat) of a bearer token accepted at verification "
         "(access tokens of this control plane and of the OpenID issuer).",
     )
+    oidc_issuer: str = Field(
+        default="",
+        description="External OpenID Connect issuer (`iss`) whose tokens are accepted as "
+        "bearer tokens; empty: none. Needs oidc_audience and oidc_jwks_url.",
+    )
+    oidc_audience: str = Field(default="", description="`aud` the issuer's tokens must carry.")
+    oidc_jwks_url: str = Field(default="", description="JWKS URL of the OpenID issuer.")
+    oidc_tenant_claim: str = Field(
+        default="tenant", description="Claim of the issuer's tokens naming the tenant."
+    )
+    oidc_role_claim: str = Field(
+        default="role",
+        description="Claim (a string or a list, e.g. groups; dots: a path) mapped to the role.",
+    )
+    oidc_role_map: str = Field(
+        default="",
+        description="Role claim values to roles: 'value=role,...' (roles: viewer, user, admin); "
+        "a value that is a role's name maps to it anyway.",
+    )
+    oidc_default_role: str = Field(
+        default="", description="Role of a token whose role claim maps to none; empty: 401."
+    )
+    oidc_algorithms: str = Field(
+        default="RS256,ES256", description="Accepted JWS algorithms of the issuer (asymmetric)."
+    )
+    oidc_jwks_cache_s: float = Field(
+        default=300.0, gt=0, description="How long the issuer's key set is cached."
+    )
+    oidc_jwks_refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two fetches of the key set for an unknown `kid` (a "
+        "rotated key is picked up then).",
+    )
     runner_signature_window_s: int = Field(
         default=300, description="Allowed clock skew of runner-signed calls."
     )
@@ -364,6 +398,21 @@ class Settings(BaseSettings):
                 f"access_token_ttl_s ({self.access_token_ttl_s}) exceeds max_token_lifetime_s "
                 f"({self.max_token_lifetime_s}): tokens would be refused at verification"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        from control_plane.services.oidc import parse_role_map
+
+        oidc = {"oidc_issuer", "oidc_audience", "oidc_jwks_url"}
+        unset = sorted(f for f in oidc if not getattr(self, f))
+        if unset and len(unset) < len(oidc):
+            raise ValueError(f"an OpenID issuer needs all of {sorted(oidc)}: {unset} not set")
+        if self.oidc_issuer and self.oidc_issuer == self.jwt_issuer:
+            raise ValueError("oidc_issuer must differ from jwt_issuer (this control plane's)")
+        parse_role_map(self.oidc_role_map)  # raises ValueError naming the bad pair
+        if self.oidc_default_role not in ("", "viewer", "user", "admin"):
+            raise ValueError("oidc_default_role must be empty, viewer, user or admin")
         return self
 
     @model_validator(mode="after")

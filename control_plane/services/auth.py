@@ -15,6 +15,7 @@
 - Failed API-key exchanges (and failed refresh, join-token and API-key bearer attempts) are
   throttled per key id and per client address (``throttle.py``): 429 with Retry-After.
 - API key rotation: a new secret; the old one is accepted until a chosen time.
+- Tokens of an external OpenID issuer (``oidc.py``), when configured, are bearer tokens too.
 - Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
   tritonclient users): the key is checked against the store and its principal remembered for
   ``api_key_cache_s`` (a revoked key stops working within that time).
@@ -45,6 +46,7 @@ from gpufleet.wire import (
 
 from control_plane import clock
 from control_plane.errors import Conflict, Forbidden, NotFound, Unauthorized
+from control_plane.services.oidc import OidcVerifier
 from control_plane.services.principal import ROLE_SCOPES, Principal
 from control_plane.services.throttle import FailureThrottle
 from control_plane.services.tokens import VERIFIED_CACHE_SIZE, TokenSigner
@@ -91,10 +93,12 @@ class AuthService:
         revocation_check_s: float = 5.0,
         max_token_lifetime_s: int | None = None,
         key_throttle: FailureThrottle | None = None,
+        oidc: OidcVerifier | None = None,
         address_throttle: FailureThrottle | None = None,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
+        self._oidc = oidc
         self._key_throttle = key_throttle or FailureThrottle(0, 1.0)
         self._addr_throttle = address_throttle or FailureThrottle(0, 1.0)
         self._api_key_cache_s = api_key_cache_s
@@ -212,6 +216,8 @@ class AuthService:
         return hit[1]
 
     def _key_live(self, p: Principal, *, fresh: bool) -> bool:
+        if p.external:  # an OpenID issuer's token: no API key of ours behind it
+            return True
         if not fresh:
             known = self._live_from_memory(p)
             if known is not None:
@@ -227,6 +233,10 @@ class AuthService:
 
     def _authenticate(self, bearer: str, client: str | None) -> Principal:
         if not bearer.startswith(API_KEY_PREFIX):
+            if self._oidc is not None and self._oidc.handles(bearer):
+                p, until = self._oidc.verify(bearer)  # the external issuer's (oidc.py)
+                self.signer.remember(bearer, p, until)
+                return p
             return self.signer.verify(bearer)
         rec = self._check_api_key(bearer, client)
         self._note_key_state(rec.id, True)
