@@ -803,3 +803,11 @@ def test_runner_secret_offer_and_promotion(other_backend: Stores) -> None:
     ].count(True) == 1
     r.revoke_runner("run_1")
     assert r.offer_secret("run_1", "fourth") is None
+
+
+def test_runner_keeps_its_join_token_and_secret_start(other_backend: Stores) -> None:
+    r = other_backend.runners
+    rec = replace(runner(), join_token="jt_0123456789abcdef", secret_set_at=99.5)
+    r.create_runner(rec)
+    assert r.find_runner("run_1") == rec
+    assert r.list_runners() == [rec]
