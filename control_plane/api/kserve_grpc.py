@@ -352,7 +352,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("expected 'authorization: Bearer <token>' metadata")
         token = token.strip()
-        remembered = self._svc.auth.signer.remembered(token)  # no thread hop when known
+        # no thread hop when known (and its API key's state read within seconds: revocation)
+        remembered = self._svc.auth.cached_principal(token)
         if remembered is not None:
             return remembered
         return await asyncio.to_thread(self._svc.auth.authenticate, token)
