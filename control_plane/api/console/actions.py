@@ -213,6 +213,7 @@ async def admin_join_token(request: Request, s: Session) -> Response:
             "region": s.value("region").strip() or "default",
             "labels": labels,
             "expires_in_s": s.value("expires_in_s").strip() or 3600,
+            "max_uses": s.value("max_uses").strip() or 1,
         },
     )
     join = await run_in_threadpool(services(request).auth.create_join_token, s.p, req)
