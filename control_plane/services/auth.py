@@ -18,7 +18,7 @@
 - Tokens of an external OpenID issuer (``oidc.py``), when configured, are bearer tokens too.
 - Bearer: an access token, or an API key itself (``Authorization: Bearer gf_…``, for curl and
   tritonclient users): the key is checked against the store and its principal remembered for
-  ``api_key_cache_s`` (a revoked key stops working within that time).
+  ``api_key_cache_s`` (its revocation is still seen within ``revocation_check_s``).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ class AuthService:
         revocation_check_s: float = 5.0,
         max_token_lifetime_s: int | None = None,
         key_throttle: FailureThrottle | None = None,
-        oidc: OidcVerifier | None = None,
         address_throttle: FailureThrottle | None = None,
+        oidc: OidcVerifier | None = None,
         now: Callable[[], float] = clock.now,
     ) -> None:
         self._store = store
@@ -103,8 +103,8 @@ class AuthService:
         self._addr_throttle = address_throttle or FailureThrottle(0, 1.0)
         self._api_key_cache_s = api_key_cache_s
         self._revocation_check_s = revocation_check_s
-        # key id -> (time.monotonic() of the store read, the key is live)
-        self._key_state: dict[str, tuple[float, bool]] = {}
+        # key id -> (time.monotonic() of the store read, the key as read; None: missing/revoked)
+        self._key_state: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
         self._now = now
@@ -190,7 +190,7 @@ class AuthService:
         checked earlier and its key's state read within ``revocation_check_s``. None: call
         ``authenticate`` (off the event loop)."""
         p = self.signer.remembered(token)
-        if p is None or self._live_from_memory(p) is not True:
+        if p is None or self._live_from_memory(p, token) is not True:
             return None
         return p
 
@@ -199,37 +199,56 @@ class AuthService:
     ) -> Principal:
         """The principal of a bearer access token, or of an API key used as one.
 
-        The token's API key must not be revoked: its state is read from the store when the
-        remembered one is older than ``revocation_check_s``, or always with ``fresh`` (admin
-        routes)."""
+        The token's API key must not be revoked (and an API key used as the bearer must
+        still be one of its valid secrets: a rotation retires the old one): the key is read
+        from the store when the remembered state is older than ``revocation_check_s``, or
+        always with ``fresh`` (admin routes)."""
         p = self._authenticate(bearer, client)
-        if not self._key_live(p, fresh=fresh):
+        if not self._key_live(p, bearer, fresh=fresh):
             raise Unauthorized("api key revoked")
         return p
 
-    def _live_from_memory(self, p: Principal) -> bool | None:
+    def _live_from_memory(self, p: Principal, bearer: str) -> bool | None:
+        """Whether the bearer's key is live by a recent read (None: no recent read)."""
         if p.external:
             return True
         hit = self._key_state.get(p.sub)
         if hit is None or time.monotonic() - hit[0] >= self._revocation_check_s:
             return None
-        return hit[1]
+        return self._accepts(hit[1], bearer)
 
-    def _key_live(self, p: Principal, *, fresh: bool) -> bool:
+    def _key_live(self, p: Principal, bearer: str, *, fresh: bool) -> bool:
         if p.external:  # an OpenID issuer's token: no API key of ours behind it
             return True
         if not fresh:
-            known = self._live_from_memory(p)
+            known = self._live_from_memory(p, bearer)
             if known is not None:
                 return known
         rec = self._store.find_api_key(p.sub)
-        return self._note_key_state(p.sub, rec is not None and not rec.revoked)
+        self._note_key_state(p.sub, rec)
+        return self._accepts(rec, bearer)
 
-    def _note_key_state(self, key_id: str, live: bool) -> bool:
+    def _accepts(self, rec: ApiKeyRecord | None, bearer: str) -> bool:
+        """The key exists and is not revoked; for an API key used as the bearer, its secret
+        is the key's current one or the rotated-out one within its window."""
+        if rec is None or rec.revoked:
+            return False
+        if not bearer.startswith(API_KEY_PREFIX):
+            return True
+        secret = bearer.rpartition("_")[2]
+        if _same_hash(secret, rec.secret_hash):
+            return True
+        return (
+            rec.previous_secret_hash is not None
+            and (rec.previous_valid_until or 0.0) > self._now()
+            and _same_hash(secret, rec.previous_secret_hash)
+        )
+
+    def _note_key_state(self, key_id: str, rec: ApiKeyRecord | None) -> None:
+        """Remember the key as read now (None: missing or known revoked)."""
         if len(self._key_state) >= VERIFIED_CACHE_SIZE:
             self._key_state.clear()
-        self._key_state[key_id] = (time.monotonic(), live)
-        return live
+        self._key_state[key_id] = (time.monotonic(), rec)
 
     def _authenticate(self, bearer: str, client: str | None) -> Principal:
         if not bearer.startswith(API_KEY_PREFIX):
@@ -239,17 +258,12 @@ class AuthService:
                 return p
             return self.signer.verify(bearer)
         rec = self._check_api_key(bearer, client)
-        self._note_key_state(rec.id, True)
+        self._note_key_state(rec.id, rec)
         p = Principal(
             sub=rec.id, tenant=rec.tenant, role=rec.role, scopes=frozenset(ROLE_SCOPES[rec.role])
         )
-        if self._api_key_cache_s > 0:
-            until = time.time() + self._api_key_cache_s
-            if rec.previous_valid_until is not None and not _same_hash(
-                bearer.rpartition("_")[2], rec.secret_hash
-            ):  # the secret replaced by a rotation: remembered no longer than it is valid
-                until = min(until, rec.previous_valid_until - self._now() + time.time())
-            self.signer.remember(bearer, p, until)
+        if self._api_key_cache_s > 0:  # its key's state is still checked (``_accepts``)
+            self.signer.remember(bearer, p, time.time() + self._api_key_cache_s)
         return p
 
     def _pair(self, key: ApiKeyRecord, family: str) -> TokenPair:
@@ -351,6 +365,7 @@ class AuthService:
         until = self._now() + req.old_valid_for_s
         if not self._store.rotate_api_key(key_id, rec.secret_hash, sha256_hex(secret), until):
             raise Conflict(f"api key {key_id!r} was rotated or revoked meanwhile: try again")
+        self._key_state.pop(key_id, None)  # read again: the old secret's window applies
         return ApiKeyRotated(
             id=key_id,
             api_key=f"{API_KEY_PREFIX}{key_id}_{secret}",
@@ -362,7 +377,7 @@ class AuthService:
         p.require("admin")
         if not self._store.revoke_api_key(key_id):
             raise NotFound(f"no api key {key_id!r}")
-        self._note_key_state(key_id, False)  # this replica: at once; others: within seconds
+        self._note_key_state(key_id, None)  # this replica: at once; others: within seconds
 
     def create_join_token(self, p: Principal, req: JoinTokenCreate) -> JoinTokenCreated:
         """A runner join token (admin), stored hashed with its region and labels."""

@@ -114,3 +114,25 @@ async def test_unrevoked_tokens_keep_working_after_the_check_window(
     assert (await replica_b.get("/v1/jobs", headers=headers)).status_code == 200
     await asyncio.sleep(CHECK_S + 0.1)
     assert (await replica_b.get("/v1/jobs", headers=headers)).status_code == 200
+
+
+async def test_rotated_out_api_key_bearer_stops_on_every_replica(
+    client: httpx.AsyncClient, replica_b: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    """An API key used directly as a bearer is remembered for api_key_cache_s (60 s), but a
+    rotation that ends the old secret stops it as a revocation would."""
+    root = await auth_headers("admin", "default")
+    user = await _new_key(client, root, "user")
+    old = {"Authorization": f"Bearer {user['api_key']}"}
+    for replica in (client, replica_b):
+        assert (await replica.get("/v1/jobs", headers=old)).status_code == 200
+    r = await client.post(
+        f"/v1/admin/api-keys/{user['id']}/rotate", headers=root, json={"old_valid_for_s": 0}
+    )
+    assert r.status_code == 200, r.text
+    new = {"Authorization": f"Bearer {r.json()['api_key']}"}
+    assert_error(await client.get("/v1/jobs", headers=old), 401, "unauthorized")
+    await asyncio.sleep(CHECK_S + 0.1)
+    assert_error(await replica_b.get("/v1/jobs", headers=old), 401, "unauthorized")
+    for replica in (client, replica_b):
+        assert (await replica.get("/v1/jobs", headers=new)).status_code == 200
