@@ -54,11 +54,13 @@ from control_plane.services.direct import DirectService
 from control_plane.services.dispatch import Dispatcher
 from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
+from control_plane.services.oidc import OidcVerifier, parse_role_map
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.store_marker import StoreMarker
 from control_plane.services.streams import StreamService
+from control_plane.services.throttle import FailureThrottle
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -82,6 +84,21 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     jobs, models = build_job_service(settings, st)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     keys = build_signing_keys(settings, st)
+    oidc = None
+    if settings.oidc_issuer:
+        oidc = OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            settings.oidc_jwks_url,
+            tenant_claim=settings.oidc_tenant_claim,
+            role_claim=settings.oidc_role_claim,
+            role_map=parse_role_map(settings.oidc_role_map),
+            default_role=settings.oidc_default_role or None,
+            algorithms=[a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()],
+            max_lifetime_s=settings.max_token_lifetime_s,
+            jwks_cache_s=settings.oidc_jwks_cache_s,
+            jwks_refresh_s=settings.oidc_jwks_refresh_s,
+        )
     auth = AuthService(
         st.auth,
         jwt_secret=secret,
@@ -91,6 +108,15 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         refresh_ttl_s=settings.refresh_token_ttl_s,
         api_key_cache_s=settings.api_key_cache_s,
         signing_keys=None if settings.access_token_algorithm == "HS256" else keys,  # noqa: S105
+        revocation_check_s=settings.revocation_check_s,
+        max_token_lifetime_s=settings.max_token_lifetime_s,
+        key_throttle=FailureThrottle(
+            settings.auth_failures_per_key, settings.auth_failure_window_s
+        ),
+        address_throttle=FailureThrottle(
+            settings.auth_failures_per_address, settings.auth_failure_window_s
+        ),
+        oidc=oidc,
     )
     runners = RunnerService(
         st.runners,
@@ -99,6 +125,8 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         jobs.cancelled_among,
         window_s=settings.runner_signature_window_s,
         offline_after_s=settings.runner_offline_after_s,
+        rotation_s=settings.runner_secret_rotation_s,
+        overlap_s=settings.runner_secret_overlap_s,
     )
     webhooks = WebhookService(
         st.webhooks,

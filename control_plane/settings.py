@@ -103,8 +103,85 @@ class Settings(BaseSettings):
         ),
     )
     refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300, description="Refresh lifetime.")
+    revocation_check_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=5,
+        description="A bearer token's API key is read from the store at most this often per "
+        "replica (a revoked key's tokens stop within this time; admin routes read it on every "
+        "request); 0: on every request.",
+    )
+    max_token_lifetime_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Longest lifetime (exp - iat) of a bearer token accepted at verification "
+        "(access tokens of this control plane and of the OpenID issuer).",
+    )
+    oidc_issuer: str = Field(
+        default="",
+        description="External OpenID Connect issuer (`iss`) whose tokens are accepted as "
+        "bearer tokens; empty: none. Needs oidc_audience and oidc_jwks_url.",
+    )
+    oidc_audience: str = Field(default="", description="`aud` the issuer's tokens must carry.")
+    oidc_jwks_url: str = Field(default="", description="JWKS URL of the OpenID issuer.")
+    oidc_tenant_claim: str = Field(
+        default="tenant", description="Claim of the issuer's tokens naming the tenant."
+    )
+    oidc_role_claim: str = Field(
+        default="role",
+        description="Claim (a string or a list, e.g. groups; dots: a path) mapped to the role.",
+    )
+    oidc_role_map: str = Field(
+        default="",
+        description="Role claim values to roles: 'value=role,...' (roles: viewer, user, admin); "
+        "a value that is a role's name maps to it anyway.",
+    )
+    oidc_default_role: str = Field(
+        default="", description="Role of a token whose role claim maps to none; empty: 401."
+    )
+    oidc_algorithms: str = Field(
+        default="RS256,ES256", description="Accepted JWS algorithms of the issuer (asymmetric)."
+    )
+    oidc_jwks_cache_s: float = Field(
+        default=300.0, gt=0, description="How long the issuer's key set is cached."
+    )
+    oidc_jwks_refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two fetches of the key set for an unknown `kid` (a "
+        "rotated key is picked up then).",
+    )
     runner_signature_window_s: int = Field(
         default=300, description="Allowed clock skew of runner-signed calls."
+    )
+    runner_secret_rotation_s: int = Field(
+        default=0,
+        ge=0,
+        description="Rotate each runner's HMAC secret when it is this old: the new one goes "
+        "out in a heartbeat answer and replaces the old once the runner signs with it; 0: "
+        "on demand only (POST /v1/runners/{id}/rotate-secret). Runners older than this "
+        "release refuse the new answer field: upgrade them first.",
+    )
+    runner_secret_overlap_s: int = Field(
+        default=900,
+        ge=0,
+        description="How long a runner's replaced HMAC secret stays valid after the rotation "
+        "is confirmed (calls signed before it, still in flight).",
+    )
+    auth_failures_per_key: int = Field(
+        default=10,
+        ge=0,
+        description="Failed API-key attempts per key id within auth_failure_window_s before "
+        "every attempt with that key id gets 429 (per replica); 0: no limit.",
+    )
+    auth_failures_per_address: int = Field(
+        default=30,
+        ge=0,
+        description="Failed API-key, refresh-token and join-token attempts per client address "
+        "within auth_failure_window_s before that address gets 429 (per replica); 0: no limit.",
+    )
+    auth_failure_window_s: float = Field(
+        default=60.0, gt=0, description="Window of the failed-authentication counts."
     )
 
     # storage deadlines (docs/failure_modes.md: a stalled store answers 503, never a hang)
@@ -296,6 +373,19 @@ class Settings(BaseSettings):
         default=None,
         description="URL started runners reach the control plane at (None: public_url).",
     )
+    capacity_pool_token_uses: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Runners one pool join token (POST /v1/pools/{name}/join-token, the aws-asg "
+        "launch template's token) may register.",
+    )
+    capacity_pool_token_ttl_s: int = Field(
+        default=30 * 86_400,
+        ge=3600,
+        le=365 * 86_400,
+        description="Lifetime of a pool join token: replace the one in the hosts' secret before.",
+    )
     capacity_aws_endpoint_url: str | None = Field(
         default=None, description="Auto Scaling / EC2 endpoint of the aws-asg provider (tests)."
     )
@@ -409,6 +499,30 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_file)))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _token_lifetimes(self) -> Settings:
+        if self.access_token_ttl_s > self.max_token_lifetime_s:
+            raise ValueError(
+                f"access_token_ttl_s ({self.access_token_ttl_s}) exceeds max_token_lifetime_s "
+                f"({self.max_token_lifetime_s}): tokens would be refused at verification"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        from control_plane.services.oidc import parse_role_map
+
+        oidc = {"oidc_issuer", "oidc_audience", "oidc_jwks_url"}
+        unset = sorted(f for f in oidc if not getattr(self, f))
+        if unset and len(unset) < len(oidc):
+            raise ValueError(f"an OpenID issuer needs all of {sorted(oidc)}: {unset} not set")
+        if self.oidc_issuer and self.oidc_issuer == self.jwt_issuer:
+            raise ValueError("oidc_issuer must differ from jwt_issuer (this control plane's)")
+        parse_role_map(self.oidc_role_map)  # raises ValueError naming the bad pair
+        if self.oidc_default_role not in ("", "viewer", "user", "admin"):
+            raise ValueError("oidc_default_role must be empty, viewer, user or admin")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -79,8 +79,10 @@ def runner_parameters() -> dict[str, Any]:
         },
         "JoinTokenSecretArn": {
             "Type": "String",
-            "Description": "Secrets Manager secret holding the pool's join token "
-            "(gpufleet admin join-token --label gpufleet.pool=<PoolName>).",
+            "Description": "Secrets Manager secret holding the pool's join token (gpufleet "
+            "admin pools join-token <PoolName>: shared by every instance, it registers up to "
+            "the control plane's capacity_pool_token_uses runners until it expires; replace "
+            "it before).",
         },
         "DrainTimeoutS": {
             "Type": "Number",

@@ -59,7 +59,10 @@ class Heartbeat:
         )
 
     def apply(self, resp: HeartbeatResponse) -> None:
-        """Take the config, stop waiting on cancelled jobs, hand the desired models on."""
+        """Take the config and a rotated secret, stop waiting on cancelled jobs, hand the
+        desired models on."""
+        if resp.new_secret:
+            self._identity.adopt_secret(resp.new_secret)
         if resp.config != self._state.config:
             log.info("runtime config from the control plane: %s", resp.config.model_dump())
             self._state.config = resp.config

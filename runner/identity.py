@@ -213,6 +213,19 @@ class Identity:
             await wait_event(shutdown, wait * (0.8 + 0.4 * random.random()))
         return None
 
+    def adopt_secret(self, secret: str) -> None:
+        """Sign with ``secret`` from now on (a rotation the control plane started in a
+        heartbeat answer): stored in the credentials file first, so that a restart keeps it.
+        The control plane takes the first call signed with it as the confirmation; calls
+        signed with the old one and still in flight stay valid for its overlap window."""
+        creds = self._client.credentials
+        if creds is None or creds.secret == secret:
+            return
+        rotated = Credentials(creds.runner_id, secret, creds.control_plane_url)
+        save_credentials(self._settings.credentials_file, rotated)
+        self._client.credentials = rotated
+        log.info("runner %s: new HMAC secret from the control plane (rotation)", creds.runner_id)
+
     async def invalidate(self, seen: Credentials | None) -> None:
         """Forget ``seen`` (the credentials a call was rejected with) and delete the file."""
         async with self._lock:

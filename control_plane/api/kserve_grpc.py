@@ -334,6 +334,17 @@ def to_infer_response(result: V2InferResponse, wanted: Iterable[str]) -> Any:
 # --------------------------------------------------------------------------- servicer
 
 
+def _peer_host(peer: str | None) -> str | None:
+    """The client address of a gRPC peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) for failure
+    throttling; None when it is not an IP peer."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or None
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or None
+    return None
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``GRPCInferenceService`` on the control plane's services (see the module docstring)."""
 
@@ -352,10 +363,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("expected 'authorization: Bearer <token>' metadata")
         token = token.strip()
-        remembered = self._svc.auth.signer.remembered(token)  # no thread hop when known
+        # no thread hop when known (and its API key's state read within seconds: revocation)
+        remembered = self._svc.auth.cached_principal(token)
         if remembered is not None:
             return remembered
-        return await asyncio.to_thread(self._svc.auth.authenticate, token)
+        return await asyncio.to_thread(
+            self._svc.auth.authenticate, token, client=_peer_host(context.peer())
+        )
 
     async def _ready_version(
         self, p: Principal, name: str, pinned: str

@@ -6,6 +6,8 @@ from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyList,
+    ApiKeyRotate,
+    ApiKeyRotated,
     JoinTokenCreate,
     JoinTokenCreated,
     JoinTokenList,
@@ -20,7 +22,7 @@ from starlette.responses import Response as HttpResponse
 
 from control_plane.api.context import services
 from control_plane.api.http import read_model, send
-from control_plane.api.security import principal
+from control_plane.api.security import client_address, principal
 from control_plane.api.spec import DocumentedRoute, route
 
 
@@ -38,12 +40,14 @@ class Revoked(Response):
 
 async def token(request: Request) -> HttpResponse:
     req = await read_model(request, TokenRequest)
-    return send(await run_in_threadpool(services(request).auth.exchange_api_key, req.api_key))
+    auth, client = services(request).auth, client_address(request)
+    return send(await run_in_threadpool(auth.exchange_api_key, req.api_key, client))
 
 
 async def refresh(request: Request) -> HttpResponse:
     req = await read_model(request, RefreshRequest)
-    return send(await run_in_threadpool(services(request).auth.refresh, req.refresh_token))
+    auth, client = services(request).auth, client_address(request)
+    return send(await run_in_threadpool(auth.refresh, req.refresh_token, client))
 
 
 async def jwks(request: Request) -> HttpResponse:
@@ -67,6 +71,13 @@ async def revoke_api_key(request: Request) -> HttpResponse:
     key_id = request.path_params["key_id"]
     await run_in_threadpool(services(request).auth.revoke_api_key, p, key_id)
     return send(Revoked(id=key_id))
+
+
+async def rotate_api_key(request: Request) -> HttpResponse:
+    p = principal(request)
+    req = await read_model(request, ApiKeyRotate)
+    key_id = request.path_params["key_id"]
+    return send(await run_in_threadpool(services(request).auth.rotate_api_key, p, key_id, req))
 
 
 async def list_api_keys(request: Request) -> HttpResponse:
@@ -128,6 +139,15 @@ ROUTES: list[DocumentedRoute] = [
         revoke_api_key,
         "Revoke an API key (admin)",
         Revoked,
+    ),
+    route(
+        "POST",
+        "/v1/admin/api-keys/{key_id}/rotate",
+        rotate_api_key,
+        "Rotate an API key's secret; the old one works until old_valid_for_s passes (admin, "
+        "or the key itself)",
+        ApiKeyRotated,
+        request=ApiKeyRotate,
     ),
     route(
         "POST",

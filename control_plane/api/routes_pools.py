@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpufleet.wire import PoolList, PoolSpec, PoolView, Response
+from gpufleet.wire import JoinTokenCreated, PoolList, PoolSpec, PoolView, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
@@ -40,6 +40,12 @@ async def get_pool(request: Request) -> HttpResponse:
     return send(await run_in_threadpool(_capacity(request).get, p, name))
 
 
+async def pool_join_token(request: Request) -> HttpResponse:
+    p = principal(request)
+    name = request.path_params["name"]
+    return send(await run_in_threadpool(_capacity(request).pool_join_token, p, name), 201)
+
+
 async def list_pools(request: Request) -> HttpResponse:
     p = principal(request)
     return send(await run_in_threadpool(_capacity(request).list_pools, p))
@@ -53,6 +59,15 @@ async def delete_pool(request: Request) -> HttpResponse:
 
 
 ROUTES: list[DocumentedRoute] = [
+    route(
+        "POST",
+        "/v1/pools/{name}/join-token",
+        pool_join_token,
+        "A join token shared by the pool's hosts, with the pool's use limit and lifetime "
+        "(admin; aws-asg launch templates)",
+        JoinTokenCreated,
+        status=201,
+    ),
     route("GET", "/v1/pools", list_pools, "List capacity pools (admin)", PoolList),
     route(
         "PUT",

@@ -36,7 +36,7 @@ from starlette.responses import Response as HttpResponse
 from control_plane.api.context import services
 from control_plane.api.http import parse_body, read_model, send
 from control_plane.api.job_protocol import complete_jobs, lease_jobs
-from control_plane.api.security import principal, signed_runner
+from control_plane.api.security import client_address, principal, signed_runner
 from control_plane.api.spec import DocumentedRoute, Security, route
 from control_plane.errors import NotFound
 
@@ -48,7 +48,8 @@ class RunnerRevoked(Response):
 
 async def register(request: Request) -> HttpResponse:
     req = await read_model(request, RegisterRequest)
-    return send(await run_in_threadpool(services(request).runners.register, req), 201)
+    runners, client = services(request).runners, client_address(request)
+    return send(await run_in_threadpool(runners.register, req, client), 201)
 
 
 async def heartbeat(request: Request) -> HttpResponse:
@@ -140,6 +141,12 @@ async def patch_config(request: Request) -> HttpResponse:
     return send(await run_in_threadpool(services(request).runners.patch_config, p, runner_id, req))
 
 
+async def rotate_secret(request: Request) -> HttpResponse:
+    p = principal(request)
+    runner_id = request.path_params["runner_id"]
+    return send(await run_in_threadpool(services(request).runners.rotate_secret, p, runner_id))
+
+
 async def revoke(request: Request) -> HttpResponse:
     p = principal(request)
     runner_id = request.path_params["runner_id"]
@@ -227,6 +234,13 @@ ROUTES: list[DocumentedRoute] = [
         "Merge runtime settings into a runner's config (admin)",
         RunnerView,
         request=RunnerConfigPatch,
+    ),
+    route(
+        "POST",
+        "/v1/runners/{runner_id}/rotate-secret",
+        rotate_secret,
+        "Rotate a runner's HMAC secret now: the next heartbeat answer carries the new one (admin)",
+        RunnerView,
     ),
     route(
         "DELETE",

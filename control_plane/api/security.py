@@ -4,6 +4,9 @@
   The backend never fails a request itself; a bad token leaves an anonymous user carrying
   the reason, and ``principal(request)`` raises ``Unauthorized`` on routes that need one, so
   public routes (health, auth, runner routes) ignore stray headers.
+- Revocation: a bearer's API key is checked against the store at most every few seconds
+  (``AuthService.cached_principal``), and on every request to an admin route
+  (``admin_route``), so a revoked admin key's token cannot act even once more.
 - Runner HMAC signatures: ``signed_runner(request, runner_id)`` reads the (size-limited)
   body once and asks ``RunnerService.authenticate``.
 """
@@ -19,7 +22,7 @@ from starlette.authentication import (
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
-from control_plane.errors import Unauthorized
+from control_plane.errors import GpufleetError, RateLimited, Unauthorized
 from control_plane.services.auth import AuthService
 from control_plane.services.principal import Principal
 from control_plane.services.runners import RunnerService
@@ -46,10 +49,12 @@ class TokenUser(BaseUser):
 
 
 class Anonymous(BaseUser):
-    """No or an invalid bearer token; ``reason`` says which."""
+    """No or an invalid bearer token; ``reason`` says which (``error``: the error to answer,
+    e.g. ``RateLimited`` for a throttled API key)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, error: GpufleetError | None = None) -> None:
         self.reason = reason
+        self.error = error
 
     @property
     def is_authenticated(self) -> bool:
@@ -74,15 +79,39 @@ class BearerBackend(AuthenticationBackend):
         if scheme.lower() != "bearer" or not token.strip():
             return AuthCredentials(), Anonymous("expected 'Authorization: Bearer <token>'")
         token = token.strip()
+        fresh = admin_route(conn.scope.get("method", "GET"), conn.url.path)
         try:
-            # A token seen before is answered from memory; a new one may need the signing
-            # key from storage (first use), so it is verified off the event loop.
-            p = self._auth.signer.remembered(token)
+            # A token seen before (and its key's state read recently) is answered from
+            # memory; anything else reads storage, so it is verified off the event loop.
+            p = None if fresh else self._auth.cached_principal(token)
             if p is None:
-                p = await run_in_threadpool(self._auth.authenticate, token)
+                p = await run_in_threadpool(
+                    self._auth.authenticate, token, fresh=fresh, client=client_address(conn)
+                )
         except Unauthorized as exc:
             return AuthCredentials(), Anonymous(exc.message)
+        except RateLimited as exc:
+            return AuthCredentials(), Anonymous(exc.message, exc)
         return AuthCredentials(sorted(p.scopes)), TokenUser(p)
+
+
+def client_address(conn: HTTPConnection) -> str | None:
+    """The caller's address as the server saw it (behind a proxy: as uvicorn's
+    ``--forwarded-allow-ips``/``proxy_headers`` resolved it), for failure throttling."""
+    return conn.client.host if conn.client else None
+
+
+def admin_route(method: str, path: str) -> bool:
+    """Routes that act as an admin: ``/v1/admin/…``, ``/v1/pools…``, the console's
+    ``/…/admin…`` pages, and changes to runners (``PATCH``/``DELETE /v1/runners/…``,
+    ``…/rotate-secret``). On
+    these the caller's API key is read from the store on every request."""
+    parts = path.split("/")[1:3]
+    if "admin" in parts or path.startswith("/v1/pools"):
+        return True
+    if path.startswith("/v1/runners/") and path.endswith("/rotate-secret"):
+        return True
+    return method in ("PATCH", "DELETE") and path.startswith("/v1/runners/")
 
 
 def principal(request: Request) -> Principal:
@@ -91,6 +120,8 @@ def principal(request: Request) -> Principal:
     if isinstance(user, TokenUser):
         bind(tenant=user.principal.tenant)  # on every log line about this request
         return user.principal
+    if isinstance(user, Anonymous) and user.error is not None:
+        raise user.error
     reason = user.reason if isinstance(user, Anonymous) else "missing bearer token"
     raise Unauthorized(reason)
 

@@ -21,6 +21,9 @@ class Principal:
     tenant: str
     role: str
     scopes: frozenset[str] = field(default_factory=frozenset)
+    # True for a token of an external OpenID issuer (``services/oidc.py``): ``sub`` is not
+    # an API key of this control plane, so no key revocation applies (the issuer's does).
+    external: bool = False
 
     @property
     def is_admin(self) -> bool:

@@ -6,6 +6,12 @@ protected by encryption at rest and narrow IAM. Signed calls are checked in this
 headers present and well formed, runner header equals the runner id in the path, timestamp
 within the window, runner known and not revoked, signature (constant time), then the nonce
 is remembered once (replays are 401).
+
+Secret rotation: every ``rotation_s`` (and on demand, ``rotate_secret``) a heartbeat answer
+carries ``new_secret``, stored first as the runner's pending secret and sent again in every
+answer until the runner signs a call with it: that call is the confirmation, and the new
+secret becomes the current one while the old stays valid for ``overlap_s`` (calls in flight,
+a long poll signed just before). Until the confirmation the current secret works as before.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from gpufleet.wire import (
 
 from control_plane import clock
 from control_plane.errors import NotFound, Unauthorized
+from control_plane.services.auth import join_token_id
 from control_plane.services.principal import Principal
 from control_plane.storage.protocols_auth import (
     JoinTokenRecord,
@@ -47,13 +54,17 @@ class RunnerService:
         self,
         store: RunnerStore,
         nonces: NonceStore,
-        redeem_join_token: Callable[[str], JoinTokenRecord],
+        redeem_join_token: Callable[[str, str | None], JoinTokenRecord],
         cancelled_among: Callable[[list[str]], list[str]],
         *,
         window_s: float,
         offline_after_s: float,
+        rotation_s: float = 0.0,
+        overlap_s: float = 900.0,
         now: Callable[[], float] = clock.now,
     ) -> None:
+        self._rotation_s = rotation_s  # 0: secrets rotate on demand only
+        self._overlap_s = overlap_s
         self._store = store
         self._nonces = nonces
         self._redeem = redeem_join_token
@@ -69,15 +80,17 @@ class RunnerService:
         self.region_rtt: Callable[[str], float | None] | None = None
 
     # ------------------------------------------------------------------ registration
-    def register(self, req: RegisterRequest) -> RegisterResponse:
-        """A join token for a runner id and secret (shown once)."""
-        token = self._redeem(req.join_token)
+    def register(self, req: RegisterRequest, client: str | None = None) -> RegisterResponse:
+        """A join token for a runner id and secret (shown once). The runner records the
+        token's id (``join_token`` in its view), so admins see which token joined it."""
+        token = self._redeem(req.join_token, client)
         region = token.region if token.region != "default" else (req.region or "default")
         rec = RunnerRecord(
             id=clock.new_id("run"),
             name=req.name,
             region=region,
             labels={**req.labels, **token.labels},
+            join_token=join_token_id(token.token_hash),
             secret=secrets.token_urlsafe(32),
             registered_at=self._now(),
             gpus=[g.model_dump() for g in req.gpus],
@@ -128,13 +141,62 @@ class RunnerService:
                 "re-register with a new join token"
             )
         if not signing.signature_matches(expected, signature):
-            raise Unauthorized("bad signature")
+            rec = self._other_secret(rec, signature, (method, path, query, ts, nonce, body), now)
         if rec.revoked:
             raise Unauthorized("runner revoked")
         expires_at = max(now, ts_value) + self._window_s + 1
         if not self._nonces.remember_nonce(f"{runner_id}#{nonce}", now, expires_at):
             raise Unauthorized("nonce already used")
         return rec
+
+    def _other_secret(
+        self,
+        rec: RunnerRecord,
+        signature: str,
+        signed: tuple[str, str, str, str, str, bytes],
+        now: float,
+    ) -> RunnerRecord:
+        """A signature by the pending secret (the runner confirms a rotation: promote it) or
+        by the replaced one within its overlap window; ``Unauthorized`` otherwise."""
+        if rec.pending_secret and signing.signature_matches(
+            signing.compute_signature(rec.pending_secret, *signed), signature
+        ):
+            promoted = self._store.promote_secret(
+                rec.id, rec.pending_secret, now, now + self._overlap_s
+            )
+            return promoted or self._store.find_runner(rec.id) or rec  # another replica did
+        still = rec.previous_valid_until is not None and rec.previous_valid_until >= now
+        if (
+            rec.previous_secret
+            and still
+            and signing.signature_matches(
+                signing.compute_signature(rec.previous_secret, *signed), signature
+            )
+        ):
+            return rec
+        raise Unauthorized("bad signature")
+
+    def rotate_secret(self, p: Principal, runner_id: str) -> RunnerView:
+        """Start a secret rotation now (admin): the next heartbeat answer carries the new
+        secret (an offer already pending is kept)."""
+        p.require("admin")
+        rec = self._store.offer_secret(runner_id, secrets.token_urlsafe(32))
+        if rec is None:
+            raise NotFound(f"no active runner {runner_id!r}")
+        return self.view(rec)
+
+    def _secret_to_send(self, rec: RunnerRecord) -> str | None:
+        """The pending secret to deliver in this heartbeat answer, offering a new one when
+        the current secret is older than ``rotation_s``."""
+        if rec.pending_secret:
+            return rec.pending_secret
+        if self._rotation_s <= 0:
+            return None
+        since = rec.secret_set_at if rec.secret_set_at is not None else rec.registered_at
+        if self._now() - since < self._rotation_s:
+            return None
+        offered = self._store.offer_secret(rec.id, secrets.token_urlsafe(32))
+        return offered.pending_secret if offered is not None else None
 
     def heartbeat(self, runner: RunnerRecord, req: HeartbeatRequest) -> HeartbeatResponse:
         """Store the heartbeat; answer config, desired models and jobs to cancel."""
@@ -154,7 +216,10 @@ class RunnerService:
         # None (no deployment anywhere, or no placement wired): the runner keeps its models.
         desired = self.desired_models(rec) if self.desired_models is not None else None
         return HeartbeatResponse(
-            config=self.config_of(rec), desired_models=desired, cancel_jobs=cancel
+            config=self.config_of(rec),
+            desired_models=desired,
+            cancel_jobs=cancel,
+            new_secret=self._secret_to_send(rec),
         )
 
     # ------------------------------------------------------------------ admin / read
@@ -230,6 +295,11 @@ class RunnerService:
                 "running_jobs": rec.running_jobs,
                 "config": rec.config,
                 "rtt_ms": self.region_rtt(rec.region) if self.region_rtt else None,
+                "secret_set_at": clock.iso(
+                    rec.secret_set_at if rec.secret_set_at is not None else rec.registered_at
+                ),
+                "secret_rotation_pending": rec.pending_secret is not None,
+                "join_token": rec.join_token,
             }
         )
 

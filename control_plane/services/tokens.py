@@ -20,6 +20,7 @@ import jwt
 
 from control_plane import clock
 from control_plane.errors import Unauthorized
+from control_plane.services.claims import check_time_claims
 from control_plane.services.principal import ROLE_SCOPES, Principal
 from control_plane.services.signing_keys import SigningKeys
 
@@ -42,9 +43,11 @@ class TokenSigner:
         ttl_s: int,
         now: Callable[[], float] = clock.now,
         keys: SigningKeys | None = None,
+        max_lifetime_s: int | None = None,
     ) -> None:
         self._keys = keys
         self._key = key_provider
+        self._max_lifetime_s = max_lifetime_s  # exp - iat of a token verified here
         self._issuer = issuer
         self._audience = audience
         self._ttl_s = ttl_s
@@ -143,6 +146,7 @@ class TokenSigner:
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> tuple[Principal, float]:
+        check_time_claims(claims, self._max_lifetime_s)  # numbers, lifetime within the limit
         role = claims.get("role")
         tenant = claims.get("tenant")
         if role not in ROLE_SCOPES or not isinstance(tenant, str) or not tenant:

@@ -1,10 +1,12 @@
 """DynamoDB adapter of the ``auth`` table (PK ``pk``).
 
 Items:
-- ``key#<id>``     API key: tenant, role, name, secret_hash (sha256 hex), revoked, created_at.
+- ``key#<id>``     API key: tenant, role, name, secret_hash (sha256 hex), revoked, created_at;
+                   after a rotation previous_secret_hash, previous_valid_until.
 - ``rt#<id>``      refresh token: secret_hash, family, key_id, tenant, role, used, expires_at (TTL).
 - ``fam#<id>``     a revoked refresh-token family (present = revoked), expires_at (TTL).
-- ``join#<hash>``  join token: region, labels (JSON), expires_at (TTL).
+- ``join#<hash>``  join token: region, labels (JSON), expires_at (TTL), max_uses, uses,
+                   last_used_at (tokens stored before use limits lack max_uses: no limit).
 - ``meta#jwt``     the generated HS256 signing key shared by every replica.
 """
 
@@ -43,6 +45,25 @@ def _api_key(key_id: str, item: dict[str, Any]) -> ApiKeyRecord:
         secret_hash=item["secret_hash"]["S"],
         created_at=float(item["created_at"]["N"]),
         revoked=item["revoked"]["BOOL"],
+        previous_secret_hash=item["previous_secret_hash"]["S"]
+        if "previous_secret_hash" in item
+        else None,
+        previous_valid_until=float(item["previous_valid_until"]["N"])
+        if "previous_valid_until" in item
+        else None,
+    )
+
+
+def _join(token_hash: str, item: dict[str, Any]) -> JoinTokenRecord:
+    last = item.get("last_used_at")
+    return JoinTokenRecord(
+        token_hash=token_hash,
+        region=item["region"]["S"],
+        labels=json.loads(item["labels"]["S"]),
+        expires_at=float(item["expires_at"]["N"]),
+        max_uses=int(item["max_uses"]["N"]) if "max_uses" in item else 0,
+        uses=int(item["uses"]["N"]) if "uses" in item else 0,
+        last_used_at=float(last["N"]) if last else None,
     )
 
 
@@ -136,6 +157,31 @@ class DynamoAuthStore:
         """Mark a key revoked; False when no such key."""
         return self._flag(f"key#{key_id}", "revoked", "revoke api key", require_false=False)
 
+    def rotate_api_key(
+        self, key_id: str, expected_hash: str, new_hash: str, previous_valid_until: float
+    ) -> bool:
+        with translate_errors("rotate api key"):
+            try:
+                self._db.update_item(
+                    TableName=self._table,
+                    Key={"pk": _s(f"key#{key_id}")},
+                    UpdateExpression="SET secret_hash = :new, previous_secret_hash = :old, "
+                    "previous_valid_until = :until",
+                    ConditionExpression="attribute_exists(pk) AND revoked = :f "
+                    "AND secret_hash = :old",
+                    ExpressionAttributeValues={
+                        ":new": _s(new_hash),
+                        ":old": _s(expected_hash),
+                        ":until": _n(previous_valid_until),
+                        ":f": _b(False),
+                    },
+                )
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return False
+                raise
+        return True
+
     # ------------------------------------------------------------------ refresh tokens
     def save_refresh_token(self, rec: RefreshRecord) -> None:
         self._put_new(
@@ -190,9 +236,31 @@ class DynamoAuthStore:
                 "region": _s(rec.region),
                 "labels": _s(json.dumps(rec.labels)),
                 "expires_at": _n(rec.expires_at),
+                "max_uses": _n(rec.max_uses),
+                "uses": _n(rec.uses),
             },
             "save join token",
         )
+
+    def claim_join_token(self, token_hash: str, now: float) -> JoinTokenRecord | None:
+        """One conditional update: unexpired, and uses left (or no ``max_uses``: no limit)."""
+        with translate_errors("claim join token"):
+            try:
+                out = self._db.update_item(
+                    TableName=self._table,
+                    Key={"pk": _s(f"join#{token_hash}")},
+                    UpdateExpression="SET uses = if_not_exists(uses, :zero) + :one, "
+                    "last_used_at = :now",
+                    ConditionExpression="attribute_exists(pk) AND expires_at >= :now AND "
+                    "(attribute_not_exists(max_uses) OR max_uses = :zero OR uses < max_uses)",
+                    ExpressionAttributeValues={":zero": _n(0), ":one": _n(1), ":now": _n(now)},
+                    ReturnValues="ALL_NEW",
+                )
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return None
+                raise
+        return _join(token_hash, out["Attributes"])
 
     def consume_join_token(self, token_hash: str) -> bool:
         """A conditional delete: of two consumers the second finds nothing to delete."""
@@ -211,24 +279,12 @@ class DynamoAuthStore:
 
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         item = self._get(f"join#{token_hash}", "find join token")
-        if item is None:
-            return None
-        return JoinTokenRecord(
-            token_hash=token_hash,
-            region=item["region"]["S"],
-            labels=json.loads(item["labels"]["S"]),
-            expires_at=float(item["expires_at"]["N"]),
-        )
+        return None if item is None else _join(token_hash, item)
 
     def list_join_tokens(self) -> list[JoinTokenRecord]:
         """A Scan of the ``join#`` items (admin listing: rare, and tokens are few)."""
         out = [
-            JoinTokenRecord(
-                token_hash=item["pk"]["S"].removeprefix("join#"),
-                region=item["region"]["S"],
-                labels=json.loads(item["labels"]["S"]),
-                expires_at=float(item["expires_at"]["N"]),
-            )
+            _join(item["pk"]["S"].removeprefix("join#"), item)
             for item in self._scan_prefix("join#", "list join tokens")
         ]
         return sorted(out, key=lambda t: (t.expires_at, t.token_hash))

@@ -52,7 +52,16 @@ def _record(item: dict[str, Any]) -> RunnerRecord:
         triton=json.loads(item.get("triton", {"S": "{}"})["S"]),
         running_jobs=json.loads(item.get("running_jobs", {"S": "[]"})["S"]),
         config={k: _plain(v) for k, v in item.get("config", {"M": {}})["M"].items()},
+        pending_secret=item["pending_secret"]["S"] if "pending_secret" in item else None,
+        previous_secret=item["previous_secret"]["S"] if "previous_secret" in item else None,
+        previous_valid_until=_number(item.get("previous_valid_until")),
+        secret_set_at=_number(item.get("secret_set_at")),
+        join_token=item["join_token"]["S"] if "join_token" in item else None,
     )
+
+
+def _number(v: dict[str, Any] | None) -> float | None:
+    return None if v is None else float(v["N"])
 
 
 class DynamoRunnerStore:
@@ -77,6 +86,10 @@ class DynamoRunnerStore:
             "running_jobs": {"S": json.dumps(rec.running_jobs)},
             "config": {"M": {k: _value(v) for k, v in rec.config.items()}},
         }
+        if rec.secret_set_at is not None:
+            item["secret_set_at"] = _value(rec.secret_set_at)
+        if rec.join_token is not None:
+            item["join_token"] = {"S": rec.join_token}
         with translate_errors("create runner"):
             try:
                 self._db.put_item(
@@ -95,14 +108,22 @@ class DynamoRunnerStore:
         return _record(item) if item else None
 
     def _update(
-        self, runner_id: str, expr: str, names: dict[str, str], values: dict[str, Any], what: str
+        self,
+        runner_id: str,
+        expr: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        what: str,
+        condition: str = "",
     ) -> RunnerRecord | None:
-        """Update an existing, unrevoked runner; None when it is missing or revoked."""
+        """Update an existing, unrevoked runner (and ``condition``); None when it is missing
+        or revoked (or ``condition`` fails)."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"id": {"S": runner_id}},
             "UpdateExpression": expr,
-            "ConditionExpression": "attribute_exists(id) AND revoked = :false",
+            "ConditionExpression": "attribute_exists(id) AND revoked = :false"
+            + (f" AND {condition}" if condition else ""),
             "ExpressionAttributeValues": {**values, ":false": {"BOOL": False}},
             "ReturnValues": "ALL_NEW",
         }
@@ -153,6 +174,33 @@ class DynamoRunnerStore:
             values[f":v{i}"] = _value(v)
             sets.append(f"#c.#f{i} = :v{i}")
         return self._update(runner_id, "SET " + ", ".join(sets), names, values, "merge config")
+
+    def offer_secret(self, runner_id: str, secret: str) -> RunnerRecord | None:
+        rec = self._update(
+            runner_id,
+            "SET pending_secret = :s",
+            {},
+            {":s": {"S": secret}},
+            "offer runner secret",
+            condition="attribute_not_exists(pending_secret)",
+        )
+        if rec is not None:
+            return rec
+        found = self.find_runner(runner_id)  # one pending already (or missing, revoked)
+        return found if found is not None and not found.revoked else None
+
+    def promote_secret(
+        self, runner_id: str, pending: str, at: float, previous_valid_until: float
+    ) -> RunnerRecord | None:
+        return self._update(
+            runner_id,
+            "SET previous_secret = secret, previous_valid_until = :u, secret = :p, "
+            "secret_set_at = :at REMOVE pending_secret",
+            {},
+            {":p": {"S": pending}, ":u": _value(previous_valid_until), ":at": _value(at)},
+            "promote runner secret",
+            condition="pending_secret = :p",
+        )
 
     def revoke_runner(self, runner_id: str) -> bool:
         """Mark revoked (idempotent); False when no such runner."""

@@ -23,6 +23,9 @@ class ApiKeyRecord:
     secret_hash: str
     created_at: float
     revoked: bool = False
+    # After a rotation: the replaced secret's hash, accepted until ``previous_valid_until``.
+    previous_secret_hash: str | None = None
+    previous_valid_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class JoinTokenRecord:
     region: str
     labels: dict[str, str]
     expires_at: float
+    max_uses: int = 1  # runners it may register; 0: no limit (a token stored before limits)
+    uses: int = 0
+    last_used_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,14 @@ class RunnerRecord:
     triton: dict[str, Any] = field(default_factory=dict)
     running_jobs: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    # HMAC secret rotation (services/runners.py): a new secret offered in a heartbeat answer
+    # (``pending_secret``) becomes ``secret`` once the runner signs with it; the replaced one
+    # stays valid until ``previous_valid_until``. ``secret_set_at``: when ``secret`` began.
+    pending_secret: str | None = None
+    previous_secret: str | None = None
+    previous_valid_until: float | None = None
+    secret_set_at: float | None = None
+    join_token: str | None = None  # id of the join token it registered with (jt_…)
 
 
 class AuthStore(Protocol):
@@ -94,6 +108,15 @@ class AuthStore(Protocol):
 
     def revoke_api_key(self, key_id: str) -> bool:
         """Mark the key revoked (again: still True); False when there is no such key."""
+        ...
+
+    def rotate_api_key(
+        self, key_id: str, expected_hash: str, new_hash: str, previous_valid_until: float
+    ) -> bool:
+        """Replace the key's secret hash by ``new_hash``, keeping ``expected_hash`` as
+        ``previous_secret_hash`` until ``previous_valid_until``, iff the key exists, is not
+        revoked and its current hash is ``expected_hash`` (of concurrent rotations exactly
+        one wins); False otherwise."""
         ...
 
     def save_refresh_token(self, rec: RefreshRecord) -> None:
@@ -125,6 +148,13 @@ class AuthStore(Protocol):
 
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         """The join token (expired ones too, until purged), or None."""
+        ...
+
+    def claim_join_token(self, token_hash: str, now: float) -> JoinTokenRecord | None:
+        """Count one use (``uses + 1``, ``last_used_at = now``) iff the token exists, has not
+        expired (``expires_at >= now``) and has uses left (``uses < max_uses``, or
+        ``max_uses == 0``); the token as stored now, or None. Of concurrent claimants of the
+        last use exactly one gets it."""
         ...
 
     def consume_join_token(self, token_hash: str) -> bool:
@@ -190,6 +220,21 @@ class RunnerStore(Protocol):
         """Set the fields of ``patch`` in the runner's config, keeping the others, iff the
         runner exists and is not revoked (concurrent patches of different fields both
         stick); the runner as stored now, or None. An empty patch is ``find_runner``."""
+        ...
+
+    def offer_secret(self, runner_id: str, secret: str) -> RunnerRecord | None:
+        """Set ``pending_secret`` iff the runner exists, is not revoked and has none pending;
+        the runner as stored now (its pending secret may be an earlier offer), or None when
+        it is missing or revoked."""
+        ...
+
+    def promote_secret(
+        self, runner_id: str, pending: str, at: float, previous_valid_until: float
+    ) -> RunnerRecord | None:
+        """iff the runner is live and ``pending_secret == pending``: ``previous_secret`` =
+        ``secret`` (valid until ``previous_valid_until``), ``secret`` = ``pending``,
+        ``secret_set_at`` = ``at``, no pending secret; the runner as stored now. None when
+        the condition fails (another replica promoted it first: re-read)."""
         ...
 
     def revoke_runner(self, runner_id: str) -> bool:

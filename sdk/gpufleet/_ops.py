@@ -32,6 +32,8 @@ from gpufleet.wire import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyList,
+    ApiKeyRotate,
+    ApiKeyRotated,
     BatchAccepted,
     BatchJobRequest,
     InferRequest,
@@ -466,10 +468,24 @@ def revoke_api_key(core: Core, key_id: str) -> Op[dict[str, Any]]:
     return dict(resp.json())
 
 
+def rotate_api_key(core: Core, key_id: str, old_valid_for_s: int) -> Op[ApiKeyRotated]:
+    body = _dump(ApiKeyRotate(old_valid_for_s=old_valid_for_s))
+    resp = yield from core.request(
+        "POST", f"/v1/admin/api-keys/{seg(key_id)}/rotate", json=body, idempotent=False
+    )
+    return ApiKeyRotated.model_validate(resp.json())
+
+
 def create_join_token(
-    core: Core, region: str, labels: Mapping[str, str] | None, expires_in_s: int
+    core: Core,
+    region: str,
+    labels: Mapping[str, str] | None,
+    expires_in_s: int,
+    max_uses: int = 1,
 ) -> Op[JoinTokenCreated]:
-    req = JoinTokenCreate(region=region, labels=dict(labels or {}), expires_in_s=expires_in_s)
+    req = JoinTokenCreate(
+        region=region, labels=dict(labels or {}), expires_in_s=expires_in_s, max_uses=max_uses
+    )
     resp = yield from core.request(
         "POST", "/v1/admin/join-tokens", json=_dump(req), idempotent=False
     )
@@ -490,6 +506,11 @@ def get_pool(core: Core, name: str) -> Op[PoolView]:
 def list_pools(core: Core) -> Op[PoolList]:
     resp = yield from core.request("GET", "/v1/pools")
     return PoolList.model_validate(resp.json())
+
+
+def pool_join_token(core: Core, name: str) -> Op[JoinTokenCreated]:
+    resp = yield from core.request("POST", f"/v1/pools/{seg(name)}/join-token", idempotent=False)
+    return JoinTokenCreated.model_validate(resp.json())
 
 
 def delete_pool(core: Core, name: str) -> Op[dict[str, Any]]:

@@ -657,6 +657,28 @@ def keys_create(
     print(created.api_key)  # plain stdout: never wrapped, cut or styled
 
 
+@keys_app.command("rotate")
+@handled
+def keys_rotate(
+    ctx: typer.Context,
+    key_id: str,
+    old_valid_for: Annotated[
+        int, typer.Option(help="Seconds the old secret keeps working (0: stop it now).", min=0)
+    ] = 3600,
+) -> None:
+    """Give an API key a new secret (printed only this once); the old one keeps working for
+    --old-valid-for seconds, time to roll the new one out."""
+    state: State = ctx.obj
+    rotated = state.client().admin.rotate_api_key(key_id, old_valid_for)
+    if state.output.json:
+        state.output.emit_json(rotated)
+        return
+    state.output.err.print(
+        f"API key {rotated.id}: new secret; the old one works until {rotated.old_valid_until}:"
+    )
+    print(rotated.api_key)  # plain stdout: never wrapped, cut or styled
+
+
 @keys_app.command("list")
 @handled
 def keys_list(ctx: typer.Context) -> None:
@@ -681,11 +703,15 @@ def join_token(
     region: Annotated[str, typer.Option()] = "default",
     label: Annotated[list[str] | None, typer.Option(help="k=v (repeat).")] = None,
     expires_in: Annotated[int, typer.Option(help="Seconds.", min=60)] = 3600,
+    max_uses: Annotated[
+        int, typer.Option(help="Runners it may register (a pool's shared token: more).", min=1)
+    ] = 1,
 ) -> None:
-    """Create a join token for registering a runner."""
+    """Create a join token for registering a runner (one, unless --max-uses)."""
     state: State = ctx.obj
     labels = pairs(label or [], "--label")
-    state.output.record(state.client().admin.create_join_token(region, labels, expires_in))
+    admin = state.client().admin
+    state.output.record(admin.create_join_token(region, labels, expires_in, max_uses))
 
 
 @pools_app.command("put")
@@ -721,6 +747,15 @@ def pools_list(ctx: typer.Context) -> None:
     state: State = ctx.obj
     columns = ["name", "target", "hosts", "reason", "decided_at"]
     state.output.rows(state.client().admin.list_pools(), columns, key="pools")
+
+
+@pools_app.command("join-token")
+@handled
+def pools_join_token(ctx: typer.Context, name: str) -> None:
+    """A join token for every host of the pool (aws-asg: store it in the launch template's
+    secret); it registers up to the control plane's pool use limit until it expires."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.pool_join_token(name))
 
 
 @pools_app.command("delete")
@@ -837,7 +872,7 @@ def _wants_json(args: list[str]) -> bool:
 def join_tokens_list(ctx: typer.Context) -> None:
     """List unexpired join tokens (ids, never the tokens)."""
     state: State = ctx.obj
-    columns = ["id", "region", "labels", "expires_at"]
+    columns = ["id", "region", "labels", "uses", "max_uses", "last_used_at", "expires_at"]
     state.output.rows(state.client().admin.list_join_tokens(), columns, key="tokens")
 
 

@@ -36,6 +36,7 @@ from gpufleet.streaming import (
 from gpufleet.tls import TlsOptions, check_url, client_context, resolve
 from gpufleet.wire import (
     ApiKeyCreated,
+    ApiKeyRotated,
     ApiKeyView,
     DeploymentView,
     JobRequest,
@@ -545,9 +546,17 @@ class Admin:
         region: str = "default",
         labels: Mapping[str, str] | None = None,
         expires_in_s: int = 3600,
+        max_uses: int = 1,
     ) -> JoinTokenCreated:
-        """A token a runner uses once to register."""
-        return self._c._run(_ops.create_join_token(self._c._core, region, labels, expires_in_s))
+        """A token that registers up to ``max_uses`` runners (default one) until it expires."""
+        return self._c._run(
+            _ops.create_join_token(self._c._core, region, labels, expires_in_s, max_uses)
+        )
+
+    def rotate_api_key(self, key_id: str, old_valid_for_s: int = 3600) -> ApiKeyRotated:
+        """A new secret for an API key (admin, or the key itself); the old one keeps working
+        for ``old_valid_for_s`` more seconds (0: it stops at once)."""
+        return self._c._run(_ops.rotate_api_key(self._c._core, key_id, old_valid_for_s))
 
     def put_pool(self, name: str, spec: PoolSpec | Mapping[str, Any]) -> PoolView:
         """Create or replace a capacity pool (docs/capacity.md)."""
@@ -560,6 +569,11 @@ class Admin:
     def list_pools(self) -> list[PoolView]:
         """Every capacity pool."""
         return (self._c._run(_ops.list_pools(self._c._core))).pools
+
+    def pool_join_token(self, name: str) -> JoinTokenCreated:
+        """A join token shared by the pool's hosts (the aws-asg launch template's), with the
+        control plane's pool use limit and lifetime."""
+        return self._c._run(_ops.pool_join_token(self._c._core, name))
 
     def delete_pool(self, name: str) -> dict[str, Any]:
         """Delete a pool that has no hosts left."""

@@ -281,6 +281,21 @@ class ApiKeyView(Response):
     name: str = ""
     created_at: str
     revoked: bool = False
+    previous_valid_until: str | None = None  # after a rotation: the old secret works until
+
+
+class ApiKeyRotate(Strict):
+    """``POST /v1/admin/api-keys/{id}/rotate``: a new secret; the old one keeps working for
+    ``old_valid_for_s`` more seconds (0: it stops at once)."""
+
+    api_version: Literal["v1"] = API_VERSION
+    old_valid_for_s: int = Field(default=3600, ge=0, le=30 * 86_400)
+
+
+class ApiKeyRotated(Response):
+    id: str
+    api_key: str
+    old_valid_until: str
 
 
 class ApiKeyList(Response):
@@ -292,12 +307,14 @@ class JoinTokenCreate(Strict):
     region: str = Field(default="default", max_length=64)
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     expires_in_s: int = Field(default=3600, ge=60, le=30 * 86_400)
+    max_uses: int = Field(default=1, ge=1, le=100_000)  # runners it may register
 
 
 class JoinTokenCreated(Response):
     join_token: str
     expires_at: str
     id: str | None = None  # what `GET /v1/admin/join-tokens` lists and DELETE takes
+    max_uses: int | None = None
 
 
 class JoinTokenView(Response):
@@ -308,6 +325,9 @@ class JoinTokenView(Response):
     region: str
     labels: dict[str, str] = Field(default_factory=dict)
     expires_at: str
+    max_uses: int | None = None  # None: no limit (a token issued before use limits)
+    uses: int = 0  # runners registered with it (their `join_token` names this token's id)
+    last_used_at: str | None = None
 
 
 class JoinTokenList(Response):
@@ -430,6 +450,10 @@ class HeartbeatResponse(Response):
     config: RunnerConfig
     desired_models: list[DesiredModel] | None = None
     cancel_jobs: list[str] = Field(default_factory=list)
+    # HMAC secret rotation: sign every later call with this secret (store it first); the
+    # control plane takes the first call signed with it as the confirmation. Sent again in
+    # each answer until then.
+    new_secret: str | None = None
 
 
 class LeaseRequest(Strict):
@@ -557,6 +581,9 @@ class RunnerView(Response):
     running_jobs: list[str] = Field(default_factory=list)
     config: RunnerConfig = Field(default_factory=RunnerConfig)
     rtt_ms: float | None = None  # its region's measured round trip to this control plane
+    secret_set_at: str | None = None  # when its current HMAC secret began
+    secret_rotation_pending: bool = False  # a new secret offered, not yet used by the runner
+    join_token: str | None = None  # id (jt_…) of the join token it registered with
 
 
 class RunnerList(Response):

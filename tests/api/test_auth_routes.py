@@ -318,8 +318,9 @@ async def test_api_key_works_directly_as_a_bearer_token(
     key = {"Authorization": f"Bearer {created['api_key']}"}
     assert (await client.get("/v1/jobs", headers=key)).status_code == 200
     await client.delete(f"/v1/admin/api-keys/{created['id']}", headers=admin)
-    # remembered: still accepted until api_key_cache_s passes (0: refused at once, below)
-    assert (await client.get("/v1/jobs", headers=key)).status_code == 200
+    # revoked on this replica: refused at once although the key is remembered (other
+    # replicas: within revocation_check_s, tests/security/test_revocation.py)
+    assert_error(await client.get("/v1/jobs", headers=key), 401, "unauthorized")
 
 
 @pytest.mark.parametrize("cache_s", [0])

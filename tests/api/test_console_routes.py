@@ -416,7 +416,12 @@ async def test_admin_creates_keys_and_join_tokens_shown_once(
         "/console/admin/join-tokens",
         data={"csrf": c.csrf, "region": "eu-west-1", "labels": "gpu=a100", "expires_in_s": "600"},
     )
-    assert r.status_code == 200 and "gfj_" in r.text
+    assert r.status_code == 200 and "gfj_" in r.text and "registers 1 runner(s)" in r.text
+    r = await c.post(
+        "/console/admin/join-tokens",
+        data={"csrf": c.csrf, "region": "default", "labels": "", "max_uses": "3"},
+    )
+    assert r.status_code == 200 and "registers 3 runner(s)" in r.text
     r = await c.post("/console/admin/webhook-secret", data={"csrf": c.csrf})
     assert r.status_code == 200 and 'id="webhook-secret"' in r.text
 

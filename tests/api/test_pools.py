@@ -15,11 +15,17 @@ from tests.api.conftest import TokenFor, assert_error
 
 
 @pytest.fixture
-def settings(settings: Any, moto_endpoint: str) -> Any:
+def pool_token_uses() -> int:
+    return 1000
+
+
+@pytest.fixture
+def settings(settings: Any, moto_endpoint: str, pool_token_uses: int) -> Any:
     return settings.model_copy(
         update={
             "capacity_aws_endpoint_url": moto_endpoint,
             "capacity_runner_url": "http://127.0.0.1:9",
+            "capacity_pool_token_uses": pool_token_uses,
         }
     )
 
@@ -136,3 +142,50 @@ async def test_documented_in_openapi(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert {"get", "put", "delete"} <= set(spec["paths"]["/v1/pools/{name}"])
     assert "get" in spec["paths"]["/v1/pools"]
+
+
+async def test_pool_join_token_registers_many_hosts_up_to_its_limit(
+    client: httpx.AsyncClient, auth_headers: TokenFor, group: str, settings: Any
+) -> None:
+    """The aws-asg launch template bakes one token into every instance: the pool token the
+    capacity code mints has the pool use limit (settings), unlike a default single-use one."""
+    admin = await auth_headers("admin")
+    asg = {"max_hosts": 2, "labels": {"gpu": "a10g"}, "region": "eu-west-1"}
+    asg["provider"] = {"kind": "aws-asg", "settings": {"group": group}}
+    assert (await client.put("/v1/pools/asg", json=asg, headers=admin)).status_code == 200
+    user = await auth_headers("user")
+    r = await client.post("/v1/pools/asg/join-token", headers=user)
+    assert_error(r, 403, "forbidden")
+    assert_error(await client.post("/v1/pools/nope/join-token", headers=admin), 404, "not_found")
+
+    r = await client.post("/v1/pools/asg/join-token", headers=admin)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["max_uses"] == settings.capacity_pool_token_uses > 1
+    for i in range(3):  # several instances of the group, one token
+        body = {"join_token": made["join_token"], "name": f"i-{i}"}
+        assert (await client.post("/v1/runners/register", json=body)).status_code == 201
+    runners = (await client.get("/v1/runners", headers=admin)).json()["runners"]
+    assert {(r["labels"]["gpufleet.pool"], r["region"], r["join_token"]) for r in runners} == {
+        ("asg", "eu-west-1", made["id"])
+    }
+    tokens = (await client.get("/v1/admin/join-tokens", headers=admin)).json()["tokens"]
+    assert [t["uses"] for t in tokens if t["id"] == made["id"]] == [3]
+
+
+@pytest.mark.parametrize("pool_token_uses", [2])
+async def test_pool_join_token_runs_out(
+    client: httpx.AsyncClient, auth_headers: TokenFor, group: str, pool_token_uses: int
+) -> None:
+    uses = pool_token_uses
+    admin = await auth_headers("admin")
+    asg = {"max_hosts": 2, "provider": {"kind": "aws-asg", "settings": {"group": group}}}
+    assert (await client.put("/v1/pools/asg", json=asg, headers=admin)).status_code == 200
+    token = (await client.post("/v1/pools/asg/join-token", headers=admin)).json()["join_token"]
+    codes = [
+        (
+            await client.post("/v1/runners/register", json={"join_token": token, "name": "i"})
+        ).status_code
+        for _ in range(uses + 1)
+    ]
+    assert codes == [201] * uses + [401]

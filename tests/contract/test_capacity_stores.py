@@ -142,6 +142,6 @@ def test_host_tokens_join_one_runner_pool_tokens_many(auth: AuthStore) -> None:
     assert svc.redeem_join_token(host).labels["gpufleet.host"] == "h1"
     with pytest.raises(Unauthorized):
         svc.redeem_join_token(host)
-    shared = svc.issue_join_token("eu", {"gpufleet.pool": "p"}, 600)
+    shared = svc.issue_join_token("eu", {"gpufleet.pool": "p"}, 600, max_uses=3)
     svc.redeem_join_token(shared)
     svc.redeem_join_token(shared)  # a pool's token (aws-asg user data) joins every host

@@ -729,3 +729,85 @@ def test_sqlite_webhook_log_expires(other_sqlite_db: Database) -> None:
     assert w.get("job_1", "job.completed") is None
     assert w.attempts("job_1") == []
     assert w.get("job_2", "job.completed") is not None
+
+
+# ---------------------------------------------------------------------- issue 12: limits, rotation
+def test_join_token_uses_are_counted_and_limited(other_backend: Stores) -> None:
+    a = other_backend.auth
+    now = time.time()
+    rec = JoinTokenRecord("c" * 64, "eu", {"pool": "a"}, now + 600, max_uses=2)
+    a.save_join_token(rec)
+    assert a.find_join_token(rec.token_hash) == rec
+    first = a.claim_join_token(rec.token_hash, now)
+    assert first == replace(rec, uses=1, last_used_at=now)
+    assert a.claim_join_token(rec.token_hash, now + 1) == replace(rec, uses=2, last_used_at=now + 1)
+    assert a.claim_join_token(rec.token_hash, now + 2) is None  # used up
+    assert a.find_join_token(rec.token_hash) == replace(rec, uses=2, last_used_at=now + 1)
+    assert a.claim_join_token("d" * 64, now) is None  # unknown
+    expired = JoinTokenRecord("e" * 64, "eu", {}, now - 1, max_uses=5)
+    a.save_join_token(expired)
+    assert a.claim_join_token(expired.token_hash, now) is None
+    assert a.list_join_tokens()[-1].uses == 2
+
+
+def test_last_join_token_use_race_has_one_winner(other_backend: Stores) -> None:
+    a = other_backend.auth
+    now = time.time()
+    a.save_join_token(JoinTokenRecord("f" * 64, "eu", {}, now + 600, max_uses=3))
+    won = race(12, lambda i: a.claim_join_token("f" * 64, now))
+    assert sum(w is not None for w in won) == 3
+    assert sorted(w.uses for w in won if w is not None) == [1, 2, 3]
+
+
+def test_api_key_rotation_keeps_the_old_hash_until_a_time(other_backend: Stores) -> None:
+    a = other_backend.auth
+    a.save_api_key(api_key())
+    old = api_key().secret_hash
+    assert not a.rotate_api_key("k1", "00" * 32, "11" * 32, 50.0)  # not the current hash
+    assert not a.rotate_api_key("nope", old, "11" * 32, 50.0)
+    assert a.rotate_api_key("k1", old, "11" * 32, 50.0)
+    assert a.find_api_key("k1") == replace(
+        api_key(), secret_hash="11" * 32, previous_secret_hash=old, previous_valid_until=50.0
+    )
+    wins = race(8, lambda i: a.rotate_api_key("k1", "11" * 32, f"{i:02d}" * 32, 60.0))
+    assert wins.count(True) == 1
+    a.revoke_api_key("k1")
+    current = a.find_api_key("k1")
+    assert current is not None
+    assert not a.rotate_api_key("k1", current.secret_hash, "22" * 32, 70.0)  # revoked
+
+
+def test_runner_secret_offer_and_promotion(other_backend: Stores) -> None:
+    r = other_backend.runners
+    assert r.offer_secret("run_1", "new") is None
+    r.create_runner(runner())
+    offered = r.offer_secret("run_1", "new")
+    assert offered == replace(runner(), pending_secret="new")
+    assert r.offer_secret("run_1", "newer") == offered  # one offer at a time
+    assert r.promote_secret("run_1", "other", 10.0, 20.0) is None
+    promoted = r.promote_secret("run_1", "new", 10.0, 20.0)
+    assert promoted == replace(
+        runner(),
+        secret="new",
+        previous_secret="s3cr3t",
+        previous_valid_until=20.0,
+        secret_set_at=10.0,
+    )
+    assert r.find_runner("run_1") == promoted
+    assert r.promote_secret("run_1", "new", 11.0, 21.0) is None  # promoted already
+    wins = race(6, lambda i: r.promote_secret("run_1", "x", 1.0, 2.0))
+    assert wins == [None] * 6
+    r.offer_secret("run_1", "third")
+    assert [
+        w is not None for w in race(6, lambda i: r.promote_secret("run_1", "third", 30.0, 40.0))
+    ].count(True) == 1
+    r.revoke_runner("run_1")
+    assert r.offer_secret("run_1", "fourth") is None
+
+
+def test_runner_keeps_its_join_token_and_secret_start(other_backend: Stores) -> None:
+    r = other_backend.runners
+    rec = replace(runner(), join_token="jt_0123456789abcdef", secret_set_at=99.5)
+    r.create_runner(rec)
+    assert r.find_runner("run_1") == rec
+    assert r.list_runners() == [rec]

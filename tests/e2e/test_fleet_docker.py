@@ -205,7 +205,7 @@ def test_killed_runner_jobs_complete_once_on_another_runner_after_lease_expiry(
     first: RunnerProc | None = None
     repository = private_repository(model_repository, tmp_path / "models")
     with control_plane(tmp_path / "cp", env) as cp, sdk(cp, model_repository) as client:
-        token = client.admin.create_join_token(region="default").join_token
+        token = client.admin.create_join_token(region="default", max_uses=2).join_token
         first = RunnerProc(
             cp.url,
             token,

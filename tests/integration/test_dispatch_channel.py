@@ -126,7 +126,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
             client.models.push(REPO / "model_repository" / MODEL)
             client.models.push(REPO / "tests" / "fixtures" / "models" / "scale")
-            join = client.admin.create_join_token().join_token
+            join = client.admin.create_join_token(max_uses=10).join_token
             token = httpx.post(
                 f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=STEP_S
             ).json()["access_token"]

@@ -45,7 +45,8 @@ class ControlPlane:
         self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 
     def join_token(self) -> str:
-        resp = self.http.post("/v1/admin/join-tokens", json={"region": "default"})
+        # Several uses: a revoked runner registers again with it (test below).
+        resp = self.http.post("/v1/admin/join-tokens", json={"region": "default", "max_uses": 5})
         resp.raise_for_status()
         return str(resp.json()["join_token"])
 

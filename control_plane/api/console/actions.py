@@ -32,6 +32,7 @@ from control_plane.api.console.session import (
     safe_next,
 )
 from control_plane.api.context import services
+from control_plane.api.security import client_address
 from control_plane.errors import GpufleetError, InvalidRequest, Unauthorized, Unavailable
 
 TRY_IT_TIMEOUT_S = 30.0
@@ -53,7 +54,9 @@ async def signin(request: Request, s: Session) -> Response:
     nxt = safe_next(s.value("next"))
     try:
         pair = await run_in_threadpool(
-            services(request).auth.exchange_api_key, s.value("api_key").strip()
+            services(request).auth.exchange_api_key,
+            s.value("api_key").strip(),
+            client_address(request),
         )
     except Unauthorized:
         return page(
@@ -210,6 +213,7 @@ async def admin_join_token(request: Request, s: Session) -> Response:
             "region": s.value("region").strip() or "default",
             "labels": labels,
             "expires_in_s": s.value("expires_in_s").strip() or 3600,
+            "max_uses": s.value("max_uses").strip() or 1,
         },
     )
     join = await run_in_threadpool(services(request).auth.create_join_token, s.p, req)

@@ -30,6 +30,7 @@ from starlette.responses import RedirectResponse, Response
 
 from control_plane.api.context import services
 from control_plane.api.errors import STATUS_BY_CODE
+from control_plane.api.security import admin_route, client_address
 from control_plane.errors import Forbidden, GpufleetError, InvalidRequest, Unauthorized
 from control_plane.services.auth import AuthService
 from control_plane.services.principal import Principal
@@ -85,21 +86,26 @@ async def _principal(auth: AuthService, request: Request, s: Session) -> Princip
     access = request.cookies.get(ACCESS_COOKIE)
     if access:
         try:
-            p = auth.signer.remembered(access)
-            return p if p is not None else await run_in_threadpool(auth.authenticate, access)
+            fresh = admin_route(request.method, request.url.path)
+            p = None if fresh else auth.cached_principal(access)
+            if p is not None:
+                return p
+            return await run_in_threadpool(auth.authenticate, access, fresh=fresh)
         except Unauthorized:
             pass
     refresh = request.cookies.get(REFRESH_COOKIE)
     if not refresh:
         return None
     try:
-        pair = await run_in_threadpool(auth.refresh, refresh)
+        pair = await run_in_threadpool(auth.refresh, refresh, client_address(request))
     except Unauthorized:
         s.clear = True
         return None
     s.cookies[ACCESS_COOKIE] = pair.access_token
     s.cookies[REFRESH_COOKIE] = pair.refresh_token
-    return await run_in_threadpool(auth.authenticate, pair.access_token)
+    return await run_in_threadpool(
+        auth.authenticate, pair.access_token, fresh=admin_route(request.method, request.url.path)
+    )
 
 
 async def _session(request: Request) -> Session:

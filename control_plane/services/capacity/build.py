@@ -61,6 +61,8 @@ def build_capacity_service(
         interval_s=settings.capacity_interval_s,
         drain_settle_s=settings.capacity_drain_settle_s,
         events_keep=settings.capacity_events_keep,
+        pool_token_uses=settings.capacity_pool_token_uses,
+        pool_token_ttl_s=settings.capacity_pool_token_ttl_s,
         deployment_pools=lambda: {
             name: str(spec["pool"])
             for name, spec in stores.deployments.list_deployments().items()

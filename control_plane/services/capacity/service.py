@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from gpufleet.wire import PoolEvent, PoolHost, PoolList, PoolSpec, PoolView
+from gpufleet.wire import JoinTokenCreated, PoolEvent, PoolHost, PoolList, PoolSpec, PoolView
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from control_plane import clock
@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 EVENTS_SHOWN = 50
 ACTIONS = ("launch", "drain", "undrain", "terminate", "protect", "unprotect", "error")
-MintToken = Callable[[str, dict[str, str], int], str]  # (region, labels, ttl_s) -> token
+# (region, labels, ttl_s[, max_uses]) -> token (``AuthService.issue_join_token``)
+MintToken = Callable[..., str]
 
 
 class CapacityService:
@@ -75,8 +76,12 @@ class CapacityService:
         drain_settle_s: float = 15.0,
         events_keep: int = 200,
         deployment_pools: Callable[[], dict[str, str]] = dict,
+        pool_token_uses: int = 1000,
+        pool_token_ttl_s: int = 30 * 86_400,
         now: Callable[[], float] = clock.now,
     ) -> None:
+        self._pool_token_uses = pool_token_uses
+        self._pool_token_ttl_s = pool_token_ttl_s
         self._store = store
         self._runners = runners
         self._set_drain = set_drain
@@ -130,6 +135,31 @@ class CapacityService:
         if rec is None:
             raise NotFound(f"no pool {name!r}")
         return self._view(rec, self._store.get_decision(), events=True)
+
+    def pool_join_token(self, p: Principal, name: str) -> JoinTokenCreated:
+        """A join token shared by every host of the pool (admin): for providers that bake
+        one token into each host's start (aws-asg: the launch template's user data reads it
+        from Secrets Manager). Join tokens are single-use by default; this one registers up
+        to ``pool_token_uses`` runners until ``pool_token_ttl_s`` passes (settings
+        ``capacity_pool_token_uses`` / ``capacity_pool_token_ttl_s``): store a new one in the
+        secret before it runs out (``uses`` in the join-token listing)."""
+        from control_plane.services.auth import join_token_id, sha256_hex
+
+        p.require("admin")
+        rec = self._store.get_pool(name)
+        if rec is None:
+            raise NotFound(f"no pool {name!r}")
+        spec = PoolSpec.model_validate(rec.spec)
+        labels = {**spec.labels, POOL_LABEL: name}
+        token = self._mint(
+            spec.region, labels, self._pool_token_ttl_s, max_uses=self._pool_token_uses
+        )
+        return JoinTokenCreated(
+            join_token=token,
+            expires_at=clock.iso(self._now() + self._pool_token_ttl_s) or "",
+            id=join_token_id(sha256_hex(token)),
+            max_uses=self._pool_token_uses,
+        )
 
     def list_pools(self, p: Principal) -> PoolList:
         """Every pool with its last decision (admin)."""

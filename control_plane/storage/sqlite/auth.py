@@ -61,6 +61,51 @@ DDL: list[str] = [
 ]
 
 
+# Schema version 4 (schema.py): join-token use limits and API key rotation. Join tokens
+# stored before it get ``max_uses = 0`` (no limit: they were multi-use when issued).
+MIGRATION: list[str] = [
+    "ALTER TABLE join_tokens ADD COLUMN max_uses INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE join_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE join_tokens ADD COLUMN last_used_at REAL",
+    "ALTER TABLE api_keys ADD COLUMN previous_secret_hash TEXT",
+    "ALTER TABLE api_keys ADD COLUMN previous_valid_until REAL",
+]
+
+_KEY_COLUMNS = (
+    "id, tenant, role, name, secret_hash, created_at, revoked, previous_secret_hash, "
+    "previous_valid_until"
+)
+_JOIN_COLUMNS = "token_hash, region, labels, expires_at, max_uses, uses, last_used_at"
+
+
+def _key(row: tuple[object, ...]) -> ApiKeyRecord:
+    key_id, tenant, role, name, secret_hash, created_at, revoked, prev_hash, prev_until = row
+    return ApiKeyRecord(
+        id=str(key_id),
+        tenant=str(tenant),
+        role=str(role),
+        name=str(name),
+        secret_hash=str(secret_hash),
+        created_at=float(created_at),  # type: ignore[arg-type]
+        revoked=bool(revoked),
+        previous_secret_hash=None if prev_hash is None else str(prev_hash),
+        previous_valid_until=None if prev_until is None else float(prev_until),  # type: ignore[arg-type]
+    )
+
+
+def _join(row: tuple[object, ...]) -> JoinTokenRecord:
+    token_hash, region, labels, expires_at, max_uses, uses, last_used_at = row
+    return JoinTokenRecord(
+        token_hash=str(token_hash),
+        region=str(region),
+        labels=json.loads(str(labels)),
+        expires_at=float(expires_at),  # type: ignore[arg-type]
+        max_uses=int(max_uses),  # type: ignore[call-overload]
+        uses=int(uses),  # type: ignore[call-overload]
+        last_used_at=None if last_used_at is None else float(last_used_at),  # type: ignore[arg-type]
+    )
+
+
 def _purge(conn: sqlite3.Connection, table: str, key: str, before: float) -> None:
     """Delete up to ``PURGE_BATCH`` rows of ``table`` that expired before ``before``."""
     conn.execute(
@@ -122,52 +167,34 @@ class SqliteAuthStore:
         with translate("find api key"):
             row = (
                 self._db.read()
-                .execute(
-                    "SELECT tenant, role, name, secret_hash, created_at, revoked "
-                    "FROM api_keys WHERE id = ?",
-                    (key_id,),
-                )
+                .execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))  # noqa: S608
                 .fetchone()
             )
-        if row is None:
-            return None
-        tenant, role, name, secret_hash, created_at, revoked = row
-        return ApiKeyRecord(
-            id=key_id,
-            tenant=tenant,
-            role=role,
-            name=name,
-            secret_hash=secret_hash,
-            created_at=float(created_at),
-            revoked=bool(revoked),
-        )
+        return None if row is None else _key(row)
 
     def list_api_keys(self) -> list[ApiKeyRecord]:
         with translate("list api keys"):
             rows = (
                 self._db.read()
-                .execute(
-                    "SELECT id, tenant, role, name, secret_hash, created_at, revoked "
-                    "FROM api_keys ORDER BY created_at, id"
-                )
+                .execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")  # noqa: S608
                 .fetchall()
             )
-        return [
-            ApiKeyRecord(
-                id=key_id,
-                tenant=tenant,
-                role=role,
-                name=name,
-                secret_hash=secret_hash,
-                created_at=float(created_at),
-                revoked=bool(revoked),
-            )
-            for key_id, tenant, role, name, secret_hash, created_at, revoked in rows
-        ]
+        return [_key(r) for r in rows]
 
     def revoke_api_key(self, key_id: str) -> bool:
         with translate("revoke api key"), self._db.write() as conn:
             cur = conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (key_id,))
+            return cur.rowcount == 1
+
+    def rotate_api_key(
+        self, key_id: str, expected_hash: str, new_hash: str, previous_valid_until: float
+    ) -> bool:
+        with translate("rotate api key"), self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET secret_hash = ?, previous_secret_hash = secret_hash, "
+                "previous_valid_until = ? WHERE id = ? AND revoked = 0 AND secret_hash = ?",
+                (new_hash, previous_valid_until, key_id, expected_hash),
+            )
             return cur.rowcount == 1
 
     # ------------------------------------------------------------------ refresh tokens
@@ -241,8 +268,16 @@ class SqliteAuthStore:
     # ------------------------------------------------------------------ join tokens
     def save_join_token(self, rec: JoinTokenRecord) -> None:
         self._insert_new(
-            "INSERT INTO join_tokens (token_hash, region, labels, expires_at) VALUES (?, ?, ?, ?)",
-            (rec.token_hash, rec.region, json.dumps(rec.labels), rec.expires_at),
+            "INSERT INTO join_tokens (token_hash, region, labels, expires_at, max_uses, uses) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                rec.token_hash,
+                rec.region,
+                json.dumps(rec.labels),
+                rec.expires_at,
+                rec.max_uses,
+                rec.uses,
+            ),
             "save join token",
         )
 
@@ -251,36 +286,44 @@ class SqliteAuthStore:
             cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
             return cur.rowcount == 1
 
+    def claim_join_token(self, token_hash: str, now: float) -> JoinTokenRecord | None:
+        with translate("claim join token"), self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE join_tokens SET uses = uses + 1, last_used_at = ? WHERE token_hash = ? "
+                "AND expires_at >= ? AND (max_uses = 0 OR uses < max_uses)",
+                (now, token_hash, now),
+            )
+            if cur.rowcount != 1:
+                return None
+            row = conn.execute(
+                f"SELECT {_JOIN_COLUMNS} FROM join_tokens WHERE token_hash = ?",  # noqa: S608
+                (token_hash,),
+            ).fetchone()
+        return _join(row)
+
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         with translate("find join token"):
             row = (
                 self._db.read()
                 .execute(
-                    "SELECT region, labels, expires_at FROM join_tokens WHERE token_hash = ?",
+                    f"SELECT {_JOIN_COLUMNS} FROM join_tokens WHERE token_hash = ?",  # noqa: S608
                     (token_hash,),
                 )
                 .fetchone()
             )
-        if row is None:
-            return None
-        return JoinTokenRecord(
-            token_hash=token_hash,
-            region=row[0],
-            labels=json.loads(row[1]),
-            expires_at=float(row[2]),
-        )
+        return None if row is None else _join(row)
 
     def list_join_tokens(self) -> list[JoinTokenRecord]:
         with translate("list join tokens"):
             rows = (
                 self._db.read()
                 .execute(
-                    "SELECT token_hash, region, labels, expires_at FROM join_tokens "
+                    f"SELECT {_JOIN_COLUMNS} FROM join_tokens "  # noqa: S608
                     "ORDER BY expires_at, token_hash"
                 )
                 .fetchall()
             )
-        return [JoinTokenRecord(h, r, json.loads(lab), float(e)) for h, r, lab, e in rows]
+        return [_join(r) for r in rows]
 
     def delete_join_token(self, token_hash: str) -> bool:
         with translate("delete join token"), self._db.write() as conn:

@@ -42,9 +42,19 @@ DDL: list[str] = [
     "CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at)",
 ]
 
+# Schema version 4 (schema.py): HMAC secret rotation.
+MIGRATION: list[str] = [
+    "ALTER TABLE runners ADD COLUMN pending_secret TEXT",
+    "ALTER TABLE runners ADD COLUMN previous_secret TEXT",
+    "ALTER TABLE runners ADD COLUMN previous_valid_until REAL",
+    "ALTER TABLE runners ADD COLUMN secret_set_at REAL",
+    "ALTER TABLE runners ADD COLUMN join_token TEXT",
+]
+
 _COLUMNS = (
     "id, name, region, labels, secret, registered_at, revoked, last_heartbeat_at, gpus, "
-    "models, triton, running_jobs, config"
+    "models, triton, running_jobs, config, pending_secret, previous_secret, "
+    "previous_valid_until, secret_set_at, join_token"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM runners"  # noqa: S608 - constant
 
@@ -56,7 +66,8 @@ def _scalar(v: Any) -> Any:
 
 def _record(row: tuple[Any, ...]) -> RunnerRecord:
     (rid, name, region, labels, secret, registered_at, revoked, last) = row[:8]
-    gpus, models, triton, running_jobs, config = row[8:]
+    gpus, models, triton, running_jobs, config = row[8:13]
+    pending, previous, previous_until, secret_set_at, join_token = row[13:]
     return RunnerRecord(
         id=rid,
         name=name,
@@ -71,6 +82,11 @@ def _record(row: tuple[Any, ...]) -> RunnerRecord:
         triton=json.loads(triton),
         running_jobs=json.loads(running_jobs),
         config=json.loads(config),
+        pending_secret=pending,
+        previous_secret=previous,
+        previous_valid_until=None if previous_until is None else float(previous_until),
+        secret_set_at=None if secret_set_at is None else float(secret_set_at),
+        join_token=join_token,
     )
 
 
@@ -102,7 +118,8 @@ class SqliteRunnerStore:
         with translate("create runner"), self._db.write() as conn:
             cur = conn.execute(
                 f"INSERT INTO runners ({_COLUMNS}) "  # noqa: S608 - constant
-                "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (
                     rec.id,
                     rec.name,
@@ -115,6 +132,8 @@ class SqliteRunnerStore:
                     json.dumps(rec.triton),
                     json.dumps(rec.running_jobs),
                     json.dumps({k: _scalar(v) for k, v in rec.config.items()}),
+                    rec.secret_set_at,
+                    rec.join_token,
                 ),
             )
             if cur.rowcount != 1:
@@ -161,6 +180,27 @@ class SqliteRunnerStore:
                 "UPDATE runners SET config = ? WHERE id = ?", (json.dumps(config), runner_id)
             )
             return _live(conn, runner_id)
+
+    def offer_secret(self, runner_id: str, secret: str) -> RunnerRecord | None:
+        with translate("offer runner secret"), self._db.write() as conn:
+            conn.execute(
+                "UPDATE runners SET pending_secret = ? "
+                "WHERE id = ? AND revoked = 0 AND pending_secret IS NULL",
+                (secret, runner_id),
+            )
+            return _live(conn, runner_id)
+
+    def promote_secret(
+        self, runner_id: str, pending: str, at: float, previous_valid_until: float
+    ) -> RunnerRecord | None:
+        with translate("promote runner secret"), self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE runners SET previous_secret = secret, previous_valid_until = ?, "
+                "secret = pending_secret, pending_secret = NULL, secret_set_at = ? "
+                "WHERE id = ? AND revoked = 0 AND pending_secret = ?",
+                (previous_valid_until, at, runner_id, pending),
+            )
+            return _live(conn, runner_id) if cur.rowcount == 1 else None
 
     def revoke_runner(self, runner_id: str) -> bool:
         with translate("revoke runner"), self._db.write() as conn:

@@ -42,6 +42,7 @@ MIGRATIONS: dict[int, list[str]] = {
     6: [*keys.DDL],  # asymmetric signing keys (services/signing_keys.py)
     # tenant quotas and fair leasing: limits and load counters, the tenant of queue entries
     7: [*limits.DDL, "ALTER TABLE queue_entries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
+    8: [*auth.MIGRATION, *runners.MIGRATION],  # join-token limits, key and secret rotation
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
