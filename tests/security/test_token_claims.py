@@ -16,9 +16,9 @@ from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import TEST_JWT_SECRET
 
 
-def _forge(key_id: str, **overrides: Any) -> str:
+def _forge(services: Any, key_id: str, **overrides: Any) -> str:
     """A token signed with the deployment's key (what a holder of the key, or a bug, could
-    produce), with some claims replaced."""
+    produce), with some claims replaced: its current key pair, or the HS256 secret."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": "gpufleet",
@@ -33,6 +33,9 @@ def _forge(key_id: str, **overrides: Any) -> str:
         "jti": "x" * 16,
     }
     claims.update(overrides)
+    keys = services.signing_keys
+    if keys is not None and services.settings.access_token_algorithm != "HS256":
+        return str(keys.sign(claims, "at+jwt"))
     return jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt"})
 
 
@@ -41,27 +44,30 @@ def key_id(services: Any) -> str:
     return str(services.auth.issue_api_key("acme", "user", "u").id)
 
 
-async def test_well_formed_token_is_accepted(client: httpx.AsyncClient, key_id: str) -> None:
+async def test_well_formed_token_is_accepted(
+    client: httpx.AsyncClient, services: Any, key_id: str
+) -> None:
     """Control for the forgeries below: the same claims with numeric times pass."""
-    r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {_forge(key_id)}"})
+    token = _forge(services, key_id)
+    r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
 async def test_string_time_claims_are_refused(
-    client: httpx.AsyncClient, key_id: str, claim: str
+    client: httpx.AsyncClient, services: Any, key_id: str, claim: str
 ) -> None:
     value = str(int(time.time()) + (600 if claim == "exp" else 0))
-    token = _forge(key_id, **{claim: value})
+    token = _forge(services, key_id, **{claim: value})
     r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
     assert claim in assert_error(r, 401, "unauthorized")["message"]
 
 
 async def test_token_longer_than_max_lifetime_is_refused(
-    client: httpx.AsyncClient, key_id: str, settings: Any
+    client: httpx.AsyncClient, services: Any, key_id: str, settings: Any
 ) -> None:
     now = int(time.time())
-    token = _forge(key_id, exp=now + settings.max_token_lifetime_s + 60)
+    token = _forge(services, key_id, exp=now + settings.max_token_lifetime_s + 60)
     r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
     assert "lifetime" in assert_error(r, 401, "unauthorized")["message"]
 
