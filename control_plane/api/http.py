@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from gpufleet.wire import API_VERSION
@@ -10,6 +9,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from control_plane.api import jsonbody
 from control_plane.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,10 +21,7 @@ def parse_body(body: bytes, model: type[M]) -> M:
     if not body.strip():
         data: object = {}
     else:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"malformed JSON: {exc}", field="body") from exc
+        data = jsonbody.loads(body)
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object", field="body")
     version = data.get("api_version", API_VERSION)

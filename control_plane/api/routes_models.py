@@ -63,6 +63,18 @@ async def delete_version(request: Request) -> HttpResponse:
     return send(VersionDeleted(name=name, version=version))
 
 
+class NameReleased(Response):
+    name: str
+    released: bool = True
+
+
+async def release_name(request: Request) -> HttpResponse:
+    p = principal(request)
+    name = request.path_params["name"]
+    await run_in_threadpool(services(request).models.release, p, name)
+    return send(NameReleased(name=name))
+
+
 def _deployments(request: Request) -> DeploymentsPort:
     svc = services(request).deployments
     if svc is None:
@@ -110,6 +122,14 @@ ROUTES: list[DocumentedRoute] = [
         delete_version,
         "Delete a model version",
         VersionDeleted,
+    ),
+    route(
+        "DELETE",
+        "/v1/models/{name}",
+        release_name,
+        "Release a model name that holds no version (409 while versions or a deployment "
+        "remain), so any tenant may claim it again",
+        NameReleased,
     ),
     route(
         "PUT",
