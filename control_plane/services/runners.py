@@ -63,6 +63,10 @@ class RunnerService:
         self._now = now
         # Placement (services/deployments.py): the heartbeat answer's desired_models.
         self.desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None
+        # Whose is whose in the runner view of a non-admin (set by the composition root;
+        # the defaults show a non-admin no model and no job).
+        self.models_of: Callable[[str], set[str]] = lambda _tenant: set()
+        self.jobs_of: Callable[[str, list[str]], list[str]] = lambda _tenant, _ids: []
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest) -> RegisterResponse:
@@ -153,9 +157,25 @@ class RunnerService:
 
     # ------------------------------------------------------------------ admin / read
     def list_runners(self, p: Principal) -> RunnerList:
-        """Every runner with its status (needs ``runners:read``)."""
+        """Every runner with its status (needs ``runners:read``). Runners are shared by
+        every tenant, but what runs on them is not: an admin sees everything; anyone else
+        sees only the models of their own tenant and the ids of their own running jobs, and
+        no Triton details (``models_of`` and ``jobs_of`` say whose is whose)."""
         p.require("runners:read")
-        return RunnerList(runners=[self.view(r) for r in self._store.list_runners()])
+        records = self._store.list_runners()
+        if p.is_admin:
+            return RunnerList(runners=[self.view(r) for r in records])
+        mine = self.models_of(p.tenant)
+        jobs = {j for r in records for j in r.running_jobs}
+        own_jobs = set(self.jobs_of(p.tenant, sorted(jobs))) if jobs else set()
+        views = []
+        for r in records:
+            view = self.view(r)
+            view.models = [m for m in view.models if m.name in mine]
+            view.running_jobs = [j for j in view.running_jobs if j in own_jobs]
+            view.triton = {}
+            views.append(view)
+        return RunnerList(runners=views)
 
     def usable(self, runner_id: str) -> bool:
         """The runner is registered, not revoked and not draining (a long poll in flight when
