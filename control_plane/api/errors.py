@@ -109,6 +109,12 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _CODE_BY_HTTP_STATUS.get(exc.status_code, "invalid_request")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    if request.url.path.startswith("/v2"):  # KServe's error shape on every /v2 path
+        from control_plane.api.limits import v2_error_response
+
+        resp = v2_error_response(code, message)
+        resp.headers.update(dict(exc.headers or {}))
+        return resp
     err = HttpError(code, message, dict(exc.headers or {}))
     return await on_gpufleet_error(request, err)
 

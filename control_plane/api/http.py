@@ -15,10 +15,14 @@ from control_plane.errors import InvalidRequest
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_body(body: bytes, model: type[M]) -> M:
+def parse_body(body: bytes, model: type[M], *, required: bool = False) -> M:
     """Validate a JSON body against a wire model (422 on malformed JSON, wrong api_version,
-    wrong types or unknown fields; pydantic errors become field details in the handler)."""
+    wrong types or unknown fields; pydantic errors become field details in the handler).
+    An empty body is ``{}`` unless ``required`` (a PUT replacing a resource: a missing body
+    must not store the defaults)."""
     if not body.strip():
+        if required:
+            raise InvalidRequest("a JSON body is required", field="body")
         data: object = {}
     else:
         data = jsonbody.loads(body)
@@ -30,9 +34,9 @@ def parse_body(body: bytes, model: type[M]) -> M:
     return model.model_validate(data)
 
 
-async def read_model(request: Request, model: type[M]) -> M:
+async def read_model(request: Request, model: type[M], *, required: bool = False) -> M:
     """Read (within the body limit) and validate the request body."""
-    return parse_body(await request.body(), model)
+    return parse_body(await request.body(), model, required=required)
 
 
 def send(model: BaseModel, status: int = 200) -> Response:

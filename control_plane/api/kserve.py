@@ -311,6 +311,7 @@ async def _passthrough(
 
 async def infer(request: Request) -> Response:
     p = principal(request)
+    p.require("jobs:write")  # before the body is looked at: 403, not a 422, for a viewer
     svc = services(request)
     model, version = _model_path(request)
     body = await request.body()
@@ -362,6 +363,7 @@ def _model_routes(
     suffix: str, method: str, endpoint: Endpoint, summary: str, **kw: Any
 ) -> list[DocumentedRoute]:
     wrapped = kserve_errors(endpoint)
+    kw = {"scope": "", "error": V2Error, **kw}  # infer checks its scope inside kserve_errors
     return [
         route(method, _MODEL + suffix, wrapped, summary + " (newest READY version)", **kw),
         route(method, _VERSIONED + suffix, wrapped, summary + " (a pinned version)", **kw),
@@ -375,6 +377,7 @@ ROUTES: list[DocumentedRoute] = [
         kserve_errors(server_live),
         "KServe v2 server live (bearer auth; unauthenticated probes: /v1/health)",
         V2Live,
+        error=V2Error,
     ),
     route(
         "GET",
@@ -382,9 +385,15 @@ ROUTES: list[DocumentedRoute] = [
         kserve_errors(server_ready),
         "KServe v2 server ready: tables and bucket reachable (503 otherwise)",
         V2Ready,
+        error=V2Error,
     ),
     route(
-        "GET", "/v2", kserve_errors(server_metadata), "KServe v2 server metadata", V2ServerMetadata
+        "GET",
+        "/v2",
+        kserve_errors(server_metadata),
+        "KServe v2 server metadata",
+        V2ServerMetadata,
+        error=V2Error,
     ),
     *_model_routes("", "GET", model_metadata, "KServe v2 model metadata", response=V2ModelMetadata),
     *_model_routes(

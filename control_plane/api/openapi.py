@@ -46,6 +46,8 @@ def _schemas(specs: list[RouteSpec]) -> tuple[dict[tuple[Any, str], Any], Any]:
         (ErrorBody, "serialization"): None
     }
     for s in specs:
+        if s.error is not None:
+            wanted[(s.error, "serialization")] = None
         if s.request is not None:
             wanted[(s.request, "validation")] = None
         if s.response is not None:
@@ -108,7 +110,7 @@ def _operation(spec: RouteSpec, refs: dict[tuple[Any, str], Any]) -> dict[str, A
             str(spec.status): ok,
             "default": {
                 "description": "Error",
-                "content": _json(refs[(ErrorBody, "serialization")]),
+                "content": _json(refs[(spec.error or ErrorBody, "serialization")]),
             },
         },
         "security": _SECURITY[spec.security],

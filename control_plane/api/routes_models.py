@@ -84,7 +84,7 @@ def _deployments(request: Request) -> DeploymentsPort:
 
 async def put_deployment(request: Request) -> HttpResponse:
     p = principal(request)
-    req = await read_model(request, DeploymentSpec)
+    req = await read_model(request, DeploymentSpec, required=True)
     name = request.path_params["name"]
     return send(await run_in_threadpool(_deployments(request).put, p, name, req))
 
