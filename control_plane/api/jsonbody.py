@@ -43,9 +43,7 @@ def loads(body: bytes | str, field: str = "body", what: str = "JSON") -> Any:
     text (never ``RecursionError``)."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if depth_exceeds(raw):
-        raise InvalidRequest(
-            f"{what} nests deeper than {MAX_DEPTH} levels", field=field
-        )
+        raise InvalidRequest(f"{what} nests deeper than {MAX_DEPTH} levels", field=field)
     try:
         return json.loads(raw)
     except RecursionError as exc:  # malformed text the depth check let through
