@@ -9,7 +9,8 @@ long as a client likes for a body. Here:
   wraps uvicorn's protocol class); else it is closed.
 - **Bodies**: ``BodyTimeout`` waits at most ``http_body_timeout_s`` for each chunk and,
   after that grace, needs an average of ``http_body_min_rate`` bytes/s; a slower body gets
-  408 and the connection is closed. The rate (not a total time) is bounded, so a large
+  408 (``SlowRequest``, answered by the app's one error handler) and the connection is
+  closed. The rate (not a total time) is bounded, so a large
   upload on a fast link is never cut.
 - **Keep-alive** idle connections close after ``http_keep_alive_s``; at most
   ``http_max_concurrency`` connections and requests at once (more get 503 at once).
@@ -33,6 +34,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from control_plane.api.errors import error_response
+from control_plane.errors import SlowRequest
 from control_plane.metrics import CONTENT_TYPE, Metrics
 from control_plane.settings import Settings
 
@@ -81,10 +84,6 @@ def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[async
     return HeaderTimeoutProtocol
 
 
-class _SlowBody(Exception):
-    pass
-
-
 class BodyTimeout:
     """ASGI middleware: 408 for a request body slower than the settings allow (see the
     module docstring). WebSockets and lifespan pass through."""
@@ -93,6 +92,10 @@ class BodyTimeout:
         self.app = app
         self.idle_s = idle_s
         self.min_rate = min_rate
+        self._message = (
+            f"the request body arrived too slowly (each chunk within {idle_s:g} s, then at "
+            f"least {min_rate} bytes/s)"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,13 +113,13 @@ class BodyTimeout:
             try:
                 message = await asyncio.wait_for(receive(), self.idle_s)
             except asyncio.TimeoutError:
-                raise _SlowBody from None
+                raise SlowRequest(self._message) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 more = bool(message.get("more_body"))
                 elapsed = time.monotonic() - started
                 if more and elapsed > self.idle_s and received < self.min_rate * elapsed:
-                    raise _SlowBody
+                    raise SlowRequest(self._message)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -127,16 +130,10 @@ class BodyTimeout:
 
         try:
             await self.app(scope, timed_receive, tracked_send)
-        except _SlowBody:
+        except SlowRequest as exc:  # raised where no handler of the app saw it
             if sent_start:
                 raise
-            response = Response(
-                '{"api_version":"v1","error":{"code":"request_timeout","message":'
-                '"the request body arrived too slowly","details":null}}',
-                status_code=408,
-                media_type="application/json",
-                headers={"Connection": "close"},
-            )
+            response = error_response(exc.code, exc.message, headers={"Connection": "close"})
             await response(scope, receive, send)
 
 

@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_not_found": 404,
     "conflict": 409,
     "payload_too_large": 413,
+    "request_timeout": 408,
     "rate_limited": 429,
     "unavailable": 503,
     "timeout": 504,
