@@ -1,4 +1,4 @@
-# ruff: noqa: F403, F405 - fixtures and helpers come from input_fixtures
+# ruff: noqa: F403 - fixtures and helpers come from input_fixtures
 """Issue 12 item 5: slow clients cannot hold the listener. The control plane's own uvicorn
 config (``control_plane.http_server.server_config``, what ``serve`` runs) on a loopback
 socket, with short limits: unfinished headers are closed, a trickled body gets 408, and past
