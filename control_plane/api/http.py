@@ -31,7 +31,8 @@ def parse_body(body: bytes, model: type[M], *, required: bool = False) -> M:
     version = data.get("api_version", API_VERSION)
     if version != API_VERSION:
         raise InvalidRequest(f"unsupported api_version {version!r}; use 'v1'", "api_version")
-    return model.model_validate(data)
+    # strict: JSON types as the schema says them (no true for a number, no "5" for 5)
+    return model.model_validate(data, strict=True)
 
 
 async def read_model(request: Request, model: type[M], *, required: bool = False) -> M:

@@ -326,7 +326,7 @@ async def infer(request: Request) -> Response:
             )
     doc, blob = split_body(body, request.headers.get(HEADER_LENGTH))
     attach_binary_inputs(doc, blob)
-    req = V2InferRequest.model_validate(doc)
+    req = V2InferRequest.model_validate(doc, strict=True)
     key = idempotency_key(request)
     submitted = request.app.state.metrics.jobs_submitted
     result = await run_infer(

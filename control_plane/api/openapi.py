@@ -116,7 +116,15 @@ def _operation(spec: RouteSpec, refs: dict[tuple[Any, str], Any]) -> dict[str, A
         "security": _SECURITY[spec.security],
     }
     if spec.request is not None:
-        op["requestBody"] = {"required": True, "content": _json(refs[(spec.request, "validation")])}
+        # An empty body is read as {} (http.parse_body): the body is required only when the
+        # model has a required field or the route refuses an empty body (``body_required``).
+        required = spec.body_required or any(
+            f.is_required() for f in spec.request.model_fields.values()
+        )
+        op["requestBody"] = {
+            "required": required,
+            "content": _json(refs[(spec.request, "validation")]),
+        }
     return op
 
 

@@ -138,6 +138,7 @@ ROUTES: list[DocumentedRoute] = [
         "Set a model's deployment (replicas, regions, GPU memory); answers the placement",
         DeploymentView,
         request=DeploymentSpec,
+        body_required=True,
     ),
     route(
         "GET",

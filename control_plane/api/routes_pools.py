@@ -61,6 +61,7 @@ ROUTES: list[DocumentedRoute] = [
         "Create or replace a capacity pool (admin)",
         PoolView,
         request=PoolSpec,
+        body_required=True,
     ),
     route(
         "GET",

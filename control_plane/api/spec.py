@@ -32,6 +32,7 @@ class RouteSpec:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     scope: str | None = None  # checked before the body is read (403 before 422)
+    body_required: bool = False  # an empty body is 422, not {} (read_model(required=True))
     error: type[BaseModel] | None = None  # the error body; None = the v1 ErrorBody
 
 
@@ -58,6 +59,7 @@ def route(
     content_type: str = "application/json",
     scope: str | None = None,
     error: type[BaseModel] | None = None,
+    body_required: bool = False,
 ) -> DocumentedRoute:
     """Declare one route with its documentation.
 
@@ -82,6 +84,7 @@ def route(
         content_type=content_type,
         scope=scope or None,
         error=error,
+        body_required=body_required,
     )
     return DocumentedRoute(spec, endpoint)
 
