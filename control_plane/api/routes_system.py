@@ -93,7 +93,7 @@ ROUTES: list[DocumentedRoute] = [
         "/metrics",
         metrics,
         "Prometheus metrics (the metrics token or an admin access token; see "
-        "docs/security.md#metrics)",
+        "docs/security.md#metadata-across-tenants)",
         None,
         content_type="text/plain",
     ),

@@ -19,7 +19,6 @@ from input_fixtures import *
 from pydantic import SecretStr
 
 from control_plane.app import Services, create_app
-from control_plane.http_server import metrics_server
 from control_plane.settings import Settings
 
 
@@ -107,6 +106,8 @@ def _free_port() -> int:
 def metrics_listener(settings: Settings, services: Services) -> Iterator[str]:
     """The separate metrics listener on a loopback socket (a thread running uvicorn)."""
     import asyncio
+
+    from control_plane.http_server import metrics_server
 
     app = create_app(settings, services)
     listen = f"127.0.0.1:{_free_port()}"
