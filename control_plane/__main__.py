@@ -38,6 +38,7 @@ import uvicorn
 
 from control_plane.app import Services, build_services, create_app
 from control_plane.embedded import start_embedded
+from control_plane.http_server import metrics_server, server_config
 from control_plane.settings import Settings, load_settings
 from control_plane.storage.embedded_store import DataDirInUse
 from control_plane.storage.sqlite.schema import SchemaTooNew
@@ -148,6 +149,7 @@ async def _serve(
     services: Services,
     grpc_port: int | None,
     tls: CertificateReloader | None = None,
+    metrics: uvicorn.Server | None = None,
 ) -> None:
     scheme = "https" if tls is not None else "http"
     stop_watch = asyncio.Event()
@@ -159,6 +161,7 @@ async def _serve(
         if interval > 0:
             watcher = asyncio.create_task(tls.watch(stop_watch, interval))
     task = asyncio.create_task(server.serve())
+    metrics_task = asyncio.create_task(metrics.serve()) if metrics is not None else None
     # uvicorn exposes readiness only as a flag, hence the short poll.
     while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
@@ -175,10 +178,15 @@ async def _serve(
             grpc = KServeGrpcServer(services, host, grpc_port, credentials=credentials)
             bound = await grpc.start()
             print(f"gpufleet KServe gRPC listening on {host}:{bound}", flush=True)
+        if metrics is not None:
+            print(f"gpufleet metrics listening on {services.settings.metrics_listen}", flush=True)
         print(f"gpufleet control plane listening on {url}", flush=True)
     try:
         await task
     finally:
+        if metrics is not None and metrics_task is not None:
+            metrics.should_exit = True
+            await metrics_task
         stop_watch.set()
         if watcher is not None:
             await watcher
@@ -274,7 +282,8 @@ def serve(args: argparse.Namespace) -> int:
             write_secret_file(args.admin_key_file, created.api_key)
         else:
             print(no_admin_key_hint(stores.kind), file=sys.stderr, flush=True)
-        app: Any = create_app(settings, services)
+        api = create_app(settings, services)
+        app: Any = api
         tls = None
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
             try:
@@ -286,10 +295,11 @@ def serve(args: argparse.Namespace) -> int:
                 return 2
             if settings.hsts_max_age_s > 0:
                 app = Hsts(app, settings.hsts_max_age_s)
-        config = uvicorn.Config(
+        config = server_config(
             app,
-            host=args.host,
-            port=args.port,
+            settings,
+            args.host,
+            args.port,
             log_level=args.log_level,
             lifespan="on",
             ws_per_message_deflate=False,
@@ -300,7 +310,10 @@ def serve(args: argparse.Namespace) -> int:
         if tls is not None:
             config.load()
             config.ssl = tls.context  # the reloadable context instead of uvicorn's own
-        run_fast(_serve(_Server(config), args.host, services, settings.grpc_port, tls))
+        extra = None
+        if settings.metrics_listen:
+            extra = metrics_server(api.state.metrics, settings.metrics_listen, settings)
+        run_fast(_serve(_Server(config), args.host, services, settings.grpc_port, tls, extra))
     finally:
         if stores is not None:
             stores.close()

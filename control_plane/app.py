@@ -139,6 +139,10 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     )
     jobs.request_checks.append(webhooks.validate_request)
     jobs.runner_usable = runners.usable
+    runners.models_of = lambda tenant: {n for n, t in st.models.list_names() if t == tenant}
+    runners.jobs_of = lambda tenant, ids: [
+        i for i, rec in st.jobs.jobs.get_jobs(ids).items() if rec.tenant == tenant
+    ]
     deployments = build_deployment_service(settings, st, models, runners, jobs)
     regions = wire_regions(settings, st, runners, jobs, deployments)
     jobs.on_record_transition.append(webhooks.job_record_transition)

@@ -10,6 +10,7 @@ code -> status in one exception handler.
     ├── NotFound              not_found          (ModelNotFound: model_not_found)
     ├── Conflict              conflict           (StaleLease: stale lease token)
     ├── PayloadTooLarge       payload_too_large
+    ├── SlowRequest           request_timeout    (a body slower than the listener allows)
     ├── RateLimited           rate_limited       (``retry_after`` seconds)
     ├── Unavailable           unavailable        (storage unreachable)
     └── Timeout               timeout
@@ -65,6 +66,12 @@ class StaleLease(Conflict):
 
 class PayloadTooLarge(GpufleetError):
     code = "payload_too_large"
+
+
+class SlowRequest(GpufleetError):
+    """The request body arrived slower than the listener allows (``http_server``)."""
+
+    code = "request_timeout"
 
 
 class RateLimited(GpufleetError):

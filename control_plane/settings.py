@@ -466,6 +466,52 @@ class Settings(BaseSettings):
         description="max-age of the Strict-Transport-Security header sent over TLS (0 = none).",
     )
 
+    # slow clients (serve's HTTP listener; see docs/security.md#slow-clients)
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must finish sending a request's headers within this many "
+        "seconds of opening (or of its previous response); else it is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for the next chunk of a request body, and the grace before "
+        "http_body_min_rate applies; a slower body gets 408 and the connection is closed.",
+    )
+    http_body_min_rate: int = Field(
+        default=1024,
+        ge=0,
+        description="Least average body rate (bytes/s) after http_body_timeout_s (0 = none).",
+    )
+    http_keep_alive_s: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections are closed after this."
+    )
+    http_max_concurrency: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Most connections and requests at once (runner channels included); "
+        "more get 503 at once. None = no limit.",
+    )
+
+    # /metrics (fleet-wide: every tenant's model names and queue depths)
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to GET /metrics (an admin access "
+        "token is accepted too).",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics on the API listener without a token (only where no "
+        "untrusted client reaches it).",
+    )
+    metrics_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s]+:[0-9]{1,5}$",
+        description="host:port of a second, plain-HTTP listener serving only /metrics without "
+        "a token (bind it to a private interface); None = none.",
+    )
+
     # embedded
     embedded: bool = Field(default=False, description="Run on the embedded store.")
     data_dir: Path | None = Field(

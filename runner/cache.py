@@ -38,7 +38,7 @@ def sha256_file(path: Path, *, chunk: int = CHUNK) -> str:
 
 
 def _check_digest(digest: str) -> str:
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise CacheError(f"not a sha256 digest: {digest!r}")
     return digest
 
@@ -109,7 +109,7 @@ class ContentCache:
 
     def digests(self) -> set[str]:
         """Every digest cached now."""
-        return {p.name for p in self.objects.iterdir() if _DIGEST.match(p.name)}
+        return {p.name for p in self.objects.iterdir() if _DIGEST.fullmatch(p.name)}
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.objects.iterdir() if p.is_file())

@@ -33,7 +33,7 @@ def scan_repository(repo: Path) -> list[LocalModel]:
         return []
     out = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
-        if not _NAME.match(model_dir.name) or not (model_dir / "config.pbtxt").is_file():
+        if not _NAME.fullmatch(model_dir.name) or not (model_dir / "config.pbtxt").is_file():
             continue
         versions = [int(v.name) for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()]
         versions = [v for v in versions if v > 0]

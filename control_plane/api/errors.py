@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_not_found": 404,
     "conflict": 409,
     "payload_too_large": 413,
+    "request_timeout": 408,
     "rate_limited": 429,
     "unavailable": 503,
     "timeout": 504,
@@ -109,8 +110,37 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _CODE_BY_HTTP_STATUS.get(exc.status_code, "invalid_request")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    if exc.status_code == 405:  # Starlette names the methods of one route; list them all
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
+    if request.url.path.startswith("/v2"):  # KServe's error shape on every /v2 path
+        from control_plane.api.limits import v2_error_response
+
+        resp = v2_error_response(code, message)
+        resp.headers.update(dict(exc.headers or {}))
+        return resp
     err = HttpError(code, message, dict(exc.headers or {}))
     return await on_gpufleet_error(request, err)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method served on this request's path template (one Starlette route per
+    method: the one that answered 405 knows only its own). Of the templates that match,
+    the most specific (fewest parameters: ``/v1/jobs/batch`` over ``/v1/jobs/{job_id}``)."""
+    from starlette.routing import Match, Route
+
+    matching = [
+        r
+        for r in getattr(request.app, "routes", [])
+        if isinstance(r, Route) and r.methods and r.matches(request.scope)[0] != Match.NONE
+    ]
+    if not matching:
+        return ""
+    fewest = min(len(r.param_convertors) for r in matching)
+    methods: set[str] = set()
+    for r in matching:
+        if len(r.param_convertors) == fewest:
+            methods |= r.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

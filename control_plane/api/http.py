@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from gpufleet.wire import API_VERSION
@@ -10,32 +9,35 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from control_plane.api import jsonbody
 from control_plane.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_body(body: bytes, model: type[M]) -> M:
+def parse_body(body: bytes, model: type[M], *, required: bool = False) -> M:
     """Validate a JSON body against a wire model (422 on malformed JSON, wrong api_version,
-    wrong types or unknown fields; pydantic errors become field details in the handler)."""
+    wrong types or unknown fields; pydantic errors become field details in the handler).
+    An empty body is ``{}`` unless ``required`` (a PUT replacing a resource: a missing body
+    must not store the defaults)."""
     if not body.strip():
+        if required:
+            raise InvalidRequest("a JSON body is required", field="body")
         data: object = {}
     else:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"malformed JSON: {exc}", field="body") from exc
+        data = jsonbody.loads(body)
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object", field="body")
     version = data.get("api_version", API_VERSION)
     if version != API_VERSION:
         raise InvalidRequest(f"unsupported api_version {version!r}; use 'v1'", "api_version")
-    return model.model_validate(data)
+    # strict: JSON types as the schema says them (no true for a number, no "5" for 5)
+    return model.model_validate(data, strict=True)
 
 
-async def read_model(request: Request, model: type[M]) -> M:
+async def read_model(request: Request, model: type[M], *, required: bool = False) -> M:
     """Read (within the body limit) and validate the request body."""
-    return parse_body(await request.body(), model)
+    return parse_body(await request.body(), model, required=required)
 
 
 def send(model: BaseModel, status: int = 200) -> Response:

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from control_plane.api import jsonbody
 from control_plane.api.context import Services, services
 from control_plane.api.errors import STATUS_BY_CODE, failure_status, validation_details
 from control_plane.api.http import send
@@ -59,7 +60,7 @@ from control_plane.api.kserve_wire import (
     to_job_request,
     to_model_metadata,
 )
-from control_plane.api.routes_jobs import IDEMPOTENCY_HEADER
+from control_plane.api.routes_jobs import IDEMPOTENCY_HEADER, idempotency_key
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, Endpoint, route
@@ -171,9 +172,9 @@ async def server_metadata(request: Request) -> Response:
 def model_ref(name: str, version: str | None) -> tuple[str, str | None]:
     """A model name and optional version from a KServe path (HTTP) or request (gRPC);
     anything that cannot name a model is ``ModelNotFound``, as Triton answers."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ModelNotFound(f"model {name!r} not found")
-    if version and not _VERSION.match(version):
+    if version and not _VERSION.fullmatch(version):
         raise ModelNotFound(f"model {name!r} has no READY version {version}")
     return name, version or None
 
@@ -289,7 +290,10 @@ async def _passthrough(
     if svc.inference is None or "content-encoding" in request.headers:
         return None
     size = header_size(body, request.headers.get(HEADER_LENGTH))
-    if SHARED_MEMORY_MARKER in (body if size is None else body[:size]):
+    head = body if size is None else body[:size]
+    if jsonbody.depth_exceeds(head):  # Triton's parser is not asked to survive it either
+        raise InvalidRequest(f"JSON nests deeper than {jsonbody.MAX_DEPTH} levels", "body")
+    if SHARED_MEMORY_MARKER in head:
         return None
     meta: dict[str, Any] = {}
     if size is not None:
@@ -307,6 +311,7 @@ async def _passthrough(
 
 async def infer(request: Request) -> Response:
     p = principal(request)
+    p.require("jobs:write")  # before the body is looked at: 403, not a 422, for a viewer
     svc = services(request)
     model, version = _model_path(request)
     body = await request.body()
@@ -321,10 +326,8 @@ async def infer(request: Request) -> Response:
             )
     doc, blob = split_body(body, request.headers.get(HEADER_LENGTH))
     attach_binary_inputs(doc, blob)
-    req = V2InferRequest.model_validate(doc)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
+    req = V2InferRequest.model_validate(doc, strict=True)
+    key = idempotency_key(request)
     submitted = request.app.state.metrics.jobs_submitted
     result = await run_infer(
         svc,
@@ -360,6 +363,7 @@ def _model_routes(
     suffix: str, method: str, endpoint: Endpoint, summary: str, **kw: Any
 ) -> list[DocumentedRoute]:
     wrapped = kserve_errors(endpoint)
+    kw = {"scope": "", "error": V2Error, **kw}  # infer checks its scope inside kserve_errors
     return [
         route(method, _MODEL + suffix, wrapped, summary + " (newest READY version)", **kw),
         route(method, _VERSIONED + suffix, wrapped, summary + " (a pinned version)", **kw),
@@ -373,6 +377,7 @@ ROUTES: list[DocumentedRoute] = [
         kserve_errors(server_live),
         "KServe v2 server live (bearer auth; unauthenticated probes: /v1/health)",
         V2Live,
+        error=V2Error,
     ),
     route(
         "GET",
@@ -380,9 +385,15 @@ ROUTES: list[DocumentedRoute] = [
         kserve_errors(server_ready),
         "KServe v2 server ready: tables and bucket reachable (503 otherwise)",
         V2Ready,
+        error=V2Error,
     ),
     route(
-        "GET", "/v2", kserve_errors(server_metadata), "KServe v2 server metadata", V2ServerMetadata
+        "GET",
+        "/v2",
+        kserve_errors(server_metadata),
+        "KServe v2 server metadata",
+        V2ServerMetadata,
+        error=V2Error,
     ),
     *_model_routes("", "GET", model_metadata, "KServe v2 model metadata", response=V2ModelMetadata),
     *_model_routes(

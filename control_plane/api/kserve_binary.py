@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from gpufleet.tensors import dtype_of, from_raw_bytes, to_raw_bytes
 
+from control_plane.api import jsonbody
 from control_plane.errors import InvalidRequest
 
 __all__ = [
@@ -69,10 +70,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         head, rest = body, b""
     else:
         head, rest = body[:size], body[size:]
-    try:
-        doc = json.loads(head) if head.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON inference header: {exc}", field="body") from exc
+    doc = jsonbody.loads(head, what="JSON inference header") if head.strip() else None
     if not isinstance(doc, dict):
         raise InvalidRequest("the inference header must be a JSON object", field="body")
     return doc, rest

@@ -7,10 +7,19 @@ handler, which the error handler turns into 413.
 
 from __future__ import annotations
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.api.errors import error_response
+from control_plane.api.errors import STATUS_BY_CODE, error_response
 from control_plane.errors import PayloadTooLarge
+
+
+def v2_error_response(code: str, message: str) -> Response:
+    """The /v2 error body (``kserve_wire.V2Error``) for a refusal made before routing."""
+    from control_plane.api.kserve_wire import V2Error
+
+    body = V2Error(error=message, code=code).model_dump_json()
+    return Response(body, STATUS_BY_CODE[code], media_type="application/json")
 
 
 class BodyLimitMiddleware:
@@ -36,12 +45,15 @@ class BodyLimitMiddleware:
                     declared = -1
                 if declared > self.max_bytes or declared < 0:
                     code = "payload_too_large" if declared > 0 else "invalid_request"
-                    resp = error_response(
-                        code,
+                    message = (
                         f"request body over {self.max_bytes} bytes"
                         if declared > 0
-                        else "bad Content-Length",
+                        else "bad Content-Length"
                     )
+                    if str(scope.get("path", "")).startswith("/v2"):  # KServe's error shape
+                        resp = v2_error_response(code, message)
+                    else:
+                        resp = error_response(code, message)
                     await resp(scope, receive, send)
                     return
         seen = 0

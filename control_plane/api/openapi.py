@@ -49,6 +49,8 @@ def _schemas(specs: list[RouteSpec]) -> tuple[dict[tuple[Any, str], Any], Any]:
         (ErrorBody, "serialization"): None
     }
     for s in specs:
+        if s.error is not None:
+            wanted[(s.error, "serialization")] = None
         if s.request is not None:
             wanted[(s.request, "validation")] = None
         if s.response is not None:
@@ -115,13 +117,21 @@ def _operation(spec: RouteSpec, refs: dict[tuple[Any, str], Any]) -> dict[str, A
             str(spec.status): ok,
             "default": {
                 "description": "Error",
-                "content": _json(refs[(ErrorBody, "serialization")]),
+                "content": _json(refs[(spec.error or ErrorBody, "serialization")]),
             },
         },
         "security": _SECURITY[spec.security],
     }
     if spec.request is not None:
-        op["requestBody"] = {"required": True, "content": _json(refs[(spec.request, "validation")])}
+        # An empty body is read as {} (http.parse_body): the body is required only when the
+        # model has a required field or the route refuses an empty body (``body_required``).
+        required = spec.body_required or any(
+            f.is_required() for f in spec.request.model_fields.values()
+        )
+        op["requestBody"] = {
+            "required": required,
+            "content": _json(refs[(spec.request, "validation")]),
+        }
     return op
 
 

@@ -23,7 +23,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope.get("headers", ()) if k == HEADER), b"")
-        rid = given if _SAFE.match(given) else f"req_{secrets.token_hex(8)}".encode()
+        rid = given if _SAFE.fullmatch(given) else f"req_{secrets.token_hex(8)}".encode()
         bind(request_id=rid.decode(), tenant=None, job=None, runner=None, model=None)
         scope.setdefault("state", {})["request_id"] = rid.decode()
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+
+from control_plane.api.spec import route
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "redoc"
 REDOC_VERSION = "2.1.5"
@@ -45,11 +46,36 @@ async def redoc_script(request: Request) -> Response:
 
 async def root(request: Request) -> Response:
     """``/``: the API reference (a browser's first stop), instead of a 404."""
-    return RedirectResponse("/docs", status_code=307)
+    return RedirectResponse("/docs", status_code=307, headers={"Content-Type": "text/plain"})
 
 
 ROUTES = [
-    Route("/", root, methods=["GET", "HEAD"]),
-    Route("/docs", docs, methods=["GET", "HEAD"]),
-    Route("/docs/redoc.standalone.js", redoc_script, methods=["GET", "HEAD"]),
+    route(
+        "GET",
+        "/",
+        root,
+        "Redirect to /docs",
+        None,
+        status=307,
+        security="none",
+        content_type="text/plain",
+    ),
+    route(
+        "GET",
+        "/docs",
+        docs,
+        "API reference (HTML)",
+        None,
+        security="none",
+        content_type="text/html",
+    ),
+    route(
+        "GET",
+        "/docs/redoc.standalone.js",
+        redoc_script,
+        "The API reference's script",
+        None,
+        security="none",
+        content_type="application/javascript",
+    ),
 ]

@@ -22,6 +22,7 @@ from control_plane.api.http import query_float, query_int, read_model, send
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import InvalidRequest
+from control_plane.services.text import check_text
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
@@ -29,9 +30,13 @@ _STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 
 
 def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1-255 characters, none of them a control or bidi
+    character (a key is stored and shown back)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
+    if key is not None:
+        check_text(key, "Idempotency-Key", IDEMPOTENCY_HEADER)
     return key
 
 

@@ -63,6 +63,18 @@ async def delete_version(request: Request) -> HttpResponse:
     return send(VersionDeleted(name=name, version=version))
 
 
+class NameReleased(Response):
+    name: str
+    released: bool = True
+
+
+async def release_name(request: Request) -> HttpResponse:
+    p = principal(request)
+    name = request.path_params["name"]
+    await run_in_threadpool(services(request).models.release, p, name)
+    return send(NameReleased(name=name))
+
+
 def _deployments(request: Request) -> DeploymentsPort:
     svc = services(request).deployments
     if svc is None:
@@ -72,7 +84,7 @@ def _deployments(request: Request) -> DeploymentsPort:
 
 async def put_deployment(request: Request) -> HttpResponse:
     p = principal(request)
-    req = await read_model(request, DeploymentSpec)
+    req = await read_model(request, DeploymentSpec, required=True)
     name = request.path_params["name"]
     return send(await run_in_threadpool(_deployments(request).put, p, name, req))
 
@@ -112,12 +124,21 @@ ROUTES: list[DocumentedRoute] = [
         VersionDeleted,
     ),
     route(
+        "DELETE",
+        "/v1/models/{name}",
+        release_name,
+        "Release a model name that holds no version (409 while versions or a deployment "
+        "remain), so any tenant may claim it again",
+        NameReleased,
+    ),
+    route(
         "PUT",
         "/v1/models/{name}/deployment",
         put_deployment,
         "Set a model's deployment (replicas, regions, GPU memory); answers the placement",
         DeploymentView,
         request=DeploymentSpec,
+        body_required=True,
     ),
     route(
         "GET",

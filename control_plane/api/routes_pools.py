@@ -29,7 +29,7 @@ def _capacity(request: Request) -> CapacityService:
 
 async def put_pool(request: Request) -> HttpResponse:
     p = principal(request)
-    req = await read_model(request, PoolSpec)
+    req = await read_model(request, PoolSpec, required=True)
     name = request.path_params["name"]
     return send(await run_in_threadpool(_capacity(request).put, p, name, req))
 
@@ -76,6 +76,7 @@ ROUTES: list[DocumentedRoute] = [
         "Create or replace a capacity pool (admin)",
         PoolView,
         request=PoolSpec,
+        body_required=True,
     ),
     route(
         "GET",

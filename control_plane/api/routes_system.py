@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from gpufleet._version import __version__
 from gpufleet.wire import HealthView
@@ -13,8 +14,9 @@ from starlette.responses import Response as HttpResponse
 
 from control_plane.api.context import services
 from control_plane.api.http import send
+from control_plane.api.security import TokenUser
 from control_plane.api.spec import DocumentedRoute, route
-from control_plane.errors import GpufleetError
+from control_plane.errors import GpufleetError, Unauthorized
 from control_plane.metrics import CONTENT_TYPE
 
 
@@ -43,7 +45,30 @@ async def health(request: Request) -> HttpResponse:
     return send(view, 200 if ok else 503)
 
 
+def metrics_allowed(request: Request) -> None:
+    """/metrics shows every tenant's model names and queue depths: it needs the scraper's
+    ``metrics_token`` or an admin access token, unless ``metrics_public`` is set (or it is
+    served on the separate ``metrics_listen`` listener, ``control_plane.http_server``)."""
+    settings = services(request).settings
+    if settings.metrics_public:
+        return
+    token = settings.metrics_token
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if (
+        token is not None
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+    ):
+        return
+    user = request.scope.get("user")
+    if isinstance(user, TokenUser):
+        user.principal.require("admin")
+        return
+    raise Unauthorized("/metrics needs the metrics token or an admin access token")
+
+
 async def metrics(request: Request) -> HttpResponse:
+    metrics_allowed(request)
     body = await run_in_threadpool(request.app.state.metrics.render)
     return HttpResponse(body, media_type=CONTENT_TYPE)
 
@@ -65,9 +90,9 @@ ROUTES: list[DocumentedRoute] = [
         "GET",
         "/metrics",
         metrics,
-        "Prometheus metrics",
+        "Prometheus metrics (the metrics token or an admin access token; see "
+        "docs/security.md#metadata-across-tenants)",
         None,
-        security="none",
         content_type="text/plain",
     ),
     route("GET", "/openapi.json", openapi, "This document", None, security="none"),

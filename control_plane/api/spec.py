@@ -3,6 +3,7 @@ response models, so ``/openapi.json`` is generated from the same table Starlette
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +31,9 @@ class RouteSpec:
     query: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    scope: str | None = None  # checked before the body is read (403 before 422)
+    body_required: bool = False  # an empty body is 422, not {} (read_model(required=True))
+    error: type[BaseModel] | None = None  # the error body; None = the v1 ErrorBody
 
 
 class DocumentedRoute(Route):
@@ -53,8 +57,20 @@ def route(
     query: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    scope: str | None = None,
+    error: type[BaseModel] | None = None,
+    body_required: bool = False,
 ) -> DocumentedRoute:
-    """Declare one route with its documentation."""
+    """Declare one route with its documentation.
+
+    ``scope``: the token scope the route needs, checked before the body is read, so a
+    caller who may not write gets 403 whatever the body (not a 422 that validates a body
+    for someone who cannot use it). A bearer route with a body gets the scope its path
+    implies (``write_scope``) unless it names one ("" = none)."""
+    if scope is None and request is not None and security == "bearer":
+        scope = write_scope(path)
+    if scope:
+        endpoint = _requiring(scope, endpoint)
     spec = RouteSpec(
         path=path,
         method=method,
@@ -66,5 +82,30 @@ def route(
         query=query or {},
         headers=headers or {},
         content_type=content_type,
+        scope=scope or None,
+        error=error,
+        body_required=body_required,
     )
     return DocumentedRoute(spec, endpoint)
+
+
+def write_scope(path: str) -> str | None:
+    """The scope a write with a body on ``path`` needs (None: the path implies none)."""
+    if path.startswith(("/v1/admin/", "/v1/pools", "/v1/runners/")):
+        return "admin"
+    if path.startswith("/v1/models/") and not path.endswith("/infer"):
+        return "models:write"
+    if path.startswith(("/v1/jobs", "/v1/payloads", "/v1/models/", "/v2/")):
+        return "jobs:write"
+    return None
+
+
+def _requiring(scope: str, endpoint: Endpoint) -> Endpoint:
+    from control_plane.api.security import principal
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        principal(request).require(scope)
+        return await endpoint(request)
+
+    return guarded

@@ -15,6 +15,7 @@ from gpufleet.wire import FileSpec
 from tritonclient.grpc import model_config_pb2
 
 from control_plane.errors import InvalidRequest
+from control_plane.services.text import check_text
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -99,8 +100,7 @@ def validate_path(path: str, index: int) -> None:
         raise InvalidRequest(f"path {path!r}: empty path segment", field=where)
     if any(seg in (".", "..") for seg in segments):
         raise InvalidRequest(f"path {path!r}: '.' and '..' are not allowed", field=where)
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise InvalidRequest(f"path {path!r}: control characters are not allowed", field=where)
+    check_text(path, f"path {path!r}", where)  # controls (C0, C1), bidi overrides
     if any(len(seg.encode()) > MAX_SEGMENT for seg in segments):
         raise InvalidRequest(
             f"path {path!r}: a name is longer than {MAX_SEGMENT} bytes", field=where

@@ -13,8 +13,12 @@ A model without a deployment gets an implicit one when its first version becomes
 first job cold-starts one replica, as on serverless platforms. ``PUT …/deployment`` replaces
 it; ``implicit_max_replicas`` 0 turns this off.
 
-Model names are global; the tenant that first creates a name owns it. Other tenants get 404
-on reads and 409 on creating a version of it; admins see and manage every model.
+Model names are global (one namespace, as Triton's repository has one): the tenant whose
+first valid version request claims a name owns it. Nothing is claimed before the request is
+fully validated (paths, limits, config), so a refused upload claims nothing. Other tenants
+get 404 on every route, creating a version included (a 409 would tell them the name exists
+elsewhere); admins see and manage every model. The owner releases a name that holds no
+version with ``release_name`` (``DELETE /v1/models/{name}``).
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ class ModelService:
 
     # ------------------------------------------------------------------ access
     def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
-        owner = self._store.owner(name) if _NAME.match(name) else None
+        owner = self._store.owner(name) if _NAME.fullmatch(name) else None
         if owner is None or (p is not None and not p.can_see_tenant(owner)):
             raise missing(f"model {name!r} not found")
         return owner
@@ -161,17 +165,25 @@ class ModelService:
     ) -> CreateVersionResponse:
         """Validate the layout, record the version UPLOADING, hand out presigned uploads."""
         p.require("models:write")
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidRequest(f"model name {name!r} is not valid", field="name")
         ts = now()
-        owner = self._store.owner(name) or self._store.claim_name(name, p.tenant, ts)
-        if owner != p.tenant and not p.is_admin:
-            raise Conflict(f"the model name {name!r} belongs to another tenant")
+        owner = self._store.owner(name)
+        if owner is not None and not p.can_see_tenant(owner):
+            raise NotFound(f"model {name!r} not found")  # no existence oracle: as a read
         for i, f in enumerate(req.files):
             modelconfig.validate_path(f.path, i)
         self._check_limits(req.files)
         if req.config is not None:
             self._check_config(name, req)
+        if not req.version:  # the numbered layout is checked on version "1"'s numbering
+            modelconfig.validate_layout([f.path for f in modelconfig.renumber(req.files, "1")], "1")
+        else:
+            modelconfig.validate_layout([f.path for f in req.files], req.version)
+        if owner is None:  # validated: only now is the name claimed
+            owner = self._store.claim_name(name, p.tenant, ts)
+            if not p.can_see_tenant(owner):  # another tenant's concurrent first claim won
+                raise NotFound(f"model {name!r} not found")
         same = self._same_content(name, req)
         if same is not None:
             return CreateVersionResponse(name=name, version=same, state="READY", uploads=[])
@@ -400,6 +412,19 @@ class ModelService:
             for view in versions:
                 view.loaded_on = where.get(view.version, [])
         return ModelView(name=name, tenant=owner, versions=versions)
+
+    def release(self, p: Principal, name: str) -> None:
+        """Give up a name that holds no version (a refused or abandoned first upload), so
+        any tenant may claim it again. 409 while a version or a deployment remains."""
+        p.require("models:write")
+        owner = self._visible_owner(p, name, NotFound)
+        if self._store.list_versions(name):
+            raise Conflict(f"model {name!r} still has versions: delete them first")
+        if self._deployments is not None and self._deployments.get_deployment(name):
+            raise Conflict(f"model {name!r} has a deployment: it keeps the name")
+        self.generation += 1
+        if not self._store.release_name(name, owner):
+            raise Conflict(f"model {name!r} gained a version meanwhile; nothing released")
 
     def delete_version(self, p: Principal, name: str, version: str) -> None:
         """Remove a version and its objects (jobs pinned to it then get model_not_found)."""

@@ -85,7 +85,7 @@ class PayloadService:
         tenant whose size fits the tensor's datatype and shape."""
         ref = tensor.data_ref or ""
         where = f"inputs[{index}].data_ref"
-        size = self._blobs.head(payload_key(tenant, ref)) if REF_PATTERN.match(ref) else None
+        size = self._blobs.head(payload_key(tenant, ref)) if REF_PATTERN.fullmatch(ref) else None
         if size is None:
             raise InvalidRequest(
                 f"input {tensor.name!r}: data_ref {ref!r} names no uploaded payload "

@@ -78,6 +78,10 @@ class RunnerService:
         # the measured value a runner view shows.
         self.observe_rtt: Callable[[str, float], None] | None = None
         self.region_rtt: Callable[[str], float | None] | None = None
+        # Whose is whose in the runner view of a non-admin (set by the composition root;
+        # the defaults show a non-admin no model and no job).
+        self.models_of: Callable[[str], set[str]] = lambda _tenant: set()
+        self.jobs_of: Callable[[str, list[str]], list[str]] = lambda _tenant, _ids: []
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest, client: str | None = None) -> RegisterResponse:
@@ -225,9 +229,21 @@ class RunnerService:
     # ------------------------------------------------------------------ admin / read
     def list_runners(self, p: Principal, region: str | None = None) -> RunnerList:
         """Every runner with its status (needs ``runners:read``), or those of ``region``;
-        ``by_region`` counts every runner by region and status."""
+        ``by_region`` counts every runner by region and status. Runners are shared by every
+        tenant, but what runs on them is not: an admin sees everything; anyone else sees only
+        the models of their own tenant and the ids of their own running jobs, and no Triton
+        details (``models_of`` and ``jobs_of`` say whose is whose)."""
         p.require("runners:read")
-        views = [self.view(r) for r in self._store.list_runners()]
+        records = self._store.list_runners()
+        views = [self.view(r) for r in records]
+        if not p.is_admin:
+            mine = self.models_of(p.tenant)
+            jobs = {j for r in records for j in r.running_jobs}
+            own_jobs = set(self.jobs_of(p.tenant, sorted(jobs))) if jobs else set()
+            for view in views:
+                view.models = [m for m in view.models if m.name in mine]
+                view.running_jobs = [j for j in view.running_jobs if j in own_jobs]
+                view.triton = {}
         by_region: dict[str, dict[str, int]] = {}
         for v in views:
             counts = by_region.setdefault(v.region, {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,57 @@ def _flatten(data: Any) -> Iterator[Any]:
 def element_count(data: list[Any]) -> int:
     """Number of scalars in a flat or nested (row-major) data list."""
     return sum(1 for _ in _flatten(data))
+
+
+_INT_RANGES = {
+    **{f"INT{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)},
+    **{f"UINT{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)},
+}
+_FLOAT_MAX = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": sys.float_info.max}
+
+
+def _bad_value(datatype: str, x: Any) -> str | None:
+    """None when ``x`` is a valid JSON value of ``datatype``, else what is wrong with it."""
+    kind = type(x)
+    if datatype in _FLOAT_MAX:
+        if kind is not float and kind is not int:
+            return f"{_shown(x)} is not a number"
+        if kind is float and not math.isfinite(x):
+            return f"{x} is not a finite number"
+        if abs(x) > _FLOAT_MAX[datatype]:
+            return f"{_shown(x)} is out of range for {datatype}"
+        return None
+    if datatype in _INT_RANGES:
+        if kind is not int:
+            return f"{_shown(x)} is not an integer"
+        lo, hi = _INT_RANGES[datatype]
+        return None if lo <= x <= hi else f"{_shown(x)} is out of range {lo}..{hi}"
+    if datatype == "BOOL":
+        return None if kind is bool else f"{_shown(x)} is not a boolean"
+    if datatype == "BYTES":
+        return None if kind is str else f"{_shown(x)} is not a string"
+    return None  # pragma: no cover - the wire's Datatype lists every type above
+
+
+def _shown(x: Any) -> str:
+    text = json.dumps(x, allow_nan=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def checked_count(name: str, where: str, datatype: str, data: list[Any]) -> int:
+    """Number of scalars in ``data``, each checked against ``datatype`` (numbers for FP*,
+    finite and in range; integers in range for INT*/UINT*; booleans for BOOL; strings for
+    BYTES); ``InvalidRequest`` naming the tensor and the element's flat index otherwise."""
+    count = 0
+    for x in _flatten(data):
+        why = _bad_value(datatype, x)
+        if why is not None:
+            raise InvalidRequest(
+                f"input {name!r}: element {count}: {why} ({datatype} tensor)",
+                field=f"{where}.data[{count}]",
+            )
+        count += 1
+    return count
 
 
 def inline_bytes(tensors: list[Tensor]) -> int:
@@ -94,7 +146,7 @@ def validate_tensors(
                 f"input {t.name!r}: give exactly one of data and data_ref", field=f"{where}.data"
             )
         if t.data is not None:
-            count, want = element_count(t.data), math.prod(t.shape)
+            count, want = checked_count(t.name, where, t.datatype, t.data), math.prod(t.shape)
             if count != want:
                 raise InvalidRequest(
                     f"input {t.name!r}: {count} data elements, shape {t.shape} needs {want}",

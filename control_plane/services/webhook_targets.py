@@ -5,7 +5,11 @@ resolved (every A/AAAA record) and refused when any address is loopback, private
 (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10…), link-local (169.254/16, fe80::/10),
 multicast, unspecified, reserved or otherwise not globally routable.
 ``allow_loopback`` (the setting ``webhooks_allow_loopback``) lets loopback through and nothing
-else. IPv4-mapped IPv6 addresses are judged by the IPv4 address they carry.
+else. IPv4-mapped IPv6 addresses are judged by the IPv4 address they carry; IPv6 forms
+that embed an IPv4 address another way (6to4 ``2002::/16``, NAT64 ``64:ff9b::/96`` and
+``64:ff9b:1::/48``, Teredo ``2001::/32``, IPv4-compatible ``::/96``, IPv4-translated
+``::ffff:0:0:0/96``) are refused when the address they embed is (a 6to4 relay would carry
+``2002:a9fe:a9fe::`` to 169.254.169.254), and otherwise judged as IPv6.
 
 The check runs at submit time (``check_target``) and again right before every delivery
 (``resolve_target``); the delivery then connects to the checked address itself (pinned), so a
@@ -85,10 +89,38 @@ def system_resolver(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_V4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """(form, IPv4 address) of every IPv4 address ``ip`` carries besides IPv4-mapped."""
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        found.append(("6to4", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        found += [("Teredo", server), ("Teredo", client)]
+    if any(ip in net for net in _NAT64):
+        found.append(("NAT64", low32))
+    if ip in _V4_TRANSLATED:
+        found.append(("IPv4-translated", low32))
+    elif ip in _V4_COMPATIBLE and int(ip) > 1:  # not :: and ::1
+        found.append(("IPv4-compatible", low32))
+    return found
+
+
 def address_refusal(ip: IPAddress, allow_loopback: bool) -> str | None:
     """Why ``ip`` may not be a target, or None when it may."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return address_refusal(ip.ipv4_mapped, allow_loopback)
+    if isinstance(ip, ipaddress.IPv6Address):
+        for form, v4 in embedded_ipv4(ip):
+            why = address_refusal(v4, allow_loopback=False)
+            if why is not None:
+                return f"{form} form of a {why} ({v4})"
     if ip.is_loopback:
         return None if allow_loopback else "loopback"
     if ip.is_unspecified:

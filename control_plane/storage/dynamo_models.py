@@ -110,6 +110,33 @@ class DynamoModelStore:
                     raise
         return self.owner(name) or tenant
 
+    def release_name(self, name: str, tenant: str) -> bool:
+        """Delete the name's claim item iff ``tenant`` owns it and no version item is
+        there (a Query first; see the protocol for the race this leaves)."""
+        with translate_errors("release model name"):
+            found = self._db.query(
+                TableName=self._table,
+                KeyConditionExpression="#n = :n AND begins_with(sk, :v)",
+                ExpressionAttributeNames={"#n": "name"},
+                ExpressionAttributeValues={":n": s(name), ":v": s(VERSION_PREFIX)},
+                ConsistentRead=True,
+                Limit=1,
+            )
+            if found.get("Items"):
+                return False
+            try:
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key={"name": s(name), "sk": s(META)},
+                    ConditionExpression="tenant = :t",
+                    ExpressionAttributeValues={":t": s(tenant)},
+                )
+            except ClientError as exc:
+                if conditional_failed(exc):
+                    return False
+                raise
+        return True
+
     def owner(self, name: str) -> str | None:
         with translate_errors("get model owner"):
             item = self._db.get_item(

@@ -353,9 +353,9 @@ class LocalBlobStore:
         upload_id, part_s = "", ""
         if op == "part":
             upload_id, part_s = params.get("upload_id", ""), params.get("part", "")
-            if not (_UPLOAD_ID.match(upload_id) and part_s.isdigit()):
+            if not (_UPLOAD_ID.fullmatch(upload_id) and part_s.isdigit()):
                 raise Forbidden("upload_id and part are required on a part URL")
-        if not (exp_s.isdigit() and _SIG.match(sig)):
+        if not (exp_s.isdigit() and _SIG.fullmatch(sig)):
             raise Forbidden("exp and sig are required on a presigned URL")
         exp, part = int(exp_s), int(part_s) if part_s else 0
         expected = self._sign(want, op, key, exp, upload_id, part)
@@ -406,7 +406,7 @@ class LocalBlobStore:
 
     def _upload_dir(self, key: str, upload_id: str) -> Path:
         """The directory of an unfinished multipart upload of ``key``; NotFound otherwise."""
-        if not _UPLOAD_ID.match(upload_id):
+        if not _UPLOAD_ID.fullmatch(upload_id):
             raise NotFound(f"no multipart upload {upload_id!r} of {key!r}")
         d = self._uploads / upload_id
         try:

@@ -492,6 +492,14 @@ class ModelStore(Protocol):
         """The owning tenant of ``name``, or None when it was never claimed."""
         ...
 
+    def release_name(self, name: str, tenant: str) -> bool:
+        """Drop the claim of ``tenant`` on ``name`` iff it owns it and ``name`` holds no
+        version (the service checked; a version created between that check and this call
+        is seen by the SQLite store, which then keeps the claim and answers False, and may
+        be missed by DynamoDB, whose version items then need their name claimed again);
+        False when nothing was released."""
+        ...
+
     def put_version(self, rec: ModelVersionRecord) -> bool:
         """Store a new version; False, writing nothing, when that version exists."""
         ...

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from gpufleet.textcheck import safe_text
 
 API_VERSION: Literal["v1"] = "v1"
 
@@ -39,6 +41,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
 REGION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RegionName = Annotated[str, Field(pattern=REGION_PATTERN)]
+# Free text a client names things with: no control or bidi characters (gpufleet.textcheck).
+SafeText = Annotated[str, AfterValidator(safe_text)]
 
 
 class Strict(BaseModel):
@@ -75,7 +79,7 @@ class Tensor(Strict):
     Triton's binary tensor extension).
     """
 
-    name: str = Field(min_length=1, max_length=256)
+    name: SafeText = Field(min_length=1, max_length=256)
     datatype: Datatype
     shape: list[int] = Field(max_length=16)
     data: list[Any] | None = None
@@ -91,7 +95,7 @@ class Tensor(Strict):
 
 
 class OutputRequest(Strict):
-    name: str = Field(min_length=1, max_length=256)
+    name: SafeText = Field(min_length=1, max_length=256)
     parameters: dict[str, Any] | None = None
 
 
@@ -262,7 +266,7 @@ class ApiKeyCreate(Strict):
     api_version: Literal["v1"] = API_VERSION
     tenant: str = Field(pattern=NAME_PATTERN)
     role: Role
-    name: str = Field(default="", max_length=128)
+    name: SafeText = Field(default="", max_length=128)
 
 
 class ApiKeyCreated(Response):
@@ -304,8 +308,8 @@ class ApiKeyList(Response):
 
 class JoinTokenCreate(Strict):
     api_version: Literal["v1"] = API_VERSION
-    region: str = Field(default="default", max_length=64)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    region: SafeText = Field(default="default", max_length=64)
+    labels: dict[SafeText, SafeText] = Field(default_factory=dict, max_length=32)
     expires_in_s: int = Field(default=3600, ge=60, le=30 * 86_400)
     max_uses: int = Field(default=1, ge=1, le=100_000)  # runners it may register
 
@@ -421,9 +425,9 @@ class RunnerConfigPatch(Strict):
 class RegisterRequest(Strict):
     api_version: Literal["v1"] = API_VERSION
     join_token: str = Field(min_length=8, max_length=512)
-    name: str = Field(min_length=1, max_length=128)
-    region: str | None = Field(default=None, max_length=64)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    name: SafeText = Field(min_length=1, max_length=128)
+    region: SafeText | None = Field(default=None, max_length=64)
+    labels: dict[SafeText, SafeText] = Field(default_factory=dict, max_length=32)
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
 
 
@@ -767,10 +771,10 @@ class PoolSpec(Strict):
     """``PUT /v1/pools/{name}``: a kind of host and how many of them the autoscaler may run."""
 
     api_version: Literal["v1"] = API_VERSION
-    gpu_type: str | None = Field(default=None, max_length=64)
+    gpu_type: SafeText | None = Field(default=None, max_length=64)
     gpu_count: int = Field(default=0, ge=0, le=64)
-    region: str = Field(default="default", min_length=1, max_length=64)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    region: SafeText = Field(default="default", min_length=1, max_length=64)
+    labels: dict[SafeText, SafeText] = Field(default_factory=dict, max_length=32)
     models: list[str] = Field(default_factory=list, max_length=256)
     min_hosts: int = Field(default=0, ge=0, le=1000)
     max_hosts: int = Field(default=1, ge=0, le=1000)

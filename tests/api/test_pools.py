@@ -84,7 +84,7 @@ async def test_put_get_list_delete(
     services.capacity.reconcile(force=True)
     got = (await client.get("/v1/pools/asg", headers=admin)).json()
     assert got["target"] == 0 and got["decided_at"] and "no change" in got["reason"]
-    metrics = (await client.get("/metrics")).text
+    metrics = (await client.get("/metrics", headers=admin)).text
     assert 'gpufleet_pool_target_hosts{pool="asg"} 0.0' in metrics
     assert 'gpufleet_pool_hosts{pool="asg",state="up"} 0.0' in metrics
 

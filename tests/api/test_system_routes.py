@@ -77,7 +77,7 @@ async def test_metrics_exposition(client: httpx.AsyncClient, auth_headers: Any) 
     h = await auth_headers("user")
     await client.get("/v1/jobs", headers=h)
     await client.get("/v1/jobs/job_does_not_exist", headers=h)
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=await auth_headers("admin"))).text
     count = "gpufleet_http_request_duration_seconds_count"
     assert f'{count}{{method="GET",route="/v1/jobs",status="200"}} 1.0' in text
     assert 'route="/v1/jobs/{job_id}",status="404"' in text

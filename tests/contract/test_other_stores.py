@@ -157,6 +157,20 @@ def test_model_name_first_claim_owns_it(other_backend: Stores) -> None:
     assert m.list_names() == [("b", "globex"), ("m", "acme")]
 
 
+def test_model_name_released_only_by_owner_when_empty(other_backend: Stores) -> None:
+    m = other_backend.models
+    assert m.claim_name("m", "acme", 1.0) == "acme"
+    assert not m.release_name("m", "globex")  # not the owner
+    assert m.put_version(version("1"))
+    assert not m.release_name("m", "acme")  # a version remains
+    assert m.owner("m") == "acme"
+    assert m.delete_version("m", "1")
+    assert m.release_name("m", "acme")
+    assert m.owner("m") is None
+    assert not m.release_name("m", "acme")  # nothing left to release
+    assert m.claim_name("m", "globex", 2.0) == "globex"
+
+
 def test_model_versions_once_ready_once_and_deleted(other_backend: Stores) -> None:
     m = other_backend.models
     assert m.list_versions("m") == []

@@ -61,6 +61,7 @@ def fleet(
     import docker
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
+    env["GPUFLEET_METRICS_PUBLIC"] = "true"  # the test scrapes /metrics without a token
     key_file = tmp_path / "admin.key"
     cp_log = tmp_path / "control-plane.log"
     port = rig.free_port()

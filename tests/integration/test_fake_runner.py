@@ -89,7 +89,7 @@ async def test_fake_runner_round_trip(live_server: str, live_services: Services)
         assert job["status"] == "SUCCEEDED" and job["runner_id"] == rid
         assert job["outputs"][0]["data"] == [2, 3, 4, 5]
 
-        metrics = (await c.get("/metrics")).text
+        metrics = (await c.get("/metrics", headers=admin)).text
         assert f'gpufleet_runner_gpu_utilization_percent{{gpu="0",runner="{rid}"}} 55.0' in metrics
         assert (
             f'gpufleet_triton_inference_success_total{{model="add_sub",runner="{rid}"}} 3.0'

@@ -100,7 +100,7 @@ class CapacityService:
     def put(self, p: Principal, name: str, spec: PoolSpec) -> PoolView:
         """Create or replace a pool (admin); the next round decides with it."""
         p.require("admin")
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise InvalidRequest(
                 "a pool name is 1-63 lowercase letters, digits and '-', starting with a letter "
                 "or digit",

@@ -122,6 +122,15 @@ class SqliteModelStore:
             )
         return tenant
 
+    def release_name(self, name: str, tenant: str) -> bool:
+        with translate("release model name"), self._db.write() as conn:
+            if conn.execute("SELECT 1 FROM model_versions WHERE name = ?", (name,)).fetchone():
+                return False
+            cur = conn.execute(
+                "DELETE FROM model_names WHERE name = ? AND tenant = ?", (name, tenant)
+            )
+        return cur.rowcount == 1
+
     def owner(self, name: str) -> str | None:
         with translate("get model owner"):
             row = (

@@ -1,0 +1,187 @@
+"""The HTTP listener of ``serve``: uvicorn with limits on slow clients, and the optional
+separate ``/metrics`` listener.
+
+uvicorn on its own keeps a connection that trickles its headers open forever and waits as
+long as a client likes for a body. Here:
+
+- **Headers**: a connection must finish a request's headers within
+  ``http_header_timeout_s`` of opening, or of its previous response (``header_timeout``
+  wraps uvicorn's protocol class); else it is closed.
+- **Bodies**: ``BodyTimeout`` waits at most ``http_body_timeout_s`` for each chunk and,
+  after that grace, needs an average of ``http_body_min_rate`` bytes/s; a slower body gets
+  408 (``SlowRequest``, answered by the app's one error handler) and the connection is
+  closed. The rate (not a total time) is bounded, so a large
+  upload on a fast link is never cut.
+- **Keep-alive** idle connections close after ``http_keep_alive_s``; at most
+  ``http_max_concurrency`` connections and requests at once (more get 503 at once).
+
+Behind a proxy or load balancer these limits still protect the process; the proxy should
+apply its own (docs/security.md#slow-clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.api.errors import error_response
+from control_plane.errors import SlowRequest
+from control_plane.metrics import CONTENT_TYPE, Metrics
+from control_plane.settings import Settings
+
+__all__ = ["BodyTimeout", "header_timeout", "metrics_server", "server_config"]
+
+
+def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
+    """``base`` (uvicorn's h11 or httptools protocol) closing a connection whose request
+    headers are not complete ``timeout_s`` after it opened or after its last response."""
+
+    class HeaderTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout_s, self._header_deadline)
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            transport = getattr(self, "transport", None)
+            if transport is None or transport.is_closing():
+                return
+            if transport.get_protocol() is not self:  # upgraded to a WebSocket
+                return
+            cycle = getattr(self, "cycle", None)
+            if cycle is None or cycle.response_complete:  # no request has its headers yet
+                transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    HeaderTimeoutProtocol.__name__ = f"HeaderTimeout{base.__name__}"
+    return HeaderTimeoutProtocol
+
+
+class BodyTimeout:
+    """ASGI middleware: 408 for a request body slower than the settings allow (see the
+    module docstring). WebSockets and lifespan pass through."""
+
+    def __init__(self, app: ASGIApp, idle_s: float, min_rate: int) -> None:
+        self.app = app
+        self.idle_s = idle_s
+        self.min_rate = min_rate
+        self._message = (
+            f"the request body arrived too slowly (each chunk within {idle_s:g} s, then at "
+            f"least {min_rate} bytes/s)"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        received = 0
+        more = True
+        sent_start = False
+
+        async def timed_receive() -> Message:
+            nonlocal received, more
+            if not more:  # the body is read: what follows is the disconnect, wait freely
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                raise SlowRequest(self._message) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                more = bool(message.get("more_body"))
+                elapsed = time.monotonic() - started
+                if more and elapsed > self.idle_s and received < self.min_rate * elapsed:
+                    raise SlowRequest(self._message)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal sent_start
+            if message["type"] == "http.response.start":
+                sent_start = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except SlowRequest as exc:  # raised where no handler of the app saw it
+            if sent_start:
+                raise
+            response = error_response(exc.code, exc.message, headers={"Connection": "close"})
+            await response(scope, receive, send)
+
+
+def server_config(app: ASGIApp, settings: Settings, host: str, port: int, **kw: Any) -> Any:
+    """The uvicorn config of the API listener, with the slow-client limits of ``settings``
+    (``kw``: further ``uvicorn.Config`` arguments)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    guarded = BodyTimeout(app, settings.http_body_timeout_s, settings.http_body_min_rate)
+    return uvicorn.Config(
+        guarded,
+        host=host,
+        port=port,
+        http=header_timeout(AutoHTTPProtocol, settings.http_header_timeout_s),
+        timeout_keep_alive=settings.http_keep_alive_s,
+        limit_concurrency=settings.http_max_concurrency,
+        **kw,
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """A second uvicorn server in the same process: the main one handles the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def metrics_app(metrics: Metrics) -> Starlette:
+    """Only ``GET /metrics``, without a token (for the private ``metrics_listen``)."""
+
+    async def render(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/metrics", render, methods=["GET"])])
+
+
+def metrics_server(metrics: Metrics, listen: str, settings: Settings) -> uvicorn.Server:
+    """The ``metrics_listen`` server (``host:port``); run its ``serve()`` next to the API's."""
+    host, _, port = listen.rpartition(":")
+    config = server_config(
+        metrics_app(metrics),
+        settings,
+        host.strip("[]"),
+        int(port),
+        lifespan="off",
+        log_level="warning",
+    )
+    return _QuietServer(config)
