@@ -148,6 +148,7 @@ ROUTES: list[DocumentedRoute] = [
         "or the key itself)",
         ApiKeyRotated,
         request=ApiKeyRotate,
+        scope="",  # an admin or the key itself: checked by the service
     ),
     route(
         "POST",

@@ -56,6 +56,7 @@ ROUTES: list[DocumentedRoute] = [
         "A ticket to call a runner serving the model directly (direct mode)",
         DirectTicket,
         request=DirectRequest,
+        scope="jobs:write",  # a ticket is a way to infer, like POST /v1/models/{m}/infer
     ),
     route(
         "GET",

@@ -30,6 +30,7 @@ from control_plane.api.errors import STATUS_BY_CODE, failure_status
 from control_plane.api.http import parse_body, send
 from control_plane.api.job_protocol import append_chunks
 from control_plane.api.kserve import _model_path, kserve_errors
+from control_plane.api.kserve_wire import V2Error
 from control_plane.api.security import principal, signed_runner
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import GpufleetError, InvalidRequest, NotFound
@@ -177,6 +178,7 @@ ROUTES: list[DocumentedRoute] = [
             _GENERATE_SUMMARY + suffix,
             None,
             content_type=EVENT_STREAM,
+            error=V2Error,
         )
         for path, suffix in (
             ("/v2/models/{model}/generate_stream", " (newest READY version)"),

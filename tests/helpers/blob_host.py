@@ -47,7 +47,10 @@ class RefusingAuth:
 
     signer = _RemembersNothing()
 
-    def authenticate(self, token: str) -> Any:
+    def cached_principal(self, token: str) -> None:
+        return None
+
+    def authenticate(self, token: str, **_: Any) -> Any:
         raise Unauthorized("unknown token")
 
 
