@@ -57,6 +57,7 @@ bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_perf_analyzer.py
 	$(PY) bench/bench_capacity.py
+	$(PY) bench/bench_cold_start.py
 
 soak: install ## 10,000 jobs per store under runner/control-plane kills and a store pause; a table
 	$(PY) bench/soak.py $(SOAK_ARGS)

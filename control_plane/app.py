@@ -52,6 +52,7 @@ from control_plane.services.inference import InferenceService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.store_marker import StoreMarker
+from control_plane.services.wakeups import model_key
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -112,6 +113,22 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         else None
     )
     inference = InferenceService(jobs, dispatch, settings)
+
+    def _newly_ready(runner_id: str, names: list[str]) -> None:
+        for name in names:  # leases held back until that heartbeat look again
+            jobs.wakeups.notify(model_key(name))
+        jobs.runner_readied(runner_id)
+
+    runners.on_ready.append(_newly_ready)
+    if dispatch is not None:  # runners connected here heartbeat at once after a change
+        deployments.on_change.append(dispatch.wake_all)
+    jobs.on_record_transition.append(
+        lambda rec, _view, previous: (
+            deployments.job_queued(rec.model)
+            if previous is None and rec.status == "QUEUED"
+            else None
+        )
+    )
     rollups = None
     if st.rollups is not None:
         rollups = RollupService(st.rollups, flush_interval_s=settings.rollup_flush_interval_s)

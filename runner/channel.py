@@ -23,6 +23,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,6 +80,8 @@ class DispatchChannel:
         self.calls_made = 0
         self.served = 0  # answers, passthrough included
         self.passed_through = 0  # answers to KServe requests passed through untouched
+        # Called on a ``wake`` frame (the placement changed): the daemon heartbeats at once.
+        self.on_wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:
@@ -190,6 +193,9 @@ class DispatchChannel:
             task = asyncio.create_task(handler)
             tasks[req_id] = task
             task.add_done_callback(functools.partial(_forget, tasks, req_id))
+        elif kind == "wake":
+            if self.on_wake is not None:
+                self.on_wake()
         elif kind == "cancel":
             running = tasks.get(int(msg.get("id", -1)))
             if running is not None:

@@ -139,6 +139,7 @@ class Daemon:
             self.jobs,
             {"backend": backend.kind},
         )
+        self.channel.on_wake = self.heartbeat.wake  # a placement change: heartbeat now
         self.supervisor = Supervisor(settings, backend, self.models, self.state)
         self.status = StatusServer(self.snapshot, settings.status_port)
         self.shutdown = asyncio.Event()

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_LEASE_JOBS = 100
 COMPLETE_RETRIES = 5
 MIN_EMPTY_POLL_S = 0.25
+NO_MODEL_WAIT_S = 0.1
 BATCH_ROUTE_RETRY_S = 300.0  # after a 404 (an older control plane): single completes this long
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # of results' JSON per batch (the control plane's body limit
 # is 8 MiB by default; inline outputs are up to ~256 KiB each, so 100 of them would not fit)
@@ -285,8 +286,8 @@ class JobLoop:
             await wait_event(self._state.triton_ready, 1.0)
             return False
         refs = self._models.ready_refs()
-        if not refs:
-            await wait_event(stop, 1.0)
+        if not refs:  # looked at again soon: a cold start leases as soon as a model is READY
+            await wait_event(stop, NO_MODEL_WAIT_S)
             return False
         if cfg.acceptance_rate < 1.0 and self._rng() >= cfg.acceptance_rate:
             await wait_event(stop, min(1.0, max(cfg.lease_wait_s, 0.1)))
@@ -377,17 +378,21 @@ class JobLoop:
             (inferred - fetched) * 1000,
             total_ms,
         )
+        timings = {  # receive: inputs ready (payload fetch), triton, send: outputs stored
+            "receive_ms": round((fetched - started) * 1000, 3),
+            "triton_ms": round((inferred - fetched) * 1000, 3),
+            "send_ms": round((time.perf_counter() - inferred) * 1000, 3),
+            "total_ms": round(total_ms, 3),
+        }
+        load = self._models.loads.get((job.model, job.model_version))
+        if load is not None:  # the control plane marks a job that waited for this load
+            timings["load_ms"], timings["loaded_at"] = round(load[0], 3), round(load[1], 3)
         return CompleteRequest(
             lease_token=token,
             status="SUCCEEDED",
             outputs=inline,
             outputs_ref=outputs_ref,
-            timings={  # receive: inputs ready (payload fetch), triton, send: outputs stored
-                "receive_ms": round((fetched - started) * 1000, 3),
-                "triton_ms": round((inferred - fetched) * 1000, 3),
-                "send_ms": round((time.perf_counter() - inferred) * 1000, 3),
-                "total_ms": round(total_ms, 3),
-            },
+            timings=timings,
         )
 
     def _lease_token(self, job: LeasedJob) -> str:

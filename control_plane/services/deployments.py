@@ -132,6 +132,11 @@ class DeploymentService:
         self._files: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
+        # Called (no arguments, any thread) when this replica stores a decision that places
+        # something differently: the runners connected here are told to heartbeat at once
+        # (``Dispatcher.wake_all``) instead of at their next interval.
+        self.on_change: list[Callable[[], None]] = []
+        self._cold_checked: dict[str, float] = {}  # model -> when job_queued last decided
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -249,8 +254,33 @@ class DeploymentService:
         }
         if self._store.save_plan(doc, t, rec.revision if rec else 0):
             self._implicit = frozenset(implicit)
+            if _placements(plans) != _placements(previous):
+                self._changed()
             return plans
         return self._remember(self._store.get_plan())  # another replica decided meanwhile
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            try:
+                hook()
+            except Exception:
+                log.warning("deployment change hook failed", exc_info=True)
+
+    def job_queued(self, model: str) -> None:
+        """A job of ``model`` was queued: when the model's deployment has no replica (min 0,
+        or an implicit one), decide now instead of at the next stale heartbeat, so the cold
+        start begins at once (at most once per ``interval_s`` per model)."""
+        t = self._now()
+        if t - self._cold_checked.get(model, float("-inf")) < self._interval_s:
+            return
+        self._cold_checked[model] = t
+        rec = self._store.get_plan()
+        plan = plans_of(rec).get(model)
+        if plan is not None and plan.assignments:
+            return  # placed already: runners load it or serve it
+        if self._store.get_deployment(model) is None:
+            return
+        self.reconcile(force=True)
 
     def _remember(self, rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:
         """The plans of ``rec``, keeping its implicit names for ``desired_models``."""
@@ -432,6 +462,14 @@ class DeploymentService:
             return f"cold start: {what} is scaled to zero; a replica starts at the next placement"
         where = f" in region {job.region!r}" if job.region else ""
         return f"no replica of {what} is placed{where}"
+
+
+def _placements(plans: dict[str, pl.ModelPlan]) -> dict[str, list[tuple[str, str, Any]]]:
+    """Who serves what in a decision (replica counts and reasons aside)."""
+    return {
+        name: sorted((a.runner_id, a.version, a.gpu) for a in plan.assignments)
+        for name, plan in plans.items()
+    }
 
 
 def _served_unplaced(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from gpufleet.wire import ErrorInfo, JobRequest, JobView, LeasedJob, OutputRequest, Tensor
 
@@ -43,7 +44,15 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
         outputs=outputs,
         outputs_url=url,
         error=ErrorInfo(**job.error) if job.error else None,
+        **_run_fields(job.run_info),
     )
+
+
+def _run_fields(info: dict[str, Any] | None) -> dict[str, Any]:
+    """``cold_start``, ``load_ms`` and ``runner_ms`` of a finished run (when reported)."""
+    if not info:
+        return {}
+    return {k: info[k] for k in ("cold_start", "load_ms", "runner_ms") if k in info}
 
 
 def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRecord:

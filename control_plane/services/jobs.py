@@ -76,7 +76,13 @@ from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
-from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
+from control_plane.services.wakeups import (
+    Wakeups,
+    job_key,
+    model_key,
+    runner_key,
+    sleep_or_wake,
+)
 from control_plane.settings import Settings
 from control_plane.storage import budget as storage_budget
 from control_plane.storage.definitions import RESULTS_PREFIX
@@ -215,6 +221,7 @@ class JobService:
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
         ] = {}
         self._depth_cache: dict[str, tuple[float, int]] = {}
+        self._readied: dict[str, int] = {}  # runner id -> heartbeats with a newly READY model
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -615,8 +622,14 @@ class JobService:
         deadline = time.monotonic() + wait_s
         asked = req.models
         first = True
-        with self.wakeups.watch(model_key(m.name) for m in asked) as queued:
+        # a heartbeat of this runner reporting a newly READY model ends the poll (an empty
+        # answer): the runner asks again at once, offering that model too (cold starts)
+        readied = self._readied.get(runner_id, 0)
+        keys = [*(model_key(m.name) for m in asked), runner_key(runner_id)]
+        with self.wakeups.watch(keys) as queued:
             while True:
+                if self._readied.get(runner_id, 0) != readied:
+                    return LeaseResponse(jobs=[])
                 queued.clear()  # before the read: a job queued after it wakes us
                 storage_budget.renew()  # each round of a long poll has its own budget
                 usable = self.runner_usable
@@ -634,6 +647,12 @@ class JobService:
                 if jobs or left <= 0:
                     return LeaseResponse(jobs=jobs)
                 await sleep_or_wake(queued, min(self._settings.poll_interval_s, left))
+
+    def runner_readied(self, runner_id: str) -> None:
+        """A heartbeat of ``runner_id`` reported a model READY that was not: its lease long
+        poll on this replica answers now, so it asks again offering that model too."""
+        self._readied[runner_id] = self._readied.get(runner_id, 0) + 1
+        self.wakeups.notify(runner_key(runner_id))
 
     def _candidates(
         self, offers: dict[str, set[str]], region: str | None, want: int
@@ -786,6 +805,7 @@ class JobService:
         if req.status == "FAILED" and error is None:
             error = {"code": "failed", "message": "the runner reported a failure"}
         started = job.started_at or t
+        run_ms, run_info = run_timings(job, req.timings, (t - started) * 1000)
         return Finish(
             job=job,
             lease_token=req.lease_token,
@@ -793,7 +813,8 @@ class JobService:
             outputs_json=outputs_json,
             outputs_ref=outputs_ref,
             error=error,
-            run_ms=int((t - started) * 1000),
+            run_ms=run_ms,
+            run_info=run_info,
         )
 
     def _store_outputs(self, job: JobRecord, req: Completion) -> tuple[str | None, str | None]:
@@ -847,6 +868,28 @@ class JobService:
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
+
+
+def run_timings(
+    job: JobRecord, timings: dict[str, float] | None, wall_ms: float
+) -> tuple[int, dict[str, Any] | None]:
+    """``run_ms`` and the run's details from the runner's ``timings``.
+
+    ``run_ms`` is the model's own time (``triton_ms``: Triton's compute as the runner timed
+    it) when reported, else the lease-to-commit wall time. ``runner_ms`` is the rest of that
+    wall time (lease and complete transport, payload fetch and upload). ``cold_start``: the
+    version was loaded on the runner (``loaded_at``, epoch seconds) after the job was
+    submitted, so the job waited for the load; ``load_ms`` is that load's duration."""
+    if not timings or "triton_ms" not in timings:
+        return int(wall_ms), None
+    triton_ms = float(timings["triton_ms"])
+    info: dict[str, Any] = {"runner_ms": max(0, round(wall_ms - triton_ms))}
+    loaded_at = timings.get("loaded_at")
+    if loaded_at is not None:
+        info["cold_start"] = float(loaded_at) > job.created_at
+        if info["cold_start"] and timings.get("load_ms") is not None:
+            info["load_ms"] = round(float(timings["load_ms"]))
+    return round(triton_ms), info
 
 
 def _log_commit(job: JobRecord, runner_id: str) -> None:

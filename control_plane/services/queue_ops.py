@@ -70,6 +70,7 @@ class Finish:
     outputs_ref: str | None = None
     error: dict[str, Any] | None = None
     run_ms: int | None = None
+    run_info: dict[str, Any] | None = None
 
 
 class QueueOps:
@@ -274,6 +275,7 @@ class QueueOps:
                         outputs_ref=f.outputs_ref,
                         error=f.error,
                         run_ms=f.run_ms,
+                        run_info=f.run_info,
                     )
                 )
             ended = [f.job for f, rec in zip(finishes, done, strict=True) if rec is not None]

@@ -63,6 +63,9 @@ class RunnerService:
         self._now = now
         # Placement (services/deployments.py): the heartbeat answer's desired_models.
         self.desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None
+        # Called with the model names a heartbeat newly reports READY (its lease long polls,
+        # which offer only what the last heartbeat said is READY, look again at once).
+        self.on_ready: list[Callable[[str, list[str]], None]] = []
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest) -> RegisterResponse:
@@ -144,6 +147,13 @@ class RunnerService:
         )
         if rec is None:
             raise Unauthorized("runner revoked")
+        if self.on_ready:
+            was = {(m.get("name"), m.get("version")) for m in runner.models if _ready(m)}
+            new = {
+                m.name for m in req.models if m.state == "READY" and (m.name, m.version) not in was
+            }
+            for hook in self.on_ready if new else ():
+                hook(runner.id, sorted(new))
         cancel = self._cancelled_among(list(req.running_jobs)) if req.running_jobs else []
         # None (no deployment anywhere, or no placement wired): the runner keeps its models.
         desired = self.desired_models(rec) if self.desired_models is not None else None
@@ -221,3 +231,8 @@ class RunnerService:
 
     def ping(self) -> None:
         self._store.ping()
+
+
+def _ready(m: dict[str, object]) -> bool:
+    state = m.get("state")
+    return str(getattr(state, "value", state)) == "READY"

@@ -68,6 +68,8 @@ class JobRecord:
     outputs_ref: str | None = None
     error: dict[str, Any] | None = None
     run_ms: int | None = None
+    # how the run went, from the runner's timings: cold_start, load_ms, runner_ms
+    run_info: dict[str, Any] | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -272,6 +274,7 @@ class JobTable(Protocol):
         error: dict[str, Any] | None = None,
         run_ms: int | None = None,
         expired_before: float | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """RUNNING -> ``status`` iff the job is RUNNING under ``lease_token`` (and, with
         ``expired_before``, iff ``lease_expires_at <= expired_before``: the sweep's check).

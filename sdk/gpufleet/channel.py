@@ -19,6 +19,7 @@ several such frames back to back::
                              binary infer {id, model, version, timeout_s, protocol: http|grpc,
                                            header_length?, content_type?} + the caller's body
                              cancel {id}
+                             wake {}  (the placement changed: heartbeat now)
                              reply {rid, status, body | error}  (to lease / complete)
 
 ``lease`` and ``complete`` are the job protocol's HTTP calls (``POST /v1/runners/{id}/lease``,

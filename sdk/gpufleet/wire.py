@@ -192,6 +192,12 @@ class JobView(Response):
     # True when the job waited for a host that the capacity autoscaler started after it was
     # submitted (a cold host); False when its runner was up already; None: unknown.
     cold_host: bool | None = None
+    # The job waited for its model version to load on the runner (a cold start), and how
+    # long that load took; run_ms is then the model's own time (Triton's compute) and
+    # runner_ms the runner's overhead around it (transport, payloads).
+    cold_start: bool | None = None
+    load_ms: int | None = None
+    runner_ms: int | None = None
 
 
 class JobList(Response):
