@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpufleet import signing
+from gpufleet._logs import bind
 from gpufleet.channel import Outbox, pack_frame, unpack_frames
 from gpufleet.wire import OutputRequest, Tensor
 from websockets.asyncio.client import ClientConnection, connect
@@ -266,6 +267,7 @@ class DispatchChannel:
 
     async def _handle(self, msg: dict[str, Any], received: float) -> None:
         req_id = msg["id"]
+        bind(request_id=msg.get("request_id"), model=msg.get("model"))  # this task's lines
         self._state.dispatch_inflight += 1
         reply: dict[str, Any]
         try:
@@ -317,6 +319,7 @@ class DispatchChannel:
         """A passthrough request: the caller's KServe bytes to Triton as they are, Triton's
         answer bytes back in a binary frame (no tensor is decoded here)."""
         req_id = msg["id"]
+        bind(request_id=msg.get("request_id"), model=msg.get("model"))  # this task's lines
         engine = self._engine
         self._state.dispatch_inflight += 1
         frame: str | bytes

@@ -16,7 +16,6 @@ import signal
 import time
 from typing import Any
 
-from gpufleet._logs import bind
 from gpufleet.tls import check_url, client_context
 
 from runner.backends.base import TritonBackend
@@ -244,7 +243,6 @@ class Daemon:
             await self.identity.ensure(self.shutdown, first_try=True)
             if self.shutdown.is_set():
                 return 0
-            bind(runner=self.identity.runner_id)  # on the lines of every loop spawned below
             self.state.gpus = await asyncio.to_thread(self.gpus.read)
             if self.backend.kind == "docker":  # Triton numbers the GPUs it was given from 0
                 self.models.gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)

@@ -329,7 +329,8 @@ class JobLoop:
         self._state.slot_freed.set()
 
     async def _run_job(self, job: LeasedJob) -> None:
-        bind(job=job.id, model=job.model)  # this task's log lines name the job (gpufleet._logs)
+        # this task's log lines name the job and the submit's request id (gpufleet._logs)
+        bind(job=job.id, model=job.model, request_id=job.request_id)
         log.info("job %s started: model %s version %s", job.id, job.model, job.model_version)
         entry = self._state.inflight.get(job.id)
         extender = asyncio.create_task(self._extend_loop(job))

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from gpufleet._logs import bind
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
 from pydantic import ValidationError
@@ -425,6 +426,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
+        bind(model=model)  # log lines about this call name the model (then the job)
         if self._svc.inference is not None and not _uses_shared_memory(request):
 
             def build(name: str, resolved: str) -> RawRequest:

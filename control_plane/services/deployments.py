@@ -280,6 +280,8 @@ class DeploymentService:
             return  # placed already: runners load it or serve it
         if self._store.get_deployment(model) is None:
             return
+        if not any(self.healthy(r, t) for r in self._runners()):
+            return  # nobody to place it on: the first heartbeat decides
         self.reconcile(force=True)
 
     def _remember(self, rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:

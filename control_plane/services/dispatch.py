@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpufleet._logs import context as log_context
 from gpufleet.channel import pack_frame
 
 from control_plane.errors import GpufleetError, RateLimited, Timeout, Unavailable
@@ -327,6 +328,9 @@ class Dispatcher:
             "version": version,
             "timeout_s": timeout_s,
         }
+        request_id = log_context["request_id"].get()
+        if request_id:  # the runner's lines about this request carry it
+            head["request_id"] = request_id
         frame: str | bytes
         if isinstance(request, RawRequest):
             frame = pack_frame({**head, "protocol": request.protocol, **request.meta}, request.body)

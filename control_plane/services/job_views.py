@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+from gpufleet._logs import context as log_context
 from gpufleet.wire import ErrorInfo, JobRequest, JobView, LeasedJob, OutputRequest, Tensor
 
 from control_plane.clock import iso
@@ -66,6 +67,9 @@ def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRe
         "webhook": req.webhook.model_dump() if req.webhook else None,
         "tags": req.tags,
     }
+    request_id = log_context["request_id"].get()
+    if request_id:  # the submit's X-Request-ID travels with the job to its runner
+        request["request_id"] = request_id
     return JobRecord(
         id=job_id,
         tenant=p.tenant,
@@ -99,4 +103,5 @@ def leased_job(job: JobRecord) -> LeasedJob:
         timeout_s=job.timeout_s,
         attempt=job.attempts,
         deadline_at=iso(job.deadline),
+        request_id=job.request.get("request_id"),
     )

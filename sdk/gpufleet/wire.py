@@ -447,6 +447,8 @@ class LeasedJob(Strict):
     deadline_at: str | None = None
     input_urls: dict[str, str] = Field(default_factory=dict)
     outputs_upload: ResultUpload | None = None
+    # X-Request-ID of the submit: the runner's log lines about the job carry it
+    request_id: str | None = None
 
 
 class LeaseResponse(Response):

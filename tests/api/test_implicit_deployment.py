@@ -147,3 +147,22 @@ async def test_a_lease_poll_ends_when_its_runner_reports_a_model_ready(
     r = await asyncio.wait_for(poll, 5)
     assert r.status_code == 200 and r.json()["jobs"] == []
     assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_the_submits_request_id_travels_with_the_job_to_its_runner(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    a = await register(client, admin, "a", "eu-west-1")
+    loaded = [{"name": "add_sub", "version": "1", "state": "READY"}]
+    await a.heartbeat([gpu(16000)], loaded)
+    headers = {**user, "X-Request-ID": "trace-77"}
+    job = (await client.post("/v1/jobs", headers=headers, json=add_sub_job())).json()
+    body = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 1}
+    r = await a.post("lease", body)
+    assert r.status_code == 200, r.text
+    [leased] = r.json()["jobs"]
+    assert leased["id"] == job["id"] and leased["request_id"] == "trace-77"
