@@ -26,6 +26,7 @@ from runner.credentials import load_or_create_secret
 from runner.gpu import GpuReader, Nvml
 from runner.heartbeat import Heartbeat
 from runner.identity import Identity, StartupError
+from runner.joblogs import JobLogs
 from runner.jobloop import JobLoop
 from runner.model_manager import ModelManager
 from runner.model_sync import Downloader, triton_gpu_map
@@ -106,6 +107,7 @@ class Daemon:
             read_gpus=gpus.read,
             busy=self._busy_models,
         )
+        self.job_logs = JobLogs() if settings.job_logs else None
         self.jobs = JobLoop(
             self.state,
             self.client,
@@ -113,6 +115,8 @@ class Daemon:
             backend.engine,
             self.models,
             verify=self.ssl_context,
+            job_logs=self.job_logs,
+            model_output=getattr(backend, "output_between", None) if settings.job_logs else None,
         )
         self.channel = DispatchChannel(
             self.state,
@@ -234,6 +238,8 @@ class Daemon:
         """Run until a stop is requested; returns the exit code."""
         if install_signals:
             self._install_signals()
+        if self.job_logs is not None:
+            logging.getLogger().addHandler(self.job_logs)
         if self.settings.status_enabled:
             await self._start_status()
         loops_stop = asyncio.Event()
@@ -280,6 +286,8 @@ class Daemon:
                 await asyncio.wait_for(self.heartbeat.beat_once(), 5)
             return 0
         finally:
+            if self.job_logs is not None:
+                logging.getLogger().removeHandler(self.job_logs)
             loops_stop.set()
             await self._stop_tasks()
             await self._stop_backend()

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,6 +50,7 @@ from runner.cp_client import (
     Unauthorized,
 )
 from runner.identity import Identity
+from runner.joblogs import JobLogs, cap, model_lines
 from runner.model_manager import ModelManager
 from runner.state import InflightJob, RunnerState, wait_event
 from runner.tensors import TensorError
@@ -91,6 +92,7 @@ def _item(job_id: str, req: CompleteRequest) -> CompleteItem:
         outputs_ref=req.outputs_ref,
         error=req.error,
         timings=req.timings,
+        logs=req.logs,
     )
 
 
@@ -238,7 +240,12 @@ class JobLoop:
         *,
         rng: Callable[[], float] = random.random,
         verify: ssl.SSLContext | bool = True,
+        job_logs: JobLogs | None = None,
+        model_output: Callable[[float, float], Awaitable[str]] | None = None,
     ) -> None:
+        # per-job logs (runner/joblogs.py): the runner's lines, Triton's output in the run
+        self._job_logs = job_logs
+        self._model_output = model_output
         self._verify = verify  # TLS of presigned bucket URLs
         self._state = state
         self._client = client
@@ -331,12 +338,16 @@ class JobLoop:
     async def _run_job(self, job: LeasedJob) -> None:
         # this task's log lines name the job and the submit's request id (gpufleet._logs)
         bind(job=job.id, model=job.model, request_id=job.request_id)
+        if self._job_logs is not None:  # from here on, this job's lines are kept for it
+            self._job_logs.open(job.id)
         log.info("job %s started: model %s version %s", job.id, job.model, job.model_version)
         entry = self._state.inflight.get(job.id)
         extender = asyncio.create_task(self._extend_loop(job))
         started = time.perf_counter()
+        wall_start = time.time()
         try:
             req = await self._execute(job, started)
+            req = await self._with_logs(job.id, req, wall_start)
         except asyncio.CancelledError:
             if entry is not None and entry.lease_lost:
                 self._state.counters.leases_lost += 1
@@ -350,6 +361,8 @@ class JobLoop:
             log.warning("job %s abandoned (shutdown): its lease will expire and requeue", job.id)
             raise
         finally:
+            if self._job_logs is not None:
+                self._job_logs.close(job.id)  # (already closed when sent with the result)
             extender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await extender
@@ -395,6 +408,15 @@ class JobLoop:
             outputs_ref=outputs_ref,
             timings=timings,
         )
+
+    async def _with_logs(self, job_id: str, req: CompleteRequest, since: float) -> CompleteRequest:
+        """``req`` with the job's logs: the runner's lines, then Triton's output while it ran."""
+        if self._job_logs is None:
+            return req
+        lines = self._job_logs.close(job_id)
+        if self._model_output is not None:
+            lines += model_lines(await self._model_output(since, time.time()))
+        return req.model_copy(update={"logs": cap(lines)}) if lines else req
 
     def _lease_token(self, job: LeasedJob) -> str:
         entry = self._state.inflight.get(job.id)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.wire import (
+    MAX_JOB_LOG_CHARS,
     TERMINAL_STATUSES,
     CompleteItem,
     CompleteItemResult,
@@ -47,6 +48,7 @@ from gpufleet.wire import (
     ErrorInfo,
     ExtendResponse,
     JobList,
+    JobLogs,
     JobRequest,
     JobView,
     LeasedJob,
@@ -806,6 +808,8 @@ class JobService:
             error = {"code": "failed", "message": "the runner reported a failure"}
         started = job.started_at or t
         run_ms, run_info = run_timings(job, req.timings, (t - started) * 1000)
+        if req.logs:  # kept in the bucket beside large outputs; the record keeps the key
+            run_info = {**(run_info or {}), "logs_ref": self._store_logs(job, req)}
         return Finish(
             job=job,
             lease_token=req.lease_token,
@@ -816,6 +820,31 @@ class JobService:
             run_ms=run_ms,
             run_info=run_info,
         )
+
+    def _store_logs(self, job: JobRecord, req: Completion) -> str:
+        """The result's logs in the bucket (at most ``MAX_JOB_LOG_CHARS``, the newest kept);
+        their key, which the job's ``run_info`` keeps."""
+        text = req.logs or ""
+        truncated = len(text) > MAX_JOB_LOG_CHARS
+        if truncated:
+            text = text[-MAX_JOB_LOG_CHARS:]
+        tag = hashlib.sha256(req.lease_token.encode()).hexdigest()[:16]
+        ref = f"{RESULTS_PREFIX}{job.id}/{tag}/logs.json"
+        self._blobs.put_json(ref, {"logs": text, "truncated": truncated})
+        return ref
+
+    def logs(self, p: Principal, job_id: str) -> JobLogs:
+        """``GET /v1/jobs/{id}/logs``: the logs its runner sent with its result (empty until
+        it has one, or when the runner sent none); 404 where ``get`` would be."""
+        p.require("jobs:read")
+        job = self._load(p, job_id)
+        ref = (job.run_info or {}).get("logs_ref")
+        out = JobLogs(id=job.id, status=job.status)  # type: ignore[arg-type]
+        if ref:
+            doc = self._blobs.get_json(ref) or {}
+            out.logs = str(doc.get("logs") or "")
+            out.truncated = bool(doc.get("truncated"))
+        return out
 
     def _store_outputs(self, job: JobRecord, req: Completion) -> tuple[str | None, str | None]:
         if req.outputs_ref is not None:

@@ -24,6 +24,7 @@ from gpufleet.wire import (
     ApiKeyCreated,
     ApiKeyView,
     DeploymentView,
+    JobLogs,
     JobRequest,
     JobView,
     JoinTokenCreated,
@@ -212,6 +213,10 @@ class AsyncClient:
     async def get(self, job_id: str) -> JobView:
         """The job's current state."""
         return await self._run(_ops.get(self._core, job_id))
+
+    async def logs(self, job_id: str) -> JobLogs:
+        """The job's logs (see ``Client.logs``)."""
+        return await self._run(_ops.logs(self._core, job_id))
 
     async def wait(
         self,

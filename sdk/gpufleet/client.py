@@ -26,6 +26,7 @@ from gpufleet.wire import (
     ApiKeyCreated,
     ApiKeyView,
     DeploymentView,
+    JobLogs,
     JobRequest,
     JobView,
     JoinTokenCreated,
@@ -233,6 +234,11 @@ class Client:
     def cancel(self, job_id: str) -> JobView:
         """Cancel a job (``ConflictError`` when it has already finished)."""
         return self._run(_ops.cancel(self._core, job_id))
+
+    def logs(self, job_id: str) -> JobLogs:
+        """The job's logs (``.logs``: its runner's lines about it and what the model printed
+        while it ran, kept with the job once it finished; empty before)."""
+        return self._run(_ops.logs(self._core, job_id))
 
     def list(
         self,

@@ -464,6 +464,19 @@ class ExtendResponse(Response):
     lease_expires_at: str
 
 
+MAX_JOB_LOG_CHARS = 256 * 1024  # of a job's logs kept by the control plane (the newest)
+
+
+class JobLogs(Response):
+    """``GET /v1/jobs/{id}/logs``: what the runner said about the job and what the model
+    printed while it ran (``runner | …`` and ``model  | …`` lines), kept with the job."""
+
+    id: str
+    status: JobStatus
+    logs: str = ""
+    truncated: bool = False
+
+
 class CompleteRequest(Strict):
     api_version: Literal["v1"] = API_VERSION
     lease_token: str
@@ -472,6 +485,9 @@ class CompleteRequest(Strict):
     outputs_ref: str | None = None
     error: ErrorInfo | None = None
     timings: dict[str, float] | None = None
+    # the job's logs (the runner's lines about it, the model's output while it ran); the
+    # control plane keeps the last MAX_JOB_LOG_CHARS (runners send at most 64 KiB)
+    logs: str | None = None
 
 
 class CompleteResponse(Response):
@@ -492,6 +508,7 @@ class CompleteItem(Strict):
     outputs_ref: str | None = None
     error: ErrorInfo | None = None
     timings: dict[str, float] | None = None
+    logs: str | None = None
 
 
 class BatchCompleteRequest(Strict):

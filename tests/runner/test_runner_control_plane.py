@@ -248,6 +248,10 @@ def test_cli_daemon_status_and_sigterm(
         assert status["models"][0]["state"] == "READY"
         job_id = control_plane.submit([1, 2, 3, 4], [4, 3, 2, 1], request_id="req-follow-me")
         assert control_plane.wait(job_id)["status"] == "SUCCEEDED"
+        # the runner's lines about the job came with its result (per-job logs)
+        logs = control_plane.http.get(f"/v1/jobs/{job_id}/logs").json()
+        assert f"job {job_id} started" in logs["logs"], logs
+        assert all(line.startswith("runner | ") for line in logs["logs"].splitlines()), logs
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
