@@ -93,9 +93,16 @@ class Identity:
             join_token=token.get_secret_value(),
             name=self._settings.name,
             region=self._settings.region,
-            labels=self._settings.labels,
+            labels=self._labels(),
             gpus=self._gpus(),
         )
+
+    def _labels(self) -> dict[str, str]:
+        """The configured labels; a mock runner says so (the control plane gives it no work
+        unless an admin allows mock runners)."""
+        if self._settings.backend == "mock":
+            return {**self._settings.labels, "gpufleet.backend": "mock"}
+        return dict(self._settings.labels)
 
     def _registered(self, runner_id: str, secret: str) -> Credentials:
         creds = Credentials(runner_id, secret, self._client.base_url)

@@ -60,6 +60,7 @@ MAX_LEASE_JOBS = 100
 COMPLETE_RETRIES = 5
 MIN_EMPTY_POLL_S = 0.25
 NO_MODEL_WAIT_S = 0.1
+REFUSED_RETRY_S = 30.0  # after a 403 to a lease (this runner is given no jobs)
 BATCH_ROUTE_RETRY_S = 300.0  # after a 404 (an older control plane): single completes this long
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # of results' JSON per batch (the control plane's body limit
 # is 8 MiB by default; inline outputs are up to ~256 KiB each, so 100 of them would not fit)
@@ -273,6 +274,14 @@ class JobLoop:
             except Unauthorized:
                 await self._identity.invalidate(creds)
             except Exception as exc:
+                if isinstance(exc, ControlPlaneError) and exc.status == 403:
+                    # refused work (a mock runner in a fleet that does not allow them): say
+                    # why once, and ask again now and then (an admin may allow it)
+                    if self._state.last_error != f"lease: {exc}":
+                        log.warning("the control plane gives this runner no jobs: %s", exc)
+                    self._state.last_error = f"lease: {exc}"
+                    await wait_event(stop, REFUSED_RETRY_S)
+                    continue
                 self._state.last_error = f"lease: {exc}"
                 log.warning("lease cycle failed; retry in ~%.1fs", backoff, exc_info=True)
                 await wait_event(stop, backoff * (0.5 + random.random()))

@@ -48,6 +48,7 @@ from control_plane.errors import InvalidRequest, NotFound
 from control_plane.services import placement as pl
 from control_plane.services.models import ModelService, object_key
 from control_plane.services.principal import Principal
+from control_plane.services.runners import is_mock
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
@@ -136,6 +137,7 @@ class DeploymentService:
         # something differently: the runners connected here are told to heartbeat at once
         # (``Dispatcher.wake_all``) instead of at their next interval.
         self.on_change: list[Callable[[], None]] = []
+        self.allow_mock_runners = True  # False: runners on the mock backend are not placed on
         self._cold_checked: dict[str, float] = {}  # model -> when job_queued last decided
 
     # ------------------------------------------------------------------ API
@@ -311,6 +313,7 @@ class DeploymentService:
             and last is not None
             and t - last <= self._offline_after_s
             and not r.config.get("drain")
+            and (self.allow_mock_runners or not is_mock(r))  # a refused mock runner: no work
         )
 
     def _runner_input(self, r: RunnerRecord, t: float) -> pl.RunnerInput:
@@ -532,6 +535,7 @@ def build_deployment_service(
             cooldown_s=settings.scale_cooldown_s,
         ),
     )
+    svc.allow_mock_runners = settings.allow_mock_runners
     runners.desired_models = svc.desired_models
     jobs.waiting_reason = svc.waiting_reason
     jobs.lease_offers = svc.lease_offers

@@ -233,6 +233,19 @@ class RunnerService:
         self._store.ping()
 
 
+MOCK_LABEL = "gpufleet.backend"  # a runner on the mock backend registers with it set to "mock"
+MOCK_REFUSED = (
+    "this runner runs the mock backend (made-up answers, no Triton): it takes no jobs from "
+    "this fleet unless an admin allows mock runners (GPUFLEET_ALLOW_MOCK_RUNNERS=true on "
+    "the control plane)"
+)
+
+
+def is_mock(rec: RunnerRecord) -> bool:
+    """The runner runs the mock backend (its registration label, or its last heartbeat)."""
+    return rec.labels.get(MOCK_LABEL) == "mock" or rec.triton.get("backend") == "mock"
+
+
 def _ready(m: dict[str, object]) -> bool:
     state = m.get("state")
     return str(getattr(state, "value", state)) == "READY"
