@@ -76,7 +76,7 @@ DDL: list[str] = [
     "CREATE INDEX IF NOT EXISTS jobs_by_tenant_model ON jobs (tenant, model, created_key)",
 ]
 
-# Schema version 4 (``schema.MIGRATIONS``): how the run went (cold start, load and runner
+# Schema version 5 (``schema.MIGRATIONS``): how the run went (cold start, load and runner
 # times), JSON, written with the result.
 DDL_RUN_INFO: list[str] = ["ALTER TABLE jobs ADD COLUMN run_info TEXT"]
 

@@ -34,7 +34,8 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     2: [*rollups.DDL],  # the console's per-minute rollups
     3: [*capacity.DDL],  # the capacity autoscaler (pools, decision, log)
-    4: [*jobs.DDL_RUN_INFO],  # jobs.run_info (cold start, load and runner times)
+    # 4 is jobs.commits on main (the soak's exactly-once check): merged beside this one
+    5: [*jobs.DDL_RUN_INFO],  # jobs.run_info (cold start, load and runner times)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
