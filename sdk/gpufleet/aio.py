@@ -270,6 +270,7 @@ class AsyncClient:
         inputs: _ops.Inputs,
         version: str | None = None,
         timeout: float | None = 600.0,
+        progress: _ops.WaitProgress | None = None,
         **submit_args: Any,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Synchronous inference: ``{"OUTPUT0": array, …}``.
@@ -280,14 +281,18 @@ class AsyncClient:
         raises :class:`~gpufleet.errors.APIError` (400 inputs refused, 500 model error, 504
         ``timeout``). With job options (``priority``, ``webhook``, ``tags``, ``ttl_s``, …)
         it submits a durable job and waits for it; then :class:`JobFailedError` (with the
-        job's error) reports a FAILED, TIMED_OUT or CANCELLED job."""
-        if set(submit_args) <= {"outputs", "parameters"}:
+        job's error) reports a FAILED, TIMED_OUT or CANCELLED job.
+
+        ``progress(job, elapsed_s)`` (as :meth:`wait` takes it) makes the call a job too, so
+        that its wait can be reported: status and ``waiting_reason`` (a cold start, no
+        runner, …) after each poll, and changes logged on the ``gpufleet`` logger."""
+        if progress is None and set(submit_args) <= {"outputs", "parameters"}:
             return await self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,
                            submit_args.get("outputs"), submit_args.get("parameters"))
             )  # fmt: skip
         job = await self.submit(model, inputs, model_version=version, **submit_args)
-        return await self.outputs(await self.wait(job.id, timeout=timeout))
+        return await self.outputs(await self.wait(job.id, timeout=timeout, progress=progress))
 
 
 class AsyncModels:
