@@ -49,17 +49,17 @@ def cap(lines: list[str], limit: int = MAX_JOB_LOG_BYTES) -> str:
 
 
 class JobLogs(logging.Handler):
-    """Collects the log lines of the jobs that are open (see the module docstring)."""
+    """Collects the log lines of the jobs started and not yet taken (see the module docstring)."""
 
     def __init__(self, limit: int = MAX_JOB_LOG_BYTES) -> None:
         super().__init__(logging.INFO)
         self._limit = limit
         self._open: dict[str, _Buffer] = {}
 
-    def open(self, job_id: str) -> None:
+    def start(self, job_id: str) -> None:
         self._open[job_id] = _Buffer()
 
-    def close(self, job_id: str) -> list[str]:
+    def take(self, job_id: str) -> list[str]:
         """The runner's lines of ``job_id`` (prefixed), and stop collecting them."""
         buf = self._open.pop(job_id, None)
         if buf is None:

@@ -348,7 +348,7 @@ class JobLoop:
         # this task's log lines name the job and the submit's request id (gpufleet._logs)
         bind(job=job.id, model=job.model, request_id=job.request_id)
         if self._job_logs is not None:  # from here on, this job's lines are kept for it
-            self._job_logs.open(job.id)
+            self._job_logs.start(job.id)
         log.info("job %s started: model %s version %s", job.id, job.model, job.model_version)
         entry = self._state.inflight.get(job.id)
         extender = asyncio.create_task(self._extend_loop(job))
@@ -371,7 +371,7 @@ class JobLoop:
             raise
         finally:
             if self._job_logs is not None:
-                self._job_logs.close(job.id)  # (already closed when sent with the result)
+                self._job_logs.take(job.id)  # (already taken when sent with the result)
             extender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await extender
@@ -422,7 +422,7 @@ class JobLoop:
         """``req`` with the job's logs: the runner's lines, then Triton's output while it ran."""
         if self._job_logs is None:
             return req
-        lines = self._job_logs.close(job_id)
+        lines = self._job_logs.take(job_id)
         if self._model_output is not None:
             lines += model_lines(await self._model_output(since, time.time()))
         return req.model_copy(update={"logs": cap(lines)}) if lines else req

@@ -58,7 +58,7 @@ def _run_fields(info: dict[str, Any] | None) -> dict[str, Any]:
 
 def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRecord:
     """A QUEUED job record for ``req`` (the request body kept for the runner)."""
-    request = {
+    request: dict[str, Any] = {
         "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
         "outputs": [o.model_dump(exclude_none=True) for o in req.outputs]
         if req.outputs is not None

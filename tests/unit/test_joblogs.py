@@ -17,7 +17,7 @@ def test_lines_of_an_open_job_are_kept_for_it_only() -> None:
     log.setLevel(logging.INFO)
     log.addHandler(handler)
     try:
-        handler.open("job_1")
+        handler.start("job_1")
 
         async def job(job_id: str, text: str) -> None:
             bind(job=job_id)  # as the job loop does for each job's task
@@ -31,22 +31,22 @@ def test_lines_of_an_open_job_are_kept_for_it_only() -> None:
 
         asyncio.run(both())
         log.info("no job bound here")
-        lines = handler.close("job_1")
+        lines = handler.take("job_1")
         assert len(lines) == 1 and lines[0].startswith("runner | ") and lines[0].endswith(" one")
         assert " INFO " in lines[0]
-        assert handler.close("job_1") == []  # closed
+        assert handler.take("job_1") == []  # closed
     finally:
         log.removeHandler(handler)
 
 
 def test_a_jobs_lines_are_capped_to_the_newest() -> None:
     handler = JobLogs(limit=200)
-    handler.open("job_1")
+    handler.start("job_1")
     for i in range(50):
         record = logging.LogRecord("x", logging.INFO, __file__, 1, "line %d", (i,), None)
         record.job = "job_1"
         handler.emit(record)
-    lines = handler.close("job_1")
+    lines = handler.take("job_1")
     assert lines[0].startswith("runner | … (earlier lines dropped")
     assert lines[-1].endswith("line 49") and sum(len(x) + 1 for x in lines[1:]) <= 200
 
