@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TRITON_CPU_IMAGE ?= gpufleet/tritonserver-cpu:2.51
 PYTEST_ARGS ?=
 
-.PHONY: install dev demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane clean
+.PHONY: install dev demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane control-plane-image clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,9 +57,13 @@ bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_perf_analyzer.py
 	$(PY) bench/bench_capacity.py
+	$(PY) bench/bench_cold_start.py
 
 soak: install ## 10,000 jobs per store under runner/control-plane kills and a store pause; a table
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+control-plane-image: ## the control-plane container image (IMAGE=…, BASE_IMAGE=…; Dockerfile.control-plane)
+	bash scripts/build-control-plane-image.sh
 
 deploy-control-plane: dev ## STACK=name [REGION=…] deploy iac/ with CloudFormation
 	$(PY) scripts/deploy_control_plane.py --stack $(STACK) $(if $(REGION),--region $(REGION))

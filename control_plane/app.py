@@ -61,6 +61,7 @@ from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.store_marker import StoreMarker
 from control_plane.services.streams import StreamService
 from control_plane.services.throttle import FailureThrottle
+from control_plane.services.wakeups import model_key
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
@@ -159,6 +160,22 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload)
         if st.streams is not None
         else None
+    )
+
+    def _newly_ready(runner_id: str, names: list[str]) -> None:
+        for name in names:  # leases held back until that heartbeat look again
+            jobs.wakeups.notify(model_key(name))
+        jobs.runner_readied(runner_id)
+
+    runners.on_ready.append(_newly_ready)
+    if dispatch is not None:  # runners connected here heartbeat at once after a change
+        deployments.on_change.append(dispatch.wake_all)
+    jobs.on_record_transition.append(
+        lambda rec, _view, previous: (
+            deployments.job_queued(rec.model)
+            if previous is None and rec.status == "QUEUED"
+            else None
+        )
     )
     rollups = None
     if st.rollups is not None:

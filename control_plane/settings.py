@@ -390,6 +390,11 @@ class Settings(BaseSettings):
         default=None, description="Auto Scaling / EC2 endpoint of the aws-asg provider (tests)."
     )
 
+    allow_mock_runners: bool = Field(
+        default=False,
+        description="Let runners on the mock backend (made-up answers, no Triton) take jobs and "
+        "dispatched requests. Off: they register and heartbeat, and are given no work.",
+    )
     # webhooks
     webhooks_allow_loopback: bool = Field(
         default=False, description="Allow loopback webhook targets (tests, single host)."

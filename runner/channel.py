@@ -23,10 +23,12 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from gpufleet import signing
+from gpufleet._logs import bind
 from gpufleet.channel import Outbox, pack_frame, unpack_frames
 from gpufleet.wire import OutputRequest, Tensor
 from websockets.asyncio.client import ClientConnection, connect
@@ -79,6 +81,8 @@ class DispatchChannel:
         self.calls_made = 0
         self.served = 0  # answers, passthrough included
         self.passed_through = 0  # answers to KServe requests passed through untouched
+        # Called on a ``wake`` frame (the placement changed): the daemon heartbeats at once.
+        self.on_wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:
@@ -195,6 +199,9 @@ class DispatchChannel:
             task = asyncio.create_task(self._handle_stream(msg))
             tasks[req_id] = task
             task.add_done_callback(functools.partial(_forget, tasks, req_id))
+        elif kind == "wake":
+            if self.on_wake is not None:
+                self.on_wake()
         elif kind == "cancel":  # also ends a stream: cancelling it cancels the Triton request
             running = tasks.get(int(msg.get("id", -1)))
             if running is not None:
@@ -265,6 +272,7 @@ class DispatchChannel:
 
     async def _handle(self, msg: dict[str, Any], received: float) -> None:
         req_id = msg["id"]
+        bind(request_id=msg.get("request_id"), model=msg.get("model"))  # this task's lines
         self._state.dispatch_inflight += 1
         reply: dict[str, Any]
         try:
@@ -372,6 +380,7 @@ class DispatchChannel:
         """A passthrough request: the caller's KServe bytes to Triton as they are, Triton's
         answer bytes back in a binary frame (no tensor is decoded here)."""
         req_id = msg["id"]
+        bind(request_id=msg.get("request_id"), model=msg.get("model"))  # this task's lines
         engine = self._engine
         self._state.dispatch_inflight += 1
         frame: str | bytes

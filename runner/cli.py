@@ -283,19 +283,44 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False,
 ) -> None:
     """Health, GPUs, Triton state, loaded models and jobs in flight of the local daemon."""
-    status_port = port if port is not None else _settings(config).status_port
+    settings = _settings(config)
+    status_port = port if port is not None else settings.status_port
     url = f"http://127.0.0.1:{status_port}/status"
     try:
         resp = httpx.get(url, timeout=5)
         resp.raise_for_status()
-    except httpx.HTTPError as exc:
-        console.print(f"[red]no runner answering at {url}:[/red] {exc}")
+        data = resp.json()
+        if not isinstance(data, dict) or "health" not in data:
+            raise ValueError("not a runner's status")
+    except (httpx.HTTPError, ValueError) as exc:
+        reason = _not_answering(exc, status_port, settings)
+        if as_json:
+            typer.echo(json.dumps({"health": "down", "reason": reason}, indent=2))
+        else:
+            console.print(f"[red]health down:[/red] {reason}")
         raise typer.Exit(1) from exc
-    data = resp.json()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     _render_status(data)
+
+
+def _not_answering(exc: Exception, port: int, settings: RunnerSettings) -> str:
+    """Why ``status`` got no runner's status, and what to do, in words."""
+    if isinstance(exc, httpx.ConnectError):
+        what = f"no runner is running here (nothing listens on 127.0.0.1:{port})"
+    elif isinstance(exc, httpx.TimeoutException):
+        what = f"the program on 127.0.0.1:{port} did not answer within 5 s"
+    else:
+        what = f"the program on 127.0.0.1:{port} is not a gpufleet runner ({exc})"
+    hint = (
+        "start it with `gpufleet-runner start` (or its service: systemctl/docker), or pass "
+        "--port / --config if it uses another status port"
+    )
+    creds = load_credentials(settings.credentials_file)
+    if creds is not None:
+        hint += f"; this host was runner {creds.runner_id} of {creds.control_plane_url}"
+    return f"{what}: {hint}"
 
 
 def _render_status(data: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import httpx
-from gpufleet._logs import bind
 from gpufleet.tls import check_url, client_context
 
 from runner.backends.base import TritonBackend
@@ -29,6 +28,7 @@ from runner.direct import DirectServer, TicketVerifier, stop_quietly, tls_contex
 from runner.gpu import GpuReader, Nvml
 from runner.heartbeat import Heartbeat
 from runner.identity import Identity, StartupError
+from runner.joblogs import JobLogs
 from runner.jobloop import JobLoop
 from runner.model_manager import ModelManager
 from runner.model_sync import Downloader, triton_gpu_map
@@ -109,6 +109,7 @@ class Daemon:
             read_gpus=gpus.read,
             busy=self._busy_models,
         )
+        self.job_logs = JobLogs() if settings.job_logs else None
         self.jobs = JobLoop(
             self.state,
             self.client,
@@ -116,6 +117,8 @@ class Daemon:
             backend.engine,
             self.models,
             verify=self.ssl_context,
+            job_logs=self.job_logs,
+            model_output=getattr(backend, "output_between", None) if settings.job_logs else None,
         )
         self.channel = DispatchChannel(
             self.state,
@@ -148,6 +151,7 @@ class Daemon:
             self.jobs,
             info,
         )
+        self.channel.on_wake = self.heartbeat.wake  # a placement change: heartbeat now
         self.supervisor = Supervisor(settings, backend, self.models, self.state)
         self.status = StatusServer(self.snapshot, settings.status_port)
         self.shutdown = asyncio.Event()
@@ -278,6 +282,8 @@ class Daemon:
         """Run until a stop is requested; returns the exit code."""
         if install_signals:
             self._install_signals()
+        if self.job_logs is not None:
+            logging.getLogger().addHandler(self.job_logs)
         if self.settings.status_enabled:
             await self._start_status()
         loops_stop = asyncio.Event()
@@ -287,7 +293,6 @@ class Daemon:
             await self.identity.ensure(self.shutdown, first_try=True)
             if self.shutdown.is_set():
                 return 0
-            bind(runner=self.identity.runner_id)  # on the lines of every loop spawned below
             self.state.gpus = await asyncio.to_thread(self.gpus.read)
             if self.backend.kind == "docker":  # Triton numbers the GPUs it was given from 0
                 self.models.gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)
@@ -337,6 +342,8 @@ class Daemon:
                 await asyncio.wait_for(self.heartbeat.beat_once(), 5)
             return 0
         finally:
+            if self.job_logs is not None:
+                logging.getLogger().removeHandler(self.job_logs)
             loops_stop.set()
             await self._stop_tasks()
             if self.direct_grpc is not None:

@@ -19,6 +19,7 @@ from runner.model_manager import ModelManager
 from runner.state import RunnerState, wait_event
 
 log = logging.getLogger(__name__)
+MODEL_WATCH_S = 0.1  # how often a waiting heartbeat looks for model state changes
 
 
 class Heartbeat:
@@ -44,9 +45,30 @@ class Heartbeat:
         self._jobs = jobs
         self._backend_info = backend_info or {}
         self._rtt_ms: float | None = None
+        self._wake = asyncio.Event()
+        self._sent_models: object = None  # the model states the last heartbeat carried
+
+    def wake(self) -> None:
+        """Heartbeat now (the control plane's placement changed: a ``wake`` frame)."""
+        self._wake.set()
+
+    def _models_key(self) -> object:
+        return sorted((s.name, s.version, s.state) for s in self._models.states())
+
+    async def _pause(self, stop: asyncio.Event, wait_s: float) -> None:
+        """Until the next heartbeat: ``wait_s``, or sooner when woken or when a model's state
+        changed (a version READY is reported at once: leases of it wait for that report)."""
+        deadline = time.monotonic() + wait_s
+        while not stop.is_set() and not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._models_key() != self._sent_models:
+                return
+            await wait_event(self._wake, min(left, MODEL_WATCH_S))
 
     async def build(self) -> HeartbeatRequest:
         """Readings taken now (NVML in a thread; Triton's metrics scraped)."""
+        self._wake.clear()
+        self._sent_models = self._models_key()
         self._state.gpus = await asyncio.to_thread(self._gpus.read)
         triton = await self._engine.metrics()
         self._state.triton_metrics = triton
@@ -116,4 +138,4 @@ class Heartbeat:
                 )
                 wait = backoff * (0.5 + random.random())
                 backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
-            await wait_event(stop, wait)
+            await self._pause(stop, wait)

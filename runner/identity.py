@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 
+from gpufleet._logs import bind_process
 from gpufleet.wire import GpuInfo, RegisterRequest
 from pydantic import ValidationError
 
@@ -77,6 +78,7 @@ class Identity:
             stored = load_credentials(path)
             if stored is not None and stored.control_plane_url == self._client.base_url:
                 self._client.credentials = stored
+                bind_process(runner=stored.runner_id)
                 log.info("using stored credentials of runner %s", stored.runner_id)
                 return stored
             if first_try:
@@ -91,14 +93,22 @@ class Identity:
             join_token=token.get_secret_value(),
             name=self._settings.name,
             region=self._settings.region,
-            labels=self._settings.labels,
+            labels=self._labels(),
             gpus=self._gpus(),
         )
+
+    def _labels(self) -> dict[str, str]:
+        """The configured labels; a mock runner says so (the control plane gives it no work
+        unless an admin allows mock runners)."""
+        if self._settings.backend == "mock":
+            return {**self._settings.labels, "gpufleet.backend": "mock"}
+        return dict(self._settings.labels)
 
     def _registered(self, runner_id: str, secret: str) -> Credentials:
         creds = Credentials(runner_id, secret, self._client.base_url)
         save_credentials(self._settings.credentials_file, creds)
         self._client.credentials = creds
+        bind_process(runner=runner_id)  # every line from now on, of every loop, names it
         self._registered_at = time.monotonic()
         log.info("registered as runner %s (%s)", runner_id, self._settings.name)
         return creds

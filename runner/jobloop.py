@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,6 +50,7 @@ from runner.cp_client import (
     Unauthorized,
 )
 from runner.identity import Identity
+from runner.joblogs import JobLogs, cap, model_lines
 from runner.model_manager import ModelManager
 from runner.state import InflightJob, RunnerState, wait_event
 from runner.streaming import ChunkSender, join_responses
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 MAX_LEASE_JOBS = 100
 COMPLETE_RETRIES = 5
 MIN_EMPTY_POLL_S = 0.25
+NO_MODEL_WAIT_S = 0.1
+REFUSED_RETRY_S = 30.0  # after a 403 to a lease (this runner is given no jobs)
 BATCH_ROUTE_RETRY_S = 300.0  # after a 404 (an older control plane): single completes this long
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # of results' JSON per batch (the control plane's body limit
 # is 8 MiB by default; inline outputs are up to ~256 KiB each, so 100 of them would not fit)
@@ -91,6 +94,7 @@ def _item(job_id: str, req: CompleteRequest) -> CompleteItem:
         outputs_ref=req.outputs_ref,
         error=req.error,
         timings=req.timings,
+        logs=req.logs,
     )
 
 
@@ -238,7 +242,12 @@ class JobLoop:
         *,
         rng: Callable[[], float] = random.random,
         verify: ssl.SSLContext | bool = True,
+        job_logs: JobLogs | None = None,
+        model_output: Callable[[float, float], Awaitable[str]] | None = None,
     ) -> None:
+        # per-job logs (runner/joblogs.py): the runner's lines, Triton's output in the run
+        self._job_logs = job_logs
+        self._model_output = model_output
         self._verify = verify  # TLS of presigned bucket URLs
         self._state = state
         self._client = client
@@ -266,6 +275,14 @@ class JobLoop:
             except Unauthorized:
                 await self._identity.invalidate(creds)
             except Exception as exc:
+                if isinstance(exc, ControlPlaneError) and exc.status == 403:
+                    # refused work (a mock runner in a fleet that does not allow them): say
+                    # why once, and ask again now and then (an admin may allow it)
+                    if self._state.last_error != f"lease: {exc}":
+                        log.warning("the control plane gives this runner no jobs: %s", exc)
+                    self._state.last_error = f"lease: {exc}"
+                    await wait_event(stop, REFUSED_RETRY_S)
+                    continue
                 self._state.last_error = f"lease: {exc}"
                 log.warning("lease cycle failed; retry in ~%.1fs", backoff, exc_info=True)
                 await wait_event(stop, backoff * (0.5 + random.random()))
@@ -286,8 +303,8 @@ class JobLoop:
             await wait_event(self._state.triton_ready, 1.0)
             return False
         refs = self._models.ready_refs()
-        if not refs:
-            await wait_event(stop, 1.0)
+        if not refs:  # looked at again soon: a cold start leases as soon as a model is READY
+            await wait_event(stop, NO_MODEL_WAIT_S)
             return False
         if cfg.acceptance_rate < 1.0 and self._rng() >= cfg.acceptance_rate:
             await wait_event(stop, min(1.0, max(cfg.lease_wait_s, 0.1)))
@@ -329,13 +346,18 @@ class JobLoop:
         self._state.slot_freed.set()
 
     async def _run_job(self, job: LeasedJob) -> None:
-        bind(job=job.id, model=job.model)  # this task's log lines name the job (gpufleet._logs)
+        # this task's log lines name the job and the submit's request id (gpufleet._logs)
+        bind(job=job.id, model=job.model, request_id=job.request_id)
+        if self._job_logs is not None:  # from here on, this job's lines are kept for it
+            self._job_logs.start(job.id)
         log.info("job %s started: model %s version %s", job.id, job.model, job.model_version)
         entry = self._state.inflight.get(job.id)
         extender = asyncio.create_task(self._extend_loop(job))
         started = time.perf_counter()
+        wall_start = time.time()
         try:
             req = await self._execute(job, started)
+            req = await self._with_logs(job.id, req, wall_start)
         except asyncio.CancelledError:
             if entry is not None and entry.lease_lost:
                 self._state.counters.leases_lost += 1
@@ -349,6 +371,8 @@ class JobLoop:
             log.warning("job %s abandoned (shutdown): its lease will expire and requeue", job.id)
             raise
         finally:
+            if self._job_logs is not None:
+                self._job_logs.take(job.id)  # (already taken when sent with the result)
             extender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await extender
@@ -378,18 +402,31 @@ class JobLoop:
             (inferred - fetched) * 1000,
             total_ms,
         )
+        timings = {  # receive: inputs ready (payload fetch), triton, send: outputs stored
+            "receive_ms": round((fetched - started) * 1000, 3),
+            "triton_ms": round((inferred - fetched) * 1000, 3),
+            "send_ms": round((time.perf_counter() - inferred) * 1000, 3),
+            "total_ms": round(total_ms, 3),
+        }
+        load = self._models.loads.get((job.model, job.model_version))
+        if load is not None:  # the control plane marks a job that waited for this load
+            timings["load_ms"], timings["loaded_at"] = round(load[0], 3), round(load[1], 3)
         return CompleteRequest(
             lease_token=token,
             status="SUCCEEDED",
             outputs=inline,
             outputs_ref=outputs_ref,
-            timings={  # receive: inputs ready (payload fetch), triton, send: outputs stored
-                "receive_ms": round((fetched - started) * 1000, 3),
-                "triton_ms": round((inferred - fetched) * 1000, 3),
-                "send_ms": round((time.perf_counter() - inferred) * 1000, 3),
-                "total_ms": round(total_ms, 3),
-            },
+            timings=timings,
         )
+
+    async def _with_logs(self, job_id: str, req: CompleteRequest, since: float) -> CompleteRequest:
+        """``req`` with the job's logs: the runner's lines, then Triton's output while it ran."""
+        if self._job_logs is None:
+            return req
+        lines = self._job_logs.take(job_id)
+        if self._model_output is not None:
+            lines += model_lines(await self._model_output(since, time.time()))
+        return req.model_copy(update={"logs": cap(lines)}) if lines else req
 
     def _lease_token(self, job: LeasedJob) -> str:
         entry = self._state.inflight.get(job.id)

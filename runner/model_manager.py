@@ -185,6 +185,9 @@ class ModelManager:
         # model name -> what was last installed (reloaded after a Triton restart)
         self._installed: dict[str, _Installed] = {}
         self._unreachable = False  # a load failed because Triton did not answer
+        # (name, version) -> (Triton's load time in ms, when it became READY: epoch s); sent
+        # with each job's timings so the control plane marks the jobs that waited for a load
+        self.loads: dict[tuple[str, str], tuple[float, float]] = {}
         self._manifest_path = state_dir / MANIFEST if state_dir is not None else None
         self._synced: set[str] = self._read_manifest()
 
@@ -458,6 +461,7 @@ class ModelManager:
             error = str(exc)
             self._unreachable = self._unreachable or exc.transient
             log.error("loading model %s failed: %s", name, error)
+        load_ms = (time.monotonic() - started) * 1000
         after = await self._gpu_used_mb(gpus)
         new = [v for v in versions if v not in previously]
         nvml_mb = None
@@ -476,6 +480,8 @@ class ModelManager:
             self._states[(name, v)] = ModelState(
                 name=name, version=v, state="READY", memory_mb=memory
             )
+            if v in new:
+                self.loads[(name, v)] = (load_ms, time.time())
         log.info(
             "model %s versions %s loaded in %.1fs (%s)",
             name,
@@ -518,16 +524,21 @@ class ModelManager:
         for key in [k for k in self._states if k[0] == model.name and k[1] != model.version]:
             del self._states[key]
         self._set(model.name, model.version, "LOADING")
+        started = time.monotonic()
         try:
             await self._engine.load_model(model.name)
+            load_ms = (time.monotonic() - started) * 1000
             ready = await self._engine.model_ready(model.name, model.version)
         except InferError as exc:
             log.error("loading model %s failed: %s", model.name, exc)
             self._set(model.name, model.version, "UNAVAILABLE", str(exc))
             return
         if ready:
-            log.info("model %s version %s READY", model.name, model.version)
+            log.info(
+                "model %s version %s READY (loaded in %.0f ms)", model.name, model.version, load_ms
+            )
             self._set(model.name, model.version, "READY")
+            self.loads[(model.name, model.version)] = (load_ms, time.time())
         else:
             reason = f"version {model.version} not ready after load"
             log.error("model %s: %s", model.name, reason)

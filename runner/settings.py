@@ -186,6 +186,11 @@ class RunnerSettings(BaseSettings):
     lease_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM: time in-flight jobs get to finish."
     )
+    job_logs: bool = Field(
+        default=True,
+        description="Send each job's logs with its result (the runner's lines about the job, "
+        "and Triton's output during its run with the docker backend: one Docker call per job).",
+    )
     keep_triton_on_exit: bool = Field(
         default=False,
         description="On a clean stop leave Triton running (a restarted runner adopts it).",

@@ -70,7 +70,10 @@ fi
 echo "demo: backend = $BACKEND"
 
 # ---- control plane (embedded store: SQLite + local blobs in the demo's temporary directory)
-$PY -m control_plane serve --embedded --data-dir "$WORK/data" --host 127.0.0.1 --port "$CP_PORT" \
+# A fleet gives mock runners no work unless allowed: the demo's own mock runner is.
+ALLOW_MOCK=false
+if [ "$BACKEND" = mock ]; then ALLOW_MOCK=true; fi
+GPUFLEET_ALLOW_MOCK_RUNNERS=$ALLOW_MOCK $PY -m control_plane serve --embedded --data-dir "$WORK/data" --host 127.0.0.1 --port "$CP_PORT" \
   --admin-key-file "$WORK/admin.key" >"$WORK/control-plane.log" 2>&1 &
 PIDS+=($!)
 URL="http://127.0.0.1:$CP_PORT"

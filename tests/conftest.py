@@ -33,6 +33,10 @@ from tests.helpers.blob_host import BlobHost, blob_app
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Many tests run mock runners (made-up answers) against a control plane built in this process
+# (Settings() reads the environment); a fleet refuses them work unless allowed. Tests of the
+# refusal set allow_mock_runners=False themselves.
+os.environ.setdefault("GPUFLEET_ALLOW_MOCK_RUNNERS", "true")
 
 STORE_KINDS = ["sqlite", "dynamodb"]
 TEST_JWT_SECRET = "test-signing-key-0123456789abcdef0123456789"

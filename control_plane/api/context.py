@@ -23,6 +23,7 @@ from gpufleet.wire import (
     DeploymentView,
     ExtendResponse,
     JobList,
+    JobLogs,
     JobRequest,
     JobView,
     LeaseRequest,
@@ -71,6 +72,7 @@ class JobsPort(Protocol):
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
     ) -> JobList: ...
     def cancel(self, p: Principal, job_id: str) -> JobView: ...
+    def logs(self, p: Principal, job_id: str) -> JobLogs: ...
     async def lease(
         self, runner_id: str, region: str | None, req: LeaseRequest
     ) -> LeaseResponse: ...

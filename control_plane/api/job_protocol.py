@@ -22,7 +22,8 @@ from gpufleet.wire import (
 )
 
 from control_plane.api.context import Services
-from control_plane.errors import Unavailable
+from control_plane.errors import Forbidden, Unavailable
+from control_plane.services.runners import MOCK_REFUSED, is_mock
 from control_plane.storage.protocols_auth import RunnerRecord
 
 __all__ = ["append_chunks", "complete_jobs", "lease_jobs"]
@@ -39,6 +40,8 @@ async def lease_jobs(
     by settings). ``guard`` wraps the long poll (the HTTP route abandons it when the runner
     hangs up). ``state`` is the app's state (metrics)."""
     start = time.perf_counter()
+    if is_mock(runner) and not svc.settings.allow_mock_runners:
+        raise Forbidden(MOCK_REFUSED)
     if svc.runners.config_of(runner).drain:
         out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
     else:

@@ -22,6 +22,7 @@ import math
 import re
 from typing import Any
 
+from gpufleet._logs import bind
 from gpufleet.wire import (
     NAME_PATTERN,
     VERSION_PATTERN,
@@ -314,6 +315,7 @@ async def infer(request: Request) -> Response:
     p.require("jobs:write")  # before the body is looked at: 403, not a 422, for a viewer
     svc = services(request)
     model, version = _model_path(request)
+    bind(model=model)  # log lines about this request name the model (then the job)
     body = await request.body()
     if IDEMPOTENCY_HEADER.lower() not in request.headers:
         answer = await _passthrough(request, svc, p, model, version, body)

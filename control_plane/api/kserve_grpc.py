@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from gpufleet._logs import bind
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
 from pydantic import ValidationError
@@ -58,6 +59,7 @@ from control_plane.api.kserve_wire import (
     V2InferResponse,
     to_model_metadata,
 )
+from control_plane.api.request_id import request_id_of
 from control_plane.api.routes_system import package_version
 from control_plane.errors import (
     GpufleetError,
@@ -156,6 +158,12 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        # x-request-id as over HTTP: the caller's (when safe) or a new one, on this call's
+        # log lines (and the job's, on its runner) and back in the trailing metadata
+        given = dict(context.invocation_metadata() or ()).get("x-request-id")
+        rid = request_id_of(given if isinstance(given, (str, bytes)) else None)
+        bind(request_id=rid, tenant=None, job=None, runner=None, model=None)
+        context.set_trailing_metadata((("x-request-id", rid),))
         try:
             return await handler(self, request, context)
         except GpufleetError as exc:
@@ -174,7 +182,7 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             (("retry-after", str(max(1, failure.retry_after))),)
             if isinstance(failure, RateLimited)
             else ()
-        )
+        ) + (("x-request-id", rid),)
         await context.abort(status, failure.message, trailers)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
@@ -439,6 +447,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
+        bind(model=model)  # log lines about this call name the model (then the job)
         if self._svc.inference is not None and not _uses_shared_memory(request):
 
             def build(name: str, resolved: str) -> RawRequest:

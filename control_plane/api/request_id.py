@@ -14,6 +14,12 @@ HEADER = b"x-request-id"
 _SAFE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def request_id_of(given: bytes | str | None) -> str:
+    """The client's id when it is safe (1-128 of ``[A-Za-z0-9._:-]``), else a new one."""
+    raw = given.encode() if isinstance(given, str) else (given or b"")
+    return raw.decode() if _SAFE.match(raw) else f"req_{secrets.token_hex(8)}"
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

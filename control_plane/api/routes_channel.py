@@ -41,6 +41,7 @@ from control_plane.api.errors import STATUS_BY_CODE, validation_details
 from control_plane.api.job_protocol import append_chunks, complete_jobs, lease_jobs
 from control_plane.errors import GpufleetError, InvalidRequest, Unauthorized
 from control_plane.services.dispatch import Channel, Dispatcher
+from control_plane.services.runners import MOCK_REFUSED, is_mock
 from control_plane.storage.protocols_auth import RunnerRecord
 
 log = logging.getLogger(__name__)
@@ -187,9 +188,12 @@ async def channel(ws: WebSocket) -> None:
             call.add_done_callback(calls.discard)
         elif kind in ("hello", "models"):
             raw = msg.get("raw")
+            refused = is_mock(runner.rec) and not svc.settings.allow_mock_runners
+            if refused and kind == "hello":
+                log.warning("runner %s: %s", runner_id, MOCK_REFUSED)
             dispatcher.update(
                 ch,
-                _models(msg),
+                frozenset() if refused else _models(msg),  # a mock runner: nothing routed
                 int(msg.get("capacity") or 1),
                 bool(msg.get("draining", False)),
                 frozenset(str(r) for r in raw) if isinstance(raw, list) else frozenset(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from gpufleet._logs import bind
 from gpufleet.wire import InferRequest, InferResponse, JobRequest, Tensor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +27,7 @@ async def infer(request: Request) -> Response:
     assert svc.inference is not None
     body = await read_model(request, InferRequest)
     model = request.path_params["model"]
+    bind(model=model)  # log lines about this request name the model (then the job)
     try:
         job = JobRequest(
             model=model,

@@ -9,6 +9,7 @@ from gpufleet.wire import (
     BatchJobRequest,
     JobAccepted,
     JobList,
+    JobLogs,
     JobRequest,
     JobStatus,
     JobView,
@@ -128,6 +129,13 @@ async def cancel_job(request: Request) -> Response:
     return send(await run_in_threadpool(services(request).jobs.cancel, p, job_id))
 
 
+async def job_logs(request: Request) -> Response:
+    p = principal(request)
+    job_id = request.path_params["job_id"]
+    bind(job=job_id)
+    return send(await run_in_threadpool(services(request).jobs.logs, p, job_id))
+
+
 ROUTES: list[DocumentedRoute] = [
     route(
         "POST",
@@ -182,5 +190,13 @@ ROUTES: list[DocumentedRoute] = [
     ),
     route(
         "POST", "/v1/jobs/{job_id}/cancel", cancel_job, "Cancel a job (409 if terminal)", JobView
+    ),
+    route(
+        "GET",
+        "/v1/jobs/{job_id}/logs",
+        job_logs,
+        "The job's logs: its runner's lines about it and what the model printed while it ran "
+        "(sent with the result, up to 64 KiB; empty before)",
+        JobLogs,
     ),
 ]

@@ -52,6 +52,7 @@ from control_plane.services.models import ModelService
 from control_plane.services.principal import Principal
 from control_plane.services.region_copies import RegionCopies
 from control_plane.services.regions import RegionDefaults, RegionPolicy, check_region
+from control_plane.services.runners import is_mock
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
@@ -141,6 +142,12 @@ class DeploymentService:
         self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
         self._region_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self.copies = RegionCopies(blobs, self.region_buckets, presign_ttl_s)
+        # Called (no arguments, any thread) when this replica stores a decision that places
+        # something differently: the runners connected here are told to heartbeat at once
+        # (``Dispatcher.wake_all``) instead of at their next interval.
+        self.on_change: list[Callable[[], None]] = []
+        self.allow_mock_runners = True  # False: runners on the mock backend are not placed on
+        self._cold_checked: dict[str, float] = {}  # model -> when job_queued last decided
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -305,8 +312,35 @@ class DeploymentService:
         }
         if self._store.save_plan(doc, t, rec.revision if rec else 0):
             self._implicit = frozenset(implicit)
+            if _placements(plans) != _placements(previous):
+                self._changed()
             return plans
         return self._remember(self._store.get_plan())  # another replica decided meanwhile
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            try:
+                hook()
+            except Exception:
+                log.warning("deployment change hook failed", exc_info=True)
+
+    def job_queued(self, model: str) -> None:
+        """A job of ``model`` was queued: when the model's deployment has no replica (min 0,
+        or an implicit one), decide now instead of at the next stale heartbeat, so the cold
+        start begins at once (at most once per ``interval_s`` per model)."""
+        t = self._now()
+        if t - self._cold_checked.get(model, float("-inf")) < self._interval_s:
+            return
+        self._cold_checked[model] = t
+        rec = self._store.get_plan()
+        plan = plans_of(rec).get(model)
+        if plan is not None and plan.assignments:
+            return  # placed already: runners load it or serve it
+        if self._store.get_deployment(model) is None:
+            return
+        if not any(self.healthy(r, t) for r in self._runners()):
+            return  # nobody to place it on: the first heartbeat decides
+        self.reconcile(force=True)
 
     def _remember(self, rec: PlanRecord | None) -> dict[str, pl.ModelPlan]:
         """The plans of ``rec``, keeping its implicit names for ``desired_models``."""
@@ -335,6 +369,7 @@ class DeploymentService:
             and last is not None
             and t - last <= self._offline_after_s
             and not r.config.get("drain")
+            and (self.allow_mock_runners or not is_mock(r))  # a refused mock runner: no work
         )
 
     def _runner_input(self, r: RunnerRecord, t: float) -> pl.RunnerInput:
@@ -489,6 +524,14 @@ class DeploymentService:
         return f"no replica of {what} is placed{where}"
 
 
+def _placements(plans: dict[str, pl.ModelPlan]) -> dict[str, list[tuple[str, str, Any]]]:
+    """Who serves what in a decision (replica counts and reasons aside)."""
+    return {
+        name: sorted((a.runner_id, a.version, a.gpu) for a in plan.assignments)
+        for name, plan in plans.items()
+    }
+
+
 def _served_unplaced(
     name: str, runners: list[pl.RunnerInput], previous: dict[str, pl.ModelPlan]
 ) -> bool:
@@ -547,6 +590,7 @@ def build_deployment_service(
             cooldown_s=settings.scale_cooldown_s,
         ),
     )
+    svc.allow_mock_runners = settings.allow_mock_runners
     runners.desired_models = svc.desired_models
 
     def copy_to_regions(rec: ModelVersionRecord) -> None:

@@ -48,6 +48,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpufleet._logs import context as log_context
 from gpufleet.channel import pack_frame
 
 from control_plane.errors import GpufleetError, RateLimited, Timeout, Unavailable
@@ -145,11 +146,35 @@ class Dispatcher:
         self.on_result: list[Callable[[str, str, str, float], None]] = []
         # (model, the runner's stage timings in ms: receive, triton, total) per answer
         self.on_timings: list[Callable[[str, dict[str, Any]], None]] = []
+        self._wakes: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ channels
     def attach(self, channel: Channel) -> None:
+        self._loop = asyncio.get_running_loop()
         self._channels.add(channel)
         self._index()
+
+    def wake_all(self) -> None:
+        """Ask every runner connected here to heartbeat now (a ``wake`` frame): the placement
+        changed, so their desired models did. Callable from any thread."""
+        loop = getattr(self, "_loop", None)
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._send_wakes()
+        else:
+            loop.call_soon_threadsafe(self._send_wakes)
+
+    def _send_wakes(self) -> None:
+        for ch in list(self._channels):
+            if not ch.closed:
+                task = asyncio.ensure_future(_send_quietly(ch, '{"type":"wake"}'))
+                self._wakes.add(task)
+                task.add_done_callback(self._wakes.discard)
 
     def update(
         self,
@@ -360,6 +385,9 @@ class Dispatcher:
             "version": version,
             "timeout_s": timeout_s,
         }
+        request_id = log_context["request_id"].get()
+        if request_id:  # the runner's lines about this request carry it
+            head["request_id"] = request_id
         frame: str | bytes
         if isinstance(request, RawRequest):
             frame = pack_frame({**head, "protocol": request.protocol, **request.meta}, request.body)
@@ -482,3 +510,9 @@ class Dispatcher:
         fut = channel.pending.get(msg.get("id", -1))
         if fut is not None and not fut.done():
             fut.set_result(msg)
+
+
+async def _send_quietly(ch: Channel, frame: str) -> None:
+    """A frame nobody waits an answer for (a channel closing meanwhile drops it)."""
+    with contextlib.suppress(Exception):
+        await ch.send(frame)

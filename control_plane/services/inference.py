@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from gpufleet._logs import bind
 from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
 
@@ -209,6 +210,7 @@ class InferenceService:
         on_submit: Any,
     ) -> InferResult:
         view, created = await self._jobs.offload(self._jobs.submit, p, req, idempotency_key)
+        bind(job=view.id)  # the request's later lines name its job
         if created and on_submit is not None:
             on_submit(req.model)
         view = await self._wait(p, view.id, wait_s)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
+from gpufleet._logs import context as log_context
 from gpufleet.wire import ErrorInfo, JobRequest, JobView, LeasedJob, OutputRequest, Tensor
 
 from control_plane.clock import iso
@@ -45,12 +47,20 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
         outputs=outputs,
         outputs_url=url,
         error=ErrorInfo(**job.error) if job.error else None,
+        **_run_fields(job.run_info),
     )
+
+
+def _run_fields(info: dict[str, Any] | None) -> dict[str, Any]:
+    """``cold_start``, ``load_ms`` and ``runner_ms`` of a finished run (when reported)."""
+    if not info:
+        return {}
+    return {k: info[k] for k in ("cold_start", "load_ms", "runner_ms") if k in info}
 
 
 def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRecord:
     """A QUEUED job record for ``req`` (the request body kept for the runner)."""
-    request = {
+    request: dict[str, Any] = {
         "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
         "outputs": [o.model_dump(exclude_none=True) for o in req.outputs]
         if req.outputs is not None
@@ -64,6 +74,9 @@ def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRe
             "spill_after_s": req.spill_after_s,
         },
     }
+    request_id = log_context["request_id"].get()
+    if request_id:  # the submit's X-Request-ID travels with the job to its runner
+        request["request_id"] = request_id
     return JobRecord(
         id=job_id,
         tenant=p.tenant,
@@ -97,4 +110,5 @@ def leased_job(job: JobRecord) -> LeasedJob:
         timeout_s=job.timeout_s,
         attempt=job.attempts,
         deadline_at=iso(job.deadline),
+        request_id=job.request.get("request_id"),
     )

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.wire import (
+    MAX_JOB_LOG_CHARS,
     TERMINAL_STATUSES,
     CompleteItem,
     CompleteItemResult,
@@ -47,6 +48,7 @@ from gpufleet.wire import (
     ErrorInfo,
     ExtendResponse,
     JobList,
+    JobLogs,
     JobRequest,
     JobView,
     LeasedJob,
@@ -80,7 +82,13 @@ from control_plane.services.quotas import QuotaService
 from control_plane.services.regions import RegionPolicy, RegionService, static_region_fits
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
-from control_plane.services.wakeups import Wakeups, job_key, model_key, sleep_or_wake
+from control_plane.services.wakeups import (
+    Wakeups,
+    job_key,
+    model_key,
+    runner_key,
+    sleep_or_wake,
+)
 from control_plane.settings import Settings
 from control_plane.storage import budget as storage_budget
 from control_plane.storage.definitions import RESULTS_PREFIX
@@ -234,6 +242,7 @@ class JobService:
         self.quotas = QuotaService(settings, limits)
         self.on_record_transition.append(self.quotas.job_transition)
         self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
+        self._readied: dict[str, int] = {}  # runner id -> heartbeats with a newly READY model
 
     # ------------------------------------------------------------------ views and hooks
     def view(self, job: JobRecord) -> JobView:
@@ -706,8 +715,14 @@ class JobService:
         deadline = time.monotonic() + wait_s
         asked = req.models
         first = True
-        with self.wakeups.watch(model_key(m.name) for m in asked) as queued:
+        # a heartbeat of this runner reporting a newly READY model ends the poll (an empty
+        # answer): the runner asks again at once, offering that model too (cold starts)
+        readied = self._readied.get(runner_id, 0)
+        keys = [*(model_key(m.name) for m in asked), runner_key(runner_id)]
+        with self.wakeups.watch(keys) as queued:
             while True:
+                if self._readied.get(runner_id, 0) != readied:
+                    return LeaseResponse(jobs=[])
                 queued.clear()  # before the read: a job queued after it wakes us
                 storage_budget.renew()  # each round of a long poll has its own budget
                 usable = self.runner_usable
@@ -725,6 +740,12 @@ class JobService:
                 if jobs or left <= 0:
                     return LeaseResponse(jobs=jobs)
                 await sleep_or_wake(queued, min(self._settings.poll_interval_s, left))
+
+    def runner_readied(self, runner_id: str) -> None:
+        """A heartbeat of ``runner_id`` reported a model READY that was not: its lease long
+        poll on this replica answers now, so it asks again offering that model too."""
+        self._readied[runner_id] = self._readied.get(runner_id, 0) + 1
+        self.wakeups.notify(runner_key(runner_id))
 
     def _candidates(
         self, offers: dict[str, set[str]], region: str | None, want: int
@@ -905,6 +926,9 @@ class JobService:
         if req.status == "FAILED" and error is None:
             error = {"code": "failed", "message": "the runner reported a failure"}
         started = job.started_at or t
+        run_ms, run_info = run_timings(job, req.timings, (t - started) * 1000)
+        if req.logs:  # kept in the bucket beside large outputs; the record keeps the key
+            run_info = {**(run_info or {}), "logs_ref": self._store_logs(job, req)}
         return Finish(
             job=job,
             lease_token=req.lease_token,
@@ -912,8 +936,34 @@ class JobService:
             outputs_json=outputs_json,
             outputs_ref=outputs_ref,
             error=error,
-            run_ms=int((t - started) * 1000),
+            run_ms=run_ms,
+            run_info=run_info,
         )
+
+    def _store_logs(self, job: JobRecord, req: Completion) -> str:
+        """The result's logs in the bucket (at most ``MAX_JOB_LOG_CHARS``, the newest kept);
+        their key, which the job's ``run_info`` keeps."""
+        text = req.logs or ""
+        truncated = len(text) > MAX_JOB_LOG_CHARS
+        if truncated:
+            text = text[-MAX_JOB_LOG_CHARS:]
+        tag = hashlib.sha256(req.lease_token.encode()).hexdigest()[:16]
+        ref = f"{RESULTS_PREFIX}{job.id}/{tag}/logs.json"
+        self._blobs.put_json(ref, {"logs": text, "truncated": truncated})
+        return ref
+
+    def logs(self, p: Principal, job_id: str) -> JobLogs:
+        """``GET /v1/jobs/{id}/logs``: the logs its runner sent with its result (empty until
+        it has one, or when the runner sent none); 404 where ``get`` would be."""
+        p.require("jobs:read")
+        job = self._load(p, job_id)
+        ref = (job.run_info or {}).get("logs_ref")
+        out = JobLogs(id=job.id, status=job.status)  # type: ignore[arg-type]
+        if ref:
+            doc = self._blobs.get_json(ref) or {}
+            out.logs = str(doc.get("logs") or "")
+            out.truncated = bool(doc.get("truncated"))
+        return out
 
     def _store_outputs(self, job: JobRecord, req: Completion) -> tuple[str | None, str | None]:
         if req.outputs_ref is not None:
@@ -978,6 +1028,28 @@ class JobService:
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
+
+
+def run_timings(
+    job: JobRecord, timings: dict[str, float] | None, wall_ms: float
+) -> tuple[int, dict[str, Any] | None]:
+    """``run_ms`` and the run's details from the runner's ``timings``.
+
+    ``run_ms`` is the model's own time (``triton_ms``: Triton's compute as the runner timed
+    it) when reported, else the lease-to-commit wall time. ``runner_ms`` is the rest of that
+    wall time (lease and complete transport, payload fetch and upload). ``cold_start``: the
+    version was loaded on the runner (``loaded_at``, epoch seconds) after the job was
+    submitted, so the job waited for the load; ``load_ms`` is that load's duration."""
+    if not timings or "triton_ms" not in timings:
+        return int(wall_ms), None
+    triton_ms = float(timings["triton_ms"])
+    info: dict[str, Any] = {"runner_ms": max(0, round(wall_ms - triton_ms))}
+    loaded_at = timings.get("loaded_at")
+    if loaded_at is not None:
+        info["cold_start"] = float(loaded_at) > job.created_at
+        if info["cold_start"] and timings.get("load_ms") is not None:
+            info["load_ms"] = round(float(timings["load_ms"]))
+    return round(triton_ms), info
 
 
 def _log_commit(job: JobRecord, runner_id: str) -> None:

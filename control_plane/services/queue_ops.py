@@ -71,6 +71,7 @@ class Finish:
     outputs_ref: str | None = None
     error: dict[str, Any] | None = None
     run_ms: int | None = None
+    run_info: dict[str, Any] | None = None
 
 
 class QueueOps:
@@ -278,6 +279,7 @@ class QueueOps:
                         outputs_ref=f.outputs_ref,
                         error=f.error,
                         run_ms=f.run_ms,
+                        run_info=f.run_info,
                     )
                 )
             ended = [f.job for f, rec in zip(finishes, done, strict=True) if rec is not None]

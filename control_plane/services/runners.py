@@ -82,6 +82,9 @@ class RunnerService:
         # the defaults show a non-admin no model and no job).
         self.models_of: Callable[[str], set[str]] = lambda _tenant: set()
         self.jobs_of: Callable[[str, list[str]], list[str]] = lambda _tenant, _ids: []
+        # Called with the model names a heartbeat newly reports READY (its lease long polls,
+        # which offer only what the last heartbeat said is READY, look again at once).
+        self.on_ready: list[Callable[[str, list[str]], None]] = []
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest, client: str | None = None) -> RegisterResponse:
@@ -216,6 +219,13 @@ class RunnerService:
             raise Unauthorized("runner revoked")
         if req.rtt_ms is not None and self.observe_rtt is not None:
             self.observe_rtt(rec.region, req.rtt_ms)
+        if self.on_ready:
+            was = {(m.get("name"), m.get("version")) for m in runner.models if _ready(m)}
+            new = {
+                m.name for m in req.models if m.state == "READY" and (m.name, m.version) not in was
+            }
+            for hook in self.on_ready if new else ():
+                hook(runner.id, sorted(new))
         cancel = self._cancelled_among(list(req.running_jobs)) if req.running_jobs else []
         # None (no deployment anywhere, or no placement wired): the runner keeps its models.
         desired = self.desired_models(rec) if self.desired_models is not None else None
@@ -321,3 +331,21 @@ class RunnerService:
 
     def ping(self) -> None:
         self._store.ping()
+
+
+MOCK_LABEL = "gpufleet.backend"  # a runner on the mock backend registers with it set to "mock"
+MOCK_REFUSED = (
+    "this runner runs the mock backend (made-up answers, no Triton): it takes no jobs from "
+    "this fleet unless an admin allows mock runners (GPUFLEET_ALLOW_MOCK_RUNNERS=true on "
+    "the control plane)"
+)
+
+
+def is_mock(rec: RunnerRecord) -> bool:
+    """The runner runs the mock backend (its registration label, or its last heartbeat)."""
+    return rec.labels.get(MOCK_LABEL) == "mock" or rec.triton.get("backend") == "mock"
+
+
+def _ready(m: dict[str, object]) -> bool:
+    state = m.get("state")
+    return str(getattr(state, "value", state)) == "READY"

@@ -23,6 +23,8 @@ lost condition, never a wrong transition).
 
 from __future__ import annotations
 
+from gpufleet._logs import bind
+
 from control_plane.clock import now
 from control_plane.services.queue_ops import Notify, QueueOps
 from control_plane.settings import Settings
@@ -55,7 +57,13 @@ class Sweeper:
                 for i in range(0, len(due), MARKERS_PER_PAGE):  # reads close to the writes
                     page = due[i : i + MARKERS_PER_PAGE]
                     jobs = self._store.jobs.get_jobs([m.job_id for m in page])
-                    stale = [(m.shard, m.sk) for m in page if handle(m, jobs.get(m.job_id), counts)]
+                    stale = []
+                    for m in page:
+                        job = jobs.get(m.job_id)
+                        bind(job=m.job_id, model=job.model if job else None)  # its log lines
+                        if handle(m, job, counts):
+                            stale.append((m.shard, m.sk))
+                    bind(job=None, model=None)
                     self._store.queue.delete_markers(stale)
         return counts
 

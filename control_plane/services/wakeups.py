@@ -8,7 +8,8 @@ loop. Storage stays the only truth: a wake-up only triggers a re-read, and chang
 other replicas are still seen at the next poll.
 
 Keys: ``job:<id>`` (any transition of that job) and ``model:<name>`` (a job of that model was
-queued or requeued). ``notify`` may be called from any thread.
+queued or requeued) and ``runner:<id>`` (the runner reported a model newly READY: its lease
+poll ends so that it offers the model). ``notify`` may be called from any thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
-__all__ = ["Wakeups", "job_key", "model_key"]
+__all__ = ["Wakeups", "job_key", "model_key", "runner_key"]
 
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
 
@@ -30,6 +31,10 @@ def job_key(job_id: str) -> str:
 
 def model_key(model: str) -> str:
     return f"model:{model}"
+
+
+def runner_key(runner_id: str) -> str:
+    return f"runner:{runner_id}"
 
 
 class Wakeups:

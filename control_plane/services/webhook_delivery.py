@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gpufleet._logs import bind
+
 from control_plane.clock import new_id
 from control_plane.services.webhook_records import AttemptRecord, Claim, DueRef, WebhookStore
 from control_plane.services.webhook_sender import Sender, SendError
@@ -174,6 +176,7 @@ class WebhookWorker:
     async def attempt(self, claim: Claim) -> str:
         """Make one claimed attempt and record it; returns the delivery's new state."""
         d = claim.delivery
+        bind(job=d.job_id)  # this attempt's log lines name the job (its own task)
         started = self._clock()
         outcome = await self._send(claim)
         ended = self._clock()

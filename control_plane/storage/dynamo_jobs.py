@@ -123,6 +123,7 @@ def from_item(item: dict[str, Any]) -> JobRecord:
         error=get_j(item, "error"),
         run_ms=get_i(item, "run_ms") if "run_ms" in item else None,
         commits=get_i(item, "commits"),
+        run_info=get_j(item, "run_info"),
     )
 
 
@@ -413,10 +414,13 @@ class DynamoJobStore:
         error: dict[str, Any] | None = None,
         run_ms: int | None = None,
         expired_before: float | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
         the lease expired by then, for the sweep)."""
         sets: dict[str, Any] = {"status": s(status), "finished_at": n(now)}
+        if run_info is not None:
+            sets["run_info"] = j(run_info)
         if outputs_json is not None:
             sets["outputs"] = s(outputs_json)
         if outputs_ref is not None:

@@ -72,6 +72,8 @@ class JobRecord:
     # from RUNNING, 0 for one that ended queued. Written in the same conditional write as the
     # terminal status, so a second commit of one job would show here (the soak checks it).
     commits: int = 0
+    # how the run went, from the runner's timings: cold_start, load_ms, runner_ms
+    run_info: dict[str, Any] | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -277,6 +279,7 @@ class JobTable(Protocol):
         error: dict[str, Any] | None = None,
         run_ms: int | None = None,
         expired_before: float | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """RUNNING -> ``status`` iff the job is RUNNING under ``lease_token`` (and, with
         ``expired_before``, iff ``lease_expires_at <= expired_before``: the sweep's check).

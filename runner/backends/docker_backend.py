@@ -204,6 +204,25 @@ class DockerBackend:
         except Exception as exc:
             return f"<logs unavailable: {exc}>"
 
+    def _output_between_sync(self, start: float, end: float) -> str:
+        container = self._container
+        if container is None:
+            return ""
+        raw = container.logs(stdout=True, stderr=True, since=start, until=end, timestamps=True)
+        out = []
+        for line in raw.decode(errors="replace").splitlines():
+            stamp, _, text = line.partition(" ")  # RFC 3339 with nanoseconds, then the line
+            out.append(f"{stamp[11:23]} {text}" if len(stamp) >= 23 else line)
+        return "\n".join(out)
+
+    async def output_between(self, start: float, end: float) -> str:
+        """Triton's output (stdout and stderr: what models printed, Triton's own lines)
+        between two wall-clock times, each line with its time (per-job logs)."""
+        try:
+            return await asyncio.to_thread(self._output_between_sync, start, end)
+        except Exception as exc:
+            return f"<Triton's output unavailable: {exc}>"
+
     def _stop_sync(self, why: str) -> None:
         container, self._container = self._container, None
         if container is None:

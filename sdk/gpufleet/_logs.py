@@ -22,10 +22,23 @@ context: dict[str, contextvars.ContextVar[str | None]] = {
 QUIET = ("httpx", "httpcore", "botocore", "urllib3", "werkzeug", "websockets")
 
 
+# Process-wide values, used where the context has none (the runner's id: known only once it
+# registers, which may be after its loops started, and again after a re-registration).
+defaults: dict[str, str | None] = {}
+
+
 def bind(**values: str | None) -> None:
     """Set context fields for what runs next in this task or thread."""
     for name, value in values.items():
         context[name].set(value)
+
+
+def bind_process(**values: str | None) -> None:
+    """Set fields for every line of this process that has no value of its own for them."""
+    for name, value in values.items():
+        if name not in context:
+            raise ValueError(f"unknown log field {name!r}")
+        defaults[name] = value
 
 
 class ContextFilter(logging.Filter):
@@ -34,7 +47,7 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for name, var in context.items():
             if getattr(record, name, None) is None:
-                setattr(record, name, var.get())
+                setattr(record, name, var.get() or defaults.get(name))
         return True
 
 

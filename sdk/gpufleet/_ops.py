@@ -40,6 +40,7 @@ from gpufleet.wire import (
     InferResponse,
     JobAccepted,
     JobList,
+    JobLogs,
     JobRequest,
     JobView,
     JoinTokenCreate,
@@ -359,6 +360,11 @@ def get(core: Core, job_id: str, wait_s: float = 0.0) -> Op[JobView]:
         "GET", f"/v1/jobs/{seg(job_id)}", params=params, timeout=core.timeout + wait_s
     )
     return JobView.model_validate(resp.json())
+
+
+def logs(core: Core, job_id: str) -> Op[JobLogs]:
+    resp = yield from core.request("GET", f"/v1/jobs/{seg(job_id)}/logs")
+    return JobLogs.model_validate(resp.json())
 
 
 #: ``progress(job, elapsed_s)``: called while :func:`wait` waits, after each poll.

@@ -37,6 +37,7 @@ from gpufleet.wire import (
     ApiKeyRotated,
     ApiKeyView,
     DeploymentView,
+    JobLogs,
     JobRequest,
     JobView,
     JoinTokenCreated,
@@ -241,6 +242,10 @@ class AsyncClient:
         """The job's current state."""
         return await self._run(_ops.get(self._core, job_id))
 
+    async def logs(self, job_id: str) -> JobLogs:
+        """The job's logs (see ``Client.logs``)."""
+        return await self._run(_ops.logs(self._core, job_id))
+
     async def wait(
         self,
         job_id: str,
@@ -299,6 +304,7 @@ class AsyncClient:
         timeout: float | None = 600.0,
         *,
         direct: bool = False,
+        progress: _ops.WaitProgress | None = None,
         **submit_args: Any,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Synchronous inference: ``{"OUTPUT0": array, …}``.
@@ -314,7 +320,11 @@ class AsyncClient:
         ``direct=True`` (docs/direct.md): sent straight to a runner serving the model with a
         ticket from the control plane (cached, renewed before it expires; ``region``
         prefers a runner there), falling back to the control plane when no runner offers
-        direct mode, the runner is unreachable or it refuses the ticket."""
+        direct mode, the runner is unreachable or it refuses the ticket.
+
+        ``progress(job, elapsed_s)`` (as :meth:`wait` takes it) makes the call a job too, so
+        that its wait can be reported: status and ``waiting_reason`` (a cold start, no
+        runner, …) after each poll, and changes logged on the ``gpufleet`` logger."""
         if direct:  # straight to a runner with a ticket (docs/direct.md)
             if not set(submit_args) <= {"outputs", "parameters", "region"}:
                 extra = sorted(set(submit_args) - {"outputs", "parameters", "region"})
@@ -324,14 +334,19 @@ class AsyncClient:
                              submit_args.get("outputs"), submit_args.get("parameters"),
                              submit_args.get("region"))
             )  # fmt: skip
-        if set(submit_args) <= {"outputs", "parameters", "region", "regions_allowed"}:
+        if progress is None and set(submit_args) <= {
+            "outputs",
+            "parameters",
+            "region",
+            "regions_allowed",
+        }:
             return await self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,
                            submit_args.get("outputs"), submit_args.get("parameters"),
                            submit_args.get("region"), submit_args.get("regions_allowed"))
             )  # fmt: skip
         job = await self.submit(model, inputs, model_version=version, **submit_args)
-        return await self.outputs(await self.wait(job.id, timeout=timeout))
+        return await self.outputs(await self.wait(job.id, timeout=timeout, progress=progress))
 
     # ------------------------------------------------------------------ streaming
 

@@ -24,6 +24,7 @@ several such frames back to back::
                              stream {id, model, version, inputs, outputs, parameters,
                                      timeout_s}  (decoupled models: many responses)
                              cancel {id}  (also ends a ``stream``: Triton cancels it)
+                             wake {}  (the placement changed: heartbeat now)
                              reply {rid, status, body | error}  (to lease / complete)
 
 ``lease``, ``complete`` and ``chunks`` are the job protocol's HTTP calls

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +365,24 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
     """Cancel a job (exit 5 when it has already finished)."""
     state: State = ctx.obj
     state.output.record(state.client().cancel(job_id), title=job_id)
+
+
+@jobs_app.command("logs")
+@handled
+def jobs_logs(ctx: typer.Context, job_id: str) -> None:
+    """Show a job's logs: its runner's lines about it and what the model printed while it
+    ran (kept with the job once it finished)."""
+    state: State = ctx.obj
+    found = state.client().logs(job_id)
+    if state.output.json:
+        state.output.emit_json(found)
+        return
+    if found.truncated:
+        state.output.err.print("(the logs were longer: the oldest lines were dropped)")
+    if not found.logs:
+        state.output.err.print(f"no logs for {job_id} ({found.status})")
+        return
+    sys.stdout.write(found.logs if found.logs.endswith("\n") else found.logs + "\n")
 
 
 @jobs_app.command("list")

@@ -39,6 +39,7 @@ from gpufleet.wire import (
     ApiKeyRotated,
     ApiKeyView,
     DeploymentView,
+    JobLogs,
     JobRequest,
     JobView,
     JoinTokenCreated,
@@ -266,6 +267,11 @@ class Client:
         """Your tenant's quotas and its queued and running jobs (docs/quotas.md)."""
         return self._run(_ops.my_quota(self._core))
 
+    def logs(self, job_id: str) -> JobLogs:
+        """The job's logs (``.logs``: its runner's lines about it and what the model printed
+        while it ran, kept with the job once it finished; empty before)."""
+        return self._run(_ops.logs(self._core, job_id))
+
     def list(
         self,
         status: str | None = None,
@@ -301,6 +307,7 @@ class Client:
         timeout: float | None = 600.0,
         *,
         direct: bool = False,
+        progress: _ops.WaitProgress | None = None,
         **submit_args: Any,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Synchronous inference: ``{"OUTPUT0": array, …}``.
@@ -316,7 +323,11 @@ class Client:
         ``direct=True`` (docs/direct.md): sent straight to a runner serving the model with a
         ticket from the control plane (cached, renewed before it expires; ``region``
         prefers a runner there), falling back to the control plane when no runner offers
-        direct mode, the runner is unreachable or it refuses the ticket."""
+        direct mode, the runner is unreachable or it refuses the ticket.
+
+        ``progress(job, elapsed_s)`` (as :meth:`wait` takes it) makes the call a job too, so
+        that its wait can be reported: status and ``waiting_reason`` (a cold start, no
+        runner, …) after each poll, and changes logged on the ``gpufleet`` logger."""
         if direct:  # straight to a runner with a ticket (docs/direct.md)
             if not set(submit_args) <= {"outputs", "parameters", "region"}:
                 extra = sorted(set(submit_args) - {"outputs", "parameters", "region"})
@@ -326,14 +337,19 @@ class Client:
                              submit_args.get("outputs"), submit_args.get("parameters"),
                              submit_args.get("region"))
             )  # fmt: skip
-        if set(submit_args) <= {"outputs", "parameters", "region", "regions_allowed"}:
+        if progress is None and set(submit_args) <= {
+            "outputs",
+            "parameters",
+            "region",
+            "regions_allowed",
+        }:
             return self._run(
                 _ops.infer(self._core, model, inputs, version, timeout,
                            submit_args.get("outputs"), submit_args.get("parameters"),
                            submit_args.get("region"), submit_args.get("regions_allowed"))
             )  # fmt: skip
         job = self.submit(model, inputs, model_version=version, **submit_args)
-        return self.outputs(self.wait(job.id, timeout=timeout))
+        return self.outputs(self.wait(job.id, timeout=timeout, progress=progress))
 
     # ------------------------------------------------------------------ streaming
 

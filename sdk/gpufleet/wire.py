@@ -221,6 +221,12 @@ class JobView(Response):
     # True when the job waited for a host that the capacity autoscaler started after it was
     # submitted (a cold host); False when its runner was up already; None: unknown.
     cold_host: bool | None = None
+    # The job waited for its model version to load on the runner (a cold start), and how
+    # long that load took; run_ms is then the model's own time (Triton's compute) and
+    # runner_ms the runner's overhead around it (transport, payloads).
+    cold_start: bool | None = None
+    load_ms: int | None = None
+    runner_ms: int | None = None
 
 
 class JobList(Response):
@@ -500,6 +506,8 @@ class LeasedJob(Strict):
     deadline_at: str | None = None
     input_urls: dict[str, str] = Field(default_factory=dict)
     outputs_upload: ResultUpload | None = None
+    # X-Request-ID of the submit: the runner's log lines about the job carry it
+    request_id: str | None = None
 
 
 class LeaseResponse(Response):
@@ -515,6 +523,19 @@ class ExtendResponse(Response):
     lease_expires_at: str
 
 
+MAX_JOB_LOG_CHARS = 256 * 1024  # of a job's logs kept by the control plane (the newest)
+
+
+class JobLogs(Response):
+    """``GET /v1/jobs/{id}/logs``: what the runner said about the job and what the model
+    printed while it ran (``runner | …`` and ``model  | …`` lines), kept with the job."""
+
+    id: str
+    status: JobStatus
+    logs: str = ""
+    truncated: bool = False
+
+
 class CompleteRequest(Strict):
     api_version: Literal["v1"] = API_VERSION
     lease_token: str
@@ -523,6 +544,9 @@ class CompleteRequest(Strict):
     outputs_ref: str | None = None
     error: ErrorInfo | None = None
     timings: dict[str, float] | None = None
+    # the job's logs (the runner's lines about it, the model's output while it ran); the
+    # control plane keeps the last MAX_JOB_LOG_CHARS (runners send at most 64 KiB)
+    logs: str | None = None
 
 
 class CompleteResponse(Response):
@@ -543,6 +567,7 @@ class CompleteItem(Strict):
     outputs_ref: str | None = None
     error: ErrorInfo | None = None
     timings: dict[str, float] | None = None
+    logs: str | None = None
 
 
 class BatchCompleteRequest(Strict):

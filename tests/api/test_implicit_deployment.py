@@ -60,9 +60,10 @@ async def test_pushed_model_cold_starts_on_its_first_job(
     assert (await a.heartbeat([gpu(16000)], []))["desired_models"] is None
 
     job = (await client.post("/v1/jobs", headers=user, json=add_sub_job())).json()
+    # the submit decided at once (no wait for a stale decision): one replica is placed
     waiting = (await client.get(f"/v1/jobs/{job['id']}", headers=user)).json()
-    assert waiting["waiting_reason"].startswith("cold start:"), waiting
-    answer = await a.heartbeat([gpu(16000)], [])  # the next decision places one replica
+    assert waiting["waiting_reason"].startswith("loading:"), waiting
+    answer = await a.heartbeat([gpu(16000)], [])
     placed = add_sub_of(answer)
     assert len(placed) == 1 and placed[0]["managed"] is True and placed[0]["files"]
     assert (await client.get(URL, headers=user)).json()["replicas"] == 1
@@ -122,3 +123,46 @@ async def test_implicit_deployments_can_be_turned_off(
     waiting = (await client.get(f"/v1/jobs/{job['id']}", headers=user)).json()
     assert "has no deployment" in waiting["waiting_reason"]
     assert "gpufleet models deploy" in waiting["waiting_reason"]
+
+
+async def test_a_lease_poll_ends_when_its_runner_reports_a_model_ready(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    """A cold start: the runner's long poll, asked before the new model was READY, answers
+    (empty) as soon as the heartbeat reports it, so the runner asks again offering it."""
+    import asyncio
+    import time
+
+    admin = await auth_headers("admin", "default")
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    a = await register(client, admin, "a", "eu-west-1")
+    await a.heartbeat([gpu(16000)], [])
+    body = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 1, "wait_s": 10}
+    poll = asyncio.create_task(a.post("lease", body))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    start = time.monotonic()
+    await a.heartbeat([gpu(16000)], [{"name": "add_sub", "version": "1", "state": "READY"}])
+    r = await asyncio.wait_for(poll, 5)
+    assert r.status_code == 200 and r.json()["jobs"] == []
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+async def test_the_submits_request_id_travels_with_the_job_to_its_runner(
+    client: httpx.AsyncClient, auth_headers: TokenFor
+) -> None:
+    admin = await auth_headers("admin", "default")
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    a = await register(client, admin, "a", "eu-west-1")
+    loaded = [{"name": "add_sub", "version": "1", "state": "READY"}]
+    await a.heartbeat([gpu(16000)], loaded)
+    headers = {**user, "X-Request-ID": "trace-77"}
+    job = (await client.post("/v1/jobs", headers=headers, json=add_sub_job())).json()
+    body = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 1}
+    r = await a.post("lease", body)
+    assert r.status_code == 200, r.text
+    [leased] = r.json()["jobs"]
+    assert leased["id"] == job["id"] and leased["request_id"] == "trace-77"

@@ -356,3 +356,29 @@ async def test_aio_client(fleet: Fleet, tokens: dict[str, str]) -> None:
         assert fake.errors == [] and len(fake.completed) == 3
     finally:
         await client.close()
+
+
+def test_request_id_comes_back_in_trailing_metadata(fleet: Fleet, tokens: dict[str, str]) -> None:
+    """As over HTTP: the caller's x-request-id (when safe) or a new one, also on failures."""
+    with grpc.insecure_channel(fleet.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        auth = ("authorization", tokens["user"])
+        _, call = stub.ServerLive.with_call(
+            service_pb2.ServerLiveRequest(),
+            metadata=(auth, ("x-request-id", "trace-9")),
+            timeout=30,
+        )
+        assert dict(call.trailing_metadata())["x-request-id"] == "trace-9"
+        _, call = stub.ServerLive.with_call(
+            service_pb2.ServerLiveRequest(),
+            metadata=(auth, ("x-request-id", "bad id!")),
+            timeout=30,
+        )
+        assert dict(call.trailing_metadata())["x-request-id"].startswith("req_")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name="nope"),
+                metadata=(auth, ("x-request-id", "trace-10")),
+                timeout=30,
+            )
+        assert dict(err.value.trailing_metadata())["x-request-id"] == "trace-10"

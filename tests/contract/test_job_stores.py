@@ -199,6 +199,16 @@ def test_finish_running_leaves_absent_fields_unset(jobs: JobTable) -> None:
     done = jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2001.0, outputs_json=out)
     assert done and done.outputs == [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.5]}]
     assert done.error is None and done.run_ms is None and done.outputs_ref is None
+    assert done.run_info is None
+
+
+def test_finish_running_keeps_the_run_info(jobs: JobTable) -> None:
+    jobs.create_job(record())
+    claim(jobs)
+    info = {"cold_start": True, "load_ms": 1400, "runner_ms": 12}
+    done = jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2001.0, run_ms=3, run_info=info)
+    assert done and done.run_info == info and done.run_ms == 3
+    assert jobs.get_job("job_1") == done
 
 
 def test_finish_queued_needs_the_queue_token(jobs: JobTable) -> None:

@@ -30,6 +30,8 @@ def test_demo_script_answers_correctly(docker_host: str, triton_image: str) -> N
     assert proc.returncode == 0, out[-4000:]
     assert "backend = docker" in out
     assert "20 jobs in" in out
+    table = [line for line in proc.stdout.splitlines() if line[:1] in "┏┃┡│└"]
+    assert len(table) >= 20 and max(map(len, table)) <= 80, table[:3]  # fits 80 columns
     assert "demo: every answer correct" in out
     assert "/console (sign in with the demo's admin API key: gf_" in out
     assert "demo: stopped everything" in out

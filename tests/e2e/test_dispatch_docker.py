@@ -486,6 +486,7 @@ def test_two_replicas_one_runner_dispatch_on_its_replica_job_on_the_other(
             "GPUFLEET_TABLE_PREFIX": store.table_prefix,
             "GPUFLEET_BUCKET": store.bucket,
             "GPUFLEET_JWT_SECRET": f"replicas-{uuid.uuid4().hex}{uuid.uuid4().hex}",
+            "GPUFLEET_ALLOW_MOCK_RUNNERS": "true",  # mock runners take part
             "GPUFLEET_POLL_INTERVAL_S": "0.05",
             "GPUFLEET_SWEEP_INTERVAL_S": "0.5",
         }

@@ -1,7 +1,7 @@
 """The first hour, as a new user follows README: an embedded control plane, a runner with
 an empty model repository (real Docker, CPU Triton), then the CLI as a process: login, push,
 infer WITHOUT deploying (the implicit deployment cold-starts it), push again (the same
-version), restart the control plane, list jobs and models."""
+version), restart the control plane, list jobs and models, the job's logs."""
 
 from __future__ import annotations
 
@@ -67,7 +67,11 @@ def test_push_then_infer_without_deploy(
         cp = start_control_plane(tmp_path / "cp", port=port)  # same data, same address
         listed = gpufleet(config, "-o", "json", "jobs", "list")
         assert listed.returncode == 0, listed.stderr
-        assert [j["status"] for j in json.loads(listed.stdout)["jobs"]] == ["SUCCEEDED"]
+        jobs = json.loads(listed.stdout)["jobs"]
+        assert [j["status"] for j in jobs] == ["SUCCEEDED"]
+        assert jobs[0]["cold_start"] is True  # it waited for the implicit deployment's load
+        logs = gpufleet(config, "jobs", "logs", jobs[0]["id"])  # kept with the job
+        assert logs.returncode == 0 and f"job {jobs[0]['id']} started" in logs.stdout, logs
         models = gpufleet(config, "models", "list")
         assert models.returncode == 0 and "1:READY" in models.stdout
         r = gpufleet(config, "-o", "json", "models", "deployment", "add_sub")

@@ -83,6 +83,7 @@ def start_control_plane(
     full_env = _clean_env("GPUFLEET_")
     full_env.update({"GPUFLEET_POLL_INTERVAL_S": "0.05", "GPUFLEET_SWEEP_INTERVAL_S": "0.5"})
     full_env["GPUFLEET_METRICS_PUBLIC"] = "true"  # the rig scrapes /metrics without a token
+    full_env["GPUFLEET_ALLOW_MOCK_RUNNERS"] = "true"  # tests run mock runners (env may say no)
     full_env.update(env or {})
     with log_file.open("wb") as out:
         proc = subprocess.Popen(

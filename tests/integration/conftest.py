@@ -81,6 +81,7 @@ def replica_env(settings: Any) -> dict[str, str]:
             "GPUFLEET_BUCKET": settings.bucket,
             "GPUFLEET_POLL_INTERVAL_S": "0.05",
             "GPUFLEET_SWEEP_INTERVAL_S": "0.5",
+            "GPUFLEET_ALLOW_MOCK_RUNNERS": "true",  # the tests' runners are mock ones
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",

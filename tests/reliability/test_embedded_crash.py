@@ -173,6 +173,7 @@ def serve_proc(
 ) -> subprocess.Popen[bytes]:
     """``python -m control_plane serve ARGS`` with its output in ``log``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
+    full_env["GPUFLEET_ALLOW_MOCK_RUNNERS"] = "true"  # its runners are mock ones
     full_env.update(env or {})
     with log.open("wb") as out:
         return subprocess.Popen(

@@ -71,9 +71,10 @@ class ControlPlane:
         assert resp.status_code == 200, resp.text
         assert resp.json()["state"] == "READY"
 
-    def submit(self, a: list[float], b: list[float]) -> str:
+    def submit(self, a: list[float], b: list[float], request_id: str | None = None) -> str:
         resp = self.http.post(
             "/v1/jobs",
+            headers={"X-Request-ID": request_id} if request_id else None,
             json={
                 "model": "add_sub",
                 "inputs": [
@@ -246,8 +247,12 @@ def test_cli_daemon_status_and_sigterm(
             time.sleep(0.3)
         assert status.get("health") == "ok", status
         assert status["models"][0]["state"] == "READY"
-        job_id = control_plane.submit([1, 2, 3, 4], [4, 3, 2, 1])
+        job_id = control_plane.submit([1, 2, 3, 4], [4, 3, 2, 1], request_id="req-follow-me")
         assert control_plane.wait(job_id)["status"] == "SUCCEEDED"
+        # the runner's lines about the job came with its result (per-job logs)
+        logs = control_plane.http.get(f"/v1/jobs/{job_id}/logs").json()
+        assert f"job {job_id} started" in logs["logs"], logs
+        assert all(line.startswith("runner | ") for line in logs["logs"].splitlines()), logs
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -263,3 +268,6 @@ def test_cli_daemon_status_and_sigterm(
     assert '"job": "job_' in output and "succeeded: Triton" in output
     assert '"model": "add_sub"' in output and "HTTP Request" not in output
     assert '"runner": "run_' in output  # bound once registered
+    # the submit's X-Request-ID travelled with the job: the runner's lines about it carry it
+    started = [line for line in output.splitlines() if f"job {job_id} started" in line]
+    assert started and '"request_id": "req-follow-me"' in started[0], started

@@ -217,6 +217,24 @@ def test_wait_reports_status_and_waiting_reason(
     assert exc.value.job.id == job.id
 
 
+def test_infer_with_progress_reports_the_wait(
+    fleet: Client, ready_model: ModelVersionView, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``infer(progress=…)`` runs as a job so that its wait is reported (no runner here: the
+    call times out saying the job is still queued, after reporting why)."""
+    seen: list[tuple[str, str | None]] = []
+    with pytest.raises(errors.WaitTimeoutError) as exc:
+        fleet.infer(
+            "add_sub",
+            {"INPUT0": A, "INPUT1": B},
+            timeout=1.5,
+            progress=lambda j, _elapsed: seen.append((j.status, j.waiting_reason)),
+        )
+    assert seen and seen[-1] == ("QUEUED", "no healthy runner is connected")
+    assert "still QUEUED" in str(exc.value)
+    fleet.cancel(exc.value.job.id)
+
+
 def test_lists_and_float64_are_cast_to_the_models_datatype(
     fleet: Client, fake_runner: FakeRunner
 ) -> None:

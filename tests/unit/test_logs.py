@@ -23,6 +23,7 @@ def restore_logging() -> Any:
     for name, lvl in quiet.items():
         logging.getLogger(name).setLevel(lvl)
     _logs.bind(request_id=None, tenant=None, job=None, runner=None, model=None)
+    _logs.defaults.clear()
 
 
 class Tty(io.StringIO):
@@ -52,3 +53,22 @@ def test_text_on_a_terminal_and_bad_format() -> None:
     assert "WARNING x: control plane not reachable [runner=run_1]" in text
     with pytest.raises(ValueError, match="auto, json or text"):
         _logs.configure("info", "yaml", out)
+
+
+def test_process_wide_fields_fill_in_where_the_context_has_none() -> None:
+    """The runner's id, known only once it registers (maybe after its loops started, and
+    again after a re-registration), is on every line without a value of its own."""
+    out = io.StringIO()
+    _logs.configure("info", "json", out)
+    log = logging.getLogger("gpufleet.test")
+    log.info("before registering")
+    _logs.bind_process(runner="run_1")
+    log.info("registered")
+    _logs.bind_process(runner="run_2")  # re-registered
+    log.info("again")
+    _logs.bind(runner="run_own")
+    log.info("own")
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d.get("runner") for d in docs] == [None, "run_1", "run_2", "run_own"]
+    with pytest.raises(ValueError, match="unknown log field"):
+        _logs.bind_process(color="red")

@@ -130,15 +130,32 @@ def test_status_json_and_table(status_server: int) -> None:
     assert "add_sub" in result.output and "job_1" in result.output and "ok" in result.output
 
 
-def test_status_without_daemon_fails_clearly() -> None:
+def test_status_without_daemon_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
     import socket
+
+    from runner.credentials import Credentials, save_credentials
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    monkeypatch.setenv("GPUFLEET_RUNNER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no user runner.yaml
     result = cli.invoke(app, ["status", "--port", str(port)])
     assert result.exit_code == 1
-    assert "no runner answering" in result.output
+    out = " ".join(result.output.split())
+    assert "health down: no runner is running here" in out and f":{port}" in out
+    assert "gpufleet-runner start" in out
+    # a host that registered before says which runner it was
+    (tmp_path / "state").mkdir()
+    creds = Credentials("run_0123", "s3cret", "https://cp.example")
+    save_credentials(tmp_path / "state" / "credentials.json", creds)
+    result = cli.invoke(app, ["status", "--json", "--port", str(port)])
+    assert result.exit_code == 1
+    doc = json.loads(result.output)
+    assert doc["health"] == "down" and "run_0123 of https://cp.example" in doc["reason"]
 
 
 def test_configure_writes_the_ca_bundle_flag(tmp_path: Path) -> None:

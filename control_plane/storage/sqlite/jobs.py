@@ -78,12 +78,15 @@ DDL: list[str] = [
 
 # Migration 4: how many times a running attempt was finished (the soak's commit record).
 DDL_4: list[str] = ["ALTER TABLE jobs ADD COLUMN commits INTEGER NOT NULL DEFAULT 0"]
+# Schema version 5 (``schema.MIGRATIONS``): how the run went (cold start, load and runner
+# times), JSON, written with the result.
+DDL_RUN_INFO: list[str] = ["ALTER TABLE jobs ADD COLUMN run_info TEXT"]
 
 _COLUMNS = (
     "id, tenant, model, model_version, pinned, status, priority, created_at, timeout_s, ttl_s,"
     " max_attempts, region, request, attempts, started_at, finished_at, runner_id, lease_token,"
     " lease_expires_at, lease_shard, lease_sk, queue_shard, queue_sk, queue_token, outputs,"
-    " outputs_ref, error, run_ms, commits"
+    " outputs_ref, error, run_ms, commits, run_info"
 )
 
 # A new job stores what DynamoJobStore.to_item stores: the run fields start empty.
@@ -118,7 +121,8 @@ _EXTEND = _EXTEND_UPDATE + _RETURNING
 _FINISH_UPDATE = (
     "UPDATE jobs SET status = ?, finished_at = ?, outputs = COALESCE(?, outputs),"
     " outputs_ref = COALESCE(?, outputs_ref), error = COALESCE(?, error),"
-    " run_ms = COALESCE(?, run_ms), lease_shard = NULL, lease_sk = NULL, commits = commits + 1"
+    " run_ms = COALESCE(?, run_ms), run_info = COALESCE(?, run_info),"
+    " lease_shard = NULL, lease_sk = NULL, commits = commits + 1"
     " WHERE id = ? AND status = 'RUNNING' AND lease_token = ?"
 )
 _FINISH = _FINISH_UPDATE + _RETURNING
@@ -199,6 +203,7 @@ def _record(row: Any) -> JobRecord:
         error,
         run_ms,
         commits,
+        run_info,
     ) = row
     return JobRecord(
         id=id_,
@@ -228,6 +233,7 @@ def _record(row: Any) -> JobRecord:
         error=None if error is None else json.loads(error),
         run_ms=run_ms,
         commits=commits,
+        run_info=None if run_info is None else json.loads(run_info),
     )
 
 
@@ -409,11 +415,23 @@ class SqliteJobTable:
         error: dict[str, Any] | None = None,
         run_ms: int | None = None,
         expired_before: float | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
         the lease expired by then, for the sweep)."""
         error_json = None if error is None else json.dumps(error, separators=(",", ":"))
-        params = (status, now, outputs_json, outputs_ref, error_json, run_ms, job_id, lease_token)
+        info_json = None if run_info is None else json.dumps(run_info, separators=(",", ":"))
+        params = (
+            status,
+            now,
+            outputs_json,
+            outputs_ref,
+            error_json,
+            run_ms,
+            info_json,
+            job_id,
+            lease_token,
+        )
         if expired_before is None:
             return self._transition("finish job", _FINISH, params)
         return self._transition("finish job", _FINISH_EXPIRED, (*params, expired_before))

@@ -43,6 +43,7 @@ MIGRATIONS: dict[int, list[str]] = {
     # tenant quotas and fair leasing: limits and load counters, the tenant of queue entries
     7: [*limits.DDL, "ALTER TABLE queue_entries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
     8: [*auth.MIGRATION, *runners.MIGRATION],  # join-token limits, key and secret rotation
+    9: [*jobs.DDL_RUN_INFO],  # jobs.run_info (cold start, load and runner times)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
