@@ -159,6 +159,8 @@ class Store:
         self.moto: MotoProc | None = None
         self.env: dict[str, str] = {}
         self.paused = threading.Event()
+        self._scanned: Counter[str] = Counter()
+        self._scanned_at = float("-inf")
         if self.kind == "dynamodb":
             from control_plane.settings import Settings
             from control_plane.storage.aws import make_clients
@@ -218,8 +220,11 @@ class Store:
 
         threading.Thread(target=run, daemon=True, name="store-pause").start()
 
-    def statuses(self) -> Counter[str]:
-        """Jobs per status, read from the store itself."""
+    def statuses(self, max_age_s: float = 0.0) -> Counter[str]:
+        """Jobs per status, read from the store itself (at most every ``max_age_s`` on
+        DynamoDB: a scan holds moto's one request lock long enough to starve the fleet)."""
+        if self.kind != "sqlite" and time.monotonic() - self._scanned_at < max_age_s:
+            return self._scanned
         if self.kind == "sqlite":
             conn = self._db()
             try:
@@ -237,6 +242,7 @@ class Store:
             page = self.dynamodb.scan(**kwargs)
             out.update(item["status"]["S"] for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
+                self._scanned, self._scanned_at = out, time.monotonic()
                 return out
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
@@ -481,7 +487,7 @@ def run_soak(cfg: SoakConfig, log: Any = print) -> SoakReport:
             if prober.job_id is None and submitter.ids:
                 prober.job_id = submitter.ids[0]
             if not store.paused.is_set():
-                finished = sum(store.statuses()[s] for s in TERMINAL)
+                finished = sum(store.statuses(max_age_s=15.0)[s] for s in TERMINAL)
             if finished >= cfg.jobs and not submitter.is_alive():
                 break
             now = time.monotonic()
