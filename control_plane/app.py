@@ -79,7 +79,7 @@ def build_services(
     settings: Settings, stores: Stores | None = None, now: Callable[[], float] = clock.now
 ) -> Services:
     """Every service on ``stores`` (default: the stores the settings name), built once; the
-    job, auth, runner and webhook services read the time from ``now``."""
+    job, auth, runner, webhook and stream services read the time from ``now``."""
     from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
@@ -164,7 +164,7 @@ def build_services(
     )
     inference = InferenceService(jobs, dispatch, settings)
     streams = (
-        StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload)
+        StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload, now=now)
         if st.streams is not None
         else None
     )
