@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute
 
+from control_plane import clock
 from control_plane.api import (
     console,
     kserve,
@@ -74,15 +75,18 @@ __all__ = ["Services", "build_services", "create_app", "routes"]
 log = logging.getLogger(__name__)
 
 
-def build_services(settings: Settings, stores: Stores | None = None) -> Services:
-    """Every service on ``stores`` (default: the stores the settings name), built once."""
+def build_services(
+    settings: Settings, stores: Stores | None = None, now: Callable[[], float] = clock.now
+) -> Services:
+    """Every service on ``stores`` (default: the stores the settings name), built once; the
+    job, auth, runner, webhook and stream services read the time from ``now``."""
     from control_plane.services.capacity.build import build_capacity_service
     from control_plane.services.deployments import build_deployment_service
     from control_plane.services.jobs import build_job_service
     from control_plane.services.regions import wire_regions
 
     st = stores if stores is not None else build_stores(settings)
-    jobs, models = build_job_service(settings, st)
+    jobs, models = build_job_service(settings, st, now)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     keys = build_signing_keys(settings, st)
     oidc = None
@@ -118,6 +122,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
             settings.auth_failures_per_address, settings.auth_failure_window_s
         ),
         oidc=oidc,
+        now=now,
     )
     runners = RunnerService(
         st.runners,
@@ -128,6 +133,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         offline_after_s=settings.runner_offline_after_s,
         rotation_s=settings.runner_secret_rotation_s,
         overlap_s=settings.runner_secret_overlap_s,
+        now=now,
     )
     webhooks = WebhookService(
         st.webhooks,
@@ -137,6 +143,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         allow_loopback=settings.webhooks_allow_loopback,
         grace_s=settings.webhook_secret_grace_s,
         shards=settings.webhook_shards,
+        clock=now,
     )
     jobs.request_checks.append(webhooks.validate_request)
     jobs.runner_usable = runners.usable
@@ -157,7 +164,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
     )
     inference = InferenceService(jobs, dispatch, settings)
     streams = (
-        StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload)
+        StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload, now=now)
         if st.streams is not None
         else None
     )

@@ -141,7 +141,7 @@ class DeploymentService:
         self._governed: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._implicit: frozenset[str] = frozenset()  # of the last decision read or made
         self._region_cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.copies = RegionCopies(blobs, self.region_buckets, presign_ttl_s)
+        self.copies = RegionCopies(blobs, self.region_buckets, presign_ttl_s, now)
         # Called (no arguments, any thread) when this replica stores a decision that places
         # something differently: the runners connected here are told to heartbeat at once
         # (``Dispatcher.wake_all``) instead of at their next interval.

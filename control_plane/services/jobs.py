@@ -58,7 +58,8 @@ from gpufleet.wire import (
     Tensor,
 )
 
-from control_plane.clock import iso, new_id, now
+from control_plane import clock
+from control_plane.clock import iso, new_id
 from control_plane.errors import (
     Conflict,
     Forbidden,
@@ -196,9 +197,11 @@ class JobService:
         blobs: BlobStore,
         offload: Offload | None = None,
         limits: LimitsStore | None = None,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._now = now
         # How the async edges run this service's short store calls (inline on SQLite).
         self.offload = offload or Offload()
         self._models = models
@@ -224,7 +227,7 @@ class JobService:
         # Per leased job: (the runner's region, "preferred" | "spilled" | "any").
         self.on_region_lease: builtins.list[Callable[[str | None, str], None]] = []
         self._ops = QueueOps(settings, store, self._transitioned)
-        self._sweeper = Sweeper(settings, store, self._ops, self._transitioned)
+        self._sweeper = Sweeper(settings, store, self._ops, self._transitioned, now)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
         self._heads = QueueHeads(
             store.queue,
@@ -239,7 +242,7 @@ class JobService:
         ] = {}
         self._depth_cache: dict[str, tuple[float, int]] = {}
         # Tenant quotas (submit checks, load counters) and fair leasing across tenants.
-        self.quotas = QuotaService(settings, limits)
+        self.quotas = QuotaService(settings, limits, now=now)
         self.on_record_transition.append(self.quotas.job_transition)
         self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
         self._readied: dict[str, int] = {}  # runner id -> heartbeats with a newly READY model
@@ -389,7 +392,7 @@ class JobService:
                 raise
             return self.view(stored[0]), False
         self._check_depth(req.model)
-        created = now()
+        created = self._now()
         job = new_job(p, req, new_id("job"), created)
         job.queue_token = new_token()
         shard = random.randrange(self._settings.queue_shards)
@@ -462,7 +465,7 @@ class JobService:
             per_model[req.model] += 1
         for model, count in per_model.items():
             self._check_depth(model, count)
-        created = now()
+        created = self._now()
         if idempotency_key is not None:
             return self._submit_keyed_batch(p, reqs, idempotency_key, created)
         batch: builtins.list[tuple[JobRecord, int]] = []
@@ -490,7 +493,7 @@ class JobService:
         submit stored whole (the refusal stands). Read only after a refusal (not hot)."""
         if key is None:
             return None
-        held = self._store.idempotency.find_key(f"{p.tenant}#{key}", now())
+        held = self._store.idempotency.find_key(f"{p.tenant}#{key}", self._now())
         if held is None:
             return None
         if held.body_hash != digest:
@@ -539,7 +542,7 @@ class JobService:
         stored = self._store.jobs.get_jobs([job.id for job, _ in batch])
         missing = [(job, shard) for job, shard in batch if job.id not in stored]
         if missing:
-            if now() - held.created_at < BATCH_REPLAY_GRACE_S:
+            if self._now() - held.created_at < BATCH_REPLAY_GRACE_S:
                 # The first request may still be writing them (unconditionally, on DynamoDB):
                 # never race it; it ends within its storage deadline.
                 raise Unavailable(
@@ -578,15 +581,19 @@ class JobService:
 
     def _expire_if_due(self, job: JobRecord) -> JobRecord:
         """A job queued past its TTL, timed out now (lazily, at read time)."""
-        if job.status == "QUEUED" and now() >= job.ttl_deadline:
-            return self._ops.time_out_queued(job, now()) or self._store.jobs.get_job(job.id) or job
+        if job.status == "QUEUED" and self._now() >= job.ttl_deadline:
+            return (
+                self._ops.time_out_queued(job, self._now())
+                or self._store.jobs.get_job(job.id)
+                or job
+            )
         return job
 
     async def _load_shared(self, p: Principal, job_id: str) -> JobRecord:
         """``_load`` for long polls: the read is shared with the other waits (``SharedReads``)."""
         job = await self._reads.get(job_id) if job_id.startswith("job_") else None
         job = self._visible(p, job_id, job)
-        if job.status == "QUEUED" and now() >= job.ttl_deadline:
+        if job.status == "QUEUED" and self._now() >= job.ttl_deadline:
             job = await self.offload(self._expire_if_due, job)
         return job
 
@@ -627,7 +634,7 @@ class JobService:
         """``reason`` with what the job's region policy waits for (region, spill delay)."""
         assert self.regions is not None
         policy = RegionPolicy.of_job(job.region, job.request, self.regions.default_spill_s)
-        words = self.regions.waiting_reason(policy, now() - job.created_at)
+        words = self.regions.waiting_reason(policy, self._now() - job.created_at)
         if words is None:
             return reason
         return words if not reason else f"{words}; {reason}"
@@ -666,7 +673,7 @@ class JobService:
             job.id,
             job.queue_token,
             "CANCELLED",
-            now=now(),
+            now=self._now(),
             error={"code": "cancelled", "message": message},
         )
         if done is not None:
@@ -691,7 +698,7 @@ class JobService:
                     job.id,
                     job.lease_token,
                     "CANCELLED",
-                    now=now(),
+                    now=self._now(),
                     error={"code": "cancelled", "message": "cancelled by the user"},
                 )
                 if done is not None:
@@ -757,7 +764,7 @@ class JobService:
             for n in range(self._settings.queue_shards)
         ]
 
-        t = now()
+        t = self._now()
         region_fits = self._region_fits
 
         def fits(e: QueueEntry) -> bool:
@@ -791,7 +798,7 @@ class JobService:
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
             pending = self._candidates(offers, region, want)
-            t = now()
+            t = self._now()
             claims: builtins.list[tuple[QueueEntry, str]] = []
             for entry in pending:
                 if entry.ttl_deadline <= t:
@@ -834,7 +841,7 @@ class JobService:
     def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse:
         """Renew a lease; never past the attempt's deadline (started_at + timeout_s)."""
         job = self._held(runner_id, job_id, lease_token)
-        t = now()
+        t = self._now()
         deadline = job.deadline or t
         if t >= deadline:
             raise StaleLease(f"job {job_id} ran past its timeout_s={job.timeout_s}")
@@ -853,7 +860,7 @@ class JobService:
     def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse:
         """Commit a result exactly once; a retry of the same commit answers the same."""
         job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
-        t = now()
+        t = self._now()
         prepared = self._prepare(runner_id, job_id, job, req, t)
         if isinstance(prepared, GpufleetError):
             raise prepared
@@ -873,7 +880,7 @@ class JobService:
         order; a job named again later in the batch is answered as a retry of its first."""
         ids = [item.job_id for item in items if item.job_id.startswith("job_")]
         records = self._store.jobs.get_jobs(ids) if ids else {}
-        t = now()
+        t = self._now()
         answers: dict[str, CompleteItemResult] = {}
         to_commit: dict[str, Finish] = {}
         for item in items:
@@ -1081,10 +1088,13 @@ def _answer(job_id: str, refused: GpufleetError | CompleteResponse | None) -> Co
     )
 
 
-def build_job_service(settings: Settings, stores: Any) -> tuple[JobService, ModelService]:
-    """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``)."""
+def build_job_service(
+    settings: Settings, stores: Any, now: Callable[[], float] = clock.now
+) -> tuple[JobService, ModelService]:
+    """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``),
+    reading the time from ``now``."""
     deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
-    models = ModelService(settings, stores.models, stores.blobs, deployments=deployments)
+    models = ModelService(settings, stores.models, stores.blobs, deployments=deployments, now=now)
     offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
     limits = getattr(stores, "limits", None)
-    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits), models
+    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits, now), models

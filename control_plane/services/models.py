@@ -45,7 +45,8 @@ from gpufleet.wire import (
     UploadTarget,
 )
 
-from control_plane.clock import iso, now
+from control_plane import clock
+from control_plane.clock import iso
 from control_plane.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from control_plane.services import modelconfig
 from control_plane.services.principal import Principal
@@ -132,9 +133,11 @@ class ModelService:
         *,
         part_size: int = PART_SIZE,
         deployments: DeploymentStore | None = None,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self._settings = settings
         self._deployments = deployments
+        self._now = now
         self._store = store
         self._blobs = blobs
         # Bumped by every commit and delete on this replica: caches of READY versions made
@@ -167,7 +170,7 @@ class ModelService:
         p.require("models:write")
         if not _NAME.fullmatch(name):
             raise InvalidRequest(f"model name {name!r} is not valid", field="name")
-        ts = now()
+        ts = self._now()
         owner = self._store.owner(name)
         if owner is not None and not p.can_see_tenant(owner):
             raise NotFound(f"model {name!r} not found")  # no existence oracle: as a read
@@ -345,7 +348,7 @@ class ModelService:
         if self._deployments.get_deployment(name) is not None:
             return  # an explicit (or earlier implicit) deployment stays as it is
         spec = implicit_spec(replicas)
-        self._deployments.put_deployment(name, spec, now())
+        self._deployments.put_deployment(name, spec, self._now())
 
     def _complete_multiparts(self, rec: ModelVersionRecord, req: CommitRequest) -> None:
         for path, upload_id in rec.uploads.items():

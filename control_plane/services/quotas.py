@@ -68,10 +68,12 @@ class QuotaService:
         settings: Settings,
         store: LimitsStore | None,
         monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self._settings = settings
         self._store = store
         self._monotonic = monotonic
+        self._now = now
         self._lock = threading.Lock()
         self._quotas: dict[str, QuotaRecord] = {}
         self._key_limits: dict[str, int] = {}
@@ -331,7 +333,7 @@ class QuotaService:
         """Set a tenant's own quotas (admin); a field left out (null) takes the default."""
         p.require("admin")
         rec = QuotaRecord(
-            tenant=tenant, updated_at=clock.now(), **spec.model_dump(exclude={"api_version"})
+            tenant=tenant, updated_at=self._now(), **spec.model_dump(exclude={"api_version"})
         )
         if self._store is not None:
             self._store.put_quota(rec)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from control_plane.clock import now
+from control_plane import clock
 from control_plane.services.models import object_key
 from control_plane.storage.protocols import BlobStore
 
@@ -41,8 +41,10 @@ class RegionCopies:
         blobs: BlobStore,
         region_buckets: Callable[[str], dict[str, str]],
         presign_ttl_s: int,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self._blobs = blobs
+        self._now = now
         self._buckets = region_buckets  # model name -> {region: bucket}
         self._ttl = presign_ttl_s
         self._copied: dict[tuple[str, str, str], float] = {}  # True: forever; False: until
@@ -61,7 +63,12 @@ class RegionCopies:
                     self._blobs.copy_to(object_key(name, version, f["path"]), location)
                 self._blobs.put_json(
                     marker_key(name, version, location),
-                    {"location": location, "region": region, "files": len(files), "at": now()},
+                    {
+                        "location": location,
+                        "region": region,
+                        "files": len(files),
+                        "at": self._now(),
+                    },
                 )
             except Exception:
                 log.warning(

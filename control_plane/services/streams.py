@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gpufleet.wire import TERMINAL_STATUSES, ChunksRequest, ChunksResponse, JobView
 
-from control_plane.clock import now
+from control_plane import clock
 from control_plane.errors import InvalidRequest, PayloadTooLarge, StaleLease
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
@@ -80,6 +80,7 @@ class StreamService:
         wakeups: Wakeups,
         offload: Offload | None = None,
         monotonic: Any = time.monotonic,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -87,6 +88,7 @@ class StreamService:
         self._wakeups = wakeups
         self._offload = offload or Offload()
         self._monotonic = monotonic
+        self._now = now
 
     # ------------------------------------------------------------------ runner side
     def append(self, runner_id: str, req: ChunksRequest) -> ChunksResponse:
@@ -103,7 +105,7 @@ class StreamService:
                     details={"field": f"chunks[{i}].outputs"},
                 )
             chunks.append((chunk.seq, outputs))
-        t = now()
+        t = self._now()
         stored = self._store.append_chunks(
             req.job_id,
             req.lease_token,

@@ -23,9 +23,11 @@ lost condition, never a wrong transition).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gpufleet._logs import bind
 
-from control_plane.clock import now
+from control_plane import clock
 from control_plane.services.queue_ops import Notify, QueueOps
 from control_plane.settings import Settings
 from control_plane.storage.protocols import JobRecord, JobStore, Marker
@@ -38,8 +40,16 @@ DEADLINE_SLACK_S = 0.01  # stored times may be rounded (DynamoDB numbers)
 class Sweeper:
     """One pass over the due lease-expiry and queue-TTL markers of every shard."""
 
-    def __init__(self, settings: Settings, store: JobStore, ops: QueueOps, notify: Notify):
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        ops: QueueOps,
+        notify: Notify,
+        now: Callable[[], float] = clock.now,
+    ):
         self._settings = settings
+        self._now = now
         self._store = store
         self._ops = ops
         self._notify = notify
@@ -69,7 +79,7 @@ class Sweeper:
 
     def _due(self, shard: str) -> list[Marker]:
         out: list[Marker] = []
-        before = self._store.queue.keys.due_bound(now())
+        before = self._store.queue.keys.due_bound(self._now())
         after: str | None = None
         for _ in range(MAX_PAGES):
             page = self._store.queue.due_markers(shard, before, MARKERS_PER_PAGE, after)
@@ -81,7 +91,7 @@ class Sweeper:
 
     def _lease_expired(self, marker: Marker, job: JobRecord | None, counts: dict[str, int]) -> bool:
         """Act on one due lease marker; True when the marker is to be deleted."""
-        t = now()
+        t = self._now()
         current = (
             job is not None
             and job.status == "RUNNING"
@@ -136,8 +146,8 @@ class Sweeper:
 
     def _ttl_expired(self, marker: Marker, job: JobRecord | None, counts: dict[str, int]) -> bool:
         """Act on one due queue-TTL marker; True when the marker is to be deleted."""
-        if job is not None and job.status == "QUEUED" and job.ttl_deadline <= now():
-            if self._ops.time_out_queued(job, now()) is not None:
+        if job is not None and job.status == "QUEUED" and job.ttl_deadline <= self._now():
+            if self._ops.time_out_queued(job, self._now()) is not None:
                 counts["timed_out"] += 1
             elif (again := self._store.jobs.get_job(marker.job_id)) and again.status == "QUEUED":
                 return False  # moved meanwhile (requeued): keep the marker for the next pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gpufleet.wire import (
     Tensor,
 )
 
+from control_plane import clock
 from control_plane.services.jobs import JobService, build_job_service
 from control_plane.services.models import ModelService
 from control_plane.services.principal import ROLE_SCOPES, Principal
@@ -50,9 +52,12 @@ def principal(tenant: str = "acme", role: str = "user") -> Principal:
     return Principal(sub=f"{role}@{tenant}", tenant=tenant, role=role, scopes=ROLE_SCOPES[role])
 
 
-def services(settings: Any, stores: Any) -> tuple[JobService, ModelService]:
-    """The job and model services on ``stores`` (a ``Stores``), with ``settings``."""
-    return build_job_service(settings, stores)
+def services(
+    settings: Any, stores: Any, now: Callable[[], float] = clock.now
+) -> tuple[JobService, ModelService]:
+    """The job and model services on ``stores`` (a ``Stores``), with ``settings``, reading
+    the time from ``now``."""
+    return build_job_service(settings, stores, now)
 
 
 def add_sub_files(name: str = "add_sub", salt: str = "") -> dict[str, bytes]:

@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from control_plane import clock
 from control_plane.errors import Conflict, StaleLease, Unavailable
 from control_plane.services import jobs as jobs_module
 from control_plane.services.jobs import JobService
 from tests.conftest import STORE_KINDS
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed
+from tests.helpers.clock import FakeClock
 
 USER = principal("acme")
 pytestmark = pytest.mark.parametrize("store_kind", STORE_KINDS)
 
 
-def _jobs(settings: Any, stores: Any, **overrides: Any) -> JobService:
-    jobs, models = services(settings.model_copy(update=overrides), stores)
+def _jobs(
+    settings: Any, stores: Any, now: Callable[[], float] = clock.now, **overrides: Any
+) -> JobService:
+    jobs, models = services(settings.model_copy(update=overrides), stores, now)
     push_model(models, USER)
     return jobs
 
@@ -53,10 +58,11 @@ def test_a_job_past_its_timeout_ends_once_and_is_not_run_again(settings: Any, st
     """The lease is capped at the attempt's deadline; when it runs out there (the runner was
     still working on it), the sweep ends the job FAILED/timeout instead of requeueing it, and
     the runner's own late timeout result is answered as that same outcome."""
-    jobs = _jobs(settings, stores, lease_duration_s=30.0)
+    now = FakeClock()
+    jobs = _jobs(settings, stores, now, lease_duration_s=30.0)
     view, _ = jobs.submit(USER, job(timeout_s=1, max_attempts=3))
     [leased] = lease(jobs)
-    time.sleep(1.1)
+    now.advance(1.1)
     swept = jobs.sweep()
     assert swept["requeued"] == 0, swept
     done = jobs.get(USER, view.id)
@@ -78,24 +84,26 @@ def test_a_job_past_its_timeout_ends_once_and_is_not_run_again(settings: Any, st
 
 
 def test_a_runner_lost_before_the_deadline_is_still_requeued(settings: Any, stores: Any) -> None:
-    jobs = _jobs(settings, stores, lease_duration_s=1.0)
+    now = FakeClock()
+    jobs = _jobs(settings, stores, now, lease_duration_s=1.0)
     view, _ = jobs.submit(USER, job(timeout_s=60, max_attempts=2))
     lease(jobs)
-    time.sleep(1.1)
+    now.advance(1.1)
     assert jobs.sweep()["requeued"] == 1
     [again] = lease(jobs)
     assert again.id == view.id and again.attempt == 2
 
 
 def test_retry_timed_out_jobs_setting_requeues_them(settings: Any, stores: Any) -> None:
-    jobs = _jobs(settings, stores, lease_duration_s=30.0, retry_timed_out_jobs=True)
+    now = FakeClock()
+    jobs = _jobs(settings, stores, now, lease_duration_s=30.0, retry_timed_out_jobs=True)
     view, _ = jobs.submit(USER, job(timeout_s=1, max_attempts=2))
     lease(jobs)
-    time.sleep(1.1)
+    now.advance(1.1)
     assert jobs.sweep()["requeued"] == 1
     [again] = lease(jobs)
     assert again.attempt == 2
-    time.sleep(1.1)
+    now.advance(1.1)
     jobs.sweep()
     done = jobs.get(USER, view.id)
     assert done.status == "FAILED" and done.error and done.error.code == "timeout"

@@ -4,15 +4,18 @@ confirmed by the runner signing with it, the old one valid for an overlap window
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import pytest
 
+from control_plane.api.context import Services
+from control_plane.app import build_services
+from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import signed_post
 from tests.conftest import STORE_KINDS
+from tests.helpers.clock import FakeClock
 
 ROTATION_S = 1
 OVERLAP_S = 2
@@ -29,13 +32,24 @@ def settings(settings: Any) -> Any:
     )
 
 
+@pytest.fixture
+def now() -> FakeClock:
+    """The control plane's clock in this file: moved by the tests, never slept through."""
+    return FakeClock()
+
+
+@pytest.fixture
+def services(settings: Any, stores: Stores, now: FakeClock) -> Services:
+    return build_services(settings, stores, now=now)
+
+
 async def _exchange(client: httpx.AsyncClient, key: str) -> httpx.Response:
     return await client.post("/v1/auth/token", json={"api_key": key})
 
 
 @pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_api_key_rotation_keeps_the_old_secret_until_the_chosen_time(
-    client: httpx.AsyncClient, auth_headers: TokenFor, store_kind: str
+    client: httpx.AsyncClient, auth_headers: TokenFor, store_kind: str, now: FakeClock
 ) -> None:
     admin = await auth_headers("admin", "default")
     made = (
@@ -54,7 +68,7 @@ async def test_api_key_rotation_keeps_the_old_secret_until_the_chosen_time(
     assert (await _exchange(client, old)).status_code == 200  # still within its time
     listed = (await client.get("/v1/admin/api-keys", headers=admin)).json()["keys"]
     assert [k["previous_valid_until"] for k in listed if k["id"] == made["id"]] != [None]
-    time.sleep(1.2)
+    now.advance(1.2)
     assert_error(await _exchange(client, old), 401, "unauthorized")
     assert (await _exchange(client, new)).status_code == 200
 
@@ -92,7 +106,7 @@ def _beat(runner_id: str) -> tuple[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_runner_secret_rotates_on_schedule_with_overlap(
-    client: httpx.AsyncClient, auth_headers: TokenFor, store_kind: str
+    client: httpx.AsyncClient, auth_headers: TokenFor, store_kind: str, now: FakeClock
 ) -> None:
     admin = await auth_headers("admin", "default")
     runner_id, old = await _runner(client, admin)
@@ -100,7 +114,7 @@ async def test_runner_secret_rotates_on_schedule_with_overlap(
     r = await signed_post(client, runner_id, old, path, body)
     assert r.status_code == 200 and r.json()["new_secret"] is None  # young secret
 
-    time.sleep(ROTATION_S + 0.1)
+    now.advance(ROTATION_S + 0.1)
     r = await signed_post(client, runner_id, old, path, body)
     new = r.json()["new_secret"]
     assert new and new != old
@@ -117,7 +131,7 @@ async def test_runner_secret_rotates_on_schedule_with_overlap(
     assert view["secret_rotation_pending"] is False
     # The old secret works for the overlap window (calls in flight), then never again.
     assert (await signed_post(client, runner_id, old, path, body)).status_code == 200
-    time.sleep(OVERLAP_S + 0.1)
+    now.advance(OVERLAP_S + 0.1)
     r = await signed_post(client, runner_id, old, path, body)
     assert_error(r, 401, "unauthorized")
     # A secret nobody issued never works.

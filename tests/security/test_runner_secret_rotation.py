@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,16 @@ import httpx
 import pytest
 from gpufleet.wire import HeartbeatRequest, HeartbeatResponse, RunnerConfig
 
+from control_plane.api.context import Services
+from control_plane.app import build_services
+from control_plane.storage.stores import Stores
 from runner.cp_client import ControlPlaneClient
 from runner.heartbeat import Heartbeat
 from runner.identity import Identity
 from runner.settings import RunnerSettings
 from runner.state import RunnerState
 from tests.api.conftest import TokenFor
+from tests.helpers.clock import FakeClock
 
 BASE = "http://cp.test"
 
@@ -29,6 +32,17 @@ def settings(settings: Any) -> Any:
     return settings.model_copy(
         update={"runner_secret_rotation_s": 1, "runner_secret_overlap_s": 60}
     )
+
+
+@pytest.fixture
+def now() -> FakeClock:
+    """The control plane's clock in this file: moved by the tests, never slept through."""
+    return FakeClock()
+
+
+@pytest.fixture
+def services(settings: Any, stores: Stores, now: FakeClock) -> Services:
+    return build_services(settings, stores, now=now)
 
 
 class _Models:
@@ -42,7 +56,7 @@ class _Jobs:
 
 
 async def test_runner_adopts_and_confirms_a_rotated_secret(
-    app: Any, client: httpx.AsyncClient, auth_headers: TokenFor, tmp_path: Path
+    app: Any, client: httpx.AsyncClient, auth_headers: TokenFor, tmp_path: Path, now: FakeClock
 ) -> None:
     admin = await auth_headers("admin", "default")
     join = (await client.post("/v1/admin/join-tokens", headers=admin, json={})).json()
@@ -61,7 +75,7 @@ async def test_runner_adopts_and_confirms_a_rotated_secret(
     beat = Heartbeat(RunnerState(), cp, identity, None, None, _Models(), _Jobs())  # type: ignore[arg-type]
 
     assert (await cp.heartbeat(HeartbeatRequest())).new_secret is None
-    time.sleep(1.1)  # the secret is now older than runner_secret_rotation_s
+    now.advance(1.1)  # the secret is now older than runner_secret_rotation_s
     resp = await cp.heartbeat(HeartbeatRequest())
     assert resp.new_secret and resp.new_secret != creds.secret
     beat.apply(resp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from gpufleet.wire import CompleteRequest, ErrorInfo, Tensor
 
+from control_plane import clock
 from control_plane.errors import (
     Conflict,
     ModelNotFound,
@@ -32,6 +34,7 @@ from tests.contract.fleet import (
     services,
     succeed,
 )
+from tests.helpers.clock import FakeClock
 
 USER = principal("acme")
 
@@ -43,8 +46,10 @@ def fleet(settings: Any, stores: Any) -> tuple[JobService, ModelService]:
     return jobs, models
 
 
-def _with(settings: Any, stores: Any, **overrides: Any) -> JobService:
-    jobs, models = services(settings.model_copy(update=overrides), stores)
+def _with(
+    settings: Any, stores: Any, now: Callable[[], float] = clock.now, **overrides: Any
+) -> JobService:
+    jobs, models = services(settings.model_copy(update=overrides), stores, now)
     push_model(models, USER)
     return jobs
 
@@ -152,10 +157,11 @@ def test_cancel_queued_running_and_terminal(fleet: Any) -> None:
 
 
 def test_stale_lease_and_second_attempt(settings: Any, stores: Any) -> None:
-    jobs = _with(settings, stores, lease_duration_s=1.0)
+    now = FakeClock()
+    jobs = _with(settings, stores, now, lease_duration_s=1.0)
     view, _ = jobs.submit(USER, job())
     [first] = lease(jobs, runner="run_a")
-    time.sleep(1.1)
+    now.advance(1.1)
     assert jobs.sweep()["requeued"] == 1
     [second] = lease(jobs, runner="run_b")
     assert second.id == view.id and second.attempt == 2
@@ -173,12 +179,13 @@ def test_stale_lease_and_second_attempt(settings: Any, stores: Any) -> None:
 
 
 def test_lease_expiry_requeues_then_attempts_exhausted(settings: Any, stores: Any) -> None:
-    jobs = _with(settings, stores, lease_duration_s=1.0)
+    now = FakeClock()
+    jobs = _with(settings, stores, now, lease_duration_s=1.0)
     view, _ = jobs.submit(USER, job(max_attempts=2))
     for attempt in (1, 2):
         [leased] = lease(jobs)
         assert leased.attempt == attempt
-        time.sleep(1.1)
+        now.advance(1.1)
         swept = jobs.sweep()
     assert swept == {"requeued": 0, "exhausted": 1, "timed_out": 0}
     failed = jobs.get(USER, view.id)
@@ -188,13 +195,14 @@ def test_lease_expiry_requeues_then_attempts_exhausted(settings: Any, stores: An
 
 
 def test_extend_is_capped_by_timeout_and_last_attempt_times_out(settings: Any, stores: Any) -> None:
-    jobs = _with(settings, stores, lease_duration_s=5.0)
+    now = FakeClock()
+    jobs = _with(settings, stores, now, lease_duration_s=5.0)
     view, _ = jobs.submit(USER, job(timeout_s=1, max_attempts=1))
     [leased] = lease(jobs)
     assert leased.deadline_at == leased.lease_expires_at  # min(lease, timeout)
     extended = jobs.extend("run_1", view.id, leased.lease_token)
     assert extended.lease_expires_at <= leased.deadline_at
-    time.sleep(1.1)
+    now.advance(1.1)
     with pytest.raises(StaleLease):
         jobs.extend("run_1", view.id, leased.lease_token)
     assert jobs.sweep()["exhausted"] == 1
@@ -202,11 +210,12 @@ def test_extend_is_capped_by_timeout_and_last_attempt_times_out(settings: Any, s
     assert err is not None and err.code == "timeout"
 
 
-def test_queue_ttl_times_out_by_sweep_and_lazily(fleet: Any) -> None:
-    jobs, _ = fleet
+def test_queue_ttl_times_out_by_sweep_and_lazily(settings: Any, stores: Any) -> None:
+    now = FakeClock()
+    jobs = _with(settings, stores, now)
     swept_job, _ = jobs.submit(USER, job(ttl_s=1))
     lazy_job, _ = jobs.submit(USER, job(ttl_s=1))
-    time.sleep(1.1)
+    now.advance(1.1)
     assert jobs.get(USER, lazy_job.id).status == "TIMED_OUT"
     assert jobs.sweep()["timed_out"] == 1
     view = jobs.get(USER, swept_job.id)
