@@ -661,19 +661,8 @@ class JobService:
 
     # ------------------------------------------------------------------ cancel
     def _cancel_queued(self, job: JobRecord, message: str) -> JobRecord | None:
-        assert job.queue_token is not None and job.queue_key is not None
-        done = self._store.jobs.finish_queued(
-            job.id,
-            job.queue_token,
-            "CANCELLED",
-            now=now(),
-            error={"code": "cancelled", "message": message},
-        )
-        if done is not None:
-            self._ops.remove_entry(job)
-            self._ops.delete_ttl_marker(job)
-            self._transitioned(done, "QUEUED")
-        return done
+        error = {"code": "cancelled", "message": message}
+        return self._ops.finish_queued(job, "CANCELLED", error, now())
 
     def cancel(self, p: Principal, job_id: str) -> JobView:
         """QUEUED or RUNNING -> CANCELLED; Conflict when already terminal."""
