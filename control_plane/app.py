@@ -155,7 +155,7 @@ def build_services(settings: Settings, stores: Stores | None = None) -> Services
         if settings.dispatch_enabled
         else None
     )
-    inference = InferenceService(jobs, dispatch, settings)
+    inference = InferenceService(jobs, dispatch, settings, st.blobs)
     streams = (
         StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload)
         if st.streams is not None

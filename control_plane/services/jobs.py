@@ -941,6 +941,12 @@ class JobService:
         self._blobs.put_json(ref, {"logs": text, "truncated": truncated})
         return ref
 
+    def outputs_ref(self, p: Principal, job_id: str) -> str | None:
+        """The bucket key of the outputs a job left in the bucket (None: inline, or none);
+        404 where ``get`` would be."""
+        p.require("jobs:read")
+        return self._load(p, job_id).outputs_ref
+
     def logs(self, p: Principal, job_id: str) -> JobLogs:
         """``GET /v1/jobs/{id}/logs``: the logs its runner sent with its result (empty until
         it has one, or when the runner sent none); 404 where ``get`` would be."""
