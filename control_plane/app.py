@@ -162,7 +162,7 @@ def build_services(
         if settings.dispatch_enabled
         else None
     )
-    inference = InferenceService(jobs, dispatch, settings)
+    inference = InferenceService(jobs, dispatch, settings, st.blobs)
     streams = (
         StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload, now=now)
         if st.streams is not None

@@ -74,7 +74,7 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.services.dispatch import InferenceFailed, RawRequest
-from control_plane.services.inference import RawAnswer, fetch_outputs
+from control_plane.services.inference import RawAnswer
 from control_plane.services.principal import Principal
 
 __all__ = [
@@ -253,13 +253,13 @@ async def run_infer(
     wait_s = svc.settings.infer_wait_s
     job = to_job_request(model, version, req, ttl_s=max(1, math.ceil(wait_s)))
     try:
-        res = await svc.inference.infer(
+        res = await svc.inference.infer_inline(
             p, job, idempotency_key=idempotency_key, on_submit=on_submit
         )
     except InferenceFailed as exc:
         raise job_outcome(exc) from exc
     outputs = []
-    for t in await fetch_outputs(res):  # KServe answers inline: large job outputs fetched
+    for t in res.outputs:  # inline: large job outputs were read from the bucket
         name, datatype, shape, data = _tensor_fields(t)
         outputs.append(
             V2OutputTensor(name=name, datatype=datatype, shape=shape, data=flatten(data))

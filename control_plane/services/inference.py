@@ -19,22 +19,23 @@ Two paths, chosen per call:
 Failures raise domain errors: ``InferenceFailed`` (the model refused or failed; its
 ``client_fault`` tells 400 from 500), ``Timeout`` (504), ``Unavailable`` (503),
 ``RateLimited`` (429), ``ModelNotFound``, ``InvalidRequest`` (tensors that do not fit).
+
+KServe answers carry every output inline (:meth:`InferenceService.infer_inline`): outputs a
+job left in the bucket are read back through the blob store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from gpufleet._logs import bind
 from gpufleet.tensors import decode_outputs, to_tensor
 from gpufleet.wire import TERMINAL_STATUSES, JobRequest, JobView
 
-from control_plane.errors import Timeout, Unavailable
+from control_plane.errors import NotFound, Timeout, Unavailable
 from control_plane.services.dispatch import (
     ANYWHERE,
     Dispatcher,
@@ -44,6 +45,7 @@ from control_plane.services.dispatch import (
 )
 from control_plane.services.principal import Principal
 from control_plane.settings import Settings
+from control_plane.storage.protocols import BlobStore
 
 __all__ = [
     "InferResult",
@@ -51,7 +53,6 @@ __all__ = [
     "InferenceService",
     "RawAnswer",
     "RawRequest",
-    "fetch_outputs",
 ]
 
 
@@ -66,8 +67,8 @@ class InferResult:
     job_id: str | None = None
     runner_id: str | None = None
     timings: dict[str, float] | None = None
-    # Large job outputs stay in the bucket: a presigned URL instead of ``outputs`` (the
-    # caller decides whether to fetch them: KServe must answer inline, v1 hands the URL on).
+    # Large job outputs stay in the bucket: a presigned URL instead of ``outputs`` (v1 hands
+    # the URL on; KServe must answer inline: ``infer_inline`` reads them from the bucket).
     outputs_url: str | None = None
 
 
@@ -86,17 +87,20 @@ class RawAnswer:
 
 
 class InferenceService:
-    """See the module docstring. ``jobs`` is the job service (submit, wait, ready records)."""
+    """See the module docstring. ``jobs`` is the job service (submit, wait, ready records);
+    ``blobs`` the bucket large job outputs are read back from."""
 
     def __init__(
         self,
         jobs: Any,
         dispatch: Dispatcher | None,
         settings: Settings,
+        blobs: BlobStore,
     ) -> None:
         self._jobs = jobs
         self.dispatch = dispatch
         self._settings = settings
+        self._blobs = blobs
 
     async def infer(
         self,
@@ -136,6 +140,35 @@ class InferenceService:
                     timings=msg.get("timings"),
                 )
         return await self._durable(p, req, wait_s, idempotency_key, on_submit)
+
+    async def infer_inline(
+        self,
+        p: Principal,
+        req: JobRequest,
+        *,
+        idempotency_key: str | None = None,
+        on_submit: Any = None,
+    ) -> InferResult:
+        """:meth:`infer` with every output inline (what KServe answers): outputs the job
+        left in the bucket are read through the blob store."""
+        res = await self.infer(p, req, idempotency_key=idempotency_key, on_submit=on_submit)
+        if res.outputs_url is not None:
+            res.outputs = await self._jobs.offload(self._stored_outputs, p, res.job_id)
+            res.outputs_url = None
+        return res
+
+    def _stored_outputs(self, p: Principal, job_id: str) -> list[Any]:
+        """A job's outputs from the bucket, as tensors; ``Unavailable`` when they cannot be
+        read (gone, truncated, not decodable)."""
+        try:
+            ref = self._jobs.outputs_ref(p, job_id)
+            size = self._blobs.head(ref) if ref else None
+            if ref is None or size is None:
+                raise NotFound(f"the stored outputs of job {job_id} are gone")
+            arrays = decode_outputs(self._blobs.get_bytes(ref, limit=size))
+        except (NotFound, ValueError) as exc:
+            raise Unavailable(f"could not read the outputs of job {job_id}: {exc}") from exc
+        return [to_tensor(name, array) for name, array in arrays.items()]
 
     async def passthrough(
         self,
@@ -256,17 +289,3 @@ def outcome_error(view: JobView, wait_s: float) -> Exception:
         f"GET /v1/jobs/{view.id} returns its result later",
         details,
     )
-
-
-async def fetch_outputs(res: InferResult) -> list[Any]:
-    """The outputs of ``res``, fetched from the bucket when they were stored there."""
-    if res.outputs_url is None:
-        return res.outputs
-    try:
-        async with httpx.AsyncClient(timeout=30.0) as http:
-            resp = await http.get(res.outputs_url)
-            resp.raise_for_status()
-            arrays = await asyncio.to_thread(decode_outputs, resp.content)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise Unavailable(f"could not read the outputs of job {res.job_id}: {exc}") from exc
-    return [to_tensor(name, array) for name, array in arrays.items()]

@@ -668,19 +668,8 @@ class JobService:
 
     # ------------------------------------------------------------------ cancel
     def _cancel_queued(self, job: JobRecord, message: str) -> JobRecord | None:
-        assert job.queue_token is not None and job.queue_key is not None
-        done = self._store.jobs.finish_queued(
-            job.id,
-            job.queue_token,
-            "CANCELLED",
-            now=self._now(),
-            error={"code": "cancelled", "message": message},
-        )
-        if done is not None:
-            self._ops.remove_entry(job)
-            self._ops.delete_ttl_marker(job)
-            self._transitioned(done, "QUEUED")
-        return done
+        error = {"code": "cancelled", "message": message}
+        return self._ops.finish_queued(job, "CANCELLED", error, self._now())
 
     def cancel(self, p: Principal, job_id: str) -> JobView:
         """QUEUED or RUNNING -> CANCELLED; Conflict when already terminal."""
@@ -958,6 +947,12 @@ class JobService:
         ref = f"{RESULTS_PREFIX}{job.id}/{tag}/logs.json"
         self._blobs.put_json(ref, {"logs": text, "truncated": truncated})
         return ref
+
+    def outputs_ref(self, p: Principal, job_id: str) -> str | None:
+        """The bucket key of the outputs a job left in the bucket (None: inline, or none);
+        404 where ``get`` would be."""
+        p.require("jobs:read")
+        return self._load(p, job_id).outputs_ref
 
     def logs(self, p: Principal, job_id: str) -> JobLogs:
         """``GET /v1/jobs/{id}/logs``: the logs its runner sent with its result (empty until

@@ -10,6 +10,8 @@ submit   1. put the TTL marker, 2. put the queue entry (token = the job's queue 
 claim    1. put lease marker (expires later; the sweep ignores it until then)
          2. job QUEUED -> RUNNING   (condition: status and queue token)   <- commit
          3. delete the queue entry (condition: its token), depth - 1
+finish   1. job QUEUED -> TIMED_OUT/CANCELLED (condition: queue token)  <- commit
+(queued) 2. delete the queue entry (condition: its token), depth - 1, delete the TTL marker
 complete 1. job RUNNING -> terminal (condition: lease token)              <- commit
          2. delete the lease marker and the queue-TTL marker (no index item outlives
             its job; a crash before leaves them to the sweep, which drops stale markers)
@@ -172,22 +174,26 @@ class QueueOps:
             self._notify(job, None)
         return None
 
-    def time_out_queued(self, job: JobRecord, t: float) -> JobRecord | None:
-        """QUEUED past its TTL -> TIMED_OUT (None when someone else moved it first)."""
-        if job.status != "QUEUED" or not job.queue_token or job.queue_key is None:
-            return None
-        done = self._store.jobs.finish_queued(
-            job.id,
-            job.queue_token,
-            "TIMED_OUT",
-            now=t,
-            error={"code": "ttl_expired", "message": f"queued for more than {job.ttl_s} s"},
-        )
+    def finish_queued(
+        self, job: JobRecord, status: str, error: dict[str, Any], t: float
+    ) -> JobRecord | None:
+        """QUEUED -> ``status`` (TIMED_OUT, CANCELLED), fenced by the job's queue token; then
+        its queue entry and TTL marker go and the hooks are told. None when someone else
+        moved the job first (claimed, cancelled, timed out)."""
+        assert job.queue_token is not None and job.queue_key is not None
+        done = self._store.jobs.finish_queued(job.id, job.queue_token, status, now=t, error=error)
         if done is not None:
             self.remove_entry(job)
             self.delete_ttl_marker(job)
             self._notify(done, "QUEUED")
         return done
+
+    def time_out_queued(self, job: JobRecord, t: float) -> JobRecord | None:
+        """QUEUED past its TTL -> TIMED_OUT (None when someone else moved it first)."""
+        if job.status != "QUEUED" or not job.queue_token or job.queue_key is None:
+            return None
+        error = {"code": "ttl_expired", "message": f"queued for more than {job.ttl_s} s"}
+        return self.finish_queued(job, "TIMED_OUT", error, t)
 
     def drop_if_stale(self, entry: QueueEntry, t: float) -> None:
         """Delete a queue entry that no longer stands for a claimable job."""

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpufleet._logs import bind
+from gpufleet.webhooks import webhook_signature_header
 
 from control_plane.clock import new_id
 from control_plane.services.webhook_records import AttemptRecord, Claim, DueRef, WebhookStore
 from control_plane.services.webhook_sender import Sender, SendError
-from control_plane.services.webhook_signing import signature_header
 from control_plane.services.webhook_targets import (
     Resolver,
     TargetRefused,
@@ -155,7 +155,7 @@ class WebhookWorker:
             "user-agent": USER_AGENT,
             "webhook-id": d.msg_id,
             "webhook-timestamp": str(ts),
-            "webhook-signature": signature_header(d.msg_id, ts, body, secrets),
+            "webhook-signature": webhook_signature_header(d.msg_id, ts, body, secrets),
         }
         try:
             code = await self._sender.post(target, headers, body, self._policy.timeout_s)

@@ -8,13 +8,16 @@ is delivered once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
+from secrets import token_bytes
 from typing import Any
 
+from gpufleet.webhooks import SECRET_PREFIX
 from gpufleet.wire import (
     TERMINAL_STATUSES,
     JobRequest,
@@ -37,11 +40,17 @@ from control_plane.services.webhook_records import (
     WebhookStore,
 )
 from control_plane.services.webhook_sender import HttpxSender, Sender
-from control_plane.services.webhook_signing import new_secret
 from control_plane.services.webhook_targets import Resolver, check_target, system_resolver
 from control_plane.storage.protocols import JobRecord
 
-__all__ = ["EVENT_COMPLETED", "EVENT_RUNNING", "MAX_BODY_BYTES", "WebhookService", "events_for"]
+__all__ = [
+    "EVENT_COMPLETED",
+    "EVENT_RUNNING",
+    "MAX_BODY_BYTES",
+    "WebhookService",
+    "events_for",
+    "new_secret",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,13 @@ EVENT_COMPLETED = "job.completed"
 MAX_BODY_BYTES = 350_000  # a DynamoDB item holds 400 KB; larger outputs are left out
 _SECRET_SCOPE = "jobs:write"  # noqa: S105 - a scope name
 _ROTATE_TRIES = 5
+_SECRET_BYTES = 32
+
+
+def new_secret() -> str:
+    """A fresh tenant signing secret: ``whsec_`` + base64 of 32 random bytes (the signature
+    over a delivery is the SDK's ``gpufleet.webhooks.webhook_signature_header``)."""
+    return SECRET_PREFIX + base64.b64encode(token_bytes(_SECRET_BYTES)).decode()
 
 
 def events_for(status: str, wanted: list[str]) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -45,7 +45,38 @@ def error_code(exc: ClientError) -> str:
 
 
 def is_condition_failure(exc: ClientError) -> bool:
-    return error_code(exc) == "ConditionalCheckFailedException"
+    """A failed ``ConditionExpression``, or a transaction cancelled only by failed conditions:
+    the expected outcome of a lost race, which adapters answer with False/None/Conflict."""
+    code = error_code(exc)
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code != "TransactionCanceledException":
+        return False
+    reasons = exc.response.get("CancellationReasons") or []
+    codes = {r.get("Code") for r in reasons} - {"None", None}
+    return not reasons or codes <= {"ConditionalCheckFailed"}
+
+
+def try_conditional(call: Callable[..., dict[str, Any]], /, **kwargs: Any) -> dict[str, Any] | None:
+    """``call(**kwargs)`` (a conditional DynamoDB write); None when its condition failed.
+
+    For use inside a ``translate_errors`` block that also holds other calls; any other
+    ClientError propagates (``translate_errors`` turns it into ``Unavailable``)."""
+    try:
+        return call(**kwargs)
+    except ClientError as exc:
+        if is_condition_failure(exc):
+            return None
+        raise
+
+
+def conditional_write(
+    what: str, call: Callable[..., dict[str, Any]], /, **kwargs: Any
+) -> dict[str, Any] | None:
+    """One conditional DynamoDB write: ``call(**kwargs)`` under ``translate_errors(what)``;
+    its response, or None when its condition failed (a lost race)."""
+    with translate_errors(what):
+        return try_conditional(call, **kwargs)
 
 
 @contextlib.contextmanager

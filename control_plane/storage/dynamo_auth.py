@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from control_plane.errors import Conflict
-from control_plane.storage.aws import is_condition_failure, translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.protocols_auth import ApiKeyRecord, JoinTokenRecord, RefreshRecord
 
 _NOT_EXISTS = "attribute_not_exists(pk)"
@@ -83,13 +81,9 @@ class DynamoAuthStore:
         return item if item else None
 
     def _put_new(self, item: dict[str, Any], what: str) -> None:
-        with translate_errors(what):
-            try:
-                self._db.put_item(TableName=self._table, Item=item, ConditionExpression=_NOT_EXISTS)
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    raise Conflict(f"{what}: already exists") from exc
-                raise
+        put = {"TableName": self._table, "Item": item, "ConditionExpression": _NOT_EXISTS}
+        if conditional_write(what, self._db.put_item, **put) is None:
+            raise Conflict(f"{what}: already exists")
 
     def _flag(self, pk: str, attr: str, what: str, *, require_false: bool) -> bool:
         """Set ``attr`` to true on an existing item; False when the condition fails."""
@@ -98,21 +92,17 @@ class DynamoAuthStore:
         if require_false:
             cond += " AND #a = :f"
             values[":f"] = _b(False)
-        with translate_errors(what):
-            try:
-                self._db.update_item(
-                    TableName=self._table,
-                    Key={"pk": _s(pk)},
-                    UpdateExpression="SET #a = :t",
-                    ConditionExpression=cond,
-                    ExpressionAttributeNames={"#a": attr},
-                    ExpressionAttributeValues=values,
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            what,
+            self._db.update_item,
+            TableName=self._table,
+            Key={"pk": _s(pk)},
+            UpdateExpression="SET #a = :t",
+            ConditionExpression=cond,
+            ExpressionAttributeNames={"#a": attr},
+            ExpressionAttributeValues=values,
+        )
+        return done is not None
 
     # ------------------------------------------------------------------ API keys
     def save_api_key(self, rec: ApiKeyRecord) -> None:
@@ -160,27 +150,22 @@ class DynamoAuthStore:
     def rotate_api_key(
         self, key_id: str, expected_hash: str, new_hash: str, previous_valid_until: float
     ) -> bool:
-        with translate_errors("rotate api key"):
-            try:
-                self._db.update_item(
-                    TableName=self._table,
-                    Key={"pk": _s(f"key#{key_id}")},
-                    UpdateExpression="SET secret_hash = :new, previous_secret_hash = :old, "
-                    "previous_valid_until = :until",
-                    ConditionExpression="attribute_exists(pk) AND revoked = :f "
-                    "AND secret_hash = :old",
-                    ExpressionAttributeValues={
-                        ":new": _s(new_hash),
-                        ":old": _s(expected_hash),
-                        ":until": _n(previous_valid_until),
-                        ":f": _b(False),
-                    },
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "rotate api key",
+            self._db.update_item,
+            TableName=self._table,
+            Key={"pk": _s(f"key#{key_id}")},
+            UpdateExpression="SET secret_hash = :new, previous_secret_hash = :old, "
+            "previous_valid_until = :until",
+            ConditionExpression="attribute_exists(pk) AND revoked = :f AND secret_hash = :old",
+            ExpressionAttributeValues={
+                ":new": _s(new_hash),
+                ":old": _s(expected_hash),
+                ":until": _n(previous_valid_until),
+                ":f": _b(False),
+            },
+        )
+        return done is not None
 
     # ------------------------------------------------------------------ refresh tokens
     def save_refresh_token(self, rec: RefreshRecord) -> None:
@@ -244,38 +229,29 @@ class DynamoAuthStore:
 
     def claim_join_token(self, token_hash: str, now: float) -> JoinTokenRecord | None:
         """One conditional update: unexpired, and uses left (or no ``max_uses``: no limit)."""
-        with translate_errors("claim join token"):
-            try:
-                out = self._db.update_item(
-                    TableName=self._table,
-                    Key={"pk": _s(f"join#{token_hash}")},
-                    UpdateExpression="SET uses = if_not_exists(uses, :zero) + :one, "
-                    "last_used_at = :now",
-                    ConditionExpression="attribute_exists(pk) AND expires_at >= :now AND "
-                    "(attribute_not_exists(max_uses) OR max_uses = :zero OR uses < max_uses)",
-                    ExpressionAttributeValues={":zero": _n(0), ":one": _n(1), ":now": _n(now)},
-                    ReturnValues="ALL_NEW",
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return None
-                raise
-        return _join(token_hash, out["Attributes"])
+        out = conditional_write(
+            "claim join token",
+            self._db.update_item,
+            TableName=self._table,
+            Key={"pk": _s(f"join#{token_hash}")},
+            UpdateExpression="SET uses = if_not_exists(uses, :zero) + :one, last_used_at = :now",
+            ConditionExpression="attribute_exists(pk) AND expires_at >= :now AND "
+            "(attribute_not_exists(max_uses) OR max_uses = :zero OR uses < max_uses)",
+            ExpressionAttributeValues={":zero": _n(0), ":one": _n(1), ":now": _n(now)},
+            ReturnValues="ALL_NEW",
+        )
+        return None if out is None else _join(token_hash, out["Attributes"])
 
     def consume_join_token(self, token_hash: str) -> bool:
         """A conditional delete: of two consumers the second finds nothing to delete."""
-        with translate_errors("consume join token"):
-            try:
-                self._db.delete_item(
-                    TableName=self._table,
-                    Key={"pk": _s(f"join#{token_hash}")},
-                    ConditionExpression="attribute_exists(pk)",
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "consume join token",
+            self._db.delete_item,
+            TableName=self._table,
+            Key={"pk": _s(f"join#{token_hash}")},
+            ConditionExpression="attribute_exists(pk)",
+        )
+        return done is not None
 
     def find_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         item = self._get(f"join#{token_hash}", "find join token")
@@ -316,16 +292,13 @@ class DynamoAuthStore:
     # ------------------------------------------------------------------ signing key
     def ensure_signing_key(self, candidate: str) -> str:
         """Store ``candidate`` unless a key exists, then return the stored one (first wins)."""
-        with translate_errors("store signing key"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item={"pk": _s("meta#jwt"), "key": _s(candidate)},
-                    ConditionExpression=_NOT_EXISTS,
-                )
-            except ClientError as exc:
-                if not is_condition_failure(exc):
-                    raise
+        conditional_write(  # None: a key exists already, and wins
+            "store signing key",
+            self._db.put_item,
+            TableName=self._table,
+            Item={"pk": _s("meta#jwt"), "key": _s(candidate)},
+            ConditionExpression=_NOT_EXISTS,
+        )
         item = self._get("meta#jwt", "read signing key")
         if item is None:  # pragma: no cover - written just above
             raise Conflict("signing key vanished")

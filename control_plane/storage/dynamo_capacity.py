@@ -20,12 +20,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.definitions import TTL_ATTRIBUTE
 from control_plane.storage.dynamo_items import (
-    conditional_failed,
     get_i,
     get_j,
     get_n,
@@ -127,14 +124,7 @@ class DynamoCapacityStore:
         }
         if expected_revision:
             kwargs["ExpressionAttributeValues"] = {":expected": n(expected_revision)}
-        with translate_errors("save capacity decision"):
-            try:
-                self._db.put_item(**kwargs)
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        return conditional_write("save capacity decision", self._db.put_item, **kwargs) is not None
 
     def append_events(self, pool: str, events: list[dict[str, Any]], keep: int) -> None:
         if not events:

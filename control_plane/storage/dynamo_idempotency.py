@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import translate_errors
-from control_plane.storage.dynamo_items import conditional_failed, get_i, get_n, get_s, n, s
+from control_plane.storage.aws import translate_errors, try_conditional
+from control_plane.storage.dynamo_items import get_i, get_n, get_s, n, s
 from control_plane.storage.protocols import IdempotencyRecord
 
 
@@ -35,18 +33,16 @@ class DynamoIdempotencyStore:
             "expires_at": n(rec.expires_at),
         }
         with translate_errors("claim idempotency key"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(#k) OR expires_at < :now",
-                    ExpressionAttributeNames={"#k": "key"},
-                    ExpressionAttributeValues={":now": n(now)},
-                )
+            put = try_conditional(
+                self._db.put_item,
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#k) OR expires_at < :now",
+                ExpressionAttributeNames={"#k": "key"},
+                ExpressionAttributeValues={":now": n(now)},
+            )
+            if put is not None:
                 return None
-            except ClientError as exc:
-                if not conditional_failed(exc):
-                    raise
             got = self._db.get_item(
                 TableName=self._table, Key={"key": s(rec.key)}, ConsistentRead=True
             ).get("Item")

@@ -1,14 +1,13 @@
-"""Small helpers to build and read DynamoDB attribute values (low-level client format)."""
+"""Small helpers to build and read DynamoDB attribute values (low-level client format).
+
+Conditional writes go through ``control_plane.storage.aws.conditional_write``.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from typing import Any
-
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import is_condition_failure
 
 
 def s(v: str) -> dict[str, str]:
@@ -52,11 +51,6 @@ def get_b(item: dict[str, Any], name: str) -> bool:
 def get_j(item: dict[str, Any], name: str) -> Any:
     v = get_s(item, name)
     return None if v is None else json.loads(v)
-
-
-def conditional_failed(exc: ClientError) -> bool:
-    """A failed ``ConditionExpression`` (the expected outcome of a lost race)."""
-    return is_condition_failure(exc)
 
 
 def paginate(db: Any, op: str, **kwargs: Any) -> Iterator[dict[str, Any]]:

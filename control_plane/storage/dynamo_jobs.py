@@ -27,13 +27,10 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from control_plane.errors import InvalidRequest
-from control_plane.storage.aws import translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
     b,
-    conditional_failed,
     get_b,
     get_i,
     get_j,
@@ -161,18 +158,14 @@ class DynamoJobStore:
 
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
-        with translate_errors("create job"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item=to_item(job),
-                    ConditionExpression="attribute_not_exists(id)",
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "create job",
+            self._db.put_item,
+            TableName=self._table,
+            Item=to_item(job),
+            ConditionExpression="attribute_not_exists(id)",
+        )
+        return done is not None
 
     def create_jobs(self, jobs: list[JobRecord]) -> None:
         """Store new jobs with fresh random ids in batches of 25 (a batch submit)."""
@@ -339,22 +332,18 @@ class DynamoJobStore:
                 names[f"#r{i}"] = attr
                 rm.append(f"#r{i}")
             parts.append("REMOVE " + ", ".join(rm))
-        with translate_errors(what):
-            try:
-                resp = self._db.update_item(
-                    TableName=self._table,
-                    Key={"id": s(job_id)},
-                    UpdateExpression=" ".join(parts),
-                    ConditionExpression=" AND ".join(conds),
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                    ReturnValues="ALL_NEW",
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return None
-                raise
-        return from_item(resp["Attributes"])
+        resp = conditional_write(
+            what,
+            self._db.update_item,
+            TableName=self._table,
+            Key={"id": s(job_id)},
+            UpdateExpression=" ".join(parts),
+            ConditionExpression=" AND ".join(conds),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+        )
+        return None if resp is None else from_item(resp["Attributes"])
 
     def claim_job(
         self,

@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import is_condition_failure, translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.protocols_keys import SigningKeyRecord
 
 PK = "sigkeys"
@@ -52,18 +50,12 @@ class DynamoSigningKeyStore:
         self._table = table
 
     def _write(self, what: str, **kwargs: Any) -> bool:
-        with translate_errors(what):
-            try:
-                kwargs["TableName"] = self._table
-                if "Item" in kwargs:
-                    self._db.put_item(**kwargs)
-                else:
-                    self._db.update_item(Key={"pk": _s(PK)}, **kwargs)
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        kwargs["TableName"] = self._table
+        if "Item" in kwargs:
+            return conditional_write(what, self._db.put_item, **kwargs) is not None
+        return (
+            conditional_write(what, self._db.update_item, Key={"pk": _s(PK)}, **kwargs) is not None
+        )
 
     def list_signing_keys(self) -> list[SigningKeyRecord]:
         with translate_errors("list signing keys"):

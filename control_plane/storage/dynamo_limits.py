@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
-    conditional_failed,
     get_i,
     get_n,
     get_s,
@@ -95,18 +92,14 @@ class DynamoLimitsStore:
         return None if item is None else self._quota(item)
 
     def delete_quota(self, tenant: str) -> bool:
-        with translate_errors("delete quota"):
-            try:
-                self._db.delete_item(
-                    TableName=self._table,
-                    Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
-                    ConditionExpression="attribute_exists(pk)",
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "delete quota",
+            self._db.delete_item,
+            TableName=self._table,
+            Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
+            ConditionExpression="attribute_exists(pk)",
+        )
+        return done is not None
 
     def list_quotas(self) -> list[QuotaRecord]:
         items = self._query(QUOTA_PK, "list quotas")

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors, try_conditional
 from control_plane.storage.dynamo_items import (
-    conditional_failed,
     get_i,
     get_j,
     get_n,
@@ -91,23 +88,16 @@ class DynamoModelStore:
 
     def claim_name(self, name: str, tenant: str, now: float) -> str:
         """Make ``tenant`` the owner of ``name`` unless another tenant owns it; the owner."""
-        with translate_errors("claim model name"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item={
-                        "name": s(name),
-                        "sk": s(META),
-                        "tenant": s(tenant),
-                        "created_at": n(now),
-                    },
-                    ConditionExpression="attribute_not_exists(sk) OR tenant = :t",
-                    ExpressionAttributeValues={":t": s(tenant)},
-                )
-                return tenant
-            except ClientError as exc:
-                if not conditional_failed(exc):
-                    raise
+        claimed = conditional_write(
+            "claim model name",
+            self._db.put_item,
+            TableName=self._table,
+            Item={"name": s(name), "sk": s(META), "tenant": s(tenant), "created_at": n(now)},
+            ConditionExpression="attribute_not_exists(sk) OR tenant = :t",
+            ExpressionAttributeValues={":t": s(tenant)},
+        )
+        if claimed is not None:
+            return tenant
         return self.owner(name) or tenant
 
     def release_name(self, name: str, tenant: str) -> bool:
@@ -124,18 +114,14 @@ class DynamoModelStore:
             )
             if found.get("Items"):
                 return False
-            try:
-                self._db.delete_item(
-                    TableName=self._table,
-                    Key={"name": s(name), "sk": s(META)},
-                    ConditionExpression="tenant = :t",
-                    ExpressionAttributeValues={":t": s(tenant)},
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+            done = try_conditional(
+                self._db.delete_item,
+                TableName=self._table,
+                Key={"name": s(name), "sk": s(META)},
+                ConditionExpression="tenant = :t",
+                ExpressionAttributeValues={":t": s(tenant)},
+            )
+        return done is not None
 
     def owner(self, name: str) -> str | None:
         with translate_errors("get model owner"):
@@ -148,18 +134,14 @@ class DynamoModelStore:
 
     def put_version(self, rec: ModelVersionRecord) -> bool:
         """Store a new version; False when that version exists."""
-        with translate_errors("create model version"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item=_to_item(rec),
-                    ConditionExpression="attribute_not_exists(sk)",
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "create model version",
+            self._db.put_item,
+            TableName=self._table,
+            Item=_to_item(rec),
+            ConditionExpression="attribute_not_exists(sk)",
+        )
+        return done is not None
 
     def get_version(self, name: str, version: str) -> ModelVersionRecord | None:
         with translate_errors("get model version"):
@@ -189,48 +171,40 @@ class DynamoModelStore:
 
     def mark_ready(self, rec: ModelVersionRecord) -> bool:
         """UPLOADING -> READY with the parsed config; False when not UPLOADING any more."""
-        with translate_errors("commit model version"):
-            try:
-                self._db.update_item(
-                    TableName=self._table,
-                    Key={"name": s(rec.name), "sk": s(version_sk(rec.version))},
-                    UpdateExpression=(
-                        "SET #st = :ready, platform = :p, backend = :b, max_batch_size = :m, "
-                        "inputs = :i, outputs = :o, config = :c"
-                    ),
-                    ConditionExpression="#st = :uploading",
-                    ExpressionAttributeNames={"#st": "state"},
-                    ExpressionAttributeValues={
-                        ":ready": s("READY"),
-                        ":uploading": s("UPLOADING"),
-                        ":p": s(rec.platform or ""),
-                        ":b": s(rec.backend or ""),
-                        ":m": n(rec.max_batch_size),
-                        ":i": j(rec.inputs),
-                        ":o": j(rec.outputs),
-                        ":c": j(rec.config),
-                    },
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "commit model version",
+            self._db.update_item,
+            TableName=self._table,
+            Key={"name": s(rec.name), "sk": s(version_sk(rec.version))},
+            UpdateExpression=(
+                "SET #st = :ready, platform = :p, backend = :b, max_batch_size = :m, "
+                "inputs = :i, outputs = :o, config = :c"
+            ),
+            ConditionExpression="#st = :uploading",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues={
+                ":ready": s("READY"),
+                ":uploading": s("UPLOADING"),
+                ":p": s(rec.platform or ""),
+                ":b": s(rec.backend or ""),
+                ":m": n(rec.max_batch_size),
+                ":i": j(rec.inputs),
+                ":o": j(rec.outputs),
+                ":c": j(rec.config),
+            },
+        )
+        return done is not None
 
     def delete_version(self, name: str, version: str) -> bool:
         """Remove a version; False when it does not exist."""
-        with translate_errors("delete model version"):
-            try:
-                self._db.delete_item(
-                    TableName=self._table,
-                    Key={"name": s(name), "sk": s(version_sk(version))},
-                    ConditionExpression="attribute_exists(sk)",
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "delete model version",
+            self._db.delete_item,
+            TableName=self._table,
+            Key={"name": s(name), "sk": s(version_sk(version))},
+            ConditionExpression="attribute_exists(sk)",
+        )
+        return done is not None
 
     def list_names(self) -> list[tuple[str, str]]:
         """(name, owning tenant) of every model (a Scan of the small models table)."""
@@ -313,11 +287,4 @@ class DynamoModelStore:
         }
         if values:
             kwargs["ExpressionAttributeValues"] = values
-        with translate_errors("save placement"):
-            try:
-                self._db.put_item(**kwargs)
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        return conditional_write("save placement", self._db.put_item, **kwargs) is not None

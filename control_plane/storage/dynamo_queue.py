@@ -20,11 +20,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
-    conditional_failed,
     get_i,
     get_n,
     get_s,
@@ -66,20 +63,16 @@ class DynamoQueueStore:
             "timeout_s": n(entry.timeout_s),
             "tenant": s(entry.tenant),
         }
-        with translate_errors("enqueue"):
-            try:
-                self._db.put_item(
-                    TableName=self._queue,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(sk) OR #t = :t",
-                    ExpressionAttributeNames={"#t": "token"},
-                    ExpressionAttributeValues={":t": s(entry.token)},
-                )
-            except ClientError as exc:
-                if conditional_failed(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "enqueue",
+            self._db.put_item,
+            TableName=self._queue,
+            Item=item,
+            ConditionExpression="attribute_not_exists(sk) OR #t = :t",
+            ExpressionAttributeNames={"#t": "token"},
+            ExpressionAttributeValues={":t": s(entry.token)},
+        )
+        return done is not None
 
     def enqueue_many(self, entries: list[QueueEntry]) -> None:
         """Write fresh entries (new random keys) in batches of 25."""
@@ -129,18 +122,15 @@ class DynamoQueueStore:
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
-        with translate_errors("remove queue entry"):
-            try:
-                self._db.delete_item(
-                    TableName=self._queue,
-                    Key={"shard": s(shard), "sk": s(sk)},
-                    ConditionExpression="#t = :t",
-                    ExpressionAttributeNames={"#t": "token"},
-                    ExpressionAttributeValues={":t": s(token)},
-                )
-            except ClientError as exc:
-                if not conditional_failed(exc):
-                    raise
+        conditional_write(  # None: a newer entry holds the key, and stays
+            "remove queue entry",
+            self._db.delete_item,
+            TableName=self._queue,
+            Key={"shard": s(shard), "sk": s(sk)},
+            ConditionExpression="#t = :t",
+            ExpressionAttributeNames={"#t": "token"},
+            ExpressionAttributeValues={":t": s(token)},
+        )
 
     # ------------------------------------------------------------------ markers
     def put_marker(self, marker: Marker) -> None:

@@ -12,10 +12,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from control_plane.errors import Conflict
-from control_plane.storage.aws import is_condition_failure, translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.protocols_auth import RunnerRecord
 
 
@@ -90,15 +88,15 @@ class DynamoRunnerStore:
             item["secret_set_at"] = _value(rec.secret_set_at)
         if rec.join_token is not None:
             item["join_token"] = {"S": rec.join_token}
-        with translate_errors("create runner"):
-            try:
-                self._db.put_item(
-                    TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(id)"
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    raise Conflict("runner id already exists") from exc
-                raise
+        created = conditional_write(
+            "create runner",
+            self._db.put_item,
+            TableName=self._table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(id)",
+        )
+        if created is None:
+            raise Conflict("runner id already exists")
 
     def find_runner(self, runner_id: str) -> RunnerRecord | None:
         with translate_errors("find runner"):
@@ -129,14 +127,8 @@ class DynamoRunnerStore:
         }
         if names:
             kwargs["ExpressionAttributeNames"] = names
-        with translate_errors(what):
-            try:
-                out = self._db.update_item(**kwargs)
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return None
-                raise
-        return _record(out["Attributes"])
+        out = conditional_write(what, self._db.update_item, **kwargs)
+        return None if out is None else _record(out["Attributes"])
 
     def record_heartbeat(
         self,
@@ -204,20 +196,16 @@ class DynamoRunnerStore:
 
     def revoke_runner(self, runner_id: str) -> bool:
         """Mark revoked (idempotent); False when no such runner."""
-        with translate_errors("revoke runner"):
-            try:
-                self._db.update_item(
-                    TableName=self._table,
-                    Key={"id": {"S": runner_id}},
-                    UpdateExpression="SET revoked = :t",
-                    ConditionExpression="attribute_exists(id)",
-                    ExpressionAttributeValues={":t": {"BOOL": True}},
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "revoke runner",
+            self._db.update_item,
+            TableName=self._table,
+            Key={"id": {"S": runner_id}},
+            UpdateExpression="SET revoked = :t",
+            ConditionExpression="attribute_exists(id)",
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
+        return done is not None
 
     def list_runners(self) -> list[RunnerRecord]:
         out: list[RunnerRecord] = []
@@ -247,19 +235,15 @@ class DynamoNonceStore:
     def remember_nonce(self, key: str, now: float, expires_at: float) -> bool:
         """True when the nonce is new (or its old entry expired); False on a replay."""
         # TTL deletes lag by up to days, hence the explicit expiry check in the condition.
-        with translate_errors("remember nonce"):
-            try:
-                self._db.put_item(
-                    TableName=self._table,
-                    Item={"pk": {"S": key}, "expires_at": _value(int(expires_at))},
-                    ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
-                    ExpressionAttributeValues={":now": _value(int(now))},
-                )
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "remember nonce",
+            self._db.put_item,
+            TableName=self._table,
+            Item={"pk": {"S": key}, "expires_at": _value(int(expires_at))},
+            ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
+            ExpressionAttributeValues={":now": _value(int(now))},
+        )
+        return done is not None
 
     def ping(self) -> None:
         with translate_errors("ping nonces table"):

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from control_plane.storage.aws import error_code, translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import get_n, get_s, n, s
 from control_plane.storage.protocols_streams import ChunkRecord, Position
 
@@ -29,14 +27,6 @@ __all__ = ["DynamoStreamStore", "chunk_sk"]
 
 def chunk_sk(attempt: int, seq: int) -> str:
     return f"{attempt:05d}#{seq:09d}"
-
-
-def _cancelled_on_condition(exc: ClientError) -> bool:
-    if error_code(exc) != "TransactionCanceledException":
-        return False
-    reasons = exc.response.get("CancellationReasons") or []
-    codes = {r.get("Code") for r in reasons} - {"None", None}
-    return not reasons or codes <= {"ConditionalCheckFailed"}
 
 
 class DynamoStreamStore:
@@ -76,14 +66,10 @@ class DynamoStreamStore:
                 "expires_at": n(int(expires_at)),
             }
             items.append({"Put": {"TableName": self._table, "Item": item}})
-        with translate_errors("append chunks"):
-            try:
-                self._db.transact_write_items(TransactItems=items)
-            except ClientError as exc:
-                if _cancelled_on_condition(exc):
-                    return False
-                raise
-        return True
+        done = conditional_write(
+            "append chunks", self._db.transact_write_items, TransactItems=items
+        )
+        return done is not None
 
     def read_chunks(self, job_id: str, after: Position | None, limit: int) -> list[ChunkRecord]:
         cond = "job_id = :j"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from control_plane.services.webhook_records import (
     AttemptRecord,
     Claim,
@@ -34,7 +32,7 @@ from control_plane.services.webhook_records import (
     DueRef,
     SecretRecord,
 )
-from control_plane.storage.aws import error_code, is_condition_failure, translate_errors
+from control_plane.storage.aws import conditional_write, translate_errors
 
 __all__ = ["LOG_TTL_S", "SECRET_PREFIX", "DynamoWebhookSecretStore", "DynamoWebhookStore"]
 
@@ -102,15 +100,6 @@ def _attempt(item: dict[str, Any]) -> AttemptRecord:
     )
 
 
-def _cancelled_on_condition(exc: ClientError) -> bool:
-    """A cancelled transaction whose reasons are only condition failures (a lost race)."""
-    if error_code(exc) != "TransactionCanceledException":
-        return False
-    reasons = exc.response.get("CancellationReasons") or []
-    codes = {r.get("Code") for r in reasons} - {"None", None}
-    return not reasons or codes <= {"ConditionalCheckFailed"}
-
-
 class DynamoWebhookStore:
     """``WebhookStore`` on the ``webhooks`` table; every state change is a conditional write."""
 
@@ -122,14 +111,9 @@ class DynamoWebhookStore:
         return {"job_id": _s(f"{_INDEX}{shard}"), "sk": _s(sk)}
 
     def _transact(self, items: list[dict[str, Any]], what: str) -> bool:
-        with translate_errors(what):
-            try:
-                self._db.transact_write_items(TransactItems=items)
-            except ClientError as exc:
-                if _cancelled_on_condition(exc):
-                    return False
-                raise
-        return True
+        return (
+            conditional_write(what, self._db.transact_write_items, TransactItems=items) is not None
+        )
 
     def enqueue(self, delivery: Delivery, due_at: float) -> bool:
         d = delivery
@@ -367,14 +351,7 @@ class DynamoWebhookSecretStore:
         }
         if values:
             kwargs["ExpressionAttributeValues"] = values
-        with translate_errors("store webhook secret"):
-            try:
-                self._db.put_item(**kwargs)
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    return False
-                raise
-        return True
+        return conditional_write("store webhook secret", self._db.put_item, **kwargs) is not None
 
     def create(self, record: SecretRecord) -> bool:
         return self._put(record, "attribute_not_exists(pk)", None)

@@ -14,19 +14,25 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpufleet.errors import WebhookVerificationError
 
-__all__ = ["DEFAULT_TOLERANCE_S", "sign_webhook", "verify_webhook"]
+__all__ = [
+    "DEFAULT_TOLERANCE_S",
+    "SECRET_PREFIX",
+    "sign_webhook",
+    "verify_webhook",
+    "webhook_signature_header",
+]
 
 DEFAULT_TOLERANCE_S = 300
-_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 
 
 def _key(secret: str) -> bytes:
-    raw = secret[len(_PREFIX) :] if secret.startswith(_PREFIX) else secret
+    raw = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -38,6 +44,17 @@ def sign_webhook(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     mac = hmac.new(_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(mac).decode()
+
+
+def webhook_signature_header(
+    msg_id: str, timestamp: int, body: bytes, secrets: Iterable[str]
+) -> str:
+    """The ``webhook-signature`` value: one signature per secret, space-separated (two while
+    a rotated-out secret is in its grace period)."""
+    sigs = [sign_webhook(msg_id, timestamp, body, s) for s in secrets]
+    if not sigs:
+        raise ValueError("at least one secret is needed to sign a delivery")
+    return " ".join(sigs)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
