@@ -189,3 +189,27 @@ async def test_pool_join_token_runs_out(
         for _ in range(uses + 1)
     ]
     assert codes == [201] * uses + [401]
+
+
+async def test_queue_snapshot_groups_jobs_by_region_policy(
+    client: httpx.AsyncClient, auth_headers: TokenFor, services: Services
+) -> None:
+    """The capacity autoscaler reads each queued job's region policy from the real queue
+    (docs/capacity.md, "Which pool a job counts for")."""
+    from tests.api.helpers import add_sub_job, push_model
+
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    bodies = [
+        add_sub_job(regions_allowed=["us-east-1"], region="us-east-1"),
+        add_sub_job(regions_allowed=["us-east-1"], region="us-east-1"),
+        add_sub_job(region="eu-west-1", regions_allowed=["eu-west-1", "us-east-1"]),
+        add_sub_job(),
+    ]
+    for body in bodies:
+        r = await client.post("/v1/jobs", headers=user, json=body)
+        assert r.status_code in (200, 201, 202), r.text
+    snap = services.jobs.queue_snapshot(["add_sub"])["add_sub"]
+    assert snap.depth == 4
+    counts = {k: n for k, (n, _) in snap.by_policy.items()}
+    assert counts == {"us-east-1": 2, "eu-west-1|eu-west-1,us-east-1|30": 1, "": 1}

@@ -45,6 +45,7 @@ from control_plane.services.capacity.providers.base import (
 )
 from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
+from control_plane.services.regions import UNKNOWN_RTT_MS, RegionPolicy, estimated_rtt_ms
 from control_plane.storage.protocols import JobRecord
 from control_plane.storage.protocols_auth import RunnerRecord
 from control_plane.storage.protocols_capacity import CapacityRecord, CapacityStore, PoolRecord
@@ -272,24 +273,66 @@ class CapacityService:
             out[name] = frozenset(models) if models else None
         return out
 
+    def _router(self, specs: Mapping[str, PoolSpec]) -> Callable[[str, str], str | None]:
+        """(model, encoded region policy) -> the one pool whose demand a queued job counts
+        for, or None when no pool serving the model is in a region the job permits.
+
+        The candidates are the pools that serve the model (``_served``) in a region inside
+        the job's ``regions_allowed``; the pool in the job's preferred region wins, else the
+        nearest allowed one (static latency estimate from the preferred region), then by
+        name. So a burst pinned to eu-west-1 starts hosts in the eu-west-1 pool, not in any
+        pool that serves the model."""
+        served = self._served(specs)
+        claimed: set[str] = set().union(*(m for m in served.values() if m is not None))
+
+        @functools.lru_cache(maxsize=1024)
+        def route(model: str, policy_text: str) -> str | None:
+            policy = RegionPolicy.decode(policy_text)
+            ok = [
+                name
+                for name, mine in served.items()
+                if (model in mine if mine is not None else model not in claimed)
+                and policy.permits(specs[name].region)
+            ]
+            if not ok:
+                return None
+            return min(ok, key=lambda n: (_region_rank(policy, specs[n].region), n))
+
+        return route
+
     def _demand(self, pools: list[PoolRecord], t: float) -> dict[str, cd.Demand]:
-        """Queued jobs per pool, of the models it serves (``_served``)."""
+        """Queued jobs per pool: each group of a model's queued jobs with one region policy
+        counts for the one pool ``_router`` picks."""
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in pools}
         served = self._served(specs)
+        route = self._router(specs)
         claimed = set().union(*(m for m in served.values() if m is not None))
         queued = [m for m, n in self._queue_depths().items() if n > 0]
         names = sorted(set(queued) | claimed)
         snaps = self._queue(names) if names else {}
-        out: dict[str, cd.Demand] = {}
-        for name in specs:
-            mine = served[name]
-            models = sorted(mine) if mine is not None else [m for m in queued if m not in claimed]
-            relevant = [snaps[m] for m in models if m in snaps and snaps[m].depth > 0]
-            oldest = min((s.oldest_at for s in relevant if s.oldest_at is not None), default=t)
-            out[name] = cd.Demand(
-                queued=sum(s.depth for s in relevant), oldest_wait_s=max(0.0, t - oldest)
+        count: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for model in names:
+            snap = snaps.get(model)
+            if snap is None or snap.depth <= 0:
+                continue
+            parts = dict(snap.by_policy) or {
+                "": (snap.depth, snap.oldest_at if snap.oldest_at is not None else t)
+            }
+            sampled = sum(n for n, _ in parts.values())
+            scale = snap.depth / sampled if sampled else 1.0  # the head was sampled
+            for text, (n, at) in sorted(parts.items()):
+                name = route(model, text)
+                if name is None:
+                    continue
+                count[name] = count.get(name, 0) + max(1, round(n * scale))
+                oldest[name] = min(oldest.get(name, at), at)
+        return {
+            name: cd.Demand(
+                queued=count.get(name, 0), oldest_wait_s=max(0.0, t - oldest.get(name, t))
             )
-        return out
+            for name in specs
+        }
 
     def _host_input(self, h: Host, r: RunnerRecord | None, t: float) -> cd.HostInput:
         if h.state == FAILED and r is None:  # exited before registering: never will
@@ -404,15 +447,14 @@ class CapacityService:
         if rec is None:
             return None
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in self._store.list_pools()}
-        served = self._served(specs)
-        claimed = set().union(*(m for m in served.values() if m is not None))
+        policy = RegionPolicy.of_job(job.region, job.request, 0.0)
+        name = self._router(specs)(job.model, policy.encode())
         t = self._now()
-        for name, spec in sorted(specs.items()):
-            mine = served[name]
-            serves = job.model in mine if mine is not None else job.model not in claimed
+        if name is not None:
+            spec = specs[name]
             doc = rec.doc.get("pools", {}).get(name)
-            if not serves or doc is None:
-                continue
+            if doc is None:
+                return None
             if doc.get("starting_since") is not None:
                 since = max(float(doc["starting_since"]), job.created_at)
                 return (
@@ -477,6 +519,15 @@ class CapacityService:
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def _region_rank(policy: RegionPolicy, region: str) -> float:
+    """0 for the job's preferred region (or a job without one), else the estimated round
+    trip from the preferred region (nearest first)."""
+    if policy.preferred is None or region == policy.preferred:
+        return 0.0
+    est = estimated_rtt_ms(policy.preferred, region)
+    return UNKNOWN_RTT_MS if est is None else est
 
 
 def _runners_by_host(records: list[RunnerRecord]) -> dict[tuple[str, str], RunnerRecord]:
