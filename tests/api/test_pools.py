@@ -213,3 +213,48 @@ async def test_queue_snapshot_groups_jobs_by_region_policy(
     assert snap.depth == 4
     counts = {k: n for k, (n, _) in snap.by_policy.items()}
     assert counts == {"us-east-1": 2, "eu-west-1|eu-west-1,us-east-1|30": 1, "": 1}
+
+
+async def test_deployment_pool_must_exist_and_declared_memory_routes(
+    client: httpx.AsyncClient, auth_headers: TokenFor, services: Services, stores: Any
+) -> None:
+    """A deployment naming an unknown pool is refused (422, field ``pool``); the memory a
+    deployment declares is what the autoscaler routes by (docs/capacity.md)."""
+    from control_plane.services.capacity.build import model_memory
+    from tests.api.helpers import push_model
+
+    admin = await auth_headers("admin")
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    url = "/v1/models/add_sub/deployment"
+    body = assert_error(
+        await client.put(url, headers=user, json={"pool": "gpu-h100"}), 422, "invalid_request"
+    )
+    assert body["details"][0]["field"] == "pool"
+    assert "gpu-h100" in body["message"]
+
+    small = docker_pool(gpu_type="L4", gpu_memory_mb=24000)
+    big = docker_pool(gpu_type="H100", gpu_memory_mb=80000)
+    for name, spec in (("gpu-l4", small), ("gpu-h100", big)):
+        assert (await client.put(f"/v1/pools/{name}", json=spec, headers=admin)).status_code == 200
+    r = await client.put(url, headers=user, json={"gpu_memory_mb": 40000})
+    assert r.status_code == 200, r.text
+    assert model_memory(stores)["add_sub"] == {"": 40000}
+    assert services.capacity is not None
+    specs = {p.name: p.spec for p in services.capacity.list_pools(_admin_principal()).pools}
+    assert services.capacity._router(specs)("add_sub", "") == "gpu-h100"
+
+    r = await client.put(url, headers=user, json={"pool": "gpu-l4"})
+    assert r.status_code == 200, r.text
+    assert r.json()["desired"]["pool"] == "gpu-l4"
+    bad = docker_pool(gpu_memory_mb=0)
+    body = assert_error(
+        await client.put("/v1/pools/p0", json=bad, headers=admin), 422, "invalid_request"
+    )
+    assert body["details"][0]["field"] == "gpu_memory_mb"
+
+
+def _admin_principal() -> Any:
+    from control_plane.services.principal import ROLE_SCOPES, Principal
+
+    return Principal(sub="admin", tenant="t", role="admin", scopes=ROLE_SCOPES["admin"])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from gpufleet.wire import PoolSpec
 
-from control_plane.errors import Unavailable
+from control_plane.errors import Conflict, Unavailable
 from control_plane.services.capacity.providers.base import (
     HOST_LABEL,
     POOL_LABEL,
@@ -70,6 +70,7 @@ class World:
         self.provider = RecordingProvider()
         self.tokens: list[tuple[str, dict[str, str], int]] = []
         self.deployment_pools: dict[str, str] = {}
+        self.memory: dict[str, dict[str, int]] = {}  # model -> {gpu type or "": MB}
         self.store = SqliteCapacityStore(db)
 
     def service(self) -> CapacityService:
@@ -88,6 +89,7 @@ class World:
             offline_after_s=60,
             interval_s=5,
             deployment_pools=lambda: dict(self.deployment_pools),
+            model_memory=lambda: self.memory,
             now=lambda: self.t,
         )
 
@@ -245,3 +247,43 @@ def test_waiting_reason_names_the_pool_in_the_jobs_region(world: World) -> None:
         }
     )
     assert svc.waiting_reason(elsewhere) is None
+
+
+def test_a_model_goes_to_the_smallest_pool_its_gpu_memory_fits(world: World) -> None:
+    """Models no pool claims are routed by GPU memory: measured on the pool's GPU type, else
+    declared, else the most measured anywhere; pools without a declared memory come last."""
+    svc = world.service()
+    pool(svc, "l4", gpu_type="L4", gpu_memory_mb=24_000)
+    pool(svc, "h100", gpu_type="H100", gpu_memory_mb=80_000)
+    pool(svc, "any")  # declares no memory
+    pool(svc, "big-listed", gpu_memory_mb=16_000, models=["listed"])
+    world.memory = {
+        "llm": {"": 60_000},  # declared: only h100 fits
+        "tiny": {"": 2_000},  # both fit: l4 is smaller
+        "measured": {"L4": 30_000, "H100": 20_000},  # measured on L4: too big there
+        "listed": {"": 70_000},  # its pool lists it: the operator chose
+        "huge": {"": 200_000},  # fits no declared pool: the one without a declared memory
+    }
+    t = world.t
+    world.queue = {m: (1, t) for m in ("llm", "tiny", "measured", "listed", "huge", "unknown")}
+    out = svc.reconcile(force=True)
+    assert out is not None
+    assert {n: d.launch for n, d in out.items()} == {"l4": 1, "h100": 2, "any": 2, "big-listed": 1}
+    route = svc._router({p.name: PoolSpec.model_validate(p.spec) for p in world.store.list_pools()})
+    assert route("llm", "") == "h100"
+    assert route("tiny", "") == "l4"
+    assert route("measured", "") == "h100"
+    assert route("listed", "") == "big-listed"
+    assert route("huge", "") == "any"
+    assert route("unknown", "") == "any"  # nothing known: every pool may fit, by name
+
+
+def test_a_pool_a_deployment_names_is_not_deleted(world: World) -> None:
+    svc = world.service()
+    pool(svc, "l4")
+    world.deployment_pools = {"vision": "l4"}
+    with pytest.raises(Conflict, match="vision"):
+        svc.delete(ADMIN, "l4")
+    world.deployment_pools = {}
+    svc.delete(ADMIN, "l4")
+    assert world.store.get_pool("l4") is None

@@ -77,6 +77,7 @@ class CapacityService:
         drain_settle_s: float = 15.0,
         events_keep: int = 200,
         deployment_pools: Callable[[], dict[str, str]] = dict,
+        model_memory: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
         pool_token_uses: int = 1000,
         pool_token_ttl_s: int = 30 * 86_400,
         now: Callable[[], float] = clock.now,
@@ -95,6 +96,7 @@ class CapacityService:
         self._settle_s = drain_settle_s
         self._keep = events_keep
         self._deployment_pools = deployment_pools
+        self._model_memory = model_memory
         self._now = now
 
     # ------------------------------------------------------------------ API
@@ -179,6 +181,12 @@ class CapacityService:
             raise Conflict(
                 f"pool {name!r} still has {len(hosts)} host(s): set max_hosts to 0, wait for "
                 "them to drain and stop, then delete it"
+            )
+        named = sorted(m for m, pool in self._deployment_pools().items() if pool == name)
+        if named:
+            raise Conflict(
+                f"pool {name!r} is named by the deployment(s) of {', '.join(named)}: change "
+                "their pool first"
             )
         self._store.delete_pool(name)
 
@@ -281,22 +289,38 @@ class CapacityService:
         the job's ``regions_allowed``; the pool in the job's preferred region wins, else the
         nearest allowed one (static latency estimate from the preferred region), then by
         name. So a burst pinned to eu-west-1 starts hosts in the eu-west-1 pool, not in any
-        pool that serves the model."""
+        pool that serves the model.
+
+        GPU memory: a model no pool claims goes only to pools whose ``gpu_memory_mb`` fits
+        what it needs (``_need_mb``: measured on the pool's GPU type, else declared, else
+        the most measured anywhere); within a region the smallest fitting pool wins, pools
+        that declare no memory come after those known to fit. A pool that lists the model or
+        that its deployment names gets it whatever its memory (the operator chose)."""
         served = self._served(specs)
         claimed: set[str] = set().union(*(m for m in served.values() if m is not None))
+        memory = self._model_memory()
+
+        def fit_rank(model: str, spec: PoolSpec) -> tuple[int, int] | None:
+            """None: the model does not fit; else (0, memory) known to fit, (1, 0) unknown."""
+            need = _need_mb(memory.get(model, {}), spec.gpu_type)
+            if need is None or spec.gpu_memory_mb is None:
+                return (1, 0)
+            return (0, spec.gpu_memory_mb) if need <= spec.gpu_memory_mb else None
 
         @functools.lru_cache(maxsize=1024)
         def route(model: str, policy_text: str) -> str | None:
             policy = RegionPolicy.decode(policy_text)
-            ok = [
-                name
-                for name, mine in served.items()
-                if (model in mine if mine is not None else model not in claimed)
-                and policy.permits(specs[name].region)
-            ]
-            if not ok:
-                return None
-            return min(ok, key=lambda n: (_region_rank(policy, specs[n].region), n))
+            ranked = []
+            for name, mine in served.items():
+                if not policy.permits(specs[name].region):
+                    continue
+                if mine is not None:
+                    fit: tuple[int, int] | None = (0, 0) if model in mine else None
+                else:
+                    fit = fit_rank(model, specs[name]) if model not in claimed else None
+                if fit is not None:
+                    ranked.append((_region_rank(policy, specs[name].region), fit, name))
+            return min(ranked)[2] if ranked else None
 
         return route
 
@@ -519,6 +543,16 @@ class CapacityService:
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def _need_mb(known: Mapping[str, int], gpu_type: str | None) -> int | None:
+    """GPU memory a model needs on ``gpu_type``: measured there, else declared (key ""),
+    else the most measured on any GPU type; None when unknown."""
+    if gpu_type is not None and gpu_type in known:
+        return known[gpu_type]
+    if "" in known:
+        return known[""]
+    return max(known.values(), default=None)
 
 
 def _region_rank(policy: RegionPolicy, region: str) -> float:
