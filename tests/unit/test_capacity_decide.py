@@ -7,7 +7,7 @@ decision register ``register_s`` later, each registered host that is not drainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control_plane.services.capacity.decide import (
     Decision,
@@ -288,3 +288,35 @@ def test_same_inputs_same_decision() -> None:
     one = decide(POOL, hosts, Demand(3, 2.0), PoolState(), 50)
     two = decide(POOL, list(hosts), Demand(3, 2.0), PoolState(), 50)
     assert one == two
+
+
+def test_engine_termination_is_drained_then_completed() -> None:
+    """A host the engine terminates by itself (a lifecycle hook holds it) is drained first,
+    stopped only after a settled heartbeat with nothing running, and not counted as up."""
+    pool = PoolInput(name="p", max_hosts=3, jobs_per_host=1, drain_settle_s=2)
+    busy = HostInput("i-1", 0.0, "r1", online=True, running_jobs=1, last_heartbeat_at=10.0)
+    d = decide(pool, [replace(busy, terminating=True)], Demand(), PoolState(), 10.0)
+    assert d.drain == ("i-1",) and d.terminate == () and d.protect == ()
+    assert "lifecycle hook" in d.events[0].reason
+    assert "1 terminating" in d.reason
+    # still running its job: not stopped, even after the settle time
+    held = replace(busy, terminating=True, draining=True, last_heartbeat_at=20.0)
+    d = decide(pool, [held], Demand(), d.state, 20.0)
+    assert d.terminate == () and d.drain == ()
+    # done: stopped (its lifecycle action completed by the provider)
+    done = replace(held, running_jobs=0, last_heartbeat_at=21.0)
+    d = decide(pool, [done], Demand(), d.state, 21.0)
+    assert d.terminate == ("i-1",)
+    assert "termination goes on" in d.events[-1].reason
+
+
+def test_engine_termination_is_replaced_not_taken_back() -> None:
+    pool = PoolInput(name="p", max_hosts=3, jobs_per_host=1, drain_settle_s=2)
+    leaving = HostInput(
+        "i-1", 0.0, "r1", online=True, draining=True, terminating=True, last_heartbeat_at=5.0
+    )
+    d = decide(pool, [leaving], Demand(queued=1), PoolState(), 5.0)
+    assert d.undrain == () and d.launch == 1  # demand: a new host, the leaving one goes
+    # without a live runner there is nothing to drain: completed at once
+    d = decide(pool, [HostInput("i-2", 0.0, terminating=True)], Demand(), PoolState(), 5.0)
+    assert d.terminate == ("i-2",) and d.failed_launches == 0

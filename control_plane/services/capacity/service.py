@@ -38,6 +38,7 @@ from control_plane.services.capacity.providers.base import (
     FAILED,
     HOST_LABEL,
     POOL_LABEL,
+    TERMINATING,
     Host,
     Launch,
     PoolConfig,
@@ -361,8 +362,9 @@ class CapacityService:
     def _host_input(self, h: Host, r: RunnerRecord | None, t: float) -> cd.HostInput:
         if h.state == FAILED and r is None:  # exited before registering: never will
             return cd.HostInput(h.id, launched_at=float("-inf"))
+        leaving = h.state == TERMINATING
         if r is None:
-            return cd.HostInput(h.id, launched_at=h.launched_at)
+            return cd.HostInput(h.id, launched_at=h.launched_at, terminating=leaving)
         seen = r.last_heartbeat_at if r.last_heartbeat_at is not None else r.registered_at
         online = not r.revoked and h.state != FAILED and t - seen <= self._offline_after_s
         return cd.HostInput(
@@ -374,6 +376,7 @@ class CapacityService:
             loading=any(str(m.get("state", "")).upper().startswith("LOADING") for m in r.models),
             draining=bool(r.config.get("drain")),
             last_heartbeat_at=r.last_heartbeat_at,
+            terminating=leaving,
         )
 
     def _pool_doc(
@@ -386,6 +389,8 @@ class CapacityService:
             st = d.state.hosts.get(h.id, cd.HostState())
             draining = (h.draining and h.id not in d.undrain) or h.id in d.drain
             state = "starting" if h.runner_id is None else ("draining" if draining else "up")
+            if h.terminating:
+                state = "stopping"
             hosts.append(
                 {
                     "id": h.id,
