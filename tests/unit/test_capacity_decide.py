@@ -290,6 +290,31 @@ def test_same_inputs_same_decision() -> None:
     assert one == two
 
 
+# A recorded series: jobs per second of a bursty inference workload (a daytime trace
+# resampled to 1 s; quiet gaps shorter than the idle timeout, one long lull, spikes).
+RECORDED = (
+    [3, 0, 5, 1, 0, 0, 4, 2, 0, 1, 6, 0, 0, 2, 3, 0, 1, 0, 7, 2] * 6  # noisy, ~1.9 jobs/s
+    + [0] * 25  # a lull shorter than idle_timeout_s (30)
+    + [2, 8, 1, 0, 0, 3, 0, 5, 0, 0] * 6  # spikier
+)
+
+
+def test_recorded_noisy_series_holds_capacity_without_churn() -> None:
+    sim = Sim(POOL, job_s=2)
+    sim.run(RECORDED)
+    assert sim.done + len(sim.queue) + sum(len(h.jobs) for h in sim.hosts.values()) == sum(RECORDED)
+    actions = [e.action for d in sim.decisions for e in d.events]
+    # capacity rises once for the first spikes and is never stopped during the series: the
+    # lull is shorter than the idle timeout, and spikes come back before any host idles out
+    assert actions.count("terminate") == 0 and actions.count("drain") == 0, [
+        d.reason for d in sim.decisions if d.drain or d.terminate
+    ]
+    assert sim.launched == len(sim.hosts) == POOL.max_hosts  # launched once, all kept
+    assert sim.stopped_busy == 0
+    sim.idle(60)
+    assert not sim.hosts and sim.stopped_busy == 0
+
+
 def test_engine_termination_is_drained_then_completed() -> None:
     """A host the engine terminates by itself (a lifecycle hook holds it) is drained first,
     stopped only after a settled heartbeat with nothing running, and not counted as up."""
