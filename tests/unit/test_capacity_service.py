@@ -287,3 +287,10 @@ def test_a_pool_a_deployment_names_is_not_deleted(world: World) -> None:
     world.deployment_pools = {}
     svc.delete(ADMIN, "l4")
     assert world.store.get_pool("l4") is None
+    # a deployment stored naming a pool that no longer exists: no catch-all pool launches for
+    # it (placement would not use that pool's hosts for the model)
+    pool(svc, "any")
+    world.deployment_pools = {"vision": "l4"}
+    world.queue = {"vision": (1, world.t)}
+    out = svc.reconcile(force=True)
+    assert out is not None and out["any"].launch == 0

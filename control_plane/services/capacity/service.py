@@ -299,6 +299,9 @@ class CapacityService:
         that its deployment names gets it whatever its memory (the operator chose)."""
         served = self._served(specs)
         claimed: set[str] = set().union(*(m for m in served.values() if m is not None))
+        # a deployment naming a pool that is gone: placement uses only that pool's runners,
+        # so no other pool's host could take the model's jobs
+        claimed |= set(self._deployment_pools())
         memory = self._model_memory()
 
         def fit_rank(model: str, spec: PoolSpec) -> tuple[int, int] | None:
