@@ -148,6 +148,8 @@ class DeploymentService:
         self.on_change: list[Callable[[], None]] = []
         self.allow_mock_runners = True  # False: runners on the mock backend are not placed on
         self._cold_checked: dict[str, float] = {}  # model -> when job_queued last decided
+        # Set when pools can be declared (``services/capacity``): does the pool exist?
+        self.pool_exists: Callable[[str], bool] | None = None
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -180,6 +182,13 @@ class DeploymentService:
                     "point ARN",
                     field=f"region_buckets.{region}",
                 )
+        known = self.pool_exists
+        if spec.pool is not None and known is not None and not known(spec.pool):
+            raise InvalidRequest(
+                f"no pool {spec.pool!r}: declare it first (PUT /v1/pools/{spec.pool}, admin) "
+                "or leave pool out",
+                field="pool",
+            )
         doc = spec.model_dump(exclude={"api_version"})
         self._store.put_deployment(name, doc, self._now())
         self._region_cache.pop(name, None)
@@ -591,6 +600,9 @@ def build_deployment_service(
         ),
     )
     svc.allow_mock_runners = settings.allow_mock_runners
+    capacity = getattr(stores, "capacity", None)
+    if capacity is not None:
+        svc.pool_exists = lambda name: capacity.get_pool(name) is not None
     runners.desired_models = svc.desired_models
 
     def copy_to_regions(rec: ModelVersionRecord) -> None:

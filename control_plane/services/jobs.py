@@ -1013,15 +1013,19 @@ class JobService:
                 for e in self._store.queue.head(keys.queue_shard(model, shard), 100)
             ]
             by_region: dict[str, float] = {}
+            by_policy: dict[str, tuple[int, float]] = {}
             for e in entries:
                 preferred = RegionPolicy.decode(e.region).preferred if e.region else None
                 if preferred is not None:
                     by_region[preferred] = min(by_region.get(preferred, e.created_at), e.created_at)
+                n, oldest = by_policy.get(e.region, (0, e.created_at))
+                by_policy[e.region] = (n + 1, min(oldest, e.created_at))
             out[model] = QueueSnapshot(
                 depth=max(depths.get(model, 0), len(entries)),
                 oldest_at=min((e.created_at for e in entries), default=None),
                 pinned_versions=frozenset(e.version for e in entries if e.version),
                 oldest_by_region=by_region,
+                by_policy=by_policy,
             )
         return out
 

@@ -107,6 +107,9 @@ class QueueSnapshot:
     pinned_versions: frozenset[str] = frozenset()
     # preferred region -> creation time of the oldest queued job that prefers it
     oldest_by_region: Mapping[str, float] = field(default_factory=dict)
+    # the entry's region policy (``RegionPolicy.encode``; "" = any region) -> (jobs, creation
+    # time of the oldest): the capacity autoscaler routes each to a pool in a region it permits
+    by_policy: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
     def stat(self, now: float) -> QueueStat:
         wait = 0.0 if self.oldest_at is None else max(0.0, now - self.oldest_at)

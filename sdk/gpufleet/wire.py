@@ -798,6 +798,8 @@ class PoolSpec(Strict):
     api_version: Literal["v1"] = API_VERSION
     gpu_type: SafeText | None = Field(default=None, max_length=64)
     gpu_count: int = Field(default=0, ge=0, le=64)
+    # memory of one GPU of a host: models that need more are not routed to the pool
+    gpu_memory_mb: int | None = Field(default=None, ge=1, le=10_000_000)
     region: SafeText = Field(default="default", min_length=1, max_length=64)
     labels: dict[SafeText, SafeText] = Field(default_factory=dict, max_length=32)
     models: list[str] = Field(default_factory=list, max_length=256)

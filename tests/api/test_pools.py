@@ -189,3 +189,72 @@ async def test_pool_join_token_runs_out(
         for _ in range(uses + 1)
     ]
     assert codes == [201] * uses + [401]
+
+
+async def test_queue_snapshot_groups_jobs_by_region_policy(
+    client: httpx.AsyncClient, auth_headers: TokenFor, services: Services
+) -> None:
+    """The capacity autoscaler reads each queued job's region policy from the real queue
+    (docs/capacity.md, "Which pool a job counts for")."""
+    from tests.api.helpers import add_sub_job, push_model
+
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    bodies = [
+        add_sub_job(regions_allowed=["us-east-1"], region="us-east-1"),
+        add_sub_job(regions_allowed=["us-east-1"], region="us-east-1"),
+        add_sub_job(region="eu-west-1", regions_allowed=["eu-west-1", "us-east-1"]),
+        add_sub_job(),
+    ]
+    for body in bodies:
+        r = await client.post("/v1/jobs", headers=user, json=body)
+        assert r.status_code in (200, 201, 202), r.text
+    snap = services.jobs.queue_snapshot(["add_sub"])["add_sub"]
+    assert snap.depth == 4
+    counts = {k: n for k, (n, _) in snap.by_policy.items()}
+    assert counts == {"us-east-1": 2, "eu-west-1|eu-west-1,us-east-1|30": 1, "": 1}
+
+
+async def test_deployment_pool_must_exist_and_declared_memory_routes(
+    client: httpx.AsyncClient, auth_headers: TokenFor, services: Services, stores: Any
+) -> None:
+    """A deployment naming an unknown pool is refused (422, field ``pool``); the memory a
+    deployment declares is what the autoscaler routes by (docs/capacity.md)."""
+    from control_plane.services.capacity.build import model_memory
+    from tests.api.helpers import push_model
+
+    admin = await auth_headers("admin")
+    user = await auth_headers("user", "acme")
+    await push_model(client, user)
+    url = "/v1/models/add_sub/deployment"
+    body = assert_error(
+        await client.put(url, headers=user, json={"pool": "gpu-h100"}), 422, "invalid_request"
+    )
+    assert body["details"][0]["field"] == "pool"
+    assert "gpu-h100" in body["message"]
+
+    small = docker_pool(gpu_type="L4", gpu_memory_mb=24000)
+    big = docker_pool(gpu_type="H100", gpu_memory_mb=80000)
+    for name, spec in (("gpu-l4", small), ("gpu-h100", big)):
+        assert (await client.put(f"/v1/pools/{name}", json=spec, headers=admin)).status_code == 200
+    r = await client.put(url, headers=user, json={"gpu_memory_mb": 40000})
+    assert r.status_code == 200, r.text
+    assert model_memory(stores)["add_sub"] == {"": 40000}
+    assert services.capacity is not None
+    specs = {p.name: p.spec for p in services.capacity.list_pools(_admin_principal()).pools}
+    assert services.capacity._router(specs)("add_sub", "") == "gpu-h100"
+
+    r = await client.put(url, headers=user, json={"pool": "gpu-l4"})
+    assert r.status_code == 200, r.text
+    assert r.json()["desired"]["pool"] == "gpu-l4"
+    bad = docker_pool(gpu_memory_mb=0)
+    body = assert_error(
+        await client.put("/v1/pools/p0", json=bad, headers=admin), 422, "invalid_request"
+    )
+    assert body["details"][0]["field"] == "gpu_memory_mb"
+
+
+def _admin_principal() -> Any:
+    from control_plane.services.principal import ROLE_SCOPES, Principal
+
+    return Principal(sub="admin", tenant="t", role="admin", scopes=ROLE_SCOPES["admin"])

@@ -5,8 +5,12 @@ desired capacity decremented and its termination lifecycle action completed.
 
 The service's clock is a test clock; runner records and heartbeats are written to the real
 runner store with the same clock (a runner per instance, labelled as the launch template's
-boot script labels it). moto has no ``CompleteLifecycleAction``: the call is observed on the
-client (botocore's event hook) as it goes out over HTTP.
+boot script labels it). moto has no ``CompleteLifecycleAction`` and never holds an instance
+in ``Terminating:Wait``: for the instances the autoscaler terminates itself the call is
+observed on the client (botocore's event hook) as it goes out over HTTP. For terminations
+the group starts by itself, ``moto_lifecycle`` gives the in-process moto server that one
+call on moto's own records, and the tests check its effect there: the instance waits while
+its runner is busy, then leaves the group and is terminated in moto's EC2.
 """
 
 from __future__ import annotations
@@ -253,3 +257,146 @@ def test_settings_are_checked_naming_the_field(rig: Any) -> None:
     with pytest.raises(InvalidRequest) as err:
         svc.put(ADMIN, "p", PoolSpec.model_validate({"provider": {"kind": "aws-asg"}}))
     assert err.value.field == "provider.settings.group"
+
+
+@pytest.fixture
+def moto_lifecycle(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """moto (5.2.5, the newest) keeps lifecycle hooks but never runs them: nothing enters
+    ``Terminating:Wait`` and ``CompleteLifecycleAction`` answers NotImplemented. This gives
+    the in-process moto server the AWS behaviour of that one call, on moto's own records:
+    the hook must exist on the group (as moto stores it) and the instance must wait in
+    ``Terminating:Wait`` (ValidationError otherwise, as AWS answers); ``CONTINUE`` then
+    removes the instance from the group and terminates it in moto's EC2. Each completion is
+    recorded as moto saw it."""
+    from moto.autoscaling.exceptions import ValidationError
+    from moto.autoscaling.responses import AutoScalingResponse
+    from moto.core.responses import EmptyResult
+
+    completions: list[dict[str, str]] = []
+
+    def complete_lifecycle_action(self: Any) -> Any:
+        backend = self.autoscaling_backend
+        group_name = self._get_param("AutoScalingGroupName")
+        hook = self._get_param("LifecycleHookName")
+        instance = self._get_param("InstanceId")
+        result = self._get_param("LifecycleActionResult")
+        if f"{group_name}_{hook}" not in backend.lifecycle_hooks:
+            raise ValidationError(f"No Lifecycle Hook found with name {hook}")
+        group = backend.autoscaling_groups[group_name]
+        waiting = [
+            s
+            for s in group.instance_states
+            if s.instance.id == instance and s.lifecycle_state == "Terminating:Wait"
+        ]
+        if not waiting:
+            raise ValidationError(f"No active Lifecycle Action found with instance ID {instance}")
+        completions.append(
+            {"group": group_name, "hook": hook, "instance": instance, "result": result}
+        )
+        # CONTINUE or ABANDON: on a termination both let it go on (AWS)
+        group.instance_states.remove(waiting[0])
+        backend.ec2_backend.terminate_instances([instance])
+        return EmptyResult()
+
+    monkeypatch.setattr(
+        AutoScalingResponse, "complete_lifecycle_action", complete_lifecycle_action, raising=False
+    )
+    return completions
+
+
+def _group_scales_in(name: str, instance: str) -> None:
+    """What the group does by itself on a scale-in it starts (a lower desired capacity, a
+    rebalance): it picks ``instance`` and, having a termination hook, holds it in
+    ``Terminating:Wait``. moto never does this; it is set on moto's records."""
+    from moto.autoscaling.models import autoscaling_backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    group = autoscaling_backends[DEFAULT_ACCOUNT_ID][REGION].autoscaling_groups[name]
+    group.desired_capacity -= 1
+    (state,) = [s for s in group.instance_states if s.instance.id == instance]
+    state.lifecycle_state = "Terminating:Wait"
+
+
+def _instance_state(asg: Any, ec2: Any, instance: str) -> tuple[str | None, str]:
+    """(the group's lifecycle state or None when no longer in a group, EC2's state)."""
+    found = asg.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
+    res = ec2.describe_instances(InstanceIds=[instance])["Reservations"]
+    return (found[0]["LifecycleState"] if found else None, res[0]["Instances"][0]["State"]["Name"])
+
+
+def test_a_termination_the_group_starts_waits_for_the_drain_then_completes(
+    rig: Any,
+    group: tuple[str, Any],
+    stores: Stores,
+    moto_endpoint: str,
+    moto_lifecycle: list[dict[str, str]],
+) -> None:
+    svc, clock, queue, _, _ = rig
+    name, asg = group
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto_endpoint)
+    queue.depth, queue.oldest_at = 1, clock.t
+    svc.reconcile(force=True)
+    (instance,) = [i["InstanceId"] for i in _group(asg, name)["Instances"]]
+    clock.t += 5
+    rid = _join(stores, instance, clock.t)
+    queue.depth, queue.oldest_at = 0, None
+    _beat(stores, rid, clock.t, ["job_1"])
+    svc.reconcile(force=True)
+
+    # the group scales in by itself and picks the busy instance: the hook holds it
+    _group_scales_in(name, instance)
+    clock.t += 1
+    _beat(stores, rid, clock.t, ["job_1"])
+    d = svc.reconcile(force=True)
+    assert d is not None and d["gpu-a10g"].drain == (instance,) and d["gpu-a10g"].launch == 0
+    assert stores.runners.find_runner(rid).config.get("drain") is True  # type: ignore[union-attr]
+    assert {h.id: h.state for h in svc.get(ADMIN, "gpu-a10g").hosts} == {instance: "stopping"}
+
+    # busy: the lifecycle action is not completed, whatever time passes
+    clock.t += 10
+    _beat(stores, rid, clock.t, ["job_1"])
+    d = svc.reconcile(force=True)
+    assert d is not None and d["gpu-a10g"].terminate == ()
+    assert moto_lifecycle == []
+    assert _instance_state(asg, ec2, instance) == ("Terminating:Wait", "running")
+
+    # the job is done: a settled heartbeat says nothing runs; the action completes and moto
+    # terminates the instance
+    clock.t += 3
+    _beat(stores, rid, clock.t, [])
+    d = svc.reconcile(force=True)
+    assert d is not None and d["gpu-a10g"].terminate == (instance,)
+    assert moto_lifecycle == [
+        {"group": name, "hook": "drain", "instance": instance, "result": "CONTINUE"}
+    ]
+    assert _instance_state(asg, ec2, instance)[0] is None
+    assert _instance_state(asg, ec2, instance)[1] in ("shutting-down", "terminated")
+    assert _group(asg, name)["Instances"] == []
+    events = svc.get(ADMIN, "gpu-a10g").events
+    assert "error" not in {e.action for e in events}, [e.reason for e in events]
+
+
+def test_a_lifecycle_action_that_cannot_complete_is_an_error_in_the_pool(
+    rig: Any, group: tuple[str, Any], stores: Stores, moto_lifecycle: list[dict[str, str]]
+) -> None:
+    """A wrong hook name (moto answers ValidationError, as AWS does) is logged in the pool and
+    retried every round; the instance keeps waiting."""
+    svc, clock, queue, _, _ = rig
+    name, asg = group
+    rec = svc._store.get_pool("gpu-a10g")
+    spec = dict(rec.spec)
+    spec["provider"] = {"kind": "aws-asg", "settings": {"group": name, "lifecycle_hook": "nope"}}
+    svc.put(ADMIN, "gpu-a10g", PoolSpec.model_validate(spec))
+    queue.depth, queue.oldest_at = 1, clock.t
+    svc.reconcile(force=True)
+    (instance,) = [i["InstanceId"] for i in _group(asg, name)["Instances"]]
+    queue.depth, queue.oldest_at = 0, None
+    _group_scales_in(name, instance)  # before its runner ever registered
+    clock.t += 1
+    d = svc.reconcile(force=True)
+    assert d is not None and d["gpu-a10g"].terminate == (instance,)
+    errors = [e.reason for e in svc.get(ADMIN, "gpu-a10g").events if e.action == "error"]
+    assert errors and "No Lifecycle Hook found with name nope" in errors[0]
+    assert moto_lifecycle == []
+    states = {i["InstanceId"]: i["LifecycleState"] for i in _group(asg, name)["Instances"]}
+    assert states == {instance: "Terminating:Wait"}

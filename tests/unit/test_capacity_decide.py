@@ -7,7 +7,7 @@ decision register ``register_s`` later, each registered host that is not drainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control_plane.services.capacity.decide import (
     Decision,
@@ -288,3 +288,60 @@ def test_same_inputs_same_decision() -> None:
     one = decide(POOL, hosts, Demand(3, 2.0), PoolState(), 50)
     two = decide(POOL, list(hosts), Demand(3, 2.0), PoolState(), 50)
     assert one == two
+
+
+# A recorded series: jobs per second of a bursty inference workload (a daytime trace
+# resampled to 1 s; quiet gaps shorter than the idle timeout, one long lull, spikes).
+RECORDED = (
+    [3, 0, 5, 1, 0, 0, 4, 2, 0, 1, 6, 0, 0, 2, 3, 0, 1, 0, 7, 2] * 6  # noisy, ~1.9 jobs/s
+    + [0] * 25  # a lull shorter than idle_timeout_s (30)
+    + [2, 8, 1, 0, 0, 3, 0, 5, 0, 0] * 6  # spikier
+)
+
+
+def test_recorded_noisy_series_holds_capacity_without_churn() -> None:
+    sim = Sim(POOL, job_s=2)
+    sim.run(RECORDED)
+    assert sim.done + len(sim.queue) + sum(len(h.jobs) for h in sim.hosts.values()) == sum(RECORDED)
+    actions = [e.action for d in sim.decisions for e in d.events]
+    # capacity rises once for the first spikes and is never stopped during the series: the
+    # lull is shorter than the idle timeout, and spikes come back before any host idles out
+    assert actions.count("terminate") == 0 and actions.count("drain") == 0, [
+        d.reason for d in sim.decisions if d.drain or d.terminate
+    ]
+    assert sim.launched == len(sim.hosts) == POOL.max_hosts  # launched once, all kept
+    assert sim.stopped_busy == 0
+    sim.idle(60)
+    assert not sim.hosts and sim.stopped_busy == 0
+
+
+def test_engine_termination_is_drained_then_completed() -> None:
+    """A host the engine terminates by itself (a lifecycle hook holds it) is drained first,
+    stopped only after a settled heartbeat with nothing running, and not counted as up."""
+    pool = PoolInput(name="p", max_hosts=3, jobs_per_host=1, drain_settle_s=2)
+    busy = HostInput("i-1", 0.0, "r1", online=True, running_jobs=1, last_heartbeat_at=10.0)
+    d = decide(pool, [replace(busy, terminating=True)], Demand(), PoolState(), 10.0)
+    assert d.drain == ("i-1",) and d.terminate == () and d.protect == ()
+    assert "lifecycle hook" in d.events[0].reason
+    assert "1 terminating" in d.reason
+    # still running its job: not stopped, even after the settle time
+    held = replace(busy, terminating=True, draining=True, last_heartbeat_at=20.0)
+    d = decide(pool, [held], Demand(), d.state, 20.0)
+    assert d.terminate == () and d.drain == ()
+    # done: stopped (its lifecycle action completed by the provider)
+    done = replace(held, running_jobs=0, last_heartbeat_at=21.0)
+    d = decide(pool, [done], Demand(), d.state, 21.0)
+    assert d.terminate == ("i-1",)
+    assert "termination goes on" in d.events[-1].reason
+
+
+def test_engine_termination_is_replaced_not_taken_back() -> None:
+    pool = PoolInput(name="p", max_hosts=3, jobs_per_host=1, drain_settle_s=2)
+    leaving = HostInput(
+        "i-1", 0.0, "r1", online=True, draining=True, terminating=True, last_heartbeat_at=5.0
+    )
+    d = decide(pool, [leaving], Demand(queued=1), PoolState(), 5.0)
+    assert d.undrain == () and d.launch == 1  # demand: a new host, the leaving one goes
+    # without a live runner there is nothing to drain: completed at once
+    d = decide(pool, [HostInput("i-2", 0.0, terminating=True)], Demand(), PoolState(), 5.0)
+    assert d.terminate == ("i-2",) and d.failed_launches == 0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from gpufleet.wire import PoolSpec
 
-from control_plane.errors import Unavailable
+from control_plane.errors import Conflict, Unavailable
 from control_plane.services.capacity.providers.base import (
     HOST_LABEL,
     POOL_LABEL,
@@ -66,10 +66,11 @@ class RecordingProvider:
 class World:
     def __init__(self, db: Database) -> None:
         self.t = 1000.0
-        self.queue: dict[str, tuple[int, float]] = {}
+        self.queue: dict[str, tuple[Any, ...]] = {}  # QueueSnapshot fields per model
         self.provider = RecordingProvider()
         self.tokens: list[tuple[str, dict[str, str], int]] = []
         self.deployment_pools: dict[str, str] = {}
+        self.memory: dict[str, dict[str, int]] = {}  # model -> {gpu type or "": MB}
         self.store = SqliteCapacityStore(db)
 
     def service(self) -> CapacityService:
@@ -82,12 +83,13 @@ class World:
             lambda: [],
             lambda rid, drain: None,
             lambda models: {m: QueueSnapshot(*self.queue[m]) for m in models if m in self.queue},
-            lambda: {m: n for m, (n, _) in self.queue.items()},
+            lambda: {m: q[0] for m, q in self.queue.items()},
             {"docker": self.provider},
             mint,
             offline_after_s=60,
             interval_s=5,
             deployment_pools=lambda: dict(self.deployment_pools),
+            model_memory=lambda: self.memory,
             now=lambda: self.t,
         )
 
@@ -179,3 +181,116 @@ def test_waiting_reason_names_the_pool_starting_a_host(world: World) -> None:
         "starting a host in pool a10g (eu-west-1), 40 s so far"
     )
     assert svc.waiting_reason(job("other", world.t)) is None
+
+
+def test_demand_counts_for_the_pool_in_the_jobs_region(world: World) -> None:
+    """Each queued job counts for one pool: the one in its preferred region, else the nearest
+    allowed one; never a pool outside regions_allowed; no preference: the first by name."""
+    svc = world.service()
+    pool(svc, "eu", region="eu-west-1")
+    pool(svc, "us", region="us-east-1")
+    t = world.t
+    world.queue = {
+        "m": (
+            6,
+            t - 9,
+            frozenset(),
+            {},
+            {
+                "eu-west-1": (2, t - 9),  # pinned (legacy form)
+                "us-east-1|us-east-1,eu-west-1|30": (1, t - 1),  # prefers us, may spill to eu
+                "ap-south-1|ap-south-1|0": (1, t - 5),  # no pool may serve it
+                "eu-central-1|eu-central-1,eu-west-1,us-east-1|10": (1, t - 2),  # eu is nearest
+                "": (1, t - 4),  # anywhere
+            },
+        )
+    }
+    out = svc.reconcile(force=True)
+    assert out is not None
+    assert {n: d.launch for n, d in out.items()} == {"eu": 3, "us": 1}
+    assert "4 queued (oldest 9 s)" in out["eu"].reason
+    assert "1 queued (oldest 1 s)" in out["us"].reason
+    assert [c[1] for c in world.provider.calls if c[0] == "start"] == ["eu", "us"]
+
+
+def test_a_sampled_queue_head_scales_to_the_depth(world: World) -> None:
+    svc = world.service()
+    pool(svc, "eu", region="eu-west-1", max_hosts=100)
+    pool(svc, "us", region="us-east-1", max_hosts=100)
+    t = world.t
+    # 40 queued, the head read 4: 3 pinned to us, 1 pinned to eu
+    world.queue = {"m": (40, t, frozenset(), {}, {"us-east-1": (3, t), "eu-west-1": (1, t)})}
+    out = svc.reconcile(force=True)
+    assert out is not None
+    assert {n: d.target for n, d in out.items()} == {"eu": 10, "us": 30}
+
+
+def test_waiting_reason_names_the_pool_in_the_jobs_region(world: World) -> None:
+    svc = world.service()
+    pool(svc, "eu", region="eu-west-1")
+    pool(svc, "us", region="us-east-1")
+    world.queue = {"m": (1, world.t, frozenset(), {}, {"us-east-1": (1, world.t)})}
+    world.provider.t = world.t
+    svc.reconcile(force=True)
+    world.t += 6
+    svc.reconcile(force=True)  # the host it started is listed: starting
+    world.t += 6
+    pinned = job("m", world.t - 12)
+    pinned = JobRecord(**{**pinned.__dict__, "region": "us-east-1"})
+    assert svc.waiting_reason(pinned) == "starting a host in pool us (us-east-1), 12 s so far"
+    # a job that may run only where no pool is: capacity has nothing to say
+    elsewhere = JobRecord(
+        **{
+            **pinned.__dict__,
+            "region": "ap-south-1",
+            "request": {"placement": {"regions_allowed": ["ap-south-1"]}},
+        }
+    )
+    assert svc.waiting_reason(elsewhere) is None
+
+
+def test_a_model_goes_to_the_smallest_pool_its_gpu_memory_fits(world: World) -> None:
+    """Models no pool claims are routed by GPU memory: measured on the pool's GPU type, else
+    declared, else the most measured anywhere; pools without a declared memory come last."""
+    svc = world.service()
+    pool(svc, "l4", gpu_type="L4", gpu_memory_mb=24_000)
+    pool(svc, "h100", gpu_type="H100", gpu_memory_mb=80_000)
+    pool(svc, "any")  # declares no memory
+    pool(svc, "big-listed", gpu_memory_mb=16_000, models=["listed"])
+    world.memory = {
+        "llm": {"": 60_000},  # declared: only h100 fits
+        "tiny": {"": 2_000},  # both fit: l4 is smaller
+        "measured": {"L4": 30_000, "H100": 20_000},  # measured on L4: too big there
+        "listed": {"": 70_000},  # its pool lists it: the operator chose
+        "huge": {"": 200_000},  # fits no declared pool: the one without a declared memory
+    }
+    t = world.t
+    world.queue = {m: (1, t) for m in ("llm", "tiny", "measured", "listed", "huge", "unknown")}
+    out = svc.reconcile(force=True)
+    assert out is not None
+    assert {n: d.launch for n, d in out.items()} == {"l4": 1, "h100": 2, "any": 2, "big-listed": 1}
+    route = svc._router({p.name: PoolSpec.model_validate(p.spec) for p in world.store.list_pools()})
+    assert route("llm", "") == "h100"
+    assert route("tiny", "") == "l4"
+    assert route("measured", "") == "h100"
+    assert route("listed", "") == "big-listed"
+    assert route("huge", "") == "any"
+    assert route("unknown", "") == "any"  # nothing known: every pool may fit, by name
+
+
+def test_a_pool_a_deployment_names_is_not_deleted(world: World) -> None:
+    svc = world.service()
+    pool(svc, "l4")
+    world.deployment_pools = {"vision": "l4"}
+    with pytest.raises(Conflict, match="vision"):
+        svc.delete(ADMIN, "l4")
+    world.deployment_pools = {}
+    svc.delete(ADMIN, "l4")
+    assert world.store.get_pool("l4") is None
+    # a deployment stored naming a pool that no longer exists: no catch-all pool launches for
+    # it (placement would not use that pool's hosts for the model)
+    pool(svc, "any")
+    world.deployment_pools = {"vision": "l4"}
+    world.queue = {"vision": (1, world.t)}
+    out = svc.reconcile(force=True)
+    assert out is not None and out["any"].launch == 0

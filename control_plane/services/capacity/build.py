@@ -38,6 +38,20 @@ def build_providers(settings: Settings, stores: Stores) -> dict[str, Provider]:
     return out
 
 
+def model_memory(stores: Stores) -> dict[str, dict[str, int]]:
+    """model -> GPU memory it needs in MB: by GPU type as placement measured it (the largest
+    of its versions), and under "" as its deployment declares (``gpu_memory_mb``)."""
+    out: dict[str, dict[str, int]] = {}
+    plan = stores.deployments.get_plan()
+    for e in plan.doc.get("memory", []) if plan else []:
+        mine = out.setdefault(str(e["model"]), {})
+        mine[str(e["gpu"])] = max(mine.get(str(e["gpu"]), 0), int(e["mb"]))
+    for name, spec in stores.deployments.list_deployments().items():
+        if spec.get("gpu_memory_mb"):
+            out.setdefault(name, {})[""] = int(spec["gpu_memory_mb"])
+    return out
+
+
 def build_capacity_service(
     settings: Settings, stores: Stores, auth: AuthService, jobs: JobService
 ) -> CapacityService | None:
@@ -68,6 +82,7 @@ def build_capacity_service(
             for name, spec in stores.deployments.list_deployments().items()
             if spec.get("pool")
         },
+        model_memory=lambda: model_memory(stores),
     )
     placement_reason = jobs.waiting_reason
 

@@ -27,6 +27,11 @@ Rules, per pool:
   drained (its runner stops leasing), and it is stopped once a heartbeat at least
   ``drain_settle_s`` after the drain reports nothing running. A host that is busy is never
   stopped, and providers that support it protect busy hosts from scale-in (``protect``).
+- **Engine terminations.** A host the engine decided to stop by itself and that waits for
+  us (``terminating``: an Auto Scaling lifecycle hook) is drained like an idle host and
+  stopped (its lifecycle action completed) once a settled heartbeat says it runs nothing;
+  one without a live runner is stopped at once. It no longer counts as up: the target is
+  met by other hosts (a launch replaces it when needed). It is never taken back.
 - **Flapping** demand does not flap capacity: a host is stopped only after being idle for a
   whole ``idle_timeout_s`` and drained, and a draining host is taken back before launching.
 """
@@ -70,6 +75,7 @@ class HostInput:
     loading: bool = False  # a model is loading
     draining: bool = False  # the runner's config says drain
     last_heartbeat_at: float | None = None
+    terminating: bool = False  # the engine is stopping it and waits for us (lifecycle hook)
 
     @property
     def busy(self) -> bool:
@@ -158,6 +164,12 @@ def decide(
     live: list[HostInput] = []
     for h in sorted(hosts, key=lambda h: (h.launched_at, h.id)):
         prev = previous.hosts.get(h.id, HostState())
+        if h.terminating and (h.runner_id is None or not h.online):
+            terminate.append(h.id)
+            events.append(
+                Event("terminate", h.id, "the engine is terminating it; no live runner to drain")
+            )
+            continue
         if h.runner_id is None:
             age = now - h.launched_at
             if age > pool.join_timeout_s:
@@ -189,10 +201,11 @@ def decide(
         states[h.id] = replace(prev, idle_since=idle_since)
         live.append(h)
 
+    leaving = [h for h in live if h.terminating]
     starting = [h for h in live if h.runner_id is None]
-    draining = [h for h in live if h.runner_id is not None and h.draining]
-    up = [h for h in live if h.runner_id is not None and not h.draining]
-    running = sum(h.running_jobs for h in live)
+    draining = [h for h in live if h.runner_id is not None and h.draining and not h.terminating]
+    up = [h for h in live if h.runner_id is not None and not h.draining and not h.terminating]
+    running = sum(h.running_jobs for h in live if not h.terminating)  # leaving: finishes there
 
     # 2. the target
     work = demand.queued + running
@@ -206,6 +219,7 @@ def decide(
         f"{pool.jobs_per_host} per host: {needed} needed + {pool.warm_hosts} warm "
         f"in [{pool.min_hosts}, {pool.max_hosts}] = {target}; "
         f"{len(up)} up, {len(starting)} starting, {len(draining)} draining"
+        + (f", {len(leaving)} terminating" if leaving else "")
     )
 
     # 3. scale up: take draining hosts back, then launch
@@ -266,7 +280,18 @@ def decide(
                     f"and {len(up)} up > target {target}",
                 )
             )
-    for h in draining:
+    for h in leaving:
+        if not h.draining:
+            drain.append(h.id)
+            states[h.id] = replace(states[h.id], drain_at=now)
+            events.append(
+                Event(
+                    "drain",
+                    h.id,
+                    "the engine is terminating it (lifecycle hook): drain before letting it go",
+                )
+            )
+    for h in [*draining, *(h for h in leaving if h.draining)]:
         if h.id in undrain:
             continue
         st = states[h.id]
@@ -277,13 +302,16 @@ def decide(
         )
         if settled and not h.busy:
             terminate.append(h.id)
-            events.append(Event("terminate", h.id, "drained: nothing running, nothing loading"))
+            why = "drained: nothing running, nothing loading"
+            if h.terminating:
+                why += "; the engine's termination goes on"
+            events.append(Event("terminate", h.id, why))
 
     # 5. scale-in protection follows busyness
     protect: list[str] = []
     unprotect: list[str] = []
     for h in live:
-        if h.id in terminate or h.runner_id is None:
+        if h.id in terminate or h.runner_id is None or h.terminating:
             continue
         st = states[h.id]
         if h.busy and not st.protected:

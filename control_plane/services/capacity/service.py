@@ -38,6 +38,7 @@ from control_plane.services.capacity.providers.base import (
     FAILED,
     HOST_LABEL,
     POOL_LABEL,
+    TERMINATING,
     Host,
     Launch,
     PoolConfig,
@@ -45,6 +46,7 @@ from control_plane.services.capacity.providers.base import (
 )
 from control_plane.services.placement import QueueSnapshot
 from control_plane.services.principal import Principal
+from control_plane.services.regions import UNKNOWN_RTT_MS, RegionPolicy, estimated_rtt_ms
 from control_plane.storage.protocols import JobRecord
 from control_plane.storage.protocols_auth import RunnerRecord
 from control_plane.storage.protocols_capacity import CapacityRecord, CapacityStore, PoolRecord
@@ -76,6 +78,7 @@ class CapacityService:
         drain_settle_s: float = 15.0,
         events_keep: int = 200,
         deployment_pools: Callable[[], dict[str, str]] = dict,
+        model_memory: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
         pool_token_uses: int = 1000,
         pool_token_ttl_s: int = 30 * 86_400,
         now: Callable[[], float] = clock.now,
@@ -94,6 +97,7 @@ class CapacityService:
         self._settle_s = drain_settle_s
         self._keep = events_keep
         self._deployment_pools = deployment_pools
+        self._model_memory = model_memory
         self._now = now
 
     # ------------------------------------------------------------------ API
@@ -178,6 +182,12 @@ class CapacityService:
             raise Conflict(
                 f"pool {name!r} still has {len(hosts)} host(s): set max_hosts to 0, wait for "
                 "them to drain and stop, then delete it"
+            )
+        named = sorted(m for m, pool in self._deployment_pools().items() if pool == name)
+        if named:
+            raise Conflict(
+                f"pool {name!r} is named by the deployment(s) of {', '.join(named)}: change "
+                "their pool first"
             )
         self._store.delete_pool(name)
 
@@ -272,30 +282,92 @@ class CapacityService:
             out[name] = frozenset(models) if models else None
         return out
 
+    def _router(self, specs: Mapping[str, PoolSpec]) -> Callable[[str, str], str | None]:
+        """(model, encoded region policy) -> the one pool whose demand a queued job counts
+        for, or None when no pool serving the model is in a region the job permits.
+
+        The candidates are the pools that serve the model (``_served``) in a region inside
+        the job's ``regions_allowed``; the pool in the job's preferred region wins, else the
+        nearest allowed one (static latency estimate from the preferred region), then by
+        name. So a burst pinned to eu-west-1 starts hosts in the eu-west-1 pool, not in any
+        pool that serves the model.
+
+        GPU memory: a model no pool claims goes only to pools whose ``gpu_memory_mb`` fits
+        what it needs (``_need_mb``: measured on the pool's GPU type, else declared, else
+        the most measured anywhere); within a region the smallest fitting pool wins, pools
+        that declare no memory come after those known to fit. A pool that lists the model or
+        that its deployment names gets it whatever its memory (the operator chose)."""
+        served = self._served(specs)
+        claimed: set[str] = set().union(*(m for m in served.values() if m is not None))
+        # a deployment naming a pool that is gone: placement uses only that pool's runners,
+        # so no other pool's host could take the model's jobs
+        claimed |= set(self._deployment_pools())
+        memory = self._model_memory()
+
+        def fit_rank(model: str, spec: PoolSpec) -> tuple[int, int] | None:
+            """None: the model does not fit; else (0, memory) known to fit, (1, 0) unknown."""
+            need = _need_mb(memory.get(model, {}), spec.gpu_type)
+            if need is None or spec.gpu_memory_mb is None:
+                return (1, 0)
+            return (0, spec.gpu_memory_mb) if need <= spec.gpu_memory_mb else None
+
+        @functools.lru_cache(maxsize=1024)
+        def route(model: str, policy_text: str) -> str | None:
+            policy = RegionPolicy.decode(policy_text)
+            ranked = []
+            for name, mine in served.items():
+                if not policy.permits(specs[name].region):
+                    continue
+                if mine is not None:
+                    fit: tuple[int, int] | None = (0, 0) if model in mine else None
+                else:
+                    fit = fit_rank(model, specs[name]) if model not in claimed else None
+                if fit is not None:
+                    ranked.append((_region_rank(policy, specs[name].region), fit, name))
+            return min(ranked)[2] if ranked else None
+
+        return route
+
     def _demand(self, pools: list[PoolRecord], t: float) -> dict[str, cd.Demand]:
-        """Queued jobs per pool, of the models it serves (``_served``)."""
+        """Queued jobs per pool: each group of a model's queued jobs with one region policy
+        counts for the one pool ``_router`` picks."""
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in pools}
         served = self._served(specs)
+        route = self._router(specs)
         claimed = set().union(*(m for m in served.values() if m is not None))
         queued = [m for m, n in self._queue_depths().items() if n > 0]
         names = sorted(set(queued) | claimed)
         snaps = self._queue(names) if names else {}
-        out: dict[str, cd.Demand] = {}
-        for name in specs:
-            mine = served[name]
-            models = sorted(mine) if mine is not None else [m for m in queued if m not in claimed]
-            relevant = [snaps[m] for m in models if m in snaps and snaps[m].depth > 0]
-            oldest = min((s.oldest_at for s in relevant if s.oldest_at is not None), default=t)
-            out[name] = cd.Demand(
-                queued=sum(s.depth for s in relevant), oldest_wait_s=max(0.0, t - oldest)
+        count: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for model in names:
+            snap = snaps.get(model)
+            if snap is None or snap.depth <= 0:
+                continue
+            parts = dict(snap.by_policy) or {
+                "": (snap.depth, snap.oldest_at if snap.oldest_at is not None else t)
+            }
+            sampled = sum(n for n, _ in parts.values())
+            scale = snap.depth / sampled if sampled else 1.0  # the head was sampled
+            for text, (n, at) in sorted(parts.items()):
+                name = route(model, text)
+                if name is None:
+                    continue
+                count[name] = count.get(name, 0) + max(1, round(n * scale))
+                oldest[name] = min(oldest.get(name, at), at)
+        return {
+            name: cd.Demand(
+                queued=count.get(name, 0), oldest_wait_s=max(0.0, t - oldest.get(name, t))
             )
-        return out
+            for name in specs
+        }
 
     def _host_input(self, h: Host, r: RunnerRecord | None, t: float) -> cd.HostInput:
         if h.state == FAILED and r is None:  # exited before registering: never will
             return cd.HostInput(h.id, launched_at=float("-inf"))
+        leaving = h.state == TERMINATING
         if r is None:
-            return cd.HostInput(h.id, launched_at=h.launched_at)
+            return cd.HostInput(h.id, launched_at=h.launched_at, terminating=leaving)
         seen = r.last_heartbeat_at if r.last_heartbeat_at is not None else r.registered_at
         online = not r.revoked and h.state != FAILED and t - seen <= self._offline_after_s
         return cd.HostInput(
@@ -307,6 +379,7 @@ class CapacityService:
             loading=any(str(m.get("state", "")).upper().startswith("LOADING") for m in r.models),
             draining=bool(r.config.get("drain")),
             last_heartbeat_at=r.last_heartbeat_at,
+            terminating=leaving,
         )
 
     def _pool_doc(
@@ -319,6 +392,8 @@ class CapacityService:
             st = d.state.hosts.get(h.id, cd.HostState())
             draining = (h.draining and h.id not in d.undrain) or h.id in d.drain
             state = "starting" if h.runner_id is None else ("draining" if draining else "up")
+            if h.terminating:
+                state = "stopping"
             hosts.append(
                 {
                     "id": h.id,
@@ -404,15 +479,14 @@ class CapacityService:
         if rec is None:
             return None
         specs = {p.name: PoolSpec.model_validate(p.spec) for p in self._store.list_pools()}
-        served = self._served(specs)
-        claimed = set().union(*(m for m in served.values() if m is not None))
+        policy = RegionPolicy.of_job(job.region, job.request, 0.0)
+        name = self._router(specs)(job.model, policy.encode())
         t = self._now()
-        for name, spec in sorted(specs.items()):
-            mine = served[name]
-            serves = job.model in mine if mine is not None else job.model not in claimed
+        if name is not None:
+            spec = specs[name]
             doc = rec.doc.get("pools", {}).get(name)
-            if not serves or doc is None:
-                continue
+            if doc is None:
+                return None
             if doc.get("starting_since") is not None:
                 since = max(float(doc["starting_since"]), job.created_at)
                 return (
@@ -477,6 +551,25 @@ class CapacityService:
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def _need_mb(known: Mapping[str, int], gpu_type: str | None) -> int | None:
+    """GPU memory a model needs on ``gpu_type``: measured there, else declared (key ""),
+    else the most measured on any GPU type; None when unknown."""
+    if gpu_type is not None and gpu_type in known:
+        return known[gpu_type]
+    if "" in known:
+        return known[""]
+    return max(known.values(), default=None)
+
+
+def _region_rank(policy: RegionPolicy, region: str) -> float:
+    """0 for the job's preferred region (or a job without one), else the estimated round
+    trip from the preferred region (nearest first)."""
+    if policy.preferred is None or region == policy.preferred:
+        return 0.0
+    est = estimated_rtt_ms(policy.preferred, region)
+    return UNKNOWN_RTT_MS if est is None else est
 
 
 def _runners_by_host(records: list[RunnerRecord]) -> dict[tuple[str, str], RunnerRecord]:

@@ -11,6 +11,11 @@ the group:
   so the group does not replace it. With a termination lifecycle hook (``lifecycle_hook``),
   the instance waits in ``Terminating:Wait`` until the autoscaler says ``CONTINUE``; it does
   so at once for hosts it stops itself (they are drained already).
+- terminations the group starts by itself (a scale-in, an AZ rebalance, an instance
+  refresh) wait in ``Terminating:Wait`` when the group has the termination hook: such an
+  instance is listed as ``terminating``; the autoscaler drains its runner and calls ``stop``
+  once it runs nothing, which completes the lifecycle action (``CONTINUE``). A failure to
+  complete it then is an error (logged in the pool, retried next round).
 - protect: ``SetInstanceProtection`` (``ProtectedFromScaleIn``) for busy hosts, so that a
   scale-in the group starts by itself (a lowered desired capacity, a rebalance) never picks
   a host that holds a lease.
@@ -31,6 +36,7 @@ from control_plane.errors import InvalidRequest, Unavailable
 from control_plane.services.capacity.providers.base import (
     RUNNING,
     STARTING,
+    TERMINATING,
     Host,
     Launch,
     PoolConfig,
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 _FIELD = "provider.settings"
 _STARTING = ("Pending", "Pending:Wait", "Pending:Proceed", "Warmed:Pending")
 _RUNNING = ("InService", "Standby", "EnteringStandby")
+_TERMINATING = ("Terminating:Wait",)
 
 
 @contextlib.contextmanager
@@ -112,7 +119,9 @@ class AsgProvider:
     def list_hosts(self, pool: PoolConfig) -> list[Host]:
         group = self._group(pool)
         instances = [
-            i for i in group.get("Instances", []) if i["LifecycleState"] in _STARTING + _RUNNING
+            i
+            for i in group.get("Instances", [])
+            if i["LifecycleState"] in _STARTING + _RUNNING + _TERMINATING
         ]
         if not instances:
             return []
@@ -128,7 +137,13 @@ class AsgProvider:
                 Host(
                     id=i["InstanceId"],
                     launched_at=launched.get(i["InstanceId"], 0.0),
-                    state=STARTING if i["LifecycleState"] in _STARTING else RUNNING,
+                    state=(
+                        STARTING
+                        if i["LifecycleState"] in _STARTING
+                        else TERMINATING
+                        if i["LifecycleState"] in _TERMINATING
+                        else RUNNING
+                    ),
                     detail=f"{i['LifecycleState']}, {i.get('AvailabilityZone', '')}",
                 )
                 for i in instances
@@ -158,7 +173,8 @@ class AsgProvider:
         if host_id not in members:
             return  # gone already
         asg, _ = self._client(pool)
-        if not members[host_id].startswith("Terminating"):
+        waiting = members[host_id].startswith("Terminating")  # the group's own termination
+        if not waiting:
             with _aws("terminate an instance"):
                 asg.terminate_instance_in_auto_scaling_group(
                     InstanceId=host_id, ShouldDecrementDesiredCapacity=True
@@ -173,7 +189,11 @@ class AsgProvider:
                     LifecycleActionResult="CONTINUE",
                 )
             except (ClientError, BotoCoreError, ResponseParserError) as exc:
-                # the hook's heartbeat timeout and default result decide then
+                if waiting:  # it waits for this call: say so in the pool, retry next round
+                    raise Unavailable(
+                        f"cannot complete the lifecycle action of {host_id} (hook {hook}): {exc}"
+                    ) from exc
+                # just terminated by us: the hook's heartbeat timeout and default result decide
                 log.warning(
                     "cannot complete the lifecycle action of %s (hook %s): %s", host_id, hook, exc
                 )

@@ -16,6 +16,9 @@ HOST_LABEL = "gpufleet.host"
 POOL_LABEL = "gpufleet.pool"
 
 STARTING, RUNNING, FAILED = "starting", "running", "failed"
+# the engine decided to stop it and waits for the control plane (a lifecycle hook): the
+# autoscaler drains it, then ``stop`` lets the termination go on
+TERMINATING = "terminating"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class PoolConfig:
 @dataclass(frozen=True)
 class Host:
     """A host as the engine reports it. ``state``: ``starting`` (the engine is bringing it up),
-    ``running``, or ``failed`` (it stopped on its own: the autoscaler removes it)."""
+    ``running``, ``failed`` (it stopped on its own: the autoscaler removes it), or
+    ``terminating`` (the engine is stopping it and waits: drained, then ``stop``)."""
 
     id: str
     launched_at: float
