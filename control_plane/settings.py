@@ -510,11 +510,11 @@ class Settings(BaseSettings):
         description="Serve /metrics on the API listener without a token (only where no "
         "untrusted client reaches it).",
     )
-    metrics_listen: str | None = Field(
-        default=None,
-        pattern=r"^[^\s]+:[0-9]{1,5}$",
+    metrics_listen: str = Field(
+        default="",
+        pattern=r"^$|^[^\s]+:[0-9]{1,5}$",
         description="host:port of a second, plain-HTTP listener serving only /metrics without "
-        "a token (bind it to a private interface); None = none.",
+        "a token (bind it to a private interface); empty = none.",
     )
 
     # embedded

@@ -9,6 +9,7 @@ from ``control_plane/settings.py``: a new setting either shows up here or is lis
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import annotated_types
@@ -86,6 +87,8 @@ def env_name(field: str) -> str:
 def _cfn_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (dict, list)):  # complex settings are JSON in the environment
+        return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 
@@ -121,7 +124,7 @@ def settings_parameters(defaults: dict[str, Any] | None = None) -> dict[str, dic
     params: dict[str, dict[str, Any]] = {}
     for field in deploy_settings():
         info = Settings.model_fields[field]
-        default = overrides.get(field, info.default)
+        default = overrides.get(field, info.get_default(call_default_factory=True))
         params[param_name(field)] = setting_parameter(field, info, default)
     return params
 

@@ -21,7 +21,7 @@ cd "$REPO"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
-VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+VERSION=$("$PYTHON" -c 'import re; print(re.search(r"__version__ = \"([^\"]+)\"", open("sdk/gpufleet/_version.py").read())[1])')
 IMAGE=${IMAGE:-gpufleet/control-plane:$VERSION}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 WHEELS_DIR=${WHEELS_DIR:-.cache/control-plane-wheels}

@@ -171,7 +171,7 @@ def docker_fleet(
         wait_for("the gRPC endpoint", lambda: "KServe gRPC listening on" in cp.log_tail(), 10)
         with Client(cp.url, api_key=cp.admin_key, timeout=60) as client:
             client.models.push(rig.MODEL_REPOSITORY / MODEL)
-            join = client.admin.create_join_token().join_token
+            join = client.admin.create_join_token(max_uses=2).join_token
         for n in (1, 2):
             repository = private_repository(work / f"models{n}")
             runner = RunnerProc(
@@ -503,7 +503,7 @@ def test_two_replicas_one_runner_dispatch_on_its_replica_job_on_the_other(
         try:
             with Client(a.url, api_key=a.admin_key, timeout=60) as client:
                 client.models.push(rig.MODEL_REPOSITORY / MODEL)
-                join = client.admin.create_join_token().join_token
+                join = client.admin.create_join_token(max_uses=2).join_token
             runner = RunnerProc(
                 a.url,
                 join,

@@ -112,7 +112,8 @@ def fleet(
             [sys.executable, "-m", "control_plane", "serve", "--embedded", "--data-dir",
              str(tmp / "data"), "--host", "127.0.0.1", "--port", str(port),
              "--admin-key-file", str(key_file)],
-            cwd=ROOT, env={**env, "GPUFLEET_STREAM_POLL_S": "0.1"}, stdout=out,
+            cwd=ROOT, stdout=out,
+            env={**env, "GPUFLEET_STREAM_POLL_S": "0.1", "GPUFLEET_METRICS_PUBLIC": "true"},
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     runner: subprocess.Popen[Any] | None = None

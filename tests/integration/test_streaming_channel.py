@@ -61,7 +61,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
             client.models.push(REPO / "model_repository" / MODEL)
-            join = client.admin.create_join_token(expires_in_s=3600).join_token
+            join = client.admin.create_join_token(expires_in_s=3600, max_uses=50).join_token
         token = httpx.post(
             f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=STEP_S
         ).json()["access_token"]
@@ -383,7 +383,7 @@ def short_leases(tmp_path: Path) -> Iterator[Fleet]:
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
             client.models.push(REPO / "model_repository" / MODEL)
-            join = client.admin.create_join_token().join_token
+            join = client.admin.create_join_token(max_uses=50).join_token
         token = httpx.post(
             f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=STEP_S
         ).json()["access_token"]
