@@ -421,7 +421,7 @@ def run_soak(cfg: SoakConfig, log: Any = print) -> SoakReport:
         replicas = cfg.mock_runners + (1 if cfg.triton_runner else 0)
         client.models.deploy(MODEL, min_replicas=replicas, max_replicas=replicas)
         token = client.admin.create_join_token(
-            region="default", max_uses=max(1, cfg.mock_runners)
+            region="default", max_uses=max(1, replicas)
         ).join_token
         for i in range(cfg.mock_runners):
             (cfg.workdir / f"models-{i}").mkdir(exist_ok=True)
