@@ -230,7 +230,7 @@ class RunnerSettings(BaseSettings):
     direct_url: str | None = Field(
         default=None,
         description="Direct mode (docs/direct.md): the URL callers reach this runner's own "
-        "KServe v2 endpoint at (e.g. http://10.0.0.5:8010), reported to the control plane, "
+        "KServe v2 endpoint at (e.g. http://gpu-1.internal:8010), reported to the control plane, "
         "which hands it out with tickets. Unset: direct mode is off.",
     )
     direct_host: str = Field(

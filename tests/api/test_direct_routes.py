@@ -47,7 +47,7 @@ async def test_ticket_picks_a_direct_runner_and_verifies_with_jwks(
     assert_error(r, 503, "unavailable")  # no runner offers direct mode yet
 
     await _runner(client, admin, "eu-west-1", None)  # serves it, no direct mode
-    await _runner(client, admin, "eu-west-1", "http://10.9.9.9:1", state="LOADING")
+    await _runner(client, admin, "eu-west-1", "http://loading.example:8010", state="LOADING")
     eu = await _runner(client, admin, "eu-west-1", "http://eu.example:8010/")
     us = await _runner(client, admin, "us-east-1", "http://us.example:8010")
     seen = set()
