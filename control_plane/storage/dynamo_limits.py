@@ -7,6 +7,9 @@ table (PK ``pk``, SK ``sk``), each kind in one partition, so every listing is on
 - ``pk = "load"``,     ``sk = <tenant>``: ``queued`` / ``running`` counters, ``ADD`` by every
   replica (each replica adds its counted transitions in batches, a few writes a second, so
   one item per tenant is no hot key)
+- ``pk = "regions"``,  ``sk = <scope>#<name>``: region defaults of a tenant (``tenant#acme``)
+  or an API key (``key#key_…``): ``default_region`` (absent: none), ``regions_allowed``
+  (a JSON list)
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from typing import Any
 from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
     get_i,
+    get_j,
     get_n,
     get_s,
+    j,
     n,
     paginate,
     s,
 )
-from control_plane.storage.protocols_limits import QuotaRecord, TenantLoad
+from control_plane.storage.protocols_limits import QuotaRecord, RegionDefaultsRecord, TenantLoad
 
-QUOTA_PK, KEY_PK, LOAD_PK = "quota", "keylimit", "load"
+QUOTA_PK, KEY_PK, LOAD_PK, REGIONS_PK = "quota", "keylimit", "load", "regions"
 _INT_FIELDS = ("max_queued", "max_running", "submit_burst")
 _FLOAT_FIELDS = ("submit_rate", "weight")
 
@@ -140,3 +145,41 @@ class DynamoLimitsStore:
             )
             for it in items
         }
+
+    # ------------------------------------------------------------------ region defaults
+    def put_region_defaults(self, rec: RegionDefaultsRecord) -> None:
+        item: dict[str, Any] = {
+            "pk": s(REGIONS_PK),
+            "sk": s(f"{rec.scope}#{rec.name}"),
+            "regions_allowed": j(list(rec.regions_allowed)),
+            "updated_at": n(rec.updated_at),
+        }
+        if rec.default_region is not None:
+            item["default_region"] = s(rec.default_region)
+        with translate_errors("put region defaults"):
+            self._db.put_item(TableName=self._table, Item=item)
+
+    def delete_region_defaults(self, scope: str, name: str) -> bool:
+        done = conditional_write(
+            "delete region defaults",
+            self._db.delete_item,
+            TableName=self._table,
+            Key={"pk": s(REGIONS_PK), "sk": s(f"{scope}#{name}")},
+            ConditionExpression="attribute_exists(pk)",
+        )
+        return done is not None
+
+    def list_region_defaults(self) -> list[RegionDefaultsRecord]:
+        out = []
+        for it in self._query(REGIONS_PK, "list region defaults"):
+            scope, _, name = str(get_s(it, "sk")).partition("#")
+            out.append(
+                RegionDefaultsRecord(
+                    scope=scope,
+                    name=name,
+                    default_region=get_s(it, "default_region"),
+                    regions_allowed=tuple(get_j(it, "regions_allowed") or ()),
+                    updated_at=float(get_n(it, "updated_at") or 0.0),
+                )
+            )
+        return sorted(out, key=lambda r: (r.scope, r.name))

@@ -1,5 +1,6 @@
 """Records and the store protocol of tenant limits: quotas per tenant, the highest priority
-per API key, and the queued/running counters per tenant that the quotas are checked against.
+per API key, the queued/running counters per tenant that the quotas are checked against,
+and the region defaults (``default_region`` / ``regions_allowed``) of tenants and API keys.
 
 Adapters: ``dynamo_limits.py`` (items in the ``capacity`` table), ``sqlite/limits.py``; the
 docstrings below are their contract (``tests/contract/test_limit_stores.py``).
@@ -25,6 +26,21 @@ class QuotaRecord:
 
 
 @dataclass(frozen=True)
+class RegionDefaultsRecord:
+    """Region defaults an admin set on a tenant (``scope = "tenant"``, ``name`` = tenant) or
+    an API key (``scope = "key"``, ``name`` = key id); docs/regions.md."""
+
+    scope: str  # "tenant" | "key"
+    name: str
+    default_region: str | None = None
+    regions_allowed: tuple[str, ...] = ()  # empty: no limit
+    updated_at: float = 0.0
+
+
+REGION_SCOPES = ("tenant", "key")
+
+
+@dataclass(frozen=True)
 class TenantLoad:
     """Queued and running jobs of one tenant (sums of every replica's counted transitions)."""
 
@@ -41,6 +57,9 @@ class LimitsStore(Protocol):
       limit); ``key_priorities``: every key limit, ``{key_id: max_priority}``.
     - ``add_load``: atomic ``+=`` on a tenant's queued and running counters (0, 0: no write);
       ``loads``: every tenant's counters, each never below 0.
+    - ``put_region_defaults``: create or replace the record of (scope, name);
+      ``delete_region_defaults``: True when there was one; ``list_region_defaults``: every
+      record, ordered by (scope, name); ``regions_allowed`` keeps its order.
     """
 
     def put_quota(self, rec: QuotaRecord) -> None: ...
@@ -58,3 +77,9 @@ class LimitsStore(Protocol):
     def add_load(self, tenant: str, queued: int, running: int) -> None: ...
 
     def loads(self) -> dict[str, TenantLoad]: ...
+
+    def put_region_defaults(self, rec: RegionDefaultsRecord) -> None: ...
+
+    def delete_region_defaults(self, scope: str, name: str) -> bool: ...
+
+    def list_region_defaults(self) -> list[RegionDefaultsRecord]: ...

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from control_plane.storage.dynamo_limits import DynamoLimitsStore
-from control_plane.storage.protocols_limits import LimitsStore, QuotaRecord, TenantLoad
+from control_plane.storage.protocols_limits import (
+    LimitsStore,
+    QuotaRecord,
+    RegionDefaultsRecord,
+    TenantLoad,
+)
 from control_plane.storage.sqlite.limits import SqliteLimitsStore
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed
 
@@ -47,6 +52,34 @@ def test_key_priorities(limits: LimitsStore) -> None:
     limits.put_key_priority("key_a", None)
     limits.put_key_priority("key_zz", None)  # nothing to remove: fine
     assert limits.key_priorities() == {"key_b": 0}
+
+
+def test_region_defaults_put_list_replace_delete(limits: LimitsStore) -> None:
+    assert limits.list_region_defaults() == []
+    eu = RegionDefaultsRecord("tenant", "acme", "eu-west-1", ("eu-west-1", "eu-central-1"), 10.0)
+    key = RegionDefaultsRecord("key", "key_abc", None, ("eu-central-1",), 11.5)
+    bare = RegionDefaultsRecord("tenant", "beta", "us-east-1", (), 12.0)
+    for rec in (bare, key, eu):
+        limits.put_region_defaults(rec)
+    # ordered by (scope, name); a tenant and a key of the same name are two records
+    limits.put_region_defaults(RegionDefaultsRecord("key", "acme", "x-1", ("x-1",), 13.0))
+    assert limits.list_region_defaults() == [
+        RegionDefaultsRecord("key", "acme", "x-1", ("x-1",), 13.0),
+        key,
+        eu,
+        bare,
+    ]
+    # replaced whole; the order of regions_allowed is kept
+    new_eu = RegionDefaultsRecord("tenant", "acme", None, ("eu-central-1", "eu-west-1"), 14.0)
+    limits.put_region_defaults(new_eu)
+    assert new_eu in limits.list_region_defaults() and eu not in limits.list_region_defaults()
+    assert limits.delete_region_defaults("tenant", "acme")
+    assert not limits.delete_region_defaults("tenant", "acme")
+    assert not limits.delete_region_defaults("tenant", "key_abc")  # scope matters
+    assert limits.delete_region_defaults("key", "acme")
+    assert limits.list_region_defaults() == [key, bare]
+    # the quotas of the same tenant are another record
+    assert limits.get_quota("beta") is None and limits.list_quotas() == []
 
 
 def test_load_counters_add_and_never_read_below_zero(limits: LimitsStore) -> None:

@@ -4,11 +4,15 @@
 - ``tenant_quotas``  one row per tenant with its own quotas (NULL: the settings' default)
 - ``key_limits``     the highest priority an API key may submit at
 - ``tenant_load``    queued and running counters per tenant (``+=`` by every replica)
+- ``region_defaults`` ``default_region`` / ``regions_allowed`` (JSON list) of a tenant or an
+  API key (schema version 10)
 """
 
 from __future__ import annotations
 
-from control_plane.storage.protocols_limits import QuotaRecord, TenantLoad
+import json
+
+from control_plane.storage.protocols_limits import QuotaRecord, RegionDefaultsRecord, TenantLoad
 from control_plane.storage.sqlite.db import Database, translate
 
 DDL: list[str] = [
@@ -29,6 +33,17 @@ DDL: list[str] = [
         tenant TEXT PRIMARY KEY,
         queued INTEGER NOT NULL,
         running INTEGER NOT NULL
+    )""",
+]
+
+DDL_REGIONS: list[str] = [
+    """CREATE TABLE IF NOT EXISTS region_defaults (
+        scope TEXT NOT NULL,
+        name TEXT NOT NULL,
+        default_region TEXT,
+        regions_allowed TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (scope, name)
     )""",
 ]
 
@@ -107,3 +122,44 @@ class SqliteLimitsStore:
                 .fetchall()
             )
         return {str(t): TenantLoad(max(0, int(q)), max(0, int(r))) for t, q, r in rows}
+
+    # ------------------------------------------------------------------ region defaults
+    def put_region_defaults(self, rec: RegionDefaultsRecord) -> None:
+        row = (
+            rec.scope,
+            rec.name,
+            rec.default_region,
+            json.dumps(list(rec.regions_allowed)),
+            rec.updated_at,
+        )
+        with translate("put region defaults"), self._db.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO region_defaults "
+                "(scope, name, default_region, regions_allowed, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def delete_region_defaults(self, scope: str, name: str) -> bool:
+        with translate("delete region defaults"), self._db.write() as conn:
+            return (
+                conn.execute(
+                    "DELETE FROM region_defaults WHERE scope = ? AND name = ?", (scope, name)
+                ).rowcount
+                > 0
+            )
+
+    def list_region_defaults(self) -> list[RegionDefaultsRecord]:
+        with translate("list region defaults"):
+            rows = (
+                self._db.read()
+                .execute(
+                    "SELECT scope, name, default_region, regions_allowed, updated_at "
+                    "FROM region_defaults ORDER BY scope, name"
+                )
+                .fetchall()
+            )
+        return [
+            RegionDefaultsRecord(str(sc), str(nm), dr, tuple(json.loads(ra)), float(at))
+            for sc, nm, dr, ra, at in rows
+        ]

@@ -44,6 +44,7 @@ MIGRATIONS: dict[int, list[str]] = {
     7: [*limits.DDL, "ALTER TABLE queue_entries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
     8: [*auth.MIGRATION, *runners.MIGRATION],  # join-token limits, key and secret rotation
     9: [*jobs.DDL_RUN_INFO],  # jobs.run_info (cold start, load and runner times)
+    10: [*limits.DDL_REGIONS],  # region defaults of tenants and API keys (admin API)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
