@@ -36,6 +36,7 @@ from control_plane.api import (
     routes_payloads,
     routes_pools,
     routes_quotas,
+    routes_region_defaults,
     routes_runners,
     routes_streams,
     routes_system,
@@ -277,6 +278,7 @@ def _all_routes() -> list[BaseRoute]:
         *routes_streams.ROUTES,
         *routes_direct.ROUTES,
         *routes_quotas.ROUTES,
+        *routes_region_defaults.ROUTES,
         *routes_docs.ROUTES,
     ]
 

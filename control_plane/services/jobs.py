@@ -364,7 +364,7 @@ class JobService:
         (InvalidRequest names a field outside them); unchanged without a region service."""
         if self.regions is None:
             return req
-        return self.regions.resolve(p.tenant, req)
+        return self.regions.resolve(p.tenant, req, key_id=None if p.external else p.sub)
 
     def _check_depth(self, model: str, adding: int = 1) -> None:
         """429 when the queue of ``model`` is full. A depth read in the last ``DEPTH_CACHE_S``

@@ -250,13 +250,18 @@ class RegionService:
         self._measured: dict[str, tuple[float, int, float]] = {}  # region -> (ewma, n, at)
         self._live: tuple[float, dict[str, int]] = (-math.inf, {})
         self._dep_cache: dict[str, tuple[float, RegionDefaults | None]] = {}
+        # the stored defaults of tenants and API keys (services/region_defaults.py); None:
+        # only ``tenant_defaults`` (the settings' ``tenant_regions``)
+        self.callers: Any = None
 
     # ------------------------------------------------------------------ requests
-    def resolve(self, tenant: str, req: JobRequest) -> JobRequest:
-        """``req`` with its region defaults filled in (request > tenant > deployment) and
-        checked: ``regions_allowed`` within the tenant's limit, ``region`` within
-        ``regions_allowed``. InvalidRequest names the field."""
-        region, allowed = self.defaults(tenant, req.model, req.region, req.regions_allowed)
+    def resolve(self, tenant: str, req: JobRequest, *, key_id: str | None = None) -> JobRequest:
+        """``req`` with its region defaults filled in (request > API key > tenant >
+        deployment) and checked: ``regions_allowed`` within the key's and tenant's limit,
+        ``region`` within ``regions_allowed``. InvalidRequest names the field."""
+        region, allowed = self.defaults(
+            tenant, req.model, req.region, req.regions_allowed, key_id=key_id
+        )
         if region == req.region and allowed == list(req.regions_allowed or []):
             return req
         return req.model_copy(update={"region": region, "regions_allowed": allowed or None})
@@ -267,22 +272,25 @@ class RegionService:
         model: str,
         region: str | None = None,
         regions_allowed: Sequence[str] | None = None,
+        *,
+        key_id: str | None = None,
     ) -> tuple[str | None, list[str]]:
-        """(preferred region, allowed regions; empty = any) of a request of ``tenant`` for
-        ``model`` that asked for ``region`` / ``regions_allowed`` (see :meth:`resolve`)."""
+        """(preferred region, allowed regions; empty = any) of a request of ``tenant`` (with
+        the API key ``key_id``) for ``model`` that asked for ``region`` / ``regions_allowed``
+        (see :meth:`resolve`)."""
         allowed = list(regions_allowed or [])
         if region is not None:
             check_region(region, "region")
         for i, r in enumerate(allowed):
             check_region(r, f"regions_allowed[{i}]")
-        tenant_d = self._tenants.get(tenant) or RegionDefaults()
+        preferred, limit = self._caller(tenant, key_id)
         dep_d = self._deployment(model) or RegionDefaults()
-        limit = tenant_d.regions_allowed
         if limit:
             outside = [r for r in allowed if r not in limit]
             if outside:
+                whose = "this API key and tenant" if key_id is not None else "this tenant"
                 raise InvalidRequest(
-                    f"regions_allowed: {outside} are outside the regions this tenant may use "
+                    f"regions_allowed: {outside} are outside the regions {whose} may use "
                     f"({list(limit)})",
                     field="regions_allowed",
                 )
@@ -292,7 +300,7 @@ class RegionService:
                 narrowed = [r for r in dep_d.regions_allowed if r in limit]
                 allowed = narrowed or list(limit)
         if region is None:
-            for candidate in (tenant_d.default_region, dep_d.default_region):
+            for candidate in (*preferred, dep_d.default_region):
                 if candidate is not None and (not allowed or candidate in allowed):
                     region = candidate
                     break
@@ -301,6 +309,14 @@ class RegionService:
                 f"region: {region!r} is not among regions_allowed {allowed}", field="region"
             )
         return region, allowed
+
+    def _caller(self, tenant: str, key_id: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(preferred-region candidates, limit) from the caller's API key and tenant."""
+        if self.callers is not None:
+            c = self.callers.caller(tenant, key_id)
+            return c.preferred, c.allowed
+        t = self._tenants.get(tenant) or RegionDefaults()
+        return ((t.default_region,) if t.default_region else ()), t.regions_allowed
 
     def _deployment(self, model: str) -> RegionDefaults | None:
         """The deployment's region defaults, read at most once per ``cache_s`` per model."""
@@ -319,6 +335,8 @@ class RegionService:
     def resolves_without_io(self, model: str) -> bool:
         """``resolve``/``defaults`` for ``model`` would read no store now (the event loop may
         call them directly)."""
+        if self.callers is not None and not self.callers.fresh():
+            return False
         if self.deployment_defaults is None:
             return True
         hit = self._dep_cache.get(model)
@@ -477,7 +495,27 @@ def wire_regions(
         offline_after_s=settings.runner_offline_after_s,
         deployment_defaults=getattr(deployments, "region_defaults", None),
     )
+    from control_plane.services.region_defaults import RegionDefaultsService
+
+    svc.callers = RegionDefaultsService(
+        getattr(stores, "limits", None),
+        {
+            tenant: RegionDefaults(t.default_region, tuple(t.regions_allowed))
+            for tenant, t in settings.tenant_regions.items()
+        },
+        find_key=stores.auth.find_api_key,
+        known_regions=lambda: known_regions(settings, stores),
+    )
     jobs.regions = svc
     runners.observe_rtt = svc.observe_rtt
     runners.region_rtt = svc.measured_rtt_ms
     return svc
+
+
+def known_regions(settings: Any, stores: Any) -> set[str]:
+    """Regions an admin may name besides the latency table's: those of registered runners
+    (any status) and the control plane's own."""
+    found = {r.region for r in stores.runners.list_runners()}
+    if settings.control_plane_region:
+        found.add(settings.control_plane_region)
+    return found

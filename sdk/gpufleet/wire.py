@@ -1036,3 +1036,44 @@ class KeyLimitsSpec(Strict):
 class KeyLimits(Response):
     key_id: str
     max_priority: int
+
+
+class RegionDefaultsSpec(Strict):
+    """``PUT /v1/admin/tenants/{tenant}/regions`` and ``PUT /v1/admin/api-keys/{id}/regions``:
+    the region defaults of a tenant or an API key (replaces what was set; docs/regions.md)."""
+
+    api_version: Literal["v1"] = API_VERSION
+    default_region: RegionName | None = Field(
+        default=None,
+        description="Preferred region of requests that name none; must be one of "
+        "regions_allowed when that is set.",
+    )
+    regions_allowed: list[RegionName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Hard limit on where jobs and calls run (data residency); empty: any. "
+        "Requests cannot widen it; an API key's limit narrows its tenant's.",
+    )
+
+
+class RegionDefaultsView(Response):
+    """The region defaults of a tenant (``scope = "tenant"``) or an API key (``"key"``):
+    what was set (``source``: ``stored`` by an admin, ``settings`` from ``tenant_regions``,
+    ``none``) and ``effective``: what a request naming no region gets before the
+    deployment's defaults (a key's merged with its tenant's)."""
+
+    scope: Literal["tenant", "key"]
+    tenant: str | None = None
+    key_id: str | None = None
+    default_region: str | None = None
+    regions_allowed: list[str] = Field(default_factory=list)
+    source: Literal["stored", "settings", "none"]
+    effective: RegionDefaultsSpec
+    updated_at: str | None = None
+
+
+class RegionDefaultsList(Response):
+    """``GET /v1/admin/regions``: every tenant and API key with region defaults."""
+
+    tenants: list[RegionDefaultsView] = Field(default_factory=list)
+    keys: list[RegionDefaultsView] = Field(default_factory=list)
