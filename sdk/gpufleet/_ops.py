@@ -58,6 +58,9 @@ from gpufleet.wire import (
     QuotaList,
     QuotaSpec,
     QuotaView,
+    RegionDefaultsList,
+    RegionDefaultsSpec,
+    RegionDefaultsView,
     RunnerConfigPatch,
     RunnerList,
     RunnerView,
@@ -555,6 +558,55 @@ def set_key_limits(core: Core, key_id: str, max_priority: int | None) -> Op[KeyL
     body = KeyLimitsSpec(max_priority=max_priority).model_dump(mode="json")
     resp = yield from core.request("PUT", f"/v1/admin/api-keys/{seg(key_id)}/limits", json=body)
     return KeyLimits.model_validate(resp.json())
+
+
+KEEP: Any = object()  # a ``set_region_defaults`` field not given
+
+
+def _regions_path(tenant: str | None, key_id: str | None) -> str:
+    if (tenant is None) == (key_id is None):
+        raise ValueError("give exactly one of tenant= and key_id=")
+    if tenant is not None:
+        return f"/v1/admin/tenants/{seg(tenant)}/regions"
+    return f"/v1/admin/api-keys/{seg(key_id or '')}/regions"
+
+
+def get_region_defaults(
+    core: Core, tenant: str | None, key_id: str | None
+) -> Op[RegionDefaultsView]:
+    resp = yield from core.request("GET", _regions_path(tenant, key_id))
+    return RegionDefaultsView.model_validate(resp.json())
+
+
+def put_region_defaults(
+    core: Core, tenant: str | None, key_id: str | None, spec: RegionDefaultsSpec
+) -> Op[RegionDefaultsView]:
+    resp = yield from core.request("PUT", _regions_path(tenant, key_id), json=_dump(spec))
+    return RegionDefaultsView.model_validate(resp.json())
+
+
+def delete_region_defaults(
+    core: Core, tenant: str | None, key_id: str | None
+) -> Op[RegionDefaultsView]:
+    resp = yield from core.request("DELETE", _regions_path(tenant, key_id))
+    return RegionDefaultsView.model_validate(resp.json())
+
+
+def list_region_defaults(core: Core) -> Op[RegionDefaultsList]:
+    resp = yield from core.request("GET", "/v1/admin/regions")
+    return RegionDefaultsList.model_validate(resp.json())
+
+
+def region_spec(
+    current: RegionDefaultsView, default_region: Any, regions_allowed: Any, keep: Any
+) -> RegionDefaultsSpec:
+    """The spec of a ``set``: the given fields over what is set now (``keep``: not given)."""
+    return RegionDefaultsSpec(
+        default_region=current.default_region if default_region is keep else default_region,
+        regions_allowed=list(
+            current.regions_allowed if regions_allowed is keep else regions_allowed or []
+        ),
+    )
 
 
 def list_join_tokens(core: Core) -> Op[JoinTokenList]:

@@ -50,6 +50,8 @@ from gpufleet.wire import (
     QuotaList,
     QuotaSpec,
     QuotaView,
+    RegionDefaultsList,
+    RegionDefaultsView,
     RunnerConfigPatch,
     RunnerView,
 )
@@ -610,6 +612,38 @@ class AsyncAdmin:
     async def list_quotas(self) -> QuotaList:
         """The default quotas and every tenant with its own quotas or jobs."""
         return await self._c._run(_ops.list_quotas(self._c._core))
+
+    async def get_region_defaults(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> RegionDefaultsView:
+        """The region defaults of a tenant or (``key_id=``) an API key, and the effective
+        ones (docs/regions.md)."""
+        return await self._c._run(_ops.get_region_defaults(self._c._core, tenant, key_id))
+
+    async def set_region_defaults(
+        self,
+        *,
+        tenant: str | None = None,
+        key_id: str | None = None,
+        default_region: Any = _ops.KEEP,
+        regions_allowed: Any = _ops.KEEP,
+    ) -> RegionDefaultsView:
+        """Set a tenant's or an API key's ``default_region`` / ``regions_allowed`` (a hard
+        limit; empty or None: any region); a field not given keeps what applies now."""
+        current = await self.get_region_defaults(tenant=tenant, key_id=key_id)
+        spec = _ops.region_spec(current, default_region, regions_allowed, _ops.KEEP)
+        return await self._c._run(_ops.put_region_defaults(self._c._core, tenant, key_id, spec))
+
+    async def reset_region_defaults(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> RegionDefaultsView:
+        """Remove what an admin set: a key falls back on its tenant, a tenant on the
+        ``tenant_regions`` setting."""
+        return await self._c._run(_ops.delete_region_defaults(self._c._core, tenant, key_id))
+
+    async def list_region_defaults(self) -> RegionDefaultsList:
+        """Every tenant and API key with region defaults."""
+        return await self._c._run(_ops.list_region_defaults(self._c._core))
 
     async def set_key_max_priority(self, key_id: str, max_priority: int | None) -> KeyLimits:
         """The highest priority an API key may submit at (None: the default, 100)."""

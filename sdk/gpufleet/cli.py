@@ -52,6 +52,10 @@ app.add_typer(admin_app, name="admin")
 admin_app.add_typer(keys_app, name="keys")
 admin_app.add_typer(pools_app, name="pools")
 admin_app.add_typer(quotas_app, name="quotas")
+regions_app = typer.Typer(
+    help="Region defaults of tenants and API keys (docs/regions.md).", no_args_is_help=True
+)
+admin_app.add_typer(regions_app, name="regions")
 join_tokens_app = typer.Typer(help="Runner join tokens.", no_args_is_help=True)
 admin_app.add_typer(join_tokens_app, name="join-tokens")
 webhooks_app = typer.Typer(help="The tenant's webhook signing secret.", no_args_is_help=True)
@@ -838,6 +842,93 @@ def quotas_list(ctx: typer.Context) -> None:
     state: State = ctx.obj
     columns = ["tenant", "max_queued", "max_running", "submit_rate", "weight", "queued", "running"]
     state.output.rows(state.client().admin.list_quotas().tenants, columns, key="tenants")
+
+
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="A tenant.")]
+KeyOpt = Annotated[str | None, typer.Option("--key", help="An API key id (key_…).")]
+
+
+def _one_target(tenant: str | None, key: str | None) -> dict[str, str | None]:
+    if (tenant is None) == (key is None):
+        raise typer.BadParameter("give exactly one of --tenant and --key", param_hint="--tenant")
+    return {"tenant": tenant, "key_id": key}
+
+
+@regions_app.command("set")
+@handled
+def regions_set(
+    ctx: typer.Context,
+    tenant: TenantOpt = None,
+    key: KeyOpt = None,
+    default_region: Annotated[
+        str | None, typer.Option(help="Preferred region of requests that name none.")
+    ] = None,
+    region_allowed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--region-allowed",
+            help="A region its jobs may run in, never others (repeat; replaces the list).",
+        ),
+    ] = None,
+    any_region: Annotated[
+        bool, typer.Option("--any-region", help="Remove the regions_allowed limit.")
+    ] = False,
+    no_default_region: Annotated[
+        bool, typer.Option("--no-default-region", help="Remove the default_region.")
+    ] = False,
+) -> None:
+    """Set a tenant's or an API key's region defaults; what is not given keeps its value."""
+    state: State = ctx.obj
+    target = _one_target(tenant, key)
+    if default_region is not None and no_default_region:
+        raise typer.BadParameter(
+            "--default-region and --no-default-region exclude each other",
+            param_hint="--default-region",
+        )
+    if region_allowed and any_region:
+        raise typer.BadParameter(
+            "--region-allowed and --any-region exclude each other", param_hint="--any-region"
+        )
+    fields: dict[str, Any] = {}
+    if default_region is not None or no_default_region:
+        fields["default_region"] = default_region
+    if region_allowed or any_region:
+        fields["regions_allowed"] = list(region_allowed or [])
+    if not fields:
+        raise typer.BadParameter(
+            "give --default-region, --region-allowed, --any-region or --no-default-region",
+            param_hint="--default-region",
+        )
+    state.output.record(state.client().admin.set_region_defaults(**target, **fields))
+
+
+@regions_app.command("get")
+@handled
+def regions_get(ctx: typer.Context, tenant: TenantOpt = None, key: KeyOpt = None) -> None:
+    """A tenant's or an API key's region defaults, and the effective ones."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.get_region_defaults(**_one_target(tenant, key)))
+
+
+@regions_app.command("reset")
+@handled
+def regions_reset(ctx: typer.Context, tenant: TenantOpt = None, key: KeyOpt = None) -> None:
+    """Remove what was set: a key falls back on its tenant, a tenant on the settings."""
+    state: State = ctx.obj
+    state.output.record(state.client().admin.reset_region_defaults(**_one_target(tenant, key)))
+
+
+@regions_app.command("list")
+@handled
+def regions_list(ctx: typer.Context) -> None:
+    """Every tenant and API key with region defaults."""
+    state: State = ctx.obj
+    listing = state.client().admin.list_region_defaults()
+    if state.output.json:
+        state.output.record(listing)
+        return
+    columns = ["tenant", "key_id", "default_region", "regions_allowed", "source"]
+    state.output.rows([*listing.tenants, *listing.keys], columns, key="defaults")
 
 
 @keys_app.command("max-priority")

@@ -52,6 +52,8 @@ from gpufleet.wire import (
     QuotaList,
     QuotaSpec,
     QuotaView,
+    RegionDefaultsList,
+    RegionDefaultsView,
     RunnerConfigPatch,
     RunnerView,
 )
@@ -613,6 +615,38 @@ class Admin:
     def list_quotas(self) -> QuotaList:
         """The default quotas and every tenant with its own quotas or jobs."""
         return self._c._run(_ops.list_quotas(self._c._core))
+
+    def get_region_defaults(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> RegionDefaultsView:
+        """The region defaults of a tenant or (``key_id=``) an API key, and the effective
+        ones (docs/regions.md)."""
+        return self._c._run(_ops.get_region_defaults(self._c._core, tenant, key_id))
+
+    def set_region_defaults(
+        self,
+        *,
+        tenant: str | None = None,
+        key_id: str | None = None,
+        default_region: Any = _ops.KEEP,
+        regions_allowed: Any = _ops.KEEP,
+    ) -> RegionDefaultsView:
+        """Set a tenant's or an API key's ``default_region`` / ``regions_allowed`` (a hard
+        limit; empty or None: any region); a field not given keeps what applies now."""
+        current = self.get_region_defaults(tenant=tenant, key_id=key_id)
+        spec = _ops.region_spec(current, default_region, regions_allowed, _ops.KEEP)
+        return self._c._run(_ops.put_region_defaults(self._c._core, tenant, key_id, spec))
+
+    def reset_region_defaults(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> RegionDefaultsView:
+        """Remove what an admin set: a key falls back on its tenant, a tenant on the
+        ``tenant_regions`` setting."""
+        return self._c._run(_ops.delete_region_defaults(self._c._core, tenant, key_id))
+
+    def list_region_defaults(self) -> RegionDefaultsList:
+        """Every tenant and API key with region defaults."""
+        return self._c._run(_ops.list_region_defaults(self._c._core))
 
     def set_key_max_priority(self, key_id: str, max_priority: int | None) -> KeyLimits:
         """The highest priority an API key may submit at (None: the default, 100)."""

@@ -244,3 +244,17 @@ async def test_a_keys_limit_is_never_crossed_and_its_default_steers(
     other = (await submit(client, plain))["id"]
     assert await leased(central) == [] and await leased(west) == []
     assert await leased(us) == [other]
+
+
+async def test_openapi_documents_the_region_defaults_routes(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    for path in ("/v1/admin/tenants/{tenant}/regions", "/v1/admin/api-keys/{key_id}/regions"):
+        assert {"get", "put", "delete"} <= set(doc["paths"][path])
+        body = doc["paths"][path]["put"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith("/RegionDefaultsSpec")
+    assert "get" in doc["paths"]["/v1/admin/regions"]
+    schemas = doc["components"]["schemas"]
+    assert {"default_region", "regions_allowed"} <= set(
+        schemas["RegionDefaultsSpec"]["properties"]
+    )
+    assert {"scope", "source", "effective"} <= set(schemas["RegionDefaultsView"]["properties"])
