@@ -342,7 +342,8 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per tenant: `default_region` of its jobs and `regions_allowed` (the hard "
         'limit), e.g. {"acme": {"default_region": "eu-west-1", "regions_allowed": '
-        '["eu-west-1", "eu-central-1"]}}.',
+        '["eu-west-1", "eu-central-1"]}}; a fallback for tenants without region defaults '
+        "stored through the admin API (PUT /v1/admin/tenants/{tenant}/regions).",
     )
 
     # capacity (services/capacity/): pools of hosts started and stopped on demand
