@@ -44,6 +44,7 @@ async def fleet(request: Request, s: Session) -> Response:
         state=views.runner_state,
         triton_state=views.triton_state,
         depths=await run_in_threadpool(svc.jobs.queue_depths) if s.p.is_admin else {},
+        regions=await run_in_threadpool(svc.regions.table) if svc.regions is not None else None,
     )
 
 
