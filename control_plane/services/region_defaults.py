@@ -95,6 +95,7 @@ class RegionDefaultsService:
         self._monotonic = monotonic
         self._now = now
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._at = -math.inf if store is not None else math.inf
         self._tenants: dict[str, RegionDefaultsRecord] = {}
         self._keys: dict[str, RegionDefaultsRecord] = {}
@@ -108,20 +109,27 @@ class RegionDefaultsService:
     def _refresh(self, *, force: bool = False) -> None:
         if self._store is None or (not force and self.fresh()):
             return
+        loaded = self._at != -math.inf
+        # one re-read at a time: while it runs, other requests use the previous snapshot
+        if not self._reading.acquire(blocking=force or not loaded):
+            return
         try:
+            if not force and self.fresh():
+                return
             records = self._store.list_region_defaults()
+            tenants = {r.name: r for r in records if r.scope == "tenant"}
+            keys = {r.name: r for r in records if r.scope == "key"}
+            with self._lock:  # installed before the next read may start: never older data
+                self._tenants, self._keys, self._merged = tenants, keys, {}
+                self._at = self._monotonic()
         except Unavailable:
-            if self._at == -math.inf:
+            if force or not loaded:
                 raise
             log.warning("region defaults not re-read; the previous ones stay", exc_info=True)
             with self._lock:
                 self._at = self._monotonic()  # retry after another cache_s, not per request
-            return
-        tenants = {r.name: r for r in records if r.scope == "tenant"}
-        keys = {r.name: r for r in records if r.scope == "key"}
-        with self._lock:
-            self._tenants, self._keys, self._merged = tenants, keys, {}
-            self._at = self._monotonic()
+        finally:
+            self._reading.release()
 
     def _tenant_defaults(self, tenant: str) -> tuple[RegionDefaults | None, str]:
         rec = self._tenants.get(tenant)
