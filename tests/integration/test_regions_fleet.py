@@ -11,6 +11,8 @@ region, on loopback sockets.
   floods the queue with jobs free to spill at once while the US runner idles: none runs
   there; a request for a region outside the limit is refused naming the field;
 - synchronous inference (dispatched in memory) keeps to the same limits;
+- region defaults an admin stores on an API key (SDK ``admin.set_region_defaults``) steer
+  that key's jobs and calls and limit them, over the tenant's setting;
 - ``GET /v1/regions`` shows the static and the measured latencies, ``GET /v1/runners`` and
   ``/metrics`` break down by region.
 
@@ -32,6 +34,7 @@ import httpx
 import numpy as np
 import pytest
 from gpufleet import Client
+from gpufleet.errors import InvalidRequestError
 
 from tests.helpers.procs import ControlPlaneProc, RunnerProc, start_control_plane
 
@@ -292,3 +295,41 @@ def test_regions_view_shows_static_and_measured_latency(fleet: Fleet) -> None:
             assert f'gpufleet_region_runners{{region="{region}"}} 1.0' in text
         assert 'by_region_total{placement="spilled",region="eu-west-1"}' in text
         assert 'by_region_total{placement="preferred",region="us-east-1"}' in text
+
+
+def test_an_api_keys_region_defaults_set_by_an_admin(fleet: Fleet) -> None:
+    """Region defaults stored through the admin API (SDK) on a key of the EU-limited tenant:
+    the key's ``default_region`` steers its jobs (over the tenant's ``tenant_regions``
+    setting), its ``regions_allowed`` is never crossed (also free to spill at once, and for
+    synchronous calls); the tenant's other keys keep the tenant's default."""
+    admin = fleet.admin.admin
+    key = admin.create_api_key("resid", "user")
+    with pytest.raises(InvalidRequestError) as err:  # wider than its tenant's limit
+        admin.set_region_defaults(key_id=key.id, regions_allowed=["us-east-1"])
+    assert err.value.field == "regions_allowed[0]"
+    view = admin.set_region_defaults(key_id=key.id, default_region="eu-central-1")
+    assert (view.effective.default_region, view.effective.regions_allowed) == ("eu-central-1", EU)
+    with Client(fleet.cp.url, api_key=key.api_key, timeout=STEP_S) as keyed:
+        ids = [keyed.submit(MODEL, inputs()).id for _ in range(6)]
+        for job_id in ids:
+            done = finished(fleet, keyed, job_id)
+            assert (done.region, done.regions_allowed) == ("eu-central-1", EU)
+            assert fleet.region_of[done.runner_id] == "eu-central-1"
+        # narrowed to one region, and free to spill at once: still never elsewhere
+        admin.set_region_defaults(key_id=key.id, regions_allowed=["eu-central-1"])
+        jobs = [{"model": MODEL, "inputs": inputs(2), "spill_after_s": 0} for _ in range(60)]
+        ran: dict[str, int] = {}
+        for job_id in keyed.submit_batch(jobs):
+            region = fleet.region_of[finished(fleet, keyed, job_id).runner_id]
+            ran[region] = ran.get(region, 0) + 1
+        assert ran == {"eu-central-1": 60}, ran
+    with fleet.http(key.api_key) as http:
+        for _ in range(6):
+            r = http.post(f"/v1/models/{MODEL}/infer", json={"inputs": body()})
+            assert r.status_code == 200, r.text
+            assert fleet.region_of[r.json()["runner_id"]] == "eu-central-1"
+        r = http.post("/v1/jobs", json={"model": MODEL, "inputs": body(), "region": "eu-west-1"})
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "region"
+    done = finished(fleet, fleet.resid, fleet.resid.submit(MODEL, inputs()).id)
+    assert (done.region, done.regions_allowed) == ("eu-west-1", EU)  # the tenant's setting
+    assert admin.reset_region_defaults(key_id=key.id).source == "none"
