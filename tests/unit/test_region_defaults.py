@@ -100,3 +100,27 @@ def test_a_failed_reread_keeps_the_snapshot(store: Store) -> None:
 def test_no_store_reads_nothing() -> None:
     svc = RegionDefaultsService(None, {"acme": RegionDefaults(None, EU)})
     assert svc.fresh() and svc.caller("acme", "key_a") == CallerRegions((), EU)
+
+
+def test_a_version_9_file_gains_the_region_defaults_table(tmp_path: Path) -> None:
+    """Schema version 10 on a file written at version 9: its quotas stay, region defaults
+    can be stored."""
+    from control_plane.storage.protocols_limits import QuotaRecord
+
+    db = Database(tmp_path / "old.db")
+    try:
+        nine = {v: steps for v, steps in schema.MIGRATIONS.items() if v <= 9}
+        assert schema.migrate(db, nine) == 9
+        old = SqliteLimitsStore(db)
+        old.put_quota(QuotaRecord("acme", max_queued=5, updated_at=1.0))
+        tables = {r[0] for r in db.read().execute("SELECT name FROM sqlite_master")}
+        assert "region_defaults" not in tables
+        assert schema.migrate(db) == 10 == schema.SCHEMA_VERSION
+        store = SqliteLimitsStore(db)
+        assert store.get_quota("acme") == QuotaRecord("acme", max_queued=5, updated_at=1.0)
+        store.put_region_defaults(RegionDefaultsRecord("tenant", "acme", None, EU, 2.0))
+        assert store.list_region_defaults() == [
+            RegionDefaultsRecord("tenant", "acme", None, EU, 2.0)
+        ]
+    finally:
+        db.close()
