@@ -228,9 +228,7 @@ class InferenceService:
             return ANYWHERE
         if cached_only and not regions.resolves_without_io(model):
             return None
-        preferred, allowed = regions.defaults(
-            p.tenant, model, key_id=None if p.external else p.sub
-        )
+        preferred, allowed = regions.defaults(p.tenant, model, key_id=None if p.external else p.sub)
         if preferred is None and not allowed:
             return ANYWHERE
         return Placement(preferred, frozenset(allowed))

@@ -254,7 +254,5 @@ async def test_openapi_documents_the_region_defaults_routes(client: httpx.AsyncC
         assert body["schema"]["$ref"].endswith("/RegionDefaultsSpec")
     assert "get" in doc["paths"]["/v1/admin/regions"]
     schemas = doc["components"]["schemas"]
-    assert {"default_region", "regions_allowed"} <= set(
-        schemas["RegionDefaultsSpec"]["properties"]
-    )
+    assert {"default_region", "regions_allowed"} <= set(schemas["RegionDefaultsSpec"]["properties"])
     assert {"scope", "source", "effective"} <= set(schemas["RegionDefaultsView"]["properties"])
