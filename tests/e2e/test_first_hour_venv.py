@@ -86,7 +86,7 @@ class Venv:
     def spawn(self, line: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             return subprocess.Popen(
-                ["bash", "-c", f"exec {line}"],
+                ["bash", "-c", f"exec env {line}"],  # env: README's `VAR=… cmd` lines too
                 cwd=self.work,
                 env={**self.env, **env},
                 stdout=out,
@@ -135,7 +135,7 @@ def test_readme_first_hour_from_a_fresh_venv(
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     venv = Venv(tmp_path / "venv", work)
     pip = subprocess.run(
-        [str(venv.bin / "pip"), "install", "--quiet", "--disable-pip-version-check",
+        [str(venv.bin / "pip"), "install", "--quiet", "--disable-pip-version-check", "--no-compile",
          *(str(w) for w in wheels.values())],
         capture_output=True, text=True, timeout=400, check=False,
         env={k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))},
