@@ -8,19 +8,31 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TRITON_CPU_IMAGE ?= gpufleet/tritonserver-cpu:2.51
 PYTEST_ARGS ?=
 
-.PHONY: install dev demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane control-plane-image clean
+DIST ?= dist
+
+.PHONY: install dev wheels dist demo test check lint format bench soak triton-cpu-image rig-deps deploy-runner deploy-control-plane control-plane-image clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) uninstall -q -y gpufleet gpufleet-control-plane gpufleet-runner 2>/dev/null || true
 	$(PIP) install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: ## a virtual environment with every extra, for users (no test tools: `make dev`)
+install: ## a virtual environment with every part from this checkout, for users (no test tools: `make dev`)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) uninstall -q -y gpufleet gpufleet-control-plane gpufleet-runner 2>/dev/null || true
 	$(PIP) install -q -e '.[all]'
+
+wheels: ## the three distributions into $(DIST)/: gpufleet (SDK + CLI), gpufleet-control-plane, gpufleet-runner
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -f $(DIST)/gpufleet-*.whl $(DIST)/gpufleet_control_plane-*.whl $(DIST)/gpufleet_runner-*.whl
+	$(PIP) wheel -q --no-deps --wheel-dir $(DIST) distributions/gpufleet distributions/control-plane distributions/runner
+	@ls -1 $(DIST)/*.whl
+
+dist: wheels
 
 dev: $(STAMP) ## every extra and the test tools (what `make test` and `make check` use)
 
@@ -41,13 +53,13 @@ test: dev rig-deps ## everything: unit, contract, API, e2e on real Docker + Trit
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 check: dev ## ruff + ruff format --check + mypy --strict (a CI gate, run by .ci/run)
-	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples
-	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples
+	$(VENV)/bin/ruff check control_plane runner sdk tests bench iac scripts examples distributions
+	$(VENV)/bin/ruff format --check control_plane runner sdk tests bench iac scripts examples distributions
 	$(VENV)/bin/mypy
 
 format: dev
-	$(VENV)/bin/ruff check --fix control_plane runner sdk tests bench iac scripts examples
-	$(VENV)/bin/ruff format control_plane runner sdk tests bench iac scripts examples
+	$(VENV)/bin/ruff check --fix control_plane runner sdk tests bench iac scripts examples distributions
+	$(VENV)/bin/ruff format control_plane runner sdk tests bench iac scripts examples distributions
 
 bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py

@@ -145,17 +145,20 @@ def configure(
 
 
 def _check_setup(settings: RunnerSettings) -> None:
-    """What can be checked before the first start, each as one line (warnings only: the
-    control plane or Docker may come up later)."""
+    """What can be checked before the first start, each as one line: warnings when the
+    control plane or Docker do not answer (they may come up later); a join token the
+    control plane refuses is an error (exit 2, nothing written: a start would fail)."""
     url = settings.control_plane_url
+    answers = False
     try:
-        resp = httpx.get(f"{url}/v1/health", timeout=5)
+        resp = httpx.get(f"{url}/v1/health", timeout=5, verify=_verify(settings))
         ok = resp.status_code == 200 and resp.json().get("status") in ("ok", "degraded")
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+    except (httpx.HTTPError, ValueError, AttributeError, TlsSettingError) as exc:
         console.print(f"[yellow]warning:[/yellow] the control plane at {url} does not answer")
         console.print(f"  ({exc})")
     else:
         if ok:
+            answers = True
             console.print(f"control plane at {url}: answers")
         else:
             console.print(
@@ -173,6 +176,8 @@ def _check_setup(settings: RunnerSettings) -> None:
             "[yellow]warning:[/yellow] the join token does not look like one (gfj_…); the "
             "control plane checks it at start"
         )
+    elif answers:
+        _check_join_token(settings, token)
     if settings.backend == "docker":
         from runner.backends.docker_backend import docker_unreachable
 
@@ -192,6 +197,62 @@ def _check_setup(settings: RunnerSettings) -> None:
             console.print(f"Docker at {address}: answers")
         except Exception as exc:  # ImportError, docker's errors, BackendError: one line
             console.print(f"[yellow]warning:[/yellow] {docker_unreachable(address, exc)}")
+
+
+def _verify(settings: RunnerSettings) -> Any:
+    """What httpx verifies the control plane's certificate with (``ca_bundle`` …)."""
+    return client_context(settings.tls_options())
+
+
+def _check_join_token(settings: RunnerSettings, token: str) -> None:
+    """Ask the control plane whether ``token`` would register this runner (uses none of
+    it). Refused: exit 2 naming the reason and what to do, unless this host is registered
+    already (then the token is not needed)."""
+    from runner.cp_client import ControlPlaneClient, ControlPlaneError, NotFound, Unauthorized
+
+    url = settings.control_plane_url
+
+    async def ask() -> Any:
+        client = ControlPlaneClient(url, timeout_s=10, verify=_verify(settings))
+        try:
+            return await client.check_join_token(token)
+        finally:
+            await client.aclose()
+
+    try:
+        found = asyncio.run(ask())
+    except Unauthorized as exc:
+        reason = str(exc).partition("unauthorized: ")[2] or str(exc)
+        creds = load_credentials(settings.credentials_file)
+        if creds is not None and creds.control_plane_url.rstrip("/") == url.rstrip("/"):
+            console.print(
+                f"[yellow]warning:[/yellow] the join token is refused ({reason}); this host "
+                f"is registered already as {creds.runner_id}, so it needs none unless it "
+                "registers again"
+            )
+            return
+        console.print(
+            f"[red]error:[/red] the control plane at {url} refused the join token: {reason}"
+        )
+        console.print(
+            "  ask an admin for a new one (`gpufleet admin join-token`), then run "
+            "`gpufleet-runner configure --join-token NEW` again; nothing was written"
+        )
+        raise typer.Exit(2) from None
+    except NotFound:
+        console.print(
+            "[yellow]warning:[/yellow] this control plane cannot check join tokens (an older "
+            "version); it checks the token at the first start"
+        )
+        return
+    except ControlPlaneError as exc:
+        console.print(f"[yellow]warning:[/yellow] could not check the join token ({exc})")
+        return
+    uses = "no use limit" if found.uses_left is None else f"{found.uses_left} use(s) left"
+    console.print(
+        f"join token {found.id}: accepted (region {found.region}, {uses}, "
+        f"expires {found.expires_at})"
+    )
 
 
 # --------------------------------------------------------------------------- start

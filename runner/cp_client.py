@@ -28,6 +28,8 @@ from gpufleet.wire import (
     ExtendResponse,
     HeartbeatRequest,
     HeartbeatResponse,
+    JoinTokenCheck,
+    JoinTokenCheckRequest,
     LeaseRequest,
     LeaseResponse,
     RegisterRequest,
@@ -162,6 +164,13 @@ class ControlPlaneClient:
     async def register(self, req: RegisterRequest) -> RegisterResponse:
         """Exchange a join token for a runner id and secret."""
         return await self._send("/v1/runners/register", req, RegisterResponse, signed=False)
+
+    async def check_join_token(self, join_token: str) -> JoinTokenCheck:
+        """Would ``join_token`` register a runner now? Uses none of it (``Unauthorized``
+        with the control plane's reason when not; ``NotFound`` from a control plane that
+        predates the check)."""
+        req = JoinTokenCheckRequest(join_token=join_token)
+        return await self._send("/v1/runners/join-tokens/check", req, JoinTokenCheck, signed=False)
 
     async def heartbeat(self, req: HeartbeatRequest) -> HeartbeatResponse:
         return await self._send(

@@ -3,9 +3,10 @@
 #
 #   scripts/build-control-plane-image.sh [all|wheels|build]     (default: all = wheels build)
 #
-#   wheels  the gpufleet wheel + the wheels of its [control-plane] extra for the image's
-#           Python and platform, into $WHEELS_DIR (app/ and deps/); the dependency wheels
-#           are downloaded once per pyproject.toml (a stamp file), with pip
+#   wheels  the gpufleet and gpufleet-control-plane wheels (distributions/) + the wheels of
+#           their dependencies for the image's Python and platform, into $WHEELS_DIR (app/
+#           and deps/); the dependency wheels are downloaded once per
+#           distributions/{gpufleet,control-plane}/pyproject.toml (a stamp file), with pip
 #   build   docker build --network none -f Dockerfile.control-plane (nothing fetched)
 #
 # Settings (environment):
@@ -39,29 +40,31 @@ case "$WHEELS_DIR" in /*) die "WHEELS_DIR must be relative to the repository: $W
 wheels() {
     local app="$WHEELS_DIR/app" deps="$WHEELS_DIR/deps"
     if [ "${OFFLINE:-0}" = 1 ]; then
-        ls "$app"/gpufleet-*.whl "$app"/pip-*.whl "$deps"/pip-*.whl >/dev/null 2>&1 \
-            || die "OFFLINE=1 but $WHEELS_DIR lacks app/gpufleet-*.whl, app/pip-*.whl or deps/pip-*.whl"
+        ls "$app"/gpufleet-*.whl "$app"/gpufleet_control_plane-*.whl "$app"/pip-*.whl "$deps"/pip-*.whl >/dev/null 2>&1 \
+            || die "OFFLINE=1 but $WHEELS_DIR lacks app/gpufleet-*.whl, app/gpufleet_control_plane-*.whl, app/pip-*.whl or deps/pip-*.whl"
         log "OFFLINE=1: using the wheels in $WHEELS_DIR as they are"
         return
     fi
     mkdir -p "$app" "$deps"
-    log "building the gpufleet wheel"
-    rm -f "$app"/gpufleet-*.whl
-    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$app" . || die "pip wheel of the project failed"
-    local wheel stamp platform_args=()
-    wheel=$(ls "$app"/gpufleet-*.whl | head -n 1)
-    stamp="$deps/.stamp-$( { cat pyproject.toml; echo "$PYTHON_VERSION $PLATFORMS"; } | sha256sum | cut -c1-16)"
+    log "building the gpufleet and gpufleet-control-plane wheels (distributions/)"
+    rm -f "$app"/gpufleet-*.whl "$app"/gpufleet_*.whl
+    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$app" distributions/gpufleet distributions/control-plane \
+        || die "pip wheel of distributions/gpufleet and distributions/control-plane failed"
+    local sdk part stamp platform_args=()
+    sdk=$(ls "$app"/gpufleet-*.whl | head -n 1)
+    part=$(ls "$app"/gpufleet_control_plane-*.whl | head -n 1)
+    stamp="$deps/.stamp-$( { cat distributions/gpufleet/pyproject.toml distributions/control-plane/pyproject.toml; echo "$PYTHON_VERSION $PLATFORMS"; } | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ]; then
         log "dependency wheels up to date ($deps)"
     else
         for p in $PLATFORMS; do platform_args+=(--platform "$p"); done
-        log "downloading the [control-plane] dependency wheels for Python $PYTHON_VERSION"
+        log "downloading the gpufleet-control-plane dependency wheels for Python $PYTHON_VERSION"
         rm -rf "$deps" && mkdir -p "$deps"
         "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
             --python-version "$PYTHON_VERSION" --implementation cp "${platform_args[@]}" \
-            --dest "$deps" "$wheel[control-plane]" pip \
-            || die "pip download of the [control-plane] dependencies failed"
-        rm -f "$deps"/gpufleet-*.whl
+            --dest "$deps" "$part" "$sdk" pip \
+            || die "pip download of the gpufleet-control-plane dependencies failed"
+        rm -f "$deps"/gpufleet-*.whl "$deps"/gpufleet_*.whl
         touch "$stamp"
         log "wheels ready: $(ls "$deps"/*.whl | wc -l) files, $(du -sh "$deps" | cut -f1)"
     fi

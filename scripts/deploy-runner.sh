@@ -4,9 +4,10 @@
 #   make deploy-runner CONTROL_PLANE_URL=https://… JOIN_TOKEN=gfj_…
 #   scripts/deploy-runner.sh [all|wheels|build|run|args]      (default: all = wheels build run)
 #
-#   wheels  `gpufleet` wheel + the wheels of its [runner] extra for the image's Python and
-#           platform into $WHEELS_DIR (pip download --platform/--python-version: works on any
-#           build host; re-downloaded only when pyproject.toml changes; OFFLINE=1 uses the
+#   wheels  the `gpufleet` and `gpufleet-runner` wheels (distributions/) + the wheels of their
+#           dependencies for the image's Python and platform into $WHEELS_DIR (pip download
+#           --platform/--python-version: works on any build host; re-downloaded only when
+#           distributions/{gpufleet,runner}/pyproject.toml change; OFFLINE=1 uses the
 #           directory as it is, e.g. copied onto an air-gapped host)
 #   build   docker build -f Dockerfile.runner (no network inside the build)
 #   run     (re)start the runner container; its arguments come from
@@ -17,7 +18,7 @@
 #   CONTROL_PLANE_URL  control plane base URL                               (run: required)
 #   JOIN_TOKEN         join token (POST /v1/admin/join-tokens); may be left out when
 #                      $DATA_DIR/runner/credentials.json exists (already registered)
-#   IMAGE              image tag                 (gpufleet/runner:<version in pyproject.toml>)
+#   IMAGE              image tag        (gpufleet/runner:<version in sdk/gpufleet/_version.py>)
 #   BASE_IMAGE         build argument BASE_IMAGE                   (the Dockerfile's default)
 #   PYTHON_VERSION     Python of BASE_IMAGE, for the wheels                            (3.11)
 #   ARCH, PLATFORMS    wheel architecture (uname -m) / pip --platform tags (from ARCH)
@@ -45,7 +46,7 @@ cmd=${1:-all}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' sdk/gpufleet/_version.py | head -n 1)
 IMAGE=${IMAGE:-gpufleet/runner:$VERSION}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 WHEELS_DIR=${WHEELS_DIR:-.cache/runner-wheels}
@@ -77,41 +78,42 @@ case "$WHEELS_DIR" in
 /*) die "WHEELS_DIR must be relative to the repository (it is the build context): $WHEELS_DIR" ;;
 esac
 
-wheels() {  # $WHEELS_DIR/app: the gpufleet wheel; $WHEELS_DIR/deps: the rest, and pip
+wheels() {  # $WHEELS_DIR/app: the gpufleet and gpufleet-runner wheels; $WHEELS_DIR/deps: the rest, and pip
     local app="$WHEELS_DIR/app" deps="$WHEELS_DIR/deps"
     if [ "${OFFLINE:-0}" = 1 ]; then
-        ls "$app"/gpufleet-*.whl "$app"/pip-*.whl "$deps"/pip-*.whl >/dev/null 2>&1 \
-            || die "OFFLINE=1 but $WHEELS_DIR lacks app/gpufleet-*.whl, app/pip-*.whl or deps/pip-*.whl"
+        ls "$app"/gpufleet-*.whl "$app"/gpufleet_runner-*.whl "$app"/pip-*.whl "$deps"/pip-*.whl >/dev/null 2>&1 \
+            || die "OFFLINE=1 but $WHEELS_DIR lacks app/gpufleet-*.whl, app/gpufleet_runner-*.whl, app/pip-*.whl or deps/pip-*.whl"
         log "OFFLINE=1: using the wheels in $WHEELS_DIR as they are"
         return
     fi
     mkdir -p "$app" "$deps"
-    log "building the gpufleet wheel"
-    rm -f "$app"/gpufleet-*.whl
-    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$app" . \
-        || die "pip wheel of the project failed"
-    local wheel stamp
-    wheel=$(ls "$app"/gpufleet-*.whl | head -n 1)
-    stamp="$deps/.stamp-$( { cat pyproject.toml; echo "$PYTHON_VERSION $PLATFORMS"; } | sha256sum | cut -c1-16)"
+    log "building the gpufleet and gpufleet-runner wheels (distributions/)"
+    rm -f "$app"/gpufleet-*.whl "$app"/gpufleet_*.whl
+    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$app" distributions/gpufleet distributions/runner \
+        || die "pip wheel of distributions/gpufleet and distributions/runner failed"
+    local sdk runner stamp
+    sdk=$(ls "$app"/gpufleet-*.whl | head -n 1)
+    runner=$(ls "$app"/gpufleet_runner-*.whl | head -n 1)
+    stamp="$deps/.stamp-$( { cat distributions/gpufleet/pyproject.toml distributions/runner/pyproject.toml; echo "$PYTHON_VERSION $PLATFORMS"; } | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ]; then
         log "dependency wheels up to date ($deps)"
     else
-        download_deps "$wheel" "$stamp"
+        download_deps "$sdk" "$runner" "$stamp"
     fi
     rm -f "$app"/pip-*.whl
     cp "$(ls "$deps"/pip-*.whl | head -n 1)" "$app/"  # the image installs gpufleet with it
 }
 
-download_deps() {  # download_deps GPUFLEET_WHEEL STAMP
-    local wheel=$1 stamp=$2 deps="$WHEELS_DIR/deps" platform_args=()
+download_deps() {  # download_deps GPUFLEET_WHEEL RUNNER_WHEEL STAMP
+    local sdk=$1 runner=$2 stamp=$3 deps="$WHEELS_DIR/deps" platform_args=()
     for p in $PLATFORMS; do platform_args+=(--platform "$p"); done
-    log "downloading the [runner] dependency wheels for Python $PYTHON_VERSION"
+    log "downloading the gpufleet-runner dependency wheels for Python $PYTHON_VERSION"
     rm -rf "$deps" && mkdir -p "$deps"  # one version of each: the image installs them all
     "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
         --python-version "$PYTHON_VERSION" --implementation cp "${platform_args[@]}" \
-        --dest "$deps" "$wheel[runner]" pip \
-        || die "pip download of the [runner] dependencies failed"
-    rm -f "$deps"/gpufleet-*.whl
+        --dest "$deps" "$runner" "$sdk" pip \
+        || die "pip download of the gpufleet-runner dependencies failed"
+    rm -f "$deps"/gpufleet-*.whl "$deps"/gpufleet_*.whl
     touch "$stamp"
     log "wheels ready: $(ls "$deps"/*.whl | wc -l) files, $(du -sh "$deps" | cut -f1)"
 }

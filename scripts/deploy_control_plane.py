@@ -1,7 +1,8 @@
 """Deploy the control plane to AWS with CloudFormation (``make deploy-control-plane STACK=…``).
 
 1. ``<stack>-data``    iac/data.yaml: the tables and the bucket (created or updated, waited on);
-2. the code zip        ``gpufleet[control-plane]`` built for the Lambda runtime and architecture,
+2. the code zip        the ``gpufleet`` and ``gpufleet-control-plane`` wheels (distributions/)
+                       and their requirements for the Lambda runtime and architecture,
                        uploaded to ``s3://<bucket>/deploy/control-plane-<sha256>.zip``;
 3. ``<stack>-compute`` iac/compute.yaml: Lambda + HTTP API + role, pointed at the data stack;
 4. prints the API URL and how to create the first admin key.
@@ -120,18 +121,20 @@ def lambda_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
 
 
 def build_code_zip(dest: Path, *, python_version: str, architecture: str) -> Path:
-    """gpufleet and ``lambda_requirements()`` for the Lambda runtime and architecture, zipped."""
+    """The gpufleet and gpufleet-control-plane wheels (distributions/) and
+    ``lambda_requirements()`` for the Lambda runtime and architecture, zipped."""
     with tempfile.TemporaryDirectory() as tmp:
         wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
         pip = [sys.executable, "-m", "pip"]
-        subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True)
-        wheel = next(wheels.glob("gpufleet-*.whl"))
+        parts = [str(ROOT / "distributions" / d) for d in ("gpufleet", "control-plane")]
+        subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(wheels), *parts], check=True)
+        built = [str(w) for w in sorted(wheels.glob("gpufleet*.whl"))]  # + _control_plane
         target = ["--target", str(site), "--upgrade"]
         platform = [
             "--platform", PLATFORMS[architecture], "--implementation", "cp",
             "--python-version", python_version, "--only-binary=:all:",
         ]  # fmt: skip
-        subprocess.run([*pip, "install", "-q", *target, "--no-deps", str(wheel)], check=True)
+        subprocess.run([*pip, "install", "-q", *target, "--no-deps", *built], check=True)
         subprocess.run(
             [*pip, "install", "-q", *target, *platform, *lambda_requirements()], check=True
         )

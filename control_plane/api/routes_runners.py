@@ -19,6 +19,8 @@ from gpufleet.wire import (
     ExtendResponse,
     HeartbeatRequest,
     HeartbeatResponse,
+    JoinTokenCheck,
+    JoinTokenCheckRequest,
     LeaseRequest,
     LeaseResponse,
     RegionTable,
@@ -50,6 +52,12 @@ async def register(request: Request) -> HttpResponse:
     req = await read_model(request, RegisterRequest)
     runners, client = services(request).runners, client_address(request)
     return send(await run_in_threadpool(runners.register, req, client), 201)
+
+
+async def check_join_token(request: Request) -> HttpResponse:
+    req = await read_model(request, JoinTokenCheckRequest)
+    auth, client = services(request).auth, client_address(request)
+    return send(await run_in_threadpool(auth.check_join_token, req.join_token, client))
 
 
 async def heartbeat(request: Request) -> HttpResponse:
@@ -164,6 +172,15 @@ ROUTES: list[DocumentedRoute] = [
         RegisterResponse,
         status=201,
         request=RegisterRequest,
+        security="none",
+    ),
+    route(
+        "POST",
+        "/v1/runners/join-tokens/check",
+        check_join_token,
+        "Would this join token register a runner now? (uses none of it; 401 with the reason)",
+        JoinTokenCheck,
+        request=JoinTokenCheckRequest,
         security="none",
     ),
     route(

@@ -37,6 +37,7 @@ from gpufleet.wire import (
     ApiKeyRotate,
     ApiKeyRotated,
     ApiKeyView,
+    JoinTokenCheck,
     JoinTokenCreate,
     JoinTokenCreated,
     JoinTokenList,
@@ -451,6 +452,26 @@ class AuthService:
         """Count one use of the join token; its record if it was valid, unexpired and had
         uses left, ``Unauthorized`` otherwise (throttled per ``client`` address)."""
         return self._guarded("join token", None, client, lambda: self._claim(token))
+
+    def check_join_token(self, token: str, client: str | None = None) -> JoinTokenCheck:
+        """Would ``token`` register a runner now? Counts no use (``gpufleet-runner
+        configure`` asks before it writes a config); ``Unauthorized`` with the reason
+        ``redeem_join_token`` would give otherwise (a failure is throttled like one)."""
+
+        def check() -> JoinTokenCheck:
+            rec = self._store.find_join_token(sha256_hex(token))
+            if rec is None or rec.expires_at < self._now():
+                raise Unauthorized("invalid or expired join token")
+            if rec.max_uses and rec.uses >= rec.max_uses:
+                raise Unauthorized(f"join token used up (it registers {rec.max_uses} runner(s))")
+            return JoinTokenCheck(
+                id=join_token_id(rec.token_hash),
+                region=rec.region,
+                expires_at=clock.iso(rec.expires_at) or "",
+                uses_left=rec.max_uses - rec.uses if rec.max_uses else None,
+            )
+
+        return self._guarded("join token", None, client, check)
 
     def _claim(self, token: str) -> JoinTokenRecord:
         token_hash = sha256_hex(token)

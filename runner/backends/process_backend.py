@@ -11,7 +11,9 @@ with it) and outside the runner's: a runner that dies leaves it running. Its pid
 line are kept in ``<state_dir>/tritonserver.pid``; a restarted runner adopts a server that
 still runs with the same command line (like the docker backend adopts its container) and
 stops one with a different command line before it starts its own. Output goes to
-``triton.log`` in the state directory.
+``triton.log`` in the state directory (``triton_log_file``); the runner follows that file
+and stamps each line as it arrives (``FileFollower``), so per-job logs get what the model
+printed while the job ran (``output_between``), adopted servers included.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runner.backends.base import BackendError
-from runner.backends.common import append_log, wait_ready
+from runner.backends.common import FileFollower, append_log, wait_ready
 from runner.backends.container_spec import triton_flags
 from runner.settings import RunnerSettings
 from runner.triton_client import TritonClient
@@ -83,6 +85,7 @@ class ProcessBackend:
         self._log: IO[bytes] | None = None
         self.adopted = False
         self.restarts = 0
+        self._output = FileFollower(settings.triton_log_file)
 
     # ------------------------------------------------------------------ the command
     def binary(self) -> Path:
@@ -263,6 +266,7 @@ class ProcessBackend:
 
     # ------------------------------------------------------------------ TritonBackend
     async def start(self) -> None:
+        self._output.start()  # before the server: its first lines are followed too
         await asyncio.to_thread(self._start_sync)
 
         async def logs() -> str:
@@ -286,7 +290,14 @@ class ProcessBackend:
             await asyncio.to_thread(self._release)
         else:
             await asyncio.to_thread(self._terminate, "runner stopped")
+        self._output.stop()
         await self.engine.aclose()
+
+    async def output_between(self, start: float, end: float) -> str:
+        """Triton's output (what models printed, Triton's own lines) that arrived in
+        ``triton.log`` between two wall-clock times, each line with its time (per-job logs).
+        A stat (and a read when something was appended): no Docker-like API call."""
+        return self._output.between(start, end)
 
     @property
     def pid(self) -> int | None:

@@ -43,6 +43,8 @@ from gpufleet.wire import (
     JobLogs,
     JobRequest,
     JobView,
+    JoinTokenCheck,
+    JoinTokenCheckRequest,
     JoinTokenCreate,
     JoinTokenCreated,
     JoinTokenList,
@@ -499,6 +501,14 @@ def create_join_token(
         "POST", "/v1/admin/join-tokens", json=_dump(req), idempotent=False
     )
     return JoinTokenCreated.model_validate(resp.json())
+
+
+def check_join_token(core: Core, join_token: str) -> Op[JoinTokenCheck]:
+    req = JoinTokenCheckRequest(join_token=join_token)
+    resp = yield from core.request(
+        "POST", "/v1/runners/join-tokens/check", json=_dump(req), idempotent=True, auth=False
+    )
+    return JoinTokenCheck.model_validate(resp.json())
 
 
 def put_pool(core: Core, name: str, spec: PoolSpec | Mapping[str, Any]) -> Op[PoolView]:

@@ -40,6 +40,7 @@ from gpufleet.wire import (
     JobLogs,
     JobRequest,
     JobView,
+    JoinTokenCheck,
     JoinTokenCreated,
     JoinTokenView,
     KeyLimits,
@@ -555,6 +556,11 @@ class AsyncAdmin:
     async def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         """Revoke an API key by id (``key_…``)."""
         return await self._c._run(_ops.revoke_api_key(self._c._core, key_id))
+
+    async def check_join_token(self, join_token: str) -> JoinTokenCheck:
+        """Would ``join_token`` register a runner now? Uses none of it; ``AuthError``
+        (401) with the reason when not (no credentials needed)."""
+        return await self._c._run(_ops.check_join_token(self._c._core, join_token))
 
     async def create_join_token(
         self,

@@ -42,6 +42,7 @@ from gpufleet.wire import (
     JobLogs,
     JobRequest,
     JobView,
+    JoinTokenCheck,
     JoinTokenCreated,
     JoinTokenView,
     KeyLimits,
@@ -558,6 +559,11 @@ class Admin:
     def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         """Revoke an API key by id (``key_…``)."""
         return self._c._run(_ops.revoke_api_key(self._c._core, key_id))
+
+    def check_join_token(self, join_token: str) -> JoinTokenCheck:
+        """Would ``join_token`` register a runner now? Uses none of it; ``AuthError``
+        (401) with the reason when not (no credentials needed)."""
+        return self._c._run(_ops.check_join_token(self._c._core, join_token))
 
     def create_join_token(
         self,

@@ -344,6 +344,23 @@ class JoinTokenList(Response):
     tokens: list[JoinTokenView]
 
 
+class JoinTokenCheckRequest(Strict):
+    """``POST /v1/runners/join-tokens/check``: would this join token register a runner now?
+    (Uses none of it: ``gpufleet-runner configure`` asks before it writes a config.)"""
+
+    api_version: Literal["v1"] = API_VERSION
+    join_token: str = Field(min_length=8, max_length=512)
+
+
+class JoinTokenCheck(Response):
+    """A join token that would register a runner now (a refused one is a 401 error)."""
+
+    id: str  # as `GET /v1/admin/join-tokens` lists it
+    region: str
+    expires_at: str
+    uses_left: int | None = None  # None: no limit
+
+
 # --------------------------------------------------------------------------- runners
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gpufleet import Client
 from typer.testing import CliRunner
 
 from runner.cli import app
@@ -23,16 +24,18 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def test_configure_checks_and_says_what_next(cp_url: str, tmp_path: Path) -> None:
+def test_configure_checks_and_says_what_next(cp_url: str, admin_key: str, tmp_path: Path) -> None:
+    with Client(cp_url, api_key=admin_key) as admin:
+        token = admin.admin.create_join_token().join_token
     path = tmp_path / "runner.yaml"
     args = ["configure", "--yes", "--config", str(path), "--control-plane-url", cp_url]
-    args += ["--join-token", "gfj_" + "x" * 40, "--backend", "docker"]
+    args += ["--join-token", token, "--backend", "docker"]
     args += ["--model-repository", "models", "--status-port", "8799"]
     sock = tmp_path / "no-docker.sock"
     r = cli.invoke(app, args, env={"GPUFLEET_RUNNER_DOCKER_HOST": f"unix://{sock}"})
     assert r.exit_code == 0, r.output
     flat = "".join(r.output.split())  # rich folds long paths anywhere at 80 columns
-    assert f"controlplaneat{cp_url}:answers" in flat
+    assert f"controlplaneat{cp_url}:answers" in flat and ":accepted(region" in flat, r.output
     assert f"Dockerat unix://{sock}doesnotanswer".replace(" ", "") in flat, r.output
     assert "--backendprocess" in flat and f"next:gpufleet-runnerstart--config{path}" in flat
     data = yaml.safe_load(path.read_text())

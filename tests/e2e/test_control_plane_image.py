@@ -68,5 +68,13 @@ def test_the_image_builds_and_serves(docker_host: str, triton_image: str) -> Non
         ).stdout
         who = _docker(docker_host, "exec", cid, "id", "-u")
         assert who.stdout.strip() == "10002"  # not root
+        # the split distributions: the control plane and the SDK, no runner package
+        listing = "import importlib.metadata as m; print(*(d.name for d in m.distributions()))"
+        dists = _docker(docker_host, "exec", cid, "python", "-c", listing)
+        names = {name.lower() for name in dists.stdout.split()}
+        assert {"gpufleet", "gpufleet-control-plane"} <= names, dists.stdout
+        assert "gpufleet-runner" not in names
+        no_runner = _docker(docker_host, "exec", cid, "python", "-c", "import runner")
+        assert no_runner.returncode != 0 and "No module named 'runner'" in no_runner.stderr
     finally:
         _docker(docker_host, "stop", "-t", "5", cid)

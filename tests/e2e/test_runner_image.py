@@ -277,6 +277,12 @@ def test_runner_image_registers_and_serves_jobs(
         check = container.exec_run(["python", "-m", "runner.deploy", "healthcheck"])
         assert check.exit_code == 0 and check.output.startswith(b"healthy: health=ok"), check
         assert container.exec_run(["id", "-u"]).output.strip() == str(RUNNER_UID).encode()
+        # the split distributions: the runner and the SDK, no control_plane package
+        listing = "import importlib.metadata as m; print(*(d.name for d in m.distributions()))"
+        names = set(container.exec_run(["python", "-c", listing]).output.decode().lower().split())
+        assert {"gpufleet", "gpufleet-runner"} <= names and "gpufleet-control-plane" not in names
+        no_cp = container.exec_run(["python", "-c", "import control_plane"])
+        assert no_cp.exit_code != 0 and b"No module named 'control_plane'" in no_cp.output
 
         _check_add_sub_jobs(fleet, seed=11)
         _stop_cleanly(dep)

@@ -23,11 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from gpufleet import Client
 
 from runner.backends.process_backend import PID_FILE
 from tests import rig
+from tests.e2e.test_job_logs_docker import chatty_model
 from tests.helpers.add_sub_jobs import (
     MODEL,
     check_outputs,
@@ -187,6 +189,25 @@ def test_jobs_succeed_on_the_runners_own_tritonserver(ready: Fleet) -> None:
     assert all(v.runner_id == status["runner_id"] for v in views)
     assert all(v.attempts == 1 for v in views), [v.attempts for v in views]
     assert ready.triton_pid() == pid
+
+
+def test_job_logs_carry_what_the_model_printed(ready: Fleet, tmp_path: Path) -> None:
+    """Per-job logs with the process backend: Triton's output file has no timestamps, the
+    runner stamps its lines as they arrive, so a job's logs hold what the model printed
+    while it ran (``model  | …``) besides the runner's own lines."""
+    client = ready.client
+    client.models.push(chatty_model(tmp_path))
+    client.models.deploy("chatty", min_replicas=1, max_replicas=1)
+    job = client.submit(
+        "chatty",
+        {"INPUT0": np.ones((1, 4), np.float32), "INPUT1": np.ones((1, 4), np.float32)},
+    )
+    view = client.wait(job.id, timeout=180)
+    assert view.status == "SUCCEEDED", view
+    text = client.logs(job.id).logs
+    assert f"job {job.id} started" in text and "runner | " in text, text
+    assert "model  | " in text and "chatty: 1 request(s) in this batch" in text, text
+    client.models.deploy("chatty", min_replicas=0, max_replicas=0)  # undeploy
 
 
 def test_killed_tritonserver_is_restarted_and_every_job_succeeds(ready: Fleet) -> None:
