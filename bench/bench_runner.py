@@ -277,7 +277,13 @@ def fleet_stack(
             ignore=shutil.ignore_patterns("__pycache__"),
         )
         runner = RunnerProc(
-            cp.url, token, work / "runner", docker_host, image, repository, name=f"gf-bench-runner-{os.getpid()}"
+            cp.url,
+            token,
+            work / "runner",
+            docker_host,
+            image,
+            repository,
+            name=f"gf-bench-runner-{os.getpid()}",
         )
         runner.start()
         t0 = time.perf_counter()
