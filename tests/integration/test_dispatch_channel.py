@@ -373,6 +373,33 @@ async def test_kserve_http_short_path_passes_bytes_through_a_raw_channel(fleet: 
             assert r.headers["content-type"] == "application/octet-stream"
             assert r.headers["x-request-id"] == "short-path-1"
 
+        # v1 infer of JSON-exact datatypes: the KServe JSON request it maps to, passed
+        # through; Triton's JSON outputs are the v1 outputs
+        v1 = {
+            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [3], "data": [[1, 2], [3]]}],
+            "outputs": [{"name": "OUTPUT0"}],
+            "parameters": {"p": 1},
+        }
+        call = asyncio.create_task(
+            http.post("/v1/models/scale/infer", json=v1, headers=fleet.admin)
+        )
+        frame, sent = await next_binary(ws)
+        assert (frame["protocol"], frame["version"]) == ("http", "1")
+        assert json.loads(sent) == {
+            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}],
+            "outputs": [{"name": "OUTPUT0"}],
+            "parameters": {"p": 1},
+        }
+        out = {"name": "OUTPUT0", "datatype": "FP32", "shape": [3], "data": [3.0, 5.0, 7.0]}
+        triton = {"model_name": "scale", "model_version": "1", "outputs": [out]}
+        reply = {"type": "result", "id": frame["id"], "runner_id": runner_id}
+        await ws.send(pack_frame(reply, json.dumps(triton).encode()))
+        r = await asyncio.wait_for(call, STEP_S)
+        assert r.status_code == 200, r.text
+        assert (r.json()["path"], r.json()["runner_id"]) == ("dispatch", runner_id)
+        (got,) = r.json()["outputs"]
+        assert {k: got[k] for k in out} == out
+
         # Triton's refusal → 400 with KServe's error body
         call = asyncio.create_task(
             http.post("/v2/models/scale/infer", content=body, headers=headers)
