@@ -232,7 +232,8 @@ class TritonClient:
         server as transient."""
         try:
             if protocol == "http":
-                return await asyncio.wait_for(self._raw_http(model, version, body, meta), timeout_s)
+                async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                    return await self._raw_http(model, version, body, meta)
             if protocol == "grpc":
                 return await self._raw_grpc(body, timeout_s), {}
         except TimeoutError as exc:
