@@ -318,7 +318,7 @@ def render(results: list[Result], n: int, poll_s: float) -> None:
         "p50 over direct ms",
         "req/s vs direct",
         "submit / queue / run p50 ms",
-        "CPU ms/req cp / runner",
+        "CPU ms/req cp / runner / client",
     ):
         table.add_column(col, justify="left" if col in ("path", "store") else "right")
     for r in results:
@@ -350,8 +350,8 @@ def render(results: list[Result], n: int, poll_s: float) -> None:
         "Overhead and throughput ratios compare with the direct row of the same protocol "
         "(HTTP or gRPC) at the same concurrency. job: submit: the submit call, queue: "
         "created → leased, run: leased → completed (job timestamps). CPU ms/req: CPU time "
-        "of the control-plane process and of the runner process per request (warm-up "
-        "included)."
+        "of the control-plane process, of the runner process and of the client (this "
+        "process: tritonclient or the SDK) per request (warm-up included)."
     )
 
 
@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.2)
                 token = access_token(cp)
                 cp_host = cp.url.split("://", 1)[1]
-                pids = {"control plane": cp.proc.pid, "runner": runner.pid}
+                # the bench process itself is the client of every row
+                pids = {"control plane": cp.proc.pid, "runner": runner.pid, "client": os.getpid()}
                 n_jobs = args.job_requests or args.requests
                 for c in levels:
                     console.print(f"bench: {store}, concurrency {c} ...")
@@ -452,12 +453,12 @@ def main(argv: list[str] | None = None) -> int:
                         before = {k: cpu_seconds(pid) for k, pid in pids.items()}
                         res = asyncio.run(run())
                         res.store = store if fleet_row else ""
-                        if fleet_row:
-                            total = count + min(count, 20)  # with the warm-up
-                            res.cpu_ms_per_job = {
-                                k: (cpu_seconds(pid) - before[k]) * 1000 / total
-                                for k, pid in pids.items()
-                            }
+                        total = (count or n) + min(count or n, 20)  # with the warm-up
+                        res.cpu_ms_per_job = {
+                            k: (cpu_seconds(pid) - before[k]) * 1000 / total
+                            for k, pid in pids.items()
+                            if fleet_row or k == "client"
+                        }
                         if fleet_row or store == args.stores.split(",")[0]:
                             results.append(res)
                 counters[store] = runner.status()["counters"]

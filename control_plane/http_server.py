@@ -39,7 +39,13 @@ from control_plane.errors import SlowRequest
 from control_plane.metrics import CONTENT_TYPE, Metrics
 from control_plane.settings import Settings
 
-__all__ = ["BodyTimeout", "header_timeout", "metrics_server", "server_config"]
+__all__ = [
+    "BodyTimeout",
+    "CoalescingTransport",
+    "header_timeout",
+    "metrics_server",
+    "server_config",
+]
 
 
 def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
@@ -67,6 +73,9 @@ def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[async
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            # One write per loop turn: a response's head and body (and a WebSocket's frames
+            # of one turn, once upgraded) leave in one segment.
+            self.transport = CoalescingTransport(transport, self.loop)
             self._arm()
 
         def on_response_complete(self) -> None:
@@ -82,6 +91,63 @@ def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[async
 
     HeaderTimeoutProtocol.__name__ = f"HeaderTimeout{base.__name__}"
     return HeaderTimeoutProtocol
+
+
+class CoalescingTransport:
+    """A transport whose writes of one event-loop turn go out as one ``write``.
+
+    uvicorn writes a response's head and its body separately: two system calls and, for
+    the client, often two wake-ups, per response. Here they are joined and written once the
+    current callback ends (``call_soon``); ``close``, ``write_eof`` and the buffer size see
+    what is pending. Everything else is the wrapped transport's."""
+
+    __slots__ = ("_armed", "_loop", "_pending", "_transport")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._armed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self._pending.append(bytes(data))
+        if not self._armed:
+            self._armed = True
+            self._loop.call_soon(self._flush)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _flush(self) -> None:
+        self._armed = False
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + sum(map(len, self._pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BodyTimeout:

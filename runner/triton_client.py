@@ -19,6 +19,7 @@ from gpufleet.wire import OutputRequest, Tensor
 from runner.backends.base import InferError
 from runner.backends.container_spec import REPOSITORY_KEY_HEADER
 from runner.tensors import from_numpy, to_numpy
+from runner.triton_http import TritonHttp
 from runner.triton_metrics import scrape_triton_metrics
 from runner.triton_stream import build_request, stream_infer
 
@@ -101,7 +102,7 @@ class TritonClient:
         self._http = httpx.AsyncClient(timeout=request_timeout_s)
         self._http_base = f"http://127.0.0.1:{http_port}"
         # Passthrough (infer_raw): created on first use, in the loop that uses them.
-        self._raw_session: Any = None
+        self._raw_session: TritonHttp | None = None
         self._raw_channel: Any = None
         self._raw_grpc_call: Any = None
         # Streaming (ModelStreamInfer, runner/triton_stream.py) and decoupled flags per version.
@@ -225,13 +226,14 @@ class TritonClient:
         timeout_s: float,
     ) -> tuple[bytes, dict[str, Any]]:
         """A KServe request passed to Triton as it is (see ``RawInferenceEngine``): one
-        persistent HTTP connection pool (aiohttp, as tritonclient.http.aio uses) or gRPC
+        pool of keep-alive HTTP connections (``runner/triton_http.py``) or one gRPC
         channel, no tensor decoded. Triton's refusals raise InferError: its 400 /
         INVALID_ARGUMENT with ``code="invalid_input"``, an unknown model / unreachable
         server as transient."""
         try:
             if protocol == "http":
-                return await asyncio.wait_for(self._raw_http(model, version, body, meta), timeout_s)
+                async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                    return await self._raw_http(model, version, body, meta)
             if protocol == "grpc":
                 return await self._raw_grpc(body, timeout_s), {}
         except TimeoutError as exc:
@@ -249,31 +251,24 @@ class TritonClient:
     async def _raw_http(
         self, model: str, version: str, body: bytes, meta: dict[str, Any]
     ) -> tuple[bytes, dict[str, Any]]:
-        import aiohttp
-
         if self._raw_session is None:
-            self._raw_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=1024, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
-                # No Accept-Encoding: Triton would compress the answer for us to inflate.
-                skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
-                auto_decompress=False,
-            )
+            self._raw_session = TritonHttp("127.0.0.1", self._http_port)
+        # No Accept-Encoding: Triton would compress the answer for us to inflate.
         headers = {"Content-Type": str(meta.get("content_type") or "application/json")}
         if meta.get("header_length") is not None:
             headers[HEADER_LENGTH] = str(int(meta["header_length"]))
-        url = f"{self._http_base}/v2/models/{model}/versions/{version}/infer"
-        async with self._raw_session.post(url, data=body, headers=headers) as resp:
-            answer = await resp.read()
-            if resp.status != 200:
-                raise _http_refusal(resp.status, answer)
-            out: dict[str, Any] = {}
-            length = resp.headers.get(HEADER_LENGTH)
-            if length is not None:
-                out["header_length"] = int(length)
-            if resp.content_type and resp.content_type != "application/json":
-                out["content_type"] = resp.content_type
-            return answer, out
+        path = f"/v2/models/{model}/versions/{version}/infer"
+        resp = await self._raw_session.post(path, body, headers)
+        if resp.status != 200:
+            raise _http_refusal(resp.status, resp.body)
+        out: dict[str, Any] = {}
+        length = resp.header(HEADER_LENGTH)
+        if length is not None:
+            out["header_length"] = int(length)
+        content_type = (resp.header("content-type") or "").partition(";")[0].strip()
+        if content_type and content_type != "application/json":
+            out["content_type"] = content_type
+        return resp.body, out
 
     async def _raw_grpc(self, body: bytes, timeout_s: float) -> bytes:
         import grpc
@@ -363,9 +358,9 @@ class TritonClient:
         with contextlib.suppress(Exception):
             if stream_channel is not None:
                 await stream_channel.close()
+        if session is not None:
+            session.close()
         with contextlib.suppress(Exception):
-            if session is not None:
-                await session.close()
             if channel is not None:
                 await channel.close()
 

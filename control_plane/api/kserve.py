@@ -83,8 +83,10 @@ __all__ = [
     "JobOutcome",
     "job_outcome",
     "model_ref",
+    "passthrough_body",
     "ready_version",
     "run_infer",
+    "v2_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,15 +284,23 @@ def job_outcome(exc: InferenceFailed) -> JobOutcome:
     return JobOutcome(exc.code, exc.message, failure_status(exc), exc.details)
 
 
-async def _passthrough(
-    request: Request, svc: Services, p: Principal, model: str, version: str | None, body: bytes
+async def passthrough_body(
+    svc: Services,
+    p: Principal,
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
+    content_type: str | None,
 ) -> RawAnswer | None:
     """The caller's body straight to a runner and Triton (see services/inference.py), or
     None when it must be parsed here: no runner connected here passes HTTP through, or the
-    body is compressed or names shared memory (both need a look inside)."""
-    if svc.inference is None or "content-encoding" in request.headers:
+    body names shared memory (that needs a look inside). A compressed body never comes here.
+    Also the short path's (``kserve_fast.py``)."""
+    if svc.inference is None:
         return None
-    size = header_size(body, request.headers.get(HEADER_LENGTH))
+    model, version = model_ref(model, version)
+    size = header_size(body, header_length)
     head = body if size is None else body[:size]
     if jsonbody.depth_exceeds(head):  # Triton's parser is not asked to survive it either
         raise InvalidRequest(f"JSON nests deeper than {jsonbody.MAX_DEPTH} levels", "body")
@@ -299,7 +309,6 @@ async def _passthrough(
     meta: dict[str, Any] = {}
     if size is not None:
         meta["header_length"] = size
-    content_type = request.headers.get("content-type")
     if content_type:
         meta["content_type"] = content_type
     try:
@@ -317,8 +326,17 @@ async def infer(request: Request) -> Response:
     model, version = _model_path(request)
     bind(model=model)  # log lines about this request name the model (then the job)
     body = await request.body()
-    if IDEMPOTENCY_HEADER.lower() not in request.headers:
-        answer = await _passthrough(request, svc, p, model, version, body)
+    headers = request.headers
+    if IDEMPOTENCY_HEADER.lower() not in headers and "content-encoding" not in headers:
+        answer = await passthrough_body(
+            svc,
+            p,
+            model,
+            version,
+            body,
+            headers.get(HEADER_LENGTH),
+            headers.get("content-type"),
+        )
         if answer is not None:
             length = answer.meta.get("header_length")
             return Response(

@@ -400,7 +400,9 @@ class Dispatcher:
             except Exception as exc:
                 raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
             try:
-                msg = await asyncio.wait_for(fut, max(0.0, deadline - self._monotonic()))
+                # asyncio.timeout, not wait_for: no extra task or future per request
+                async with asyncio.timeout(max(0.0, deadline - self._monotonic())):
+                    msg = await fut
             except TimeoutError as exc:
                 with contextlib.suppress(Exception):
                     await ch.send(json.dumps({"type": "cancel", "id": req_id}))

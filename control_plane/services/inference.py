@@ -11,7 +11,10 @@ Two paths, chosen per call:
 1. **dispatch** (services/dispatch.py): a runner connected to this replica serves the READY
    version → the request goes to it in memory and the answer comes back on the same call. No
    table is written; Triton's semantics (at most once per attempt; 503 when the runner is
-   lost, the SDK retries).
+   lost, the SDK retries). A v1 call whose tensors all have a JSON-exact datatype (not
+   FP16/BF16/BYTES) goes as the KServe v2 JSON request it maps to, passed through like 0.
+   (the runner decodes nothing; Triton's JSON outputs are v1 tensors); others go as
+   structured frames the runner decodes.
 2. **job** (the durable queue): no such runner here (its runners are connected to another
    replica, or this is Lambda), an ``Idempotency-Key`` was given, or an input is a
    ``data_ref`` payload → submit a job, wait for it (``infer_wait_s``), return its outputs.
@@ -26,6 +29,7 @@ job left in the bucket are read back through the blob store.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +127,8 @@ class InferenceService:
             if rec is None:
                 rec = await self._jobs.offload(self._jobs.infer_target, p, req)
             where = Placement(req.region, frozenset(req.regions_allowed or ()))
+            if _json_exact(req, rec.outputs) and d.routable(rec.name, rec.version, "http", where):
+                return await self._as_kserve(d, rec.name, rec.version, req, wait_s, where)
             if d.routable(rec.name, rec.version, where=where):
                 payload: dict[str, Any] = {
                     "inputs": [t.model_dump(exclude_none=True) for t in req.inputs],
@@ -140,6 +146,54 @@ class InferenceService:
                     timings=msg.get("timings"),
                 )
         return await self._durable(p, req, wait_s, idempotency_key, on_submit)
+
+    async def _as_kserve(
+        self,
+        d: Dispatcher,
+        model: str,
+        version: str,
+        req: JobRequest,
+        wait_s: float,
+        where: Placement,
+    ) -> InferResult:
+        """A v1 call dispatched as the KServe v2 JSON request it maps to, passed through to
+        Triton by the runner: the runner decodes no tensor (no client library, no arrays),
+        and Triton's JSON outputs are v1 tensors as they are."""
+        inputs = []
+        for t in req.inputs:
+            data = t.data or []
+            item: dict[str, Any] = {
+                "name": t.name,
+                "datatype": t.datatype,
+                "shape": t.shape,
+                "data": _flatten(data) if data and isinstance(data[0], list) else data,
+            }
+            if t.parameters:
+                item["parameters"] = t.parameters
+            inputs.append(item)
+        doc: dict[str, Any] = {"inputs": inputs}
+        if req.outputs:
+            doc["outputs"] = [o.model_dump(exclude_none=True) for o in req.outputs]
+        if req.parameters:
+            doc["parameters"] = req.parameters
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        msg = await d.infer(model, version, RawRequest("http", body), wait_s, where)
+        try:
+            answer = json.loads(msg.get("body") or b"")
+            outputs = answer["outputs"]
+            if not isinstance(outputs, list):
+                raise TypeError("outputs is not a list")
+        except (ValueError, TypeError, KeyError) as exc:
+            why = f"Triton's answer is not readable: {exc}"
+            raise InferenceFailed("triton_error", why) from exc
+        return InferResult(
+            model=model,
+            version=version,
+            outputs=outputs,
+            path="dispatch",
+            runner_id=msg.get("runner_id"),
+            timings=msg.get("timings"),
+        )
 
     async def infer_inline(
         self,
@@ -269,6 +323,33 @@ class InferenceService:
             )
             if view.status in TERMINAL_STATUSES or deadline - time.monotonic() <= 0:
                 return view
+
+
+# Datatypes whose values Triton reads and writes as JSON exactly as the runner's client
+# library would (FP16/BF16 have no JSON form in Triton; BYTES may hold non-text).
+JSON_EXACT = frozenset(
+    {"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+    | {"FP32", "FP64"}
+)
+
+
+def _json_exact(req: JobRequest, outputs: list[dict[str, Any]]) -> bool:
+    """Whether every input of ``req`` and every output of the version (``outputs``, from its
+    config) travels as KServe JSON without a change of value."""
+    return all(t.datatype in JSON_EXACT and t.data is not None for t in req.inputs) and all(
+        o.get("datatype") in JSON_EXACT for o in outputs
+    )
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Row-major flat values of nested data."""
+    out: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            out.extend(_flatten(item))
+        else:
+            out.append(item)
+    return out
 
 
 def outcome_error(view: JobView, wait_s: float) -> Exception:

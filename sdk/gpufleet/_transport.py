@@ -33,6 +33,7 @@ from gpufleet.tls import SDK_NAMES, explain
 from gpufleet.wire import RefreshRequest, TokenPair, TokenRequest
 
 __all__ = [
+    "POOL_LIMITS",
     "Authenticate",
     "Core",
     "Effect",
@@ -77,6 +78,13 @@ NOT_SENT_ERRORS: tuple[type[Exception], ...] = (
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
 )
+
+
+#: Connections to the control plane (at most 100, as httpx defaults): every connection a
+#: burst opened stays open. httpx keeps only 20 idle ones by default, so 32 concurrent calls
+#: would close and reopen a dozen connections after every burst of answers, at a TCP
+#: handshake and a server-side setup each.
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 
 
 def seg(value: str) -> str:

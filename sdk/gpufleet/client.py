@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 
 from gpufleet import _ops, models
-from gpufleet._transport import Authenticate, Core, Op, Send, Sleep, seg
+from gpufleet._transport import POOL_LIMITS, Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
 from gpufleet.direct import DirectTickets, infer_direct
@@ -128,7 +128,9 @@ class Client:
         check_url(self._core.base_url, options)
         self._core.tls_names = options.names
         verify = client_context(options)
-        self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._http = httpx.Client(
+            transport=transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
+        )
         self._bucket = self._http
         if transport is not None:  # presigned bucket URLs: a real transport
             self._bucket = httpx.Client(timeout=timeout, verify=verify)

@@ -55,10 +55,14 @@ _BY_DTYPE: dict[np.dtype[Any], str] = {dt: name for name, dt in _NUMERIC.items()
 
 def datatype_of(array: np.ndarray[Any, Any]) -> str:
     """The wire datatype of a numpy array (``BYTES`` for object, bytes and str arrays)."""
-    if array.dtype.kind in ("O", "S", "U"):
+    dtype = array.dtype
+    known = _BY_DTYPE.get(dtype)  # native byte order: no new dtype object per call
+    if known is not None:
+        return known
+    if dtype.kind in ("O", "S", "U"):
         return "BYTES"
     try:
-        return _BY_DTYPE[array.dtype.newbyteorder("=")]
+        return _BY_DTYPE[dtype.newbyteorder("=")]
     except KeyError:
         raise ValueError(f"unsupported dtype {array.dtype} (no wire datatype)") from None
 

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 import pytest
 from gpufleet import Client, signing
+from gpufleet.channel import pack_frame, unpack_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -314,6 +315,119 @@ async def test_a_hand_driven_channel_answers_fails_and_drops_requests(fleet: Fle
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "unavailable"
         assert time.monotonic() - t < 5
+
+
+async def next_binary(ws: ClientConnection) -> tuple[dict[str, Any], bytes]:
+    data = await asyncio.wait_for(ws.recv(), STEP_S)
+    assert isinstance(data, bytes), data
+    return unpack_frame(data)
+
+
+async def test_kserve_http_short_path_passes_bytes_through_a_raw_channel(fleet: Fleet) -> None:
+    """KServe HTTP infer with a known token (kserve_fast.py): the body reaches a runner that
+    passes HTTP through byte for byte, its answer bytes and framing headers come back as
+    they are; a refusal is a V2 error, a dropped channel 503, no token still 401."""
+    runner_id, secret = await asyncio.to_thread(register, fleet, "raw-http")
+    head = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[3],'
+    head += b'"parameters":{"binary_data_size":12}}]}'
+    body = head + np.array([1, 2, 3], np.float32).tobytes()
+    answer_head = b'{"model_name":"scale","outputs":[{"name":"OUTPUT0","datatype":"FP32",'
+    answer_head += b'"shape":[3],"parameters":{"binary_data_size":12}}]}'
+    answer = answer_head + np.array([2, 4, 6], np.float32).tobytes()
+    headers = {
+        **fleet.admin,
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+        "X-Request-ID": "short-path-1",
+    }
+    async with (
+        httpx.AsyncClient(base_url=fleet.cp.url, timeout=STEP_S) as http,
+        connect(
+            channel_url(fleet, runner_id), additional_headers=signed(runner_id, secret), proxy=None
+        ) as ws,
+    ):
+        hello = {"models": [{"name": "scale", "version": "1"}], "capacity": 4, "raw": ["http"]}
+        await ws.send(json.dumps({"type": "hello", **hello}))
+        # twice: the first call of a token may take the ordinary route (it verifies it)
+        for _ in range(2):
+            call = asyncio.create_task(
+                http.post("/v2/models/scale/versions/1/infer", content=body, headers=headers)
+            )
+            frame, sent = await next_binary(ws)
+            assert (frame["type"], frame["protocol"], frame["model"]) == ("infer", "http", "scale")
+            assert frame["header_length"] == len(head)
+            assert frame["request_id"] == "short-path-1"
+            assert sent == body
+            reply = {
+                "type": "result",
+                "id": frame["id"],
+                "runner_id": runner_id,
+                "header_length": len(answer_head),
+                "content_type": "application/octet-stream",
+            }
+            await ws.send(pack_frame(reply, answer))
+            r = await asyncio.wait_for(call, STEP_S)
+            assert r.status_code == 200, r.text
+            assert r.content == answer
+            assert r.headers["inference-header-content-length"] == str(len(answer_head))
+            assert r.headers["content-type"] == "application/octet-stream"
+            assert r.headers["x-request-id"] == "short-path-1"
+
+        # v1 infer of JSON-exact datatypes: the KServe JSON request it maps to, passed
+        # through; Triton's JSON outputs are the v1 outputs
+        v1 = {
+            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [3], "data": [[1, 2], [3]]}],
+            "outputs": [{"name": "OUTPUT0"}],
+            "parameters": {"p": 1},
+        }
+        call = asyncio.create_task(
+            http.post("/v1/models/scale/infer", json=v1, headers=fleet.admin)
+        )
+        frame, sent = await next_binary(ws)
+        assert (frame["protocol"], frame["version"]) == ("http", "1")
+        assert json.loads(sent) == {
+            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}],
+            "outputs": [{"name": "OUTPUT0"}],
+            "parameters": {"p": 1},
+        }
+        out = {"name": "OUTPUT0", "datatype": "FP32", "shape": [3], "data": [3.0, 5.0, 7.0]}
+        triton = {"model_name": "scale", "model_version": "1", "outputs": [out]}
+        reply = {"type": "result", "id": frame["id"], "runner_id": runner_id}
+        await ws.send(pack_frame(reply, json.dumps(triton).encode()))
+        r = await asyncio.wait_for(call, STEP_S)
+        assert r.status_code == 200, r.text
+        assert (r.json()["path"], r.json()["runner_id"]) == ("dispatch", runner_id)
+        (got,) = r.json()["outputs"]
+        assert {k: got[k] for k in out} == out
+
+        # Triton's refusal → 400 with KServe's error body
+        call = asyncio.create_task(
+            http.post("/v2/models/scale/infer", content=body, headers=headers)
+        )
+        frame, _ = await next_binary(ws)
+        await ws.send(
+            json.dumps(
+                {"type": "error", "id": frame["id"], "code": "invalid_input", "message": "no"}
+            )
+        )
+        r = await asyncio.wait_for(call, STEP_S)
+        assert r.status_code == 400, r.text
+        assert (r.json()["error"], r.json()["code"]) == ("no", "invalid_input")
+
+        # no token: the ordinary route answers 401 (nothing reaches the runner)
+        bare = {k: v for k, v in headers.items() if k != "Authorization"}
+        r = await http.post("/v2/models/scale/infer", content=body, headers=bare)
+        assert r.status_code == 401, r.text
+
+        # the channel drops with the request in flight → 503 at once
+        call = asyncio.create_task(
+            http.post("/v2/models/scale/infer", content=body, headers=headers)
+        )
+        await next_binary(ws)
+        await ws.close()
+        r = await asyncio.wait_for(call, STEP_S)
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "unavailable"
 
 
 async def test_revoking_a_runner_closes_its_channel_with_4401(fleet: Fleet) -> None:
