@@ -1,0 +1,130 @@
+"""The job service's shared state and transition hooks (see ``jobs.py``)."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from gpufleet.wire import (
+    JobRequest,
+    JobView,
+    ModelRef,
+)
+
+from control_plane.errors import (
+    NotFound,
+    StaleLease,
+)
+from control_plane.services.fair_share import FairShare
+from control_plane.services.job_views import job_view
+from control_plane.services.models import ModelService
+from control_plane.services.offload import Offload
+from control_plane.services.payloads import PayloadService
+from control_plane.services.queue_heads import QueueHeads
+from control_plane.services.queue_ops import QueueOps
+from control_plane.services.quotas import QuotaService
+from control_plane.services.regions import RegionService
+from control_plane.services.shared_reads import SharedReads
+from control_plane.services.sweeper import Sweeper
+from control_plane.services.wakeups import (
+    Wakeups,
+    job_key,
+    model_key,
+)
+from control_plane.settings import Settings
+from control_plane.storage.protocols import (
+    BlobStore,
+    JobRecord,
+    JobStore,
+    ModelVersionRecord,
+)
+
+log = logging.getLogger("control_plane.services.jobs")  # one logger for the job service
+
+Transition = Callable[[JobView, "str | None"], None]
+RecordTransition = Callable[[JobRecord, Callable[[], JobView], "str | None"], None]
+
+
+class JobCore:
+    """The state the parts of ``JobService`` share (set by ``JobService.__init__`` and the
+    hooks wired after it), and what every part does with a job: its wire view, the fencing
+    check of a lease, and the transition this replica commits (waiters woken, hooks called)."""
+
+    _settings: Settings
+    _store: JobStore
+    _now: Callable[[], float]
+    offload: Offload
+    _models: ModelService
+    _blobs: BlobStore
+    payloads: PayloadService
+    on_transition: builtins.list[Transition]
+    on_record_transition: builtins.list[RecordTransition]
+    request_checks: builtins.list[Callable[[JobRequest], None]]
+    waiting_reason: Callable[[JobRecord], str | None] | None
+    cold_host: Callable[[JobRecord], bool | None] | None
+    runner_usable: Callable[[str], bool] | None
+    lease_offers: Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
+    regions: RegionService | None
+    on_region_lease: builtins.list[Callable[[str | None, str], None]]
+    _ops: QueueOps
+    _sweeper: Sweeper
+    _pool: ThreadPoolExecutor
+    _heads: QueueHeads
+    _reads: SharedReads
+    wakeups: Wakeups
+    _ready_cache: dict[tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]]
+    _depth_cache: dict[str, tuple[float, int]]
+    quotas: QuotaService
+    _fair: FairShare
+    _readied: dict[str, int]
+
+    def view(self, job: JobRecord) -> JobView:
+        """The wire view of a job (outputs inline, or a presigned ``outputs_url``)."""
+        return job_view(job, self._blobs, self._settings.presign_ttl_s)
+
+    def _transitioned(self, job: JobRecord, previous: str | None) -> None:
+        self.wakeups.notify(job_key(job.id))
+        if job.status == "QUEUED":
+            self.wakeups.notify(model_key(job.model))
+        if not self.on_transition and not self.on_record_transition:
+            return
+        built: list[JobView] = []
+
+        def view() -> JobView:  # built once, and only when a hook asks for it
+            if not built:
+                built.append(self.view(job))
+            return built[0]
+
+        for record_callback in self.on_record_transition:
+            try:
+                record_callback(job, view, previous)
+            except Exception:
+                log.warning("on_record_transition callback failed", exc_info=True)
+        if not self.on_transition:
+            return
+        view_now = view()
+        for callback in self.on_transition:
+            try:
+                callback(view_now, previous)
+            except Exception:
+                log.warning("on_transition callback failed", exc_info=True)
+
+    def _cancel_queued(self, job: JobRecord, message: str) -> JobRecord | None:
+        error = {"code": "cancelled", "message": message}
+        return self._ops.finish_queued(job, "CANCELLED", error, self._now())
+
+    def _held(self, runner_id: str, job_id: str, lease_token: str) -> JobRecord:
+        job = self._store.jobs.get_job(job_id) if job_id.startswith("job_") else None
+        return self._check_held(runner_id, job_id, lease_token, job)
+
+    @staticmethod
+    def _check_held(
+        runner_id: str, job_id: str, lease_token: str, job: JobRecord | None
+    ) -> JobRecord:
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if job.status != "RUNNING" or job.lease_token != lease_token or job.runner_id != runner_id:
+            raise StaleLease(f"the lease of job {job_id} is no longer held (job {job.status})")
+        return job
