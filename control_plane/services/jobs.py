@@ -32,6 +32,7 @@ from typing import Any
 from control_plane import clock
 from control_plane.services.fair_share import FairShare
 from control_plane.services.jobs_complete import JobCompletion, run_timings
+from control_plane.services.jobs_core import FinishedRecords, LeasedRecords
 from control_plane.services.jobs_lease import JobLeasing
 from control_plane.services.jobs_read import JobReads
 from control_plane.services.jobs_submit import JobSubmit
@@ -119,6 +120,8 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
         self.on_record_transition.append(self.quotas.job_transition)
         self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
         self._readied = {}  # runner id -> heartbeats with a newly READY model
+        self._finished = FinishedRecords()  # terminal records handed to woken waits
+        self._leased = LeasedRecords()  # jobs leased here: their commit reads nothing first
 
     # ------------------------------------------------------------------ housekeeping
     def sweep(self) -> dict[str, int]:

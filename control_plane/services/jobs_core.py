@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from gpufleet.wire import (
+    TERMINAL_STATUSES,
     JobRequest,
     JobView,
     ModelRef,
@@ -47,6 +52,78 @@ Transition = Callable[[JobView, "str | None"], None]
 RecordTransition = Callable[[JobRecord, Callable[[], JobView], "str | None"], None]
 
 
+FINISHED_KEEP_S = 10.0  # how long a terminal record waits for the long polls it woke
+FINISHED_MAX = 10_000
+
+
+class FinishedRecords:
+    """Terminal records this replica just committed for jobs a long poll here waits for,
+    kept a few seconds: the woken ``wait`` answers from it instead of reading the job back
+    (terminal never changes, so the record is the job's last word). Thread-safe."""
+
+    def __init__(self, keep_s: float = FINISHED_KEEP_S, most: int = FINISHED_MAX) -> None:
+        self._keep_s = keep_s
+        self._most = most
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, tuple[float, JobRecord]] = OrderedDict()
+
+    def put(self, job: JobRecord) -> None:
+        t = time.monotonic()
+        with self._lock:
+            self._records[job.id] = (t, job)
+            self._records.move_to_end(job.id)
+            while self._records:
+                at, _ = next(iter(self._records.values()))
+                if t - at <= self._keep_s and len(self._records) <= self._most:
+                    break
+                self._records.popitem(last=False)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            hit = self._records.get(job_id)
+        return None if hit is None else hit[1]
+
+
+LEASED_MAX = 20_000  # leased records kept per replica (the oldest go first)
+
+
+class LeasedRecords:
+    """The jobs this replica leased, as claimed (the request left out: only the fields a
+    commit needs) with the room their outputs have inline, by job id and lease token: the
+    complete of a lease handed out here commits without reading the job first. Only a hint:
+    the commit stays conditional on the lease token, and a failed condition reads the job.
+    Thread-safe."""
+
+    def __init__(self, most: int = LEASED_MAX) -> None:
+        self._most = most
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
+
+    def put(self, job: JobRecord, room: int) -> None:
+        slim = dataclasses.replace(job, request={})
+        with self._lock:
+            self._records[job.id] = (slim, room)
+            while len(self._records) > self._most:
+                self._records.popitem(last=False)
+
+    def get(self, job_id: str, lease_token: str) -> tuple[JobRecord, int] | None:
+        with self._lock:
+            hit = self._records.get(job_id)
+        return hit if hit is not None and hit[0].lease_token == lease_token else None
+
+    def extended(self, job_id: str, lease_token: str, expires: float, key: tuple[str, str]) -> None:
+        """An extension of the lease committed here (its marker moved)."""
+        with self._lock:
+            hit = self._records.get(job_id)
+            if hit is not None and hit[0].lease_token == lease_token:
+                job = dataclasses.replace(hit[0], lease_expires_at=expires, lease_key=key)
+                self._records[job_id] = (job, hit[1])
+
+    def drop(self, job_id: str) -> None:
+        with self._lock:
+            self._records.pop(job_id, None)
+
+
 class JobCore:
     """The state the parts of ``JobService`` share (set by ``JobService.__init__`` and the
     hooks wired after it), and what every part does with a job: its wire view, the fencing
@@ -79,13 +156,18 @@ class JobCore:
     quotas: QuotaService
     _fair: FairShare
     _readied: dict[str, int]
+    _finished: FinishedRecords
+    _leased: LeasedRecords
 
     def view(self, job: JobRecord) -> JobView:
         """The wire view of a job (outputs inline, or a presigned ``outputs_url``)."""
         return job_view(job, self._blobs, self._settings.presign_ttl_s)
 
     def _transitioned(self, job: JobRecord, previous: str | None) -> None:
-        self.wakeups.notify(job_key(job.id))
+        key = job_key(job.id)
+        if job.status in TERMINAL_STATUSES and self.wakeups.watching(key):
+            self._finished.put(job)  # handed to the waits woken below: no read back
+        self.wakeups.notify(key)
         if job.status == "QUEUED":
             self.wakeups.notify(model_key(job.model))
         if not self.on_transition and not self.on_record_transition:

@@ -131,6 +131,7 @@ class JobLeasing(JobCore):
                     continue
                 claims.append((entry, entry.version or max(offers[entry.model], key=int)))
             for job in self._ops.claim_many(claims, runner_id, t):  # one batch per round
+                self._leased.put(job, self._store.jobs.max_inline_outputs(job))
                 leased.append(self.payloads.for_lease(job, leased_job(job)))
                 self._region_leased(job, region)
             if len(leased) >= req.max_jobs or not pending:
@@ -164,6 +165,7 @@ class JobLeasing(JobCore):
             if job.lease_key != key:
                 self._store.queue.delete_marker(*key)
             raise StaleLease(f"the lease of job {job_id} is no longer held")
+        self._leased.extended(job_id, lease_token, expires, key)
         if job.lease_key and job.lease_key != key:
             self._store.queue.delete_marker(*job.lease_key)
         return ExtendResponse(lease_expires_at=iso(expires) or "")

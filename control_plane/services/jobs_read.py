@@ -109,21 +109,36 @@ class JobReads(JobCore):
             return reason
         return words if not reason else f"{words}; {reason}"
 
-    async def wait(self, p: Principal, job_id: str, wait_s: float) -> JobView:
-        """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds."""
+    async def wait(
+        self, p: Principal, job_id: str, wait_s: float, *, known: JobView | None = None
+    ) -> JobView:
+        """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds.
+
+        Reads: the job is read at the start (not when ``known``, the view a submit of this
+        replica just answered, says it is not terminal yet) and again after each
+        ``poll_interval_s`` without a wake-up. A wake-up comes with the terminal record when
+        this replica committed it (``FinishedRecords``): no read back; a wake-up without one
+        (a non-terminal transition here) needs no read either."""
         p.require("jobs:read")
         deadline = time.monotonic() + max(0.0, min(wait_s, self._settings.max_wait_s))
+        read = known is None or known.status in TERMINAL_STATUSES
         with self.wakeups.watch([job_key(job_id)]) as changed:
             while True:
                 changed.clear()  # before the read: a change committed after it wakes us
                 storage_budget.renew()  # each round of a long poll has its own budget
-                job = await self._load_shared(p, job_id)
                 left = deadline - time.monotonic()
-                if job.status in TERMINAL_STATUSES or left <= 0:
+                job: JobRecord | None = self._finished.get(job_id)
+                if job is not None:
+                    job = self._visible(p, job_id, job)
+                elif read or left <= 0:
+                    job = await self._load_shared(p, job_id)
+                    left = deadline - time.monotonic()
+                if job is not None and (job.status in TERMINAL_STATUSES or left <= 0):
                     if job.status != "QUEUED" and (job.runner_id is None or not self.cold_host):
                         return self.view(job)  # nothing to look up: no thread
                     return await self.offload(self._with_reason, job)
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
+                read = not changed.is_set()  # a poll round; a wake-up here has no news
 
     def list(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None

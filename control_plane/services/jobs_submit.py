@@ -177,9 +177,8 @@ class JobSubmit(JobCore):
             queue_token=job.queue_token,
             expires_at=created + IDEMPOTENCY_TTL_S,
         )
-        held = self._store.idempotency.claim_key(claim, created)
-        if held is None:
-            self._ops.enqueue_new(job, shard)
+        held = self._ops.enqueue_new(job, shard, claim=(claim, self._store.idempotency))
+        if not isinstance(held, IdempotencyRecord):  # claimed and queued (one transaction)
             return self.view(job), True
         if held.body_hash != claim.body_hash:
             raise Conflict("this Idempotency-Key was used with a different request body")
