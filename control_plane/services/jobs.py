@@ -60,6 +60,8 @@ __all__ = ["JobService", "SharedReads", "build_job_service", "run_timings"]
 
 log = logging.getLogger(__name__)
 
+EMPTY_SHARD_S = 0.2  # how long a lease trusts a queue shard it read empty (see QueueHeads)
+
 
 class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
     """Jobs and the queue on the tables; no state of its own between calls. Its parts:
@@ -110,6 +112,7 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
             self._pool,
             depth=settings.queue_read_depth,
             parallel=not self.offload.inline,
+            empty_ttl_s=min(EMPTY_SHARD_S, settings.poll_interval_s / 2),
         )
         self._reads = SharedReads(store.jobs.get_jobs, self.offload)
         self.wakeups = Wakeups()

@@ -168,7 +168,8 @@ class JobCore:
         if job.status in TERMINAL_STATUSES and self.wakeups.watching(key):
             self._finished.put(job)  # handed to the waits woken below: no read back
         self.wakeups.notify(key)
-        if job.status == "QUEUED":
+        if job.status == "QUEUED":  # the leases read its shard again, then wake up
+            self._heads.queued(job.queue_key[0] if previous is None and job.queue_key else None)
             self.wakeups.notify(model_key(job.model))
         if not self.on_transition and not self.on_record_transition:
             return

@@ -80,7 +80,7 @@ class JobLeasing(JobCore):
         self.wakeups.notify(runner_key(runner_id))
 
     def _candidates(
-        self, offers: dict[str, set[str]], region: str | None, want: int
+        self, offers: dict[str, set[str]], region: str | None, want: int, long_poll: bool
     ) -> builtins.list[QueueEntry]:
         keys = self._store.queue.keys
         shards = [
@@ -98,7 +98,9 @@ class JobLeasing(JobCore):
             )
 
         pool = frozenset(offers)
-        return self._heads.take(shards, fits, want, lambda es, n: self._fair.pick(pool, es, n))
+        return self._heads.take(
+            shards, fits, want, lambda es, n: self._fair.pick(pool, es, n), trust_empty=long_poll
+        )
 
     def _region_fits(self, entry_region: str, runner_region: str | None, queued_s: float) -> bool:
         """Region eligibility of a runner for a queue entry (services/regions.py): never
@@ -122,7 +124,7 @@ class JobLeasing(JobCore):
         self.quotas.before_lease()  # what fair leasing reads under the read-ahead's lock
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
-            pending = self._candidates(offers, region, want)
+            pending = self._candidates(offers, region, want, req.wait_s > 0)
             t = self._now()
             claims: builtins.list[tuple[QueueEntry, str]] = []
             for entry in pending:
