@@ -56,7 +56,7 @@ async def submit(request: Request) -> Response:
     if wait_s is not None:
         # ``Prefer: wait=N``: the job as GET answers it once terminal or after N seconds, in
         # the same call (one request instead of a submit and a long poll).
-        view = await jobs.wait(p, view.id, wait_s)
+        view = await jobs.wait(p, view.id, wait_s, known=view)  # no read of what it knows
         done = view.status in TERMINAL_STATUSES
         response = send(view, 200 if done or not created else 202)
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"

@@ -4,9 +4,14 @@ A read takes the first ``depth`` entries of a shard; leases then take candidates
 read-ahead, which is re-read in the background when it is ``ttl_s`` old. Taking removes the
 entry, so concurrent leases in one replica spread over different jobs instead of racing for
 the head. It is only a hint: each claim is still a conditional write on the job item, so an
-entry claimed meanwhile by another replica just loses the race. Empty shards are never
-cached: a long poll sees a new job at its next poll. Priorities are strict within a read;
-a job submitted to another replica may wait up to ``ttl_s`` behind older cached ones.
+entry claimed meanwhile by another replica just loses the race. A shard read empty is
+trusted for ``empty_ttl_s`` only (shorter than a long poll's re-read interval, so a poll
+round still reads it), and not at all once this replica queues a job (``queued``): the long
+polls woken by a local submit read at once, and an idle runner's next long poll does not
+re-read every empty shard (a job queued by another replica meanwhile is then seen by a poll
+round, as one queued during a poll is). One-shot leases (``wait_s`` 0) always read.
+Priorities are strict within a read; a job submitted to another replica
+may wait up to ``ttl_s`` behind older cached ones.
 
 Why: on moto a Query scans the whole table (about 0.1 ms per stored queue entry: ~1 s per
 query at 10k queued), so reading four shards per lease made its cost grow with the queue;
@@ -56,6 +61,7 @@ class QueueHeads:
         depth: int = 100,
         *,
         parallel: bool = True,
+        empty_ttl_s: float = 0.0,
     ) -> None:
         self._store = store
         self._pool = pool
@@ -68,7 +74,21 @@ class QueueHeads:
         self._last_read_s = 0.0
         # Entries handed out recently, by (sort key, token): a read that raced their claim must
         # not bring them back. A requeued job keeps its sort key but gets a new token.
+        # (insertion order = time order: pruned from the front)
         self._taken: dict[tuple[str, str], float] = {}
+        # Shards read empty: until when that read is trusted (see ``queued``).
+        self._empty_ttl_s = empty_ttl_s
+        self._empty_until: dict[str, float] = {}
+        self._generation = 0  # of local queueing: a read that raced one marks nothing empty
+
+    def queued(self, shard: str | None = None) -> None:
+        """This replica queued a job (in ``shard``; None: any shard): its next lease reads."""
+        with self._lock:
+            self._generation += 1
+            if shard is None:
+                self._empty_until.clear()
+            else:
+                self._empty_until.pop(shard, None)
 
     def _ttl(self) -> float:
         return max(self._ttl_s, 4 * self._last_read_s)
@@ -83,8 +103,12 @@ class QueueHeads:
     def _install(self, shard: str, done: float, entries: list[QueueEntry], depth: int) -> None:
         """Cache a read (lock held), leaving out entries handed out since it may have begun."""
         horizon = done - TAKEN_MEMORY_S
-        for key in [key for key, at in self._taken.items() if at < horizon]:
-            del self._taken[key]
+        taken = self._taken
+        while taken:
+            key = next(iter(taken))
+            if taken[key] >= horizon:
+                break
+            del taken[key]
         self._heads[shard] = _Head(
             fetched=done,
             entries=[e for e in entries if (e.sk, e.token) not in self._taken],
@@ -110,14 +134,24 @@ class QueueHeads:
         fits: Callable[[QueueEntry], bool],
         want: int,
         choose: Callable[[list[QueueEntry], int], list[QueueEntry]] | None = None,
+        *,
+        trust_empty: bool = True,
     ) -> list[QueueEntry]:
         """Up to ``want`` fitting entries of ``shards``, removed from the cache: the first in
         claim order (their opaque ``sk``s compare in claim order across a model's shards), or
-        those ``choose(fitting entries in claim order, want)`` picks (fair leasing)."""
+        those ``choose(fitting entries in claim order, want)`` picks (fair leasing).
+        ``trust_empty=False``: read every shard without cached entries (a one-shot lease)."""
         t = time.monotonic()
         depth = max(self._depth, want * 2)
         with self._lock:
-            missing = [sh for sh in shards if sh not in self._heads or not self._heads[sh].entries]
+            generation = self._generation
+            empty = self._empty_until
+            missing = [
+                sh
+                for sh in shards
+                if (sh not in self._heads or not self._heads[sh].entries)
+                and (not trust_empty or empty.get(sh, 0.0) <= t)
+            ]
             for sh in shards:
                 head = self._heads.get(sh)
                 if (
@@ -141,6 +175,8 @@ class QueueHeads:
                 if current is not None and current.entries:
                     continue  # a background refresh installed newer entries meanwhile
                 self._install(sh, done, entries, depth)
+                if not entries and self._empty_ttl_s > 0 and generation == self._generation:
+                    empty[sh] = t + self._empty_ttl_s
             ordered = sorted(
                 (e for sh in shards for e in self._heads[sh].entries if fits(e)),
                 key=lambda e: e.sk,
@@ -148,5 +184,6 @@ class QueueHeads:
             found = ordered[:want] if choose is None else choose(ordered, want)
             for e in found:
                 self._heads[e.shard].entries.remove(e)
+                self._taken.pop((e.sk, e.token), None)  # re-added last: time order
                 self._taken[(e.sk, e.token)] = t
         return found

@@ -126,12 +126,26 @@ class QueueOps:
         self._store.queue.remove_entry(shard, sk, job.queue_token)
         self._store.queue.add_depth(job.model, self._keys.shard_number(shard), -1)
 
-    def enqueue_new(self, job: JobRecord, shard: int) -> bool:
-        """Write a new QUEUED job; False when the job item exists already (a replay)."""
+    def enqueue_new(
+        self,
+        job: JobRecord,
+        shard: int,
+        claim: tuple[IdempotencyRecord, IdempotencyStore] | None = None,
+    ) -> bool | IdempotencyRecord:
+        """Write a new QUEUED job; False when the job item exists already (a replay).
+
+        ``claim``: first bind an Idempotency-Key to the job in the same unit of work (one
+        transaction on SQLite, as ``enqueue_batch``); when the key is held already, nothing
+        is written and the holding record is returned."""
         assert job.queue_token is not None
         entry = self.new_entry(job, shard, job.queue_token)
         job.queue_key = (entry.shard, entry.sk)
         with self._store.atomic():
+            if claim is not None:
+                record, keys = claim
+                held = keys.claim_key(record, record.created_at)
+                if held is not None:
+                    return held
             self._store.queue.put_marker(self.ttl_marker(job))
             self._store.queue.enqueue(entry)  # False: a newer entry holds the key (job exists)
             if not self._store.jobs.create_job(job):

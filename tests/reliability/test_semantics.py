@@ -21,7 +21,7 @@ import pytest
 
 from control_plane import clock
 from control_plane.errors import Conflict, StaleLease, Unavailable
-from control_plane.services import jobs as jobs_module
+from control_plane.services import jobs_submit as jobs_module
 from control_plane.services.jobs import JobService
 from tests.conftest import STORE_KINDS
 from tests.contract.fleet import job, lease, principal, push_model, services, succeed

@@ -32,8 +32,8 @@ def test_repeated_submits_read_the_model_and_depth_once(
 ) -> None:
     # Cache windows longer than six submits can take on a loaded machine (moto over HTTP):
     # what is checked is that reads inside the window are not repeated, not the window.
-    monkeypatch.setattr("control_plane.services.jobs.MODEL_CACHE_S", 60.0)
-    monkeypatch.setattr("control_plane.services.jobs.DEPTH_CACHE_S", 60.0)
+    monkeypatch.setattr("control_plane.services.jobs_submit.MODEL_CACHE_S", 60.0)
+    monkeypatch.setattr("control_plane.services.jobs_submit.DEPTH_CACHE_S", 60.0)
     jobs, models = services(settings, stores)
     push_model(models, USER)
     calls = counting(stores)
