@@ -19,7 +19,7 @@ from control_plane.storage.blobs import S3BlobStore
 from control_plane.storage.local_blobs import LocalBlobStore
 from control_plane.storage.protocols import BlobStore
 from runner.cache import ContentCache
-from runner.model_sync import Downloader
+from runner.model_download import Downloader
 from tests.helpers.blob_host import serve_blobs
 
 SIGNING_KEY = b"blob-signing-key-for-tests-0123456789"

@@ -21,16 +21,11 @@ from google.protobuf import json_format
 from gpufleet.wire import DesiredFile, GpuInfo
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runner import model_sync
+from runner import model_download, model_repo
 from runner.cache import CacheError, ContentCache
-from runner.model_sync import (
-    Downloader,
-    DownloadError,
-    load_config,
-    materialise,
-    remove_model_dir,
-    triton_gpu_map,
-)
+from runner.model_download import Downloader, DownloadError
+from runner.model_repo import materialise, remove_model_dir
+from runner.triton_config import load_config, triton_gpu_map
 
 
 class FileServer:
@@ -348,12 +343,12 @@ def test_swap_is_one_exchange_on_this_file_system(tmp_path: Path) -> None:
     b.mkdir()
     (a / "x").write_text("a")
     (b / "x").write_text("b")
-    assert model_sync._renameat2_exchange(a, b)
+    assert model_repo._renameat2_exchange(a, b)
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
 
 
 def test_swap_falls_back_to_two_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_sync, "_renameat2_exchange", lambda a, b: False)
+    monkeypatch.setattr(model_repo, "_renameat2_exchange", lambda a, b: False)
     repo = tmp_path / "repo"
     materialise(repo, "m", _cached(tmp_path, {"config.pbtxt": b"1", "1/a": b"a"}))
     materialise(repo, "m", _cached(tmp_path, {"config.pbtxt": b"2", "2/b": b"b"}))
@@ -418,7 +413,7 @@ async def test_downloads_run_concurrently(server: FileServer, cache: ContentCach
     files = [server.add(f"p/1/{i}.bin", _body(1_000_000, i), f"1/{i}.bin") for i in range(4)]
     in_flight = 0
     peak = 0
-    real = model_sync.Downloader._transfer
+    real = model_download.Downloader._transfer
 
     async def counting(self: Downloader, f: DesiredFile, part: Path) -> None:
         nonlocal in_flight, peak

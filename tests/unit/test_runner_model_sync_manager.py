@@ -17,8 +17,8 @@ from gpufleet.wire import DesiredFile, DesiredModel, GpuInfo
 
 from runner.backends.base import InferError
 from runner.cache import ContentCache
+from runner.model_download import Downloader
 from runner.model_manager import ModelManager
-from runner.model_sync import Downloader
 from tests.unit.test_runner_model_sync import FileServer
 
 CONFIG = b'name: "m"\nbackend: "python"\nmax_batch_size: 0\n'

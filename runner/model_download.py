@@ -1,56 +1,37 @@
-"""Model sync: the files of a desired model version, from the bucket into Triton's repository.
+"""Model files from the bucket into the runner's content-addressed cache (``runner.cache``).
 
 The heartbeat answer lists the model versions this runner should serve
 (``HeartbeatResponse.desired_models``; ``DesiredModel.files`` carries each file's path, size,
-sha256 and a presigned GET URL). This module does the file work; ``runner.model_manager``
-decides what to sync, load and unload.
+sha256 and a presigned GET URL). ``Downloader.fetch`` brings every file of a version into the
+cache, several at once, resumable (a partial file is kept and continued with an HTTP
+``Range`` request), each checked for size and sha256 before it enters the cache. A file
+already cached is re-hashed before it is used; a tampered one is removed and downloaded
+again. An object in the bucket whose bytes do not match raises ``DownloadError`` (never
+reaches Triton) and is not fetched again for ``quarantine_s`` (retries report the same error
+meanwhile).
 
-- ``Downloader.fetch``: every file into the content-addressed cache (``runner.cache``), several
-  at once, resumable (a partial file is kept and continued with an HTTP ``Range`` request),
-  each checked for size and sha256 before it enters the cache. A file already cached is
-  re-hashed before it is used; a tampered one is removed and downloaded again. An object in
-  the bucket whose bytes do not match raises ``DownloadError`` (never reaches Triton) and is
-  not fetched again for ``quarantine_s`` (retries report the same error meanwhile).
-- ``materialise``: builds the complete model directory (``config.pbtxt`` + one directory per
-  version) in ``<repository>/.gpufleet-staging/`` (same file system: hard links from the cache,
-  copies when linking is not possible), then swaps it into ``<repository>/<name>`` with one
-  atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the kernel lacks it). The
-  directory Triton may read is never written in place; the manager never swaps while a load
-  of that model is in flight.
-- ``load_config``: the JSON config override passed to Triton's load call: the uploaded
-  ``config.pbtxt`` with ``version_policy`` set to exactly the desired versions and, when the
-  control plane chose GPUs, ``instance_group { kind: KIND_GPU gpus: [...] }``.
-- ``triton_gpu_map``: host GPU index (what the control plane sees in heartbeats) to the index
-  Triton sees (the docker backend hands Triton the runner's GPUs in settings order).
+The rest of model sync: ``runner.model_repo`` (the repository directory: atomic swaps),
+``runner.triton_config`` (the load call's config override), ``runner.model_manager``
+(what to sync, load and unload).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
-import json
 import logging
-import os
-import shutil
 import ssl
 import time
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from gpufleet.wire import DesiredFile, GpuInfo
+from gpufleet.wire import DesiredFile
 
 from runner.cache import CacheError, ContentCache
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.pbtxt"
-STAGING_DIR = ".gpufleet-staging"
 CHUNK = 1024 * 1024
-_RENAME_EXCHANGE = 2
 
 
 class DownloadError(Exception):
@@ -264,144 +245,3 @@ def _range_starts_at(content_range: str | None, offset: int) -> bool:
         return False
     start = content_range[6:].split("-", 1)[0]
     return start.isdigit() and int(start) == offset
-
-
-# --------------------------------------------------------------------------- the directory
-
-
-def _safe_relative(path: str) -> Path:
-    """A model file's path as a relative path that cannot leave the model directory."""
-    segments = path.split("/")
-    if (
-        path.startswith("/")
-        or "\\" in path
-        or any(seg in ("", ".", "..") for seg in segments)
-        or any(ord(c) < 32 for c in path)
-    ):
-        raise ValueError(f"unsafe path in model files: {path!r}")
-    return Path(*segments)
-
-
-def _place(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:  # another file system, or links not allowed: copy
-        shutil.copyfile(src, dest)
-        os.chmod(dest, 0o444)
-
-
-def _renameat2_exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths (Linux renameat2); False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
-def swap_directory(new: Path, target: Path) -> None:
-    """Make ``new`` appear at ``target`` in one step; the old ``target`` ends up at ``new``."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if _renameat2_exchange(new, target):
-        return  # ``new`` now holds the old directory: the caller removes it
-    old = new.with_name(new.name + ".old")
-    os.rename(target, old)
-    os.rename(new, target)
-    os.rename(old, new)
-
-
-def materialise(repository: Path, name: str, files: dict[str, Path]) -> Path:
-    """Build the model directory ``name`` from cached files and swap it in atomically.
-
-    ``files``: ``{path in the model directory: cached file}``; must hold ``config.pbtxt``."""
-    _safe_relative(name)
-    if CONFIG_FILE not in files:
-        raise ValueError(f"model {name}: {CONFIG_FILE} missing")
-    repository.mkdir(parents=True, exist_ok=True)
-    staging = repository / STAGING_DIR
-    staging.mkdir(exist_ok=True)
-    tmp = staging / f"{name}.{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        for rel, src in sorted(files.items()):
-            _place(src, tmp / _safe_relative(rel))
-        swap_directory(tmp, repository / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # after a swap: the old directory
-        with contextlib.suppress(OSError):
-            staging.rmdir()  # only when empty
-    return repository / name
-
-
-def remove_model_dir(repository: Path, name: str) -> None:
-    """Take a model directory out of the repository (renamed away first, then deleted)."""
-    target = repository / _safe_relative(name)
-    if not target.exists():
-        return
-    staging = repository / STAGING_DIR
-    staging.mkdir(exist_ok=True)
-    gone = staging / f"{name}.removed.{uuid.uuid4().hex[:12]}"
-    os.rename(target, gone)
-    shutil.rmtree(gone, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        staging.rmdir()
-
-
-# --------------------------------------------------------------------------- Triton config
-
-
-def load_config(
-    config_text: str, name: str, versions: Iterable[str], gpus: list[int] | None
-) -> str:
-    """The JSON config override for Triton's load call (see the module docstring)."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    cfg = text_format.Parse(config_text, mc.ModelConfig())
-    cfg.name = name
-    cfg.version_policy.Clear()
-    cfg.version_policy.specific.versions.extend(sorted(int(v) for v in versions))
-    if gpus is not None:
-        pinned = [g for g in cfg.instance_group if g.kind != mc.ModelInstanceGroup.KIND_CPU]
-        if not cfg.instance_group:
-            pinned = [cfg.instance_group.add(count=1)]
-        for group in pinned:
-            group.kind = mc.ModelInstanceGroup.KIND_GPU
-            del group.gpus[:]
-            group.gpus.extend(gpus)
-    doc = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def triton_gpu_map(configured: list[str] | None, detected: Sequence[GpuInfo]) -> dict[int, int]:
-    """Host GPU index → the index Triton sees.
-
-    ``configured`` is the runner's ``gpus`` setting (indexes or UUIDs; None = every GPU NVML
-    finds, in NVML order): the container gets those devices in that order, numbered from 0."""
-    if configured is None:
-        return {g.index: i for i, g in enumerate(detected)}
-    by_uuid = {g.uuid: g.index for g in detected}
-    out: dict[int, int] = {}
-    for i, item in enumerate(configured):
-        host = int(item) if item.isdigit() else by_uuid.get(item)
-        if host is not None:
-            out[host] = i
-    return out
-
-
-def files_of_version(files: Sequence[DesiredFile], version: str) -> list[DesiredFile]:
-    """The files of one version: ``config.pbtxt`` and those under ``<version>/``."""
-    return [f for f in files if f.path == CONFIG_FILE or f.path.startswith(f"{version}/")]
