@@ -33,7 +33,7 @@ import random
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +54,6 @@ from gpufleet.wire import (
     LeasedJob,
     LeaseRequest,
     LeaseResponse,
-    ModelRef,
     Tensor,
 )
 
@@ -76,6 +75,7 @@ from control_plane.services.models import ModelService
 from control_plane.services.offload import Offload
 from control_plane.services.payloads import PayloadService
 from control_plane.services.placement import QueueSnapshot
+from control_plane.services.placement_view import PlacementView
 from control_plane.services.principal import Principal
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import Finish, QueueOps, new_token
@@ -83,6 +83,7 @@ from control_plane.services.quotas import QuotaService
 from control_plane.services.regions import RegionPolicy, RegionService, static_region_fits
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.tensors import validate_tensors
+from control_plane.services.transitions import TransitionBus
 from control_plane.services.wakeups import (
     Wakeups,
     job_key,
@@ -97,7 +98,7 @@ from control_plane.storage.protocols import (
     BlobStore,
     IdempotencyRecord,
     JobRecord,
-    JobStore,
+    JobServiceStores,
     ModelVersionRecord,
     QueueEntry,
 )
@@ -198,12 +199,18 @@ class JobService:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: JobServiceStores,
         models: ModelService,
         blobs: BlobStore,
         offload: Offload | None = None,
         limits: LimitsStore | None = None,
         now: Callable[[], float] = clock.now,
+        *,
+        transitions: TransitionBus | None = None,
+        quotas: QuotaService | None = None,
+        request_checks: Sequence[Callable[[JobRequest], None]] = (),
+        placement: PlacementView = PlacementView(),
+        regions: RegionService | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -213,25 +220,20 @@ class JobService:
         self._models = models
         self._blobs = blobs
         self.payloads = PayloadService(settings, blobs)  # POST /v1/payloads, lease URLs
-        self.on_transition: list[Transition] = []
-        # Hooks that also get the job's record as just written (no read back needed).
-        self.on_record_transition: list[RecordTransition] = []
+        # Who hears of transitions (services/transitions.py): the bus's subscriber lists.
+        self.transitions = transitions if transitions is not None else TransitionBus()
+        self.on_transition = self.transitions.views
+        self.on_record_transition = self.transitions.records
+        self.on_region_lease = self.transitions.region_leases
         # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
-        self.request_checks: list[Callable[[JobRequest], None]] = []
-        # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
-        # runner's offered models it may be leased jobs of (READY there, for deployed models).
-        self.waiting_reason: Callable[[JobRecord], str | None] | None = None
-        # Capacity (services/capacity): did the job wait for a host started for it?
-        self.cold_host: Callable[[JobRecord], bool | None] | None = None
-        # Whether a runner may still lease (not revoked); re-checked during long polls.
-        self.runner_usable: Callable[[str], bool] | None = None
-        self.lease_offers: (
-            Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
-        ) = None
+        self.request_checks = tuple(request_checks)
+        # Placement, capacity and runners (services/placement_view.py).
+        self.waiting_reason = placement.waiting_reason
+        self.cold_host = placement.cold_host
+        self.runner_usable = placement.runner_usable
+        self.lease_offers = placement.lease_offers
         # Regions (services/regions.py): request defaults, the lease filter, waiting words.
-        self.regions: RegionService | None = None
-        # Per leased job: (the runner's region, "preferred" | "spilled" | "any").
-        self.on_region_lease: builtins.list[Callable[[str | None, str], None]] = []
+        self.regions = regions
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned, now)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -247,9 +249,12 @@ class JobService:
             tuple[str, bool, str, str | None], tuple[float, int, ModelVersionRecord]
         ] = {}
         self._depth_cache: dict[str, tuple[float, int]] = {}
-        # Tenant quotas (submit checks, load counters) and fair leasing across tenants.
-        self.quotas = QuotaService(settings, limits, now=now)
-        self.on_record_transition.append(self.quotas.job_transition)
+        # Tenant quotas (submit checks, load counters) and fair leasing across tenants; the
+        # composition root builds them and subscribes their counters to the bus.
+        if quotas is None:
+            quotas = QuotaService(settings, limits, now=now)
+            self.transitions.on_record(quotas.job_transition)
+        self.quotas = quotas
         self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
         self._readied: dict[str, int] = {}  # runner id -> heartbeats with a newly READY model
 
@@ -661,7 +666,7 @@ class JobService:
                     return await self.offload(self._with_reason, job)
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
 
-    def list(
+    def list_jobs(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
     ) -> JobList:
         """The caller's tenant's jobs, newest first (admins: every tenant's)."""
@@ -865,7 +870,7 @@ class JobService:
         if done is None:
             raise StaleLease(f"the lease of job {job_id} is no longer held")
         _log_commit(done, runner_id)
-        return CompleteResponse(id=job_id, status=done.status)  # type: ignore[arg-type]
+        return CompleteResponse(id=job_id, status=done.status)
 
     def complete_batch(
         self, runner_id: str, items: builtins.list[CompleteItem]
@@ -969,7 +974,7 @@ class JobService:
         job = self._load(p, job_id)
         info = job.run_info or {}
         ref = info.get("logs_ref")
-        out = JobLogs(id=job.id, status=job.status)  # type: ignore[arg-type]
+        out = JobLogs(id=job.id, status=job.status)
         if "logs" in info:  # short logs live in the record itself
             out.logs = str(info["logs"])
         elif ref:
@@ -1096,15 +1101,3 @@ def _answer(job_id: str, refused: GpufleetError | CompleteResponse | None) -> Co
         status=_OUTCOMES.get(refused.code, "invalid"),  # type: ignore[arg-type]
         error=ErrorInfo(code=refused.code, message=refused.message, details=refused.details),
     )
-
-
-def build_job_service(
-    settings: Settings, stores: Any, now: Callable[[], float] = clock.now
-) -> tuple[JobService, ModelService]:
-    """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``),
-    reading the time from ``now``."""
-    deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
-    models = ModelService(settings, stores.models, stores.blobs, deployments=deployments, now=now)
-    offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
-    limits = getattr(stores, "limits", None)
-    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits, now), models

@@ -458,26 +458,3 @@ class RegionService:
             "regions": regions,
             "latency": pairs,
         }
-
-
-def wire_regions(
-    settings: Any, stores: Any, runners: Any, jobs: Any, deployments: Any
-) -> RegionService:
-    """The region service on the runner store, wired into the job service (defaults, the
-    lease filter, waiting words), the runner service (heartbeat RTTs) and the deployments
-    (their region defaults)."""
-    svc = RegionService(
-        default_spill_s=settings.region_spill_after_s,
-        control_plane_region=settings.control_plane_region,
-        tenant_defaults={
-            tenant: RegionDefaults(t.default_region, tuple(t.regions_allowed))
-            for tenant, t in settings.tenant_regions.items()
-        },
-        list_runners=stores.runners.list_runners,
-        offline_after_s=settings.runner_offline_after_s,
-        deployment_defaults=getattr(deployments, "region_defaults", None),
-    )
-    jobs.regions = svc
-    runners.observe_rtt = svc.observe_rtt
-    runners.region_rtt = svc.measured_rtt_ms
-    return svc

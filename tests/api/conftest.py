@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.app import Services, build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services, build_services
 from control_plane.storage.stores import Stores
 from tests.conftest import serve_blobs_through
 

@@ -9,7 +9,7 @@ import httpx
 import jwt
 import pytest
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from control_plane.services.tokens import TokenSigner
 from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
@@ -256,7 +256,8 @@ async def test_jwks_verifies_access_tokens(
 
 async def test_hs256_stays_possible(settings: Any, stores: Stores) -> None:
     """access_token_algorithm HS256: a single shared secret signs access tokens."""
-    from control_plane.app import build_services, create_app
+    from control_plane.app import create_app
+    from control_plane.composition import build_services
 
     s = settings.model_copy(update={"access_token_algorithm": "HS256"})
     app = create_app(s, build_services(s, stores))
@@ -275,7 +276,8 @@ async def test_hs256_stays_possible(settings: Any, stores: Stores) -> None:
 @pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_generated_signing_key_is_shared(settings: Any, stores: Stores) -> None:
     """Without jwt_secret, replicas share one generated key through the auth store."""
-    from control_plane.app import build_services, create_app
+    from control_plane.app import create_app
+    from control_plane.composition import build_services
 
     s = settings.model_copy(update={"jwt_secret": None})
     a, b = create_app(s, build_services(s, stores)), create_app(s, build_services(s, stores))

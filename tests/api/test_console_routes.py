@@ -13,7 +13,7 @@ import httpx
 import pytest
 from gpufleet import signing
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from tests.api.conftest import TokenFor
 from tests.api.helpers import add_sub_job, push_model
 from tests.helpers.console import csrf_of, sign_in

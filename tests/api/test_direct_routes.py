@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import push_model, signed_post
 
@@ -133,7 +133,8 @@ async def test_signing_key_admin_routes(
 
 @pytest.mark.parametrize("alg", ["ES256"])
 async def test_es256_keys(settings: Any, stores: Any, alg: str) -> None:
-    from control_plane.app import build_services, create_app
+    from control_plane.app import create_app
+    from control_plane.composition import build_services
 
     s = settings.model_copy(update={"access_token_algorithm": alg})
     app = create_app(s, build_services(s, stores))

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import STORE_KINDS

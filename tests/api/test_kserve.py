@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from control_plane.api.kserve import ROUTES
-from control_plane.app import Services, create_app, routes
+from control_plane.app import create_app, routes
+from control_plane.composition import Services
 from control_plane.storage.stores import Stores
 from tests.api.helpers import push_model
 from tests.conftest import serve_blobs_through

@@ -25,7 +25,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from control_plane.api.kserve_grpc import KServeGrpcServer
-from control_plane.app import Services, build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services, build_services
 from control_plane.storage.stores import Stores
 from tests.api.helpers import ADD_SUB, push_model
 from tests.conftest import free_port

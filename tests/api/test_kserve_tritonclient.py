@@ -16,7 +16,8 @@ import tritonclient.http as triton
 import uvicorn
 from tritonclient.utils import InferenceServerException
 
-from control_plane.app import Services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services
 from control_plane.storage.stores import Stores
 from tests.api.helpers import push_model
 from tests.conftest import free_port

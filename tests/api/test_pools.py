@@ -10,7 +10,7 @@ import boto3
 import httpx
 import pytest
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from tests.api.conftest import TokenFor, assert_error
 
 

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from control_plane.app import build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores, dynamo_stores
 from tests.conftest import STORE_KINDS, free_port
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from gpufleet.webhooks import verify_webhook
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.services.webhooks import WebhookService
 from tests.api.conftest import TokenFor, assert_error

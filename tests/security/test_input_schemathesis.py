@@ -31,7 +31,8 @@ from gpufleet.client import Client
 from schemathesis.core import NotSet
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from control_plane.app import build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import build_services
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
 from tests.api.helpers import ADD_SUB

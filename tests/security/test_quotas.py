@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from control_plane.app import Services
+from control_plane.composition import Services
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import add_sub_job, push_model
 

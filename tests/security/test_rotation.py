@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from control_plane.api.context import Services
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
 from tests.api.conftest import TokenFor, assert_error
 from tests.api.helpers import signed_post

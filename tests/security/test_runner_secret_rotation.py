@@ -14,7 +14,7 @@ import pytest
 from gpufleet.wire import HeartbeatRequest, HeartbeatResponse, RunnerConfig
 
 from control_plane.api.context import Services
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
 from runner.cp_client import ControlPlaneClient
 from runner.heartbeat import Heartbeat

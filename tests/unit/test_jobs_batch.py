@@ -16,16 +16,17 @@ import httpx
 import pytest
 from gpufleet.wire import CommitRequest, CompleteItem, CreateVersionRequest, Tensor
 
+from control_plane.composition import build_job_service
 from control_plane.errors import Unavailable
-from control_plane.services.jobs import JobService, build_job_service
+from control_plane.services.jobs import JobService
 from control_plane.services.models import object_key
 from control_plane.settings import Settings
 from control_plane.storage.local_blobs import LocalBlobStore
-from control_plane.storage.protocols import JobStore, QueueStore
+from control_plane.storage.protocols import JobServiceStores, QueueStore
 from control_plane.storage.sqlite import schema
 from control_plane.storage.sqlite.db import Database
 from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
-from control_plane.storage.sqlite.jobs import SqliteJobTable
+from control_plane.storage.sqlite.jobs import SqliteJobRecordStore
 from control_plane.storage.sqlite.models import SqliteModelStore
 from control_plane.storage.sqlite.queue import SqliteQueueStore
 from runner.jobloop import CompletionQueue
@@ -76,9 +77,19 @@ def service(db: Database, tmp_path: Path, queue: Any = None) -> JobService:
     """The job service on ``db`` with add_sub READY (files written to the blob directory)."""
     settings = Settings(embedded=True, data_dir=tmp_path, poll_interval_s=0.05)
     blobs = LocalBlobStore(tmp_path / "blobs", "http://127.0.0.1", b"k" * 32)
-    store = JobStore(SqliteJobTable(db), queue or SqliteQueueStore(db), SqliteIdempotencyStore(db))
+    store = JobServiceStores(
+        SqliteJobRecordStore(db), queue or SqliteQueueStore(db), SqliteIdempotencyStore(db)
+    )
     jobs, models = build_job_service(
-        settings, SimpleNamespace(jobs=store, models=SqliteModelStore(db), blobs=blobs)
+        settings,
+        SimpleNamespace(
+            kind="",
+            jobs=store,
+            models=SqliteModelStore(db),
+            blobs=blobs,
+            limits=None,
+            deployments=None,
+        ),
     )
     files = add_sub_files()
     created = models.create_version(USER, "add_sub", CreateVersionRequest(files=file_specs(files)))
@@ -98,7 +109,7 @@ def test_batch_complete_fences_each_result_by_its_own_token(
 ) -> None:
     jobs = service(db, tmp_path)
     seen: list[tuple[str, str, str | None]] = []
-    jobs.on_transition.append(lambda v, prev: seen.append((v.id, v.status, prev)))
+    jobs.transitions.on_view(lambda v, prev: seen.append((v.id, v.status, prev)))
     ids = jobs.submit_batch(USER, [job() for _ in range(5)])
     leased = sorted(lease(jobs, max_jobs=5), key=lambda x: ids.index(x.id))
     assert [x.id for x in leased] == ids
@@ -175,10 +186,10 @@ def test_a_failed_batch_submit_leaves_nothing(db: CountingDatabase, tmp_path: Pa
     queue = SqliteQueueStore(db)
     jobs = service(db, tmp_path, queue=DepthFails(queue))
     seen: list[str] = []
-    jobs.on_transition.append(lambda v, prev: seen.append(v.id))
+    jobs.transitions.on_view(lambda v, prev: seen.append(v.id))
     with pytest.raises(Unavailable):
         jobs.submit_batch(USER, [job() for _ in range(30)])
-    assert jobs.list(principal("root", "admin"), None, None, 100, None).jobs == []
+    assert jobs.list_jobs(principal("root", "admin"), None, None, 100, None).jobs == []
     assert all(queue.head(f"add_sub#{n}", 100) == [] for n in range(4))
     assert all(queue.due_markers(f"ttl#{n}", "9" * 13, 100) == [] for n in range(4))
     assert queue.all_depths() == {} and seen == []

@@ -79,7 +79,7 @@ def test_a_committed_result_cannot_be_overwritten_concurrently(settings: Any, st
 def _all(jobs: Any) -> list[Any]:
     out, cursor = [], None
     while True:
-        page = jobs.list(USER, None, None, 100, cursor)
+        page = jobs.list_jobs(USER, None, None, 100, cursor)
         out += page.jobs
         cursor = page.next_cursor
         if not cursor:

@@ -58,7 +58,7 @@ def _with(
 def test_submit_get_and_complete_records_timings(fleet: Any) -> None:
     jobs, _ = fleet
     seen: list[tuple[str, str | None]] = []
-    jobs.on_transition.append(lambda v, prev: seen.append((v.status, prev)))
+    jobs.transitions.on_view(lambda v, prev: seen.append((v.status, prev)))
     view, created = jobs.submit(USER, job(tags={"team": "a"}))
     assert created and view.status == "QUEUED" and view.id.startswith("job_")
     assert jobs.get(USER, view.id).tags == {"team": "a"}
@@ -103,7 +103,7 @@ def test_idempotent_submit_40_parallel_one_job(fleet: Any) -> None:
     ids = {view.id for view, _ in results}
     assert len(ids) == 1
     assert sum(created for _, created in results) == 1
-    assert len(jobs.list(USER, None, None, 100, None).jobs) == 1
+    assert len(jobs.list_jobs(USER, None, None, 100, None).jobs) == 1
     assert jobs.queue_depths() == {"add_sub": 1}
     assert len(lease(jobs, max_jobs=10)) == 1
     with pytest.raises(Conflict):
@@ -130,14 +130,14 @@ def test_list_is_tenant_scoped_filtered_and_paged(fleet: Any) -> None:
         made.append(jobs.submit(USER, job())[0].id)
         time.sleep(0.002)
     jobs.cancel(USER, made[0])
-    page1 = jobs.list(USER, None, None, 2, None)
+    page1 = jobs.list_jobs(USER, None, None, 2, None)
     assert [j.id for j in page1.jobs] == made[::-1][:2] and page1.next_cursor
-    page2 = jobs.list(USER, None, None, 2, page1.next_cursor)
+    page2 = jobs.list_jobs(USER, None, None, 2, page1.next_cursor)
     assert [j.id for j in page2.jobs] == made[::-1][2:4]
-    cancelled = jobs.list(USER, "CANCELLED", None, 10, None)
+    cancelled = jobs.list_jobs(USER, "CANCELLED", None, 10, None)
     assert [j.id for j in cancelled.jobs] == [made[0]]
-    assert jobs.list(principal("other"), None, None, 10, None).jobs == []
-    assert len(jobs.list(USER, None, "add_sub", 100, None).jobs) == 5
+    assert jobs.list_jobs(principal("other"), None, None, 10, None).jobs == []
+    assert len(jobs.list_jobs(USER, None, "add_sub", 100, None).jobs) == 5
 
 
 def test_cancel_queued_running_and_terminal(fleet: Any) -> None:
@@ -317,7 +317,7 @@ def test_submit_batch_all_validated_first(fleet: Any) -> None:
     with pytest.raises(Exception) as exc:
         jobs.submit_batch(USER, [job(), job(model="nope")])
     assert getattr(exc.value, "code", "") == "model_not_found"
-    assert jobs.list(USER, None, None, 100, None).jobs == []
+    assert jobs.list_jobs(USER, None, None, 100, None).jobs == []
     ids = jobs.submit_batch(USER, [job(priority=i % 3) for i in range(30)])
     assert len(set(ids)) == 30 and jobs.queue_depths() == {"add_sub": 30}
     assert {j.id for j in lease(jobs, max_jobs=100)} == set(ids)

@@ -38,7 +38,7 @@ def test_upload_commit_ready_with_parsed_config(models: ModelService) -> None:
     assert push_model(models, USER, files=changed).version == "2"  # other content: next number
     got = models.get(USER, "add_sub")
     assert [v.version for v in got.versions] == ["2", "1"] and got.tenant == "acme"
-    assert [m.name for m in models.list(USER).models] == ["add_sub"]
+    assert [m.name for m in models.list_models(USER).models] == ["add_sub"]
 
 
 def test_sha_mismatch_lists_files_and_stays_not_ready(models: ModelService) -> None:
@@ -101,7 +101,7 @@ def test_names_belong_to_the_first_tenant(models: ModelService) -> None:
         models.ready_version(other, "add_sub", None)
     with pytest.raises(NotFound):  # as a read: no hint that the name exists elsewhere
         push_model(models, other)
-    assert models.list(other).models == []
+    assert models.list_models(other).models == []
     assert models.get(principal("root", "admin"), "add_sub").tenant == "acme"
 
 

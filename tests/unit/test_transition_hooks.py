@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from tests.contract.fleet import job, lease, principal, push_model, succeed
 
 USER = principal("acme")
