@@ -13,9 +13,7 @@ from tests.contract.fleet import job, principal, push_model
 USER = principal("acme")
 
 
-def test_one_bus_subscribed_in_order_and_reached_by_a_submit(
-    settings: Any, stores: Stores
-) -> None:
+def test_one_bus_subscribed_in_order_and_reached_by_a_submit(settings: Any, stores: Stores) -> None:
     svc = build_services(settings, stores)
     bus = svc.transitions
     assert bus is not None and svc.jobs.transitions is bus  # type: ignore[attr-defined]
