@@ -129,8 +129,9 @@ def test_multipart_wrong_etag(blobs: BlobStore) -> None:
     assert blobs.head("mp/x") is None
     blobs.complete_multipart("mp/x", upload_id, etags)  # still open after a refusal
     assert blobs.get_bytes("mp/x") == b"only part"
-    # (an unknown upload id: NotFound on the local store, tests/api/test_local_blobs.py;
-    # moto fails with a 500 instead of S3's NoSuchUpload)
+    # (an unknown upload id: NotFound on the local store,
+    # tests/control_plane/api/test_local_blobs.py; moto fails with a 500 instead of S3's
+    # NoSuchUpload)
 
 
 def test_delete_prefix(blobs: BlobStore) -> None:

@@ -16,8 +16,8 @@ import pytest
 from control_plane.app import create_app
 from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
-from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import STORE_KINDS
+from tests.control_plane.api.conftest import TokenFor, assert_error
 from tests.helpers.clock import FakeClock
 
 CHECK_S = 0.5

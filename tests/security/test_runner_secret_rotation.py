@@ -21,7 +21,7 @@ from runner.heartbeat import Heartbeat
 from runner.identity import Identity
 from runner.settings import RunnerSettings
 from runner.state import RunnerState
-from tests.api.conftest import TokenFor
+from tests.control_plane.api.conftest import TokenFor
 from tests.helpers.clock import FakeClock
 
 BASE = "http://cp.test"
