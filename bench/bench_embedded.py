@@ -67,7 +67,7 @@ from gpufleet.wire import (  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from control_plane.app import Services, build_services  # noqa: E402
+from control_plane.composition import Services, build_services  # noqa: E402
 from control_plane.services.models import object_key  # noqa: E402
 from control_plane.services.principal import ROLE_SCOPES, Principal  # noqa: E402
 from control_plane.services.queue_ops import stable_shard  # noqa: E402

@@ -54,7 +54,7 @@ from bench.bench_queue import (  # noqa: E402
     moto_services,
     sqlite_services,
 )
-from control_plane.app import Services  # noqa: E402
+from control_plane.composition import Services  # noqa: E402
 from tests.contract.fleet import job, principal  # noqa: E402
 
 RUNNER = "run_bench"
@@ -168,8 +168,8 @@ async def saturated(svc: Services, n: int, batch: int, slots: int, tenants: int 
             if len(run.terminal) == n:
                 loop.call_soon_threadsafe(all_done.set)
 
-    hooks: Any = svc.jobs
-    hooks.on_record_transition.append(on_transition)
+    assert svc.transitions is not None
+    svc.transitions.on_record(on_transition)
     runner, stop = SimRunner(svc, run, slots), asyncio.Event()
     tasks = [
         asyncio.create_task(runner.lease_loop(stop)),
@@ -182,7 +182,7 @@ async def saturated(svc: Services, n: int, batch: int, slots: int, tenants: int 
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    hooks.on_record_transition.remove(on_transition)
+    svc.transitions.records.remove(on_transition)
     return run
 
 

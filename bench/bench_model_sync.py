@@ -7,7 +7,7 @@ gpufleet
             object to check its sha256). The upload-only window (first to last byte sent) is
             shown as its own line.
   sync      a runner's path: a signed heartbeat answers ``desired_models`` with a presigned
-            GET per file; ``runner.model_sync.Downloader`` fetches them into the
+            GET per file; ``runner.model_download.Downloader`` fetches them into the
             content-addressed cache, checking size and sha256.
 boto3
   upload_file / download_file of the same weights file to/from the same bucket (default
@@ -44,13 +44,14 @@ from gpufleet import Client, signing  # noqa: E402
 from gpufleet.models import plan_push  # noqa: E402
 from gpufleet.wire import DesiredFile  # noqa: E402
 
-from control_plane.app import build_services, create_app  # noqa: E402
+from control_plane.app import create_app  # noqa: E402
+from control_plane.composition import build_services  # noqa: E402
 from control_plane.embedded import serialized_moto_server  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.storage.aws import make_clients  # noqa: E402
 from control_plane.storage.definitions import create_all  # noqa: E402
 from runner.cache import ContentCache  # noqa: E402
-from runner.model_sync import Downloader  # noqa: E402
+from runner.model_download import Downloader  # noqa: E402
 from tests.helpers.fleet import free_port, serve_in_thread  # noqa: E402
 
 MiB = 1024 * 1024

@@ -57,8 +57,8 @@ from gpufleet.wire import (  # noqa: E402
     Tensor,
 )
 
-from control_plane.app import Services, build_services  # noqa: E402
-from control_plane.services.jobs import JobService, build_job_service  # noqa: E402
+from control_plane.composition import Services, build_job_service, build_services  # noqa: E402
+from control_plane.services.jobs import JobService  # noqa: E402
 from control_plane.services.models import ModelService, object_key  # noqa: E402
 from control_plane.services.queue_ops import stable_shard  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402

@@ -36,7 +36,8 @@ from typing import Any
 
 import uvicorn
 
-from control_plane.app import Services, build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services, build_services
 from control_plane.embedded import start_embedded
 from control_plane.http_server import metrics_server, server_config
 from control_plane.settings import Settings, load_settings

@@ -82,8 +82,9 @@ def build(settings: Settings) -> LambdaApp:
     from mangum import Mangum
 
     from control_plane.app import create_app
+    from control_plane.composition import build_services
 
-    app = create_app(settings)
+    app = create_app(settings, build_services(settings))
     # lifespan "auto": the app's startup/shutdown run around each invocation, where a
     # container is guaranteed CPU; Mangum skips them for apps without a lifespan.
     return LambdaApp(app=app, adapter=Mangum(app, lifespan="auto"))

@@ -30,12 +30,13 @@ from runner.heartbeat import Heartbeat
 from runner.identity import Identity, StartupError
 from runner.joblogs import JobLogs
 from runner.jobloop import JobLoop
+from runner.model_download import Downloader
 from runner.model_manager import ModelManager
-from runner.model_sync import Downloader, triton_gpu_map
 from runner.settings import RunnerSettings
 from runner.state import RunnerState
 from runner.status_server import StatusServer
 from runner.supervisor import Supervisor
+from runner.triton_config import triton_gpu_map
 
 log = logging.getLogger(__name__)
 

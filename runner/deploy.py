@@ -7,7 +7,7 @@ GPU host before anything is installed, and the image's HEALTHCHECK costs no impo
     python3 -m runner.deploy healthcheck [--port N]                           # exit 0 = ok
 
 :func:`docker_run_args` is a pure function of :class:`RunnerDeployment` (unit-tested in
-tests/unit/test_runner_deploy.py). What it renders, and why:
+tests/runner/test_runner_deploy.py). What it renders, and why:
 
 - ``--network host``: Triton (started by the runner on the same engine) listens on
   127.0.0.1 of the host, and so does the runner's status port.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 
 from gpufleet.wire import HeartbeatRequest, HeartbeatResponse
 
 from runner.backends.base import InferenceEngine
+from runner.backoff import Backoff
 from runner.cp_client import ControlPlaneClient, ControlPlaneError, Unauthorized
 from runner.gpu import GpuReader
 from runner.identity import Identity
@@ -106,7 +106,7 @@ class Heartbeat:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop`` is set."""
-        backoff = 1.0
+        backoff = Backoff(1.0, 5.0)  # back within seconds of an outage
         failures = 0
         while not stop.is_set():
             creds = None
@@ -118,7 +118,7 @@ class Heartbeat:
                 if failures:
                     log.info("control plane answers again (after %d failed heartbeats)", failures)
                 failures = 0
-                backoff = 1.0
+                backoff.reset()
                 wait = self._state.config.heartbeat_interval_s
             except asyncio.CancelledError:
                 raise
@@ -133,9 +133,8 @@ class Heartbeat:
                     "heartbeat failed (attempt %d): %s; retry in ~%.1fs",
                     failures,
                     exc,
-                    backoff,
+                    backoff.delay_s,
                     exc_info=not isinstance(exc, ControlPlaneError),
                 )
-                wait = backoff * (0.5 + random.random())
-                backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
+                wait = backoff.next_wait()
             await self._pause(stop, wait)

@@ -42,6 +42,7 @@ from gpufleet.wire import (
 
 from runner import payloads
 from runner.backends.base import InferenceEngine, InferError
+from runner.backoff import Backoff
 from runner.cp_client import (
     Conflict,
     ControlPlaneClient,
@@ -260,7 +261,7 @@ class JobLoop:
     # ------------------------------------------------------------------ leasing
     async def run(self, stop: asyncio.Event) -> None:
         """Lease until ``stop`` is set (the in-flight jobs keep running)."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         while not stop.is_set():
             creds = None
             try:
@@ -269,7 +270,7 @@ class JobLoop:
                     return
                 if not await self._cycle(stop):
                     continue
-                backoff = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Unauthorized:
@@ -284,9 +285,8 @@ class JobLoop:
                     await wait_event(stop, REFUSED_RETRY_S)
                     continue
                 self._state.last_error = f"lease: {exc}"
-                log.warning("lease cycle failed; retry in ~%.1fs", backoff, exc_info=True)
-                await wait_event(stop, backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)  # back within seconds of an outage
+                log.warning("lease cycle failed; retry in ~%.1fs", backoff.delay_s, exc_info=True)
+                await wait_event(stop, backoff.next_wait())
 
     async def _cycle(self, stop: asyncio.Event) -> bool:
         """One lease attempt; False when there was nothing to ask for (after a short wait)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from gpufleet.wire import ApiKeyCreated
 
-from control_plane.services.auth import AuthService
+from control_plane.composition import build_auth_service
 from control_plane.settings import Settings, load_settings
 from control_plane.storage.aws import make_clients
 from control_plane.storage.dynamo_auth import DynamoAuthStore
@@ -28,15 +28,8 @@ def create_admin_key(
 ) -> ApiKeyCreated:
     """A new API key (admin by default) stored through the control plane's own auth store."""
     dynamodb, _ = make_clients(settings)
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-    auth = AuthService(
-        DynamoAuthStore(dynamodb, settings.table("auth")),
-        jwt_secret=secret,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        access_ttl_s=settings.access_token_ttl_s,
-        refresh_ttl_s=settings.refresh_token_ttl_s,
-    )
+    store = DynamoAuthStore(dynamodb, settings.table("auth"))
+    auth = build_auth_service(settings, store, keys=None)  # the server's composition root
     return auth.issue_api_key(tenant, role, name)
 
 

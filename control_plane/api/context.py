@@ -1,12 +1,11 @@
 """What the routes need: the services, as ports, and the settings.
 
 ``JobsPort`` and ``ModelsPort`` are the interfaces of ``services/jobs.py`` and
-``services/models.py``; the composition root (``control_plane.app``) fills them in.
+``services/models.py``; the composition root (``control_plane.composition``) fills them in.
 """
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,11 +42,13 @@ from control_plane.services.generate import GenerateService
 from control_plane.services.inference import InferenceService
 from control_plane.services.offload import Offload
 from control_plane.services.principal import Principal
+from control_plane.services.quotas import QuotaService
 from control_plane.services.regions import RegionService
 from control_plane.services.rollups import RollupService
 from control_plane.services.runners import RunnerService
 from control_plane.services.signing_keys import SigningKeys
 from control_plane.services.streams import StreamService
+from control_plane.services.transitions import TransitionBus
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
 from control_plane.storage.protocols import ModelVersionRecord
@@ -66,11 +67,11 @@ class JobsPort(Protocol):
         self, p: Principal, reqs: list[JobRequest], idempotency_key: str | None = None
     ) -> list[str]: ...
     def get(self, p: Principal, job_id: str) -> JobView: ...
-    def inputs(self, p: Principal, job_id: str) -> builtins.list[Tensor]: ...
+    def inputs(self, p: Principal, job_id: str) -> list[Tensor]: ...
     async def wait(
         self, p: Principal, job_id: str, wait_s: float, *, known: JobView | None = None
     ) -> JobView: ...
-    def list(
+    def list_jobs(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
     ) -> JobList: ...
     def cancel(self, p: Principal, job_id: str) -> JobView: ...
@@ -81,9 +82,9 @@ class JobsPort(Protocol):
     def extend(self, runner_id: str, job_id: str, lease_token: str) -> ExtendResponse: ...
     def complete(self, runner_id: str, job_id: str, req: CompleteRequest) -> CompleteResponse: ...
     def complete_batch(
-        self, runner_id: str, items: builtins.list[CompleteItem]
-    ) -> builtins.list[CompleteItemResult]: ...
-    def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]: ...
+        self, runner_id: str, items: list[CompleteItem]
+    ) -> list[CompleteItemResult]: ...
+    def cancelled_among(self, job_ids: list[str]) -> list[str]: ...
     def infer_target(
         self, p: Principal, req: JobRequest, *, cached_only: bool = False
     ) -> ModelVersionRecord | None: ...
@@ -102,7 +103,7 @@ class ModelsPort(Protocol):
     def commit(
         self, p: Principal, name: str, version: str, req: CommitRequest
     ) -> ModelVersionView: ...
-    def list(self, p: Principal) -> ModelList: ...
+    def list_models(self, p: Principal) -> ModelList: ...
     def get(self, p: Principal, name: str) -> ModelView: ...
     def delete_version(self, p: Principal, name: str, version: str) -> None: ...
     def release(self, p: Principal, name: str) -> None: ...
@@ -137,6 +138,9 @@ class Services:
     signing_keys: SigningKeys | None = None  # asymmetric keys: JWKS, tickets (direct mode)
     direct: DirectService | None = None  # direct-mode tickets
     regions: RegionService | None = None  # region policies, latency table (GET /v1/regions)
+    # Job transitions (services/transitions.py); None: the routes count completions.
+    transitions: TransitionBus | None = None
+    quotas: QuotaService | None = None  # tenant quotas (their load counters feed /metrics)
 
 
 def services(request: Request) -> Services:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from gpufleet._logs import bind
 from gpufleet.wire import (
     TERMINAL_STATUSES,
@@ -27,7 +29,7 @@ from control_plane.services.text import check_text
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
-_STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
+_STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -119,7 +121,7 @@ async def list_jobs(request: Request) -> Response:
     limit = query_int(request, "limit", 50, 1, 500)
     cursor = request.query_params.get("cursor") or None
     jobs = services(request).jobs
-    return send(await run_in_threadpool(jobs.list, p, status, model, limit, cursor))
+    return send(await run_in_threadpool(jobs.list_jobs, p, status, model, limit, cursor))
 
 
 async def cancel_job(request: Request) -> Response:

@@ -47,7 +47,7 @@ async def commit(request: Request) -> HttpResponse:
 
 async def list_models(request: Request) -> HttpResponse:
     p = principal(request)
-    return send(await run_in_threadpool(services(request).models.list, p))
+    return send(await run_in_threadpool(services(request).models.list_models, p))
 
 
 async def get_model(request: Request) -> HttpResponse:

@@ -28,7 +28,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from gpufleet.wire import (
     ApiKeyCreate,
@@ -42,6 +42,7 @@ from gpufleet.wire import (
     JoinTokenCreated,
     JoinTokenList,
     JoinTokenView,
+    Role,
     TokenPair,
 )
 
@@ -99,6 +100,7 @@ class AuthService:
         oidc: OidcVerifier | None = None,
         now: Callable[[], float] = clock.now,
         signing_keys: SigningKeys | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._oidc = oidc
@@ -106,7 +108,8 @@ class AuthService:
         self._addr_throttle = address_throttle or FailureThrottle(0, 1.0)
         self._api_key_cache_s = api_key_cache_s
         self._revocation_check_s = revocation_check_s
-        # key id -> (time.monotonic() of the store read, the key as read; None: missing/revoked)
+        # key id -> (monotonic() of the store read, the key as read; None: missing/revoked)
+        self._monotonic = monotonic
         self._key_state: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._secret = jwt_secret
         self._refresh_ttl_s = refresh_ttl_s
@@ -223,7 +226,7 @@ class AuthService:
         if p.external:
             return True
         hit = self._key_state.get(p.sub)
-        if hit is None or time.monotonic() - hit[0] >= self._revocation_check_s:
+        if hit is None or self._monotonic() - hit[0] >= self._revocation_check_s:
             return None
         return self._accepts(hit[1], bearer)
 
@@ -258,7 +261,7 @@ class AuthService:
         """Remember the key as read now (None: missing or known revoked)."""
         if len(self._key_state) >= VERIFIED_CACHE_SIZE:
             self._key_state.clear()
-        self._key_state[key_id] = (time.monotonic(), rec)
+        self._key_state[key_id] = (self._monotonic(), rec)
 
     def _authenticate(self, bearer: str, client: str | None) -> Principal:
         if not bearer.startswith(API_KEY_PREFIX):
@@ -328,7 +331,7 @@ class AuthService:
                 ApiKeyView(
                     id=k.id,
                     tenant=k.tenant,
-                    role=k.role,  # type: ignore[arg-type]
+                    role=k.role,
                     name=k.name,
                     created_at=clock.iso(k.created_at) or "",
                     revoked=k.revoked,
@@ -342,12 +345,13 @@ class AuthService:
         """Create a key without a caller (bootstrap of the first admin key)."""
         if role not in ROLE_SCOPES:
             raise ValueError(f"unknown role {role!r}")
+        known = cast(Role, role)  # one of ROLE_SCOPES' keys, which are the roles
         key_id, secret = clock.new_id("key"), secrets.token_hex(24)
         self._store.save_api_key(
             ApiKeyRecord(
                 id=key_id,
                 tenant=tenant,
-                role=role,
+                role=known,
                 name=name,
                 secret_hash=sha256_hex(secret),
                 created_at=self._now(),
@@ -357,7 +361,7 @@ class AuthService:
             id=key_id,
             api_key=f"{API_KEY_PREFIX}{key_id}_{secret}",
             tenant=tenant,
-            role=role,  # type: ignore[arg-type]
+            role=known,
         )
 
     def rotate_api_key(self, p: Principal, key_id: str, req: ApiKeyRotate) -> ApiKeyRotated:

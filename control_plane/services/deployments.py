@@ -33,9 +33,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpufleet.wire import (
     DeploymentSpec,
@@ -53,20 +53,14 @@ from control_plane.services.principal import Principal
 from control_plane.services.region_copies import RegionCopies
 from control_plane.services.regions import RegionDefaults, RegionPolicy, check_region
 from control_plane.services.runners import is_mock
-from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
     DeploymentStore,
     JobRecord,
     ModelStore,
-    ModelVersionRecord,
     PlanRecord,
 )
 from control_plane.storage.protocols_auth import RunnerRecord
-
-if TYPE_CHECKING:
-    from control_plane.services.jobs import JobService
-    from control_plane.services.runners import RunnerService
 
 log = logging.getLogger(__name__)
 BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_-]{0,254}$")  # a bucket or access point ARN
@@ -124,6 +118,9 @@ class DeploymentService:
         interval_s: float = 2.0,
         policy: pl.Policy = pl.Policy(),
         now: Callable[[], float] = clock.now,
+        on_change: Sequence[Callable[[], None]] = (),
+        allow_mock_runners: bool = True,
+        pool_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
         self._versions = versions
@@ -145,11 +142,12 @@ class DeploymentService:
         # Called (no arguments, any thread) when this replica stores a decision that places
         # something differently: the runners connected here are told to heartbeat at once
         # (``Dispatcher.wake_all``) instead of at their next interval.
-        self.on_change: list[Callable[[], None]] = []
-        self.allow_mock_runners = True  # False: runners on the mock backend are not placed on
+        self.on_change = tuple(on_change)
+        # False: runners on the mock backend are not placed on.
+        self.allow_mock_runners = allow_mock_runners
         self._cold_checked: dict[str, float] = {}  # model -> when job_queued last decided
         # Set when pools can be declared (``services/capacity``): does the pool exist?
-        self.pool_exists: Callable[[str], bool] | None = None
+        self.pool_exists = pool_exists
 
     # ------------------------------------------------------------------ API
     def put(self, p: Principal, name: str, spec: DeploymentSpec) -> DeploymentView:
@@ -570,47 +568,3 @@ def _state_on(r: RunnerRecord | None, name: str, version: str | None) -> str | N
         if best in states:
             return best
     return next(iter(sorted(states)), None)
-
-
-def build_deployment_service(
-    settings: Settings,
-    stores: Any,
-    models: ModelService,
-    runners: RunnerService,
-    jobs: JobService,
-) -> DeploymentService:
-    """The deployment service on ``stores``, wired into the runner and job services."""
-    store = stores.deployments
-    runner_store = stores.runners
-    svc = DeploymentService(
-        store,
-        store,
-        models,
-        stores.blobs,
-        runner_store.list_runners,
-        runner_store.find_runner,
-        jobs.queue_snapshot,
-        presign_ttl_s=settings.presign_ttl_s,
-        offline_after_s=settings.runner_offline_after_s,
-        interval_s=settings.placement_interval_s,
-        policy=pl.Policy(
-            scale_up_wait_s=settings.scale_up_wait_s,
-            scale_down_idle_s=settings.scale_down_idle_s,
-            cooldown_s=settings.scale_cooldown_s,
-        ),
-    )
-    svc.allow_mock_runners = settings.allow_mock_runners
-    capacity = getattr(stores, "capacity", None)
-    if capacity is not None:
-        svc.pool_exists = lambda name: capacity.get_pool(name) is not None
-    runners.desired_models = svc.desired_models
-
-    def copy_to_regions(rec: ModelVersionRecord) -> None:
-        svc.copies.copy_version(rec.name, rec.version, rec.files)
-
-    models.after_ready.append(copy_to_regions)
-    models.after_delete.append(svc.copies.delete_version)
-    jobs.waiting_reason = svc.waiting_reason
-    jobs.lease_offers = svc.lease_offers
-    models.loaded_on = svc.loaded_on
-    return svc

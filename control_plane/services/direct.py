@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gpufleet.wire import DirectRequest, DirectTicket
+from gpufleet.wire import DirectRequest, DirectTicket, RunnerStatus
 
 from control_plane import clock
 from control_plane.errors import NotFound, Unavailable
@@ -46,7 +46,7 @@ class DirectService:
         keys: SigningKeys,
         target: Callable[[Principal, str, str | None], ModelVersionRecord | None],
         runners: Callable[[], list[RunnerRecord]],
-        status_of: Callable[[RunnerRecord], str],
+        status_of: Callable[[RunnerRecord], RunnerStatus],
         *,
         issuer: str,
         ttl_s: int = MAX_TICKET_TTL_S,

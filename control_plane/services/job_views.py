@@ -28,7 +28,7 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
     queue_ms = int((job.started_at - job.created_at) * 1000) if job.started_at is not None else None
     return JobView(
         id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         model=job.model,
         model_version=job.model_version,
         priority=job.priority,

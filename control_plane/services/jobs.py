@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+
+from gpufleet.wire import JobRequest
 
 from control_plane import clock
 from control_plane.services.fair_share import FairShare
@@ -40,23 +41,25 @@ from control_plane.services.models import ModelService
 from control_plane.services.offload import Offload
 from control_plane.services.payloads import PayloadService
 from control_plane.services.placement import QueueSnapshot
+from control_plane.services.placement_view import PlacementView
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.services.queue_ops import QueueOps
 from control_plane.services.quotas import QuotaService
-from control_plane.services.regions import RegionPolicy
+from control_plane.services.regions import RegionPolicy, RegionService
 from control_plane.services.shared_reads import SharedReads
 from control_plane.services.sweeper import Sweeper
+from control_plane.services.transitions import TransitionBus
 from control_plane.services.wakeups import (
     Wakeups,
 )
 from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
-    JobStore,
+    JobServiceStores,
 )
 from control_plane.storage.protocols_limits import LimitsStore
 
-__all__ = ["JobService", "SharedReads", "build_job_service", "run_timings"]
+__all__ = ["JobService", "SharedReads", "run_timings"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +75,18 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: JobServiceStores,
         models: ModelService,
         blobs: BlobStore,
         offload: Offload | None = None,
         limits: LimitsStore | None = None,
         now: Callable[[], float] = clock.now,
+        *,
+        transitions: TransitionBus | None = None,
+        quotas: QuotaService | None = None,
+        request_checks: Sequence[Callable[[JobRequest], None]] = (),
+        placement: PlacementView = PlacementView(),
+        regions: RegionService | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -87,23 +96,20 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
         self._models = models
         self._blobs = blobs
         self.payloads = PayloadService(settings, blobs)  # POST /v1/payloads, lease URLs
-        self.on_transition = []
-        # Hooks that also get the job's record as just written (no read back needed).
-        self.on_record_transition = []
+        # Who hears of transitions (services/transitions.py): the bus's subscriber lists.
+        self.transitions = transitions if transitions is not None else TransitionBus()
+        self.on_transition = self.transitions.views
+        self.on_record_transition = self.transitions.records
+        self.on_region_lease = self.transitions.region_leases
         # Extra submit-time checks (the webhook target check); each raises InvalidRequest.
-        self.request_checks = []
-        # Placement hooks (services/deployments.py): why a QUEUED job waits, and which of a
-        # runner's offered models it may be leased jobs of (READY there, for deployed models).
-        self.waiting_reason = None
-        # Capacity (services/capacity): did the job wait for a host started for it?
-        self.cold_host = None
-        # Whether a runner may still lease (not revoked); re-checked during long polls.
-        self.runner_usable = None
-        self.lease_offers = None
+        self.request_checks = tuple(request_checks)
+        # Placement, capacity and runners (services/placement_view.py).
+        self.waiting_reason = placement.waiting_reason
+        self.cold_host = placement.cold_host
+        self.runner_usable = placement.runner_usable
+        self.lease_offers = placement.lease_offers
         # Regions (services/regions.py): request defaults, the lease filter, waiting words.
-        self.regions = None
-        # Per leased job: (the runner's region, "preferred" | "spilled" | "any").
-        self.on_region_lease = []
+        self.regions = regions
         self._ops = QueueOps(settings, store, self._transitioned)
         self._sweeper = Sweeper(settings, store, self._ops, self._transitioned, now)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lease-read")
@@ -118,9 +124,12 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
         self.wakeups = Wakeups()
         self._ready_cache = {}
         self._depth_cache = {}
-        # Tenant quotas (submit checks, load counters) and fair leasing across tenants.
-        self.quotas = QuotaService(settings, limits, now=now)
-        self.on_record_transition.append(self.quotas.job_transition)
+        # Tenant quotas (submit checks, load counters) and fair leasing across tenants; the
+        # composition root builds them and subscribes their counters to the bus.
+        if quotas is None:
+            quotas = QuotaService(settings, limits, now=now)
+            self.transitions.on_record(quotas.job_transition)
+        self.quotas = quotas
         self._fair = FairShare(self.quotas.weight, self.quotas.running_room)
         self._readied = {}  # runner id -> heartbeats with a newly READY model
         self._finished = FinishedRecords()  # terminal records handed to woken waits
@@ -178,15 +187,3 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
         self._store.jobs.ping()
         self._store.queue.ping()
         self._blobs.ping()
-
-
-def build_job_service(
-    settings: Settings, stores: Any, now: Callable[[], float] = clock.now
-) -> tuple[JobService, ModelService]:
-    """The job and model services on ``stores`` (a ``control_plane.storage.stores.Stores``),
-    reading the time from ``now``."""
-    deployments = getattr(stores, "deployments", None)  # implicit deployments (models.py)
-    models = ModelService(settings, stores.models, stores.blobs, deployments=deployments, now=now)
-    offload = Offload(inline=getattr(stores, "kind", "") == "sqlite")
-    limits = getattr(stores, "limits", None)
-    return JobService(settings, stores.jobs, models, stores.blobs, offload, limits, now), models

@@ -42,7 +42,7 @@ from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
     JobRecord,
-    JobStore,
+    JobServiceStores,
     ModelVersionRecord,
 )
 
@@ -130,7 +130,7 @@ class JobCore:
     check of a lease, and the transition this replica commits (waiters woken, hooks called)."""
 
     _settings: Settings
-    _store: JobStore
+    _store: JobServiceStores
     _now: Callable[[], float]
     offload: Offload
     _models: ModelService
@@ -138,7 +138,7 @@ class JobCore:
     payloads: PayloadService
     on_transition: builtins.list[Transition]
     on_record_transition: builtins.list[RecordTransition]
-    request_checks: builtins.list[Callable[[JobRequest], None]]
+    request_checks: tuple[Callable[[JobRequest], None], ...]
     waiting_reason: Callable[[JobRecord], str | None] | None
     cold_host: Callable[[JobRecord], bool | None] | None
     runner_usable: Callable[[str], bool] | None

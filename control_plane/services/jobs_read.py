@@ -140,7 +140,7 @@ class JobReads(JobCore):
                 await sleep_or_wake(changed, min(self._settings.poll_interval_s, left))
                 read = not changed.is_set()  # a poll round; a wake-up here has no news
 
-    def list(
+    def list_jobs(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None
     ) -> JobList:
         """The caller's tenant's jobs, newest first (admins: every tenant's)."""
@@ -198,7 +198,7 @@ class JobReads(JobCore):
         job = self._load(p, job_id)
         info = job.run_info or {}
         ref = info.get("logs_ref")
-        out = JobLogs(id=job.id, status=job.status)  # type: ignore[arg-type]
+        out = JobLogs(id=job.id, status=job.status)
         if "logs" in info:  # short logs live in the record itself
             out.logs = str(info["logs"])
         elif ref:

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpufleet.wire import (
@@ -89,7 +89,7 @@ def version_view(rec: ModelVersionRecord) -> ModelVersionView:
     return ModelVersionView(
         name=rec.name,
         version=rec.version,
-        state=rec.state,  # type: ignore[arg-type]
+        state=rec.state,
         created_at=iso(rec.created_at) or "",
         platform=rec.platform or rec.backend or None,
         max_batch_size=rec.max_batch_size,
@@ -134,6 +134,9 @@ class ModelService:
         part_size: int = PART_SIZE,
         deployments: DeploymentStore | None = None,
         now: Callable[[], float] = clock.now,
+        loaded_on: Callable[[str], dict[str, list[str]]] | None = None,
+        after_ready: Sequence[Callable[[ModelVersionRecord], None]] = (),
+        after_delete: Sequence[Callable[[str, str], None]] = (),
     ) -> None:
         self._settings = settings
         self._deployments = deployments
@@ -145,11 +148,11 @@ class ModelService:
         self.generation = 0
         self._part_size = part_size
         # model name -> {version: runner ids reporting it READY} (services/deployments.py)
-        self.loaded_on: Callable[[str], dict[str, list[str]]] | None = None
+        self.loaded_on = loaded_on
         # Called with each version this replica marks READY (region copies, regions.md).
-        self.after_ready: list[Callable[[ModelVersionRecord], None]] = []
+        self.after_ready = tuple(after_ready)
         # Called with (name, version) of each version this replica deletes.
-        self.after_delete: list[Callable[[str, str], None]] = []
+        self.after_delete = tuple(after_delete)
 
     # ------------------------------------------------------------------ access
     def _visible_owner(self, p: Principal | None, name: str, missing: type[NotFound]) -> str:
@@ -391,7 +394,7 @@ class ModelService:
             raise NotFound(f"model {name!r} has no version {version}")
         return rec
 
-    def list(self, p: Principal) -> ModelList:
+    def list_models(self, p: Principal) -> ModelList:
         """Every model the caller can see, with its versions."""
         p.require("models:read")
         views = [

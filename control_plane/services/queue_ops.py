@@ -22,8 +22,8 @@ requeue  1. put a new queue entry with a new token
 Batches (submit, claim, complete) run each step for the whole batch before the next one (all
 markers, then all commits, then the index clean-up, with one depth update per queue shard), so
 each job still sees its steps in the order above, and the batch calls of the store apply:
-BatchWriteItem on DynamoDB, one transaction on SQLite (``JobStore.atomic``). Hooks are called
-after the batch, never inside its unit of work.
+BatchWriteItem on DynamoDB, one transaction on SQLite (``JobServiceStores.atomic``). Hooks are
+called after the batch, never inside its unit of work.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from control_plane.storage.protocols import (
     IdempotencyRecord,
     IdempotencyStore,
     JobRecord,
-    JobStore,
+    JobServiceStores,
     Marker,
     QueueEntry,
 )
@@ -79,7 +79,7 @@ class Finish:
 class QueueOps:
     """Transitions that keep the queue entries, markers and depth counters in step with jobs."""
 
-    def __init__(self, settings: Settings, store: JobStore, notify: Notify) -> None:
+    def __init__(self, settings: Settings, store: JobServiceStores, notify: Notify) -> None:
         self._settings = settings
         self._store = store
         self._notify = notify

@@ -7,11 +7,12 @@ Hot-path costs (submit and lease run ~1000 jobs/s on one replica):
   (one listing each, every tenant at once), never per submit;
 - the submit-rate token buckets live in memory, one per tenant **per replica** (N replicas
   admit up to N x the rate; set the rate per replica, see docs/quotas.md);
-- queued/running counts: every transition this replica commits is counted in memory (an
-  ``on_record_transition`` hook); the deltas are added to the store's per-tenant counters
-  (``LimitsStore.add_load``) and every tenant's counters are read back at most every
-  ``LOAD_CACHE_S``. A count is the last read plus this replica's transitions since, so it
-  is exact on one replica and lags by at most ``LOAD_CACHE_S`` across replicas.
+- queued/running counts: every transition this replica commits is counted in memory (a
+  subscriber of the transition bus, ``services/transitions.py``); the deltas are added to
+  the store's per-tenant counters (``LimitsStore.add_load``) and every tenant's counters
+  are read back at most every ``LOAD_CACHE_S``. A count is the last read plus this
+  replica's transitions since, so it is exact on one replica and lags by at most
+  ``LOAD_CACHE_S`` across replicas.
 
 Refusals: ``RateLimited`` (429, ``Retry-After``, ``details.quota`` = ``max_queued`` or
 ``submit_rate``) and ``Forbidden`` (403, ``details.field`` = ``priority``) for a priority above
@@ -131,7 +132,7 @@ class QuotaService:
 
     # ------------------------------------------------------------------ load counters
     def job_transition(self, job: JobRecord, _view: Any, previous: str | None) -> None:
-        """``on_record_transition`` hook: count the job in or out of queued and running."""
+        """Transition-bus subscriber: count the job in or out of queued and running."""
         deltas: list[tuple[str, int]] = []
         if previous in ("QUEUED", "RUNNING"):
             deltas.append((previous, -1))

@@ -237,6 +237,7 @@ class RegionService:
         deployment_defaults: Callable[[str], RegionDefaults | None] | None = None,
         cache_s: float = 2.0,
         now: Callable[[], float] = time.time,
+        callers: Any = None,
     ) -> None:
         self.default_spill_s = default_spill_s
         self.control_plane_region = control_plane_region
@@ -252,7 +253,7 @@ class RegionService:
         self._dep_cache: dict[str, tuple[float, RegionDefaults | None]] = {}
         # the stored defaults of tenants and API keys (services/region_defaults.py); None:
         # only ``tenant_defaults`` (the settings' ``tenant_regions``)
-        self.callers: Any = None
+        self.callers: Any = callers
 
     # ------------------------------------------------------------------ requests
     def resolve(self, tenant: str, req: JobRequest, *, key_id: str | None = None) -> JobRequest:
@@ -476,40 +477,6 @@ class RegionService:
             "regions": regions,
             "latency": pairs,
         }
-
-
-def wire_regions(
-    settings: Any, stores: Any, runners: Any, jobs: Any, deployments: Any
-) -> RegionService:
-    """The region service on the runner store, wired into the job service (defaults, the
-    lease filter, waiting words), the runner service (heartbeat RTTs) and the deployments
-    (their region defaults)."""
-    svc = RegionService(
-        default_spill_s=settings.region_spill_after_s,
-        control_plane_region=settings.control_plane_region,
-        tenant_defaults={
-            tenant: RegionDefaults(t.default_region, tuple(t.regions_allowed))
-            for tenant, t in settings.tenant_regions.items()
-        },
-        list_runners=stores.runners.list_runners,
-        offline_after_s=settings.runner_offline_after_s,
-        deployment_defaults=getattr(deployments, "region_defaults", None),
-    )
-    from control_plane.services.region_defaults import RegionDefaultsService
-
-    svc.callers = RegionDefaultsService(
-        getattr(stores, "limits", None),
-        {
-            tenant: RegionDefaults(t.default_region, tuple(t.regions_allowed))
-            for tenant, t in settings.tenant_regions.items()
-        },
-        find_key=stores.auth.find_api_key,
-        known_regions=lambda: known_regions(settings, stores),
-    )
-    jobs.regions = svc
-    runners.observe_rtt = svc.observe_rtt
-    runners.region_rtt = svc.measured_rtt_ms
-    return svc
 
 
 def known_regions(settings: Any, stores: Any) -> set[str]:

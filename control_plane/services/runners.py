@@ -17,7 +17,7 @@ a long poll signed just before). Until the confirmation the current secret works
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gpufleet import signing
@@ -30,6 +30,7 @@ from gpufleet.wire import (
     RunnerConfig,
     RunnerConfigPatch,
     RunnerList,
+    RunnerStatus,
     RunnerView,
 )
 
@@ -62,6 +63,12 @@ class RunnerService:
         rotation_s: float = 0.0,
         overlap_s: float = 900.0,
         now: Callable[[], float] = clock.now,
+        desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None,
+        observe_rtt: Callable[[str, float], None] | None = None,
+        region_rtt: Callable[[str], float | None] | None = None,
+        models_of: Callable[[str], set[str]] = lambda _tenant: set(),
+        jobs_of: Callable[[str, list[str]], list[str]] = lambda _tenant, _ids: [],
+        on_ready: Sequence[Callable[[str, list[str]], None]] = (),
     ) -> None:
         self._rotation_s = rotation_s  # 0: secrets rotate on demand only
         self._overlap_s = overlap_s
@@ -73,18 +80,18 @@ class RunnerService:
         self._offline_after_s = offline_after_s
         self._now = now
         # Placement (services/deployments.py): the heartbeat answer's desired_models.
-        self.desired_models: Callable[[RunnerRecord], list[DesiredModel] | None] | None = None
+        self.desired_models = desired_models
         # Regions (services/regions.py): a heartbeat's measured round trip, by region, and
         # the measured value a runner view shows.
-        self.observe_rtt: Callable[[str, float], None] | None = None
-        self.region_rtt: Callable[[str], float | None] | None = None
-        # Whose is whose in the runner view of a non-admin (set by the composition root;
-        # the defaults show a non-admin no model and no job).
-        self.models_of: Callable[[str], set[str]] = lambda _tenant: set()
-        self.jobs_of: Callable[[str, list[str]], list[str]] = lambda _tenant, _ids: []
+        self.observe_rtt = observe_rtt
+        self.region_rtt = region_rtt
+        # Whose is whose in the runner view of a non-admin (the defaults show a non-admin
+        # no model and no job).
+        self.models_of = models_of
+        self.jobs_of = jobs_of
         # Called with the model names a heartbeat newly reports READY (its lease long polls,
         # which offer only what the last heartbeat said is READY, look again at once).
-        self.on_ready: list[Callable[[str, list[str]], None]] = []
+        self.on_ready = tuple(on_ready)
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest, client: str | None = None) -> RegisterResponse:
@@ -295,7 +302,7 @@ class RunnerService:
     def config_of(rec: RunnerRecord) -> RunnerConfig:
         return RunnerConfig.model_validate(rec.config)
 
-    def status_of(self, rec: RunnerRecord) -> str:
+    def status_of(self, rec: RunnerRecord) -> RunnerStatus:
         if rec.revoked:
             return "REVOKED"
         last = rec.last_heartbeat_at

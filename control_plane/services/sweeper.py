@@ -30,7 +30,7 @@ from gpufleet._logs import bind
 from control_plane import clock
 from control_plane.services.queue_ops import Notify, QueueOps
 from control_plane.settings import Settings
-from control_plane.storage.protocols import JobRecord, JobStore, Marker
+from control_plane.storage.protocols import JobRecord, JobServiceStores, Marker
 
 MARKERS_PER_PAGE = 100
 MAX_PAGES = 10
@@ -43,7 +43,7 @@ class Sweeper:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: JobServiceStores,
         ops: QueueOps,
         notify: Notify,
         now: Callable[[], float] = clock.now,

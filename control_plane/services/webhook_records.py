@@ -28,12 +28,12 @@ class Delivery:
     """One event of one job to its webhook URL (the body is frozen when it is enqueued)."""
 
     job_id: str
-    event: str
+    event: EventType
     msg_id: str
     tenant: str
     url: str
     body: str
-    state: str
+    state: DeliveryState
     attempts: int
     created_at: float
     next_attempt_at: float | None = None

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from secrets import token_bytes
-from typing import Any
+from typing import Any, Final
 
 from gpufleet.webhooks import SECRET_PREFIX
 from gpufleet.wire import (
@@ -35,6 +35,7 @@ from control_plane.services.principal import Principal
 from control_plane.services.webhook_delivery import DeliveryPolicy, WebhookWorker
 from control_plane.services.webhook_records import (
     Delivery,
+    EventType,
     SecretRecord,
     SecretStore,
     WebhookStore,
@@ -54,8 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_RUNNING = "job.running"
-EVENT_COMPLETED = "job.completed"
+EVENT_RUNNING: Final = "job.running"
+EVENT_COMPLETED: Final = "job.completed"
 MAX_BODY_BYTES = 350_000  # a DynamoDB item holds 400 KB; larger outputs are left out
 _SECRET_SCOPE = "jobs:write"  # noqa: S105 - a scope name
 _ROTATE_TRIES = 5
@@ -68,7 +69,7 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(token_bytes(_SECRET_BYTES)).decode()
 
 
-def events_for(status: str, wanted: list[str]) -> str | None:
+def events_for(status: str, wanted: list[str]) -> EventType | None:
     """The event a job entering ``status`` raises, if the job's ``webhook.events`` wants it."""
     if status == "RUNNING" and "running" in wanted:
         return EVENT_RUNNING
@@ -264,9 +265,9 @@ class WebhookService:
             views.append(
                 WebhookDeliveryView(
                     id=d.msg_id,
-                    type=d.event,  # type: ignore[arg-type]
+                    type=d.event,
                     url=d.url,
-                    status=d.state,  # type: ignore[arg-type]
+                    status=d.state,
                     created_at=iso(d.created_at) or "",
                     next_attempt_at=iso(d.next_attempt_at) if d.state == "pending" else None,
                     attempts=[

@@ -17,21 +17,14 @@ from typing import Any
 
 from control_plane.errors import Conflict
 from control_plane.storage.aws import conditional_write, translate_errors
+from control_plane.storage.dynamo_items import (
+    bool_attr,
+    num_attr,
+    str_attr,
+)
 from control_plane.storage.protocols_auth import ApiKeyRecord, JoinTokenRecord, RefreshRecord
 
 _NOT_EXISTS = "attribute_not_exists(pk)"
-
-
-def _s(v: str) -> dict[str, str]:
-    return {"S": v}
-
-
-def _n(v: float) -> dict[str, str]:
-    return {"N": repr(float(v)) if not float(v).is_integer() else str(int(v))}
-
-
-def _b(v: bool) -> dict[str, bool]:
-    return {"BOOL": v}
 
 
 def _api_key(key_id: str, item: dict[str, Any]) -> ApiKeyRecord:
@@ -76,7 +69,7 @@ class DynamoAuthStore:
     def _get(self, pk: str, what: str) -> dict[str, Any] | None:
         with translate_errors(what):
             item = self._db.get_item(
-                TableName=self._table, Key={"pk": _s(pk)}, ConsistentRead=True
+                TableName=self._table, Key={"pk": str_attr(pk)}, ConsistentRead=True
             ).get("Item")
         return item if item else None
 
@@ -88,15 +81,15 @@ class DynamoAuthStore:
     def _flag(self, pk: str, attr: str, what: str, *, require_false: bool) -> bool:
         """Set ``attr`` to true on an existing item; False when the condition fails."""
         cond = "attribute_exists(pk)"
-        values: dict[str, Any] = {":t": _b(True)}
+        values: dict[str, Any] = {":t": bool_attr(True)}
         if require_false:
             cond += " AND #a = :f"
-            values[":f"] = _b(False)
+            values[":f"] = bool_attr(False)
         done = conditional_write(
             what,
             self._db.update_item,
             TableName=self._table,
-            Key={"pk": _s(pk)},
+            Key={"pk": str_attr(pk)},
             UpdateExpression="SET #a = :t",
             ConditionExpression=cond,
             ExpressionAttributeNames={"#a": attr},
@@ -109,13 +102,13 @@ class DynamoAuthStore:
         """Store a new key (fails with Conflict if the id exists)."""
         self._put_new(
             {
-                "pk": _s(f"key#{rec.id}"),
-                "tenant": _s(rec.tenant),
-                "role": _s(rec.role),
-                "name": _s(rec.name),
-                "secret_hash": _s(rec.secret_hash),
-                "created_at": _n(rec.created_at),
-                "revoked": _b(rec.revoked),
+                "pk": str_attr(f"key#{rec.id}"),
+                "tenant": str_attr(rec.tenant),
+                "role": str_attr(rec.role),
+                "name": str_attr(rec.name),
+                "secret_hash": str_attr(rec.secret_hash),
+                "created_at": num_attr(rec.created_at),
+                "revoked": bool_attr(rec.revoked),
             },
             "save api key",
         )
@@ -131,7 +124,7 @@ class DynamoAuthStore:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "FilterExpression": "begins_with(pk, :k)",
-            "ExpressionAttributeValues": {":k": _s("key#")},
+            "ExpressionAttributeValues": {":k": str_attr("key#")},
         }
         with translate_errors("list api keys"):
             while True:
@@ -154,15 +147,15 @@ class DynamoAuthStore:
             "rotate api key",
             self._db.update_item,
             TableName=self._table,
-            Key={"pk": _s(f"key#{key_id}")},
+            Key={"pk": str_attr(f"key#{key_id}")},
             UpdateExpression="SET secret_hash = :new, previous_secret_hash = :old, "
             "previous_valid_until = :until",
             ConditionExpression="attribute_exists(pk) AND revoked = :f AND secret_hash = :old",
             ExpressionAttributeValues={
-                ":new": _s(new_hash),
-                ":old": _s(expected_hash),
-                ":until": _n(previous_valid_until),
-                ":f": _b(False),
+                ":new": str_attr(new_hash),
+                ":old": str_attr(expected_hash),
+                ":until": num_attr(previous_valid_until),
+                ":f": bool_attr(False),
             },
         )
         return done is not None
@@ -171,14 +164,14 @@ class DynamoAuthStore:
     def save_refresh_token(self, rec: RefreshRecord) -> None:
         self._put_new(
             {
-                "pk": _s(f"rt#{rec.id}"),
-                "secret_hash": _s(rec.secret_hash),
-                "family": _s(rec.family),
-                "key_id": _s(rec.key_id),
-                "tenant": _s(rec.tenant),
-                "role": _s(rec.role),
-                "used": _b(rec.used),
-                "expires_at": _n(rec.expires_at),
+                "pk": str_attr(f"rt#{rec.id}"),
+                "secret_hash": str_attr(rec.secret_hash),
+                "family": str_attr(rec.family),
+                "key_id": str_attr(rec.key_id),
+                "tenant": str_attr(rec.tenant),
+                "role": str_attr(rec.role),
+                "used": bool_attr(rec.used),
+                "expires_at": num_attr(rec.expires_at),
             },
             "save refresh token",
         )
@@ -207,7 +200,7 @@ class DynamoAuthStore:
         with translate_errors("revoke token family"):
             self._db.put_item(
                 TableName=self._table,
-                Item={"pk": _s(f"fam#{family}"), "expires_at": _n(expires_at)},
+                Item={"pk": str_attr(f"fam#{family}"), "expires_at": num_attr(expires_at)},
             )
 
     def family_revoked(self, family: str) -> bool:
@@ -217,12 +210,12 @@ class DynamoAuthStore:
     def save_join_token(self, rec: JoinTokenRecord) -> None:
         self._put_new(
             {
-                "pk": _s(f"join#{rec.token_hash}"),
-                "region": _s(rec.region),
-                "labels": _s(json.dumps(rec.labels)),
-                "expires_at": _n(rec.expires_at),
-                "max_uses": _n(rec.max_uses),
-                "uses": _n(rec.uses),
+                "pk": str_attr(f"join#{rec.token_hash}"),
+                "region": str_attr(rec.region),
+                "labels": str_attr(json.dumps(rec.labels)),
+                "expires_at": num_attr(rec.expires_at),
+                "max_uses": num_attr(rec.max_uses),
+                "uses": num_attr(rec.uses),
             },
             "save join token",
         )
@@ -233,11 +226,15 @@ class DynamoAuthStore:
             "claim join token",
             self._db.update_item,
             TableName=self._table,
-            Key={"pk": _s(f"join#{token_hash}")},
+            Key={"pk": str_attr(f"join#{token_hash}")},
             UpdateExpression="SET uses = if_not_exists(uses, :zero) + :one, last_used_at = :now",
             ConditionExpression="attribute_exists(pk) AND expires_at >= :now AND "
             "(attribute_not_exists(max_uses) OR max_uses = :zero OR uses < max_uses)",
-            ExpressionAttributeValues={":zero": _n(0), ":one": _n(1), ":now": _n(now)},
+            ExpressionAttributeValues={
+                ":zero": num_attr(0),
+                ":one": num_attr(1),
+                ":now": num_attr(now),
+            },
             ReturnValues="ALL_NEW",
         )
         return None if out is None else _join(token_hash, out["Attributes"])
@@ -248,7 +245,7 @@ class DynamoAuthStore:
             "consume join token",
             self._db.delete_item,
             TableName=self._table,
-            Key={"pk": _s(f"join#{token_hash}")},
+            Key={"pk": str_attr(f"join#{token_hash}")},
             ConditionExpression="attribute_exists(pk)",
         )
         return done is not None
@@ -269,7 +266,7 @@ class DynamoAuthStore:
         with translate_errors("delete join token"):
             resp = self._db.delete_item(
                 TableName=self._table,
-                Key={"pk": _s(f"join#{token_hash}")},
+                Key={"pk": str_attr(f"join#{token_hash}")},
                 ReturnValues="ALL_OLD",
             )
         return bool(resp.get("Attributes"))
@@ -279,7 +276,7 @@ class DynamoAuthStore:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "FilterExpression": "begins_with(pk, :p)",
-            "ExpressionAttributeValues": {":p": _s(prefix)},
+            "ExpressionAttributeValues": {":p": str_attr(prefix)},
         }
         with translate_errors(what):
             while True:
@@ -296,7 +293,7 @@ class DynamoAuthStore:
             "store signing key",
             self._db.put_item,
             TableName=self._table,
-            Item={"pk": _s("meta#jwt"), "key": _s(candidate)},
+            Item={"pk": str_attr("meta#jwt"), "key": str_attr(candidate)},
             ConditionExpression=_NOT_EXISTS,
         )
         item = self._get("meta#jwt", "read signing key")

@@ -23,13 +23,13 @@ from typing import Any
 from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.definitions import TTL_ATTRIBUTE
 from control_plane.storage.dynamo_items import (
-    get_i,
-    get_j,
-    get_n,
-    get_s,
-    j,
-    n,
-    s,
+    json_attr,
+    num_attr,
+    read_int,
+    read_json,
+    read_num,
+    read_str,
+    str_attr,
 )
 from control_plane.storage.protocols_capacity import CapacityRecord, PoolRecord
 
@@ -49,12 +49,12 @@ class DynamoCapacityStore:
         with translate_errors("put pool"):
             out = self._db.update_item(
                 TableName=self._table,
-                Key={"pk": s(POOLS_PK), "sk": s(name)},
+                Key={"pk": str_attr(POOLS_PK), "sk": str_attr(name)},
                 UpdateExpression=(
                     "SET spec = :spec, updated_at = :now, "
                     "created_at = if_not_exists(created_at, :now)"
                 ),
-                ExpressionAttributeValues={":spec": j(spec), ":now": n(now)},
+                ExpressionAttributeValues={":spec": json_attr(spec), ":now": num_attr(now)},
                 ReturnValues="ALL_NEW",
             )
         return _pool(out["Attributes"])
@@ -63,7 +63,7 @@ class DynamoCapacityStore:
         with translate_errors("get pool"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"pk": s(POOLS_PK), "sk": s(name)},
+                Key={"pk": str_attr(POOLS_PK), "sk": str_attr(name)},
                 ConsistentRead=True,
             ).get("Item")
         return None if not item else _pool(item)
@@ -73,7 +73,7 @@ class DynamoCapacityStore:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": s(POOLS_PK)},
+            "ExpressionAttributeValues": {":pk": str_attr(POOLS_PK)},
             "ConsistentRead": True,
         }
         with translate_errors("list pools"):
@@ -89,7 +89,7 @@ class DynamoCapacityStore:
         with translate_errors("delete pool"):
             out = self._db.delete_item(
                 TableName=self._table,
-                Key={"pk": s(POOLS_PK), "sk": s(name)},
+                Key={"pk": str_attr(POOLS_PK), "sk": str_attr(name)},
                 ReturnValues="ALL_OLD",
             )
         return bool(out.get("Attributes"))
@@ -98,15 +98,15 @@ class DynamoCapacityStore:
         with translate_errors("get capacity decision"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"pk": s(DECISION_PK), "sk": s(DECISION_SK)},
+                Key={"pk": str_attr(DECISION_PK), "sk": str_attr(DECISION_SK)},
                 ConsistentRead=True,
             ).get("Item")
         if not item:
             return None
         return CapacityRecord(
-            revision=get_i(item, "revision"),
-            decided_at=float(get_n(item, "decided_at") or 0.0),
-            doc=get_j(item, "doc") or {},
+            revision=read_int(item, "revision"),
+            decided_at=float(read_num(item, "decided_at") or 0.0),
+            doc=read_json(item, "doc") or {},
         )
 
     def save_decision(self, doc: dict[str, Any], decided_at: float, expected_revision: int) -> bool:
@@ -114,16 +114,16 @@ class DynamoCapacityStore:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "Item": {
-                "pk": s(DECISION_PK),
-                "sk": s(DECISION_SK),
-                "revision": n(expected_revision + 1),
-                "decided_at": n(decided_at),
-                "doc": j(doc),
+                "pk": str_attr(DECISION_PK),
+                "sk": str_attr(DECISION_SK),
+                "revision": num_attr(expected_revision + 1),
+                "decided_at": num_attr(decided_at),
+                "doc": json_attr(doc),
             },
             "ConditionExpression": condition,
         }
         if expected_revision:
-            kwargs["ExpressionAttributeValues"] = {":expected": n(expected_revision)}
+            kwargs["ExpressionAttributeValues"] = {":expected": num_attr(expected_revision)}
         return conditional_write("save capacity decision", self._db.put_item, **kwargs) is not None
 
     def append_events(self, pool: str, events: list[dict[str, Any]], keep: int) -> None:
@@ -134,10 +134,10 @@ class DynamoCapacityStore:
             {
                 "PutRequest": {
                     "Item": {
-                        "pk": s(f"events#{pool}"),
-                        "sk": s(f"{int(float(e['at']) * 1e6):017d}#{i:04d}#{nonce}"),
-                        "doc": j(e),
-                        TTL_ATTRIBUTE: n(int(float(e["at"])) + EVENT_TTL_S),
+                        "pk": str_attr(f"events#{pool}"),
+                        "sk": str_attr(f"{int(float(e['at']) * 1e6):017d}#{i:04d}#{nonce}"),
+                        "doc": json_attr(e),
+                        TTL_ATTRIBUTE: num_attr(int(float(e["at"])) + EVENT_TTL_S),
                     }
                 }
             }
@@ -157,18 +157,18 @@ class DynamoCapacityStore:
             page = self._db.query(
                 TableName=self._table,
                 KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": s(f"events#{pool}")},
+                ExpressionAttributeValues={":pk": str_attr(f"events#{pool}")},
                 ScanIndexForward=False,
                 Limit=limit,
                 ConsistentRead=True,
             )
-        return [get_j(it, "doc") for it in page.get("Items", [])]
+        return [read_json(it, "doc") for it in page.get("Items", [])]
 
 
 def _pool(item: dict[str, Any]) -> PoolRecord:
     return PoolRecord(
-        name=str(get_s(item, "sk")),
-        spec=get_j(item, "spec") or {},
-        created_at=float(get_n(item, "created_at") or 0.0),
-        updated_at=float(get_n(item, "updated_at") or 0.0),
+        name=str(read_str(item, "sk")),
+        spec=read_json(item, "spec") or {},
+        created_at=float(read_num(item, "created_at") or 0.0),
+        updated_at=float(read_num(item, "updated_at") or 0.0),
     )

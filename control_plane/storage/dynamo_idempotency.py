@@ -10,7 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.storage.aws import translate_errors, try_conditional
-from control_plane.storage.dynamo_items import get_i, get_n, get_s, n, s
+from control_plane.storage.dynamo_items import (
+    num_attr,
+    read_int,
+    read_num,
+    read_str,
+    str_attr,
+)
 from control_plane.storage.protocols import IdempotencyRecord
 
 
@@ -24,13 +30,13 @@ class DynamoIdempotencyStore:
     def claim_key(self, rec: IdempotencyRecord, now: float) -> IdempotencyRecord | None:
         """Bind ``rec.key`` to ``rec``; None when bound now, else the live record holding it."""
         item = {
-            "key": s(rec.key),
-            "body_hash": s(rec.body_hash),
-            "job_id": s(rec.job_id),
-            "created_at": n(rec.created_at),
-            "shard": n(rec.shard),
-            "queue_token": s(rec.queue_token),
-            "expires_at": n(rec.expires_at),
+            "key": str_attr(rec.key),
+            "body_hash": str_attr(rec.body_hash),
+            "job_id": str_attr(rec.job_id),
+            "created_at": num_attr(rec.created_at),
+            "shard": num_attr(rec.shard),
+            "queue_token": str_attr(rec.queue_token),
+            "expires_at": num_attr(rec.expires_at),
         }
         with translate_errors("claim idempotency key"):
             put = try_conditional(
@@ -39,12 +45,12 @@ class DynamoIdempotencyStore:
                 Item=item,
                 ConditionExpression="attribute_not_exists(#k) OR expires_at < :now",
                 ExpressionAttributeNames={"#k": "key"},
-                ExpressionAttributeValues={":now": n(now)},
+                ExpressionAttributeValues={":now": num_attr(now)},
             )
             if put is not None:
                 return None
             got = self._db.get_item(
-                TableName=self._table, Key={"key": s(rec.key)}, ConsistentRead=True
+                TableName=self._table, Key={"key": str_attr(rec.key)}, ConsistentRead=True
             ).get("Item")
         if not got:  # expired and removed between the two calls: try once more
             return self.claim_key(rec, now)
@@ -54,9 +60,9 @@ class DynamoIdempotencyStore:
         """The live record holding ``key`` (None: unbound or expired)."""
         with translate_errors("read idempotency key"):
             got = self._db.get_item(
-                TableName=self._table, Key={"key": s(key)}, ConsistentRead=True
+                TableName=self._table, Key={"key": str_attr(key)}, ConsistentRead=True
             ).get("Item")
-        if not got or float(get_n(got, "expires_at") or 0.0) < now:
+        if not got or float(read_num(got, "expires_at") or 0.0) < now:
             return None
         return _record(key, got)
 
@@ -64,10 +70,10 @@ class DynamoIdempotencyStore:
 def _record(key: str, got: dict[str, Any]) -> IdempotencyRecord:
     return IdempotencyRecord(
         key=key,
-        body_hash=str(get_s(got, "body_hash")),
-        job_id=str(get_s(got, "job_id")),
-        created_at=float(get_n(got, "created_at") or 0.0),
-        shard=get_i(got, "shard"),
-        queue_token=str(get_s(got, "queue_token")),
-        expires_at=float(get_n(got, "expires_at") or 0.0),
+        body_hash=str(read_str(got, "body_hash")),
+        job_id=str(read_str(got, "job_id")),
+        created_at=float(read_num(got, "created_at") or 0.0),
+        shard=read_int(got, "shard"),
+        queue_token=str(read_str(got, "queue_token")),
+        expires_at=float(read_num(got, "expires_at") or 0.0),
     )

@@ -10,46 +10,46 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def s(v: str) -> dict[str, str]:
+def str_attr(v: str) -> dict[str, str]:
     return {"S": v}
 
 
-def n(v: float) -> dict[str, str]:
+def num_attr(v: float) -> dict[str, str]:
     f = float(v)
     return {"N": str(int(f)) if f.is_integer() else repr(f)}
 
 
-def b(v: bool) -> dict[str, bool]:
+def bool_attr(v: bool) -> dict[str, bool]:
     return {"BOOL": v}
 
 
-def j(v: Any) -> dict[str, str]:
+def json_attr(v: Any) -> dict[str, str]:
     """A JSON document stored as a string (no Decimal round trips, one size to reason about)."""
     return {"S": json.dumps(v, separators=(",", ":"))}
 
 
-def get_s(item: dict[str, Any], name: str, default: str | None = None) -> str | None:
+def read_str(item: dict[str, Any], name: str, default: str | None = None) -> str | None:
     v = item.get(name)
     return default if v is None or "NULL" in v else str(v["S"])
 
 
-def get_n(item: dict[str, Any], name: str) -> float | None:
+def read_num(item: dict[str, Any], name: str) -> float | None:
     v = item.get(name)
     return None if v is None or "NULL" in v else float(v["N"])
 
 
-def get_i(item: dict[str, Any], name: str, default: int = 0) -> int:
-    v = get_n(item, name)
+def read_int(item: dict[str, Any], name: str, default: int = 0) -> int:
+    v = read_num(item, name)
     return default if v is None else int(v)
 
 
-def get_b(item: dict[str, Any], name: str) -> bool:
+def read_bool(item: dict[str, Any], name: str) -> bool:
     v = item.get(name)
     return bool(v and v.get("BOOL"))
 
 
-def get_j(item: dict[str, Any], name: str) -> Any:
-    v = get_s(item, name)
+def read_json(item: dict[str, Any], name: str) -> Any:
+    v = read_str(item, name)
     return None if v is None else json.loads(v)
 
 

@@ -27,7 +27,10 @@ from typing import Any
 
 from control_plane.errors import InvalidRequest
 from control_plane.storage.aws import translate_errors
-from control_plane.storage.dynamo_items import get_s, s
+from control_plane.storage.dynamo_items import (
+    read_str,
+    str_attr,
+)
 from control_plane.storage.protocols import JobRecord
 
 INDEX = "by_time"
@@ -55,9 +58,9 @@ class _Shard:
 
     def _key(self, created_key: str) -> dict[str, Any]:
         return {
-            "id": s(_id_of(created_key)),
-            "list_shard": s(self.name),
-            "created_key": s(created_key),
+            "id": str_attr(_id_of(created_key)),
+            "list_shard": str_attr(self.name),
+            "created_key": str_attr(created_key),
         }
 
     @property
@@ -114,7 +117,7 @@ def list_every_tenant(
             "TableName": table,
             "IndexName": INDEX,
             "KeyConditionExpression": "list_shard = :p",
-            "ExpressionAttributeValues": {":p": s(sh.name)},
+            "ExpressionAttributeValues": {":p": str_attr(sh.name)},
             "ScanIndexForward": False,
             "Limit": read,
         }
@@ -122,7 +125,7 @@ def list_every_tenant(
             kwargs["ExclusiveStartKey"] = sh.start
         with translate_errors("list jobs"):
             page = db.query(**kwargs)
-        sh.buffer.extend(str(get_s(it, "created_key")) for it in page.get("Items", []))
+        sh.buffer.extend(str(read_str(it, "created_key")) for it in page.get("Items", []))
         sh.start = page.get("LastEvaluatedKey")
         if not sh.start:
             sh.done = True  # what is buffered is the rest of this shard

@@ -25,20 +25,22 @@ import base64
 import contextlib
 import json
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
+
+from gpufleet.wire import JobStatus
 
 from control_plane.errors import InvalidRequest
 from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
-    b,
-    get_b,
-    get_i,
-    get_j,
-    get_n,
-    get_s,
-    j,
-    n,
-    s,
+    bool_attr,
+    json_attr,
+    num_attr,
+    read_bool,
+    read_int,
+    read_json,
+    read_num,
+    read_str,
+    str_attr,
 )
 from control_plane.storage.dynamo_job_listing import list_every_tenant, list_shard
 from control_plane.storage.protocols import JobRecord
@@ -63,20 +65,20 @@ def _unkey(v: str | None) -> tuple[str, str] | None:
 def to_item(job: JobRecord) -> dict[str, Any]:
     """The full item of a new job."""
     item: dict[str, Any] = {
-        "id": s(job.id),
-        "tenant": s(job.tenant),
-        "created_key": s(f"{int(job.created_at * 1000):013d}#{job.id}"),
-        "list_shard": s(list_shard(job.id)),
-        "model": s(job.model),
-        "pinned": b(job.pinned),
-        "status": s(job.status),
-        "priority": n(job.priority),
-        "created_at": n(job.created_at),
-        "timeout_s": n(job.timeout_s),
-        "ttl_s": n(job.ttl_s),
-        "max_attempts": n(job.max_attempts),
-        "attempts": n(job.attempts),
-        "request": j(job.request),
+        "id": str_attr(job.id),
+        "tenant": str_attr(job.tenant),
+        "created_key": str_attr(f"{int(job.created_at * 1000):013d}#{job.id}"),
+        "list_shard": str_attr(list_shard(job.id)),
+        "model": str_attr(job.model),
+        "pinned": bool_attr(job.pinned),
+        "status": str_attr(job.status),
+        "priority": num_attr(job.priority),
+        "created_at": num_attr(job.created_at),
+        "timeout_s": num_attr(job.timeout_s),
+        "ttl_s": num_attr(job.ttl_s),
+        "max_attempts": num_attr(job.max_attempts),
+        "attempts": num_attr(job.attempts),
+        "request": json_attr(job.request),
     }
     optional: dict[str, Any] = {
         "model_version": job.model_version,
@@ -86,41 +88,41 @@ def to_item(job: JobRecord) -> dict[str, Any]:
     }
     for name, value in optional.items():
         if value is not None:
-            item[name] = s(value)
+            item[name] = str_attr(value)
     return item
 
 
 def from_item(item: dict[str, Any]) -> JobRecord:
     """A JobRecord from a stored item."""
     return JobRecord(
-        id=str(get_s(item, "id")),
-        tenant=str(get_s(item, "tenant")),
-        model=str(get_s(item, "model")),
-        model_version=get_s(item, "model_version"),
-        pinned=get_b(item, "pinned"),
-        status=str(get_s(item, "status")),
-        priority=get_i(item, "priority"),
-        created_at=float(get_n(item, "created_at") or 0.0),
-        timeout_s=get_i(item, "timeout_s"),
-        ttl_s=get_i(item, "ttl_s"),
-        max_attempts=get_i(item, "max_attempts", 1),
-        region=get_s(item, "region"),
-        request=get_j(item, "request") or {},
-        attempts=get_i(item, "attempts"),
-        started_at=get_n(item, "started_at"),
-        finished_at=get_n(item, "finished_at"),
-        runner_id=get_s(item, "runner_id"),
-        lease_token=get_s(item, "lease_token"),
-        lease_expires_at=get_n(item, "lease_expires_at"),
-        lease_key=_unkey(get_s(item, "lease_key")),
-        queue_key=_unkey(get_s(item, "queue_key")),
-        queue_token=get_s(item, "queue_token"),
-        outputs=get_j(item, "outputs"),
-        outputs_ref=get_s(item, "outputs_ref"),
-        error=get_j(item, "error"),
-        run_ms=get_i(item, "run_ms") if "run_ms" in item else None,
-        commits=get_i(item, "commits"),
-        run_info=get_j(item, "run_info"),
+        id=str(read_str(item, "id")),
+        tenant=str(read_str(item, "tenant")),
+        model=str(read_str(item, "model")),
+        model_version=read_str(item, "model_version"),
+        pinned=read_bool(item, "pinned"),
+        status=cast(JobStatus, read_str(item, "status")),  # as it was written
+        priority=read_int(item, "priority"),
+        created_at=float(read_num(item, "created_at") or 0.0),
+        timeout_s=read_int(item, "timeout_s"),
+        ttl_s=read_int(item, "ttl_s"),
+        max_attempts=read_int(item, "max_attempts", 1),
+        region=read_str(item, "region"),
+        request=read_json(item, "request") or {},
+        attempts=read_int(item, "attempts"),
+        started_at=read_num(item, "started_at"),
+        finished_at=read_num(item, "finished_at"),
+        runner_id=read_str(item, "runner_id"),
+        lease_token=read_str(item, "lease_token"),
+        lease_expires_at=read_num(item, "lease_expires_at"),
+        lease_key=_unkey(read_str(item, "lease_key")),
+        queue_key=_unkey(read_str(item, "queue_key")),
+        queue_token=read_str(item, "queue_token"),
+        outputs=read_json(item, "outputs"),
+        outputs_ref=read_str(item, "outputs_ref"),
+        error=read_json(item, "error"),
+        run_ms=read_int(item, "run_ms") if "run_ms" in item else None,
+        commits=read_int(item, "commits"),
+        run_info=read_json(item, "run_info"),
     )
 
 
@@ -149,8 +151,8 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
     return key
 
 
-class DynamoJobStore:
-    """``JobStore`` on the ``jobs`` table."""
+class DynamoJobRecordStore:
+    """``JobRecordStore`` (the job records) on the ``jobs`` table."""
 
     def __init__(self, dynamodb: Any, table: str) -> None:
         self._db = dynamodb
@@ -181,20 +183,22 @@ class DynamoJobStore:
     def get_job(self, job_id: str) -> JobRecord | None:
         with translate_errors("get job"):
             item = self._db.get_item(
-                TableName=self._table, Key={"id": s(job_id)}, ConsistentRead=True
+                TableName=self._table, Key={"id": str_attr(job_id)}, ConsistentRead=True
             ).get("Item")
         return from_item(item) if item else None
 
     def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """id -> record of the jobs that exist (consistent reads, 100 ids per request)."""
-        return {str(get_s(it, "id")): from_item(it) for it in self._batch_get(job_ids, "get jobs")}
+        return {
+            str(read_str(it, "id")): from_item(it) for it in self._batch_get(job_ids, "get jobs")
+        }
 
     def _batch_get(self, job_ids: list[str], what: str, **projection: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         unique = list(dict.fromkeys(job_ids))
         with translate_errors(what):
             for i in range(0, len(unique), 100):
-                keys: list[dict[str, Any]] = [{"id": s(x)} for x in unique[i : i + 100]]
+                keys: list[dict[str, Any]] = [{"id": str_attr(x)} for x in unique[i : i + 100]]
                 request: dict[str, Any] = {
                     self._table: {"Keys": keys, "ConsistentRead": True, **projection}
                 }
@@ -216,7 +220,7 @@ class DynamoJobStore:
             ProjectionExpression="id, #s",
             ExpressionAttributeNames={"#s": "status"},
         )
-        return {str(get_s(it, "id")): str(get_s(it, "status")) for it in items}
+        return {str(read_str(it, "id")): str(read_str(it, "status")) for it in items}
 
     def list_jobs(
         self,
@@ -238,11 +242,11 @@ class DynamoJobStore:
         filters, values, names = [], {}, {}
         if status:
             filters.append("#st = :st")
-            values[":st"] = s(status)
+            values[":st"] = str_attr(status)
             names["#st"] = "status"
         if model:
             filters.append("#m = :m")
-            values[":m"] = s(model)
+            values[":m"] = str_attr(model)
             names["#m"] = "model"
         kwargs: dict[str, Any] = {"TableName": self._table}
         if tenant is not None:
@@ -251,7 +255,7 @@ class DynamoJobStore:
                 KeyConditionExpression="tenant = :t",
                 ScanIndexForward=False,
             )
-            values[":t"] = s(tenant)
+            values[":t"] = str_attr(tenant)
         if filters:
             kwargs["FilterExpression"] = " AND ".join(filters)
             kwargs["ExpressionAttributeNames"] = names
@@ -259,7 +263,9 @@ class DynamoJobStore:
             kwargs["ExpressionAttributeValues"] = values
         if start and tenant is None:
             start = {"id": start["id"]}
-        elif start and (start.get("tenant") != s(tenant or "") or "created_key" not in start):
+        elif start and (
+            start.get("tenant") != str_attr(tenant or "") or "created_key" not in start
+        ):
             raise InvalidRequest("cursor is not valid", field="cursor")
         op = self._db.query if tenant is not None else self._db.scan
         key_names = ("id",) if tenant is None else ("id", "tenant", "created_key")
@@ -306,10 +312,10 @@ class DynamoJobStore:
         conds = ["attribute_exists(id)"]
         if expired_before is not None:
             conds.append("lease_expires_at <= :exp")
-            values[":exp"] = n(expired_before)
+            values[":exp"] = num_attr(expired_before)
         for i, (attr, expected) in enumerate(cond.items()):
             names[f"#c{i}"] = attr
-            values[f":c{i}"] = s(expected)
+            values[f":c{i}"] = str_attr(expected)
             conds.append(f"#c{i} = :c{i}")
         parts: list[str] = []
         set_parts = []
@@ -323,7 +329,7 @@ class DynamoJobStore:
             add_parts = []
             for i, (attr, delta) in enumerate(adds.items()):
                 names[f"#a{i}"] = attr
-                values[f":a{i}"] = n(delta)
+                values[f":a{i}"] = num_attr(delta)
                 add_parts.append(f"#a{i} :a{i}")
             parts.append("ADD " + ", ".join(add_parts))
         if removes:
@@ -336,7 +342,7 @@ class DynamoJobStore:
             what,
             self._db.update_item,
             TableName=self._table,
-            Key={"id": s(job_id)},
+            Key={"id": str_attr(job_id)},
             UpdateExpression=" ".join(parts),
             ConditionExpression=" AND ".join(conds),
             ExpressionAttributeNames=names,
@@ -363,13 +369,13 @@ class DynamoJobStore:
             "claim job",
             {"status": "QUEUED", "queue_token": queue_token},
             {
-                "status": s("RUNNING"),
-                "lease_token": s(lease_token),
-                "runner_id": s(runner_id),
-                "model_version": s(version),
-                "started_at": n(now),
-                "lease_expires_at": n(lease_expires_at),
-                "lease_key": s(str(_key(lease_key))),
+                "status": str_attr("RUNNING"),
+                "lease_token": str_attr(lease_token),
+                "runner_id": str_attr(runner_id),
+                "model_version": str_attr(version),
+                "started_at": num_attr(now),
+                "lease_expires_at": num_attr(lease_expires_at),
+                "lease_key": str_attr(str(_key(lease_key))),
             },
             removes=("queue_token", "queue_key"),
             adds={"attempts": 1},
@@ -388,7 +394,10 @@ class DynamoJobStore:
             job_id,
             "extend lease",
             {"status": "RUNNING", "lease_token": lease_token, "runner_id": runner_id},
-            {"lease_expires_at": n(lease_expires_at), "lease_key": s(str(_key(lease_key)))},
+            {
+                "lease_expires_at": num_attr(lease_expires_at),
+                "lease_key": str_attr(str(_key(lease_key))),
+            },
         )
 
     def finish_running(
@@ -407,17 +416,17 @@ class DynamoJobStore:
     ) -> JobRecord | None:
         """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
         the lease expired by then, for the sweep)."""
-        sets: dict[str, Any] = {"status": s(status), "finished_at": n(now)}
+        sets: dict[str, Any] = {"status": str_attr(status), "finished_at": num_attr(now)}
         if run_info is not None:
-            sets["run_info"] = j(run_info)
+            sets["run_info"] = json_attr(run_info)
         if outputs_json is not None:
-            sets["outputs"] = s(outputs_json)
+            sets["outputs"] = str_attr(outputs_json)
         if outputs_ref is not None:
-            sets["outputs_ref"] = s(outputs_ref)
+            sets["outputs_ref"] = str_attr(outputs_ref)
         if error is not None:
-            sets["error"] = j(error)
+            sets["error"] = json_attr(error)
         if run_ms is not None:
-            sets["run_ms"] = n(run_ms)
+            sets["run_ms"] = num_attr(run_ms)
         return self._transition(
             job_id,
             "finish job",
@@ -443,9 +452,9 @@ class DynamoJobStore:
             "requeue job",
             {"status": "RUNNING", "lease_token": lease_token},
             {
-                "status": s("QUEUED"),
-                "queue_key": s(str(_key(queue_key))),
-                "queue_token": s(queue_token),
+                "status": str_attr("QUEUED"),
+                "queue_key": str_attr(str(_key(queue_key))),
+                "queue_token": str_attr(queue_token),
             },
             removes=("lease_token", "lease_key", "lease_expires_at", "runner_id"),
             expired_before=expired_before,
@@ -462,9 +471,9 @@ class DynamoJobStore:
         error: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """QUEUED -> CANCELLED | TIMED_OUT if still queued under ``queue_token``."""
-        sets: dict[str, Any] = {"status": s(status), "finished_at": n(now)}
+        sets: dict[str, Any] = {"status": str_attr(status), "finished_at": num_attr(now)}
         if error is not None:
-            sets["error"] = j(error)
+            sets["error"] = json_attr(error)
         return self._transition(
             job_id,
             "finish queued job",
@@ -476,4 +485,4 @@ class DynamoJobStore:
     def ping(self) -> None:
         """Raises Unavailable when the table cannot be reached."""
         with translate_errors("ping jobs"):
-            self._db.get_item(TableName=self._table, Key={"id": s("ping")})
+            self._db.get_item(TableName=self._table, Key={"id": str_attr("ping")})

@@ -18,26 +18,22 @@ import json
 from typing import Any
 
 from control_plane.storage.aws import conditional_write, translate_errors
+from control_plane.storage.dynamo_items import (
+    num_attr,
+    str_attr,
+)
 from control_plane.storage.protocols_keys import SigningKeyRecord
 
 PK = "sigkeys"
 
 
-def _s(v: str) -> dict[str, str]:
-    return {"S": v}
-
-
-def _n(v: float) -> dict[str, str]:
-    return {"N": repr(float(v))}
-
-
 def _key_item(rec: SigningKeyRecord) -> dict[str, Any]:
     return {
         "M": {
-            "alg": _s(rec.alg),
-            "private_pem": _s(rec.private_pem),
-            "public_jwk": _s(json.dumps(rec.public_jwk)),
-            "created_at": _n(rec.created_at),
+            "alg": str_attr(rec.alg),
+            "private_pem": str_attr(rec.private_pem),
+            "public_jwk": str_attr(json.dumps(rec.public_jwk)),
+            "created_at": num_attr(rec.created_at),
         }
     }
 
@@ -54,13 +50,14 @@ class DynamoSigningKeyStore:
         if "Item" in kwargs:
             return conditional_write(what, self._db.put_item, **kwargs) is not None
         return (
-            conditional_write(what, self._db.update_item, Key={"pk": _s(PK)}, **kwargs) is not None
+            conditional_write(what, self._db.update_item, Key={"pk": str_attr(PK)}, **kwargs)
+            is not None
         )
 
     def list_signing_keys(self) -> list[SigningKeyRecord]:
         with translate_errors("list signing keys"):
             item = self._db.get_item(
-                TableName=self._table, Key={"pk": _s(PK)}, ConsistentRead=True
+                TableName=self._table, Key={"pk": str_attr(PK)}, ConsistentRead=True
             ).get("Item")
         if not item:
             return []
@@ -84,8 +81,8 @@ class DynamoSigningKeyStore:
             return self._write(
                 "add signing key",
                 Item={
-                    "pk": _s(PK),
-                    "current": _s(rec.kid),
+                    "pk": str_attr(PK),
+                    "current": str_attr(rec.kid),
                     "keys": {"M": {rec.kid: _key_item(rec)}},
                 },
                 ConditionExpression="attribute_not_exists(pk)",
@@ -104,9 +101,9 @@ class DynamoSigningKeyStore:
             },
             ExpressionAttributeValues={
                 ":rec": _key_item(rec),
-                ":at": _n(at),
-                ":new": _s(rec.kid),
-                ":old": _s(replaces),
+                ":at": num_attr(at),
+                ":new": str_attr(rec.kid),
+                ":old": str_attr(replaces),
             },
         )
 
@@ -116,5 +113,5 @@ class DynamoSigningKeyStore:
             UpdateExpression="REMOVE #k.#kid",
             ConditionExpression="attribute_exists(#k.#kid) AND #c <> :kid",
             ExpressionAttributeNames={"#k": "keys", "#c": "current", "#kid": kid},
-            ExpressionAttributeValues={":kid": _s(kid)},
+            ExpressionAttributeValues={":kid": str_attr(kid)},
         )

@@ -18,14 +18,14 @@ from typing import Any
 
 from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
-    get_i,
-    get_j,
-    get_n,
-    get_s,
-    j,
-    n,
+    json_attr,
+    num_attr,
     paginate,
-    s,
+    read_int,
+    read_json,
+    read_num,
+    read_str,
+    str_attr,
 )
 from control_plane.storage.protocols_limits import QuotaRecord, RegionDefaultsRecord, TenantLoad
 
@@ -49,7 +49,7 @@ class DynamoLimitsStore:
                     "query",
                     TableName=self._table,
                     KeyConditionExpression="pk = :p",
-                    ExpressionAttributeValues={":p": s(pk)},
+                    ExpressionAttributeValues={":p": str_attr(pk)},
                     ConsistentRead=True,
                 )
             )
@@ -57,40 +57,40 @@ class DynamoLimitsStore:
     # ------------------------------------------------------------------ quotas
     def put_quota(self, rec: QuotaRecord) -> None:
         item: dict[str, Any] = {
-            "pk": s(QUOTA_PK),
-            "sk": s(rec.tenant),
-            "updated_at": n(rec.updated_at),
+            "pk": str_attr(QUOTA_PK),
+            "sk": str_attr(rec.tenant),
+            "updated_at": num_attr(rec.updated_at),
         }
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
             value = getattr(rec, name)
             if value is not None:
-                item[name] = n(value)
+                item[name] = num_attr(value)
         with translate_errors("put quota"):
             self._db.put_item(TableName=self._table, Item=item)
 
     @staticmethod
     def _quota(item: dict[str, Any]) -> QuotaRecord:
         def i(name: str) -> int | None:
-            return get_i(item, name) if name in item else None
+            return read_int(item, name) if name in item else None
 
         def f(name: str) -> float | None:
-            return get_n(item, name) if name in item else None
+            return read_num(item, name) if name in item else None
 
         return QuotaRecord(
-            tenant=str(get_s(item, "sk")),
+            tenant=str(read_str(item, "sk")),
             max_queued=i("max_queued"),
             max_running=i("max_running"),
             submit_rate=f("submit_rate"),
             submit_burst=i("submit_burst"),
             weight=f("weight"),
-            updated_at=float(get_n(item, "updated_at") or 0.0),
+            updated_at=float(read_num(item, "updated_at") or 0.0),
         )
 
     def get_quota(self, tenant: str) -> QuotaRecord | None:
         with translate_errors("get quota"):
             out = self._db.get_item(
                 TableName=self._table,
-                Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
+                Key={"pk": str_attr(QUOTA_PK), "sk": str_attr(tenant)},
                 ConsistentRead=True,
             )
         item = out.get("Item")
@@ -101,7 +101,7 @@ class DynamoLimitsStore:
             "delete quota",
             self._db.delete_item,
             TableName=self._table,
-            Key={"pk": s(QUOTA_PK), "sk": s(tenant)},
+            Key={"pk": str_attr(QUOTA_PK), "sk": str_attr(tenant)},
             ConditionExpression="attribute_exists(pk)",
         )
         return done is not None
@@ -112,18 +112,18 @@ class DynamoLimitsStore:
 
     # ------------------------------------------------------------------ key limits
     def put_key_priority(self, key_id: str, max_priority: int | None) -> None:
-        key = {"pk": s(KEY_PK), "sk": s(key_id)}
+        key = {"pk": str_attr(KEY_PK), "sk": str_attr(key_id)}
         with translate_errors("put key limit"):
             if max_priority is None:
                 self._db.delete_item(TableName=self._table, Key=key)
             else:
                 self._db.put_item(
-                    TableName=self._table, Item={**key, "max_priority": n(max_priority)}
+                    TableName=self._table, Item={**key, "max_priority": num_attr(max_priority)}
                 )
 
     def key_priorities(self) -> dict[str, int]:
         items = self._query(KEY_PK, "read key limits")
-        return {str(get_s(it, "sk")): get_i(it, "max_priority") for it in items}
+        return {str(read_str(it, "sk")): read_int(it, "max_priority") for it in items}
 
     # ------------------------------------------------------------------ load counters
     def add_load(self, tenant: str, queued: int, running: int) -> None:
@@ -132,16 +132,16 @@ class DynamoLimitsStore:
         with translate_errors("count tenant load"):
             self._db.update_item(
                 TableName=self._table,
-                Key={"pk": s(LOAD_PK), "sk": s(tenant)},
+                Key={"pk": str_attr(LOAD_PK), "sk": str_attr(tenant)},
                 UpdateExpression="ADD queued :q, running :r",
-                ExpressionAttributeValues={":q": n(queued), ":r": n(running)},
+                ExpressionAttributeValues={":q": num_attr(queued), ":r": num_attr(running)},
             )
 
     def loads(self) -> dict[str, TenantLoad]:
         items = self._query(LOAD_PK, "read tenant load")
         return {
-            str(get_s(it, "sk")): TenantLoad(
-                max(0, get_i(it, "queued")), max(0, get_i(it, "running"))
+            str(read_str(it, "sk")): TenantLoad(
+                max(0, read_int(it, "queued")), max(0, read_int(it, "running"))
             )
             for it in items
         }
@@ -149,13 +149,13 @@ class DynamoLimitsStore:
     # ------------------------------------------------------------------ region defaults
     def put_region_defaults(self, rec: RegionDefaultsRecord) -> None:
         item: dict[str, Any] = {
-            "pk": s(REGIONS_PK),
-            "sk": s(f"{rec.scope}#{rec.name}"),
-            "regions_allowed": j(list(rec.regions_allowed)),
-            "updated_at": n(rec.updated_at),
+            "pk": str_attr(REGIONS_PK),
+            "sk": str_attr(f"{rec.scope}#{rec.name}"),
+            "regions_allowed": json_attr(list(rec.regions_allowed)),
+            "updated_at": num_attr(rec.updated_at),
         }
         if rec.default_region is not None:
-            item["default_region"] = s(rec.default_region)
+            item["default_region"] = str_attr(rec.default_region)
         with translate_errors("put region defaults"):
             self._db.put_item(TableName=self._table, Item=item)
 
@@ -164,7 +164,7 @@ class DynamoLimitsStore:
             "delete region defaults",
             self._db.delete_item,
             TableName=self._table,
-            Key={"pk": s(REGIONS_PK), "sk": s(f"{scope}#{name}")},
+            Key={"pk": str_attr(REGIONS_PK), "sk": str_attr(f"{scope}#{name}")},
             ConditionExpression="attribute_exists(pk)",
         )
         return done is not None
@@ -172,14 +172,14 @@ class DynamoLimitsStore:
     def list_region_defaults(self) -> list[RegionDefaultsRecord]:
         out = []
         for it in self._query(REGIONS_PK, "list region defaults"):
-            scope, _, name = str(get_s(it, "sk")).partition("#")
+            scope, _, name = str(read_str(it, "sk")).partition("#")
             out.append(
                 RegionDefaultsRecord(
                     scope=scope,
                     name=name,
-                    default_region=get_s(it, "default_region"),
-                    regions_allowed=tuple(get_j(it, "regions_allowed") or ()),
-                    updated_at=float(get_n(it, "updated_at") or 0.0),
+                    default_region=read_str(it, "default_region"),
+                    regions_allowed=tuple(read_json(it, "regions_allowed") or ()),
+                    updated_at=float(read_num(it, "updated_at") or 0.0),
                 )
             )
         return sorted(out, key=lambda r: (r.scope, r.name))

@@ -14,18 +14,20 @@ and one item outside every model (``#`` cannot start a model name):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from gpufleet.wire import ModelVersionState
 
 from control_plane.storage.aws import conditional_write, translate_errors, try_conditional
 from control_plane.storage.dynamo_items import (
-    get_i,
-    get_j,
-    get_n,
-    get_s,
-    j,
-    n,
+    json_attr,
+    num_attr,
     paginate,
-    s,
+    read_int,
+    read_json,
+    read_num,
+    read_str,
+    str_attr,
 )
 from control_plane.storage.protocols import ModelVersionRecord, PlanRecord
 
@@ -41,41 +43,41 @@ def version_sk(version: str) -> str:
 
 def _to_item(rec: ModelVersionRecord) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "name": s(rec.name),
-        "sk": s(version_sk(rec.version)),
-        "version": s(rec.version),
-        "tenant": s(rec.tenant),
-        "state": s(rec.state),
-        "created_at": n(rec.created_at),
-        "files": j(rec.files),
-        "uploads": j(rec.uploads),
-        "max_batch_size": n(rec.max_batch_size),
-        "inputs": j(rec.inputs),
-        "outputs": j(rec.outputs),
-        "config": j(rec.config),
+        "name": str_attr(rec.name),
+        "sk": str_attr(version_sk(rec.version)),
+        "version": str_attr(rec.version),
+        "tenant": str_attr(rec.tenant),
+        "state": str_attr(rec.state),
+        "created_at": num_attr(rec.created_at),
+        "files": json_attr(rec.files),
+        "uploads": json_attr(rec.uploads),
+        "max_batch_size": num_attr(rec.max_batch_size),
+        "inputs": json_attr(rec.inputs),
+        "outputs": json_attr(rec.outputs),
+        "config": json_attr(rec.config),
     }
     if rec.platform is not None:
-        item["platform"] = s(rec.platform)
+        item["platform"] = str_attr(rec.platform)
     if rec.backend is not None:
-        item["backend"] = s(rec.backend)
+        item["backend"] = str_attr(rec.backend)
     return item
 
 
 def _from_item(item: dict[str, Any]) -> ModelVersionRecord:
     return ModelVersionRecord(
-        name=str(get_s(item, "name")),
-        version=str(get_s(item, "version")),
-        tenant=str(get_s(item, "tenant")),
-        state=str(get_s(item, "state")),
-        created_at=float(get_n(item, "created_at") or 0.0),
-        files=get_j(item, "files") or [],
-        uploads=get_j(item, "uploads") or {},
-        platform=get_s(item, "platform"),
-        backend=get_s(item, "backend"),
-        max_batch_size=get_i(item, "max_batch_size"),
-        inputs=get_j(item, "inputs") or [],
-        outputs=get_j(item, "outputs") or [],
-        config=get_j(item, "config") or {},
+        name=str(read_str(item, "name")),
+        version=str(read_str(item, "version")),
+        tenant=str(read_str(item, "tenant")),
+        state=cast(ModelVersionState, read_str(item, "state")),  # as it was written
+        created_at=float(read_num(item, "created_at") or 0.0),
+        files=read_json(item, "files") or [],
+        uploads=read_json(item, "uploads") or {},
+        platform=read_str(item, "platform"),
+        backend=read_str(item, "backend"),
+        max_batch_size=read_int(item, "max_batch_size"),
+        inputs=read_json(item, "inputs") or [],
+        outputs=read_json(item, "outputs") or [],
+        config=read_json(item, "config") or {},
     )
 
 
@@ -92,9 +94,14 @@ class DynamoModelStore:
             "claim model name",
             self._db.put_item,
             TableName=self._table,
-            Item={"name": s(name), "sk": s(META), "tenant": s(tenant), "created_at": n(now)},
+            Item={
+                "name": str_attr(name),
+                "sk": str_attr(META),
+                "tenant": str_attr(tenant),
+                "created_at": num_attr(now),
+            },
             ConditionExpression="attribute_not_exists(sk) OR tenant = :t",
-            ExpressionAttributeValues={":t": s(tenant)},
+            ExpressionAttributeValues={":t": str_attr(tenant)},
         )
         if claimed is not None:
             return tenant
@@ -108,7 +115,7 @@ class DynamoModelStore:
                 TableName=self._table,
                 KeyConditionExpression="#n = :n AND begins_with(sk, :v)",
                 ExpressionAttributeNames={"#n": "name"},
-                ExpressionAttributeValues={":n": s(name), ":v": s(VERSION_PREFIX)},
+                ExpressionAttributeValues={":n": str_attr(name), ":v": str_attr(VERSION_PREFIX)},
                 ConsistentRead=True,
                 Limit=1,
             )
@@ -117,9 +124,9 @@ class DynamoModelStore:
             done = try_conditional(
                 self._db.delete_item,
                 TableName=self._table,
-                Key={"name": s(name), "sk": s(META)},
+                Key={"name": str_attr(name), "sk": str_attr(META)},
                 ConditionExpression="tenant = :t",
-                ExpressionAttributeValues={":t": s(tenant)},
+                ExpressionAttributeValues={":t": str_attr(tenant)},
             )
         return done is not None
 
@@ -127,10 +134,10 @@ class DynamoModelStore:
         with translate_errors("get model owner"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"name": s(name), "sk": s(META)},
+                Key={"name": str_attr(name), "sk": str_attr(META)},
                 ConsistentRead=True,
             ).get("Item")
-        return get_s(item, "tenant") if item else None
+        return read_str(item, "tenant") if item else None
 
     def put_version(self, rec: ModelVersionRecord) -> bool:
         """Store a new version; False when that version exists."""
@@ -147,7 +154,7 @@ class DynamoModelStore:
         with translate_errors("get model version"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"name": s(name), "sk": s(version_sk(version))},
+                Key={"name": str_attr(name), "sk": str_attr(version_sk(version))},
                 ConsistentRead=True,
             ).get("Item")
         return _from_item(item) if item else None
@@ -162,7 +169,10 @@ class DynamoModelStore:
                     TableName=self._table,
                     KeyConditionExpression="#n = :n AND begins_with(sk, :p)",
                     ExpressionAttributeNames={"#n": "name"},
-                    ExpressionAttributeValues={":n": s(name), ":p": s(VERSION_PREFIX)},
+                    ExpressionAttributeValues={
+                        ":n": str_attr(name),
+                        ":p": str_attr(VERSION_PREFIX),
+                    },
                     ConsistentRead=True,
                     ScanIndexForward=False,
                 )
@@ -175,7 +185,7 @@ class DynamoModelStore:
             "commit model version",
             self._db.update_item,
             TableName=self._table,
-            Key={"name": s(rec.name), "sk": s(version_sk(rec.version))},
+            Key={"name": str_attr(rec.name), "sk": str_attr(version_sk(rec.version))},
             UpdateExpression=(
                 "SET #st = :ready, platform = :p, backend = :b, max_batch_size = :m, "
                 "inputs = :i, outputs = :o, config = :c"
@@ -183,14 +193,14 @@ class DynamoModelStore:
             ConditionExpression="#st = :uploading",
             ExpressionAttributeNames={"#st": "state"},
             ExpressionAttributeValues={
-                ":ready": s("READY"),
-                ":uploading": s("UPLOADING"),
-                ":p": s(rec.platform or ""),
-                ":b": s(rec.backend or ""),
-                ":m": n(rec.max_batch_size),
-                ":i": j(rec.inputs),
-                ":o": j(rec.outputs),
-                ":c": j(rec.config),
+                ":ready": str_attr("READY"),
+                ":uploading": str_attr("UPLOADING"),
+                ":p": str_attr(rec.platform or ""),
+                ":b": str_attr(rec.backend or ""),
+                ":m": num_attr(rec.max_batch_size),
+                ":i": json_attr(rec.inputs),
+                ":o": json_attr(rec.outputs),
+                ":c": json_attr(rec.config),
             },
         )
         return done is not None
@@ -201,7 +211,7 @@ class DynamoModelStore:
             "delete model version",
             self._db.delete_item,
             TableName=self._table,
-            Key={"name": s(name), "sk": s(version_sk(version))},
+            Key={"name": str_attr(name), "sk": str_attr(version_sk(version))},
             ConditionExpression="attribute_exists(sk)",
         )
         return done is not None
@@ -214,9 +224,9 @@ class DynamoModelStore:
                 "scan",
                 TableName=self._table,
                 FilterExpression="sk = :m",
-                ExpressionAttributeValues={":m": s(META)},
+                ExpressionAttributeValues={":m": str_attr(META)},
             )
-            out = [(str(get_s(it, "name")), str(get_s(it, "tenant"))) for it in items]
+            out = [(str(read_str(it, "name")), str(read_str(it, "tenant"))) for it in items]
         return sorted(out)
 
     # ------------------------------------------------------------------ deployments
@@ -226,10 +236,10 @@ class DynamoModelStore:
             self._db.put_item(
                 TableName=self._table,
                 Item={
-                    "name": s(name),
-                    "sk": s(DEPLOYMENT),
-                    "spec": j(spec),
-                    "updated_at": n(now),
+                    "name": str_attr(name),
+                    "sk": str_attr(DEPLOYMENT),
+                    "spec": json_attr(spec),
+                    "updated_at": num_attr(now),
                 },
             )
 
@@ -237,10 +247,10 @@ class DynamoModelStore:
         with translate_errors("get deployment"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"name": s(name), "sk": s(DEPLOYMENT)},
+                Key={"name": str_attr(name), "sk": str_attr(DEPLOYMENT)},
                 ConsistentRead=True,
             ).get("Item")
-        return get_j(item, "spec") if item else None
+        return read_json(item, "spec") if item else None
 
     def list_deployments(self) -> dict[str, dict[str, Any]]:
         """name -> spec of every deployment (a Scan of the small models table)."""
@@ -250,38 +260,38 @@ class DynamoModelStore:
                 "scan",
                 TableName=self._table,
                 FilterExpression="sk = :d",
-                ExpressionAttributeValues={":d": s(DEPLOYMENT)},
+                ExpressionAttributeValues={":d": str_attr(DEPLOYMENT)},
                 ConsistentRead=True,
             )
-            return {str(get_s(it, "name")): get_j(it, "spec") or {} for it in items}
+            return {str(read_str(it, "name")): read_json(it, "spec") or {} for it in items}
 
     def get_plan(self) -> PlanRecord | None:
         with translate_errors("get placement"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"name": s(PLAN_NAME), "sk": s(PLAN_SK)},
+                Key={"name": str_attr(PLAN_NAME), "sk": str_attr(PLAN_SK)},
                 ConsistentRead=True,
             ).get("Item")
         if not item:
             return None
         return PlanRecord(
-            revision=get_i(item, "revision"),
-            planned_at=float(get_n(item, "planned_at") or 0.0),
-            doc=get_j(item, "doc") or {},
+            revision=read_int(item, "revision"),
+            planned_at=float(read_num(item, "planned_at") or 0.0),
+            doc=read_json(item, "doc") or {},
         )
 
     def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool:
         """Write the decision as ``expected_revision + 1``; False when another writer won."""
         condition = "attribute_not_exists(sk)" if expected_revision == 0 else "revision = :expected"
-        values = {":expected": n(expected_revision)} if expected_revision else None
+        values = {":expected": num_attr(expected_revision)} if expected_revision else None
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "Item": {
-                "name": s(PLAN_NAME),
-                "sk": s(PLAN_SK),
-                "revision": n(expected_revision + 1),
-                "planned_at": n(planned_at),
-                "doc": j(doc),
+                "name": str_attr(PLAN_NAME),
+                "sk": str_attr(PLAN_SK),
+                "revision": num_attr(expected_revision + 1),
+                "planned_at": num_attr(planned_at),
+                "doc": json_attr(doc),
             },
             "ConditionExpression": condition,
         }

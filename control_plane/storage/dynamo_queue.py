@@ -22,12 +22,12 @@ from typing import Any
 
 from control_plane.storage.aws import conditional_write, translate_errors
 from control_plane.storage.dynamo_items import (
-    get_i,
-    get_n,
-    get_s,
-    n,
+    num_attr,
     paginate,
-    s,
+    read_int,
+    read_num,
+    read_str,
+    str_attr,
 )
 from control_plane.storage.protocols import Marker, QueueEntry, QueueKeys
 from control_plane.storage.queue_keys import QUEUE_KEYS, read_entry
@@ -53,15 +53,15 @@ class DynamoQueueStore:
     def enqueue(self, entry: QueueEntry) -> bool:
         """Write an entry unless the same key holds another token (someone else's enqueue)."""
         item = {
-            "shard": s(entry.shard),
-            "sk": s(entry.sk),
-            "job_id": s(entry.job_id),
-            "version": s(entry.version),
-            "region": s(entry.region),
-            "ttl_deadline": n(entry.ttl_deadline),
-            "token": s(entry.token),
-            "timeout_s": n(entry.timeout_s),
-            "tenant": s(entry.tenant),
+            "shard": str_attr(entry.shard),
+            "sk": str_attr(entry.sk),
+            "job_id": str_attr(entry.job_id),
+            "version": str_attr(entry.version),
+            "region": str_attr(entry.region),
+            "ttl_deadline": num_attr(entry.ttl_deadline),
+            "token": str_attr(entry.token),
+            "timeout_s": num_attr(entry.timeout_s),
+            "tenant": str_attr(entry.tenant),
         }
         done = conditional_write(
             "enqueue",
@@ -70,7 +70,7 @@ class DynamoQueueStore:
             Item=item,
             ConditionExpression="attribute_not_exists(sk) OR #t = :t",
             ExpressionAttributeNames={"#t": "token"},
-            ExpressionAttributeValues={":t": s(entry.token)},
+            ExpressionAttributeValues={":t": str_attr(entry.token)},
         )
         return done is not None
 
@@ -78,15 +78,15 @@ class DynamoQueueStore:
         """Write fresh entries (new random keys) in batches of 25."""
         items = [
             {
-                "shard": s(e.shard),
-                "sk": s(e.sk),
-                "job_id": s(e.job_id),
-                "version": s(e.version),
-                "region": s(e.region),
-                "ttl_deadline": n(e.ttl_deadline),
-                "token": s(e.token),
-                "timeout_s": n(e.timeout_s),
-                "tenant": s(e.tenant),
+                "shard": str_attr(e.shard),
+                "sk": str_attr(e.sk),
+                "job_id": str_attr(e.job_id),
+                "version": str_attr(e.version),
+                "region": str_attr(e.region),
+                "ttl_deadline": num_attr(e.ttl_deadline),
+                "token": str_attr(e.token),
+                "timeout_s": num_attr(e.timeout_s),
+                "tenant": str_attr(e.tenant),
             }
             for e in entries
         ]
@@ -97,25 +97,25 @@ class DynamoQueueStore:
         kwargs: dict[str, Any] = {
             "TableName": self._queue,
             "KeyConditionExpression": "shard = :s",
-            "ExpressionAttributeValues": {":s": s(shard)},
+            "ExpressionAttributeValues": {":s": str_attr(shard)},
             "ConsistentRead": True,
             "Limit": limit,
         }
         if after_sk is not None:
-            kwargs["ExclusiveStartKey"] = {"shard": s(shard), "sk": s(after_sk)}
+            kwargs["ExclusiveStartKey"] = {"shard": str_attr(shard), "sk": str_attr(after_sk)}
         with translate_errors("read queue"):
             page = self._db.query(**kwargs)
         return [
             read_entry(
                 shard,
-                str(get_s(it, "sk")),
-                str(get_s(it, "job_id")),
-                get_s(it, "version") or "",
-                get_s(it, "region") or "",
-                float(get_n(it, "ttl_deadline") or 0.0),
-                get_s(it, "token") or "",
-                get_i(it, "timeout_s"),
-                get_s(it, "tenant") or "",
+                str(read_str(it, "sk")),
+                str(read_str(it, "job_id")),
+                read_str(it, "version") or "",
+                read_str(it, "region") or "",
+                float(read_num(it, "ttl_deadline") or 0.0),
+                read_str(it, "token") or "",
+                read_int(it, "timeout_s"),
+                read_str(it, "tenant") or "",
             )
             for it in page.get("Items", [])
         ]
@@ -126,10 +126,10 @@ class DynamoQueueStore:
             "remove queue entry",
             self._db.delete_item,
             TableName=self._queue,
-            Key={"shard": s(shard), "sk": s(sk)},
+            Key={"shard": str_attr(shard), "sk": str_attr(sk)},
             ConditionExpression="#t = :t",
             ExpressionAttributeNames={"#t": "token"},
-            ExpressionAttributeValues={":t": s(token)},
+            ExpressionAttributeValues={":t": str_attr(token)},
         )
 
     # ------------------------------------------------------------------ markers
@@ -143,20 +143,22 @@ class DynamoQueueStore:
     @staticmethod
     def _marker_item(marker: Marker) -> dict[str, Any]:
         return {
-            "shard": s(marker.shard),
-            "sk": s(marker.sk),
-            "job_id": s(marker.job_id),
-            "token": s(marker.token),
+            "shard": str_attr(marker.shard),
+            "sk": str_attr(marker.sk),
+            "job_id": str_attr(marker.job_id),
+            "token": str_attr(marker.token),
         }
 
     def delete_marker(self, shard: str, sk: str) -> None:
         with translate_errors("delete marker"):
-            self._db.delete_item(TableName=self._leases, Key={"shard": s(shard), "sk": s(sk)})
+            self._db.delete_item(
+                TableName=self._leases, Key={"shard": str_attr(shard), "sk": str_attr(sk)}
+            )
 
     def delete_markers(self, keys: list[tuple[str, str]]) -> None:
         """Unconditional deletes in batches of 25 (BatchWriteItem refuses repeated keys)."""
         requests = [
-            {"DeleteRequest": {"Key": {"shard": s(shard), "sk": s(sk)}}}
+            {"DeleteRequest": {"Key": {"shard": str_attr(shard), "sk": str_attr(sk)}}}
             for shard, sk in dict.fromkeys(keys)
         ]
         self._batch_write(self._leases, requests, "delete markers")
@@ -168,20 +170,20 @@ class DynamoQueueStore:
         kwargs: dict[str, Any] = {
             "TableName": self._leases,
             "KeyConditionExpression": "shard = :s AND sk < :b",
-            "ExpressionAttributeValues": {":s": s(shard), ":b": s(before_sk)},
+            "ExpressionAttributeValues": {":s": str_attr(shard), ":b": str_attr(before_sk)},
             "ConsistentRead": True,
             "Limit": limit,
         }
         if after_sk is not None:
-            kwargs["ExclusiveStartKey"] = {"shard": s(shard), "sk": s(after_sk)}
+            kwargs["ExclusiveStartKey"] = {"shard": str_attr(shard), "sk": str_attr(after_sk)}
         with translate_errors("read markers"):
             page = self._db.query(**kwargs)
         return [
             Marker(
                 shard=shard,
-                sk=str(get_s(it, "sk")),
-                job_id=str(get_s(it, "job_id")),
-                token=get_s(it, "token") or "",
+                sk=str(read_str(it, "sk")),
+                job_id=str(read_str(it, "job_id")),
+                token=read_str(it, "token") or "",
             )
             for it in page.get("Items", [])
         ]
@@ -194,10 +196,10 @@ class DynamoQueueStore:
         with translate_errors("count queue depth"):
             self._db.update_item(
                 TableName=self._models,
-                Key={"name": s(model), "sk": s(f"{DEPTH_PREFIX}{shard}")},
+                Key={"name": str_attr(model), "sk": str_attr(f"{DEPTH_PREFIX}{shard}")},
                 UpdateExpression="ADD #d :d",
                 ExpressionAttributeNames={"#d": "depth"},
-                ExpressionAttributeValues={":d": n(delta)},
+                ExpressionAttributeValues={":d": num_attr(delta)},
             )
 
     def depth(self, model: str) -> int:
@@ -209,10 +211,10 @@ class DynamoQueueStore:
                 TableName=self._models,
                 KeyConditionExpression="#n = :n AND begins_with(sk, :p)",
                 ExpressionAttributeNames={"#n": "name"},
-                ExpressionAttributeValues={":n": s(model), ":p": s(DEPTH_PREFIX)},
+                ExpressionAttributeValues={":n": str_attr(model), ":p": str_attr(DEPTH_PREFIX)},
                 ConsistentRead=True,
             )
-            return max(0, sum(get_i(it, "depth") for it in items))
+            return max(0, sum(read_int(it, "depth") for it in items))
 
     def all_depths(self) -> dict[str, int]:
         """model -> queued jobs, for every model with a counter (a Scan of the small table)."""
@@ -223,9 +225,9 @@ class DynamoQueueStore:
                 "scan",
                 TableName=self._models,
                 FilterExpression="begins_with(sk, :p)",
-                ExpressionAttributeValues={":p": s(DEPTH_PREFIX)},
+                ExpressionAttributeValues={":p": str_attr(DEPTH_PREFIX)},
             ):
-                totals[str(get_s(it, "name"))] += get_i(it, "depth")
+                totals[str(read_str(it, "name"))] += read_int(it, "depth")
         return {k: max(0, v) for k, v in sorted(totals.items())}
 
     # ------------------------------------------------------------------ misc
@@ -243,5 +245,9 @@ class DynamoQueueStore:
     def ping(self) -> None:
         """Raises Unavailable when the queue tables cannot be reached."""
         with translate_errors("ping queue"):
-            self._db.get_item(TableName=self._queue, Key={"shard": s("ping"), "sk": s("ping")})
-            self._db.get_item(TableName=self._leases, Key={"shard": s("ping"), "sk": s("ping")})
+            self._db.get_item(
+                TableName=self._queue, Key={"shard": str_attr("ping"), "sk": str_attr("ping")}
+            )
+            self._db.get_item(
+                TableName=self._leases, Key={"shard": str_attr("ping"), "sk": str_attr("ping")}
+            )

@@ -19,7 +19,12 @@ import json
 from typing import Any
 
 from control_plane.storage.aws import conditional_write, translate_errors
-from control_plane.storage.dynamo_items import get_n, get_s, n, s
+from control_plane.storage.dynamo_items import (
+    num_attr,
+    read_num,
+    read_str,
+    str_attr,
+)
 from control_plane.storage.protocols_streams import ChunkRecord, Position
 
 __all__ = ["DynamoStreamStore", "chunk_sk"]
@@ -50,20 +55,23 @@ class DynamoStreamStore:
             {
                 "ConditionCheck": {
                     "TableName": self._jobs,
-                    "Key": {"id": s(job_id)},
+                    "Key": {"id": str_attr(job_id)},
                     "ConditionExpression": "#st = :running AND lease_token = :t",
                     "ExpressionAttributeNames": {"#st": "status"},
-                    "ExpressionAttributeValues": {":running": s("RUNNING"), ":t": s(lease_token)},
+                    "ExpressionAttributeValues": {
+                        ":running": str_attr("RUNNING"),
+                        ":t": str_attr(lease_token),
+                    },
                 }
             }
         ]
         for seq, outputs in chunks:
             item = {
-                "job_id": s(job_id),
-                "sk": s(chunk_sk(attempt, seq)),
-                "outputs": s(json.dumps(outputs, separators=(",", ":"))),
-                "created_at": n(now),
-                "expires_at": n(int(expires_at)),
+                "job_id": str_attr(job_id),
+                "sk": str_attr(chunk_sk(attempt, seq)),
+                "outputs": str_attr(json.dumps(outputs, separators=(",", ":"))),
+                "created_at": num_attr(now),
+                "expires_at": num_attr(int(expires_at)),
             }
             items.append({"Put": {"TableName": self._table, "Item": item}})
         done = conditional_write(
@@ -73,10 +81,10 @@ class DynamoStreamStore:
 
     def read_chunks(self, job_id: str, after: Position | None, limit: int) -> list[ChunkRecord]:
         cond = "job_id = :j"
-        values: dict[str, Any] = {":j": s(job_id)}
+        values: dict[str, Any] = {":j": str_attr(job_id)}
         if after is not None:
             cond += " AND sk > :after"
-            values[":after"] = s(chunk_sk(*after))
+            values[":after"] = str_attr(chunk_sk(*after))
         out: list[ChunkRecord] = []
         start: dict[str, Any] | None = None
         with translate_errors("read chunks"):
@@ -92,14 +100,14 @@ class DynamoStreamStore:
                     kwargs["ExclusiveStartKey"] = start
                 resp = self._db.query(**kwargs)
                 for it in resp.get("Items", []):
-                    attempt, seq = str(get_s(it, "sk")).split("#")
+                    attempt, seq = str(read_str(it, "sk")).split("#")
                     out.append(
                         ChunkRecord(
                             job_id,
                             int(attempt),
                             int(seq),
-                            json.loads(str(get_s(it, "outputs"))),
-                            float(get_n(it, "created_at") or 0.0),
+                            json.loads(str(read_str(it, "outputs"))),
+                            float(read_num(it, "created_at") or 0.0),
                         )
                     )
                 start = resp.get("LastEvaluatedKey")

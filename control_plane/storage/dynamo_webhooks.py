@@ -33,20 +33,16 @@ from control_plane.services.webhook_records import (
     SecretRecord,
 )
 from control_plane.storage.aws import conditional_write, translate_errors
+from control_plane.storage.dynamo_items import (
+    num_attr,
+    str_attr,
+)
 
 __all__ = ["LOG_TTL_S", "SECRET_PREFIX", "DynamoWebhookSecretStore", "DynamoWebhookStore"]
 
 LOG_TTL_S = 30 * 86_400
 SECRET_PREFIX = "whsec#"  # noqa: S105 - a key prefix, not a secret
 _INDEX = "pending#"
-
-
-def _s(v: str) -> dict[str, str]:
-    return {"S": v}
-
-
-def _n(v: float) -> dict[str, str]:
-    return {"N": str(int(v)) if float(v).is_integer() else repr(float(v))}
 
 
 def _ms(t: float) -> str:
@@ -108,7 +104,7 @@ class DynamoWebhookStore:
         self._table = table
 
     def _index_key(self, shard: int, sk: str) -> dict[str, Any]:
-        return {"job_id": _s(f"{_INDEX}{shard}"), "sk": _s(sk)}
+        return {"job_id": str_attr(f"{_INDEX}{shard}"), "sk": str_attr(sk)}
 
     def _transact(self, items: list[dict[str, Any]], what: str) -> bool:
         return (
@@ -119,21 +115,21 @@ class DynamoWebhookStore:
         d = delivery
         sk = index_sk(due_at, d.job_id, d.event)
         item = {
-            "job_id": _s(d.job_id),
-            "sk": _s(f"d#{d.event}"),
-            "msg_id": _s(d.msg_id),
-            "tenant": _s(d.tenant),
-            "url": _s(d.url),
-            "body": _s(d.body),
-            "state": _s("pending"),
-            "attempts": _n(0),
-            "created_at": _n(d.created_at),
-            "next_at": _n(due_at),
-            "index_shard": _n(d.index_shard),
-            "index_sk": _s(sk),
-            "expires_at": _n(int(d.created_at) + LOG_TTL_S),
+            "job_id": str_attr(d.job_id),
+            "sk": str_attr(f"d#{d.event}"),
+            "msg_id": str_attr(d.msg_id),
+            "tenant": str_attr(d.tenant),
+            "url": str_attr(d.url),
+            "body": str_attr(d.body),
+            "state": str_attr("pending"),
+            "attempts": num_attr(0),
+            "created_at": num_attr(d.created_at),
+            "next_at": num_attr(due_at),
+            "index_shard": num_attr(d.index_shard),
+            "index_sk": str_attr(sk),
+            "expires_at": num_attr(int(d.created_at) + LOG_TTL_S),
         }
-        entry = {**self._index_key(d.index_shard, sk), "created_at": _n(d.created_at)}
+        entry = {**self._index_key(d.index_shard, sk), "created_at": num_attr(d.created_at)}
         return self._transact(
             [
                 {
@@ -154,8 +150,8 @@ class DynamoWebhookStore:
                 TableName=self._table,
                 KeyConditionExpression="job_id = :p AND sk < :hi",
                 ExpressionAttributeValues={
-                    ":p": _s(f"{_INDEX}{shard}"),
-                    ":hi": _s(_ms(now + 0.001)),
+                    ":p": str_attr(f"{_INDEX}{shard}"),
+                    ":hi": str_attr(_ms(now + 0.001)),
                 },
                 Limit=limit,
                 ConsistentRead=True,
@@ -171,7 +167,7 @@ class DynamoWebhookStore:
         with translate_errors("read webhook delivery"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"job_id": _s(job_id), "sk": _s(f"d#{event}")},
+                Key={"job_id": str_attr(job_id), "sk": str_attr(f"d#{event}")},
                 ConsistentRead=True,
             ).get("Item")
         return _delivery(item) if item else None
@@ -183,19 +179,19 @@ class DynamoWebhookStore:
                 {
                     "Update": {
                         "TableName": self._table,
-                        "Key": {"job_id": _s(ref.job_id), "sk": _s(f"d#{ref.event}")},
+                        "Key": {"job_id": str_attr(ref.job_id), "sk": str_attr(f"d#{ref.event}")},
                         "UpdateExpression": "SET #st = :sending, attempts = :next, claim = :t, "
                         "index_sk = :lease, next_at = :until",
                         "ConditionExpression": "index_sk = :seen AND attempts = :n",
                         "ExpressionAttributeNames": {"#st": "state"},
                         "ExpressionAttributeValues": {
-                            ":sending": _s("sending"),
-                            ":next": _n(seen.attempts + 1),
-                            ":n": _n(seen.attempts),
-                            ":t": _s(token),
-                            ":lease": _s(lease_sk),
-                            ":until": _n(lease_until),
-                            ":seen": _s(ref.sk),
+                            ":sending": str_attr("sending"),
+                            ":next": num_attr(seen.attempts + 1),
+                            ":n": num_attr(seen.attempts),
+                            ":t": str_attr(token),
+                            ":lease": str_attr(lease_sk),
+                            ":until": num_attr(lease_until),
+                            ":seen": str_attr(ref.sk),
                         },
                     }
                 },
@@ -230,32 +226,32 @@ class DynamoWebhookStore:
         self, claim: Claim, attempt: AttemptRecord, state: str, next_at: float | None
     ) -> bool:
         d = claim.delivery
-        key = {"job_id": _s(d.job_id), "sk": _s(f"d#{d.event}")}
-        values: dict[str, Any] = {":st": _s(state), ":t": _s(claim.token)}
+        key = {"job_id": str_attr(d.job_id), "sk": str_attr(f"d#{d.event}")}
+        values: dict[str, Any] = {":st": str_attr(state), ":t": str_attr(claim.token)}
         items: list[dict[str, Any]] = []
         if next_at is None:
             update = "SET #st = :st REMOVE claim, index_sk, next_at"
         else:
             nxt = index_sk(next_at, d.job_id, d.event)
             update = "SET #st = :st, index_sk = :nxt, next_at = :at REMOVE claim"
-            values.update({":nxt": _s(nxt), ":at": _n(next_at)})
+            values.update({":nxt": str_attr(nxt), ":at": num_attr(next_at)})
             items.append(
                 {"Put": {"TableName": self._table, "Item": self._index_key(d.index_shard, nxt)}}
             )
         log = {
-            "job_id": _s(d.job_id),
-            "sk": _s(f"a#{d.event}#{attempt.attempt:04d}"),
-            "event": _s(d.event),
-            "msg_id": _s(d.msg_id),
-            "attempt": _n(attempt.attempt),
-            "at": _n(attempt.at),
-            "duration_ms": _n(attempt.duration_ms),
-            "expires_at": _n(int(d.created_at) + LOG_TTL_S),
+            "job_id": str_attr(d.job_id),
+            "sk": str_attr(f"a#{d.event}#{attempt.attempt:04d}"),
+            "event": str_attr(d.event),
+            "msg_id": str_attr(d.msg_id),
+            "attempt": num_attr(attempt.attempt),
+            "at": num_attr(attempt.at),
+            "duration_ms": num_attr(attempt.duration_ms),
+            "expires_at": num_attr(int(d.created_at) + LOG_TTL_S),
         }
         if attempt.status_code is not None:
-            log["status_code"] = _n(attempt.status_code)
+            log["status_code"] = num_attr(attempt.status_code)
         if attempt.error is not None:
-            log["error"] = _s(attempt.error[:1000])
+            log["error"] = str_attr(attempt.error[:1000])
         items = [
             {
                 "Update": {
@@ -283,7 +279,7 @@ class DynamoWebhookStore:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "job_id = :j AND begins_with(sk, :p)",
-            "ExpressionAttributeValues": {":j": _s(job_id), ":p": _s(prefix)},
+            "ExpressionAttributeValues": {":j": str_attr(job_id), ":p": str_attr(prefix)},
             "ConsistentRead": True,
         }
         with translate_errors(what):
@@ -315,21 +311,21 @@ class DynamoWebhookSecretStore:
     @staticmethod
     def _item(rec: SecretRecord) -> dict[str, Any]:
         item = {
-            "pk": _s(f"{SECRET_PREFIX}{rec.tenant}"),
-            "current": _s(rec.current),
-            "version": _n(rec.version),
-            "created_at": _n(rec.created_at),
+            "pk": str_attr(f"{SECRET_PREFIX}{rec.tenant}"),
+            "current": str_attr(rec.current),
+            "version": num_attr(rec.version),
+            "created_at": num_attr(rec.created_at),
         }
         if rec.previous is not None and rec.previous_until is not None:
-            item["previous"] = _s(rec.previous)
-            item["previous_until"] = _n(rec.previous_until)
+            item["previous"] = str_attr(rec.previous)
+            item["previous_until"] = num_attr(rec.previous_until)
         return item
 
     def get(self, tenant: str) -> SecretRecord | None:
         with translate_errors("read webhook secret"):
             item = self._db.get_item(
                 TableName=self._table,
-                Key={"pk": _s(f"{SECRET_PREFIX}{tenant}")},
+                Key={"pk": str_attr(f"{SECRET_PREFIX}{tenant}")},
                 ConsistentRead=True,
             ).get("Item")
         if not item:
@@ -357,4 +353,4 @@ class DynamoWebhookSecretStore:
         return self._put(record, "attribute_not_exists(pk)", None)
 
     def replace(self, record: SecretRecord, expected_version: int) -> bool:
-        return self._put(record, "version = :v", {":v": _n(expected_version)})
+        return self._put(record, "version = :v", {":v": num_attr(expected_version)})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from control_plane.settings import Settings
-from control_plane.storage.protocols import JobStore
+from control_plane.storage.protocols import JobServiceStores
 from control_plane.storage.stores import Stores
 
 DB_FILE = "gpufleet.db"
@@ -84,7 +84,7 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
     from control_plane.storage.sqlite.capacity import SqliteCapacityStore
     from control_plane.storage.sqlite.db import Database
     from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
-    from control_plane.storage.sqlite.jobs import SqliteJobTable
+    from control_plane.storage.sqlite.jobs import SqliteJobRecordStore
     from control_plane.storage.sqlite.keys import SqliteSigningKeyStore
     from control_plane.storage.sqlite.limits import SqliteLimitsStore
     from control_plane.storage.sqlite.models import SqliteModelStore
@@ -133,8 +133,8 @@ def open_embedded_store(settings: Settings, data_dir: Path | None = None) -> Sto
 
     return Stores(
         kind="sqlite",
-        jobs=JobStore(
-            jobs=SqliteJobTable(db),
+        jobs=JobServiceStores(
+            jobs=SqliteJobRecordStore(db),
             queue=SqliteQueueStore(db),
             idempotency=SqliteIdempotencyStore(db),
         ),

@@ -33,6 +33,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gpufleet.wire import JobStatus, ModelVersionState
+
 
 @dataclass
 class JobRecord:
@@ -47,7 +49,7 @@ class JobRecord:
     model: str
     model_version: str | None
     pinned: bool
-    status: str
+    status: JobStatus
     priority: int
     created_at: float
     timeout_s: int
@@ -143,7 +145,7 @@ class ModelVersionRecord:
     name: str
     version: str
     tenant: str
-    state: str
+    state: ModelVersionState
     created_at: float
     files: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # path -> multipart upload id
@@ -155,8 +157,14 @@ class ModelVersionRecord:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class JobTable(Protocol):
-    """Job items; every change is conditional on the job's current status and token.
+class JobRecordStore(Protocol):
+    """The job records (one item per job: the source of truth); every change is conditional
+    on the job's current status and token.
+
+    Names: ``JobRecordStore`` is this protocol, one store of job records
+    (``DynamoJobRecordStore`` on the ``jobs`` table, ``SqliteJobRecordStore`` on the embedded
+    store); ``JobServiceStores`` is the bundle the job service is given: this store, the queue
+    indexes (``QueueStore``) and the idempotency keys (``IdempotencyStore``).
 
     Transitions (each one conditional write; a lost condition answers ``None``/``False`` and
     writes nothing; a won one returns the record as committed)::
@@ -387,7 +395,7 @@ class QueueStore(Protocol):
     """Queue entries, lease-expiry and TTL markers, per-model depth counters.
 
     Entries are keyed by ``(shard, sk)``, markers by ``(shard, sk)`` in their own key space;
-    both only from ``keys``. Writes join an open ``JobTable.atomic()`` unit of work.
+    both only from ``keys``. Writes join an open ``JobRecordStore.atomic()`` unit of work.
     """
 
     @property
@@ -567,15 +575,17 @@ class DeploymentStore(Protocol):
 
 
 @dataclass(frozen=True)
-class JobStore:
-    """The three stores behind the job service (job items, queue indexes, idempotency)."""
+class JobServiceStores:
+    """The three stores behind the job service: ``jobs`` (the job records,
+    ``JobRecordStore``), ``queue`` (the queue indexes, ``QueueStore``) and ``idempotency``
+    (``IdempotencyStore``). Not a store of its own: a bundle (see ``JobRecordStore``)."""
 
-    jobs: JobTable
+    jobs: JobRecordStore
     queue: QueueStore
     idempotency: IdempotencyStore
 
     def atomic(self) -> AbstractContextManager[None]:
-        """A unit of work over the three stores (see ``JobTable.atomic``)."""
+        """A unit of work over the three stores (see ``JobRecordStore.atomic``)."""
         return self.jobs.atomic()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gpufleet.wire import Role
+
 
 @dataclass(frozen=True)
 class ApiKeyRecord:
@@ -18,7 +20,7 @@ class ApiKeyRecord:
 
     id: str
     tenant: str
-    role: str
+    role: Role
     name: str
     secret_hash: str
     created_at: float
@@ -261,4 +263,8 @@ class NonceStore(Protocol):
         (stored ``expires_at < int(now)``): True; False on a replay of an unexpired key. Of
         concurrent calls with one key exactly one gets True. Expired entries are deleted by
         the backend some time later. ``Unavailable`` when the backend cannot be reached."""
+        ...
+
+    def ping(self) -> None:
+        """Return when the store can be used; ``Unavailable`` otherwise."""
         ...

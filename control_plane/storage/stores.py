@@ -23,7 +23,7 @@ from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     BlobStore,
     DeploymentStore,
-    JobStore,
+    JobServiceStores,
     ModelStore,
 )
 from control_plane.storage.protocols_auth import AuthStore, NonceStore, RunnerStore
@@ -43,7 +43,7 @@ class Stores:
     """The stores behind every service (see the module docstring)."""
 
     kind: str  # "dynamodb" | "sqlite"
-    jobs: JobStore
+    jobs: JobServiceStores
     models: ModelStore
     deployments: DeploymentStore
     blobs: BlobStore
@@ -74,7 +74,7 @@ def dynamo_stores(settings: Settings) -> Stores:
     from control_plane.storage.dynamo_auth import DynamoAuthStore
     from control_plane.storage.dynamo_capacity import DynamoCapacityStore
     from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
-    from control_plane.storage.dynamo_jobs import DynamoJobStore
+    from control_plane.storage.dynamo_jobs import DynamoJobRecordStore
     from control_plane.storage.dynamo_keys import DynamoSigningKeyStore
     from control_plane.storage.dynamo_limits import DynamoLimitsStore
     from control_plane.storage.dynamo_models import DynamoModelStore
@@ -92,8 +92,8 @@ def dynamo_stores(settings: Settings) -> Stores:
     models = DynamoModelStore(db, t("models"))
     return Stores(
         kind="dynamodb",
-        jobs=JobStore(
-            jobs=DynamoJobStore(db, t("jobs")),
+        jobs=JobServiceStores(
+            jobs=DynamoJobRecordStore(db, t("jobs")),
             queue=DynamoQueueStore(db, t("queue"), t("leases"), t("models")),
             idempotency=DynamoIdempotencyStore(db, t("idempotency")),
         ),

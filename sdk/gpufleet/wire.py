@@ -33,6 +33,11 @@ Datatype = Literal[
 DATATYPES: tuple[str, ...] = Datatype.__args__  # type: ignore[attr-defined]
 
 JobStatus = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"]
+# A runner's status (``RunnerView.status``) and a model version's state on a runner
+# (``ModelState.state``). The wire fields stay ``str`` (a newer peer may add a value); the
+# code that makes them uses these.
+RunnerStatus = Literal["ONLINE", "OFFLINE", "DRAINING", "REVOKED"]
+ModelLoadState = Literal["LOADING", "READY", "UNAVAILABLE", "UNLOADING"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 Role = Literal["admin", "user", "viewer"]
 ModelVersionState = Literal["UPLOADING", "READY", "FAILED", "DELETED"]

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from control_plane.storage.dynamo_idempotency import DynamoIdempotencyStore
-from control_plane.storage.dynamo_jobs import DynamoJobStore
+from control_plane.storage.dynamo_jobs import DynamoJobRecordStore
 from control_plane.storage.dynamo_queue import DynamoQueueStore
 from control_plane.storage.dynamo_streams import DynamoStreamStore
-from control_plane.storage.protocols import IdempotencyStore, JobTable, QueueStore
+from control_plane.storage.protocols import IdempotencyStore, JobRecordStore, QueueStore
 from control_plane.storage.protocols_streams import StreamStore
 from control_plane.storage.sqlite import schema
 from control_plane.storage.sqlite.db import Database
 from control_plane.storage.sqlite.idempotency import SqliteIdempotencyStore
-from control_plane.storage.sqlite.jobs import SqliteJobTable
+from control_plane.storage.sqlite.jobs import SqliteJobRecordStore
 from control_plane.storage.sqlite.queue import SqliteQueueStore
 from control_plane.storage.sqlite.streams import SqliteStreamStore
 
@@ -57,11 +57,11 @@ def _aws(request: pytest.FixtureRequest) -> tuple[Any, Any]:
 
 
 @pytest.fixture
-def jobs(backend: str, request: pytest.FixtureRequest) -> JobTable:
+def jobs(backend: str, request: pytest.FixtureRequest) -> JobRecordStore:
     if backend == "sqlite":
-        return SqliteJobTable(request.getfixturevalue("sqlite_db"))
+        return SqliteJobRecordStore(request.getfixturevalue("sqlite_db"))
     dynamodb, settings = _aws(request)
-    return DynamoJobStore(dynamodb, settings.table("jobs"))
+    return DynamoJobRecordStore(dynamodb, settings.table("jobs"))
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def idempotency(backend: str, request: pytest.FixtureRequest) -> IdempotencyStor
 
 
 @pytest.fixture
-def streams(backend: str, jobs: JobTable, request: pytest.FixtureRequest) -> StreamStore:
+def streams(backend: str, jobs: JobRecordStore, request: pytest.FixtureRequest) -> StreamStore:
     """The chunk store on the same backend (and file / tables) as ``jobs``, which fences it."""
     if backend == "sqlite":
         return SqliteStreamStore(request.getfixturevalue("sqlite_db"))

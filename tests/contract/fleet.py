@@ -23,7 +23,8 @@ from gpufleet.wire import (
 )
 
 from control_plane import clock
-from control_plane.services.jobs import JobService, build_job_service
+from control_plane.composition import build_job_service
+from control_plane.services.jobs import JobService
 from control_plane.services.models import ModelService
 from control_plane.services.principal import ROLE_SCOPES, Principal
 

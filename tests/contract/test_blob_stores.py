@@ -19,7 +19,7 @@ from control_plane.storage.blobs import S3BlobStore
 from control_plane.storage.local_blobs import LocalBlobStore
 from control_plane.storage.protocols import BlobStore
 from runner.cache import ContentCache
-from runner.model_sync import Downloader
+from runner.model_download import Downloader
 from tests.helpers.blob_host import serve_blobs
 
 SIGNING_KEY = b"blob-signing-key-for-tests-0123456789"
@@ -129,8 +129,9 @@ def test_multipart_wrong_etag(blobs: BlobStore) -> None:
     assert blobs.head("mp/x") is None
     blobs.complete_multipart("mp/x", upload_id, etags)  # still open after a refusal
     assert blobs.get_bytes("mp/x") == b"only part"
-    # (an unknown upload id: NotFound on the local store, tests/api/test_local_blobs.py;
-    # moto fails with a 500 instead of S3's NoSuchUpload)
+    # (an unknown upload id: NotFound on the local store,
+    # tests/control_plane/api/test_local_blobs.py; moto fails with a 500 instead of S3's
+    # NoSuchUpload)
 
 
 def test_delete_prefix(blobs: BlobStore) -> None:

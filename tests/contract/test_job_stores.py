@@ -21,7 +21,7 @@ from control_plane.storage.protocols import (
     IdempotencyRecord,
     IdempotencyStore,
     JobRecord,
-    JobTable,
+    JobRecordStore,
     ModelVersionRecord,
     QueueEntry,
     QueueStore,
@@ -58,7 +58,7 @@ def record(
 
 
 def claim(
-    jobs: JobTable,
+    jobs: JobRecordStore,
     token: str = "l1",  # noqa: S107
     queue_token: str = "q1",  # noqa: S107
     job_id: str = "job_1",
@@ -99,7 +99,7 @@ def race(n: int, fn: Callable[[int], T]) -> list[T]:
 
 
 # ---------------------------------------------------------------------------------- jobs
-def test_create_is_once_and_roundtrips(jobs: JobTable) -> None:
+def test_create_is_once_and_roundtrips(jobs: JobRecordStore) -> None:
     assert jobs.create_job(record())
     assert not jobs.create_job(record(tenant="other"))
     got = jobs.get_job("job_1")
@@ -111,14 +111,14 @@ def test_create_is_once_and_roundtrips(jobs: JobTable) -> None:
     assert jobs.get_job("job_2") == full
 
 
-def test_create_jobs_in_batches(jobs: JobTable) -> None:
+def test_create_jobs_in_batches(jobs: JobRecordStore) -> None:
     batch = [record(f"job_b{i:02d}", created=1000.0 + i) for i in range(30)]
     jobs.create_jobs(batch)
     assert [jobs.get_job(x.id) for x in batch] == batch
     jobs.create_jobs([])
 
 
-def test_get_jobs_reads_many_in_one_call_each_page(jobs: JobTable) -> None:
+def test_get_jobs_reads_many_in_one_call_each_page(jobs: JobRecordStore) -> None:
     batch = [record(f"job_g{i:03d}", created=1000.0 + i) for i in range(130)]  # > one page
     jobs.create_jobs(batch)
     ids = [x.id for x in batch]
@@ -129,7 +129,7 @@ def test_get_jobs_reads_many_in_one_call_each_page(jobs: JobTable) -> None:
     assert jobs.get_jobs([ids[5]])[ids[5]].status == "RUNNING"  # consistent, as get_job
 
 
-def test_claim_is_won_once_and_fenced(jobs: JobTable) -> None:
+def test_claim_is_won_once_and_fenced(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     assert claim(jobs, queue_token="other") is None
     won = claim(jobs)
@@ -168,7 +168,7 @@ def test_claim_is_won_once_and_fenced(jobs: JobTable) -> None:
     assert jobs.job_statuses(["job_1", "job_2"]) == {"job_1": "SUCCEEDED"}
 
 
-def test_finish_running_records_the_result_once(jobs: JobTable) -> None:
+def test_finish_running_records_the_result_once(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     claim(jobs)
     assert jobs.finish_running("job_1", "l1", "FAILED", now=1.0, expired_before=2059.9) is None
@@ -192,7 +192,7 @@ def test_finish_running_records_the_result_once(jobs: JobTable) -> None:
     assert got and got.status == "FAILED" and got.commits == 1
 
 
-def test_finish_running_leaves_absent_fields_unset(jobs: JobTable) -> None:
+def test_finish_running_leaves_absent_fields_unset(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     claim(jobs)
     out = '[{"name":"y","datatype":"FP32","shape":[1],"data":[1.5]}]'
@@ -202,7 +202,7 @@ def test_finish_running_leaves_absent_fields_unset(jobs: JobTable) -> None:
     assert done.run_info is None
 
 
-def test_finish_running_keeps_the_run_info(jobs: JobTable) -> None:
+def test_finish_running_keeps_the_run_info(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     claim(jobs)
     info = {"cold_start": True, "load_ms": 1400, "runner_ms": 12}
@@ -211,7 +211,7 @@ def test_finish_running_keeps_the_run_info(jobs: JobTable) -> None:
     assert jobs.get_job("job_1") == done
 
 
-def test_finish_queued_needs_the_queue_token(jobs: JobTable) -> None:
+def test_finish_queued_needs_the_queue_token(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     assert jobs.finish_queued("job_1", "nope", "CANCELLED", now=1.0) is None
     done = jobs.finish_queued("job_1", "q1", "CANCELLED", now=1.0, error={"code": "cancelled"})
@@ -226,7 +226,7 @@ def test_finish_queued_needs_the_queue_token(jobs: JobTable) -> None:
     assert plain is None
 
 
-def test_job_statuses(jobs: JobTable) -> None:
+def test_job_statuses(jobs: JobRecordStore) -> None:
     jobs.create_jobs([record(f"job_{i:03d}") for i in range(120)])
     claim(jobs, job_id="job_007")
     ids = [f"job_{i:03d}" for i in range(0, 130, 1)] + ["job_007", "job_001"]
@@ -235,7 +235,7 @@ def test_job_statuses(jobs: JobTable) -> None:
     assert jobs.job_statuses([]) == {} and jobs.job_statuses(["job_x"]) == {}
 
 
-def test_list_by_tenant_newest_first_with_cursor(jobs: JobTable) -> None:
+def test_list_by_tenant_newest_first_with_cursor(jobs: JobRecordStore) -> None:
     for i in range(5):
         jobs.create_job(record(f"job_{i}", created=1000.0 + i))
     jobs.create_job(record("job_x", tenant="other", created=999.0))
@@ -255,7 +255,7 @@ def test_list_by_tenant_newest_first_with_cursor(jobs: JobTable) -> None:
 
 
 def list_all(
-    jobs: JobTable, tenant: str | None, status: str | None, model: str | None, limit: int
+    jobs: JobRecordStore, tenant: str | None, status: str | None, model: str | None, limit: int
 ) -> list[str]:
     """Every id of a listing, page by page (pages may come back short, as the service knows)."""
     ids: list[str] = []
@@ -269,7 +269,7 @@ def list_all(
     raise AssertionError("the cursor never ran out")
 
 
-def test_list_filters_by_status_and_model_across_pages(jobs: JobTable) -> None:
+def test_list_filters_by_status_and_model_across_pages(jobs: JobRecordStore) -> None:
     for i in range(12):
         jobs.create_job(record(f"job_{i:02d}", created=1000.0 + i, model="m" if i % 3 else "n"))
     for i in (1, 4, 9):
@@ -289,7 +289,7 @@ def test_list_filters_by_status_and_model_across_pages(jobs: JobTable) -> None:
     assert list_all(jobs, None, "RUNNING", None, 2) == ["job_09", "job_04", "job_01"]
 
 
-def test_every_tenants_jobs_page_newest_first(jobs: JobTable) -> None:
+def test_every_tenants_jobs_page_newest_first(jobs: JobRecordStore) -> None:
     """An admin's ``limit 2`` is the two newest jobs of any tenant, and the pages go on from
     there without a repeat or a gap (on DynamoDB: merged from the sharded index)."""
     created = []
@@ -310,7 +310,7 @@ def test_every_tenants_jobs_page_newest_first(jobs: JobTable) -> None:
         jobs.list_jobs(None, None, None, 2, tenant_cursor)
 
 
-def test_filtered_pages_are_full_while_the_listing_lasts(jobs: JobTable) -> None:
+def test_filtered_pages_are_full_while_the_listing_lasts(jobs: JobRecordStore) -> None:
     """The store refills a filtered page itself (DynamoDB: more requests after a page whose
     items the filter dropped): a short page comes only at the end of the listing."""
     for i in range(30):
@@ -325,7 +325,7 @@ def test_filtered_pages_are_full_while_the_listing_lasts(jobs: JobTable) -> None
     assert len(jobs.list_jobs(None, None, "n", 4, None)[0]) == 4
 
 
-def test_inline_outputs_up_to_the_stores_limit_are_stored(jobs: JobTable) -> None:
+def test_inline_outputs_up_to_the_stores_limit_are_stored(jobs: JobRecordStore) -> None:
     """``max_inline_outputs`` is what the job item holds next to its request: outputs of
     exactly that size are stored and read back (on DynamoDB: inside the 400 KB item)."""
     small, big = record("job_s"), record("job_b")
@@ -346,7 +346,7 @@ def test_inline_outputs_up_to_the_stores_limit_are_stored(jobs: JobTable) -> Non
         assert jobs.get_jobs([job.id])[job.id].outputs == outputs
 
 
-def test_pings(jobs: JobTable, queue: QueueStore) -> None:
+def test_pings(jobs: JobRecordStore, queue: QueueStore) -> None:
     jobs.ping()
     queue.ping()
 
@@ -453,7 +453,7 @@ def test_delete_markers_in_batches(queue: QueueStore) -> None:
 
 
 def test_atomic_unit_commits_together_where_the_backend_can(
-    backend: str, jobs: JobTable, queue: QueueStore
+    backend: str, jobs: JobRecordStore, queue: QueueStore
 ) -> None:
     keys = queue.keys
     m0, ttl0 = keys.queue_shard("m", 0), keys.ttl_shard(0)
@@ -613,7 +613,7 @@ def test_idempotency_find_key_reads_live_records_only(idempotency: IdempotencySt
 
 
 # ---------------------------------------------------------------------------------- races
-def test_claim_race_has_one_winner(jobs: JobTable) -> None:
+def test_claim_race_has_one_winner(jobs: JobRecordStore) -> None:
     jobs.create_job(record())
     won = race(
         16,
@@ -638,7 +638,7 @@ def test_claim_race_has_one_winner(jobs: JobTable) -> None:
     assert sum(r is not None for r in finished) == 1
 
 
-def test_create_race_has_one_winner(jobs: JobTable) -> None:
+def test_create_race_has_one_winner(jobs: JobRecordStore) -> None:
     created = race(8, lambda i: jobs.create_job(record(tenant=f"t{i}")))
     assert created.count(True) == 1
     got = jobs.get_job("job_1")
@@ -665,7 +665,9 @@ def test_depth_counter_loses_no_update(queue: QueueStore) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_sqlite_errors_become_unavailable(backend: str, jobs: JobTable, sqlite_db: Any) -> None:
+def test_sqlite_errors_become_unavailable(
+    backend: str, jobs: JobRecordStore, sqlite_db: Any
+) -> None:
     jobs.ping()
     sqlite_db.close()
     with pytest.raises(Unavailable):
@@ -709,7 +711,9 @@ def test_blob_store_presigned_put_get_and_hash(settings: Any, aws: Any) -> None:
     blobs.ping()
 
 
-def test_region_policies_round_trip_in_entries_and_jobs(queue: QueueStore, jobs: JobTable) -> None:
+def test_region_policies_round_trip_in_entries_and_jobs(
+    queue: QueueStore, jobs: JobRecordStore
+) -> None:
     """Geo-aware leasing (docs/regions.md) keeps a job's region policy in the queue entry's
     ``region`` string and in the job's ``request``: both come back as written, on every
     backend, and a lease filter reading the head sees each entry's own policy."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.storage.protocols import JobTable
+from control_plane.storage.protocols import JobRecordStore
 from control_plane.storage.protocols_streams import StreamStore
 from tests.contract.test_job_stores import claim, record
 
@@ -15,7 +15,7 @@ def tok(text: str) -> list[dict[str, object]]:
     return [{"name": "TOKEN", "datatype": "BYTES", "shape": [1], "data": [text]}]
 
 
-def test_chunks_need_the_running_lease(jobs: JobTable, streams: StreamStore) -> None:
+def test_chunks_need_the_running_lease(jobs: JobRecordStore, streams: StreamStore) -> None:
     jobs.create_job(record())
     assert not streams.append_chunks("job_1", "l1", 1, [(0, tok("a"))], 1.0, 9e9)  # queued
     claim(jobs)
@@ -33,7 +33,7 @@ def test_chunks_need_the_running_lease(jobs: JobTable, streams: StreamStore) -> 
 
 
 def test_read_after_a_position_in_order_across_attempts(
-    jobs: JobTable, streams: StreamStore
+    jobs: JobRecordStore, streams: StreamStore
 ) -> None:
     jobs.create_job(record())
     claim(jobs)
@@ -55,7 +55,7 @@ def test_read_after_a_position_in_order_across_attempts(
     assert _tokens(streams.read_chunks("job_1", (0, 0), 1)[0].outputs) == [["1-0"]]
 
 
-def test_a_long_stream_reads_in_pages(jobs: JobTable, streams: StreamStore) -> None:
+def test_a_long_stream_reads_in_pages(jobs: JobRecordStore, streams: StreamStore) -> None:
     jobs.create_job(record())
     claim(jobs)
     for start in range(0, 150, 50):

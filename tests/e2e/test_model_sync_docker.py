@@ -189,9 +189,9 @@ async def test_version_switch_in_real_triton_without_a_failed_request(
     from gpufleet.wire import Tensor
 
     from runner.cache import ContentCache
+    from runner.model_download import Downloader
     from runner.model_manager import ModelManager
-    from runner.model_sync import Downloader
-    from tests.unit.test_runner_model_sync import FileServer
+    from tests.runner.test_runner_model_sync import FileServer
 
     config = (ADD_SUB / "config.pbtxt").read_bytes()
     code_v1 = (ADD_SUB / "1" / "model.py").read_bytes()

@@ -24,7 +24,7 @@ from runner.daemon import Daemon, build_backend
 from runner.gpu import GpuReader
 from runner.settings import RunnerSettings
 from tests import rig
-from tests.unit.runner_fakes import BASE, FakeControlPlane, job
+from tests.runner.runner_fakes import BASE, FakeControlPlane, job
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

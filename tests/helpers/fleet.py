@@ -83,7 +83,7 @@ def serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 @pytest.fixture
 def cp_services(settings: Any, stores: Any) -> Any:
-    from control_plane.app import build_services
+    from control_plane.composition import build_services
 
     return build_services(settings, stores)
 

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from control_plane.api import kserve
 from control_plane.api.openapi import build_openapi
 from control_plane.api.routes_system import package_version
-from tests.api.helpers import signed_post
+from tests.control_plane.api.helpers import signed_post
 from tests.helpers.fake_runner import GPU, Compute, add_sub, complete_body
 
 

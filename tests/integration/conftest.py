@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from control_plane.app import Services, build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services, build_services
 from control_plane.storage.stores import Stores
 from tests.conftest import free_port
 

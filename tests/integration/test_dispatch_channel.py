@@ -494,7 +494,7 @@ def test_a_revoked_runner_process_is_cut_off_and_comes_back_under_a_new_id(
 async def test_a_lease_long_poll_of_a_runner_revoked_meanwhile_claims_nothing(
     fleet: Fleet,
 ) -> None:
-    from tests.api.helpers import signed_post
+    from tests.control_plane.api.helpers import signed_post
 
     runner_id, secret = await asyncio.to_thread(register, fleet, "revoked-while-polling")
     lease = {"models": [{"name": "scale", "version": "1"}], "wait_s": 10}  # nobody else polls

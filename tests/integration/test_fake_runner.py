@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from control_plane.app import Services
-from tests.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
+from control_plane.composition import Services
+from tests.control_plane.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
 
 GPU = {
     "index": 0,

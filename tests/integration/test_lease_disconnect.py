@@ -9,8 +9,8 @@ import contextlib
 
 import httpx
 
-from control_plane.app import Services
-from tests.api.helpers import add_sub_job, push_model, signed_post
+from control_plane.composition import Services
+from tests.control_plane.api.helpers import add_sub_job, push_model, signed_post
 
 LEASE = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 4, "wait_s": 10}
 

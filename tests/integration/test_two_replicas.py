@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
+from tests.control_plane.api.helpers import add_sub_job, add_sub_outputs, push_model, signed_post
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_batch_submit_with_a_key_replays_the_same_ids(settings: Any, stores: Any
     first = jobs.submit_batch(USER, reqs, "batch-1")
     again = jobs.submit_batch(USER, reqs, "batch-1")
     assert again == first and len(set(first)) == 7
-    assert len(jobs.list(USER, None, None, 100, None).jobs) == 7
+    assert len(jobs.list_jobs(USER, None, None, 100, None).jobs) == 7
     assert jobs.queue_depths() == {"add_sub": 7}
     with pytest.raises(Conflict):
         jobs.submit_batch(USER, reqs[:6], "batch-1")
@@ -152,9 +152,9 @@ def test_a_batch_cut_short_is_completed_by_its_replay(
         jobs.submit_batch(USER, reqs, "cut")
     monkeypatch.setattr(stores.jobs.jobs, "create_jobs", real)
     if store_kind == "sqlite":
-        assert jobs.list(USER, None, None, 100, None).jobs == []  # rolled back whole
+        assert jobs.list_jobs(USER, None, None, 100, None).jobs == []  # rolled back whole
     else:
-        assert len(jobs.list(USER, None, None, 100, None).jobs) == 15
+        assert len(jobs.list_jobs(USER, None, None, 100, None).jobs) == 15
         with pytest.raises(Unavailable) as wait:
             jobs.submit_batch(USER, reqs, "cut")
         assert wait.value.retry_after >= 1
@@ -162,7 +162,7 @@ def test_a_batch_cut_short_is_completed_by_its_replay(
     ids = jobs.submit_batch(USER, reqs, "cut")
     assert jobs.submit_batch(USER, reqs, "cut") == ids
     assert len(set(ids)) == 30
-    listed = jobs.list(USER, None, None, 100, None).jobs
+    listed = jobs.list_jobs(USER, None, None, 100, None).jobs
     assert sorted(j.id for j in listed) == sorted(ids)
     assert all(j.status == "QUEUED" for j in listed)
     if store_kind == "sqlite":  # DynamoDB: the crash skipped the depth count of the first 15

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from control_plane.storage.definitions import TABLES, create_all
 from control_plane.storage.embedded_store import DB_FILE
 from tests.conftest import STORE_KINDS

@@ -1,6 +1,7 @@
 """Fixtures of the input-strictness tests (tests/security/test_input_*.py): the in-process
-app of tests/api (settings -> stores -> services -> app -> client), a pushed add_sub model
-and a registered runner. Test modules take them with ``from input_fixtures import *``."""
+app of tests/control_plane/api (settings -> stores -> services -> app -> client), a pushed
+add_sub model and a registered runner. Test modules take them with
+``from input_fixtures import *``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ import httpx
 import pytest
 from gpufleet import signing
 
-from tests.api.conftest import TokenFor, api_key, app, assert_error, auth_headers, client, services
-from tests.api.helpers import add_sub_job, push_model
+from tests.control_plane.api.conftest import (
+    TokenFor,
+    api_key,
+    app,
+    assert_error,
+    auth_headers,
+    client,
+    services,
+)
+from tests.control_plane.api.helpers import add_sub_job, push_model
 
 __all__ = [
     "TokenFor",

@@ -11,8 +11,8 @@ import pytest
 
 from control_plane.errors import RateLimited
 from control_plane.services.throttle import FailureThrottle
-from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import STORE_KINDS
+from tests.control_plane.api.conftest import TokenFor, assert_error
 
 PER_KEY = 5
 PER_ADDRESS = 12

@@ -75,7 +75,7 @@ def test_max_running_holds_the_rest_queued(settings: Any, stores: Any) -> None:
     first = lease(jobs, max_jobs=5)
     assert len(first) == 2  # the quota, though 10 are queued and 5 were asked for
     assert lease(jobs, max_jobs=5) == []
-    held = jobs.list(ROOT, "QUEUED", None, 1, None).jobs[0].id
+    held = jobs.list_jobs(ROOT, "QUEUED", None, 1, None).jobs[0].id
     assert "max_running" in (jobs.get(ROOT, held).waiting_reason or "")
     jobs.submit(SMALL, job(tags={"t": "small"}))
     # another tenant's job still runs (seen once the read-ahead of the queue heads, full of

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +14,9 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from control_plane.api.kserve_grpc import KServeGrpcServer
-from control_plane.app import Services, build_services
+from control_plane.composition import Services, build_services
 from control_plane.storage.stores import Stores
+from tests.helpers.clock import FakeClock
 
 
 @pytest.fixture
@@ -27,8 +27,16 @@ def settings(settings: Any) -> Any:
 
 
 @pytest.fixture
-def grpc_fleet(settings: Any, stores: Stores) -> Iterator[tuple[str, Services]]:
-    services = build_services(settings, stores)
+def monotonic() -> FakeClock:
+    """The auth service's monotonic clock (its revocation-state cache ages when moved)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def grpc_fleet(
+    settings: Any, stores: Stores, monotonic: FakeClock
+) -> Iterator[tuple[str, Services]]:
+    services = build_services(settings, stores, monotonic=monotonic)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -55,14 +63,16 @@ def _live(address: str, bearer: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_revoked_key_stops_over_grpc(grpc_fleet: tuple[str, Services]) -> None:
+def test_revoked_key_stops_over_grpc(
+    grpc_fleet: tuple[str, Services], monotonic: FakeClock
+) -> None:
     address, services = grpc_fleet
     made = services.auth.issue_api_key("acme", "user", "triton")
     assert _live(address, made.api_key) == grpc.StatusCode.OK  # remembered from now on
     # Revoked directly in the store (as another replica would): this listener's memory
     # keeps the key for api_key_cache_s, the state check stops it within seconds.
     assert services.stores is not None and services.stores.auth.revoke_api_key(made.id)
-    time.sleep(0.6)
+    monotonic.advance(0.6)
     assert _live(address, made.api_key) == grpc.StatusCode.UNAUTHENTICATED
 
 

@@ -18,7 +18,8 @@ import pytest
 from input_fixtures import *
 from pydantic import SecretStr
 
-from control_plane.app import Services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services
 from control_plane.settings import Settings
 
 

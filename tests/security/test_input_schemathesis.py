@@ -31,11 +31,12 @@ from gpufleet.client import Client
 from schemathesis.core import NotSet
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from control_plane.app import build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import build_services
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
-from tests.api.helpers import ADD_SUB
 from tests.conftest import TEST_JWT_SECRET
+from tests.control_plane.api.helpers import ADD_SUB
 
 EXAMPLES = int(os.environ.get("GPUFLEET_SCHEMATHESIS_EXAMPLES", "6"))
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from input_fixtures import *
 
-from control_plane.app import Services, create_app
+from control_plane.app import create_app
+from control_plane.composition import Services
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
 

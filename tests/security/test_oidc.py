@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.api.conftest import assert_error
+from tests.control_plane.api.conftest import assert_error
 
 ISSUER = "https://idp.example.test/realms/acme"
 AUDIENCE = "gpufleet-api"

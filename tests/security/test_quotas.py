@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from control_plane.app import Services
-from tests.api.conftest import TokenFor, assert_error
-from tests.api.helpers import add_sub_job, push_model
+from control_plane.composition import Services
+from tests.control_plane.api.conftest import TokenFor, assert_error
+from tests.control_plane.api.helpers import add_sub_job, push_model
 
 
 async def _token(client: httpx.AsyncClient, api_key: str) -> dict[str, str]:

@@ -7,17 +7,18 @@ once on admin routes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from control_plane.app import build_services, create_app
+from control_plane.app import create_app
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
-from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import STORE_KINDS
+from tests.control_plane.api.conftest import TokenFor, assert_error
+from tests.helpers.clock import FakeClock
 
 CHECK_S = 0.5
 
@@ -33,9 +34,17 @@ def settings(settings: Any) -> Any:
 
 
 @pytest.fixture
-async def replica_b(settings: Any, stores: Stores) -> AsyncIterator[httpx.AsyncClient]:
+def b_clock() -> FakeClock:
+    """Replica B's monotonic clock: its revocation-state cache ages only when moved."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def replica_b(
+    settings: Any, stores: Stores, b_clock: FakeClock
+) -> AsyncIterator[httpx.AsyncClient]:
     """A second control plane on the same store."""
-    app = create_app(settings, build_services(settings, stores))
+    app = create_app(settings, build_services(settings, stores, monotonic=b_clock))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://cp-b.test") as c:
         yield c
@@ -82,7 +91,10 @@ async def test_revoked_admin_token_cannot_mint_keys(
 
 
 async def test_revoked_user_token_cannot_submit(
-    client: httpx.AsyncClient, replica_b: httpx.AsyncClient, auth_headers: TokenFor
+    client: httpx.AsyncClient,
+    replica_b: httpx.AsyncClient,
+    auth_headers: TokenFor,
+    b_clock: FakeClock,
 ) -> None:
     root = await auth_headers("admin", "default")
     user = await _new_key(client, root, "user")
@@ -97,7 +109,7 @@ async def test_revoked_user_token_cannot_submit(
     assert_error(await client.post("/v1/jobs", headers=token, json=JOB), 401, "unauthorized")
     assert_error(await client.post("/v1/jobs", headers=bearer_key, json=JOB), 401, "unauthorized")
     # The other replica within revocation_check_s.
-    await asyncio.sleep(CHECK_S + 0.1)
+    b_clock.advance(CHECK_S + 0.1)
     for headers in (token, bearer_key):
         r = await replica_b.post("/v1/jobs", headers=headers, json=JOB)
         assert_error(r, 401, "unauthorized")
@@ -107,17 +119,23 @@ async def test_revoked_user_token_cannot_submit(
 
 
 async def test_unrevoked_tokens_keep_working_after_the_check_window(
-    client: httpx.AsyncClient, replica_b: httpx.AsyncClient, auth_headers: TokenFor
+    client: httpx.AsyncClient,
+    replica_b: httpx.AsyncClient,
+    auth_headers: TokenFor,
+    b_clock: FakeClock,
 ) -> None:
     """Control: the state check re-reads a live key and lets its token through."""
     headers = await auth_headers("user", "acme")
     assert (await replica_b.get("/v1/jobs", headers=headers)).status_code == 200
-    await asyncio.sleep(CHECK_S + 0.1)
+    b_clock.advance(CHECK_S + 0.1)
     assert (await replica_b.get("/v1/jobs", headers=headers)).status_code == 200
 
 
 async def test_rotated_out_api_key_bearer_stops_on_every_replica(
-    client: httpx.AsyncClient, replica_b: httpx.AsyncClient, auth_headers: TokenFor
+    client: httpx.AsyncClient,
+    replica_b: httpx.AsyncClient,
+    auth_headers: TokenFor,
+    b_clock: FakeClock,
 ) -> None:
     """An API key used directly as a bearer is remembered for api_key_cache_s (60 s), but a
     rotation that ends the old secret stops it as a revocation would."""
@@ -132,7 +150,7 @@ async def test_rotated_out_api_key_bearer_stops_on_every_replica(
     assert r.status_code == 200, r.text
     new = {"Authorization": f"Bearer {r.json()['api_key']}"}
     assert_error(await client.get("/v1/jobs", headers=old), 401, "unauthorized")
-    await asyncio.sleep(CHECK_S + 0.1)
+    b_clock.advance(CHECK_S + 0.1)
     assert_error(await replica_b.get("/v1/jobs", headers=old), 401, "unauthorized")
     for replica in (client, replica_b):
         assert (await replica.get("/v1/jobs", headers=new)).status_code == 200

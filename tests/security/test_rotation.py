@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from control_plane.api.context import Services
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
-from tests.api.conftest import TokenFor, assert_error
-from tests.api.helpers import signed_post
 from tests.conftest import STORE_KINDS
+from tests.control_plane.api.conftest import TokenFor, assert_error
+from tests.control_plane.api.helpers import signed_post
 from tests.helpers.clock import FakeClock
 
 ROTATION_S = 1

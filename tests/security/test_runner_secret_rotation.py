@@ -14,14 +14,14 @@ import pytest
 from gpufleet.wire import HeartbeatRequest, HeartbeatResponse, RunnerConfig
 
 from control_plane.api.context import Services
-from control_plane.app import build_services
+from control_plane.composition import build_services
 from control_plane.storage.stores import Stores
 from runner.cp_client import ControlPlaneClient
 from runner.heartbeat import Heartbeat
 from runner.identity import Identity
 from runner.settings import RunnerSettings
 from runner.state import RunnerState
-from tests.api.conftest import TokenFor
+from tests.control_plane.api.conftest import TokenFor
 from tests.helpers.clock import FakeClock
 
 BASE = "http://cp.test"

@@ -12,8 +12,8 @@ import pytest
 from control_plane.errors import Unauthorized
 from control_plane.services.claims import check_time_claims
 from control_plane.settings import Settings
-from tests.api.conftest import TokenFor, assert_error
 from tests.conftest import TEST_JWT_SECRET
+from tests.control_plane.api.conftest import TokenFor, assert_error
 
 
 def _forge(services: Any, key_id: str, **overrides: Any) -> str:

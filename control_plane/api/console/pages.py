@@ -49,7 +49,7 @@ async def fleet(request: Request, s: Session) -> Response:
 
 
 async def models(request: Request, s: Session) -> Response:
-    listing = await run_in_threadpool(services(request).models.list, s.p)
+    listing = await run_in_threadpool(services(request).models.list_models, s.p)
     return page(request, s, "models.html", models=listing.models)
 
 
@@ -93,7 +93,7 @@ async def jobs(request: Request, s: Session) -> Response:
     limit = query_int(request, "limit", 25, 1, 200)
     cursor = request.query_params.get("cursor") or None
     listing: JobList = await run_in_threadpool(
-        services(request).jobs.list, s.p, status, model_name, limit, cursor
+        services(request).jobs.list_jobs, s.p, status, model_name, limit, cursor
     )
     found, next_cursor = views.created_since(listing, since, clock.now())
     return page(

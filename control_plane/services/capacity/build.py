@@ -1,13 +1,16 @@
-"""Wiring of the capacity autoscaler (called by the composition root, ``control_plane.app``)."""
+"""Building the capacity autoscaler (called by the composition root,
+``control_plane.composition``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from control_plane.services.capacity.providers.base import Provider
 from control_plane.services.capacity.service import CapacityService
 from control_plane.settings import Settings
 from control_plane.storage.protocols import JobRecord
+from control_plane.storage.protocols_auth import RunnerStore
 from control_plane.storage.stores import Stores
 
 if TYPE_CHECKING:
@@ -84,14 +87,11 @@ def build_capacity_service(
         },
         model_memory=lambda: model_memory(stores),
     )
-    placement_reason = jobs.waiting_reason
+    return svc
 
-    def waiting_reason(job: JobRecord) -> str | None:
-        """A pool starting a host for the job's model says so first; placement otherwise."""
-        return svc.waiting_reason(job) or (placement_reason(job) if placement_reason else None)
 
-    jobs.waiting_reason = waiting_reason
-
+def cold_host_of(runner_store: RunnerStore) -> Callable[[JobRecord], bool | None]:
+    """The job service's ``cold_host`` question when pools start hosts."""
     registered: dict[str, float | None] = {}  # runner id -> registered_at if a pool's
 
     def cold_host(job: JobRecord) -> bool | None:
@@ -106,5 +106,4 @@ def build_capacity_service(
         at = registered[job.runner_id]
         return None if at is None else at > job.created_at
 
-    jobs.cold_host = cold_host
-    return svc
+    return cold_host

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from typing import cast
+
+from gpufleet.wire import Role
 
 from control_plane import clock
 from control_plane.errors import Conflict
@@ -83,7 +86,7 @@ def _key(row: tuple[object, ...]) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=str(key_id),
         tenant=str(tenant),
-        role=str(role),
+        role=cast(Role, str(role)),  # the store holds only the roles it was given
         name=str(name),
         secret_hash=str(secret_hash),
         created_at=float(created_at),  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ Timeline of one key: the first submit inserts the record (condition: no record, 
 one, ``expires_at < now``); a concurrent or later submit loses that condition and reads the
 record back in the same transaction, so exactly one job id is ever bound to a live key.
 DynamoDB's TTL deletes expired records; here each claim deletes a few expired ones instead.
-A claim made inside ``SqliteJobTable.atomic()`` joins that transaction.
+A claim made inside ``SqliteJobRecordStore.atomic()`` joins that transaction.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ _COLUMNS = (
     " outputs_ref, error, run_ms, commits, run_info"
 )
 
-# A new job stores what DynamoJobStore.to_item stores: the run fields start empty.
+# A new job stores what DynamoJobRecordStore.to_item stores: the run fields start empty.
 _NEW_COLUMNS = (
     "id, tenant, created_key, model, model_version, pinned, status, priority, created_at,"
     " timeout_s, ttl_s, max_attempts, region, request, attempts, queue_shard, queue_sk,"
@@ -274,8 +274,8 @@ def _list_sql(tenant: bool, status: bool, model: bool, after: bool) -> str:
     return select + " ORDER BY created_key DESC LIMIT ?"
 
 
-class SqliteJobTable:
-    """``JobTable`` on the ``jobs`` table of the embedded store.
+class SqliteJobRecordStore:
+    """``JobRecordStore`` on the ``jobs`` table of the embedded store.
 
     - ``create_job``: insert unless the id exists (False: an idempotent replay).
     - ``create_jobs``: unconditional puts of jobs with fresh random ids, one transaction.

@@ -11,7 +11,7 @@
 The three are ``WITHOUT ROWID`` tables clustered on their key: a head or sweep read is one
 range scan of the primary key. As with DynamoDB, each call is one statement on one key (or a
 batch in one transaction); the job item stays the source of truth and readers verify entries
-and markers against it. Writes join the transaction of an open ``SqliteJobTable.atomic()``.
+and markers against it. Writes join the transaction of an open ``SqliteJobRecordStore.atomic()``.
 """
 
 from __future__ import annotations
