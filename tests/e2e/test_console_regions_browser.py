@@ -95,3 +95,15 @@ def test_fleet_page_shows_regions_live(chrome: Any, cp: ControlPlaneProc) -> Non
     )
     assert "static" in text(chrome, '#latency-table tr[data-pair="ap-southeast-1:us-east-1"]')
     chrome.save_screenshot(str(Path(artifacts_dir()) / "regions-fleet.png"))
+
+
+def test_admin_page_shows_region_defaults(chrome: Any, cp: ControlPlaneProc) -> None:
+    with Client(cp.url, api_key=cp.admin_key, timeout=30.0) as admin:
+        admin.admin.set_region_defaults(
+            tenant="acme", default_region="eu-west-1", regions_allowed=["eu-west-1", "us-east-1"]
+        )
+    chrome.get(cp.url.rstrip("/") + "/console/admin")
+    wait_for(chrome, lambda b: b.find_elements("id", "region-defaults"), 30, "the table")
+    row = text(chrome, '#region-defaults tr[data-name="acme"]')
+    assert "eu-west-1, us-east-1" in row and "stored" in row, row
+    chrome.save_screenshot(str(Path(artifacts_dir()) / "regions-admin.png"))

@@ -148,8 +148,14 @@ async def admin_page(request: Request, s: Session, **shown: Any) -> Response:
     s.p.require("jobs:write")
     auth = services(request).auth
     keys = (await run_in_threadpool(auth.list_api_keys, s.p)).keys if s.can("admin") else []
+    callers = getattr(services(request).regions, "callers", None)
+    region_defaults = (
+        await run_in_threadpool(callers.list_all, s.p)
+        if callers is not None and s.can("admin")
+        else None
+    )
     context = {"created": None, "join": None, "secret": None, "note": None, **shown}
-    return page(request, s, "admin.html", keys=keys, **context)
+    return page(request, s, "admin.html", keys=keys, region_defaults=region_defaults, **context)
 
 
 async def charts(request: Request, s: Session) -> Response:

@@ -1,5 +1,6 @@
 """The console's fleet page shows the regions: live runners, measured round trips and the
-latency table of ``GET /v1/regions``."""
+latency table of ``GET /v1/regions``; the admin page lists the region defaults of tenants
+and API keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from control_plane.app import Services
 from tests.control_plane.api.conftest import TokenFor
 from tests.control_plane.api.test_console_routes import Browser, browser  # noqa: F401 - the fixture
 from tests.control_plane.api.test_deployments import gpu, register
@@ -48,3 +50,37 @@ async def test_fleet_page_shows_regions_and_latencies(
         '<td>81.5 ms</td><td>81.5 ms</td><td class="source">measured</td>',
     ):
         assert text in html, text
+
+
+async def test_admin_page_lists_region_defaults(
+    browser: Browser,  # noqa: F811
+    api_key: Callable[..., str],
+    client: httpx.AsyncClient,
+    auth_headers: TokenFor,
+    services: Services,
+) -> None:
+    admin = await auth_headers("admin", "default")
+    c = await browser(api_key("admin", "default"))
+    assert "No tenant or API key has region defaults." in (await c.get("/console/admin")).text
+    key = services.auth.issue_api_key("acme", "user", "eu")
+    r = await client.put(
+        "/v1/admin/tenants/acme/regions",
+        headers=admin,
+        json={"default_region": "eu-west-1", "regions_allowed": ["eu-west-1", "eu-central-1"]},
+    )
+    assert r.status_code == 200, r.text
+    r = await client.put(
+        f"/v1/admin/api-keys/{key.id}/regions",
+        headers=admin,
+        json={"regions_allowed": ["eu-central-1"]},
+    )
+    assert r.status_code == 200, r.text
+    html = (await c.get("/console/admin")).text
+    tenant = html.split('<tr data-scope="tenant" data-name="acme">')[1].split("</tr>")[0]
+    assert "<td>eu-west-1</td><td>eu-west-1, eu-central-1</td><td>stored</td>" in tenant
+    row = html.split(f'<tr data-scope="key" data-name="{key.id}">')[1].split("</tr>")[0]
+    assert "<td>eu-central-1</td><td>stored</td>" in row, row
+    assert "in eu-central-1</td>" in row  # effective: no default inside the key's limit
+    # a user's settings page has no such section
+    user = await browser(api_key("user", "acme"))
+    assert 'id="region-defaults"' not in (await user.get("/console/admin")).text
