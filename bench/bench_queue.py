@@ -14,7 +14,9 @@ line is the lease p50 ratio large/small (the design's target: at most 2x).
 
 ``--calls`` counts storage calls per job instead (submit -> lease -> complete -> terminal
 read), one job at a time ("single") and in batches of 100 ("batch": ``POST /v1/jobs/batch``,
-``lease(max_jobs=100)``, ``POST /v1/runners/{id}/complete``, concurrent waits), on DynamoDB
+``lease(max_jobs=100)``, ``POST /v1/runners/{id}/complete``, concurrent waits), and one at a
+time as the SDK sends it ("client": Idempotency-Key, a long poll waiting while the runner's
+long-poll lease and complete run), on DynamoDB
 (API calls seen by botocore's ``before-call`` event, moto over HTTP) and on the embedded
 SQLite store (statements seen by a trace callback on every connection; ``BEGIN`` = one write
 transaction):
@@ -327,6 +329,39 @@ def _complete_all(jobs: Any, leased: list[Any], batch: bool) -> None:
         jobs.complete("run_calls", x.id, done)
 
 
+def count_client_flow(svc: Services, counter: CallCounter, n: int) -> None:
+    """One job at a time as the SDK sends it: a submit with an Idempotency-Key, a long poll
+    waiting for it (``Prefer: wait``: the submit's own view is known to the wait where the
+    service takes it), the runner's long-poll lease and its complete, the wait's answer."""
+    import inspect
+
+    jobs: Any = svc.jobs
+    takes_known = "known" in inspect.signature(jobs.wait).parameters
+    req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1, wait_s=1.0)
+
+    async def one(i: int) -> None:
+        counter.phase = "submit"
+        view = jobs.submit(USER, job(), f"calls-{i}")[0]
+        counter.phase = "read"
+        known = {"known": view} if takes_known else {}
+        waiter = asyncio.ensure_future(jobs.wait(USER, view.id, 10.0, **known))
+        await asyncio.sleep(0.05)  # the wait's first round (a read, unless it knows)
+        counter.phase = "lease"
+        [leased] = (await jobs.lease("run_calls", None, req)).jobs
+        counter.phase = "complete"
+        done = CompleteRequest(lease_token=leased.lease_token, status="SUCCEEDED", outputs=OUTPUTS)
+        jobs.complete("run_calls", leased.id, done)
+        counter.phase = "read"
+        assert (await waiter).status == "SUCCEEDED"
+        counter.phase = "idle"
+
+    async def run() -> None:
+        for i in range(n):
+            await one(i)
+
+    asyncio.run(run())
+
+
 def count_flow(svc: Services, counter: CallCounter, n: int, batch: bool) -> None:
     """submit -> lease -> complete -> terminal read of ``n`` jobs, one phase at a time."""
     jobs: Any = svc.jobs
@@ -387,17 +422,23 @@ def calls_main(n: int) -> None:
     server = serialized_moto_server(port)
     server.start()
     try:
-        for flow in ("single", "batch"):
+        for flow in ("single", "batch", "client"):
             counter = CallCounter()
             with moto_services(f"http://127.0.0.1:{port}", counter) as svc:
-                count_flow(svc, counter, n, flow == "batch")
+                if flow == "client":
+                    count_client_flow(svc, counter, n)
+                else:
+                    count_flow(svc, counter, n, flow == "batch")
             record("dynamodb", flow, counter)
     finally:
         server.stop()
-    for flow in ("single", "batch"):
+    for flow in ("single", "batch", "client"):
         counter = CallCounter()
         with sqlite_services(counter) as svc:
-            count_flow(svc, counter, n, flow == "batch")
+            if flow == "client":
+                count_client_flow(svc, counter, n)
+            else:
+                count_flow(svc, counter, n, flow == "batch")
         record("sqlite", flow, counter)
     print(f"\nstorage calls per job ({n} jobs; sqlite: statements, BEGIN = a write transaction)")
     print(f"{'store':<9} {'flow':<7} {'phase':<9} {'calls/job':>9}  by operation")
