@@ -45,6 +45,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from control_plane.api.context import Services
 from control_plane.api.errors import validation_details
 from control_plane.api.kserve import (
+    SHARED_MEMORY_MARKER,
     JobOutcome,
     job_outcome,
     model_ref,
@@ -448,12 +449,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
         bind(model=model)  # log lines about this call name the model (then the job)
-        if self._svc.inference is not None and not _uses_shared_memory(request):
+        raw = request.SerializeToString()
+        # Shared memory is never passed through; a marker in tensor data only costs the
+        # parsed path (as over HTTP).
+        if self._svc.inference is not None and SHARED_MEMORY_MARKER not in raw:
 
             def build(name: str, resolved: str) -> RawRequest:
-                request.model_name = name
-                request.model_version = resolved
-                return RawRequest("grpc", request.SerializeToString())
+                return RawRequest("grpc", with_model(raw, name, resolved))
 
             try:
                 answer = await self._svc.inference.passthrough(p, model, version, "grpc", build)
@@ -466,9 +468,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return to_infer_response(result, (o.name for o in request.outputs))
 
 
-def _uses_shared_memory(request: Any) -> bool:
-    """Whether an input or output names a shared-memory region (never passed through)."""
-    return any("shared_memory_region" in t.parameters for t in (*request.inputs, *request.outputs))
+def _string_field(number: int, value: str) -> bytes:
+    """One length-delimited protobuf field (``number``, a string) in wire format."""
+    data = value.encode()
+    out = bytearray()
+    for v in ((number << 3) | 2, len(data)):
+        while v > 0x7F:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out) + data
+
+
+def with_model(raw: bytes, name: str, version: str) -> bytes:
+    """A serialized ``ModelInferRequest`` naming ``name`` version ``version``: the two
+    fields (1 and 2) appended, which a parser takes over earlier values ("last one wins" for
+    singular fields in the protobuf encoding), so the request is not serialized again."""
+    return raw + _string_field(1, name) + _string_field(2, version)
 
 
 for _name, _why in _UNIMPLEMENTED.items():

@@ -12,9 +12,10 @@ Two paths, chosen per call:
    version → the request goes to it in memory and the answer comes back on the same call. No
    table is written; Triton's semantics (at most once per attempt; 503 when the runner is
    lost, the SDK retries). A v1 call whose tensors all have a JSON-exact datatype (not
-   FP16/BF16/BYTES) goes as the KServe v2 JSON request it maps to, passed through like 0.
-   (the runner decodes nothing; Triton's JSON outputs are v1 tensors); others go as
-   structured frames the runner decodes.
+   FP16/BF16/BYTES), with no tensor parameters and no reserved request parameter, goes as
+   the KServe v2 JSON request it maps to, passed through like 0. (the runner decodes
+   nothing; Triton's JSON outputs are v1 tensors); others go as structured frames the
+   runner decodes (``_as_kserve_json``).
 2. **job** (the durable queue): no such runner here (its runners are connected to another
    replica, or this is Lambda), an ``Idempotency-Key`` was given, or an input is a
    ``data_ref`` payload → submit a job, wait for it (``infer_wait_s``), return its outputs.
@@ -127,7 +128,9 @@ class InferenceService:
             if rec is None:
                 rec = await self._jobs.offload(self._jobs.infer_target, p, req)
             where = Placement(req.region, frozenset(req.regions_allowed or ()))
-            if _json_exact(req, rec.outputs) and d.routable(rec.name, rec.version, "http", where):
+            if _as_kserve_json(req, rec.outputs) and d.routable(
+                rec.name, rec.version, "http", where
+            ):
                 return await self._as_kserve(d, rec.name, rec.version, req, wait_s, where)
             if d.routable(rec.name, rec.version, where=where):
                 payload: dict[str, Any] = {
@@ -168,12 +171,10 @@ class InferenceService:
                 "shape": t.shape,
                 "data": _flatten(data) if data and isinstance(data[0], list) else data,
             }
-            if t.parameters:
-                item["parameters"] = t.parameters
             inputs.append(item)
         doc: dict[str, Any] = {"inputs": inputs}
         if req.outputs:
-            doc["outputs"] = [o.model_dump(exclude_none=True) for o in req.outputs]
+            doc["outputs"] = [{"name": o.name} for o in req.outputs]
         if req.parameters:
             doc["parameters"] = req.parameters
         body = json.dumps(doc, separators=(",", ":")).encode()
@@ -333,11 +334,28 @@ JSON_EXACT = frozenset(
 )
 
 
-def _json_exact(req: JobRequest, outputs: list[dict[str, Any]]) -> bool:
-    """Whether every input of ``req`` and every output of the version (``outputs``, from its
-    config) travels as KServe JSON without a change of value."""
-    return all(t.datatype in JSON_EXACT and t.data is not None for t in req.inputs) and all(
-        o.get("datatype") in JSON_EXACT for o in outputs
+# Request parameters the structured path's client library refuses (it sets them itself):
+# such a call keeps that path, so its answer does not change with the path taken.
+RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
+    | {"binary_data_output"}
+)
+
+
+def _as_kserve_json(req: JobRequest, outputs: list[dict[str, Any]]) -> bool:
+    """Whether ``req`` may go to Triton as KServe JSON and mean what the structured path
+    sends: every input and every output of the version (``outputs``, from its config) of a
+    JSON-exact datatype, no tensor parameters (the structured path sends none: no
+    shared-memory or binary-data parameters reach Triton), no reserved request parameter."""
+    return (
+        all(
+            t.datatype in JSON_EXACT and t.data is not None and not t.parameters for t in req.inputs
+        )
+        and all(o.get("datatype") in JSON_EXACT for o in outputs)
+        and not any(o.parameters for o in req.outputs or ())
+        and not any(
+            k in RESERVED_PARAMETERS or k.startswith("triton_") for k in req.parameters or {}
+        )
     )
 
 
