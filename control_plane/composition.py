@@ -214,7 +214,7 @@ def build_services(
             else None
         )
     )
-    inference = InferenceService(jobs, dispatch, settings, st.blobs)
+    inference = InferenceService(jobs, dispatch, settings, st.blobs, regions=regions)
     streams = (
         StreamService(settings, st.streams, jobs, jobs.wakeups, jobs.offload, now=now)
         if st.streams is not None

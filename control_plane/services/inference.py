@@ -49,6 +49,7 @@ from control_plane.services.dispatch import (
     RawRequest,
 )
 from control_plane.services.principal import Principal
+from control_plane.services.regions import RegionService
 from control_plane.settings import Settings
 from control_plane.storage.protocols import BlobStore
 
@@ -101,8 +102,10 @@ class InferenceService:
         dispatch: Dispatcher | None,
         settings: Settings,
         blobs: BlobStore,
+        regions: RegionService | None = None,
     ) -> None:
         self._jobs = jobs
+        self._regions = regions  # region defaults of KServe calls (None: anywhere)
         self.dispatch = dispatch
         self._settings = settings
         self._blobs = blobs
@@ -262,7 +265,7 @@ class InferenceService:
     async def _with_regions(self, p: Principal, req: JobRequest) -> JobRequest:
         """``req`` with its region defaults (off the event loop only when a store read is
         due: the hot path stays on it)."""
-        regions = getattr(self._jobs, "regions", None)
+        regions = self._regions
         if regions is None:
             return req
         out: JobRequest
@@ -278,7 +281,7 @@ class InferenceService:
         """Where a KServe call (no region fields of its own) of ``p`` may run: its tenant's
         and the deployment's region defaults (docs/regions.md). ``cached_only``: None
         instead of a store read."""
-        regions = getattr(self._jobs, "regions", None)
+        regions = self._regions
         if regions is None:
             return ANYWHERE
         if cached_only and not regions.resolves_without_io(model):
