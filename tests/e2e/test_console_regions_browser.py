@@ -20,7 +20,12 @@ from selenium.webdriver.common.keys import Keys
 from tests.helpers.chromium import BrowserUnavailable, artifacts_dir, start_browser, text, wait_for
 from tests.helpers.procs import ControlPlaneProc, start_control_plane
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# one browser per module, signed in by the first test: both tests stay on one xdist worker
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("console-regions-browser"),
+]
 GPU = {"index": 0, "uuid": "GPU-x", "name": "A100", "memory_total_mb": 40960, "memory_used_mb": 0}
 
 
