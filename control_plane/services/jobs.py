@@ -15,15 +15,16 @@ store's batch calls (see ``queue_ops.py``): a few calls per batch instead of a f
 Backpressure: the queue depth of a model is the sum of per-shard counters
 (``QueueStore.add_depth``, by whoever wins a transition), read with one small read per submit.
 
-Hooks, called after each transition this replica commits: ``on_record_transition``,
-callables ``(JobRecord, view, previous_status | None)`` where ``view()`` builds the wire view
-only when a hook needs it (webhooks of jobs that have one; counters read the record), and
-``on_transition``, callables ``(JobView, previous_status | None)`` (the view is built).
+Transitions: after each transition this replica commits, the service publishes it to the
+``TransitionBus`` it was built with (``services/transitions.py``): the ``records`` topic gets
+``(JobRecord, view, previous_status | None)`` where ``view()`` builds the wire view only when
+a subscriber needs it (webhooks of jobs that have one; counters read the record), the
+``views`` topic ``(JobView, previous_status | None)`` (the view is built), and
+``region_leases`` one call per job leased.
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -150,7 +151,7 @@ class JobService(JobSubmit, JobReads, JobLeasing, JobCompletion):
         """model -> queued jobs (for /metrics)."""
         return self._store.queue.all_depths()
 
-    def queue_snapshot(self, models: builtins.list[str]) -> dict[str, QueueSnapshot]:
+    def queue_snapshot(self, models: list[str]) -> dict[str, QueueSnapshot]:
         """Depth, oldest entry and pinned versions of each model's queue (for placement).
 
         The oldest entry and the pinned versions are read from the first 100 entries of

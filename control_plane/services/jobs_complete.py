@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import logging
@@ -65,9 +64,7 @@ class JobCompletion(JobCore):
             raise answer
         return CompleteResponse(id=job_id, status=answer.status)  # type: ignore[arg-type]
 
-    def complete_batch(
-        self, runner_id: str, items: builtins.list[CompleteItem]
-    ) -> builtins.list[CompleteItemResult]:
+    def complete_batch(self, runner_id: str, items: list[CompleteItem]) -> list[CompleteItemResult]:
         """Commit up to 100 results, each as ``complete`` would (fenced by its own lease token):
         one read of the jobs this replica did not lease, one batch of commits, hooks per job.
         Answers in the items' order; a job named again later in the batch is answered as a
@@ -77,7 +74,7 @@ class JobCompletion(JobCore):
             firsts.setdefault(item.job_id, item)
         outcomes = self._commit(runner_id, [(i, item) for i, item in firsts.items()])
         answers = dict(zip(firsts, outcomes, strict=True))
-        out: builtins.list[CompleteItemResult] = []
+        out: list[CompleteItemResult] = []
         answered: set[str] = set()
         for item in items:
             outcome = answers[item.job_id]
@@ -92,8 +89,8 @@ class JobCompletion(JobCore):
         return out
 
     def _commit(
-        self, runner_id: str, items: builtins.list[tuple[str, Completion]]
-    ) -> builtins.list[Committed | GpufleetError]:
+        self, runner_id: str, items: list[tuple[str, Completion]]
+    ) -> list[Committed | GpufleetError]:
         """Commit each result (one per job) fenced by its lease token: the committed answer
         (also for a retry of a result committed before) or the refusal, in order.
 

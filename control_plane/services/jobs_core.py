@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import copy
 import logging
 import threading
@@ -138,15 +137,15 @@ class JobCore:
     _models: ModelService
     _blobs: BlobStore
     payloads: PayloadService
-    on_transition: builtins.list[Transition]
-    on_record_transition: builtins.list[RecordTransition]
+    on_transition: list[Transition]
+    on_record_transition: list[RecordTransition]
     request_checks: tuple[Callable[[JobRequest], None], ...]
     waiting_reason: Callable[[JobRecord], str | None] | None
     cold_host: Callable[[JobRecord], bool | None] | None
     runner_usable: Callable[[str], bool] | None
-    lease_offers: Callable[[str, builtins.list[ModelRef]], builtins.list[ModelRef]] | None
+    lease_offers: Callable[[str, list[ModelRef]], list[ModelRef]] | None
     regions: RegionService | None
-    on_region_lease: builtins.list[Callable[[str | None, str], None]]
+    on_region_lease: list[Callable[[str | None, str], None]]
     _ops: QueueOps
     _sweeper: Sweeper
     _pool: ThreadPoolExecutor

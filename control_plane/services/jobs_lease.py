@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import time
 from collections import defaultdict
@@ -81,7 +80,7 @@ class JobLeasing(JobCore):
 
     def _candidates(
         self, offers: dict[str, set[str]], region: str | None, want: int, long_poll: bool
-    ) -> builtins.list[QueueEntry]:
+    ) -> list[QueueEntry]:
         keys = self._store.queue.keys
         shards = [
             keys.queue_shard(model, n)
@@ -112,21 +111,19 @@ class JobLeasing(JobCore):
             return self.regions.fits(entry_region, runner_region, queued_s)
         return static_region_fits(entry_region, runner_region, queued_s)
 
-    def _lease_once(
-        self, runner_id: str, region: str | None, req: LeaseRequest
-    ) -> builtins.list[LeasedJob]:
+    def _lease_once(self, runner_id: str, region: str | None, req: LeaseRequest) -> list[LeasedJob]:
         offers: dict[str, set[str]] = defaultdict(set)
         for m in req.models:
             offers[m.name].add(m.version)
         if not offers:
             return []
-        leased: builtins.list[LeasedJob] = []
+        leased: list[LeasedJob] = []
         self.quotas.before_lease()  # what fair leasing reads under the read-ahead's lock
         for _ in range(CLAIM_ROUNDS):  # a round whose claims all lost a race takes more
             want = req.max_jobs - len(leased)
             pending = self._candidates(offers, region, want, req.wait_s > 0)
             t = self._now()
-            claims: builtins.list[tuple[QueueEntry, str]] = []
+            claims: list[tuple[QueueEntry, str]] = []
             for entry in pending:
                 if entry.ttl_deadline <= t:
                     self._ops.expire_entry(entry, t)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import time
 
@@ -71,7 +70,7 @@ class JobReads(JobCore):
         p.require("jobs:read")
         return self._with_reason(self._load(p, job_id))
 
-    def inputs(self, p: Principal, job_id: str) -> builtins.list[Tensor]:
+    def inputs(self, p: Principal, job_id: str) -> list[Tensor]:
         """The job's input tensors as submitted (large ones as ``data_ref``), for the console's
         job page; 404 where ``get`` would be."""
         p.require("jobs:read")
@@ -180,7 +179,7 @@ class JobReads(JobCore):
                 return self.view(done)
         raise Conflict(f"job {job_id} kept changing; try again")
 
-    def cancelled_among(self, job_ids: builtins.list[str]) -> builtins.list[str]:
+    def cancelled_among(self, job_ids: list[str]) -> list[str]:
         """The ids among ``job_ids`` whose job is now CANCELLED (heartbeat ``cancel_jobs``)."""
         statuses = self._store.jobs.job_statuses([i for i in job_ids if i.startswith("job_")])
         return [i for i in dict.fromkeys(job_ids) if statuses.get(i) == "CANCELLED"]

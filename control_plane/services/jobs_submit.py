@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import logging
 import random
@@ -193,9 +192,9 @@ class JobSubmit(JobCore):
     def submit_batch(
         self,
         p: Principal,
-        reqs: builtins.list[JobRequest],
+        reqs: list[JobRequest],
         idempotency_key: str | None = None,
-    ) -> builtins.list[str]:
+    ) -> list[str]:
         """Validate every job first, then queue them all.
 
         Without a key, a write that fails cancels what was stored again. With a key, the
@@ -206,7 +205,7 @@ class JobSubmit(JobCore):
         """
         p.require("jobs:write")
         cache: dict[tuple[str, str | None], Any] = {}
-        resolved: builtins.list[JobRequest] = []
+        resolved: list[JobRequest] = []
         for i, req in enumerate(reqs):
             try:
                 resolved.append(self.with_regions(p, req))
@@ -236,7 +235,7 @@ class JobSubmit(JobCore):
         created = self._now()
         if idempotency_key is not None:
             return self._submit_keyed_batch(p, reqs, idempotency_key, created)
-        batch: builtins.list[tuple[JobRecord, int]] = []
+        batch: list[tuple[JobRecord, int]] = []
         for req in reqs:
             job = new_job(p, req, new_id("job"), created)
             job.queue_token = new_token()
@@ -253,8 +252,8 @@ class JobSubmit(JobCore):
         p: Principal,
         key: str | None,
         digest: str,
-        reqs: builtins.list[JobRequest] | None = None,
-    ) -> builtins.list[JobRecord] | None:
+        reqs: list[JobRequest] | None = None,
+    ) -> list[JobRecord] | None:
         """The jobs a keyed submit stored before, when a quota now refuses its retry (the
         answer was lost; the SDK retries with the same key): a replay is answered, never
         refused; the key with another body is a Conflict, as without quotas. None: no such
@@ -274,11 +273,11 @@ class JobSubmit(JobCore):
         return [stored[i] for i in ids] if len(stored) == len(ids) else None
 
     def _batch_jobs(
-        self, p: Principal, reqs: builtins.list[JobRequest], seed: str, created: float
-    ) -> builtins.list[tuple[JobRecord, int]]:
+        self, p: Principal, reqs: list[JobRequest], seed: str, created: float
+    ) -> list[tuple[JobRecord, int]]:
         """The jobs of a keyed batch, each id, queue token and shard derived from ``seed``
         (any replica rebuilds the same ones from the key's record)."""
-        out: builtins.list[tuple[JobRecord, int]] = []
+        out: list[tuple[JobRecord, int]] = []
         for i, req in enumerate(reqs):
             digest = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
             job = new_job(p, req, f"job_{int(created * 1000):012x}{digest[:24]}", created)
@@ -287,8 +286,8 @@ class JobSubmit(JobCore):
         return out
 
     def _submit_keyed_batch(
-        self, p: Principal, reqs: builtins.list[JobRequest], key: str, created: float
-    ) -> builtins.list[str]:
+        self, p: Principal, reqs: list[JobRequest], key: str, created: float
+    ) -> list[str]:
         seed = new_token()
         digest = hashlib.sha256("\n".join(body_hash(r) for r in reqs).encode()).hexdigest()
         batch = self._batch_jobs(p, reqs, seed, created)
@@ -322,7 +321,7 @@ class JobSubmit(JobCore):
                 self._ops.enqueue_new(job, shard)
         return [job.id for job, _ in batch]
 
-    def _undo_batch(self, jobs: builtins.list[JobRecord]) -> None:
+    def _undo_batch(self, jobs: list[JobRecord]) -> None:
         """Cancel what a failed batch left (nothing where the store rolled it back)."""
         try:
             stored = self._store.jobs.get_jobs([job.id for job in jobs])
