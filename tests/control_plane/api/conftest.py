@@ -12,17 +12,26 @@ from typing import Any
 import httpx
 import pytest
 
+from control_plane import clock
 from control_plane.app import create_app
 from control_plane.composition import Services, build_services
 from control_plane.storage.stores import Stores
 from tests.conftest import serve_blobs_through
+from tests.helpers.clock import FakeClock
 
 TokenFor = Callable[..., Awaitable[dict[str, str]]]
 
 
 @pytest.fixture
-def services(settings: Any, stores: Stores) -> Services:
-    return build_services(settings, stores)
+def now(request: pytest.FixtureRequest) -> Callable[[], float]:
+    """The services' clock: the real one, or a :class:`FakeClock` the test moves when it is
+    parametrized ``@pytest.mark.parametrize("now", ["fake"], indirect=True)``."""
+    return FakeClock() if getattr(request, "param", None) == "fake" else clock.now
+
+
+@pytest.fixture
+def services(settings: Any, stores: Stores, now: Callable[[], float]) -> Services:
+    return build_services(settings, stores, now=now)
 
 
 @pytest.fixture
