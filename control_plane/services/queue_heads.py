@@ -62,8 +62,10 @@ class QueueHeads:
         *,
         parallel: bool = True,
         empty_ttl_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._monotonic = monotonic  # ages the cache (a test's fake clock moves it)
         self._pool = pool
         # Missing shards read in parallel on ``pool`` (network stores); else one by one here.
         self._parallel = parallel
@@ -94,9 +96,9 @@ class QueueHeads:
         return max(self._ttl_s, 4 * self._last_read_s)
 
     def _read(self, shard: str, depth: int) -> tuple[float, list[QueueEntry]]:
-        t = time.monotonic()
+        t = self._monotonic()
         entries = self._store.head(shard, depth)
-        done = time.monotonic()
+        done = self._monotonic()
         self._last_read_s = done - t
         return done, entries
 
@@ -141,7 +143,7 @@ class QueueHeads:
         claim order (their opaque ``sk``s compare in claim order across a model's shards), or
         those ``choose(fitting entries in claim order, want)`` picks (fair leasing).
         ``trust_empty=False``: read every shard without cached entries (a one-shot lease)."""
-        t = time.monotonic()
+        t = self._monotonic()
         depth = max(self._depth, want * 2)
         with self._lock:
             generation = self._generation

@@ -178,7 +178,8 @@ class Shard:
 def test_an_empty_shard_is_trusted_briefly_and_never_past_a_local_submit() -> None:
     store = Shard()
     with ThreadPoolExecutor(2) as pool:
-        heads = QueueHeads(store, pool, ttl_s=60, empty_ttl_s=0.3)  # type: ignore[arg-type]
+        clock = FakeClock()
+        heads = QueueHeads(store, pool, ttl_s=60, empty_ttl_s=0.3, monotonic=clock)  # type: ignore[arg-type]
         take = lambda: heads.take(["m#0"], lambda e: True, 1)  # noqa: E731
         assert take() == [] and take() == [] and store.reads == 1  # trusted empty
         store.entries.append(QueueEntry("m#0", "sk1", "job_1", "", "", 1e12, "tok"))
@@ -188,7 +189,7 @@ def test_an_empty_shard_is_trusted_briefly_and_never_past_a_local_submit() -> No
         assert take() == [] and store.reads == 3  # drained: read (empty), then trusted
         store.entries.append(QueueEntry("m#0", "sk2", "job_2", "", "", 1e12, "tok2"))
         assert take() == []  # another replica's job: not seen within empty_ttl_s ...
-        time.sleep(0.35)
+        clock.advance(0.35)
         assert [e.job_id for e in take()] == ["job_2"]  # ... but right after
 
 

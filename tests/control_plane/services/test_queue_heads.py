@@ -9,6 +9,7 @@ from typing import Any
 
 from control_plane.services.queue_heads import QueueHeads
 from control_plane.storage.protocols import QueueEntry
+from tests.helpers.clock import FakeClock
 
 SHARD = "add_sub#0"
 
@@ -58,9 +59,10 @@ def test_empty_cache_reads_then_serves_from_the_read_ahead() -> None:
 def test_stale_cache_is_refreshed_in_the_background_without_blocking_a_lease() -> None:
     store = Store(10)
     with ThreadPoolExecutor(4) as pool:
-        heads = QueueHeads(store, pool, ttl_s=0.05, depth=100)  # type: ignore[arg-type]
+        clock = FakeClock()
+        heads = QueueHeads(store, pool, ttl_s=0.05, depth=100, monotonic=clock)  # type: ignore[arg-type]
         assert take(heads) == ["job_0"]
-        time.sleep(0.1)  # stale now
+        clock.advance(0.1)  # stale now
         store.gate, store.read_started = threading.Event(), threading.Event()
         t = time.monotonic()
         assert take(heads) == ["job_1"]  # served from the stale cache at once
