@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gpufleet._logs import bind_process
 from gpufleet.wire import GpuInfo, RegisterRequest
@@ -48,10 +48,14 @@ class Identity:
         settings: RunnerSettings,
         client: ControlPlaneClient,
         gpus: Callable[[], list[GpuInfo]] = list,
+        *,
+        wait: Callable[[asyncio.Event, float], Awaitable[bool]] = wait_event,
     ) -> None:
         self._settings = settings
         self._client = client
         self._gpus = gpus
+        # Waits between tries: ``wait(shutdown, seconds)``, True when shut down (tests record it).
+        self._wait = wait
         self._lock = asyncio.Lock()
         self._registered_at: float | None = None
         self._rejoin_delay = 0.0  # grows while fresh credentials keep being rejected
@@ -181,7 +185,7 @@ class Identity:
                     refusal,
                     self._rejoin_delay,
                 )
-            await wait_event(shutdown, self._rejoin_delay * (0.8 + 0.4 * random.random()))
+            await self._wait(shutdown, self._rejoin_delay * (0.8 + 0.4 * random.random()))
         while not shutdown.is_set():
             if token is None:
                 log.error(
@@ -220,7 +224,7 @@ class Identity:
                     wait, delay = delay, min(delay * 2, 30.0)
                 else:
                     return self._registered(out.runner_id, out.secret)
-            await wait_event(shutdown, wait * (0.8 + 0.4 * random.random()))
+            await self._wait(shutdown, wait * (0.8 + 0.4 * random.random()))
         return None
 
     def adopt_secret(self, secret: str) -> None:

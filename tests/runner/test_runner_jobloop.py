@@ -175,6 +175,22 @@ async def test_drain_abandons_jobs_after_grace(tmp_path: Path) -> None:
     await rig.client.aclose()
 
 
+class Waits:
+    """``Identity``'s ``wait``: records each wait it asks for (seconds, who had registered by
+    then) and returns at once; the ``stop_after``-th wait sets the shutdown event."""
+
+    def __init__(self, cp: FakeControlPlane, stop_after: int | None = None) -> None:
+        self.cp = cp
+        self.stop_after = stop_after
+        self.asked: list[tuple[float, list[str]]] = []
+
+    async def __call__(self, shutdown: asyncio.Event, seconds: float) -> bool:
+        self.asked.append((seconds, list(self.cp.registered)))
+        if self.stop_after is not None and len(self.asked) >= self.stop_after:
+            shutdown.set()
+        return shutdown.is_set()
+
+
 @pytest.mark.parametrize("token", ["join-token-bad"])
 async def test_refused_join_token_retries_slowly_until_stopped(tmp_path: Path, token: str) -> None:
     cp = FakeControlPlane()
@@ -182,13 +198,11 @@ async def test_refused_join_token_retries_slowly_until_stopped(tmp_path: Path, t
     rig.settings = rig.settings.model_copy(
         update={"join_token": SecretStr(token), "register_retry_s": 60}
     )
-    rig.identity = Identity(rig.settings, rig.client)
-    stop = asyncio.Event()
-    task = asyncio.create_task(rig.identity.ensure(stop))
-    await asyncio.sleep(0.2)
-    assert not task.done()  # waiting ~60 s before the next try
-    stop.set()
-    assert await task is None
+    waits = Waits(cp, stop_after=1)
+    rig.identity = Identity(rig.settings, rig.client, wait=waits)
+    assert await rig.identity.ensure(asyncio.Event()) is None  # stopped during its first wait
+    [(seconds, registered)] = waits.asked
+    assert 48 <= seconds <= 72 and registered == []  # waiting ~60 s before the next try
     await rig.client.aclose()
 
 
@@ -198,24 +212,23 @@ async def test_fresh_credentials_rejected_again_back_off_instead_of_looping(
     cp = FakeControlPlane()
     rig = Rig(tmp_path, cp)
     rig.settings = rig.settings.model_copy(update={"join_token": SecretStr("join-token-ok")})
-    rig.identity = Identity(rig.settings, rig.client)
+    waits = Waits(cp)
+    rig.identity = Identity(rig.settings, rig.client, wait=waits)
     stop = asyncio.Event()
     first = await rig.identity.ensure(stop)
-    assert first is not None and cp.registered == ["run_1"]
+    assert first is not None and cp.registered == ["run_1"] and waits.asked == []
     # Rejected right after registering (e.g. this host's clock is off): not a revocation.
     await rig.identity.invalidate(first)
-    task = asyncio.create_task(rig.identity.ensure(stop))
-    await asyncio.sleep(0.3)
-    assert not task.done() and cp.registered == ["run_1"]  # backing off (~1 s), not looping
-    async with asyncio.timeout(5):
-        second = await task
+    second = await rig.identity.ensure(stop)
     assert second is not None and cp.registered == ["run_1", "run_2"]
+    [(seconds, registered)] = waits.asked
+    assert 0.8 <= seconds <= 1.2 and registered == ["run_1"]  # backed off (~1 s), not looping
     await rig.identity.invalidate(second)
-    task = asyncio.create_task(rig.identity.ensure(stop))
-    await asyncio.sleep(1.3)  # the delay doubled (~2 s)
-    assert not task.done() and cp.registered == ["run_1", "run_2"]
-    stop.set()
-    assert await task is None
+    waits.stop_after = 2
+    assert await rig.identity.ensure(stop) is None  # stopped during the wait
+    seconds, registered = waits.asked[1]
+    assert 1.6 <= seconds <= 2.4  # the delay doubled (~2 s)
+    assert registered == ["run_1", "run_2"] == cp.registered
     await rig.client.aclose()
 
 
