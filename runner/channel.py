@@ -64,6 +64,8 @@ class DispatchChannel:
         models: ModelManager,
         base_url: str,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         self._ssl = ssl_context  # for wss:// (None: the default context)
         self._state = state
@@ -82,7 +84,7 @@ class DispatchChannel:
         self.served = 0  # answers, passthrough included
         self.passed_through = 0  # answers to KServe requests passed through untouched
         # Called on a ``wake`` frame (the placement changed): the daemon heartbeats at once.
-        self.on_wake: Callable[[], None] | None = None
+        self.on_wake = on_wake
 
     # ------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:

@@ -102,12 +102,15 @@ class Daemon:
             concurrency=settings.model_download_concurrency,
             verify=self.ssl_context,
         )
+        # Host GPU index -> Triton's, known once run() has read the GPUs (docker backend).
+        self._triton_gpu_map: dict[int, int] | None = None
         self.models = ModelManager(
             backend.engine,
             settings.model_repository,
             downloader=self.downloader,
             state_dir=settings.state_dir,
             read_gpus=gpus.read,
+            gpu_map=lambda: self._triton_gpu_map,
             busy=self._busy_models,
         )
         self.job_logs = JobLogs() if settings.job_logs else None
@@ -128,6 +131,7 @@ class Daemon:
             self.models,
             settings.control_plane_url,
             self.ssl_context,
+            on_wake=lambda: self.heartbeat.wake(),  # a placement change: heartbeat now
         )
         if (
             settings.dispatch
@@ -152,7 +156,6 @@ class Daemon:
             self.jobs,
             info,
         )
-        self.channel.on_wake = self.heartbeat.wake  # a placement change: heartbeat now
         self.supervisor = Supervisor(settings, backend, self.models, self.state)
         self.status = StatusServer(self.snapshot, settings.status_port)
         self.shutdown = asyncio.Event()
@@ -296,7 +299,7 @@ class Daemon:
                 return 0
             self.state.gpus = await asyncio.to_thread(self.gpus.read)
             if self.backend.kind == "docker":  # Triton numbers the GPUs it was given from 0
-                self.models.gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)
+                self._triton_gpu_map = triton_gpu_map(self.settings.gpus, self.state.gpus)
             start = asyncio.ensure_future(self.supervisor.start())
             stopped = asyncio.ensure_future(self.shutdown.wait())
             await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)

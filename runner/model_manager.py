@@ -69,7 +69,7 @@ class ModelManager:
         downloader: Downloader | None = None,
         state_dir: Path | None = None,
         read_gpus: Any = None,
-        gpu_map: dict[int, int] | None = None,
+        gpu_map: Callable[[], dict[int, int] | None] | None = None,
         retry_initial_s: float = 2.0,
         retry_max_s: float = 60.0,
         busy: Callable[[], set[tuple[str, str]]] | None = None,
@@ -112,15 +112,6 @@ class ModelManager:
     def ready_refs(self) -> list[ModelRef]:
         """The (name, version) pairs READY in Triton: what the lease asks for."""
         return self._states.ready_refs()
-
-    @property
-    def gpu_map(self) -> dict[int, int] | None:
-        """Host GPU index -> Triton's (None: the same); set once the GPUs are known."""
-        return self._memory.gpu_map
-
-    @gpu_map.setter
-    def gpu_map(self, value: dict[int, int] | None) -> None:
-        self._memory.gpu_map = value
 
     @property
     def syncing(self) -> bool:

@@ -2,8 +2,8 @@
 
 Triton's statistics ``memory_usage`` where the backend reports it (per version), else the
 NVML reading of the model's GPUs before and after the load (``gpu_used_mb``, split over the
-versions the load added). ``gpu_map``: host GPU index -> the index Triton sees
-(``runner.triton_config.triton_gpu_map``; None: the same).
+versions the load added). ``gpu_map()``: host GPU index -> the index Triton sees
+(``runner.triton_config.triton_gpu_map``; None: the same), asked at each use.
 """
 
 from __future__ import annotations
@@ -26,19 +26,20 @@ class MemoryProbe:
         self,
         engine: InferenceEngine,
         read_gpus: Callable[[], list[GpuInfo]] | None = None,
-        gpu_map: dict[int, int] | None = None,
+        gpu_map: Callable[[], dict[int, int] | None] | None = None,
     ) -> None:
         self._engine = engine
         self._read_gpus = read_gpus  # blocking (NVML): run in a thread
-        self.gpu_map = gpu_map
+        self._gpu_map = gpu_map  # a provider: the daemon knows the map once Triton is given GPUs
 
     def triton_gpus(self, gpus: tuple[int, ...] | None) -> list[int] | None:
         """Host GPU indexes as Triton numbers them."""
         if gpus is None:
             return None
-        if self.gpu_map is None:
+        gpu_map = self._gpu_map() if self._gpu_map is not None else None
+        if gpu_map is None:
             return list(gpus)
-        return [self.gpu_map.get(g, g) for g in gpus]
+        return [gpu_map.get(g, g) for g in gpus]
 
     async def gpu_used_mb(self, gpus: tuple[int, ...] | None) -> int | None:
         """Memory used on ``gpus`` (None: every GPU) by NVML; None when it cannot be read."""

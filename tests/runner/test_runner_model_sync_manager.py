@@ -107,10 +107,12 @@ class Rig:
             downloader=self.downloader,
             state_dir=tmp_path / "state",
             read_gpus=self.gpus.read,
+            gpu_map=lambda: self.gpu_map,
             busy=lambda: self.busy,
             drain_settle_s=0.0,
         )
         self.busy: set[tuple[str, str]] = set()  # (model, version) of jobs in flight
+        self.gpu_map: dict[int, int] | None = None  # host GPU index -> Triton's
 
     def version(
         self, name: str, version: str, *, body: bytes | None = None, gpus: list[int] | None = None
@@ -156,7 +158,7 @@ async def test_a_desired_version_is_synced_loaded_and_reported(rig: Rig) -> None
 
 
 async def test_gpu_pinning_and_measured_memory(rig: Rig) -> None:
-    rig.manager.gpu_map = {1: 0}  # the host's GPU 1 is Triton's GPU 0
+    rig.gpu_map = {1: 0}  # the host's GPU 1 is Triton's GPU 0
 
     real_load = rig.engine.load_model
 
