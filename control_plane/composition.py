@@ -74,7 +74,7 @@ def build_services(
     monotonic: Clock = time.monotonic,
 ) -> Services:
     """Every service on ``stores`` (default: the stores the settings name), built once; the
-    job, auth, runner, webhook and stream services read the time from ``now``; the auth
+    job, auth, runner, deployment, webhook and stream services read the time from ``now``; the auth
     service's revocation-state cache ages by ``monotonic``."""
     st = stores if stores is not None else build_stores(settings)
     bus = TransitionBus()
@@ -201,6 +201,7 @@ def build_services(
         # runners connected here heartbeat at once after a change
         on_change=(dispatch.wake_all,) if dispatch is not None else (),
         allow_mock_runners=settings.allow_mock_runners,
+        now=now,
         pool_exists=(
             (lambda name: capacity_store.get_pool(name) is not None)
             if capacity_store is not None

@@ -3,7 +3,6 @@ replica of their model get one placed there once they waited ``scale_up_wait_s``
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ import pytest
 from tests.control_plane.api.conftest import TokenFor
 from tests.control_plane.api.helpers import add_sub_job, push_model
 from tests.control_plane.api.test_deployments import gpu, register
+from tests.helpers.clock import FakeClock
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def settings(settings: Any) -> Any:
     )
 
 
+@pytest.mark.parametrize("now", ["fake"], indirect=True)
 async def test_a_busy_region_gets_its_own_replica(
-    client: httpx.AsyncClient, auth_headers: TokenFor
+    client: httpx.AsyncClient, auth_headers: TokenFor, now: FakeClock
 ) -> None:
     """Jobs preferring a region without a replica scale that region up (docs/regions.md),
     rather than wait to spill to the region that has one."""
@@ -49,7 +50,7 @@ async def test_a_busy_region_gets_its_own_replica(
     ]
     assert all(j["status"] == "QUEUED" for j in ids)
     assert (await us.heartbeat([gpu(16000, 8000)], []))["desired_models"] == []  # not yet
-    await asyncio.sleep(0.4)  # past scale_up_wait_s
+    now.advance(0.4)  # past scale_up_wait_s
     answer = await us.heartbeat([gpu(16000, 8000)], [])
     assert [m["name"] for m in answer["desired_models"]] == ["add_sub"]
     body = (await client.get(url, headers=user)).json()
