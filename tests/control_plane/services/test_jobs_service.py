@@ -35,6 +35,7 @@ from tests.contract.fleet import (
     succeed,
 )
 from tests.helpers.clock import FakeClock
+from tests.helpers.spy import returned
 
 USER = principal("acme")
 
@@ -242,8 +243,9 @@ def test_lease_long_poll_returns_when_a_job_arrives(fleet: Any) -> None:
         from gpufleet.wire import LeaseRequest, ModelRef
 
         req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], wait_s=5)
+        looked = returned(jobs, "_lease_once")
         task = asyncio.create_task(jobs.lease("run_1", None, req))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(looked.wait(), 10)  # found nothing: the long poll waits
         view, _ = await asyncio.to_thread(jobs.submit, USER, job())
         started = time.monotonic()
         got = await task

@@ -10,6 +10,7 @@ from gpufleet.wire import LeaseRequest, ModelRef
 
 from control_plane.services.wakeups import Wakeups, sleep_or_wake
 from tests.contract.fleet import job, principal, push_model, services, succeed
+from tests.helpers.spy import returned
 
 USER = principal("acme")
 SLOW_POLL = 30.0
@@ -23,8 +24,9 @@ async def test_wait_returns_as_soon_as_this_replica_completes_the_job(
     view, _ = await asyncio.to_thread(jobs.submit, USER, job())
     req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1)
     [leased] = (await jobs.lease("run_1", None, req)).jobs
+    read = returned(jobs, "_load_shared")
     waiter = asyncio.create_task(jobs.wait(USER, view.id, 60))
-    await asyncio.sleep(0.3)  # the waiter has read RUNNING and now sleeps on its poll
+    await asyncio.wait_for(read.wait(), 10)  # the waiter has read RUNNING: it sleeps on its poll
     assert not waiter.done()
     t = time.monotonic()
     await asyncio.to_thread(succeed, jobs, leased)
@@ -38,8 +40,9 @@ async def test_lease_long_poll_wakes_when_a_job_is_queued(settings: Any, stores:
     jobs, models = services(settings.model_copy(update={"poll_interval_s": SLOW_POLL}), stores)
     await asyncio.to_thread(push_model, models, USER)
     req = LeaseRequest(models=[ModelRef(name="add_sub", version="1")], max_jobs=1, wait_s=20)
+    looked = returned(jobs, "_lease_once")
     poll = asyncio.create_task(jobs.lease("run_1", None, req))
-    await asyncio.sleep(0.3)  # the poll found the queue empty and sleeps
+    await asyncio.wait_for(looked.wait(), 10)  # the poll found the queue empty: it sleeps
     assert not poll.done()
     t = time.monotonic()
     view, _ = await asyncio.to_thread(jobs.submit, USER, job())
