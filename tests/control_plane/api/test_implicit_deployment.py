@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from control_plane.composition import Services
 from tests.conftest import STORE_KINDS
 from tests.control_plane.api.conftest import TokenFor, assert_error
 from tests.control_plane.api.helpers import ADD_SUB, add_sub_job, push_model
 from tests.control_plane.api.test_deployments import gpu, register
+from tests.helpers.spy import returned
 
 URL = "/v1/models/add_sub/deployment"
 
@@ -126,7 +128,7 @@ async def test_implicit_deployments_can_be_turned_off(
 
 
 async def test_a_lease_poll_ends_when_its_runner_reports_a_model_ready(
-    client: httpx.AsyncClient, auth_headers: TokenFor
+    client: httpx.AsyncClient, auth_headers: TokenFor, services: Services
 ) -> None:
     """A cold start: the runner's long poll, asked before the new model was READY, answers
     (empty) as soon as the heartbeat reports it, so the runner asks again offering it."""
@@ -139,8 +141,9 @@ async def test_a_lease_poll_ends_when_its_runner_reports_a_model_ready(
     a = await register(client, admin, "a", "eu-west-1")
     await a.heartbeat([gpu(16000)], [])
     body = {"models": [{"name": "add_sub", "version": "1"}], "max_jobs": 1, "wait_s": 10}
+    looked = returned(services.jobs, "_lease_once")
     poll = asyncio.create_task(a.post("lease", body))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(looked.wait(), 10)  # found nothing to offer: the poll waits
     assert not poll.done()
     start = time.monotonic()
     await a.heartbeat([gpu(16000)], [{"name": "add_sub", "version": "1", "state": "READY"}])
