@@ -30,6 +30,8 @@ import base64
 import contextlib
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,7 +236,7 @@ def _new_row(job: JobRecord) -> tuple[Any, ...]:
     )
 
 
-def _record(row: Any) -> JobRecord:
+def _record(row: Any, requests: RequestCache | None = None) -> JobRecord:
     (
         id_,
         tenant,
@@ -280,7 +282,7 @@ def _record(row: Any) -> JobRecord:
         ttl_s=ttl_s,
         max_attempts=max_attempts,
         region=region,
-        request=json.loads(request),
+        request=json.loads(request) if requests is None else requests.decode(id_, request),
         attempts=attempts,
         started_at=started_at,
         finished_at=finished_at,
@@ -297,6 +299,48 @@ def _record(row: Any) -> JobRecord:
         commits=commits,
         run_info=None if run_info is None else json.loads(run_info),
     )
+
+
+class RequestCache:
+    """Decoded requests of the jobs this store claimed or finished lately, by job id.
+
+    A job's request never changes after submit, so the claim's decoded request is handed out
+    again by the commit's ``RETURNING`` (the row's text compared first, so a miss or a
+    different text decodes as before), and ``max_inline_outputs`` of a record built here
+    takes the stored text's length instead of encoding the request again. Bounded by
+    entries and bytes of text; records share the decoded object (nothing mutates a stored
+    request). Thread-safe."""
+
+    def __init__(self, most: int = 4096, most_bytes: int = 8 * 1024 * 1024) -> None:
+        self._most = most
+        self._most_bytes = most_bytes
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+
+    def decode(self, job_id: str, text: str) -> Any:
+        with self._lock:
+            hit = self._items.get(job_id)
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        value = json.loads(text)
+        if len(text) <= self._most_bytes // 64:
+            with self._lock:
+                old = self._items.pop(job_id, None)
+                if old is not None:
+                    self._bytes -= len(old[0])
+                self._items[job_id] = (text, value)
+                self._bytes += len(text)
+                while len(self._items) > self._most or self._bytes > self._most_bytes:
+                    _, (gone, _) = self._items.popitem(last=False)
+                    self._bytes -= len(gone)
+        return value
+
+    def text_length(self, job_id: str, value: Any) -> int | None:
+        """Length of the stored JSON of ``value`` when it is the one decoded here."""
+        with self._lock:
+            hit = self._items.get(job_id)
+        return len(hit[0]) if hit is not None and hit[1] is value else None
 
 
 def _encode_cursor(tenant: str | None, created_key: str) -> str:
@@ -363,6 +407,7 @@ class SqliteJobRecordStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._requests = RequestCache()
 
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
@@ -429,13 +474,16 @@ class SqliteJobRecordStore:
 
     def max_inline_outputs(self, job: JobRecord) -> int:
         """A row holds far more than a DynamoDB item: ``ROW_JSON_BUDGET`` for both JSONs."""
-        return ROW_JSON_BUDGET - len(json.dumps(job.request, separators=(",", ":")))
+        size = self._requests.text_length(job.id, job.request)
+        if size is None:
+            size = len(json.dumps(job.request, separators=(",", ":")))
+        return ROW_JSON_BUDGET - size
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
         with translate(what), self._db.write() as conn:
             rows = conn.execute(sql, params).fetchall()
-            return _record(rows[0]) if rows else None
+            return _record(rows[0], self._requests) if rows else None
 
     def claim_job(
         self,
@@ -471,7 +519,7 @@ class SqliteJobRecordStore:
                 for i in positions:
                     row = won.get(ids[i])
                     if row is not None:
-                        out[i] = _record(row)
+                        out[i] = _record(row, self._requests)
         return out
 
     def claim_jobs(
