@@ -95,7 +95,9 @@ def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRe
 
 
 def leased_job(job: JobRecord) -> LeasedJob:
-    """What a runner gets for a job it just leased."""
+    """What a runner gets for a job it just leased. The stored request was validated at
+    submit (``SubmitJobRequest``'s tensors, dumped): its tensors are rebuilt without a second
+    validation (``model_construct``)."""
     assert job.lease_token and job.lease_expires_at and job.model_version
     outputs = job.request.get("outputs")
     return LeasedJob(
@@ -104,8 +106,10 @@ def leased_job(job: JobRecord) -> LeasedJob:
         lease_expires_at=iso(job.lease_expires_at) or "",
         model=job.model,
         model_version=job.model_version,
-        inputs=[Tensor(**t) for t in job.request.get("inputs", [])],
-        outputs=[OutputRequest(**o) for o in outputs] if outputs is not None else None,
+        inputs=[Tensor.model_construct(**t) for t in job.request.get("inputs", [])],
+        outputs=[OutputRequest.model_construct(**o) for o in outputs]
+        if outputs is not None
+        else None,
         parameters=job.request.get("parameters") or {},
         timeout_s=job.timeout_s,
         attempt=job.attempts,

@@ -41,6 +41,8 @@ from control_plane.settings import Settings
 from control_plane.storage.protocols import (
     IdempotencyRecord,
     IdempotencyStore,
+    JobClaim,
+    JobFinish,
     JobRecord,
     JobServiceStores,
     Marker,
@@ -254,17 +256,22 @@ class QueueOps:
         lost: list[tuple[QueueEntry, Marker]] = []
         with self._store.atomic():
             self._store.queue.put_markers([marker for *_, marker in planned])
-            for entry, version, token, expires, marker in planned:
-                job = self._store.jobs.claim_job(
-                    entry.job_id,
-                    entry.token,
-                    lease_token=token,
-                    runner_id=runner_id,
-                    version=version,
-                    now=t,
-                    lease_expires_at=expires,
-                    lease_key=(marker.shard, marker.sk),
-                )
+            jobs = self._store.jobs.claim_jobs(
+                [
+                    JobClaim(
+                        entry.job_id,
+                        entry.token,
+                        token,
+                        version,
+                        expires,
+                        (marker.shard, marker.sk),
+                    )
+                    for entry, version, token, expires, marker in planned
+                ],
+                runner_id=runner_id,
+                now=t,
+            )
+            for (entry, *_, marker), job in zip(planned, jobs, strict=True):
                 if job is None:
                     lost.append((entry, marker))
                 else:
@@ -286,22 +293,23 @@ class QueueOps:
     def finish_many(self, finishes: list[Finish], t: float) -> list[JobRecord | None]:
         """RUNNING -> terminal for each result, fenced by its lease token; None where the token
         is no longer the job's (expired and re-leased, or cancelled)."""
-        done: list[JobRecord | None] = []
         with self._store.atomic():
-            for f in finishes:
-                done.append(
-                    self._store.jobs.finish_running(
+            done = self._store.jobs.finish_running_jobs(
+                [
+                    JobFinish(
                         f.job.id,
                         f.lease_token,
                         f.status,
-                        now=t,
-                        outputs_json=f.outputs_json,
-                        outputs_ref=f.outputs_ref,
-                        error=f.error,
-                        run_ms=f.run_ms,
-                        run_info=f.run_info,
+                        f.outputs_json,
+                        f.outputs_ref,
+                        f.error,
+                        f.run_ms,
+                        f.run_info,
                     )
-                )
+                    for f in finishes
+                ],
+                now=t,
+            )
             ended = [f.job for f, rec in zip(finishes, done, strict=True) if rec is not None]
             ttl = [self.ttl_marker(job) for job in ended]
             self._store.queue.delete_markers(

@@ -43,7 +43,7 @@ from control_plane.storage.dynamo_items import (
     str_attr,
 )
 from control_plane.storage.dynamo_job_listing import list_every_tenant, list_shard
-from control_plane.storage.protocols import JobRecord
+from control_plane.storage.protocols import JobClaim, JobFinish, JobRecord
 
 TENANT_INDEX = "by_tenant"
 ITEM_JSON_BUDGET = 350_000  # items hold 400 KB: request + inline outputs stay below this
@@ -380,6 +380,44 @@ class DynamoJobRecordStore:
             removes=("queue_token", "queue_key"),
             adds={"attempts": 1},
         )
+
+    def claim_jobs(
+        self, claims: list[JobClaim], *, runner_id: str, now: float
+    ) -> list[JobRecord | None]:
+        """``claim_job`` for each claim, in order: one conditional UpdateItem each (DynamoDB
+        has no conditional batch write that lets one item lose alone)."""
+        return [
+            self.claim_job(
+                c.job_id,
+                c.queue_token,
+                lease_token=c.lease_token,
+                runner_id=runner_id,
+                version=c.version,
+                now=now,
+                lease_expires_at=c.lease_expires_at,
+                lease_key=c.lease_key,
+            )
+            for c in claims
+        ]
+
+    def finish_running_jobs(
+        self, finishes: list[JobFinish], *, now: float
+    ) -> list[JobRecord | None]:
+        """``finish_running`` for each finish, in order: one conditional UpdateItem each."""
+        return [
+            self.finish_running(
+                f.job_id,
+                f.lease_token,
+                f.status,
+                now=now,
+                outputs_json=f.outputs_json,
+                outputs_ref=f.outputs_ref,
+                error=f.error,
+                run_ms=f.run_ms,
+                run_info=f.run_info,
+            )
+            for f in finishes
+        ]
 
     def extend_lease(
         self,

@@ -126,6 +126,34 @@ class Marker:
 
 
 @dataclass(frozen=True)
+class JobClaim:
+    """One QUEUED -> RUNNING of a batch claim (``JobRecordStore.claim_jobs``): the arguments
+    ``claim_job`` takes for one job, less the runner and time the batch shares."""
+
+    job_id: str
+    queue_token: str
+    lease_token: str
+    version: str
+    lease_expires_at: float
+    lease_key: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class JobFinish:
+    """One RUNNING -> terminal of a batch commit (``JobRecordStore.finish_running_jobs``):
+    the arguments ``finish_running`` takes for one job, less the time the batch shares."""
+
+    job_id: str
+    lease_token: str
+    status: str
+    outputs_json: str | None = None
+    outputs_ref: str | None = None
+    error: dict[str, Any] | None = None
+    run_ms: int | None = None
+    run_info: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class IdempotencyRecord:
     """What the first submit with a key stored: enough to rebuild the same job."""
 
@@ -263,6 +291,17 @@ class JobRecordStore(Protocol):
         the job is missing, not QUEUED or queued under another token (someone else won)."""
         ...
 
+    def claim_jobs(
+        self, claims: list[JobClaim], *, runner_id: str, now: float
+    ) -> list[JobRecord | None]:
+        """``claim_job`` for each claim, in order, each conditional on its own queue token:
+        the answer at position i is claim i's (its record as committed, or None when its
+        condition failed). One claim's lost condition never affects another's. A job named
+        twice: the later claims see the earlier ones' writes (so at most one wins). Inside
+        ``atomic`` on SQLite the batch is one statement per chunk; DynamoDB: one conditional
+        write per claim."""
+        ...
+
     def extend_lease(
         self,
         job_id: str,
@@ -295,6 +334,16 @@ class JobRecordStore(Protocol):
         the lease marker key, keeps the lease token and runner. ``outputs_json`` is JSON
         text of at most ``max_inline_outputs(job)`` bytes, read back parsed as ``outputs``.
         None when the condition fails: exactly once per lease token."""
+        ...
+
+    def finish_running_jobs(
+        self, finishes: list[JobFinish], *, now: float
+    ) -> list[JobRecord | None]:
+        """``finish_running`` (without ``expired_before``) for each finish, in order, each
+        fenced by its own lease token: the answer at position i is finish i's (its record as
+        committed, or None when its token is no longer the job's RUNNING lease). A stale
+        token refuses that job only. A job named twice: at most one finish wins (exactly
+        once per lease token)."""
         ...
 
     def requeue_running(

@@ -20,6 +20,8 @@ from control_plane.storage.dynamo_models import DynamoModelStore
 from control_plane.storage.protocols import (
     IdempotencyRecord,
     IdempotencyStore,
+    JobClaim,
+    JobFinish,
     JobRecord,
     JobRecordStore,
     ModelVersionRecord,
@@ -209,6 +211,88 @@ def test_finish_running_keeps_the_run_info(jobs: JobRecordStore) -> None:
     done = jobs.finish_running("job_1", "l1", "SUCCEEDED", now=2001.0, run_ms=3, run_info=info)
     assert done and done.run_info == info and done.run_ms == 3
     assert jobs.get_job("job_1") == done
+
+
+def test_claim_jobs_and_finish_running_jobs_fence_each_job_alone(jobs: JobRecordStore) -> None:
+    jobs.create_jobs([record(f"job_{i}") for i in range(5)])
+    jobs.create_job(replace(record("job_done"), status="SUCCEEDED", queue_token=None))
+
+    def c(job_id: str, queue_token: str = "q1", lease: str | None = None) -> JobClaim:  # noqa: S107
+        key = ("lease#0", f"k-{job_id}")
+        return JobClaim(job_id, queue_token, lease or f"l-{job_id}", "7", 2060.0, key)
+
+    assert jobs.claim_jobs([], runner_id="r", now=2000.0) == []
+    got = jobs.claim_jobs(
+        [
+            c("job_0"),
+            c("job_1", queue_token="stale"),  # another queue token: lost, alone
+            c("job_2"),
+            c("job_nope"),
+            c("job_done"),
+            c("job_2", lease="l-again"),  # named twice: sees the first claim's write
+            c("job_3"),
+        ],
+        runner_id="r",
+        now=2000.0,
+    )
+    assert [g is not None for g in got] == [True, False, True, False, False, False, True]
+    for g, job_id in ((got[0], "job_0"), (got[2], "job_2"), (got[6], "job_3")):
+        assert g and g.id == job_id and g.status == "RUNNING" and g.attempts == 1
+        assert (g.lease_token, g.runner_id, g.model_version) == (f"l-{job_id}", "r", "7")
+        assert (g.started_at, g.lease_expires_at) == (2000.0, 2060.0)
+        assert g.lease_key == ("lease#0", f"k-{job_id}") and g.queue_token is None
+        assert g.queue_key is None and g.request == record().request
+        assert jobs.get_job(job_id) == g
+    untouched = jobs.get_job("job_1")
+    assert untouched and untouched.status == "QUEUED" and untouched.queue_token == "q1"
+
+    out = '[{"name":"y","data":[1]}]'
+    assert jobs.finish_running_jobs([], now=3000.0) == []
+    done = jobs.finish_running_jobs(
+        [
+            JobFinish("job_0", "l-job_0", "SUCCEEDED", outputs_json=out, run_ms=5),
+            JobFinish("job_2", "stale", "SUCCEEDED"),  # stale token: refused, alone
+            JobFinish("job_3", "l-job_3", "FAILED", error={"code": "x"}, run_info={"a": 1}),
+            JobFinish("job_0", "l-job_0", "FAILED"),  # a second commit of one lease: refused
+            JobFinish("job_1", "l-job_1", "SUCCEEDED"),  # never claimed
+            JobFinish("job_nope", "l", "SUCCEEDED"),
+        ],
+        now=3000.0,
+    )
+    assert [d is not None for d in done] == [True, False, True, False, False, False]
+    d0, d3 = done[0], done[2]
+    assert d0 and d0.status == "SUCCEEDED" and d0.outputs == [{"name": "y", "data": [1]}]
+    assert d0.run_ms == 5 and d0.error is None and d0.finished_at == 3000.0
+    assert d0.lease_key is None and d0.lease_token == "l-job_0" and d0.commits == 1
+    assert d3 and d3.status == "FAILED" and d3.error == {"code": "x"} and d3.outputs is None
+    assert d3.run_info == {"a": 1} and d3.commits == 1
+    assert jobs.get_job("job_0") == d0 and jobs.get_job("job_3") == d3
+    still = jobs.get_job("job_2")
+    assert still and still.status == "RUNNING" and still.commits == 0
+    again = jobs.finish_running_jobs([JobFinish("job_2", "l-job_2", "SUCCEEDED")], now=3001.0)
+    assert again[0] and again[0].status == "SUCCEEDED"
+
+
+def test_batch_transitions_past_one_statement(jobs: JobRecordStore) -> None:
+    n = 450  # more rows than one SQLite statement takes (BATCH_ROWS)
+    jobs.create_jobs([record(f"job_{i:03d}") for i in range(n)])
+    claims = [
+        JobClaim(
+            f"job_{i:03d}", "q1" if i % 7 else "stale", f"l{i}", "1", 2060.0, ("lease#0", f"k{i}")
+        )
+        for i in range(n)
+    ]
+    got = jobs.claim_jobs(claims, runner_id="r", now=2000.0)
+    assert [g is not None for g in got] == [bool(i % 7) for i in range(n)]
+    assert all(g is None or g.id == f"job_{i:03d}" for i, g in enumerate(got))
+    finishes = [
+        JobFinish(f"job_{i:03d}", f"l{i}" if i % 5 else "bad", "SUCCEEDED") for i in range(n)
+    ]
+    done = jobs.finish_running_jobs(finishes, now=3000.0)
+    assert [d is not None for d in done] == [bool(i % 7 and i % 5) for i in range(n)]
+    assert all(d is None or d.id == f"job_{i:03d}" for i, d in enumerate(done))
+    statuses = jobs.job_statuses([f"job_{i:03d}" for i in range(n)])
+    assert sum(1 for s in statuses.values() if s == "SUCCEEDED") == sum(d is not None for d in done)
 
 
 def test_finish_queued_needs_the_queue_token(jobs: JobRecordStore) -> None:

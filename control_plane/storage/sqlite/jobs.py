@@ -30,11 +30,13 @@ import base64
 import contextlib
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 from control_plane.errors import InvalidRequest
-from control_plane.storage.protocols import JobRecord
+from control_plane.storage.protocols import JobClaim, JobFinish, JobRecord
 from control_plane.storage.sqlite.db import Database, translate
 
 DDL: list[str] = [
@@ -141,6 +143,68 @@ _FINISH_QUEUED_UPDATE = (
 _FINISH_QUEUED = _FINISH_QUEUED_UPDATE + _RETURNING
 
 
+# Batch transitions: one ``UPDATE … FROM (VALUES …)`` per chunk, each row carrying its own
+# condition (queue or lease token); RETURNING names the rows that won. Ids in one statement
+# are distinct (a job named twice goes to a later statement, so it sees the earlier write).
+BATCH_ROWS = 200  # rows per statement (<= 8 parameters a row: far under SQLite's 32,766)
+
+
+_CLAIM_MANY_SET = (
+    "UPDATE jobs SET status = 'RUNNING', lease_token = c.column3, runner_id = ?,"
+    " model_version = c.column4, started_at = ?, lease_expires_at = c.column5,"
+    " lease_shard = c.column6, lease_sk = c.column7,"
+    " queue_token = NULL, queue_shard = NULL, queue_sk = NULL, attempts = attempts + 1"
+)
+_CLAIM_MANY_WHERE = (
+    " WHERE jobs.id = c.column1 AND jobs.status = 'QUEUED' AND jobs.queue_token = c.column2"
+)
+_FINISH_MANY_SET = (
+    "UPDATE jobs SET status = c.column3, finished_at = ?,"
+    " outputs = COALESCE(c.column4, outputs), outputs_ref = COALESCE(c.column5, outputs_ref),"
+    " error = COALESCE(c.column6, error), run_ms = COALESCE(c.column7, run_ms),"
+    " run_info = COALESCE(c.column8, run_info),"
+    " lease_shard = NULL, lease_sk = NULL, commits = commits + 1"
+)
+_FINISH_MANY_WHERE = (
+    " WHERE jobs.id = c.column1 AND jobs.status = 'RUNNING' AND jobs.lease_token = c.column2"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _claim_many_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"{_CLAIM_MANY_SET} FROM (VALUES {values}) AS c{_CLAIM_MANY_WHERE}{_RETURNING}"
+
+
+@functools.lru_cache(maxsize=256)
+def _finish_many_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"{_FINISH_MANY_SET} FROM (VALUES {values}) AS c{_FINISH_MANY_WHERE}{_RETURNING}"
+
+
+def _rounds(ids: list[str]) -> list[list[int]]:
+    """Positions of ``ids`` split into statements: at most ``BATCH_ROWS`` each, no id twice in
+    one, and a repeated id's later occurrence in a later statement than its earlier one."""
+    rounds: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i, job_id in enumerate(ids):
+        # the first statement after the last one holding this id, with room
+        start = 0
+        for r in range(len(rounds) - 1, -1, -1):
+            if job_id in seen[r]:
+                start = r + 1
+                break
+        r = start
+        while r < len(rounds) and len(rounds[r]) >= BATCH_ROWS:
+            r += 1
+        if r == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[r].append(i)
+        seen[r].add(job_id)
+    return rounds
+
+
 ROW_JSON_BUDGET = 8 * 1024 * 1024  # request + inline outputs of one job row
 
 
@@ -172,7 +236,7 @@ def _new_row(job: JobRecord) -> tuple[Any, ...]:
     )
 
 
-def _record(row: Any) -> JobRecord:
+def _record(row: Any, requests: RequestCache | None = None) -> JobRecord:
     (
         id_,
         tenant,
@@ -218,7 +282,7 @@ def _record(row: Any) -> JobRecord:
         ttl_s=ttl_s,
         max_attempts=max_attempts,
         region=region,
-        request=json.loads(request),
+        request=json.loads(request) if requests is None else requests.decode(id_, request),
         attempts=attempts,
         started_at=started_at,
         finished_at=finished_at,
@@ -235,6 +299,48 @@ def _record(row: Any) -> JobRecord:
         commits=commits,
         run_info=None if run_info is None else json.loads(run_info),
     )
+
+
+class RequestCache:
+    """Decoded requests of the jobs this store claimed or finished lately, by job id.
+
+    A job's request never changes after submit, so the claim's decoded request is handed out
+    again by the commit's ``RETURNING`` (the row's text compared first, so a miss or a
+    different text decodes as before), and ``max_inline_outputs`` of a record built here
+    takes the stored text's length instead of encoding the request again. Bounded by
+    entries and bytes of text; records share the decoded object (nothing mutates a stored
+    request). Thread-safe."""
+
+    def __init__(self, most: int = 4096, most_bytes: int = 8 * 1024 * 1024) -> None:
+        self._most = most
+        self._most_bytes = most_bytes
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+
+    def decode(self, job_id: str, text: str) -> Any:
+        with self._lock:
+            hit = self._items.get(job_id)
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        value = json.loads(text)
+        if len(text) <= self._most_bytes // 64:
+            with self._lock:
+                old = self._items.pop(job_id, None)
+                if old is not None:
+                    self._bytes -= len(old[0])
+                self._items[job_id] = (text, value)
+                self._bytes += len(text)
+                while len(self._items) > self._most or self._bytes > self._most_bytes:
+                    _, (gone, _) = self._items.popitem(last=False)
+                    self._bytes -= len(gone)
+        return value
+
+    def text_length(self, job_id: str, value: Any) -> int | None:
+        """Length of the stored JSON of ``value`` when it is the one decoded here."""
+        with self._lock:
+            hit = self._items.get(job_id)
+        return len(hit[0]) if hit is not None and hit[1] is value else None
 
 
 def _encode_cursor(tenant: str | None, created_key: str) -> str:
@@ -301,6 +407,7 @@ class SqliteJobRecordStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._requests = RequestCache()
 
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
@@ -367,13 +474,16 @@ class SqliteJobRecordStore:
 
     def max_inline_outputs(self, job: JobRecord) -> int:
         """A row holds far more than a DynamoDB item: ``ROW_JSON_BUDGET`` for both JSONs."""
-        return ROW_JSON_BUDGET - len(json.dumps(job.request, separators=(",", ":")))
+        size = self._requests.text_length(job.id, job.request)
+        if size is None:
+            size = len(json.dumps(job.request, separators=(",", ":")))
+        return ROW_JSON_BUDGET - size
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
         with translate(what), self._db.write() as conn:
             rows = conn.execute(sql, params).fetchall()
-            return _record(rows[0]) if rows else None
+            return _record(rows[0], self._requests) if rows else None
 
     def claim_job(
         self,
@@ -390,6 +500,62 @@ class SqliteJobRecordStore:
         """QUEUED -> RUNNING if the job is still queued under ``queue_token``."""
         params = (lease_token, runner_id, version, now, lease_expires_at, *lease_key)
         return self._transition("claim job", _CLAIM, (*params, job_id, queue_token))
+
+    def _batch(
+        self,
+        what: str,
+        ids: list[str],
+        sql_for: Any,
+        head: tuple[Any, ...],
+        rows: list[tuple[Any, ...]],
+    ) -> list[JobRecord | None]:
+        out: list[JobRecord | None] = [None] * len(ids)
+        with translate(what), self._db.write() as conn:
+            for positions in _rounds(ids):
+                params: list[Any] = list(head)
+                for i in positions:
+                    params.extend(rows[i])
+                won = {r[0]: r for r in conn.execute(sql_for(len(positions)), params)}
+                for i in positions:
+                    row = won.get(ids[i])
+                    if row is not None:
+                        out[i] = _record(row, self._requests)
+        return out
+
+    def claim_jobs(
+        self, claims: list[JobClaim], *, runner_id: str, now: float
+    ) -> list[JobRecord | None]:
+        """``claim_job`` for each claim: one ``UPDATE … FROM (VALUES …)`` per chunk."""
+        if not claims:
+            return []
+        rows = [
+            (c.job_id, c.queue_token, c.lease_token, c.version, c.lease_expires_at, *c.lease_key)
+            for c in claims
+        ]
+        ids = [c.job_id for c in claims]
+        return self._batch("claim jobs", ids, _claim_many_sql, (runner_id, now), rows)
+
+    def finish_running_jobs(
+        self, finishes: list[JobFinish], *, now: float
+    ) -> list[JobRecord | None]:
+        """``finish_running`` for each finish: one ``UPDATE … FROM (VALUES …)`` per chunk."""
+        if not finishes:
+            return []
+        rows = [
+            (
+                f.job_id,
+                f.lease_token,
+                f.status,
+                f.outputs_json,
+                f.outputs_ref,
+                None if f.error is None else json.dumps(f.error, separators=(",", ":")),
+                f.run_ms,
+                None if f.run_info is None else json.dumps(f.run_info, separators=(",", ":")),
+            )
+            for f in finishes
+        ]
+        ids = [f.job_id for f in finishes]
+        return self._batch("finish jobs", ids, _finish_many_sql, (now,), rows)
 
     def extend_lease(
         self,

@@ -268,3 +268,22 @@ def test_backup_of_a_missing_store_exits_2(
     assert "no embedded store" in capsys.readouterr().err
     assert not (tmp_path / "copy.db").exists()
     assert not (tmp_path / "none").exists()
+
+
+def test_request_cache_hands_back_the_decoded_request_only_for_the_same_text() -> None:
+    from control_plane.storage.sqlite.jobs import RequestCache
+
+    cache = RequestCache(most=2, most_bytes=64 * 1024)
+    first = cache.decode("job_a", '{"inputs":[1]}')
+    assert first == {"inputs": [1]}
+    assert cache.decode("job_a", '{"inputs":[1]}') is first  # the same text: no decode
+    assert cache.text_length("job_a", first) == len('{"inputs":[1]}')
+    assert cache.text_length("job_a", {"inputs": [1]}) is None  # another object: unknown
+    other = cache.decode("job_a", '{"inputs":[2]}')  # another text: decoded, replaces
+    assert other == {"inputs": [2]} and cache.decode("job_a", '{"inputs":[2]}') is other
+    cache.decode("job_b", "{}")
+    cache.decode("job_c", "{}")  # over ``most``: the oldest goes
+    assert cache.text_length("job_a", other) is None
+    big = "[" + ",".join(["1"] * 600) + "]"  # over most_bytes/64: decoded, never kept
+    assert cache.decode("job_d", big) == [1] * 600
+    assert cache.text_length("job_d", cache.decode("job_d", big)) is None
