@@ -3,6 +3,6 @@ tests/control_plane/api."""
 
 from __future__ import annotations
 
-from tests.control_plane.api.conftest import api_key, app, auth_headers, client, services
+from tests.control_plane.api.conftest import api_key, app, auth_headers, client, now, services
 
-__all__ = ["api_key", "app", "auth_headers", "client", "services"]
+__all__ = ["api_key", "app", "auth_headers", "client", "now", "services"]
