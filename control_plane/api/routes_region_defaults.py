@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
 
+from control_plane.api.admin_scoped import admin_endpoint, path_key_id, path_tenant
 from control_plane.api.context import services
 from control_plane.api.http import send
-from control_plane.api.routes_quotas import _body, _key_id, _tenant
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.errors import Unavailable
@@ -32,44 +32,12 @@ async def list_defaults(request: Request) -> HttpResponse:
     return send(await run_in_threadpool(_svc(request).list_all, p))
 
 
-async def get_tenant(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    return send(await run_in_threadpool(_svc(request).get_tenant, p, _tenant(request)))
-
-
-async def put_tenant(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    tenant = _tenant(request)
-    spec = await _body(request, RegionDefaultsSpec)
-    return send(await run_in_threadpool(_svc(request).put_tenant, p, tenant, spec))
-
-
-async def delete_tenant(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    return send(await run_in_threadpool(_svc(request).delete_tenant, p, _tenant(request)))
-
-
-async def get_key(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    return send(await run_in_threadpool(_svc(request).get_key, p, _key_id(request)))
-
-
-async def put_key(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    key_id = _key_id(request)
-    spec = await _body(request, RegionDefaultsSpec)
-    return send(await run_in_threadpool(_svc(request).put_key, p, key_id, spec))
-
-
-async def delete_key(request: Request) -> HttpResponse:
-    p = principal(request)
-    p.require("admin")
-    return send(await run_in_threadpool(_svc(request).delete_key, p, _key_id(request)))
+get_tenant = admin_endpoint(_svc, lambda s: s.get_tenant, path_tenant)
+put_tenant = admin_endpoint(_svc, lambda s: s.put_tenant, path_tenant, RegionDefaultsSpec)
+delete_tenant = admin_endpoint(_svc, lambda s: s.delete_tenant, path_tenant)
+get_key = admin_endpoint(_svc, lambda s: s.get_key, path_key_id)
+put_key = admin_endpoint(_svc, lambda s: s.put_key, path_key_id, RegionDefaultsSpec)
+delete_key = admin_endpoint(_svc, lambda s: s.delete_key, path_key_id)
 
 
 ROUTES: list[DocumentedRoute] = [
