@@ -11,11 +11,19 @@ Shape (read by the control plane's /metrics)::
      "gpu": {"<uuid>": {"utilization": float, "memory_used_bytes": float, ...}}}
 
 Counters are cumulative since Triton started (a restart resets them).
+
+The runner reads this text every heartbeat. prometheus_client's parser spends ~65 µs per
+line (3.4 ms for a 53-line sample) and Triton writes lines for every family it has, so the
+lines of the families used here are read by a small exact parser of the text format's sample
+line (``name{label="value",...} value [timestamp]``, label values unescaped as the format
+says); any such line it cannot read sends the whole text to prometheus_client's parser.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -63,22 +71,79 @@ def _sample_name(name: str) -> str:
     return name[: -len("_total")] if name.endswith("_total") else name
 
 
-def parse_triton_metrics(text: str) -> dict[str, Any]:
-    """Per-model counters (summed over versions and failure reasons) and GPU gauges."""
-    models: dict[str, dict[str, Any]] = {}
-    gpus: dict[str, dict[str, float]] = {}
+_WANTED = frozenset(MODEL_COUNTERS) | frozenset(GPU_GAUGES)
+_LINE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
+_LABEL = re.compile(
+    r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(?:,|$)'
+)
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+class _Unreadable(ValueError):
+    """A line of a wanted family the small parser does not read: use prometheus_client's."""
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    end = 0
+    for m in _LABEL.finditer(text):
+        if m.start() != end:
+            raise _Unreadable(text)
+        end = m.end()
+        value = m.group(2)
+        if "\\" in value:
+            value = re.sub(r"\\.", lambda e: _ESCAPES.get(e.group(0), e.group(0)), value)
+        labels[m.group(1)] = value
+    if end != len(text):
+        raise _Unreadable(text)
+    return labels
+
+
+def _wanted_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name without ``_total``, labels, value) of the wanted families' sample lines."""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip()[0] == "#":
+            continue
+        head = line.split("{", 1)[0].split(None, 1)[0]
+        if _sample_name(head) not in _WANTED:
+            continue
+        m = _LINE.fullmatch(line)
+        if m is None:
+            raise _Unreadable(line)
+        try:
+            value = float(m.group(3))
+        except ValueError as exc:
+            raise _Unreadable(line) from exc
+        yield _sample_name(m.group(1)), _labels(m.group(2) or ""), value
+
+
+def _library_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name = _sample_name(sample.name)
-            labels = sample.labels
-            if name in MODEL_COUNTERS and "model" in labels:
-                key = MODEL_COUNTERS[name]
-                model = models.setdefault(labels["model"], {**_empty(), "versions": {}})
-                model[key] += sample.value
-                version = model["versions"].setdefault(labels.get("version", ""), _empty())
-                version[key] += sample.value
-            elif name in GPU_GAUGES and "gpu_uuid" in labels:
-                gpus.setdefault(labels["gpu_uuid"], {})[GPU_GAUGES[name]] = sample.value
+            yield _sample_name(sample.name), sample.labels, sample.value
+
+
+def parse_triton_metrics(text: str) -> dict[str, Any]:
+    """Per-model counters (summed over versions and failure reasons) and GPU gauges."""
+    try:
+        return _summarize(list(_wanted_samples(text)))
+    except _Unreadable:
+        log.debug("Triton metrics: a line the small parser does not read; full parser used")
+        return _summarize(list(_library_samples(text)))
+
+
+def _summarize(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    gpus: dict[str, dict[str, float]] = {}
+    for name, labels, value in samples:
+        if name in MODEL_COUNTERS and "model" in labels:
+            key = MODEL_COUNTERS[name]
+            model = models.setdefault(labels["model"], {**_empty(), "versions": {}})
+            model[key] += value
+            version = model["versions"].setdefault(labels.get("version", ""), _empty())
+            version[key] += value
+        elif name in GPU_GAUGES and "gpu_uuid" in labels:
+            gpus.setdefault(labels["gpu_uuid"], {})[GPU_GAUGES[name]] = value
     for model in models.values():
         _finish(model)
         for version in model["versions"].values():

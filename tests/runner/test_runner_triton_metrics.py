@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -111,3 +113,47 @@ async def test_scrape_parses_and_survives_unreachable() -> None:
         out = await scrape_triton_metrics(client, "http://127.0.0.1:8002/metrics")
         assert out["models"]["add_sub"]["success"] == 110
         assert await scrape_triton_metrics(client, "http://127.0.0.1:9/metrics") == {}
+
+
+def _with_library(text: str) -> dict[str, object]:
+    """What prometheus_client's parser makes of ``text`` (the reference)."""
+    from runner import triton_metrics
+
+    return triton_metrics._summarize(list(triton_metrics._library_samples(text)))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        'nv_inference_count{model="we\\"ird\\\\na\\nme",version="1"} 5\n',  # escapes
+        'nv_inference_count_total{model="x",version="3",} 2 1700000000\n',  # _total, ts
+        'nv_gpu_utilization{gpu_uuid="GPU-2"} +Inf\n',
+        '   \n# a comment\nnv_inference_count{ model = "y" , version="1"} 1e3\n',
+        "nv_cpu_utilization 0.5\n",  # a family not read
+    ],
+)
+def test_small_parser_reads_what_prometheus_client_reads(extra: str) -> None:
+    text = SAMPLE + extra
+    assert parse_triton_metrics(text) == _with_library(text)
+
+
+def test_a_line_the_small_parser_cannot_read_goes_to_prometheus_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runner import triton_metrics
+
+    used: list[str] = []
+    library = triton_metrics._library_samples
+
+    def spy(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+        used.append(text)
+        return library(text)
+
+    monkeypatch.setattr(triton_metrics, "_library_samples", spy)
+    text = SAMPLE + 'nv_inference_count{model="z",version="1"} 0x10\n'  # not a float to us
+    with pytest.raises(ValueError):  # nor to prometheus_client: the scrape's error path
+        parse_triton_metrics(text)
+    assert used == [text]
+    assert parse_triton_metrics(SAMPLE)["models"]["add_sub"]["success"] == 110
+    assert used == [text]  # a readable text never reaches the library
