@@ -45,7 +45,8 @@ async def lease_jobs(
     if svc.runners.config_of(runner).drain:
         out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
     else:
-        req = req.model_copy(update={"wait_s": min(req.wait_s, svc.settings.max_lease_wait_s)})
+        if req.wait_s > svc.settings.max_lease_wait_s:  # (a copy only when it changes)
+            req = req.model_copy(update={"wait_s": svc.settings.max_lease_wait_s})
         poll = svc.jobs.lease(runner.id, runner.region, req)
         out = await (guard(poll) if guard is not None else poll)
     metrics = state.metrics
