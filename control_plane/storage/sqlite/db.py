@@ -57,12 +57,11 @@ class _Translate:
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> None:
         if self._budget is not None:
             self._budget.spent += time.monotonic() - self._started
         if exc is not None and isinstance(exc, sqlite3.Error):
             raise Unavailable(f"storage error during {self._what}: {exc}") from exc
-        return False
 
 
 def translate(what: str) -> contextlib.AbstractContextManager[None]:
@@ -88,19 +87,18 @@ class _Write:
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> None:
         if not self._own:
-            return False
+            return
         conn = self._conn
         if exc is None:
             try:
                 conn.execute("COMMIT")
-                return False
             except BaseException:
                 _rollback(conn)  # also when COMMIT itself failed (disk full, I/O error)
                 raise
+            return
         _rollback(conn)
-        return False
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -116,13 +114,13 @@ class _Atomic:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._write: _Write | None = None
+        self._write: contextlib.AbstractContextManager[sqlite3.Connection] | None = None
 
     def __enter__(self) -> None:
         local = self._db._local
         if getattr(local, "atomic", False):
             return  # nested: joins the enclosing block
-        write = _Write(self._db)
+        write = self._db.write()  # (through the method: a subclass may wrap it)
         write.__enter__()
         self._write = write
         local.atomic = True
@@ -134,7 +132,7 @@ class _Atomic:
         if write is None:
             return False
         self._db._local.atomic = False
-        return write.__exit__(kind, exc, tb)
+        return bool(write.__exit__(kind, exc, tb))
 
 
 class Database:
