@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from datetime import UTC, datetime
@@ -13,12 +14,31 @@ def now() -> float:
 
 
 def iso(ts: float | None) -> str | None:
-    """RFC 3339 UTC string with millisecond precision, or None."""
+    """RFC 3339 UTC string with millisecond precision, or None.
+
+    Exactly ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` with
+    ``Z`` for ``+00:00`` (microseconds rounded half-even, then truncated to milliseconds),
+    but the date and time of day of a second are formatted once (the last 256 seconds seen
+    are kept): a job's timestamps are formatted several times per job on the hot path."""
     if ts is None:
         return None
-    return (
-        datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)  # half-even, as datetime rounds a float timestamp
+    second = int(whole)
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    elif us < 0:
+        second, us = second - 1, us + 1_000_000
+    text = _iso_seconds.get(second)
+    if text is None:
+        if len(_iso_seconds) >= 256:
+            _iso_seconds.clear()
+        text = datetime.fromtimestamp(second, tz=UTC).isoformat(timespec="seconds")[:19]
+        _iso_seconds[second] = text
+    return f"{text}.{us // 1000:03d}Z"
+
+
+_iso_seconds: dict[int, str] = {}  # the second -> its date and time of day, recent ones
 
 
 def new_id(prefix: str, nbytes: int = 12) -> str:

@@ -168,6 +168,9 @@ class RegionCollector(Collector):
         yield from (runners, rtt)
 
 
+CHILDREN_MAX = 4096  # labelled children whose lookup Metrics.child keeps
+
+
 class Metrics:
     """The metrics of one app."""
 
@@ -240,6 +243,7 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
             registry=self.registry,
         )
+        self._children: dict[tuple[object, ...], Any] = {}
         self._stage_children: dict[tuple[str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_FleetCollector(queue_depths, runners))
@@ -261,6 +265,19 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` (a lock, the label values
+        checked and joined) costs more than the ``inc``/``observe`` it precedes, several times
+        per job. At most ``CHILDREN_MAX`` kept (then forgotten at once: the registry keeps the
+        children themselves)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= CHILDREN_MAX:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_region_lease(self, region: str | None, placement: str) -> None:
         """A region-lease hook (JobService.on_region_lease)."""
         self.jobs_leased_by_region.labels(region or "", placement).inc()
@@ -268,7 +285,7 @@ class Metrics:
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""
         if job.status in TERMINAL_STATUSES:
-            self.jobs_completed.labels(job.model, job.status).inc()
+            self.child(self.jobs_completed, job.model, job.status).inc()
             self._observe_latency(job)
 
     def _observe_latency(self, job: Any) -> None:
@@ -288,7 +305,7 @@ class Metrics:
         if phases:
             phases["total"] = sum(phases.values())
         for phase, seconds in phases.items():
-            self.job_latency.labels(job.model, phase).observe(max(0.0, seconds))
+            self.child(self.job_latency, job.model, phase).observe(max(0.0, seconds))
 
     def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
         """A dispatcher hook: the runner's stage timings (milliseconds) of one answer."""
@@ -342,6 +359,6 @@ class RequestTimer:
             # The router leaves the matched route in the scope; match by hand only for
             # requests it did not route (404s, middleware answers).
             template = getattr(scope.get("route"), "path", None) or self._template(scope)
-            self.metrics.request_latency.labels(template, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+            metrics = self.metrics
+            child = metrics.child(metrics.request_latency, template, scope["method"], str(status))
+            child.observe(time.perf_counter() - start)

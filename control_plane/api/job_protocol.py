@@ -45,12 +45,13 @@ async def lease_jobs(
     if svc.runners.config_of(runner).drain:
         out = LeaseResponse(jobs=[])  # a draining runner finishes what it has, takes nothing
     else:
-        req = req.model_copy(update={"wait_s": min(req.wait_s, svc.settings.max_lease_wait_s)})
+        if req.wait_s > svc.settings.max_lease_wait_s:  # (a copy only when it changes)
+            req = req.model_copy(update={"wait_s": svc.settings.max_lease_wait_s})
         poll = svc.jobs.lease(runner.id, runner.region, req)
         out = await (guard(poll) if guard is not None else poll)
-    state.metrics.lease_latency.labels("jobs" if out.jobs else "empty").observe(
-        time.perf_counter() - start
-    )
+    metrics = state.metrics
+    outcome = "jobs" if out.jobs else "empty"
+    metrics.child(metrics.lease_latency, outcome).observe(time.perf_counter() - start)
     return out
 
 
@@ -62,7 +63,7 @@ async def complete_jobs(
     if state.count_completions:  # else the jobs service's transition hook counts
         for item, result in zip(req.results, results, strict=True):
             if result.status == "committed":
-                state.metrics.jobs_completed.labels("unknown", item.status).inc()
+                state.metrics.child(state.metrics.jobs_completed, "unknown", item.status).inc()
     return BatchCompleteResponse(results=results)
 
 

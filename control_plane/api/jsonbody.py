@@ -26,6 +26,8 @@ _PAIR = re.compile(rb"\[\]|\{\}")
 def depth_exceeds(body: bytes, limit: int = MAX_DEPTH) -> bool:
     """Whether the JSON text nests arrays/objects deeper than ``limit`` levels (malformed
     text is left for the parser to refuse)."""
+    if body.count(b"[") + body.count(b"{") <= limit:  # cannot nest deeper: no regex pass
+        return False
     brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", body))
     if len(brackets) <= limit:
         return False

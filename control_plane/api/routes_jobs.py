@@ -54,7 +54,8 @@ async def submit(request: Request) -> Response:
     view, created = await jobs.offload(jobs.submit, p, req, key)
     bind(job=view.id)
     if created:
-        request.app.state.metrics.jobs_submitted.labels(req.model).inc()
+        metrics = request.app.state.metrics
+        metrics.child(metrics.jobs_submitted, req.model).inc()
     if wait_s is not None:
         # ``Prefer: wait=N``: the job as GET answers it once terminal or after N seconds, in
         # the same call (one request instead of a submit and a long poll).
@@ -96,8 +97,9 @@ async def submit_batch(request: Request) -> Response:
     req = await read_model(request, BatchJobRequest)
     key = idempotency_key(request)
     ids = await run_in_threadpool(services(request).jobs.submit_batch, p, list(req.jobs), key)
+    metrics = request.app.state.metrics
     for job in req.jobs:
-        request.app.state.metrics.jobs_submitted.labels(job.model).inc()
+        metrics.child(metrics.jobs_submitted, job.model).inc()
     return send(BatchAccepted(ids=ids), 202)
 
 

@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 from gpufleet._logs import context as log_context
-from gpufleet.wire import ErrorInfo, JobRequest, JobView, LeasedJob, OutputRequest, Tensor
+from gpufleet.wire import (
+    ErrorInfo,
+    JobRequest,
+    JobView,
+    LeasedJob,
+    OutputRequest,
+    Tensor,
+)
 
 from control_plane.clock import iso
 from control_plane.services.principal import Principal
@@ -95,12 +102,13 @@ def new_job(p: Principal, req: JobRequest, job_id: str, created: float) -> JobRe
 
 
 def leased_job(job: JobRecord) -> LeasedJob:
-    """What a runner gets for a job it just leased. The stored request was validated at
-    submit (``SubmitJobRequest``'s tensors, dumped): its tensors are rebuilt without a second
-    validation (``model_construct``)."""
+    """What a runner gets for a job it just leased. Every field comes from the stored
+    record, validated at submit (``SubmitJobRequest``'s tensors, dumped) or written by the
+    claim: the model is built without a second validation (``model_construct``, the types
+    made explicit), once per leased job on the hot path."""
     assert job.lease_token and job.lease_expires_at and job.model_version
     outputs = job.request.get("outputs")
-    return LeasedJob(
+    return LeasedJob.model_construct(
         id=job.id,
         lease_token=job.lease_token,
         lease_expires_at=iso(job.lease_expires_at) or "",
@@ -111,8 +119,10 @@ def leased_job(job: JobRecord) -> LeasedJob:
         if outputs is not None
         else None,
         parameters=job.request.get("parameters") or {},
-        timeout_s=job.timeout_s,
-        attempt=job.attempts,
+        timeout_s=int(job.timeout_s),
+        attempt=int(job.attempts),
         deadline_at=iso(job.deadline),
+        input_urls={},
+        outputs_upload=None,
         request_id=job.request.get("request_id"),
     )

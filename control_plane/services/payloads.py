@@ -104,19 +104,30 @@ class PayloadService:
     def for_lease(self, job: JobRecord, leased: LeasedJob) -> LeasedJob:
         """``leased`` with presigned GETs of its ``data_ref`` inputs and the PUT for its
         outputs (signing is local: no call to the bucket)."""
+        urls, upload = self.lease_urls(job, leased.lease_token, leased.inputs)
+        return leased.model_copy(update={"input_urls": urls, "outputs_upload": upload})
+
+    def lease_urls(
+        self, job: JobRecord, lease_token: str, inputs: list[Tensor]
+    ) -> tuple[dict[str, str], ResultUpload]:
+        """The presigned GETs of ``inputs``' ``data_ref`` payloads by tensor name, and the
+        PUT for the outputs of the lease ``lease_token`` of ``job`` (``for_lease``'s URLs,
+        for a leased job built with them: ``job_views.leased_job``)."""
         ttl = self._ttl(job)
         urls = {
             t.name: self._blobs.presign_get(payload_key(job.tenant, t.data_ref), ttl)
-            for t in leased.inputs
+            for t in inputs
             if t.data_ref is not None
         }
-        key = result_key(job.id, leased.lease_token)
-        upload = ResultUpload(
+        key = result_key(job.id, lease_token)
+        upload = ResultUpload.model_construct(  # every field given, of its type: no validation
             ref=key,
             url=self._blobs.presign_put(key, ttl),
-            max_inline_bytes=self._settings.max_inline_bytes,
+            method="PUT",
+            headers={},
+            max_inline_bytes=int(self._settings.max_inline_bytes),
         )
-        return leased.model_copy(update={"input_urls": urls, "outputs_upload": upload})
+        return urls, upload
 
     def check_result(self, job_id: str, lease_token: str, ref: str) -> str:
         """``ref`` if it is this lease's result key and the object is there."""

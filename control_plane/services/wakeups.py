@@ -64,10 +64,22 @@ class Wakeups:
                             del self._waiters[key]
 
     def notify(self, key: str) -> None:
-        """Wake every poll watching ``key`` (thread-safe, never raises)."""
+        """Wake every poll watching ``key`` (thread-safe, never raises).
+
+        A poll of the loop running this call (the store call ran inline on the event loop,
+        as on SQLite) has its event set here and now; a poll of another loop (a worker
+        thread's call) through ``call_soon_threadsafe``, which writes to that loop's wake-up
+        pipe: a system call per wake-up the first case does without."""
         with self._lock:
-            waiters = list(self._waiters.get(key, ()))
+            found = self._waiters.get(key)
+            if not found:
+                return
+            waiters = list(found)
+        running = asyncio._get_running_loop()  # C speed; None on a worker thread
         for loop, event in waiters:
+            if loop is running:
+                event.set()
+                continue
             with contextlib.suppress(RuntimeError):  # its loop has closed meanwhile
                 loop.call_soon_threadsafe(event.set)
 
@@ -78,6 +90,10 @@ class Wakeups:
 
 
 async def sleep_or_wake(event: asyncio.Event, timeout_s: float) -> None:
-    """Return when ``event`` is set or after ``timeout_s``, whichever comes first."""
+    """Return when ``event`` is set or after ``timeout_s``, whichever comes first
+    (``asyncio.timeout``: no Task per sleep, as ``wait_for`` starts on Python 3.11)."""
+    if event.is_set():
+        return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()

@@ -60,6 +60,16 @@ def clear() -> None:
     _current.set(None)
 
 
+def check(budget: Budget, what: str) -> None:
+    """``Unavailable`` (503, Retry-After) when ``budget`` is spent: ``what`` must not start."""
+    if budget.spent >= budget.limit:
+        raise Unavailable(
+            f"storage is too slow: this request spent its {budget.limit:g} s storage budget "
+            f"before {what}",
+            retry_after=RETRY_AFTER_S,
+        )
+
+
 @contextlib.contextmanager
 def charge(what: str) -> Iterator[None]:
     """Count the time of one storage call against this request's budget; refuse to start it
@@ -68,12 +78,7 @@ def charge(what: str) -> Iterator[None]:
     if budget is None:
         yield
         return
-    if budget.spent >= budget.limit:
-        raise Unavailable(
-            f"storage is too slow: this request spent its {budget.limit:g} s storage budget "
-            f"before {what}",
-            retry_after=RETRY_AFTER_S,
-        )
+    check(budget, what)
     started = time.monotonic()
     try:
         yield

@@ -29,8 +29,9 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
+from types import TracebackType
 
 from control_plane.errors import Unavailable
 from control_plane.storage import budget
@@ -38,14 +39,100 @@ from control_plane.storage import budget
 BUSY_TIMEOUT_MS = 10_000
 
 
-@contextlib.contextmanager
-def translate(what: str) -> Iterator[None]:
-    """Turn SQLite failures (locked past the busy timeout, I/O errors) into ``Unavailable``."""
-    try:
-        with budget.charge(what):
-            yield
-    except sqlite3.Error as exc:
-        raise Unavailable(f"storage error during {what}: {exc}") from exc
+class _Translate:
+    """See :func:`translate` (a class: entered and left several times per job, where a
+    generator-based context manager costs a few microseconds more each time)."""
+
+    __slots__ = ("_budget", "_started", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        spent = budget.current()
+        if spent is not None:
+            budget.check(spent, self._what)
+            self._started = time.monotonic()
+        self._budget = spent
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._budget is not None:
+            self._budget.spent += time.monotonic() - self._started
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise Unavailable(f"storage error during {self._what}: {exc}") from exc
+
+
+def translate(what: str) -> contextlib.AbstractContextManager[None]:
+    """Turn SQLite failures (locked past the busy timeout, I/O errors) into ``Unavailable``;
+    the call's time is charged to the request's storage budget (``budget.charge``)."""
+    return _Translate(what)
+
+
+class _Write:
+    """See :meth:`Database.write`."""
+
+    __slots__ = ("_conn", "_db", "_own")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn = self._db.read()
+        self._own = not getattr(self._db._local, "atomic", False)
+        if self._own:
+            conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._own:
+            return
+        conn = self._conn
+        if exc is None:
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)  # also when COMMIT itself failed (disk full, I/O error)
+                raise
+            return
+        _rollback(conn)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+class _Atomic:
+    """See :meth:`Database.atomic`."""
+
+    __slots__ = ("_db", "_write")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._write: contextlib.AbstractContextManager[sqlite3.Connection] | None = None
+
+    def __enter__(self) -> None:
+        local = self._db._local
+        if getattr(local, "atomic", False):
+            return  # nested: joins the enclosing block
+        write = self._db.write()  # (through the method: a subclass may wrap it)
+        write.__enter__()
+        self._write = write
+        local.atomic = True
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        write = self._write
+        if write is None:
+            return False
+        self._db._local.atomic = False
+        return bool(write.__exit__(kind, exc, tb))
 
 
 class Database:
@@ -93,37 +180,16 @@ class Database:
             self._local.conn = conn
         return conn
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``); inside an
-        :meth:`atomic` block of this thread it joins that block's transaction instead."""
-        conn = self.read()
-        if getattr(self._local, "atomic", False):
-            yield conn
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # also when COMMIT itself failed (disk full, I/O error)
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``; ``COMMIT``,
+        or ``ROLLBACK`` on any exception); inside an :meth:`atomic` block of this thread it
+        joins that block's transaction instead."""
+        return _Write(self)
 
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
         """A unit of work: every :meth:`write` on this thread inside the block is one
         transaction, committed at the end or rolled back as a whole (nested blocks join)."""
-        if getattr(self._local, "atomic", False):
-            yield
-            return
-        with self.write():
-            self._local.atomic = True
-            try:
-                yield
-            finally:
-                self._local.atomic = False
+        return _Atomic(self)
 
     def ping(self) -> None:
         """Raise ``Unavailable`` when the file cannot be read."""

@@ -116,7 +116,20 @@ def test_no_bearer_token_needed_and_a_stray_one_ignored(store: LocalBlobStore) -
     assert r.content == b"hi"
 
 
-BAD_KEYS = ["../x", "a/../../x", "/etc/passwd", "a\\b", "a\x00b", "a//b", "./a", "a/", "", "a/.."]
+BAD_KEYS = [
+    "../x",
+    "a/../../x",
+    "/etc/passwd",
+    "a\\b",
+    "a\x00b",
+    "a\x1fb",
+    "a\x7fb",
+    "a//b",
+    "./a",
+    "a/",
+    "",
+    "a/..",
+]
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)

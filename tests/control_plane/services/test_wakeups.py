@@ -64,3 +64,29 @@ async def test_notify_from_another_thread_and_unwatched_keys() -> None:
         await sleep_or_wake(event, 0.05)  # not notified: times out quietly
         assert time.monotonic() - t >= 0.04
     assert w.watching("job:a") == 0 and w.watching("model:m") == 0
+
+
+async def test_notify_on_the_waiting_loop_sets_the_event_at_once() -> None:
+    """A store call run inline on the event loop wakes its polls without the loop's wake-up
+    pipe: the event is set when ``notify`` returns; another loop's poll is still woken."""
+    w = Wakeups()
+    with w.watch(["job:a"]) as event:
+        w.notify("job:a")
+        assert event.is_set()  # set here, not at a later turn of the loop
+        event.clear()
+        await sleep_or_wake(event, 0.01)
+        assert not event.is_set()
+
+    other: asyncio.Future[asyncio.Event] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    async def watch_elsewhere() -> bool:
+        with w.watch(["job:b"]) as elsewhere:
+            loop.call_soon_threadsafe(other.set_result, elsewhere)
+            await sleep_or_wake(elsewhere, 5)
+            return elsewhere.is_set()
+
+    worker = asyncio.create_task(asyncio.to_thread(asyncio.run, watch_elsewhere()))
+    await asyncio.wait_for(other, 5)
+    w.notify("job:b")  # from this loop: the other loop's event, through its own loop
+    assert await asyncio.wait_for(worker, 5) is True
