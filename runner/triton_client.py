@@ -477,6 +477,19 @@ def _outputs(result: Any) -> list[Tensor]:
 # Datatypes the binary path carries as the gRPC client does: the same numpy conversion
 # (runner/tensors.py), the same bytes (tobytes; BYTES length-prefixed). BF16 stays structured.
 _BINARY_DATATYPES = frozenset(NP_DTYPES)
+_EXPECTED_DTYPES = {name: np.dtype(t) for name, t in NP_DTYPES.items()}
+_UTILS: list[Any] = []
+
+
+def _tc_utils() -> Any:
+    """``tritonclient.utils``, imported on first use (it loads ml_dtypes: ~150 ms)."""
+    if not _UTILS:
+        import tritonclient.utils
+
+        _UTILS.append(tritonclient.utils)
+    return _UTILS[0]
+
+
 # Request parameters tritonclient refuses (it sets them itself) and their prefix.
 _RESERVED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
@@ -504,8 +517,6 @@ def _binary_request(
     datatypes, tensor or output parameters, parameters the client library refuses or
     converts, an array whose dtype does not match its datatype. Raises TensorError for data
     that does not fit its shape or datatype, exactly as the structured path does."""
-    from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
-
     if outputs and any(o.parameters for o in outputs):
         return None
     if parameters and not all(_plain_parameter(k, v) for k, v in parameters.items()):
@@ -516,10 +527,10 @@ def _binary_request(
         if tensor.parameters or tensor.datatype not in _BINARY_DATATYPES:
             return None
         arr = to_numpy(tensor)
-        if np_to_triton_dtype(arr.dtype) != tensor.datatype:
+        if arr.dtype != _EXPECTED_DTYPES[tensor.datatype]:  # tritonclient would refuse it
             return None
         if tensor.datatype == "BYTES":
-            serialized = serialize_byte_tensor(arr)
+            serialized = _tc_utils().serialize_byte_tensor(arr)
             raw = serialized.item() if serialized.size > 0 else b""
         else:
             raw = arr.tobytes()
@@ -554,8 +565,11 @@ def _binary_refusal(status: int, body: bytes) -> InferError:
 
 def _binary_outputs(body: bytes, header_length: str | None) -> list[Tensor]:
     """Outputs of a binary-extension answer, decoded like tritonclient's ``as_numpy``."""
-    from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
-
+    utils = _tc_utils()
+    deserialize_bytes_tensor, triton_to_np_dtype = (
+        utils.deserialize_bytes_tensor,
+        utils.triton_to_np_dtype,
+    )
     size = len(body) if header_length is None else int(header_length)
     answer = json.loads(body[:size])
     offset = size
