@@ -326,6 +326,10 @@ class JobLoop:
         jobs = lease.result().jobs
         for job in jobs:
             self.start_job(job)
+        if jobs:
+            # Let the jobs reach Triton before the next long poll is sent: at one job at a
+            # time, that send (and the control plane's work on it) is not on the job's path.
+            await asyncio.sleep(0)
         if not jobs and time.monotonic() - asked < MIN_EMPTY_POLL_S:
             # An empty answer that came back at once (wait_s 0): do not spin.
             await wait_event(stop, MIN_EMPTY_POLL_S)
@@ -383,7 +387,8 @@ class JobLoop:
         try:
             job = await payloads.fetch_inputs(job, self._verify)  # data_ref inputs, from the bucket
             fetched = time.perf_counter()
-            outputs = await asyncio.wait_for(self._run_model(job), timeout=job.timeout_s)
+            async with asyncio.timeout(job.timeout_s):  # no extra task, unlike wait_for
+                outputs = await self._run_model(job)
             inferred = time.perf_counter()
             # large outputs go to the bucket
             inline, outputs_ref = await payloads.store_outputs(job, outputs, self._verify)
