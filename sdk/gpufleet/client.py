@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from gpufleet import _ops, models
+from gpufleet._lean import LeanSyncTransport, usable
 from gpufleet._transport import POOL_LIMITS, Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
@@ -128,8 +129,15 @@ class Client:
         check_url(self._core.base_url, options)
         self._core.tls_names = options.names
         verify = client_context(options)
+        api_transport = transport
+        if transport is None and usable(self._core.base_url):
+            # plain HTTP, no proxy: the lean transport (httpx's default one for the rest)
+            api_transport = LeanSyncTransport(
+                httpx.HTTPTransport(verify=verify, limits=POOL_LIMITS),
+                max_keepalive=POOL_LIMITS.max_keepalive_connections or 0,
+            )
         self._http = httpx.Client(
-            transport=transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
+            transport=api_transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
         )
         self._bucket = self._http
         if transport is not None:  # presigned bucket URLs: a real transport

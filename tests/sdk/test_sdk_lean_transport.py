@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from gpufleet import AsyncClient, errors
-from gpufleet._lean import LeanTransport, usable
+from gpufleet import AsyncClient, Client, errors
+from gpufleet._lean import LeanSyncTransport, LeanTransport, usable
 
 DEADLINE_S = 5.0
 
@@ -337,3 +337,114 @@ async def test_async_client_uses_it_and_keeps_retries_and_errors(uvicorn_url: st
     custom = httpx.MockTransport(lambda r: httpx.Response(200))
     async with AsyncClient(uvicorn_url, api_key="gf_test_key_0123", transport=custom) as fleet:
         assert fleet._http._transport is custom  # a transport given is used as it is
+
+
+# ---------------------------------------------------------------------- the blocking transport
+
+
+@contextlib.contextmanager
+def threaded(reply: Callable[..., Any]) -> Iterator[Scripted]:
+    """:func:`scripted` served from a thread (for the blocking client)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: list[Any] = []
+
+    async def serve() -> None:
+        async with scripted(reply) as server:
+            holder.append(server)
+            stop = asyncio.Event()
+            holder.append(stop)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(DEADLINE_S)
+    try:
+        yield holder[0]
+    finally:
+        loop.call_soon_threadsafe(holder[1].set)
+        thread.join(DEADLINE_S)
+        loop.close()
+
+
+def lean_sync() -> httpx.Client:
+    return httpx.Client(transport=LeanSyncTransport(httpx.HTTPTransport()), timeout=2.0)
+
+
+def test_sync_keep_alive_pieces_chunked_and_close() -> None:
+    body = json.dumps({"data": list(range(2000))}).encode()
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+    def reply(method: str, path: str, headers: dict[str, str], b: bytes) -> Any:
+        if path == "/echo":
+            return ok(
+                json.dumps({"m": method, "body": b.decode(), "k": headers.get("x-k")}).encode()
+            ), False
+        if path == "/eof":
+            return b"HTTP/1.1 200 OK\r\n\r\nuntil-close", True
+        whole = chunked if path == "/chunked" else ok(body)
+        return [whole[i : i + 5] for i in range(0, 50, 5)] + [whole[50:]], False
+
+    with threaded(reply) as server, lean_sync() as http:
+        url = f"http://127.0.0.1:{server.port}"
+        for i in range(3):
+            doc = http.post(f"{url}/echo", json={"i": i}, headers={"X-K": "v"}).json()
+            assert (doc["m"], json.loads(doc["body"]), doc["k"]) == ("POST", {"i": i}, "v")
+        assert http.get(f"{url}/big").json() == {"data": list(range(2000))}
+        assert http.get(f"{url}/chunked").json() == {"data": list(range(2000))}
+        assert server.connections == 1
+        assert http.get(f"{url}/eof").content == b"until-close"
+        assert http.get(f"{url}/big").status_code == 200
+        assert server.connections == 2
+
+
+def test_sync_errors_are_httpx_errors() -> None:
+    def reply(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if path == "/garbage":
+            return b"SSH-2.0-OpenSSH\r\n\r\n", False
+        if path == "/close":
+            return None, True
+        return None, False
+
+    with threaded(reply) as server, lean_sync() as http:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+            http.get(f"{url}/garbage")
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            http.get(f"{url}/close")
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            http.get(f"{url}/silent", timeout=0.3)
+        assert time.monotonic() - started < DEADLINE_S
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with lean_sync() as http, pytest.raises(httpx.ConnectError):
+        http.get(f"http://127.0.0.1:{port}/")
+
+
+def test_sync_stale_idle_connection_is_not_reused() -> None:
+    def reply(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        return ok(b"x"), False
+
+    with threaded(reply) as server, lean_sync() as http:
+        url = f"http://127.0.0.1:{server.port}"
+        http.get(f"{url}/")
+        for w in list(server.writers):  # the server ends its idle keep-alive connection
+            w.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        time.sleep(0.1)
+        assert http.get(f"{url}/").content == b"x"
+        assert server.connections == 2
+
+
+def test_blocking_client_uses_it_and_keeps_retries_and_errors(uvicorn_url: str) -> None:
+    _APP_SEEN.clear()
+    with Client(uvicorn_url, api_key="gf_test_key_0123", max_retries=2) as fleet:
+        assert isinstance(fleet._http._transport, LeanSyncTransport)
+        job = fleet.submit("add_sub", {"X": [1.0, 2.0]}, idempotency_key="k-2")
+        assert (job.id, job.status) == ("job_1", "QUEUED")
+        assert _APP_SEEN == ["k-2", "k-2"]  # the 503 was retried with the same key
+        with pytest.raises(errors.NotFoundError, match="no /v1/jobs/nope"):
+            fleet.get("nope")
