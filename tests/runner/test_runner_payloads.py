@@ -4,6 +4,7 @@ failures."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -160,9 +161,7 @@ def test_inline_size_bound_is_above_the_json(name: str, datatype: str, values: l
     arr = np.array(values * 7, dtype=NP_DTYPES[datatype]).reshape(1, 7, len(values))
     outputs = [from_numpy(name, datatype, arr), from_numpy("second", datatype, arr[:, :2])]
     exact = len(
-        payloads.json.dumps(
-            [t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":")
-        )
+        json.dumps([t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":"))
     )
     bound = payloads._upper_bound(outputs)
     assert bound is not None and bound >= exact
@@ -176,8 +175,6 @@ def test_inline_size_of_bytes_is_exact() -> None:
     outputs = [from_numpy("T", "BYTES", arr)]
     assert payloads._upper_bound(outputs) is None
     exact = len(
-        payloads.json.dumps(
-            [t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":")
-        )
+        json.dumps([t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":"))
     )
     assert payloads._inline_size(outputs, 10**6) == exact
