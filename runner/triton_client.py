@@ -496,6 +496,9 @@ _RESERVED_PARAMETERS = frozenset(
     | {"binary_data_output"}
 )
 _INT64 = (-(2**63), 2**63 - 1)
+# Inputs above this many bytes keep the structured path: newer Triton releases cap an HTTP
+# request's size (--http-max-input-size, 64 MiB by default), gRPC's limit is the client's.
+MAX_BINARY_BODY = 32 * 1024 * 1024
 
 
 def _plain_parameter(key: str, value: Any) -> bool:
@@ -515,7 +518,8 @@ def _binary_request(
     """The KServe binary-extension body (JSON header, then each input's raw bytes) and the
     header's length; None when the structured path must take the call: BF16 or unknown
     datatypes, tensor or output parameters, parameters the client library refuses or
-    converts, an array whose dtype does not match its datatype. Raises TensorError for data
+    converts, an array whose dtype does not match its datatype, inputs over
+    ``MAX_BINARY_BODY`` bytes. Raises TensorError for data
     that does not fit its shape or datatype, exactly as the structured path does."""
     if outputs and any(o.parameters for o in outputs):
         return None
@@ -523,6 +527,7 @@ def _binary_request(
         return None
     heads: list[dict[str, Any]] = []
     raws: list[bytes] = []
+    size = 0
     for tensor in inputs:
         if tensor.parameters or tensor.datatype not in _BINARY_DATATYPES:
             return None
@@ -534,6 +539,9 @@ def _binary_request(
             raw = serialized.item() if serialized.size > 0 else b""
         else:
             raw = arr.tobytes()
+        size += len(raw)
+        if size > MAX_BINARY_BODY:
+            return None
         heads.append(
             {
                 "name": tensor.name,

@@ -181,6 +181,14 @@ def test_calls_the_binary_path_cannot_carry_stay_structured(
     assert _binary_request(inputs, outputs, parameters) is None
 
 
+def test_inputs_over_the_size_cap_stay_structured(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runner.triton_client as tc
+
+    monkeypatch.setattr(tc, "MAX_BINARY_BODY", 15)
+    assert _binary_request([_fp32("A", [1, 2, 3])], None, {}) is not None  # 12 bytes
+    assert _binary_request([_fp32("A", [1, 2, 3]), _fp32("B", [1])], None, {}) is None
+
+
 def test_binary_request_layout() -> None:
     body, size = _binary_request(
         [_fp32("A", [1, 2]), Tensor(name="T", datatype="BYTES", shape=[1], data=["hi"])],
