@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import logging
 import select
 import socket
 import threading
@@ -35,7 +37,7 @@ import urllib.request
 
 import httpx
 
-__all__ = ["LeanSyncTransport", "LeanTransport", "usable"]
+__all__ = ["LeanSyncTransport", "LeanTransport", "takes", "usable"]
 
 _CRLF2 = b"\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 1024
@@ -44,7 +46,8 @@ MAX_HEAD_BYTES = 64 * 1024
 def usable(base_url: str) -> bool:
     """Whether API calls to ``base_url`` may go through :class:`LeanTransport`: plain HTTP
     and no proxy settings in the environment (httpx would route through the proxy)."""
-    return base_url.startswith("http://") and not urllib.request.getproxies()
+    netloc = base_url[len("http://") :].partition("/")[0]
+    return base_url.startswith("http://") and "@" not in netloc and not urllib.request.getproxies()
 
 
 class _Answer:
@@ -297,7 +300,26 @@ class _SyncConn:
             self.sock.close()
 
 
-def _takes(request: httpx.Request) -> bool:
+_HTTPX_LOG = logging.getLogger("httpx")
+
+
+def _finish_direct(request: httpx.Request, response: httpx.Response, start: float) -> None:
+    """What ``httpx.Client.send`` adds to a response, for :meth:`LeanTransport.send`."""
+    response.request = request
+    response.read()  # the body is in memory already: decoded (Content-Encoding) here
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
+    if _HTTPX_LOG.isEnabledFor(logging.INFO):  # the line httpx's client logs per request
+        _HTTPX_LOG.info(
+            'HTTP Request: %s %s "%s %d %s"',
+            request.method,
+            request.url,
+            response.http_version,
+            response.status_code,
+            response.reason_phrase,
+        )
+
+
+def takes(request: httpx.Request) -> bool:
     """Requests the lean transports send (the rest goes to the fallback)."""
     return (
         request.url.scheme == "http"
@@ -359,7 +381,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not _takes(request):
+        if not takes(request):
             return await self._fallback.handle_async_request(request)
         t = _timeouts(request)
         slots = self._slots
@@ -374,6 +396,19 @@ class LeanTransport(httpx.AsyncBaseTransport):
         finally:
             if slots is not None:
                 slots.release()
+
+    async def send(self, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
+        """``client.send(request)`` for a request this transport ``takes``, without the
+        client's layers that do nothing for the SDK's own requests: no auth flow (the
+        bearer token is a header), no redirects (not followed), no cookie jar (its requests
+        never carry the client's cookies). ``timeout``: the client's, when the request
+        names none."""
+        if "timeout" not in request.extensions:
+            request.extensions["timeout"] = timeout.as_dict()
+        start = time.perf_counter()
+        response = await self.handle_async_request(request)
+        _finish_direct(request, response, start)
+        return response
 
     async def _connection(
         self, key: tuple[str, int], request: httpx.Request, timeout: float | None
@@ -449,7 +484,7 @@ class LeanSyncTransport(httpx.BaseTransport):
         self._keepalive_expiry = keepalive_expiry
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not _takes(request):
+        if not takes(request):
             return self._fallback.handle_request(request)
         t = _timeouts(request)
         url = request.url
@@ -473,6 +508,15 @@ class LeanSyncTransport(httpx.BaseTransport):
         else:
             conn.close()
         return _response(answer)
+
+    def send(self, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
+        """:meth:`LeanTransport.send` for the blocking client."""
+        if "timeout" not in request.extensions:
+            request.extensions["timeout"] = timeout.as_dict()
+        start = time.perf_counter()
+        response = self.handle_request(request)
+        _finish_direct(request, response, start)
+        return response
 
     def _connection(
         self, key: tuple[str, int], request: httpx.Request, timeout: float | None

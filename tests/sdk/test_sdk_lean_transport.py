@@ -448,3 +448,34 @@ def test_blocking_client_uses_it_and_keeps_retries_and_errors(uvicorn_url: str) 
         assert _APP_SEEN == ["k-2", "k-2"]  # the 503 was retried with the same key
         with pytest.raises(errors.NotFoundError, match="no /v1/jobs/nope"):
             fleet.get("nope")
+
+
+async def test_direct_send_is_what_the_client_would_answer(
+    uvicorn_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's own requests skip httpx's client layers: same response (request, elapsed,
+    decoded body), the same httpx log line, the same error once the client is closed."""
+    fleet = AsyncClient(uvicorn_url, api_key="gf_test_key_0123")
+    lean_transport = fleet._lean
+    assert lean_transport is not None
+    request = fleet._core.build("GET", "/v1/nothing-here")
+    with caplog.at_level("INFO", logger="httpx"):
+        direct = await lean_transport.send(request, fleet._http.timeout)
+    via_client = await fleet._http.send(fleet._core.build("GET", "/v1/nothing-here"))
+    assert direct.request is request and direct.elapsed.total_seconds() > 0
+    assert (direct.status_code, direct.json(), direct.headers["content-type"]) == (
+        via_client.status_code, via_client.json(), via_client.headers["content-type"],
+    )  # fmt: skip
+    assert any(f"GET {uvicorn_url}/v1/nothing-here" in r.getMessage() for r in caplog.records)
+    await fleet.close()
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        await fleet.get("x")
+    assert not usable("http://user:pw@127.0.0.1:8080")  # httpx would send basic auth
+
+
+def test_blocking_direct_send_after_close_raises(uvicorn_url: str) -> None:
+    fleet = Client(uvicorn_url, api_key="gf_test_key_0123")
+    assert fleet._lean is not None
+    fleet.close()
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        fleet.get("x")
