@@ -252,7 +252,8 @@ class DispatchChannel:
             except ConnectionClosed as exc:
                 raise ConnectionError(f"channel closed: {exc}") from exc
             self.calls_made += 1
-            return await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await fut
         finally:
             self._calls.pop(rid, None)
 

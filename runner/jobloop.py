@@ -73,7 +73,14 @@ class _Pending:
     job_id: str
     req: CompleteRequest
     fut: asyncio.Future[None]
-    size: int  # bytes of the result's JSON
+    _size: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the result's JSON (measured when a batch of several needs it)."""
+        if self._size is None:
+            self._size = len(self.req.model_dump_json(exclude_none=True)) + len(self.job_id) + 16
+        return self._size
 
 
 def _expires_in(iso: str) -> float:
@@ -86,8 +93,9 @@ def _expires_in(iso: str) -> float:
 
 
 def _item(job_id: str, req: CompleteRequest) -> CompleteItem:
-    """``req`` as one result of a batch complete (its tensors are not validated again)."""
-    return CompleteItem(
+    """``req`` (validated when built) as one result of a batch complete, not validated
+    again."""
+    return CompleteItem.model_construct(
         job_id=job_id,
         lease_token=req.lease_token,
         status=req.status,
@@ -130,8 +138,7 @@ class CompletionQueue:
 
     async def complete(self, job_id: str, req: CompleteRequest) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        size = len(req.model_dump_json(exclude_none=True)) + len(job_id) + 16
-        self._queue.append(_Pending(job_id, req, fut, size))
+        self._queue.append(_Pending(job_id, req, fut))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="complete-flush")
         self._wake.set()
@@ -160,6 +167,9 @@ class CompletionQueue:
     def _take(self) -> list[_Pending]:
         """The next batch: up to 100 results and ``max_bytes`` of them (at least one result),
         leaving out those whose job no longer waits (cancelled by a drain)."""
+        if len(self._queue) == 1:  # a lone result: no size to weigh
+            pending = self._queue.pop()
+            return [] if pending.fut.done() else [pending]
         batch: list[_Pending] = []
         size = taken = 0
         for pending in self._queue:
@@ -179,7 +189,9 @@ class CompletionQueue:
             try:
                 self.calls += 1
                 out = await self._client.complete_batch(
-                    BatchCompleteRequest(results=[_item(p.job_id, p.req) for p in batch])
+                    BatchCompleteRequest.model_construct(
+                        results=[_item(p.job_id, p.req) for p in batch]
+                    )
                 )
             except NotFound:
                 log.info("the control plane has no batch complete route: completing one by one")
@@ -326,6 +338,10 @@ class JobLoop:
         jobs = lease.result().jobs
         for job in jobs:
             self.start_job(job)
+        if jobs:
+            # Let the jobs reach Triton before the next long poll is sent: at one job at a
+            # time, that send (and the control plane's work on it) is not on the job's path.
+            await asyncio.sleep(0)
         if not jobs and time.monotonic() - asked < MIN_EMPTY_POLL_S:
             # An empty answer that came back at once (wait_s 0): do not spin.
             await wait_event(stop, MIN_EMPTY_POLL_S)
@@ -383,7 +399,8 @@ class JobLoop:
         try:
             job = await payloads.fetch_inputs(job, self._verify)  # data_ref inputs, from the bucket
             fetched = time.perf_counter()
-            outputs = await asyncio.wait_for(self._run_model(job), timeout=job.timeout_s)
+            async with asyncio.timeout(job.timeout_s):  # no extra task, unlike wait_for
+                outputs = await self._run_model(job)
             inferred = time.perf_counter()
             # large outputs go to the bucket
             inline, outputs_ref = await payloads.store_outputs(job, outputs, self._verify)

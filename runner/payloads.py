@@ -79,8 +79,31 @@ async def fetch_inputs(job: LeasedJob, verify: ssl.SSLContext | bool = True) -> 
     return job.model_copy(update={"inputs": resolved})
 
 
+# Characters an element of a numeric tensor takes in JSON at most, with its comma: a float's
+# repr is at most 24 ("-2.2250738585072014e-308"), an int64 20, NaN/Infinity 9.
+_MAX_ELEMENT_CHARS = 25
+
+
+def _upper_bound(outputs: list[Tensor]) -> int | None:
+    """A bound above the JSON size of ``outputs`` without writing it (numeric tensors that
+    hold their array); None when there is none that cheap."""
+    total = 2
+    for t in outputs:
+        array = t.array if isinstance(t, ArrayTensor) else None
+        if array is None or t.datatype == "BYTES" or t.parameters or t.data_ref is not None:
+            return None
+        # {"name":…,"datatype":"UINT64","shape":[…],"data":[…]}, and a comma
+        total += 60 + len(json.dumps(t.name)) + 21 * len(t.shape)
+        total += _MAX_ELEMENT_CHARS * int(array.size)
+    return total
+
+
 def _inline_size(outputs: list[Tensor], limit: int) -> int:
-    """The JSON size of ``outputs`` (stops counting past ``limit``; raw bytes bound it below)."""
+    """The JSON size of ``outputs``, or a bound above it when that fits ``limit`` already
+    (stops counting past ``limit``; raw bytes bound it below)."""
+    bound = _upper_bound(outputs)
+    if bound is not None and bound <= limit:
+        return bound
     total = 0
     for t in outputs:
         array = t.array if isinstance(t, ArrayTensor) else None

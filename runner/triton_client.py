@@ -10,15 +10,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import numpy as np
 from gpufleet.wire import OutputRequest, Tensor
 
 from runner.backends.base import InferError
 from runner.backends.container_spec import REPOSITORY_KEY_HEADER
-from runner.tensors import from_numpy, to_numpy
+from runner.tensors import NP_DTYPES, from_numpy, to_numpy
 from runner.triton_http import TritonHttp
 from runner.triton_metrics import scrape_triton_metrics
 from runner.triton_stream import build_request, stream_infer
@@ -194,6 +197,61 @@ class TritonClient:
         parameters: dict[str, Any],
         timeout_s: float,
     ) -> list[Tensor]:
+        """Structured inference (jobs, dispatched v1 calls). Sent as a KServe HTTP request
+        with binary tensors over the runner's own keep-alive client (``_infer_binary``)
+        when that carries exactly what the client library would; else through it."""
+        request = _binary_request(inputs, outputs, parameters)
+        if request is not None:
+            return await self._infer_binary(model, version, request, timeout_s)
+        return await self._infer_structured(model, version, inputs, outputs, parameters, timeout_s)
+
+    async def _infer_binary(
+        self, model: str, version: str, request: tuple[bytes, int], timeout_s: float
+    ) -> list[Tensor]:
+        """One ``POST …/infer`` with binary inputs and outputs (Triton's binary tensor
+        extension): the bytes the gRPC client would put in ``raw_input_contents``, and the
+        outputs decoded as it decodes ``raw_output_contents``. Errors as ``_call`` raises
+        them (same messages, same transient split)."""
+        body, header_length = request
+        if self._raw_session is None:
+            self._raw_session = TritonHttp("127.0.0.1", self._http_port)
+        path = (
+            f"/v2/models/{quote(model, safe='')}/versions/{quote(version, safe='')}/infer"
+            if version
+            else f"/v2/models/{quote(model, safe='')}/infer"
+        )
+        headers = {
+            "Content-Type": "application/octet-stream",
+            HEADER_LENGTH: str(header_length),
+        }
+        try:
+            async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                resp = await self._raw_session.post(path, body, headers)
+        except TimeoutError as exc:
+            raise InferError(f"infer timed out after {timeout_s:.0f}s", transient=True) from exc
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            raise InferError("call cancelled by a Triton restart", transient=True) from exc
+        except Exception as exc:
+            raise InferError(_message(exc), transient=_is_transient(exc)) from exc
+        if resp.status != 200:
+            raise _binary_refusal(resp.status, resp.body)
+        try:
+            return _binary_outputs(resp.body, resp.header(HEADER_LENGTH))
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise InferError(f"Triton's answer is not readable: {exc}") from exc
+
+    async def _infer_structured(
+        self,
+        model: str,
+        version: str,
+        inputs: list[Tensor],
+        outputs: list[OutputRequest] | None,
+        parameters: dict[str, Any],
+        timeout_s: float,
+    ) -> list[Tensor]:
+        """Through tritonclient's InferInput / numpy / protobuf (or JSON over aiohttp)."""
         module = self._module()
         infer_inputs = []
         for tensor in inputs:
@@ -412,4 +470,131 @@ def _outputs(result: Any) -> list[Tensor]:
         if arr is None:
             continue
         out.append(from_numpy(name, datatype, arr))
+    return out
+
+
+# ---------------------------------------------------------------------- binary HTTP infer
+# Datatypes the binary path carries as the gRPC client does: the same numpy conversion
+# (runner/tensors.py), the same bytes (tobytes; BYTES length-prefixed). BF16 stays structured.
+_BINARY_DATATYPES = frozenset(NP_DTYPES)
+_EXPECTED_DTYPES = {name: np.dtype(t) for name, t in NP_DTYPES.items()}
+_UTILS: list[Any] = []
+
+
+def _tc_utils() -> Any:
+    """``tritonclient.utils``, imported on first use (it loads ml_dtypes: ~150 ms)."""
+    if not _UTILS:
+        import tritonclient.utils
+
+        _UTILS.append(tritonclient.utils)
+    return _UTILS[0]
+
+
+# Request parameters tritonclient refuses (it sets them itself) and their prefix.
+_RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
+    | {"binary_data_output"}
+)
+_INT64 = (-(2**63), 2**63 - 1)
+# Inputs above this many bytes keep the structured path: newer Triton releases cap an HTTP
+# request's size (--http-max-input-size, 64 MiB by default), gRPC's limit is the client's.
+MAX_BINARY_BODY = 32 * 1024 * 1024
+
+
+def _plain_parameter(key: str, value: Any) -> bool:
+    """A request parameter the gRPC client sends as such (others make it refuse the call)."""
+    if key in _RESERVED_PARAMETERS or key.startswith("triton_"):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)  # JSON has no NaN / Infinity
+    if isinstance(value, bool | str):
+        return True
+    return isinstance(value, int) and _INT64[0] <= value <= _INT64[1]
+
+
+def _binary_request(
+    inputs: list[Tensor], outputs: list[OutputRequest] | None, parameters: dict[str, Any]
+) -> tuple[bytes, int] | None:
+    """The KServe binary-extension body (JSON header, then each input's raw bytes) and the
+    header's length; None when the structured path must take the call: BF16 or unknown
+    datatypes, tensor or output parameters, parameters the client library refuses or
+    converts, an array whose dtype does not match its datatype, inputs over
+    ``MAX_BINARY_BODY`` bytes. Raises TensorError for data
+    that does not fit its shape or datatype, exactly as the structured path does."""
+    if outputs and any(o.parameters for o in outputs):
+        return None
+    if parameters and not all(_plain_parameter(k, v) for k, v in parameters.items()):
+        return None
+    heads: list[dict[str, Any]] = []
+    raws: list[bytes] = []
+    size = 0
+    for tensor in inputs:
+        if tensor.parameters or tensor.datatype not in _BINARY_DATATYPES:
+            return None
+        arr = to_numpy(tensor)
+        if arr.dtype != _EXPECTED_DTYPES[tensor.datatype]:  # tritonclient would refuse it
+            return None
+        if tensor.datatype == "BYTES":
+            serialized = _tc_utils().serialize_byte_tensor(arr)
+            raw = serialized.item() if serialized.size > 0 else b""
+        else:
+            raw = arr.tobytes()
+        size += len(raw)
+        if size > MAX_BINARY_BODY:
+            return None
+        heads.append(
+            {
+                "name": tensor.name,
+                "shape": list(arr.shape),
+                "datatype": tensor.datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        raws.append(raw)
+    doc: dict[str, Any] = {"inputs": heads}
+    if outputs:
+        doc["outputs"] = [{"name": o.name, "parameters": {"binary_data": True}} for o in outputs]
+    doc["parameters"] = {**parameters, "binary_data_output": True}
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return b"".join([header, *raws]), len(header)
+
+
+def _binary_refusal(status: int, body: bytes) -> InferError:
+    """Triton's HTTP error answer as the structured path reports the gRPC one: its message
+    as it is, transient on the same markers (503 is gRPC's UNAVAILABLE)."""
+    try:
+        message = str(json.loads(body).get("error") or "")
+    except (ValueError, AttributeError):
+        message = body[:4000].decode("utf-8", "replace")
+    message = message or f"Triton answered HTTP {status}"
+    transient = status == 503 or any(marker in message for marker in _TRANSIENT_MARKERS)
+    return InferError(message, transient=transient)
+
+
+def _binary_outputs(body: bytes, header_length: str | None) -> list[Tensor]:
+    """Outputs of a binary-extension answer, decoded like tritonclient's ``as_numpy``."""
+    utils = _tc_utils()
+    deserialize_bytes_tensor, triton_to_np_dtype = (
+        utils.deserialize_bytes_tensor,
+        utils.triton_to_np_dtype,
+    )
+    size = len(body) if header_length is None else int(header_length)
+    answer = json.loads(body[:size])
+    offset = size
+    out = []
+    for o in answer.get("outputs") or []:
+        name, datatype, shape = o["name"], o["datatype"], o["shape"]
+        length = (o.get("parameters") or {}).get("binary_data_size")
+        if length is not None:
+            raw = body[offset : offset + int(length)]
+            offset += int(length)
+            if datatype == "BYTES":
+                arr = deserialize_bytes_tensor(raw)
+            else:
+                arr = np.frombuffer(raw, dtype=triton_to_np_dtype(datatype))
+        elif o.get("data") is not None:  # Triton answered this one as JSON after all
+            arr = np.array(o["data"], dtype=triton_to_np_dtype(datatype))
+        else:
+            arr = np.empty(0, dtype=triton_to_np_dtype(datatype))
+        out.append(from_numpy(name, datatype, arr.reshape(shape)))
     return out

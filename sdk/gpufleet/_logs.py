@@ -52,10 +52,20 @@ class ContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # (whole second, its text) of the last line: one strftime a second, not one a line;
+        # a tuple, replaced whole, so threads formatting at once never mix two seconds
+        self._stamp: tuple[int, str] = (-1, "")
+        self._encode = json.JSONEncoder(default=str).encode  # built once, as dumps would
+
     def format(self, record: logging.LogRecord) -> str:
+        stamp = self._stamp
+        if stamp[0] != int(record.created):
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            stamp = self._stamp = (int(record.created), text)
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{stamp[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -66,7 +76,7 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return self._encode(out)
 
 
 class TextFormatter(logging.Formatter):

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from gpufleet import _ops, models
+from gpufleet._lean import LeanTransport, takes, usable
 from gpufleet._transport import POOL_LIMITS, Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
@@ -126,8 +127,17 @@ class AsyncClient:
         check_url(self._core.base_url, options)
         self._core.tls_names = options.names
         verify = client_context(options)
+        api_transport: httpx.AsyncBaseTransport | None = transport
+        self._lean: LeanTransport | None = None
+        if transport is None and usable(self._core.base_url):
+            # plain HTTP, no proxy: the lean transport (httpx's default one for the rest)
+            api_transport = self._lean = LeanTransport(
+                httpx.AsyncHTTPTransport(verify=verify, limits=POOL_LIMITS),
+                max_connections=POOL_LIMITS.max_connections or 0,
+                max_keepalive=POOL_LIMITS.max_keepalive_connections or 0,
+            )
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
+            transport=api_transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
         )
         self._bucket = self._http
         if transport is not None:  # presigned bucket URLs: a real transport
@@ -153,8 +163,16 @@ class AsyncClient:
             value, error = None, None
             try:
                 if isinstance(effect, Send):
-                    http = self._bucket if effect.external else self._http
-                    value = await http.send(effect.request)
+                    lean = self._lean
+                    if lean is not None and not effect.external and takes(effect.request):
+                        if self._http.is_closed:  # as httpx says it
+                            raise RuntimeError(
+                                "Cannot send a request, as the client has been closed."
+                            )
+                        value = await lean.send(effect.request, self._http.timeout)
+                    else:
+                        http = self._bucket if effect.external else self._http
+                        value = await http.send(effect.request)
                 elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
                 elif isinstance(effect, Authenticate):

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from gpufleet import _ops, models
+from gpufleet._lean import LeanSyncTransport, takes, usable
 from gpufleet._transport import POOL_LIMITS, Authenticate, Core, Op, Send, Sleep, seg
 from gpufleet.config import region_setting
 from gpufleet.config import resolve as resolve_credentials
@@ -128,8 +129,16 @@ class Client:
         check_url(self._core.base_url, options)
         self._core.tls_names = options.names
         verify = client_context(options)
+        api_transport: httpx.BaseTransport | None = transport
+        self._lean: LeanSyncTransport | None = None
+        if transport is None and usable(self._core.base_url):
+            # plain HTTP, no proxy: the lean transport (httpx's default one for the rest)
+            api_transport = self._lean = LeanSyncTransport(
+                httpx.HTTPTransport(verify=verify, limits=POOL_LIMITS),
+                max_keepalive=POOL_LIMITS.max_keepalive_connections or 0,
+            )
         self._http = httpx.Client(
-            transport=transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
+            transport=api_transport, timeout=timeout, verify=verify, limits=POOL_LIMITS
         )
         self._bucket = self._http
         if transport is not None:  # presigned bucket URLs: a real transport
@@ -155,8 +164,16 @@ class Client:
             value, error = None, None
             try:
                 if isinstance(effect, Send):
-                    http = self._bucket if effect.external else self._http
-                    value = http.send(effect.request)
+                    lean = self._lean
+                    if lean is not None and not effect.external and takes(effect.request):
+                        if self._http.is_closed:  # as httpx says it
+                            raise RuntimeError(
+                                "Cannot send a request, as the client has been closed."
+                            )
+                        value = lean.send(effect.request, self._http.timeout)
+                    else:
+                        http = self._bucket if effect.external else self._http
+                        value = http.send(effect.request)
                 elif isinstance(effect, Sleep):
                     time.sleep(effect.seconds)
                 elif isinstance(effect, Authenticate):

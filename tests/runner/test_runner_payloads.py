@@ -4,6 +4,7 @@ failures."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,3 +141,40 @@ async def test_upload_failure_is_a_payload_error(bucket: Bucket) -> None:
     with pytest.raises(PayloadError, match="HTTP 500"):
         await store_outputs(job, outputs)
     assert len(bucket.requests) == payloads.ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    "name, datatype, values",
+    [
+        ("OUT", "FP64", [-2.2250738585072014e-308, 1.7976931348623157e308, -0.1, float("nan")]),
+        ("OUT", "FP32", [np.finfo(np.float32).min, -1.1754944e-38, float("inf"), -float("inf")]),
+        ("OUT", "FP16", [-65504.0, 0.0999755859375, -6.1e-05]),
+        ('ÜBER ✓ "q"', "INT64", [-(2**63), 2**63 - 1, 0]),
+        ("u", "UINT64", [2**64 - 1, 0]),
+        ("b", "BOOL", [False, True, False]),
+        ("i8", "INT8", [-128, 127]),
+    ],
+)
+def test_inline_size_bound_is_above_the_json(name: str, datatype: str, values: list[Any]) -> None:
+    from runner.tensors import NP_DTYPES
+
+    arr = np.array(values * 7, dtype=NP_DTYPES[datatype]).reshape(1, 7, len(values))
+    outputs = [from_numpy(name, datatype, arr), from_numpy("second", datatype, arr[:, :2])]
+    exact = len(
+        json.dumps([t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":"))
+    )
+    bound = payloads._upper_bound(outputs)
+    assert bound is not None and bound >= exact
+    # the decision is unchanged: within the limit by the bound, or counted exactly
+    for limit in (exact - 1, exact, bound, bound - 1):
+        assert (payloads._inline_size(outputs, limit) <= limit) == (exact <= limit)
+
+
+def test_inline_size_of_bytes_is_exact() -> None:
+    arr = np.array([b"a" * 50, b"\xff"], dtype=np.object_)
+    outputs = [from_numpy("T", "BYTES", arr)]
+    assert payloads._upper_bound(outputs) is None
+    exact = len(
+        json.dumps([t.model_dump(exclude_none=True) for t in outputs], separators=(",", ":"))
+    )
+    assert payloads._inline_size(outputs, 10**6) == exact

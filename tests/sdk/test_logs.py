@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -73,3 +74,14 @@ def test_process_wide_fields_fill_in_where_the_context_has_none() -> None:
     assert [d.get("runner") for d in docs] == [None, "run_1", "run_2", "run_own"]
     with pytest.raises(ValueError, match="unknown log field"):
         _logs.bind_process(color="red")
+
+
+def test_json_time_stamp_follows_each_second() -> None:
+    """The formatter writes the date once a second: lines of one second share it, the next
+    second gets its own, and a line back in time (clock step) is right too."""
+    fmt = _logs.JsonFormatter()
+    for created in (1_000_000_000.001, 1_000_000_000.999, 1_000_000_001.5, 999_999_999.25):
+        record = logging.LogRecord("x", logging.INFO, "f.py", 1, "m %s", ("a",), None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        assert json.loads(fmt.format(record))["ts"] == f"{want}.{int(record.msecs):03d}Z"
