@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 SIZE = 300
-console = Console()
+console = Console(width=150)
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -215,7 +215,7 @@ def main() -> None:
             f"{p50:.3f}",
             f"{p99:.3f}",
             f"{rate:.0f}",
-            "" if name == "direct" else f"+{p50 - base_p50:.3f}",
+            "" if name == "direct" else f"{p50 - base_p50:+.3f}",
             "" if name == "direct" else f"{rate / base[4]:.0%}",
             " / ".join(f"{x:.3f}" for x in cpu),
         )
