@@ -207,8 +207,7 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         # no dynamic HPACK table: Triton's header blocks then mean the same whenever they
         # recur, and are decoded once (see _decode)
         settings = struct.pack(
