@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from gpufleet._logs import bind
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
@@ -44,6 +44,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from control_plane.api.context import Services
 from control_plane.api.errors import validation_details
+from control_plane.api.grpc_h2 import GrpcH2Server, Method
 from control_plane.api.kserve import (
     SHARED_MEMORY_MARKER,
     JobOutcome,
@@ -516,12 +517,16 @@ class KServeGrpcServer:
         self._port = port
         self._servicer = InferenceServicer(services, on_submit)
         self._max_receive = services.settings.max_body_bytes
+        self._own = credentials is None and services.settings.grpc_server == "gpufleet"
         self._server: grpc.aio.Server | None = None
+        self._h2: GrpcH2Server | None = None
 
     async def start(self) -> int:
         """Bind and serve; the bound port (a free one when constructed with port 0)."""
-        if self._server is not None:
+        if self._server is not None or self._h2 is not None:
             raise RuntimeError("the gRPC server is already started")
+        if self._own:
+            return await self._start_own()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self._max_receive),
@@ -547,8 +552,37 @@ class KServeGrpcServer:
         log.info("KServe gRPC listening on %s:%d", self._host, bound)
         return int(bound)
 
+    async def _start_own(self) -> int:
+        """gpufleet's HTTP/2 server (``grpc_h2.py``) on the servicer's methods."""
+        h2 = GrpcH2Server(servicer_methods(self._servicer), max_receive=self._max_receive)
+        try:
+            bound = await h2.start(self._host, self._port)
+        except OSError as exc:
+            address = f"{self._host}:{self._port}"
+            raise RuntimeError(f"cannot bind the gRPC server to {address}: {exc}") from exc
+        self._h2 = h2
+        log.info("KServe gRPC listening on %s:%d", self._host, bound)
+        return bound
+
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let calls in flight finish for up to ``grace_s``, then close."""
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace_s)
+        h2, self._h2 = self._h2, None
+        if h2 is not None:
+            await h2.stop(grace_s)
+
+
+def servicer_methods(servicer: Any) -> dict[str, Method]:
+    """Every RPC of ``GRPCInferenceService`` by path, on ``servicer``'s methods."""
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods = {}
+    for m in service.methods:
+        request = message_factory.GetMessageClass(m.input_type)
+        methods[f"/{service.full_name}/{m.name}"] = Method(
+            handler=getattr(servicer, m.name),
+            parse=request.FromString,
+            streaming=m.client_streaming or m.server_streaming,
+        )
+    return methods

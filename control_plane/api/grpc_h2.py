@@ -1,0 +1,742 @@
+"""A small gRPC server (HTTP/2 over cleartext TCP, unary calls) on the event loop: what the
+control plane's KServe gRPC port runs when it has no TLS (``kserve_grpc.py``).
+
+grpcio's aio server spends ~0.5 ms of CPU per unary call before any handler runs (its
+completion-queue poller thread wakes the event loop through a socket for each event, and
+each call builds a task, a context and several Cython objects); on a 2-core host that is as
+much as the rest of a passed-through inference. Here each connection is an asyncio protocol:
+frames parsed as they come, a call's answer (headers, message, trailers) leaves in one
+``write``, one task per call runs its handler.
+
+Handlers are grpc.aio's servicer methods, unchanged: ``await handler(request, context)``
+with a context (:class:`CallContext`) that has what they use of ``grpc.aio.ServicerContext``:
+``invocation_metadata()``, ``set_trailing_metadata()``, ``abort()``, ``peer()``,
+``time_remaining()``.
+
+What it does of HTTP/2 and gRPC (RFC 9113, gRPC over HTTP2):
+- the server preface (SETTINGS: no dynamic HPACK table, so a client's repeated header
+  blocks mean the same and are decoded once), ACKs, PING answered, the client's SETTINGS
+  applied, flow control both ways (windows given back as requests are read, a large answer
+  waits for WINDOW_UPDATE), CONTINUATION, padding, RST_STREAM (cancels the call's handler),
+  GOAWAY both ways;
+- requests: ``grpc-timeout`` (the handler is cancelled at the deadline: DEADLINE_EXCEEDED
+  "Deadline Exceeded"), ``grpc-encoding`` gzip / deflate messages inflated, a message over
+  ``max_receive`` refused with RESOURCE_EXHAUSTED as grpc words it, metadata (``-bin`` keys
+  base64-decoded to bytes) as grpc.aio gives it;
+- answers never compressed; statuses and percent-encoded messages in trailers (trailers-only
+  for an error); an unknown method: UNIMPLEMENTED "Method not found!"; streaming methods run
+  their handler with no request messages (gpufleet's answer UNIMPLEMENTED at once).
+
+    server = GrpcH2Server(handlers, max_receive=64 << 20)
+    port = await server.start("127.0.0.1", 8001)
+    ...
+    await server.stop(grace_s=5.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import hpack
+
+__all__ = ["CallContext", "GrpcH2Server", "Method"]
+
+log = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+S_HEADER_TABLE_SIZE, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 1, 3, 4, 5
+E_NO_ERROR, E_PROTOCOL_ERROR, E_CANCEL = 0x0, 0x1, 0x8
+MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW = 65535
+RECEIVE_WINDOW = 1 << 20  # per stream: what a client may send before we read it
+MAX_STREAMS = 1000
+_U32 = struct.Struct(">L")
+_HEAD = struct.Struct(">HBBBL")
+_RESERVED = frozenset(
+    {b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"}
+)
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# grpc-message: percent-encode everything outside printable ASCII, and '%' itself
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
+    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream)
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes | int, value: bytes) -> bytes:
+    """A header field as an HPACK literal without indexing (static name index or literal
+    name; literal value): no encoder state."""
+    head = (
+        _hpack_int(name, 4, 0)
+        if isinstance(name, int)
+        else b"\x00" + _hpack_int(len(name), 7, 0) + name
+    )
+    return head + _hpack_int(len(value), 7, 0) + value
+
+
+_RESPONSE_HEAD = b"\x88" + _literal(31, b"application/grpc")  # :status 200, content-type
+_OK_TRAILER = _literal(b"grpc-status", b"0")
+
+
+def _metadata_block(pairs: Iterable[tuple[str, str | bytes]]) -> bytes:
+    out = []
+    for key, value in pairs:
+        k = key.lower().encode("ascii")
+        if k.endswith(b"-bin"):
+            raw = value if isinstance(value, bytes) else value.encode()
+            v = base64.b64encode(raw).rstrip(b"=")
+        else:
+            v = value.encode("ascii") if isinstance(value, str) else value
+        out.append(_literal(k, v))
+    return b"".join(out)
+
+
+def _status_block(code: int, message: str, trailing: Iterable[tuple[str, str | bytes]]) -> bytes:
+    block = _OK_TRAILER if code == 0 else _literal(b"grpc-status", b"%d" % code)
+    if message:
+        block += _literal(b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode("ascii"))
+    return block + _metadata_block(trailing)
+
+
+def parse_timeout(value: bytes) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (``10S``, ``100m``); None when malformed."""
+    unit = _TIMEOUT_UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
+
+
+class AbortError(Exception):
+    """Raised by :meth:`CallContext.abort`: ends the call with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+
+
+class CallContext:
+    """What servicer methods use of ``grpc.aio.ServicerContext``."""
+
+    __slots__ = ("_deadline", "_metadata", "_peer", "trailing")
+
+    def __init__(
+        self, metadata: tuple[tuple[str, str | bytes], ...], peer: str, deadline: float | None
+    ) -> None:
+        self._metadata = metadata
+        self._peer = peer
+        self._deadline = deadline
+        self.trailing: tuple[tuple[str, str | bytes], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        self.trailing = tuple(metadata)
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Iterable[tuple[str, str | bytes]] = (),
+    ) -> None:
+        raise AbortError(code, details, tuple(trailing_metadata) or self.trailing)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC: its handler, how to parse its request, and whether the client streams."""
+
+    handler: Callable[[Any, CallContext], Awaitable[Any]]
+    parse: Callable[[bytes], Any]
+    streaming: bool = False
+
+
+class _Stream:
+    __slots__ = (
+        "data",
+        "headers",
+        "id",
+        "received",
+        "refused",
+        "size",
+        "task",
+        "unacked",
+        "window",
+    )
+
+    def __init__(self, stream_id: int, window: int) -> None:
+        self.id = stream_id
+        self.window = window  # what we may still send
+        self.data: list[bytes] = []
+        self.size = 0
+        self.unacked = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.received = False  # END_STREAM seen
+        self.refused = False  # already answered (too large): rest of its data dropped
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: GrpcH2Server) -> None:
+        self._server = server
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._peer = ""
+        self._buf = bytearray()
+        self._preface = False
+        self._decoder = hpack.Decoder()
+        self._decoded: dict[bytes, dict[bytes, bytes]] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._last_id = 0
+        self._goaway_sent = False
+        self._max_frame = 16384
+        self._initial_window = DEFAULT_WINDOW
+        self._send_window = DEFAULT_WINDOW
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._block: bytearray | None = None
+        self._block_stream = 0
+        self._block_end = False
+        self._unacked = 0
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host, port = peer[0], peer[1]
+            self._peer = f"ipv6:[{host}]:{port}" if ":" in str(host) else f"ipv4:{host}:{port}"
+        settings = struct.pack(
+            ">HLHLHL",
+            S_HEADER_TABLE_SIZE,
+            0,
+            S_MAX_CONCURRENT_STREAMS,
+            MAX_STREAMS,
+            S_INITIAL_WINDOW_SIZE,
+            RECEIVE_WINDOW,
+        )
+        self._write(_frame(SETTINGS, 0, 0, len(settings)) + settings)
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._server.connections.discard(self)
+        streams, self._streams = self._streams, {}
+        for s in streams.values():
+            if s.task is not None:
+                s.task.cancel()
+        for w in self._window_waiters:
+            if not w.done():
+                w.set_exception(ConnectionResetError("connection lost"))
+        self._window_waiters = []
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        try:
+            if not self._preface:
+                if end < len(PREFACE):
+                    if not PREFACE.startswith(bytes(buf)):
+                        raise ValueError("not an HTTP/2 client preface")
+                    return
+                if bytes(buf[: len(PREFACE)]) != PREFACE:
+                    raise ValueError("not an HTTP/2 client preface")
+                self._preface = True
+                pos = len(PREFACE)
+            while end - pos >= 9:
+                high, low, kind, flags, stream = _HEAD.unpack_from(buf, pos)
+                length = (high << 8) | low
+                if end - pos - 9 < length:
+                    break
+                payload = bytes(buf[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                self._on_frame(kind, flags, stream & MAX_WINDOW, payload)
+        except (hpack.HPACKError, ValueError, struct.error) as exc:
+            log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
+            self._goaway(E_PROTOCOL_ERROR)
+            self.close()
+            return
+        del buf[:pos]
+
+    # ------------------------------------------------------------------ frames in
+    def _on_frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
+        if self._block is not None and kind != CONTINUATION:
+            raise ValueError("a header block was interrupted")
+        if kind == DATA:
+            self._on_data(flags, stream, payload)
+        elif kind == HEADERS:
+            if flags & PADDED:
+                payload = payload[1 : len(payload) - payload[0]]
+            if flags & PRIORITY_FLAG:
+                payload = payload[5:]
+            if flags & END_HEADERS:
+                self._on_headers(stream, payload, bool(flags & END_STREAM))
+            else:
+                self._block = bytearray(payload)
+                self._block_stream = stream
+                self._block_end = bool(flags & END_STREAM)
+        elif kind == CONTINUATION:
+            if self._block is None or stream != self._block_stream:
+                raise ValueError("unexpected CONTINUATION")
+            self._block += payload
+            if len(self._block) > 1 << 20:
+                raise ValueError("header block too large")
+            if flags & END_HEADERS:
+                block, self._block = bytes(self._block), None
+                self._on_headers(stream, block, self._block_end)
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self._on_settings(payload)
+        elif kind == WINDOW_UPDATE:
+            increment = _U32.unpack(payload)[0] & MAX_WINDOW
+            if stream == 0:
+                self._send_window += increment
+            elif (s := self._streams.get(stream)) is not None:
+                s.window += increment
+            self._wake()
+        elif kind == PING:
+            if not flags & ACK:
+                self._write(_frame(PING, ACK, 0, len(payload)) + payload)
+        elif kind == RST_STREAM:
+            s = self._streams.pop(stream, None)
+            if s is not None and s.task is not None:
+                s.task.cancel()
+        elif kind == GOAWAY:
+            self._goaway(E_NO_ERROR)
+            if not self._streams:
+                self.close()
+        elif kind == PUSH_PROMISE:
+            raise ValueError("PUSH_PROMISE from a client")
+        # PRIORITY and unknown frame types are ignored
+
+    def _on_headers(self, stream: int, block: bytes, end_stream: bool) -> None:
+        headers = self._decode(block)  # always: the HPACK state is the connection's
+        if stream in self._streams:  # trailers from a client: end of its request
+            if end_stream:
+                self._request_complete(self._streams[stream])
+            return
+        if stream % 2 == 0 or stream <= self._last_id:
+            raise ValueError(f"bad stream id {stream}")
+        self._last_id = stream
+        if self._goaway_sent:
+            self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM
+            return
+        s = _Stream(stream, self._initial_window)
+        s.headers = headers
+        self._streams[stream] = s
+        if len(self._streams) > MAX_STREAMS:
+            self._streams.pop(stream)
+            self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))
+            return
+        if end_stream:
+            self._request_complete(s)
+        elif self._server.streaming(headers.get(b":path", b"")):
+            # a streaming call is answered without waiting for the client's messages
+            s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+
+    def _on_data(self, flags: int, stream: int, payload: bytes) -> None:
+        length = len(payload)
+        self._unacked += length
+        if self._unacked >= DEFAULT_WINDOW // 2:
+            self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(self._unacked))
+            self._unacked = 0
+        s = self._streams.get(stream)
+        if s is None or s.received:
+            return  # reset, answered, or data after END_STREAM: dropped
+        if flags & PADDED:
+            payload = payload[1 : len(payload) - payload[0]]
+        if not s.refused:
+            s.data.append(payload)
+            s.size += len(payload)
+            if s.size > self._server.max_receive + 5:
+                s.refused = True
+                s.data = []
+                size = s.size - 5
+                self._answer_now(
+                    s,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    f"Received message larger than max ({size} vs. {self._server.max_receive})",
+                )
+        if flags & END_STREAM:
+            self._request_complete(s)
+        else:
+            s.unacked += length
+            if s.unacked >= RECEIVE_WINDOW // 2:
+                self._write(_frame(WINDOW_UPDATE, 0, s.id, 4) + _U32.pack(s.unacked))
+                s.unacked = 0
+
+    def _decode(self, block: bytes) -> dict[bytes, bytes]:
+        """A header block's fields; a block decoded with the dynamic table empty before and
+        after is kept (it means the same every time: our SETTINGS sized the table 0)."""
+        known = self._decoded.get(block)
+        if known is not None:
+            return known
+        table = self._decoder.header_table.dynamic_entries
+        was_empty = not table
+        fields = self._decoder.decode(block, raw=True)
+        headers: dict[bytes, bytes] = {}
+        for k, v in fields:
+            # repeated metadata keys (rare) joined as HTTP does
+            headers[k] = headers[k] + b"," + v if k in headers else v
+        if was_empty and not table and len(block) <= 1024:
+            if len(self._decoded) >= 256:
+                self._decoded.clear()
+            self._decoded[block] = headers
+        return headers
+
+    def _on_settings(self, payload: bytes) -> None:
+        for i in range(0, len(payload) - len(payload) % 6, 6):
+            key, value = struct.unpack_from(">HL", payload, i)
+            if key == S_INITIAL_WINDOW_SIZE:
+                delta = value - self._initial_window
+                self._initial_window = value
+                for s in self._streams.values():
+                    s.window += delta
+            elif key == S_MAX_FRAME_SIZE:
+                self._max_frame = value
+        self._write(_frame(SETTINGS, ACK, 0, 0))
+        self._wake()
+
+    # ------------------------------------------------------------------ calls
+    def _request_complete(self, s: _Stream) -> None:
+        if s.received:
+            return
+        s.received = True
+        if s.refused or s.task is not None:
+            return
+        s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+
+    def _answer_now(self, s: _Stream, code: int, message: str) -> None:
+        """Trailers-only error answer and the stream closed from our side (RST_STREAM so
+        the client stops sending the rest of a refused request)."""
+        self._write_trailers_only(s.id, code, message, ())
+        self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_NO_ERROR))
+        self._streams.pop(s.id, None)
+        if s.task is not None:
+            s.task.cancel()
+
+    def _write_trailers_only(
+        self, sid: int, code: int, message: str, trailing: Iterable[tuple[str, str | bytes]]
+    ) -> None:
+        block = _RESPONSE_HEAD + _status_block(code, message, trailing)
+        self._write_headers(sid, block, END_STREAM)
+
+    def _write_headers(self, sid: int, block: bytes, flags: int) -> None:
+        if len(block) <= self._max_frame:
+            self._write(_frame(HEADERS, flags | END_HEADERS, sid, len(block)) + block)
+            return
+        first, rest = block[: self._max_frame], block[self._max_frame :]
+        out = [_frame(HEADERS, flags, sid, len(first)), first]
+        while rest:
+            chunk, rest = rest[: self._max_frame], rest[self._max_frame :]
+            out += [_frame(CONTINUATION, 0 if rest else END_HEADERS, sid, len(chunk)), chunk]
+        self._write(b"".join(out))
+
+    async def answer(
+        self,
+        s: _Stream,
+        code: int,
+        message: str,
+        body: bytes | None,
+        trailing: Iterable[tuple[str, str | bytes]],
+    ) -> None:
+        """Send a call's answer: headers, message and trailers (one write when the windows
+        allow), or trailers-only without a message."""
+        if self.closed or self._streams.get(s.id) is not s:
+            return  # reset by the client, or the connection is gone
+        try:
+            if body is None:
+                self._write_trailers_only(s.id, code, message, trailing)
+                return
+            trailers = _status_block(code, message, trailing)
+            size = len(body) + 5
+            prefix = b"\x00" + _U32.pack(len(body))
+            if (
+                size <= self._max_frame
+                and size <= self._send_window
+                and size <= s.window
+                and len(trailers) <= self._max_frame
+            ):
+                self._send_window -= size
+                s.window -= size
+                self._write(
+                    b"".join(
+                        (
+                            _frame(HEADERS, END_HEADERS, s.id, len(_RESPONSE_HEAD)),
+                            _RESPONSE_HEAD,
+                            _frame(DATA, 0, s.id, size),
+                            prefix,
+                            body,
+                            _frame(HEADERS, END_HEADERS | END_STREAM, s.id, len(trailers)),
+                            trailers,
+                        )
+                    )
+                )
+                return
+            self._write_headers(s.id, _RESPONSE_HEAD, 0)
+            await self._send_data(s, memoryview(prefix + body))
+            if not self.closed and self._streams.get(s.id) is s:
+                self._write_headers(s.id, trailers, END_STREAM)
+        finally:
+            if self._streams.pop(s.id, None) is not None and not s.received:
+                # answered before the client finished sending: it may stop now
+                self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_NO_ERROR))
+            if self._goaway_sent and not self._streams:
+                self.close()
+
+    async def _send_data(self, s: _Stream, data: memoryview) -> None:
+        loop = asyncio.get_running_loop()
+        pos, size = 0, len(data)
+        while pos < size:
+            if self.closed or self._streams.get(s.id) is not s:
+                return
+            chunk = min(size - pos, self._max_frame, self._send_window, s.window)
+            if chunk <= 0:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._window_waiters.append(waiter)
+                await waiter
+                continue
+            self._send_window -= chunk
+            s.window -= chunk
+            self._write(_frame(DATA, 0, s.id, chunk))
+            self._write(data[pos : pos + chunk])
+            pos += chunk
+
+    def _wake(self) -> None:
+        waiters, self._window_waiters = self._window_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _goaway(self, code: int) -> None:
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            self._write(_frame(GOAWAY, 0, 0, 8) + _U32.pack(self._last_id) + _U32.pack(code))
+
+    def drain(self) -> None:
+        """Take no new calls (GOAWAY); close once the calls in flight are answered."""
+        self._goaway(E_NO_ERROR)
+        if not self._streams:
+            self.close()
+
+    def cancel_calls(self) -> None:
+        for s in list(self._streams.values()):
+            if s.task is not None:
+                s.task.cancel()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._streams)
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+
+def _metadata(headers: dict[bytes, bytes]) -> tuple[tuple[str, str | bytes], ...]:
+    out: list[tuple[str, str | bytes]] = []
+    for k, v in headers.items():
+        if k[:1] == b":" or k in _RESERVED:
+            continue
+        key = k.decode("ascii", "replace")
+        if key.endswith("-bin"):
+            for part in v.split(b","):
+                out.append((key, base64.b64decode(part + b"=" * (-len(part) % 4))))
+        else:
+            out.append((key, v.decode("latin-1")))
+    return tuple(out)
+
+
+class GrpcH2Server:
+    """Unary gRPC on one TCP port, calls dispatched to ``methods`` by path
+    (``/package.Service/Method``)."""
+
+    def __init__(self, methods: dict[str, Method], *, max_receive: int) -> None:
+        self._methods = methods
+        self.max_receive = max_receive
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+
+    def streaming(self, path: bytes) -> bool:
+        method = self._methods.get(path.decode("latin-1"))
+        return method is not None and method.streaming
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; the bound port (a free one for 0). OSError when the port is taken."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, grace_s: float) -> None:
+        """No new connections or calls; calls in flight get ``grace_s`` to finish."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=grace_s)
+        for conn in list(self.connections):
+            conn.cancel_calls()
+            conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    async def run_call(self, conn: _Connection, s: _Stream) -> None:
+        """Run one call's handler and answer it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            await self._run_call(conn, s)
+        except asyncio.CancelledError:
+            pass  # reset by the client, the connection lost, or the server stopping
+        finally:
+            self._calls.discard(task)
+
+    async def _run_call(self, conn: _Connection, s: _Stream) -> None:
+        headers = s.headers
+        path = headers.get(b":path", b"").decode("latin-1")
+        method = self._methods.get(path)
+        if method is None:
+            await conn.answer(
+                s, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", None, ()
+            )
+            return
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.startswith(b"application/grpc"):
+            await conn.answer(
+                s,
+                grpc.StatusCode.INTERNAL.value[0],
+                "content-type is not application/grpc",
+                None,
+                (),
+            )
+            return
+        given = headers.get(b"grpc-timeout")
+        timeout_s = None if given is None else parse_timeout(given)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        context = CallContext(_metadata(headers), conn.peer, deadline)
+        code, message, answer = 0, "", None
+        try:
+            async with asyncio.timeout_at(deadline):
+                request = self._request(method, s, headers.get(b"grpc-encoding", b"identity"))
+                response = await method.handler(request, context)
+                answer = response.SerializeToString()
+        except AbortError as exc:
+            code, message = exc.code.value[0], exc.details
+            context.trailing = exc.trailing
+        except _BadMessage as exc:
+            code, message = exc.code, exc.message
+        except TimeoutError:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"
+        except Exception as exc:
+            log.exception("unhandled error in gRPC method %s", path)
+            code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"
+        await conn.answer(s, code, message, answer if code == 0 else None, context.trailing)
+
+    def _request(self, method: Method, s: _Stream, encoding: bytes) -> Any:
+        data = s.data[0] if len(s.data) == 1 else b"".join(s.data)
+        s.data = []
+        if method.streaming:
+            return _no_messages()
+        if len(data) < 5:
+            raise _BadMessage(grpc.StatusCode.INTERNAL.value[0], "No request message")
+        length = int.from_bytes(data[1:5], "big")
+        if length != len(data) - 5:
+            raise _BadMessage(
+                grpc.StatusCode.UNIMPLEMENTED.value[0], "a unary call carries one message"
+            )
+        body = data[5:]
+        if data[0]:
+            wbits = {b"gzip": 31, b"deflate": 15}.get(encoding)
+            if wbits is None:
+                raise _BadMessage(
+                    grpc.StatusCode.UNIMPLEMENTED.value[0],
+                    f"compression {encoding.decode('latin-1')!r} is not supported",
+                )
+            inflater = zlib.decompressobj(wbits)
+            try:
+                body = inflater.decompress(body, self.max_receive + 1)
+            except zlib.error as exc:
+                raise _BadMessage(
+                    grpc.StatusCode.INTERNAL.value[0], f"cannot inflate the request: {exc}"
+                ) from exc
+            if len(body) > self.max_receive:
+                raise _BadMessage(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    f"Received message larger than max (inflated over {self.max_receive})",
+                )
+        try:
+            return method.parse(body)
+        except Exception as exc:
+            raise _BadMessage(
+                grpc.StatusCode.INTERNAL.value[0], f"Failed to parse the request: {exc}"
+            ) from exc
+
+
+class _BadMessage(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def _no_messages() -> Any:  # pragma: no cover - an empty request stream
+    return
+    yield
