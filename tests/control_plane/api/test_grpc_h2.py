@@ -1,0 +1,248 @@
+"""control_plane/api/grpc_h2.py with grpcio's own client (C-core, what tritonclient.grpc
+uses) on a loopback port: bytes and statuses as grpcio's server gives them, metadata both
+ways, messages larger than the HTTP/2 windows, compressed requests, deadlines, a client that
+cancels, the size limit, unknown methods, streaming methods answered at once, a graceful stop
+and garbage on the socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import wrappers_pb2
+
+from control_plane.api.grpc_h2 import CallContext, GrpcH2Server, Method, parse_timeout
+
+SVC = "/test.Svc"
+Bytes = wrappers_pb2.BytesValue
+MAX = 8 << 20
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.contexts: list[CallContext] = []
+        self.cancelled = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def echo(self, request: Any, context: CallContext) -> Any:
+        self.contexts.append(context)
+        context.set_trailing_metadata((("x-request-id", "rid-1"), ("blob-bin", b"\x00\xff")))
+        return Bytes(value=request.value[::-1])
+
+    async def refuse(self, request: Any, context: CallContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "100% wrong,\nnon-ASCII é→ü ",
+            (("retry-after", "3"),),
+        )
+
+    async def hang(self, request: Any, context: CallContext) -> Any:
+        self.started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Bytes()
+
+    async def boom(self, request: Any, context: CallContext) -> Any:
+        raise ValueError("broken")
+
+    async def stream(self, request: Any, context: CallContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streams are not served")
+
+    async def slow(self, request: Any, context: CallContext) -> Any:
+        await asyncio.sleep(0.3)
+        return Bytes(value=b"done")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrpcH2Server, Handlers, str]]:
+    h = Handlers()
+    parse = Bytes.FromString
+    methods = {
+        f"{SVC}/Echo": Method(h.echo, parse),
+        f"{SVC}/Refuse": Method(h.refuse, parse),
+        f"{SVC}/Hang": Method(h.hang, parse),
+        f"{SVC}/Boom": Method(h.boom, parse),
+        f"{SVC}/Slow": Method(h.slow, parse),
+        f"{SVC}/Stream": Method(h.stream, parse, streaming=True),
+    }
+    server = GrpcH2Server(methods, max_receive=MAX)
+    port = await server.start("127.0.0.1", 0)
+    yield server, h, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+def _call(channel: grpc.aio.Channel, name: str) -> Any:
+    return channel.unary_unary(
+        f"{SVC}/{name}",
+        request_serializer=Bytes.SerializeToString,
+        response_deserializer=Bytes.FromString,
+    )
+
+
+async def test_answer_metadata_and_trailers(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    _, h, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = _call(channel, "Echo")(
+            Bytes(value=b"abc"),
+            metadata=(("authorization", "Bearer t"), ("x-bin", b"\x01\x02")),
+            timeout=5.0,
+        )
+        assert (await call).value == b"cba"
+        trailers = dict(await call.trailing_metadata())
+        assert trailers["x-request-id"] == "rid-1"
+        assert trailers["blob-bin"] == b"\x00\xff"
+        assert await call.code() == grpc.StatusCode.OK
+    meta = dict(h.contexts[0].invocation_metadata())
+    assert meta["authorization"] == "Bearer t"
+    assert meta["x-bin"] == b"\x01\x02"
+    assert "content-type" not in meta and ":path" not in meta
+    remaining = h.contexts[0].time_remaining()
+    assert remaining is not None and remaining < 5.0
+    assert h.contexts[0].peer().startswith("ipv4:127.0.0.1:")
+
+
+async def test_many_calls_on_one_connection(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        echo = _call(channel, "Echo")
+        bodies = [bytes([i % 256]) * (i * 37) for i in range(200)]
+        answers = await asyncio.gather(*(echo(Bytes(value=b), timeout=10.0) for b in bodies))
+        assert [a.value for a in answers] == [b[::-1] for b in bodies]
+
+
+async def test_large_messages_both_ways(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    _, _, target = served
+    body = bytes(i % 253 for i in range(5 * 2**20))  # > every window and frame size
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as channel:
+        answer = await _call(channel, "Echo")(Bytes(value=body), timeout=30.0)
+        assert answer.value == body[::-1]
+
+
+async def test_compressed_requests(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    _, _, target = served
+    for algorithm in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        async with grpc.aio.insecure_channel(target, compression=algorithm) as channel:
+            answer = await _call(channel, "Echo")(Bytes(value=b"z" * 10000), timeout=5.0)
+            assert answer.value == b"z" * 10000
+
+
+async def test_errors_as_grpc_servers_give_them(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Refuse")(Bytes(), timeout=5.0)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == "100% wrong,\nnon-ASCII é→ü "
+        assert dict(caught.value.trailing_metadata())["retry-after"] == "3"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Nope")(Bytes(), timeout=5.0)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert caught.value.details() == "Method not found!"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Boom")(Bytes(), timeout=5.0)
+        assert caught.value.code() == grpc.StatusCode.UNKNOWN
+
+        # a request over max_receive: refused by the transport, as grpcio does
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Echo")(Bytes(value=b"x" * (MAX + 10)), timeout=30.0)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # and the connection still serves
+        assert (await _call(channel, "Echo")(Bytes(value=b"ok"), timeout=5.0)).value == b"ko"
+
+
+async def test_streaming_method_answered_at_once(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            f"{SVC}/Stream",
+            request_serializer=Bytes.SerializeToString,
+            response_deserializer=Bytes.FromString,
+        )(timeout=5.0)  # no request sent, stream left open
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert caught.value.details() == "streams are not served"
+
+
+async def test_deadline_and_cancel_stop_the_handler(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, h, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Hang")(Bytes(), timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(h.cancelled.wait(), 5.0)
+
+        h.cancelled.clear()
+        h.started.clear()
+        call = _call(channel, "Hang")(Bytes(), timeout=30.0)
+        await asyncio.wait_for(h.started.wait(), 5.0)
+        call.cancel()
+        await asyncio.wait_for(h.cancelled.wait(), 5.0)
+
+
+async def test_stop_lets_calls_in_flight_finish(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    server, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = asyncio.ensure_future(_call(channel, "Slow")(Bytes(), timeout=10.0))
+        await asyncio.sleep(0.1)
+        await server.stop(5.0)
+        assert (await call).value == b"done"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # the port is closed now
+            await _call(channel, "Echo")(Bytes(), timeout=2.0)
+        assert caught.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+
+
+async def test_garbage_on_the_socket_closes_only_that_connection(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, _, target = served
+    host, port = target.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5.0)  # settings, maybe GOAWAY, then EOF
+    assert data is not None
+    writer.close()
+    async with grpc.aio.insecure_channel(target) as channel:
+        assert (await _call(channel, "Echo")(Bytes(value=b"ab"), timeout=5.0)).value == b"ba"
+
+
+async def test_a_taken_port_is_an_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        server = GrpcH2Server({}, max_receive=MAX)
+        with pytest.raises(OSError):
+            await server.start("127.0.0.1", s.getsockname()[1])
+
+
+def test_parse_timeout() -> None:
+    assert parse_timeout(b"100m") == pytest.approx(0.1)
+    assert parse_timeout(b"2S") == 2.0
+    assert parse_timeout(b"1H") == 3600.0
+    assert parse_timeout(b"5u") == pytest.approx(5e-6)
+    assert parse_timeout(b"x") is None
+    assert parse_timeout(b"123456789S") is None  # more than 8 digits
+    assert parse_timeout(b"") is None
