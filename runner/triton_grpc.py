@@ -204,6 +204,8 @@ class _Connection(asyncio.Protocol):
         self._block_stream = 0
         self._block_end = False
         self._unacked = 0  # bytes received not yet given back (connection window)
+        self._out: list[bytes | memoryview] = []  # written at the end of the loop turn
+        self._armed = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,7 +215,7 @@ class _Connection(asyncio.Protocol):
         settings = struct.pack(
             ">HLHLHL", S_HEADER_TABLE_SIZE, 0, S_ENABLE_PUSH, 0, S_INITIAL_WINDOW_SIZE, MAX_WINDOW
         )
-        self.transport.write(
+        self._write(  # the preface first: the calls' frames queue behind it
             PREFACE
             + _frame(SETTINGS, 0, 0, len(settings))
             + settings
@@ -279,7 +281,7 @@ class _Connection(asyncio.Protocol):
             self._wake(self._window_waiters)
         elif kind == PING:
             if not flags & ACK and self.transport is not None:
-                self.transport.write(_frame(PING, ACK, 0, len(payload)) + payload)
+                self._write(_frame(PING, ACK, 0, len(payload)) + payload)
         elif kind == RST_STREAM:
             code = struct.unpack(">L", payload)[0]
             s = self._streams.pop(stream, None)
@@ -304,7 +306,7 @@ class _Connection(asyncio.Protocol):
 
     def _window_update(self, stream: int, increment: int) -> None:
         if self.transport is not None:
-            self.transport.write(_frame(WINDOW_UPDATE, 0, stream, 4) + _U32.pack(increment))
+            self._write(_frame(WINDOW_UPDATE, 0, stream, 4) + _U32.pack(increment))
 
     def _on_data(self, flags: int, stream: int, payload: bytes) -> None:
         length = len(payload)
@@ -320,9 +322,7 @@ class _Connection(asyncio.Protocol):
         s.data.append(payload)
         s.received += length
         if s.received >= _REPLENISH and self.transport is not None and not flags & END_STREAM:
-            self.transport.write(
-                _frame(WINDOW_UPDATE, 0, stream, 4) + struct.pack(">L", s.received)
-            )
+            self._write(_frame(WINDOW_UPDATE, 0, stream, 4) + struct.pack(">L", s.received))
             s.received = 0
         if flags & END_STREAM:  # no trailers: not a gRPC answer
             self._finish(s, INTERNAL, "Triton's gRPC answer ended without trailers")
@@ -387,7 +387,7 @@ class _Connection(asyncio.Protocol):
             elif key == S_MAX_CONCURRENT_STREAMS:
                 self._max_streams = value
         if self.transport is not None:
-            self.transport.write(_frame(SETTINGS, ACK, 0, 0))
+            self._write(_frame(SETTINGS, ACK, 0, 0))
         self._wake(self._window_waiters)
         self._wake(self._slot_waiters)
 
@@ -439,7 +439,23 @@ class _Connection(asyncio.Protocol):
         self._fail_all(ConnectionError(why))
         self.close()
 
+    def _write(self, data: bytes | memoryview) -> None:
+        """Queue ``data``; the writes of one event-loop turn leave in one system call."""
+        if self.closed or self.transport is None:
+            return
+        self._out.append(data)
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._armed = False
+        out, self._out = self._out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def close(self) -> None:
+        self._flush()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -469,20 +485,16 @@ class _Connection(asyncio.Protocol):
             if size <= self._max_frame and size <= self._send_window and size <= s.window:
                 self._send_window -= size
                 s.window -= size
-                self.transport.write(
-                    b"".join((headers, _frame(DATA, END_STREAM, sid, size), prefix, body))
-                )
+                self._write(b"".join((headers, _frame(DATA, END_STREAM, sid, size), prefix, body)))
             else:
-                self.transport.write(headers)
+                self._write(headers)
                 await self._send_data(s, memoryview(prefix + body))
             return await s.waiter
         except BaseException:
             if self._streams.pop(sid, None) is not None:
                 self._wake(self._slot_waiters)
                 if not self.closed and self.transport is not None:
-                    self.transport.write(
-                        _frame(RST_STREAM, 0, sid, 4) + struct.pack(">L", E_CANCEL)
-                    )
+                    self._write(_frame(RST_STREAM, 0, sid, 4) + struct.pack(">L", E_CANCEL))
             raise
 
     async def _send_data(self, s: _Stream, data: memoryview) -> None:
@@ -502,8 +514,8 @@ class _Connection(asyncio.Protocol):
             self._send_window -= chunk
             s.window -= chunk
             last = pos + chunk == size
-            self.transport.write(_frame(DATA, END_STREAM if last else 0, s.id, chunk))
-            self.transport.write(data[pos : pos + chunk])
+            self._write(_frame(DATA, END_STREAM if last else 0, s.id, chunk))
+            self._write(data[pos : pos + chunk])
             pos += chunk
 
 

@@ -238,6 +238,8 @@ class _Connection(asyncio.Protocol):
         self._block_stream = 0
         self._block_end = False
         self._unacked = 0
+        self._out: list[bytes | memoryview] = []  # written at the end of the loop turn
+        self._armed = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -550,8 +552,20 @@ class _Connection(asyncio.Protocol):
                 w.set_result(None)
 
     def _write(self, data: bytes | memoryview) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        """Queue ``data``; the writes of one event-loop turn (e.g. the answers of several
+        calls that one runner frame finished) leave in one system call."""
+        if self.closed or self.transport is None:
+            return
+        self._out.append(data)
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._armed = False
+        out, self._out = self._out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _goaway(self, code: int) -> None:
         if not self._goaway_sent:
@@ -571,6 +585,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._flush()
             self.transport.close()
         self.closed = True
 
