@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, message_factory
+from google.protobuf.message import DecodeError
 from gpufleet._logs import bind
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
@@ -447,10 +448,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     # ------------------------------------------------------------------ infer
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``request``: the serialized ModelInferRequest (the servers here register this
+        method without a deserializer) or the message. A passed-through answer goes back as
+        the runner's bytes (bytes are sent as they are), without a parse and a serialize."""
+        if isinstance(request, bytes):
+            raw = request
+            try:
+                request = service_pb2.ModelInferRequest.FromString(raw)
+            except DecodeError as exc:
+                raise GpufleetError("the request is not a valid ModelInferRequest") from exc
+        else:
+            raw = request.SerializeToString()
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
         bind(model=model)  # log lines about this call name the model (then the job)
-        raw = request.SerializeToString()
         # Shared memory is never passed through; a marker in tensor data only costs the
         # parsed path (as over HTTP).
         if self._svc.inference is not None and SHARED_MEMORY_MARKER not in raw:
@@ -463,7 +474,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             except InferenceFailed as exc:
                 raise job_outcome(exc) from exc
             if answer is not None:
-                return service_pb2.ModelInferResponse.FromString(answer.body)
+                return answer.body
         req = to_v2_request(request)
         result = await run_infer(self._svc, p, model, version, req, on_submit=self._on_submit)
         return to_infer_response(result, (o.name for o in request.outputs))
@@ -534,7 +545,7 @@ class KServeGrpcServer:
                 ("grpc.so_reuseport", 0),  # a port already taken fails here, not silently
             ]
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        server.add_generic_rpc_handlers((grpcio_handler(self._servicer),))
         address = (
             f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         )
@@ -574,15 +585,55 @@ class KServeGrpcServer:
             await h2.stop(grace_s)
 
 
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_RAW_METHODS = frozenset({"ModelInfer"})  # handlers that take the request's bytes
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def _serialize(message: Any) -> bytes:
+    """A response message's bytes; bytes (a passed-through answer) as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def servicer_methods(servicer: Any) -> dict[str, Method]:
-    """Every RPC of ``GRPCInferenceService`` by path, on ``servicer``'s methods."""
-    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    """Every RPC of ``GRPCInferenceService`` by path, on ``servicer``'s methods (for
+    ``grpc_h2``)."""
     methods = {}
-    for m in service.methods:
-        request = message_factory.GetMessageClass(m.input_type)
-        methods[f"/{service.full_name}/{m.name}"] = Method(
+    for m in _SERVICE.methods:
+        parse: Callable[[bytes], Any] = (
+            _raw
+            if m.name in _RAW_METHODS
+            else message_factory.GetMessageClass(m.input_type).FromString
+        )
+        methods[f"/{_SERVICE.full_name}/{m.name}"] = Method(
             handler=getattr(servicer, m.name),
-            parse=request.FromString,
+            parse=parse,
             streaming=m.client_streaming or m.server_streaming,
         )
     return methods
+
+
+def grpcio_handler(servicer: Any) -> grpc.GenericRpcHandler:
+    """The same methods for grpcio's server (``ModelInfer`` without a deserializer)."""
+    handlers = {}
+    for m in _SERVICE.methods:
+        handler = getattr(servicer, m.name)
+        parse = (
+            None
+            if m.name in _RAW_METHODS
+            else message_factory.GetMessageClass(m.input_type).FromString
+        )
+        if m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                handler, request_deserializer=parse, response_serializer=_serialize
+            )
+        elif m.client_streaming or m.server_streaming:  # pragma: no cover - none in this service
+            raise RuntimeError(f"unexpected streaming shape of {m.name}")
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                handler, request_deserializer=parse, response_serializer=_serialize
+            )
+    return grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers)
