@@ -9,6 +9,7 @@ frames parsed as they come, a call's answer (headers, message, trailers) leaves 
 ``write``, one task per call runs its handler.
 
 Handlers are grpc.aio's servicer methods, unchanged: ``await handler(request, context)``
+(a handler may answer the serialized response as ``bytes``)
 with a context (:class:`CallContext`) that has what they use of ``grpc.aio.ServicerContext``:
 ``invocation_metadata()``, ``set_trailing_metadata()``, ``abort()``, ``peer()``,
 ``time_remaining()``.
@@ -692,7 +693,8 @@ class GrpcH2Server:
             async with asyncio.timeout_at(deadline):
                 request = self._request(method, s, headers.get(b"grpc-encoding", b"identity"))
                 response = await method.handler(request, context)
-                answer = response.SerializeToString()
+                # bytes (an answer passed through) go as they are
+                answer = response if isinstance(response, bytes) else response.SerializeToString()
         except AbortError as exc:
             code, message = exc.code.value[0], exc.details
             context.trailing = exc.trailing

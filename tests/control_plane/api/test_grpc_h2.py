@@ -33,6 +33,10 @@ class Handlers:
         context.set_trailing_metadata((("x-request-id", "rid-1"), ("blob-bin", b"\x00\xff")))
         return Bytes(value=request.value[::-1])
 
+    async def raw(self, request: Any, context: CallContext) -> Any:
+        assert isinstance(request, bytes)  # Method(parse=bytes): no parse
+        return Bytes(value=request).SerializeToString()  # bytes: sent as they are
+
     async def refuse(self, request: Any, context: CallContext) -> Any:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -67,6 +71,7 @@ async def served() -> AsyncIterator[tuple[GrpcH2Server, Handlers, str]]:
     methods = {
         f"{SVC}/Echo": Method(h.echo, parse),
         f"{SVC}/Refuse": Method(h.refuse, parse),
+        f"{SVC}/Raw": Method(h.raw, bytes),
         f"{SVC}/Hang": Method(h.hang, parse),
         f"{SVC}/Boom": Method(h.boom, parse),
         f"{SVC}/Slow": Method(h.slow, parse),
@@ -106,6 +111,13 @@ async def test_answer_metadata_and_trailers(served: tuple[GrpcH2Server, Handlers
     remaining = h.contexts[0].time_remaining()
     assert remaining is not None and remaining < 5.0
     assert h.contexts[0].peer().startswith("ipv4:127.0.0.1:")
+
+
+async def test_bytes_in_bytes_out(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        answer = await _call(channel, "Raw")(Bytes(value=b"abc"), timeout=5.0)
+        assert answer.value == Bytes(value=b"abc").SerializeToString()
 
 
 async def test_many_calls_on_one_connection(served: tuple[GrpcH2Server, Handlers, str]) -> None:
