@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
@@ -112,12 +113,12 @@ _OK_TRAILER = _literal(b"grpc-status", b"0")
 def _metadata_block(pairs: Iterable[tuple[str, str | bytes]]) -> bytes:
     out = []
     for key, value in pairs:
-        k = key.lower().encode("ascii")
+        k = key.lower().encode("ascii", "replace")
         if k.endswith(b"-bin"):
             raw = value if isinstance(value, bytes) else value.encode()
             v = base64.b64encode(raw).rstrip(b"=")
         else:
-            v = value.encode("ascii") if isinstance(value, str) else value
+            v = value.encode("ascii", "replace") if isinstance(value, str) else value
         out.append(_literal(k, v))
     return b"".join(out)
 
@@ -359,8 +360,10 @@ class _Connection(asyncio.Protocol):
             if end_stream:
                 self._request_complete(self._streams[stream])
             return
-        if stream % 2 == 0 or stream <= self._last_id:
+        if stream % 2 == 0 or stream == 0:
             raise ValueError(f"bad stream id {stream}")
+        if stream <= self._last_id:
+            return  # a stream we answered and closed already: its late frames are dropped
         self._last_id = stream
         if self._goaway_sent:
             self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM
@@ -631,9 +634,22 @@ class GrpcH2Server:
     async def start(self, host: str, port: int) -> int:
         """Listen; the bound port (a free one for 0). OSError when the port is taken."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True
-        )
+        if host.strip("[]") == "::":
+            # every address of both families, as grpcio binds "[::]" (asyncio alone would
+            # make the socket IPv6-only)
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+            except OSError:
+                sock.close()
+                raise
+            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, reuse_address=True
+            )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, grace_s: float) -> None:
@@ -659,7 +675,7 @@ class GrpcH2Server:
         self._calls.add(task)
         try:
             await self._run_call(conn, s)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             pass  # reset by the client, the connection lost, or the server stopping
         finally:
             self._calls.discard(task)

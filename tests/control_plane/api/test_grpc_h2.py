@@ -258,3 +258,20 @@ def test_parse_timeout() -> None:
     assert parse_timeout(b"x") is None
     assert parse_timeout(b"123456789S") is None  # more than 8 digits
     assert parse_timeout(b"") is None
+
+
+async def test_all_addresses_of_both_families() -> None:
+    """``::`` listens on IPv4 and IPv6 alike, as grpcio's ``[::]:port``."""
+    h = Handlers()
+    server = GrpcH2Server({f"{SVC}/Echo": Method(h.echo, Bytes.FromString)}, max_receive=MAX)
+    try:
+        port = await server.start("::", 0)
+    except OSError as exc:  # pragma: no cover - a host without IPv6
+        pytest.skip(f"no IPv6 here: {exc}")
+    try:
+        for target in (f"127.0.0.1:{port}", f"[::1]:{port}"):
+            async with grpc.aio.insecure_channel(target) as channel:
+                answer = await _call(channel, "Echo")(Bytes(value=b"ab"), timeout=5.0)
+                assert answer.value == b"ba"
+    finally:
+        await server.stop(0)
