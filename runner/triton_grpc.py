@@ -92,6 +92,7 @@ S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 4, 5
 E_REFUSED_STREAM, E_CANCEL, E_ENHANCE_YOUR_CALM, E_INADEQUATE_SECURITY = 0x7, 0x8, 0xB, 0xC
 
 MAX_WINDOW = 2**31 - 1
+MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 DEFAULT_WINDOW = 65535
 _U32 = struct.Struct(">L")
 _HEAD = struct.Struct(">HBBBL")  # 24-bit length as (high 16, low 8), type, flags, stream id
@@ -235,6 +236,8 @@ class _Connection(asyncio.Protocol):
             while end - pos >= 9:
                 high, low, kind, flags, stream = _HEAD.unpack_from(buf, pos)
                 length = (high << 8) | low
+                if length > MAX_FRAME:
+                    raise ValueError(f"a frame of {length} bytes (SETTINGS_MAX_FRAME_SIZE)")
                 if end - pos - 9 < length:
                     break
                 payload = bytes(buf[pos + 9 : pos + 9 + length])

@@ -68,6 +68,7 @@ MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
 RECEIVE_WINDOW = 1 << 20  # per stream: what a client may send before we read it
 MAX_STREAMS = 1000
+MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 _U32 = struct.Struct(">L")
 _HEAD = struct.Struct(">HBBBL")
 _RESERVED = frozenset(
@@ -291,6 +292,8 @@ class _Connection(asyncio.Protocol):
             while end - pos >= 9:
                 high, low, kind, flags, stream = _HEAD.unpack_from(buf, pos)
                 length = (high << 8) | low
+                if length > MAX_FRAME:
+                    raise ValueError(f"a frame of {length} bytes (SETTINGS_MAX_FRAME_SIZE)")
                 if end - pos - 9 < length:
                     break
                 payload = bytes(buf[pos + 9 : pos + 9 + length])
@@ -298,6 +301,11 @@ class _Connection(asyncio.Protocol):
                 self._on_frame(kind, flags, stream & MAX_WINDOW, payload)
         except (hpack.HPACKError, ValueError, struct.error) as exc:
             log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
+            self._goaway(E_PROTOCOL_ERROR)
+            self.close()
+            return
+        except Exception:
+            log.warning("gRPC connection from %s dropped", self._peer, exc_info=True)
             self._goaway(E_PROTOCOL_ERROR)
             self.close()
             return

@@ -303,3 +303,54 @@ async def test_engine_passthrough_maps_statuses(server: Server) -> None:
         assert (str(caught.value), caught.value.transient) == ("Deadline Exceeded", False)
     finally:
         await engine.aclose()
+
+
+def test_header_blocks_decoded_once_only_without_the_dynamic_table() -> None:
+    """A block is kept (and later taken from the cache) only when it was decoded with the
+    dynamic table empty before and after; blocks that use the table are always decoded."""
+    import hpack
+
+    from runner.triton_grpc import _Connection
+
+    conn = _Connection()
+    indexing = hpack.Encoder()  # a peer that has not applied our table size 0 yet
+    fields = [(":status", "200"), ("content-type", "application/grpc"), ("x-a", "1")]
+    first = indexing.encode(fields)
+    second = indexing.encode(fields)  # now refers to dynamic-table entries
+    assert first != second
+    expected = {k.encode(): v.encode() for k, v in fields}
+    assert conn._decode(first) == expected
+    assert conn._decode(second) == expected
+    assert conn._decoded == {}  # the table was in use: nothing kept
+
+    fresh = _Connection()
+    plain = hpack.Encoder()
+    plain.header_table_size = 0  # what a peer does once it applied our SETTINGS
+    block = plain.encode(fields)
+    assert fresh._decode(block) == expected
+    assert fresh._decode(plain.encode(fields)) == expected
+    # kept (the first block also carried the table-size update, so two entries), and the
+    # same bytes again come from the cache
+    assert fresh._decoded and all(v == expected for v in fresh._decoded.values())
+    assert plain.encode(fields) in fresh._decoded
+
+
+async def test_a_frame_larger_than_announced_ends_the_connection() -> None:
+    """Our SETTINGS announce the default 16 KiB frames: a larger frame is a protocol error,
+    and the call fails as a transport failure instead of buffering whatever is announced."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the preface and our first frames
+        writer.write(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")  # a 16 MiB DATA frame header
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = TritonGrpc("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        with pytest.raises(ConnectionError, match="not valid HTTP/2"):
+            await client.unary(METHOD, b"x", timeout_s=5.0)
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()

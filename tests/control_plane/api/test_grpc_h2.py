@@ -275,3 +275,18 @@ async def test_all_addresses_of_both_families() -> None:
                 assert answer.value == b"ba"
     finally:
         await server.stop(0)
+
+
+async def test_a_frame_larger_than_announced_closes_the_connection(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """A client may not announce a frame over 16 KiB (we announce no larger size): the
+    connection ends (GOAWAY, close) instead of buffering what it announced."""
+    _, _, target = served
+    host, port = target.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5.0)  # until EOF: the server closed
+    assert b"\x07\x00\x00\x00\x00" in data  # a GOAWAY frame (type 7) on stream 0
+    writer.close()
