@@ -449,9 +449,9 @@ class Settings(BaseSettings):
     )
     grpc_server: Literal["gpufleet", "grpcio"] = Field(
         default="gpufleet",
-        description="What serves the KServe gRPC port without TLS: gpufleet's own HTTP/2 "
-        "server on the event loop (control_plane/api/grpc_h2.py) or grpcio's aio server "
-        "(always used with TLS).",
+        description="What serves the KServe gRPC port: gpufleet's own HTTP/2 server on the "
+        "event loop (control_plane/api/grpc_h2.py; TLS with ALPN h2 when serving TLS) or "
+        "grpcio's aio server.",
     )
 
     # TLS served by this process (serve --tls-cert/--tls-key); see docs/tls.md

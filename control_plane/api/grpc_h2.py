@@ -1,5 +1,6 @@
-"""A small gRPC server (HTTP/2 over cleartext TCP, unary calls) on the event loop: what the
-control plane's KServe gRPC port runs when it has no TLS (``kserve_grpc.py``).
+"""A small gRPC server (HTTP/2 over TCP, cleartext or TLS with ALPN h2; unary calls) on the
+event loop: what the control plane's KServe gRPC port runs (``kserve_grpc.py``) unless
+``grpc_server=grpcio``.
 
 grpcio's aio server spends ~0.5 ms of CPU per unary call before any handler runs (its
 completion-queue poller thread wakes the event loop through a socket for each event, and
@@ -41,6 +42,7 @@ import base64
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
@@ -639,8 +641,11 @@ class GrpcH2Server:
         method = self._methods.get(path.decode("latin-1"))
         return method is not None and method.streaming
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; the bound port (a free one for 0). OSError when the port is taken."""
+    async def start(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Listen (TLS with ``ssl_context``, which must negotiate ``h2`` by ALPN); the bound
+        port (a free one for 0). OSError when the port is taken."""
         loop = asyncio.get_running_loop()
         if host.strip("[]") == "::":
             # every address of both families, as grpcio binds "[::]" (asyncio alone would
@@ -653,10 +658,12 @@ class GrpcH2Server:
             except OSError:
                 sock.close()
                 raise
-            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+            self._server = await loop.create_server(
+                lambda: _Connection(self), sock=sock, ssl=ssl_context
+            )
         else:
             self._server = await loop.create_server(
-                lambda: _Connection(self), host, port, reuse_address=True
+                lambda: _Connection(self), host, port, reuse_address=True, ssl=ssl_context
             )
         return int(self._server.sockets[0].getsockname()[1])
 

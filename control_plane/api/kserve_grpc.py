@@ -31,6 +31,7 @@ import functools
 import logging
 import math
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -511,7 +512,9 @@ class KServeGrpcServer:
 
     ``start()`` and ``stop()`` run in the event loop that serves the calls (the app's).
     ``on_submit(model)`` is called once per job an infer queues (the HTTP side counts
-    ``jobs_submitted`` with it).
+    ``jobs_submitted`` with it). Served by gpufleet's own HTTP/2 server (``grpc_h2.py``;
+    TLS with ``ssl_context``) unless ``grpc_server=grpcio`` or only grpcio ``credentials``
+    are given (grpcio's aio server).
     """
 
     def __init__(
@@ -522,13 +525,19 @@ class KServeGrpcServer:
         *,
         on_submit: Callable[[str], None] | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._credentials = credentials  # TLS (control_plane.tls); None: plaintext
+        # TLS (control_plane.tls): grpcio's credentials or, for gpufleet's own server, an
+        # SSLContext that negotiates h2; both None: plaintext
+        self._credentials = credentials
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._servicer = InferenceServicer(services, on_submit)
         self._max_receive = services.settings.max_body_bytes
-        self._own = credentials is None and services.settings.grpc_server == "gpufleet"
+        self._own = services.settings.grpc_server == "gpufleet" and (
+            credentials is None or ssl_context is not None
+        )
         self._server: grpc.aio.Server | None = None
         self._h2: GrpcH2Server | None = None
 
@@ -567,12 +576,13 @@ class KServeGrpcServer:
         """gpufleet's HTTP/2 server (``grpc_h2.py``) on the servicer's methods."""
         h2 = GrpcH2Server(servicer_methods(self._servicer), max_receive=self._max_receive)
         try:
-            bound = await h2.start(self._host, self._port)
+            bound = await h2.start(self._host, self._port, ssl_context=self._ssl_context)
         except OSError as exc:
             address = f"{self._host}:{self._port}"
             raise RuntimeError(f"cannot bind the gRPC server to {address}: {exc}") from exc
         self._h2 = h2
-        log.info("KServe gRPC listening on %s:%d", self._host, bound)
+        tls = "TLS" if self._ssl_context is not None else "plaintext"
+        log.info("KServe gRPC listening on %s:%d (gpufleet's server, %s)", self._host, bound, tls)
         return bound
 
     async def stop(self, grace_s: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -290,3 +291,35 @@ async def test_a_frame_larger_than_announced_closes_the_connection(
     data = await asyncio.wait_for(reader.read(), 5.0)  # until EOF: the server closed
     assert b"\x07\x00\x00\x00\x00" in data  # a GOAWAY frame (type 7) on stream 0
     writer.close()
+
+
+async def test_tls_with_alpn_h2_and_the_reloader(tmp_path: Path) -> None:
+    """With TLS: the reloader's ``h2_context`` (ALPN h2, the served certificate) lets
+    grpcio's client in; a client that trusts another CA is refused."""
+    import trustme
+
+    from control_plane.tls import CertificateReloader
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    reloader = CertificateReloader(cert_file, key_file)
+
+    h = Handlers()
+    server = GrpcH2Server({f"{SVC}/Echo": Method(h.echo, Bytes.FromString)}, max_receive=MAX)
+    port = await server.start("127.0.0.1", 0, ssl_context=reloader.h2_context)
+    try:
+        trusted = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        async with grpc.aio.secure_channel(f"localhost:{port}", trusted) as channel:
+            answer = await _call(channel, "Echo")(Bytes(value=b"tls"), timeout=10.0)
+            assert answer.value == b"slt"
+        assert h.contexts[-1].peer().startswith("ipv4:127.0.0.1:")
+        other = grpc.ssl_channel_credentials(root_certificates=trustme.CA().cert_pem.bytes())
+        async with grpc.aio.secure_channel(f"localhost:{port}", other) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _call(channel, "Echo")(Bytes(value=b"x"), timeout=5.0)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
