@@ -64,8 +64,10 @@ END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
-S_HEADER_TABLE_SIZE, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 1, 3, 4, 5
-E_NO_ERROR, E_PROTOCOL_ERROR, E_CANCEL = 0x0, 0x1, 0x8
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
+S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
+E_NO_ERROR, E_PROTOCOL_ERROR, E_FLOW_CONTROL, E_FRAME_SIZE, E_CANCEL = 0x0, 0x1, 0x3, 0x6, 0x8
+E_ENHANCE_YOUR_CALM = 0xB
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
 RECEIVE_WINDOW = 1 << 20  # per stream: what a client may send before we read it
@@ -79,6 +81,49 @@ _RESERVED = frozenset(
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # grpc-message: percent-encode everything outside printable ASCII, and '%' itself
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+class H2Error(ValueError):
+    """A connection error (RFC 9113 §5.4.1): GOAWAY with ``code``, then the connection
+    closes."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_settings(payload: bytes, flags: int, stream: int) -> list[tuple[int, int]]:
+    """The (key, value) pairs of a SETTINGS frame, each value checked as RFC 9113 §6.5.2
+    asks (H2Error otherwise); an ACK carries none."""
+    if stream != 0:
+        raise H2Error(E_PROTOCOL_ERROR, "SETTINGS on a stream")
+    if flags & ACK:
+        if payload:
+            raise H2Error(E_FRAME_SIZE, "SETTINGS ACK with a payload")
+        return []
+    if len(payload) % 6:
+        raise H2Error(E_FRAME_SIZE, f"SETTINGS of {len(payload)} bytes")
+    pairs = []
+    for i in range(0, len(payload), 6):
+        key, value = struct.unpack_from(">HL", payload, i)
+        if key == S_ENABLE_PUSH and value > 1:
+            raise H2Error(E_PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
+        if key == S_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+            raise H2Error(E_FLOW_CONTROL, f"SETTINGS_INITIAL_WINDOW_SIZE {value}")
+        if key == S_MAX_FRAME_SIZE and not 16384 <= value <= 16777215:
+            raise H2Error(E_PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
+        pairs.append((key, value))
+    return pairs
+
+
+def check_window_update(payload: bytes) -> int:
+    """A WINDOW_UPDATE's increment (H2Error for a bad length or an increment of 0)."""
+    if len(payload) != 4:
+        raise H2Error(E_FRAME_SIZE, f"WINDOW_UPDATE of {len(payload)} bytes")
+    increment = _U32.unpack(payload)[0] & MAX_WINDOW
+    if increment == 0:
+        raise H2Error(E_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+    return increment
 
 
 def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
@@ -295,12 +340,17 @@ class _Connection(asyncio.Protocol):
                 high, low, kind, flags, stream = _HEAD.unpack_from(buf, pos)
                 length = (high << 8) | low
                 if length > MAX_FRAME:
-                    raise ValueError(f"a frame of {length} bytes (SETTINGS_MAX_FRAME_SIZE)")
+                    raise H2Error(E_FRAME_SIZE, f"a frame of {length} bytes (MAX_FRAME_SIZE)")
                 if end - pos - 9 < length:
                     break
                 payload = bytes(buf[pos + 9 : pos + 9 + length])
                 pos += 9 + length
                 self._on_frame(kind, flags, stream & MAX_WINDOW, payload)
+        except H2Error as exc:
+            log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
+            self._goaway(exc.code)
+            self.close()
+            return
         except (hpack.HPACKError, ValueError, struct.error) as exc:
             log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
             self._goaway(E_PROTOCOL_ERROR)
@@ -340,14 +390,19 @@ class _Connection(asyncio.Protocol):
                 block, self._block = bytes(self._block), None
                 self._on_headers(stream, block, self._block_end)
         elif kind == SETTINGS:
+            pairs = check_settings(payload, flags, stream)
             if not flags & ACK:
-                self._on_settings(payload)
+                self._on_settings(pairs)
         elif kind == WINDOW_UPDATE:
-            increment = _U32.unpack(payload)[0] & MAX_WINDOW
+            increment = check_window_update(payload)
             if stream == 0:
                 self._send_window += increment
+                if self._send_window > MAX_WINDOW:
+                    raise H2Error(E_FLOW_CONTROL, "connection window over 2^31-1")
             elif (s := self._streams.get(stream)) is not None:
                 s.window += increment
+                if s.window > MAX_WINDOW:
+                    raise H2Error(E_FLOW_CONTROL, f"stream {stream}'s window over 2^31-1")
             self._wake()
         elif kind == PING:
             if not flags & ACK:
@@ -441,14 +496,15 @@ class _Connection(asyncio.Protocol):
             self._decoded[block] = headers
         return headers
 
-    def _on_settings(self, payload: bytes) -> None:
-        for i in range(0, len(payload) - len(payload) % 6, 6):
-            key, value = struct.unpack_from(">HL", payload, i)
+    def _on_settings(self, pairs: list[tuple[int, int]]) -> None:
+        for key, value in pairs:
             if key == S_INITIAL_WINDOW_SIZE:
                 delta = value - self._initial_window
                 self._initial_window = value
                 for s in self._streams.values():
                     s.window += delta
+                    if s.window > MAX_WINDOW:
+                        raise H2Error(E_FLOW_CONTROL, "a stream's window over 2^31-1")
             elif key == S_MAX_FRAME_SIZE:
                 self._max_frame = value
         self._write(_frame(SETTINGS, ACK, 0, 0))

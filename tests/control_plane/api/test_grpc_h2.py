@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import hpack
 import pytest
 from google.protobuf import wrappers_pb2
 
@@ -323,3 +325,105 @@ async def test_tls_with_alpn_h2_and_the_reloader(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)
+
+
+# ---------------------------------------------------------------- hostile clients (raw frames)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _f(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return struct.pack(">HBBBL", n >> 8, n & 0xFF, kind, flags, sid) + payload
+
+
+def _settings(*pairs: tuple[int, int]) -> bytes:
+    return _f(4, 0, 0, b"".join(struct.pack(">HL", k, v) for k, v in pairs))
+
+
+def _head(path: str = f"{SVC}/Echo", extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    enc = hpack.Encoder()
+    enc.header_table_size = 0
+    return enc.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *extra,
+        ]
+    )
+
+
+def _msg(body: bytes) -> bytes:
+    return b"\x00" + struct.pack(">L", len(body)) + body
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, i = [], 0
+    while len(data) - i >= 9:
+        hi, lo, kind, flags, sid = struct.unpack_from(">HBBBL", data, i)
+        n = (hi << 8) | lo
+        out.append((kind, flags, sid, data[i + 9 : i + 9 + n]))
+        i += 9 + n
+    return out
+
+
+async def _until_closed(target: str, *chunks: bytes, timeout: float = 5.0) -> list[Any]:
+    """Send ``chunks`` after the preface; the frames the server sent until it closed (a
+    TimeoutError when it does not close within ``timeout``)."""
+    host, port = target.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(PREFACE + b"".join(chunks))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return _frames(data)
+
+
+def _goaway_code(frames: list[Any]) -> int:
+    codes = [struct.unpack(">LL", p)[1] for k, _, _, p in frames if k == 7]
+    assert codes, f"no GOAWAY in {frames}"
+    return int(codes[0])
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (_settings((5, 0)), 0x1),  # MAX_FRAME_SIZE 0: spun the loop forever (review B1)
+        (_settings((5, 1)), 0x1),  # MAX_FRAME_SIZE 1: 10x amplification
+        (_settings((5, 1 << 24)), 0x1),  # over 2^24-1: struct.error, call never answered
+        (_settings((4, 1 << 31)), 0x3),  # INITIAL_WINDOW_SIZE over 2^31-1
+        (_settings((2, 2)), 0x1),  # ENABLE_PUSH 2
+        (_f(4, 0, 0, b"\x00" * 5), 0x6),  # SETTINGS not a multiple of 6 bytes
+        (_f(4, 0, 1, b""), 0x1),  # SETTINGS on a stream
+        (_f(4, 1, 0, b"\x00" * 6), 0x6),  # SETTINGS ACK with a payload
+        (_f(8, 0, 0, b"\x00\x00\x00\x00"), 0x1),  # WINDOW_UPDATE of 0
+        (_f(8, 0, 0, b"\x7f\xff\xff\xff"), 0x3),  # connection window over 2^31-1
+    ],
+    ids=[
+        "frame0",
+        "frame1",
+        "frame2^24",
+        "window2^31",
+        "push2",
+        "settings5bytes",
+        "settings-on-stream",
+        "ack-payload",
+        "window-update0",
+        "window-overflow",
+    ],
+)
+async def test_bad_settings_end_the_connection(
+    served: tuple[GrpcH2Server, Handlers, str], frame: bytes, code: int
+) -> None:
+    """RFC 9113 §6.5.2 / §6.9: a bad SETTINGS or WINDOW_UPDATE value is a connection error
+    (GOAWAY with its code, then close), never a value the server loops on."""
+    _, _, target = served
+    frames = await _until_closed(target, frame)
+    assert _goaway_code(frames) == code
+    async with grpc.aio.insecure_channel(target) as channel:  # the server still serves
+        assert (await _call(channel, "Echo")(Bytes(value=b"ab"), timeout=5.0)).value == b"ba"
