@@ -73,6 +73,9 @@ DEFAULT_WINDOW = 65535
 RECEIVE_WINDOW = 1 << 20  # per stream: what a client may send before we read it
 MAX_STREAMS = 1000
 MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
+# a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
+# hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
+MAX_HEADER_BLOCK = 16384
 _U32 = struct.Struct(">L")
 _HEAD = struct.Struct(">HBBBL")
 _RESERVED = frozenset(
@@ -124,6 +127,22 @@ def check_window_update(payload: bytes) -> int:
     if increment == 0:
         raise H2Error(E_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
     return increment
+
+
+def check_size_updates(block: bytes) -> None:
+    """At most two dynamic-table size updates, at the start of a header block (RFC 7541
+    §4.2): a block of thousands of them costs pure-Python HPACK milliseconds per KiB and
+    adds nothing to the header list's size."""
+    i = count = 0
+    while i < len(block) and 0x20 <= block[i] <= 0x3F:
+        count += 1
+        if count > 2:
+            raise H2Error(0x9, "more than two HPACK table size updates")  # COMPRESSION_ERROR
+        if block[i] & 0x1F == 0x1F:
+            i += 1
+            while i < len(block) and block[i] & 0x80:
+                i += 1
+        i += 1
 
 
 def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
@@ -275,7 +294,7 @@ class _Connection(asyncio.Protocol):
         self._peer = ""
         self._buf = bytearray()
         self._preface = False
-        self._decoder = hpack.Decoder()
+        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
         self._decoded: dict[bytes, dict[bytes, bytes]] = {}
         self._streams: dict[int, _Stream] = {}
         self._last_id = 0
@@ -299,13 +318,15 @@ class _Connection(asyncio.Protocol):
             host, port = peer[0], peer[1]
             self._peer = f"ipv6:[{host}]:{port}" if ":" in str(host) else f"ipv4:{host}:{port}"
         settings = struct.pack(
-            ">HLHLHL",
+            ">HLHLHLHL",
             S_HEADER_TABLE_SIZE,
             0,
             S_MAX_CONCURRENT_STREAMS,
             MAX_STREAMS,
             S_INITIAL_WINDOW_SIZE,
             RECEIVE_WINDOW,
+            S_MAX_HEADER_LIST_SIZE,
+            MAX_HEADER_BLOCK,
         )
         self._write(_frame(SETTINGS, 0, 0, len(settings)) + settings)
         self._server.connections.add(self)
@@ -384,8 +405,8 @@ class _Connection(asyncio.Protocol):
             if self._block is None or stream != self._block_stream:
                 raise ValueError("unexpected CONTINUATION")
             self._block += payload
-            if len(self._block) > 1 << 20:
-                raise ValueError("header block too large")
+            if len(self._block) > MAX_HEADER_BLOCK:
+                raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
             if flags & END_HEADERS:
                 block, self._block = bytes(self._block), None
                 self._on_headers(stream, block, self._block_end)
@@ -483,6 +504,9 @@ class _Connection(asyncio.Protocol):
         known = self._decoded.get(block)
         if known is not None:
             return known
+        if len(block) > MAX_HEADER_BLOCK:
+            raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
+        check_size_updates(block)
         table = self._decoder.header_table.dynamic_entries
         was_empty = not table
         fields = self._decoder.decode(block, raw=True)

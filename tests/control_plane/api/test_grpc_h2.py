@@ -427,3 +427,41 @@ async def test_bad_settings_end_the_connection(
     assert _goaway_code(frames) == code
     async with grpc.aio.insecure_channel(target) as channel:  # the server still serves
         assert (await _call(channel, "Echo")(Bytes(value=b"ab"), timeout=5.0)).value == b"ba"
+
+
+async def test_header_blocks_are_bounded_before_decoding(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review B2: 16 KiB of HPACK table-size updates (free for the client, milliseconds of
+    pure-Python decoding per KiB, nothing towards the header-list size), or a header block
+    continued past 16 KiB, end the connection before the decoder runs; the server announces
+    the limit (SETTINGS_MAX_HEADER_LIST_SIZE)."""
+    _, _, target = served
+    updates = b"\x20" * 16000
+    frames = await _until_closed(target, _settings(), _f(1, 0x5, 1, updates))
+    assert _goaway_code(frames) == 0x9  # COMPRESSION_ERROR
+    server_settings = frames[0][3]
+    pairs = dict(
+        struct.unpack(">HL", server_settings[i : i + 6]) for i in range(0, len(server_settings), 6)
+    )
+    assert pairs[6] == 16384
+    block = _head(extra=(("x-pad", "a" * 16000),))
+    frames = await _until_closed(
+        target,
+        _settings(),
+        _f(1, 0x0, 1, block[:16000]),  # HEADERS without END_HEADERS
+        _f(9, 0x0, 1, block[16000:] + b"\x00" * 1000),  # CONTINUATION past 16 KiB
+    )
+    assert _goaway_code(frames) == 0xB  # ENHANCE_YOUR_CALM
+
+
+async def test_metadata_up_to_the_limit_is_served(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, h, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = _call(channel, "Echo")(
+            Bytes(value=b"ab"), metadata=(("x-big", "v" * 12000),), timeout=5.0
+        )
+        assert (await call).value == b"ba"
+    assert dict(h.contexts[0].invocation_metadata())["x-big"] == "v" * 12000
