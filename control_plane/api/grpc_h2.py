@@ -70,8 +70,16 @@ E_NO_ERROR, E_PROTOCOL_ERROR, E_FLOW_CONTROL, E_FRAME_SIZE, E_CANCEL = 0x0, 0x1,
 E_ENHANCE_YOUR_CALM = 0xB
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
-RECEIVE_WINDOW = 1 << 20  # per stream: what a client may send before we read it
-MAX_STREAMS = 1000
+# Receiving (review B3): a stream may send RECEIVE_WINDOW bytes unasked; once its message's
+# 5-byte prefix says how long it is, the rest is granted (one WINDOW_UPDATE) from the
+# connection's pool of 2 * (max_receive + 5) bytes, or the stream waits until calls in flight
+# give theirs back (at their answer). The connection window is that pool plus
+# MAX_STREAMS * RECEIVE_WINDOW: a client that sends past a window is cut off
+# (FLOW_CONTROL_ERROR), so a connection holds at most ~2 max-size requests (inflated ones
+# count) plus 6 MiB, where it held 1000 * max_receive before.
+RECEIVE_WINDOW = DEFAULT_WINDOW
+# nghttp2's default and RFC 9113's recommended minimum (§6.5.2)
+MAX_STREAMS = 100
 MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 # a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
 # hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
@@ -265,12 +273,16 @@ class _Stream:
     __slots__ = (
         "data",
         "headers",
+        "held",
         "id",
+        "inflated",
+        "need",
         "received",
+        "recv_window",
         "refused",
+        "reserved",
         "size",
         "task",
-        "unacked",
         "window",
     )
 
@@ -279,7 +291,11 @@ class _Stream:
         self.window = window  # what we may still send
         self.data: list[bytes] = []
         self.size = 0
-        self.unacked = 0
+        self.recv_window = RECEIVE_WINDOW  # what the client may still send
+        self.need = -1  # the request's length once its message prefix arrived
+        self.reserved = 0  # granted beyond RECEIVE_WINDOW, from the connection's pool
+        self.held = 0  # bytes received, given back to the connection window at the end
+        self.inflated = 0  # an inflated request's size, from the pool too
         self.headers: dict[bytes, bytes] = {}
         self.received = False  # END_STREAM seen
         self.refused = False  # already answered (too large): rest of its data dropped
@@ -306,7 +322,11 @@ class _Connection(asyncio.Protocol):
         self._block: bytearray | None = None
         self._block_stream = 0
         self._block_end = False
-        self._unacked = 0
+        self._unacked = 0  # connection window given back but not yet announced
+        self._pool = 2 * (server.max_receive + 5)
+        self._budget = self._pool + MAX_STREAMS * RECEIVE_WINDOW + DEFAULT_WINDOW
+        self._recv_window = self._budget  # what the client may still send on the connection
+        self._waiting: list[_Stream] = []  # streams waiting for a grant from the pool
         self._out: list[bytes | memoryview] = []  # written at the end of the loop turn
         self._armed = False
 
@@ -329,6 +349,8 @@ class _Connection(asyncio.Protocol):
             MAX_HEADER_BLOCK,
         )
         self._write(_frame(SETTINGS, 0, 0, len(settings)) + settings)
+        more = self._budget - DEFAULT_WINDOW
+        self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(more))
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -429,7 +451,7 @@ class _Connection(asyncio.Protocol):
             if not flags & ACK:
                 self._write(_frame(PING, ACK, 0, len(payload)) + payload)
         elif kind == RST_STREAM:
-            s = self._streams.pop(stream, None)
+            s = self._drop(stream)
             if s is not None and s.task is not None:
                 s.task.cancel()
         elif kind == GOAWAY:
@@ -469,19 +491,33 @@ class _Connection(asyncio.Protocol):
 
     def _on_data(self, flags: int, stream: int, payload: bytes) -> None:
         length = len(payload)
-        self._unacked += length
-        if self._unacked >= DEFAULT_WINDOW // 2:
-            self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(self._unacked))
-            self._unacked = 0
+        self._recv_window -= length
+        if self._recv_window < 0:
+            raise H2Error(E_FLOW_CONTROL, "DATA past the connection window")
         s = self._streams.get(stream)
         if s is None or s.received:
+            if stream == 0 or stream > self._last_id:
+                raise H2Error(E_PROTOCOL_ERROR, f"DATA on idle stream {stream}")
+            self._give_back(length)
             return  # reset, answered, or data after END_STREAM: dropped
+        s.recv_window -= length
+        if s.recv_window < 0:
+            raise H2Error(E_FLOW_CONTROL, f"DATA past stream {stream}'s window")
         if flags & PADDED:
+            if not payload or payload[0] >= len(payload):
+                raise H2Error(E_PROTOCOL_ERROR, "bad padding")
             payload = payload[1 : len(payload) - payload[0]]
-        if not s.refused:
+        if s.refused:
+            self._give_back(length)
+        else:
+            s.held += length
             s.data.append(payload)
             s.size += len(payload)
-            if s.size > self._server.max_receive + 5:
+            if s.need < 0 and s.size >= 5:
+                self._on_prefix(s)
+            if s.refused:
+                pass
+            elif s.size > self._server.max_receive + 5:
                 s.refused = True
                 s.data = []
                 size = s.size - 5
@@ -492,11 +528,69 @@ class _Connection(asyncio.Protocol):
                 )
         if flags & END_STREAM:
             self._request_complete(s)
-        else:
-            s.unacked += length
-            if s.unacked >= RECEIVE_WINDOW // 2:
-                self._write(_frame(WINDOW_UPDATE, 0, s.id, 4) + _U32.pack(s.unacked))
-                s.unacked = 0
+
+    def _on_prefix(self, s: _Stream) -> None:
+        """The request message's length is known: refuse it at once when too large (as
+        grpcio does from the prefix), else grant the rest of its window from the pool."""
+        head = s.data[0] if len(s.data[0]) >= 5 else b"".join(s.data)
+        length = int.from_bytes(head[1:5], "big")
+        s.need = length + 5
+        if length > self._server.max_receive:
+            self._answer_now(
+                s,
+                grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                f"Received message larger than max ({length} vs. {self._server.max_receive})",
+            )
+        elif s.need > RECEIVE_WINDOW:
+            self._grant(s)
+
+    def _grant(self, s: _Stream) -> bool:
+        extra = s.need - RECEIVE_WINDOW
+        if extra > self._pool:
+            if s not in self._waiting:
+                self._waiting.append(s)
+            return False
+        self._pool -= extra
+        s.reserved = extra
+        s.recv_window += extra
+        self._write(_frame(WINDOW_UPDATE, 0, s.id, 4) + _U32.pack(extra))
+        return True
+
+    def _give_back(self, size: int) -> None:
+        """Bytes received and no longer held: the client may send as many again."""
+        self._recv_window += size
+        self._unacked += size
+        if self._unacked >= DEFAULT_WINDOW // 2:
+            self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(self._unacked))
+            self._unacked = 0
+
+    def _drop(self, sid: int) -> _Stream | None:
+        """The stream closed: what it held goes back to the pool and the connection window,
+        and streams waiting for a grant get theirs (in order)."""
+        s = self._streams.pop(sid, None)
+        if s is None:
+            return None
+        self._pool += s.reserved + s.inflated
+        s.reserved = s.inflated = 0
+        s.data = []
+        if s.held:
+            self._give_back(s.held)
+            s.held = 0
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                if self._streams.get(w.id) is w and not w.refused:
+                    self._grant(w)
+        return s
+
+    def hold_inflated(self, s: _Stream, size: int) -> None:
+        if self._streams.get(s.id) is s:  # else already dropped: nothing to give back later
+            self._pool -= size
+            s.inflated += size
+
+    def room(self) -> int:
+        """Bytes the pool can still lend (to an inflated request)."""
+        return max(0, self._pool)
 
     def _decode(self, block: bytes) -> dict[bytes, bytes]:
         """A header block's fields; a block decoded with the dynamic table empty before and
@@ -548,7 +642,8 @@ class _Connection(asyncio.Protocol):
         the client stops sending the rest of a refused request)."""
         self._write_trailers_only(s.id, code, message, ())
         self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_NO_ERROR))
-        self._streams.pop(s.id, None)
+        s.refused = True
+        self._drop(s.id)
         if s.task is not None:
             s.task.cancel()
 
@@ -615,7 +710,7 @@ class _Connection(asyncio.Protocol):
             if not self.closed and self._streams.get(s.id) is s:
                 self._write_headers(s.id, trailers, END_STREAM)
         finally:
-            if self._streams.pop(s.id, None) is not None and not s.received:
+            if self._drop(s.id) is not None and not s.received:
                 # answered before the client finished sending: it may stop now
                 self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_NO_ERROR))
             if self._goaway_sent and not self._streams:
@@ -802,7 +897,8 @@ class GrpcH2Server:
         code, message, answer = 0, "", None
         try:
             async with asyncio.timeout_at(deadline):
-                request = self._request(method, s, headers.get(b"grpc-encoding", b"identity"))
+                encoding = headers.get(b"grpc-encoding", b"identity")
+                request = self._request(conn, method, s, encoding)
                 response = await method.handler(request, context)
                 # bytes (an answer passed through) go as they are
                 answer = response if isinstance(response, bytes) else response.SerializeToString()
@@ -818,7 +914,7 @@ class GrpcH2Server:
             code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"
         await conn.answer(s, code, message, answer if code == 0 else None, context.trailing)
 
-    def _request(self, method: Method, s: _Stream, encoding: bytes) -> Any:
+    def _request(self, conn: _Connection, method: Method, s: _Stream, encoding: bytes) -> Any:
         data = s.data[0] if len(s.data) == 1 else b"".join(s.data)
         s.data = []
         if method.streaming:
@@ -839,8 +935,10 @@ class GrpcH2Server:
                     f"compression {encoding.decode('latin-1')!r} is not supported",
                 )
             inflater = zlib.decompressobj(wbits)
+            # inflated bytes are held from the connection's pool (review B3, S6)
+            limit = min(self.max_receive, conn.room())
             try:
-                body = inflater.decompress(body, self.max_receive + 1)
+                body = inflater.decompress(body, limit + 1)
             except zlib.error as exc:
                 raise _BadMessage(
                     grpc.StatusCode.INTERNAL.value[0], f"cannot inflate the request: {exc}"
@@ -850,6 +948,16 @@ class GrpcH2Server:
                     grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
                     f"Received message larger than max (inflated over {self.max_receive})",
                 )
+            if len(body) > limit:
+                raise _BadMessage(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    "the connection's requests in flight are over its memory budget",
+                )
+            if not inflater.eof:
+                raise _BadMessage(
+                    grpc.StatusCode.INTERNAL.value[0], "cannot inflate the request: truncated"
+                )
+            conn.hold_inflated(s, len(body))
         try:
             return method.parse(body)
         except Exception as exc:

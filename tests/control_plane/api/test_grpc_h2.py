@@ -7,6 +7,7 @@ and garbage on the socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -464,3 +465,83 @@ async def test_metadata_up_to_the_limit_is_served(
         )
         assert (await call).value == b"ba"
     assert dict(h.contexts[0].invocation_metadata())["x-big"] == "v" * 12000
+
+
+async def _frames_for(target: str, seconds: float, *chunks: bytes) -> list[Any]:
+    """The frames the server sent within ``seconds`` of ``chunks``."""
+    host, port = target.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    data = b""
+    try:
+        writer.write(PREFACE + b"".join(chunks))
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while chunk := await reader.read(1 << 16):
+                    data += chunk
+    finally:
+        writer.close()
+    return _frames(data)
+
+
+async def test_request_bytes_are_bounded_by_the_windows_given(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review B3: a stream's window grows to its message's announced length only from a
+    per-connection pool (two max-size requests); others wait; a client that sends past the
+    windows it was given is cut off (FLOW_CONTROL_ERROR) instead of parking 8 MiB per stream."""
+    _, _, target = served
+    prefix = b"\x00" + struct.pack(">L", MAX)  # a message of max_receive bytes
+    opens = b"".join(
+        _f(1, 0x4, sid, _head(f"{SVC}/Hang")) + _f(0, 0, sid, prefix + b"x" * 100)
+        for sid in (1, 3, 5, 7)
+    )
+    frames = await _frames_for(target, 1.0, _settings(), opens)
+    granted = {sid for kind, _, sid, _ in frames if kind == 8 and sid}
+    assert granted == {1, 3}
+    chunk = _f(0, 0, 5, b"x" * 16384)
+    frames = await _until_closed(target, _settings(), opens, chunk * 5)  # stream 5 past its 64 KiB
+    assert _goaway_code(frames) == 0x3
+    frames = await _until_closed(  # a message of 100 bytes, then 70 KB
+        target,
+        _settings(),
+        _f(1, 0x4, 1, _head(f"{SVC}/Hang")),
+        _f(0, 0, 1, _msg(b"x" * 95)),
+        _f(0, 0, 1, b"x" * 16384) * 5,
+    )
+    assert _goaway_code(frames) == 0x3
+
+
+async def test_large_requests_in_parallel_wait_for_the_pool(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    _, _, target = served
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as channel:
+        values = [bytes([i]) * (6 << 20) for i in range(5)]
+        answers = await asyncio.gather(
+            *(_call(channel, "Echo")(Bytes(value=v), timeout=20.0) for v in values)
+        )
+    assert [a.value for a in answers] == [v[::-1] for v in values]
+
+
+async def test_inflated_requests_count_against_the_connection(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review B3/S6: 8 KB of gzip that inflates to 7 MiB buys 7 MiB of the connection's
+    pool while the handler holds it; past two of them the call is refused."""
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        calls = [
+            _call(channel, "Hang")(
+                Bytes(value=bytes(7 << 20)), timeout=3.0, compression=grpc.Compression.Gzip
+            )
+            for _ in range(5)
+        ]
+        codes = []
+        for call in calls:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call
+            codes.append(await call.code())
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3, codes
