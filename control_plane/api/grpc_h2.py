@@ -328,7 +328,12 @@ class _Connection(asyncio.Protocol):
         self._recv_window = self._budget  # what the client may still send on the connection
         self._waiting: list[_Stream] = []  # streams waiting for a grant from the pool
         self._out: list[bytes | memoryview] = []  # written at the end of the loop turn
+        self._out_size = 0
         self._armed = False
+        # write backpressure (review B4): while the transport's buffer is over its high-water
+        # mark, nothing is read (the kernel pushes back on the client) and answers wait
+        self._paused = False
+        self._resume_waiters: list[asyncio.Future[None]] = []
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -353,8 +358,35 @@ class _Connection(asyncio.Protocol):
         self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(more))
         self._server.connections.add(self)
 
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            if self._buf:  # frames left unread when writing paused
+                asyncio.get_running_loop().call_soon(self.data_received, b"")
+        waiters, self._resume_waiters = self._resume_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def writable(self) -> None:
+        """Return once the transport takes writes again."""
+        while self._paused and not self.closed:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._resume_waiters.append(waiter)
+            await waiter
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        for w in self._resume_waiters:
+            if not w.done():
+                w.set_exception(ConnectionResetError("connection lost"))
+        self._resume_waiters = []
         self._server.connections.discard(self)
         streams, self._streams = self._streams, {}
         for s in streams.values():
@@ -380,6 +412,10 @@ class _Connection(asyncio.Protocol):
                 self._preface = True
                 pos = len(PREFACE)
             while end - pos >= 9:
+                if self._out_size > 1 << 16:  # much to write: hand it over now
+                    self._flush()
+                if self._paused or self.closed:
+                    break  # the rest is read when the client has read our writes
                 high, low, kind, flags, stream = _HEAD.unpack_from(buf, pos)
                 length = (high << 8) | low
                 if length > MAX_FRAME:
@@ -448,6 +484,10 @@ class _Connection(asyncio.Protocol):
                     raise H2Error(E_FLOW_CONTROL, f"stream {stream}'s window over 2^31-1")
             self._wake()
         elif kind == PING:
+            if len(payload) != 8:
+                raise H2Error(E_FRAME_SIZE, f"PING of {len(payload)} bytes")
+            if stream != 0:
+                raise H2Error(E_PROTOCOL_ERROR, "PING on a stream")
             if not flags & ACK:
                 self._write(_frame(PING, ACK, 0, len(payload)) + payload)
         elif kind == RST_STREAM:
@@ -674,6 +714,8 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         """Send a call's answer: headers, message and trailers (one write when the windows
         allow), or trailers-only without a message."""
+        if self._paused:
+            await self.writable()  # a client that does not read gets nothing more queued
         if self.closed or self._streams.get(s.id) is not s:
             return  # reset by the client, or the connection is gone
         try:
@@ -746,6 +788,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         self._out.append(data)
+        self._out_size += len(data)
         if not self._armed:
             self._armed = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -753,6 +796,7 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._armed = False
         out, self._out = self._out, []
+        self._out_size = 0
         if out and not self.closed and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 

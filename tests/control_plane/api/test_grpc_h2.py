@@ -404,6 +404,8 @@ def _goaway_code(frames: list[Any]) -> int:
         (_f(4, 1, 0, b"\x00" * 6), 0x6),  # SETTINGS ACK with a payload
         (_f(8, 0, 0, b"\x00\x00\x00\x00"), 0x1),  # WINDOW_UPDATE of 0
         (_f(8, 0, 0, b"\x7f\xff\xff\xff"), 0x3),  # connection window over 2^31-1
+        (_f(6, 0, 0, b"\x00" * 16384), 0x6),  # a 16 KiB PING (echoed: review B4)
+        (_f(6, 0, 1, b"\x00" * 8), 0x1),  # PING on a stream
     ],
     ids=[
         "frame0",
@@ -416,6 +418,8 @@ def _goaway_code(frames: list[Any]) -> int:
         "ack-payload",
         "window-update0",
         "window-overflow",
+        "ping16k",
+        "ping-on-stream",
     ],
 )
 async def test_bad_settings_end_the_connection(
@@ -545,3 +549,33 @@ async def test_inflated_requests_count_against_the_connection(
                 await call
             codes.append(await call.code())
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3, codes
+
+
+async def test_a_client_that_does_not_read_is_not_buffered_for(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review B4: PINGs (or calls) from a client that never reads its socket: once the
+    transport's buffer passes its high-water mark the server stops reading, so the kernel
+    pushes back on the client instead of the server's memory growing."""
+    server, _, target = served
+    host, port = target.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(PREFACE + _settings())
+    pings = _f(6, 0, 0, b"12345678") * 4096
+    sent = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(3.0):
+            while sent < 64 << 20:
+                writer.write(pings)
+                sent += len(pings)
+                await writer.drain()
+    (conn,) = server.connections
+    assert conn.transport is not None
+    buffered = conn.transport.get_write_buffer_size()
+    assert buffered < 1 << 20, (buffered, sent)
+    assert sent < 32 << 20  # the client was pushed back (it would send 64 MiB in 3 s)
+    writer.close()
