@@ -450,8 +450,12 @@ class _Connection(asyncio.Protocol):
             self._on_data(flags, stream, payload)
         elif kind == HEADERS:
             if flags & PADDED:
+                if not payload or payload[0] >= len(payload):
+                    raise H2Error(E_PROTOCOL_ERROR, "bad padding")
                 payload = payload[1 : len(payload) - payload[0]]
             if flags & PRIORITY_FLAG:
+                if len(payload) < 5:
+                    raise H2Error(E_FRAME_SIZE, "HEADERS too short for its priority")
                 payload = payload[5:]
             if flags & END_HEADERS:
                 self._on_headers(stream, payload, bool(flags & END_STREAM))
@@ -622,6 +626,12 @@ class _Connection(asyncio.Protocol):
                 if self._streams.get(w.id) is w and not w.refused:
                     self._grant(w)
         return s
+
+    def abandon(self, s: _Stream) -> None:
+        """End a stream whose call ended without an answer: RST_STREAM, its bytes back."""
+        if self._streams.get(s.id) is s:
+            self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_CANCEL))
+            self._drop(s.id)
 
     def hold_inflated(self, s: _Stream, size: int) -> None:
         if self._streams.get(s.id) is s:  # else already dropped: nothing to give back later
@@ -911,8 +921,11 @@ class GrpcH2Server:
             await self._run_call(conn, s)
         except (asyncio.CancelledError, ConnectionError):
             pass  # reset by the client, the connection lost, or the server stopping
+        except Exception:
+            log.exception("gRPC call on %s failed", conn.peer)
         finally:
             self._calls.discard(task)
+            conn.abandon(s)  # never answered (a bug, or cancelled): the stream still ends
 
     async def _run_call(self, conn: _Connection, s: _Stream) -> None:
         headers = s.headers
@@ -937,10 +950,16 @@ class GrpcH2Server:
         timeout_s = None if given is None else parse_timeout(given)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        context = CallContext(_metadata(headers), conn.peer, deadline)
+        context = CallContext((), conn.peer, deadline)
         code, message, answer = 0, "", None
         try:
             async with asyncio.timeout_at(deadline):
+                try:
+                    context._metadata = _metadata(headers)
+                except ValueError as exc:  # binascii.Error: a -bin value not base64
+                    raise _BadMessage(
+                        grpc.StatusCode.INTERNAL.value[0], f"bad binary metadata: {exc}"
+                    ) from exc
                 encoding = headers.get(b"grpc-encoding", b"identity")
                 request = self._request(conn, method, s, encoding)
                 response = await method.handler(request, context)

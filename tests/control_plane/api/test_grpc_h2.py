@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -579,3 +580,40 @@ async def test_a_client_that_does_not_read_is_not_buffered_for(
     assert buffered < 1 << 20, (buffered, sent)
     assert sent < 32 << 20  # the client was pushed back (it would send 64 MiB in 3 s)
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [_f(1, 0x4 | 0x8, 1, b""), _f(1, 0x4 | 0x8, 1, b"\x05abc"), _f(0, 0x8, 1, b"")],
+    ids=["headers-empty", "headers-pad-too-long", "data-empty"],
+)
+async def test_bad_padding_is_a_protocol_error(
+    served: tuple[GrpcH2Server, Handlers, str], frame: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review S4: a padded frame without room for its padding is a PROTOCOL_ERROR GOAWAY,
+    not an IndexError traceback logged per connection."""
+    _, _, target = served
+    opening = _f(1, 0x4, 1, _head(f"{SVC}/Hang")) if frame[3] == 0 else b""
+    with caplog.at_level(logging.WARNING):
+        frames = await _until_closed(target, _settings(), opening, frame)
+    assert _goaway_code(frames) == 0x1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_bad_binary_metadata_is_answered(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review S5: a ``-bin`` value that is not base64 got no answer (the stream leaked)."""
+    server, _, target = served
+    frames = await _frames_for(
+        target,
+        1.0,
+        _settings(),
+        _f(1, 0x4, 1, _head(extra=(("x-bin", "a"),))),
+        _f(0, 0x1, 1, _msg(Bytes(value=b"ab").SerializeToString())),
+    )
+    trailers = [p for k, fl, sid, p in frames if k == 1 and sid == 1 and fl & 0x1]
+    assert trailers, frames
+    fields = dict(hpack.Decoder().decode(trailers[-1]))
+    assert fields["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+    assert all(not c.busy for c in server.connections)
