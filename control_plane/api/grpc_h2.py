@@ -80,6 +80,12 @@ DEFAULT_WINDOW = 65535
 RECEIVE_WINDOW = DEFAULT_WINDOW
 # nghttp2's default and RFC 9113's recommended minimum (§6.5.2)
 MAX_STREAMS = 100
+# abuse limits per connection and CALM_WINDOW_S seconds, past which GOAWAY ENHANCE_YOUR_CALM:
+# streams reset by the client before their answer (rapid reset, CVE-2023-44487: nghttp2 and
+# Go count the same way), empty DATA frames that do not end a stream (CVE-2019-9518)
+CALM_WINDOW_S = 10.0
+MAX_RESETS = 200
+MAX_EMPTY_DATA = 1000
 MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 # a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
 # hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
@@ -271,7 +277,9 @@ class Method:
 
 class _Stream:
     __slots__ = (
+        "born",
         "data",
+        "deadline",
         "headers",
         "held",
         "id",
@@ -300,6 +308,12 @@ class _Stream:
         self.received = False  # END_STREAM seen
         self.refused = False  # already answered (too large): rest of its data dropped
         self.task: asyncio.Task[None] | None = None
+        self.deadline: float | None = None  # the call's grpc-timeout, once its call runs
+        self.born = 0.0  # loop time of its HEADERS
+
+
+class _Stalled(Exception):
+    """An answer waited on the client's window (or its reading) past its deadline."""
 
 
 class _Connection(asyncio.Protocol):
@@ -334,6 +348,13 @@ class _Connection(asyncio.Protocol):
         # mark, nothing is read (the kernel pushes back on the client) and answers wait
         self._paused = False
         self._resume_waiters: list[asyncio.Future[None]] = []
+        self._lost = False
+        self._active = True  # frames came since the last tick of the timer
+        self._quiet_s = 0.0  # seconds without frames nor streams
+        self._timer: asyncio.TimerHandle | None = None
+        self._calm_since = 0.0
+        self._resets = 0
+        self._empty_data = 0
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -357,6 +378,46 @@ class _Connection(asyncio.Protocol):
         more = self._budget - DEFAULT_WINDOW
         self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(more))
         self._server.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._calm_since = loop.time()
+        self._timer = loop.call_later(self._server.preface_s, self._tick)
+
+    def _tick(self) -> None:
+        """Every ``tick_s``: a connection without a preface (after ``preface_s``) or without
+        frames and streams for ``idle_s`` is closed; a request not received in full by its
+        deadline (or ``idle_s``) is answered DEADLINE_EXCEEDED (review S2)."""
+        self._timer = None
+        if self.closed:
+            return
+        server = self._server
+        if not self._preface:
+            log.debug("gRPC connection from %s: no preface", self._peer)
+            self._fail(E_PROTOCOL_ERROR)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._active or self._streams:
+            self._quiet_s = 0.0
+        else:
+            self._quiet_s += server.tick_s
+            if self._quiet_s >= server.idle_s:
+                self._goaway(E_NO_ERROR)
+                self.close()
+                return
+        self._active = False
+        for st in list(self._streams.values()):
+            if not st.received and st.task is None and now - st.born > server.idle_s:
+                self._answer_now(
+                    st, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "request not received"
+                )
+        self._timer = loop.call_later(server.tick_s, self._tick)
+
+    def _calm(self) -> None:
+        """Start a new abuse-counting window when the last one is over."""
+        now = asyncio.get_running_loop().time()
+        if now - self._calm_since > CALM_WINDOW_S:
+            self._calm_since = now
+            self._resets = self._empty_data = 0
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -383,6 +444,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
         for w in self._resume_waiters:
             if not w.done():
                 w.set_exception(ConnectionResetError("connection lost"))
@@ -398,6 +462,7 @@ class _Connection(asyncio.Protocol):
         self._window_waiters = []
 
     def data_received(self, data: bytes) -> None:
+        self._active = True
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
@@ -427,18 +492,15 @@ class _Connection(asyncio.Protocol):
                 self._on_frame(kind, flags, stream & MAX_WINDOW, payload)
         except H2Error as exc:
             log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
-            self._goaway(exc.code)
-            self.close()
+            self._fail(exc.code)
             return
         except (hpack.HPACKError, ValueError, struct.error) as exc:
             log.debug("gRPC connection from %s dropped: %s", self._peer, exc)
-            self._goaway(E_PROTOCOL_ERROR)
-            self.close()
+            self._fail(E_PROTOCOL_ERROR)
             return
         except Exception:
             log.warning("gRPC connection from %s dropped", self._peer, exc_info=True)
-            self._goaway(E_PROTOCOL_ERROR)
-            self.close()
+            self._fail(E_PROTOCOL_ERROR)
             return
         del buf[:pos]
 
@@ -495,9 +557,18 @@ class _Connection(asyncio.Protocol):
             if not flags & ACK:
                 self._write(_frame(PING, ACK, 0, len(payload)) + payload)
         elif kind == RST_STREAM:
+            if len(payload) != 4:
+                raise H2Error(E_FRAME_SIZE, f"RST_STREAM of {len(payload)} bytes")
+            if stream == 0 or stream > self._last_id:
+                raise H2Error(E_PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream}")
             s = self._drop(stream)
-            if s is not None and s.task is not None:
-                s.task.cancel()
+            if s is not None:  # reset before its answer: counted (rapid reset)
+                if s.task is not None:
+                    s.task.cancel()
+                self._calm()
+                self._resets += 1
+                if self._resets > MAX_RESETS:
+                    raise H2Error(E_ENHANCE_YOUR_CALM, "too many streams reset")
         elif kind == GOAWAY:
             self._goaway(E_NO_ERROR)
             if not self._streams:
@@ -521,6 +592,7 @@ class _Connection(asyncio.Protocol):
             self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM
             return
         s = _Stream(stream, self._initial_window)
+        s.born = asyncio.get_running_loop().time()
         s.headers = headers
         self._streams[stream] = s
         if len(self._streams) > MAX_STREAMS:
@@ -551,9 +623,14 @@ class _Connection(asyncio.Protocol):
             if not payload or payload[0] >= len(payload):
                 raise H2Error(E_PROTOCOL_ERROR, "bad padding")
             payload = payload[1 : len(payload) - payload[0]]
+        if not payload and not flags & END_STREAM:
+            self._calm()
+            self._empty_data += 1
+            if self._empty_data > MAX_EMPTY_DATA:
+                raise H2Error(E_ENHANCE_YOUR_CALM, "too many empty DATA frames")
         if s.refused:
             self._give_back(length)
-        else:
+        elif payload:
             s.held += length
             s.data.append(payload)
             s.size += len(payload)
@@ -724,8 +801,12 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         """Send a call's answer: headers, message and trailers (one write when the windows
         allow), or trailers-only without a message."""
-        if self._paused:
-            await self.writable()  # a client that does not read gets nothing more queued
+        try:
+            if self._paused:  # a client that does not read gets nothing more queued
+                await self._stall(s, self.writable())
+        except _Stalled:
+            self.abandon(s)
+            return
         if self.closed or self._streams.get(s.id) is not s:
             return  # reset by the client, or the connection is gone
         try:
@@ -758,7 +839,11 @@ class _Connection(asyncio.Protocol):
                 )
                 return
             self._write_headers(s.id, _RESPONSE_HEAD, 0)
-            await self._send_data(s, memoryview(prefix + body))
+            try:
+                await self._send_data(s, memoryview(prefix + body))
+            except _Stalled:
+                self.abandon(s)  # RST_STREAM CANCEL; the answer is dropped
+                return
             if not self.closed and self._streams.get(s.id) is s:
                 self._write_headers(s.id, trailers, END_STREAM)
         finally:
@@ -778,13 +863,34 @@ class _Connection(asyncio.Protocol):
             if chunk <= 0:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._window_waiters.append(waiter)
-                await waiter
+                await self._stall(s, waiter)
                 continue
             self._send_window -= chunk
             s.window -= chunk
             self._write(_frame(DATA, 0, s.id, chunk))
             self._write(data[pos : pos + chunk])
             pos += chunk
+
+    async def _stall(self, s: _Stream, waiting: Awaitable[None]) -> None:
+        """Wait for the client (its window, or its reading) until the call's deadline, or
+        ``stall_s`` without one: _Stalled past it."""
+        loop = asyncio.get_running_loop()
+        limit = self._server.stall_s if s.deadline is None else s.deadline - loop.time()
+        try:
+            await asyncio.wait_for(waiting, max(0.0, limit))
+        except TimeoutError:
+            raise _Stalled from None
+
+    def _fail(self, code: int) -> None:
+        """A connection error: GOAWAY, close, and drop whatever is still queued after a
+        second (a client that does not read would hold the connection open)."""
+        self._goaway(code)
+        self.close()
+        asyncio.get_running_loop().call_later(1.0, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
 
     def _wake(self) -> None:
         waiters, self._window_waiters = self._window_waiters, []
@@ -859,9 +965,26 @@ class GrpcH2Server:
     """Unary gRPC on one TCP port, calls dispatched to ``methods`` by path
     (``/package.Service/Method``)."""
 
-    def __init__(self, methods: dict[str, Method], *, max_receive: int) -> None:
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        *,
+        max_receive: int,
+        idle_s: float = 300.0,
+        preface_s: float = 10.0,
+        stall_s: float = 60.0,
+    ) -> None:
+        """``idle_s``: a connection without streams nor frames for this long is closed (and a
+        request not received in full within it answered DEADLINE_EXCEEDED); ``preface_s``:
+        a connection without the HTTP/2 preface this long is closed; ``stall_s``: an answer
+        waiting this long on a client that gives no window (or does not read) is dropped
+        (RST_STREAM CANCEL), or at the call's deadline when it has one."""
         self._methods = methods
         self.max_receive = max_receive
+        self.idle_s = idle_s
+        self.preface_s = preface_s
+        self.stall_s = stall_s
+        self.tick_s = min(idle_s / 4, preface_s, 5.0)
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._calls: set[asyncio.Task[None]] = set()
@@ -950,6 +1073,7 @@ class GrpcH2Server:
         timeout_s = None if given is None else parse_timeout(given)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        s.deadline = deadline
         context = CallContext((), conn.peer, deadline)
         code, message, answer = 0, "", None
         try:

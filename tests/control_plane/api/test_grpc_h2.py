@@ -362,6 +362,12 @@ def _msg(body: bytes) -> bytes:
     return b"\x00" + struct.pack(">L", len(body)) + body
 
 
+def _data(sid: int, data: bytes) -> bytes:
+    """``data`` in DATA frames of 16 KiB, the last one ending the stream."""
+    parts = [data[i : i + 16384] for i in range(0, len(data), 16384)]
+    return b"".join(_f(0, 0x1 if i == len(parts) - 1 else 0, sid, p) for i, p in enumerate(parts))
+
+
 def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
     out, i = [], 0
     while len(data) - i >= 9:
@@ -617,3 +623,58 @@ async def test_bad_binary_metadata_is_answered(
     fields = dict(hpack.Decoder().decode(trailers[-1]))
     assert fields["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
     assert all(not c.busy for c in server.connections)
+
+
+async def test_rapid_reset_ends_the_connection(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review S1 (CVE-2023-44487): streams opened and reset at once never counted against
+    MAX_CONCURRENT_STREAMS; past 200 resets in 10 s: GOAWAY ENHANCE_YOUR_CALM."""
+    _, _, target = served
+    head = _head(f"{SVC}/Hang")
+    burst = b"".join(
+        _f(1, 0x4, sid, head) + _f(0, 0x1, sid, _msg(b"")) + _f(3, 0, sid, b"\x00\x00\x00\x08")
+        for sid in range(1, 2 * 300, 2)
+    )
+    frames = await _until_closed(target, _settings(), burst)
+    assert _goaway_code(frames) == 0xB
+
+
+async def test_empty_data_frames_are_bounded(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review S3: empty DATA frames on an open stream grew a list without end."""
+    _, _, target = served
+    frames = await _until_closed(
+        target, _settings(), _f(1, 0x4, 1, _head(f"{SVC}/Hang")), _f(0, 0, 1, b"") * 1200
+    )
+    assert _goaway_code(frames) == 0xB
+
+
+async def test_silent_connections_and_stalled_answers_end() -> None:
+    """Review S2: a connection that never sends the preface, one that goes quiet, and an
+    answer stuck on a zero window past the call's deadline are all ended."""
+    h = Handlers()
+    methods = {f"{SVC}/Echo": Method(h.echo, Bytes.FromString)}
+    server = GrpcH2Server(methods, max_receive=MAX, idle_s=0.8, preface_s=0.3, stall_s=0.5)
+    port = await server.start("127.0.0.1", 0)
+    target = f"127.0.0.1:{port}"
+    try:
+        host, _ = target.split(":")
+        reader, writer = await asyncio.open_connection(host, port)  # says nothing
+        assert await asyncio.wait_for(reader.read(), 3.0) is not None  # closed by the server
+        writer.close()
+        frames = await _until_closed(target, _settings(), timeout=3.0)  # preface, then quiet
+        assert _goaway_code(frames) == 0x0
+        value = Bytes(value=b"x" * 100_000).SerializeToString()
+        frames = await _frames_for(
+            target,
+            2.0,
+            _settings((4, 0)),  # INITIAL_WINDOW_SIZE 0: no answer byte may be sent
+            _f(1, 0x4, 1, _head(extra=(("grpc-timeout", "300m"),))),
+            _data(1, _msg(value)),
+        )
+        assert (3, 0, 1, b"\x00\x00\x00\x08") in frames  # RST_STREAM CANCEL
+        assert not any(c.busy for c in server.connections)
+    finally:
+        await server.stop(0)
