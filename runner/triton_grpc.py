@@ -117,6 +117,13 @@ _RST_TO_GRPC = {
 }
 
 
+def _unpad(payload: bytes) -> bytes:
+    """A padded frame's content (ValueError when the padding does not fit, RFC 9113 §6.1)."""
+    if not payload or payload[0] >= len(payload):
+        raise ValueError("bad padding")
+    return payload[1 : len(payload) - payload[0]]
+
+
 def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
     return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream)
 
@@ -256,8 +263,10 @@ class _Connection(asyncio.Protocol):
             self._on_data(flags, stream, payload)
         elif kind == HEADERS:
             if flags & PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
+                payload = _unpad(payload)
             if flags & PRIORITY_FLAG:
+                if len(payload) < 5:
+                    raise ValueError("HEADERS too short for its priority")
                 payload = payload[5:]
             if flags & END_HEADERS:
                 self._on_headers(stream, payload, bool(flags & END_STREAM))
@@ -283,6 +292,8 @@ class _Connection(asyncio.Protocol):
                 s.window += increment
             self._wake(self._window_waiters)
         elif kind == PING:
+            if len(payload) != 8:
+                raise ValueError(f"PING of {len(payload)} bytes")
             if not flags & ACK and self.transport is not None:
                 self._write(_frame(PING, ACK, 0, len(payload)) + payload)
         elif kind == RST_STREAM:
@@ -318,7 +329,7 @@ class _Connection(asyncio.Protocol):
             self._window_update(0, self._unacked)
             self._unacked = 0
         if flags & PADDED:
-            payload = payload[1 : len(payload) - payload[0]]
+            payload = _unpad(payload)
         s = self._streams.get(stream)
         if s is None:
             return  # a stream we reset
@@ -378,8 +389,15 @@ class _Connection(asyncio.Protocol):
         return headers
 
     def _on_settings(self, payload: bytes) -> None:
-        for i in range(0, len(payload) - len(payload) % 6, 6):
+        if len(payload) % 6:
+            raise ValueError(f"SETTINGS of {len(payload)} bytes")
+        for i in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HL", payload, i)
+            # RFC 9113 §6.5.2: a value we would loop on, or overflow with, is an error
+            if key == S_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+                raise ValueError(f"SETTINGS_INITIAL_WINDOW_SIZE {value}")
+            if key == S_MAX_FRAME_SIZE and not 16384 <= value <= 16777215:
+                raise ValueError(f"SETTINGS_MAX_FRAME_SIZE {value}")
             if key == S_INITIAL_WINDOW_SIZE:
                 delta = value - self._initial_window
                 self._initial_window = value

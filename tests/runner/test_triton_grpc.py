@@ -354,3 +354,35 @@ async def test_a_frame_larger_than_announced_ends_the_connection() -> None:
         client.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00\x00",  # MAX_FRAME_SIZE 0
+        b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x80\x00\x00\x00",  # window 2^31
+        b"\x00\x00\x00\x00\x08\x00\x00\x00\x01",  # padded DATA, empty: IndexError before
+        b"\x00\x00\x10\x06\x00\x00\x00\x00\x00" + b"\x00" * 16,  # a 16-byte PING
+    ],
+    ids=["frame0", "window2^31", "empty-padded-data", "ping16"],
+)
+async def test_bad_frames_from_the_server_end_the_connection(frames: bytes) -> None:
+    """Review N7: the peer's SETTINGS values, padding and PING length are checked as
+    RFC 9113 says: the call fails as a transport failure (no loop on a peer's value, no
+    IndexError out of data_received)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the preface and our first frames
+        writer.write(frames)
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = TritonGrpc("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        with pytest.raises(ConnectionError, match="not valid HTTP/2"):
+            await client.unary(METHOD, b"x", timeout_s=3.0)
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
