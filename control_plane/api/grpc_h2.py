@@ -137,7 +137,7 @@ def check_window_update(payload: bytes) -> int:
     """A WINDOW_UPDATE's increment (H2Error for a bad length or an increment of 0)."""
     if len(payload) != 4:
         raise H2Error(E_FRAME_SIZE, f"WINDOW_UPDATE of {len(payload)} bytes")
-    increment = _U32.unpack(payload)[0] & MAX_WINDOW
+    increment: int = _U32.unpack(payload)[0] & MAX_WINDOW
     if increment == 0:
         raise H2Error(E_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
     return increment
