@@ -586,7 +586,10 @@ class _Connection(asyncio.Protocol):
         if stream % 2 == 0 or stream == 0:
             raise ValueError(f"bad stream id {stream}")
         if stream <= self._last_id:
-            return  # a stream we answered and closed already: its late frames are dropped
+            # a closed stream (reused or decreasing id, or trailers after we answered): the
+            # client learns at once (RFC 9113 §5.1.1) instead of waiting for its deadline
+            self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x5))  # STREAM_CLOSED
+            return
         self._last_id = stream
         if self._goaway_sent:
             self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM

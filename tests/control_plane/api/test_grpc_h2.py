@@ -678,3 +678,12 @@ async def test_silent_connections_and_stalled_answers_end() -> None:
         assert not any(c.busy for c in server.connections)
     finally:
         await server.stop(0)
+
+
+async def test_a_reused_stream_id_is_reset(served: tuple[GrpcH2Server, Handlers, str]) -> None:
+    """Review N2: HEADERS on a stream id already used were dropped silently (the client's
+    call hung until its deadline); now RST_STREAM STREAM_CLOSED."""
+    _, _, target = served
+    call = _f(1, 0x4, 3, _head()) + _f(0, 0x1, 3, _msg(Bytes(value=b"ab").SerializeToString()))
+    frames = await _frames_for(target, 1.0, _settings(), call, _f(1, 0x5, 1, _head()))
+    assert (3, 0, 1, b"\x00\x00\x00\x05") in frames
