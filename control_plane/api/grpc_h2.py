@@ -25,6 +25,14 @@ What it does of HTTP/2 and gRPC (RFC 9113, gRPC over HTTP2):
   "Deadline Exceeded"), ``grpc-encoding`` gzip / deflate messages inflated, a message over
   ``max_receive`` refused with RESOURCE_EXHAUSTED as grpc words it, metadata (``-bin`` keys
   base64-decoded to bytes) as grpc.aio gives it;
+- limits for a public port (review-grpc_h2.md; all before any handler runs): frames of 16 KiB,
+  header blocks of 16 KiB (SETTINGS_MAX_HEADER_LIST_SIZE), 100 streams, request bytes bounded
+  per connection by the windows we grant (a pool of 2 * max_receive, inflated bodies
+  included, given back as calls end; DATA past a window is FLOW_CONTROL_ERROR), reading paused
+  while the transport's write buffer is full, rapid reset and empty-DATA floods answered
+  GOAWAY ENHANCE_YOUR_CALM, timers for a missing preface, idle connections, requests never
+  completed and answers stalled on the client's window past their deadline; SETTINGS,
+  WINDOW_UPDATE, PING, RST_STREAM and padding checked as RFC 9113 says;
 - answers never compressed; statuses and percent-encoded messages in trailers (trailers-only
   for an error); an unknown method: UNIMPLEMENTED "Method not found!"; streaming methods run
   their handler with no request messages (gpufleet's answer UNIMPLEMENTED at once).
