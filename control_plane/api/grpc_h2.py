@@ -817,6 +817,8 @@ class _Connection(asyncio.Protocol):
                 await self._stall(s, self.writable())
         except _Stalled:
             self.abandon(s)
+            if self._goaway_sent and not self._streams:
+                self.close()
             return
         if self.closed or self._streams.get(s.id) is not s:
             return  # reset by the client, or the connection is gone
