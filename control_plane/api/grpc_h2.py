@@ -344,6 +344,8 @@ class _Connection(asyncio.Protocol):
         self._block: bytearray | None = None
         self._block_stream = 0
         self._block_end = False
+        self._skipped = -1  # bytes of an over-size header block skipped, -1: none
+        self._acked = False  # the client ACKed our SETTINGS (no dynamic HPACK table)
         self._unacked = 0  # connection window given back but not yet announced
         self._pool = 2 * (server.max_receive + 5)
         self._budget = self._pool + MAX_STREAMS * RECEIVE_WINDOW + DEFAULT_WINDOW
@@ -536,16 +538,31 @@ class _Connection(asyncio.Protocol):
         elif kind == CONTINUATION:
             if self._block is None or stream != self._block_stream:
                 raise ValueError("unexpected CONTINUATION")
-            self._block += payload
-            if len(self._block) > MAX_HEADER_BLOCK:
-                raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
+            if self._skipped >= 0:
+                self._skipped += len(payload)
+                if self._skipped > 1 << 20:
+                    raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 1 MiB")
+            else:
+                self._block += payload
+                if len(self._block) > MAX_HEADER_BLOCK:
+                    if not self._acked or self._decoder.header_table.dynamic_entries:
+                        raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
+                    # no dynamic table on either side: the block can be skipped undecoded
+                    # and only its call refused (as grpc-core does), not the connection
+                    self._skipped, self._block = len(self._block), bytearray()
             if flags & END_HEADERS:
                 block, self._block = bytes(self._block), None
-                self._on_headers(stream, block, self._block_end)
+                if self._skipped >= 0:
+                    size, self._skipped = self._skipped, -1
+                    self._refuse_headers(stream, size)
+                else:
+                    self._on_headers(stream, block, self._block_end)
         elif kind == SETTINGS:
             pairs = check_settings(payload, flags, stream)
             if not flags & ACK:
                 self._on_settings(pairs)
+            else:
+                self._acked = True
         elif kind == WINDOW_UPDATE:
             increment = check_window_update(payload)
             if stream == 0:
@@ -584,6 +601,23 @@ class _Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise ValueError("PUSH_PROMISE from a client")
         # PRIORITY and unknown frame types are ignored
+
+    def _refuse_headers(self, stream: int, size: int) -> None:
+        """A header block over MAX_HEADER_BLOCK, skipped: its call is refused."""
+        message = f"received metadata size exceeds hard limit ({size} vs. {MAX_HEADER_BLOCK})"
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        known = self._streams.get(stream)
+        if known is not None:  # trailers
+            self._answer_now(known, code, message)
+            return
+        if stream % 2 == 0 or stream == 0:
+            raise ValueError(f"bad stream id {stream}")
+        if stream <= self._last_id:
+            self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x5))  # STREAM_CLOSED
+            return
+        self._last_id = stream
+        self._write_trailers_only(stream, code, message, ())
+        self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(E_NO_ERROR))
 
     def _on_headers(self, stream: int, block: bytes, end_stream: bool) -> None:
         headers = self._decode(block)  # always: the HPACK state is the connection's

@@ -687,3 +687,23 @@ async def test_a_reused_stream_id_is_reset(served: tuple[GrpcH2Server, Handlers,
     call = _f(1, 0x4, 3, _head()) + _f(0, 0x1, 3, _msg(Bytes(value=b"ab").SerializeToString()))
     frames = await _frames_for(target, 1.0, _settings(), call, _f(1, 0x5, 1, _head()))
     assert (3, 0, 1, b"\x00\x00\x00\x05") in frames
+
+
+async def test_metadata_over_the_limit_fails_only_its_call(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review B2 (related): 70 KB of metadata ended the whole connection, killing the other
+    calls on it; now that call alone gets RESOURCE_EXHAUSTED (its header block skipped
+    undecoded, which is safe once the client has ACKed our SETTINGS: no dynamic table)."""
+    _, _, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        await _call(channel, "Echo")(Bytes(value=b"warm"), timeout=5.0)  # SETTINGS ACKed
+        other = asyncio.ensure_future(_call(channel, "Slow")(Bytes(), timeout=5.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, "Echo")(
+                Bytes(value=b"ab"), metadata=(("x-big", "v" * 70000),), timeout=5.0
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "exceeds hard limit" in (caught.value.details() or "")
+        assert (await other).value == b"done"
