@@ -65,6 +65,7 @@ bench: dev ## benchmarks: printed tables, not tests
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_embedded.py
 	$(PY) bench/bench_jobs_batch.py
+	$(PY) bench/bench_grpc_transports.py
 	$(PY) bench/bench_model_sync.py
 	$(PY) bench/bench_hops.py
 	$(PY) bench/bench_runner.py

@@ -176,7 +176,13 @@ async def _serve(
             from control_plane.api.kserve_grpc import KServeGrpcServer
 
             credentials = tls.grpc_credentials() if tls is not None else None
-            grpc = KServeGrpcServer(services, host, grpc_port, credentials=credentials)
+            grpc = KServeGrpcServer(
+                services,
+                host,
+                grpc_port,
+                credentials=credentials,
+                ssl_context=tls.h2_context if tls is not None else None,
+            )
             bound = await grpc.start()
             print(f"gpufleet KServe gRPC listening on {host}:{bound}", flush=True)
         if metrics is not None:

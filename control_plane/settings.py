@@ -447,6 +447,12 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the KServe v2 gRPC endpoint (0 = a free port); None = off.",
     )
+    grpc_server: Literal["gpufleet", "grpcio"] = Field(
+        default="gpufleet",
+        description="What serves the KServe gRPC port: gpufleet's own HTTP/2 server on the "
+        "event loop (control_plane/api/grpc_h2.py; TLS with ALPN h2 when serving TLS) or "
+        "grpcio's aio server.",
+    )
 
     # TLS served by this process (serve --tls-cert/--tls-key); see docs/tls.md
     tls_cert_file: Path | None = Field(

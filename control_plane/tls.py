@@ -7,14 +7,17 @@ reads the certificate chain and key, checks them on a scratch context, then load
 the live context with ``load_cert_chain``: OpenSSL uses a context's certificate for each new
 handshake, so new connections get the new certificate while connections already open keep
 theirs and are not interrupted. A bad pair (a key that does not match, a half-written file)
-is logged and the old certificate stays. The gRPC listener reads the same PEM bytes through
-gRPC's dynamic credentials (its fetcher is asked at each new handshake). ``reload()`` runs
+is logged and the old certificate stays. The gRPC listener has a live context of its own
+(``h2_context``: ALPN h2) loaded with the same pair; served by grpcio instead
+(``grpc_server=grpcio``), it reads the same PEM bytes through gRPC's dynamic credentials
+(its fetcher is asked at each new handshake). ``reload()`` runs
 on SIGHUP and, every ``tls_reload_interval_s``, when either file's mtime, size or inode
 changed.
 
     reloader = CertificateReloader(cert, key, client_ca)
     uvicorn_config.ssl = reloader.context        # after uvicorn_config.load()
-    grpc_server = KServeGrpcServer(..., credentials=reloader.grpc_credentials())
+    grpc_server = KServeGrpcServer(..., credentials=reloader.grpc_credentials(),
+                                   ssl_context=reloader.h2_context)
     asyncio.create_task(reloader.watch(stop, interval_s=10))
 """
 
@@ -67,23 +70,33 @@ class CertificateReloader:
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
         self.client_ca_file = Path(client_ca_file) if client_ca_file is not None else None
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.client_ca_pem: bytes | None = None
         if self.client_ca_file is not None:
             # mutual TLS: every connection presents a certificate signed by this CA
             self.client_ca_pem = _read(self.client_ca_file, "--tls-client-ca")
-            try:
-                self.context.load_verify_locations(cadata=self.client_ca_pem.decode())
-            except (ssl.SSLError, ValueError) as exc:
-                raise TlsFileError(
-                    f"--tls-client-ca {self.client_ca_file}: not a PEM CA certificate: {exc}"
-                ) from exc
-            self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context = self._new_context()
+        # The same certificate for gpufleet's own gRPC server (api/grpc_h2.py): HTTP/2 only,
+        # negotiated by ALPN as gRPC clients require (a context of its own: offering h2 on
+        # the HTTP/1.1 listener would break HTTPS clients that prefer it).
+        self.h2_context = self._new_context()
+        self.h2_context.set_alpn_protocols(["h2"])
         self.generation = 0
         self.pem: tuple[bytes, bytes] = (b"", b"")  # (key, chain) now served
         self._seen: tuple[object, object] | None = None
         self._load()  # raises TlsFileError: a bad pair at start is fatal
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.client_ca_pem is not None:
+            try:
+                context.load_verify_locations(cadata=self.client_ca_pem.decode())
+            except (ssl.SSLError, ValueError) as exc:
+                raise TlsFileError(
+                    f"--tls-client-ca {self.client_ca_file}: not a PEM CA certificate: {exc}"
+                ) from exc
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -106,8 +119,9 @@ class CertificateReloader:
                     f"--tls-cert {self.cert_file} / --tls-key {self.key_file}: not a PEM "
                     f"certificate chain and its private key ({exc.reason or exc})"
                 ) from exc
-            # The checked pair goes into the live context: new handshakes use it.
+            # The checked pair goes into the live contexts: new handshakes use it.
             self.context.load_cert_chain(cert_path, key_path)
+            self.h2_context.load_cert_chain(cert_path, key_path)
         self.pem = (key, chain)
         self.generation += 1
         self._seen = seen

@@ -31,6 +31,7 @@ NOT_PARAMETERS: dict[str, str] = {
     "sqlite_synchronous": "embedded store only (the stacks run on DynamoDB + S3)",
     "public_url": "embedded store only: S3 presigns its own URLs",
     "grpc_port": "the stacks expose HTTP only (API Gateway, the ECS port); gRPC needs its own",
+    "grpc_server": "what serves grpc_port, which the stacks do not expose",
     "tls_cert_file": "TLS ends at API Gateway / the load balancer in the stacks (docs/tls.md)",
     "tls_key_file": "TLS ends at API Gateway / the load balancer in the stacks (docs/tls.md)",
     "tls_client_ca_file": "TLS ends at API Gateway / the load balancer in the stacks",

@@ -31,11 +31,13 @@ import functools
 import logging
 import math
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import DecodeError
 from gpufleet._logs import bind
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
@@ -44,6 +46,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from control_plane.api.context import Services
 from control_plane.api.errors import validation_details
+from control_plane.api.grpc_h2 import GrpcH2Server, Method
 from control_plane.api.kserve import (
     SHARED_MEMORY_MARKER,
     JobOutcome,
@@ -446,10 +449,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     # ------------------------------------------------------------------ infer
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``request``: the serialized ModelInferRequest (the servers here register this
+        method without a deserializer) or the message. A passed-through answer goes back as
+        the runner's bytes (bytes are sent as they are), without a parse and a serialize."""
+        if isinstance(request, bytes):
+            raw = request
+            try:
+                request = service_pb2.ModelInferRequest.FromString(raw)
+            except DecodeError as exc:
+                raise GpufleetError("the request is not a valid ModelInferRequest") from exc
+        else:
+            raw = request.SerializeToString()
         p = await self._principal(context)
         model, version = model_ref(request.model_name, request.model_version)
         bind(model=model)  # log lines about this call name the model (then the job)
-        raw = request.SerializeToString()
         # Shared memory is never passed through; a marker in tensor data only costs the
         # parsed path (as over HTTP).
         if self._svc.inference is not None and SHARED_MEMORY_MARKER not in raw:
@@ -462,7 +475,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             except InferenceFailed as exc:
                 raise job_outcome(exc) from exc
             if answer is not None:
-                return service_pb2.ModelInferResponse.FromString(answer.body)
+                return answer.body
         req = to_v2_request(request)
         result = await run_infer(self._svc, p, model, version, req, on_submit=self._on_submit)
         return to_infer_response(result, (o.name for o in request.outputs))
@@ -499,7 +512,9 @@ class KServeGrpcServer:
 
     ``start()`` and ``stop()`` run in the event loop that serves the calls (the app's).
     ``on_submit(model)`` is called once per job an infer queues (the HTTP side counts
-    ``jobs_submitted`` with it).
+    ``jobs_submitted`` with it). Served by gpufleet's own HTTP/2 server (``grpc_h2.py``;
+    TLS with ``ssl_context``) unless ``grpc_server=grpcio`` or only grpcio ``credentials``
+    are given (grpcio's aio server).
     """
 
     def __init__(
@@ -510,18 +525,28 @@ class KServeGrpcServer:
         *,
         on_submit: Callable[[str], None] | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._credentials = credentials  # TLS (control_plane.tls); None: plaintext
+        # TLS (control_plane.tls): grpcio's credentials or, for gpufleet's own server, an
+        # SSLContext that negotiates h2; both None: plaintext
+        self._credentials = credentials
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._servicer = InferenceServicer(services, on_submit)
         self._max_receive = services.settings.max_body_bytes
+        self._own = services.settings.grpc_server == "gpufleet" and (
+            credentials is None or ssl_context is not None
+        )
         self._server: grpc.aio.Server | None = None
+        self._h2: GrpcH2Server | None = None
 
     async def start(self) -> int:
         """Bind and serve; the bound port (a free one when constructed with port 0)."""
-        if self._server is not None:
+        if self._server is not None or self._h2 is not None:
             raise RuntimeError("the gRPC server is already started")
+        if self._own:
+            return await self._start_own()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self._max_receive),
@@ -529,7 +554,7 @@ class KServeGrpcServer:
                 ("grpc.so_reuseport", 0),  # a port already taken fails here, not silently
             ]
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        server.add_generic_rpc_handlers((grpcio_handler(self._servicer),))
         address = (
             f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         )
@@ -547,8 +572,78 @@ class KServeGrpcServer:
         log.info("KServe gRPC listening on %s:%d", self._host, bound)
         return int(bound)
 
+    async def _start_own(self) -> int:
+        """gpufleet's HTTP/2 server (``grpc_h2.py``) on the servicer's methods."""
+        h2 = GrpcH2Server(servicer_methods(self._servicer), max_receive=self._max_receive)
+        try:
+            bound = await h2.start(self._host, self._port, ssl_context=self._ssl_context)
+        except OSError as exc:
+            address = f"{self._host}:{self._port}"
+            raise RuntimeError(f"cannot bind the gRPC server to {address}: {exc}") from exc
+        self._h2 = h2
+        tls = "TLS" if self._ssl_context is not None else "plaintext"
+        log.info("KServe gRPC listening on %s:%d (gpufleet's server, %s)", self._host, bound, tls)
+        return bound
+
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let calls in flight finish for up to ``grace_s``, then close."""
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace_s)
+        h2, self._h2 = self._h2, None
+        if h2 is not None:
+            await h2.stop(grace_s)
+
+
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_RAW_METHODS = frozenset({"ModelInfer"})  # handlers that take the request's bytes
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def _serialize(message: Any) -> bytes:
+    """A response message's bytes; bytes (a passed-through answer) as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def servicer_methods(servicer: Any) -> dict[str, Method]:
+    """Every RPC of ``GRPCInferenceService`` by path, on ``servicer``'s methods (for
+    ``grpc_h2``)."""
+    methods = {}
+    for m in _SERVICE.methods:
+        parse: Callable[[bytes], Any] = (
+            _raw
+            if m.name in _RAW_METHODS
+            else message_factory.GetMessageClass(m.input_type).FromString
+        )
+        methods[f"/{_SERVICE.full_name}/{m.name}"] = Method(
+            handler=getattr(servicer, m.name),
+            parse=parse,
+            streaming=m.client_streaming or m.server_streaming,
+        )
+    return methods
+
+
+def grpcio_handler(servicer: Any) -> grpc.GenericRpcHandler:
+    """The same methods for grpcio's server (``ModelInfer`` without a deserializer)."""
+    handlers = {}
+    for m in _SERVICE.methods:
+        handler = getattr(servicer, m.name)
+        parse = (
+            None
+            if m.name in _RAW_METHODS
+            else message_factory.GetMessageClass(m.input_type).FromString
+        )
+        if m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                handler, request_deserializer=parse, response_serializer=_serialize
+            )
+        elif m.client_streaming or m.server_streaming:  # pragma: no cover - none in this service
+            raise RuntimeError(f"unexpected streaming shape of {m.name}")
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                handler, request_deserializer=parse, response_serializer=_serialize
+            )
+    return grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers)

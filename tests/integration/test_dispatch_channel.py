@@ -35,6 +35,7 @@ from gpufleet.channel import pack_frame, unpack_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.conftest import free_port
 from tests.helpers.procs import ControlPlaneProc, RunnerProc, start_control_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dispatch-channel")]
@@ -52,6 +53,7 @@ class Fleet:
     token: str
     join_token: str
     runner: RunnerProc
+    grpc_port: int = 0  # the control plane's KServe gRPC port
 
     @property
     def admin(self) -> dict[str, str]:
@@ -121,13 +123,18 @@ def wait_dispatch(fleet: Fleet) -> str:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("dispatch")
     # no implicit deployments: the hand-driven runners below serve "scale" without heartbeats
-    env = {"GPUFLEET_CHANNEL_RECHECK_S": str(RECHECK_S), "GPUFLEET_IMPLICIT_MAX_REPLICAS": "0"}
+    grpc_port = free_port()
+    env = {
+        "GPUFLEET_CHANNEL_RECHECK_S": str(RECHECK_S),
+        "GPUFLEET_IMPLICIT_MAX_REPLICAS": "0",
+        "GPUFLEET_GRPC_PORT": str(grpc_port),
+    }
     cp = start_control_plane(work / "cp", env)
     try:
         with Client(cp.url, api_key=cp.admin_key, timeout=STEP_S) as client:
             client.models.push(REPO / "model_repository" / MODEL)
             client.models.push(REPO / "tests" / "fixtures" / "models" / "scale")
-            join = client.admin.create_join_token(max_uses=10).join_token
+            join = client.admin.create_join_token(max_uses=20).join_token
             token = httpx.post(
                 f"{cp.url}/v1/auth/token", json={"api_key": cp.admin_key}, timeout=STEP_S
             ).json()["access_token"]
@@ -139,7 +146,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             runner.start()
             try:
                 runner.wait_ready(timeout=60)
-                yield Fleet(cp, client, token, join, runner)
+                yield Fleet(cp, client, token, join, runner, grpc_port)
             finally:
                 runner.terminate(timeout=20)
     finally:
@@ -428,6 +435,76 @@ async def test_kserve_http_short_path_passes_bytes_through_a_raw_channel(fleet: 
         r = await asyncio.wait_for(call, STEP_S)
         assert r.status_code == 503, r.text
         assert r.json()["code"] == "unavailable"
+
+
+async def test_kserve_grpc_passes_bytes_through_a_raw_channel(fleet: Fleet) -> None:
+    """KServe gRPC ModelInfer (tritonclient.grpc, the control plane's own HTTP/2 server): the
+    serialized request reaches a runner that passes gRPC through, naming the resolved model
+    and version; the runner's answer bytes are what the client gets; a refusal is
+    INVALID_ARGUMENT with Triton's message, no token UNAUTHENTICATED, a dropped channel
+    UNAVAILABLE."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import InferenceServerException
+
+    runner_id, secret = await asyncio.to_thread(register, fleet, "raw-grpc")
+    data = np.array([1, 2, 3], np.float32)
+    answer = service_pb2.ModelInferResponse(model_name="scale", model_version="1", id="r-7")
+    answer.outputs.add(name="OUTPUT0", datatype="FP32", shape=[3])
+    answer.raw_output_contents.append((2 * data + 1).tobytes())
+    auth = {"authorization": f"Bearer {fleet.token}", "x-request-id": "grpc-path-1"}
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.grpc_port}")
+
+    def infer(headers: dict[str, str]) -> asyncio.Task[Any]:
+        item = grpcclient.InferInput("INPUT0", [3], "FP32")
+        item.set_data_from_numpy(data)
+        return asyncio.create_task(
+            client.infer("scale", [item], request_id="r-7", headers=headers, client_timeout=STEP_S)
+        )
+
+    try:
+        async with connect(
+            channel_url(fleet, runner_id), additional_headers=signed(runner_id, secret), proxy=None
+        ) as ws:
+            hello = {"models": [{"name": "scale", "version": "1"}], "capacity": 4, "raw": ["grpc"]}
+            await ws.send(json.dumps({"type": "hello", **hello}))
+            call = infer(auth)
+            frame, sent = await next_binary(ws)
+            assert (frame["type"], frame["protocol"], frame["model"]) == ("infer", "grpc", "scale")
+            assert frame["request_id"] == "grpc-path-1"
+            request = service_pb2.ModelInferRequest.FromString(sent)
+            assert (request.model_name, request.model_version, request.id) == ("scale", "1", "r-7")
+            assert request.raw_input_contents == [data.tobytes()]
+            reply = {"type": "result", "id": frame["id"], "runner_id": runner_id}
+            await ws.send(pack_frame(reply, answer.SerializeToString()))
+            result = await asyncio.wait_for(call, STEP_S)
+            assert result.get_response() == answer
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * data + 1)
+
+            # Triton's refusal -> INVALID_ARGUMENT with its message
+            call = infer(auth)
+            frame, _ = await next_binary(ws)
+            refusal = {"type": "error", "id": frame["id"], "code": "invalid_input", "message": "no"}
+            await ws.send(json.dumps(refusal))
+            with pytest.raises(InferenceServerException) as refused:
+                await asyncio.wait_for(call, STEP_S)
+            assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert refused.value.message() == "no"
+
+            # no token: nothing reaches the runner
+            with pytest.raises(InferenceServerException) as denied:
+                await asyncio.wait_for(infer({}), STEP_S)
+            assert denied.value.status() == "StatusCode.UNAUTHENTICATED"
+
+            # the channel drops with the request in flight -> UNAVAILABLE at once
+            call = infer(auth)
+            await next_binary(ws)
+            await ws.close()
+            with pytest.raises(InferenceServerException) as dropped:
+                await asyncio.wait_for(call, STEP_S)
+            assert dropped.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        await client.close()
 
 
 async def test_revoking_a_runner_closes_its_channel_with_4401(fleet: Fleet) -> None:

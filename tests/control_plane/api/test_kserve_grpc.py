@@ -65,6 +65,8 @@ def _serve_grpc(services: Services) -> Iterator[str]:
     server = KServeGrpcServer(services, "127.0.0.1", 0)
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=20)
     assert port > 0
+    own = services.settings.grpc_server == "gpufleet"
+    assert (server._h2 is not None, server._server is not None) == (own, not own)
     yield f"127.0.0.1:{port}"
     asyncio.run_coroutine_threadsafe(server.stop(grace_s=1.0), loop).result(timeout=20)
     loop.call_soon_threadsafe(loop.stop)
@@ -72,8 +74,11 @@ def _serve_grpc(services: Services) -> Iterator[str]:
     loop.close()
 
 
-@pytest.fixture
-def fleet(settings: Any, stores: Stores) -> Iterator[Fleet]:
+@pytest.fixture(params=["gpufleet", "grpcio"])
+def fleet(settings: Any, stores: Stores, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Every test on both gRPC servers (``grpc_server``: gpufleet's own HTTP/2 server,
+    grpcio's aio server)."""
+    settings = settings.model_copy(update={"grpc_server": request.param})
     services = build_services(settings, stores)
     for http in _serve_http(with_kserve_routes(create_app(settings, services))):
         stores.set_public_url(f"http://{http}")  # the embedded store's blob URLs
