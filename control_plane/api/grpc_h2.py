@@ -89,11 +89,15 @@ RECEIVE_WINDOW = DEFAULT_WINDOW
 # nghttp2's default and RFC 9113's recommended minimum (§6.5.2)
 MAX_STREAMS = 100
 # abuse limits per connection and CALM_WINDOW_S seconds, past which GOAWAY ENHANCE_YOUR_CALM:
-# streams reset by the client before their answer (rapid reset, CVE-2023-44487: nghttp2 and
-# Go count the same way), empty DATA frames that do not end a stream (CVE-2019-9518)
+# empty DATA frames that do not end a stream (CVE-2019-9518)
 CALM_WINDOW_S = 10.0
-MAX_RESETS = 200
 MAX_EMPTY_DATA = 1000
+# client resets of unanswered streams: a token bucket (nghttp2's stream reset rate limit:
+# a burst of 1000, then ~33 per second), so an honest client that cancels calls now and
+# then is never sent away, and a rapid-reset loop is sent away within its first thousand
+RESET_BURST = 1000.0
+RESET_RATE = 33.0
+MAX_SETTINGS = 32
 MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 # a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
 # hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
@@ -365,7 +369,8 @@ class _Connection(asyncio.Protocol):
         self._quiet_s = 0.0  # seconds without frames nor streams
         self._timer: asyncio.TimerHandle | None = None
         self._calm_since = 0.0
-        self._resets = 0
+        self._reset_tokens = RESET_BURST  # client resets allowed now (token bucket)
+        self._reset_at = 0.0
         self._empty_data = 0
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -391,7 +396,7 @@ class _Connection(asyncio.Protocol):
         self._write(_frame(WINDOW_UPDATE, 0, 0, 4) + _U32.pack(more))
         self._server.connections.add(self)
         loop = asyncio.get_running_loop()
-        self._calm_since = loop.time()
+        self._calm_since = self._reset_at = loop.time()
         self._timer = loop.call_later(self._server.preface_s, self._tick)
 
     def _tick(self) -> None:
@@ -429,7 +434,7 @@ class _Connection(asyncio.Protocol):
         now = asyncio.get_running_loop().time()
         if now - self._calm_since > CALM_WINDOW_S:
             self._calm_since = now
-            self._resets = self._empty_data = 0
+            self._empty_data = 0
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -592,9 +597,11 @@ class _Connection(asyncio.Protocol):
             if s is not None:  # reset before its answer: counted (rapid reset)
                 if s.task is not None:
                     s.task.cancel()
-                self._calm()
-                self._resets += 1
-                if self._resets > MAX_RESETS:
+                now = asyncio.get_running_loop().time()
+                tokens = self._reset_tokens + (now - self._reset_at) * RESET_RATE
+                self._reset_tokens = min(RESET_BURST, tokens) - 1.0
+                self._reset_at = now
+                if self._reset_tokens < 0:
                     raise H2Error(E_ENHANCE_YOUR_CALM, "too many streams reset")
         elif kind == GOAWAY:
             self._goaway(E_NO_ERROR)
@@ -789,16 +796,21 @@ class _Connection(asyncio.Protocol):
         return headers
 
     def _on_settings(self, pairs: list[tuple[int, int]]) -> None:
+        if len(pairs) > MAX_SETTINGS:  # nghttp2's limit too: a frame's work stays small
+            raise H2Error(E_ENHANCE_YOUR_CALM, f"SETTINGS with over {MAX_SETTINGS} entries")
+        window: int | None = None
         for key, value in pairs:
             if key == S_INITIAL_WINDOW_SIZE:
-                delta = value - self._initial_window
-                self._initial_window = value
-                for s in self._streams.values():
-                    s.window += delta
-                    if s.window > MAX_WINDOW:
-                        raise H2Error(E_FLOW_CONTROL, "a stream's window over 2^31-1")
+                window = value  # the last one counts: the streams are adjusted once
             elif key == S_MAX_FRAME_SIZE:
                 self._max_frame = value
+        if window is not None and window != self._initial_window:
+            delta = window - self._initial_window
+            self._initial_window = window
+            for s in self._streams.values():
+                s.window += delta
+                if s.window > MAX_WINDOW:
+                    raise H2Error(E_FLOW_CONTROL, "a stream's window over 2^31-1")
         self._write(_frame(SETTINGS, ACK, 0, 0))
         self._wake()
 
@@ -924,7 +936,9 @@ class _Connection(asyncio.Protocol):
         """Wait for the client (its window, or its reading) until the call's deadline, or
         ``stall_s`` without one: _Stalled past it."""
         loop = asyncio.get_running_loop()
-        limit = self._server.stall_s if s.deadline is None else s.deadline - loop.time()
+        limit = self._server.stall_s
+        if s.deadline is not None:  # a far deadline does not hold an answer past stall_s
+            limit = min(limit, s.deadline - loop.time())
         try:
             await asyncio.wait_for(waiting, max(0.0, limit))
         except TimeoutError:
@@ -982,9 +996,12 @@ class _Connection(asyncio.Protocol):
                 s.task.cancel()
 
     def close(self) -> None:
+        """Close after what is queued is written; abort a second later if it is not (a
+        client that never reads would otherwise hold the socket and its buffers)."""
         if self.transport is not None and not self.closed:
             self._flush()
             self.transport.close()
+            asyncio.get_running_loop().call_later(1.0, self._abort)
         self.closed = True
 
     @property

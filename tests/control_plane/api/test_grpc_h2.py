@@ -629,15 +629,33 @@ async def test_rapid_reset_ends_the_connection(
     served: tuple[GrpcH2Server, Handlers, str],
 ) -> None:
     """Review S1 (CVE-2023-44487): streams opened and reset at once never counted against
-    MAX_CONCURRENT_STREAMS; past 200 resets in 10 s: GOAWAY ENHANCE_YOUR_CALM."""
+    MAX_CONCURRENT_STREAMS; past the reset bucket's burst (1000): GOAWAY ENHANCE_YOUR_CALM."""
     _, _, target = served
     head = _head(f"{SVC}/Hang")
     burst = b"".join(
         _f(1, 0x4, sid, head) + _f(0, 0x1, sid, _msg(b"")) + _f(3, 0, sid, b"\x00\x00\x00\x08")
-        for sid in range(1, 2 * 300, 2)
+        for sid in range(1, 2 * 1100, 2)
     )
     frames = await _until_closed(target, _settings(), burst)
     assert _goaway_code(frames) == 0xB
+
+
+async def test_a_client_cancelling_calls_is_not_sent_away(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review 2, item 4: 300 calls cancelled by an honest client (grpc.aio's cancel) are
+    within the reset bucket: no GOAWAY, and the next call on the connection is answered."""
+    _, _, target = served
+    head = _head(f"{SVC}/Hang")
+    cancels = b"".join(
+        _f(1, 0x4, sid, head) + _f(0, 0x1, sid, _msg(b"")) + _f(3, 0, sid, b"\x00\x00\x00\x08")
+        for sid in range(1, 2 * 300, 2)
+    )
+    last = 2 * 300 + 1
+    echo = _f(1, 0x4, last, _head(f"{SVC}/Echo")) + _data(last, _msg(b"\x0a\x02hi"))
+    frames = await _frames_for(target, 2.0, _settings(), cancels, echo)
+    assert not [p for k, _, _, p in frames if k == 7], "GOAWAY sent"
+    assert any(k == 0 and sid == last for k, _, sid, _ in frames)  # its answer's message
 
 
 async def test_empty_data_frames_are_bounded(
@@ -707,3 +725,15 @@ async def test_metadata_over_the_limit_fails_only_its_call(
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "exceeds hard limit" in (caught.value.details() or "")
         assert (await other).value == b"done"
+
+
+async def test_a_settings_frame_of_many_entries_is_refused(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """Review 2, item 1: SETTINGS full of window changes re-walked every open stream per
+    entry; over 32 entries in one frame: GOAWAY ENHANCE_YOUR_CALM (nghttp2's limit)."""
+    _, _, target = served
+    frames = await _until_closed(target, _settings(*[(4, 65535 + i) for i in range(33)]))
+    assert _goaway_code(frames) == 0xB
+    ok = await _frames_for(target, 1.0, _settings(*[(4, 65535 + i) for i in range(32)]))
+    assert not [p for k, _, _, p in ok if k == 7], "32 entries are fine"
