@@ -98,6 +98,8 @@ MAX_EMPTY_DATA = 1000
 RESET_BURST = 1000.0
 RESET_RATE = 33.0
 MAX_SETTINGS = 32
+# decoded header blocks kept per connection (a client's few distinct call heads)
+MAX_CACHED_BLOCKS = 32
 MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 # a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
 # hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
@@ -790,7 +792,7 @@ class _Connection(asyncio.Protocol):
             # repeated metadata keys (rare) joined as HTTP does
             headers[k] = headers[k] + b"," + v if k in headers else v
         if was_empty and not table and len(block) <= 1024:
-            if len(self._decoded) >= 256:
+            if len(self._decoded) >= MAX_CACHED_BLOCKS:  # ≤ 32 KiB held per connection
                 self._decoded.clear()
             self._decoded[block] = headers
         return headers
