@@ -177,7 +177,8 @@ class BodyTimeout:
             if not more:  # the body is read: what follows is the disconnect, wait freely
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.idle_s)
+                async with asyncio.timeout(self.idle_s):  # no task per read, as wait_for has
+                    message = await receive()
             except TimeoutError:
                 raise SlowRequest(self._message) from None
             if message["type"] == "http.request":
