@@ -41,6 +41,41 @@ import struct
 from urllib.parse import unquote
 
 import hpack
+from gpufleet._h2 import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    E_CANCEL,
+    E_ENHANCE_YOUR_CALM,
+    E_INADEQUATE_SECURITY,
+    E_REFUSED_STREAM,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_FRAME,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_HEADER_TABLE_SIZE,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    SETTINGS,
+    WINDOW_UPDATE,
+    check_settings,
+)
+from gpufleet._h2 import HEAD as _HEAD
+from gpufleet._h2 import U32 as _U32
+from gpufleet._h2 import frame as _frame
+from gpufleet._h2 import hpack_int as _hpack_int
+from gpufleet._h2 import literal as _literal
 
 __all__ = [
     "GRPC_INVALID_ARGUMENT",
@@ -76,26 +111,6 @@ def grpc_status_name(code: int) -> str:
     return _STATUS_NAMES[code] if 0 <= code < len(_STATUS_NAMES) else "UNKNOWN"
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# frame types
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-# flags
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-# settings
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 4, 5
-# error codes (RST_STREAM / GOAWAY)
-E_REFUSED_STREAM, E_CANCEL, E_ENHANCE_YOUR_CALM, E_INADEQUATE_SECURITY = 0x7, 0x8, 0xB, 0xC
-
-MAX_WINDOW = 2**31 - 1
-MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
-DEFAULT_WINDOW = 65535
-_U32 = struct.Struct(">L")
-_HEAD = struct.Struct(">HBBBL")  # 24-bit length as (high 16, low 8), type, flags, stream id
 _REPLENISH = 2**30  # give the window back once this much was received
 
 # HTTP status -> gRPC status, when an answer has no grpc-status (gRPC's http-grpc-status-mapping)
@@ -124,34 +139,8 @@ def _unpad(payload: bytes) -> bytes:
     return payload[1 : len(payload) - payload[0]]
 
 
-def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
-    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream)
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer with an N-bit prefix, OR-ed into ``first``'s high bits."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _hpack_str(value: bytes) -> bytes:
     return _hpack_int(len(value), 7, 0) + value
-
-
-def _literal(name: bytes | int, value: bytes) -> bytes:
-    """A header field as a literal without indexing: a static-table name index or a literal
-    name, and a literal (not Huffman-coded) value."""
-    if isinstance(name, int):
-        return _hpack_int(name, 4, 0) + _hpack_str(value)
-    return b"\x00" + _hpack_str(name) + _hpack_str(value)
 
 
 def grpc_timeout(timeout_s: float) -> bytes:
@@ -389,15 +378,8 @@ class _Connection(asyncio.Protocol):
         return headers
 
     def _on_settings(self, payload: bytes) -> None:
-        if len(payload) % 6:
-            raise ValueError(f"SETTINGS of {len(payload)} bytes")
-        for i in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HL", payload, i)
-            # RFC 9113 §6.5.2: a value we would loop on, or overflow with, is an error
-            if key == S_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
-                raise ValueError(f"SETTINGS_INITIAL_WINDOW_SIZE {value}")
-            if key == S_MAX_FRAME_SIZE and not 16384 <= value <= 16777215:
-                raise ValueError(f"SETTINGS_MAX_FRAME_SIZE {value}")
+        # RFC 9113 §6.5.2: a value we would loop on, or overflow with, is an error
+        for key, value in check_settings(payload, 0, 0):
             if key == S_INITIAL_WINDOW_SIZE:
                 delta = value - self._initial_window
                 self._initial_window = value

@@ -60,24 +60,48 @@ from urllib.parse import quote
 
 import grpc
 import hpack
+from gpufleet._h2 import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    E_CANCEL,
+    E_ENHANCE_YOUR_CALM,
+    E_FLOW_CONTROL,
+    E_FRAME_SIZE,
+    E_NO_ERROR,
+    E_PROTOCOL_ERROR,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_FRAME,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    S_HEADER_TABLE_SIZE,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    WINDOW_UPDATE,
+    H2Error,
+    check_settings,
+)
+from gpufleet._h2 import HEAD as _HEAD
+from gpufleet._h2 import U32 as _U32
+from gpufleet._h2 import frame as _frame
+from gpufleet._h2 import literal as _literal
 
 __all__ = ["CallContext", "GrpcH2Server", "Method"]
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
-E_NO_ERROR, E_PROTOCOL_ERROR, E_FLOW_CONTROL, E_FRAME_SIZE, E_CANCEL = 0x0, 0x1, 0x3, 0x6, 0x8
-E_ENHANCE_YOUR_CALM = 0xB
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65535
 # Receiving (review B3): a stream may send RECEIVE_WINDOW bytes unasked; once its message's
 # 5-byte prefix says how long it is, the rest is granted (one WINDOW_UPDATE) from the
 # connection's pool of 2 * (max_receive + 5) bytes, or the stream waits until calls in flight
@@ -100,51 +124,15 @@ RESET_RATE = 33.0
 MAX_SETTINGS = 32
 # decoded header blocks kept per connection (a client's few distinct call heads)
 MAX_CACHED_BLOCKS = 32
-MAX_FRAME = 16384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE: we announce no other
 # a request's header block (HEADERS + CONTINUATIONs) and its decoded header list: grpc-core's
 # hard metadata limit; announced as SETTINGS_MAX_HEADER_LIST_SIZE
 MAX_HEADER_BLOCK = 16384
-_U32 = struct.Struct(">L")
-_HEAD = struct.Struct(">HBBBL")
 _RESERVED = frozenset(
     {b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"}
 )
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # grpc-message: percent-encode everything outside printable ASCII, and '%' itself
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-class H2Error(ValueError):
-    """A connection error (RFC 9113 §5.4.1): GOAWAY with ``code``, then the connection
-    closes."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def check_settings(payload: bytes, flags: int, stream: int) -> list[tuple[int, int]]:
-    """The (key, value) pairs of a SETTINGS frame, each value checked as RFC 9113 §6.5.2
-    asks (H2Error otherwise); an ACK carries none."""
-    if stream != 0:
-        raise H2Error(E_PROTOCOL_ERROR, "SETTINGS on a stream")
-    if flags & ACK:
-        if payload:
-            raise H2Error(E_FRAME_SIZE, "SETTINGS ACK with a payload")
-        return []
-    if len(payload) % 6:
-        raise H2Error(E_FRAME_SIZE, f"SETTINGS of {len(payload)} bytes")
-    pairs = []
-    for i in range(0, len(payload), 6):
-        key, value = struct.unpack_from(">HL", payload, i)
-        if key == S_ENABLE_PUSH and value > 1:
-            raise H2Error(E_PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
-        if key == S_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
-            raise H2Error(E_FLOW_CONTROL, f"SETTINGS_INITIAL_WINDOW_SIZE {value}")
-        if key == S_MAX_FRAME_SIZE and not 16384 <= value <= 16777215:
-            raise H2Error(E_PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
-        pairs.append((key, value))
-    return pairs
 
 
 def check_window_update(payload: bytes) -> int:
@@ -171,34 +159,6 @@ def check_size_updates(block: bytes) -> None:
             while i < len(block) and block[i] & 0x80:
                 i += 1
         i += 1
-
-
-def _frame(kind: int, flags: int, stream: int, length: int) -> bytes:
-    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream)
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes | int, value: bytes) -> bytes:
-    """A header field as an HPACK literal without indexing (static name index or literal
-    name; literal value): no encoder state."""
-    head = (
-        _hpack_int(name, 4, 0)
-        if isinstance(name, int)
-        else b"\x00" + _hpack_int(len(name), 7, 0) + name
-    )
-    return head + _hpack_int(len(value), 7, 0) + value
 
 
 _RESPONSE_HEAD = b"\x88" + _literal(31, b"application/grpc")  # :status 200, content-type
