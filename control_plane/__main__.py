@@ -36,6 +36,7 @@ from typing import Any
 
 import uvicorn
 
+from control_plane.api.kserve_fast import KServeFastPath
 from control_plane.app import create_app
 from control_plane.composition import Services, build_services
 from control_plane.embedded import start_embedded
@@ -44,7 +45,7 @@ from control_plane.settings import Settings, load_settings
 from control_plane.storage.embedded_store import DataDirInUse
 from control_plane.storage.sqlite.schema import SchemaTooNew
 from control_plane.storage.stores import build_stores
-from control_plane.tls import CertificateReloader, Hsts, TlsFileError
+from control_plane.tls import CertificateReloader, Hsts, TlsFileError, hsts_value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,11 +303,20 @@ def serve(args: argparse.Namespace) -> int:
                 return 2
             if settings.hsts_max_age_s > 0:
                 app = Hsts(app, settings.hsts_max_age_s)
+        short = KServeFastPath(
+            api,
+            max_body_bytes=settings.max_body_bytes,
+            body_idle_s=settings.http_body_timeout_s,
+            body_min_rate=settings.http_body_min_rate,
+            storage_budget_s=settings.storage_budget_s,
+            hsts=hsts_value(settings.hsts_max_age_s) if tls is not None else None,
+        )
         config = server_config(
             app,
             settings,
             args.host,
             args.port,
+            short,
             log_level=args.log_level,
             lifespan="on",
             ws_per_message_deflate=False,

@@ -2,9 +2,9 @@
 composition root (``control_plane.composition.build_services``) built once.
 
 Middleware, outermost first: request timing (metrics), body limit (413), the request's
-storage-time budget (``storage/budget.py``), the KServe HTTP infer short path
-(``api/kserve_fast.py``), bearer authentication; then Starlette's
-exception middleware with the one error handler.
+storage-time budget (``storage/budget.py``), bearer authentication; then Starlette's
+exception middleware with the one error handler. (The KServe HTTP infer call of a known token
+skips all of it: the listener answers it itself, ``api/kserve_fast.py``.)
 The lifespan runs the expiry sweeper (``jobs.sweep()`` every ``sweep_interval_s``).
 """
 
@@ -44,7 +44,6 @@ from control_plane.api import (
 )
 from control_plane.api.context import JobsPort, Services
 from control_plane.api.errors import EXCEPTION_HANDLERS
-from control_plane.api.kserve_fast import KServeFastPath
 from control_plane.api.limits import BodyLimitMiddleware
 from control_plane.api.openapi import build_openapi
 from control_plane.api.request_id import RequestIdMiddleware
@@ -165,7 +164,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
                 BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)
             ),
             Middleware(StorageBudgetMiddleware, limit_s=settings.storage_budget_s),
-            Middleware(KServeFastPath),  # KServe HTTP infer of a known token: no router
             Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

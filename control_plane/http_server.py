@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -48,12 +48,40 @@ __all__ = [
 ]
 
 
-def header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
+class ShortPath(Protocol):
+    """A request the listener answers without the ASGI stack (``kserve_fast.KServeFastPath``):
+    ``prepare`` looks at a request whose head is complete and returns what ``run`` needs, or
+    None for the ordinary stack."""
+
+    def prepare(self, scope: Scope) -> Any: ...
+
+    async def run(self, cycle: Any, app: ASGIApp, call: Any) -> None: ...
+
+
+def header_timeout(
+    base: type[asyncio.Protocol], timeout_s: float, short_path: ShortPath | None = None
+) -> type[asyncio.Protocol]:
     """``base`` (uvicorn's h11 or httptools protocol) closing a connection whose request
-    headers are not complete ``timeout_s`` after it opened or after its last response."""
+    headers are not complete ``timeout_s`` after it opened or after its last response.
+
+    ``short_path``: asked about each request before the app is started on it (uvicorn's
+    ``_start_asgi_task``, which both of its HTTP/1.1 protocols call with the request's cycle);
+    a request it takes runs ``short_path.run`` in the app's place (same task bookkeeping, so
+    shutdown and the concurrency limit see it)."""
 
     class HeaderTimeoutProtocol(base):  # type: ignore[valid-type,misc]
         _header_timer: asyncio.TimerHandle | None = None
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            call = None
+            if short_path is not None and app is self.app:  # not the over-limit 503
+                call = short_path.prepare(cycle.scope)
+            if call is None or short_path is None:
+                super()._start_asgi_task(cycle, app)
+                return
+            task = self.loop.create_task(short_path.run(cycle, app, call))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
 
         def _arm(self) -> None:
             if self._header_timer is not None:
@@ -204,9 +232,17 @@ class BodyTimeout:
             await response(scope, receive, send)
 
 
-def server_config(app: ASGIApp, settings: Settings, host: str, port: int, **kw: Any) -> Any:
+def server_config(
+    app: ASGIApp,
+    settings: Settings,
+    host: str,
+    port: int,
+    short_path: ShortPath | None = None,
+    **kw: Any,
+) -> Any:
     """The uvicorn config of the API listener, with the slow-client limits of ``settings``
-    (``kw``: further ``uvicorn.Config`` arguments)."""
+    (``kw``: further ``uvicorn.Config`` arguments) and the requests ``short_path`` answers
+    without the ASGI stack."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     guarded = BodyTimeout(app, settings.http_body_timeout_s, settings.http_body_min_rate)
@@ -214,7 +250,7 @@ def server_config(app: ASGIApp, settings: Settings, host: str, port: int, **kw: 
         guarded,
         host=host,
         port=port,
-        http=header_timeout(AutoHTTPProtocol, settings.http_header_timeout_s),
+        http=header_timeout(AutoHTTPProtocol, settings.http_header_timeout_s, short_path),
         timeout_keep_alive=settings.http_keep_alive_s,
         limit_concurrency=settings.http_max_concurrency,
         **kw,

@@ -176,12 +176,17 @@ class CertificateReloader:
         )
 
 
+def hsts_value(max_age_s: int) -> bytes | None:
+    """The ``Strict-Transport-Security`` header value for ``max_age_s`` (None: not sent)."""
+    return f"max-age={int(max_age_s)}".encode() if max_age_s > 0 else None
+
+
 class Hsts:
     """Adds ``Strict-Transport-Security`` to every response sent over TLS."""
 
     def __init__(self, app: ASGIApp, max_age_s: int) -> None:
         self.app = app
-        self.value = f"max-age={int(max_age_s)}".encode()
+        self.value = hsts_value(max_age_s) or b"max-age=0"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("scheme") != "https":

@@ -109,16 +109,20 @@ class JobOutcome(GpufleetError):
 # --------------------------------------------------------------------------- errors
 
 
-def v2_error(exc: GpufleetError) -> Response:
-    """The /v2 error body for a domain error."""
+def v2_error_parts(exc: GpufleetError) -> tuple[int, bytes, dict[str, str] | None]:
+    """The status, /v2 error body and extra headers (``Retry-After``) for a domain error."""
     status = exc.status if isinstance(exc, JobOutcome) else STATUS_BY_CODE.get(exc.code, 500)
     headers = (
         {"Retry-After": str(max(1, exc.retry_after))} if isinstance(exc, RateLimited) else None
     )
     body = V2Error(error=exc.message, code=exc.code, details=exc.details)
-    return Response(
-        body.model_dump_json(), status_code=status, media_type="application/json", headers=headers
-    )
+    return status, body.model_dump_json().encode(), headers
+
+
+def v2_error(exc: GpufleetError) -> Response:
+    """The /v2 error response for a domain error."""
+    status, body, headers = v2_error_parts(exc)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def kserve_errors(endpoint: Endpoint) -> Endpoint:

@@ -1,39 +1,49 @@
-"""The KServe v2 HTTP infer call on a short path: a pure ASGI layer in front of the router.
+"""The KServe v2 HTTP infer call on a short path, taken by the HTTP listener itself.
 
 ``POST /v2/models/{model}[/versions/{v}]/infer`` is the one call whose cost is paid per
-inference, so it skips what every other route goes through (authentication middleware,
-exception middleware, the router's match over every route, ``Request`` objects): when
+inference, so it does not go through the ASGI stack at all (uvicorn's ASGI cycle, the
+middleware, Starlette, the router, ``Request`` objects): the listener's protocol
+(``http_server.header_timeout``) asks :meth:`KServeFastPath.prepare` about every request
+whose headers are complete and, when it says yes, runs :meth:`KServeFastPath.run` in place of
+the app. It says yes when
 
 - the bearer token is one the auth service verified before (``cached_principal``: its
   signature checked and its key's state read within ``revocation_check_s``) and grants
   ``jobs:write``,
 - and the body may go to a runner untouched (no ``Content-Encoding``, no
-  ``Idempotency-Key``, no shared-memory parameters) and a runner connected here passes HTTP
-  through (``InferenceService.passthrough``),
+  ``Idempotency-Key``).
 
-the body goes to the runner and Triton's answer bytes come back as they are. Anything else
-(the first call of a token, a scope refusal, a compressed body, a replica with no such
-runner: the durable path) goes down the ordinary stack with the body already read replayed,
-so that answers exactly as before. Errors on the short path are the route's own (``V2Error``
-bodies, the statuses of ``kserve_errors``).
+Then the body goes to a runner connected here that passes HTTP through
+(``InferenceService.passthrough``), and Triton's answer bytes come back as they are. Anything
+else (the first call of a token, a scope refusal, a compressed body) goes down the ordinary
+stack untouched; a body that turns out to need a look inside (shared-memory parameters) or a
+replica with no such runner (the durable path) goes down it with the body already read
+replayed, so that answers exactly as before.
 
-The layers outside this one (request id, request timer, body limit, storage budget, the
-slow-body guard) still apply: it sits innermost of the app's middleware.
+What the middleware does for every other request is done here too, inline: the request id
+(``X-Request-ID``, bound to the log context and sent back), the request-latency metric under
+the route's template, the body limit (413), the slow-body guard (408, as ``BodyTimeout``),
+the storage budget, ``Strict-Transport-Security`` over TLS when configured. Errors are the
+route's own (``V2Error`` bodies, the statuses of ``kserve_errors``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 from gpufleet._logs import bind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.api.errors import STATUS_BY_CODE
-from control_plane.api.kserve import passthrough_body, v2_error
+from control_plane.api.kserve import passthrough_body, v2_error_parts
 from control_plane.api.kserve_binary import HEADER_LENGTH
-from control_plane.errors import GpufleetError
+from control_plane.api.request_id import HEADER as REQUEST_ID
+from control_plane.api.request_id import request_id_of
+from control_plane.errors import GpufleetError, PayloadTooLarge, SlowRequest
+from control_plane.storage import budget
 
 __all__ = ["KServeFastPath"]
 
@@ -42,36 +52,69 @@ log = logging.getLogger(__name__)
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _TEMPLATES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
+_ORDINARY = (b"content-encoding", b"idempotency-key")
 
 
-class _Template:
-    """What the request timer reads from ``scope["route"]`` (the route's path template)."""
+class _Call:
+    """What :meth:`KServeFastPath.prepare` read from one request's head."""
 
-    __slots__ = ("path",)
+    __slots__ = ("content_type", "header_length", "model", "principal", "request_id", "version")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-_ROUTES = tuple(_Template(t) for t in _TEMPLATES)
+    def __init__(
+        self,
+        principal: Any,
+        model: str,
+        version: str | None,
+        header_length: str | None,
+        content_type: str | None,
+        request_id: bytes,
+    ) -> None:
+        self.principal = principal
+        self.model = model
+        self.version = version
+        self.header_length = header_length
+        self.content_type = content_type
+        self.request_id = request_id
 
 
 class KServeFastPath:
-    """See the module docstring. ``app`` is the rest of the stack (authentication, router)."""
+    """See the module docstring. ``app``: the Starlette app (its ``state`` holds the
+    services and the metrics); ``hsts``: the ``Strict-Transport-Security`` value to send
+    over TLS, if any."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body_bytes: int,
+        body_idle_s: float,
+        body_min_rate: int,
+        storage_budget_s: float,
+        hsts: bytes | None = None,
+    ) -> None:
+        self._state = app.state
+        self.max_body_bytes = max_body_bytes
+        self.body_idle_s = body_idle_s
+        self.body_min_rate = body_min_rate
+        self.storage_budget_s = storage_budget_s
+        self.hsts = hsts
+        self._slow = (
+            f"the request body arrived too slowly (each chunk within {body_idle_s:g} s, then "
+            f"at least {body_min_rate} bytes/s)"
+        )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+    # ------------------------------------------------------------------ the decision
+    def prepare(self, scope: Scope) -> _Call | None:
+        """A call for :meth:`run` when the request takes the short path, else None (the
+        ordinary stack answers it). Reads nothing but the request's head."""
+        if scope["method"] != "POST":
+            return None
         match = _INFER.match(scope["path"])
         if match is None:
-            await self.app(scope, receive, send)
-            return
+            return None
         token = b""
         header_length = content_type = None
+        request_id = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 token = value
@@ -79,74 +122,162 @@ class KServeFastPath:
                 header_length = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
-            elif name in (b"content-encoding", b"idempotency-key"):
-                await self.app(scope, receive, send)  # needs the ordinary route
-                return
+            elif name == REQUEST_ID:
+                request_id = value
+            elif name in _ORDINARY:
+                return None  # needs the ordinary route
+            elif name == b"content-length":
+                try:
+                    if not 0 <= int(value) <= self.max_body_bytes:
+                        return None  # the body limit's own answer (413 / 400)
+                except ValueError:
+                    return None
         scheme, _, bearer = token.decode("latin-1").partition(" ")
-        svc = scope["app"].state.services
-        p = (
-            svc.auth.cached_principal(bearer.strip())
-            if scheme.lower() == "bearer" and bearer.strip()
-            else None
+        bearer = bearer.strip()
+        if scheme.lower() != "bearer" or not bearer:
+            return None
+        svc = getattr(self._state, "services", None)
+        if svc is None or svc.inference is None:
+            return None
+        p = svc.auth.cached_principal(bearer)
+        if p is None or "jobs:write" not in p.scopes:
+            return None  # first sight of the token, 401, 403
+        return _Call(
+            p,
+            match.group(1),
+            match.group(2),
+            header_length,
+            content_type,
+            request_id_of(request_id).encode(),
         )
-        if p is None or "jobs:write" not in p.scopes or svc.inference is None:
-            await self.app(scope, receive, send)  # first sight of the token, 401, 403
-            return
-        model, version = match.group(1), match.group(2)
-        scope["route"] = _ROUTES[0 if version is None else 1]
-        bind(model=model)
+
+    # ------------------------------------------------------------------ the call
+    async def run(self, cycle: Any, app: ASGIApp, call: _Call) -> None:
+        """Answer one request on uvicorn's request cycle ``cycle`` (its ASGI ``receive`` and
+        ``send``); ``app``: the ordinary stack, for a body that must go down it."""
+        start = time.perf_counter()
+        scope = cycle.scope
+        rid = call.request_id
+        bind(request_id=rid.decode(), tenant=None, job=None, runner=None, model=call.model)
+        scope.setdefault("state", {})["request_id"] = rid.decode()
+        budget.start(self.storage_budget_s)
+        status = 500
+        template = _TEMPLATES[0 if call.version is None else 1]
         try:
-            body = await _read_body(receive)
-            if body is None:  # the client went away
+            try:
+                body = await self._read_body(cycle.receive)
+                if body is None:  # the client went away: nothing to observe
+                    status = 0
+                    return
+                answer = await passthrough_body(
+                    self._state.services,
+                    call.principal,
+                    call.model,
+                    call.version,
+                    body,
+                    call.header_length,
+                    call.content_type,
+                )
+            except GpufleetError as exc:  # a body over the limit (413) or too slow too
+                status = await self._error(cycle, rid, exc)
                 return
-            answer = await passthrough_body(
-                svc, p, model, version, body, header_length, content_type
-            )
-        except GpufleetError as exc:  # a body over the limit (413) too
-            if STATUS_BY_CODE.get(exc.code, 500) >= 500:
-                log.warning("POST %s -> %s: %s", scope["path"], exc.code, exc)
-            await v2_error(exc)(scope, receive, send)
-            return
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            await v2_error(GpufleetError("internal error"))(scope, receive, send)
-            return
-        if answer is None:  # not passed through here: the ordinary route, body replayed
-            scope.pop("route", None)
-            await self.app(scope, _replay(body, receive), send)
-            return
-        headers = [
-            (b"content-type", (answer.meta.get("content_type") or "application/json").encode()),
-            (b"content-length", str(len(answer.body)).encode()),
-        ]
-        length = answer.meta.get("header_length")
-        if length is not None:
-            headers.append((_HEADER_LENGTH, str(length).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+            except Exception:
+                log.exception("unhandled error on POST %s", scope["path"])
+                status = await self._error(cycle, rid, GpufleetError("internal error"))
+                return
+            if answer is None:  # not passed through here: the ordinary route, body replayed
+                status = 0  # the ordinary stack observes it
+                await cycle.run_asgi(_Replayed(app, body))
+                return
+            headers = [
+                (b"content-type", (answer.meta.get("content_type") or "application/json").encode()),
+                (b"content-length", str(len(answer.body)).encode()),
+            ]
+            length = answer.meta.get("header_length")
+            if length is not None:
+                headers.append((_HEADER_LENGTH, str(length).encode()))
+            status = 200
+            await self._send(cycle, 200, headers, answer.body, rid)
+        finally:
+            if status:
+                metrics = self._state.metrics
+                child = metrics.child(metrics.request_latency, template, "POST", str(status))
+                child.observe(time.perf_counter() - start)
 
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None when the client disconnected first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body; None when the client disconnected first. ``PayloadTooLarge`` over
+        the limit, ``SlowRequest`` slower than the slow-body guard allows."""
+        message = await receive()  # no wait at all when the body came with the head
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if len(chunk) > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
+            return chunk  # type: ignore[no-any-return]
+        started = time.monotonic()
+        chunks = [chunk]
+        received = len(chunk)
+        while True:
+            try:
+                async with asyncio.timeout(self.body_idle_s):
+                    message = await receive()
+            except TimeoutError:
+                raise SlowRequest(self._slow) from None
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+            elapsed = time.monotonic() - started
+            if elapsed > self.body_idle_s and received < self.body_min_rate * elapsed:
+                raise SlowRequest(self._slow)
+
+    async def _error(self, cycle: Any, rid: bytes, exc: GpufleetError) -> int:
+        """Answer ``exc`` as the route does (``v2_error``); its status."""
+        status, body, extra = v2_error_parts(exc)
+        if status >= 500:
+            log.warning("POST %s -> %s: %s", cycle.scope["path"], exc.code, exc)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        for name, value in (extra or {}).items():
+            headers.append((name.lower().encode(), value.encode()))
+        if isinstance(exc, SlowRequest):  # the rest of the body may still be on its way
+            headers.append((b"connection", b"close"))
+        if not cycle.response_started:
+            await self._send(cycle, status, headers, body, rid)
+        return status
+
+    async def _send(
+        self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes, rid: bytes
+    ) -> None:
+        headers.append((REQUEST_ID, rid))
+        if self.hsts is not None and cycle.scope.get("scheme") == "https":
+            headers.append((b"strict-transport-security", self.hsts))
+        await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+        await cycle.send({"type": "http.response.body", "body": body})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that first hands out the body already read, then the connection's own
+class _Replayed:
+    """``app`` with the body already read handed out first, then the connection's own
     messages (the disconnect)."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop()
-        message: Any = await receive()
-        return message  # type: ignore[no-any-return]
+    __slots__ = ("app", "body")
 
-    return replayed
+    def __init__(self, app: ASGIApp, body: bytes) -> None:
+        self.app = app
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pending: list[Message] = [{"type": "http.request", "body": self.body, "more_body": False}]
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop()
+            message: Any = await receive()
+            return message  # type: ignore[no-any-return]
+
+        await self.app(scope, replayed, send)

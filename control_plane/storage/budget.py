@@ -47,6 +47,12 @@ def current() -> Budget | None:
     return _current.get()
 
 
+def start(limit_s: float) -> None:
+    """A fresh budget of ``limit_s`` for the request this context serves (a task of its own:
+    the HTTP listener's short path)."""
+    _current.set(Budget(limit_s))
+
+
 def renew() -> None:
     """A fresh budget for the next round of a long poll (each round is a request's worth of
     storage work; the poll as a whole may run for many of them)."""

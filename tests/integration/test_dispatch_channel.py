@@ -437,6 +437,68 @@ async def test_kserve_http_short_path_passes_bytes_through_a_raw_channel(fleet: 
         assert r.json()["code"] == "unavailable"
 
 
+def _latency_count(text: str, template: str, status: str) -> float:
+    """The request-latency histogram's count for ``template`` and ``status``."""
+    want = f'route="{template}"'
+    for line in text.splitlines():
+        if line.startswith("gpufleet_http_request_duration_seconds_count{") and want in line:
+            if f'status="{status}"' in line and 'method="POST"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_kserve_http_short_path_keeps_the_listeners_guarantees(fleet: Fleet) -> None:
+    """The listener answers a known token's KServe infer itself (no ASGI stack): a body in
+    many chunks arrives whole, a body over the limit without Content-Length is a 413 V2 error
+    that never reaches the runner, a request id is made up when none is given, the latency
+    metric counts the call under its route template, the connection stays open."""
+    runner_id, secret = await asyncio.to_thread(register, fleet, "raw-http-guard")
+    body = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1],"data":[1]}]}'
+    template = "/v2/models/{model}/infer"
+    headers = {**fleet.admin, "Content-Type": "application/json"}
+
+    async def chunks(data: bytes, size: int) -> Any:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+            await asyncio.sleep(0)
+
+    async with (
+        httpx.AsyncClient(base_url=fleet.cp.url, timeout=STEP_S) as http,
+        connect(
+            channel_url(fleet, runner_id), additional_headers=signed(runner_id, secret), proxy=None
+        ) as ws,
+    ):
+        hello = {"models": [{"name": "scale", "version": "1"}], "capacity": 4, "raw": ["http"]}
+        await ws.send(json.dumps({"type": "hello", **hello}))
+        metrics = (await http.get("/metrics", headers=fleet.admin)).text
+        before = _latency_count(metrics, template, "200")
+        for _ in range(3):  # the first call of a token may take the ordinary route
+            call = asyncio.create_task(
+                http.post("/v2/models/scale/infer", content=chunks(body, 7), headers=headers)
+            )
+            frame, sent = await next_binary(ws)
+            assert sent == body  # chunked, in 11 pieces: whole
+            reply = {"type": "result", "id": frame["id"], "runner_id": runner_id}
+            await ws.send(pack_frame(reply, b'{"outputs":[]}'))
+            r = await asyncio.wait_for(call, STEP_S)
+            assert r.status_code == 200, r.text
+            assert r.content == b'{"outputs":[]}'
+            assert r.headers["x-request-id"].startswith("req_")  # made up, and the runner's
+            assert r.headers["x-request-id"] == frame["request_id"]  # log lines carry it
+        metrics = (await http.get("/metrics", headers=fleet.admin)).text
+        assert _latency_count(metrics, template, "200") == before + 3
+
+        # over the limit (8 MiB), no Content-Length: 413 while streaming, runner untouched
+        big = b" " * (8 * 1024 * 1024 + 1)
+        r = await http.post("/v2/models/scale/infer", content=chunks(big, 1 << 20), headers=headers)
+        assert r.status_code == 413, r.text
+        assert r.json()["code"] == "payload_too_large"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+        metrics = (await http.get("/metrics", headers=fleet.admin)).text
+        assert _latency_count(metrics, template, "413") >= 1
+
+
 async def test_kserve_grpc_passes_bytes_through_a_raw_channel(fleet: Fleet) -> None:
     """KServe gRPC ModelInfer (tritonclient.grpc, the control plane's own HTTP/2 server): the
     serialized request reaches a runner that passes gRPC through, naming the resolved model
