@@ -439,11 +439,12 @@ async def test_kserve_http_short_path_passes_bytes_through_a_raw_channel(fleet: 
 
 def _latency_count(text: str, template: str, status: str) -> float:
     """The request-latency histogram's count for ``template`` and ``status``."""
-    want = f'route="{template}"'
+    want = (f'route="{template}"', f'status="{status}"', 'method="POST"')
     for line in text.splitlines():
-        if line.startswith("gpufleet_http_request_duration_seconds_count{") and want in line:
-            if f'status="{status}"' in line and 'method="POST"' in line:
-                return float(line.rsplit(" ", 1)[1])
+        if line.startswith("gpufleet_http_request_duration_seconds_count{") and all(
+            w in line for w in want
+        ):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
