@@ -159,6 +159,9 @@ class CoalescingTransport:
         if not self._transport.is_closing():
             self._transport.write(data)
 
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
     def get_write_buffer_size(self) -> int:
         return int(self._transport.get_write_buffer_size()) + sum(map(len, self._pending))
 
@@ -245,6 +248,9 @@ def server_config(
     without the ASGI stack."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    from control_plane.api.channel_direct import direct_ws_protocol
+
+    kw.setdefault("ws", direct_ws_protocol())  # runner channels skip the ASGI queue
     guarded = BodyTimeout(app, settings.http_body_timeout_s, settings.http_body_min_rate)
     return uvicorn.Config(
         guarded,

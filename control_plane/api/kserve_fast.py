@@ -53,6 +53,7 @@ _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _TEMPLATES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _ORDINARY = (b"content-encoding", b"idempotency-key")
+_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # as uvicorn refuses in a header value
 
 
 class _Call:
@@ -93,6 +94,8 @@ class KServeFastPath:
         hsts: bytes | None = None,
     ) -> None:
         self._state = app.state
+        self._svc: Any = getattr(app.state, "services", None)  # set before serving
+        self._metrics: Any = getattr(app.state, "metrics", None)
         self.max_body_bytes = max_body_bytes
         self.body_idle_s = body_idle_s
         self.body_min_rate = body_min_rate
@@ -136,7 +139,7 @@ class KServeFastPath:
         bearer = bearer.strip()
         if scheme.lower() != "bearer" or not bearer:
             return None
-        svc = getattr(self._state, "services", None)
+        svc = self._svc
         if svc is None or svc.inference is None:
             return None
         p = svc.auth.cached_principal(bearer)
@@ -170,7 +173,7 @@ class KServeFastPath:
                     status = 0
                     return
                 answer = await passthrough_body(
-                    self._state.services,
+                    self._svc,
                     call.principal,
                     call.model,
                     call.version,
@@ -189,18 +192,20 @@ class KServeFastPath:
                 status = 0  # the ordinary stack observes it
                 await cycle.run_asgi(_Replayed(app, body))
                 return
-            headers = [
-                (b"content-type", (answer.meta.get("content_type") or "application/json").encode()),
-                (b"content-length", str(len(answer.body)).encode()),
-            ]
+            ctype = (answer.meta.get("content_type") or "application/json").encode()
             length = answer.meta.get("header_length")
+            if _UNSAFE_VALUE.search(ctype) or not (length is None or isinstance(length, int)):
+                log.warning("runner %s answered unusable framing headers", answer.runner_id)
+                status = await self._error(cycle, rid, GpufleetError("internal error"))
+                return
+            headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(answer.body))]
             if length is not None:
-                headers.append((_HEADER_LENGTH, str(length).encode()))
+                headers.append((_HEADER_LENGTH, b"%d" % length))
             status = 200
             await self._send(cycle, 200, headers, answer.body, rid)
         finally:
-            if status:
-                metrics = self._state.metrics
+            metrics = self._metrics
+            if status and metrics is not None:
                 child = metrics.child(metrics.request_latency, template, "POST", str(status))
                 child.observe(time.perf_counter() - start)
 
@@ -257,8 +262,72 @@ class KServeFastPath:
         headers.append((REQUEST_ID, rid))
         if self.hsts is not None and cycle.scope.get("scheme") == "https":
             headers.append((b"strict-transport-security", self.hsts))
+        if _LEAN_CYCLE and not cycle.response_started:
+            await _write_response(cycle, status, headers, body)
+            return
         await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
         await cycle.send({"type": "http.response.body", "body": body})
+
+
+def _lean_cycle() -> bool:
+    """Whether uvicorn's request cycle has what :func:`_write_response` sets (it has since
+    0.13; checked once, else responses go through the cycle's ASGI ``send``)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # pragma: no cover
+        return False
+    names = RequestResponseCycle.__init__.__code__.co_names
+    wanted: tuple[str, ...] = ("flow", "default_headers", "keep_alive", "message_event")
+    wanted += ("on_response", "response_started", "response_complete", "waiting_for_100_continue")
+    return all(n in names for n in wanted) and hasattr(RequestResponseCycle, "send")
+
+
+_LEAN_CYCLE = _lean_cycle()
+_CONNECTION_CLOSE = b"connection: close\r\n"
+
+
+async def _write_response(
+    cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """The whole response (``headers`` hold its Content-Length) in one write, as the cycle's
+    ``send`` would write it for a start and one body message: the server's default headers
+    first, ``connection: close`` when the connection is not kept alive; then the cycle is
+    complete (the next pipelined request starts, the keep-alive timer is armed)."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    close = not cycle.keep_alive
+    for name, value in cycle.default_headers:
+        out += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            cycle.keep_alive = False
+            close = False  # already said
+        out += (name, b": ", value, b"\r\n")
+    if close:
+        out.append(_CONNECTION_CLOSE)
+    out += (b"\r\n", body)
+    cycle.transport.write(b"".join(out))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+
+
+def _status_lines() -> dict[int, bytes]:
+    try:
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+    except ImportError:  # pragma: no cover
+        return {}
+    return dict(STATUS_LINE)
+
+
+_STATUS_LINES = _status_lines()
 
 
 class _Replayed:

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from control_plane.api.channel_direct import EXTENSION, DirectLink, FrameBatcher
 from control_plane.api.context import Services
 from control_plane.api.errors import STATUS_BY_CODE, validation_details
 from control_plane.api.job_protocol import append_chunks, complete_jobs, lease_jobs
@@ -175,7 +176,9 @@ async def channel(ws: WebSocket) -> None:
         await ws.close(code=1013, reason="dispatch disabled")
         return
     await ws.accept()
-    send = Outbox(ws.send_text, ws.send_bytes).send  # binary frames of one turn: one message
+    link: DirectLink | None = ws.scope.get("extensions", {}).get(EXTENSION)
+    # binary frames of one turn: one message
+    send = FrameBatcher(link).send if link else Outbox(ws.send_text, ws.send_bytes).send
     ch = Channel(runner_id=runner_id, send=send, region=rec.region)
 
     def on_frame(msg: dict[str, Any]) -> None:
@@ -199,7 +202,22 @@ async def channel(ws: WebSocket) -> None:
                 frozenset(str(r) for r in raw) if isinstance(raw, list) else frozenset(),
             )
 
+    def on_message(data: bytes | str) -> None:
+        try:
+            if isinstance(data, bytes):  # binary: one or more frames back to back
+                msgs: list[Any] = [{**head, "body": body} for head, body in unpack_frames(data)]
+            else:
+                msgs = [json.loads(data)]
+        except ValueError:
+            log.warning("runner %s sent a malformed frame", runner_id)
+            return
+        for msg in msgs:
+            if isinstance(msg, dict):
+                on_frame(msg)
+
     dispatcher.attach(ch)
+    if link is not None:  # from now on data messages skip ASGI (channel_direct.py)
+        link.attach(on_message)
     recheck = asyncio.create_task(
         _recheck(ws, runner, svc.settings.channel_recheck_s), name="channel-recheck"
     )
@@ -209,18 +227,8 @@ async def channel(ws: WebSocket) -> None:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            try:
-                data = message.get("bytes")
-                if data is not None:  # binary: one or more frames back to back
-                    msgs = [{**head, "body": body} for head, body in unpack_frames(data)]
-                else:
-                    msgs = [json.loads(message.get("text") or "")]
-            except ValueError:
-                log.warning("runner %s sent a malformed frame", runner_id)
-                continue
-            for msg in msgs:
-                if isinstance(msg, dict):
-                    on_frame(msg)
+            data = message.get("bytes")
+            on_message(data if data is not None else message.get("text") or "")
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

@@ -489,6 +489,28 @@ async def test_kserve_http_short_path_keeps_the_listeners_guarantees(fleet: Flee
         metrics = (await http.get("/metrics", headers=fleet.admin)).text
         assert _latency_count(metrics, template, "200") == before + 3
 
+        # a client that asks to close: answered, told so, and the connection is closed
+        call = asyncio.create_task(
+            http.post(
+                "/v2/models/scale/infer", content=body, headers={**headers, "Connection": "close"}
+            )
+        )
+        frame, _ = await next_binary(ws)
+        reply = {"type": "result", "id": frame["id"], "runner_id": runner_id}
+        await ws.send(pack_frame(reply, b'{"outputs":[]}'))
+        r = await asyncio.wait_for(call, STEP_S)
+        assert (r.status_code, r.headers["connection"]) == (200, "close")
+
+        # framing headers a runner gets wrong never reach the client: 500
+        call = asyncio.create_task(
+            http.post("/v2/models/scale/infer", content=body, headers=headers)
+        )
+        frame, _ = await next_binary(ws)
+        reply = {**reply, "id": frame["id"], "content_type": "text/plain\r\nx-evil: 1"}
+        await ws.send(pack_frame(reply, b"{}"))
+        r = await asyncio.wait_for(call, STEP_S)
+        assert r.status_code == 500 and "x-evil" not in r.headers, r.headers
+
         # over the limit (8 MiB), no Content-Length: 413 while streaming, runner untouched
         big = b" " * (8 * 1024 * 1024 + 1)
         r = await http.post("/v2/models/scale/infer", content=chunks(big, 1 << 20), headers=headers)
