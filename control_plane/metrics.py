@@ -11,8 +11,10 @@ Triton counts are read from a heartbeat's ``triton`` object in the form
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,6 +30,8 @@ from control_plane.storage.protocols_auth import RunnerRecord
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Per-request observations wait this long (in batches) so that the answer leaves first.
+DEFER_S = 0.05
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 
 
@@ -246,14 +250,56 @@ class Metrics:
         self._children: dict[tuple[object, ...], Any] = {}
         self._stage_children: dict[tuple[str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._later: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._later_armed = False
         self.registry.register(_FleetCollector(queue_depths, runners))
 
     def add_tenant_loads(self, loads: Callable[[], dict[str, Any]]) -> None:
         """Export ``gpufleet_tenant_jobs`` from ``loads()`` (tenant -> .queued/.running)."""
         self.registry.register(_TenantCollector(loads))
 
+    def later(self, fn: Callable[..., None], *args: Any) -> None:
+        """``fn(*args)`` within ``DEFER_S``, in a batch on the event loop (at once without
+        one): what each request observes is recorded after its answer has left, off its
+        path. A scrape (``render``) records what is pending first."""
+        self._later.append((fn, args))
+        if self._later_armed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_later()
+            return
+        self._later_armed = True
+        loop.call_later(DEFER_S, self._flush_armed)
+
+    def _flush_armed(self) -> None:
+        self._later_armed = False
+        self.flush_later()
+
+    def flush_later(self) -> None:
+        """Record every pending observation (safe from any thread)."""
+        pending = self._later
+        while pending:
+            try:
+                fn, args = pending.popleft()
+            except IndexError:
+                return
+            try:
+                fn(*args)
+            except Exception:
+                log.warning("a deferred metric observation failed", exc_info=True)
+
+    def observe_request(self, template: str, method: str, status: str, seconds: float) -> None:
+        """One HTTP request answered (``RequestTimer``, the KServe short path)."""
+        self.child(self.request_latency, template, method, status).observe(seconds)
+
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
-        """A dispatcher hook: one synchronous inference answered (or failed)."""
+        """A dispatcher hook: one synchronous inference answered (or failed); recorded
+        :meth:`later`."""
+        self.later(self._observe_dispatch, model, runner, outcome, seconds)
+
+    def _observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
         key = (model, runner, outcome)
         children = self._dispatch_children.get(key)
         if children is None:  # labels() costs more than the observation: look it up once
@@ -308,7 +354,11 @@ class Metrics:
             self.child(self.job_latency, job.model, phase).observe(max(0.0, seconds))
 
     def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
-        """A dispatcher hook: the runner's stage timings (milliseconds) of one answer."""
+        """A dispatcher hook: the runner's stage timings (milliseconds) of one answer;
+        recorded :meth:`later`."""
+        self.later(self._observe_runner_stages, model, timings)
+
+    def _observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
         for stage in ("receive", "triton", "total"):
             value = timings.get(f"{stage}_ms")
             if not isinstance(value, (int, float)):
@@ -322,6 +372,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition (reads fleet values now)."""
+        self.flush_later()
         return generate_latest(self.registry)
 
 
@@ -360,5 +411,5 @@ class RequestTimer:
             # requests it did not route (404s, middleware answers).
             template = getattr(scope.get("route"), "path", None) or self._template(scope)
             metrics = self.metrics
-            child = metrics.child(metrics.request_latency, template, scope["method"], str(status))
-            child.observe(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            metrics.later(metrics.observe_request, template, scope["method"], str(status), seconds)

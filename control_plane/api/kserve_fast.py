@@ -206,8 +206,8 @@ class KServeFastPath:
         finally:
             metrics = self._metrics
             if status and metrics is not None:
-                child = metrics.child(metrics.request_latency, template, "POST", str(status))
-                child.observe(time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                metrics.later(metrics.observe_request, template, "POST", str(status), seconds)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body; None when the client disconnected first. ``PayloadTooLarge`` over
