@@ -318,12 +318,14 @@ class Dispatcher:
         if not self.routable(key[0], key[1], raw, where):
             raise Unavailable(f"no runner serves {key[0]!r} version {key[1]} any more")
         where = self._narrow(key, where) if where is not ANYWHERE else where
-        waiters = self._waiters.setdefault(key, deque())
+        waiters = self._waiters.get(key)
         if not waiters:
             ch = self._pick(key, raw, where)
             if ch is not None:
                 ch.inflight += 1
                 return ch
+            if waiters is None:
+                waiters = self._waiters[key] = deque()
         if len(waiters) >= self.max_waiters:
             raise RateLimited(f"every runner serving {key[0]!r} is busy", retry_after=1)
         loop = asyncio.get_running_loop()
@@ -399,16 +401,20 @@ class Dispatcher:
                 await ch.send(frame)
             except Exception as exc:
                 raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
+            # one timer that fails the future, not wait_for (a task) or asyncio.timeout
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - self._monotonic()), _time_out, fut
+            )
             try:
-                # asyncio.timeout, not wait_for: no extra task or future per request
-                async with asyncio.timeout(max(0.0, deadline - self._monotonic())):
-                    msg = await fut
+                msg = await fut
             except TimeoutError as exc:
                 with contextlib.suppress(Exception):
                     await ch.send(json.dumps({"type": "cancel", "id": req_id}))
                 raise Timeout(
                     f"inference on {model!r} did not finish within {timeout_s:g}s"
                 ) from exc
+            finally:
+                timer.cancel()
             if msg.get("type") == "error":
                 if msg.get("code") == "unavailable":  # Triton down on that host: retryable
                     raise Unavailable(f"runner {ch.runner_id}: {msg.get('message') or ''}")
@@ -512,6 +518,11 @@ class Dispatcher:
         fut = channel.pending.get(msg.get("id", -1))
         if fut is not None and not fut.done():
             fut.set_result(msg)
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 async def _send_quietly(ch: Channel, frame: str) -> None:
