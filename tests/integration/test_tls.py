@@ -113,6 +113,22 @@ def test_the_control_plane_serves_https_with_hsts(cp: ControlPlaneProc, pki: Pki
     assert resp.headers["strict-transport-security"] == "max-age=31536000"
 
 
+def test_the_kserve_short_path_answers_with_hsts_too(cp: ControlPlaneProc, pki: Pki) -> None:
+    """A known token's KServe infer is answered by the listener itself (kserve_fast.py):
+    its answers carry Strict-Transport-Security like every other response."""
+    verify = ssl.create_default_context(cafile=pki.ca_file)
+    with httpx.Client(base_url=cp.url, verify=verify, timeout=10) as http:
+        token = http.post("/v1/auth/token", json={"api_key": cp.admin_key}).json()
+        bearer = {"Authorization": f"Bearer {token['access_token']}"}
+        assert http.get("/v2/models/none", headers=bearer).status_code == 404  # token known
+        deep = b'{"inputs":' + b"[" * 100 + b"]" * 100 + b"}"  # refused before any runner
+        for _ in range(2):
+            resp = http.post("/v2/models/none/infer", content=deep, headers=bearer)
+            assert resp.status_code == 422, resp.text
+            assert resp.headers["strict-transport-security"] == "max-age=31536000"
+            assert resp.headers["x-request-id"]
+
+
 def test_sdk_connects_with_the_ca_bundle(cp: ControlPlaneProc, pki: Pki) -> None:
     with Client(cp.url, api_key=cp.admin_key, ca_bundle=pki.ca_file) as fleet:
         fleet.authenticate()
