@@ -153,6 +153,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            metrics.flush_later()  # the observations of the last requests
 
     table = routes()
     app = Starlette(

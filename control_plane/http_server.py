@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -65,9 +66,11 @@ def header_timeout(
     headers are not complete ``timeout_s`` after it opened or after its last response.
 
     ``short_path``: asked about each request before the app is started on it (uvicorn's
-    ``_start_asgi_task``, which both of its HTTP/1.1 protocols call with the request's cycle);
-    a request it takes runs ``short_path.run`` in the app's place (same task bookkeeping, so
-    shutdown and the concurrency limit see it)."""
+    ``_start_asgi_task`` of its httptools protocol, the one ``serve`` uses; its h11 protocol,
+    used only where httptools is not installed, starts the app itself, so there every request
+    takes the ordinary stack); a request it takes runs ``short_path.run`` in the app's place
+    (same task bookkeeping, so shutdown and the concurrency limit see it). A ``prepare`` that
+    fails leaves the request to the ordinary stack."""
 
     class HeaderTimeoutProtocol(base):  # type: ignore[valid-type,misc]
         _header_timer: asyncio.TimerHandle | None = None
@@ -75,7 +78,10 @@ def header_timeout(
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             call = None
             if short_path is not None and app is self.app:  # not the over-limit 503
-                call = short_path.prepare(cycle.scope)
+                try:
+                    call = short_path.prepare(cycle.scope)
+                except Exception:
+                    logging.getLogger(__name__).exception("the short path's prepare failed")
             if call is None or short_path is None:
                 super()._start_asgi_task(cycle, app)
                 return

@@ -118,15 +118,15 @@ class KServeFastPath:
         token = b""
         header_length = content_type = None
         request_id = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                token = value
+        for name, value in scope["headers"]:  # a repeated header: its first value, as
+            if name == b"authorization":  # Starlette's ``headers.get`` reads it
+                token = token or value
             elif name == _HEADER_LENGTH:
-                header_length = value.decode("latin-1")
+                header_length = header_length or value.decode("latin-1")
             elif name == b"content-type":
-                content_type = value.decode("latin-1")
+                content_type = content_type or value.decode("latin-1")
             elif name == REQUEST_ID:
-                request_id = value
+                request_id = request_id or value
             elif name in _ORDINARY:
                 return None  # needs the ordinary route
             elif name == b"content-length":
@@ -157,62 +157,89 @@ class KServeFastPath:
     # ------------------------------------------------------------------ the call
     async def run(self, cycle: Any, app: ASGIApp, call: _Call) -> None:
         """Answer one request on uvicorn's request cycle ``cycle`` (its ASGI ``receive`` and
-        ``send``); ``app``: the ordinary stack, for a body that must go down it."""
+        ``send``); ``app``: the ordinary stack, for a body that must go down it. Guarded as
+        uvicorn guards an ASGI app: whatever fails answers 500 (or closes the connection
+        once the answer has started), a cancellation closes it."""
         start = time.perf_counter()
+        rid = call.request_id
+        status = 0
+        try:
+            status = await self._answer(cycle, app, call)
+        except asyncio.CancelledError:
+            if not cycle.response_complete:
+                cycle.transport.close()
+            raise
+        except Exception:
+            log.exception("unhandled error on POST %s", cycle.scope["path"])
+            if cycle.response_started:
+                cycle.transport.close()
+                status = 500
+            else:
+                status = await self._error(cycle, rid, GpufleetError("internal error"))
+        finally:
+            metrics = self._metrics
+            if status and metrics is not None:
+                seconds = time.perf_counter() - start
+                template = _TEMPLATES[0 if call.version is None else 1]
+                metrics.later(metrics.observe_request, template, "POST", str(status), seconds)
+
+    async def _answer(self, cycle: Any, app: ASGIApp, call: _Call) -> int:
+        """:meth:`run`'s work; the status to observe (0: none, the client went away or the
+        ordinary stack answered)."""
         scope = cycle.scope
         rid = call.request_id
         bind(request_id=rid.decode(), tenant=None, job=None, runner=None, model=call.model)
         scope.setdefault("state", {})["request_id"] = rid.decode()
         budget.start(self.storage_budget_s)
-        status = 500
-        template = _TEMPLATES[0 if call.version is None else 1]
         try:
-            try:
-                body = await self._read_body(cycle.receive)
-                if body is None:  # the client went away: nothing to observe
-                    status = 0
-                    return
-                answer = await passthrough_body(
-                    self._svc,
-                    call.principal,
-                    call.model,
-                    call.version,
-                    body,
-                    call.header_length,
-                    call.content_type,
-                )
-            except GpufleetError as exc:  # a body over the limit (413) or too slow too
-                status = await self._error(cycle, rid, exc)
-                return
-            except Exception:
-                log.exception("unhandled error on POST %s", scope["path"])
-                status = await self._error(cycle, rid, GpufleetError("internal error"))
-                return
-            if answer is None:  # not passed through here: the ordinary route, body replayed
-                status = 0  # the ordinary stack observes it
-                await cycle.run_asgi(_Replayed(app, body))
-                return
-            ctype = (answer.meta.get("content_type") or "application/json").encode()
-            length = answer.meta.get("header_length")
-            if _UNSAFE_VALUE.search(ctype) or not (length is None or isinstance(length, int)):
-                log.warning("runner %s answered unusable framing headers", answer.runner_id)
-                status = await self._error(cycle, rid, GpufleetError("internal error"))
-                return
-            headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(answer.body))]
-            if length is not None:
-                headers.append((_HEADER_LENGTH, b"%d" % length))
-            status = 200
-            await self._send(cycle, 200, headers, answer.body, rid)
-        finally:
-            metrics = self._metrics
-            if status and metrics is not None:
-                seconds = time.perf_counter() - start
-                metrics.later(metrics.observe_request, template, "POST", str(status), seconds)
+            body = await self._read_body(cycle)
+            if body is None:  # the client went away: nothing to observe
+                return 0
+            answer = await passthrough_body(
+                self._svc,
+                call.principal,
+                call.model,
+                call.version,
+                body,
+                call.header_length,
+                call.content_type,
+            )
+        except GpufleetError as exc:  # a body over the limit (413) or too slow too
+            return await self._error(cycle, rid, exc)
+        if answer is None:  # not passed through here: the ordinary route, body replayed
+            await cycle.run_asgi(_Replayed(app, body))
+            return 0  # the ordinary stack observed it
+        ctype = answer.meta.get("content_type") or "application/json"
+        length = answer.meta.get("header_length")
+        if (
+            not isinstance(ctype, str)
+            or _UNSAFE_VALUE.search(ctype.encode())
+            or not (length is None or type(length) is int)
+            or not isinstance(answer.body, bytes)
+        ):
+            log.warning("runner %s answered unusable framing or body", answer.runner_id)
+            return await self._error(cycle, rid, GpufleetError("internal error"))
+        headers = [(b"content-type", ctype.encode()), (b"content-length", b"%d" % len(answer.body))]
+        if length is not None:
+            headers.append((_HEADER_LENGTH, b"%d" % length))
+        await self._send(cycle, 200, headers, answer.body, rid)
+        return 200
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
+    async def _read_body(self, cycle: Any) -> bytes | None:
         """The whole body; None when the client disconnected first. ``PayloadTooLarge`` over
-        the limit, ``SlowRequest`` slower than the slow-body guard allows."""
-        message = await receive()  # no wait at all when the body came with the head
+        the limit, ``SlowRequest`` slower than the slow-body guard allows (each read within
+        ``body_idle_s``, the first one too; after that grace ``body_min_rate``)."""
+        receive: Receive = cycle.receive
+        started = time.monotonic()
+        ready = getattr(cycle, "message_event", None)
+        if ready is not None and ready.is_set():
+            message = await receive()  # the body came with the head: no wait, no timer
+        else:
+            try:
+                async with asyncio.timeout(self.body_idle_s):
+                    message = await receive()
+            except TimeoutError:
+                raise SlowRequest(self._slow) from None
         if message["type"] != "http.request":
             return None
         chunk = message.get("body", b"")
@@ -220,10 +247,12 @@ class KServeFastPath:
             if len(chunk) > self.max_body_bytes:
                 raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
             return chunk  # type: ignore[no-any-return]
-        started = time.monotonic()
         chunks = [chunk]
         received = len(chunk)
         while True:
+            elapsed = time.monotonic() - started
+            if elapsed > self.body_idle_s and received < self.body_min_rate * elapsed:
+                raise SlowRequest(self._slow)
             try:
                 async with asyncio.timeout(self.body_idle_s):
                     message = await receive()
@@ -238,9 +267,6 @@ class KServeFastPath:
                 raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
             if not message.get("more_body", False):
                 return b"".join(chunks)
-            elapsed = time.monotonic() - started
-            if elapsed > self.body_idle_s and received < self.body_min_rate * elapsed:
-                raise SlowRequest(self._slow)
 
     async def _error(self, cycle: Any, rid: bytes, exc: GpufleetError) -> int:
         """Answer ``exc`` as the route does (``v2_error``); its status."""
@@ -262,27 +288,30 @@ class KServeFastPath:
         headers.append((REQUEST_ID, rid))
         if self.hsts is not None and cycle.scope.get("scheme") == "https":
             headers.append((b"strict-transport-security", self.hsts))
-        if _LEAN_CYCLE and not cycle.response_started:
+        if type(cycle) is _LEAN_CYCLE and not cycle.response_started:
             await _write_response(cycle, status, headers, body)
             return
         await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
         await cycle.send({"type": "http.response.body", "body": body})
 
 
-def _lean_cycle() -> bool:
-    """Whether uvicorn's request cycle has what :func:`_write_response` sets (it has since
-    0.13; checked once, else responses go through the cycle's ASGI ``send``)."""
+def _lean_cycle() -> type | None:
+    """uvicorn's httptools request cycle when it has what :func:`_write_response` sets (it
+    has since 0.13; checked once). Responses on any other cycle (h11's, a future one) go
+    through the cycle's ASGI ``send``."""
     try:
         from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
     except ImportError:  # pragma: no cover
-        return False
+        return None
     names = RequestResponseCycle.__init__.__code__.co_names
     wanted: tuple[str, ...] = ("flow", "default_headers", "keep_alive", "message_event")
     wanted += ("on_response", "response_started", "response_complete", "waiting_for_100_continue")
-    return all(n in names for n in wanted) and hasattr(RequestResponseCycle, "send")
+    wanted += ("access_log", "access_logger")
+    ok = all(n in names for n in wanted) and hasattr(RequestResponseCycle, "send")
+    return RequestResponseCycle if ok else None
 
 
-_LEAN_CYCLE = _lean_cycle()
+_LEAN_CYCLE: Any = _lean_cycle()
 _CONNECTION_CLOSE = b"connection: close\r\n"
 
 
@@ -299,6 +328,18 @@ async def _write_response(
         return
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
+    if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
+        from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+        scope = cycle.scope
+        cycle.access_logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            get_client_addr(scope),
+            scope["method"],
+            get_path_with_query_string(scope),
+            scope["http_version"],
+            status,
+        )
     out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
     close = not cycle.keep_alive
     for name, value in cycle.default_headers:

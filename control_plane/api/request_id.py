@@ -23,7 +23,7 @@ def new_request_id() -> str:
 def request_id_of(given: bytes | str | None) -> str:
     """The client's id when it is safe (1-128 of ``[A-Za-z0-9._:-]``), else a new one."""
     raw = given.encode() if isinstance(given, str) else (given or b"")
-    return raw.decode() if _SAFE.match(raw) else new_request_id()
+    return raw.decode() if _SAFE.fullmatch(raw) else new_request_id()
 
 
 class RequestIdMiddleware:
