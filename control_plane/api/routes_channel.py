@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -176,6 +177,7 @@ async def channel(ws: WebSocket) -> None:
         await ws.close(code=1013, reason="dispatch disabled")
         return
     await ws.accept()
+    route_context = contextvars.copy_context()
     link: DirectLink | None = ws.scope.get("extensions", {}).get(EXTENSION)
     # binary frames of one turn: one message
     send = FrameBatcher(link).send if link else Outbox(ws.send_text, ws.send_bytes).send
@@ -186,7 +188,11 @@ async def channel(ws: WebSocket) -> None:
         if kind in ("result", "error", "chunk"):
             dispatcher.resolve(ch, msg)
         elif kind in ("lease", "complete", "chunks"):
-            call = asyncio.create_task(_job_call(ws, svc, runner, msg, send))
+            # the route's log context (its request id), also when the frame came through
+            # the direct link's callback, which runs in the protocol's
+            call = asyncio.create_task(
+                _job_call(ws, svc, runner, msg, send), context=route_context.copy()
+            )
             calls.add(call)
             call.add_done_callback(calls.discard)
         elif kind in ("hello", "models"):
