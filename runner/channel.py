@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
+import json.scanner
 import logging
 import random
 import ssl
@@ -46,6 +48,9 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 BATCH_BYTES = 1 << 20  # binary answers of one loop turn share a message up to this size
 # A binary frame (gpufleet.channel): the lengths of its JSON header and of its body, two u32.
 _LENGTHS = struct.Struct(">II")
+# json's own scanner (C): (value, end) of the JSON text at an index, without json.loads's
+# wrappers (bytes detection, whitespace regexes).
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def channel_url(base_url: str, runner_id: str) -> str:
@@ -91,6 +96,7 @@ class DispatchChannel:
         self._ws_runner: str | None = None  # the runner id the open channel authenticated
         self._link = _Link()  # the open connection (or the one being opened) and its requests
         self._runner_json = "null"  # the runner id as JSON, for answer headers
+        self._loop_create_task: Callable[..., asyncio.Task[None]] | None = None
         # Calls of the job protocol over the channel (lease, complete) awaiting their reply.
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
@@ -113,6 +119,7 @@ class DispatchChannel:
                 creds.runner_id, creds.secret, "GET", urlsplit(url).path, "", b""
             )
             link = self._link = _Link()
+            self._loop_create_task = None  # taken from the running loop at the first message
             try:
                 # Messages are handled as they are parsed (``_on_message``); the first ones,
                 # arriving with the upgrade's answer, once ``link.conn`` is set below.
@@ -195,6 +202,8 @@ class DispatchChannel:
         """A message of the open channel, as soon as it is read (a failure here fails the
         channel: the control plane answers its requests 503, the runner reconnects)."""
         received = time.perf_counter()
+        if self._loop_create_task is None:
+            self._loop_create_task = asyncio.get_running_loop().create_task
         link = self._link
         if isinstance(data, str):
             self._on_frame(link, json.loads(data), None, received)
@@ -209,10 +218,22 @@ class DispatchChannel:
             end = head_end + body_len
             if end > size:
                 raise ValueError("binary frame runs past the message")
-            msg = json.loads(data[at + 8 : head_end].decode())
+            head = data[at + 8 : head_end].decode()
+            try:
+                msg, parsed = _scan_json(head, 0)  # json.loads, less its layers of calls
+            except StopIteration:
+                parsed = -1
+            if parsed != len(head):  # not (only) JSON: json.loads raises its usual error
+                msg = json.loads(head)
             if not isinstance(msg, dict):
                 raise ValueError("binary frame header is not a JSON object")
-            self._on_frame(link, msg, data[head_end:end], received)
+            if msg.get("type") == "infer":  # the hot path: a passthrough request
+                req_id = int(msg["id"])
+                link.tasks[req_id] = self._loop_create_task(
+                    self._handle_raw(link, msg, data[head_end:end], received)
+                )
+            else:
+                self._on_frame(link, msg, data[head_end:end], received)
             at = end
 
     def _on_frame(
@@ -479,7 +500,21 @@ def _json_id(req_id: Any) -> str:
 
 def _json_members(meta: dict[str, Any]) -> str:
     """``meta``'s members as they continue a JSON object (``,"a":1``), or nothing."""
-    return "," + json.dumps(meta, separators=(",", ":"))[1:-1] if meta else ""
+    if not meta:
+        return ""
+    out = []
+    for key, value in meta.items():
+        if type(value) is int:
+            out.append(f',"{key}":{value}')
+        else:
+            out.append(f',"{key}":{_json_str(value)}')
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_str(value: Any) -> str:
+    """A header value (``content_type``: a few in use) as JSON, cached."""
+    return json.dumps(value)
 
 
 def _error_reply(req_id: Any, exc: InferError, runner_id: str | None = None) -> dict[str, Any]:
