@@ -74,11 +74,6 @@ class WsClosed(ConnectionError):
         what = f"received {code}" + (f" ({reason})" if reason else "")
         super().__init__(what if sent is None else f"{what}; sent {sent}")
 
-    @property
-    def ok(self) -> bool:
-        """A normal closure (1000, 1001) on both sides."""
-        return self.code in (1000, 1001) and self.sent in (None, 1000, 1001)
-
 
 class _Fail(Exception):
     def __init__(self, code: int, reason: str) -> None:
@@ -166,6 +161,7 @@ class WsConnection(asyncio.Protocol):
         self._close_rcvd: tuple[int, str] | None = None
         self._close_sent: int | None = None
         self._error: BaseException | None = None  # what on_message raised, if anything
+        self._discard = False  # the connection failed: nothing more is parsed
 
     # ------------------------------------------------------------------ public
     @property
@@ -265,7 +261,10 @@ class WsConnection(asyncio.Protocol):
         if self._state != _OPEN:
             if self._state == _CONNECTING:
                 self._handshake_data(data)
-            return  # closing: "a peer discards any further data received" (RFC 6455 1.4)
+                return
+            if self._discard or self._close_rcvd is not None:
+                return  # "a peer discards any further data received" (RFC 6455 1.4)
+            # closing, ours sent: only the server's close frame matters now
         if self._chunks:  # the rest of an incomplete frame (or header)
             self._chunks.append(data)
             self._have += len(data)
@@ -290,7 +289,7 @@ class WsConnection(asyncio.Protocol):
         n = len(data)
         at = 0
         max_size = self._max_size
-        while n - at >= 2 and self._state == _OPEN:
+        while n - at >= 2:
             b0 = data[at]
             b1 = data[at + 1]
             length = b1 & 0x7F
@@ -305,11 +304,20 @@ class WsConnection(asyncio.Protocol):
                     break
                 length = _U64.unpack_from(data, pos)[0]
                 pos += 8
+            end = pos + length
+            opcode = b0 & 0x0F
+            if self._state != _OPEN:  # closing: skip all but the server's close frame
+                if end > n:
+                    break
+                at = end
+                if opcode == OP_CLOSE:
+                    self._close_frame(data[pos:end])
+                    return
+                continue
             if b1 & 0x80:
                 raise _Fail(CLOSE_PROTOCOL, "incorrect masking")
             if b0 & 0x70:
                 raise _Fail(CLOSE_PROTOCOL, "reserved bits must be 0")
-            opcode = b0 & 0x0F
             fin = b0 & 0x80
             if opcode >= OP_CLOSE:
                 if length > 125:
@@ -319,7 +327,6 @@ class WsConnection(asyncio.Protocol):
             elif length + self._frag_size > max_size:
                 size = length + self._frag_size
                 raise _Fail(CLOSE_TOO_BIG, f"message of {size} bytes over the {max_size} limit")
-            end = pos + length
             if end > n:
                 break
             payload = data[pos:end]
@@ -348,7 +355,7 @@ class WsConnection(asyncio.Protocol):
                 return
             else:
                 raise _Fail(CLOSE_PROTOCOL, f"invalid opcode {opcode}")
-        if at < n and self._state == _OPEN:
+        if at < n and self._state != _CLOSED:
             rest = data[at:] if at else data
             self._chunks, self._have = [rest], len(rest)
             self._need = self._frame_end(rest)
@@ -398,6 +405,8 @@ class WsConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             raise _Fail(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
         self._close_rcvd = (close.code, close.reason)
+        if self._state != _OPEN:
+            return  # the answer to ours: the server ends the TCP connection next
         if self._frag is not None:
             raise _Fail(CLOSE_PROTOCOL, "incomplete fragmented message")
         # "the endpoint typically echos the status code it received" (RFC 6455 5.5.1): echo
@@ -452,7 +461,7 @@ class WsConnection(asyncio.Protocol):
         """Close frame sent: wait for the server to end the TCP connection, a while."""
         self._state = _CLOSING
         self._queue = []
-        self._chunks, self._frag = [], None
+        self._frag = None
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self._close_timer is None:
@@ -461,6 +470,8 @@ class WsConnection(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): a close frame, then wait for the server."""
         log.info("closing the WebSocket: %s %s", code, reason)
+        self._discard = True
+        self._chunks, self._have = [], 0
         if self._state == _OPEN:
             self._send_close(code, reason[:120])
         elif self._state == _CONNECTING:

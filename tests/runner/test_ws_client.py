@@ -138,7 +138,8 @@ async def test_messages_of_every_length_round_trip_through_uvicorn() -> None:
         finally:
             await conn.close()
         assert srv.close_code == 1000
-        assert isinstance(await conn.wait_closed(), WsClosed)
+        closed = await conn.wait_closed()  # uvicorn's answer to our close frame, recorded
+        assert (closed.code, closed.sent) == (1000, 1000)
 
 
 async def test_binary_messages_of_one_turn_are_joined_and_text_keeps_its_place() -> None:
@@ -423,3 +424,21 @@ def test_client_frames_are_masked_with_fresh_keys() -> None:
     assert one[1] & 0x80 and two[1] & 0x80
     assert one[2:6] != two[2:6]  # a new key each frame
     assert apply_mask(one[6:], one[2:6]) == b"same payload"
+
+
+async def test_after_our_close_only_the_servers_close_frame_is_read() -> None:
+    async with raw_server() as (url, accepted):
+        inbox = Inbox()
+        conn = await ws_connect(url, inbox, close_timeout=STEP_S)
+        raw = await asyncio.wait_for(accepted.get(), STEP_S)
+        closing = asyncio.create_task(conn.close())
+        assert (await asyncio.wait_for(raw.read_frame(), STEP_S))[0] == 0x8
+        late = server_frame(0x2, b"late answer") + server_frame(0x9, b"ping")
+        raw.writer.write(late + server_frame(0x8, struct.pack("!H", 1000) + b"bye"))
+        await raw.writer.drain()
+        await asyncio.sleep(0.05)
+        raw.writer.close()  # the server ends the TCP connection: close() returns
+        await asyncio.wait_for(closing, STEP_S)
+        closed = await conn.wait_closed()
+        assert (closed.code, closed.reason, closed.sent) == (1000, "bye", 1000)
+        assert inbox.messages.empty()  # the late message was not delivered
