@@ -457,11 +457,12 @@ class DispatchChannel:
             done = time.perf_counter()
             # gpufleet.channel's binary frame, its JSON header written out directly
             head = (
-                f'{{"type":"result","id":{_json_id(req_id)},"runner_id":{self._runner_json},'
+                f'{{"type":"result","id":{req_id if type(req_id) is int else json.dumps(req_id)},'
+                f'"runner_id":{self._runner_json},'
                 f'"timings":{{"receive_ms":{(start - received) * 1000:.3f},'
                 f'"triton_ms":{(done - start) * 1000:.3f},'
                 f'"total_ms":{(done - received) * 1000:.3f}}}'
-                f"{_json_members(meta)}}}"
+                f"{_json_members(meta) if meta else ''}}}"
             ).encode()
             frame = b"".join((_LENGTHS.pack(len(head), len(answer)), head, answer))
             self.served += 1
@@ -492,10 +493,6 @@ class DispatchChannel:
             if conn.writing_paused:  # the control plane reads slower than we answer
                 with contextlib.suppress(ConnectionError):
                     await conn.drain()
-
-
-def _json_id(req_id: Any) -> str:
-    return str(req_id) if type(req_id) is int else json.dumps(req_id)
 
 
 def _json_members(meta: dict[str, Any]) -> str:

@@ -82,24 +82,25 @@ class _Fail(Exception):
         self.reason = reason
 
 
-class _MaskKeys:
-    """4-byte masking keys from the OS's random source, fetched 1024 keys at a time."""
+class _KeyPool:
+    """Masking keys: 4 bytes each from the OS's random source, fetched 1024 keys at a time
+    (read inline by ``frame_bytes``: one frame per answer, each call counts)."""
 
-    __slots__ = ("_at", "_pool")
+    __slots__ = ("at", "pool")
+    SIZE = 4096
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
+        self.pool = b""
+        self.at = self.SIZE
 
     def next(self) -> bytes:
-        at = self._at
-        if at >= len(self._pool):
-            self._pool, at = os.urandom(4096), 0
-        self._at = at + 4
-        return self._pool[at : at + 4]
+        if self.at >= self.SIZE:
+            self.pool, self.at = os.urandom(self.SIZE), 0
+        self.at += 4
+        return self.pool[self.at - 4 : self.at]
 
 
-_keys = _MaskKeys()
+_keys = _KeyPool()
 
 
 def frame_bytes(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -112,7 +113,12 @@ def frame_bytes(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         head = _HEAD16.pack(b0, 0xFE, n)
     else:
         head = _HEAD64.pack(b0, 0xFF, n)
-    key = _keys.next()
+    keys = _keys  # _keys.next(), inline
+    if keys.at >= _KeyPool.SIZE:
+        keys.pool, keys.at = os.urandom(_KeyPool.SIZE), 0
+    at = keys.at
+    keys.at = at + 4
+    key = keys.pool[at : at + 4]
     return b"".join((head, key, apply_mask(payload, key))) if n else head + key
 
 
@@ -335,7 +341,10 @@ class WsConnection(asyncio.Protocol):
                 if self._frag is not None:
                     raise _Fail(CLOSE_PROTOCOL, "expected a continuation frame")
                 if fin:
-                    self._deliver(opcode, payload)
+                    if opcode == OP_BINARY:
+                        self.on_message(payload)
+                    else:
+                        self._deliver(opcode, payload)
                 else:
                     self._frag_op, self._frag, self._frag_size = opcode, [payload], length
             elif opcode == OP_CONT:
