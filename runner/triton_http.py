@@ -48,6 +48,9 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``request`` answers one request at a time."""
 
     def __init__(self) -> None:
+        # made by create_connection, in the loop that uses it (each get_running_loop() costs
+        # a getpid() system call: taken once here, not per request)
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.received = False  # any byte of the current answer
@@ -106,7 +109,7 @@ class _Connection(asyncio.Protocol):
         ``deadline`` (event-loop time) if none came by then."""
         assert self.transport is not None and self._waiter is None
         self.received = False
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._waiter = loop.create_future()
         if deadline is not None:
             self._timer = loop.call_at(deadline, self._timed_out)
@@ -143,6 +146,7 @@ class TritonHttp:
         self._port = port
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._host_header = f"Host: {host}:{port}\r\n".encode()
 
     async def _connect(self, deadline: float | None) -> _Connection:
@@ -190,7 +194,11 @@ class TritonHttp:
                 body,
             )
         )
-        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        deadline = None
+        if timeout_s is not None:
+            if self._loop is None:  # the loop of the first call: the pool's connections' too
+                self._loop = asyncio.get_running_loop()
+            deadline = self._loop.time() + timeout_s
         for attempt in range(2):
             conn, reused = None, False
             while self._idle:
