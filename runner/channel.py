@@ -489,7 +489,8 @@ class DispatchChannel:
             link.tasks.pop(req_id, None)
         conn = link.conn
         if conn is not None and conn.open:  # else: closed meanwhile, its caller answered 503
-            conn.send(frame)
+            # the only request in flight: no other answer can share the write, send it now
+            conn.send(frame, now=not link.tasks)
             if conn.writing_paused:  # the control plane reads slower than we answer
                 with contextlib.suppress(ConnectionError):
                     await conn.drain()

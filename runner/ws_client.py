@@ -179,11 +179,16 @@ class WsConnection(asyncio.Protocol):
         """The transport's buffer is over its high-water mark: ``await drain()``."""
         return self._paused
 
-    def send(self, message: bytes | str) -> None:
-        """Queue ``message`` (text for ``str``); written at the end of this loop turn.
-        Raises :class:`WsClosed` when the connection is no longer open."""
+    def send(self, message: bytes | str, *, now: bool = False) -> None:
+        """Queue ``message`` (text for ``str``); written at the end of this loop turn, or
+        at once with what is queued when ``now`` (the caller knows nothing else is coming
+        to share the write). Raises :class:`WsClosed` when the connection is not open."""
         if self._state != _OPEN:
             raise self.closed_exc()
+        if now:
+            self._queue.append(message)
+            self._flush()  # a flush scheduled meanwhile finds the queue empty
+            return
         if not self._queue:
             self._loop.call_soon(self._flush)
         self._queue.append(message)

@@ -152,6 +152,11 @@ async def test_binary_messages_of_one_turn_are_joined_and_text_keeps_its_place()
             got = [await inbox.get() for _ in range(5)]
             # abc+def joined; text alone; ghi alone (ghi + 0123456789 is over 10 bytes)
             assert got == [b"abcdef", "t1", b"ghi", b"0123456789", b"j"]
+            conn.send(b"k")
+            assert conn._queue == [b"k"]  # waits for the end of the turn
+            conn.send(b"l", now=True)  # written at once, with what was queued
+            assert conn._queue == []
+            assert await inbox.get() == b"kl"
         finally:
             await conn.close()
 
