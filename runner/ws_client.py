@@ -248,15 +248,15 @@ class WsConnection(asyncio.Protocol):
         self._state = _CLOSED
         self._queue = []
         if self._hs is not None:  # during the handshake: what the parser makes of the end
-            self._hs.receive_eof()
+            with contextlib.suppress(Exception):
+                self._hs.receive_eof()
             self._handshake_failed(ConnectionResetError("connection closed during the handshake"))
         for task_or_timer in (self._keepalive, self._close_timer):
             if task_or_timer is not None:
                 task_or_timer.cancel()
         pings, self._pings = self._pings, {}
         for waiter in pings.values():
-            if not waiter.done():
-                waiter.set_exception(self.closed_exc())
+            waiter.cancel()  # no pong will come (cancelled: nobody need retrieve an error)
         self._resume_drain()
         if not self._lost.done():
             self._lost.set_result(None)
