@@ -159,7 +159,9 @@ class WsConnection(asyncio.Protocol):
         self._frag: list[bytes] | None = None
         self._frag_size = 0
         self._queue: list[bytes | str] = []
-        self._paused = False
+        # plain attributes, not properties: read for every answer
+        self.open = False  # messages may be sent
+        self.writing_paused = False  # the transport's buffer is full: ``await drain()``
         self._drain: asyncio.Future[None] | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self._keepalive: asyncio.Task[None] | None = None
@@ -170,15 +172,6 @@ class WsConnection(asyncio.Protocol):
         self._discard = False  # the connection failed: nothing more is parsed
 
     # ------------------------------------------------------------------ public
-    @property
-    def open(self) -> bool:
-        return self._state == _OPEN
-
-    @property
-    def writing_paused(self) -> bool:
-        """The transport's buffer is over its high-water mark: ``await drain()``."""
-        return self._paused
-
     def send(self, message: bytes | str, *, now: bool = False) -> None:
         """Queue ``message`` (text for ``str``); written at the end of this loop turn, or
         at once with what is queued when ``now`` (the caller knows nothing else is coming
@@ -195,7 +188,7 @@ class WsConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Until the transport takes writes again (at once when it does)."""
-        if self._paused and self._state != _CLOSED:
+        if self.writing_paused and self._state != _CLOSED:
             if self._drain is None:
                 self._drain = self._loop.create_future()
             await asyncio.shield(self._drain)
@@ -246,6 +239,7 @@ class WsConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
+        self.open = False
         self._queue = []
         if self._hs is not None:  # during the handshake: what the parser makes of the end
             with contextlib.suppress(Exception):
@@ -262,10 +256,10 @@ class WsConnection(asyncio.Protocol):
             self._lost.set_result(None)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.writing_paused = False
         self._resume_drain()
 
     def data_received(self, data: bytes) -> None:
@@ -474,6 +468,7 @@ class WsConnection(asyncio.Protocol):
     def _closing(self) -> None:
         """Close frame sent: wait for the server to end the TCP connection, a while."""
         self._state = _CLOSING
+        self.open = False
         self._queue = []
         self._frag = None
         if self._keepalive is not None:
@@ -544,6 +539,7 @@ class WsConnection(asyncio.Protocol):
             return False
         self._hs = None
         self._state = _OPEN
+        self.open = True
         if self._ping_interval is not None:
             self._keepalive = self._loop.create_task(self._keepalive_loop())
         if not self.opened.done():
