@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 GRPC_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH_B = HEADER_LENGTH.encode()
+_HEADER_LENGTH_KEY = _HEADER_LENGTH_B.lower()  # as runner/triton_http.py keeps answer headers
+# Content-Type header lines of passed-through requests, by content type (a handful in use).
+_CONTENT_TYPE_LINES: dict[str, bytes] = {}
 
 # gRPC status codes / error texts that mean "Triton is not there (right now)".
 _TRANSIENT_MARKERS = (
@@ -297,8 +301,34 @@ class TritonClient:
         model / unreachable server as transient."""
         try:
             if protocol == "http":
-                async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
-                    return await self._raw_http(model, version, body, meta)
+                session = self._raw_session
+                if session is None:
+                    session = self._raw_session = TritonHttp("127.0.0.1", self._http_port)
+                # No Accept-Encoding: Triton would compress the answer for us to inflate.
+                content_type = meta.get("content_type") or "application/json"
+                lines = _CONTENT_TYPE_LINES.get(content_type)
+                if lines is None:
+                    lines = f"Content-Type: {content_type}\r\n".encode("latin-1")
+                    if len(_CONTENT_TYPE_LINES) < 64:
+                        _CONTENT_TYPE_LINES[content_type] = lines
+                if meta.get("header_length") is not None:
+                    lines += b"%s: %d\r\n" % (_HEADER_LENGTH_B, int(meta["header_length"]))
+                resp = await session.post(
+                    f"/v2/models/{model}/versions/{version}/infer", body, lines, timeout_s
+                )
+                if resp.status != 200:
+                    raise _http_refusal(resp.status, resp.body)
+                out: dict[str, Any] = {}
+                headers = resp.headers
+                length = headers.get(_HEADER_LENGTH_KEY)
+                if length is not None:
+                    out["header_length"] = int(length)
+                answer_type = headers.get(b"content-type")
+                if answer_type is not None:
+                    answer_type = answer_type.partition(b";")[0].strip()
+                    if answer_type and answer_type != b"application/json":
+                        out["content_type"] = answer_type.decode("latin-1")
+                return resp.body, out
             if protocol == "grpc":
                 return await self._raw_grpc(body, timeout_s), {}
         except TimeoutError as exc:
@@ -312,28 +342,6 @@ class TritonClient:
         except Exception as exc:
             raise InferError(_message(exc), transient=_is_transient(exc)) from exc
         raise InferError(f"unknown passthrough protocol {protocol!r}", code="invalid_input")
-
-    async def _raw_http(
-        self, model: str, version: str, body: bytes, meta: dict[str, Any]
-    ) -> tuple[bytes, dict[str, Any]]:
-        if self._raw_session is None:
-            self._raw_session = TritonHttp("127.0.0.1", self._http_port)
-        # No Accept-Encoding: Triton would compress the answer for us to inflate.
-        headers = {"Content-Type": str(meta.get("content_type") or "application/json")}
-        if meta.get("header_length") is not None:
-            headers[HEADER_LENGTH] = str(int(meta["header_length"]))
-        path = f"/v2/models/{model}/versions/{version}/infer"
-        resp = await self._raw_session.post(path, body, headers)
-        if resp.status != 200:
-            raise _http_refusal(resp.status, resp.body)
-        out: dict[str, Any] = {}
-        length = resp.header(HEADER_LENGTH)
-        if length is not None:
-            out["header_length"] = int(length)
-        content_type = (resp.header("content-type") or "").partition(";")[0].strip()
-        if content_type and content_type != "application/json":
-            out["content_type"] = content_type
-        return resp.body, out
 
     async def _raw_grpc(self, body: bytes, timeout_s: float) -> bytes:
         if self._raw_grpc_client is None:

@@ -13,7 +13,8 @@ status, the few headers the runner forwards and the body.
 - A reused connection that the server closed before answering anything (its keep-alive
   ended as the request left) is retried once on a new connection: the request never
   reached Triton, so it still runs at most once.
-- Connection failures raise ``ConnectionError`` (the caller's transient Triton errors).
+- Connection failures raise ``ConnectionError`` (the caller's transient Triton errors); a
+  call past its ``timeout_s`` raises ``TimeoutError`` (one timer per call, no task).
 """
 
 from __future__ import annotations
@@ -47,11 +48,15 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``request`` answers one request at a time."""
 
     def __init__(self) -> None:
+        # made by create_connection, in the loop that uses it (each get_running_loop() costs
+        # a getpid() system call: taken once here, not per request)
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.received = False  # any byte of the current answer
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[TritonHttpAnswer] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
 
@@ -87,6 +92,9 @@ class _Connection(asyncio.Protocol):
             self._body[0] if len(self._body) == 1 else b"".join(self._body),
         )
         self._headers, self._body = {}, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._parser.should_keep_alive():
             self.close()
         waiter, self._waiter = self._waiter, None
@@ -94,20 +102,38 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(answer)
 
     # ours
-    def request(self, data: bytes) -> asyncio.Future[TritonHttpAnswer]:
+    def request(
+        self, data: bytes, deadline: float | None = None
+    ) -> asyncio.Future[TritonHttpAnswer]:
+        """Write ``data``; the future of its answer, failed with TimeoutError at
+        ``deadline`` (event-loop time) if none came by then."""
         assert self.transport is not None and self._waiter is None
         self.received = False
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        self._waiter = loop.create_future()
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._timed_out)
         self.transport.write(data)
         return self._waiter
 
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
+        self.close()  # its answer would arrive for nobody
+
     def _fail(self, exc: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -120,28 +146,59 @@ class TritonHttp:
         self._port = port
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._host_header = f"Host: {host}:{port}\r\n".encode()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
+        limit = self._connect_timeout_s
+        if deadline is not None and deadline - loop.time() < limit:
+            limit = max(0.0, deadline - loop.time())  # the call's own timeout comes first
+            connect_timeout = False
+        else:
+            connect_timeout = True
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, self._host, self._port),
-                self._connect_timeout_s,
+                loop.create_connection(_Connection, self._host, self._port), limit
             )
         except TimeoutError as exc:
+            if not connect_timeout:
+                raise
             raise ConnectionError(
                 f"connecting to Triton at {self._host}:{self._port} timed out"
             ) from exc
         return conn
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> TritonHttpAnswer:
-        """``POST path`` with ``body`` and ``headers``; the answer (any status)."""
-        head = [b"POST ", path.encode(), b" HTTP/1.1\r\n", self._host_header]
-        for name, value in headers.items():
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        data = b"".join(head) + body
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str] | bytes,
+        timeout_s: float | None = None,
+    ) -> TritonHttpAnswer:
+        """``POST path`` with ``body`` and ``headers`` (a dict, or the header lines as
+        bytes, each ending in CRLF); the answer (any status). TimeoutError after
+        ``timeout_s`` (connecting included)."""
+        if isinstance(headers, bytes):
+            extra = headers
+        else:
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode(
+                "latin-1"
+            )
+        data = b"".join(
+            (
+                b"POST %s HTTP/1.1\r\n" % path.encode(),
+                self._host_header,
+                extra,
+                b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
+        deadline = None
+        if timeout_s is not None:
+            if self._loop is None:  # the loop of the first call: the pool's connections' too
+                self._loop = asyncio.get_running_loop()
+            deadline = self._loop.time() + timeout_s
         for attempt in range(2):
             conn, reused = None, False
             while self._idle:
@@ -150,9 +207,9 @@ class TritonHttp:
                     conn, reused = candidate, True
                     break
             if conn is None:
-                conn = await self._connect()
+                conn = await self._connect(deadline)
             try:
-                answer = await conn.request(data)
+                answer = await conn.request(data, deadline)
             except ConnectionResetError:
                 conn.close()
                 if reused and not conn.received and attempt == 0:

@@ -170,6 +170,49 @@ async def test_cancelled_call_closes_its_connection() -> None:
         client.close()
 
 
+async def test_a_call_past_its_timeout_fails_and_its_connection_is_dropped() -> None:
+    gate = asyncio.Event()
+
+    async def held(path: str, headers: dict[str, str], body: bytes) -> Any:
+        if body == b"slow":
+            await gate.wait()
+        return 200, {"Content-Type": "application/json"}, body, False
+
+    async with serving(held) as server:
+        client = TritonHttp("127.0.0.1", server.port)
+        lines = b"Content-Type: application/json\r\n"  # header lines given as bytes
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await client.post("/p", b"slow", lines, timeout_s=0.2)  # its own timer, no wrapper
+        assert asyncio.get_running_loop().time() - started < DEADLINE_S
+        gate.set()  # the late answer goes to a closed connection, never to the next call
+        answer = await client.post("/p", b"next", lines, timeout_s=DEADLINE_S)
+        assert answer.body == b"next"
+        assert server.connections == 2
+        assert server.requests[-1][1]["content-type"] == "application/json"
+        # a timely answer cancels its timer: the kept connection is not closed later
+        again = await client.post("/p", b"again", lines, timeout_s=0.25)
+        await asyncio.sleep(0.4)
+        last = await client.post("/p", b"last", lines, timeout_s=DEADLINE_S)
+        assert (again.body, last.body) == (b"again", b"last")
+        assert server.connections == 2
+        client.close()
+
+    # the engine's passthrough maps the timeout to a transient InferError
+    async with serving(held) as server:
+        gate.clear()
+        engine = TritonClient(
+            protocol="grpc", http_port=server.port, grpc_port=1, metrics_port=1, repository_key="k"
+        )
+        try:
+            with pytest.raises(InferError, match="timed out") as late:
+                await engine.infer_raw("http", "m", "1", b"slow", {}, 0.2)
+            assert late.value.transient
+        finally:
+            gate.set()
+            await engine.aclose()
+
+
 async def test_refused_connection_raises_connection_error() -> None:
     srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
