@@ -93,9 +93,10 @@ def _expires_in(iso: str) -> float:
 
 
 def _item(job_id: str, req: CompleteRequest) -> CompleteItem:
-    """``req`` (validated when built) as one result of a batch complete, not validated
-    again."""
-    return CompleteItem.model_construct(
+    """``req`` as one result of a batch complete. Built by validation, which costs less than
+    pydantic's ``model_construct`` (a Python loop over the fields, defaults deep-copied):
+    the tensors, models already, are taken as they are (never re-validated)."""
+    return CompleteItem(
         job_id=job_id,
         lease_token=req.lease_token,
         status=req.status,
@@ -189,9 +190,7 @@ class CompletionQueue:
             try:
                 self.calls += 1
                 out = await self._client.complete_batch(
-                    BatchCompleteRequest.model_construct(
-                        results=[_item(p.job_id, p.req) for p in batch]
-                    )
+                    BatchCompleteRequest(results=[_item(p.job_id, p.req) for p in batch])
                 )
             except NotFound:
                 log.info("the control plane has no batch complete route: completing one by one")

@@ -29,36 +29,27 @@ def body_hash(req: JobRequest) -> str:
 
 
 def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
-    """The wire view of a job (outputs inline, or a presigned ``outputs_url``).
-
-    Built without a second validation (``model_construct``, each field of its declared
-    type): every value comes from the stored record, whose request and outputs were
-    validated when submitted and committed. Built for every answer about a job (the wait of
-    each job answers one)."""
-    outputs = (
-        [Tensor.model_construct(**t) for t in job.outputs] if job.outputs is not None else None
-    )
+    """The wire view of a job (outputs inline, or a presigned ``outputs_url``)."""
+    outputs = [Tensor(**t) for t in job.outputs] if job.outputs is not None else None
     url = blobs.presign_get(job.outputs_ref, presign_ttl_s) if job.outputs_ref else None
     queue_ms = int((job.started_at - job.created_at) * 1000) if job.started_at is not None else None
-    placement = job.request.get("placement") or {}
-    spill = placement.get("spill_after_s")
-    return JobView.model_construct(
+    return JobView(
         id=job.id,
         status=job.status,
         model=job.model,
         model_version=job.model_version,
-        priority=int(job.priority),
-        attempts=int(job.attempts),
-        max_attempts=int(job.max_attempts),
+        priority=job.priority,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
         created_at=iso(job.created_at) or "",
         started_at=iso(job.started_at),
         finished_at=iso(job.finished_at),
         queue_ms=queue_ms,
-        run_ms=None if job.run_ms is None else int(job.run_ms),
+        run_ms=job.run_ms,
         runner_id=job.runner_id,
         region=job.region,
-        regions_allowed=placement.get("regions_allowed") or None,
-        spill_after_s=None if spill is None else float(spill),
+        regions_allowed=(job.request.get("placement") or {}).get("regions_allowed") or None,
+        spill_after_s=(job.request.get("placement") or {}).get("spill_after_s"),
         tags=job.request.get("tags") or {},
         outputs=outputs,
         outputs_url=url,
