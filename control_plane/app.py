@@ -61,15 +61,22 @@ log = logging.getLogger(__name__)
 
 
 _HOT_SUFFIXES = ("/infer", "/lease", "/complete", "/heartbeat")
+# the durable job path: submit (and the batch), the long poll of a job
+_HOT_PATHS = ("/v1/jobs", "/v1/jobs/batch", "/v1/jobs/{job_id}")
 _PATHED = (Route, WebSocketRoute, Mount)
 
 
 def routes() -> list[BaseRoute]:
     """The route table of the API, the request path's routes first: Starlette tries routes in
-    order, and an inference call should not be matched against fifty others first (no two
-    routes here match the same path, so the order changes nothing else)."""
+    order, and an inference call should not be matched against fifty others first (the hot
+    routes keep their relative order, and no other route matches a hot route's path, so the
+    order changes nothing else)."""
     table = _all_routes()
-    hot = [r for r in table if isinstance(r, _PATHED) and r.path.endswith(_HOT_SUFFIXES)]
+    hot = [
+        r
+        for r in table
+        if isinstance(r, _PATHED) and (r.path.endswith(_HOT_SUFFIXES) or r.path in _HOT_PATHS)
+    ]
     return hot + [r for r in table if r not in hot]
 
 

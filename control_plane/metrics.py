@@ -326,7 +326,7 @@ class Metrics:
 
     def observe_region_lease(self, region: str | None, placement: str) -> None:
         """A region-lease hook (JobService.on_region_lease)."""
-        self.jobs_leased_by_region.labels(region or "", placement).inc()
+        self.child(self.jobs_leased_by_region, region or "", placement).inc()
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""

@@ -109,6 +109,11 @@ def from_numpy(name: str, datatype: str, arr: np.ndarray) -> Tensor:
         ]
     else:
         data = arr.flatten().tolist()
-    out = ArrayTensor(name=name, datatype=datatype, shape=list(arr.shape), data=data)  # type: ignore[arg-type]
+    # Built without validation: the name and datatype are Triton's own (from the model's
+    # config), the shape numpy's, the data a flat list of that dtype's Python values (the
+    # control plane validates the result the runner sends, as any request).
+    out = ArrayTensor.model_construct(
+        name=name, datatype=datatype, shape=list(arr.shape), data=data
+    )
     out._array = arr
     return out

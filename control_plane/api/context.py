@@ -51,7 +51,7 @@ from control_plane.services.streams import StreamService
 from control_plane.services.transitions import TransitionBus
 from control_plane.services.webhooks import WebhookService
 from control_plane.settings import Settings
-from control_plane.storage.protocols import ModelVersionRecord
+from control_plane.storage.protocols import JobRecord, ModelVersionRecord
 from control_plane.storage.stores import Stores
 
 
@@ -63,13 +63,21 @@ class JobsPort(Protocol):
     def submit(
         self, p: Principal, req: JobRequest, idempotency_key: str | None = None
     ) -> tuple[JobView, bool]: ...
+    def submit_record(
+        self, p: Principal, req: JobRequest, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]: ...
     def submit_batch(
         self, p: Principal, reqs: list[JobRequest], idempotency_key: str | None = None
     ) -> list[str]: ...
     def get(self, p: Principal, job_id: str) -> JobView: ...
     def inputs(self, p: Principal, job_id: str) -> list[Tensor]: ...
     async def wait(
-        self, p: Principal, job_id: str, wait_s: float, *, known: JobView | None = None
+        self,
+        p: Principal,
+        job_id: str,
+        wait_s: float,
+        *,
+        known: JobView | JobRecord | None = None,
     ) -> JobView: ...
     def list_jobs(
         self, p: Principal, status: str | None, model: str | None, limit: int, cursor: str | None

@@ -64,7 +64,8 @@ class JobLeasing(JobCore):
                     # Placement may hold back a model (not READY there yet, as far as the
                     # last heartbeat said): ask again each round until all are offered.
                     offers = await self.offload(self.lease_offers, runner_id, asked)
-                    req = req.model_copy(update={"models": offers})
+                    if offers != req.models:  # (a copy only when placement holds one back)
+                        req = req.model_copy(update={"models": offers})
                 first = False
                 jobs = await self.offload(self._lease_once, runner_id, region, req)
                 left = deadline - time.monotonic()

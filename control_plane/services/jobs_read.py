@@ -109,12 +109,17 @@ class JobReads(JobCore):
         return words if not reason else f"{words}; {reason}"
 
     async def wait(
-        self, p: Principal, job_id: str, wait_s: float, *, known: JobView | None = None
+        self,
+        p: Principal,
+        job_id: str,
+        wait_s: float,
+        *,
+        known: JobView | JobRecord | None = None,
     ) -> JobView:
         """The job once terminal, or as it is after ``wait_s`` (<= max_wait_s) seconds.
 
-        Reads: the job is read at the start (not when ``known``, the view a submit of this
-        replica just answered, says it is not terminal yet) and again after each
+        Reads: the job is read at the start (not when ``known``, the view or record a submit of
+        this replica just answered, says it is not terminal yet) and again after each
         ``poll_interval_s`` without a wake-up. A wake-up comes with the terminal record when
         this replica committed it (``FinishedRecords``): no read back; a wake-up without one
         (a non-terminal transition here) needs no read either."""

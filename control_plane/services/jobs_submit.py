@@ -149,6 +149,15 @@ class JobSubmit(JobCore):
         self, p: Principal, req: JobRequest, idempotency_key: str | None = None
     ) -> tuple[JobView, bool]:
         """Validate and queue one job; with a key, a replay returns the first job (False)."""
+        job, created = self.submit_record(p, req, idempotency_key)
+        return self.view(job), created
+
+    def submit_record(
+        self, p: Principal, req: JobRequest, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """``submit``, answering the job's record instead of its wire view: the route of
+        ``POST /v1/jobs`` needs only its id, status and creation time (or waits for it), so
+        the full view is not built for every submit."""
         p.require("jobs:write")
         req = self.with_regions(p, req)
         self._validate(p, req, {})
@@ -158,7 +167,7 @@ class JobSubmit(JobCore):
             stored = self._stored_replay(p, idempotency_key, body_hash(req))
             if stored is None:
                 raise
-            return self.view(stored[0]), False
+            return stored[0], False
         self._check_depth(req.model)
         created = self._now()
         job = new_job(p, req, new_id("job"), created)
@@ -166,7 +175,7 @@ class JobSubmit(JobCore):
         shard = random.randrange(self._settings.queue_shards)
         if idempotency_key is None:
             self._ops.enqueue_new(job, shard)
-            return self.view(job), True
+            return job, True
         claim = IdempotencyRecord(
             key=f"{p.tenant}#{idempotency_key}",
             body_hash=body_hash(req),
@@ -178,7 +187,7 @@ class JobSubmit(JobCore):
         )
         held = self._ops.enqueue_new(job, shard, claim=(claim, self._store.idempotency))
         if not isinstance(held, IdempotencyRecord):  # claimed and queued (one transaction)
-            return self.view(job), True
+            return job, True
         if held.body_hash != claim.body_hash:
             raise Conflict("this Idempotency-Key was used with a different request body")
         existing = self._store.jobs.get_job(held.job_id)
@@ -187,7 +196,7 @@ class JobSubmit(JobCore):
             job.queue_token = held.queue_token
             self._ops.enqueue_new(job, held.shard)
             existing = self._store.jobs.get_job(held.job_id) or job
-        return self.view(existing), False
+        return existing, False
 
     def submit_batch(
         self,

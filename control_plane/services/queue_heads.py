@@ -6,12 +6,13 @@ entry, so concurrent leases in one replica spread over different jobs instead of
 the head. It is only a hint: each claim is still a conditional write on the job item, so an
 entry claimed meanwhile by another replica just loses the race. A shard read empty is
 trusted for ``empty_ttl_s`` only (shorter than a long poll's re-read interval, so a poll
-round still reads it), and not at all once this replica queues a job (``queued``): the long
-polls woken by a local submit read at once, and an idle runner's next long poll does not
-re-read every empty shard (a job queued by another replica meanwhile is then seen by a poll
-round, as one queued during a poll is). One-shot leases (``wait_s`` 0) always read.
-Priorities are strict within a read; a job submitted to another replica
-may wait up to ``ttl_s`` behind older cached ones.
+round still reads it; so is a shard whose read held all of it once leases here took every
+entry of that read, nothing queued here since), and not at all once this replica queues a
+job (``queued``): the long polls woken by a local submit read at once, and an idle
+runner's next long poll does not re-read every empty shard (a job queued by another replica
+meanwhile is then seen by a poll round, as one queued during a poll is). One-shot leases
+(``wait_s`` 0) always read. Priorities are strict within a read; a job submitted to another
+replica may wait up to ``ttl_s`` behind older cached ones.
 
 Why: on moto a Query scans the whole table (about 0.1 ms per stored queue entry: ~1 s per
 query at 10k queued), so reading four shards per lease made its cost grow with the queue;
@@ -40,6 +41,7 @@ class _Head:
     entries: list[QueueEntry] = field(default_factory=list)
     refreshing: bool = False
     full: bool = False  # the read returned ``depth`` entries: the shard holds more
+    generation: int = -1  # of local queueing when the read began (see ``take``)
 
 
 class QueueHeads:
@@ -102,7 +104,9 @@ class QueueHeads:
         self._last_read_s = done - t
         return done, entries
 
-    def _install(self, shard: str, done: float, entries: list[QueueEntry], depth: int) -> None:
+    def _install(
+        self, shard: str, done: float, entries: list[QueueEntry], depth: int, generation: int
+    ) -> None:
         """Cache a read (lock held), leaving out entries handed out since it may have begun."""
         horizon = done - TAKEN_MEMORY_S
         taken = self._taken
@@ -115,9 +119,11 @@ class QueueHeads:
             fetched=done,
             entries=[e for e in entries if (e.sk, e.token) not in self._taken],
             full=len(entries) >= depth,
+            generation=generation,
         )
 
     def _refresh_in_background(self, shard: str, depth: int) -> None:
+        generation = self._generation
         try:
             done, entries = self._read(shard, depth)
         except Exception:
@@ -128,7 +134,7 @@ class QueueHeads:
             log.warning("background read of queue shard %s failed", shard, exc_info=True)
             return
         with self._lock:
-            self._install(shard, done, entries, depth)
+            self._install(shard, done, entries, depth, generation)
 
     def take(
         self,
@@ -176,7 +182,7 @@ class QueueHeads:
                 current = self._heads.get(sh)
                 if current is not None and current.entries:
                     continue  # a background refresh installed newer entries meanwhile
-                self._install(sh, done, entries, depth)
+                self._install(sh, done, entries, depth, generation)
                 if not entries and self._empty_ttl_s > 0 and generation == self._generation:
                     empty[sh] = t + self._empty_ttl_s
             ordered = sorted(
@@ -185,7 +191,19 @@ class QueueHeads:
             )
             found = ordered[:want] if choose is None else choose(ordered, want)
             for e in found:
-                self._heads[e.shard].entries.remove(e)
+                head = self._heads[e.shard]
+                head.entries.remove(e)
                 self._taken.pop((e.sk, e.token), None)  # re-added last: time order
                 self._taken[(e.sk, e.token)] = t
+                if (
+                    not head.entries
+                    and not head.full
+                    and head.generation == self._generation
+                    and self._empty_ttl_s > 0
+                ):
+                    # The read held the whole shard and nothing was queued here since: it is
+                    # as empty as a read would find it now (the next long poll does not read
+                    # it again; a job queued meanwhile elsewhere is seen by a poll round, as
+                    # after an empty read).
+                    empty[e.shard] = max(empty.get(e.shard, 0.0), head.fetched + self._empty_ttl_s)
         return found

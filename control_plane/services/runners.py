@@ -17,6 +17,7 @@ a long poll signed just before). Until the confirmation the current secret works
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ from control_plane.storage.protocols_auth import (
 )
 
 MAX_NONCE_LENGTH = 128
+USABLE_FRESH_S = 0.5  # how long a lease long poll trusts that its runner may take jobs
 
 
 class RunnerService:
@@ -92,6 +94,8 @@ class RunnerService:
         # Called with the model names a heartbeat newly reports READY (its lease long polls,
         # which offer only what the last heartbeat said is READY, look again at once).
         self.on_ready = tuple(on_ready)
+        # runner id -> when ``usable`` last read it usable (monotonic)
+        self._usable_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ registration
     def register(self, req: RegisterRequest, client: str | None = None) -> RegisterResponse:
@@ -270,9 +274,26 @@ class RunnerService:
 
     def usable(self, runner_id: str) -> bool:
         """The runner is registered, not revoked and not draining (a long poll in flight when
-        a drain is set ends empty: the capacity autoscaler stops drained hosts)."""
+        a drain is set ends empty: the capacity autoscaler stops drained hosts).
+
+        Asked by every round of a lease long poll after the first (one per job leased on a
+        busy runner): a "usable" answer read in the last ``USABLE_FRESH_S`` is trusted (as
+        the runner's channel trusts its record for ``RECORD_FRESH_S``); a revocation or
+        config change made through this service is seen at once, one made elsewhere (another
+        replica, the capacity autoscaler's drain) within that time."""
+        t = time.monotonic()
+        hit = self._usable_at.get(runner_id)
+        if hit is not None and t - hit < USABLE_FRESH_S:
+            return True
         rec = self._store.find_runner(runner_id)
-        return rec is not None and not rec.revoked and not rec.config.get("drain")
+        ok = rec is not None and not rec.revoked and not rec.config.get("drain")
+        if ok:
+            if len(self._usable_at) > 10_000:
+                self._usable_at.clear()
+            self._usable_at[runner_id] = t
+        else:
+            self._usable_at.pop(runner_id, None)
+        return ok
 
     def find(self, runner_id: str) -> RunnerRecord | None:
         """One runner's record (None when unknown)."""
@@ -287,6 +308,7 @@ class RunnerService:
         p.require("admin")
         fields: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"api_version"})
         fields = {k: v for k, v in fields.items() if v is not None}
+        self._usable_at.pop(runner_id, None)  # a drain is seen by the next lease round
         rec = self._store.merge_config(runner_id, fields)
         if rec is None:
             raise NotFound(f"no active runner {runner_id!r}")
@@ -295,6 +317,7 @@ class RunnerService:
     def revoke(self, p: Principal, runner_id: str) -> None:
         """Revoke a runner (admin): its signed calls get 401 from now on."""
         p.require("admin")
+        self._usable_at.pop(runner_id, None)
         if not self._store.revoke_runner(runner_id):
             raise NotFound(f"no runner {runner_id!r}")
 

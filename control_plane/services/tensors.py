@@ -65,10 +65,46 @@ def _shown(x: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _flat(data: list[Any]) -> list[Any]:
+    """``data``'s scalars in row-major order (``_flatten``, one level per pass: no generator
+    frame per element)."""
+    flat = data
+    while any(type(x) is list for x in flat):
+        flat = [y for x in flat for y in (x if type(x) is list else (x,))]
+    return flat
+
+
+def _all_valid(datatype: str, flat: list[Any]) -> bool:
+    """True when every scalar of ``flat`` is valid for ``datatype`` (``_bad_value`` of each is
+    None), checked by C-level passes over the list; False: look at each (the error names the
+    first bad one)."""
+    kinds = set(map(type, flat))
+    if datatype in _FLOAT_MAX:
+        try:
+            return (
+                kinds <= {float, int}
+                and all(map(math.isfinite, flat))
+                and max(map(abs, flat), default=0) <= _FLOAT_MAX[datatype]
+            )
+        except OverflowError:  # an integer past any float: the slow path says which
+            return False
+    if datatype in _INT_RANGES:
+        lo, hi = _INT_RANGES[datatype]
+        return kinds <= {int} and (not flat or (lo <= min(flat) and max(flat) <= hi))
+    if datatype == "BOOL":
+        return kinds <= {bool}
+    if datatype == "BYTES":
+        return kinds <= {str}
+    return False
+
+
 def checked_count(name: str, where: str, datatype: str, data: list[Any]) -> int:
     """Number of scalars in ``data``, each checked against ``datatype`` (numbers for FP*,
     finite and in range; integers in range for INT*/UINT*; booleans for BOOL; strings for
     BYTES); ``InvalidRequest`` naming the tensor and the element's flat index otherwise."""
+    flat = _flat(data)
+    if _all_valid(datatype, flat):
+        return len(flat)
     count = 0
     for x in _flatten(data):
         why = _bad_value(datatype, x)

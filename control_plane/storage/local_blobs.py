@@ -312,7 +312,8 @@ class LocalBlobStore:
         msg = "\n".join(
             ["gpufleet-blob-v1", method, op, key, str(exp), upload_id, str(part) if part else ""]
         )
-        return hmac.new(self._key, msg.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+        # (``hmac.digest``: one C call, the same MAC as ``hmac.new(…).hexdigest()``)
+        return hmac.digest(self._key, msg.encode("utf-8", "surrogatepass"), "sha256").hex()
 
     def _url(self, op: str, key: str, ttl_s: int, upload_id: str = "", part: int = 0) -> str:
         _check_key(key)

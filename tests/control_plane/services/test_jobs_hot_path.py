@@ -186,11 +186,55 @@ def test_an_empty_shard_is_trusted_briefly_and_never_past_a_local_submit() -> No
         heads.queued("m#0")  # this replica queued it: read at once
         assert [e.job_id for e in take()] == ["job_1"] and store.reads == 2
         store.entries.clear()
-        assert take() == [] and store.reads == 3  # drained: read (empty), then trusted
+        # that read held the whole shard and its one entry was taken here: no read
+        assert take() == [] and store.reads == 2
         store.entries.append(QueueEntry("m#0", "sk2", "job_2", "", "", 1e12, "tok2"))
         assert take() == []  # another replica's job: not seen within empty_ttl_s ...
         clock.advance(0.35)
         assert [e.job_id for e in take()] == ["job_2"]  # ... but right after
+
+
+def test_a_shard_emptied_by_takes_is_trusted_only_when_its_read_held_all_of_it() -> None:
+    store = Shard()
+    with ThreadPoolExecutor(2) as pool:
+        clock = FakeClock()
+        heads = QueueHeads(store, pool, ttl_s=60, depth=2, empty_ttl_s=0.3, monotonic=clock)  # type: ignore[arg-type]
+        take = lambda: heads.take(["m#0"], lambda e: True, 1)  # noqa: E731
+        store.entries[:] = [
+            QueueEntry("m#0", f"sk{i}", f"job_{i}", "", "", 1e12, f"tok{i}") for i in range(3)
+        ]
+        # a read of ``depth`` entries: the shard may hold more, so emptying it reads again
+        assert [e.job_id for e in take()] == ["job_0"] and store.reads == 1
+        assert [e.job_id for e in take()] == ["job_1"] and store.reads == 1
+        del store.entries[:2]  # (claimed)
+        assert [e.job_id for e in take()] == ["job_2"] and store.reads == 2
+        # that read (one entry, under ``depth``) held the whole shard: emptied, trusted
+        assert take() == [] and store.reads == 2
+        store.entries.clear()
+        store.entries.append(QueueEntry("m#0", "sk9", "job_9", "", "", 1e12, "tok9"))
+        heads.queued("m#0")  # a local submit: read at once
+        assert [e.job_id for e in take()] == ["job_9"] and store.reads == 3
+        store.entries.clear()
+        # another replica's job: not seen while the emptied read is trusted ...
+        store.entries.append(QueueEntry("m#0", "skA", "job_A", "", "", 1e12, "tokA"))
+        assert take() == [] and store.reads == 3
+        clock.advance(0.35)  # ... but once that trust ran out
+        assert [e.job_id for e in take()] == ["job_A"] and store.reads == 4
+        store.entries[:] = [QueueEntry("m#0", "skB", "job_B", "", "", 1e12, "tokB")]
+        heads.queued("m#0")
+        assert [e.job_id for e in take()] == ["job_B"] and store.reads == 5
+        # a job queued here after a read began (job_C), then the read's entries taken: the
+        # emptied read is not trusted (it may have missed job_C)
+        store.entries[:] = [
+            QueueEntry("m#0", f"sk{c}", f"job_{c}", "", "", 1e12, f"tok{c}") for c in "DE"
+        ]
+        clock.advance(0.35)
+        heads.queued("m#0")
+        assert [e.job_id for e in take()] == ["job_D"] and store.reads == 6
+        heads.queued("m#0")  # job_C
+        store.entries[:] = [QueueEntry("m#0", "skC", "job_C", "", "", 1e12, "tokC")]
+        assert [e.job_id for e in take()] == ["job_E"] and store.reads == 6
+        assert [e.job_id for e in take()] == ["job_C"] and store.reads == 7
 
 
 def test_a_read_that_raced_a_local_submit_marks_nothing_empty() -> None:

@@ -9,11 +9,13 @@ import pytest
 from gpufleet import signing
 
 from control_plane.errors import Unauthorized
+from control_plane.services.principal import ROLE_SCOPES, Principal
 from control_plane.services.runners import RunnerService
 from control_plane.storage.protocols_auth import JoinTokenRecord, RunnerRecord
 
 SECRET = "runner-secret-0123456789abcdef"
 PATH = "/v1/runners/run_1/heartbeat"
+ADMIN = Principal(sub="admin", tenant="t", role="admin", scopes=ROLE_SCOPES["admin"])
 
 
 class MemoryRunnerStore:
@@ -170,3 +172,36 @@ def test_unknown_and_revoked_runner_rejected(svc: Any) -> None:
     h = signing.sign_headers("run_1", SECRET, "POST", PATH, body=b"{}")
     with pytest.raises(Unauthorized, match="revoked"):
         call(service, h)
+
+
+def test_usable_is_read_once_per_fresh_window_and_sees_local_changes_at_once(
+    svc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease long poll asks ``usable`` every round: a usable answer is trusted for
+    ``USABLE_FRESH_S``, a revocation made through the service is seen at once, a drain
+    written elsewhere (another replica, the autoscaler) once that time has passed."""
+    from control_plane.services import runners as runners_module
+
+    service, store, _ = svc
+    reads = 0
+    find = store.find_runner
+
+    def counted(runner_id: str) -> RunnerRecord | None:
+        nonlocal reads
+        reads += 1
+        return find(runner_id)
+
+    monkeypatch.setattr(store, "find_runner", counted)
+    monkeypatch.setattr(runners_module, "USABLE_FRESH_S", 0.2)
+    assert service.usable("run_1") and service.usable("run_1") and reads == 1
+    rec = store.runners["run_1"]
+    store.runners["run_1"] = RunnerRecord(**{**rec.__dict__, "config": {"drain": True}})
+    assert service.usable("run_1")  # written behind the service's back: trusted a while
+    time.sleep(0.25)
+    assert not service.usable("run_1") and reads == 2
+    assert not service.usable("run_1") and reads == 3  # an unusable answer is never cached
+    store.runners["run_1"] = rec
+    assert service.usable("run_1") and reads == 4
+    service.revoke(ADMIN, "run_1")
+    assert not service.usable("run_1") and reads == 5  # revoked here: seen at once
+    assert not service.usable("run_missing")

@@ -100,3 +100,41 @@ def test_inline_limit_points_to_data_ref() -> None:
     with pytest.raises(PayloadTooLarge) as exc:
         check([t(shape=(8, 4)), t("INPUT1", shape=(8, 400))], limit=2000)
     assert "data_ref" in exc.value.message and exc.value.code == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "count", "bad"),
+    [
+        ("FP32", [[1.5, 2], [3, -4.25]], 4, None),
+        ("FP32", [[1.0, float("nan")]], None, "element 1"),
+        ("FP32", [1.0, 10**400], None, "element 1"),  # past any float: no crash
+        ("FP16", [1.0, 70000.0], None, "element 1"),
+        ("FP64", [1.0, True], None, "element 1"),  # a boolean is not a number
+        ("INT8", [[1, 2], [3, 127]], 4, None),
+        ("INT8", [[1, 2], [3, 128]], None, "element 3"),
+        ("UINT8", [0, -1], None, "element 1"),
+        ("INT32", [1, 2.0], None, "element 1"),
+        ("BOOL", [[True], [False]], 2, None),
+        ("BOOL", [True, 1], None, "element 1"),
+        ("BYTES", ["a", ["b", "c"]], 3, None),
+        ("BYTES", ["a", 1], None, "element 1"),
+        ("FP32", [], 0, None),
+        ("INT64", [[], []], 0, None),
+    ],
+)
+def test_checked_count_fast_path_agrees_with_the_per_element_check(
+    datatype: str, data: list[Any], count: int | None, bad: str | None
+) -> None:
+    """The C-level pass over a flat copy answers as the per-element check did: the count of
+    valid data, and for invalid data the same error naming the first bad element."""
+    from control_plane.services.tensors import _bad_value, _flatten, checked_count
+
+    slow = [_bad_value(datatype, x) for x in _flatten(data)]
+    first_bad = next((i for i, why in enumerate(slow) if why), None)
+    if bad is None:
+        assert first_bad is None and checked_count("x", "inputs[0]", datatype, data) == count
+        assert count == len(slow)
+    else:
+        with pytest.raises(InvalidRequest, match=bad) as info:
+            checked_count("x", "inputs[0]", datatype, data)
+        assert info.value.field == f"inputs[0].data[{first_bad}]"
