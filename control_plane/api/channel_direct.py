@@ -138,6 +138,7 @@ class FrameBatcher:
         self._max_bytes = max_bytes
         self._pending: list[bytes | str] = []
         self._armed = False
+        self._loop = asyncio.get_running_loop()  # built on the channel's loop, used there
 
     async def send(self, frame: bytes | str) -> None:
         if self._link.closed:
@@ -145,7 +146,7 @@ class FrameBatcher:
         self._pending.append(frame)
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         await self._link.writable()
 
     def _flush(self) -> None:

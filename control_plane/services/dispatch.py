@@ -378,7 +378,8 @@ class Dispatcher:
             key, min(deadline, start + self.queue_wait_s), raw.protocol if raw else None, where
         )
         req_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()  # once: on CPython 3.11 each call is a getpid()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         ch.pending[req_id] = fut
         head = {
             "type": "infer",
@@ -402,7 +403,7 @@ class Dispatcher:
             except Exception as exc:
                 raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
             # one timer that fails the future, not wait_for (a task) or asyncio.timeout
-            timer = asyncio.get_running_loop().call_later(
+            timer = loop.call_later(
                 max(0.0, deadline - self._monotonic()), _time_out, fut
             )
             try:
