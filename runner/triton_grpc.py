@@ -194,6 +194,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by connection_made
         self.closed = False
         self.goaway = False
         self._buf = bytearray()
@@ -219,6 +220,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # kept: asyncio.get_running_loop() costs a getpid() system call (CPython 3.11)
+        self.loop = asyncio.get_running_loop()
         # no dynamic HPACK table: Triton's header blocks then mean the same whenever they
         # recur, and are decoded once (see _decode)
         settings = struct.pack(
@@ -469,7 +472,7 @@ class _Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._armed = False
@@ -502,7 +505,7 @@ class _Connection(asyncio.Protocol):
             or self.transport is None
         ):
             return None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         sid = self._next_id
         self._next_id += 2
         s = _Stream(sid, self._initial_window - size, loop.create_future())
@@ -666,7 +669,7 @@ class TritonGrpc:
         if conn is not None:
             # the common case, without a coroutine or a timeout scope of its own: the call
             # leaves now on the open connection, a timer stands for its deadline
-            loop = asyncio.get_running_loop()
+            loop = conn.loop
             deadline = loop.time() + timeout_s
             s = conn.start(head, body, deadline)
             if s is not None:

@@ -340,6 +340,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: GrpcH2Server) -> None:
         self._server = server
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by connection_made
         self.closed = False
         self._peer = ""
         self._buf = bytearray()
@@ -386,6 +387,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # kept: asyncio.get_running_loop() costs a getpid() system call (CPython 3.11)
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             host, port = peer[0], peer[1]
@@ -656,7 +659,7 @@ class _Connection(asyncio.Protocol):
             self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM
             return
         s = _Stream(stream, self._initial_window)
-        s.born = asyncio.get_running_loop().time()
+        s.born = self._loop.time()
         s.head = head
         self._streams[stream] = s
         if len(self._streams) > MAX_STREAMS:
@@ -667,7 +670,7 @@ class _Connection(asyncio.Protocol):
             self._request_complete(s)
         elif self._server.streaming(head.fields.get(b":path", b"")):
             # a streaming call is answered without waiting for the client's messages
-            s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+            s.task = self._loop.create_task(self._server.run_call(self, s))
 
     def _on_data(self, flags: int, stream: int, payload: bytes) -> None:
         length = len(payload)
@@ -838,7 +841,7 @@ class _Connection(asyncio.Protocol):
         s.received = True
         if s.refused or s.task is not None:
             return
-        s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+        s.task = self._loop.create_task(self._server.run_call(self, s))
 
     def _answer_now(self, s: _Stream, code: int, message: str) -> None:
         """Trailers-only error answer and the stream closed from our side (RST_STREAM so
@@ -995,7 +998,7 @@ class _Connection(asyncio.Protocol):
         self._out_size += len(data)
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._armed = False
@@ -1133,7 +1136,7 @@ class GrpcH2Server:
 
     async def run_call(self, conn: _Connection, s: _Stream) -> None:
         """Run one call's handler and answer it."""
-        task = asyncio.current_task()
+        task = s.task  # this task (asyncio.current_task() costs a getpid() system call)
         assert task is not None
         self._calls.add(task)
         try:
@@ -1145,7 +1148,7 @@ class GrpcH2Server:
                 return
             method = head.method
             assert method is not None
-            loop = asyncio.get_running_loop()
+            loop = conn._loop
             deadline = None if head.timeout_s is None else loop.time() + head.timeout_s
             s.deadline = deadline
             context = CallContext(head.metadata, conn.peer, deadline)
