@@ -167,7 +167,16 @@ class _Refused(Exception):
 
 
 class _Stream:
-    __slots__ = ("data", "headers_seen", "http_status", "id", "received", "waiter", "window")
+    __slots__ = (
+        "data",
+        "headers_seen",
+        "http_status",
+        "id",
+        "received",
+        "timer",
+        "waiter",
+        "window",
+    )
 
     def __init__(self, stream_id: int, window: int, waiter: asyncio.Future[GrpcAnswer]) -> None:
         self.id = stream_id
@@ -177,6 +186,7 @@ class _Stream:
         self.headers_seen = False
         self.http_status = 0
         self.received = 0
+        self.timer: asyncio.TimerHandle | None = None  # its deadline (a call started at once)
 
 
 class _Connection(asyncio.Protocol):
@@ -184,11 +194,14 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by connection_made
         self.closed = False
         self.goaway = False
         self._buf = bytearray()
         self._decoder = hpack.Decoder()
-        self._decoded: dict[bytes, dict[bytes, bytes]] = {}
+        self._decoded: dict[bytes, tuple[int, dict[bytes, bytes]]] = {}
+        # the decoder's table size while its dynamic table is empty, else -1 (see _decode)
+        self._table = self._decoder.header_table.maxsize
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._max_frame = 16384
@@ -207,6 +220,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # kept: asyncio.get_running_loop() costs a getpid() system call (CPython 3.11)
+        self.loop = asyncio.get_running_loop()
         # no dynamic HPACK table: Triton's header blocks then mean the same whenever they
         # recur, and are decoded once (see _decode)
         settings = struct.pack(
@@ -362,19 +377,24 @@ class _Connection(asyncio.Protocol):
         self._finish(s, code, text)
 
     def _decode(self, block: bytes) -> dict[bytes, bytes]:
-        """A header block's fields. A block decoded with the dynamic table empty before and
-        after used only the static table and literals: the same bytes mean the same fields
-        later too (the table cannot grow again: our SETTINGS sized it 0), so it is kept."""
+        """A header block's fields. Decoding is a function of the block and the decoder's
+        state (its dynamic table and table size), and that state changes only here: a block
+        that left an empty table empty at the same size is kept with that size, and taken
+        from the cache while the decoder is still there (``_table``: the size while the
+        table is empty, else -1), without decoding: the same fields, the same state after.
+        Our SETTINGS size the table 0, so Triton's repeated blocks hit."""
         known = self._decoded.get(block)
-        if known is not None:
-            return known
-        table = self._decoder.header_table.dynamic_entries
-        was_empty = not table
+        if known is not None and known[0] == self._table:
+            return known[1]
+        before = self._table
+        self._table = -1  # unknown until the decoder has finished (it may raise)
+        table = self._decoder.header_table
         headers = dict(self._decoder.decode(block, raw=True))
-        if was_empty and not table and len(block) <= 512:
+        after = self._table = -1 if table.dynamic_entries else table.maxsize
+        if before == after >= 0 and len(block) <= 512:
             if len(self._decoded) >= 256:
                 self._decoded.clear()
-            self._decoded[block] = headers
+            self._decoded[block] = (after, headers)
         return headers
 
     def _on_settings(self, payload: bytes) -> None:
@@ -415,6 +435,9 @@ class _Connection(asyncio.Protocol):
 
     @staticmethod
     def _set(s: _Stream, outcome: GrpcAnswer | BaseException) -> None:
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
         if s.waiter.done():
             return
         if isinstance(outcome, BaseException):
@@ -449,7 +472,7 @@ class _Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._armed = False
@@ -467,6 +490,59 @@ class _Connection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return not self.closed and not self.goaway and self._next_id < MAX_WINDOW
+
+    def start(self, head: bytes, body: bytes, deadline: float) -> _Stream | None:
+        """A unary call sent now, when it can be (a stream free, the message within the
+        windows and one frame): its stream, whose waiter gets the answer, DEADLINE_EXCEEDED
+        at ``deadline`` (loop time). None: use :meth:`call`."""
+        size = len(body) + 5
+        if (
+            len(self._streams) >= self._max_streams
+            or size > self._max_frame
+            or size > self._send_window
+            or size > self._initial_window
+            or not self.usable
+            or self.transport is None
+        ):
+            return None
+        loop = self.loop
+        sid = self._next_id
+        self._next_id += 2
+        s = _Stream(sid, self._initial_window - size, loop.create_future())
+        self._streams[sid] = s
+        self._send_window -= size
+        data = b"".join(
+            (
+                _frame(HEADERS, END_HEADERS, sid, len(head)),
+                head,
+                _frame(DATA, END_STREAM, sid, size),
+                b"\x00",
+                _U32.pack(len(body)),
+                body,
+            )
+        )
+        if len(self._streams) == 1 and not self._out:
+            self.transport.write(data)  # no other call's frames can join it in this turn
+        else:
+            self._write(data)
+        s.timer = loop.call_at(deadline, self._expire, s)
+        return s
+
+    def _expire(self, s: _Stream) -> None:
+        s.timer = None
+        if self._streams.get(s.id) is s:
+            self.forget(s)
+            self._set(s, GrpcAnswer(DEADLINE_EXCEEDED, "Deadline Exceeded", b""))
+
+    def forget(self, s: _Stream) -> None:
+        """A started call given up (its deadline, or its caller cancelled): its stream reset."""
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if self._streams.pop(s.id, None) is not None:
+            self._wake(self._slot_waiters)
+            if not self.closed and self.transport is not None:
+                self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_CANCEL))
 
     async def call(self, head: bytes, body: bytes) -> GrpcAnswer:
         """One unary call: ``head`` (an encoded header block), ``body`` (the message)."""
@@ -531,13 +607,14 @@ class TritonGrpc:
         self._connect_timeout_s = connect_timeout_s
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
-        self._heads: dict[tuple[str, bytes], bytes] = {}
+        self._heads: dict[tuple[str, float], bytes] = {}
         self._authority = f"{host}:{port}".encode()
 
-    def _head(self, method: str, timeout: bytes) -> bytes:
-        key = (method, timeout)
+    def _head(self, method: str, timeout_s: float) -> bytes:
+        key = (method, timeout_s)
         head = self._heads.get(key)
         if head is None:
+            timeout = grpc_timeout(timeout_s)
             head = b"".join(
                 (
                     b"\x83",  # :method POST (static 3)
@@ -586,10 +663,27 @@ class TritonGrpc:
     async def unary(self, method: str, body: bytes, timeout_s: float) -> GrpcAnswer:
         """Call ``method`` (``/package.Service/Method``) with the serialized ``body``; the
         answer, whatever its status (``DEADLINE_EXCEEDED`` when ``timeout_s`` passes)."""
-        head = self._head(method, grpc_timeout(timeout_s))
+        head = self._heads.get((method, timeout_s)) or self._head(method, timeout_s)
+        conn = self._conn
+        attempts = 2
+        if conn is not None:
+            # the common case, without a coroutine or a timeout scope of its own: the call
+            # leaves now on the open connection, a timer stands for its deadline
+            loop = conn.loop
+            deadline = loop.time() + timeout_s
+            s = conn.start(head, body, deadline)
+            if s is not None:
+                try:
+                    return await s.waiter
+                except _Refused:
+                    attempts = 1  # once more on a new connection, in the time left
+                    timeout_s = deadline - loop.time()
+                except BaseException:
+                    conn.forget(s)
+                    raise
         try:
             async with asyncio.timeout(timeout_s):
-                for attempt in range(2):
+                for attempt in range(2 - attempts, 2):
                     conn = await self._connection()
                     try:
                         return await conn.call(head, body)

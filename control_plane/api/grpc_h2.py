@@ -96,6 +96,7 @@ from gpufleet._h2 import (
 from gpufleet._h2 import HEAD as _HEAD
 from gpufleet._h2 import U32 as _U32
 from gpufleet._h2 import frame as _frame
+from gpufleet._h2 import hpack_int as _hpack_int
 from gpufleet._h2 import literal as _literal
 
 __all__ = ["CallContext", "GrpcH2Server", "Method"]
@@ -165,16 +166,27 @@ _RESPONSE_HEAD = b"\x88" + _literal(31, b"application/grpc")  # :status 200, con
 _OK_TRAILER = _literal(b"grpc-status", b"0")
 
 
+# a metadata key's HPACK literal name (and whether its value is binary), by key: servicers
+# answer the same few keys call after call
+_KEY_LITERALS: dict[str, tuple[bytes, bool]] = {}
+
+
 def _metadata_block(pairs: Iterable[tuple[str, str | bytes]]) -> bytes:
     out = []
     for key, value in pairs:
-        k = key.lower().encode("ascii", "replace")
-        if k.endswith(b"-bin"):
+        known = _KEY_LITERALS.get(key)
+        if known is None:
+            k = key.lower().encode("ascii", "replace")
+            known = (b"\x00" + _hpack_int(len(k), 7, 0) + k, k.endswith(b"-bin"))
+            if len(_KEY_LITERALS) < 256:
+                _KEY_LITERALS[key] = known
+        name, binary = known
+        if binary:
             raw = value if isinstance(value, bytes) else value.encode()
             v = base64.b64encode(raw).rstrip(b"=")
         else:
             v = value.encode("ascii", "replace") if isinstance(value, str) else value
-        out.append(_literal(k, v))
+        out.append(name + _hpack_int(len(v), 7, 0) + v)
     return b"".join(out)
 
 
@@ -249,12 +261,45 @@ class Method:
     streaming: bool = False
 
 
+class _Head:
+    """A request's decoded header block, with what its calls need of it worked out once
+    (``GrpcH2Server._plan``): a client repeats a few blocks call after call, and a block
+    kept by ``_Connection._decode`` comes back as the same object."""
+
+    __slots__ = (
+        "bad",
+        "bad_metadata",
+        "encoding",
+        "fields",
+        "metadata",
+        "method",
+        "planned",
+        "table_size",
+        "timeout_s",
+    )
+
+    def __init__(self, fields: dict[bytes, bytes], table_size: int) -> None:
+        self.fields = fields
+        self.table_size = table_size  # the HPACK table size it was decoded with
+        self.planned = False
+        self.method: Method | None = None
+        self.bad: tuple[int, str] | None = None  # the call's refusal before any handler
+        self.bad_metadata = ""  # a -bin value that is not base64: refused at the call
+        self.timeout_s: float | None = None
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self.encoding = b"identity"
+
+
+_NO_HEAD = _Head({}, -1)
+
+
 class _Stream:
     __slots__ = (
         "born",
         "data",
         "deadline",
-        "headers",
+        "expired",
+        "head",
         "held",
         "id",
         "inflated",
@@ -278,11 +323,12 @@ class _Stream:
         self.reserved = 0  # granted beyond RECEIVE_WINDOW, from the connection's pool
         self.held = 0  # bytes received, given back to the connection window at the end
         self.inflated = 0  # an inflated request's size, from the pool too
-        self.headers: dict[bytes, bytes] = {}
+        self.head: _Head = _NO_HEAD
         self.received = False  # END_STREAM seen
         self.refused = False  # already answered (too large): rest of its data dropped
         self.task: asyncio.Task[None] | None = None
         self.deadline: float | None = None  # the call's grpc-timeout, once its call runs
+        self.expired = False  # its deadline passed while its handler ran
         self.born = 0.0  # loop time of its HEADERS
 
 
@@ -294,6 +340,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: GrpcH2Server) -> None:
         self._server = server
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by connection_made
         self.closed = False
         self._peer = ""
         self._buf = bytearray()
@@ -301,7 +348,9 @@ class _Connection(asyncio.Protocol):
         # the block is capped at MAX_HEADER_BLOCK before decoding; Huffman may decode it to
         # ~1.6 times as much: allowed, rather than ending the connection over it
         self._decoder = hpack.Decoder(max_header_list_size=2 * MAX_HEADER_BLOCK)
-        self._decoded: dict[bytes, dict[bytes, bytes]] = {}
+        self._decoded: dict[bytes, _Head] = {}
+        # the decoder's table size while its dynamic table is empty, else -1 (see _decode)
+        self._table = self._decoder.header_table.maxsize
         self._streams: dict[int, _Stream] = {}
         self._last_id = 0
         self._goaway_sent = False
@@ -338,6 +387,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # kept: asyncio.get_running_loop() costs a getpid() system call (CPython 3.11)
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             host, port = peer[0], peer[1]
@@ -591,7 +642,7 @@ class _Connection(asyncio.Protocol):
         self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(E_NO_ERROR))
 
     def _on_headers(self, stream: int, block: bytes, end_stream: bool) -> None:
-        headers = self._decode(block)  # always: the HPACK state is the connection's
+        head = self._decode(block)  # always: the HPACK state is the connection's
         if stream in self._streams:  # trailers from a client: end of its request
             if end_stream:
                 self._request_complete(self._streams[stream])
@@ -608,8 +659,8 @@ class _Connection(asyncio.Protocol):
             self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(0x7))  # REFUSED_STREAM
             return
         s = _Stream(stream, self._initial_window)
-        s.born = asyncio.get_running_loop().time()
-        s.headers = headers
+        s.born = self._loop.time()
+        s.head = head
         self._streams[stream] = s
         if len(self._streams) > MAX_STREAMS:
             self._streams.pop(stream)
@@ -617,9 +668,9 @@ class _Connection(asyncio.Protocol):
             return
         if end_stream:
             self._request_complete(s)
-        elif self._server.streaming(headers.get(b":path", b"")):
+        elif self._server.streaming(head.fields.get(b":path", b"")):
             # a streaming call is answered without waiting for the client's messages
-            s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+            s.task = self._loop.create_task(self._server.run_call(self, s))
 
     def _on_data(self, flags: int, stream: int, payload: bytes) -> None:
         length = len(payload)
@@ -735,27 +786,34 @@ class _Connection(asyncio.Protocol):
         """Bytes the pool can still lend (to an inflated request)."""
         return max(0, self._pool)
 
-    def _decode(self, block: bytes) -> dict[bytes, bytes]:
-        """A header block's fields; a block decoded with the dynamic table empty before and
-        after is kept (it means the same every time: our SETTINGS sized the table 0)."""
+    def _decode(self, block: bytes) -> _Head:
+        """A header block's fields. Decoding is a function of the block and the decoder's
+        state (its dynamic table and table size), and that state changes only here: a block
+        that left an empty table empty at the same size is kept with that size, and taken
+        from the cache while the decoder is still there (``_table``: the size while the
+        table is empty, else -1), without decoding: the same fields, the same state after.
+        Our SETTINGS size the table 0, so a client's repeated blocks hit."""
         known = self._decoded.get(block)
-        if known is not None:
+        if known is not None and known.table_size == self._table:
             return known
         if len(block) > MAX_HEADER_BLOCK:
             raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
         check_size_updates(block)
-        table = self._decoder.header_table.dynamic_entries
-        was_empty = not table
+        before = self._table
+        self._table = -1  # unknown until the decoder has finished (it may raise)
+        table = self._decoder.header_table
         fields = self._decoder.decode(block, raw=True)
+        after = self._table = -1 if table.dynamic_entries else table.maxsize
         headers: dict[bytes, bytes] = {}
         for k, v in fields:
             # repeated metadata keys (rare) joined as HTTP does
             headers[k] = headers[k] + b"," + v if k in headers else v
-        if was_empty and not table and len(block) <= 1024:
+        head = _Head(headers, after)
+        if before == after >= 0 and len(block) <= 1024:
             if len(self._decoded) >= MAX_CACHED_BLOCKS:  # ≤ 32 KiB held per connection
                 self._decoded.clear()
-            self._decoded[block] = headers
-        return headers
+            self._decoded[block] = head
+        return head
 
     def _on_settings(self, pairs: list[tuple[int, int]]) -> None:
         if len(pairs) > MAX_SETTINGS:  # nghttp2's limit too: a frame's work stays small
@@ -783,7 +841,7 @@ class _Connection(asyncio.Protocol):
         s.received = True
         if s.refused or s.task is not None:
             return
-        s.task = asyncio.get_running_loop().create_task(self._server.run_call(self, s))
+        s.task = self._loop.create_task(self._server.run_call(self, s))
 
     def _answer_now(self, s: _Stream, code: int, message: str) -> None:
         """Trailers-only error answer and the stream closed from our side (RST_STREAM so
@@ -847,19 +905,22 @@ class _Connection(asyncio.Protocol):
             ):
                 self._send_window -= size
                 s.window -= size
-                self._write(
-                    b"".join(
-                        (
-                            _frame(HEADERS, END_HEADERS, s.id, len(_RESPONSE_HEAD)),
-                            _RESPONSE_HEAD,
-                            _frame(DATA, 0, s.id, size),
-                            prefix,
-                            body,
-                            _frame(HEADERS, END_HEADERS | END_STREAM, s.id, len(trailers)),
-                            trailers,
-                        )
+                data = b"".join(
+                    (
+                        _frame(HEADERS, END_HEADERS, s.id, len(_RESPONSE_HEAD)),
+                        _RESPONSE_HEAD,
+                        _frame(DATA, 0, s.id, size),
+                        prefix,
+                        body,
+                        _frame(HEADERS, END_HEADERS | END_STREAM, s.id, len(trailers)),
+                        trailers,
                     )
                 )
+                if len(self._streams) == 1 and s.received and not self._out and self.transport:
+                    # no other call's answer can join it in this turn: written now
+                    self.transport.write(data)
+                else:
+                    self._write(data)
                 return
             self._write_headers(s.id, _RESPONSE_HEAD, 0)
             try:
@@ -873,8 +934,11 @@ class _Connection(asyncio.Protocol):
             if self._drop(s.id) is not None and not s.received:
                 # answered before the client finished sending: it may stop now
                 self._write(_frame(RST_STREAM, 0, s.id, 4) + _U32.pack(E_NO_ERROR))
-            if self._goaway_sent and not self._streams:
-                self.close()
+            if not self._streams:
+                if self._goaway_sent:
+                    self.close()
+                elif self._armed:  # no other call's answer can join this write: now
+                    self._flush()
 
     async def _send_data(self, s: _Stream, data: memoryview) -> None:
         loop = asyncio.get_running_loop()
@@ -918,6 +982,8 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _wake(self) -> None:
+        if not self._window_waiters:
+            return
         waiters, self._window_waiters = self._window_waiters, []
         for w in waiters:
             if not w.done():
@@ -932,7 +998,7 @@ class _Connection(asyncio.Protocol):
         self._out_size += len(data)
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._armed = False
@@ -1008,6 +1074,11 @@ class GrpcH2Server:
         waiting this long on a client that gives no window (or does not read) is dropped
         (RST_STREAM CANCEL), or at the call's deadline when it has one."""
         self._methods = methods
+        # by the :path bytes a request carries (its latin-1 text names the method)
+        self._by_path: dict[bytes, Method] = {}
+        for path, method in methods.items():
+            with contextlib.suppress(UnicodeEncodeError):
+                self._by_path[path.encode("latin-1")] = method
         self.max_receive = max_receive
         self.idle_s = idle_s
         self.preface_s = preface_s
@@ -1018,7 +1089,7 @@ class GrpcH2Server:
         self._calls: set[asyncio.Task[None]] = set()
 
     def streaming(self, path: bytes) -> bool:
-        method = self._methods.get(path.decode("latin-1"))
+        method = self._by_path.get(path)
         return method is not None and method.streaming
 
     async def start(
@@ -1065,11 +1136,60 @@ class GrpcH2Server:
 
     async def run_call(self, conn: _Connection, s: _Stream) -> None:
         """Run one call's handler and answer it."""
-        task = asyncio.current_task()
+        task = s.task  # this task (asyncio.current_task() costs a getpid() system call)
         assert task is not None
         self._calls.add(task)
         try:
-            await self._run_call(conn, s)
+            head = s.head
+            if not head.planned:
+                self._plan(head)
+            if head.bad is not None:
+                await conn.answer(s, head.bad[0], head.bad[1], None, ())
+                return
+            method = head.method
+            assert method is not None
+            loop = conn._loop
+            deadline = None if head.timeout_s is None else loop.time() + head.timeout_s
+            s.deadline = deadline
+            context = CallContext(head.metadata, conn.peer, deadline)
+            code, message, answer = 0, "", None
+            # the deadline: a timer that cancels the handler (asyncio.timeout's way, without
+            # its context manager; none at all for a call without grpc-timeout)
+            timer, cancelling = None, 0
+            if deadline is not None:
+                cancelling = task.cancelling()
+                timer = loop.call_at(deadline, _expire, task, s)
+            try:
+                if head.bad_metadata:
+                    raise _BadMessage(grpc.StatusCode.INTERNAL.value[0], head.bad_metadata)
+                request = self._request(conn, method, s, head.encoding)
+                response = await method.handler(request, context)
+                # bytes (an answer passed through) go as they are
+                answer = response if isinstance(response, bytes) else response.SerializeToString()
+            except AbortError as exc:
+                code, message = exc.code.value[0], exc.details
+                context.trailing = exc.trailing
+            except _BadMessage as exc:
+                code, message = exc.code, exc.message
+            except asyncio.CancelledError:
+                # past the deadline, and cancelled by nothing else: DEADLINE_EXCEEDED
+                if not s.expired:
+                    raise
+                s.expired = False
+                if task.uncancel() > cancelling:
+                    raise
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"
+            except Exception as exc:
+                path = head.fields.get(b":path", b"").decode("latin-1")
+                log.exception("unhandled error in gRPC method %s", path)
+                code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    if s.expired:  # it fired, and the handler ended some other way
+                        s.expired = False
+                        task.uncancel()
+            await conn.answer(s, code, message, answer if code == 0 else None, context.trailing)
         except (asyncio.CancelledError, ConnectionError):
             pass  # reset by the client, the connection lost, or the server stopping
         except Exception:
@@ -1078,56 +1198,24 @@ class GrpcH2Server:
             self._calls.discard(task)
             conn.abandon(s)  # never answered (a bug, or cancelled): the stream still ends
 
-    async def _run_call(self, conn: _Connection, s: _Stream) -> None:
-        headers = s.headers
-        path = headers.get(b":path", b"").decode("latin-1")
-        method = self._methods.get(path)
+    def _plan(self, head: _Head) -> None:
+        """What the calls of a header block need of it: its method (or its refusal), its
+        deadline, its metadata as grpc.aio gives it, its message encoding."""
+        fields = head.fields
+        head.method = method = self._by_path.get(fields.get(b":path", b""))
         if method is None:
-            await conn.answer(
-                s, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", None, ()
-            )
-            return
-        content_type = headers.get(b"content-type", b"")
-        if not content_type.startswith(b"application/grpc"):
-            await conn.answer(
-                s,
-                grpc.StatusCode.INTERNAL.value[0],
-                "content-type is not application/grpc",
-                None,
-                (),
-            )
-            return
-        given = headers.get(b"grpc-timeout")
-        timeout_s = None if given is None else parse_timeout(given)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        s.deadline = deadline
-        context = CallContext((), conn.peer, deadline)
-        code, message, answer = 0, "", None
-        try:
-            async with asyncio.timeout_at(deadline):
-                try:
-                    context._metadata = _metadata(headers)
-                except ValueError as exc:  # binascii.Error: a -bin value not base64
-                    raise _BadMessage(
-                        grpc.StatusCode.INTERNAL.value[0], f"bad binary metadata: {exc}"
-                    ) from exc
-                encoding = headers.get(b"grpc-encoding", b"identity")
-                request = self._request(conn, method, s, encoding)
-                response = await method.handler(request, context)
-                # bytes (an answer passed through) go as they are
-                answer = response if isinstance(response, bytes) else response.SerializeToString()
-        except AbortError as exc:
-            code, message = exc.code.value[0], exc.details
-            context.trailing = exc.trailing
-        except _BadMessage as exc:
-            code, message = exc.code, exc.message
-        except TimeoutError:
-            code, message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"
-        except Exception as exc:
-            log.exception("unhandled error in gRPC method %s", path)
-            code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"
-        await conn.answer(s, code, message, answer if code == 0 else None, context.trailing)
+            head.bad = (grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!")
+        elif not fields.get(b"content-type", b"").startswith(b"application/grpc"):
+            head.bad = (grpc.StatusCode.INTERNAL.value[0], "content-type is not application/grpc")
+        else:
+            given = fields.get(b"grpc-timeout")
+            head.timeout_s = None if given is None else parse_timeout(given)
+            try:
+                head.metadata = _metadata(fields)
+            except ValueError as exc:  # binascii.Error: a -bin value not base64
+                head.bad_metadata = f"bad binary metadata: {exc}"
+            head.encoding = fields.get(b"grpc-encoding", b"identity")
+        head.planned = True
 
     def _request(self, conn: _Connection, method: Method, s: _Stream, encoding: bytes) -> Any:
         data = s.data[0] if len(s.data) == 1 else b"".join(s.data)
@@ -1179,6 +1267,13 @@ class GrpcH2Server:
             raise _BadMessage(
                 grpc.StatusCode.INTERNAL.value[0], f"Failed to parse the request: {exc}"
             ) from exc
+
+
+def _expire(task: asyncio.Task[None], s: _Stream) -> None:
+    """A call's deadline passed: its handler is cancelled (``run_call`` answers it)."""
+    if not task.done():
+        s.expired = True
+        task.cancel()
 
 
 class _BadMessage(Exception):

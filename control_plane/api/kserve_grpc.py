@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
-from gpufleet._logs import bind
+from gpufleet._logs import context as _log_context
 from gpufleet.tensors import dtype_of
 from gpufleet.wire import NAME_PATTERN, VERSION_PATTERN, ModelVersionView
 from pydantic import ValidationError
@@ -63,7 +63,7 @@ from control_plane.api.kserve_wire import (
     V2InferResponse,
     to_model_metadata,
 )
-from control_plane.api.request_id import request_id_of
+from control_plane.api.request_id import new_request_id, request_id_of
 from control_plane.api.routes_system import package_version
 from control_plane.errors import (
     GpufleetError,
@@ -164,9 +164,13 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         # x-request-id as over HTTP: the caller's (when safe) or a new one, on this call's
         # log lines (and the job's, on its runner) and back in the trailing metadata
-        given = dict(context.invocation_metadata() or ()).get("x-request-id")
-        rid = request_id_of(given if isinstance(given, (str, bytes)) else None)
-        bind(request_id=rid, tenant=None, job=None, runner=None, model=None)
+        given = _call_metadata(context.invocation_metadata()).request_id
+        rid = new_request_id() if given is None else request_id_of(given)
+        _RID.set(rid)
+        _TENANT.set(None)
+        _JOB.set(None)
+        _RUNNER.set(None)
+        _MODEL.set(None)
         context.set_trailing_metadata((("x-request-id", rid),))
         try:
             return await handler(self, request, context)
@@ -191,6 +195,54 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     return wrapper
+
+
+# the log context a call binds (gpufleet._logs.bind's variables, set directly: per call)
+_RID, _TENANT, _JOB, _RUNNER, _MODEL = (
+    _log_context[name] for name in ("request_id", "tenant", "job", "runner", "model")
+)
+
+
+class _CallMetadata:
+    """What the servicer reads of a call's metadata: the client's x-request-id and the
+    bearer token (or why there is none)."""
+
+    __slots__ = ("refusal", "request_id", "token")
+
+    def __init__(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        given = dict(metadata).get("x-request-id")
+        self.request_id = given if isinstance(given, (str, bytes)) else None
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        self.token = ""
+        self.refusal = ""
+        if not header:
+            self.refusal = "missing bearer token"
+            return
+        scheme, _, token = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            self.refusal = "expected 'authorization: Bearer <token>' metadata"
+            return
+        self.token = token.strip()
+
+
+# by the metadata tuple: a client sends the same metadata call after call (gpufleet's
+# server even hands over the same tuple); bounded (tokens are no bigger than a header block)
+_METADATA: dict[Any, _CallMetadata] = {}
+_MAX_METADATA = 64
+
+
+def _call_metadata(metadata: Any) -> _CallMetadata:
+    metadata = tuple(metadata or ())
+    try:
+        known = _METADATA.get(metadata)
+    except TypeError:  # a value that cannot be hashed: not kept
+        return _CallMetadata(metadata)
+    if known is None:
+        known = _CallMetadata(metadata)
+        if len(_METADATA) >= _MAX_METADATA:
+            _METADATA.clear()
+        _METADATA[metadata] = known
+    return known
 
 
 def _unimplemented(name: str, why: str) -> Callable[..., Awaitable[None]]:
@@ -366,15 +418,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller of the ``authorization: Bearer <token>`` metadata, as HTTP verifies it."""
-        header = next(
-            (v for k, v in context.invocation_metadata() or () if k == "authorization"), None
-        )
-        if not header:
-            raise Unauthorized("missing bearer token")
-        scheme, _, token = str(header).partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("expected 'authorization: Bearer <token>' metadata")
-        token = token.strip()
+        known = _call_metadata(context.invocation_metadata())
+        if known.refusal:
+            raise Unauthorized(known.refusal)
+        token = known.token
         # no thread hop when known (and its API key's state read within seconds: revocation)
         remembered = self._svc.auth.cached_principal(token)
         if remembered is not None:
@@ -461,14 +508,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         else:
             raw = request.SerializeToString()
         p = await self._principal(context)
-        model, version = model_ref(request.model_name, request.model_version)
-        bind(model=model)  # log lines about this call name the model (then the job)
+        model, version = _model_ref(request.model_name, request.model_version)
+        _MODEL.set(model)  # log lines about this call name the model (then the job)
         # Shared memory is never passed through; a marker in tensor data only costs the
         # parsed path (as over HTTP).
         if self._svc.inference is not None and SHARED_MEMORY_MARKER not in raw:
 
             def build(name: str, resolved: str) -> RawRequest:
-                return RawRequest("grpc", with_model(raw, name, resolved))
+                return RawRequest("grpc", raw + _model_fields(name, resolved))
 
             try:
                 answer = await self._svc.inference.passthrough(p, model, version, "grpc", build)
@@ -497,7 +544,37 @@ def with_model(raw: bytes, name: str, version: str) -> bytes:
     """A serialized ``ModelInferRequest`` naming ``name`` version ``version``: the two
     fields (1 and 2) appended, which a parser takes over earlier values ("last one wins" for
     singular fields in the protobuf encoding), so the request is not serialized again."""
-    return raw + _string_field(1, name) + _string_field(2, version)
+    return raw + _model_fields(name, version)
+
+
+# (name, version) -> its fields 1 and 2, and a KServe request's (model_name, model_version)
+# -> model_ref's answer: the few models a process serves, worked out once
+_MODEL_FIELDS: dict[tuple[str, str], bytes] = {}
+_MODEL_REFS: dict[tuple[str, str], tuple[str, str | None]] = {}
+_MAX_MODELS = 256
+
+
+def _model_fields(name: str, version: str) -> bytes:
+    key = (name, version)
+    known = _MODEL_FIELDS.get(key)
+    if known is None:
+        known = _string_field(1, name) + _string_field(2, version)
+        if len(_MODEL_FIELDS) >= _MAX_MODELS:
+            _MODEL_FIELDS.clear()
+        _MODEL_FIELDS[key] = known
+    return known
+
+
+def _model_ref(name: str, version: str) -> tuple[str, str | None]:
+    """``model_ref`` of a request's names (ModelNotFound when they name no model)."""
+    key = (name, version)
+    known = _MODEL_REFS.get(key)
+    if known is None:
+        known = model_ref(name, version)  # raises for a bad name: nothing kept
+        if len(_MODEL_REFS) >= _MAX_MODELS:
+            _MODEL_REFS.clear()
+        _MODEL_REFS[key] = known
+    return known
 
 
 for _name, _why in _UNIMPLEMENTED.items():

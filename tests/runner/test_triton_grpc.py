@@ -329,9 +329,9 @@ def test_header_blocks_decoded_once_only_without_the_dynamic_table() -> None:
     block = plain.encode(fields)
     assert fresh._decode(block) == expected
     assert fresh._decode(plain.encode(fields)) == expected
-    # kept (the first block also carried the table-size update, so two entries), and the
-    # same bytes again come from the cache
-    assert fresh._decoded and all(v == expected for v in fresh._decoded.values())
+    # kept (not the first block: its table-size update changed the decoder), with the table
+    # size it holds for, and the same bytes again come from the cache
+    assert list(fresh._decoded.values()) == [(0, expected)]
     assert plain.encode(fields) in fresh._decoded
 
 
@@ -386,3 +386,119 @@ async def test_bad_frames_from_the_server_end_the_connection(frames: bytes) -> N
         client.close()
         server.close()
         await server.wait_closed()
+
+
+def test_decoded_header_blocks_never_go_stale() -> None:
+    """As on the control plane's server: a kept block is handed out only while decoding it
+    again would give the same fields and leave the decoder as it is; fed the same random
+    blocks as a plain decoder, the connection gives the same fields, fails at the same block."""
+    import hpack
+
+    from runner.triton_grpc import _Connection
+    from tests.helpers.hpack_blocks import BLOCKS, check_against_reference
+
+    hits = check_against_reference(_Connection, lambda h: h, dict)
+    assert hits > 100
+    conn = _Connection()
+    conn._decode(BLOCKS["zero-then-back"])
+    conn._decode(BLOCKS["insert-k"])
+    conn._decode(BLOCKS["zero-then-back"])
+    with pytest.raises(hpack.HPACKError):
+        conn._decode(BLOCKS["newest"])
+
+
+async def test_calls_on_an_open_connection_keep_deadline_and_cancel(
+    server: Server, client: TritonGrpc
+) -> None:
+    """Once the connection is open, a call leaves at once with a timer for its deadline
+    (no timeout scope): the deadline still answers DEADLINE_EXCEEDED and resets the stream,
+    a cancelled caller still resets it, and nothing is left behind on the connection."""
+    assert (await client.unary(METHOD, b"warm", timeout_s=5.0)).body == b"warm"
+    conn = client._conn
+    assert conn is not None
+
+    async def hang(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(30)
+        return body
+
+    server.behaviour = hang
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    answer = await client.unary(METHOD, b"slow", timeout_s=0.3)
+    assert (answer.status, answer.message) == (4, "Deadline Exceeded")
+    assert 0.25 < loop.time() - start < 2.0
+    await asyncio.wait_for(server.cancelled.wait(), 5.0)
+    assert not conn._streams
+
+    server.cancelled.clear()
+    task = asyncio.create_task(client.unary(METHOD, b"x", timeout_s=30.0))
+    await asyncio.sleep(0.2)
+    (stream,) = conn._streams.values()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(server.cancelled.wait(), 5.0)
+    assert not conn._streams and stream.timer is None  # its deadline timer is gone too
+
+    server.behaviour = Server.echo
+    assert (await client.unary(METHOD, b"next", timeout_s=5.0)).body == b"next"
+    assert client._conn is conn and not conn._streams
+
+
+async def test_a_call_refused_by_goaway_is_retried_on_a_new_connection() -> None:
+    """A server that answers an open connection's call with GOAWAY (last stream 0: not
+    processed) gets the call again on a new connection, as grpc retries it."""
+    import hpack
+
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(connections)
+        connections.append(number)
+        enc = hpack.Encoder()
+        enc.header_table_size = 0
+        await reader.readexactly(24)  # the preface
+        writer.write(_raw_frame(4, 0, 0, b""))  # our SETTINGS
+        calls = 0
+        try:
+            while True:
+                head = await reader.readexactly(9)
+                length = int.from_bytes(head[:3], "big")
+                kind, flags, sid = head[3], head[4], int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+                payload = await reader.readexactly(length)
+                if kind == 4 and not flags & 1:
+                    writer.write(_raw_frame(4, 1, 0, b""))
+                elif kind == 0 and flags & 1:  # a call's message, whole
+                    calls += 1
+                    if number == 0 and calls == 2:  # the second call on the first connection
+                        writer.write(_raw_frame(7, 0, 0, b"\x00\x00\x00\x01" + b"\x00" * 4))
+                        continue
+                    block = enc.encode([(":status", "200"), ("content-type", "application/grpc")])
+                    trailers = enc.encode([("grpc-status", "0")])
+                    writer.write(
+                        _raw_frame(1, 4, sid, block)
+                        + _raw_frame(0, 0, sid, payload)
+                        + _raw_frame(1, 5, sid, trailers)
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = TritonGrpc("127.0.0.1", port)
+    try:
+        assert (await client.unary(METHOD, b"one", timeout_s=5.0)).body == b"one"
+        first = client._conn
+        answer = await client.unary(METHOD, b"two", timeout_s=5.0)
+        assert (answer.status, answer.body) == (0, b"two")
+        assert client._conn is not first and connections == [0, 1]
+    finally:
+        client.close()
+        listener.close()
+
+
+def _raw_frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload

@@ -737,3 +737,81 @@ async def test_a_settings_frame_of_many_entries_is_refused(
     assert _goaway_code(frames) == 0xB
     ok = await _frames_for(target, 1.0, _settings(*[(4, 65535 + i) for i in range(32)]))
     assert not [p for k, _, _, p in ok if k == 7], "32 entries are fine"
+
+
+def test_decoded_header_blocks_never_go_stale() -> None:
+    """A kept header block is handed out only while decoding it again would give the same
+    fields and leave the decoder as it is: after a dynamic-table change (an insert, a size
+    update), blocks are decoded again. Fed the same random blocks as a plain decoder, the
+    connection gives the same fields and fails at the same block."""
+    from control_plane.api.grpc_h2 import _Connection
+    from tests.helpers.hpack_blocks import BLOCKS, check_against_reference
+
+    server = GrpcH2Server({}, max_receive=MAX)
+
+    def joined(fields: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        for k, v in fields:
+            out[k] = out[k] + b"," + v if k in out else v
+        return out
+
+    hits = check_against_reference(lambda: _Connection(server), lambda h: h.fields, joined)
+    assert hits > 100  # the cache was used, not bypassed
+
+    # the stale case by hand: a block that empties the table and sets it back was kept;
+    # after an insert, the same bytes must empty the table again
+    conn = _Connection(server)
+    conn._decode(BLOCKS["zero-then-back"])
+    assert BLOCKS["zero-then-back"] in conn._decoded
+    conn._decode(BLOCKS["insert-k"])
+    conn._decode(BLOCKS["zero-then-back"])
+    with pytest.raises(hpack.HPACKError):  # the entry is gone, as for any decoder
+        conn._decode(BLOCKS["newest"])
+    # and an insert that a table of size 0 dropped is made again once the size is back
+    conn = _Connection(server)
+    conn._decode(BLOCKS["zero-insert-b"])
+    conn._decode(BLOCKS["insert-b"])  # kept: the table stayed empty (size 0)
+    conn._decode(BLOCKS["back"])
+    conn._decode(BLOCKS["insert-b"])
+    assert conn._decode(BLOCKS["newest"]).fields == {b"x-b": b"2"}
+
+
+async def test_a_repeated_header_block_is_worked_out_once_and_answers_the_same(
+    served: tuple[GrpcH2Server, Handlers, str],
+) -> None:
+    """The same header block call after call (what clients send) is decoded and planned
+    (method, deadline, metadata) once, then shared: every call gets its own answer, with
+    the block's metadata and deadline; a refusal the block carries (bad -bin metadata, an
+    unknown method) is given to each call."""
+    server, h, target = served
+    msg = _msg(Bytes(value=b"ab").SerializeToString())
+    good = _head(extra=(("x-user", "u1"), ("grpc-timeout", "5S")))
+    bad = _head(extra=(("x-bin", "a"),))
+    unknown = _head(f"{SVC}/Nope")
+    chunks = [_settings()]
+    sid = 1
+    for block in (good, good, good, bad, bad, unknown, unknown, good):
+        chunks += [_f(1, 0x4, sid, block), _f(0, 0x1, sid, msg)]
+        sid += 2
+    frames = await _frames_for(target, 1.0, *chunks)
+    dec = hpack.Decoder()
+    status = {}
+    for kind, flags, stream, payload in frames:
+        if kind == 1:
+            fields = dict(dec.decode(payload))
+            if flags & 0x1:
+                status[stream] = fields["grpc-status"]
+    internal = str(grpc.StatusCode.INTERNAL.value[0])
+    unimplemented = str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert [status.get(s) for s in range(1, sid, 2)] == [
+        *("0", "0", "0"),
+        *(internal, internal),
+        *(unimplemented, unimplemented),
+        "0",
+    ]
+    assert len(h.contexts) == 4
+    assert all(c.invocation_metadata() == (("x-user", "u1"),) for c in h.contexts)
+    remaining = [c.time_remaining() for c in h.contexts]
+    assert all(r is not None and 3.0 < r <= 5.0 for r in remaining)
+    conn = next(iter(server.connections), None)
+    assert conn is None or good in conn._decoded  # the block was kept (the table is size 0)
