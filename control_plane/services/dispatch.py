@@ -403,9 +403,7 @@ class Dispatcher:
             except Exception as exc:
                 raise Unavailable(f"runner {ch.runner_id} unreachable: {exc}") from exc
             # one timer that fails the future, not wait_for (a task) or asyncio.timeout
-            timer = loop.call_later(
-                max(0.0, deadline - self._monotonic()), _time_out, fut
-            )
+            timer = loop.call_later(max(0.0, deadline - self._monotonic()), _time_out, fut)
             try:
                 msg = await fut
             except TimeoutError as exc:
