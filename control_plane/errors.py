@@ -73,6 +73,14 @@ class SlowRequest(GpufleetError):
 
     code = "request_timeout"
 
+    @classmethod
+    def message_for(cls, idle_s: float, min_rate: int) -> str:
+        """The message of the listener's slow-body limits."""
+        return (
+            f"the request body arrived too slowly (each chunk within {idle_s:g} s, then at "
+            f"least {min_rate} bytes/s)"
+        )
+
 
 class RateLimited(GpufleetError):
     code = "rate_limited"

@@ -195,10 +195,7 @@ class BodyTimeout:
         self.app = app
         self.idle_s = idle_s
         self.min_rate = min_rate
-        self._message = (
-            f"the request body arrived too slowly (each chunk within {idle_s:g} s, then at "
-            f"least {min_rate} bytes/s)"
-        )
+        self._message = SlowRequest.message_for(idle_s, min_rate)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

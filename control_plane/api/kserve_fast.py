@@ -101,10 +101,7 @@ class KServeFastPath:
         self.body_min_rate = body_min_rate
         self.storage_budget_s = storage_budget_s
         self.hsts = hsts
-        self._slow = (
-            f"the request body arrived too slowly (each chunk within {body_idle_s:g} s, then "
-            f"at least {body_min_rate} bytes/s)"
-        )
+        self._slow = SlowRequest.message_for(body_idle_s, body_min_rate)
 
     # ------------------------------------------------------------------ the decision
     def prepare(self, scope: Scope) -> _Call | None:
@@ -235,11 +232,7 @@ class KServeFastPath:
         if ready is not None and ready.is_set():
             message = await receive()  # the body came with the head: no wait, no timer
         else:
-            try:
-                async with asyncio.timeout(self.body_idle_s):
-                    message = await receive()
-            except TimeoutError:
-                raise SlowRequest(self._slow) from None
+            message = await self._receive_within(receive)
         if message["type"] != "http.request":
             return None
         chunk = message.get("body", b"")
@@ -253,11 +246,7 @@ class KServeFastPath:
             elapsed = time.monotonic() - started
             if elapsed > self.body_idle_s and received < self.body_min_rate * elapsed:
                 raise SlowRequest(self._slow)
-            try:
-                async with asyncio.timeout(self.body_idle_s):
-                    message = await receive()
-            except TimeoutError:
-                raise SlowRequest(self._slow) from None
+            message = await self._receive_within(receive)
             if message["type"] != "http.request":
                 return None
             chunk = message.get("body", b"")
@@ -267,6 +256,14 @@ class KServeFastPath:
                 raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def _receive_within(self, receive: Receive) -> Message:
+        """The next message, within ``body_idle_s``; else ``SlowRequest``."""
+        try:
+            async with asyncio.timeout(self.body_idle_s):
+                return await receive()
+        except TimeoutError:
+            raise SlowRequest(self._slow) from None
 
     async def _error(self, cycle: Any, rid: bytes, exc: GpufleetError) -> int:
         """Answer ``exc`` as the route does (``v2_error``); its status."""

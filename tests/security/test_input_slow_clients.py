@@ -6,9 +6,7 @@ socket, with short limits: unfinished headers are closed, a trickled body gets 4
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -20,36 +18,18 @@ from control_plane.app import create_app
 from control_plane.composition import Services
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
+from tests.helpers.listener import free_port, serving
 
 HEADER_S = 1.0
 BODY_S = 1.0
 BOUND_S = 6.0  # every wait below ends by then (the limits are 1 s)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(settings: Settings, services: Services) -> Iterator[tuple[str, int]]:
-    import uvicorn
-
-    port = _free_port()
+    port = free_port()
     app = create_app(settings, services)
-    config = server_config(app, settings, "127.0.0.1", port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
+    with serving(server_config(app, settings, "127.0.0.1", port, log_level="warning")):
         yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ on ASGI."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,14 +23,9 @@ from websockets.asyncio.client import connect
 from control_plane.api.channel_direct import EXTENSION, FrameBatcher
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
+from tests.helpers.listener import free_port, serving
 
 STEP_S = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Echo:
@@ -79,22 +72,10 @@ class Echo:
 
 
 def _serve(app: Starlette, **kw: Any) -> Iterator[int]:
-    import uvicorn
-
-    port = _free_port()
+    port = free_port()
     config = server_config(app, Settings(), "127.0.0.1", port, log_level="warning", **kw)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
+    with serving(config):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

@@ -9,16 +9,13 @@ real control plane and channel."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +24,7 @@ from starlette.routing import Route
 import control_plane.api.kserve_fast as kf
 from control_plane.http_server import server_config
 from control_plane.settings import Settings
+from tests.helpers.listener import free_port, serving
 
 BODY_S = 1.0
 ANSWER: dict[str, Any] = {"answer": None}
@@ -50,12 +48,6 @@ async def _ordinary(request: Request) -> Response:
     return Response(b"ordinary:%d" % len(await request.body()), media_type="text/plain")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(http: str | None = None) -> Iterator[int]:
     settings = Settings(http_header_timeout_s=2.0, http_body_timeout_s=BODY_S)
     app = Starlette(routes=[Route("/v2/models/{m}/infer", _ordinary, methods=["POST"])])
@@ -68,7 +60,7 @@ def _serve(http: str | None = None) -> Iterator[int]:
         body_min_rate=settings.http_body_min_rate,
         storage_budget_s=settings.storage_budget_s,
     )
-    port = _free_port()
+    port = free_port()
     config = server_config(app, settings, "127.0.0.1", port, short, log_level="warning")
     if http is not None:
         from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -76,19 +68,8 @@ def _serve(http: str | None = None) -> Iterator[int]:
         from control_plane.http_server import header_timeout
 
         config.http = header_timeout(H11Protocol, 2.0, short)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
+    with serving(config):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture(scope="module")
