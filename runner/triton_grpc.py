@@ -69,6 +69,7 @@ from gpufleet._h2 import (
     S_MAX_FRAME_SIZE,
     SETTINGS,
     WINDOW_UPDATE,
+    BlockCache,
     check_settings,
 )
 from gpufleet._h2 import HEAD as _HEAD
@@ -199,9 +200,8 @@ class _Connection(asyncio.Protocol):
         self.goaway = False
         self._buf = bytearray()
         self._decoder = hpack.Decoder()
-        self._decoded: dict[bytes, tuple[int, dict[bytes, bytes]]] = {}
-        # the decoder's table size while its dynamic table is empty, else -1 (see _decode)
-        self._table = self._decoder.header_table.maxsize
+        # no dynamic table by our SETTINGS: Triton's repeated blocks are decoded once
+        self._heads = BlockCache(self._decoder, dict, max_blocks=256, max_block_bytes=512)
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._max_frame = 16384
@@ -346,7 +346,7 @@ class _Connection(asyncio.Protocol):
             self._finish(s, INTERNAL, "Triton's gRPC answer ended without trailers")
 
     def _on_headers(self, stream: int, block: bytes, end_stream: bool) -> None:
-        headers = self._decode(block)  # always: the HPACK state is the connection's
+        headers = self._heads.decode(block)  # always: the HPACK state is the connection's
         s = self._streams.get(stream)
         if s is None:
             return
@@ -375,27 +375,6 @@ class _Connection(asyncio.Protocol):
         except ValueError:
             code, text = UNKNOWN, f"invalid grpc-status {status!r}"
         self._finish(s, code, text)
-
-    def _decode(self, block: bytes) -> dict[bytes, bytes]:
-        """A header block's fields. Decoding is a function of the block and the decoder's
-        state (its dynamic table and table size), and that state changes only here: a block
-        that left an empty table empty at the same size is kept with that size, and taken
-        from the cache while the decoder is still there (``_table``: the size while the
-        table is empty, else -1), without decoding: the same fields, the same state after.
-        Our SETTINGS size the table 0, so Triton's repeated blocks hit."""
-        known = self._decoded.get(block)
-        if known is not None and known[0] == self._table:
-            return known[1]
-        before = self._table
-        self._table = -1  # unknown until the decoder has finished (it may raise)
-        table = self._decoder.header_table
-        headers = dict(self._decoder.decode(block, raw=True))
-        after = self._table = -1 if table.dynamic_entries else table.maxsize
-        if before == after >= 0 and len(block) <= 512:
-            if len(self._decoded) >= 256:
-                self._decoded.clear()
-            self._decoded[block] = (after, headers)
-        return headers
 
     def _on_settings(self, payload: bytes) -> None:
         # RFC 9113 §6.5.2: a value we would loop on, or overflow with, is an error

@@ -90,6 +90,7 @@ from gpufleet._h2 import (
     S_MAX_HEADER_LIST_SIZE,
     SETTINGS,
     WINDOW_UPDATE,
+    BlockCache,
     H2Error,
     check_settings,
 )
@@ -274,13 +275,11 @@ class _Head:
         "metadata",
         "method",
         "planned",
-        "table_size",
         "timeout_s",
     )
 
-    def __init__(self, fields: dict[bytes, bytes], table_size: int) -> None:
+    def __init__(self, fields: dict[bytes, bytes]) -> None:
         self.fields = fields
-        self.table_size = table_size  # the HPACK table size it was decoded with
         self.planned = False
         self.method: Method | None = None
         self.bad: tuple[int, str] | None = None  # the call's refusal before any handler
@@ -290,7 +289,22 @@ class _Head:
         self.encoding = b"identity"
 
 
-_NO_HEAD = _Head({}, -1)
+_NO_HEAD = _Head({})
+
+
+def _head_of(fields: list[tuple[bytes, bytes]]) -> _Head:
+    headers: dict[bytes, bytes] = {}
+    for k, v in fields:
+        # repeated metadata keys (rare) joined as HTTP does
+        headers[k] = headers[k] + b"," + v if k in headers else v
+    return _Head(headers)
+
+
+def _check_block(block: bytes) -> None:
+    """A header block the decoder may be given: its size, its table-size updates."""
+    if len(block) > MAX_HEADER_BLOCK:
+        raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
+    check_size_updates(block)
 
 
 class _Stream:
@@ -348,9 +362,13 @@ class _Connection(asyncio.Protocol):
         # the block is capped at MAX_HEADER_BLOCK before decoding; Huffman may decode it to
         # ~1.6 times as much: allowed, rather than ending the connection over it
         self._decoder = hpack.Decoder(max_header_list_size=2 * MAX_HEADER_BLOCK)
-        self._decoded: dict[bytes, _Head] = {}
-        # the decoder's table size while its dynamic table is empty, else -1 (see _decode)
-        self._table = self._decoder.header_table.maxsize
+        self._heads = BlockCache(
+            self._decoder,
+            _head_of,
+            max_blocks=MAX_CACHED_BLOCKS,  # ≤ 32 KiB held per connection
+            max_block_bytes=1024,
+            check=_check_block,
+        )
         self._streams: dict[int, _Stream] = {}
         self._last_id = 0
         self._goaway_sent = False
@@ -642,7 +660,7 @@ class _Connection(asyncio.Protocol):
         self._write(_frame(RST_STREAM, 0, stream, 4) + _U32.pack(E_NO_ERROR))
 
     def _on_headers(self, stream: int, block: bytes, end_stream: bool) -> None:
-        head = self._decode(block)  # always: the HPACK state is the connection's
+        head = self._heads.decode(block)  # always: the HPACK state is the connection's
         if stream in self._streams:  # trailers from a client: end of its request
             if end_stream:
                 self._request_complete(self._streams[stream])
@@ -785,35 +803,6 @@ class _Connection(asyncio.Protocol):
     def room(self) -> int:
         """Bytes the pool can still lend (to an inflated request)."""
         return max(0, self._pool)
-
-    def _decode(self, block: bytes) -> _Head:
-        """A header block's fields. Decoding is a function of the block and the decoder's
-        state (its dynamic table and table size), and that state changes only here: a block
-        that left an empty table empty at the same size is kept with that size, and taken
-        from the cache while the decoder is still there (``_table``: the size while the
-        table is empty, else -1), without decoding: the same fields, the same state after.
-        Our SETTINGS size the table 0, so a client's repeated blocks hit."""
-        known = self._decoded.get(block)
-        if known is not None and known.table_size == self._table:
-            return known
-        if len(block) > MAX_HEADER_BLOCK:
-            raise H2Error(E_ENHANCE_YOUR_CALM, "header block over 16 KiB")
-        check_size_updates(block)
-        before = self._table
-        self._table = -1  # unknown until the decoder has finished (it may raise)
-        table = self._decoder.header_table
-        fields = self._decoder.decode(block, raw=True)
-        after = self._table = -1 if table.dynamic_entries else table.maxsize
-        headers: dict[bytes, bytes] = {}
-        for k, v in fields:
-            # repeated metadata keys (rare) joined as HTTP does
-            headers[k] = headers[k] + b"," + v if k in headers else v
-        head = _Head(headers, after)
-        if before == after >= 0 and len(block) <= 1024:
-            if len(self._decoded) >= MAX_CACHED_BLOCKS:  # ≤ 32 KiB held per connection
-                self._decoded.clear()
-            self._decoded[block] = head
-        return head
 
     def _on_settings(self, pairs: list[tuple[int, int]]) -> None:
         if len(pairs) > MAX_SETTINGS:  # nghttp2's limit too: a frame's work stays small

@@ -7,6 +7,8 @@ packages depend on ``gpufleet``; neither imports the other."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # frame types
@@ -93,3 +95,53 @@ def check_settings(payload: bytes, flags: int, stream: int) -> list[tuple[int, i
             raise H2Error(E_PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
         pairs.append((key, value))
     return pairs
+
+
+T = TypeVar("T")
+
+
+class BlockCache(Generic[T]):
+    """HPACK header blocks decoded once, per connection: ``decode(block)`` is
+    ``shape(decoder.decode(block, raw=True))``, repeated blocks from memory.
+
+    Decoding is a function of the block and the decoder's state (its dynamic table and table
+    size), and that state changes only here: a block that left an empty table empty at the
+    same size is kept with that size, and taken from the cache while the decoder is still
+    there (``_table``: the size while the table is empty, else -1), without decoding: the
+    same value, the same state after. With SETTINGS that size the table 0, a peer's repeated
+    blocks hit. ``check(block)`` runs before each real decode (a size limit); at most
+    ``max_blocks`` blocks of up to ``max_block_bytes`` are kept."""
+
+    def __init__(
+        self,
+        decoder: Any,
+        shape: Callable[[list[tuple[bytes, bytes]]], T],
+        *,
+        max_blocks: int,
+        max_block_bytes: int,
+        check: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.decoder = decoder
+        self.blocks: dict[bytes, tuple[int, T]] = {}
+        self._shape = shape
+        self._check = check
+        self._max_blocks = max_blocks
+        self._max_bytes = max_block_bytes
+        self._table: int = decoder.header_table.maxsize
+
+    def decode(self, block: bytes) -> T:
+        known = self.blocks.get(block)
+        if known is not None and known[0] == self._table:
+            return known[1]
+        if self._check is not None:
+            self._check(block)
+        before = self._table
+        self._table = -1  # unknown until the decoder has finished (it may raise)
+        table = self.decoder.header_table
+        value = self._shape(self.decoder.decode(block, raw=True))
+        after = self._table = -1 if table.dynamic_entries else table.maxsize
+        if before == after >= 0 and len(block) <= self._max_bytes:
+            if len(self.blocks) >= self._max_blocks:
+                self.blocks.clear()
+            self.blocks[block] = (after, value)
+        return value

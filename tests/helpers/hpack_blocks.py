@@ -1,5 +1,5 @@
 """Hand-made HPACK header blocks (RFC 7541) that change the decoder's dynamic table, and a
-differential check: a connection's cached ``_decode`` against a plain ``hpack.Decoder`` fed
+differential check: a connection's cached ``_heads.decode`` against a plain ``hpack.Decoder`` fed
 the same blocks (grpc_h2's server and the runner's Triton client keep decoded blocks)."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def check_against_reference(
     length: int = 24,
     seed: int = 7,
 ) -> int:
-    """Random sequences of :data:`BLOCKS` through ``make()._decode`` and a plain decoder: the
+    """Random sequences of :data:`BLOCKS` through ``make()._heads.decode`` and a plain decoder: the
     same fields for every block and an error at the same block. The number of blocks the
     connection answered from its cache (so a caller can check the cache was exercised)."""
     rng = random.Random(seed)
@@ -93,14 +93,14 @@ def check_against_reference(
         expected = reference(blocks)
         conn = make()
         for block, (kind, value) in zip(blocks, expected, strict=False):
-            cached = block in conn._decoded
+            cached = block in conn._heads.blocks
             if kind == "error":
                 try:
-                    conn._decode(block)
+                    conn._heads.decode(block)
                 except (hpack.HPACKError, ValueError):
                     break
                 raise AssertionError(f"{block!r} decoded after {blocks}; a plain decoder fails")
-            got = fields_of(conn._decode(block))
+            got = fields_of(conn._heads.decode(block))
             assert got == to_dict(value), (blocks, block)
             hits += cached and got == to_dict(value)
     return hits

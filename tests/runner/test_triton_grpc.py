@@ -319,20 +319,20 @@ def test_header_blocks_decoded_once_only_without_the_dynamic_table() -> None:
     second = indexing.encode(fields)  # now refers to dynamic-table entries
     assert first != second
     expected = {k.encode(): v.encode() for k, v in fields}
-    assert conn._decode(first) == expected
-    assert conn._decode(second) == expected
-    assert conn._decoded == {}  # the table was in use: nothing kept
+    assert conn._heads.decode(first) == expected
+    assert conn._heads.decode(second) == expected
+    assert conn._heads.blocks == {}  # the table was in use: nothing kept
 
     fresh = _Connection()
     plain = hpack.Encoder()
     plain.header_table_size = 0  # what a peer does once it applied our SETTINGS
     block = plain.encode(fields)
-    assert fresh._decode(block) == expected
-    assert fresh._decode(plain.encode(fields)) == expected
+    assert fresh._heads.decode(block) == expected
+    assert fresh._heads.decode(plain.encode(fields)) == expected
     # kept (not the first block: its table-size update changed the decoder), with the table
     # size it holds for, and the same bytes again come from the cache
-    assert list(fresh._decoded.values()) == [(0, expected)]
-    assert plain.encode(fields) in fresh._decoded
+    assert list(fresh._heads.blocks.values()) == [(0, expected)]
+    assert plain.encode(fields) in fresh._heads.blocks
 
 
 async def test_a_frame_larger_than_announced_ends_the_connection() -> None:
@@ -400,11 +400,11 @@ def test_decoded_header_blocks_never_go_stale() -> None:
     hits = check_against_reference(_Connection, lambda h: h, dict)
     assert hits > 100
     conn = _Connection()
-    conn._decode(BLOCKS["zero-then-back"])
-    conn._decode(BLOCKS["insert-k"])
-    conn._decode(BLOCKS["zero-then-back"])
+    conn._heads.decode(BLOCKS["zero-then-back"])
+    conn._heads.decode(BLOCKS["insert-k"])
+    conn._heads.decode(BLOCKS["zero-then-back"])
     with pytest.raises(hpack.HPACKError):
-        conn._decode(BLOCKS["newest"])
+        conn._heads.decode(BLOCKS["newest"])
 
 
 async def test_calls_on_an_open_connection_keep_deadline_and_cancel(

@@ -761,19 +761,19 @@ def test_decoded_header_blocks_never_go_stale() -> None:
     # the stale case by hand: a block that empties the table and sets it back was kept;
     # after an insert, the same bytes must empty the table again
     conn = _Connection(server)
-    conn._decode(BLOCKS["zero-then-back"])
-    assert BLOCKS["zero-then-back"] in conn._decoded
-    conn._decode(BLOCKS["insert-k"])
-    conn._decode(BLOCKS["zero-then-back"])
+    conn._heads.decode(BLOCKS["zero-then-back"])
+    assert BLOCKS["zero-then-back"] in conn._heads.blocks
+    conn._heads.decode(BLOCKS["insert-k"])
+    conn._heads.decode(BLOCKS["zero-then-back"])
     with pytest.raises(hpack.HPACKError):  # the entry is gone, as for any decoder
-        conn._decode(BLOCKS["newest"])
+        conn._heads.decode(BLOCKS["newest"])
     # and an insert that a table of size 0 dropped is made again once the size is back
     conn = _Connection(server)
-    conn._decode(BLOCKS["zero-insert-b"])
-    conn._decode(BLOCKS["insert-b"])  # kept: the table stayed empty (size 0)
-    conn._decode(BLOCKS["back"])
-    conn._decode(BLOCKS["insert-b"])
-    assert conn._decode(BLOCKS["newest"]).fields == {b"x-b": b"2"}
+    conn._heads.decode(BLOCKS["zero-insert-b"])
+    conn._heads.decode(BLOCKS["insert-b"])  # kept: the table stayed empty (size 0)
+    conn._heads.decode(BLOCKS["back"])
+    conn._heads.decode(BLOCKS["insert-b"])
+    assert conn._heads.decode(BLOCKS["newest"]).fields == {b"x-b": b"2"}
 
 
 async def test_a_repeated_header_block_is_worked_out_once_and_answers_the_same(
@@ -814,4 +814,4 @@ async def test_a_repeated_header_block_is_worked_out_once_and_answers_the_same(
     remaining = [c.time_remaining() for c in h.contexts]
     assert all(r is not None and 3.0 < r <= 5.0 for r in remaining)
     conn = next(iter(server.connections), None)
-    assert conn is None or good in conn._decoded  # the block was kept (the table is size 0)
+    assert conn is None or good in conn._heads.blocks  # the block was kept (the table is size 0)
