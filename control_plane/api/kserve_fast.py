@@ -93,7 +93,6 @@ class KServeFastPath:
         storage_budget_s: float,
         hsts: bytes | None = None,
     ) -> None:
-        self._state = app.state
         self._svc: Any = getattr(app.state, "services", None)  # set before serving
         self._metrics: Any = getattr(app.state, "metrics", None)
         self.max_body_bytes = max_body_bytes
