@@ -79,6 +79,24 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else True
 
 
+def _infer_error(exc: BaseException, timed_out: str) -> InferError | None:
+    """The ``InferError`` a failed call to Triton raises (``timed_out``: the message of a
+    timeout); None for what must propagate as it is (an ``InferError`` already, this task
+    being cancelled, KeyboardInterrupt and the like)."""
+    if isinstance(exc, InferError):
+        return None
+    if isinstance(exc, TimeoutError):
+        return InferError(timed_out, transient=True)
+    if isinstance(exc, asyncio.CancelledError):
+        if _cancelling():
+            return None
+        # Not us: the channel was closed under the call (Triton restarted; reset()).
+        return InferError("call cancelled by a Triton restart", transient=True)
+    if isinstance(exc, Exception):
+        return InferError(_message(exc), transient=_is_transient(exc))
+    return None
+
+
 def _message(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
     text = msg() if callable(msg) else str(exc)
@@ -157,15 +175,11 @@ class TritonClient:
     async def _call(self, timeout_s: float, fn: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.wait_for(getattr(self._triton(), fn)(*args, **kwargs), timeout_s)
-        except TimeoutError as exc:
-            raise InferError(f"{fn} timed out after {timeout_s:.0f}s", transient=True) from exc
-        except asyncio.CancelledError as exc:
-            if _cancelling():
+        except BaseException as exc:
+            err = _infer_error(exc, f"{fn} timed out after {timeout_s:.0f}s")
+            if err is None:
                 raise
-            # Not us: the channel was closed under the call (Triton restarted; reset()).
-            raise InferError("call cancelled by a Triton restart", transient=True) from exc
-        except Exception as exc:
-            raise InferError(_message(exc), transient=_is_transient(exc)) from exc
+            raise err from exc
 
     async def load_model(self, name: str, config: str | None = None) -> None:
         """Load or reload; ``config`` (JSON) overrides the model's config.pbtxt."""
@@ -238,14 +252,11 @@ class TritonClient:
         try:
             async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
                 resp = await self._raw_session.post(path, body, headers)
-        except TimeoutError as exc:
-            raise InferError(f"infer timed out after {timeout_s:.0f}s", transient=True) from exc
-        except asyncio.CancelledError as exc:
-            if _cancelling():
+        except BaseException as exc:
+            err = _infer_error(exc, f"infer timed out after {timeout_s:.0f}s")
+            if err is None:
                 raise
-            raise InferError("call cancelled by a Triton restart", transient=True) from exc
-        except Exception as exc:
-            raise InferError(_message(exc), transient=_is_transient(exc)) from exc
+            raise err from exc
         if resp.status != 200:
             raise _binary_refusal(resp.status, resp.body)
         try:
@@ -331,16 +342,11 @@ class TritonClient:
                 return resp.body, out
             if protocol == "grpc":
                 return await self._raw_grpc(body, timeout_s), {}
-        except TimeoutError as exc:
-            raise InferError(f"infer timed out after {timeout_s:g}s", transient=True) from exc
-        except asyncio.CancelledError as exc:
-            if _cancelling():
+        except BaseException as exc:
+            err = _infer_error(exc, f"infer timed out after {timeout_s:g}s")
+            if err is None:
                 raise
-            raise InferError("call cancelled by a Triton restart", transient=True) from exc
-        except InferError:
-            raise
-        except Exception as exc:
-            raise InferError(_message(exc), transient=_is_transient(exc)) from exc
+            raise err from exc
         raise InferError(f"unknown passthrough protocol {protocol!r}", code="invalid_input")
 
     async def _raw_grpc(self, body: bytes, timeout_s: float) -> bytes:
