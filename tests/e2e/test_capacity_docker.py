@@ -202,13 +202,13 @@ class Watcher(threading.Thread):
             time.sleep(0.3)
 
 
-def _until(what: str, timeout: float, check: Any) -> Any:
+def _until(what: str, timeout: float, check: Any, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()
         if got:
             return got
-        time.sleep(0.5)
+        time.sleep(every)
     pytest.fail(f"{what} not within {timeout:.0f} s")
 
 
@@ -242,6 +242,7 @@ def test_burst_scales_from_zero_to_max_and_back_to_zero(
                 and "starting a host" in v.waiting_reason
                 and v
             ),
+            every=0.1,  # the mock runner's host registers within seconds
         )
         assert f"starting a host in pool {pool} (default)" in waiting.waiting_reason
         views = [client.wait(i, timeout=240) for i in ids]

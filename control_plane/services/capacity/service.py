@@ -410,6 +410,8 @@ class CapacityService:
             totals[e.action] = totals.get(e.action, 0) + 1
         totals["failed_launch"] = totals.get("failed_launch", 0) + d.failed_launches
         starting = [h.launched_at for h in inputs if h.runner_id is None and h.launched_at > 0]
+        if d.launch:  # the hosts this round starts are not listed yet: starting from now
+            starting.append(t)
         return {
             "target": d.target,
             "starting_since": min(starting) if starting else None,

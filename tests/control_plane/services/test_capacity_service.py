@@ -174,6 +174,12 @@ def test_waiting_reason_names_the_pool_starting_a_host(world: World) -> None:
     assert svc.waiting_reason(job("llm", world.t)) is None  # nothing decided yet
     world.provider.t = world.t
     svc.reconcile(force=True)
+    # the round that launches says so at once, before the provider lists the new host
+    world.t += 1
+    assert svc.waiting_reason(job("llm", world.t - 1)) == (
+        "starting a host in pool a10g (eu-west-1), 1 s so far"
+    )
+    world.t -= 1
     world.t += 6
     svc.reconcile(force=True)
     world.t += 34
