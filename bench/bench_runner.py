@@ -99,26 +99,36 @@ def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+ROW_MIN_S = 0.0  # --seconds: the least time each measured row runs (set by main)
+
+
 def _check(a: np.ndarray, b: np.ndarray, out0: np.ndarray, out1: np.ndarray) -> None:
     if not (np.allclose(out0, a + b) and np.allclose(out1, a - b)):
         raise SystemExit(f"bench: wrong answer for {a.tolist()}, {b.tolist()}")
 
 
 async def _drive(
-    n: int, concurrency: int, one: Callable[[np.random.Generator], Awaitable[None]]
+    n: int,
+    concurrency: int,
+    one: Callable[[np.random.Generator], Awaitable[None]],
+    min_s: float = 0.0,
 ) -> tuple[list[float], float]:
-    """``n`` calls of ``one`` by ``concurrency`` workers; (latencies ms, wall s)."""
+    """At least ``n`` calls of ``one`` by ``concurrency`` workers, going on until ``min_s``
+    seconds have passed; (latencies ms, wall s)."""
     latencies: list[float] = []
-    todo = iter(range(n))
+    start = time.perf_counter()
+    stop_at = start + min_s
+    started = 0
 
     async def worker(seed: int) -> None:
+        nonlocal started
         rng = np.random.default_rng(seed)
-        for _ in todo:
+        while started < n or time.perf_counter() < stop_at:
+            started += 1
             t0 = time.perf_counter()
             await one(rng)
             latencies.append((time.perf_counter() - t0) * 1000)
 
-    start = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return latencies, time.perf_counter() - start
 
@@ -145,7 +155,7 @@ async def bench_kserve_http(
 
     try:
         await _drive(min(n, 20), concurrency, one)  # warm-up
-        latencies, wall = await _drive(n, concurrency, one)
+        latencies, wall = await _drive(n, concurrency, one, ROW_MIN_S)
     finally:
         await client.close()
     return Result("", path, concurrency, latencies, wall)
@@ -172,7 +182,7 @@ async def bench_kserve_grpc(
 
     try:
         await _drive(min(n, 20), concurrency, one)  # warm-up
-        latencies, wall = await _drive(n, concurrency, one)
+        latencies, wall = await _drive(n, concurrency, one, ROW_MIN_S)
     finally:
         await client.close()
     return Result("", path, concurrency, latencies, wall)
@@ -187,7 +197,7 @@ async def bench_sdk_infer(url: str, api_key: str, n: int, concurrency: int) -> R
             _check(a, b, out["OUTPUT0"], out["OUTPUT1"])
 
         await _drive(min(n, 20), concurrency, one)  # warm-up
-        latencies, wall = await _drive(n, concurrency, one)
+        latencies, wall = await _drive(n, concurrency, one, ROW_MIN_S)
     return Result("", "sdk infer", concurrency, latencies, wall)
 
 
@@ -215,7 +225,7 @@ async def bench_fleet(
         await _drive(min(n, 20), concurrency, one)  # warm-up
         for values in stages.values():
             values.clear()
-        latencies, wall = await _drive(n, concurrency, one)
+        latencies, wall = await _drive(n, concurrency, one, ROW_MIN_S)
     return Result(
         "", "job (prefer wait)" if prefer_wait else "job", concurrency, latencies, wall, stages
     )
@@ -309,7 +319,8 @@ def fleet_stack(
 
 def render(results: list[Result], n: int, poll_s: float) -> None:
     table = Table(
-        title=f"add_sub [1,4] FP32, {n} requests per row, same Triton container "
+        title=f"add_sub [1,4] FP32, at least {n} requests and {ROW_MIN_S:g} s per row, "
+        "same Triton container "
         f"(control plane poll interval {poll_s:g} s)"
     )
     columns = ("store", "path", "concurrency", "p50 ms", "p99 ms", "req/s")
@@ -359,7 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=100, help="requests per row")
+    parser.add_argument("--requests", type=int, default=100, help="requests per row (at least)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="each row runs at least this long (a throughput ratio over a tenth of a second "
+        "is noise)",
+    )
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--docker-host", help="engine to use (default: reachable or private)")
     parser.add_argument(
@@ -380,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         "--hold", type=float, default=0.0, help="seconds to wait before the runs (profilers)"
     )
     args = parser.parse_args(argv)
+    global ROW_MIN_S
+    ROW_MIN_S = args.seconds
     levels = [int(c) for c in args.concurrency.split(",")]
     results: list[Result] = []
     counters: dict[str, Any] = {}
@@ -453,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = {k: cpu_seconds(pid) for k, pid in pids.items()}
                         res = asyncio.run(run())
                         res.store = store if fleet_row else ""
-                        total = (count or n) + min(count or n, 20)  # with the warm-up
+                        total = len(res.latencies_ms) + min(count or n, 20)  # and the warm-up
                         res.cpu_ms_per_job = {
                             k: (cpu_seconds(pid) - before[k]) * 1000 / total
                             for k, pid in pids.items()
