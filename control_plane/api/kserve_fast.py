@@ -23,7 +23,9 @@ replayed, so that answers exactly as before.
 What the middleware does for every other request is done here too, inline: the request id
 (``X-Request-ID``, bound to the log context and sent back), the request-latency metric under
 the route's template, the body limit (413), the slow-body guard (408, as ``BodyTimeout``),
-the storage budget, ``Strict-Transport-Security`` over TLS when configured. Errors are the
+the storage budget, ``Strict-Transport-Security`` over TLS when configured, uvicorn's access
+line, and uvicorn's proxy-headers rewrite of the client and scheme for a trusted proxy's
+``X-Forwarded-For``/``-Proto`` (the middleware's own code, run in place). Errors are the
 route's own (``V2Error`` bodies, the statuses of ``kserve_errors``).
 """
 
@@ -53,13 +55,22 @@ _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _TEMPLATES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _ORDINARY = (b"content-encoding", b"idempotency-key")
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
 _UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # as uvicorn refuses in a header value
 
 
 class _Call:
     """What :meth:`KServeFastPath.prepare` read from one request's head."""
 
-    __slots__ = ("content_type", "header_length", "model", "principal", "request_id", "version")
+    __slots__ = (
+        "content_type",
+        "forwarded",
+        "header_length",
+        "model",
+        "principal",
+        "request_id",
+        "version",
+    )
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class _Call:
         header_length: str | None,
         content_type: str | None,
         request_id: bytes,
+        forwarded: bool,
     ) -> None:
         self.principal = principal
         self.model = model
@@ -76,6 +88,7 @@ class _Call:
         self.header_length = header_length
         self.content_type = content_type
         self.request_id = request_id
+        self.forwarded = forwarded  # X-Forwarded-For/-Proto: uvicorn's proxy rewrite applies
 
 
 class KServeFastPath:
@@ -101,6 +114,7 @@ class KServeFastPath:
         self.storage_budget_s = storage_budget_s
         self.hsts = hsts
         self._slow = SlowRequest.message_for(body_idle_s, body_min_rate)
+        self._rewrite: tuple[Any, Any] | None = None  # (app, its proxy-headers rewrite)
 
     # ------------------------------------------------------------------ the decision
     def prepare(self, scope: Scope) -> _Call | None:
@@ -114,6 +128,7 @@ class KServeFastPath:
         token = b""
         header_length = content_type = None
         request_id = b""
+        forwarded = False
         for name, value in scope["headers"]:  # a repeated header: its first value, as
             if name == b"authorization":  # Starlette's ``headers.get`` reads it
                 token = token or value
@@ -125,6 +140,8 @@ class KServeFastPath:
                 request_id = request_id or value
             elif name in _ORDINARY:
                 return None  # needs the ordinary route
+            elif name in _FORWARDED:
+                forwarded = True
             elif name == b"content-length":
                 try:
                     if not 0 <= int(value) <= self.max_body_bytes:
@@ -148,6 +165,7 @@ class KServeFastPath:
             header_length,
             content_type,
             request_id_of(request_id).encode(),
+            forwarded,
         )
 
     # ------------------------------------------------------------------ the call
@@ -159,6 +177,8 @@ class KServeFastPath:
         start = time.perf_counter()
         rid = call.request_id
         status = 0
+        if call.forwarded:
+            await self._forwarded(app, cycle.scope)
         try:
             status = await self._answer(cycle, app, call)
         except asyncio.CancelledError:
@@ -178,6 +198,26 @@ class KServeFastPath:
                 seconds = time.perf_counter() - start
                 template = _TEMPLATES[0 if call.version is None else 1]
                 metrics.later(metrics.observe_request, template, "POST", str(status), seconds)
+
+    async def _forwarded(self, app: Any, scope: Scope) -> None:
+        """What uvicorn's ``ProxyHeadersMiddleware`` (around the app when ``proxy_headers``
+        is on, its default) does to a request from a trusted proxy before the app sees it:
+        the client address from ``X-Forwarded-For``, the scheme from ``X-Forwarded-Proto``.
+        The short path runs in the app's place, so its access line and HSTS see them too.
+        The rewrite is the middleware's own, with ``app``'s trusted hosts, around an app
+        that does nothing."""
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        if not isinstance(app, ProxyHeadersMiddleware):
+            return
+        rewrite: Any
+        if self._rewrite is not None and self._rewrite[0] is app:
+            rewrite = self._rewrite[1]
+        else:
+            rewrite = ProxyHeadersMiddleware(_rewritten, trusted_hosts=[])  # type: ignore[arg-type]
+            rewrite.trusted_hosts = app.trusted_hosts
+            self._rewrite = (app, rewrite)
+        await rewrite(scope, _nothing_received, _nothing_sent)
 
     async def _answer(self, cycle: Any, app: ASGIApp, call: _Call) -> int:
         """:meth:`run`'s work; the status to observe (0: none, the client went away or the
@@ -305,6 +345,18 @@ def _lean_cycle() -> type | None:
     wanted += ("access_log", "access_logger")
     ok = all(n in names for n in wanted) and hasattr(RequestResponseCycle, "send")
     return RequestResponseCycle if ok else None
+
+
+async def _rewritten(scope: Scope, receive: Receive, send: Send) -> None:
+    return None
+
+
+async def _nothing_received() -> Message:
+    raise RuntimeError("the proxy-headers rewrite reads no message")
+
+
+async def _nothing_sent(message: Message) -> None:
+    raise RuntimeError("the proxy-headers rewrite sends no message")
 
 
 _LEAN_CYCLE: Any = _lean_cycle()

@@ -9,6 +9,7 @@ real control plane and channel."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -48,7 +49,9 @@ async def _ordinary(request: Request) -> Response:
     return Response(b"ordinary:%d" % len(await request.body()), media_type="text/plain")
 
 
-def _serve(http: str | None = None) -> Iterator[int]:
+def _serve(http: str | None = None, **kw: Any) -> Iterator[int]:
+    """The listener on a free port; ``kw``: ``hsts`` for the short path, the rest for
+    ``uvicorn.Config``."""
     settings = Settings(http_header_timeout_s=2.0, http_body_timeout_s=BODY_S)
     app = Starlette(routes=[Route("/v2/models/{m}/infer", _ordinary, methods=["POST"])])
     app.state.services = SimpleNamespace(auth=_Auth(), inference=object())
@@ -59,9 +62,11 @@ def _serve(http: str | None = None) -> Iterator[int]:
         body_idle_s=settings.http_body_timeout_s,
         body_min_rate=settings.http_body_min_rate,
         storage_budget_s=settings.storage_budget_s,
+        hsts=kw.pop("hsts", None),
     )
     port = free_port()
-    config = server_config(app, settings, "127.0.0.1", port, short, log_level="warning")
+    kw.setdefault("log_level", "warning")
+    config = server_config(app, settings, "127.0.0.1", port, short, **kw)
     if http is not None:
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -170,3 +175,38 @@ def test_a_runner_answer_that_cannot_be_sent_is_a_500(port: int, answer: Any) ->
 def test_h11_has_no_short_path_every_request_takes_the_ordinary_route(h11_port: int) -> None:
     out, _ = _exchange(h11_port, _request(), wait_s=1)
     assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"ordinary:2"), out
+
+
+@pytest.mark.parametrize("proxy_headers", [True, False])
+def test_a_trusted_proxys_forwarded_headers_apply_as_on_the_ordinary_stack(
+    monkey_module: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, proxy_headers: bool
+) -> None:
+    """uvicorn's proxy-headers rewrite (on by default, the peer 127.0.0.1 trusted): the
+    access line names the forwarded client and ``X-Forwarded-Proto: https`` gets HSTS, as
+    the ordinary stack would; with ``proxy_headers`` off both are ignored."""
+    access = logging.getLogger("uvicorn.access")  # (another listener's logging config may
+    access.addHandler(caplog.handler)  # have stopped its propagation: listen on it directly)
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    forwarded = b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+    served = _serve(
+        hsts=b"max-age=60", log_config=None, log_level="info", proxy_headers=proxy_headers
+    )
+    port = next(served)
+    try:
+        out, _ = _exchange(port, _request(extra=forwarded), until=1)
+        plain, _ = _exchange(port, _request(), until=1)
+    finally:
+        served.close()
+        access.removeHandler(caplog.handler)
+    assert out.startswith(b"HTTP/1.1 200 ") and plain.startswith(b"HTTP/1.1 200 "), out
+    records = {id(r): r for r in caplog.records if r.name == "uvicorn.access"}  # each once
+    lines = [r.getMessage() for r in records.values()]
+    assert len(lines) == 2 and all("POST /v2/models/m/infer" in line for line in lines), lines
+    assert lines[1].startswith("127.0.0.1:")
+    assert b"strict-transport-security" not in plain.lower()
+    if proxy_headers:
+        assert lines[0].startswith("203.0.113.7"), lines
+        assert b"strict-transport-security: max-age=60" in out.lower(), out
+    else:
+        assert lines[0].startswith("127.0.0.1:"), lines
+        assert b"strict-transport-security" not in out.lower(), out
