@@ -142,7 +142,7 @@ class SqliteAuthStore:
         self._now = now
 
     def _insert_new(self, sql: str, values: tuple[object, ...], what: str) -> None:
-        with translate(what), self._db.write() as conn:
+        with self._db.writing(what) as conn:
             if conn.execute(sql + " ON CONFLICT DO NOTHING", values).rowcount != 1:
                 raise Conflict(f"{what}: already exists")
             before = self._now() - PURGE_GRACE_S
@@ -185,14 +185,14 @@ class SqliteAuthStore:
         return [_key(r) for r in rows]
 
     def revoke_api_key(self, key_id: str) -> bool:
-        with translate("revoke api key"), self._db.write() as conn:
+        with self._db.writing("revoke api key") as conn:
             cur = conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?", (key_id,))
             return cur.rowcount == 1
 
     def rotate_api_key(
         self, key_id: str, expected_hash: str, new_hash: str, previous_valid_until: float
     ) -> bool:
-        with translate("rotate api key"), self._db.write() as conn:
+        with self._db.writing("rotate api key") as conn:
             cur = conn.execute(
                 "UPDATE api_keys SET secret_hash = ?, previous_secret_hash = secret_hash, "
                 "previous_valid_until = ? WHERE id = ? AND revoked = 0 AND secret_hash = ?",
@@ -245,14 +245,14 @@ class SqliteAuthStore:
 
     def mark_refresh_used(self, token_id: str) -> bool:
         # Two presenters of one token race here: exactly one flips the flag.
-        with translate("rotate refresh token"), self._db.write() as conn:
+        with self._db.writing("rotate refresh token") as conn:
             cur = conn.execute(
                 "UPDATE refresh_tokens SET used = 1 WHERE id = ? AND used = 0", (token_id,)
             )
             return cur.rowcount == 1
 
     def revoke_family(self, family: str, expires_at: float) -> None:
-        with translate("revoke token family"), self._db.write() as conn:
+        with self._db.writing("revoke token family") as conn:
             conn.execute(
                 "INSERT INTO refresh_families (family, expires_at) VALUES (?, ?) "
                 "ON CONFLICT (family) DO UPDATE SET expires_at = excluded.expires_at",
@@ -285,12 +285,12 @@ class SqliteAuthStore:
         )
 
     def consume_join_token(self, token_hash: str) -> bool:
-        with translate("consume join token"), self._db.write() as conn:
+        with self._db.writing("consume join token") as conn:
             cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
             return cur.rowcount == 1
 
     def claim_join_token(self, token_hash: str, now: float) -> JoinTokenRecord | None:
-        with translate("claim join token"), self._db.write() as conn:
+        with self._db.writing("claim join token") as conn:
             cur = conn.execute(
                 "UPDATE join_tokens SET uses = uses + 1, last_used_at = ? WHERE token_hash = ? "
                 "AND expires_at >= ? AND (max_uses = 0 OR uses < max_uses)",
@@ -329,13 +329,13 @@ class SqliteAuthStore:
         return [_join(r) for r in rows]
 
     def delete_join_token(self, token_hash: str) -> bool:
-        with translate("delete join token"), self._db.write() as conn:
+        with self._db.writing("delete join token") as conn:
             cur = conn.execute("DELETE FROM join_tokens WHERE token_hash = ?", (token_hash,))
             return cur.rowcount == 1
 
     # ------------------------------------------------------------------ signing key
     def ensure_signing_key(self, candidate: str) -> str:
-        with translate("store signing key"), self._db.write() as conn:
+        with self._db.writing("store signing key") as conn:
             conn.execute(
                 "INSERT INTO signing_key (id, key) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
                 (candidate,),
@@ -344,8 +344,8 @@ class SqliteAuthStore:
         return str(row[0])
 
     def stored_signing_key(self) -> str | None:
-        with translate("read signing key"):
-            row = self._db.read().execute("SELECT key FROM signing_key WHERE id = 1").fetchone()
+        with self._db.reading("read signing key") as conn:
+            row = conn.execute("SELECT key FROM signing_key WHERE id = 1").fetchone()
         return str(row[0]) if row is not None else None
 
     def ping(self) -> None:

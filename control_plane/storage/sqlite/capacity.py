@@ -50,7 +50,7 @@ class SqliteCapacityStore:
         self._db = db
 
     def put_pool(self, name: str, spec: dict[str, Any], now: float) -> PoolRecord:
-        with translate("put pool"), self._db.write() as conn:
+        with self._db.writing("put pool") as conn:
             conn.execute(
                 "INSERT INTO pools (name, spec, created_at, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, "
@@ -83,7 +83,7 @@ class SqliteCapacityStore:
         return [_pool(r) for r in rows]
 
     def delete_pool(self, name: str) -> bool:
-        with translate("delete pool"), self._db.write() as conn:
+        with self._db.writing("delete pool") as conn:
             return conn.execute("DELETE FROM pools WHERE name = ?", (name,)).rowcount == 1
 
     def get_decision(self) -> CapacityRecord | None:
@@ -99,7 +99,7 @@ class SqliteCapacityStore:
 
     def save_decision(self, doc: dict[str, Any], decided_at: float, expected_revision: int) -> bool:
         values = (expected_revision + 1, decided_at, _json(doc))
-        with translate("save capacity decision"), self._db.write() as conn:
+        with self._db.writing("save capacity decision") as conn:
             if expected_revision == 0:
                 cur = conn.execute(
                     "INSERT INTO capacity_decision (id, revision, decided_at, doc) "
@@ -117,7 +117,7 @@ class SqliteCapacityStore:
     def append_events(self, pool: str, events: list[dict[str, Any]], keep: int) -> None:
         if not events:
             return
-        with translate("append capacity events"), self._db.write() as conn:
+        with self._db.writing("append capacity events") as conn:
             conn.executemany(
                 "INSERT INTO capacity_events (pool, at, doc) VALUES (?, ?, ?)",
                 [(pool, float(e["at"]), _json(e)) for e in events],

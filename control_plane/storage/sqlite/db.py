@@ -30,13 +30,16 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from control_plane.errors import Unavailable
 from control_plane.storage import budget
 
 BUSY_TIMEOUT_MS = 10_000
+_T = TypeVar("_T")
 
 
 class _Translate:
@@ -80,7 +83,7 @@ class _Write:
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn = self._db.read()
-        self._own = not getattr(self._db._local, "atomic", False)
+        self._own = not self._db._local.atomic
         if self._own:
             conn.execute("BEGIN IMMEDIATE")
         return conn
@@ -118,7 +121,7 @@ class _Atomic:
 
     def __enter__(self) -> None:
         local = self._db._local
-        if getattr(local, "atomic", False):
+        if local.atomic:
             return  # nested: joins the enclosing block
         write = self._db.write()  # (through the method: a subclass may wrap it)
         write.__enter__()
@@ -135,6 +138,105 @@ class _Atomic:
         return bool(write.__exit__(kind, exc, tb))
 
 
+class _Local(threading.local):
+    """This thread's connection and whether an ``atomic`` block is open on it (class
+    attributes: the defaults of every thread, read without ``getattr``)."""
+
+    conn: sqlite3.Connection | None = None
+    atomic = False
+
+
+class _Reading(_Translate):
+    """See :meth:`Database.reading`."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database, what: str) -> None:
+        self._db = db
+        self._what = what
+
+    def __enter__(self) -> sqlite3.Connection:  # type: ignore[override]
+        spent = budget.current()
+        if spent is not None:
+            budget.check(spent, self._what)
+            self._started = time.monotonic()
+        self._budget = spent
+        conn = self._db._local.conn
+        if conn is None:
+            try:
+                conn = self._db.read()
+            except BaseException as exc:
+                self.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        return conn
+
+
+class _Writing:
+    """See :meth:`Database.writing` (and :meth:`Database.atomic_as` with ``joins``: the
+    transaction stays open for the writes of this thread until the block ends)."""
+
+    __slots__ = ("_budget", "_conn", "_db", "_joins", "_own", "_started", "_what")
+
+    def __init__(self, db: Database, what: str, joins: bool = False) -> None:
+        self._db = db
+        self._what = what
+        self._joins = joins
+
+    def __enter__(self) -> sqlite3.Connection:
+        spent = budget.current()
+        if spent is not None:
+            budget.check(spent, self._what)
+            self._started = time.monotonic()
+        self._budget = spent
+        db = self._db
+        local = db._local
+        own = self._own = not local.atomic
+        try:
+            conn = local.conn
+            if conn is None:
+                conn = db.read()
+            if own:
+                conn.execute("BEGIN IMMEDIATE")
+                if self._joins:
+                    local.atomic = True
+        except BaseException as exc:
+            self._charge(exc)
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._own:
+            conn = self._conn
+            if self._joins:
+                self._db._local.atomic = False
+            if exc is None:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException as err:
+                    _rollback(conn)  # also when COMMIT itself failed (disk full, I/O error)
+                    self._charge(err)
+                    raise
+            else:
+                _rollback(conn)
+        self._charge(exc)
+
+    def _charge(self, exc: BaseException | None) -> None:
+        """Charge the budget; an SQLite error becomes ``Unavailable`` (as ``translate``)."""
+        if self._budget is not None:
+            self._budget.spent += time.monotonic() - self._started
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise Unavailable(f"storage error during {self._what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _chained(what: str, inner: contextlib.AbstractContextManager[_T]) -> Iterator[_T]:
+    with translate(what), inner as value:
+        yield value
+
+
 class Database:
     """One SQLite file shared by every store of the embedded control plane."""
 
@@ -148,7 +250,9 @@ class Database:
         self.path = str(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        self._local = _Local()
+        # ``write()`` overridden (a test counting transactions): the fused forms go through it.
+        self._plain = type(self).write is Database.write
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
@@ -174,11 +278,31 @@ class Database:
 
     def read(self) -> sqlite3.Connection:
         """This thread's connection (created on first use)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn = self._local.conn
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
         return conn
+
+    def reading(self, what: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """``with translate(what): conn = db.read() …`` as one context manager (the common
+        form of a read: one object per statement instead of two calls and a context)."""
+        return _Reading(self, what)
+
+    def writing(self, what: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """``with translate(what), db.write() as conn:`` as one context manager, with the
+        same meaning (budget check and charge, ``Unavailable`` for SQLite errors, the write
+        transaction or the enclosing ``atomic`` block's)."""
+        if self._plain:
+            return _Writing(self, what)
+        return _chained(what, self.write())
+
+    def atomic_as(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """``with translate(what), db.atomic():`` as one context manager."""
+        if self._plain:
+            # (its ``with`` binds the connection; callers of a unit of work take none)
+            return _Writing(self, what, True)  # type: ignore[return-value]
+        return _chained(what, self.atomic())
 
     def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction on this thread's connection (``BEGIN IMMEDIATE``; ``COMMIT``,

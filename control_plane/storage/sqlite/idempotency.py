@@ -11,7 +11,7 @@ A claim made inside ``SqliteJobRecordStore.atomic()`` joins that transaction.
 from __future__ import annotations
 
 from control_plane.storage.protocols import IdempotencyRecord
-from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.db import Database
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS idempotency (
@@ -68,7 +68,7 @@ class SqliteIdempotencyStore:
             rec.expires_at,
             now,
         )
-        with translate("claim idempotency key"), self._db.write() as conn:
+        with self._db.writing("claim idempotency key") as conn:
             if conn.execute(_CLAIM, row).rowcount == 1:
                 self._claims += 1
                 if self._claims % PURGE_EVERY == 1:  # (the first claim too: tests, restarts)
@@ -79,13 +79,13 @@ class SqliteIdempotencyStore:
 
     def find_key(self, key: str, now: float) -> IdempotencyRecord | None:
         """The live record holding ``key`` (None: unbound or expired)."""
-        with translate("read idempotency key"):
-            held = self._db.read().execute(_GET, (key,)).fetchone()
+        with self._db.reading("read idempotency key") as conn:
+            held = conn.execute(_GET, (key,)).fetchone()
         if held is None or held[6] < now:
             return None
         return IdempotencyRecord(*held)
 
     def ping(self) -> None:
         """Raises Unavailable when the table cannot be read."""
-        with translate("ping idempotency"):
-            self._db.read().execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
+        with self._db.reading("ping idempotency") as conn:
+            conn.execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()

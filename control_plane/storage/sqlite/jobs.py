@@ -32,12 +32,11 @@ import functools
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 from control_plane.errors import InvalidRequest
 from control_plane.storage.protocols import JobClaim, JobFinish, JobRecord
-from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.db import Database
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -185,6 +184,8 @@ def _finish_many_sql(rows: int) -> str:
 def _rounds(ids: list[str]) -> list[list[int]]:
     """Positions of ``ids`` split into statements: at most ``BATCH_ROWS`` each, no id twice in
     one, and a repeated id's later occurrence in a later statement than its earlier one."""
+    if len(ids) <= BATCH_ROWS and len(set(ids)) == len(ids):
+        return [list(range(len(ids)))]  # (the common case: one statement)
     rounds: list[list[int]] = []
     seen: list[set[str]] = []
     for i, job_id in enumerate(ids):
@@ -204,6 +205,11 @@ def _rounds(ids: list[str]) -> list[list[int]]:
         seen[r].add(job_id)
     return rounds
 
+
+# ``json.dumps(x, separators=(",", ":"))`` and ``json.loads(text)`` (of a str) without
+# building an encoder or checking the argument's type on each call (several per job).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.JSONDecoder().decode
 
 ROW_JSON_BUDGET = 8 * 1024 * 1024  # request + inline outputs of one job row
 
@@ -228,7 +234,7 @@ def _new_row(job: JobRecord) -> tuple[Any, ...]:
         job.ttl_s,
         job.max_attempts,
         job.region,
-        json.dumps(job.request, separators=(",", ":")),
+        _compact(job.request),
         job.attempts,
         queue_shard,
         queue_sk,
@@ -282,7 +288,7 @@ def _record(row: Any, requests: RequestCache | None = None) -> JobRecord:
         ttl_s=ttl_s,
         max_attempts=max_attempts,
         region=region,
-        request=json.loads(request) if requests is None else requests.decode(id_, request),
+        request=_loads(request) if requests is None else requests.decode(id_, request),
         attempts=attempts,
         started_at=started_at,
         finished_at=finished_at,
@@ -292,12 +298,12 @@ def _record(row: Any, requests: RequestCache | None = None) -> JobRecord:
         lease_key=None if lease_shard is None else (lease_shard, lease_sk),
         queue_key=None if queue_shard is None else (queue_shard, queue_sk),
         queue_token=queue_token,
-        outputs=None if outputs is None else json.loads(outputs),
+        outputs=None if outputs is None else _loads(outputs),
         outputs_ref=outputs_ref,
-        error=None if error is None else json.loads(error),
+        error=None if error is None else _loads(error),
         run_ms=run_ms,
         commits=commits,
-        run_info=None if run_info is None else json.loads(run_info),
+        run_info=None if run_info is None else _loads(run_info),
     )
 
 
@@ -323,7 +329,7 @@ class RequestCache:
             hit = self._items.get(job_id)
         if hit is not None and hit[0] == text:
             return hit[1]
-        value = json.loads(text)
+        value = _loads(text)
         if len(text) <= self._most_bytes // 64:
             with self._lock:
                 old = self._items.pop(job_id, None)
@@ -412,18 +418,18 @@ class SqliteJobRecordStore:
     def create_job(self, job: JobRecord) -> bool:
         """Store a new job; False when the id exists already (an idempotent replay)."""
         row = _new_row(job)
-        with translate("create job"), self._db.write() as conn:
+        with self._db.writing("create job") as conn:
             return conn.execute(_INSERT, row).rowcount == 1
 
     def create_jobs(self, jobs: list[JobRecord]) -> None:
         """Store new jobs with fresh random ids (a batch submit), in one transaction."""
         rows = [_new_row(x) for x in jobs]
-        with translate("create jobs"), self._db.write() as conn:
+        with self._db.writing("create jobs") as conn:
             conn.executemany(_PUT, rows)
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        with translate("get job"):
-            row = self._db.read().execute(_GET, (job_id,)).fetchone()
+        with self._db.reading("get job") as conn:
+            row = conn.execute(_GET, (job_id,)).fetchone()
             return None if row is None else _record(row)
 
     def get_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
@@ -431,23 +437,21 @@ class SqliteJobRecordStore:
         if not job_ids:
             return {}
         ids = json.dumps(list(dict.fromkeys(job_ids)))
-        with translate("get jobs"):
-            rows = self._db.read().execute(_GET_MANY, (ids,)).fetchall()
+        with self._db.reading("get jobs") as conn:
+            rows = conn.execute(_GET_MANY, (ids,)).fetchall()
         return {row[0]: _record(row) for row in rows}
 
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
         """One write transaction for the writes of this thread inside the block (nests)."""
-        with translate("write a batch"), self._db.atomic():
-            yield
+        return self._db.atomic_as("write a batch")
 
     def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
         """id -> status of the jobs that exist."""
         if not job_ids:
             return {}
         ids = json.dumps(list(dict.fromkeys(job_ids)))
-        with translate("get job statuses"):
-            return dict(self._db.read().execute(_STATUSES, (ids,)).fetchall())
+        with self._db.reading("get job statuses") as conn:
+            return dict(conn.execute(_STATUSES, (ids,)).fetchall())
 
     def list_jobs(
         self,
@@ -466,8 +470,8 @@ class SqliteJobRecordStore:
         ]
         params.append(limit + 1)
         sql = _list_sql(tenant is not None, bool(status), bool(model), after is not None)
-        with translate("list jobs"):
-            rows = self._db.read().execute(sql, params).fetchall()
+        with self._db.reading("list jobs") as conn:
+            rows = conn.execute(sql, params).fetchall()
             page = [_record(r[:-1]) for r in rows[:limit]]
         next_cursor = _encode_cursor(tenant, rows[limit - 1][-1]) if len(rows) > limit else None
         return page, next_cursor
@@ -476,12 +480,12 @@ class SqliteJobRecordStore:
         """A row holds far more than a DynamoDB item: ``ROW_JSON_BUDGET`` for both JSONs."""
         size = self._requests.text_length(job.id, job.request)
         if size is None:
-            size = len(json.dumps(job.request, separators=(",", ":")))
+            size = len(_compact(job.request))
         return ROW_JSON_BUDGET - size
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, what: str, sql: str, params: tuple[Any, ...]) -> JobRecord | None:
-        with translate(what), self._db.write() as conn:
+        with self._db.writing(what) as conn:
             rows = conn.execute(sql, params).fetchall()
             return _record(rows[0], self._requests) if rows else None
 
@@ -510,7 +514,7 @@ class SqliteJobRecordStore:
         rows: list[tuple[Any, ...]],
     ) -> list[JobRecord | None]:
         out: list[JobRecord | None] = [None] * len(ids)
-        with translate(what), self._db.write() as conn:
+        with self._db.writing(what) as conn:
             for positions in _rounds(ids):
                 params: list[Any] = list(head)
                 for i in positions:
@@ -548,9 +552,9 @@ class SqliteJobRecordStore:
                 f.status,
                 f.outputs_json,
                 f.outputs_ref,
-                None if f.error is None else json.dumps(f.error, separators=(",", ":")),
+                None if f.error is None else _compact(f.error),
                 f.run_ms,
-                None if f.run_info is None else json.dumps(f.run_info, separators=(",", ":")),
+                None if f.run_info is None else _compact(f.run_info),
             )
             for f in finishes
         ]
@@ -585,8 +589,8 @@ class SqliteJobRecordStore:
     ) -> JobRecord | None:
         """RUNNING -> terminal, exactly once per lease token (``expired_before``: only if
         the lease expired by then, for the sweep)."""
-        error_json = None if error is None else json.dumps(error, separators=(",", ":"))
-        info_json = None if run_info is None else json.dumps(run_info, separators=(",", ":"))
+        error_json = None if error is None else _compact(error)
+        info_json = None if run_info is None else _compact(run_info)
         params = (
             status,
             now,
@@ -613,7 +617,7 @@ class SqliteJobRecordStore:
     ) -> bool:
         """RUNNING -> QUEUED once the lease has expired (the queue entry is written first)."""
         params = (*queue_key, queue_token, job_id, lease_token, expired_before)
-        with translate("requeue job"), self._db.write() as conn:
+        with self._db.writing("requeue job") as conn:
             return conn.execute(_REQUEUE, params).rowcount == 1
 
     def finish_queued(
@@ -626,14 +630,14 @@ class SqliteJobRecordStore:
         error: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """QUEUED -> CANCELLED | TIMED_OUT if still queued under ``queue_token``."""
-        error_json = None if error is None else json.dumps(error, separators=(",", ":"))
+        error_json = None if error is None else _compact(error)
         params = (status, now, error_json, job_id, queue_token)
         return self._transition("finish queued job", _FINISH_QUEUED, params)
 
     def ping(self) -> None:
         """Raises Unavailable when the table cannot be read, or no write can start (the file
         locked past the busy timeout: reads still work then, submits would not)."""
-        with translate("ping jobs"):
-            self._db.read().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        with self._db.reading("ping jobs") as conn:
+            conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
             with self._db.write():
                 pass  # BEGIN IMMEDIATE … COMMIT: takes the write lock, writes nothing

@@ -53,7 +53,7 @@ class SqliteSigningKeyStore:
         ]
 
     def add_signing_key(self, rec: SigningKeyRecord, replaces: str | None, at: float) -> bool:
-        with translate("add signing key"), self._db.write() as conn:
+        with self._db.writing("add signing key") as conn:
             row = conn.execute("SELECT kid FROM signing_keys WHERE retired_at IS NULL").fetchone()
             current = None if row is None else str(row[0])
             if current != replaces:
@@ -70,7 +70,7 @@ class SqliteSigningKeyStore:
         return True
 
     def delete_signing_key(self, kid: str) -> bool:
-        with translate("delete signing key"), self._db.write() as conn:
+        with self._db.writing("delete signing key") as conn:
             cur = conn.execute(
                 "DELETE FROM signing_keys WHERE kid = ? AND retired_at IS NOT NULL", (kid,)
             )

@@ -69,27 +69,27 @@ class SqliteLimitsStore:
             rec.weight,
             rec.updated_at,
         )
-        with translate("put quota"), self._db.write() as conn:
+        with self._db.writing("put quota") as conn:
             conn.execute(_PUT_QUOTA, row)
 
     def get_quota(self, tenant: str) -> QuotaRecord | None:
-        with translate("get quota"):
-            row = self._db.read().execute(_GET_QUOTA, (tenant,)).fetchone()
+        with self._db.reading("get quota") as conn:
+            row = conn.execute(_GET_QUOTA, (tenant,)).fetchone()
         return None if row is None else QuotaRecord(*row)
 
     def delete_quota(self, tenant: str) -> bool:
-        with translate("delete quota"), self._db.write() as conn:
+        with self._db.writing("delete quota") as conn:
             return (
                 conn.execute("DELETE FROM tenant_quotas WHERE tenant = ?", (tenant,)).rowcount > 0
             )
 
     def list_quotas(self) -> list[QuotaRecord]:
-        with translate("list quotas"):
-            rows = self._db.read().execute(_LIST_QUOTAS).fetchall()
+        with self._db.reading("list quotas") as conn:
+            rows = conn.execute(_LIST_QUOTAS).fetchall()
         return [QuotaRecord(*r) for r in rows]
 
     def put_key_priority(self, key_id: str, max_priority: int | None) -> None:
-        with translate("put key limit"), self._db.write() as conn:
+        with self._db.writing("put key limit") as conn:
             if max_priority is None:
                 conn.execute("DELETE FROM key_limits WHERE key_id = ?", (key_id,))
             else:
@@ -99,14 +99,14 @@ class SqliteLimitsStore:
                 )
 
     def key_priorities(self) -> dict[str, int]:
-        with translate("read key limits"):
-            rows = self._db.read().execute("SELECT key_id, max_priority FROM key_limits").fetchall()
+        with self._db.reading("read key limits") as conn:
+            rows = conn.execute("SELECT key_id, max_priority FROM key_limits").fetchall()
         return {str(k): int(v) for k, v in rows}
 
     def add_load(self, tenant: str, queued: int, running: int) -> None:
         if queued == 0 and running == 0:
             return
-        with translate("count tenant load"), self._db.write() as conn:
+        with self._db.writing("count tenant load") as conn:
             conn.execute(
                 "INSERT INTO tenant_load (tenant, queued, running) VALUES (?, ?, ?) "
                 "ON CONFLICT (tenant) DO UPDATE SET queued = queued + excluded.queued, "
@@ -132,7 +132,7 @@ class SqliteLimitsStore:
             json.dumps(list(rec.regions_allowed)),
             rec.updated_at,
         )
-        with translate("put region defaults"), self._db.write() as conn:
+        with self._db.writing("put region defaults") as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO region_defaults "
                 "(scope, name, default_region, regions_allowed, updated_at) "
@@ -141,7 +141,7 @@ class SqliteLimitsStore:
             )
 
     def delete_region_defaults(self, scope: str, name: str) -> bool:
-        with translate("delete region defaults"), self._db.write() as conn:
+        with self._db.writing("delete region defaults") as conn:
             return (
                 conn.execute(
                     "DELETE FROM region_defaults WHERE scope = ? AND name = ?", (scope, name)

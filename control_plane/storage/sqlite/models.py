@@ -111,7 +111,7 @@ class SqliteModelStore:
 
     # ------------------------------------------------------------------ names & versions
     def claim_name(self, name: str, tenant: str, now: float) -> str:
-        with translate("claim model name"), self._db.write() as conn:
+        with self._db.writing("claim model name") as conn:
             row = conn.execute("SELECT tenant FROM model_names WHERE name = ?", (name,)).fetchone()
             if row is not None and row[0] != tenant:
                 return str(row[0])
@@ -123,7 +123,7 @@ class SqliteModelStore:
         return tenant
 
     def release_name(self, name: str, tenant: str) -> bool:
-        with translate("release model name"), self._db.write() as conn:
+        with self._db.writing("release model name") as conn:
             if conn.execute("SELECT 1 FROM model_versions WHERE name = ?", (name,)).fetchone():
                 return False
             cur = conn.execute(
@@ -141,7 +141,7 @@ class SqliteModelStore:
         return None if row is None else str(row[0])
 
     def put_version(self, rec: ModelVersionRecord) -> bool:
-        with translate("create model version"), self._db.write() as conn:
+        with self._db.writing("create model version") as conn:
             cur = conn.execute(
                 "INSERT INTO model_versions (name, version_num, version, tenant, state, "
                 "created_at, platform, backend, max_batch_size, files, uploads, inputs, "
@@ -193,7 +193,7 @@ class SqliteModelStore:
         return [_version(r) for r in rows]
 
     def mark_ready(self, rec: ModelVersionRecord) -> bool:
-        with translate("commit model version"), self._db.write() as conn:
+        with self._db.writing("commit model version") as conn:
             cur = conn.execute(
                 "UPDATE model_versions SET state = 'READY', platform = ?, backend = ?, "
                 "max_batch_size = ?, inputs = ?, outputs = ?, config = ? "
@@ -212,7 +212,7 @@ class SqliteModelStore:
             return cur.rowcount == 1
 
     def delete_version(self, name: str, version: str) -> bool:
-        with translate("delete model version"), self._db.write() as conn:
+        with self._db.writing("delete model version") as conn:
             cur = conn.execute(
                 "DELETE FROM model_versions WHERE name = ? AND version_num = ?",
                 (name, int(version)),
@@ -220,13 +220,13 @@ class SqliteModelStore:
             return cur.rowcount == 1
 
     def list_names(self) -> list[tuple[str, str]]:
-        with translate("list models"):
-            rows = self._db.read().execute("SELECT name, tenant FROM model_names").fetchall()
+        with self._db.reading("list models") as conn:
+            rows = conn.execute("SELECT name, tenant FROM model_names").fetchall()
         return sorted((str(n), str(t)) for n, t in rows)
 
     # ------------------------------------------------------------------ deployments
     def put_deployment(self, name: str, spec: dict[str, Any], now: float) -> None:
-        with translate("put deployment"), self._db.write() as conn:
+        with self._db.writing("put deployment") as conn:
             conn.execute(
                 "INSERT INTO deployments (name, spec, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, "
@@ -244,8 +244,8 @@ class SqliteModelStore:
         return None if row is None else dict(json.loads(row[0]))
 
     def list_deployments(self) -> dict[str, dict[str, Any]]:
-        with translate("list deployments"):
-            rows = self._db.read().execute("SELECT name, spec FROM deployments").fetchall()
+        with self._db.reading("list deployments") as conn:
+            rows = conn.execute("SELECT name, spec FROM deployments").fetchall()
         return {str(name): json.loads(spec) or {} for name, spec in rows}
 
     def get_plan(self) -> PlanRecord | None:
@@ -261,7 +261,7 @@ class SqliteModelStore:
 
     def save_plan(self, doc: dict[str, Any], planned_at: float, expected_revision: int) -> bool:
         values = (expected_revision + 1, planned_at, _json(doc))
-        with translate("save placement"), self._db.write() as conn:
+        with self._db.writing("save placement") as conn:
             if expected_revision == 0:
                 cur = conn.execute(
                     "INSERT INTO placement_plan (id, revision, planned_at, doc) "

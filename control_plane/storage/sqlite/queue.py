@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from control_plane.storage.protocols import Marker, QueueEntry, QueueKeys
 from control_plane.storage.queue_keys import QUEUE_KEYS, read_entry
-from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.db import Database
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS queue_entries (
@@ -123,19 +123,18 @@ class SqliteQueueStore:
     def enqueue(self, entry: QueueEntry) -> bool:
         """Write an entry unless the same key holds another token (someone else's enqueue)."""
         row = _entry_row(entry)
-        with translate("enqueue"), self._db.write() as conn:
+        with self._db.writing("enqueue") as conn:
             return conn.execute(_ENQUEUE, row).rowcount == 1
 
     def enqueue_many(self, entries: list[QueueEntry]) -> None:
         """Write fresh entries (new random keys) in one transaction."""
         rows = [_entry_row(e) for e in entries]
-        with translate("enqueue batch"), self._db.write() as conn:
+        with self._db.writing("enqueue batch") as conn:
             conn.executemany(_PUT_ENTRY, rows)
 
     def head(self, shard: str, limit: int, after_sk: str | None = None) -> list[QueueEntry]:
         """The first ``limit`` entries of a shard (after ``after_sk``) in key order."""
-        with translate("read queue"):
-            conn = self._db.read()
+        with self._db.reading("read queue") as conn:
             if after_sk is None:
                 rows = conn.execute(_HEAD, (shard, limit)).fetchall()
             else:
@@ -144,18 +143,18 @@ class SqliteQueueStore:
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
-        with translate("remove queue entry"), self._db.write() as conn:
+        with self._db.writing("remove queue entry") as conn:
             conn.execute(_REMOVE, (shard, sk, token))
 
     # ------------------------------------------------------------------ markers
     def put_marker(self, marker: Marker) -> None:
         row = (marker.shard, marker.sk, marker.job_id, marker.token)
-        with translate("put marker"), self._db.write() as conn:
+        with self._db.writing("put marker") as conn:
             conn.execute(_PUT_MARKER, row)
 
     def put_markers(self, markers: list[Marker]) -> None:
         rows = [(m.shard, m.sk, m.job_id, m.token) for m in markers]
-        with translate("put markers"), self._db.write() as conn:
+        with self._db.writing("put markers") as conn:
             if len(rows) <= SMALL_BATCH:
                 for row in rows:
                     conn.execute(_PUT_MARKER, row)
@@ -163,13 +162,13 @@ class SqliteQueueStore:
                 conn.executemany(_PUT_MARKER, rows)
 
     def delete_marker(self, shard: str, sk: str) -> None:
-        with translate("delete marker"), self._db.write() as conn:
+        with self._db.writing("delete marker") as conn:
             conn.execute(_DELETE_MARKER, (shard, sk))
 
     def delete_markers(self, keys: list[tuple[str, str]]) -> None:
         if not keys:
             return
-        with translate("delete markers"), self._db.write() as conn:
+        with self._db.writing("delete markers") as conn:
             unique = list(dict.fromkeys(keys))
             if len(unique) <= SMALL_BATCH:
                 for key in unique:
@@ -181,8 +180,7 @@ class SqliteQueueStore:
         self, shard: str, before_sk: str, limit: int, after_sk: str | None = None
     ) -> list[Marker]:
         """Markers of ``shard`` whose sk sorts before ``before_sk`` (oldest first)."""
-        with translate("read markers"):
-            conn = self._db.read()
+        with self._db.reading("read markers") as conn:
             if after_sk is None:
                 rows = conn.execute(_DUE, (shard, before_sk, limit)).fetchall()
             else:
@@ -194,24 +192,23 @@ class SqliteQueueStore:
         """Atomically add ``delta`` to the counter of one queue shard of ``model``."""
         if delta == 0:
             return
-        with translate("count queue depth"), self._db.write() as conn:
+        with self._db.writing("count queue depth") as conn:
             conn.execute(_ADD_DEPTH, (model, shard, delta))
 
     def depth(self, model: str) -> int:
         """Queued jobs of ``model``: the sum of its shard counters."""
-        with translate("read queue depth"):
-            (total,) = self._db.read().execute(_DEPTH, (model,)).fetchone()
+        with self._db.reading("read queue depth") as conn:
+            (total,) = conn.execute(_DEPTH, (model,)).fetchone()
         return max(0, int(total))
 
     def all_depths(self) -> dict[str, int]:
         """model -> queued jobs, for every model with a counter."""
-        with translate("read queue depths"):
-            rows = self._db.read().execute(_ALL_DEPTHS).fetchall()
+        with self._db.reading("read queue depths") as conn:
+            rows = conn.execute(_ALL_DEPTHS).fetchall()
         return {str(model): max(0, int(total)) for model, total in rows}
 
     def ping(self) -> None:
         """Raises Unavailable when the queue tables cannot be read."""
-        with translate("ping queue"):
-            conn = self._db.read()
+        with self._db.reading("ping queue") as conn:
             conn.execute("SELECT 1 FROM queue_entries LIMIT 1").fetchall()
             conn.execute("SELECT 1 FROM markers LIMIT 1").fetchall()

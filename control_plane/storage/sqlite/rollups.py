@@ -47,7 +47,7 @@ class SqliteRollupStore:
         rows = [(series, minute, k, float(v), exp) for k, v in values.items()]
         if not rows:
             return
-        with translate("rollup write"), self._db.write() as conn:
+        with self._db.writing("rollup write") as conn:
             conn.executemany(sql, rows)
             now = time.time()
             if now - self._purged_at > PURGE_EVERY_S:

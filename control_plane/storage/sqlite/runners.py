@@ -15,7 +15,7 @@ from typing import Any
 
 from control_plane.errors import Conflict
 from control_plane.storage.protocols_auth import RunnerRecord
-from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.db import Database
 
 NONCE_PURGE_BATCH = 64
 
@@ -115,7 +115,7 @@ class SqliteRunnerStore:
         self._db = db
 
     def create_runner(self, rec: RunnerRecord) -> None:
-        with translate("create runner"), self._db.write() as conn:
+        with self._db.writing("create runner") as conn:
             cur = conn.execute(
                 f"INSERT INTO runners ({_COLUMNS}) "  # noqa: S608 - constant
                 "VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?) "
@@ -140,8 +140,8 @@ class SqliteRunnerStore:
                 raise Conflict("runner id already exists")
 
     def find_runner(self, runner_id: str) -> RunnerRecord | None:
-        with translate("find runner"):
-            row = self._db.read().execute(f"{_SELECT} WHERE id = ?", (runner_id,)).fetchone()
+        with self._db.reading("find runner") as conn:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (runner_id,)).fetchone()
         return None if row is None else _record(row)
 
     def record_heartbeat(
@@ -153,7 +153,7 @@ class SqliteRunnerStore:
         triton: dict[str, Any],
         running_jobs: list[str],
     ) -> RunnerRecord | None:
-        with translate("record heartbeat"), self._db.write() as conn:
+        with self._db.writing("record heartbeat") as conn:
             cur = conn.execute(
                 "UPDATE runners SET last_heartbeat_at = ?, gpus = ?, models = ?, triton = ?, "
                 "running_jobs = ? WHERE id = ? AND revoked = 0",
@@ -171,7 +171,7 @@ class SqliteRunnerStore:
     def merge_config(self, runner_id: str, patch: dict[str, Any]) -> RunnerRecord | None:
         if not patch:
             return self.find_runner(runner_id)
-        with translate("merge config"), self._db.write() as conn:
+        with self._db.writing("merge config") as conn:
             rec = _live(conn, runner_id)
             if rec is None:
                 return None
@@ -182,7 +182,7 @@ class SqliteRunnerStore:
             return _live(conn, runner_id)
 
     def offer_secret(self, runner_id: str, secret: str) -> RunnerRecord | None:
-        with translate("offer runner secret"), self._db.write() as conn:
+        with self._db.writing("offer runner secret") as conn:
             conn.execute(
                 "UPDATE runners SET pending_secret = ? "
                 "WHERE id = ? AND revoked = 0 AND pending_secret IS NULL",
@@ -193,7 +193,7 @@ class SqliteRunnerStore:
     def promote_secret(
         self, runner_id: str, pending: str, at: float, previous_valid_until: float
     ) -> RunnerRecord | None:
-        with translate("promote runner secret"), self._db.write() as conn:
+        with self._db.writing("promote runner secret") as conn:
             cur = conn.execute(
                 "UPDATE runners SET previous_secret = secret, previous_valid_until = ?, "
                 "secret = pending_secret, pending_secret = NULL, secret_set_at = ? "
@@ -203,13 +203,13 @@ class SqliteRunnerStore:
             return _live(conn, runner_id) if cur.rowcount == 1 else None
 
     def revoke_runner(self, runner_id: str) -> bool:
-        with translate("revoke runner"), self._db.write() as conn:
+        with self._db.writing("revoke runner") as conn:
             cur = conn.execute("UPDATE runners SET revoked = 1 WHERE id = ?", (runner_id,))
             return cur.rowcount == 1
 
     def list_runners(self) -> list[RunnerRecord]:
-        with translate("list runners"):
-            rows = self._db.read().execute(f"{_SELECT} ORDER BY registered_at, id").fetchall()
+        with self._db.reading("list runners") as conn:
+            rows = conn.execute(f"{_SELECT} ORDER BY registered_at, id").fetchall()
         return [_record(r) for r in rows]
 
     def ping(self) -> None:
@@ -230,7 +230,7 @@ class SqliteNonceStore:
 
     def remember_nonce(self, key: str, now: float, expires_at: float) -> bool:
         now_s = int(now)
-        with translate("remember nonce"), self._db.write() as conn:
+        with self._db.writing("remember nonce") as conn:
             cur = conn.execute(
                 "INSERT INTO nonces (key, expires_at) VALUES (?, ?) ON CONFLICT (key) "
                 "DO UPDATE SET expires_at = excluded.expires_at WHERE nonces.expires_at < ?",

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from control_plane.storage.protocols_streams import ChunkRecord, Position
-from control_plane.storage.sqlite.db import Database, translate
+from control_plane.storage.sqlite.db import Database
 
 DDL: list[str] = [
     """CREATE TABLE IF NOT EXISTS job_chunks (
@@ -59,7 +59,7 @@ class SqliteStreamStore:
             (job_id, attempt, seq, json.dumps(outputs, separators=(",", ":")), now, expires_at)
             for seq, outputs in chunks
         ]
-        with translate("append chunks"), self._db.write() as conn:
+        with self._db.writing("append chunks") as conn:
             if conn.execute(_HELD, (job_id, lease_token)).fetchone() is None:
                 return False
             conn.executemany(_PUT, rows)
@@ -67,8 +67,7 @@ class SqliteStreamStore:
         return True
 
     def read_chunks(self, job_id: str, after: Position | None, limit: int) -> list[ChunkRecord]:
-        with translate("read chunks"):
-            conn = self._db.read()
+        with self._db.reading("read chunks") as conn:
             if after is None:
                 rows = conn.execute(_READ_ALL, (job_id, limit)).fetchall()
             else:
@@ -77,5 +76,5 @@ class SqliteStreamStore:
         return [ChunkRecord(job_id, int(a), int(q), json.loads(o), float(c)) for a, q, o, c in rows]
 
     def ping(self) -> None:
-        with translate("ping chunks"):
-            self._db.read().execute("SELECT 1 FROM job_chunks LIMIT 1").fetchall()
+        with self._db.reading("ping chunks") as conn:
+            conn.execute("SELECT 1 FROM job_chunks LIMIT 1").fetchall()

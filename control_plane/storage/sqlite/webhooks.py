@@ -171,7 +171,7 @@ class SqliteWebhookStore:
     def enqueue(self, delivery: Delivery, due_at: float) -> bool:
         d = delivery
         sk = index_sk(due_at, d.job_id, d.event)
-        with translate("enqueue webhook"), self._db.write() as conn:
+        with self._db.writing("enqueue webhook") as conn:
             cur = conn.execute(
                 f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}, expires_at) "  # noqa: S608
                 "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, NULL, ?) "
@@ -235,7 +235,7 @@ class SqliteWebhookStore:
 
     def claim(self, ref: DueRef, seen: Delivery, token: str, lease_until: float) -> Claim | None:
         lease_sk = index_sk(lease_until, ref.job_id, ref.event)
-        with translate("claim webhook delivery"), self._db.write() as conn:
+        with self._db.writing("claim webhook delivery") as conn:
             entry = conn.execute(
                 "SELECT 1 FROM webhook_due WHERE shard = ? AND sk = ?", (ref.shard, ref.sk)
             ).fetchone()
@@ -274,7 +274,7 @@ class SqliteWebhookStore:
         return Claim(delivery=claimed, token=token, lease_sk=lease_sk)
 
     def drop_stale(self, ref: DueRef) -> None:
-        with translate("drop stale webhook index entry"), self._db.write() as conn:
+        with self._db.writing("drop stale webhook index entry") as conn:
             conn.execute("DELETE FROM webhook_due WHERE shard = ? AND sk = ?", (ref.shard, ref.sk))
 
     def finish(
@@ -282,7 +282,7 @@ class SqliteWebhookStore:
     ) -> bool:
         d = claim.delivery
         nxt = None if next_at is None else index_sk(next_at, d.job_id, d.event)
-        with translate("record webhook attempt"), self._db.write() as conn:
+        with self._db.writing("record webhook attempt") as conn:
             cur = conn.execute(
                 "UPDATE webhook_deliveries SET state = ?, index_sk = ?, next_at = ?, claim = NULL "
                 "WHERE job_id = ? AND event = ? AND claim = ?",
@@ -395,7 +395,7 @@ class SqliteWebhookSecretStore:
         )
 
     def create(self, record: SecretRecord) -> bool:
-        with translate("store webhook secret"), self._db.write() as conn:
+        with self._db.writing("store webhook secret") as conn:
             cur = conn.execute(
                 "INSERT INTO webhook_secrets (tenant, current, version, created_at, previous, "
                 "previous_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -404,7 +404,7 @@ class SqliteWebhookSecretStore:
             return cur.rowcount == 1
 
     def replace(self, record: SecretRecord, expected_version: int) -> bool:
-        with translate("store webhook secret"), self._db.write() as conn:
+        with self._db.writing("store webhook secret") as conn:
             cur = conn.execute(
                 "UPDATE webhook_secrets SET current = ?, version = ?, created_at = ?, "
                 "previous = ?, previous_until = ? WHERE tenant = ? AND version = ?",
