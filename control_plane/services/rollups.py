@@ -72,19 +72,27 @@ class RollupService:
         self, job: JobRecord, view: Callable[[], JobView], previous: str | None
     ) -> None:
         """The job service's record hook (cheap: counts in memory; the view is not built)."""
-        minute = self._minute()
-        name = None
-        if previous is None and job.status == "QUEUED":
+        status = job.status
+        if previous is None and status == "QUEUED":
             name = "SUBMITTED"
-        elif job.status in TERMINAL:
-            name = job.status
-        if name is not None:
-            self._count(f"jobs#{job.tenant}", minute, name)
-            self._count(f"jobs#{ALL_TENANTS}", minute, name)
-        if job.status == "RUNNING" and previous != "RUNNING" and job.started_at is not None:
+        elif status in TERMINAL:
+            name = status
+        elif status == "RUNNING" and previous != "RUNNING" and job.started_at is not None:
             queue_ms = int((job.started_at - job.created_at) * 1000)  # as the job's view says
-            self._count("queue", minute, f"wait_ms:{job.model}", queue_ms)
-            self._count("queue", minute, f"started:{job.model}")
+            minute = self._minute()
+            with self._lock:  # (``_count`` twice, under one hold of the lock)
+                counts = self._pending.setdefault(("queue", minute), {})
+                wait, started = f"wait_ms:{job.model}", f"started:{job.model}"
+                counts[wait] = counts.get(wait, 0.0) + queue_ms
+                counts[started] = counts.get(started, 0.0) + 1
+            return
+        else:
+            return
+        minute = self._minute()
+        with self._lock:  # (``_count`` for the tenant and for all, under one hold of the lock)
+            for series in (f"jobs#{job.tenant}", f"jobs#{ALL_TENANTS}"):
+                counts = self._pending.setdefault((series, minute), {})
+                counts[name] = counts.get(name, 0.0) + 1
 
     def flush(self) -> int:
         """Add what was counted since the last flush to the store; the writes made."""

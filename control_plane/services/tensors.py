@@ -69,7 +69,7 @@ def _flat(data: list[Any]) -> list[Any]:
     """``data``'s scalars in row-major order (``_flatten``, one level per pass: no generator
     frame per element)."""
     flat = data
-    while any(type(x) is list for x in flat):
+    while list in set(map(type, flat)):  # (C-level passes: no Python call per element)
         flat = [y for x in flat for y in (x if type(x) is list else (x,))]
     return flat
 
@@ -119,9 +119,10 @@ def checked_count(name: str, where: str, datatype: str, data: list[Any]) -> int:
 
 def inline_bytes(tensors: list[Tensor]) -> int:
     """Size of the tensors' JSON, as the limit on inline payloads counts it."""
-    return sum(
-        len(json.dumps(t.model_dump(exclude_none=True), separators=(",", ":"))) for t in tensors
-    )
+    return sum([len(_compact(t.model_dump(exclude_none=True))) for t in tensors])
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(x, separators=…)
 
 
 def _shape_matches(shape: list[int], dims: list[int], max_batch_size: int) -> str | None:
