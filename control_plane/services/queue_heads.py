@@ -104,21 +104,38 @@ class QueueHeads:
         self._last_read_s = done - t
         return done, entries
 
-    def _install(
-        self, shard: str, done: float, entries: list[QueueEntry], depth: int, generation: int
-    ) -> None:
-        """Cache a read (lock held), leaving out entries handed out since it may have begun."""
-        horizon = done - TAKEN_MEMORY_S
+    def _read_each(self, shards: list[str], depth: int) -> list[tuple[float, list[QueueEntry]]]:
+        """``_read`` of each shard in turn, here (one clock reading between two reads)."""
+        out: list[tuple[float, list[QueueEntry]]] = []
+        start = self._monotonic()
+        for shard in shards:
+            entries = self._store.head(shard, depth)
+            done = self._monotonic()
+            self._last_read_s = done - start
+            out.append((done, entries))
+            start = done
+        return out
+
+    def _forget_taken(self, now: float) -> None:
+        """Drop what was handed out more than ``TAKEN_MEMORY_S`` before ``now`` (lock held;
+        once before installing reads)."""
+        horizon = now - TAKEN_MEMORY_S
         taken = self._taken
         while taken:
             key = next(iter(taken))
             if taken[key] >= horizon:
                 break
             del taken[key]
+
+    def _install(
+        self, shard: str, done: float, entries: list[QueueEntry], depth: int, generation: int
+    ) -> None:
+        """Cache a read (lock held; ``_forget_taken`` called), leaving out entries handed out
+        since it may have begun."""
         self._heads[shard] = _Head(
             fetched=done,
-            entries=[e for e in entries if (e.sk, e.token) not in self._taken],
-            full=len(entries) >= depth,
+            entries=[e for e in entries if (e.sk, e.token) not in self._taken] if entries else [],
+            full=bool(entries) and len(entries) >= depth,
             generation=generation,
         )
 
@@ -134,6 +151,7 @@ class QueueHeads:
             log.warning("background read of queue shard %s failed", shard, exc_info=True)
             return
         with self._lock:
+            self._forget_taken(done)
             self._install(shard, done, entries, depth, generation)
 
     def take(
@@ -173,11 +191,15 @@ class QueueHeads:
                 ):
                     head.refreshing = True
                     self._pool.submit(self._refresh_in_background, sh, depth)
-        if self._parallel and len(missing) > 1:
+        if not missing:
+            fresh = []
+        elif self._parallel and len(missing) > 1:
             fresh = list(self._pool.map(lambda sh: self._read(sh, depth), missing))
         else:
-            fresh = [self._read(sh, depth) for sh in missing]
+            fresh = self._read_each(missing, depth)
         with self._lock:
+            if fresh:
+                self._forget_taken(max([done for done, _ in fresh]))
             for sh, (done, entries) in zip(missing, fresh, strict=True):
                 current = self._heads.get(sh)
                 if current is not None and current.entries:

@@ -75,8 +75,9 @@ def read_entry(
 class QueueKeyFormat:
     """``QueueKeys`` of both queue adapters (the formats in the module docstring)."""
 
+    # (the module's helpers inlined below: these run several times per job)
     def queue_shard(self, model: str, n: int) -> str:
-        return queue_shard(model, n)
+        return f"{model}#{n}"
 
     def shard_number(self, shard: str) -> int:
         return int(shard.rpartition("#")[2])
@@ -97,8 +98,8 @@ class QueueKeyFormat:
         tenant: str = "",
     ) -> QueueEntry:
         return read_entry(
-            queue_shard(model, shard_number),
-            queue_sk(priority, created_at, job_id),
+            f"{model}#{shard_number}",
+            f"{999 - priority:03d}#{int(created_at * 1000):013d}#{job_id}",
             job_id,
             version,
             region,
@@ -115,10 +116,11 @@ class QueueKeyFormat:
         return f"{TTL_PREFIX}{n}"
 
     def lease_marker(self, n: int, job_id: str, expires_at: float, token: str) -> Marker:
-        return Marker(self.lease_shard(n), f"{ms(expires_at):013d}#{job_id}", job_id, token)
+        sk = f"{int(expires_at * 1000):013d}#{job_id}"
+        return Marker(f"{LEASE_PREFIX}{n}", sk, job_id, token)
 
     def ttl_marker(self, n: int, job_id: str, deadline: float) -> Marker:
-        return Marker(self.ttl_shard(n), f"{ms(deadline):013d}#{job_id}", job_id)
+        return Marker(f"{TTL_PREFIX}{n}", f"{int(deadline * 1000):013d}#{job_id}", job_id)
 
     def due_bound(self, now: float) -> str:
         return due_before(now)

@@ -184,6 +184,8 @@ def _finish_many_sql(rows: int) -> str:
 def _rounds(ids: list[str]) -> list[list[int]]:
     """Positions of ``ids`` split into statements: at most ``BATCH_ROWS`` each, no id twice in
     one, and a repeated id's later occurrence in a later statement than its earlier one."""
+    if len(ids) == 1:
+        return [[0]]
     if len(ids) <= BATCH_ROWS and len(set(ids)) == len(ids):
         return [list(range(len(ids)))]  # (the common case: one statement)
     rounds: list[list[int]] = []
@@ -206,10 +208,21 @@ def _rounds(ids: list[str]) -> list[list[int]]:
     return rounds
 
 
-# ``json.dumps(x, separators=(",", ":"))`` and ``json.loads(text)`` (of a str) without
-# building an encoder or checking the argument's type on each call (several per job).
+# ``json.dumps(x, separators=(",", ":"))`` without building an encoder on each call (several
+# per job).
 _compact = json.JSONEncoder(separators=(",", ":")).encode
-_loads = json.JSONDecoder().decode
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)`` of a stored JSON text (written by ``_compact``: no whitespace
+    around it, so one scan decodes it; anything else goes through ``json.loads``)."""
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # (raises the same error as before)
+    return value if end == len(text) else json.loads(text)
+
 
 ROW_JSON_BUDGET = 8 * 1024 * 1024  # request + inline outputs of one job row
 

@@ -139,7 +139,7 @@ class SqliteQueueStore:
                 rows = conn.execute(_HEAD, (shard, limit)).fetchall()
             else:
                 rows = conn.execute(_HEAD_AFTER, (shard, after_sk, limit)).fetchall()
-        return [read_entry(*r) for r in rows]
+        return [read_entry(*r) for r in rows] if rows else []
 
     def remove_entry(self, shard: str, sk: str, token: str) -> None:
         """Delete an entry if it still carries ``token`` (never someone else's newer entry)."""
