@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gpufleet._logs import context as log_context
@@ -13,6 +14,7 @@ from gpufleet.wire import (
     JobView,
     LeasedJob,
     OutputRequest,
+    ResultUpload,
     Tensor,
 )
 from pydantic import BaseModel
@@ -33,7 +35,10 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
     """The wire view of a job (outputs inline, or a presigned ``outputs_url``)."""
     outputs = [Tensor(**t) for t in job.outputs] if job.outputs is not None else None
     url = blobs.presign_get(job.outputs_ref, presign_ttl_s) if job.outputs_ref else None
-    queue_ms = int((job.started_at - job.created_at) * 1000) if job.started_at is not None else None
+    started, finished, info = job.started_at, job.finished_at, job.run_info
+    queue_ms = int((started - job.created_at) * 1000) if started is not None else None
+    request = job.request
+    placement = request.get("placement") or {}
     return JobView(
         id=job.id,
         status=job.status,
@@ -43,19 +48,19 @@ def job_view(job: JobRecord, blobs: BlobStore, presign_ttl_s: int) -> JobView:
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         created_at=iso(job.created_at) or "",
-        started_at=iso(job.started_at),
-        finished_at=iso(job.finished_at),
+        started_at=None if started is None else iso(started),
+        finished_at=None if finished is None else iso(finished),
         queue_ms=queue_ms,
         run_ms=job.run_ms,
         runner_id=job.runner_id,
         region=job.region,
-        regions_allowed=(job.request.get("placement") or {}).get("regions_allowed") or None,
-        spill_after_s=(job.request.get("placement") or {}).get("spill_after_s"),
-        tags=job.request.get("tags") or {},
+        regions_allowed=placement.get("regions_allowed") or None,
+        spill_after_s=placement.get("spill_after_s"),
+        tags=request.get("tags") or {},
         outputs=outputs,
         outputs_url=url,
         error=ErrorInfo(**job.error) if job.error else None,
-        **_run_fields(job.run_info),
+        **(_run_fields(info) if info else {}),
     )
 
 
@@ -152,13 +157,20 @@ _output_request = _Construct(OutputRequest)
 _leased_job = _Construct(LeasedJob)
 
 
-def leased_job(job: JobRecord) -> LeasedJob:
+LeaseUrls = Callable[[JobRecord, str, list[Tensor]], tuple[dict[str, str], "ResultUpload | None"]]
+"""``PayloadService.lease_urls``: the input URLs and the outputs upload of a lease."""
+
+
+def leased_job(job: JobRecord, urls: LeaseUrls | None = None) -> LeasedJob:
     """What a runner gets for a job it just leased. Every field comes from the stored
     record, validated at submit (``SubmitJobRequest``'s tensors, dumped) or written by the
     claim: the model is built without a second validation (``model_construct``'s result, the
-    types made explicit, by ``_Construct``), once per leased job on the hot path."""
+    types made explicit, by ``_Construct``), once per leased job on the hot path. ``urls``:
+    its input URLs and outputs upload (else none), built into it rather than set after."""
     assert job.lease_token and job.lease_expires_at and job.model_version
     outputs = job.request.get("outputs")
+    inputs = [_tensor(t) for t in job.request.get("inputs", [])]
+    input_urls, upload = ({}, None) if urls is None else urls(job, job.lease_token, inputs)
     leased: LeasedJob = _leased_job(
         {
             "id": job.id,
@@ -166,14 +178,14 @@ def leased_job(job: JobRecord) -> LeasedJob:
             "lease_expires_at": iso(job.lease_expires_at) or "",
             "model": job.model,
             "model_version": job.model_version,
-            "inputs": [_tensor(t) for t in job.request.get("inputs", [])],
+            "inputs": inputs,
             "outputs": [_output_request(o) for o in outputs] if outputs is not None else None,
             "parameters": job.request.get("parameters") or {},
             "timeout_s": int(job.timeout_s),
             "attempt": int(job.attempts),
             "deadline_at": iso(job.deadline),
-            "input_urls": {},
-            "outputs_upload": None,
+            "input_urls": input_urls,
+            "outputs_upload": upload,
             "request_id": job.request.get("request_id"),
         }
     )

@@ -33,7 +33,6 @@ from control_plane.services.shared_reads import SharedReads
 from control_plane.services.sweeper import Sweeper
 from control_plane.services.wakeups import (
     Wakeups,
-    job_key,
     model_key,
 )
 from control_plane.settings import Settings
@@ -173,7 +172,7 @@ class JobCore:
         return job_view(job, self._blobs, self._settings.presign_ttl_s)
 
     def _transitioned(self, job: JobRecord, previous: str | None) -> None:
-        key = job_key(job.id)
+        key = f"job:{job.id}"  # (job_key, inlined: three transitions per job)
         if job.status in TERMINAL_STATUSES and self.wakeups.watching(key):
             self._finished.put(job)  # handed to the waits woken below: no read back
         self.wakeups.notify(key)

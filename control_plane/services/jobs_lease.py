@@ -132,11 +132,7 @@ class JobLeasing(JobCore):
                 claims.append((entry, entry.version or max(offers[entry.model], key=int)))
             for job in self._ops.claim_many(claims, runner_id, t):  # one batch per round
                 self._leased.put(job, self._store.jobs.max_inline_outputs(job))
-                lj = leased_job(job)  # then its URLs, set in place (no model_copy per job)
-                lj.input_urls, lj.outputs_upload = self.payloads.lease_urls(
-                    job, lj.lease_token, lj.inputs
-                )
-                leased.append(lj)
+                leased.append(leased_job(job, self.payloads.lease_urls))  # with its URLs
                 self._region_leased(job, region)
             if len(leased) >= req.max_jobs or not pending:
                 break

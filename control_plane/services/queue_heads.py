@@ -195,11 +195,13 @@ class QueueHeads:
             fresh = []
         elif self._parallel and len(missing) > 1:
             fresh = list(self._pool.map(lambda sh: self._read(sh, depth), missing))
+            newest = max([done for done, _ in fresh])
         else:
             fresh = self._read_each(missing, depth)
+            newest = fresh[-1][0]  # (read one after the other)
         with self._lock:
             if fresh:
-                self._forget_taken(max([done for done, _ in fresh]))
+                self._forget_taken(newest)
             for sh, (done, entries) in zip(missing, fresh, strict=True):
                 current = self._heads.get(sh)
                 if current is not None and current.entries:

@@ -79,7 +79,7 @@ class RollupService:
             name = status
         elif status == "RUNNING" and previous != "RUNNING" and job.started_at is not None:
             queue_ms = int((job.started_at - job.created_at) * 1000)  # as the job's view says
-            minute = self._minute()
+            minute = int(self._now() // 60)  # (_minute)
             with self._lock:  # (``_count`` twice, under one hold of the lock)
                 counts = self._pending.setdefault(("queue", minute), {})
                 wait, started = f"wait_ms:{job.model}", f"started:{job.model}"
@@ -88,7 +88,7 @@ class RollupService:
             return
         else:
             return
-        minute = self._minute()
+        minute = int(self._now() // 60)  # (_minute)
         with self._lock:  # (``_count`` for the tenant and for all, under one hold of the lock)
             for series in (f"jobs#{job.tenant}", f"jobs#{ALL_TENANTS}"):
                 counts = self._pending.setdefault((series, minute), {})
