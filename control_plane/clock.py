@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-
-def now() -> float:
-    """Seconds since the epoch (wall clock)."""
-    return time.time()
+now: Callable[[], float] = time.time
+"""Seconds since the epoch (wall clock): ``time.time`` itself, not a function calling it
+(read several times per job: one Python call each fewer)."""
 
 
 def iso(ts: float | None) -> str | None:

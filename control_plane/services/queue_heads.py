@@ -178,11 +178,13 @@ class QueueHeads:
                 if (sh not in self._heads or not self._heads[sh].entries)
                 and (not trust_empty or empty.get(sh, 0.0) <= t)
             ]
+            heads = self._heads
             for sh in shards:
-                head = self._heads.get(sh)
+                if sh not in heads:  # (``in`` and ``[]``: no ``.get`` call per shard)
+                    continue
+                head = heads[sh]
                 if (
-                    head is not None
-                    and head.entries
+                    head.entries
                     and not head.refreshing
                     and (
                         t - head.fetched > self._ttl()
@@ -203,8 +205,7 @@ class QueueHeads:
             if fresh:
                 self._forget_taken(newest)
             for sh, (done, entries) in zip(missing, fresh, strict=True):
-                current = self._heads.get(sh)
-                if current is not None and current.entries:
+                if sh in heads and heads[sh].entries:
                     continue  # a background refresh installed newer entries meanwhile
                 self._install(sh, done, entries, depth, generation)
                 if not entries and self._empty_ttl_s > 0 and generation == self._generation:

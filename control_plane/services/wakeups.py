@@ -70,6 +70,8 @@ class Wakeups:
         as on SQLite) has its event set here and now; a poll of another loop (a worker
         thread's call) through ``call_soon_threadsafe``, which writes to that loop's wake-up
         pipe: a system call per wake-up the first case does without."""
+        if not self._waiters.get(key):  # (most keys have no poll: no lock taken for them;
+            return  # a poll registering now is as late as one registering after the lock)
         with self._lock:
             found = self._waiters.get(key)
             if not found:
