@@ -34,6 +34,7 @@ from control_plane.storage.protocols import (
 log = logging.getLogger("control_plane.services.jobs")  # one logger for the job service
 
 CLAIM_ROUNDS = 5
+ENTRY_TIME_RESOLUTION_S = 0.001  # queue sort keys hold created_at in whole ms
 
 
 class JobLeasing(JobCore):
@@ -89,7 +90,11 @@ class JobLeasing(JobCore):
             for n in range(self._settings.queue_shards)
         ]
 
-        t = self._now()
+        # An entry's created_at comes from its sort key, in whole milliseconds rounded down:
+        # its queued time may read up to 1 ms long, so it is counted 1 ms short and a spill
+        # delay is never cut short (a job spilled after 1.9995 s of a 2 s delay showed
+        # queue_ms 1999).
+        t = self._now() - ENTRY_TIME_RESOLUTION_S
         region_fits = self._region_fits
 
         def fits(e: QueueEntry) -> bool:

@@ -328,3 +328,25 @@ def test_submit_batch_all_validated_first(fleet: Any) -> None:
 
 def test_ping(fleet: Any) -> None:
     fleet[0].ping()
+
+
+def test_a_spill_delay_is_never_cut_short_by_the_queue_keys_whole_milliseconds(
+    settings: Any, stores: Any
+) -> None:
+    """A queue entry's created_at is read back from its sort key in whole milliseconds, so
+    it may be up to 1 ms earlier than the job's: the lease waits the whole delay (and up to
+    1 ms more), never less."""
+    now = FakeClock(1_800_000_000.0006)  # 0.6 ms past a millisecond: the key drops it
+    jobs = _with(settings, stores, now)
+    view, _ = jobs.submit(
+        USER,
+        job(region="eu-west-2", regions_allowed=["eu-west-2", "us-east-1"], spill_after_s=2.0),
+    )
+    now.advance(1.9996)  # 2.0002 s after the key's millisecond, 1.9996 s after the job's
+    assert lease(jobs, region="us-east-1") == []
+    now.advance(0.0004)  # the whole delay, by the job's clock; the key can't tell yet
+    assert lease(jobs, region="us-east-1") == []
+    now.advance(0.0006)  # at most 1 ms late
+    [got] = lease(jobs, region="us-east-1")
+    assert got.id == view.id
+    assert jobs.get(USER, view.id).queue_ms == 2000
