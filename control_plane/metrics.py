@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from control_plane.storage.protocols_auth import RunnerRecord
 
@@ -291,7 +290,7 @@ class Metrics:
                 log.warning("a deferred metric observation failed", exc_info=True)
 
     def observe_request(self, template: str, method: str, status: str, seconds: float) -> None:
-        """One HTTP request answered (``RequestTimer``, the KServe short path)."""
+        """One HTTP request answered (``gate.ApiGate``, the KServe short path)."""
         self.child(self.request_latency, template, method, status).observe(seconds)
 
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
@@ -376,40 +375,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RequestTimer:
-    """ASGI middleware observing request latency by route template (not raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[Any]]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    def _template(self, scope: Scope) -> str:
-        for r in self.routes():
-            match, _ = r.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(r, "path", "unmatched"))
-        return "unmatched"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The router leaves the matched route in the scope; match by hand only for
-            # requests it did not route (404s, middleware answers).
-            template = getattr(scope.get("route"), "path", None) or self._template(scope)
-            metrics = self.metrics
-            seconds = time.perf_counter() - start
-            metrics.later(metrics.observe_request, template, scope["method"], str(status), seconds)
+def template_of(routes: list[Any], scope: Scope) -> str:
+    """The route template a request matches (``unmatched``: none), for the request-latency
+    metric of a request the router did not route (a 404, an answer of the middleware)."""
+    for r in routes:
+        match, _ = r.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(r, "path", "unmatched"))
+    return "unmatched"
