@@ -131,7 +131,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     if bus is not None:  # the jobs service reports transitions: count terminal ones
         if svc.regions is not None:
             bus.on_region_lease(metrics.observe_region_lease)
-        bus.on_record(lambda rec, _view, previous: metrics.observe_transition(rec, previous))
+        bus.on_record(metrics.observe_record)
     if svc.capacity is not None:
         metrics.registry.register(svc.capacity)
     if svc.dispatch is not None:

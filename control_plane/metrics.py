@@ -291,7 +291,10 @@ class Metrics:
 
     def observe_request(self, template: str, method: str, status: str, seconds: float) -> None:
         """One HTTP request answered (``gate.ApiGate``, the KServe short path)."""
-        self.child(self.request_latency, template, method, status).observe(seconds)
+        found = self._children.get((self.request_latency, template, method, status))
+        if found is None:
+            found = self.child(self.request_latency, template, method, status)
+        found.observe(seconds)
 
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
         """A dispatcher hook: one synchronous inference answered (or failed); recorded
@@ -315,7 +318,7 @@ class Metrics:
         checked and joined) costs more than the ``inc``/``observe`` it precedes, several times
         per job. At most ``CHILDREN_MAX`` kept (then forgotten at once: the registry keeps the
         children themselves)."""
-        key = (id(metric), *labels)
+        key = (metric, *labels)
         found = self._children.get(key)
         if found is None:
             if len(self._children) >= CHILDREN_MAX:
@@ -326,6 +329,11 @@ class Metrics:
     def observe_region_lease(self, region: str | None, placement: str) -> None:
         """A region-lease hook (JobService.on_region_lease)."""
         self.child(self.jobs_leased_by_region, region or "", placement).inc()
+
+    def observe_record(self, job: Any, _view: Any, previous: str | None) -> None:
+        """A transition-bus subscriber (``TransitionBus.on_record``): :meth:`observe_transition`."""
+        if job.status in TERMINAL_STATUSES:
+            self.observe_transition(job, previous)
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""

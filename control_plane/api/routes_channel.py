@@ -129,7 +129,8 @@ async def _job_call(
         else:
             req = BatchCompleteRequest.model_validate(msg.get("body"))
             out = await complete_jobs(ws.app.state, svc, rec.id, req)
-        reply = f'{{"type":"reply","rid":{json.dumps(rid)},"status":200,"body":'
+        rid_json = str(rid) if type(rid) is int else json.dumps(rid)  # (the runner's: ints)
+        reply = f'{{"type":"reply","rid":{rid_json},"status":200,"body":'
         reply += out.model_dump_json(exclude_none=True) + "}"
     except asyncio.CancelledError:
         raise
