@@ -357,8 +357,12 @@ class Metrics:
             phases["run"] = run_ms / 1000
         if phases:
             phases["total"] = sum(phases.values())
+        metric, children = self.job_latency, self._children
         for phase, seconds in phases.items():
-            self.child(self.job_latency, job.model, phase).observe(max(0.0, seconds))
+            found = children.get((metric, job.model, phase))  # (``child``, inline)
+            if found is None:
+                found = self.child(metric, job.model, phase)
+            found.observe(max(0.0, seconds))
 
     def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
         """A dispatcher hook: the runner's stage timings (milliseconds) of one answer;
