@@ -1,9 +1,11 @@
 """Request authentication seams.
 
-- Bearer access tokens: Starlette's ``AuthenticationBackend`` + ``AuthenticationMiddleware``.
-  The backend never fails a request itself; a bad token leaves an anonymous user carrying
-  the reason, and ``principal(request)`` raises ``Unauthorized`` on routes that need one, so
-  public routes (health, auth, runner routes) ignore stray headers.
+- Bearer access tokens: a Starlette ``AuthenticationBackend``, asked by the API's middleware
+  layer (``gate.ApiGate``; ``from_memory`` first, which needs no coroutine for a token seen
+  before, then ``authenticate``). The backend never fails a request itself; a bad token
+  leaves an anonymous user carrying the reason, and ``principal(request)`` raises
+  ``Unauthorized`` on routes that need one, so public routes (health, auth, runner routes)
+  ignore stray headers.
 - Revocation: a bearer's API key is checked against the store at most every few seconds
   (``AuthService.cached_principal``), and on every request to an admin route
   (``admin_route``), so a revoked admin key's token cannot act even once more.
