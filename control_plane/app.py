@@ -1,10 +1,11 @@
 """The Starlette app: ``create_app(settings, services)`` builds it around the services the
 composition root (``control_plane.composition.build_services``) built once.
 
-Middleware, outermost first: request timing (metrics), body limit (413), the request's
-storage-time budget (``storage/budget.py``), bearer authentication; then Starlette's
-exception middleware with the one error handler. (The KServe HTTP infer call of a known token
-skips all of it: the listener answers it itself, ``api/kserve_fast.py``.)
+Middleware (``api/gate.py``, one ASGI layer doing what, outermost first: the 500 of an
+unhandled error, the request id, request timing (metrics), the body limit (413), the request's
+storage-time budget (``storage/budget.py``), bearer authentication, and the app's exception
+handlers with the one error mapping. (The KServe HTTP infer call of a known token skips all
+of it: the listener answers it itself, ``api/kserve_fast.py``.)
 The lifespan runs the expiry sweeper (``jobs.sweep()`` every ``sweep_interval_s``).
 """
 
@@ -18,8 +19,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
-from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from control_plane.api import (
@@ -44,16 +43,14 @@ from control_plane.api import (
 )
 from control_plane.api.context import JobsPort, Services
 from control_plane.api.errors import EXCEPTION_HANDLERS
-from control_plane.api.limits import BodyLimitMiddleware
+from control_plane.api.gate import ApiApp, GateConfig
 from control_plane.api.openapi import build_openapi
-from control_plane.api.request_id import RequestIdMiddleware
 from control_plane.api.routes_system import package_version
 from control_plane.api.security import BearerBackend
 from control_plane.composition import build_services
-from control_plane.metrics import Metrics, RegionCollector, RequestTimer
+from control_plane.metrics import Metrics, RegionCollector
 from control_plane.services.webhook_delivery import DeliveryPolicy
 from control_plane.settings import Settings
-from control_plane.storage.budget import StorageBudgetMiddleware
 
 __all__ = ["create_app", "routes"]
 
@@ -134,7 +131,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     if bus is not None:  # the jobs service reports transitions: count terminal ones
         if svc.regions is not None:
             bus.on_region_lease(metrics.observe_region_lease)
-        bus.on_record(lambda rec, _view, previous: metrics.observe_transition(rec, previous))
+        bus.on_record(metrics.observe_record)
     if svc.capacity is not None:
         metrics.registry.register(svc.capacity)
     if svc.dispatch is not None:
@@ -163,17 +160,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             metrics.flush_later()  # the observations of the last requests
 
     table = routes()
-    app = Starlette(
+    app = ApiApp(
         routes=[*table, *console.routes()],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(RequestTimer, metrics=metrics, routes=lambda: table),
-            Middleware(
-                BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=("/v1/blobs/",)
-            ),
-            Middleware(StorageBudgetMiddleware, limit_s=settings.storage_budget_s),
-            Middleware(AuthenticationMiddleware, backend=BearerBackend(svc.auth)),
-        ],
+        gate=GateConfig(
+            metrics=metrics,
+            routes=lambda: table,
+            backend=BearerBackend(svc.auth),
+            max_body_bytes=settings.max_body_bytes,
+            storage_budget_s=settings.storage_budget_s,
+            exempt=("/v1/blobs/",),
+        ),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import uvicorn
@@ -135,13 +135,15 @@ class CoalescingTransport:
     current callback ends (``call_soon``); ``close``, ``write_eof`` and the buffer size see
     what is pending. Everything else is the wrapped transport's."""
 
-    __slots__ = ("_armed", "_loop", "_pending", "_transport")
+    __slots__ = ("_armed", "_loop", "_pending", "_transport", "is_closing")
 
     def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
         self._armed = False
+        # the wrapped transport's own (asked several times per response): no call around it
+        self.is_closing: Callable[[], bool] = transport.is_closing
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -164,9 +166,6 @@ class CoalescingTransport:
         pending.clear()
         if not self._transport.is_closing():
             self._transport.write(data)
-
-    def is_closing(self) -> bool:
-        return bool(self._transport.is_closing())
 
     def get_write_buffer_size(self) -> int:
         return int(self._transport.get_write_buffer_size()) + sum(map(len, self._pending))
@@ -204,17 +203,26 @@ class BodyTimeout:
         started = time.monotonic()
         received = 0
         more = True
+        # uvicorn's request cycle, when ``receive`` and ``send`` are its own: its
+        # ``message_event`` is set when ``receive`` has a message at hand (no wait, so no
+        # timer), and it knows whether the response started (no ``send`` wrapper to track it)
+        cycle: Any = getattr(send, "__self__", None)
+        if getattr(receive, "__self__", None) is not cycle or not hasattr(cycle, "message_event"):
+            cycle = None
         sent_start = False
 
         async def timed_receive() -> Message:
             nonlocal received, more
             if not more:  # the body is read: what follows is the disconnect, wait freely
                 return await receive()
-            try:
-                async with asyncio.timeout(self.idle_s):  # no task per read, as wait_for has
-                    message = await receive()
-            except TimeoutError:
-                raise SlowRequest(self._message) from None
+            if cycle is not None and cycle.message_event.is_set():
+                message = await receive()  # at hand: returns without waiting
+            else:
+                try:
+                    async with asyncio.timeout(self.idle_s):  # no task per read (wait_for's)
+                        message = await receive()
+                except TimeoutError:
+                    raise SlowRequest(self._message) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 more = bool(message.get("more_body"))
@@ -230,9 +238,9 @@ class BodyTimeout:
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, tracked_send)
+            await self.app(scope, timed_receive, send if cycle is not None else tracked_send)
         except SlowRequest as exc:  # raised where no handler of the app saw it
-            if sent_start:
+            if cycle.response_started if cycle is not None else sent_start:
                 raise
             response = error_response(exc.code, exc.message, headers={"Connection": "close"})
             await response(scope, receive, send)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from control_plane.storage.protocols_auth import RunnerRecord
 
@@ -291,8 +290,11 @@ class Metrics:
                 log.warning("a deferred metric observation failed", exc_info=True)
 
     def observe_request(self, template: str, method: str, status: str, seconds: float) -> None:
-        """One HTTP request answered (``RequestTimer``, the KServe short path)."""
-        self.child(self.request_latency, template, method, status).observe(seconds)
+        """One HTTP request answered (``gate.ApiGate``, the KServe short path)."""
+        found = self._children.get((self.request_latency, template, method, status))
+        if found is None:
+            found = self.child(self.request_latency, template, method, status)
+        found.observe(seconds)
 
     def observe_dispatch(self, model: str, runner: str, outcome: str, seconds: float) -> None:
         """A dispatcher hook: one synchronous inference answered (or failed); recorded
@@ -316,7 +318,7 @@ class Metrics:
         checked and joined) costs more than the ``inc``/``observe`` it precedes, several times
         per job. At most ``CHILDREN_MAX`` kept (then forgotten at once: the registry keeps the
         children themselves)."""
-        key = (id(metric), *labels)
+        key = (metric, *labels)
         found = self._children.get(key)
         if found is None:
             if len(self._children) >= CHILDREN_MAX:
@@ -327,6 +329,11 @@ class Metrics:
     def observe_region_lease(self, region: str | None, placement: str) -> None:
         """A region-lease hook (JobService.on_region_lease)."""
         self.child(self.jobs_leased_by_region, region or "", placement).inc()
+
+    def observe_record(self, job: Any, _view: Any, previous: str | None) -> None:
+        """A transition-bus subscriber (``TransitionBus.on_record``): :meth:`observe_transition`."""
+        if job.status in TERMINAL_STATUSES:
+            self.observe_transition(job, previous)
 
     def observe_transition(self, job: Any, previous: str | None) -> None:
         """A job-transition hook: counts jobs that reached a terminal status."""
@@ -350,8 +357,12 @@ class Metrics:
             phases["run"] = run_ms / 1000
         if phases:
             phases["total"] = sum(phases.values())
+        metric, children = self.job_latency, self._children
         for phase, seconds in phases.items():
-            self.child(self.job_latency, job.model, phase).observe(max(0.0, seconds))
+            found = children.get((metric, job.model, phase))  # (``child``, inline)
+            if found is None:
+                found = self.child(metric, job.model, phase)
+            found.observe(max(0.0, seconds))
 
     def observe_runner_stages(self, model: str, timings: dict[str, Any]) -> None:
         """A dispatcher hook: the runner's stage timings (milliseconds) of one answer;
@@ -376,40 +387,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RequestTimer:
-    """ASGI middleware observing request latency by route template (not raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[Any]]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    def _template(self, scope: Scope) -> str:
-        for r in self.routes():
-            match, _ = r.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(r, "path", "unmatched"))
-        return "unmatched"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The router leaves the matched route in the scope; match by hand only for
-            # requests it did not route (404s, middleware answers).
-            template = getattr(scope.get("route"), "path", None) or self._template(scope)
-            metrics = self.metrics
-            seconds = time.perf_counter() - start
-            metrics.later(metrics.observe_request, template, scope["method"], str(status), seconds)
+def template_of(routes: list[Any], scope: Scope) -> str:
+    """The route template a request matches (``unmatched``: none), for the request-latency
+    metric of a request the router did not route (a 404, an answer of the middleware)."""
+    for r in routes:
+        match, _ = r.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(r, "path", "unmatched"))
+    return "unmatched"

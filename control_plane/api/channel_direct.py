@@ -59,7 +59,7 @@ class DirectLink:
     def write(self, data: bytes | str) -> None:
         """One WebSocket message; ``ConnectionError`` once the connection is closing."""
         p = self._proto
-        if self.closed:
+        if p.close_sent or p.transport.is_closing():  # (``closed``, without its call)
             raise ConnectionError("the channel is closed")
         try:
             if isinstance(data, str):
@@ -135,19 +135,22 @@ class FrameBatcher:
 
     def __init__(self, link: DirectLink, max_bytes: int = 1 << 20) -> None:
         self._link = link
+        self._proto = link._proto  # (read on every send: ``link.closed``, ``link.writable``)
         self._max_bytes = max_bytes
         self._pending: list[bytes | str] = []
         self._armed = False
         self._loop = asyncio.get_running_loop()  # built on the channel's loop, used there
 
     async def send(self, frame: bytes | str) -> None:
-        if self._link.closed:
+        p = self._proto
+        if p.close_sent or p.transport.is_closing():  # ``link.closed``, inline
             raise ConnectionError("the channel is closed")
         self._pending.append(frame)
         if not self._armed:
             self._armed = True
             self._loop.call_soon(self._flush)
-        await self._link.writable()
+        if not p.writable.is_set():  # ``link.writable()``, awaited only when it waits
+            await self._link.writable()
 
     def _flush(self) -> None:
         self._armed = False

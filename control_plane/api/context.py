@@ -153,5 +153,5 @@ class Services:
 
 def services(request: Request) -> Services:
     """The services of the app serving ``request``."""
-    svc: Services = request.app.state.services
+    svc: Services = request.scope["app"].state.services
     return svc

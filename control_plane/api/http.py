@@ -40,13 +40,58 @@ async def read_model(request: Request, model: type[M], *, required: bool = False
     return parse_body(await request.body(), model, required=required)
 
 
+_JSON = (b"content-type", b"application/json")
+
+
+class JsonBody(Response):
+    """``Response(body, status, media_type="application/json")`` (the same body, status and
+    headers) built without ``render`` and ``init_headers``: one per JSON answer."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: str, status_code: int = 200) -> None:
+        data = body.encode()
+        self.status_code = status_code
+        self.background = None
+        self.body = data
+        if status_code < 200 or status_code in (204, 304):  # no Content-Length (Starlette)
+            self.raw_headers = [_JSON]
+        else:
+            self.raw_headers = [(b"content-length", str(len(data)).encode()), _JSON]
+
+
 def send(model: BaseModel, status: int = 200) -> Response:
     """Serialise a response model."""
-    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+    return JsonBody(model.model_dump_json(), status)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """The request's first ``name`` header (lower-case), as ``request.headers.get`` reads
+    it, without building ``request.headers``."""
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def query_value(request: Request, name: str) -> str | None:
+    """``request.query_params.get(name)``: the last value of ``name`` in the query string.
+    A query string without escapes (``%``, ``+``) is read without building the parsed
+    ``QueryParams``."""
+    raw: bytes = request.scope["query_string"]
+    if b"%" in raw or b"+" in raw:
+        return request.query_params.get(name)
+    found = None
+    for pair in raw.decode("latin-1").split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            found = value
+    return found
 
 
 def query_float(request: Request, name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.query_params.get(name)
+    raw = query_value(request, name)
     if raw is None:
         return default
     try:
@@ -59,7 +104,7 @@ def query_float(request: Request, name: str, default: float, lo: float, hi: floa
 
 
 def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
+    raw = query_value(request, name)
     if raw is None:
         return default
     try:

@@ -49,6 +49,9 @@ from control_plane.storage.protocols_auth import RunnerRecord
 log = logging.getLogger(__name__)
 
 CLOSE_REVOKED = 4401
+# ``json.loads`` of a text frame without its call around the decoder (its own BOM check
+# aside: a text starting with one fails to parse here as well, a ValueError either way)
+_decode = json.JSONDecoder().decode
 RECORD_FRESH_S = 1.0  # how stale the runner's record (drain, revocation) may be for a lease
 
 
@@ -129,7 +132,8 @@ async def _job_call(
         else:
             req = BatchCompleteRequest.model_validate(msg.get("body"))
             out = await complete_jobs(ws.app.state, svc, rec.id, req)
-        reply = f'{{"type":"reply","rid":{json.dumps(rid)},"status":200,"body":'
+        rid_json = str(rid) if type(rid) is int else json.dumps(rid)  # (the runner's: ints)
+        reply = f'{{"type":"reply","rid":{rid_json},"status":200,"body":'
         reply += out.model_dump_json(exclude_none=True) + "}"
     except asyncio.CancelledError:
         raise
@@ -149,8 +153,10 @@ async def _job_call(
         log.exception("runner %s: %s over the channel failed", runner.rec.id, kind)
         error = {"code": "internal", "message": "internal error"}
         reply = json.dumps({"type": "reply", "rid": rid, "status": 500, "error": error})
-    with contextlib.suppress(Exception):  # the channel closed: the runner retries over HTTP
+    try:  # (not contextlib.suppress: three calls per reply)
         await send(reply)
+    except Exception:  # the channel closed: the runner retries over HTTP
+        return
 
 
 def _models(msg: dict[str, object]) -> frozenset[tuple[str, str]]:
@@ -213,7 +219,7 @@ async def channel(ws: WebSocket) -> None:
             if isinstance(data, bytes):  # binary: one or more frames back to back
                 msgs: list[Any] = [{**head, "body": body} for head, body in unpack_frames(data)]
             else:
-                msgs = [json.loads(data)]
+                msgs = [_decode(data)]
         except ValueError:
             log.warning("runner %s sent a malformed frame", runner_id)
             return

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from control_plane.api.context import services
-from control_plane.api.http import query_float, query_int, read_model, send
+from control_plane.api.http import header, query_float, query_int, read_model, send
 from control_plane.api.security import principal
 from control_plane.api.spec import DocumentedRoute, route
 from control_plane.clock import iso
@@ -30,13 +30,15 @@ from control_plane.services.text import check_text
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
+_IDEMPOTENCY = IDEMPOTENCY_HEADER.lower().encode()
+_PREFER = PREFER_HEADER.lower().encode()
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
 def idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header: 1-255 characters, none of them a control or bidi
     character (a key is stored and shown back)."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
+    key = header(request, _IDEMPOTENCY)
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field=IDEMPOTENCY_HEADER)
     if key is not None:
@@ -56,7 +58,7 @@ async def submit(request: Request) -> Response:
     job, created = await jobs.offload(jobs.submit_record, p, req, key)
     bind(job=job.id)
     if created:
-        metrics = request.app.state.metrics
+        metrics = request.scope["app"].state.metrics
         metrics.child(metrics.jobs_submitted, req.model).inc()
     if wait_s is not None:
         # ``Prefer: wait=N``: the job as GET answers it once terminal or after N seconds, in
@@ -74,7 +76,7 @@ async def submit(request: Request) -> Response:
 def prefer_wait(request: Request, max_wait_s: float) -> float | None:
     """The ``wait`` preference of an RFC 7240 ``Prefer`` header in seconds (at most
     ``max_wait_s``; a bare ``wait`` means that much), None when not asked for."""
-    raw = request.headers.get(PREFER_HEADER)
+    raw = header(request, _PREFER)
     if not raw:
         return None
     for pref in raw.replace(";", ",").split(","):

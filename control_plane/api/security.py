@@ -1,9 +1,11 @@
 """Request authentication seams.
 
-- Bearer access tokens: Starlette's ``AuthenticationBackend`` + ``AuthenticationMiddleware``.
-  The backend never fails a request itself; a bad token leaves an anonymous user carrying
-  the reason, and ``principal(request)`` raises ``Unauthorized`` on routes that need one, so
-  public routes (health, auth, runner routes) ignore stray headers.
+- Bearer access tokens: a Starlette ``AuthenticationBackend``, asked by the API's middleware
+  layer (``gate.ApiGate``; ``from_memory`` first, which needs no coroutine for a token seen
+  before, then ``authenticate``). The backend never fails a request itself; a bad token
+  leaves an anonymous user carrying the reason, and ``principal(request)`` raises
+  ``Unauthorized`` on routes that need one, so public routes (health, auth, runner routes)
+  ignore stray headers.
 - Revocation: a bearer's API key is checked against the store at most every few seconds
   (``AuthService.cached_principal``), and on every request to an admin route
   (``admin_route``), so a revoked admin key's token cannot act even once more.
@@ -13,6 +15,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from gpufleet._logs import bind
 from starlette.authentication import (
     AuthCredentials,
@@ -20,6 +25,7 @@ from starlette.authentication import (
     BaseUser,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URL
 from starlette.requests import HTTPConnection, Request
 
 from control_plane.errors import GpufleetError, RateLimited, Unauthorized
@@ -65,34 +71,73 @@ class Anonymous(BaseUser):
         return ""
 
 
+Auth = tuple[AuthCredentials, BaseUser]
+# A path that Starlette's ``URL(scope=...).path`` gives back unchanged (it escapes ``?``, ``#``
+# and ``\\``, ``urlsplit`` drops tabs and line breaks, and ``//`` would start an authority).
+_URL_SAFE_PATH = re.compile(r"(?!//)[^?#\\\t\r\n]*\Z")
+
+
 class BearerBackend(AuthenticationBackend):
     """Verifies ``Authorization: Bearer <access token>``."""
 
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth
+        # the answer for the principal seen last (the same object while its token is cached)
+        self._last: tuple[Principal, Auth] | None = None
 
-    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+    async def authenticate(self, conn: HTTPConnection) -> Auth:
         header = conn.headers.get("authorization")
+        known = self.from_memory(conn.scope, header)
+        if known is not None:
+            return known
+        token = header.partition(" ")[2].strip() if header else ""
+        fresh = admin_route(conn.scope.get("method", "GET"), conn.url.path)
+        try:
+            # Anything not answered from memory reads storage: verified off the event loop.
+            p = await run_in_threadpool(
+                self._auth.authenticate, token, fresh=fresh, client=client_address(conn)
+            )
+        except Unauthorized as exc:
+            return AuthCredentials(), Anonymous(exc.message)
+        except RateLimited as exc:
+            return AuthCredentials(), Anonymous(exc.message, exc)
+        return self._answer(p)
+
+    def from_memory(self, scope: Any, header: str | None) -> Auth | None:
+        """What :meth:`authenticate` answers for a request (``header``: its first
+        ``Authorization`` value) when that needs no I/O: no or a malformed header, or a token
+        seen before (``AuthService.cached_principal``) on a route that is not an admin
+        route. None: ``authenticate`` must read storage."""
         if not header:
             return AuthCredentials(), Anonymous("missing bearer token")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return AuthCredentials(), Anonymous("expected 'Authorization: Bearer <token>'")
-        token = token.strip()
-        fresh = admin_route(conn.scope.get("method", "GET"), conn.url.path)
+        path = scope["path"]
+        if _URL_SAFE_PATH.match(path) is None:  # as ``HTTPConnection.url.path`` reads it
+            path = URL(scope=scope).path
+        if admin_route(scope.get("method", "GET"), path):
+            return None  # the key is read from the store on every admin request
         try:
-            # A token seen before (and its key's state read recently) is answered from
-            # memory; anything else reads storage, so it is verified off the event loop.
-            p = None if fresh else self._auth.cached_principal(token)
-            if p is None:
-                p = await run_in_threadpool(
-                    self._auth.authenticate, token, fresh=fresh, client=client_address(conn)
-                )
+            p = self._auth.cached_principal(token.strip())
         except Unauthorized as exc:
             return AuthCredentials(), Anonymous(exc.message)
         except RateLimited as exc:
             return AuthCredentials(), Anonymous(exc.message, exc)
-        return AuthCredentials(sorted(p.scopes)), TokenUser(p)
+        if p is None:
+            return None
+        last = self._last
+        if last is not None and last[0] is p:  # (:meth:`_answer`, without its call)
+            return last[1]
+        return self._answer(p)
+
+    def _answer(self, p: Principal) -> Auth:
+        last = self._last
+        if last is not None and last[0] is p:  # (the objects are only read)
+            return last[1]
+        answer: Auth = (AuthCredentials(sorted(p.scopes)), TokenUser(p))
+        self._last = (p, answer)
+        return answer
 
 
 def client_address(conn: HTTPConnection) -> str | None:

@@ -4,6 +4,7 @@ response models, so ``/openapi.json`` is generated from the same table Starlette
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Security = Literal["bearer", "runner", "none"]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -37,11 +39,38 @@ class RouteSpec:
 
 
 class DocumentedRoute(Route):
-    """A Starlette route that carries its ``RouteSpec``."""
+    """A Starlette route that carries its ``RouteSpec``. Its endpoint is guarded by the
+    spec's ``scope`` (checked before the body is read) and runs as one coroutine: the
+    request, the scope check, the endpoint and its response, an exception answered by the
+    app's handlers (``gate.handle_exception``), as Starlette's ``request_response`` and its
+    exception wrapper do in three, with a ``send`` wrapper of their own."""
 
     def __init__(self, spec: RouteSpec, endpoint: Endpoint) -> None:
-        super().__init__(spec.path, endpoint, methods=[spec.method], name=endpoint.__name__)
+        guarded = _requiring(spec.scope, endpoint) if spec.scope else endpoint
+        super().__init__(spec.path, guarded, methods=[spec.method], name=endpoint.__name__)
         self.spec = spec
+        if inspect.iscoroutinefunction(endpoint):
+            self.app = _endpoint_app(endpoint, spec.scope)
+
+
+def _endpoint_app(endpoint: Endpoint, needs: str | None) -> ASGIApp:
+    from control_plane.api.gate import handle_exception
+    from control_plane.api.security import principal
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            if needs:
+                principal(request).require(needs)
+            response = await endpoint(request)
+        except Exception as exc:  # nothing sent yet
+            await handle_exception(request, exc, scope, receive, send, False)
+            return
+        # An error while the response is sent goes to the layer's handling, which knows
+        # whether it started (``gate.ApiGate``).
+        await response(scope, receive, send)
+
+    return app
 
 
 def route(
@@ -69,8 +98,6 @@ def route(
     implies (``write_scope``) unless it names one ("" = none)."""
     if scope is None and request is not None and security == "bearer":
         scope = write_scope(path)
-    if scope:
-        endpoint = _requiring(scope, endpoint)
     spec = RouteSpec(
         path=path,
         method=method,

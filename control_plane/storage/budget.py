@@ -9,8 +9,9 @@ request that is already slow. Only time inside storage calls counts, and a long 
 (``GET /v1/jobs/{id}?wait_s``, a runner's lease) renews the budget at each round of reads,
 so waiting is never cut short by the budget, only a round that is itself too slow.
 
-The budget lives in a context variable set by :class:`StorageBudgetMiddleware` for each HTTP
-request (never for WebSockets or background tasks, which have none); ``asyncio.to_thread``
+The budget lives in a context variable set for each HTTP request by the API's middleware
+layer (``api/gate.py``; :class:`StorageBudgetMiddleware` does the same on its own), never for
+WebSockets or background tasks, which have none; ``asyncio.to_thread``
 and Starlette's ``run_in_threadpool`` copy it into their threads. Adapters charge their calls
 through ``translate_errors`` (DynamoDB/S3) and ``translate`` (SQLite).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from control_plane.errors import Unavailable
@@ -43,8 +44,10 @@ _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
 )
 
 
-def current() -> Budget | None:
-    return _current.get()
+VAR = _current  # for a middleware that sets the budget itself (``api/gate.py``)
+# The budget of this context (None: none). The variable's own method: storage adapters ask
+# for it on every call, and a function around it would cost a call of its own.
+current: Callable[[], Budget | None] = _current.get
 
 
 def start(limit_s: float) -> None:
