@@ -91,7 +91,7 @@ class BearerBackend(AuthenticationBackend):
         if known is not None:
             return known
         token = header.partition(" ")[2].strip() if header else ""
-        fresh = admin_route(conn.scope.get("method", "GET"), conn.url.path)
+        fresh = admin_route(conn.scope.get("method", "GET"), _route_path(conn.scope, conn.url.path))
         try:
             # Anything not answered from memory reads storage: verified off the event loop.
             p = await run_in_threadpool(
@@ -116,7 +116,7 @@ class BearerBackend(AuthenticationBackend):
         path = scope["path"]
         if _URL_SAFE_PATH.match(path) is None:  # as ``HTTPConnection.url.path`` reads it
             path = URL(scope=scope).path
-        if admin_route(scope.get("method", "GET"), path):
+        if admin_route(scope.get("method", "GET"), _route_path(scope, path)):
             return None  # the key is read from the store on every admin request
         try:
             p = self._auth.cached_principal(token.strip())
@@ -144,6 +144,16 @@ def client_address(conn: HTTPConnection) -> str | None:
     """The caller's address as the server saw it (behind a proxy: as uvicorn's
     ``--forwarded-allow-ips``/``proxy_headers`` resolved it), for failure throttling."""
     return conn.client.host if conn.client else None
+
+
+def _route_path(scope: Any, path: str) -> str:
+    """``path`` as the router matches it: without the app's ``root_path`` (behind a proxy
+    that mounts the API under a prefix, uvicorn's ``--root-path``), as Starlette's
+    ``get_route_path`` strips it."""
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def admin_route(method: str, path: str) -> bool:

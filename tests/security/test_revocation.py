@@ -154,3 +154,25 @@ async def test_rotated_out_api_key_bearer_stops_on_every_replica(
     assert_error(await replica_b.get("/v1/jobs", headers=old), 401, "unauthorized")
     for replica in (client, replica_b):
         assert (await replica.get("/v1/jobs", headers=new)).status_code == 200
+
+
+async def test_admin_routes_read_the_store_behind_a_root_path(
+    settings: Any,
+    stores: Stores,
+    b_clock: FakeClock,
+    client: httpx.AsyncClient,
+    auth_headers: TokenFor,
+) -> None:
+    """A replica mounted under a prefix (``--root-path /api``) knows its admin routes too:
+    a revoked admin token is refused there at once, not after ``revocation_check_s``."""
+    app = create_app(settings, build_services(settings, stores, monotonic=b_clock))
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://cp-b.test") as b:
+        root = await auth_headers("admin", "default")
+        victim = await _new_key(client, root, "admin")
+        token = await _token(client, victim["api_key"])
+        assert (await b.get("/api/v1/admin/api-keys", headers=token)).status_code == 200
+        r = await client.delete(f"/v1/admin/api-keys/{victim['id']}", headers=root)
+        assert r.status_code == 200, r.text
+        r = await b.get("/api/v1/admin/api-keys", headers=token)
+        assert "revoked" in assert_error(r, 401, "unauthorized")["message"]
