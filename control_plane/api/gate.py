@@ -214,15 +214,11 @@ class ApiGate:
                 token = BUDGET.set(Budget(self._limit_s))  # 5.
                 try:
                     # 6.
-                    header = None if authorization is None else authorization.decode("latin-1")
-                    auth = self._backend.from_memory(scope, header)
-                    if auth is None:
-                        try:
-                            auth = await self._backend.authenticate(HTTPConnection(scope))
-                        except AuthenticationError as exc:  # (as AuthenticationMiddleware)
-                            await PlainTextResponse(str(exc), 400)(scope, app_receive, send_http)
-                            return
-                    scope["auth"], scope["user"] = auth
+                    try:
+                        scope["auth"], scope["user"] = await self._auth(scope, authorization)
+                    except AuthenticationError as exc:  # (as AuthenticationMiddleware)
+                        await PlainTextResponse(str(exc), 400)(scope, app_receive, send_http)
+                        return
                     # 7.
                     scope["starlette.exception_handlers"] = self._handlers
                     try:
@@ -250,6 +246,16 @@ class ApiGate:
                 await response(scope, receive, send)
             raise
 
+    async def _auth(self, scope: Scope, authorization: bytes | None) -> Any:
+        """Step 6: the (credentials, user) pair for the request's first ``Authorization``
+        value, from memory when the backend can tell without I/O; ``AuthenticationError``
+        as the backend raises it."""
+        header = None if authorization is None else authorization.decode("latin-1")
+        auth = self._backend.from_memory(scope, header)
+        if auth is None:
+            auth = await self._backend.authenticate(HTTPConnection(scope))
+        return auth
+
     async def _error_response(self, request: Request, exc: Exception) -> Any:
         """``ServerErrorMiddleware``'s answer to an exception nothing handled."""
         errors = self._server_error
@@ -275,15 +281,11 @@ class ApiGate:
         rid_text = new_request_id() if rid is None else rid.decode()
         bind(request_id=rid_text, tenant=None, job=None, runner=None, model=None)
         scope.setdefault("state", {})["request_id"] = rid_text
-        header = None if authorization is None else authorization.decode("latin-1")
-        auth = self._backend.from_memory(scope, header)
-        if auth is None:
-            try:
-                auth = await self._backend.authenticate(HTTPConnection(scope))
-            except AuthenticationError:
-                await send({"type": "websocket.close", "code": 1000})
-                return
-        scope["auth"], scope["user"] = auth
+        try:
+            scope["auth"], scope["user"] = await self._auth(scope, authorization)
+        except AuthenticationError:
+            await send({"type": "websocket.close", "code": 1000})
+            return
         scope["starlette.exception_handlers"] = self._handlers
         try:
             await self.app(scope, receive, send)
